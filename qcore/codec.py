@@ -1,0 +1,212 @@
+"""A strict, canonical binary encoding for qcore's protocol messages.
+
+Every message is a frozen dataclass whose field annotations say how each field is written. Encoding is
+deterministic (the same message always gives the same bytes), which the Wegman-Carter transcript tags
+and the recorded test transcripts rely on. Decoding rejects anything that is not exactly such an
+encoding: truncation, trailing bytes, non-minimal varints, set padding bits, values out of range.
+
+Field kinds:
+- ``int``: unsigned LEB128 varint (non-negative only, at most 64 bits)
+- ``float``: IEEE 754 binary64, little-endian
+- ``bytes``: varint length, then the bytes
+- ``Bits``: a 0/1 uint8 array: varint bit count, then the bits packed MSB-first, padding bits zero
+- ``U8s`` / ``U32s``: varint count, then the values little-endian
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import typing
+from typing import Annotated, Any, ClassVar
+
+import numpy as np
+
+from .errors import DecodeError, LocalProtocolError
+
+_MAX_VARINT_BYTES = 10
+
+
+class _ArrayKind:
+    """Marker carried in Annotated[...] to say how an ndarray field is encoded."""
+
+    def __init__(self, name: str, dtype: np.dtype | None) -> None:
+        self.name = name
+        self.dtype = dtype
+
+    def __repr__(self) -> str:
+        return f"_ArrayKind({self.name})"
+
+
+BITS = _ArrayKind("bits", None)
+U8 = _ArrayKind("u8", np.dtype("<u1"))
+U32 = _ArrayKind("u32", np.dtype("<u4"))
+
+Bits = Annotated[np.ndarray, BITS]
+U8s = Annotated[np.ndarray, U8]
+U32s = Annotated[np.ndarray, U32]
+
+
+def _put_varint(out: bytearray, value: int) -> None:
+    if value < 0 or value >= 1 << 64:
+        raise LocalProtocolError(f"varint out of range: {value}")
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return
+
+
+class _Reader:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self.data = memoryview(data)
+        self.pos = 0
+
+    def varint(self) -> int:
+        value = 0
+        for i in range(_MAX_VARINT_BYTES):
+            if self.pos >= len(self.data):
+                raise DecodeError("truncated varint")
+            byte = self.data[self.pos]
+            self.pos += 1
+            value |= (byte & 0x7F) << (7 * i)
+            if not byte & 0x80:
+                if byte == 0 and i > 0:
+                    raise DecodeError("non-minimal varint")
+                if value >= 1 << 64:
+                    raise DecodeError("varint exceeds 64 bits")
+                return value
+        raise DecodeError("varint longer than 10 bytes")
+
+    def take(self, n: int) -> memoryview:
+        if n > len(self.data) - self.pos:
+            raise DecodeError(f"truncated: need {n} bytes, {len(self.data) - self.pos} left")
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+
+def _encode_field(out: bytearray, kind: Any, value: Any, name: str) -> None:
+    if kind is int:
+        if not isinstance(value, int | np.integer) or isinstance(value, bool):
+            raise LocalProtocolError(f"field {name}: expected int, got {type(value).__name__}")
+        _put_varint(out, int(value))
+    elif kind is float:
+        out += struct.pack("<d", float(value))
+    elif kind is bytes:
+        _put_varint(out, len(value))
+        out += value
+    elif kind is BITS:
+        arr = np.asarray(value)
+        if arr.ndim != 1:
+            raise LocalProtocolError(f"field {name}: bits must be one-dimensional")
+        _put_varint(out, arr.size)
+        out += np.packbits(arr.astype(np.uint8, copy=False) & 1).tobytes()
+    elif isinstance(kind, _ArrayKind):
+        arr = np.asarray(value)
+        if arr.ndim != 1:
+            raise LocalProtocolError(f"field {name}: array must be one-dimensional")
+        info = np.iinfo(kind.dtype)
+        if arr.size and (int(arr.min()) < info.min or int(arr.max()) > info.max):
+            raise LocalProtocolError(f"field {name}: values outside {kind.name}")
+        _put_varint(out, arr.size)
+        out += arr.astype(kind.dtype, copy=False).tobytes()
+    else:
+        raise LocalProtocolError(f"field {name}: unsupported kind {kind!r}")
+
+
+def _decode_field(reader: _Reader, kind: Any, name: str) -> Any:
+    if kind is int:
+        return reader.varint()
+    if kind is float:
+        return struct.unpack("<d", reader.take(8))[0]
+    if kind is bytes:
+        return bytes(reader.take(reader.varint()))
+    if kind is BITS:
+        count = reader.varint()
+        nbytes = (count + 7) // 8
+        raw = np.frombuffer(reader.take(nbytes), dtype=np.uint8)
+        if count % 8 and raw[-1] & ((1 << (8 - count % 8)) - 1):
+            raise DecodeError(f"field {name}: padding bits set")
+        return np.unpackbits(raw, count=count)
+    if isinstance(kind, _ArrayKind):
+        count = reader.varint()
+        width = kind.dtype.itemsize
+        if count > (len(reader.data) - reader.pos) // width:
+            raise DecodeError(f"field {name}: truncated array of {count}")
+        return np.frombuffer(reader.take(count * width), dtype=kind.dtype).astype(kind.dtype.newbyteorder("="))
+    raise DecodeError(f"field {name}: unsupported kind {kind!r}")
+
+
+def _field_kind(hint: Any) -> Any:
+    if typing.get_origin(hint) is Annotated:
+        return typing.get_args(hint)[1]
+    return hint
+
+
+class Message:
+    """Base of every protocol message. Subclasses are frozen dataclasses with a unique TYPE code."""
+
+    __slots__ = ()
+    TYPE: ClassVar[int]
+    _registry: ClassVar[dict[int, type[Message]]] = {}
+    _layout: ClassVar[tuple[tuple[str, Any], ...]]
+
+    @classmethod
+    def _fields(cls) -> tuple[tuple[str, Any], ...]:
+        layout = cls.__dict__.get("_layout")
+        if layout is None:
+            hints = typing.get_type_hints(cls, include_extras=True)
+            layout = tuple((f.name, _field_kind(hints[f.name])) for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+            cls._layout = layout
+        return layout
+
+    def encode(self) -> bytes:
+        out = bytearray([self.TYPE])
+        for name, kind in self._fields():
+            _encode_field(out, kind, getattr(self, name), name)
+        return bytes(out)
+
+    def __eq__(self, other: object) -> bool:
+        # Fields hold numpy arrays, so compare canonical encodings.
+        return isinstance(other, Message) and type(other) is type(self) and other.encode() == self.encode()
+
+    def __hash__(self) -> int:
+        return hash(self.encode())
+
+
+def message(code: int) -> Any:
+    """Class decorator: make a frozen keyword-only dataclass of it and register it under `code`."""
+
+    def wrap(cls: type) -> type:
+        if code in Message._registry:
+            raise TypeError(f"message type {code} registered twice")
+        cls = dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False)(cls)
+        cls.TYPE = code  # type: ignore[attr-defined]
+        Message._registry[code] = cls
+        return cls
+
+    return wrap
+
+
+def decode(data: bytes | memoryview) -> Message:
+    """Decode exactly one message; any defect raises DecodeError."""
+    if not data:
+        raise DecodeError("empty message")
+    cls = Message._registry.get(data[0])
+    if cls is None:
+        raise DecodeError(f"unknown message type {data[0]}")
+    reader = _Reader(data)
+    reader.pos = 1
+    values = {name: _decode_field(reader, kind, name) for name, kind in cls._fields()}
+    if reader.pos != len(reader.data):
+        raise DecodeError(f"{cls.__name__}: {len(reader.data) - reader.pos} trailing bytes")
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as exc:
+        raise DecodeError(f"{cls.__name__}: {exc}") from exc
