@@ -1,0 +1,1 @@
+"""The `qlink` command-line client."""

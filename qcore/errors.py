@@ -53,6 +53,7 @@ class AbortReason(IntEnum):
     PROTOCOL_VIOLATION = 9
     AUTH_KEY_EXHAUSTED = 10
     PEER_ABORTED = 11
+    TIMEOUT = 12
 
 
 class RoundAborted(QcoreError):

@@ -45,7 +45,8 @@ class Sifting(Message):
     ``coincident`` marks, among Bob's detections, those Alice also registered (BB84: all of them).
     ``bases`` are Alice's bases or settings at the coincidences, ``intensities`` her decoy classes
     there (empty without decoys). ``sample`` marks, among the sifted key candidates, those disclosed for
-    estimation; ``test_bits`` are Alice's bits at every disclosed position, in the order both ends derive.
+    estimation; ``test_bits`` are Alice's bits at every disclosed position, in the order both ends derive;
+    ``cascade_seed`` fixes the public Cascade permutations.
     """
 
     coincident: Bits
@@ -53,6 +54,7 @@ class Sifting(Message):
     intensities: U8s
     sample: Bits
     test_bits: Bits
+    cascade_seed: int
 
 
 @message(3)
@@ -100,8 +102,10 @@ class Amplify(Message):
 
 @message(8)
 class AuthTag(Message):
-    """Wegman-Carter tag over the round's transcript up to this message."""
+    """Wegman-Carter tag over the round's transcript up to this message, and the authentication-store
+    offset whose keys it used."""
 
+    key_offset: int
     tag: bytes
 
 

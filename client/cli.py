@@ -1,0 +1,47 @@
+"""`qlink`: a dispatch table of subcommands, one module each. Heavy imports (numpy, qiskit) happen inside
+the subcommand that needs them, so `qlink --help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from importlib import import_module
+
+# subcommand -> (module under qlinkmed.client.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sim": ("sim", "simulate a BB84 or E91 link, or sweep distance and eavesdropping"),
+}
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_ABORTED = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line naming the argument, not the whole usage block.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="qlink", description="qlink: quantum-secured telemedicine link")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (module, summary) in COMMANDS.items():
+        command = sub.add_parser(name, help=summary, description=summary)
+        import_module(f"qlinkmed.client.commands.{module}").register(command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_OK
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

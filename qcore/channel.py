@@ -1,0 +1,328 @@
+"""The quantum-channel emulator: what Alice prepares, what the fibre and an eavesdropper do to it, and what
+Bob's two threshold detectors record.
+
+The click model (shared with ``theory.predict_bb84``, which computes its expectations exactly):
+- each photon that reaches Bob is measured by the backend (misalignment is the backend's Pauli-Y flip);
+  the detector named by its outcome fires;
+- each detector also fires a dark count with probability ``dark_count`` per gate;
+- a gate that clicked from signal or dark count is followed, with probability ``afterpulse``, by an
+  after-pulse in the next gate on a detector chosen at random (after-pulses do not trigger after-pulses);
+- one detector fired: its bit; both fired: a random bit (the squashing convention); none: no detection.
+
+Eavesdroppers act at Alice's side of the fibre and only measure and re-prepare:
+- intercept-resend on a fraction of the pulses: measure in a random basis (a fair coin), resend what was
+  seen with the same photon number;
+- photon-number splitting on a fraction of the pulses: count photons without disturbing them, keep one
+  photon of every multi-photon pulse, send the rest to Bob over a lossless line, and block single-photon
+  pulses just enough that Bob's gain at the signal intensity looks like the honest fibre's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+from .backends import MeasurementBackend
+from .errors import ConfigError
+from .rng import bernoulli, random_bits
+from .theory import ChannelModel
+
+
+class SourceKind(StrEnum):
+    SINGLE_PHOTON = "single-photon"
+    WCP = "wcp"
+
+
+class EveKind(StrEnum):
+    NONE = "none"
+    INTERCEPT_RESEND = "intercept-resend"
+    PNS = "pns"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecoySource:
+    """A weak-coherent-pulse source with signal, weak decoy and vacuum-like intensities (Lim 2014)."""
+
+    intensities: tuple[float, float, float] = (0.5, 0.1, 2e-4)
+    """Mean photon numbers mu_1 > mu_2 + mu_3, mu_2 > mu_3 >= 0: signal, weak decoy, vacuum decoy."""
+    probabilities: tuple[float, float, float] = (0.7, 0.2, 0.1)
+    """Probability of each intensity per pulse; they sum to one."""
+
+    def __post_init__(self) -> None:
+        mu1, mu2, mu3 = self.intensities
+        if not (mu1 > mu2 + mu3 and mu2 > mu3 >= 0.0):
+            raise ConfigError("mu", f"decoy intensities need mu1 > mu2 + mu3 and mu2 > mu3 >= 0, got {self.intensities}")
+        if mu1 > 10:
+            raise ConfigError("mu", f"signal intensity {mu1} is not a weak pulse")
+        if any(p <= 0 for p in self.probabilities) or not math.isclose(sum(self.probabilities), 1.0):
+            raise ConfigError("decoy_probabilities", "must be positive and sum to 1")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Eavesdropper:
+    kind: EveKind = EveKind.NONE
+    """Which attack, if any."""
+    fraction: float = 1.0
+    """Fraction of the pulses (or pairs) attacked."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ConfigError("eve_fraction", f"must be in [0, 1], got {self.fraction}")
+
+    @property
+    def active(self) -> bool:
+        return self.kind is not EveKind.NONE and self.fraction > 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedPulses:
+    """Alice's record of a BB84 round: what she sent."""
+
+    bits: np.ndarray
+    bases: np.ndarray
+    intensity_class: np.ndarray | None
+    """Index into DecoySource.intensities per pulse; None for a single-photon source."""
+
+
+@dataclass(frozen=True, slots=True)
+class Detections:
+    """One party's record of what its detectors saw: a click mask, the basis/setting used, the bit."""
+
+    detected: np.ndarray
+    bases: np.ndarray
+    bits: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelStats:
+    """What the emulator knows and the parties do not (for reports and tests)."""
+
+    pulses: int
+    eve_attacked: int = 0
+    eve_known_bits: int = 0
+    """Pulses whose bit Eve holds a copy of (PNS) or measured in the right basis (intercept-resend)."""
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def _fibre_transmittance(model: ChannelModel) -> float:
+    return 10.0 ** (-model.attenuation_db_per_km * model.distance_km / 10.0)
+
+
+def _clicks_to_bits(
+    fired0: np.ndarray, fired1: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    detected = fired0 | fired1
+    bits = fired1.astype(np.uint8)
+    both = fired0 & fired1
+    if both.any():
+        bits[both] = random_bits(rng, int(both.sum()))
+    return detected, bits
+
+
+def _add_noise_clicks(
+    fired0: np.ndarray, fired1: np.ndarray, model: ChannelModel, rng: np.random.Generator
+) -> None:
+    """Dark counts on both detectors, then after-pulses in the gate after any click. In place."""
+    n = fired0.size
+    fired0 |= bernoulli(rng, model.dark_count, n)
+    fired1 |= bernoulli(rng, model.dark_count, n)
+    if model.afterpulse > 0.0:
+        clicked = np.flatnonzero(fired0 | fired1)
+        source = clicked[bernoulli(rng, model.afterpulse, clicked.size)]
+        target = source[source + 1 < n] + 1
+        which = random_bits(rng, target.size).astype(bool)
+        fired1[target[which]] = True
+        fired0[target[~which]] = True
+
+
+def _fire_from_photons(
+    n: int,
+    pulse_of_photon: np.ndarray,
+    outcomes: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    fired0 = np.zeros(n, dtype=bool)
+    fired1 = np.zeros(n, dtype=bool)
+    fired0[pulse_of_photon[outcomes == 0]] = True
+    fired1[pulse_of_photon[outcomes == 1]] = True
+    return fired0, fired1
+
+
+def _pns_single_photon_block(model: ChannelModel, mu: float, eta_det: float) -> tuple[float, float]:
+    """Eve's block probability for single-photon pulses and her line transmittance for the rest,
+    chosen so the gain at intensity `mu` matches the honest fibre's."""
+    honest_gain = 1.0 - math.exp(-model.transmittance * mu)
+
+    def pns_gain(block: float, line: float) -> float:
+        # n >= 2: n - 1 photons through the line then the detector; n == 1: passed unless blocked.
+        p1 = mu * math.exp(-mu)
+        t = line * eta_det
+        # E[1 - (1-t)^(n-1); n >= 2] for Poisson n = sum_{n>=2} P(n) (1 - (1-t)^(n-1))
+        p0 = math.exp(-mu)
+        multi = (1.0 - p0 - p1) - (math.exp(-mu * t) - p0) / (1.0 - t) + p1 if t < 1.0 else 1.0 - p0 - p1
+        single = p1 * (1.0 - block) * t
+        return multi + single
+
+    if pns_gain(1.0, 1.0) <= honest_gain:
+        p1 = mu * math.exp(-mu)
+        block = 1.0 - (honest_gain - pns_gain(1.0, 1.0)) / (p1 * eta_det)
+        return min(max(block, 0.0), 1.0), 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if pns_gain(1.0, mid) > honest_gain:
+            hi = mid
+        else:
+            lo = mid
+    return 1.0, lo
+
+
+def emulate_bb84(
+    n: int,
+    *,
+    model: ChannelModel,
+    source: SourceKind,
+    decoy: DecoySource | None,
+    eve: Eavesdropper,
+    backend: MeasurementBackend,
+    rng: np.random.Generator,
+) -> tuple[PreparedPulses, Detections, ChannelStats]:
+    """Send `n` BB84 pulses through the channel. Bases: 0 rectilinear, 1 diagonal, chosen uniformly."""
+    if n <= 0:
+        raise ConfigError("qubits", f"must be positive, got {n}")
+    if source is SourceKind.WCP and decoy is None:
+        raise ConfigError("source", "a weak-coherent-pulse source needs decoy intensities")
+    if eve.kind is EveKind.PNS and source is not SourceKind.WCP:
+        raise ConfigError("eve", "photon-number splitting needs multi-photon pulses (--source wcp)")
+
+    bits = random_bits(rng, n)
+    bases = random_bits(rng, n)
+    bob_bases = random_bits(rng, n)
+    eta = model.transmittance
+    eta_det = model.detector_efficiency
+    stats_attacked = 0
+    eve_known = 0
+
+    # State that reaches Bob (possibly re-prepared by Eve), and how many of its photons he detects.
+    state_bits = bits
+    state_bases = bases
+    intensity_class: np.ndarray | None = None
+    if source is SourceKind.SINGLE_PHOTON:
+        photons = np.ones(n, dtype=np.int64)
+    else:
+        intensity_class = rng.choice(3, size=n, p=np.asarray(decoy.probabilities)).astype(np.uint8)
+        mus = np.asarray(decoy.intensities)[intensity_class]  # type: ignore[union-attr]
+        photons = rng.poisson(mus) if eve.active else None  # type: ignore[assignment]
+
+    attacked = bernoulli(rng, eve.fraction, n) if eve.active else np.zeros(n, dtype=bool)
+    line = np.full(n, eta)  # per-photon survival to a click, fibre and detector together
+    if eve.kind is EveKind.INTERCEPT_RESEND and attacked.any():
+        hit = attacked & (photons > 0)
+        idx = np.flatnonzero(hit)
+        eve_bases = random_bits(rng, idx.size)
+        seen = backend.measure_photons(bits[idx], bases[idx], eve_bases, 0.0, rng)
+        state_bits = bits.copy()
+        state_bases = bases.copy()
+        state_bits[idx] = seen
+        state_bases[idx] = eve_bases
+        stats_attacked = idx.size
+        eve_known = int(np.count_nonzero(eve_bases == bases[idx]))
+    elif eve.kind is EveKind.PNS and attacked.any():
+        block, eve_line = _pns_single_photon_block(model, decoy.intensities[0], eta_det)  # type: ignore[union-attr]
+        multi = attacked & (photons >= 2)
+        single = attacked & (photons == 1)
+        photons = photons.copy()
+        photons[multi] -= 1  # Eve keeps one photon of every multi-photon pulse
+        line[multi] = eve_line * eta_det
+        blocked = single & bernoulli(rng, block, n)
+        photons[blocked] = 0
+        line[single & ~blocked] = eve_line * eta_det
+        stats_attacked = int(np.count_nonzero(multi | single))
+        eve_known = int(np.count_nonzero(multi))
+
+    if photons is None:
+        # No eavesdropper on a WCP source: Poisson thinning gives the detected-photon count directly.
+        detected_photons = rng.poisson(eta * np.asarray(decoy.intensities)[intensity_class])  # type: ignore[union-attr]
+    elif source is SourceKind.SINGLE_PHOTON:
+        detected_photons = bernoulli(rng, eta, n).astype(np.int64)
+    else:
+        detected_photons = rng.binomial(photons, line)
+
+    pulse_of_photon = np.repeat(np.arange(n), detected_photons)
+    outcomes = backend.measure_photons(
+        state_bits[pulse_of_photon],
+        state_bases[pulse_of_photon],
+        bob_bases[pulse_of_photon],
+        model.misalignment,
+        rng,
+    )
+    fired0, fired1 = _fire_from_photons(n, pulse_of_photon, outcomes)
+    _add_noise_clicks(fired0, fired1, model, rng)
+    detected, bob_bits = _clicks_to_bits(fired0, fired1, rng)
+    return (
+        PreparedPulses(bits=bits, bases=bases, intensity_class=intensity_class),
+        Detections(detected=detected, bases=bob_bases, bits=bob_bits),
+        ChannelStats(pulses=n, eve_attacked=stats_attacked, eve_known_bits=eve_known),
+    )
+
+
+# E91 measurement settings as polarisation angles in units of pi/8 (REFERENCE §2).
+ALICE_ANGLES8 = np.array([0, 1, 2], dtype=np.int64)
+BOB_ANGLES8 = np.array([1, 2, 3], dtype=np.int64)
+
+
+def emulate_e91(
+    n: int,
+    *,
+    model: ChannelModel,
+    eve: Eavesdropper,
+    backend: MeasurementBackend,
+    rng: np.random.Generator,
+) -> tuple[Detections, Detections, ChannelStats]:
+    """Emit `n` entangled pairs from a source midway between the facilities.
+
+    Each photon crosses half the fibre to its own detector pair (same detector model on both sides).
+    Settings are indices 0..2 into ALICE_ANGLES8 / BOB_ANGLES8, chosen uniformly. Eve (intercept-resend)
+    measures Bob's photon at 0 or pi/4 and re-prepares it.
+    """
+    if n <= 0:
+        raise ConfigError("qubits", f"must be positive, got {n}")
+    if eve.kind is EveKind.PNS:
+        raise ConfigError("eve", "photon-number splitting applies to weak coherent pulses, not to E91 pairs")
+    half = dataclasses.replace(model, distance_km=model.distance_km / 2)
+    eta = half.transmittance
+    a_set = rng.integers(0, 3, size=n, dtype=np.uint8)
+    b_set = rng.integers(0, 3, size=n, dtype=np.uint8)
+    a_sig = bernoulli(rng, eta, n)
+    b_sig = bernoulli(rng, eta, n)
+    attacked = bernoulli(rng, eve.fraction, n) if eve.active else np.zeros(n, dtype=bool)
+    eve_angle = np.where(attacked, 2 * random_bits(rng, n).astype(np.int64), -1)
+
+    # Only pairs with at least one photon detected need measuring; the other outcomes are never seen.
+    idx = np.flatnonzero(a_sig | b_sig)
+    a_out, b_out, _ = backend.measure_pairs(
+        ALICE_ANGLES8[a_set[idx]],
+        BOB_ANGLES8[b_set[idx]],
+        eve_angle[idx],
+        model.misalignment,
+        model.misalignment,
+        rng,
+    )
+    sides = []
+    for sig, out in ((a_sig, a_out), (b_sig, b_out)):
+        fired0 = np.zeros(n, dtype=bool)
+        fired1 = np.zeros(n, dtype=bool)
+        seen = sig[idx]
+        fired0[idx[seen & (out == 0)]] = True
+        fired1[idx[seen & (out == 1)]] = True
+        _add_noise_clicks(fired0, fired1, half, rng)
+        sides.append(_clicks_to_bits(fired0, fired1, rng))
+    (a_det, a_bits), (b_det, b_bits) = sides
+    return (
+        Detections(detected=a_det, bases=a_set, bits=a_bits),
+        Detections(detected=b_det, bases=b_set, bits=b_bits),
+        ChannelStats(pulses=n, eve_attacked=int(attacked.sum())),
+    )

@@ -1,0 +1,197 @@
+"""Parameter estimation and the abort rules, computed identically at both ends from the disclosed bits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import finite_key as fk
+from .auth import ROUND_AUTH_BITS
+from .errors import AbortReason, RoundAborted
+from .sifting import E91_CHSH_SETTINGS, E91_CHSH_SIGNS, KEY_BASIS, TEST_BASIS, ProtocolKind, SiftPlan
+from .theory import binary_entropy, di_rate
+
+if TYPE_CHECKING:
+    from .session import DistillConfig
+
+
+@dataclass(frozen=True, slots=True)
+class DecoyCounts:
+    """Per-intensity counts for the Lim et al. 2014 bound (index = decoy class)."""
+
+    key_basis_detections: tuple[int, int, int]
+    test_basis_detections: tuple[int, int, int]
+    test_basis_errors: tuple[int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Statistics:
+    raw_key_bits: int
+    """n: key bits left after disclosure."""
+    sample_bits: int
+    """k: disclosed bits that estimate the key's error rate."""
+    errors: int
+    qber: float
+    qber_upper: float
+    """The finite-size upper bound on the phase error the key length is computed from."""
+    chsh_s: float | None = None
+    chsh_lower: float | None = None
+    chsh_trials: int = 0
+    decoy: DecoyCounts | None = None
+
+
+def _chsh(plan: SiftPlan, alice: np.ndarray, bob: np.ndarray, test_pos: np.ndarray, eps: float):
+    trials: list[int] = []
+    agreements: list[int] = []
+    a_set = plan.alice_settings[test_pos]
+    b_set = plan.bob_settings[test_pos]
+    for a, b in E91_CHSH_SETTINGS:
+        sel = (a_set == a) & (b_set == b)
+        trials.append(int(sel.sum()))
+        agreements.append(int(np.count_nonzero(alice[sel] == bob[sel])))
+    return fk.chsh_lower_bound(trials, agreements, E91_CHSH_SIGNS, eps)
+
+
+def measure_statistics(
+    config: DistillConfig, plan: SiftPlan, alice_test: np.ndarray, bob_test: np.ndarray
+) -> Statistics:
+    """QBER (and CHSH or decoy counts) from Alice's and Bob's bits at the disclosed positions."""
+    n = int(plan.key.size)
+    test_pos = plan.test
+    in_sample = np.isin(test_pos, plan.key_candidates[plan.sample], assume_unique=True)
+    if config.decoy is not None:
+        return _decoy_statistics(config, plan, alice_test, bob_test)
+    k = int(in_sample.sum())
+    errors = int(np.count_nonzero(alice_test[in_sample] != bob_test[in_sample]))
+    qber = errors / k if k else 0.5
+    qber_upper = fk.tomamichel_length(n, k, qber, 0.0, config.eps_sec, config.eps_cor).qber_upper if (
+        n and k
+    ) else 0.5
+    if config.protocol is ProtocolKind.E91:
+        chsh = _chsh(plan, alice_test, bob_test, test_pos, config.eps_sec)
+        return Statistics(
+            raw_key_bits=n,
+            sample_bits=k,
+            errors=errors,
+            qber=qber,
+            qber_upper=qber_upper,
+            chsh_s=chsh.s,
+            chsh_lower=chsh.s_lower,
+            chsh_trials=int(sum(chsh.trials)),
+        )
+    return Statistics(raw_key_bits=n, sample_bits=k, errors=errors, qber=qber, qber_upper=qber_upper)
+
+
+def _decoy_statistics(
+    config: DistillConfig, plan: SiftPlan, alice_test: np.ndarray, bob_test: np.ndarray
+) -> Statistics:
+    key_int = plan.intensities[plan.key]
+    test_int = plan.intensities[plan.test]
+    wrong = alice_test != bob_test
+    counts = DecoyCounts(
+        key_basis_detections=tuple(int(np.count_nonzero(key_int == c)) for c in range(3)),
+        test_basis_detections=tuple(int(np.count_nonzero(test_int == c)) for c in range(3)),
+        test_basis_errors=tuple(int(np.count_nonzero(wrong & (test_int == c))) for c in range(3)),
+    )
+    k = int(plan.test.size)
+    errors = int(wrong.sum())
+    bound = _lim(config, counts, 0.0)
+    return Statistics(
+        raw_key_bits=int(plan.key.size),
+        sample_bits=k,
+        errors=errors,
+        qber=errors / k if k else 0.5,
+        qber_upper=float(bound.phi_x),
+        decoy=counts,
+    )
+
+
+def _lim(config: DistillConfig, counts: DecoyCounts, leak: float):
+    assert_decoy = config.decoy
+    if assert_decoy is None:
+        raise ValueError("decoy bound without a decoy source")
+    return fk.lim2014_length(
+        intensities=assert_decoy.intensities,
+        probabilities=assert_decoy.probabilities,
+        n_x=counts.key_basis_detections,
+        n_z=counts.test_basis_detections,
+        m_z=counts.test_basis_errors,
+        leak_ec=leak,
+        eps_sec=config.eps_sec,
+        eps_cor=config.eps_cor,
+    )
+
+
+def _length(config: DistillConfig, stats: Statistics, leak: float) -> int:
+    if stats.decoy is not None:
+        return int(_lim(config, stats.decoy, leak).length)
+    if config.protocol is ProtocolKind.E91:
+        return int(
+            fk.e91_length(
+                stats.raw_key_bits,
+                stats.sample_bits,
+                stats.qber,
+                stats.chsh_lower,
+                leak,
+                config.eps_sec,
+                config.eps_cor,
+            ).length
+        )
+    return int(
+        fk.tomamichel_length(
+            stats.raw_key_bits, stats.sample_bits, stats.qber, leak, config.eps_sec, config.eps_cor
+        ).length
+    )
+
+
+def judge_statistics(config: DistillConfig, plan: SiftPlan, stats: Statistics) -> None:
+    """Raise RoundAborted if the statistics forbid a key; return quietly otherwise."""
+    if stats.raw_key_bits == 0 or stats.sample_bits == 0:
+        raise RoundAborted(
+            AbortReason.TOO_FEW_DETECTIONS,
+            f"{stats.raw_key_bits} key bits and {stats.sample_bits} test bits",
+            measured=float(plan.sifted_bits),
+        )
+    if config.protocol is ProtocolKind.E91:
+        s_low = stats.chsh_lower if stats.chsh_lower is not None else float("-inf")
+        if s_low <= 2.0:
+            raise RoundAborted(
+                AbortReason.CHSH_NOT_VIOLATED,
+                f"CHSH S = {stats.chsh_s:.3f}, lower bound {s_low:.3f} <= 2: no Bell violation",
+                measured=s_low,
+                threshold=2.0,
+            )
+    if stats.qber_upper > config.qber_tolerance:
+        raise RoundAborted(
+            AbortReason.QBER_ABOVE_THRESHOLD,
+            f"QBER {stats.qber:.4f}, upper bound {stats.qber_upper:.4f} > {config.qber_tolerance}",
+            measured=stats.qber_upper,
+            threshold=config.qber_tolerance,
+        )
+    if config.protocol is ProtocolKind.E91:
+        rate = float(di_rate(stats.chsh_lower, stats.qber_upper))
+        if rate <= 0.0:
+            raise RoundAborted(
+                AbortReason.DI_RATE_NONPOSITIVE,
+                f"device-independent rate {rate:.4f} <= 0 at S >= {stats.chsh_lower:.3f}",
+                measured=rate,
+                threshold=0.0,
+            )
+    expected_leak = config.ec_efficiency_estimate * stats.raw_key_bits * float(binary_entropy(stats.qber))
+    length = _length(config, stats, expected_leak)
+    if length <= ROUND_AUTH_BITS:
+        reason = AbortReason.DECOY_BOUND_EMPTY if stats.decoy is not None else AbortReason.FINITE_KEY_EMPTY
+        raise RoundAborted(
+            reason,
+            f"expected finite-key length {length} bits does not exceed the authentication cost",
+            measured=float(length),
+            threshold=float(ROUND_AUTH_BITS),
+        )
+
+
+def final_key_length(config: DistillConfig, plan: SiftPlan, stats: Statistics, leak: int) -> int:
+    """Privacy-amplification output length with the leakage actually disclosed."""
+    del plan  # the statistics carry everything the bound needs
+    return _length(config, stats, float(leak))

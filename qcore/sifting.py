@@ -1,0 +1,141 @@
+"""Sifting: which detections become key, which are disclosed for estimation, which are discarded.
+
+Both ends call ``plan_sifting`` with the same public information (Bob's detections and bases, Alice's
+coincidence marks, bases, decoy classes and sample choice), so they agree on every position without
+sending any of them twice.
+
+Position roles per protocol:
+- BB84, single-photon source: matching bases are key candidates; Alice discloses a random sample of them
+  (Tomamichel et al. 2012 style estimation), the rest is the raw key.
+- BB84, decoy states (Lim et al. 2014): matching bases in basis 0 are the raw key; every matching basis-1
+  detection is disclosed to bound the phase error.
+- E91: settings (pi/8, pi/8) and (pi/4, pi/4) are key candidates, sampled as for BB84; the four CHSH
+  setting pairs are disclosed in full; the rest is discarded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+from .errors import RemoteProtocolError
+
+
+class ProtocolKind(StrEnum):
+    BB84 = "bb84"
+    E91 = "e91"
+
+
+# E91 setting indices: Alice 0, 1, 2 = 0, pi/8, pi/4; Bob 0, 1, 2 = pi/8, pi/4, 3pi/8.
+E91_KEY_SETTINGS = ((1, 0), (2, 1))
+E91_CHSH_SETTINGS = ((0, 0), (0, 2), (2, 0), (2, 2))
+"""CHSH terms in the order of S = E(X,W) - E(X,V) + E(Z,W) + E(Z,V)."""
+E91_CHSH_SIGNS = (1, -1, 1, 1)
+
+KEY_BASIS = 0
+TEST_BASIS = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SiftPlan:
+    """Positions are indices into the coincidence list (the pulses both ends registered)."""
+
+    pulses: np.ndarray
+    """Pulse index of each coincidence."""
+    alice_settings: np.ndarray
+    bob_settings: np.ndarray
+    intensities: np.ndarray
+    """Decoy class per coincidence (empty without decoys)."""
+    key_candidates: np.ndarray
+    sample: np.ndarray
+    """Subset of key_candidates disclosed for the QBER estimate (bool mask over key_candidates)."""
+    test: np.ndarray
+    """Every disclosed position, ascending; test bits travel in this order."""
+    key: np.ndarray
+    """Raw key positions, ascending."""
+
+    @property
+    def sifted_bits(self) -> int:
+        return int(self.key_candidates.size)
+
+
+def key_candidate_mask(
+    protocol: ProtocolKind, decoy: bool, alice_settings: np.ndarray, bob_settings: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(key-candidate mask, always-disclosed mask) over the coincidences."""
+    if protocol is ProtocolKind.BB84:
+        matched = alice_settings == bob_settings
+        if decoy:
+            return matched & (alice_settings == KEY_BASIS), matched & (alice_settings == TEST_BASIS)
+        return matched, np.zeros_like(matched)
+    candidates = np.zeros(alice_settings.size, dtype=bool)
+    for a, b in E91_KEY_SETTINGS:
+        candidates |= (alice_settings == a) & (bob_settings == b)
+    disclosed = np.zeros(alice_settings.size, dtype=bool)
+    for a, b in E91_CHSH_SETTINGS:
+        disclosed |= (alice_settings == a) & (bob_settings == b)
+    return candidates, disclosed
+
+
+def choose_sample(rng: np.random.Generator, candidates: int, fraction: float) -> np.ndarray:
+    """Alice's random sample: a bool mask with round(fraction * candidates) entries set."""
+    k = round(fraction * candidates)
+    mask = np.zeros(candidates, dtype=np.uint8)
+    if k:
+        mask[rng.choice(candidates, size=k, replace=False)] = 1
+    return mask
+
+
+def plan_sifting(
+    *,
+    protocol: ProtocolKind,
+    decoy: bool,
+    bob_detected: np.ndarray,
+    bob_settings_at_detections: np.ndarray,
+    coincident: np.ndarray,
+    alice_settings: np.ndarray,
+    intensities: np.ndarray,
+    sample: np.ndarray,
+) -> SiftPlan:
+    """Derive every position from the public messages. Inconsistent sizes raise RemoteProtocolError."""
+    detections = np.flatnonzero(bob_detected)
+    if coincident.size != detections.size:
+        raise RemoteProtocolError(
+            f"coincidence mask has {coincident.size} entries for {detections.size} detections"
+        )
+    coincident_mask = coincident.astype(bool)
+    pulses = detections[coincident_mask]
+    if alice_settings.size != pulses.size:
+        raise RemoteProtocolError(f"{alice_settings.size} settings for {pulses.size} coincidences")
+    if decoy and intensities.size != pulses.size:
+        raise RemoteProtocolError(f"{intensities.size} decoy classes for {pulses.size} coincidences")
+    if not decoy and intensities.size:
+        raise RemoteProtocolError("decoy classes sent without a decoy source")
+    bob_settings = bob_settings_at_detections[coincident_mask]
+    limit = 2 if protocol is ProtocolKind.BB84 else 3
+    if alice_settings.size and int(alice_settings.max()) >= limit:
+        raise RemoteProtocolError("setting out of range")
+    if intensities.size and int(intensities.max()) >= 3:
+        raise RemoteProtocolError("decoy class out of range")
+
+    cand_mask, disclosed_mask = key_candidate_mask(protocol, decoy, alice_settings, bob_settings)
+    candidates = np.flatnonzero(cand_mask)
+    if sample.size != candidates.size:
+        raise RemoteProtocolError(f"sample mask has {sample.size} entries for {candidates.size} candidates")
+    sample_mask = sample.astype(bool)
+    if decoy and sample_mask.any():
+        raise RemoteProtocolError("decoy BB84 samples no key candidates")
+    disclosed_mask = disclosed_mask.copy()
+    disclosed_mask[candidates[sample_mask]] = True
+    return SiftPlan(
+        pulses=pulses,
+        alice_settings=alice_settings,
+        bob_settings=bob_settings,
+        intensities=intensities,
+        key_candidates=candidates,
+        sample=sample_mask,
+        test=np.flatnonzero(disclosed_mask),
+        key=candidates[~sample_mask],
+    )
