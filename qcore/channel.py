@@ -55,7 +55,9 @@ class DecoySource:
     def __post_init__(self) -> None:
         mu1, mu2, mu3 = self.intensities
         if not (mu1 > mu2 + mu3 and mu2 > mu3 >= 0.0):
-            raise ConfigError("mu", f"decoy intensities need mu1 > mu2 + mu3 and mu2 > mu3 >= 0, got {self.intensities}")
+            raise ConfigError(
+                "mu", f"decoy intensities need mu1 > mu2 + mu3 and mu2 > mu3 >= 0, got {self.intensities}"
+            )
         if mu1 > 10:
             raise ConfigError("mu", f"signal intensity {mu1} is not a weak pulse")
         if any(p <= 0 for p in self.probabilities) or not math.isclose(sum(self.probabilities), 1.0):

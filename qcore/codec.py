@@ -139,7 +139,9 @@ def _decode_field(reader: _Reader, kind: Any, name: str) -> Any:
         width = kind.dtype.itemsize
         if count > (len(reader.data) - reader.pos) // width:
             raise DecodeError(f"field {name}: truncated array of {count}")
-        return np.frombuffer(reader.take(count * width), dtype=kind.dtype).astype(kind.dtype.newbyteorder("="))
+        return np.frombuffer(reader.take(count * width), dtype=kind.dtype).astype(
+            kind.dtype.newbyteorder("=")
+        )
     raise DecodeError(f"field {name}: unsupported kind {kind!r}")
 
 

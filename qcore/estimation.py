@@ -10,7 +10,7 @@ import numpy as np
 from . import finite_key as fk
 from .auth import ROUND_AUTH_BITS
 from .errors import AbortReason, RoundAborted
-from .sifting import E91_CHSH_SETTINGS, E91_CHSH_SIGNS, KEY_BASIS, TEST_BASIS, ProtocolKind, SiftPlan
+from .sifting import E91_CHSH_SETTINGS, E91_CHSH_SIGNS, ProtocolKind, SiftPlan
 from .theory import binary_entropy, di_rate
 
 if TYPE_CHECKING:
@@ -66,9 +66,9 @@ def measure_statistics(
     k = int(in_sample.sum())
     errors = int(np.count_nonzero(alice_test[in_sample] != bob_test[in_sample]))
     qber = errors / k if k else 0.5
-    qber_upper = fk.tomamichel_length(n, k, qber, 0.0, config.eps_sec, config.eps_cor).qber_upper if (
-        n and k
-    ) else 0.5
+    qber_upper = (
+        fk.tomamichel_length(n, k, qber, 0.0, config.eps_sec, config.eps_cor).qber_upper if (n and k) else 0.5
+    )
     if config.protocol is ProtocolKind.E91:
         chsh = _chsh(plan, alice_test, bob_test, test_pos, config.eps_sec)
         return Statistics(

@@ -10,6 +10,7 @@ an Abort carrying a reason code. No key leaves a session unless the whole transc
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, auto
@@ -96,6 +97,9 @@ class RoundOutcome:
     pa_output_bits: int
     auth_cost_bits: int
     key: np.ndarray = field(repr=False)
+    auth_refill: np.ndarray = field(repr=False)
+    """Key bits that replace the authentication key this round spent; the caller adds them to its
+    store once the round is confirmed at both ends."""
     measured: float | None = None
     threshold: float | None = None
 
@@ -171,6 +175,11 @@ class _Session:
         self._pa_length = 0
         self._round_keys: RoundAuthKeys | None = None
         self._key: np.ndarray | None = None
+        self._refill: np.ndarray = np.zeros(0, dtype=np.uint8)
+
+    @property
+    def auth_store(self) -> AuthKeyStore:
+        return self._auth
 
     # -- transcript -------------------------------------------------------------------------------------
     def _record(self, marker: bytes, msg: Message) -> None:
@@ -197,6 +206,9 @@ class _Session:
         return self.receive(msg)
 
     def receive(self, msg: Message) -> list[Message]:
+        if self.state is self._established_state and isinstance(msg, m.Abort):
+            # The peer refused our last tag after we confirmed: withdraw the key, it was never agreed.
+            return self._abort(AbortReason.PEER_ABORTED, _peer_abort_text(msg), notify=False)
         if self.state in TERMINAL:
             return []
         self._record(self._received_marker, msg)
@@ -207,7 +219,7 @@ class _Session:
             return self._abort(
                 AbortReason.PROTOCOL_VIOLATION, f"{type(msg).__name__} not expected in {self.state.name}"
             )
-        handler: Callable[[Message], tuple[Enum, list[Message]]] = getattr(self, f"_on_{type(msg).__name__}")
+        handler: Callable[[Message], tuple[Enum, list[Message]]] = getattr(self, _handler_name(type(msg)))
         try:
             next_state, out = handler(msg)
         except RoundAborted as exc:
@@ -219,7 +231,9 @@ class _Session:
         except AuthKeyExhausted as exc:
             return self._abort(AbortReason.AUTH_KEY_EXHAUSTED, str(exc))
         if next_state not in allowed:
-            raise LocalProtocolError(f"handler moved {self.state.name} -> {next_state.name}, not in the table")
+            raise LocalProtocolError(
+                f"handler moved {self.state.name} -> {next_state.name}, not in the table"
+            )
         self.state = next_state
         return self._send(out)
 
@@ -256,7 +270,8 @@ class _Session:
         measured: float | None = None,
         threshold: float | None = None,
     ) -> RoundOutcome:
-        key = self._key if (established and self._key is not None) else np.zeros(0, dtype=np.uint8)
+        empty = np.zeros(0, dtype=np.uint8)
+        key = self._key if (established and self._key is not None) else empty
         stats = self._stats
         if measured is None and stats is not None and reason in (AbortReason.QBER_ABOVE_THRESHOLD,):
             measured = stats.qber_upper
@@ -273,14 +288,15 @@ class _Session:
             pa_output_bits=self._pa_length if established else 0,
             auth_cost_bits=ROUND_AUTH_BITS if self._round_keys is not None else 0,
             key=key,
+            auth_refill=self._refill if established else empty,
             measured=measured,
             threshold=threshold,
         )
 
     def _establish(self, pa_key: np.ndarray) -> None:
-        # The authentication store takes back what this round spent; the rest is the new secret key.
-        refill = pa_key[:ROUND_AUTH_BITS]
-        self._auth.replenish(np.packbits(refill).tobytes())
+        # The first ROUND_AUTH_BITS of the output refill the authentication store (the caller does that
+        # once the round is confirmed at both ends); the rest is the new secret key.
+        self._refill = pa_key[:ROUND_AUTH_BITS]
         self._key = pa_key[ROUND_AUTH_BITS:]
         self.state = self._established_state
         self.outcome = self._make_outcome(established=True)
@@ -335,9 +351,11 @@ class AliceSession(_Session):
         self._cascade_seed = int(rng.integers(0, 2**63))
         self.state = AliceState.EXPECT_DETECTIONS
 
-    def _on_Detections(self, msg: m.Detections) -> tuple[AliceState, list[Message]]:
+    def _on_detections(self, msg: m.Detections) -> tuple[AliceState, list[Message]]:
         if msg.detected.size != self._bits.size:
-            raise RemoteProtocolError(f"detection map covers {msg.detected.size} pulses, not {self._bits.size}")
+            raise RemoteProtocolError(
+                f"detection map covers {msg.detected.size} pulses, not {self._bits.size}"
+            )
         detections = np.flatnonzero(msg.detected)
         coincident = self._detected[detections].astype(np.uint8)
         pulses = detections[coincident.astype(bool)]
@@ -348,10 +366,14 @@ class AliceSession(_Session):
             else np.zeros(0, dtype=np.uint8)
         )
         decoy = self.config.decoy is not None
-        cand, _ = key_candidate_mask(self.config.protocol, decoy, settings, msg.bases[coincident.astype(bool)])
+        cand, _ = key_candidate_mask(
+            self.config.protocol, decoy, settings, msg.bases[coincident.astype(bool)]
+        )
         n_cand = int(np.count_nonzero(cand))
-        sample = np.zeros(n_cand, dtype=np.uint8) if decoy else choose_sample(
-            self._rng, n_cand, self.config.sample_fraction
+        sample = (
+            np.zeros(n_cand, dtype=np.uint8)
+            if decoy
+            else choose_sample(self._rng, n_cand, self.config.sample_fraction)
         )
         self._plan = plan_sifting(
             protocol=self.config.protocol,
@@ -375,7 +397,7 @@ class AliceSession(_Session):
         )
         return AliceState.EXPECT_ESTIMATE, [reply]
 
-    def _on_Estimate(self, msg: m.Estimate) -> tuple[AliceState, list[Message]]:
+    def _on_estimate(self, msg: m.Estimate) -> tuple[AliceState, list[Message]]:
         plan = self._plan
         if plan is None:
             raise LocalProtocolError("estimate before sifting")
@@ -388,7 +410,7 @@ class AliceSession(_Session):
         self._cascade = CascadeAlice(self._raw_key, schedule, self._cascade_seed)
         return AliceState.RECONCILING, []
 
-    def _on_ParityRequest(self, msg: m.ParityRequest) -> tuple[AliceState, list[Message]]:
+    def _on_parity_request(self, msg: m.ParityRequest) -> tuple[AliceState, list[Message]]:
         if self._cascade is None:
             raise LocalProtocolError("parity request before estimation")
         reply = self._cascade.answer(msg)
@@ -396,7 +418,7 @@ class AliceSession(_Session):
         self._round_trips += 1
         return AliceState.RECONCILING, [reply]
 
-    def _on_Verify(self, msg: m.Verify) -> tuple[AliceState, list[Message]]:
+    def _on_verify(self, msg: m.Verify) -> tuple[AliceState, list[Message]]:
         t = self.config.verification_bits
         n = self._raw_key.size
         if msg.seed.size != n + t - 1 or msg.digest.size != t:
@@ -410,11 +432,13 @@ class AliceSession(_Session):
         self._round_keys = self._auth.take_round_keys()
         amplify = m.Amplify(seed=seed, length=length)
         self._record(self._sent_marker, amplify)
-        tag = wegman_carter_tag(self._round_keys.hash_key, self._round_keys.alice_pad, self._transcript_bytes())
+        tag = wegman_carter_tag(
+            self._round_keys.hash_key, self._round_keys.alice_pad, self._transcript_bytes()
+        )
         self._transcript.pop()  # _send records it again
         return AliceState.EXPECT_BOB_TAG, [amplify, m.AuthTag(key_offset=self._round_keys.offset, tag=tag)]
 
-    def _on_AuthTag(self, msg: m.AuthTag) -> tuple[AliceState, list[Message]]:
+    def _on_auth_tag(self, msg: m.AuthTag) -> tuple[AliceState, list[Message]]:
         keys = self._round_keys
         if keys is None or msg.key_offset != keys.offset:
             raise IntegrityError("Bob's tag names another authentication key")
@@ -467,7 +491,7 @@ class BobSession(_Session):
             ]
         )
 
-    def _on_Sifting(self, msg: m.Sifting) -> tuple[BobState, list[Message]]:
+    def _on_sifting(self, msg: m.Sifting) -> tuple[BobState, list[Message]]:
         detections = np.flatnonzero(self._detected)
         self._plan = plan = plan_sifting(
             protocol=self.config.protocol,
@@ -494,7 +518,7 @@ class BobSession(_Session):
             return BobState.EXPECT_PARITY_REPLY, [estimate, *self._finish_reconciliation()]
         return BobState.EXPECT_PARITY_REPLY, [estimate, request]
 
-    def _on_ParityReply(self, msg: m.ParityReply) -> tuple[BobState, list[Message]]:
+    def _on_parity_reply(self, msg: m.ParityReply) -> tuple[BobState, list[Message]]:
         cascade = self._cascade
         if cascade is None:
             raise LocalProtocolError("parity reply before estimation")
@@ -517,7 +541,7 @@ class BobSession(_Session):
         seed = random_bits(self._rng, self._corrected_key.size + t - 1)
         return [m.Verify(seed=seed, digest=toeplitz_hash(seed, self._corrected_key, t))]
 
-    def _on_Amplify(self, msg: m.Amplify) -> tuple[BobState, list[Message]]:
+    def _on_amplify(self, msg: m.Amplify) -> tuple[BobState, list[Message]]:
         length = self._statistics_and_length()
         if msg.length != length:
             raise RemoteProtocolError(f"Alice amplifies to {msg.length} bits, the bound here gives {length}")
@@ -527,12 +551,16 @@ class BobSession(_Session):
         self._pending_key = toeplitz_hash(msg.seed, self._corrected_key, length)
         return BobState.EXPECT_ALICE_TAG, []
 
-    def _on_AuthTag(self, msg: m.AuthTag) -> tuple[BobState, list[Message]]:
+    def _on_auth_tag(self, msg: m.AuthTag) -> tuple[BobState, list[Message]]:
         self._round_keys = keys = self._auth.take_round_keys(msg.key_offset)
         verify_wegman_carter_tag(keys.hash_key, keys.alice_pad, b"".join(self._transcript[:-1]), msg.tag)
         tag = wegman_carter_tag(keys.hash_key, keys.bob_pad, self._transcript_bytes())
         self._establish(self._pending_key)
         return BobState.ESTABLISHED, [m.AuthTag(key_offset=keys.offset, tag=tag)]
+
+
+def _handler_name(cls: type[Message]) -> str:
+    return "_on_" + re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
 
 
 def _peer_abort_text(msg: m.Abort) -> str:

@@ -84,7 +84,11 @@ class SimResult:
         for outcome in (self.bob, self.alice):
             if outcome.abort_reason not in (AbortReason.NONE, AbortReason.PEER_ABORTED):
                 return outcome.abort_reason
-        return self.bob.abort_reason if self.bob.abort_reason is not AbortReason.NONE else self.alice.abort_reason
+        return (
+            self.bob.abort_reason
+            if self.bob.abort_reason is not AbortReason.NONE
+            else self.alice.abort_reason
+        )
 
     def report(self) -> dict[str, Any]:
         """The flat record `qlink sim --json` prints (without the caller's elapsed time)."""
@@ -94,12 +98,15 @@ class SimResult:
         h = float(theory.binary_entropy(q_actual)) if n else 0.0
         reason = self.abort_reason
         detail = next(
-            (o.abort_detail for o in (self.bob, self.alice) if o.abort_reason is reason and o.abort_detail), ""
+            (o.abort_detail for o in (self.bob, self.alice) if o.abort_reason is reason and o.abort_detail),
+            "",
         )
         return {
             "protocol": self.config.protocol.value,
             "backend": self.config.backend,
-            "source": self.config.source.value if self.config.protocol is ProtocolKind.BB84 else "entangled-pairs",
+            "source": self.config.source.value
+            if self.config.protocol is ProtocolKind.BB84
+            else "entangled-pairs",
             "distance_km": self.config.channel.distance_km,
             "eve": self.config.eve.kind.value,
             "eve_fraction": self.config.eve.fraction if self.config.eve.active else 0.0,
@@ -194,6 +201,9 @@ def run_simulation(config: SimConfig) -> SimResult:
     transcript = run_pair(alice, bob)
     if alice.outcome is None or bob.outcome is None:
         raise RuntimeError("round ended without an outcome")  # run_pair always ends both sessions
+    if alice.outcome.established and bob.outcome.established:
+        for session in (alice, bob):
+            session.auth_store.replenish(np.packbits(session.outcome.auth_refill).tobytes())
     return SimResult(
         config=config,
         alice=alice.outcome,
@@ -225,12 +235,14 @@ def predictions(config: SimConfig) -> dict[str, Any]:
             expected_sifted_bits=sifted,
             shor_preskill_rate_per_sifted_bit=float(theory.shor_preskill_rate(q)),
             ec_rate_per_sifted_bit=float(theory.ec_rate(q, f_ec)),
-            seed_paper_rate_upper_bound_per_pulse=float(theory.seed_paper_rate(gain / 2, q)),
+            seed_paper_rate_upper_bound_per_pulse=float(theory.seed_paper_rate_upper_bound(gain / 2, q)),
         )
         if config.source is SourceKind.SINGLE_PHOTON:
             k = round(distill.sample_fraction * sifted)
             n = round(sifted) - k
-            finite = tomamichel_length(n, k, q, f_ec * n * float(theory.binary_entropy(q)), distill.eps_sec, distill.eps_cor)
+            finite = tomamichel_length(
+                n, k, q, f_ec * n * float(theory.binary_entropy(q)), distill.eps_sec, distill.eps_cor
+            )
             out.update(
                 asymptotic_key_bits=sifted * max(0.0, float(theory.ec_rate(q, f_ec))),
                 finite_key_bits=int(finite.length),
@@ -244,8 +256,10 @@ def predictions(config: SimConfig) -> dict[str, Any]:
             expected_chsh=float(pred.chsh),
             di_rate_per_key_bit=float(theory.di_rate(float(pred.chsh), q)),
             seed_paper_rate_upper_bound_per_pair=float(
-                theory.seed_paper_rate(float(pred.coincidence_probability) * 2 / 9, q)
+                theory.seed_paper_rate_upper_bound(float(pred.coincidence_probability) * 2 / 9, q)
             ),
         )
-    out["note"] = "seed_paper_rate is P_s[1-h(e)]: error correction without privacy amplification, an upper bound"
+    out["note"] = (
+        "seed_paper_rate is P_s[1-h(e)]: error correction without privacy amplification, an upper bound"
+    )
     return out

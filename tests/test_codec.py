@@ -36,7 +36,7 @@ def _samples() -> list[m.Message]:
         m.Verify(seed=bits, digest=bits[:34]),
         m.Amplify(seed=bits, length=1234),
         m.AuthTag(key_offset=96, tag=bytes(range(16))),
-        m.Abort(reason=1, detail="qber".encode()),
+        m.Abort(reason=1, detail=b"qber"),
     ]
 
 
@@ -89,9 +89,7 @@ def test_local_misuse_is_a_local_error() -> None:
     with pytest.raises(LocalProtocolError):
         m.Amplify(seed=np.zeros(1, np.uint8), length=-1).encode()
     with pytest.raises(LocalProtocolError):
-        m.ParityRequest(
-            passes=np.array([300]), starts=np.array([0]), ends=np.array([1])
-        ).encode()
+        m.ParityRequest(passes=np.array([300]), starts=np.array([0]), ends=np.array([1])).encode()
 
 
 @settings(max_examples=400, deadline=None)

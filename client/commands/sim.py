@@ -37,13 +37,22 @@ def _bounded(low: float, high: float, *, low_open: bool = False):
 
 
 def _channel_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--distance-km", type=_bounded(0.0, 1000.0), default=10.0, help="fibre length (default 10)")
-    p.add_argument("--attenuation", type=_bounded(0.0, 10.0), default=0.2, help="fibre loss dB/km (default 0.2)")
     p.add_argument(
-        "--misalignment", type=_bounded(0.0, 0.5), default=5e-3, help="optical error probability (default 0.005)"
+        "--distance-km", type=_bounded(0.0, 1000.0), default=10.0, help="fibre length (default 10)"
+    )
+    p.add_argument(
+        "--attenuation", type=_bounded(0.0, 10.0), default=0.2, help="fibre loss dB/km (default 0.2)"
+    )
+    p.add_argument(
+        "--misalignment",
+        type=_bounded(0.0, 0.5),
+        default=5e-3,
+        help="optical error probability (default 0.005)",
     )
     p.add_argument("--dark-count", type=_bounded(0.0, 0.5), default=6e-7, help="per gate and detector (6e-7)")
-    p.add_argument("--afterpulse", type=_bounded(0.0, 0.5), default=4e-2, help="after-pulse probability (0.04)")
+    p.add_argument(
+        "--afterpulse", type=_bounded(0.0, 0.5), default=4e-2, help="after-pulse probability (0.04)"
+    )
     p.add_argument(
         "--detector-efficiency", type=_bounded(0.0, 1.0, low_open=True), default=0.10, help="default 0.10"
     )
@@ -53,7 +62,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True, parser_class=type(parser))
     for name in ("bb84", "e91"):
         p = sub.add_parser(name, help=f"one {name.upper()} round through the emulated channel")
-        p.add_argument("--qubits", type=_positive_int, default=1_000_000, help="pulses or pairs (default 1e6)")
+        p.add_argument(
+            "--qubits", type=_positive_int, default=1_000_000, help="pulses or pairs (default 1e6)"
+        )
         _channel_flags(p)
         if name == "bb84":
             p.add_argument("--source", choices=("single-photon", "wcp"), default="single-photon")
@@ -63,13 +74,17 @@ def register(parser: argparse.ArgumentParser) -> None:
             p.add_argument("--eve", choices=("none", "intercept-resend", "pns"), default="none")
         else:
             p.add_argument("--eve", choices=("none", "intercept-resend"), default="none")
-        p.add_argument("--eve-fraction", type=_bounded(0.0, 1.0), default=1.0, help="share of pulses attacked")
+        p.add_argument(
+            "--eve-fraction", type=_bounded(0.0, 1.0), default=1.0, help="share of pulses attacked"
+        )
         p.add_argument("--sample-fraction", type=_bounded(0.0, 1.0, low_open=True), default=0.3)
         p.add_argument("--backend", choices=("numpy", "qiskit"), default="numpy")
         p.add_argument("--seed", type=int, default=None, help="seed of every random choice")
         p.add_argument("--json", action="store_true", help="print one JSON object")
         p.set_defaults(run=run_round)
-    sweep = sub.add_parser("sweep", help="key rate against distance and QBER/CHSH against Eve, as PNG and CSV")
+    sweep = sub.add_parser(
+        "sweep", help="key rate against distance and QBER/CHSH against Eve, as PNG and CSV"
+    )
     sweep.add_argument("--out", default="sweep-out", help="output directory (default ./sweep-out)")
     sweep.add_argument("--qubits", type=_positive_int, default=2_000_000, help="pulses per simulated point")
     sweep.add_argument("--seed", type=int, default=1)
@@ -119,7 +134,10 @@ def run_round(args: argparse.Namespace) -> int:
         result = run_simulation(config)
         elapsed = time.perf_counter() - started
     except ConfigError as exc:
-        print(f"qlink sim {args.protocol}: error: --{exc.field.replace('_', '-')}: {exc.message}", file=sys.stderr)
+        print(
+            f"qlink sim {args.protocol}: error: --{exc.field.replace('_', '-')}: {exc.message}",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     report = result.report()
     report["elapsed_s"] = elapsed
@@ -139,23 +157,47 @@ def _fmt(value: Any, spec: str = "") -> str:
 def format_report(r: dict[str, Any]) -> str:
     t = r["theory"]
     rows = [
-        ("protocol", f"{r['protocol'].upper()} ({r['source']}), {r['backend']} backend, seed {_fmt(r['seed'])}"),
-        ("channel", f"{r['distance_km']:g} km, eavesdropper: {r['eve']}"
-         + (f" on {r['eve_fraction']:.0%}" if r["eve"] != "none" else "")),
+        (
+            "protocol",
+            f"{r['protocol'].upper()} ({r['source']}), {r['backend']} backend, seed {_fmt(r['seed'])}",
+        ),
+        (
+            "channel",
+            f"{r['distance_km']:g} km, eavesdropper: {r['eve']}"
+            + (f" on {r['eve_fraction']:.0%}" if r["eve"] != "none" else ""),
+        ),
         ("sent / detected", f"{r['qubits_sent']:,} / {r['detected']:,}"),
         ("sifted / disclosed", f"{r['sifted_bits']:,} / {r['sample_bits']:,}"),
-        ("QBER", f"{_fmt(r['qber'], '.4%')} (upper bound {_fmt(r['qber_upper'], '.4%')}; "
-         f"model predicts {_fmt(t.get('expected_qber'), '.4%')})"),
+        (
+            "QBER",
+            f"{_fmt(r['qber'], '.4%')} (upper bound {_fmt(r['qber_upper'], '.4%')}; "
+            f"model predicts {_fmt(t.get('expected_qber'), '.4%')})",
+        ),
     ]
     if r["chsh_s"] is not None:
-        rows.append(("CHSH S", f"{r['chsh_s']:.4f} (lower bound {r['chsh_lower']:.4f}; "
-                     f"model {_fmt(t.get('expected_chsh'), '.4f')}; classical limit 2)"))
+        rows.append(
+            (
+                "CHSH S",
+                f"{r['chsh_s']:.4f} (lower bound {r['chsh_lower']:.4f}; "
+                f"model {_fmt(t.get('expected_chsh'), '.4f')}; classical limit 2)",
+            )
+        )
     if r["raw_key_bits"]:
-        rows.append(("reconciliation", f"{r['leaked_ec_bits']:,} bits leaked, efficiency "
-                     f"{_fmt(r['ec_efficiency'], '.3f')}, {r['round_trips']} round trips"))
+        rows.append(
+            (
+                "reconciliation",
+                f"{r['leaked_ec_bits']:,} bits leaked, efficiency "
+                f"{_fmt(r['ec_efficiency'], '.3f')}, {r['round_trips']} round trips",
+            )
+        )
     if not r["aborted"]:
-        rows.append(("final key", f"{r['final_key_bits']:,} bits (PA output {r['pa_output_bits']:,}, "
-                     f"{r['auth_cost_bits']} refilled the authentication key)"))
+        rows.append(
+            (
+                "final key",
+                f"{r['final_key_bits']:,} bits (PA output {r['pa_output_bits']:,}, "
+                f"{r['auth_cost_bits']} refilled the authentication key)",
+            )
+        )
         if "finite_key_bits" in t:
             rows.append(("finite-key theory", f"{t['finite_key_bits']:,} bits expected for these parameters"))
         rows.append(("key hashes", f"Alice {r['alice_key_sha256'][:16]}  Bob {r['bob_key_sha256'][:16]}"))
@@ -166,7 +208,9 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(f"VERDICT: ABORTED ({r['abort_reason']}): {r['abort_detail']}. No key was produced.")
     else:
         verdict = "identical" if r["keys_equal"] else "DIFFERENT"
-        lines.append(f"VERDICT: KEY ESTABLISHED: {r['final_key_bits']:,} secret bits, keys {verdict} at both ends.")
+        lines.append(
+            f"VERDICT: KEY ESTABLISHED: {r['final_key_bits']:,} secret bits, keys {verdict} at both ends."
+        )
     return "\n".join(lines)
 
 
