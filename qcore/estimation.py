@@ -103,7 +103,7 @@ def _decoy_statistics(
         sample_bits=k,
         errors=errors,
         qber=errors / k if k else 0.5,
-        qber_upper=float(bound.phi_x),
+        qber_upper=float(bound.phi_x) if np.isfinite(bound.phi_x) else 0.5,
         decoy=counts,
     )
 
@@ -163,11 +163,14 @@ def judge_statistics(config: DistillConfig, plan: SiftPlan, stats: Statistics) -
                 measured=s_low,
                 threshold=2.0,
             )
-    if stats.qber_upper > config.qber_tolerance:
+    # Decoy rounds judge the observed test-basis QBER here; the phase-error bound phi_X enters the
+    # Lim et al. length below, so a loose finite-size bound reads as "decoy bound empty", not as Eve.
+    judged = stats.qber if stats.decoy is not None else stats.qber_upper
+    if judged > config.qber_tolerance:
         raise RoundAborted(
             AbortReason.QBER_ABOVE_THRESHOLD,
             f"QBER {stats.qber:.4f}, upper bound {stats.qber_upper:.4f} > {config.qber_tolerance}",
-            measured=stats.qber_upper,
+            measured=judged,
             threshold=config.qber_tolerance,
         )
     if config.protocol is ProtocolKind.E91:

@@ -70,7 +70,7 @@ class FiniteKeyResult:
     eps_cor: float
     """Correctness parameter."""
     mu: float
-    """Statistical deviation sqrt((n+k)/(n k) (k+1)/k ln(4/eps_sec))."""
+    """Statistical deviation sqrt((n+k)/(n k) (k+1)/k ln(4/eps_sec)); inf when n = 0 or k = 0."""
     qber_upper: float
     """q_test + mu: the error rate bound on the key bits."""
     pa_penalty: float
@@ -96,7 +96,7 @@ def _pa_penalty(eps_sec: float, eps_cor: float) -> float:
     return math.log2(2.0) - 2.0 * math.log2(eps_sec) - math.log2(eps_cor)
 
 
-def tomamichel_length(  # noqa: PLR0917 (positional order is the published API)
+def tomamichel_length(
     n: int,
     k: int,
     q_test: float,
@@ -180,7 +180,7 @@ def tomamichel_predicted_fraction(
     to the channel QBER (expected-value prediction, no robustness margin) and error correction leaks
     ``f n h(qber)`` bits. k is searched on a logarithmic grid and then refined over every integer
     around the best grid point (the length is a smooth, single-peaked function of k).
-    Returns k = 1 and length 0 when no split yields a key.
+    When no split yields a key, the k with the least negative raw length is returned, with length 0.
     """
     n_sifted = _check_count("n_sifted", n_sifted, 2)
     if not 0.0 <= qber <= 0.5:
@@ -342,9 +342,13 @@ class Lim2014Result:
     v_z1: float
     """Upper bound on single-photon bit errors in Z, Eq. (4), clipped at 0."""
     gamma: float
-    """Random-sampling term gamma(eps_sec, v_Z1/s_Z1, s_Z1, s_X1) of Eq. (5) (0 if undefined)."""
+    """Random-sampling term gamma(eps_sec, v_Z1/s_Z1, s_Z1, s_X1) of Eq. (5); NaN if s_X1 or s_Z1 <= 0."""
     phi_x: float
-    """Upper bound on the single-photon phase error rate, Eq. (5), capped at 1/2."""
+    """Upper bound on the single-photon phase error rate, Eq. (5), uncapped (>= 1/2: no key).
+
+    NaN when s_X1 <= 0 or s_Z1 <= 0: no single-photon event is certified, so no phase error rate
+    exists to bound (the failure is the decoy bound's, not an excess of errors).
+    """
     pa_penalty: float
     """6 log2(21/eps_sec) + log2(2/eps_cor), bits."""
     raw_length: float
@@ -413,7 +417,7 @@ def lim2014_length(
     Counts are given per intensity in the order of ``intensities``. Lower bounds on counts are
     clipped at 0 (a count is never negative, and a larger valid s_X0 only raises Eq. (3)). Invalid
     regimes give length 0: s_X1 <= 0 or s_Z1 <= 0 (no single-photon contribution can be certified,
-    e.g. under a photon-number-splitting attack) or phi_X >= 1/2.
+    e.g. under a photon-number-splitting attack; phi_X and gamma are then NaN) or phi_X >= 1/2.
     """
     mus = tuple(float(v) for v in intensities)
     ps = tuple(float(v) for v in probabilities)
@@ -450,13 +454,13 @@ def lim2014_length(
     v_z1 = max(0.0, tau1 * (mz_plus[1] - mz_minus[2]) / (mu2 - mu3))
     penalty = 6.0 * math.log2(21.0 / eps_sec) + math.log2(2.0 / eps_cor)
 
-    gamma = 0.0
-    phi_x = 0.5
+    gamma = math.nan
+    phi_x = math.nan
     raw = -math.inf
     if s_x1 > 0.0 and s_z1 > 0.0:
         ratio = v_z1 / s_z1
         gamma = _lim_gamma(eps_sec, ratio, s_z1, s_x1)
-        phi_x = min(0.5, ratio + gamma)
+        phi_x = ratio + gamma
         if phi_x < 0.5:
             raw = s_x0 + s_x1 * (1.0 - float(binary_entropy(phi_x))) - leak_ec - penalty
     return Lim2014Result(
@@ -578,7 +582,7 @@ class E91KeyResult:
     eps_cor: float
     """Correctness parameter."""
     mu: float
-    """Tomamichel's deviation term for (n, k, eps_sec)."""
+    """Tomamichel's deviation term for (n, k, eps_sec); inf when n = 0 or k = 0."""
     qber_upper: float
     """q_test + mu."""
     rate: float
@@ -591,7 +595,7 @@ class E91KeyResult:
     """floor(raw_length) clipped at 0; 0 when s_lower <= 2 or qber_upper >= 1/2."""
 
 
-def e91_length(  # noqa: PLR0917 (positional order is the published API)
+def e91_length(
     n: int,
     k: int,
     q_test: float,

@@ -197,11 +197,13 @@ class _Session:
     # -- input ------------------------------------------------------------------------------------------
     def receive_bytes(self, data: bytes) -> list[Message]:
         """Decode and receive one message; undecodable input aborts the round."""
-        if self.state in TERMINAL:
+        if self.state is self._aborted_state:
             return []
         try:
             msg = decode(data)
         except DecodeError as exc:
+            if self.state in TERMINAL:
+                return []
             return self._abort(AbortReason.PROTOCOL_VIOLATION, f"undecodable message: {exc}")
         return self.receive(msg)
 

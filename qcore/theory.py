@@ -17,6 +17,7 @@ import numpy as np
 from .errors import ConfigError
 
 __all__ = [
+    "TSIRELSON",
     "BB84Prediction",
     "ChannelModel",
     "DecoyRate",
@@ -109,12 +110,12 @@ def chsh_from_qber(q: FloatOrArray) -> FloatOrArray:
 def di_rate(s: FloatOrArray, q: FloatOrArray) -> FloatOrArray:
     """Device-independent rate, r = 1 - h(Q) - h((1 + sqrt((S/2)^2 - 1)) / 2).
 
-    Acin, Brunner, Gisin, Massar, Pironio, Scarani, PRL 98, 230501 (2007), Eq. (12) (collective
-    attacks, CHSH). S is clipped to [2, 2 sqrt(2)]: above Tsirelson's bound (a statistical fluctuation)
-    Eve's information is zero; at S = 2 it is one bit and the rate is -h(Q) <= 0. Below S = 2 there is
-    no Bell violation and no device-independent key at all: the function returns ``-inf`` there, so
-    any "rate > 0" test fails and the value cannot be mistaken for a small rate. Zero near Q = 7.1 %
-    for S = 2 sqrt(2)(1 - 2Q).
+    Acin, Brunner, Gisin, Massar, Pironio, Scarani, PRL 98, 230501 (2007): the CHSH bound on Eve's
+    information for collective attacks, as written in REFERENCE §2. S is clipped to [2, 2 sqrt(2)]:
+    above Tsirelson's bound (a statistical fluctuation) Eve's information is zero; at S = 2 it is one
+    bit and the rate is -h(Q) <= 0. Below S = 2 there is no Bell violation and no device-independent
+    key at all: the function returns ``-inf`` there, so any "rate > 0" test fails and the value
+    cannot be mistaken for a small rate. Zero near Q = 7.1 % for S = 2 sqrt(2)(1 - 2Q).
     """
     s_arr = np.asarray(s, dtype=np.float64)
     s_clipped = np.clip(s_arr, 2.0, TSIRELSON)
@@ -156,9 +157,10 @@ def gllp_decoy_rate(
 ) -> DecoyRate:
     """Asymptotic vacuum + weak decoy rate per pulse (GLLP with Ma, Qi, Zhao, Lo, PRA 72, 012326 (2005)).
 
-    R >= q {-Q_mu f h(E_mu) + Q_1 [1 - h(e_1)]}                          (Ma 2005, Eq. 1)
-    Y_1 >= mu/(mu nu - nu^2) [Q_nu e^nu - Q_mu e^mu nu^2/mu^2 - (mu^2 - nu^2)/mu^2 Y_0]
-    e_1 <= (E_nu Q_nu e^nu - e_0 Y_0) / (Y_1 nu),  Q_1 = mu e^-mu Y_1     (Ma 2005, Eqs. 34-37)
+    R >= q {-Q_mu f h(E_mu) + Q_1 [1 - h(e_1)]}                                 (Ma 2005, Eq. 1)
+    Y_1 >= mu/(mu nu - nu^2) [Q_nu e^nu - Q_mu e^mu nu^2/mu^2 - (mu^2 - nu^2)/mu^2 Y_0]  (Eq. 34)
+    e_1 <= (E_nu Q_nu e^nu - e_0 Y_0) / (Y_1 nu)                                 (Eq. 37)
+    Q_1 = mu e^-mu Y_1; the bounds as written in REFERENCE §2.
 
     ``q_mu, e_mu`` are the observed gain and QBER of the signal (mean photon number ``mu``),
     ``q_nu, e_nu`` those of the weak decoy ``nu``, ``y0`` the vacuum yield, ``e0`` its error rate
@@ -423,7 +425,7 @@ class Lim2014Expectation:
     error_probability: FloatOrArray
     """e_k = p_dc + e_mis (1 - exp(-eta k)) + p_ap D_k / 2: probability per pulse of a bit error."""
     qber: FloatOrArray
-    """e_k / R_k."""
+    """e_k / R_k (1/2 by convention when R_k = 0)."""
 
 
 def lim2014_error_model(
@@ -455,7 +457,7 @@ def lim2014_error_model(
         detection_rate=_out(d_k),
         detection_rate_with_afterpulses=_out(r_k),
         error_probability=_out(e_k),
-        qber=_out(e_k / r_k),
+        qber=_out(_qber(r_k, e_k)),
     )
 
 

@@ -15,11 +15,12 @@ convolution mod 2"). Two exact methods compute it:
 - FFT: a real float64 FFT convolution. Each convolution value is an integer in ``[0, n]``; the
   float64 result is rounded to the nearest integer before the reduction mod 2. Rounding is exact when
   the floating-point error stays below 1/2. The error of an FFT convolution of length ``L`` is of
-  order ``u * log2(L) * ||seed||_2 * ||x||_2`` (u = 2^-53, Higham, *Accuracy and Stability of
-  Numerical Algorithms*, 2nd ed., §24.1); with 0/1 inputs that is at most
+  order ``u * log2(L) * ||seed||_2 * ||x||_2`` (u = 2^-53; the FFT error analysis in Higham,
+  *Accuracy and Stability of Numerical Algorithms*, 2nd ed., ch. 24); with 0/1 inputs that is at most
   ``u * log2(L) * sqrt((n + m) * n)``: about 3e-9 for n = 1e6, m = 5e5, eight orders of magnitude
-  below 1/2. Every call also measures the distance of each value to the nearest integer and falls
-  back to the bit-packed method should it ever exceed 1/4, so a wrong hash is never returned.
+  below 1/2. As a guard, every call also measures the distance of each value to the nearest integer
+  and falls back to the exact bit-packed method if any exceeds 1/4: an exceeded error budget would
+  show up as such fractional parts long before results round to the wrong integer wholesale.
 - Bit-packed rows: for small ``m`` each output bit is the parity of (window of the seed AND reversed
   ``x``), computed on packed 64-bit words. Its cost grows like ``m * n / 64``, the FFT's like
   ``(n + m) log(n + m)``; :func:`toeplitz_hash` picks the cheaper one with a cost model measured on the

@@ -56,7 +56,8 @@ def test_tomamichel_zero_when_the_bound_reaches_one_half() -> None:
     assert result.qber_upper >= 0.5
     assert result.length == 0
     assert result.raw_length == -math.inf
-    assert tomamichel_length(10_000, 2_000, 0.2, 0.0).length == 0  # above the 11 % threshold
+    # Above the ~11 % threshold no key survives error correction (though 0.2 + mu < 1/2 here).
+    assert tomamichel_length(10_000, 2_000, 0.2, 1.16 * 10_000 * _h(0.2)).length == 0
 
 
 def test_tomamichel_no_data_no_key() -> None:
@@ -161,11 +162,15 @@ def _counts(gains: list[float], errors: list[float], pulses: float) -> dict[str,
     }
 
 
+def _mixed_previous_click(model: ChannelModel) -> float:
+    """The emulator mixes intensities at random: the previous gate's click probability is the mix."""
+    eta, p_dc = model.transmittance, model.dark_count
+    return sum(p * (1 - math.exp(-eta * mu) * (1 - p_dc) ** 2) for mu, p in zip(MUS, PS, strict=True))
+
+
 def _honest(distance: float, pulses: float) -> tuple[dict[str, tuple[int, ...]], ChannelModel]:
     model = ChannelModel(distance_km=distance)
-    # The emulator mixes intensities at random, so the previous gate's click probability is the mix.
-    eta, p_dc = model.transmittance, model.dark_count
-    d0 = sum(p * (1 - math.exp(-eta * mu) * (1 - p_dc) ** 2) for mu, p in zip(MUS, PS, strict=True))
+    d0 = _mixed_previous_click(model)
     preds = [predict_bb84(model, "wcp", mu, previous_click_probability=d0) for mu in MUS]
     gains = [float(p.detection_probability) for p in preds]
     errors = [float(p.error_probability) for p in preds]
@@ -191,11 +196,12 @@ def test_lim2014_positive_key_for_an_honest_10km_link() -> None:
     assert result.length > 0
     # s_X1 is a lower bound on the single-photon detections in the key and not a loose one.
     tau1 = sum(p * mu * math.exp(-mu) for mu, p in zip(MUS, PS, strict=True))
-    single = predict_bb84(model, "single-photon")
+    # The single-photon component of the mixed train (same after-pulse environment).
+    single = predict_bb84(model, "single-photon", previous_click_probability=_mixed_previous_click(model))
     true_single = pulses * Q_X**2 * tau1 * float(single.detection_probability)
     assert 0.9 * true_single < result.s_x1 <= true_single
-    # phi_X bounds the single-photon error rate from above, close to it for so large a block.
-    assert float(single.qber) * 0.95 < result.phi_x < 2 * float(single.qber)
+    # phi_X bounds the single-photon error rate from above, within a factor 2 for so large a block.
+    assert float(single.qber) < result.phi_x < 2 * float(single.qber)
     assert 0.0 < result.gamma < 0.01
     # Key per pulse of the order of Lim 2014's Fig. 1 at 10 km (1e-3 .. 1e-2).
     assert 1e-3 < result.length / pulses < 1e-2
@@ -232,6 +238,7 @@ def test_lim2014_zero_key_under_photon_number_splitting() -> None:
     assert gains[0] == pytest.approx(float(honest_signal.detection_probability))
     result = _lim(_counts(gains, errors, pulses))
     assert result.s_x1 <= 0.0
+    assert math.isnan(result.phi_x)  # no single photons certified: nothing to bound, not "high QBER"
     assert result.length == 0
     # The same signal statistics with honest decoys do give a key.
     assert _lim(_honest(50.0, pulses)[0]).length > 0
@@ -273,7 +280,11 @@ def test_lim2014_gamma_and_phi_by_hand() -> None:
     result = _lim(counts)
     a, b, c, d = EPS, result.v_z1 / result.s_z1, result.s_z1, result.s_x1
     gamma = math.sqrt(
-        (c + d) * (1 - b) * b / (c * d * math.log(2)) * math.log2((c + d) / (c * d * (1 - b) * b) * 21**2 / a**2)
+        (c + d)
+        * (1 - b)
+        * b
+        / (c * d * math.log(2))
+        * math.log2((c + d) / (c * d * (1 - b) * b) * 21**2 / a**2)
     )
     assert result.gamma == pytest.approx(gamma)
     assert result.phi_x == pytest.approx(b + gamma)
