@@ -1,0 +1,76 @@
+"""The `qlink` command line as a user runs it: a real subprocess, its exit code and its output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+QLINK = [sys.executable, "-m", "qlinkmed.client"]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*QLINK, *args], capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_help_does_not_load_qiskit_or_numpy() -> None:
+    code = (
+        "import sys; from qlinkmed.client.cli import build_parser; build_parser().format_help(); "
+        "print(sorted(m for m in ('qiskit', 'qiskit_aer', 'numpy', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_established_key_exits_0_with_the_json_fields() -> None:
+    proc = _run("sim", "bb84", "--qubits", "600000", "--distance-km", "5", "--seed", "4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    for key in (
+        "protocol", "backend", "qubits_sent", "detected", "sifted_bits", "sample_bits", "qber", "qber_upper",
+        "aborted", "abort_reason", "leaked_ec_bits", "ec_efficiency", "final_key_bits", "alice_key_sha256",
+        "bob_key_sha256", "elapsed_s", "theory",
+    ):
+        assert key in report, key
+    assert report["aborted"] is False
+    assert report["final_key_bits"] > 0
+    assert report["alice_key_sha256"] == report["bob_key_sha256"]
+    assert "finite_key_bits" in report["theory"]
+
+
+def test_eavesdropper_abort_exits_3_and_says_why() -> None:
+    proc = _run("sim", "bb84", "--qubits", "200000", "--eve", "intercept-resend", "--seed", "1")
+    assert proc.returncode == 3
+    assert "ABORTED (qber_above_threshold)" in proc.stdout
+    assert "No key was produced" in proc.stdout
+
+
+def test_e91_reports_chsh() -> None:
+    proc = _run("sim", "e91", "--qubits", "300000", "--seed", "2", "--json")
+    report = json.loads(proc.stdout)
+    assert report["chsh_s"] is not None and report["chsh_lower"] is not None
+    assert proc.returncode == (3 if report["aborted"] else 0)
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--qubits", "0"], "--qubits"),
+        (["--qubits", "many"], "--qubits"),
+        (["--misalignment", "0.7"], "--misalignment"),
+        (["--detector-efficiency", "0"], "--detector-efficiency"),
+        (["--eve", "martian"], "--eve"),
+        (["--backend", "gpu"], "--backend"),
+        (["--eve-fraction", "1.5"], "--eve-fraction"),
+        (["--distance-km", "-3"], "--distance-km"),
+        (["--eve", "pns"], "--eve"),  # PNS needs a multi-photon source
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line_naming_the_argument(args: list[str], named: str) -> None:
+    proc = _run("sim", "bb84", "--qubits", "1000", *args) if args[0] != "--qubits" else _run("sim", "bb84", *args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert named in lines[0]

@@ -1,0 +1,27 @@
+"""The fixed configuration of the recorded transcript vector."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qlinkmed.qcore.sim import SimConfig
+from qlinkmed.qcore.theory import ChannelModel
+
+VECTOR_CONFIG = SimConfig(
+    qubits=100_000,
+    channel=ChannelModel(distance_km=1.0, detector_efficiency=0.5, misalignment=0.01, afterpulse=0.01),
+    seed=20261124,
+)
+
+
+def config_as_dict(config: SimConfig) -> dict[str, Any]:
+    return {
+        "qubits": config.qubits,
+        "distance_km": config.channel.distance_km,
+        "detector_efficiency": config.channel.detector_efficiency,
+        "misalignment": config.channel.misalignment,
+        "afterpulse": config.channel.afterpulse,
+        "dark_count": config.channel.dark_count,
+        "seed": config.seed,
+        "backend": config.backend,
+    }
