@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from qlinkmed.qcore.backends import get_backend
-from qlinkmed.qcore.cascade import option8_schedule, reconcile
+from qlinkmed.qcore.cascade import low_latency_schedule, reconcile
 from qlinkmed.qcore.sifting import ProtocolKind
 from qlinkmed.qcore.sim import SimConfig, run_simulation
 from qlinkmed.qcore.theory import ChannelModel, binary_entropy
@@ -98,7 +98,7 @@ def bench_cascade(n: int, blocks: int) -> None:
             bob = alice ^ errors.astype(np.uint8)
             actual = errors.mean()
             start = time.perf_counter()
-            result = reconcile(alice, bob, option8_schedule(n, actual), seed=b + 1)
+            result = reconcile(alice, bob, low_latency_schedule(n, actual), seed=b + 1)
             rates.append(n / (time.perf_counter() - start))
             effs.append(result.leaked_bits / (n * float(binary_entropy(actual))))
             trips.append(result.round_trips)

@@ -7,26 +7,34 @@ the wire codec.
 How this Cascade is laid out to need few round trips and little Python per bit:
 
 - Alice's key never changes, so her parity of every top-level block of every pass is asked in the first
-  request (they count in the leak exactly as standard Cascade counts them when each pass opens).
+  request (these bits count in the leak exactly as standard Cascade counts them when each pass opens).
 - Passes run in order. Every binary search of the open passes advances in lock step: one round trip
   per tree level carries the queries of all of them. A search at [s, e) splits at
   m = s + (e - s + 1) // 2 and asks for the left half; the right half is inferred.
 - Every Alice parity Bob learns or infers is cached in a flat int8 array indexed by node: pass p, block
   b, heap id h (root 1, children 2h and 2h + 1) is ``node_offset[p] + b * width[p] + h``. A step whose
-  answer is cached advances without a query.
+  answer is cached advances without a query, so a block searched again reuses its known sub-blocks.
 - Bob's key changes, so his parity of [s, e) in pass p is the prefix XOR of his ORIGINAL permuted key
-  plus the count of flips inside the range, found by binary search in one sorted array of keys
-  ``p * (n + 1) + position`` for all passes at once.
+  plus the parity of the number of flips inside the range, counted by binary search in one sorted array
+  of flat positions ``p * (n + 1) + position`` over all passes at once.
 - After flips, each open pass checks the top-level blocks that hold a flipped bit; the ones that now
-  disagree with Alice start new searches, which descend through the cache at no cost.
+  disagree with Alice start new searches; searches whose range no longer disagrees are dropped.
 
-Permutations. Pass 0 is the identity. Pass p >= 1 draws from
-``Generator(PCG64(seed).jumped(p))``: first a uniformly random set of ceil(n/2) positions that form the
-first half of the pass's order, then a uniformly random order of each half. The result is a uniformly
-random permutation, but a pass whose blocks are exactly the two halves (every pass after the third in
-option (8)) needs only the set for its top-level parities, which costs 0.2 ms instead of 1.2 ms for a
-full permutation of 1e5 positions. Its order is built only if a search enters the pass, which is rare.
-Each pass has its own stream, so building one pass never shifts another.
+Round trips. In lock step, a pass takes as many round trips as its longest chain of searches: a search
+in pass 1 finds x, the pass-0 block of x turns odd and its search finds y, the pass-1 block of y turns
+odd, and so on. Chains grow with the number of errors per second-pass block, so the option (8)
+schedule (second block 2^ceil((alpha + 12) / 2), about ten errors per block at 2 %) needs 500-550
+round trips on 1e5 bits (up to 1,600), while ``low_latency_schedule`` needs about 90-115 for 1.5 % more
+leak. Each round trip costs Bob, Alice and the codec together about 0.3 ms of numpy call overhead.
+
+Permutations. Pass 0 is the identity. Pass p >= 1 draws from its own stream, child p of the seed
+(``Generator(PCG64(seed)).spawn(passes)[p]``, that is ``PCG64(SeedSequence(seed, spawn_key=(p,)))``):
+first a uniformly random set of ceil(n/2) positions (fair coin bits, then a uniformly chosen few moved
+to fix the count) that form the first half of the pass's order, then a uniformly random order of each
+half. The result is a uniformly random permutation, but a pass whose blocks are exactly the two halves
+(the last 11 passes of option (8), the last 12 of low_latency_schedule) needs only the set for its
+top-level parities: 0.1 ms instead of 1.4 ms at 1e5 bits. Its order is built only if a search enters
+it, which is rare. Each pass has its own stream, so building one never shifts another.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from .errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from .messages import ParityReply, ParityRequest
 
 OPTION8_PASSES = 14
-"""Number of passes in the Martinez-Mateo option (8) schedule."""
+"""Number of passes in the Martinez-Mateo option (8) schedule (also used by low_latency_schedule)."""
 
 OPTION8_THIRD_BLOCK = 4096
 """Top-level block size of the third pass in option (8)."""
@@ -88,22 +96,52 @@ class CascadeResult:
     """Encoded size of all messages, both directions."""
 
 
+def _check_length(n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= n <= _MAX_KEY_BITS:
+        raise ConfigError("n", f"key length must be an integer in [1, {_MAX_KEY_BITS}], got {n!r}")
+    return int(n)
+
+
+def _alpha(qber: float) -> float:
+    if not isinstance(qber, int | float | np.floating) or not math.isfinite(qber):
+        raise ConfigError("qber", f"must be a finite number, got {qber!r}")
+    q = min(max(float(qber), QBER_FLOOR), 0.5)
+    return math.log2(1.0 / q) - 0.5
+
+
+def _schedule(n: int, first: list[int]) -> CascadeSchedule:
+    """The given first block sizes, then ceil(n/2) up to 14 passes, clamped to [min(2, n), n]."""
+    sizes = first + [-(-n // 2)] * (OPTION8_PASSES - len(first))
+    low = min(2, n)
+    return CascadeSchedule(tuple(max(low, min(size, n)) for size in sizes))
+
+
 def option8_schedule(n: int, qber: float) -> CascadeSchedule:
     """Martinez-Mateo et al. (arXiv:1407.3257) option (8): 14 passes.
 
     alpha = log2(1/Q) - 1/2; k1 = 2^ceil(alpha), k2 = 2^ceil((alpha + 12) / 2), k3 = 4096, then
-    ceil(n/2). Q is clamped to [QBER_FLOOR, 0.5]; sizes are clamped to [min(2, n), n].
+    ceil(n/2). Q is clamped to [QBER_FLOOR, 0.5]; sizes are clamped to [min(2, n), n]. Its leak is the
+    lowest we measured (f about 1.04 on 1e5 bits), but it needs 500 or more round trips (module docstring).
     """
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= n <= _MAX_KEY_BITS:
-        raise ConfigError("n", f"key length must be an integer in [1, {_MAX_KEY_BITS}], got {n!r}")
-    if not math.isfinite(qber):
-        raise ConfigError("qber", f"must be a finite number, got {qber!r}")
-    q = min(max(float(qber), QBER_FLOOR), 0.5)
-    alpha = math.log2(1.0 / q) - 0.5
-    sizes = [2 ** math.ceil(alpha), 2 ** math.ceil((alpha + 12.0) / 2.0), OPTION8_THIRD_BLOCK]
-    sizes += [-(-int(n) // 2)] * (OPTION8_PASSES - len(sizes))
-    low = min(2, int(n))
-    return CascadeSchedule(tuple(max(low, min(size, int(n))) for size in sizes))
+    n = _check_length(n)
+    alpha = _alpha(qber)
+    return _schedule(n, [2 ** math.ceil(alpha), 2 ** math.ceil((alpha + 12.0) / 2.0), OPTION8_THIRD_BLOCK])
+
+
+def low_latency_schedule(n: int, qber: float) -> CascadeSchedule:
+    """Option (8) with a smaller second block and no 4096 pass, for five times fewer round trips.
+
+    k1 = 2^round(alpha) (alpha as in option (8), so k1 is near 0.7/Q), k2 = 4 k1, then ceil(n/2) for the
+    other 12 of 14 passes; same clamping as option8_schedule. bench/bench_cascade.py, 1,000 blocks of 1e5
+    bits per QBER, i.i.d. errors, at 1 / 2 / 5 %: f = 1.052 / 1.058 / 1.060 (option (8): 1.042 / 1.041),
+    round trips 93 / 89 / 115 (option (8): 506 / 537), residual-error blocks 1 / 0 / 0. A residual is a
+    pair hidden in one pass-0 block that also shares a pass-1 block (about 0.5 such pairs per block) and
+    then stays unsplit, with any other such pair, by all 12 half-key passes: about 1e-4 per block. Option
+    (8)'s 4096 pass would split such pairs, but it costs a permutation at each end (2-3 ms per block).
+    """
+    n = _check_length(n)
+    k1 = 2 ** round(_alpha(qber))
+    return _schedule(n, [k1, 4 * k1])
 
 
 def _check_seed(seed: int) -> int:
@@ -113,44 +151,73 @@ def _check_seed(seed: int) -> int:
 
 
 def _pass_generator(seed: int, pass_index: int) -> np.random.Generator:
-    return np.random.Generator(np.random.PCG64(seed).jumped(pass_index))
+    # The same stream as np.random.Generator(np.random.PCG64(seed)).spawn(passes)[pass_index].
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(pass_index,))))
 
 
-def _first_half(rng: np.random.Generator, n: int) -> np.ndarray:
-    """A uniformly random set of exactly ceil(n/2) of n positions, as a boolean mask.
+def _half_split(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A uniformly random set of exactly ceil(n/2) of n positions.
 
-    Fair coins give a set of about the right size; the excess is then moved by choosing uniformly
-    among the members of the larger side. Every step treats positions symmetrically, so every set of
-    that size is equally likely."""
-    half = (n + 1) // 2
-    mask = np.unpackbits(np.frombuffer(rng.bytes((n + 7) // 8), dtype=np.uint8), count=n).view(bool)
-    excess = int(np.count_nonzero(mask)) - half
-    if excess:
-        side = np.flatnonzero(mask if excess > 0 else ~mask)
-        mask[side[rng.choice(side.size, abs(excess), replace=False)]] = excess < 0
-    return mask
+    Returned as packed fair-coin bits (MSB first, padding zero) and the sorted positions whose bit is
+    inverted to fix the count: members are ``bit ^ (position in toggled)``. The inverted positions are
+    the first distinct ones, in draw order, among uniform draws that fall on the larger side. Every step
+    treats positions alike, so every set of that size is equally likely."""
+    raw = np.frombuffer(rng.bytes((n + 7) // 8), dtype=np.uint8).copy()
+    if n % 8:
+        raw[-1] &= (0xFF << (8 - n % 8)) & 0xFF
+    excess = int(np.count_nonzero(np.unpackbits(raw))) - (n + 1) // 2
+    if not excess:
+        return raw, _EMPTY
+    want, side = abs(excess), int(excess > 0)
+    chosen = _EMPTY
+    while chosen.size < want:
+        draws = rng.integers(0, n, size=2 * want + 16)
+        draws = draws[((raw[draws >> 3] >> (7 - (draws & 7))) & 1) == side]
+        chosen = np.concatenate((chosen, draws))
+        _, first = np.unique(chosen, return_index=True)
+        chosen = chosen[np.sort(first)]
+    return raw, np.sort(chosen[:want])
+
+
+def _members(split: tuple[np.ndarray, np.ndarray], positions: np.ndarray) -> np.ndarray:
+    """Which positions are in the first half (bool)."""
+    raw, toggled = split
+    bits = ((raw[positions >> 3] >> (7 - (positions & 7))) & 1).astype(bool)
+    if toggled.size:
+        bits ^= np.isin(positions, toggled)
+    return bits
+
+
+def _half_parity(split: tuple[np.ndarray, np.ndarray], key: np.ndarray, packed: np.ndarray) -> int:
+    """Parity of the key over the first half (packed: np.packbits(key))."""
+    raw, toggled = split
+    ones = int(np.count_nonzero(np.unpackbits(packed & raw)))
+    return (ones + int(np.count_nonzero(key[toggled]))) & 1
 
 
 def _pass_permutation(n: int, seed: int, pass_index: int) -> np.ndarray:
     if pass_index == 0:
         return np.arange(n, dtype=np.int64)
     rng = _pass_generator(seed, pass_index)
-    mask = _first_half(rng, n)
-    first, second = np.flatnonzero(mask), np.flatnonzero(~mask)
+    raw, toggled = _half_split(rng, n)
+    mask = np.unpackbits(raw, count=n).view(bool)
+    mask[toggled] ^= True
+    half = (n + 1) // 2
     perm = np.empty(n, dtype=np.int64)
-    np.take(first, rng.permutation(first.size), out=perm[: first.size])
-    np.take(second, rng.permutation(second.size), out=perm[first.size :])
+    perm[:half] = np.flatnonzero(mask)
+    perm[half:] = np.flatnonzero(~mask)
+    rng.shuffle(perm[:half])
+    rng.shuffle(perm[half:])
     return perm
 
 
 def permutations(n: int, seed: int, passes: int) -> list[np.ndarray]:
     """The order of each pass: ``perm[p][i]`` is the key index at position i of pass p.
 
-    Pass 0 is the identity; see the module docstring for how the others derive from the public seed."""
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= n <= _MAX_KEY_BITS:
-        raise ConfigError("n", f"key length must be an integer in [1, {_MAX_KEY_BITS}], got {n!r}")
+    Pass 0 is the identity; the module docstring says how the others derive from the public seed."""
+    n = _check_length(n)
     seed = _check_seed(seed)
-    return [_pass_permutation(int(n), seed, p) for p in range(passes)]
+    return [_pass_permutation(n, seed, p) for p in range(passes)]
 
 
 def _as_key(key: np.ndarray, name: str) -> np.ndarray:
@@ -165,41 +232,32 @@ def _as_key(key: np.ndarray, name: str) -> np.ndarray:
 
 
 class _Layout:
-    """Block and node geometry of every pass, the same at both ends."""
+    """Block geometry of every pass, the same at both ends."""
 
-    __slots__ = ("block", "blocks", "half", "lazy", "n", "node_offset", "nodes", "passes", "stride", "width")
+    __slots__ = ("block", "blocks", "half", "lazy", "n", "passes", "stride", "width")
 
     def __init__(self, n: int, schedule: CascadeSchedule) -> None:
         self.n = n
         self.stride = n + 1
         self.passes = len(schedule.block_sizes)
         self.half = (n + 1) // 2
-        block = np.array([min(int(k), n) for k in schedule.block_sizes], dtype=np.int64)
-        self.block = block
-        self.blocks = -(-n // block)
-        depth = np.array([(int(k) - 1).bit_length() for k in block], dtype=np.int64)
+        self.block = np.array([min(int(k), n) for k in schedule.block_sizes], dtype=np.int64)
+        self.blocks = -(-n // self.block)
+        # A block's binary-search tree in heap order (root 1, children 2h and 2h + 1) fits in width ids.
+        depth = np.array([(int(k) - 1).bit_length() for k in self.block], dtype=np.int64)
         self.width = np.left_shift(1, depth + 1).astype(np.int64)
-        sizes = self.blocks * self.width
-        self.node_offset = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
-        self.nodes = int(sizes.sum())
         # A pass whose blocks are the two halves of its order (or one block, the whole key) gets its
-        # top-level parities from the half mask alone.
-        self.lazy = np.array(
-            [p > 0 and (b == 1 or (b == 2 and k == self.half)) for p, (b, k) in enumerate(zip(self.blocks, block))]
-        )
-
-    def roots(self, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Node ids, starts and ends of pass p's top-level blocks."""
-        b = np.arange(self.blocks[p], dtype=np.int64)
-        starts = b * self.block[p]
-        ends = np.minimum(starts + self.block[p], self.n)
-        return self.node_offset[p] + b * self.width[p] + 1, starts, ends
+        # top-level parities from the half split alone.
+        self.lazy = [
+            p > 0 and (b == 1 or (b == 2 and k == self.half))
+            for p, (b, k) in enumerate(zip(self.blocks.tolist(), self.block.tolist(), strict=True))
+        ]
 
 
 class CascadeAlice:
     """Holds the reference key and answers parity queries; her key never changes.
 
-    Each pass keeps the prefix XOR of the permuted key, so the parity of [s, e) is P[e] ^ P[s]."""
+    Each pass keeps the prefix XOR of its permuted key, so the parity of [s, e) is P[e] ^ P[s]."""
 
     def __init__(self, key: np.ndarray, schedule: CascadeSchedule, seed: int) -> None:
         self._key = _as_key(key, "key")
@@ -207,7 +265,13 @@ class CascadeAlice:
         self._layout = layout = _Layout(self._key.size, schedule)
         self._prefix = np.empty(layout.passes * layout.stride, dtype=np.uint8)
         self._ready = np.zeros(layout.passes, dtype=bool)
+        self._first_unready = 0
         self._top = np.zeros((layout.passes, 2), dtype=np.uint8)
+        # End of a lazy pass's first top-level block, and of its second ([half, n), or none: -1).
+        two = layout.blocks == 2
+        self._top_end = np.where(two, layout.half, layout.n)
+        self._top_end2 = np.where(two, layout.n, -1)
+        packed = np.packbits(self._key)
         total = int(np.count_nonzero(self._key)) & 1
         for p in range(layout.passes):
             if not layout.lazy[p]:
@@ -215,10 +279,10 @@ class CascadeAlice:
             elif layout.blocks[p] == 1:
                 self._top[p, 0] = total
             else:
-                mask = _first_half(_pass_generator(self._seed, p), layout.n)
-                first = int(np.count_nonzero(self._key.view(bool) & mask)) & 1
+                first = _half_parity(_half_split(_pass_generator(self._seed, p), layout.n), self._key, packed)
                 self._top[p] = (first, first ^ total)
-        # Distinct ranges asked: keys p * stride^2 + s * stride + e, merged lazily into a sorted array.
+        # Distinct ranges asked, as keys (p * stride + s) * stride + e, merged lazily into a sorted array;
+        # a Python set of tuples when those keys could overflow int64.
         self._wide = layout.passes * layout.stride * layout.stride >= 1 << 63
         self._seen = _EMPTY
         self._seen_wide: set[tuple[int, int, int]] = set()
@@ -229,8 +293,10 @@ class CascadeAlice:
         perm = _pass_permutation(layout.n, self._seed, p)
         row = self._prefix[p * layout.stride : (p + 1) * layout.stride]
         row[0] = 0
-        np.bitwise_xor.accumulate(self._key[perm], out=row[1:])
+        np.bitwise_xor.accumulate(self._key[perm] if p else self._key, out=row[1:])
         self._ready[p] = True
+        unready = np.flatnonzero(~self._ready)
+        self._first_unready = int(unready[0]) if unready.size else layout.passes
 
     @property
     def leaked_bits(self) -> int:
@@ -241,51 +307,42 @@ class CascadeAlice:
             seen = self._seen
             if seen.size:
                 at = np.minimum(seen.searchsorted(fresh), seen.size - 1)
-                fresh = fresh[seen[at] != fresh]
-                seen = np.concatenate((seen, fresh))
+                seen = np.concatenate((seen, fresh[seen[at] != fresh]))
                 seen.sort(kind="stable")  # two sorted runs: a merge
-                self._seen = seen
-            else:
-                self._seen = fresh
+            self._seen = seen if seen.size else fresh
         return self._seen.size + len(self._seen_wide)
 
     def answer(self, request: ParityRequest) -> ParityReply:
         """Alice's parity of every range asked. A malformed request raises RemoteProtocolError."""
         layout = self._layout
-        passes, starts, ends = request.passes, request.starts, request.ends
-        if not all(isinstance(a, np.ndarray) and a.ndim == 1 and a.dtype.kind in "iu" for a in (passes, starts, ends)):
+        arrays = (request.passes, request.starts, request.ends)
+        if not all(isinstance(a, np.ndarray) and a.ndim == 1 and a.dtype.kind in "iu" for a in arrays):
             raise RemoteProtocolError("parity request: passes, starts and ends must be integer vectors")
-        if not passes.size == starts.size == ends.size:
+        if not arrays[0].size == arrays[1].size == arrays[2].size:
             raise RemoteProtocolError("parity request: passes, starts and ends differ in length")
-        if passes.size == 0:
+        if arrays[0].size == 0:
             return ParityReply(parities=np.zeros(0, dtype=np.uint8))
-        p = passes.astype(np.int64)
-        s = starts.astype(np.int64)
-        e = ends.astype(np.int64)
-        if p.min() < 0 or p.max() >= layout.passes:
+        p, s, e = (a.astype(np.int64) for a in arrays)
+        top_pass = int(p.max())
+        if top_pass >= layout.passes or (arrays[0].dtype.kind == "i" and p.min() < 0):
             raise RemoteProtocolError(f"parity request: pass index outside [0, {layout.passes})")
-        if s.min() < 0 or e.max() > layout.n or (e - s).min() <= 0:
+        if e.max() > layout.n or (e - s).min() <= 0 or (arrays[1].dtype.kind == "i" and s.min() < 0):
             raise RemoteProtocolError(f"parity request: a range is outside 0 <= start < end <= {layout.n}")
-        waiting = ~self._ready[p]
-        if waiting.any():
-            for q in np.unique(p[waiting]).tolist():
-                sel = p == q
-                if layout.blocks[q] == 1:
-                    top = (s[sel] == 0) & (e[sel] == layout.n)
-                else:
-                    top = ((s[sel] == 0) & (e[sel] == layout.half)) | ((s[sel] == layout.half) & (e[sel] == layout.n))
-                if not top.all():
-                    self._build(q)
+        waiting = None
+        if top_pass >= self._first_unready:  # some range may lie in a pass not built yet
             waiting = ~self._ready[p]
-        base = p * layout.stride
-        prefix = self._prefix
-        parities = prefix[base + e] ^ prefix[base + s]
-        if waiting.any():
+            top = (s == 0) & (e == self._top_end[p]) | (s == layout.half) & (e == self._top_end2[p])
+            for q in np.unique(p[waiting & ~top]).tolist():  # not a top-level block: build the pass
+                self._build(q)
+            waiting = ~self._ready[p]
+        start = p * layout.stride + s
+        parities = self._prefix[start - s + e] ^ self._prefix[start]
+        if waiting is not None and waiting.any():
             parities[waiting] = self._top[p[waiting], (s[waiting] != 0).astype(np.int64)]
         if self._wide:
             self._seen_wide.update(zip(p.tolist(), s.tolist(), e.tolist(), strict=True))
         else:
-            self._unmerged.append((base + s) * layout.stride + e)
+            self._unmerged.append(start * layout.stride + e)
         return ParityReply(parities=parities)
 
 
@@ -300,22 +357,37 @@ class CascadeBob:
         self._seed = _check_seed(seed)
         self._layout = layout = _Layout(self.key.size, schedule)
         n, passes, stride = layout.n, layout.passes, layout.stride
-        self._known = np.full(layout.nodes, -1, dtype=np.int8)
-        # Flat per-pass arrays, row p at [p * stride, (p + 1) * stride); rows of unbuilt passes unused.
-        self._prefix = np.empty(passes * stride, dtype=np.uint8)
-        self._perm = np.empty(passes * stride, dtype=np.int64)
-        self._where = np.empty((passes, n), dtype=np.int64)  # [p, i]: flat position of key bit i in pass p
+        # Alice's parities, known or inferred: -1 unknown. A built pass owns blocks * width nodes from
+        # _node_offset[p]; an unbuilt lazy pass owns only its roots, from _root_slot[p].
+        self._node_offset = np.full(passes, -1, dtype=np.int64)
+        self._root_slot = np.full(passes, -1, dtype=np.int64)
+        size = 0
+        for p in range(passes):
+            if layout.lazy[p]:
+                self._root_slot[p] = size
+                size += int(layout.blocks[p])
+            else:
+                self._node_offset[p] = size
+                size += int(layout.blocks[p] * layout.width[p])
+        self._slack = int(layout.width.max())  # leaves' would-be children index up to here past the end
+        self._known = np.full(size + self._slack, -1, dtype=np.int8)
+        # Flat per-pass arrays: row p at [p * stride, (p + 1) * stride); rows of unbuilt passes unused.
+        flat = np.int32 if passes * stride < 1 << 31 else np.int64
+        self._prefix = np.empty(passes * stride, dtype=np.uint8)  # prefix XOR of the original key
+        self._perm = np.empty(passes * stride, dtype=flat)  # flat position -> key index
+        self._where = np.empty((passes, n), dtype=flat)  # [p, key index] -> flat position
         self._built = np.zeros(passes, dtype=bool)
-        self._built_ids = _EMPTY
         self._flips = _EMPTY  # sorted flat positions of every flip, in every built pass
         self._flipped = np.zeros(n, dtype=bool)
         self._flip_log: list[np.ndarray] = []
-        self._masks: dict[int, np.ndarray] = {}
+        self._splits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._top = np.zeros((passes, 2), dtype=np.uint8)  # Bob's top-level parities of lazy passes
         self._lazy_open: list[int] = []  # opened passes still unbuilt
+        self._packed, self._packed_at = _EMPTY, -1  # np.packbits(key) when corrected_bits was _packed_at
         self._open = -1
-        # Active searches, one per column: heap id, node id, flat start, flat end.
-        self._searches = np.zeros((4, 0), dtype=np.int64)
+        # Active searches: heap id in the block's tree, node id, flat start, flat end.
+        self._heap = self._node = self._lo = self._hi = _EMPTY
+        self._nested = False  # may two searches share a block (and so meet in one node)?
         self._leaked = 0
         self._round_trips = 0
         self._corrected = 0
@@ -325,7 +397,8 @@ class CascadeBob:
         for p in range(passes):
             if not layout.lazy[p]:
                 self._build(p)
-        roots = [layout.roots(p) for p in range(passes)]
+        self._refresh()
+        roots = [self._roots(p) for p in range(passes)]
         self._pending_nodes = np.concatenate([r[0] for r in roots])
         self._pending = ParityRequest(
             passes=np.repeat(np.arange(passes, dtype=np.uint8), layout.blocks),
@@ -374,10 +447,11 @@ class CascadeBob:
         if not self._awaiting:
             raise LocalProtocolError("receive() called with no request outstanding")
         parities = reply.parities if isinstance(reply, ParityReply) else None
-        if not isinstance(parities, np.ndarray) or parities.ndim != 1 or parities.size != self._pending_nodes.size:
+        expected = self._pending_nodes.size
+        if not isinstance(parities, np.ndarray) or parities.ndim != 1 or parities.size != expected:
             self._failed = True
             got = parities.size if isinstance(parities, np.ndarray) else type(reply).__name__
-            raise RemoteProtocolError(f"parity reply: expected {self._pending_nodes.size} parities, got {got}")
+            raise RemoteProtocolError(f"parity reply: expected {expected} parities, got {got}")
         if parities.dtype.kind not in "biu" or (parities.size and parities.max() > 1):
             self._failed = True
             raise RemoteProtocolError("parity reply: parities must be 0 or 1")
@@ -392,6 +466,16 @@ class CascadeBob:
 
     # -- passes -----------------------------------------------------------------------------------------
 
+    def _roots(self, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Node ids, starts and ends (within the pass) of pass p's top-level blocks."""
+        layout = self._layout
+        b = np.arange(layout.blocks[p], dtype=np.int64)
+        starts = b * layout.block[p]
+        ends = np.minimum(starts + layout.block[p], layout.n)
+        if self._node_offset[p] >= 0:
+            return self._node_offset[p] + b * layout.width[p] + 1, starts, ends
+        return self._root_slot[p] + b, starts, ends
+
     def _build(self, p: int) -> None:
         """Materialise pass p: its order, Bob's original prefix XOR, and the flips made so far."""
         layout = self._layout
@@ -400,34 +484,52 @@ class CascadeBob:
         self._perm[base : base + n] = perm
         row = self._prefix[base : base + layout.stride]
         row[0] = 0
-        np.bitwise_xor.accumulate(self._orig[perm], out=row[1:])
-        self._where[p, perm] = np.arange(base, base + n, dtype=np.int64)
+        np.bitwise_xor.accumulate(self._orig[perm] if p else self._orig, out=row[1:])
+        self._where[p, perm] = np.arange(base, base + n, dtype=self._where.dtype)
         self._built[p] = True
-        self._built_ids = np.flatnonzero(self._built)
+        if self._node_offset[p] < 0:  # a lazy pass: give it a whole tree, keeping its root parities
+            nodes, _, _ = self._roots(p)
+            self._node_offset[p] = self._known.size - self._slack
+            grown = np.full(int(layout.blocks[p] * layout.width[p]), -1, dtype=np.int8)
+            self._known = np.concatenate((self._known, grown))
+            self._known[self._roots(p)[0]] = self._known[nodes]
         if self._flip_log:
             self._record_flips(self._where[p, np.concatenate(self._flip_log)])
 
+    def _refresh(self) -> None:
+        """Per-pass constants of the built passes, as columns, for _flip."""
+        layout = self._layout
+        built = np.flatnonzero(self._built)
+        opened = built[built <= self._open][:, None]
+        self._built_rows = built[:, None]
+        self._opened_rows = opened.size
+        self._col_base = opened * layout.stride
+        self._col_size = layout.block[opened]
+        self._col_end = self._col_base + layout.n
+        self._col_node = self._node_offset[opened] + 1
+        self._col_width = layout.width[opened]
+
     def _record_flips(self, positions: np.ndarray) -> None:
-        merged = np.concatenate((self._flips, positions))
+        merged = np.concatenate((self._flips, positions.astype(np.int64)))
         merged.sort(kind="stable")  # a sorted run and a short tail: a merge, not a full sort
         self._flips = merged
 
     def _open_pass(self, p: int) -> None:
         layout = self._layout
         self._open = p
-        nodes, starts, ends = layout.roots(p)
+        nodes, starts, ends = self._roots(p)
         base = p * layout.stride
         if self._built[p]:
             mine = self._parity(base + starts, base + ends)
         else:
-            current = self.key.view(bool)
-            total = int(np.count_nonzero(current)) & 1
+            total = int(np.count_nonzero(self.key)) & 1
             if layout.blocks[p] == 1:
                 self._top[p, 0] = total
             else:
-                mask = _first_half(_pass_generator(self._seed, p), layout.n)
-                self._masks[p] = mask
-                first = int(np.count_nonzero(current & mask)) & 1
+                split = self._splits[p] = _half_split(_pass_generator(self._seed, p), layout.n)
+                if self._packed_at != self._corrected:  # late passes open back to back: pack once
+                    self._packed, self._packed_at = np.packbits(self.key), self._corrected
+                first = _half_parity(split, self.key, self._packed)
                 self._top[p] = (first, first ^ total)
             mine = self._top[p, : nodes.size]
             self._lazy_open.append(p)
@@ -436,36 +538,51 @@ class CascadeBob:
             if not self._built[p]:
                 self._lazy_open.remove(p)
                 self._build(p)
-            fresh = np.vstack((np.ones(bad.size, dtype=np.int64), nodes[bad], base + starts[bad], base + ends[bad]))
-            self._searches = np.concatenate((self._searches, fresh), axis=1)
+                nodes = self._roots(p)[0]
+            self._add(nodes[bad], base + starts[bad], base + ends[bad])
+        if self._built[p]:  # an open, unbuilt pass is tracked by _lazy_open instead
+            self._refresh()
+
+    def _add(self, nodes: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+        """Start searches at the given roots (Alice's parity of each is known)."""
+        if self._node.size:
+            self._nested = True
+        self._heap = np.concatenate((self._heap, np.ones(nodes.size, dtype=np.int64)))
+        self._node = np.concatenate((self._node, nodes))
+        self._lo = np.concatenate((self._lo, lo))
+        self._hi = np.concatenate((self._hi, hi))
 
     def _advance(self) -> None:
         """Run the searches until they need Alice; open passes while none is active."""
         layout = self._layout
         while True:
             self._run_searches()
-            searches = self._searches
-            if searches.shape[1]:
-                # Two searches may have walked into the same node: keep one.
-                _, first = np.unique(searches[1], return_index=True)
-                if first.size < searches.shape[1]:
-                    searches = self._searches = searches[:, first]
-                heap, node, lo, hi = searches
+            if self._node.size:
+                if self._nested:  # two searches may have walked into the same node: keep one
+                    _, first = np.unique(self._node, return_index=True)
+                    if first.size < self._node.size:
+                        self._keep(first)
+                lo = self._lo
                 p = lo // layout.stride
                 start = lo - p * layout.stride
-                self._pending_nodes = node + heap
+                self._pending_nodes = self._node + self._heap
                 self._pending = ParityRequest(
                     passes=p.astype(np.uint8),
                     starts=start.astype(np.uint32),
-                    ends=(start + (hi - lo + 1) // 2).astype(np.uint32),
+                    ends=(start + (self._hi - lo + 1) // 2).astype(np.uint32),
                 )
                 return
+            self._nested = False
             if self._open + 1 >= layout.passes:
                 self._done = True
                 return
             self._open_pass(self._open + 1)
 
     # -- searches ---------------------------------------------------------------------------------------
+
+    def _keep(self, which: np.ndarray) -> None:
+        self._heap, self._node = self._heap[which], self._node[which]
+        self._lo, self._hi = self._lo[which], self._hi[which]
 
     def _parity(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """Bob's current parity of the flat ranges [lo, hi) (built passes only)."""
@@ -477,84 +594,94 @@ class CascadeBob:
         return par
 
     def _run_searches(self) -> None:
-        """Advance every search as far as known parities allow, flipping the errors found."""
-        known = self._known
-        searches = self._searches
-        while searches.shape[1]:
-            heap, node, lo, hi = searches
+        """Advance every search as far as known parities allow, flipping the errors found.
+
+        One iteration moves every search whose next answer is known down one level (on the parities
+        before this iteration's flips), then flips the errors found at leaves and re-checks every
+        search against the flips, so a search always sits on a node where Bob and Alice disagree."""
+        while self._node.size:
+            known = self._known  # a flip may build a pass, which grows the array
+            heap, node, lo, hi = self._heap, self._node, self._lo, self._hi
             span = hi - lo
-            leaf = span == 1
-            if leaf.any():
-                searches = self._flip(self._perm[lo[leaf]], searches[:, ~leaf])
-                continue
-            left = node + heap
+            leaf = span == 1 if span.min() == 1 else None
+            left = node + heap  # for a leaf this points past its tree: known has slack, and it is masked
             alice_left = known[left]
             ready = alice_left >= 0
-            if ready.all():
-                moving = None
-            else:
-                moving = ready.nonzero()[0]
-                if not moving.size:
-                    break
-                heap, node, lo, hi = searches[:, moving]
-                left, alice_left, span = left[moving], alice_left[moving], span[moving]
-            known[left + 1] = known[node] ^ alice_left  # the right half, inferred
-            mid = lo + (span + 1) // 2
-            right = self._parity(lo, mid) == alice_left  # the left half agrees: the error is right
-            step = np.vstack((2 * heap + right, left + right, np.where(right, mid, lo), np.where(right, hi, mid)))
-            if moving is None:
-                searches = step
-            else:
-                searches[:, moving] = step
-        self._searches = searches
+            if leaf is not None:
+                ready &= ~leaf
+            moving = np.count_nonzero(ready)
+            if moving == ready.size:
+                known[left + 1] = known[node] ^ alice_left  # the right half, inferred
+                mid = lo + (span + 1) // 2
+                right = self._parity(lo, mid) == alice_left  # the left half agrees: the error is right
+                self._heap = 2 * heap + right
+                self._node = left + right
+                self._lo = np.where(right, mid, lo)
+                self._hi = np.where(right, hi, mid)
+            elif moving:
+                known[left[ready] + 1] = known[node[ready]] ^ alice_left[ready]
+                mid = lo + (span + 1) // 2
+                right = self._parity(lo, mid) == alice_left
+                go_right = ready & right
+                self._heap = np.where(ready, 2 * heap + right, heap)
+                self._node = np.where(ready, left + right, node)
+                self._lo = np.where(go_right, mid, lo)
+                self._hi = np.where(ready ^ go_right, mid, hi)
+            if leaf is not None:
+                errors = self._perm[lo[leaf]]
+                self._keep(~leaf)
+                self._flip(errors)
+            elif not moving:
+                break
 
-    def _flip(self, errors: np.ndarray, searches: np.ndarray) -> np.ndarray:
-        """Flip the errors found; return the searches still unbalanced plus those the flips open."""
-        errors = np.unique(errors)
-        if self._flipped[errors].any():
+    def _flip(self, errors: np.ndarray) -> None:
+        """Flip the errors found, drop searches they balanced, start those they unbalanced."""
+        if self._nested:
+            errors = np.unique(errors)
+        if np.count_nonzero(self._flipped[errors]):
             raise RemoteProtocolError("parity replies are inconsistent: a bit would be flipped twice")
-        layout = self._layout
         self._flipped[errors] = True
         self.key[errors] ^= 1
         self._flip_log.append(errors)
         self._corrected += errors.size
-        built = self._built_ids
-        where = self._where[built[:, None], errors]  # flat positions, one row per built pass
-        self._record_flips(where.reshape(-1))
-        fresh = []
-        opened = built <= self._open
-        if opened.any():
-            p = built[opened][:, None]
+        where = self._where[self._built_rows, errors]  # flat positions, one row per built pass
+        self._record_flips(where.ravel())
+        if self._opened_rows:
+            block = (where[: self._opened_rows] - self._col_base) // self._col_size
+            lo = self._col_base + block * self._col_size
+            hi = np.minimum(lo + self._col_size, self._col_end)
+            nodes = self._col_node + block * self._col_width
+            self._add(nodes.ravel(), lo.ravel(), hi.ravel())
+            if errors.size > 1:
+                self._nested = True
+        for p in tuple(self._lazy_open):
+            self._toggle_lazy(p, errors)
+        keep = self._parity(self._lo, self._hi) != self._known[self._node]
+        if np.count_nonzero(keep) < keep.size:
+            self._keep(keep)
+
+    def _toggle_lazy(self, p: int, errors: np.ndarray) -> None:
+        """Update an open, unbuilt pass's top-level parities; build it if a block turned odd."""
+        layout = self._layout
+        nodes, starts, ends = self._roots(p)
+        if layout.blocks[p] == 1:
+            self._top[p, 0] ^= errors.size & 1
+        else:
+            inside = int(np.count_nonzero(_members(self._splits[p], errors)))
+            self._top[p, 0] ^= inside & 1
+            self._top[p, 1] ^= (errors.size - inside) & 1
+        bad = np.flatnonzero(self._top[p, : nodes.size] != self._known[nodes])
+        if bad.size:
+            self._lazy_open.remove(p)
+            self._build(p)
+            self._refresh()
             base = p * layout.stride
-            size = layout.block[p]
-            block = (where[opened] - base) // size
-            starts = base + block * size
-            ends = np.minimum(starts + size, base + layout.n)
-            nodes = layout.node_offset[p] + block * layout.width[p] + 1
-            fresh.append(
-                np.vstack((np.ones(nodes.size, dtype=np.int64), nodes.reshape(-1), starts.reshape(-1), ends.reshape(-1)))
-            )
-        for p in list(self._lazy_open):
-            nodes, starts, ends = layout.roots(p)
-            if layout.blocks[p] == 1:
-                self._top[p, 0] ^= errors.size & 1
-            else:
-                inside = int(np.count_nonzero(self._masks[p][errors]))
-                self._top[p, 0] ^= inside & 1
-                self._top[p, 1] ^= (errors.size - inside) & 1
-            bad = np.flatnonzero(self._top[p, : nodes.size] != self._known[nodes])
-            if bad.size:
-                self._lazy_open.remove(p)
-                self._build(p)
-                base = p * layout.stride
-                fresh.append(np.vstack((np.ones(bad.size, dtype=np.int64), nodes[bad], base + starts[bad], base + ends[bad])))
-        if fresh:
-            searches = np.concatenate((searches, *fresh), axis=1)
-        _, node, lo, hi = searches
-        return searches[:, self._parity(lo, hi) != self._known[node]]
+            self._add(self._roots(p)[0][bad], base + starts[bad], base + ends[bad])
 
 
-def reconcile(alice_key: np.ndarray, bob_key: np.ndarray, schedule: CascadeSchedule, seed: int) -> CascadeResult:
+def reconcile(
+    alice_key: np.ndarray, bob_key: np.ndarray, schedule: CascadeSchedule, seed: int
+) -> CascadeResult:
     """Run Alice and Bob against each other in memory, every message through encode() and decode()."""
     alice = CascadeAlice(alice_key, schedule, seed)
     bob = CascadeBob(bob_key, schedule, seed)

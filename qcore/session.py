@@ -25,7 +25,7 @@ from .auth import (
     verify_wegman_carter_tag,
     wegman_carter_tag,
 )
-from .cascade import CascadeAlice, CascadeBob, option8_schedule
+from .cascade import CascadeAlice, CascadeBob, low_latency_schedule
 from .channel import DecoySource
 from .codec import Message, decode
 from .errors import (
@@ -408,7 +408,7 @@ class AliceSession(_Session):
         self._stats = measure_statistics(self.config, plan, self._coincident_bits[plan.test], msg.test_bits)
         judge_statistics(self.config, plan, self._stats)
         self._raw_key = self._coincident_bits[plan.key]
-        schedule = option8_schedule(self._raw_key.size, self._stats.qber)
+        schedule = low_latency_schedule(self._raw_key.size, self._stats.qber)
         self._cascade = CascadeAlice(self._raw_key, schedule, self._cascade_seed)
         return AliceState.RECONCILING, []
 
@@ -513,7 +513,7 @@ class BobSession(_Session):
         # On a verdict to abort, the Abort (with the reason) replaces the Estimate.
         judge_statistics(self.config, plan, self._stats)
         self._raw_key = mine[plan.key]
-        schedule = option8_schedule(self._raw_key.size, self._stats.qber)
+        schedule = low_latency_schedule(self._raw_key.size, self._stats.qber)
         self._cascade = CascadeBob(self._raw_key.copy(), schedule, msg.cascade_seed)
         request = self._cascade.next_request()
         if request is None:
