@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     n_photons, n_pairs, n_eve = int(args.photons), int(args.pairs), int(args.eve_pairs)
 
     if args.profile:
-        from pyinstrument import Profiler  # noqa: PLC0415 (bench extra only)
+        from pyinstrument import Profiler
 
         call = _photon_call(get_backend("qiskit"), n_photons, args.flip, args.seed)
         call(-1)

@@ -55,14 +55,18 @@ def bench_e91(pulses: int, repeats: int) -> None:
     def one():
         return run_simulation(
             SimConfig(
-                protocol=ProtocolKind.E91, qubits=pulses, channel=ChannelModel(distance_km=0.0), seed=next(seeds)
+                protocol=ProtocolKind.E91,
+                qubits=pulses,
+                channel=ChannelModel(distance_km=0.0),
+                seed=next(seeds),
             )
         )
 
     t, results = _median_time(one, repeats)
     r = results[0].report()
     print(
-        f"end to end, E91 0 km, numpy: {pulses:,} pairs in {t * 1e3:.1f} ms -> {pulses / t / 1e6:.2f} M pairs/s; "
+        f"end to end, E91 0 km, numpy: {pulses:,} pairs in {t * 1e3:.1f} ms "
+        f"-> {pulses / t / 1e6:.2f} M pairs/s; "
         f"S = {r['chsh_s']:.3f}, final key {r['final_key_bits']:,} bits"
     )
 
@@ -76,7 +80,10 @@ def bench_backend_only(pulses: int, repeats: int) -> None:
         backend = get_backend(name)
         backend.measure_photons(bits[:1000], bases[:1000], meas[:1000], 0.02, rng)
         t, _ = _median_time(lambda b=backend: b.measure_photons(bits, bases, meas, 0.02, rng), repeats)
-        print(f"measurement backend {name:6s}: {pulses:,} qubits in {t * 1e3:7.1f} ms -> {pulses / t / 1e6:6.2f} M qubits/s")
+        print(
+            f"measurement backend {name:6s}: {pulses:,} qubits in {t * 1e3:7.1f} ms "
+            f"-> {pulses / t / 1e6:6.2f} M qubits/s"
+        )
 
 
 def bench_toeplitz(repeats: int) -> None:

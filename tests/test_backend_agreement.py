@@ -31,7 +31,9 @@ def test_bb84_qber_agrees_between_backends() -> None:
 def test_e91_chsh_and_qber_agree_between_backends() -> None:
     channel = ChannelModel(distance_km=0.0, misalignment=0.02)
     results = [
-        run_simulation(SimConfig(protocol=ProtocolKind.E91, qubits=3_000_000, channel=channel, backend=b, seed=32))
+        run_simulation(
+            SimConfig(protocol=ProtocolKind.E91, qubits=3_000_000, channel=channel, backend=b, seed=32)
+        )
         for b in ("numpy", "qiskit")
     ]
     stats = [r.bob.statistics for r in results]

@@ -29,9 +29,23 @@ def test_established_key_exits_0_with_the_json_fields() -> None:
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     for key in (
-        "protocol", "backend", "qubits_sent", "detected", "sifted_bits", "sample_bits", "qber", "qber_upper",
-        "aborted", "abort_reason", "leaked_ec_bits", "ec_efficiency", "final_key_bits", "alice_key_sha256",
-        "bob_key_sha256", "elapsed_s", "theory",
+        "protocol",
+        "backend",
+        "qubits_sent",
+        "detected",
+        "sifted_bits",
+        "sample_bits",
+        "qber",
+        "qber_upper",
+        "aborted",
+        "abort_reason",
+        "leaked_ec_bits",
+        "ec_efficiency",
+        "final_key_bits",
+        "alice_key_sha256",
+        "bob_key_sha256",
+        "elapsed_s",
+        "theory",
     ):
         assert key in report, key
     assert report["aborted"] is False
@@ -69,7 +83,11 @@ def test_e91_reports_chsh() -> None:
     ],
 )
 def test_bad_arguments_exit_2_with_one_line_naming_the_argument(args: list[str], named: str) -> None:
-    proc = _run("sim", "bb84", "--qubits", "1000", *args) if args[0] != "--qubits" else _run("sim", "bb84", *args)
+    proc = (
+        _run("sim", "bb84", "--qubits", "1000", *args)
+        if args[0] != "--qubits"
+        else _run("sim", "bb84", *args)
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

@@ -23,7 +23,11 @@ def test_qcore_sources_import_no_io_and_call_no_io() -> None:
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module.split(".")[0]]
             offences += [f"{path.name}:{node.lineno} imports {n}" for n in names if n in FORBIDDEN_MODULES]
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FORBIDDEN_CALLS:
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in FORBIDDEN_CALLS
+            ):
                 offences.append(f"{path.name}:{node.lineno} calls {node.func.id}()")
             # Global numpy randomness (np.random.rand, np.random.seed...) instead of a passed Generator.
             if (

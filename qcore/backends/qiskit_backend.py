@@ -62,7 +62,7 @@ class QiskitBackend:
         """`defer_eve_measurement`: record Eve's outcome by a CNOT onto an ancilla measured at the end
         instead of a mid-circuit measurement. By the deferred-measurement principle the outcome law is the
         same, and Aer can sample it in one pass."""
-        from qiskit_aer import AerSimulator  # noqa: PLC0415 (lazy, see the docstring)
+        from qiskit_aer import AerSimulator
 
         self.defer_eve_measurement = defer_eve_measurement
         # max_parallel_experiments=0: run the circuits of one call in parallel on all cores.
@@ -97,7 +97,7 @@ class QiskitBackend:
             rng=rng,
         )
 
-    def measure_pairs(  # noqa: PLR0917 (the contract's signature)
+    def measure_pairs(
         self,
         alice_angle8: np.ndarray,
         bob_angle8: np.ndarray,
@@ -177,7 +177,7 @@ class QiskitBackend:
         fibre step; None when every arm is perfect."""
         if flips in self._noise_models:
             return self._noise_models[flips]
-        from qiskit_aer.noise import NoiseModel, pauli_error  # noqa: PLC0415 (lazy, see the docstring)
+        from qiskit_aer.noise import NoiseModel, pauli_error
 
         model: NoiseModel | None = None
         if any(f > 0.0 for f in flips):
@@ -209,14 +209,14 @@ class QiskitBackend:
 
 
 def _fiber() -> Any:
-    from qiskit.circuit.library import UnitaryGate  # noqa: PLC0415 (lazy, see the docstring)
+    from qiskit.circuit.library import UnitaryGate
 
     return UnitaryGate(np.eye(2), label=FIBER_LABEL)
 
 
 def _build_photon_circuit(bit: int, basis: int, meas_basis: int) -> QuantumCircuit:
     """|bit> in the Z basis (H/V) or the X basis (D/A), the fibre, then a measurement in `meas_basis`."""
-    from qiskit import QuantumCircuit  # noqa: PLC0415
+    from qiskit import QuantumCircuit
 
     circuit = QuantumCircuit(1, 1, name=f"bb84_bit{bit}_basis{basis}_meas{meas_basis}")
     if bit:
@@ -234,7 +234,7 @@ def _build_pair_circuit(alice: int, bob: int, eve: int, *, deferred: bool) -> Qu
     """|Phi+> on (Alice = qubit 0, Bob = qubit 1); Eve (if eve >= 0) measures Bob's photon at her angle and
     re-prepares it before Bob's fibre; each party measures polarisation angle theta as Ry(-2 theta) then Z.
     Classical bits: 0 Alice, 1 Bob, 2 Eve."""
-    from qiskit import QuantumCircuit  # noqa: PLC0415
+    from qiskit import QuantumCircuit
 
     theta_a, theta_b, theta_e = alice * _PI8, bob * _PI8, eve * _PI8
     n_qubits = 3 if (eve >= 0 and deferred) else 2
