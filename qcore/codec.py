@@ -33,6 +33,8 @@ class _ArrayKind:
     def __init__(self, name: str, dtype: np.dtype | None) -> None:
         self.name = name
         self.dtype = dtype
+        info = np.iinfo(dtype) if dtype is not None else None
+        self.bounds = (int(info.min), int(info.max)) if info is not None else (0, 1)
 
     def __repr__(self) -> str:
         return f"_ArrayKind({self.name})"
@@ -111,9 +113,11 @@ def _encode_field(out: bytearray, kind: Any, value: Any, name: str) -> None:
         arr = np.asarray(value)
         if arr.ndim != 1:
             raise LocalProtocolError(f"field {name}: array must be one-dimensional")
-        info = np.iinfo(kind.dtype)
-        if arr.size and (int(arr.min()) < info.min or int(arr.max()) > info.max):
-            raise LocalProtocolError(f"field {name}: values outside {kind.name}")
+        # An array already of the wire dtype cannot hold an out-of-range value: skip the two reductions.
+        if arr.dtype != kind.dtype and arr.size:
+            low, high = kind.bounds
+            if int(arr.min()) < low or int(arr.max()) > high:
+                raise LocalProtocolError(f"field {name}: values outside {kind.name}")
         _put_varint(out, arr.size)
         out += arr.astype(kind.dtype, copy=False).tobytes()
     else:
@@ -139,9 +143,8 @@ def _decode_field(reader: _Reader, kind: Any, name: str) -> Any:
         width = kind.dtype.itemsize
         if count > (len(reader.data) - reader.pos) // width:
             raise DecodeError(f"field {name}: truncated array of {count}")
-        return np.frombuffer(reader.take(count * width), dtype=kind.dtype).astype(
-            kind.dtype.newbyteorder("=")
-        )
+        values = np.frombuffer(reader.take(count * width), dtype=kind.dtype)
+        return values.copy() if values.dtype.isnative else values.astype(values.dtype.newbyteorder("="))
     raise DecodeError(f"field {name}: unsupported kind {kind!r}")
 
 

@@ -75,7 +75,7 @@ def test_option8_schedule_values(qber: float, first: tuple[int, int]) -> None:
 def test_low_latency_schedule_values(qber: float, k1: int) -> None:
     # k1 = 2^round(alpha): round(6.144) = 6, round(5.144) = 5, round(3.822) = 4, round(2.822) = 3
     schedule = low_latency_schedule(100_000, qber)
-    assert schedule.block_sizes == (k1, 4 * k1) + (HALF,) * 12
+    assert schedule.block_sizes == (k1, 4 * k1, 64 * k1) + (HALF,) * 7
 
 
 def test_schedule_sizes_are_clamped_to_the_key() -> None:
