@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-DISTANCES_KM = [0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0]
+DISTANCES_KM = [0.0, 10.0, 20.0, 30.0, 40.0, 50.0]
 EVE_FRACTIONS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0]
 
 
@@ -21,7 +21,9 @@ def _write_csv(path: Path, rows: list) -> None:
             writer.writerow(dataclasses.asdict(row))
 
 
-def write_sweep(out_dir: str | Path, *, qubits: int, seed: int) -> list[Path]:
+def write_sweep(
+    out_dir: str | Path, *, qubits: int, wcp_qubits: int, e91_pairs: int, seed: int
+) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,7 +40,7 @@ def write_sweep(out_dir: str | Path, *, qubits: int, seed: int) -> list[Path]:
 
     # 1. Key rate against distance.
     points = distance_sweep(
-        DISTANCES_KM, qubits=qubits, seed=seed, sources=(SourceKind.SINGLE_PHOTON, SourceKind.WCP)
+        DISTANCES_KM, qubits={SourceKind.SINGLE_PHOTON: qubits, SourceKind.WCP: wcp_qubits}, seed=seed
     )
     grid = np.linspace(0.0, 150.0, 301)
     curves = theory_curves(grid, qubits=qubits)
@@ -68,12 +70,12 @@ def write_sweep(out_dir: str | Path, *, qubits: int, seed: int) -> list[Path]:
             [p.key_per_pulse for p in sel],
             marker,
             ls="none",
-            label=f"simulated: {source}, {qubits:.0e} pulses",
+            label=f"simulated: {source}, {qubits if source == 'single-photon' else wcp_qubits:.0e} pulses",
         )
+    floor = ax.get_ylim()[0]
+    for source, colour in (("single-photon", "tab:red"), ("wcp", "tab:purple")):
         aborted = [p for p in points if p.source == source and p.final_key_bits == 0]
-        if aborted:
-            floor = ax.get_ylim()[0]
-            ax.plot([p.distance_km for p in aborted], [floor] * len(aborted), "x", color="grey")
+        ax.plot([p.distance_km for p in aborted], [floor] * len(aborted), "x", color=colour, clip_on=False)
     ax.set_xlabel("fibre length (km)")
     ax.set_ylabel("secret key bits per pulse")
     ax.set_title("Secret key rate against distance (x on the axis: aborted, no key)")
@@ -85,7 +87,7 @@ def write_sweep(out_dir: str | Path, *, qubits: int, seed: int) -> list[Path]:
     written.append(out / "keyrate_vs_distance.png")
 
     # 2. QBER and CHSH against the eavesdropper's share.
-    eve_points = eve_sweep(EVE_FRACTIONS, qubits=qubits, seed=seed)
+    eve_points = eve_sweep(EVE_FRACTIONS, qubits=qubits, e91_pairs=e91_pairs, seed=seed)
     _write_csv(out / "eve_sweep.csv", eve_points)
     written.append(out / "eve_sweep.csv")
     p_grid = np.linspace(0.0, 1.0, 101)

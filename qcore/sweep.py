@@ -25,6 +25,7 @@ from .theory import ChannelModel
 class DistancePoint:
     source: str
     distance_km: float
+    pulses: int
     qber: float | None
     final_key_bits: int
     key_per_pulse: float
@@ -54,14 +55,16 @@ class TheoryCurves:
 
 
 def distance_sweep(
-    distances_km: list[float], *, qubits: int, seed: int, sources: tuple[SourceKind, ...]
+    distances_km: list[float], *, qubits: dict[SourceKind, int], seed: int
 ) -> list[DistancePoint]:
+    """Simulated rounds at each distance, one per source; `qubits` gives each source's block size (the
+    decoy bound of Lim et al. needs blocks about a hundred times larger than single photons do)."""
     points = []
     for i, distance in enumerate(distances_km):
-        for j, source in enumerate(sources):
+        for j, (source, pulses) in enumerate(qubits.items()):
             result = run_simulation(
                 SimConfig(
-                    qubits=qubits,
+                    qubits=pulses,
                     channel=ChannelModel(distance_km=distance),
                     source=source,
                     seed=seed * 1000 + i * 10 + j,
@@ -72,9 +75,10 @@ def distance_sweep(
                 DistancePoint(
                     source=source.value,
                     distance_km=distance,
+                    pulses=pulses,
                     qber=r["qber"],
                     final_key_bits=r["final_key_bits"],
-                    key_per_pulse=r["final_key_bits"] / qubits,
+                    key_per_pulse=r["final_key_bits"] / pulses,
                     aborted=r["aborted"],
                     abort_reason=r["abort_reason"] or "",
                 )
@@ -108,14 +112,16 @@ def theory_curves(distances_km: np.ndarray, *, qubits: int) -> TheoryCurves:
     )
 
 
-def eve_sweep(fractions: list[float], *, qubits: int, seed: int, distance_km: float = 10.0) -> list[EvePoint]:
+def eve_sweep(
+    fractions: list[float], *, qubits: int, e91_pairs: int, seed: int, distance_km: float = 10.0
+) -> list[EvePoint]:
     points = []
     for i, fraction in enumerate(fractions):
         for j, protocol in enumerate((ProtocolKind.BB84, ProtocolKind.E91)):
             result = run_simulation(
                 SimConfig(
                     protocol=protocol,
-                    qubits=qubits,
+                    qubits=qubits if protocol is ProtocolKind.BB84 else e91_pairs,
                     channel=ChannelModel(distance_km=distance_km),
                     eve=Eavesdropper(kind=EveKind.INTERCEPT_RESEND, fraction=fraction),
                     seed=seed * 1000 + i * 10 + j,

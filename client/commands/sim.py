@@ -87,6 +87,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     sweep.add_argument("--out", default="sweep-out", help="output directory (default ./sweep-out)")
     sweep.add_argument("--qubits", type=_positive_int, default=2_000_000, help="pulses per simulated point")
+    sweep.add_argument(
+        "--wcp-qubits", type=_positive_int, default=100_000_000, help="pulses per decoy-state point (1e8)"
+    )
+    sweep.add_argument(
+        "--e91-pairs", type=_positive_int, default=20_000_000, help="pairs per E91 point (2e7)"
+    )
     sweep.add_argument("--seed", type=int, default=1)
     sweep.add_argument("--json", action="store_true", help="print the written files and points as JSON")
     sweep.set_defaults(run=run_sweep)
@@ -217,7 +223,9 @@ def format_report(r: dict[str, Any]) -> str:
 def run_sweep(args: argparse.Namespace) -> int:
     from qlinkmed.client.sweep_plots import write_sweep
 
-    files = write_sweep(args.out, qubits=args.qubits, seed=args.seed)
+    files = write_sweep(
+        args.out, qubits=args.qubits, wcp_qubits=args.wcp_qubits, e91_pairs=args.e91_pairs, seed=args.seed
+    )
     if args.json:
         print(json.dumps({"files": [str(f) for f in files]}, indent=2))
     else:
