@@ -1,0 +1,26 @@
+"""The README's code snippets run as written (STYLE §8), and its commands name real flags."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from qlinkmed.client.cli import build_parser
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def test_python_snippets_run() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
+
+
+def test_every_flag_in_the_sim_table_exists() -> None:
+    flags = set(re.findall(r"^\| `(--[a-z-]+)", README, flags=re.M))
+    assert "--qubits" in flags
+    parser = build_parser()
+    bb84 = parser.parse_args(["sim", "bb84"])
+    known = {f"--{name.replace('_', '-')}" for name in vars(bb84)}
+    assert flags <= known, flags - known
