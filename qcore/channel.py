@@ -110,10 +110,6 @@ class ChannelStats:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def _fibre_transmittance(model: ChannelModel) -> float:
-    return 10.0 ** (-model.attenuation_db_per_km * model.distance_km / 10.0)
-
-
 def _clicks_to_bits(
     fired0: np.ndarray, fired1: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -182,9 +182,13 @@ class _Session:
         return self._auth
 
     # -- transcript -------------------------------------------------------------------------------------
-    def _record(self, marker: bytes, msg: Message) -> None:
+    @staticmethod
+    def _frame(marker: bytes, msg: Message) -> bytes:
         body = msg.encode()
-        self._transcript.append(marker + len(body).to_bytes(8, "little") + body)
+        return marker + len(body).to_bytes(8, "little") + body
+
+    def _record(self, marker: bytes, msg: Message) -> None:
+        self._transcript.append(self._frame(marker, msg))
 
     def _transcript_bytes(self) -> bytes:
         return b"".join(self._transcript)
@@ -350,6 +354,8 @@ class AliceSession(_Session):
         self._detected = detected.astype(bool)
         self._intensities = intensities
         self._cascade: CascadeAlice | None = None
+        self._coincident_bits: np.ndarray = np.zeros(0, dtype=np.uint8)
+        self._pending_key: np.ndarray = np.zeros(0, dtype=np.uint8)
         self._cascade_seed = int(rng.integers(0, 2**63))
         self.state = AliceState.EXPECT_DETECTIONS
 
@@ -433,11 +439,9 @@ class AliceSession(_Session):
         self._pending_key = toeplitz_hash(seed, self._raw_key, length)
         self._round_keys = self._auth.take_round_keys()
         amplify = m.Amplify(seed=seed, length=length)
-        self._record(self._sent_marker, amplify)
-        tag = wegman_carter_tag(
-            self._round_keys.hash_key, self._round_keys.alice_pad, self._transcript_bytes()
-        )
-        self._transcript.pop()  # _send records it again
+        # Alice's tag covers everything up to and including the Amplify it travels with.
+        tagged = self._transcript_bytes() + self._frame(self._sent_marker, amplify)
+        tag = wegman_carter_tag(self._round_keys.hash_key, self._round_keys.alice_pad, tagged)
         return AliceState.EXPECT_BOB_TAG, [amplify, m.AuthTag(key_offset=self._round_keys.offset, tag=tag)]
 
     def _on_auth_tag(self, msg: m.AuthTag) -> tuple[AliceState, list[Message]]:
@@ -476,6 +480,8 @@ class BobSession(_Session):
         self._settings = settings
         self._detected = detected.astype(bool)
         self._cascade: CascadeBob | None = None
+        self._corrected_key: np.ndarray = np.zeros(0, dtype=np.uint8)
+        self._pending_key: np.ndarray = np.zeros(0, dtype=np.uint8)
         self.state = BobState.IDLE
 
     def start(self) -> list[Message]:
