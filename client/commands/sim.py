@@ -162,6 +162,7 @@ def _fmt(value: Any, spec: str = "") -> str:
 
 def format_report(r: dict[str, Any]) -> str:
     t = r["theory"]
+    honest = " without an eavesdropper" if r["eve"] != "none" else ""
     rows = [
         (
             "protocol",
@@ -177,7 +178,7 @@ def format_report(r: dict[str, Any]) -> str:
         (
             "QBER",
             f"{_fmt(r['qber'], '.4%')} (upper bound {_fmt(r['qber_upper'], '.4%')}; "
-            f"model predicts {_fmt(t.get('expected_qber'), '.4%')})",
+            f"model predicts {_fmt(t.get('expected_qber'), '.4%')}{honest})",
         ),
     ]
     if r["chsh_s"] is not None:
@@ -185,7 +186,7 @@ def format_report(r: dict[str, Any]) -> str:
             (
                 "CHSH S",
                 f"{r['chsh_s']:.4f} (lower bound {r['chsh_lower']:.4f}; "
-                f"model {_fmt(t.get('expected_chsh'), '.4f')}; classical limit 2)",
+                f"model {_fmt(t.get('expected_chsh'), '.4f')}{honest}; classical limit 2)",
             )
         )
     if r["raw_key_bits"]:
