@@ -9,7 +9,7 @@ import numpy as np
 
 from . import finite_key as fk
 from .auth import ROUND_AUTH_BITS
-from .errors import AbortReason, RoundAborted
+from .errors import AbortReason, LocalProtocolError, RoundAborted
 from .sifting import E91_CHSH_SETTINGS, E91_CHSH_SIGNS, ProtocolKind, SiftPlan
 from .theory import binary_entropy, di_rate
 
@@ -103,18 +103,18 @@ def _decoy_statistics(
         sample_bits=k,
         errors=errors,
         qber=errors / k if k else 0.5,
-        qber_upper=float(bound.phi_x) if np.isfinite(bound.phi_x) else 0.5,
+        qber_upper=min(float(bound.phi_x), 0.5) if np.isfinite(bound.phi_x) else 0.5,
         decoy=counts,
     )
 
 
-def _lim(config: DistillConfig, counts: DecoyCounts, leak: float):
-    assert_decoy = config.decoy
-    if assert_decoy is None:
-        raise ValueError("decoy bound without a decoy source")
+def _lim(config: DistillConfig, counts: DecoyCounts, leak: float) -> fk.Lim2014Result:
+    decoy = config.decoy
+    if decoy is None:
+        raise LocalProtocolError("decoy bound without a decoy source")
     return fk.lim2014_length(
-        intensities=assert_decoy.intensities,
-        probabilities=assert_decoy.probabilities,
+        intensities=decoy.intensities,
+        probabilities=decoy.probabilities,
         n_x=counts.key_basis_detections,
         n_z=counts.test_basis_detections,
         m_z=counts.test_basis_errors,

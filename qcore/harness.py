@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from .codec import Message
+from .errors import LocalProtocolError
 from .session import AliceSession, BobSession
 
 
@@ -45,7 +46,7 @@ def run_pair(
     queue: deque[tuple[Direction, bytes]] = deque((Direction.TO_ALICE, msg.encode()) for msg in bob.start())
     while queue:
         if transcript.messages >= max_messages:
-            raise RuntimeError(f"round did not finish within {max_messages} messages")
+            raise LocalProtocolError(f"round did not finish within {max_messages} messages")
         direction, data = queue.popleft()
         delivered = tap(direction, data) if tap is not None else [data]
         for item in delivered:

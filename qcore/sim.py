@@ -16,7 +16,7 @@ from . import theory
 from .auth import AuthKeyStore
 from .backends import get_backend
 from .channel import DecoySource, Eavesdropper, SourceKind, emulate_bb84, emulate_e91
-from .errors import AbortReason, ConfigError
+from .errors import AbortReason, ConfigError, LocalProtocolError
 from .finite_key import tomamichel_length
 from .harness import run_pair
 from .session import AliceSession, BobSession, DistillConfig, RoundOutcome
@@ -200,7 +200,7 @@ def run_simulation(config: SimConfig) -> SimResult:
     alice, bob, detected, eve_known = make_sessions(config)
     transcript = run_pair(alice, bob)
     if alice.outcome is None or bob.outcome is None:
-        raise RuntimeError("round ended without an outcome")  # run_pair always ends both sessions
+        raise LocalProtocolError("round ended without an outcome")  # run_pair always ends both sessions
     if alice.outcome.established and bob.outcome.established:
         for session in (alice, bob):
             session.auth_store.replenish(np.packbits(session.outcome.auth_refill).tobytes())
