@@ -338,14 +338,23 @@ def predict_bb84(
         raise ConfigError("mu", f"mean photon number must be >= 0, got {mu}")
     if previous_click_probability is not None and not 0.0 <= previous_click_probability <= 1.0:
         raise ConfigError("previous_click_probability", "must be in [0, 1]")
+    return _prediction(
+        np.asarray(model.transmittance, dtype=np.float64), model, source, mu, previous_click_probability
+    )
+
+
+def _prediction(
+    eta: np.ndarray, model: ChannelModel, source: Source, mu: float, previous_click: float | None
+) -> BB84Prediction:
+    """The click statistics at system transmittance(s) `eta`, with every other parameter from `model`."""
     detection, error, a = _click_statistics(
-        np.asarray(model.transmittance, dtype=np.float64),
+        eta,
         source=source,
         mu=mu,
         p_dc=model.dark_count,
         p_ap=model.afterpulse,
         e_mis=model.misalignment,
-        previous_click=previous_click_probability,
+        previous_click=previous_click,
     )
     return BB84Prediction(
         detection_probability=_out(detection),
@@ -518,21 +527,7 @@ def secret_key_rate_curves(
     eta = 10.0 ** (-template.attenuation_db_per_km * distances / 10.0) * template.detector_efficiency
 
     def predict(source: Source, intensity: float) -> BB84Prediction:
-        detection, error, a = _click_statistics(
-            eta,
-            source=source,
-            mu=intensity,
-            p_dc=template.dark_count,
-            p_ap=template.afterpulse,
-            e_mis=template.misalignment,
-            previous_click=None,
-        )
-        return BB84Prediction(
-            detection_probability=detection,
-            error_probability=error,
-            qber=_qber(detection, error),
-            afterpulse_probability=a,
-        )
+        return _prediction(eta, template, source, intensity, None)
 
     single = predict("single-photon", 1.0)
     h_single = np.asarray(binary_entropy(single.qber))
