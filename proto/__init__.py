@@ -1,1 +1,1 @@
-"""The wire schema (issue 3). Until then the canonical encoding of `qlinkmed.qcore.codec` is the only one."""
+"""The wire schema: `qlinkmed_wire.proto` and its generated module `qlinkmed_wire_pb2`."""

@@ -27,7 +27,7 @@ from .errors import DecodeError, LocalProtocolError
 _MAX_VARINT_BYTES = 10
 
 
-class _ArrayKind:
+class ArrayKind:
     """Marker carried in Annotated[...] to say how an ndarray field is encoded."""
 
     def __init__(self, name: str, dtype: np.dtype | None) -> None:
@@ -37,12 +37,12 @@ class _ArrayKind:
         self.bounds = (int(info.min), int(info.max)) if info is not None else (0, 1)
 
     def __repr__(self) -> str:
-        return f"_ArrayKind({self.name})"
+        return f"ArrayKind({self.name})"
 
 
-BITS = _ArrayKind("bits", None)
-U8 = _ArrayKind("u8", np.dtype("<u1"))
-U32 = _ArrayKind("u32", np.dtype("<u4"))
+BITS = ArrayKind("bits", None)
+U8 = ArrayKind("u8", np.dtype("<u1"))
+U32 = ArrayKind("u32", np.dtype("<u4"))
 
 Bits = Annotated[np.ndarray, BITS]
 U8s = Annotated[np.ndarray, U8]
@@ -109,7 +109,7 @@ def _encode_field(out: bytearray, kind: Any, value: Any, name: str) -> None:
             raise LocalProtocolError(f"field {name}: bits must be one-dimensional")
         _put_varint(out, arr.size)
         out += np.packbits(arr.astype(np.uint8, copy=False) & 1).tobytes()
-    elif isinstance(kind, _ArrayKind):
+    elif isinstance(kind, ArrayKind):
         arr = np.asarray(value)
         if arr.ndim != 1:
             raise LocalProtocolError(f"field {name}: array must be one-dimensional")
@@ -138,7 +138,7 @@ def _decode_field(reader: _Reader, kind: Any, name: str) -> Any:
         if count % 8 and raw[-1] & ((1 << (8 - count % 8)) - 1):
             raise DecodeError(f"field {name}: padding bits set")
         return np.unpackbits(raw, count=count)
-    if isinstance(kind, _ArrayKind):
+    if isinstance(kind, ArrayKind):
         count = reader.varint()
         width = kind.dtype.itemsize
         if count > (len(reader.data) - reader.pos) // width:
@@ -163,7 +163,8 @@ class Message:
     _layout: ClassVar[tuple[tuple[str, Any], ...]]
 
     @classmethod
-    def _fields(cls) -> tuple[tuple[str, Any], ...]:
+    def layout(cls) -> tuple[tuple[str, Any], ...]:
+        """(field name, field kind) in wire order; the wire schema in proto/ follows it by name."""
         layout = cls.__dict__.get("_layout")
         if layout is None:
             hints = typing.get_type_hints(cls, include_extras=True)
@@ -173,7 +174,7 @@ class Message:
 
     def encode(self) -> bytes:
         out = bytearray([self.TYPE])
-        for name, kind in self._fields():
+        for name, kind in self.layout():
             _encode_field(out, kind, getattr(self, name), name)
         return bytes(out)
 
@@ -208,7 +209,7 @@ def decode(data: bytes | memoryview) -> Message:
         raise DecodeError(f"unknown message type {data[0]}")
     reader = _Reader(data)
     reader.pos = 1
-    values = {name: _decode_field(reader, kind, name) for name, kind in cls._fields()}
+    values = {name: _decode_field(reader, kind, name) for name, kind in cls.layout()}
     if reader.pos != len(reader.data):
         raise DecodeError(f"{cls.__name__}: {len(reader.data) - reader.pos} trailing bytes")
     try:

@@ -1,2 +1,2 @@
-"""qlinkd: the facility daemon (issue 3). It will drive `qlinkmed.qcore.session` over the network; this
-package stays empty until then."""
+"""qlinkd: the facility daemon. So far: the wire codec (`wire.py`) between protobuf frames and qcore's
+protocol messages; the daemon itself arrives with issue 3."""
