@@ -162,28 +162,23 @@ def make_sessions(config: SimConfig) -> tuple[AliceSession, BobSession, int, int
             backend=backend,
             rng=channel_rng,
         )
-        alice = AliceSession(
-            distill,
-            bits=sent.bits,
-            settings=sent.bases,
-            detected=np.ones(config.qubits, dtype=bool),
-            intensities=sent.intensity_class,
-            auth=AuthKeyStore(psk),
-            rng=np.random.default_rng(alice_seq),
-        )
+        # A BB84 sender "registers" every pulse it sends.
+        alice_record = (sent.bits, sent.bases, np.ones(config.qubits, dtype=bool), sent.intensity_class)
     else:
         alice_side, seen, stats = emulate_e91(
             config.qubits, model=config.channel, eve=config.eve, backend=backend, rng=channel_rng
         )
-        alice = AliceSession(
-            distill,
-            bits=alice_side.bits,
-            settings=alice_side.bases,
-            detected=alice_side.detected,
-            intensities=None,
-            auth=AuthKeyStore(psk),
-            rng=np.random.default_rng(alice_seq),
-        )
+        alice_record = (alice_side.bits, alice_side.bases, alice_side.detected, None)
+    bits, settings, detected, intensities = alice_record
+    alice = AliceSession(
+        distill,
+        bits=bits,
+        settings=settings,
+        detected=detected,
+        intensities=intensities,
+        auth=AuthKeyStore(psk),
+        rng=np.random.default_rng(alice_seq),
+    )
     bob = BobSession(
         distill,
         round_id=1,
