@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13qlinkmed_wire.proto\x12\x0bqlinkmed.v1\"\xb9\x03\n\x05\x46rame\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\r\n\x05round\x18\x02 \x01(\x04\x12-\n\ndetections\x18\n \x01(\x0b\x32\x17.qlinkmed.v1.DetectionsH\x00\x12\'\n\x07sifting\x18\x0b \x01(\x0b\x32\x14.qlinkmed.v1.SiftingH\x00\x12)\n\x08\x65stimate\x18\x0c \x01(\x0b\x32\x15.qlinkmed.v1.EstimateH\x00\x12\x34\n\x0eparity_request\x18\r \x01(\x0b\x32\x1a.qlinkmed.v1.ParityRequestH\x00\x12\x30\n\x0cparity_reply\x18\x0e \x01(\x0b\x32\x18.qlinkmed.v1.ParityReplyH\x00\x12%\n\x06verify\x18\x0f \x01(\x0b\x32\x13.qlinkmed.v1.VerifyH\x00\x12\'\n\x07\x61mplify\x18\x10 \x01(\x0b\x32\x14.qlinkmed.v1.AmplifyH\x00\x12(\n\x08\x61uth_tag\x18\x11 \x01(\x0b\x32\x14.qlinkmed.v1.AuthTagH\x00\x12#\n\x05\x61\x62ort\x18\x12 \x01(\x0b\x32\x12.qlinkmed.v1.AbortH\x00\x42\x06\n\x04\x62ody\"#\n\x04\x42its\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"R\n\nDetections\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12#\n\x08\x64\x65tected\x18\x02 \x01(\x0b\x32\x11.qlinkmed.v1.Bits\x12\r\n\x05\x62\x61ses\x18\x03 \x01(\x0c\"\xb3\x01\n\x07Sifting\x12%\n\ncoincident\x18\x01 \x01(\x0b\x32\x11.qlinkmed.v1.Bits\x12\r\n\x05\x62\x61ses\x18\x02 \x01(\x0c\x12\x13\n\x0bintensities\x18\x03 \x01(\x0c\x12!\n\x06sample\x18\x04 \x01(\x0b\x32\x11.qlinkmed.v1.Bits\x12$\n\ttest_bits\x18\x05 \x01(\x0b\x32\x11.qlinkmed.v1.Bits\x12\x14\n\x0c\x63\x61scade_seed\x18\x06 \x01(\x04\"0\n\x08\x45stimate\x12$\n\ttest_bits\x18\x01 \x01(\x0b\x32\x11.qlinkmed.v1.Bits\"=\n\rParityRequest\x12\x0e\n\x06passes\x18\x01 \x01(\x0c\x12\x0e\n\x06starts\x18\x02 \x01(\x0c\x12\x0c\n\x04\x65nds\x18\x03 \x01(\x0c\"2\n\x0bParityReply\x12#\n\x08parities\x18\x01 \x01(\x0b\x32\x11.qlinkmed.v1.Bits\"L\n\x06Verify\x12\x1f\n\x04seed\x18\x01 \x01(\x0b\x32\x11.qlinkmed.v1.Bits\x12!\n\x06\x64igest\x18\x02 \x01(\x0b\x32\x11.qlinkmed.v1.Bits\":\n\x07\x41mplify\x12\x1f\n\x04seed\x18\x01 \x01(\x0b\x32\x11.qlinkmed.v1.Bits\x12\x0e\n\x06length\x18\x02 \x01(\x04\"*\n\x07\x41uthTag\x12\x12\n\nkey_offset\x18\x01 \x01(\x04\x12\x0b\n\x03tag\x18\x02 \x01(\x0c\"\'\n\x05\x41\x62ort\x12\x0e\n\x06reason\x18\x01 \x01(\r\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13qlinkmed_wire.proto\x12\x0bqlinkmed.v1\"\xd6\x07\n\x05\x46rame\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\r\n\x05round\x18\x02 \x01(\x04\x12-\n\ndetections\x18\n \x01(\x0b\x32\x17.qlinkmed.v1.DetectionsH\x00\x12\'\n\x07sifting\x18\x0b \x01(\x0b\x32\x14.qlinkmed.v1.SiftingH\x00\x12)\n\x08\x65stimate\x18\x0c \x01(\x0b\x32\x15.qlinkmed.v1.EstimateH\x00\x12\x34\n\x0eparity_request\x18\r \x01(\x0b\x32\x1a.qlinkmed.v1.ParityRequestH\x00\x12\x30\n\x0cparity_reply\x18\x0e \x01(\x0b\x32\x18.qlinkmed.v1.ParityReplyH\x00\x12%\n\x06verify\x18\x0f \x01(\x0b\x32\x13.qlinkmed.v1.VerifyH\x00\x12\'\n\x07\x61mplify\x18\x10 \x01(\x0b\x32\x14.qlinkmed.v1.AmplifyH\x00\x12(\n\x08\x61uth_tag\x18\x11 \x01(\x0b\x32\x14.qlinkmed.v1.AuthTagH\x00\x12#\n\x05\x61\x62ort\x18\x12 \x01(\x0b\x32\x12.qlinkmed.v1.AbortH\x00\x12#\n\x05hello\x18\x1e \x01(\x0b\x32\x12.qlinkmed.v1.HelloH\x00\x12.\n\x0bround_start\x18\x1f \x01(\x0b\x32\x17.qlinkmed.v1.RoundStartH\x00\x12,\n\nkey_stored\x18  \x01(\x0b\x32\x16.qlinkmed.v1.KeyStoredH\x00\x12,\n\nkey_notice\x18! \x01(\x0b\x32\x16.qlinkmed.v1.KeyNoticeH\x00\x12,\n\nnotice_ack\x18\" \x01(\x0b\x32\x16.qlinkmed.v1.NoticeAckH\x00\x12\x32\n\rchannel_hello\x18\x32 \x01(\x0b\x32\x19.qlinkmed.v1.ChannelHelloH\x00\x12.\n\x0bpulse_train\x18\x33 \x01(\x0b\x32\x17.qlinkmed.v1.PulseTrainH\x00\x12:\n\x11\x61nalyser_settings\x18\x34 \x01(\x0b\x32\x1d.qlinkmed.v1.AnalyserSettingsH\x00\x12\x38\n\x10\x64\x65tection_record\x18\x35 \x01(\x0b\x32\x1c.qlinkmed.v1.DetectionRecordH\x00\x12.\n\x0bpulses_sent\x18\x36 \x01(\x0b\x32\x17.qlinkmed.v1.PulsesSentH\x00\x12\x32\n\rchannel_error\x18\x37 \x01(\x0b\x32\x19.qlinkmed.v1.ChannelErrorH\x00\x42\x06\n\x04\x62ody\"#\n\x04\x42its\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"R\n\nDetections\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12#\n\x08\x64\x65tected\x18\x02 \x01(\x0b\x32\x11.qlinkmed.v1.Bits\x12\r\n\x05\x62\x61ses\x18\x03 \x01(\x0c\"\xb3\x01\n\x07Sifting\x12%\n\ncoincident\x18\x01 \x01(\x0b\x32\x11.qlinkmed.v1.Bits\x12\r\n\x05\x62\x61ses\x18\x02 \x01(\x0c\x12\x13\n\x0bintensities\x18\x03 \x01(\x0c\x12!\n\x06sample\x18\x04 \x01(\x0b\x32\x11.qlinkmed.v1.Bits\x12$\n\ttest_bits\x18\x05 \x01(\x0b\x32\x11.qlinkmed.v1.Bits\x12\x14\n\x0c\x63\x61scade_seed\x18\x06 \x01(\x04\"0\n\x08\x45stimate\x12$\n\ttest_bits\x18\x01 \x01(\x0b\x32\x11.qlinkmed.v1.Bits\"=\n\rParityRequest\x12\x0e\n\x06passes\x18\x01 \x01(\x0c\x12\x0e\n\x06starts\x18\x02 \x01(\x0c\x12\x0c\n\x04\x65nds\x18\x03 \x01(\x0c\"2\n\x0bParityReply\x12#\n\x08parities\x18\x01 \x01(\x0b\x32\x11.qlinkmed.v1.Bits\"L\n\x06Verify\x12\x1f\n\x04seed\x18\x01 \x01(\x0b\x32\x11.qlinkmed.v1.Bits\x12!\n\x06\x64igest\x18\x02 \x01(\x0b\x32\x11.qlinkmed.v1.Bits\":\n\x07\x41mplify\x12\x1f\n\x04seed\x18\x01 \x01(\x0b\x32\x11.qlinkmed.v1.Bits\x12\x0e\n\x06length\x18\x02 \x01(\x04\"*\n\x07\x41uthTag\x12\x12\n\nkey_offset\x18\x01 \x01(\x04\x12\x0b\n\x03tag\x18\x02 \x01(\x0c\"\'\n\x05\x41\x62ort\x12\x0e\n\x06reason\x18\x01 \x01(\r\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\x0c\"\xbd\x01\n\x05Hello\x12\x10\n\x08\x66\x61\x63ility\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x10\n\x08protocol\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x18\n\x10pulses_per_round\x18\x05 \x01(\x04\x12\x12\n\nnext_round\x18\x06 \x01(\x04\x12\x16\n\x0elast_committed\x18\x07 \x01(\x04\x12\x15\n\rpending_round\x18\x08 \x01(\x04\x12\x15\n\rauth_position\x18\t \x01(\x04\"\x1c\n\nRoundStart\x12\x0e\n\x06pulses\x18\x01 \x01(\x04\"\x0b\n\tKeyStored\":\n\x07Segment\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\r\n\x05start\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\"j\n\tKeyNotice\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\nmaster_sae\x18\x02 \x01(\t\x12\x11\n\tslave_sae\x18\x03 \x01(\t\x12&\n\x08segments\x18\x04 \x03(\x0b\x32\x14.qlinkmed.v1.Segment\"\x1b\n\tNoticeAck\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"N\n\x0c\x43hannelHello\x12\x10\n\x08\x66\x61\x63ility\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x10\n\x08protocol\x18\x04 \x01(\t\"d\n\nPulseTrain\x12\x1f\n\x04\x62its\x18\x01 \x01(\x0b\x32\x11.qlinkmed.v1.Bits\x12 \n\x05\x62\x61ses\x18\x02 \x01(\x0b\x32\x11.qlinkmed.v1.Bits\x12\x13\n\x0bintensities\x18\x03 \x01(\x0c\"$\n\x10\x41nalyserSettings\x12\x10\n\x08settings\x18\x01 \x01(\x0c\"W\n\x0f\x44\x65tectionRecord\x12#\n\x08\x64\x65tected\x18\x01 \x01(\x0b\x32\x11.qlinkmed.v1.Bits\x12\x1f\n\x04\x62its\x18\x02 \x01(\x0b\x32\x11.qlinkmed.v1.Bits\"\x1b\n\nPulsesSent\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\"\x1e\n\x0c\x43hannelError\x12\x0e\n\x06reason\x18\x01 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,25 +32,49 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'qlinkmed_wire_pb2', _global
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FRAME']._serialized_start=37
-  _globals['_FRAME']._serialized_end=478
-  _globals['_BITS']._serialized_start=480
-  _globals['_BITS']._serialized_end=515
-  _globals['_DETECTIONS']._serialized_start=517
-  _globals['_DETECTIONS']._serialized_end=599
-  _globals['_SIFTING']._serialized_start=602
-  _globals['_SIFTING']._serialized_end=781
-  _globals['_ESTIMATE']._serialized_start=783
-  _globals['_ESTIMATE']._serialized_end=831
-  _globals['_PARITYREQUEST']._serialized_start=833
-  _globals['_PARITYREQUEST']._serialized_end=894
-  _globals['_PARITYREPLY']._serialized_start=896
-  _globals['_PARITYREPLY']._serialized_end=946
-  _globals['_VERIFY']._serialized_start=948
-  _globals['_VERIFY']._serialized_end=1024
-  _globals['_AMPLIFY']._serialized_start=1026
-  _globals['_AMPLIFY']._serialized_end=1084
-  _globals['_AUTHTAG']._serialized_start=1086
-  _globals['_AUTHTAG']._serialized_end=1128
-  _globals['_ABORT']._serialized_start=1130
-  _globals['_ABORT']._serialized_end=1169
+  _globals['_FRAME']._serialized_end=1019
+  _globals['_BITS']._serialized_start=1021
+  _globals['_BITS']._serialized_end=1056
+  _globals['_DETECTIONS']._serialized_start=1058
+  _globals['_DETECTIONS']._serialized_end=1140
+  _globals['_SIFTING']._serialized_start=1143
+  _globals['_SIFTING']._serialized_end=1322
+  _globals['_ESTIMATE']._serialized_start=1324
+  _globals['_ESTIMATE']._serialized_end=1372
+  _globals['_PARITYREQUEST']._serialized_start=1374
+  _globals['_PARITYREQUEST']._serialized_end=1435
+  _globals['_PARITYREPLY']._serialized_start=1437
+  _globals['_PARITYREPLY']._serialized_end=1487
+  _globals['_VERIFY']._serialized_start=1489
+  _globals['_VERIFY']._serialized_end=1565
+  _globals['_AMPLIFY']._serialized_start=1567
+  _globals['_AMPLIFY']._serialized_end=1625
+  _globals['_AUTHTAG']._serialized_start=1627
+  _globals['_AUTHTAG']._serialized_end=1669
+  _globals['_ABORT']._serialized_start=1671
+  _globals['_ABORT']._serialized_end=1710
+  _globals['_HELLO']._serialized_start=1713
+  _globals['_HELLO']._serialized_end=1902
+  _globals['_ROUNDSTART']._serialized_start=1904
+  _globals['_ROUNDSTART']._serialized_end=1932
+  _globals['_KEYSTORED']._serialized_start=1934
+  _globals['_KEYSTORED']._serialized_end=1945
+  _globals['_SEGMENT']._serialized_start=1947
+  _globals['_SEGMENT']._serialized_end=2005
+  _globals['_KEYNOTICE']._serialized_start=2007
+  _globals['_KEYNOTICE']._serialized_end=2113
+  _globals['_NOTICEACK']._serialized_start=2115
+  _globals['_NOTICEACK']._serialized_end=2142
+  _globals['_CHANNELHELLO']._serialized_start=2144
+  _globals['_CHANNELHELLO']._serialized_end=2222
+  _globals['_PULSETRAIN']._serialized_start=2224
+  _globals['_PULSETRAIN']._serialized_end=2324
+  _globals['_ANALYSERSETTINGS']._serialized_start=2326
+  _globals['_ANALYSERSETTINGS']._serialized_end=2362
+  _globals['_DETECTIONRECORD']._serialized_start=2364
+  _globals['_DETECTIONRECORD']._serialized_end=2451
+  _globals['_PULSESSENT']._serialized_start=2453
+  _globals['_PULSESSENT']._serialized_end=2480
+  _globals['_CHANNELERROR']._serialized_start=2482
+  _globals['_CHANNELERROR']._serialized_end=2512
 # @@protoc_insertion_point(module_scope)

@@ -1,12 +1,13 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Frame(_message.Message):
-    __slots__ = ("version", "round", "detections", "sifting", "estimate", "parity_request", "parity_reply", "verify", "amplify", "auth_tag", "abort")
+    __slots__ = ("version", "round", "detections", "sifting", "estimate", "parity_request", "parity_reply", "verify", "amplify", "auth_tag", "abort", "hello", "round_start", "key_stored", "key_notice", "notice_ack", "channel_hello", "pulse_train", "analyser_settings", "detection_record", "pulses_sent", "channel_error")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     DETECTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +19,17 @@ class Frame(_message.Message):
     AMPLIFY_FIELD_NUMBER: _ClassVar[int]
     AUTH_TAG_FIELD_NUMBER: _ClassVar[int]
     ABORT_FIELD_NUMBER: _ClassVar[int]
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    ROUND_START_FIELD_NUMBER: _ClassVar[int]
+    KEY_STORED_FIELD_NUMBER: _ClassVar[int]
+    KEY_NOTICE_FIELD_NUMBER: _ClassVar[int]
+    NOTICE_ACK_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_HELLO_FIELD_NUMBER: _ClassVar[int]
+    PULSE_TRAIN_FIELD_NUMBER: _ClassVar[int]
+    ANALYSER_SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    DETECTION_RECORD_FIELD_NUMBER: _ClassVar[int]
+    PULSES_SENT_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_ERROR_FIELD_NUMBER: _ClassVar[int]
     version: int
     round: int
     detections: Detections
@@ -29,7 +41,18 @@ class Frame(_message.Message):
     amplify: Amplify
     auth_tag: AuthTag
     abort: Abort
-    def __init__(self, version: _Optional[int] = ..., round: _Optional[int] = ..., detections: _Optional[_Union[Detections, _Mapping]] = ..., sifting: _Optional[_Union[Sifting, _Mapping]] = ..., estimate: _Optional[_Union[Estimate, _Mapping]] = ..., parity_request: _Optional[_Union[ParityRequest, _Mapping]] = ..., parity_reply: _Optional[_Union[ParityReply, _Mapping]] = ..., verify: _Optional[_Union[Verify, _Mapping]] = ..., amplify: _Optional[_Union[Amplify, _Mapping]] = ..., auth_tag: _Optional[_Union[AuthTag, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ...) -> None: ...
+    hello: Hello
+    round_start: RoundStart
+    key_stored: KeyStored
+    key_notice: KeyNotice
+    notice_ack: NoticeAck
+    channel_hello: ChannelHello
+    pulse_train: PulseTrain
+    analyser_settings: AnalyserSettings
+    detection_record: DetectionRecord
+    pulses_sent: PulsesSent
+    channel_error: ChannelError
+    def __init__(self, version: _Optional[int] = ..., round: _Optional[int] = ..., detections: _Optional[_Union[Detections, _Mapping]] = ..., sifting: _Optional[_Union[Sifting, _Mapping]] = ..., estimate: _Optional[_Union[Estimate, _Mapping]] = ..., parity_request: _Optional[_Union[ParityRequest, _Mapping]] = ..., parity_reply: _Optional[_Union[ParityReply, _Mapping]] = ..., verify: _Optional[_Union[Verify, _Mapping]] = ..., amplify: _Optional[_Union[Amplify, _Mapping]] = ..., auth_tag: _Optional[_Union[AuthTag, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., round_start: _Optional[_Union[RoundStart, _Mapping]] = ..., key_stored: _Optional[_Union[KeyStored, _Mapping]] = ..., key_notice: _Optional[_Union[KeyNotice, _Mapping]] = ..., notice_ack: _Optional[_Union[NoticeAck, _Mapping]] = ..., channel_hello: _Optional[_Union[ChannelHello, _Mapping]] = ..., pulse_train: _Optional[_Union[PulseTrain, _Mapping]] = ..., analyser_settings: _Optional[_Union[AnalyserSettings, _Mapping]] = ..., detection_record: _Optional[_Union[DetectionRecord, _Mapping]] = ..., pulses_sent: _Optional[_Union[PulsesSent, _Mapping]] = ..., channel_error: _Optional[_Union[ChannelError, _Mapping]] = ...) -> None: ...
 
 class Bits(_message.Message):
     __slots__ = ("count", "data")
@@ -118,3 +141,111 @@ class Abort(_message.Message):
     reason: int
     detail: bytes
     def __init__(self, reason: _Optional[int] = ..., detail: _Optional[bytes] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("facility", "peer", "protocol", "source", "pulses_per_round", "next_round", "last_committed", "pending_round", "auth_position")
+    FACILITY_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PULSES_PER_ROUND_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ROUND_FIELD_NUMBER: _ClassVar[int]
+    LAST_COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    PENDING_ROUND_FIELD_NUMBER: _ClassVar[int]
+    AUTH_POSITION_FIELD_NUMBER: _ClassVar[int]
+    facility: str
+    peer: str
+    protocol: str
+    source: str
+    pulses_per_round: int
+    next_round: int
+    last_committed: int
+    pending_round: int
+    auth_position: int
+    def __init__(self, facility: _Optional[str] = ..., peer: _Optional[str] = ..., protocol: _Optional[str] = ..., source: _Optional[str] = ..., pulses_per_round: _Optional[int] = ..., next_round: _Optional[int] = ..., last_committed: _Optional[int] = ..., pending_round: _Optional[int] = ..., auth_position: _Optional[int] = ...) -> None: ...
+
+class RoundStart(_message.Message):
+    __slots__ = ("pulses",)
+    PULSES_FIELD_NUMBER: _ClassVar[int]
+    pulses: int
+    def __init__(self, pulses: _Optional[int] = ...) -> None: ...
+
+class KeyStored(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Segment(_message.Message):
+    __slots__ = ("round_id", "start", "length")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    round_id: int
+    start: int
+    length: int
+    def __init__(self, round_id: _Optional[int] = ..., start: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+
+class KeyNotice(_message.Message):
+    __slots__ = ("key_id", "master_sae", "slave_sae", "segments")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    MASTER_SAE_FIELD_NUMBER: _ClassVar[int]
+    SLAVE_SAE_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    master_sae: str
+    slave_sae: str
+    segments: _containers.RepeatedCompositeFieldContainer[Segment]
+    def __init__(self, key_id: _Optional[str] = ..., master_sae: _Optional[str] = ..., slave_sae: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ...) -> None: ...
+
+class NoticeAck(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class ChannelHello(_message.Message):
+    __slots__ = ("facility", "peer", "role", "protocol")
+    FACILITY_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    facility: str
+    peer: str
+    role: str
+    protocol: str
+    def __init__(self, facility: _Optional[str] = ..., peer: _Optional[str] = ..., role: _Optional[str] = ..., protocol: _Optional[str] = ...) -> None: ...
+
+class PulseTrain(_message.Message):
+    __slots__ = ("bits", "bases", "intensities")
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    BASES_FIELD_NUMBER: _ClassVar[int]
+    INTENSITIES_FIELD_NUMBER: _ClassVar[int]
+    bits: Bits
+    bases: Bits
+    intensities: bytes
+    def __init__(self, bits: _Optional[_Union[Bits, _Mapping]] = ..., bases: _Optional[_Union[Bits, _Mapping]] = ..., intensities: _Optional[bytes] = ...) -> None: ...
+
+class AnalyserSettings(_message.Message):
+    __slots__ = ("settings",)
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    settings: bytes
+    def __init__(self, settings: _Optional[bytes] = ...) -> None: ...
+
+class DetectionRecord(_message.Message):
+    __slots__ = ("detected", "bits")
+    DETECTED_FIELD_NUMBER: _ClassVar[int]
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    detected: Bits
+    bits: Bits
+    def __init__(self, detected: _Optional[_Union[Bits, _Mapping]] = ..., bits: _Optional[_Union[Bits, _Mapping]] = ...) -> None: ...
+
+class PulsesSent(_message.Message):
+    __slots__ = ("count",)
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    def __init__(self, count: _Optional[int] = ...) -> None: ...
+
+class ChannelError(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...

@@ -187,8 +187,17 @@ def emulate_bb84(
     eve: Eavesdropper,
     backend: MeasurementBackend,
     rng: np.random.Generator,
+    prepared: PreparedPulses | None = None,
+    bob_bases: np.ndarray | None = None,
 ) -> tuple[PreparedPulses, Detections, ChannelStats]:
-    """Send `n` BB84 pulses through the channel. Bases: 0 rectilinear, 1 diagonal, chosen uniformly."""
+    """Send `n` BB84 pulses through the channel. Bases: 0 rectilinear, 1 diagonal, chosen uniformly.
+
+    The daemon's parties make their random choices themselves and hand them in: Alice's ``prepared``
+    pulses (from ``prepare_bb84``) and Bob's ``bob_bases``; the emulator then draws only the channel's own
+    randomness. Without them it draws everything (the simulator's path).
+    """
+    if prepared is not None:
+        n = _check_prepared(prepared, source)
     if n <= 0:
         raise ConfigError("qubits", f"must be positive, got {n}")
     if source is SourceKind.WCP and decoy is None:
@@ -196,9 +205,9 @@ def emulate_bb84(
     if eve.kind is EveKind.PNS and source is not SourceKind.WCP:
         raise ConfigError("eve", "photon-number splitting needs multi-photon pulses (--source wcp)")
 
-    bits = random_bits(rng, n)
-    bases = random_bits(rng, n)
-    bob_bases = random_bits(rng, n)
+    bits = random_bits(rng, n) if prepared is None else prepared.bits
+    bases = random_bits(rng, n) if prepared is None else prepared.bases
+    bob_bases = random_bits(rng, n) if bob_bases is None else _check_choices(bob_bases, n, 2, "bob_bases")
     eta = model.transmittance
     eta_det = model.detector_efficiency
     stats_attacked = 0
@@ -211,12 +220,16 @@ def emulate_bb84(
     if source is SourceKind.SINGLE_PHOTON:
         photons = np.ones(n, dtype=np.int64)
     else:
-        intensity_class = rng.choice(3, size=n, p=np.asarray(decoy.probabilities)).astype(np.uint8)
+        intensity_class = (
+            rng.choice(3, size=n, p=np.asarray(decoy.probabilities)).astype(np.uint8)  # type: ignore[union-attr]
+            if prepared is None
+            else prepared.intensity_class
+        )
         mus = np.asarray(decoy.intensities)[intensity_class]  # type: ignore[union-attr]
         photons = rng.poisson(mus) if eve.active else None  # type: ignore[assignment]
 
     attacked = bernoulli(rng, eve.fraction, n) if eve.active else np.zeros(n, dtype=bool)
-    line = np.full(n, eta)  # per-photon survival to a click, fibre and detector together
+    line: np.ndarray | None = None  # per-photon survival to a click, where Eve changed it
     if eve.kind is EveKind.INTERCEPT_RESEND and attacked.any():
         hit = attacked & (photons > 0)
         idx = np.flatnonzero(hit)
@@ -233,6 +246,7 @@ def emulate_bb84(
         multi = attacked & (photons >= 2)
         single = attacked & (photons == 1)
         photons = photons.copy()
+        line = np.full(n, eta)
         photons[multi] -= 1  # Eve keeps one photon of every multi-photon pulse
         line[multi] = eve_line * eta_det
         blocked = single & bernoulli(rng, block, n)
@@ -247,7 +261,7 @@ def emulate_bb84(
     elif source is SourceKind.SINGLE_PHOTON:
         detected_photons = bernoulli(rng, eta, n).astype(np.int64)
     else:
-        detected_photons = rng.binomial(photons, line)
+        detected_photons = rng.binomial(photons, eta if line is None else line)
 
     pulse_of_photon = np.repeat(np.arange(n), detected_photons)
     outcomes = backend.measure_photons(
@@ -267,6 +281,44 @@ def emulate_bb84(
     )
 
 
+def prepare_bb84(
+    n: int, *, source: SourceKind, decoy: DecoySource | None, rng: np.random.Generator
+) -> PreparedPulses:
+    """Alice's random choices for `n` pulses: bits, bases and (for a decoy source) intensity classes."""
+    if n <= 0:
+        raise ConfigError("qubits", f"must be positive, got {n}")
+    if source is SourceKind.WCP and decoy is None:
+        raise ConfigError("source", "a weak-coherent-pulse source needs decoy intensities")
+    bits = random_bits(rng, n)
+    bases = random_bits(rng, n)
+    intensity_class = (
+        rng.choice(3, size=n, p=np.asarray(decoy.probabilities)).astype(np.uint8)  # type: ignore[union-attr]
+        if source is SourceKind.WCP
+        else None
+    )
+    return PreparedPulses(bits=bits, bases=bases, intensity_class=intensity_class)
+
+
+def _check_choices(values: np.ndarray, n: int, levels: int, name: str) -> np.ndarray:
+    values = np.asarray(values)
+    if values.shape != (n,):
+        raise ConfigError(name, f"needs {n} entries, got shape {values.shape}")
+    if values.size and (values.min() < 0 or values.max() >= levels):
+        raise ConfigError(name, f"entries must lie in 0..{levels - 1}")
+    return values.astype(np.uint8)
+
+
+def _check_prepared(prepared: PreparedPulses, source: SourceKind) -> int:
+    n = int(np.asarray(prepared.bits).size)
+    _check_choices(prepared.bits, n, 2, "bits")
+    _check_choices(prepared.bases, n, 2, "bases")
+    if (prepared.intensity_class is not None) != (source is SourceKind.WCP):
+        raise ConfigError("intensities", "decoy classes go with a weak-coherent-pulse source only")
+    if prepared.intensity_class is not None:
+        _check_choices(prepared.intensity_class, n, 3, "intensities")
+    return n
+
+
 # E91 measurement settings as polarisation angles in units of pi/8 (REFERENCE §2).
 ALICE_ANGLES8 = np.array([0, 1, 2], dtype=np.int64)
 BOB_ANGLES8 = np.array([1, 2, 3], dtype=np.int64)
@@ -279,12 +331,15 @@ def emulate_e91(
     eve: Eavesdropper,
     backend: MeasurementBackend,
     rng: np.random.Generator,
+    alice_settings: np.ndarray | None = None,
+    bob_settings: np.ndarray | None = None,
 ) -> tuple[Detections, Detections, ChannelStats]:
     """Emit `n` entangled pairs from a source midway between the facilities.
 
     Each photon crosses half the fibre to its own detector pair (same detector model on both sides).
     Settings are indices 0..2 into ALICE_ANGLES8 / BOB_ANGLES8, chosen uniformly. Eve (intercept-resend)
-    measures Bob's photon at 0 or pi/4 and re-prepares it.
+    measures Bob's photon at 0 or pi/4 and re-prepares it. The daemon's parties pass their own settings
+    in (``alice_settings``, ``bob_settings``, each of length `n`).
     """
     if n <= 0:
         raise ConfigError("qubits", f"must be positive, got {n}")
@@ -292,8 +347,16 @@ def emulate_e91(
         raise ConfigError("eve", "photon-number splitting applies to weak coherent pulses, not to E91 pairs")
     half = dataclasses.replace(model, distance_km=model.distance_km / 2)
     eta = half.transmittance
-    a_set = rng.integers(0, 3, size=n, dtype=np.uint8)
-    b_set = rng.integers(0, 3, size=n, dtype=np.uint8)
+    a_set = (
+        rng.integers(0, 3, size=n, dtype=np.uint8)
+        if alice_settings is None
+        else _check_choices(alice_settings, n, 3, "alice_settings")
+    )
+    b_set = (
+        rng.integers(0, 3, size=n, dtype=np.uint8)
+        if bob_settings is None
+        else _check_choices(bob_settings, n, 3, "bob_settings")
+    )
     a_sig = bernoulli(rng, eta, n)
     b_sig = bernoulli(rng, eta, n)
     attacked = bernoulli(rng, eve.fraction, n) if eve.active else np.zeros(n, dtype=bool)

@@ -422,7 +422,7 @@ class AliceSession(_Session):
         if self._cascade is None:
             raise LocalProtocolError("parity request before estimation")
         reply = self._cascade.answer(msg)
-        self._leak = self._cascade.leaked_bits
+        # The disclosed-parity count is settled once, at verification (merging it per request is costly).
         self._round_trips += 1
         return AliceState.RECONCILING, [reply]
 
@@ -431,6 +431,8 @@ class AliceSession(_Session):
         n = self._raw_key.size
         if msg.seed.size != n + t - 1 or msg.digest.size != t:
             raise RemoteProtocolError("verification hash of the wrong shape")
+        if self._cascade is not None:
+            self._leak = self._cascade.leaked_bits
         if not np.array_equal(toeplitz_hash(msg.seed, self._raw_key, t), msg.digest):
             raise RoundAborted(AbortReason.VERIFICATION_FAILED, "keys differ after reconciliation")
         length = self._statistics_and_length()

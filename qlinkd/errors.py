@@ -10,3 +10,70 @@ class QlinkdError(Exception):
 class FrameError(QlinkdError):
     """Bytes from a peer that are not a well-formed frame of our wire version. The connection that sent
     them is closed with this reason; nothing else is affected."""
+
+
+class PkiError(QlinkdError):
+    """A certificate or key file that cannot be written or loaded. `path` names the file."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+class ConfigError(QlinkdError, ValueError):
+    """A configuration value that is missing, mistyped, unknown or out of range. `field` is its dotted
+    path (``peer[0].address``) so the operator can find it; for a file that cannot be read or parsed it is
+    the file's path."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"config field '{field}': {message}")
+        self.field = field
+        self.message = message
+
+
+class StoreError(QlinkdError):
+    """The durable key store refused an operation, or found its contents inconsistent. `field` names the
+    offending input or stored item (``preshared_key``, ``round_id``, ``segments``...) when there is one."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class InsufficientKey(StoreError):
+    """The pool holds less committed, unconsumed key than a request needs. Nothing was consumed."""
+
+    def __init__(self, *, requested_bits: int, available_bits: int) -> None:
+        super().__init__(f"requested {requested_bits} bits, the pool holds {available_bits}", field="number")
+        self.requested_bits = requested_bits
+        self.available_bits = available_bits
+
+
+class KeyNotFound(StoreError):
+    """One or more requested key IDs are not held for delivery (never known, or already fetched).
+    Nothing was consumed."""
+
+    def __init__(self, key_ids: tuple[str, ...]) -> None:
+        super().__init__(f"{len(key_ids)} key ID(s) not found", field="key_IDs")
+        self.key_ids = key_ids
+
+
+class NotAuthorised(StoreError):
+    """A caller asked for keys that were not handed out for it (wrong slave or master SAE). Nothing was
+    consumed."""
+
+    def __init__(self, key_ids: tuple[str, ...]) -> None:
+        super().__init__(f"{len(key_ids)} key ID(s) not deliverable to this caller", field="key_IDs")
+        self.key_ids = key_ids
+
+
+class AuditError(QlinkdError):
+    """The audit log refused a record, or its hash chain does not verify. `line` is the 1-based line of
+    the file at fault (None when the record was refused before writing)."""
+
+    def __init__(self, message: str, *, line: int | None = None) -> None:
+        super().__init__(f"audit log line {line}: {message}" if line is not None else message)
+        self.line = line
+        self.message = message

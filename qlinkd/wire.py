@@ -1,7 +1,8 @@
-"""The one module that converts between protobuf frames and qcore protocol messages.
+"""The one module that converts between protobuf frames and protocol messages: qcore's distillation
+messages, and qlinkd's link-control and quantum-channel messages.
 
-Fields map by name: every qcore message has a protobuf message of the same name with the same field
-names (a test holds the two in step). Arrays travel as bytes (one byte per small integer, four
+Distillation fields map by name: every qcore message has a protobuf message of the same name with the
+same field names (a test holds the two in step). Arrays travel as bytes (one byte per small integer, four
 little-endian bytes per uint32, bits packed MSB first); decoding re-validates everything through the
 qcore message constructors, so a frame that parses as protobuf but breaks a protocol invariant is
 refused here, before any state machine sees it.
@@ -17,7 +18,9 @@ from qlinkmed.qcore import codec
 from qlinkmed.qcore import messages as m
 from qlinkmed.qcore.errors import LocalProtocolError
 
-from .errors import FrameError
+from . import messages as lm
+from .errors import FrameError, StoreError
+from .keystore import KeyNotice, Segment
 
 WIRE_VERSION = 1
 MAX_FRAME_BYTES = 64 * 1024 * 1024
@@ -36,10 +39,64 @@ _BODY_FIELD = {
 }
 _MESSAGE_FOR_FIELD = {field: cls for cls, field in _BODY_FIELD.items()}
 
+_SIMPLE_FIELD: dict[type, str] = {
+    lm.Hello: "hello",
+    lm.RoundStart: "round_start",
+    lm.KeyStored: "key_stored",
+    lm.NoticeAck: "notice_ack",
+    lm.ChannelHello: "channel_hello",
+    lm.PulsesSent: "pulses_sent",
+    lm.ChannelError: "channel_error",
+}
+"""Link messages whose fields are plain scalars with the same names in both worlds."""
+_SIMPLE_FOR_FIELD = {field: cls for cls, field in _SIMPLE_FIELD.items()}
+MAX_TEXT = 512
+"""Longest string accepted in any text field (names, reasons, SAE ids)."""
 
-def encode_frame(message: codec.Message, round_id: int) -> bytes:
+WireMessage = codec.Message | lm.Hello | lm.RoundStart | lm.KeyStored | lm.NoticeAck | KeyNotice
+"""Anything a frame can carry."""
+
+
+def _put_bits(target: pb.Bits, values: np.ndarray) -> None:
+    bits = np.asarray(values, dtype=np.uint8)
+    target.count = bits.size
+    target.data = np.packbits(bits).tobytes()
+
+
+def _encode_link(frame: pb.Frame, message: object) -> None:
+    simple = _SIMPLE_FIELD.get(type(message))
+    if simple is not None:
+        body = getattr(frame, simple)
+        for name in body.DESCRIPTOR.fields_by_name:
+            setattr(body, name, getattr(message, name))
+        body.SetInParent()
+    elif isinstance(message, KeyNotice):
+        frame.key_notice.key_id = message.key_id
+        frame.key_notice.master_sae = message.master_sae
+        frame.key_notice.slave_sae = message.slave_sae
+        for seg in message.segments:
+            frame.key_notice.segments.add(round_id=seg.round_id, start=seg.start, length=seg.length)
+    elif isinstance(message, lm.PulseTrain):
+        _put_bits(frame.pulse_train.bits, message.bits)
+        _put_bits(frame.pulse_train.bases, message.bases)
+        if message.intensities is not None:
+            frame.pulse_train.intensities = np.asarray(message.intensities, dtype=np.uint8).tobytes()
+    elif isinstance(message, lm.AnalyserSettings):
+        frame.analyser_settings.settings = np.asarray(message.settings, dtype=np.uint8).tobytes()
+    elif isinstance(message, lm.DetectionRecord):
+        _put_bits(frame.detection_record.detected, message.detected)
+        _put_bits(frame.detection_record.bits, message.bits)
+    else:
+        raise LocalProtocolError(f"no wire form for {type(message).__name__}")
+
+
+def encode_frame(message: object, round_id: int) -> bytes:
     frame = pb.Frame(version=WIRE_VERSION, round=round_id)
-    body = getattr(frame, _BODY_FIELD[type(message)])
+    field_name = _BODY_FIELD.get(type(message))  # type: ignore[call-overload]
+    if field_name is None:
+        _encode_link(frame, message)
+        return frame.SerializeToString()
+    body = getattr(frame, field_name)
     for name, kind in message.layout():
         value = getattr(message, name)
         if kind is codec.BITS:
@@ -57,6 +114,8 @@ def encode_frame(message: codec.Message, round_id: int) -> bytes:
 
 def _bits(field: pb.Bits, name: str) -> np.ndarray:
     count = field.count
+    if count > 8 * MAX_FRAME_BYTES:
+        raise FrameError(f"{name}: {count} bits cannot fit in one frame")
     if len(field.data) != (count + 7) // 8:
         raise FrameError(f"{name}: {len(field.data)} bytes cannot hold exactly {count} bits")
     raw = np.frombuffer(field.data, dtype=np.uint8)
@@ -65,7 +124,55 @@ def _bits(field: pb.Bits, name: str) -> np.ndarray:
     return np.unpackbits(raw, count=count)
 
 
-def decode_frame(data: bytes) -> tuple[int, codec.Message]:
+def _text(value: str, name: str) -> str:
+    if len(value) > MAX_TEXT:
+        raise FrameError(f"{name}: text of {len(value)} characters exceeds {MAX_TEXT}")
+    return value
+
+
+def _key_notice(body: pb.KeyNotice) -> KeyNotice:
+    segments = tuple(Segment(round_id=s.round_id, start=s.start, length=s.length) for s in body.segments)
+    if not segments:
+        raise FrameError("key_notice.segments: a key needs at least one segment")
+    return KeyNotice(
+        key_id=_text(body.key_id, "key_notice.key_id"),
+        master_sae=_text(body.master_sae, "key_notice.master_sae"),
+        slave_sae=_text(body.slave_sae, "key_notice.slave_sae"),
+        segments=segments,
+    )
+
+
+def _decode_link(which: str, body: object) -> object:
+    simple = _SIMPLE_FOR_FIELD.get(which)
+    if simple is not None:
+        values = {}
+        for name in body.DESCRIPTOR.fields_by_name:  # type: ignore[attr-defined]
+            value = getattr(body, name)
+            values[name] = _text(value, f"{which}.{name}") if isinstance(value, str) else value
+        return simple(**values)
+    if which == "key_notice":
+        try:
+            return _key_notice(body)
+        except StoreError as exc:
+            raise FrameError(f"key_notice: {exc}") from None
+    if which == "pulse_train":
+        raw = body.intensities  # type: ignore[attr-defined]
+        return lm.PulseTrain(
+            bits=_bits(body.bits, "pulse_train.bits"),  # type: ignore[attr-defined]
+            bases=_bits(body.bases, "pulse_train.bases"),  # type: ignore[attr-defined]
+            intensities=np.frombuffer(raw, dtype=np.uint8) if raw else None,
+        )
+    if which == "analyser_settings":
+        return lm.AnalyserSettings(settings=np.frombuffer(body.settings, dtype=np.uint8))  # type: ignore[attr-defined]
+    if which == "detection_record":
+        return lm.DetectionRecord(
+            detected=_bits(body.detected, "detection_record.detected"),  # type: ignore[attr-defined]
+            bits=_bits(body.bits, "detection_record.bits"),  # type: ignore[attr-defined]
+        )
+    raise FrameError(f"frame body {which} has no decoder")  # unreachable while the schema and maps agree
+
+
+def decode_frame(data: bytes) -> tuple[int, object]:
     """(round, message) from one frame; anything malformed raises FrameError naming the problem."""
     if len(data) > MAX_FRAME_BYTES:
         raise FrameError(f"frame of {len(data)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
@@ -79,8 +186,10 @@ def decode_frame(data: bytes) -> tuple[int, codec.Message]:
     which = frame.WhichOneof("body")
     if which is None:
         raise FrameError("frame carries no message")
-    cls = _MESSAGE_FOR_FIELD[which]
     body = getattr(frame, which)
+    cls = _MESSAGE_FOR_FIELD.get(which)
+    if cls is None:
+        return frame.round, _decode_link(which, body)
     values = {}
     for name, kind in cls.layout():
         raw = getattr(body, name)

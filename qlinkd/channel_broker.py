@@ -1,0 +1,205 @@
+"""The quantum channel's bookkeeping, without I/O: it pairs the two parties' submissions for a round
+and turns them into what each party's detectors record.
+
+Each party makes its own random choices and hands them in: Alice her BB84 pulses (bits, bases, decoy
+classes) or her E91 analyser settings, Bob his bases or settings. The channel draws only what belongs to
+the fibre, the detectors and an eavesdropper, and answers each party with its own detection record
+(Alice in BB84 only learns that her pulses left). Emulating entanglement needs both E91 settings in one
+place; that is the one liberty the emulation takes, and no party ever sees the other's choices through
+it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from qlinkmed.qcore.backends import MeasurementBackend
+from qlinkmed.qcore.channel import (
+    DecoySource,
+    Eavesdropper,
+    EveKind,
+    PreparedPulses,
+    SourceKind,
+    emulate_bb84,
+    emulate_e91,
+)
+from qlinkmed.qcore.errors import ConfigError
+from qlinkmed.qcore.theory import ChannelModel
+
+from . import messages as lm
+
+ROUNDS_HELD_PER_LINK = 4
+"""Unmatched submissions kept per link; older ones belong to rounds their parties abandoned."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkKey:
+    alice: str
+    bob: str
+
+    def __str__(self) -> str:
+        return f"{self.alice}--{self.bob}"
+
+
+@dataclass(slots=True)
+class _Pending:
+    protocol: str
+    alice: lm.PulseTrain | lm.AnalyserSettings | None = None
+    bob: lm.AnalyserSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A round with both submissions in: ready to emulate (``run``), possibly in a worker thread."""
+
+    link: LinkKey
+    round_id: int
+    protocol: str
+    alice: lm.PulseTrain | lm.AnalyserSettings
+    bob: lm.AnalyserSettings
+    eve: Eavesdropper
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    link: LinkKey
+    round_id: int
+    alice: lm.PulsesSent | lm.DetectionRecord | lm.ChannelError
+    bob: lm.DetectionRecord | lm.ChannelError
+    eve_attacked: int = 0
+    detections: int = 0
+
+
+@dataclass(slots=True)
+class ChannelBroker:
+    model: ChannelModel
+    backend: MeasurementBackend
+    eve: Eavesdropper = field(default_factory=Eavesdropper)
+    _pending: dict[LinkKey, OrderedDict[int, _Pending]] = field(default_factory=dict)
+
+    def submit(
+        self, link: LinkKey, protocol: str, role: str, round_id: int, message: object
+    ) -> Job | lm.ChannelError | None:
+        """Record one party's submission; a Job once both are in, a ChannelError if it is refused."""
+        rounds = self._pending.setdefault(link, OrderedDict())
+        pending = rounds.get(round_id)
+        if pending is None:
+            pending = rounds[round_id] = _Pending(protocol=protocol)
+            while len(rounds) > ROUNDS_HELD_PER_LINK:
+                rounds.popitem(last=False)
+        if pending.protocol != protocol:
+            return lm.ChannelError(reason=f"round {round_id}: the parties run different protocols")
+        if role == "alice":
+            want_train = protocol == "bb84"
+            if want_train != isinstance(message, lm.PulseTrain):
+                return lm.ChannelError(
+                    reason=f"{type(message).__name__} is not Alice's {protocol} submission"
+                )
+            if pending.alice is not None:
+                return lm.ChannelError(reason=f"round {round_id}: Alice already submitted")
+            pending.alice = message  # type: ignore[assignment]
+        else:
+            if not isinstance(message, lm.AnalyserSettings):
+                return lm.ChannelError(reason=f"{type(message).__name__} is not Bob's submission")
+            if pending.bob is not None:
+                return lm.ChannelError(reason=f"round {round_id}: Bob already submitted")
+            pending.bob = message
+        if pending.alice is None or pending.bob is None:
+            return None
+        del rounds[round_id]
+        return Job(
+            link=link,
+            round_id=round_id,
+            protocol=protocol,
+            alice=pending.alice,
+            bob=pending.bob,
+            eve=self.eve,
+        )
+
+    def forget(self, link: LinkKey) -> None:
+        self._pending.pop(link, None)
+
+
+def run(job: Job, *, model: ChannelModel, backend: MeasurementBackend, rng: np.random.Generator) -> JobResult:
+    """Emulate one round. Pure computation: safe to call from a worker thread with its own rng."""
+    try:
+        if job.protocol == "bb84":
+            return _run_bb84(job, model=model, backend=backend, rng=rng)
+        return _run_e91(job, model=model, backend=backend, rng=rng)
+    except ConfigError as exc:
+        error = lm.ChannelError(reason=f"{exc.field}: {exc.message}")
+        return JobResult(link=job.link, round_id=job.round_id, alice=error, bob=error)
+
+
+def _run_bb84(
+    job: Job, *, model: ChannelModel, backend: MeasurementBackend, rng: np.random.Generator
+) -> JobResult:
+    train = job.alice
+    if not isinstance(train, lm.PulseTrain):
+        raise ConfigError("pulse_train", "BB84 needs Alice's pulses")
+    n = train.bits.size
+    if job.bob.settings.size != n:
+        raise ConfigError("settings", f"Bob set {job.bob.settings.size} bases for {n} pulses")
+    if job.bob.settings.size and int(job.bob.settings.max()) > 1:
+        raise ConfigError("settings", "BB84 bases are 0 or 1")
+    source = SourceKind.WCP if train.intensities is not None else SourceKind.SINGLE_PHOTON
+    eve = job.eve
+    if eve.kind is EveKind.PNS and source is SourceKind.SINGLE_PHOTON:
+        # A single-photon pulse has no spare photon to split off: the attack has nothing to act on.
+        eve = Eavesdropper()
+    _, seen, stats = emulate_bb84(
+        n,
+        model=model,
+        source=source,
+        decoy=DecoySource() if source is SourceKind.WCP else None,
+        eve=eve,
+        backend=backend,
+        rng=rng,
+        prepared=PreparedPulses(bits=train.bits, bases=train.bases, intensity_class=train.intensities),
+        bob_bases=job.bob.settings,
+    )
+    record = lm.DetectionRecord(detected=seen.detected.astype(np.uint8), bits=seen.bits[seen.detected])
+    return JobResult(
+        link=job.link,
+        round_id=job.round_id,
+        alice=lm.PulsesSent(count=n),
+        bob=record,
+        eve_attacked=stats.eve_attacked,
+        detections=int(np.count_nonzero(seen.detected)),
+    )
+
+
+def _run_e91(
+    job: Job, *, model: ChannelModel, backend: MeasurementBackend, rng: np.random.Generator
+) -> JobResult:
+    a = job.alice
+    if not isinstance(a, lm.AnalyserSettings):
+        raise ConfigError("settings", "E91 needs Alice's analyser settings")
+    n = a.settings.size
+    if job.bob.settings.size != n:
+        raise ConfigError("settings", f"Bob set {job.bob.settings.size} analysers for {n} pairs")
+    eve = job.eve if job.eve.kind is not EveKind.PNS else Eavesdropper()
+    alice_side, bob_side, stats = emulate_e91(
+        n,
+        model=model,
+        eve=eve,
+        backend=backend,
+        rng=rng,
+        alice_settings=a.settings,
+        bob_settings=job.bob.settings,
+    )
+    return JobResult(
+        link=job.link,
+        round_id=job.round_id,
+        alice=lm.DetectionRecord(
+            detected=alice_side.detected.astype(np.uint8), bits=alice_side.bits[alice_side.detected]
+        ),
+        bob=lm.DetectionRecord(
+            detected=bob_side.detected.astype(np.uint8), bits=bob_side.bits[bob_side.detected]
+        ),
+        eve_attacked=stats.eve_attacked,
+        detections=int(np.count_nonzero(bob_side.detected)),
+    )

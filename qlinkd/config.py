@@ -1,0 +1,585 @@
+"""TOML configuration of a facility daemon (`qlinkd`) and of the quantum channel service (`qlink-channel`).
+
+Loading is strict: a missing field, a wrong type, an unknown key (a typo must not silently fall back to a
+default), an out-of-range value or an unreadable referenced file raises `ConfigError` naming the dotted
+field path. Relative paths are resolved against the directory of the configuration file. Loading has no
+side effects: the daemon creates `state_dir` when it starts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import sys
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from ..qcore.channel import Eavesdropper, EveKind
+from ..qcore.errors import ConfigError as QcoreConfigError
+from ..qcore.session import DistillConfig
+from ..qcore.sifting import ProtocolKind
+from ..qcore.theory import ChannelModel
+from .errors import ConfigError, PkiError
+
+EXIT_OK, EXIT_USAGE = 0, 2
+MIN_PRESHARED_BYTES = 512
+_ID = re.compile(r"[a-z0-9-]{1,63}")
+# SAE IDs are certificate common names and file names of `qlink ca init`.
+_SAE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_MISSING: Any = object()
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- value types
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Address:
+    """A host and TCP port to bind or connect to."""
+
+    host: str
+    """IPv4 or IPv6 literal (without brackets) or a DNS name."""
+    port: int
+    """0..65535; 0 binds a free port (tests)."""
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def parse_address(text: str, field: str) -> tuple[str, int]:
+    """Split "host:port" ("[v6]:port" for IPv6) into (host, port), or raise ConfigError(field, ...)."""
+    if not isinstance(text, str):
+        raise ConfigError(field, "must be a string host:port")
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(field, "must be host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(field, f"{host!r} in brackets is not an IPv6 address") from None
+    elif ":" in host:
+        raise ConfigError(field, "an IPv6 address must be in brackets: [addr]:port")
+    elif not _valid_host(host):
+        raise ConfigError(field, f"{host!r} is not an IP address or host name")
+    if not port_text.isascii() or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(field, f"port must be an integer in 0..65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in host.split("."))
+    return True
+
+
+def _check(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(field, message)
+
+
+class Backend(StrEnum):
+    """Where the channel service measures qubits (qcore.backends)."""
+
+    NUMPY = "numpy"
+    QISKIT = "qiskit"
+
+
+# --------------------------------------------------------------------------- facility configuration
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsConfig:
+    """Mutual-TLS files, all issued by one CA (`qlink ca init`)."""
+
+    ca: Path
+    """CA certificate that every peer, SAE and channel-service certificate must chain to."""
+    cert: Path
+    """This service's certificate (PEM); its subject CN is our identity."""
+    key: Path
+    """Private key for `cert` (PEM, mode 0600)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListenConfig:
+    """Where the facility daemon listens."""
+
+    classical: Address
+    """Peer links: aiohttp websocket over mutual TLS."""
+    kme: Address
+    """ETSI GS QKD 014 key delivery API for the SAEs (mutual TLS)."""
+    local: Address
+    """Plain-HTTP local API for the qlink CLI and /metrics; must be a loopback address."""
+
+    def __post_init__(self) -> None:
+        _check(self.local.is_loopback, "local", "plain HTTP must bind a loopback address")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KmeConfig:
+    """Key sizes served through ETSI GS QKD 014, in bits."""
+
+    key_size: int = 256
+    """Size of a key when the SAE does not ask for one."""
+    min_key_size: int = 64
+    """Smallest key size an SAE may request."""
+    max_key_size: int = 4096
+    """Largest key size an SAE may request."""
+    max_key_per_request: int = 128
+    """Most keys one enc_keys request may return."""
+
+    def __post_init__(self) -> None:
+        for name in ("key_size", "min_key_size", "max_key_size"):
+            value = getattr(self, name)
+            _check(8 <= value <= 1 << 20 and value % 8 == 0, name, "must be a multiple of 8 in 8..1048576")
+        _check(self.min_key_size <= self.max_key_size, "min_key_size", "must be <= max_key_size")
+        _check(
+            self.min_key_size <= self.key_size <= self.max_key_size,
+            "key_size",
+            "must be within [min_key_size, max_key_size]",
+        )
+        _check(1 <= self.max_key_per_request <= 10_000, "max_key_per_request", "must be in 1..10000")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerConfig:
+    """One QKD link to another facility."""
+
+    id: str
+    """The peer's facility id; its certificate CN must equal it."""
+    address: Address
+    """The peer's classical listener."""
+    saes: tuple[str, ...] = ()
+    """SAE IDs served by the peer's KME (the slaves our SAEs may request keys for)."""
+    preshared_key_path: Path
+    """File holding the initial authentication key, identical at both ends."""
+    preshared: bytes = field(repr=False)
+    """Contents of `preshared_key_path` (>= 512 bytes), read at load; never printed."""
+    protocol: ProtocolKind = ProtocolKind.BB84
+    """bb84 or e91."""
+    pulses_per_round: int = 400_000
+    """Pulses (BB84) or pairs (E91) per distillation round, 1e4..2e8."""
+    low_watermark_bits: int = 2_000_000
+    """Resume rounds when the key pool falls below this many bits."""
+    high_watermark_bits: int = 8_000_000
+    """Pause rounds when the key pool holds at least this many bits (> low_watermark_bits)."""
+    round_timeout_s: float = 10.0
+    """Abort a round that has not finished after this many seconds."""
+    qber_tolerance: float = 0.11
+    """Abort a round whose QBER upper bound exceeds this, in (0, 0.5)."""
+    sample_fraction: float = 0.3
+    """Share of key candidates disclosed to estimate the QBER, in (0, 1)."""
+
+    def __post_init__(self) -> None:
+        _check(bool(_ID.fullmatch(self.id)), "id", "must match [a-z0-9-]{1,63}")
+        _check(
+            len(self.preshared) >= MIN_PRESHARED_BYTES,
+            "preshared_key",
+            f"must hold at least {MIN_PRESHARED_BYTES} bytes, the file has {len(self.preshared)}",
+        )
+        _check(10_000 <= self.pulses_per_round <= 200_000_000, "pulses_per_round", "must be in 1e4..2e8")
+        _check(self.low_watermark_bits >= 0, "low_watermark_bits", "must be >= 0")
+        _check(
+            self.high_watermark_bits > self.low_watermark_bits,
+            "high_watermark_bits",
+            "must be greater than low_watermark_bits",
+        )
+        _check(
+            math.isfinite(self.round_timeout_s) and 0.0 < self.round_timeout_s <= 3600.0,
+            "round_timeout_s",
+            "must be in (0, 3600]",
+        )
+        _check(0.0 < self.qber_tolerance < 0.5, "qber_tolerance", "must be in (0, 0.5)")
+        _check(0.0 < self.sample_fraction < 1.0, "sample_fraction", "must be in (0, 1)")
+
+    def distill_config(self) -> DistillConfig:
+        """The qcore round policy for this link."""
+        return DistillConfig(
+            protocol=self.protocol, sample_fraction=self.sample_fraction, qber_tolerance=self.qber_tolerance
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FacilityConfig:
+    """Everything one facility daemon needs (`qlinkd --config FILE`)."""
+
+    source: Path
+    """The configuration file this was loaded from."""
+    id: str
+    """Facility id, [a-z0-9-]{1,63}; its certificate CN must equal it."""
+    state_dir: Path
+    """Directory for the key pool database and the audit log (created by the daemon if missing)."""
+    saes: tuple[str, ...]
+    """SAE IDs (client-certificate CNs) served by this facility's KME."""
+    tls: TlsConfig
+    """Mutual-TLS files."""
+    listen: ListenConfig
+    """Listening addresses."""
+    channel: Address
+    """The quantum channel service."""
+    kme: KmeConfig = KmeConfig()
+    """ETSI 014 key sizes."""
+    peers: tuple[PeerConfig, ...] = ()
+    """QKD links, one per peer facility."""
+
+    def peer(self, peer_id: str) -> PeerConfig:
+        """The peer called `peer_id`; KeyError if there is none."""
+        for peer in self.peers:
+            if peer.id == peer_id:
+                return peer
+        raise KeyError(peer_id)
+
+    def summary(self) -> str:
+        peers = ", ".join(p.id for p in self.peers) or "none"
+        return (
+            f"facility {self.id}, {len(self.saes)} SAE(s), peers: {peers}, "
+            f"classical {self.listen.classical}, kme {self.listen.kme}, local {self.listen.local}"
+        )
+
+
+# --------------------------------------------------------------------------- channel service configuration
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelServiceConfig:
+    """The quantum channel service (`qlink-channel --config FILE`)."""
+
+    source: Path
+    """The configuration file this was loaded from."""
+    listen: Address
+    """Where facilities connect (mutual TLS)."""
+    admin: Address
+    """Plain-HTTP eavesdropper admin API; must be a loopback address."""
+    backend: Backend
+    """Measurement backend: numpy or qiskit."""
+    tls: TlsConfig
+    """Mutual-TLS files."""
+    fiber: ChannelModel
+    """Fibre and detector model."""
+    eve: Eavesdropper
+    """Eavesdropper attached at start-up (kind none: no eavesdropper)."""
+
+    def __post_init__(self) -> None:
+        _check(self.admin.is_loopback, "channel.admin", "plain HTTP must bind a loopback address")
+
+    def summary(self) -> str:
+        return (
+            f"channel service on {self.listen}, admin {self.admin}, backend {self.backend}, "
+            f"{self.fiber.distance_km:g} km, eve {self.eve.kind}"
+        )
+
+
+# --------------------------------------------------------------------------- reading TOML
+
+
+class _Table:
+    """A TOML table being consumed; every read names its dotted path, leftovers are unknown keys."""
+
+    def __init__(self, data: dict[str, Any], path: str, base: Path) -> None:
+        self._data = data
+        self._path = path
+        self._used: set[str] = set()
+        self.base = base
+
+    @property
+    def where(self) -> str:
+        return self._path
+
+    def name(self, key: str) -> str:
+        return f"{self._path}.{key}" if self._path else key
+
+    def _raw(self, key: str, default: Any) -> Any:
+        self._used.add(key)
+        if key in self._data:
+            return self._data[key]
+        if default is _MISSING:
+            raise ConfigError(self.name(key), "required field is missing")
+        return default
+
+    def text(self, key: str, default: Any = _MISSING) -> str:
+        value = self._raw(key, default)
+        _check(isinstance(value, str), self.name(key), f"must be a string, got {_kind(value)}")
+        return value
+
+    def integer(self, key: str, default: Any = _MISSING) -> int:
+        value = self._raw(key, default)
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        _check(ok, self.name(key), f"must be an integer, got {_kind(value)}")
+        return value
+
+    def number(self, key: str, default: Any = _MISSING) -> float:
+        value = self._raw(key, default)
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        _check(ok, self.name(key), f"must be a number, got {_kind(value)}")
+        _check(math.isfinite(value), self.name(key), "must be finite")
+        return float(value)
+
+    def str_list(self, key: str, default: Any = _MISSING) -> tuple[str, ...]:
+        value = self._raw(key, default)
+        _check(isinstance(value, list), self.name(key), f"must be an array of strings, got {_kind(value)}")
+        for i, item in enumerate(value):
+            _check(isinstance(item, str), f"{self.name(key)}[{i}]", f"must be a string, got {_kind(item)}")
+        return tuple(value)
+
+    def address(self, key: str) -> Address:
+        host, port = parse_address(self.text(key), self.name(key))
+        return Address(host=host, port=port)
+
+    def choice(self, key: str, enum: Callable[[str], T], choices: tuple[str, ...], default: Any) -> T:
+        value = self.text(key, default)
+        _check(value in choices, self.name(key), f"must be one of {' | '.join(choices)}, got {value!r}")
+        return enum(value)
+
+    def path(self, key: str) -> Path:
+        text = self.text(key)
+        _check(bool(text), self.name(key), "must not be empty")
+        return (self.base / Path(text).expanduser()).resolve()
+
+    def file(self, key: str) -> Path:
+        path = self.path(key)
+        try:
+            with path.open("rb") as handle:
+                handle.read(1)
+        except OSError as exc:
+            raise ConfigError(self.name(key), f"cannot read {path}: {exc.strerror or exc}") from None
+        return path
+
+    def table(self, key: str, *, optional: bool = False) -> _Table:
+        value = self._raw(key, {} if optional else _MISSING)
+        _check(isinstance(value, dict), self.name(key), f"must be a table, got {_kind(value)}")
+        return _Table(value, self.name(key), self.base)
+
+    def tables(self, key: str) -> list[_Table]:
+        value = self._raw(key, [])
+        ok = isinstance(value, list) and all(isinstance(v, dict) for v in value)
+        _check(ok, self.name(key), f"must be an array of tables ([[{key}]]), got {_kind(value)}")
+        return [_Table(v, f"{self.name(key)}[{i}]", self.base) for i, v in enumerate(value)]
+
+    def finish(self) -> None:
+        unknown = [key for key in self._data if key not in self._used]
+        if unknown:
+            raise ConfigError(self.name(unknown[0]), "unknown key (misspelt?)")
+
+
+def _kind(value: Any) -> str:
+    return {bool: "a boolean", str: "a string", int: "an integer", float: "a number", list: "an array"}.get(
+        type(value), "a table" if isinstance(value, dict) else type(value).__name__
+    )
+
+
+def _build(prefix: str, factory: Callable[..., T], **kwargs: Any) -> T:
+    """Construct a validated dataclass, prefixing its field name with the section path on error."""
+    try:
+        return factory(**kwargs)
+    except (ConfigError, QcoreConfigError) as exc:
+        raise ConfigError(f"{prefix}.{exc.field}" if prefix else exc.field, exc.message) from None
+
+
+def _read_toml(path: Path) -> _Table:
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "not UTF-8 text") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # The message names the line and column: "... (at line 3, column 9)".
+        raise ConfigError(str(path), f"invalid TOML: {exc}") from None
+    return _Table(data, "", path.resolve().parent)
+
+
+def _tls(root: _Table) -> TlsConfig:
+    section = root.table("tls")
+    tls = TlsConfig(ca=section.file("ca"), cert=section.file("cert"), key=section.file("key"))
+    section.finish()
+    # Load them as the daemon will, so a corrupt or mismatched certificate and key fail the check.
+    from .pki import server_context
+
+    try:
+        server_context(tls.ca, tls.cert, tls.key)
+    except PkiError as exc:
+        name = section.name("ca") if exc.path == str(tls.ca) else section.name("cert")
+        raise ConfigError(name, exc.message) from None
+    return tls
+
+
+def _common_name(cert_path: Path) -> str | None:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else None
+
+
+def _peer(section: _Table) -> PeerConfig:
+    peer = _build(
+        section.where,
+        PeerConfig,
+        id=section.text("id"),
+        address=section.address("address"),
+        saes=section.str_list("saes", []),
+        preshared_key_path=(psk_path := section.file("preshared_key")),
+        preshared=psk_path.read_bytes(),
+        protocol=section.choice("protocol", ProtocolKind, tuple(ProtocolKind), "bb84"),
+        pulses_per_round=section.integer("pulses_per_round", 400_000),
+        low_watermark_bits=section.integer("low_watermark_bits", 2_000_000),
+        high_watermark_bits=section.integer("high_watermark_bits", 8_000_000),
+        round_timeout_s=section.number("round_timeout_s", 10.0),
+        qber_tolerance=section.number("qber_tolerance", 0.11),
+        sample_fraction=section.number("sample_fraction", 0.3),
+    )
+    section.finish()
+    return peer
+
+
+def _check_sae_ids(ids: tuple[str, ...], field: str, seen: set[str]) -> None:
+    for i, sae in enumerate(ids):
+        _check(bool(_SAE_ID.fullmatch(sae)), f"{field}[{i}]", "must match [A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+        _check(sae not in seen, f"{field}[{i}]", f"SAE {sae!r} is listed twice")
+        seen.add(sae)
+
+
+def load_facility_config(path: Path) -> FacilityConfig:
+    """Read and validate a facility configuration file."""
+    root = _read_toml(path)
+    facility = root.table("facility")
+    facility_id = facility.text("id")
+    _check(bool(_ID.fullmatch(facility_id)), facility.name("id"), "must match [a-z0-9-]{1,63}")
+    state_dir = facility.path("state_dir")
+    saes = facility.str_list("saes")
+    facility.finish()
+    seen_saes: set[str] = set()
+    _check_sae_ids(saes, facility.name("saes"), seen_saes)
+
+    tls = _tls(root)
+    cert_cn = _common_name(tls.cert)
+    _check(
+        cert_cn == facility_id,
+        "tls.cert",
+        f"certificate CN {cert_cn!r} differs from facility.id {facility_id!r}; peers would not recognise us",
+    )
+    listen_section = root.table("listen")
+    listen = _build(
+        "listen",
+        ListenConfig,
+        classical=listen_section.address("classical"),
+        kme=listen_section.address("kme"),
+        local=listen_section.address("local"),
+    )
+    listen_section.finish()
+    channel_section = root.table("channel")
+    channel = channel_section.address("address")
+    channel_section.finish()
+    kme_section = root.table("kme", optional=True)
+    kme = _build(
+        "kme",
+        KmeConfig,
+        key_size=kme_section.integer("key_size", 256),
+        min_key_size=kme_section.integer("min_key_size", 64),
+        max_key_size=kme_section.integer("max_key_size", 4096),
+        max_key_per_request=kme_section.integer("max_key_per_request", 128),
+    )
+    kme_section.finish()
+
+    peers: list[PeerConfig] = []
+    for section in root.tables("peer"):
+        peer = _peer(section)
+        _check(peer.id != facility_id, section.name("id"), "a peer cannot have the facility's own id")
+        _check(all(p.id != peer.id for p in peers), section.name("id"), f"peer {peer.id!r} is listed twice")
+        _check_sae_ids(peer.saes, section.name("saes"), seen_saes)
+        peers.append(peer)
+    root.finish()
+    return FacilityConfig(
+        source=Path(path),
+        id=facility_id,
+        state_dir=state_dir,
+        saes=saes,
+        tls=tls,
+        listen=listen,
+        channel=channel,
+        kme=kme,
+        peers=tuple(peers),
+    )
+
+
+def load_channel_config(path: Path) -> ChannelServiceConfig:
+    """Read and validate a channel service configuration file."""
+    root = _read_toml(path)
+    channel = root.table("channel")
+    listen = channel.address("listen")
+    admin = channel.address("admin")
+    backend = channel.choice("backend", Backend, tuple(Backend), "numpy")
+    channel.finish()
+    tls = _tls(root)
+
+    fiber_section = root.table("fiber", optional=True)
+    defaults = ChannelModel(distance_km=10.0)
+    fiber_fields = (
+        "distance_km",
+        "attenuation_db_per_km",
+        "detector_efficiency",
+        "dark_count",
+        "afterpulse",
+        "misalignment",
+    )
+    fiber = _build(
+        "fiber",
+        ChannelModel,
+        **{name: fiber_section.number(name, getattr(defaults, name)) for name in fiber_fields},
+    )
+    fiber_section.finish()
+
+    eve_section = root.table("eve", optional=True)
+    kind = eve_section.choice("kind", EveKind, tuple(EveKind), "none")
+    fraction = eve_section.number("fraction", 1.0)
+    try:
+        eve = Eavesdropper(kind=kind, fraction=fraction)
+    except QcoreConfigError as exc:
+        raise ConfigError(eve_section.name("fraction"), exc.message) from None
+    eve_section.finish()
+    root.finish()
+    return _build(
+        "",
+        ChannelServiceConfig,
+        source=Path(path),
+        listen=listen,
+        admin=admin,
+        backend=backend,
+        tls=tls,
+        fiber=fiber,
+        eve=eve,
+    )
+
+
+def check_config(path: Path, kind: Literal["facility", "channel"] = "facility") -> int:
+    """`--check-config`: print "config OK: <summary>" or "config error: <field>: <message>" to stderr and
+    return the exit code (0 or 2)."""
+    try:
+        config = load_facility_config(path) if kind == "facility" else load_channel_config(path)
+    except ConfigError as exc:
+        print(f"config error: {exc.field}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"config OK: {config.summary()}", file=sys.stderr)
+    return EXIT_OK

@@ -1,0 +1,158 @@
+"""Assembly of a facility daemon: the durable store, one ``PeerLink`` per peer, the classical listener,
+the ETSI 014 KME, the local API, and systemd notifications. Runs until cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from . import pki
+from .audit import AuditLog
+from .config import FacilityConfig
+from .etsi import KmePolicy, make_kme_app
+from .keystore import KeyNotice, KeyStore
+from .kme import StoreKeyManager
+from .link import Role
+from .local_api import make_local_app
+from .metrics import LinkMetrics
+from .peer_link import PeerLink
+from .runtime import Runtime
+from .sdnotify import Notifier
+from .wire import MAX_FRAME_BYTES
+
+log = logging.getLogger("qlink.daemon")
+
+STORE_FILE = "keys.sqlite3"
+AUDIT_FILE = "audit.jsonl"
+
+
+async def run_daemon(
+    config: FacilityConfig,
+    *,
+    notifier: Notifier | None = None,
+    on_ready: Callable[[dict[str, int]], None] | None = None,
+) -> None:
+    notifier = notifier or Notifier()
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    store = KeyStore.open(config.state_dir / STORE_FILE)
+    audit = AuditLog.open(config.state_dir / AUDIT_FILE, facility=config.id)
+    runners: list[web.AppRunner] = []
+    try:
+        for peer in config.peers:
+            store.init_auth(peer.id, peer.preshared)
+        rt = Runtime(
+            config=config,
+            store=store,
+            audit=audit,
+            metrics=LinkMetrics(),
+            client_ssl=pki.client_context(config.tls.ca, config.tls.cert, config.tls.key),
+            server_ssl=pki.server_context(config.tls.ca, config.tls.cert, config.tls.key),
+        )
+        links = {peer.id: PeerLink(rt, peer.id) for peer in config.peers}
+        for peer_id in links:
+            rt.metrics.add_peer(peer_id)
+
+        sae_peer = {sae: peer.id for peer in config.peers for sae in peer.saes}
+
+        def notify_sent(peer_id: str, notice: KeyNotice) -> None:
+            links[peer_id].push_notice(notice)
+
+        manager = StoreKeyManager(
+            store,
+            facility=config.id,
+            local_saes=config.saes,
+            sae_to_peer=sae_peer,
+            notify_sent=notify_sent,
+            pool_capacity_bits=max((p.high_watermark_bits for p in config.peers), default=1 << 24),
+        )
+        rt.on_notice_arrived = manager.notice_arrived
+        policy = KmePolicy(
+            key_size=config.kme.key_size,
+            min_key_size=config.kme.min_key_size,
+            max_key_size=config.kme.max_key_size,
+            max_key_per_request=config.kme.max_key_per_request,
+        )
+
+        def audit_delivery(event: str, fields: dict[str, object]) -> None:
+            audit.record(event, **fields)
+            key_ids = fields.get("key_IDs")
+            if event in ("etsi.enc_keys", "etsi.dec_keys") and isinstance(key_ids, list):
+                master, slave = str(fields.get("master_SAE_ID")), str(fields.get("slave_SAE_ID"))
+                enc = event == "etsi.enc_keys"
+                remote = slave if enc else master
+                rt.metrics.delivered(
+                    sae_peer.get(remote, "?"), master if enc else slave, "enc" if enc else "dec", len(key_ids)
+                )
+
+        started = time.monotonic()
+        apps = {
+            "classical": (_classical_app(links), config.listen.classical, rt.server_ssl),
+            "kme": (make_kme_app(manager, policy, audit=audit_delivery), config.listen.kme, rt.server_ssl),
+            "local": (make_local_app(rt, links, started=started), config.listen.local, None),
+        }
+        ports: dict[str, int] = {}
+        for name, (app, address, ssl_context) in apps.items():
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            runners.append(runner)
+            site = web.TCPSite(runner, address.host, address.port, ssl_context=ssl_context)
+            await site.start()
+            ports[name] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info(
+            "qlinkd %s ready: classical %s, kme %s, local %s",
+            config.id,
+            ports["classical"],
+            ports["kme"],
+            ports["local"],
+        )
+        audit.record("daemon_started", peers=[p.id for p in config.peers])
+        notifier.ready()
+        notifier.status(f"serving {len(links)} link(s)")
+        if on_ready is not None:
+            on_ready(ports)
+        async with asyncio.TaskGroup() as tg:
+            for link in links.values():
+                tg.create_task(link.run())
+            interval = notifier.watchdog_interval()
+            if interval:
+                tg.create_task(_watchdog(notifier, interval))
+    finally:
+        notifier.stopping()
+        for runner in runners:
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+        with contextlib.suppress(Exception):
+            audit.record("daemon_stopped")
+        audit.close()
+        store.close()
+
+
+def _classical_app(links: dict[str, PeerLink]) -> web.Application:
+    app = web.Application(client_max_size=4096)
+
+    async def link_socket(request: web.Request) -> web.StreamResponse:
+        who = pki.peer_common_name(request.transport)
+        link = links.get(who or "")
+        if link is None:
+            log.warning("classical connection refused: certificate %r is no configured peer", who)
+            raise web.HTTPForbidden(text="not a configured peer\n")
+        if link.role is Role.ALICE:
+            raise web.HTTPForbidden(text="this facility dials you: it is Alice on the link\n")
+        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=15)
+        await ws.prepare(request)
+        await link.accept(ws)
+        return ws
+
+    app.router.add_get("/v1/link", link_socket)
+    return app
+
+
+async def _watchdog(notifier: Notifier, interval: float) -> None:
+    while True:
+        notifier.watchdog()
+        await asyncio.sleep(interval)

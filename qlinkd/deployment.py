@@ -1,0 +1,143 @@
+"""A complete loopback deployment in one directory: a demo CA and certificates, a pre-shared key, two
+facility configurations and the channel configuration. What the tests, the benchmarks and
+`qlink testbed init` start from; the files are the same TOML an operator writes by hand."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import pki
+
+PRESHARED_BYTES = 4096
+"""Pre-shared authentication key: 85 rounds of Wegman-Carter keys before the first refill."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Deployment:
+    root: Path
+    """The directory holding everything."""
+    channel: Path
+    """The channel service's configuration."""
+    facilities: dict[str, Path]
+    """Facility id -> configuration file."""
+    ports: dict[str, int]
+    """Every port named in the configurations, by "<facility>.<listener>" and "channel.listen|admin"."""
+    saes: dict[str, tuple[str, ...]]
+    """Facility id -> its SAE ids (certificates in pki/)."""
+
+    def local_url(self, facility: str) -> str:
+        return f"http://127.0.0.1:{self.ports[facility + '.local']}"
+
+    def kme_url(self, facility: str) -> str:
+        return f"https://127.0.0.1:{self.ports[facility + '.kme']}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['channel.admin']}"
+
+    def pki(self, name: str) -> tuple[Path, Path]:
+        return self.root / "pki" / f"{name}.pem", self.root / "pki" / f"{name}.key"
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel had free a moment ago (held open together, so they are distinct)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def write_loopback_deployment(
+    root: Path,
+    *,
+    facilities: tuple[str, str] = ("hospital-a", "hospital-b"),
+    protocol: str = "bb84",
+    pulses_per_round: int = 1_000_000,
+    low_watermark_bits: int = 2_000_000,
+    high_watermark_bits: int = 8_000_000,
+    distance_km: float = 10.0,
+    misalignment: float = 0.005,
+    eve: str = "none",
+    round_timeout_s: float = 10.0,
+) -> Deployment:
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    a, b = facilities
+    saes = {a: (f"pacs-{a}", f"ehr-{a}"), b: (f"pacs-{b}", f"ehr-{b}")}
+    pki.write_demo_pki(root / "pki", list(facilities), [s for group in saes.values() for s in group])
+    psk = root / "psk" / f"{a}--{b}.key"
+    psk.parent.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(psk, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(secrets.token_bytes(PRESHARED_BYTES))
+    names = ["channel.listen", "channel.admin"] + [
+        f"{f}.{x}" for f in facilities for x in ("classical", "kme", "local")
+    ]
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
+    channel = root / "channel.toml"
+    channel.write_text(
+        f"""[channel]
+listen = "127.0.0.1:{ports["channel.listen"]}"
+admin = "127.0.0.1:{ports["channel.admin"]}"
+backend = "numpy"
+
+[tls]
+ca = "pki/ca.pem"
+cert = "pki/channel.pem"
+key = "pki/channel.key"
+
+[fiber]
+distance_km = {distance_km}
+misalignment = {misalignment}
+
+[eve]
+kind = "{eve}"
+fraction = 1.0
+"""
+    )
+    configs = {}
+    for me, other in ((a, b), (b, a)):
+        path = root / f"{me}.toml"
+        path.write_text(
+            f"""[facility]
+id = "{me}"
+state_dir = "state/{me}"
+saes = [{", ".join(f'"{s}"' for s in saes[me])}]
+
+[tls]
+ca = "pki/ca.pem"
+cert = "pki/{me}.pem"
+key = "pki/{me}.key"
+
+[listen]
+classical = "127.0.0.1:{ports[me + ".classical"]}"
+kme = "127.0.0.1:{ports[me + ".kme"]}"
+local = "127.0.0.1:{ports[me + ".local"]}"
+
+[channel]
+address = "127.0.0.1:{ports["channel.listen"]}"
+
+[[peer]]
+id = "{other}"
+address = "127.0.0.1:{ports[other + ".classical"]}"
+saes = [{", ".join(f'"{s}"' for s in saes[other])}]
+preshared_key = "psk/{a}--{b}.key"
+protocol = "{protocol}"
+pulses_per_round = {pulses_per_round}
+low_watermark_bits = {low_watermark_bits}
+high_watermark_bits = {high_watermark_bits}
+round_timeout_s = {round_timeout_s}
+"""
+        )
+        configs[me] = path
+    return Deployment(root=root, channel=channel, facilities=configs, ports=ports, saes=saes)

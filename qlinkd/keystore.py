@@ -1,0 +1,550 @@
+"""The durable per-peer key pool: one SQLite file per daemon.
+
+It holds, per peer link: the round commit state (the two-phase "stored" protocol the daemon runs), the
+committed key of each round (owned by one end, consumed first-in first-out, byte by byte), the
+authentication key store, the notices a master side owes its peer, and the keys a slave side holds for
+its SAEs. Every mutating method is one ``BEGIN IMMEDIATE`` transaction, so a crash at any instant leaves
+either the old state or the new one. Consumed key bytes are deleted with ``secure_delete`` on and the WAL
+is checkpointed and truncated right after, so they do not linger in the files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qlinkmed.qcore.auth import AuthKeyStore
+
+from .errors import InsufficientKey, KeyNotFound, NotAuthorised, StoreError
+
+SCHEMA_VERSION = 1
+
+# rounds: one row per pending or committed round with its unconsumed key (`start` = absolute offset of
+# `material`'s first byte); round_outcomes: the fate of every settled round id; outbox: notices owed to the
+# peer (master side); incoming: keys held for a slave SAE; fetched: tombstones of delivered incoming keys.
+_SCHEMA = """
+CREATE TABLE links (peer TEXT PRIMARY KEY, next_round INTEGER NOT NULL, last_committed INTEGER NOT NULL,
+    last_stored INTEGER NOT NULL);
+CREATE TABLE rounds (peer TEXT NOT NULL, round_id INTEGER NOT NULL, owner TEXT NOT NULL,
+    committed INTEGER NOT NULL, start INTEGER NOT NULL, material BLOB NOT NULL, auth_refill BLOB,
+    PRIMARY KEY (peer, round_id));
+CREATE TABLE round_outcomes (peer TEXT NOT NULL, round_id INTEGER NOT NULL, committed INTEGER NOT NULL,
+    PRIMARY KEY (peer, round_id)) WITHOUT ROWID;
+CREATE TABLE auth (peer TEXT PRIMARY KEY, position INTEGER NOT NULL, material BLOB NOT NULL,
+    psk_sha256 BLOB NOT NULL);
+CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, peer TEXT NOT NULL, key_id TEXT NOT NULL UNIQUE,
+    master_sae TEXT NOT NULL, slave_sae TEXT NOT NULL, segments TEXT NOT NULL);
+CREATE TABLE incoming (key_id TEXT PRIMARY KEY, peer TEXT NOT NULL, master_sae TEXT NOT NULL,
+    slave_sae TEXT NOT NULL, material BLOB NOT NULL);
+CREATE TABLE fetched (key_id TEXT PRIMARY KEY, peer TEXT NOT NULL) WITHOUT ROWID;
+"""
+# Future schema changes: add {old_version: script} here; open() applies them in order.
+_MIGRATIONS: dict[int, str] = {}
+
+
+def _positive(value: int, field: str, *, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise StoreError(f"{field} must be an integer >= {minimum}, got {value!r}", field=field)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkState:
+    """What one end tells the other on reconnect, so both settle the same committed round set."""
+
+    next_round: int
+    last_committed: int
+    pending_round: int
+    auth_position: int
+
+    def __post_init__(self) -> None:
+        _positive(self.next_round, "next_round")
+        for name in ("last_committed", "pending_round", "auth_position"):
+            _positive(getattr(self, name), name, minimum=0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReconcileResult:
+    committed: tuple[int, ...]
+    discarded: tuple[int, ...]
+    next_round: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Segment:
+    round_id: int
+    start: int
+    length: int
+
+    def __post_init__(self) -> None:
+        _positive(self.round_id, "round_id")
+        _positive(self.start, "start", minimum=0)
+        _positive(self.length, "length")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyNotice:
+    """Master side to slave side: this key (these bytes of the pool) was handed to master for slave."""
+
+    key_id: str
+    master_sae: str
+    slave_sae: str
+    segments: tuple[Segment, ...]
+
+    def __post_init__(self) -> None:
+        try:
+            canonical = str(uuid.UUID(self.key_id))
+        except (ValueError, TypeError, AttributeError):
+            canonical = None
+        if canonical != self.key_id:
+            raise StoreError(f"key_id {self.key_id!r} is not a canonical UUID", field="key_id")
+        if not self.segments:
+            raise StoreError("a key notice needs at least one segment", field="segments")
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveredKey:
+    key_id: str
+    material: bytes
+
+    def __repr__(self) -> str:
+        return f"DeliveredKey(key_id={self.key_id!r}, material=(hidden))"
+
+
+def _segments_json(segments: tuple[Segment, ...]) -> str:
+    return json.dumps([[s.round_id, s.start, s.length] for s in segments])
+
+
+def _segments_from_json(text: str) -> tuple[Segment, ...]:
+    return tuple(Segment(round_id=r, start=s, length=n) for r, s, n in json.loads(text))
+
+
+class _Carver:
+    """A cursor over one owner's committed rounds in FIFO order: hands out byte runs and then writes the
+    consumption back (fully used rows deleted, the partly used one trimmed)."""
+
+    def __init__(self, db: sqlite3.Connection, peer: str, owner: str, needed: int) -> None:
+        self._rows: list[tuple[int, int, int, bytes]] = []
+        have = 0
+        cursor = db.execute(
+            "SELECT rowid, round_id, start, material FROM rounds"
+            " WHERE peer = ? AND owner = ? AND committed = 1 ORDER BY round_id",
+            (peer, owner),
+        )
+        for row in cursor:
+            if have >= needed:
+                break
+            self._rows.append(row)
+            have += len(row[3])
+        cursor.close()
+        self._index = 0
+        self._offset = 0
+
+    def head(self) -> tuple[int, int, int] | None:
+        """(round_id, absolute start, bytes left) of the next unconsumed run, None when exhausted."""
+        if self._index >= len(self._rows):
+            return None
+        _, round_id, start, material = self._rows[self._index]
+        return round_id, start + self._offset, len(material) - self._offset
+
+    def take(self, length: int) -> tuple[bytes, list[Segment]]:
+        parts: list[bytes] = []
+        segments: list[Segment] = []
+        while length:
+            head = self.head()
+            if head is None:
+                raise StoreError("pool exhausted while carving", field="segments")
+            round_id, start, left = head
+            n = min(length, left)
+            material = self._rows[self._index][3]
+            parts.append(material[self._offset : self._offset + n])
+            segments.append(Segment(round_id=round_id, start=start, length=n))
+            self._offset += n
+            length -= n
+            if self._offset == len(material):
+                self._index += 1
+                self._offset = 0
+        return b"".join(parts), segments
+
+    def write_back(self, db: sqlite3.Connection) -> None:
+        done = [(row[0],) for row in self._rows[: self._index]]
+        db.executemany("DELETE FROM rounds WHERE rowid = ?", done)
+        if self._offset:
+            rowid, _, start, material = self._rows[self._index]
+            db.execute(
+                "UPDATE rounds SET start = ?, material = ? WHERE rowid = ?",
+                (start + self._offset, material[self._offset :], rowid),
+            )
+
+
+class KeyStore:
+    """The daemon's durable key pool. Synchronous; use from one thread."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __repr__(self) -> str:
+        return "KeyStore(keys=(hidden))"
+
+    @classmethod
+    def open(cls, path: Path) -> KeyStore:
+        path = Path(path)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Create the file ourselves so it is private from its first instant; SQLite gives its -wal and
+        # -shm files the database file's mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        db = sqlite3.connect(path, isolation_level=None)
+        try:
+            if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+                raise StoreError(f"{path}: cannot use write-ahead logging", field="path")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA secure_delete=ON")
+            store = cls(db)
+            store._migrate()
+        except BaseException:
+            db.close()
+            raise
+        return store
+
+    def _migrate(self) -> None:
+        with self._tx():
+            version = self._q("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"database schema {version} is newer than this qlinkd ({SCHEMA_VERSION})")
+            if version == 0:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._q(statement)
+                version = SCHEMA_VERSION
+            while version < SCHEMA_VERSION:
+                self._q(_MIGRATIONS[version])
+                version += 1
+            self._q(f"PRAGMA user_version = {version}")
+
+    def close(self) -> None:
+        self.checkpoint()
+        self._db.close()
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it, so old page images (which may hold consumed
+        key) do not survive in the -wal file."""
+        self._q("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _q(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        return self._db.execute(sql, params)
+
+    def _one(self, sql: str, *params: object) -> Any:
+        return self._db.execute(sql, params).fetchone()
+
+    @contextmanager
+    def _tx(self, *, write: bool = True) -> Iterator[None]:
+        self._q("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._q("ROLLBACK")
+            raise
+        self._q("COMMIT")
+
+    # ---- link state and the commit protocol
+
+    def _link(self, peer: str) -> tuple[int, int, int]:
+        row = self._one("SELECT next_round, last_committed, last_stored FROM links WHERE peer = ?", peer)
+        return row if row is not None else (1, 0, 0)
+
+    def _set_link(self, peer: str, link: tuple[int, int, int]) -> None:
+        self._q("INSERT OR REPLACE INTO links VALUES (?, ?, ?, ?)", (peer, *link))
+
+    def _pending(self, peer: str) -> int:
+        row = self._one("SELECT round_id FROM rounds WHERE peer = ? AND committed = 0", peer)
+        return 0 if row is None else row[0]
+
+    def _state(self, peer: str) -> LinkState:
+        next_round, last_committed, _ = self._link(peer)
+        auth = self._one("SELECT position FROM auth WHERE peer = ?", peer)
+        return LinkState(
+            next_round=next_round,
+            last_committed=last_committed,
+            pending_round=self._pending(peer),
+            auth_position=0 if auth is None else auth[0],
+        )
+
+    def link_state(self, peer: str) -> LinkState:
+        with self._tx(write=False):
+            return self._state(peer)
+
+    def note_round_started(self, peer: str, round_id: int) -> None:
+        _positive(round_id, "round_id")
+        with self._tx():
+            next_round, last_committed, last_stored = self._link(peer)
+            self._set_link(peer, (max(next_round, round_id + 1), last_committed, last_stored))
+
+    def store_pending(self, peer: str, round_id: int, *, owner: str, key: bytes, auth_refill: bytes) -> None:
+        """Phase one of the commit protocol: the round's key and refill, durable but not yet usable."""
+        _positive(round_id, "round_id")
+        if not key:
+            raise StoreError("a round's key cannot be empty", field="key")
+        if not auth_refill:
+            raise StoreError("a round's authentication refill cannot be empty", field="auth_refill")
+        with self._tx():
+            if self._one("SELECT 1 FROM auth WHERE peer = ?", peer) is None:
+                raise StoreError(f"no authentication key for peer {peer!r}: init_auth first", field="peer")
+            pending = self._pending(peer)
+            if pending:
+                raise StoreError(f"round {pending} is still pending", field="round_id")
+            next_round, last_committed, last_stored = self._link(peer)
+            if round_id <= last_stored:
+                raise StoreError(f"round {round_id} is not newer than round {last_stored}", field="round_id")
+            self._q(
+                "INSERT INTO rounds VALUES (?, ?, ?, 0, 0, ?, ?)",
+                (peer, round_id, owner, bytes(key), bytes(auth_refill)),
+            )
+            self._set_link(peer, (max(next_round, round_id + 1), last_committed, round_id))
+
+    def _outcome(self, peer: str, round_id: int) -> bool | None:
+        row = self._one(
+            "SELECT committed FROM round_outcomes WHERE peer = ? AND round_id = ?", peer, round_id
+        )
+        return None if row is None else bool(row[0])
+
+    def _commit(self, peer: str, round_id: int) -> None:
+        outcome = self._outcome(peer, round_id)
+        if outcome is True:
+            return
+        if outcome is False:
+            raise StoreError(f"round {round_id} was discarded; it cannot be committed", field="round_id")
+        row = self._one(
+            "SELECT rowid, auth_refill FROM rounds WHERE peer = ? AND round_id = ? AND committed = 0",
+            peer,
+            round_id,
+        )
+        if row is None:
+            raise StoreError(f"round {round_id} is not pending", field="round_id")
+        rowid, refill = row
+        self._q("UPDATE rounds SET committed = 1, auth_refill = NULL WHERE rowid = ?", (rowid,))
+        material = self._auth_row(peer)[1]
+        self._q("UPDATE auth SET material = ? WHERE peer = ?", (material + refill, peer))
+        self._q("INSERT INTO round_outcomes VALUES (?, ?, 1)", (peer, round_id))
+        next_round, last_committed, last_stored = self._link(peer)
+        self._set_link(peer, (next_round, max(last_committed, round_id), last_stored))
+
+    def _discard(self, peer: str, round_id: int) -> None:
+        if self._outcome(peer, round_id) is True:
+            raise StoreError(f"round {round_id} is committed; it cannot be discarded", field="round_id")
+        gone = self._q(
+            "DELETE FROM rounds WHERE peer = ? AND round_id = ? AND committed = 0", (peer, round_id)
+        ).rowcount
+        if gone:
+            self._q("INSERT INTO round_outcomes VALUES (?, ?, 0)", (peer, round_id))
+
+    def commit(self, peer: str, round_id: int) -> None:
+        """Phase two: the round's key joins the pool and its refill the authentication key."""
+        with self._tx():
+            self._commit(peer, round_id)
+
+    def discard_pending(self, peer: str, round_id: int) -> None:
+        with self._tx():
+            self._discard(peer, round_id)
+        self.checkpoint()
+
+    def reconcile(self, peer: str, remote: LinkState) -> ReconcileResult:
+        """Settle my pending round against the peer's state: committed if the peer has it pending or has
+        committed it (or later), else discarded. Both ends then hold the same committed round set."""
+        committed: tuple[int, ...] = ()
+        discarded: tuple[int, ...] = ()
+        with self._tx():
+            mine = self._state(peer)
+            pending = mine.pending_round
+            if pending and (remote.last_committed >= pending or remote.pending_round == pending):
+                self._commit(peer, pending)
+                committed = (pending,)
+            elif pending:
+                self._discard(peer, pending)
+                discarded = (pending,)
+            next_round, last_committed, last_stored = self._link(peer)
+            next_round = max(next_round, remote.next_round)
+            self._set_link(peer, (next_round, last_committed, last_stored))
+        self.checkpoint()
+        return ReconcileResult(committed=committed, discarded=discarded, next_round=next_round)
+
+    # ---- the pool
+
+    def pool_bits(self, peer: str, *, owner: str | None = None) -> int:
+        row = self._one(
+            "SELECT COALESCE(SUM(length(material)), 0) FROM rounds"
+            " WHERE peer = ? AND committed = 1 AND (? IS NULL OR owner = ?)",
+            peer,
+            owner,
+            owner,
+        )
+        return 8 * row[0]
+
+    def peers(self) -> list[str]:
+        rows = self._q("SELECT peer FROM links UNION SELECT peer FROM auth ORDER BY peer")
+        return [row[0] for row in rows]
+
+    # ---- the authentication key store
+
+    def init_auth(self, peer: str, preshared: bytes) -> None:
+        if not preshared:
+            raise StoreError("the pre-shared key cannot be empty", field="preshared_key")
+        fingerprint = hashlib.sha256(preshared).digest()
+        with self._tx():
+            row = self._one("SELECT psk_sha256 FROM auth WHERE peer = ?", peer)
+            if row is None:
+                self._q("INSERT INTO auth VALUES (?, 0, ?, ?)", (peer, bytes(preshared), fingerprint))
+            elif not hmac.compare_digest(row[0], fingerprint):
+                raise StoreError(
+                    f"preshared_key for peer {peer!r} differs from the one this pool was started with",
+                    field="preshared_key",
+                )
+
+    def _auth_row(self, peer: str) -> tuple[int, bytes]:
+        row = self._one("SELECT position, material FROM auth WHERE peer = ?", peer)
+        if row is None:
+            raise StoreError(f"no authentication key for peer {peer!r}", field="peer")
+        return row
+
+    def auth_store(self, peer: str) -> AuthKeyStore:
+        with self._tx(write=False):
+            position, material = self._auth_row(peer)
+        return AuthKeyStore(material, consumed=position)
+
+    def advance_auth(self, peer: str, position: int) -> None:
+        """Write-ahead: record that every authentication key byte before `position` is used."""
+        _positive(position, "position", minimum=0)
+        with self._tx():
+            stored, material = self._auth_row(peer)
+            if position < stored:
+                raise StoreError(f"auth position {position} is behind the stored {stored}", field="position")
+            if position == stored:
+                return
+            if position - stored > len(material):
+                raise StoreError(
+                    f"auth position {position} is beyond the key held (up to {stored + len(material)})",
+                    field="position",
+                )
+            self._q(
+                "UPDATE auth SET position = ?, material = ? WHERE peer = ?",
+                (position, material[position - stored :], peer),
+            )
+        self.checkpoint()
+
+    def auth_reserve_bits(self, peer: str) -> int:
+        with self._tx(write=False):
+            return 8 * len(self._auth_row(peer)[1])
+
+    # ---- ETSI delivery, master side
+
+    def take_keys(
+        self, peer: str, *, owner: str, number: int, size_bits: int, master_sae: str, slave_sae: str
+    ) -> list[DeliveredKey]:
+        """Carve `number` keys FIFO from `owner`'s committed rounds and record a notice for each, all in
+        one transaction. InsufficientKey (nothing consumed) when the pool is short."""
+        _positive(number, "number")
+        _positive(size_bits, "size")
+        if size_bits % 8:
+            raise StoreError(f"key size {size_bits} bits is not whole bytes", field="size")
+        needed = number * size_bits // 8
+        keys: list[DeliveredKey] = []
+        with self._tx():
+            available = self.pool_bits(peer, owner=owner)
+            if 8 * needed > available:
+                raise InsufficientKey(requested_bits=8 * needed, available_bits=available)
+            carver = _Carver(self._db, peer, owner, needed)
+            for _ in range(number):
+                material, segments = carver.take(size_bits // 8)
+                key_id = str(uuid.uuid4())
+                self._q(
+                    "INSERT INTO outbox (peer, key_id, master_sae, slave_sae, segments)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (peer, key_id, master_sae, slave_sae, _segments_json(tuple(segments))),
+                )
+                keys.append(DeliveredKey(key_id, material))
+            carver.write_back(self._db)
+        self.checkpoint()
+        return keys
+
+    def outbox(self, peer: str) -> list[KeyNotice]:
+        rows = self._q(
+            "SELECT key_id, master_sae, slave_sae, segments FROM outbox WHERE peer = ? ORDER BY seq", (peer,)
+        )
+        return [
+            KeyNotice(key_id=k, master_sae=m, slave_sae=s, segments=_segments_from_json(j))
+            for k, m, s, j in rows
+        ]
+
+    def ack_notice(self, peer: str, key_id: str) -> None:
+        with self._tx():
+            self._q("DELETE FROM outbox WHERE peer = ? AND key_id = ?", (peer, key_id))
+
+    # ---- ETSI delivery, slave side
+
+    def accept_notice(self, peer: str, notice: KeyNotice) -> None:
+        """Carve the notice's bytes from the head of the peer-owned rounds and hold them for the slave SAE.
+        Idempotent on key_id; StoreError (nothing carved) if they are not the head: the pools diverged."""
+        with self._tx():
+            if self.has_incoming(notice.key_id) or self.has_fetched(notice.key_id):
+                return
+            carver = _Carver(self._db, peer, peer, sum(s.length for s in notice.segments))
+            parts: list[bytes] = []
+            for segment in notice.segments:
+                head = carver.head()
+                if head is None or head[:2] != (segment.round_id, segment.start) or segment.length > head[2]:
+                    raise StoreError(
+                        f"key {notice.key_id}: segment {segment} is not the head of the pool (head {head})",
+                        field="segments",
+                    )
+                parts.append(carver.take(segment.length)[0])
+            self._q(
+                "INSERT INTO incoming VALUES (?, ?, ?, ?, ?)",
+                (notice.key_id, peer, notice.master_sae, notice.slave_sae, b"".join(parts)),
+            )
+            carver.write_back(self._db)
+        self.checkpoint()
+
+    def fetch_keys(
+        self, peer: str | None, key_ids: list[str], *, master_sae: str, slave_sae: str
+    ) -> list[DeliveredKey]:
+        """Deliver and delete the keys, all or none: KeyNotFound or NotAuthorised consume nothing. Fetched
+        IDs are remembered, so a replayed notice stays a no-op and a second fetch finds nothing."""
+        if len(set(key_ids)) != len(key_ids):
+            raise StoreError("a key ID is requested twice", field="key_IDs")
+        with self._tx():
+            rows = {}
+            for key_id in key_ids:
+                row = self._one(
+                    "SELECT rowid, master_sae, slave_sae, material, peer FROM incoming"
+                    " WHERE key_id = ? AND (? IS NULL OR peer = ?)",
+                    key_id,
+                    peer,
+                    peer,
+                )
+                if row is not None:
+                    rows[key_id] = row
+            missing = tuple(k for k in key_ids if k not in rows)
+            if missing:
+                raise KeyNotFound(missing)
+            refused = tuple(k for k, r in rows.items() if (r[1], r[2]) != (master_sae, slave_sae))
+            if refused:
+                raise NotAuthorised(refused)
+            self._db.executemany("DELETE FROM incoming WHERE rowid = ?", [(r[0],) for r in rows.values()])
+            self._db.executemany("INSERT INTO fetched VALUES (?, ?)", [(k, rows[k][4]) for k in key_ids])
+        self.checkpoint()
+        return [DeliveredKey(k, rows[k][3]) for k in key_ids]
+
+    def has_incoming(self, key_id: str) -> bool:
+        """True while the key is held here for its slave (accepted, not yet fetched)."""
+        return self._one("SELECT 1 FROM incoming WHERE key_id = ?", key_id) is not None
+
+    def has_fetched(self, key_id: str) -> bool:
+        """True once the key was delivered to its slave (waiting for its notice is pointless)."""
+        return self._one("SELECT 1 FROM fetched WHERE key_id = ?", key_id) is not None

@@ -1,0 +1,637 @@
+"""The link protocol between two facilities as a sans-IO state machine.
+
+One ``LinkConnection`` per connected peer. It composes the qcore distillation sessions (one per round)
+with what a running link adds around them: the hello that brings both durable key pools into
+agreement, the round start, the quantum-channel submissions, key confirmation (``KeyStored`` both ways
+before either end commits), key-delivery notices, timeouts and aborts.
+
+The caller feeds it peer frames (``receive``), quantum-channel results (``channel_result``), storage
+confirmations (``stored``) and the clock (``handle_timer``), and drains ``frames_to_send``,
+``channel_requests`` and ``next_event``; ``get_timer`` says when to call ``handle_timer`` next. The
+caller must act on every event (persist, commit) before it flushes frames, so nothing is promised to the
+peer that the disk does not hold yet. Every (state, input) pair the link accepts is in ``TRANSITIONS``;
+anything else ends the round (or, before the hello, the connection).
+
+Key confirmation and commit: an end commits a round only once it has stored the key itself and has the
+peer's ``KeyStored``. A crash in between leaves a pending round that the next hello settles with the
+rule in ``keystore.reconcile``, so the two pools never diverge.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum, auto
+
+import numpy as np
+
+from qlinkmed.qcore import messages as qm
+from qlinkmed.qcore.auth import ROUND_AUTH_BITS, AuthKeyStore
+from qlinkmed.qcore.channel import DecoySource, PreparedPulses, SourceKind, prepare_bb84
+from qlinkmed.qcore.codec import Message
+from qlinkmed.qcore.errors import AbortReason
+from qlinkmed.qcore.session import AliceSession, BobSession, DistillConfig, RoundOutcome
+from qlinkmed.qcore.sifting import ProtocolKind
+
+from . import messages as lm
+from .keystore import KeyNotice, LinkState
+
+E91_SETTINGS = 3
+
+
+class Role(Enum):
+    ALICE = "alice"
+    BOB = "bob"
+
+
+class State(Enum):
+    EXPECT_HELLO = auto()
+    IDLE = auto()
+    AWAIT_CHANNEL = auto()
+    DISTILLING = auto()
+    AWAIT_CONFIRMATION = auto()
+    CLOSED = auto()
+
+
+class Input(Enum):
+    HELLO = auto()
+    BEGIN_ROUND = auto()
+    ROUND_START = auto()
+    CHANNEL_RESULT = auto()
+    DISTILL = auto()
+    STORED = auto()
+    KEY_STORED = auto()
+    NOTICE = auto()
+    TIMER = auto()
+
+
+TRANSITIONS: dict[tuple[State, Input], frozenset[State]] = {
+    (State.EXPECT_HELLO, Input.HELLO): frozenset({State.IDLE, State.CLOSED}),
+    (State.IDLE, Input.BEGIN_ROUND): frozenset({State.AWAIT_CHANNEL}),
+    (State.IDLE, Input.ROUND_START): frozenset({State.AWAIT_CHANNEL, State.IDLE}),
+    (State.AWAIT_CHANNEL, Input.CHANNEL_RESULT): frozenset({State.DISTILLING, State.IDLE}),
+    # Bob's first message may overtake Alice's own channel result: she holds it until then.
+    (State.AWAIT_CHANNEL, Input.DISTILL): frozenset({State.AWAIT_CHANNEL, State.IDLE}),
+    (State.DISTILLING, Input.DISTILL): frozenset({State.DISTILLING, State.AWAIT_CONFIRMATION, State.IDLE}),
+    (State.AWAIT_CONFIRMATION, Input.DISTILL): frozenset({State.AWAIT_CONFIRMATION, State.IDLE}),
+    (State.AWAIT_CONFIRMATION, Input.STORED): frozenset({State.AWAIT_CONFIRMATION, State.IDLE}),
+    (State.AWAIT_CONFIRMATION, Input.KEY_STORED): frozenset({State.AWAIT_CONFIRMATION, State.IDLE}),
+    **{(s, Input.NOTICE): frozenset({s}) for s in State if s not in (State.EXPECT_HELLO, State.CLOSED)},
+    **{(s, Input.TIMER): frozenset({State.IDLE, State.CLOSED, s}) for s in State if s is not State.CLOSED},
+}
+"""Every input each state accepts, and the states it may lead to. The rest ends the round."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkConfig:
+    facility: str
+    """This end's facility id."""
+    peer: str
+    """The other end's facility id."""
+    protocol: ProtocolKind = ProtocolKind.BB84
+    """BB84 or E91; both ends must agree (checked at hello)."""
+    source: SourceKind = SourceKind.SINGLE_PHOTON
+    """BB84 source; a weak-coherent-pulse source runs decoy states."""
+    pulses_per_round: int = 1_000_000
+    """Pulses (BB84) or pairs (E91) per round."""
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    """Distillation policy: thresholds, sample fraction, security parameters."""
+    round_timeout_s: float = 10.0
+    """A round (or a hello) that makes no progress for this long is abandoned."""
+
+    @property
+    def role(self) -> Role:
+        # The facility whose id sorts first is Alice on the link: no negotiation, no tie.
+        return Role.ALICE if self.facility < self.peer else Role.BOB
+
+    @property
+    def alice(self) -> str:
+        return min(self.facility, self.peer)
+
+    def owner_of(self, round_id: int) -> str:
+        """The end that may hand a round's key out as master keys: Alice odd rounds, Bob even ones."""
+        return self.alice if round_id % 2 else max(self.facility, self.peer)
+
+
+# ---- events for the caller ------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HelloReceived:
+    remote: LinkState
+    """The peer's durable state: reconcile the pool with it, then call ``hello_done``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundStarted:
+    round_id: int
+    """Persist the round id as used before anything about it leaves this end."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthAdvanced:
+    position: int
+    """Persist the authentication-key position before sending: a pad must never be used twice."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StorePending:
+    round_id: int
+    owner: str
+    key: bytes
+    auth_refill: bytes
+
+    def __repr__(self) -> str:
+        return f"StorePending(round_id={self.round_id}, owner={self.owner!r}, key=(hidden))"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommitRound:
+    round_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiscardRound:
+    round_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundEnded:
+    round_id: int
+    outcome: RoundOutcome | None
+    """The distillation outcome, None when the round ended before distillation began."""
+    reason: AbortReason
+    detail: str
+    started_at: float
+    ended_at: float
+    by_peer: bool = False
+    """The peer ended the round; `reason` is the cause it reported."""
+
+    @property
+    def established(self) -> bool:
+        return self.reason is AbortReason.NONE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NoticeReceived:
+    notice: KeyNotice
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NoticeAcked:
+    key_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkClosed:
+    reason: str
+
+
+Event = (
+    HelloReceived
+    | RoundStarted
+    | AuthAdvanced
+    | StorePending
+    | CommitRound
+    | DiscardRound
+    | RoundEnded
+    | NoticeReceived
+    | NoticeAcked
+    | LinkClosed
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRequest:
+    """A submission for the quantum channel: Alice's pulses, or a party's analyser settings."""
+
+    round_id: int
+    message: lm.PulseTrain | lm.AnalyserSettings
+
+
+@dataclass(slots=True)
+class _Round:
+    round_id: int
+    started_at: float
+    prepared: PreparedPulses | None = None
+    alice_settings: np.ndarray | None = None
+    session: AliceSession | BobSession | None = None
+    held: Message | None = None
+    stored: bool = False
+    peer_stored: bool = False
+
+
+class LinkConnection:
+    def __init__(
+        self, config: LinkConfig, *, local: LinkState, auth: AuthKeyStore, rng: np.random.Generator
+    ) -> None:
+        self.config = config
+        self.role = config.role
+        self.state = State.EXPECT_HELLO
+        self._local = local
+        self._auth = auth
+        self._auth_reported = auth.position
+        self._rng = rng
+        self._next_round = local.next_round
+        self._round: _Round | None = None
+        self._frames: list[tuple[int, object]] = []
+        self._channel: list[ChannelRequest] = []
+        self._events: deque[Event] = deque()
+        self._deadline: float | None = None
+
+    # ---- draining ----------------------------------------------------------------------------------
+    def frames_to_send(self) -> list[tuple[int, object]]:
+        out, self._frames = self._frames, []
+        return out
+
+    def channel_requests(self) -> list[ChannelRequest]:
+        out, self._channel = self._channel, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        return self._deadline
+
+    @property
+    def round_id(self) -> int | None:
+        return self._round.round_id if self._round is not None else None
+
+    @property
+    def next_round(self) -> int:
+        return self._next_round
+
+    # ---- inputs ------------------------------------------------------------------------------------
+    def start(self, now: float) -> None:
+        """The connection is up: introduce ourselves."""
+        c, s = self.config, self._local
+        self._frames.append(
+            (
+                0,
+                lm.Hello(
+                    facility=c.facility,
+                    peer=c.peer,
+                    protocol=c.protocol.value,
+                    source=c.source.value,
+                    pulses_per_round=c.pulses_per_round,
+                    next_round=s.next_round,
+                    last_committed=s.last_committed,
+                    pending_round=s.pending_round,
+                    auth_position=s.auth_position,
+                ),
+            )
+        )
+        self._deadline = now + c.round_timeout_s
+
+    def hello_done(self, *, next_round: int, auth: AuthKeyStore) -> None:
+        """The caller reconciled its pool with the peer's hello: rounds resume from `next_round`."""
+        self._next_round = next_round
+        self.replace_auth(auth)
+
+    def replace_auth(self, auth: AuthKeyStore) -> None:
+        """The durable authentication store changed (a commit refilled it): use its current state."""
+        if self._round is not None and self._round.session is not None and self.state is State.DISTILLING:
+            raise ValueError("the authentication store cannot change under a running session")
+        self._auth = auth
+        self._auth_reported = auth.position
+
+    def receive(self, round_id: int, message: object, now: float) -> None:
+        """One decoded frame from the peer."""
+        if self.state is State.CLOSED:
+            return
+        if isinstance(message, lm.Hello):
+            self._on_hello(message, now)
+        elif isinstance(message, lm.RoundStart):
+            self._on_round_start(round_id, message, now)
+        elif isinstance(message, KeyNotice):
+            if self._accept(Input.NOTICE, now):
+                self._events.append(NoticeReceived(notice=message))
+        elif isinstance(message, lm.NoticeAck):
+            if self._accept(Input.NOTICE, now):
+                self._events.append(NoticeAcked(key_id=message.key_id))
+        elif isinstance(message, lm.KeyStored):
+            if self._current(round_id) and self._accept(Input.KEY_STORED, now):
+                self._round.peer_stored = True  # type: ignore[union-attr]
+                self._maybe_commit(now)
+        elif isinstance(message, Message):
+            self._on_distill(round_id, message, now)
+        else:
+            self._violation(f"{type(message).__name__} does not belong on the classical channel", now)
+
+    def begin_round(self, now: float) -> int:
+        """Alice: start the next round (the caller decides when: watermarks, authentication reserve)."""
+        if self.role is not Role.ALICE:
+            raise ValueError("only Alice starts rounds")
+        if not self._accept(Input.BEGIN_ROUND, now):
+            raise ValueError(f"cannot start a round in {self.state.name}")
+        round_id = self._next_round
+        self._open_round(round_id, now)
+        self._frames.append((round_id, lm.RoundStart(pulses=self.config.pulses_per_round)))
+        return round_id
+
+    def channel_result(self, round_id: int, message: object, now: float) -> None:
+        """What the quantum channel returned for our submission."""
+        rnd = self._round
+        if rnd is None or rnd.round_id != round_id or self.state is not State.AWAIT_CHANNEL:
+            return  # a late answer for an abandoned round
+        if isinstance(message, lm.ChannelError):
+            self._end_round(AbortReason.PROTOCOL_VIOLATION, f"quantum channel: {message.reason}", now)
+            return
+        self._deadline = now + self.config.round_timeout_s
+        try:
+            session = self._make_session(rnd, message)
+        except ValueError as exc:
+            self._end_round(AbortReason.PROTOCOL_VIOLATION, f"quantum channel: {exc}", now)
+            return
+        rnd.session = session
+        self.state = State.DISTILLING
+        if isinstance(session, BobSession):
+            self._send_distill(rnd, session.start())
+        elif rnd.held is not None:
+            held, rnd.held = rnd.held, None
+            self._feed(rnd, held, now)
+
+    def stored(self, round_id: int, now: float) -> None:
+        """The caller made the pending key durable."""
+        if not self._current(round_id) or not self._accept(Input.STORED, now):
+            return
+        self._round.stored = True  # type: ignore[union-attr]
+        self._frames.append((round_id, lm.KeyStored()))
+        self._maybe_commit(now)
+
+    def handle_timer(self, now: float) -> None:
+        if self._deadline is None or now < self._deadline or not self._accept(Input.TIMER, now):
+            return
+        if self.state is State.EXPECT_HELLO:
+            self._close("no hello from the peer")
+        elif self.state is State.AWAIT_CONFIRMATION:
+            # Our key may be stored and the peer's confirmation lost: only a new hello can settle it.
+            self._close("no key confirmation from the peer")
+        elif self._round is not None:
+            where = self.state.name
+            if self._round.session is not None:
+                self._round.session.expire()
+            self._frames.append((self._round.round_id, qm.Abort(reason=int(AbortReason.TIMEOUT), detail=b"")))
+            self._end_round(AbortReason.TIMEOUT, f"no progress in {where}", now)
+        else:
+            self._deadline = None
+
+    def close(self, reason: str) -> None:
+        """The transport went away."""
+        if self.state is not State.CLOSED:
+            self._close(reason)
+
+    # ---- handlers ----------------------------------------------------------------------------------
+    def _accept(self, what: Input, now: float) -> bool:
+        if (self.state, what) in TRANSITIONS:
+            return True
+        self._violation(f"{what.name.lower()} not expected in {self.state.name}", now)
+        return False
+
+    def _on_hello(self, hello: lm.Hello, now: float) -> None:
+        if not self._accept(Input.HELLO, now):
+            return
+        c = self.config
+        problems = [
+            f"{name} {theirs!r} differs from ours {mine!r}"
+            for name, theirs, mine in (
+                ("facility", hello.facility, c.peer),
+                ("peer", hello.peer, c.facility),
+                ("protocol", hello.protocol, c.protocol.value),
+                ("source", hello.source, c.source.value),
+                ("pulses_per_round", hello.pulses_per_round, c.pulses_per_round),
+            )
+            if theirs != mine
+        ]
+        if problems:
+            self._close("hello refused: " + "; ".join(problems))
+            return
+        remote = LinkState(
+            next_round=hello.next_round,
+            last_committed=hello.last_committed,
+            pending_round=hello.pending_round,
+            auth_position=hello.auth_position,
+        )
+        self.state = State.IDLE
+        self._deadline = None
+        self._events.append(HelloReceived(remote=remote))
+
+    def _on_round_start(self, round_id: int, msg: lm.RoundStart, now: float) -> None:
+        if self.role is not Role.BOB:
+            self._violation("Bob does not start rounds", now)
+            return
+        if not self._accept(Input.ROUND_START, now):
+            return
+        if round_id < self._next_round or msg.pulses != self.config.pulses_per_round:
+            # A replayed or foreign round start: refuse it without touching our state.
+            detail = f"round {round_id} of {msg.pulses} pulses refused (next {self._next_round})"
+            abort = qm.Abort(reason=int(AbortReason.PROTOCOL_VIOLATION), detail=detail.encode())
+            self._frames.append((round_id, abort))
+            return
+        self._open_round(round_id, now)
+
+    def _open_round(self, round_id: int, now: float) -> None:
+        c = self.config
+        n = c.pulses_per_round
+        rnd = _Round(round_id=round_id, started_at=now)
+        self._round = rnd
+        self._next_round = round_id + 1
+        self._events.append(RoundStarted(round_id=round_id))
+        if c.protocol is ProtocolKind.BB84 and self.role is Role.ALICE:
+            decoy = DecoySource() if c.source is SourceKind.WCP else None
+            rnd.prepared = prepare_bb84(n, source=c.source, decoy=decoy, rng=self._rng)
+            msg: lm.PulseTrain | lm.AnalyserSettings = lm.PulseTrain(
+                bits=rnd.prepared.bits, bases=rnd.prepared.bases, intensities=rnd.prepared.intensity_class
+            )
+        else:
+            levels = 2 if c.protocol is ProtocolKind.BB84 else E91_SETTINGS
+            rnd.alice_settings = self._rng.integers(0, levels, size=n, dtype=np.uint8)
+            msg = lm.AnalyserSettings(settings=rnd.alice_settings)
+        self._channel.append(ChannelRequest(round_id=round_id, message=msg))
+        self.state = State.AWAIT_CHANNEL
+        self._deadline = now + c.round_timeout_s
+
+    def _make_session(self, rnd: _Round, message: object) -> AliceSession | BobSession:
+        c = self.config
+        n = c.pulses_per_round
+        if self.role is Role.ALICE and c.protocol is ProtocolKind.BB84:
+            if not isinstance(message, lm.PulsesSent) or message.count != n:
+                raise ValueError(f"expected confirmation of {n} pulses sent, got {type(message).__name__}")
+            p = rnd.prepared
+            if p is None:
+                raise ValueError("no pulses prepared")
+            return AliceSession(
+                c.distill,
+                bits=p.bits,
+                settings=p.bases,
+                detected=np.ones(n, dtype=bool),
+                intensities=p.intensity_class,
+                auth=self._auth,
+                rng=self._rng,
+            )
+        if not isinstance(message, lm.DetectionRecord) or message.detected.size != n:
+            raise ValueError(f"expected a detection record of {n} gates, got {type(message).__name__}")
+        bits = np.zeros(n, dtype=np.uint8)
+        detected = message.detected.astype(bool)
+        bits[detected] = message.bits
+        if self.role is Role.ALICE:
+            return AliceSession(
+                c.distill,
+                bits=bits,
+                settings=rnd.alice_settings,  # type: ignore[arg-type]
+                detected=detected,
+                intensities=None,
+                auth=self._auth,
+                rng=self._rng,
+            )
+        return BobSession(
+            c.distill,
+            round_id=rnd.round_id,
+            bits=bits,
+            settings=rnd.alice_settings,  # type: ignore[arg-type]
+            detected=detected,
+            auth=self._auth,
+            rng=self._rng,
+        )
+
+    def _on_distill(self, round_id: int, msg: Message, now: float) -> None:
+        rnd = self._round
+        if rnd is None or round_id != rnd.round_id:
+            if round_id < self._next_round:
+                return  # the tail of a round we already left (an Abort crossing ours, a late reply)
+            self._violation(f"{type(msg).__name__} for unknown round {round_id}", now)
+            return
+        if not self._accept(Input.DISTILL, now):
+            return
+        if self.state is State.AWAIT_CHANNEL:
+            if isinstance(msg, qm.Abort):
+                self._end_round(_peer_reason(msg), _abort_text(msg), now, by_peer=True)
+            elif rnd.held is None and self.role is Role.ALICE:
+                rnd.held = msg
+            else:
+                self._violation(f"{type(msg).__name__} before the channel result", now)
+            return
+        self._deadline = now + self.config.round_timeout_s
+        self._feed(rnd, msg, now)
+
+    def _feed(self, rnd: _Round, msg: Message, now: float) -> None:
+        session = rnd.session
+        if session is None:
+            return
+        was_established = session.outcome is not None and session.outcome.established
+        out = session.receive(msg)
+        self._send_distill(rnd, out)
+        outcome = session.outcome
+        if outcome is None:
+            return
+        if outcome.established and not was_established:
+            self.state = State.AWAIT_CONFIRMATION
+            self._events.append(
+                StorePending(
+                    round_id=rnd.round_id,
+                    owner=self.config.owner_of(rnd.round_id),
+                    key=_whole_bytes(outcome.key),
+                    auth_refill=np.packbits(outcome.auth_refill).tobytes(),
+                )
+            )
+        elif not outcome.established:
+            if was_established or rnd.stored:
+                self._events.append(DiscardRound(round_id=rnd.round_id))
+            reason, by_peer = outcome.abort_reason, False
+            if reason is AbortReason.PEER_ABORTED and isinstance(msg, qm.Abort):
+                # Report the cause the peer measured (an eavesdropper's QBER is an alarm at both ends).
+                reason, by_peer = _peer_reason(msg), True
+            self._end_round(reason, outcome.abort_detail, now, outcome=outcome, by_peer=by_peer)
+
+    def _send_distill(self, rnd: _Round, out: list[Message]) -> None:
+        if self._auth.position != self._auth_reported:
+            # Ahead of the frames that used the keys: the caller persists before it sends.
+            self._auth_reported = self._auth.position
+            self._events.append(AuthAdvanced(position=self._auth.position))
+        self._frames.extend((rnd.round_id, msg) for msg in out)
+
+    def _maybe_commit(self, now: float) -> None:
+        rnd = self._round
+        if rnd is None or not (rnd.stored and rnd.peer_stored):
+            return
+        self._events.append(CommitRound(round_id=rnd.round_id))
+        outcome = rnd.session.outcome if rnd.session is not None else None
+        self._end_round(AbortReason.NONE, "", now, outcome=outcome)
+
+    def _current(self, round_id: int) -> bool:
+        return self._round is not None and self._round.round_id == round_id
+
+    def _end_round(
+        self,
+        reason: AbortReason,
+        detail: str,
+        now: float,
+        *,
+        outcome: RoundOutcome | None = None,
+        by_peer: bool = False,
+    ) -> None:
+        rnd = self._round
+        if rnd is None:
+            return
+        self._round = None
+        self.state = State.IDLE
+        self._deadline = None
+        self._events.append(
+            RoundEnded(
+                round_id=rnd.round_id,
+                outcome=outcome,
+                reason=reason,
+                detail=detail,
+                started_at=rnd.started_at,
+                ended_at=now,
+                by_peer=by_peer,
+            )
+        )
+
+    def _violation(self, detail: str, now: float) -> None:
+        if self.state is State.EXPECT_HELLO:
+            self._close(f"protocol violation before hello: {detail}")
+            return
+        rnd = self._round
+        if rnd is None:
+            self._close(f"protocol violation: {detail}")
+            return
+        if self.state is State.AWAIT_CONFIRMATION:
+            self._close(f"protocol violation while confirming round {rnd.round_id}: {detail}")
+            return
+        if rnd.session is not None:
+            rnd.session.expire()
+        self._frames.append(
+            (rnd.round_id, qm.Abort(reason=int(AbortReason.PROTOCOL_VIOLATION), detail=detail.encode()[:512]))
+        )
+        self._end_round(AbortReason.PROTOCOL_VIOLATION, detail, now)
+
+    def _close(self, reason: str) -> None:
+        # A pending key stays pending: the next hello settles it (never discard it here).
+        self._round = None
+        self.state = State.CLOSED
+        self._deadline = None
+        self._events.append(LinkClosed(reason=reason))
+
+
+def _whole_bytes(bits: np.ndarray) -> bytes:
+    whole = bits.size - bits.size % 8
+    return np.packbits(bits[:whole]).tobytes()
+
+
+def _peer_reason(msg: qm.Abort) -> AbortReason:
+    try:
+        reason = AbortReason(msg.reason)
+    except ValueError:
+        return AbortReason.PEER_ABORTED
+    return AbortReason.PEER_ABORTED if reason is AbortReason.NONE else reason
+
+
+def _abort_text(msg: qm.Abort) -> str:
+    try:
+        reason = AbortReason(msg.reason).name.lower()
+    except ValueError:
+        reason = f"code {msg.reason}"
+    return f"peer aborted ({reason}): {msg.detail.decode('utf-8', 'replace')[:200]}"
+
+
+__all__ = ["ROUND_AUTH_BITS", "TRANSITIONS", "LinkConfig", "LinkConnection", "Role", "State"]

@@ -1,0 +1,74 @@
+"""The daemon's local API: what `qlink status` and `qlink keys` read, and the Prometheus endpoint.
+
+Plain HTTP on the address the config names (loopback in every example): it reveals pool levels and link
+health, never key material.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from .metrics import CONTENT_TYPE
+from .peer_link import PeerLink
+from .runtime import Runtime
+
+
+def make_local_app(
+    rt: Runtime,
+    links: Mapping[str, PeerLink],
+    *,
+    started: float,
+    extra: Callable[[], dict[str, Any]] | None = None,
+) -> web.Application:
+    app = web.Application(client_max_size=4096)
+
+    async def status(request: web.Request) -> web.Response:
+        body: dict[str, Any] = {
+            "facility": rt.config.id,
+            "uptime_s": round(time.monotonic() - started, 3),
+            "saes": list(rt.config.saes),
+            "links": [link.statistics() for link in links.values()],
+        }
+        if extra is not None:
+            body.update(extra())
+        return web.json_response(body)
+
+    async def keys(request: web.Request) -> web.Response:
+        store = rt.store
+        out = []
+        for peer_id in links:
+            state = store.link_state(peer_id)
+            out.append(
+                {
+                    "peer": peer_id,
+                    "pool_bits": store.pool_bits(peer_id),
+                    "owned_bits": store.pool_bits(peer_id, owner=rt.config.id),
+                    "peer_owned_bits": store.pool_bits(peer_id, owner=peer_id),
+                    "auth_reserve_bits": store.auth_reserve_bits(peer_id),
+                    "last_committed_round": state.last_committed,
+                    "pending_round": state.pending_round,
+                    "next_round": state.next_round,
+                    "notices_unacknowledged": len(store.outbox(peer_id)),
+                    "key_size_bits": rt.config.kme.key_size,
+                    "keys_available": store.pool_bits(peer_id, owner=rt.config.id) // rt.config.kme.key_size,
+                }
+            )
+        return web.json_response({"facility": rt.config.id, "pools": out})
+
+    async def metrics(request: web.Request) -> web.Response:
+        for peer_id in links:
+            rt.metrics.set_pool(
+                peer_id,
+                pool_bits=rt.store.pool_bits(peer_id),
+                auth_reserve_bits=rt.store.auth_reserve_bits(peer_id),
+            )
+        return web.Response(body=rt.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/keys", keys)
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,68 @@
+"""`qlinkd`: the facility daemon.
+
+qlinkd --config FILE          run (systemd: Type=notify)
+qlinkd --check-config FILE    validate FILE, print a summary or the offending field, exit 0 or 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from . import logsetup
+from .config import ConfigError, check_config, load_facility_config
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def parser(prog: str, what: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=what)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--config", type=Path, metavar="FILE", help="run with this TOML configuration")
+    group.add_argument("--check-config", type=Path, metavar="FILE", help="validate FILE and exit")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="json", choices=["json", "text"])
+    return p
+
+
+def run_until_signalled(main: Callable[[], Coroutine[Any, Any, None]]) -> int:
+    """Run `main` until it ends or SIGTERM/SIGINT arrives; a signal ends it cleanly (exit 0)."""
+
+    async def runner() -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)  # type: ignore[union-attr]
+        await main()
+
+    try:
+        asyncio.run(runner())
+    except asyncio.CancelledError:
+        return EXIT_OK
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser("qlinkd", "qlink facility daemon").parse_args(argv)
+    if args.check_config is not None:
+        return check_config(args.check_config, "facility")
+    try:
+        config = load_facility_config(args.config)
+    except ConfigError as exc:
+        print(f"config error: {exc.field}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    logsetup.configure(args.log_level, args.log_format)
+    from .daemon import run_daemon
+
+    return run_until_signalled(lambda: run_daemon(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

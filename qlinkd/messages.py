@@ -1,0 +1,141 @@
+"""Link-control and quantum-channel messages: the events ``qlinkd`` exchanges besides qcore's
+distillation messages. Each validates itself on construction, so a frame that decodes into one of these
+already satisfies its invariants (``wire.py`` wraps the failures into ``FrameError``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import FrameError
+
+MAX_NAME = 63
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+PROTOCOLS = ("bb84", "e91")
+SOURCES = ("single-photon", "wcp")
+ROLES = ("alice", "bob")
+
+
+def _name(value: str, what: str) -> None:
+    if not _NAME.match(value):
+        raise FrameError(f"{what}: {value[:80]!r} is not a facility name ([a-z0-9-], at most {MAX_NAME})")
+
+
+def _choice(value: str, allowed: tuple[str, ...], what: str) -> None:
+    if value not in allowed:
+        raise FrameError(f"{what}: {value[:40]!r} is not one of {', '.join(allowed)}")
+
+
+def _levels(values: np.ndarray, levels: int, what: str) -> None:
+    if values.ndim != 1:
+        raise FrameError(f"{what}: expected a flat array")
+    if values.size and int(values.max()) >= levels:
+        raise FrameError(f"{what}: entries must lie in 0..{levels - 1}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hello:
+    facility: str
+    peer: str
+    protocol: str
+    source: str
+    pulses_per_round: int
+    next_round: int
+    last_committed: int
+    pending_round: int
+    auth_position: int
+
+    def __post_init__(self) -> None:
+        _name(self.facility, "hello.facility")
+        _name(self.peer, "hello.peer")
+        _choice(self.protocol, PROTOCOLS, "hello.protocol")
+        _choice(self.source, SOURCES, "hello.source")
+        if self.next_round < 1:
+            raise FrameError("hello.next_round: round ids start at 1")
+        if self.last_committed >= self.next_round or self.pending_round >= self.next_round:
+            raise FrameError("hello: a committed or pending round lies beyond next_round")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundStart:
+    pulses: int
+
+    def __post_init__(self) -> None:
+        if self.pulses <= 0:
+            raise FrameError("round_start.pulses: must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStored:
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NoticeAck:
+    key_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelHello:
+    facility: str
+    peer: str
+    role: str
+    protocol: str
+
+    def __post_init__(self) -> None:
+        _name(self.facility, "channel_hello.facility")
+        _name(self.peer, "channel_hello.peer")
+        _choice(self.role, ROLES, "channel_hello.role")
+        _choice(self.protocol, PROTOCOLS, "channel_hello.protocol")
+        if self.facility == self.peer:
+            raise FrameError("channel_hello: a facility cannot link to itself")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class PulseTrain:
+    bits: np.ndarray = field(repr=False)
+    bases: np.ndarray = field(repr=False)
+    intensities: np.ndarray | None = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if self.bits.size == 0 or self.bits.size != self.bases.size:
+            raise FrameError("pulse_train: bits and bases must be non-empty and of equal length")
+        if self.intensities is not None:
+            if self.intensities.size != self.bits.size:
+                raise FrameError("pulse_train.intensities: one decoy class per pulse")
+            _levels(self.intensities, 3, "pulse_train.intensities")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class AnalyserSettings:
+    settings: np.ndarray = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if self.settings.size == 0:
+            raise FrameError("analyser_settings: empty")
+        _levels(self.settings, 3, "analyser_settings.settings")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class DetectionRecord:
+    detected: np.ndarray = field(repr=False)
+    """One entry per gate: 1 where a detector clicked."""
+    bits: np.ndarray = field(repr=False)
+    """The recorded bit at each click, in gate order."""
+
+    def __post_init__(self) -> None:
+        if self.bits.size != int(np.count_nonzero(self.detected)):
+            raise FrameError("detection_record: one bit per click expected")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PulsesSent:
+    count: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelError:
+    reason: str

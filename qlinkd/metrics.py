@@ -1,0 +1,181 @@
+"""Prometheus metrics of a facility daemon (`LinkMetrics`) and of the channel service (`ChannelMetrics`).
+
+Each daemon owns one CollectorRegistry, so two daemons in one process (tests) never share series, and
+serves `render()` on its local API at /metrics. Labels are bounded by configuration (peer ids, SAE ids,
+abort reason codes), never by request data.
+"""
+
+from __future__ import annotations
+
+from enum import Enum, StrEnum
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# A round of a few 1e5 pulses takes well under a second locally; long fibres and E91 take longer.
+ROUND_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Direction(StrEnum):
+    """Which ETSI 014 call delivered a key: enc_keys (master SAE) or dec_keys (slave SAE)."""
+
+    ENC = "enc"
+    DEC = "dec"
+
+
+def _reason_label(reason: Enum | str) -> str:
+    # AbortReason is an IntEnum: label with its name, which stays readable in dashboards.
+    return reason.name.lower() if isinstance(reason, Enum) else str(reason)
+
+
+class LinkMetrics:
+    """Per-peer link metrics of one facility daemon."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.qber = Gauge("qlink_qber", "QBER measured in the last round", ["peer"], registry=r)
+        self.chsh_s = Gauge("qlink_chsh_s", "CHSH S value of the last E91 round", ["peer"], registry=r)
+        self.secret_key_rate_bps = Gauge(
+            "qlink_secret_key_rate_bps",
+            "Final key bits of the last established round divided by its duration",
+            ["peer"],
+            registry=r,
+        )
+        self.pool_bits = Gauge("qlink_pool_bits", "Key bits available in the pool", ["peer"], registry=r)
+        self.auth_key_reserve_bits = Gauge(
+            "qlink_auth_key_reserve_bits", "Authentication key bits in reserve", ["peer"], registry=r
+        )
+        self.eavesdropper_alarm = Gauge(
+            "qlink_eavesdropper_alarm",
+            "1 when the last round aborted on QBER or CHSH evidence of an eavesdropper",
+            ["peer"],
+            registry=r,
+        )
+        self.auth_starved = Gauge(
+            "qlink_auth_starved",
+            "1 when key generation halted because the authentication key is exhausted",
+            ["peer"],
+            registry=r,
+        )
+        self.link_up = Gauge(
+            "qlink_link_up", "1 when the classical link to the peer is up", ["peer"], registry=r
+        )
+        self.rounds = Counter(
+            "qlink_rounds", "Distillation rounds by outcome", ["peer", "outcome"], registry=r
+        )
+        self.aborts = Counter("qlink_aborts", "Aborted rounds by reason", ["peer", "reason"], registry=r)
+        self.key_bits = Counter("qlink_key_bits", "Final key bits added to the pool", ["peer"], registry=r)
+        self.keys_delivered = Counter(
+            "qlink_keys_delivered",
+            "Keys handed to SAEs through ETSI GS QKD 014",
+            ["peer", "sae", "direction"],
+            registry=r,
+        )
+        self.round_duration = Histogram(
+            "qlink_round_duration_seconds",
+            "Wall-clock duration of a distillation round",
+            ["peer"],
+            buckets=ROUND_BUCKETS,
+            registry=r,
+        )
+
+    def add_peer(self, peer: str) -> None:
+        """Create the series of a configured peer so dashboards and alerts see it before its first round."""
+        for gauge in (self.pool_bits, self.auth_key_reserve_bits, self.eavesdropper_alarm, self.auth_starved):
+            gauge.labels(peer=peer).set(0)
+        self.link_up.labels(peer=peer).set(0)
+        for outcome in ("established", "aborted"):
+            self.rounds.labels(peer=peer, outcome=outcome)
+        self.key_bits.labels(peer=peer)
+        self.round_duration.labels(peer=peer)
+
+    def round_established(
+        self,
+        peer: str,
+        *,
+        duration_s: float,
+        final_key_bits: int,
+        qber: float | None = None,
+        chsh_s: float | None = None,
+    ) -> None:
+        """A round ended with key at both ends."""
+        self.rounds.labels(peer=peer, outcome="established").inc()
+        self.key_bits.labels(peer=peer).inc(final_key_bits)
+        self.eavesdropper_alarm.labels(peer=peer).set(0)
+        if duration_s > 0:
+            self.secret_key_rate_bps.labels(peer=peer).set(final_key_bits / duration_s)
+        self._measured(peer, duration_s, qber, chsh_s)
+
+    def round_aborted(
+        self,
+        peer: str,
+        *,
+        reason: Enum | str,
+        duration_s: float,
+        eavesdropper_suspected: bool = False,
+        qber: float | None = None,
+        chsh_s: float | None = None,
+    ) -> None:
+        """A round ended without key. `eavesdropper_suspected` raises the alarm (QBER above threshold,
+        CHSH not violated); other reasons (timeout, too few detections) clear it."""
+        self.rounds.labels(peer=peer, outcome="aborted").inc()
+        self.aborts.labels(peer=peer, reason=_reason_label(reason)).inc()
+        self.eavesdropper_alarm.labels(peer=peer).set(1 if eavesdropper_suspected else 0)
+        self.secret_key_rate_bps.labels(peer=peer).set(0)
+        self._measured(peer, duration_s, qber, chsh_s)
+
+    def _measured(self, peer: str, duration_s: float, qber: float | None, chsh_s: float | None) -> None:
+        self.round_duration.labels(peer=peer).observe(max(duration_s, 0.0))
+        if qber is not None:
+            self.qber.labels(peer=peer).set(qber)
+        if chsh_s is not None:
+            self.chsh_s.labels(peer=peer).set(chsh_s)
+
+    def set_pool(self, peer: str, *, pool_bits: int, auth_reserve_bits: int | None = None) -> None:
+        self.pool_bits.labels(peer=peer).set(pool_bits)
+        if auth_reserve_bits is not None:
+            self.auth_key_reserve_bits.labels(peer=peer).set(auth_reserve_bits)
+
+    def set_auth_starved(self, peer: str, starved: bool) -> None:
+        self.auth_starved.labels(peer=peer).set(1 if starved else 0)
+
+    def set_link_up(self, peer: str, up: bool) -> None:
+        self.link_up.labels(peer=peer).set(1 if up else 0)
+
+    def delivered(self, peer: str, sae: str, direction: Direction | str, count: int = 1) -> None:
+        """`count` keys handed to `sae` for the link with `peer`."""
+        self.keys_delivered.labels(peer=peer, sae=sae, direction=Direction(direction).value).inc(count)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this registry (serve with CONTENT_TYPE)."""
+        return generate_latest(self.registry)
+
+
+class ChannelMetrics:
+    """Metrics of the quantum channel service."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.rounds = Counter(
+            "qlink_channel_rounds", "Rounds of pulses carried, by protocol", ["protocol"], registry=r
+        )
+        self.pulses = Counter(
+            "qlink_channel_pulses", "Pulses (BB84) or pairs (E91) carried", ["protocol"], registry=r
+        )
+        self.eve_attached = Gauge(
+            "qlink_channel_eve_attached", "1 while an eavesdropper is attached to the channel", registry=r
+        )
+        self.eve_attached.set(0)
+
+    def round_carried(self, protocol: str, pulses: int) -> None:
+        self.rounds.labels(protocol=protocol).inc()
+        self.pulses.labels(protocol=protocol).inc(pulses)
+
+    def set_eve_attached(self, attached: bool) -> None:
+        self.eve_attached.set(1 if attached else 0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

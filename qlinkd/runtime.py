@@ -1,0 +1,44 @@
+"""What every part of a running daemon shares: its configuration, durable store, audit log, metrics and
+TLS contexts. Built once by ``daemon.run_daemon``; nothing here does I/O on its own."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from qlinkmed.qcore.session import DistillConfig
+
+from .audit import AuditLog
+from .config import FacilityConfig
+from .keystore import KeyStore
+from .link import LinkConfig
+from .metrics import LinkMetrics
+
+
+@dataclass(slots=True, kw_only=True)
+class Runtime:
+    config: FacilityConfig
+    store: KeyStore
+    audit: AuditLog
+    metrics: LinkMetrics
+    client_ssl: ssl.SSLContext
+    server_ssl: ssl.SSLContext
+    on_notice_arrived: Callable[[], None] = field(default=lambda: None)
+
+    def link_config(self, peer_id: str) -> LinkConfig:
+        peer = self.config.peer(peer_id)
+        return LinkConfig(
+            facility=self.config.id,
+            peer=peer.id,
+            protocol=peer.protocol,
+            pulses_per_round=peer.pulses_per_round,
+            distill=peer.distill_config(),
+            round_timeout_s=peer.round_timeout_s,
+        )
+
+    def kme_notice_arrived(self) -> None:
+        self.on_notice_arrived()
+
+
+__all__ = ["DistillConfig", "Runtime"]

@@ -1,0 +1,156 @@
+"""The audit log: one fsynced JSON line per event, a hash chain that exposes edits, no key material."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from qlinkmed.qlinkd import audit as audit_module
+from qlinkmed.qlinkd.audit import GENESIS, AuditHead, AuditLog, verify
+from qlinkmed.qlinkd.errors import AuditError
+
+
+def _clock() -> Callable[[], dt.datetime]:
+    ticks = iter(range(10_000))
+    start = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
+    return lambda: start + dt.timedelta(seconds=next(ticks))
+
+
+@pytest.fixture
+def log_path(tmp_path: Path) -> Path:
+    return tmp_path / "audit.jsonl"
+
+
+@pytest.fixture
+def log(log_path: Path) -> Iterator[AuditLog]:
+    with AuditLog.open(log_path, facility="hospital-a", clock=_clock()) as opened:
+        yield opened
+
+
+def _lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines()
+
+
+def test_records_are_json_lines_in_a_hash_chain(log: AuditLog, log_path: Path) -> None:
+    log.record("keys_delivered", sae="pacs-a", slave="pacs-b", key_ids=["k1", "k2"], bits=512)
+    head = log.record("link_up", peer="hospital-b")
+
+    lines = _lines(log_path)
+    first, second = (json.loads(line) for line in lines)
+    assert list(first) == ["ts", "seq", "event", "facility", "sae", "slave", "key_ids", "bits", "prev"]
+    assert first["ts"] == "2025-03-01T12:00:00.000000Z"
+    assert second["ts"] == "2025-03-01T12:00:01.000000Z"
+    assert (first["seq"], second["seq"]) == (1, 2)
+    assert first["facility"] == "hospital-a" and first["key_ids"] == ["k1", "k2"]
+    assert first["prev"] == GENESIS
+    assert second["prev"] == hashlib.sha256(lines[0]).hexdigest()
+    assert head == AuditHead(seq=2, digest=hashlib.sha256(lines[1]).hexdigest())
+    assert verify(log_path, expected_head=head) == 2
+
+
+def test_file_is_0600_even_if_it_existed_wider(tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh.jsonl"
+    AuditLog.open(fresh, facility="a").close()
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
+
+    existing = tmp_path / "existing.jsonl"
+    existing.write_bytes(b"")
+    existing.chmod(0o644)
+    AuditLog.open(existing, facility="a").close()
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o600
+
+
+def test_each_record_is_fsynced_before_returning(log: AuditLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        # The line must already be in the file when fsync is asked for.
+        synced.append(os.fstat(fd).st_size)
+        real_fsync(fd)
+
+    monkeypatch.setattr(audit_module.os, "fsync", spy)
+    log.record("a")
+    log.record("b")
+    assert len(synced) == 2 and 0 < synced[0] < synced[1] == log.path.stat().st_size
+
+
+def test_reopening_continues_the_chain(log_path: Path) -> None:
+    with AuditLog.open(log_path, facility="hospital-a") as first:
+        first.record("started")
+        first.record("link_up", peer="hospital-b")
+    with AuditLog.open(log_path, facility="hospital-a") as second:
+        assert second.head.seq == 2
+        head = second.record("stopped")
+    assert head.seq == 3
+    assert verify(log_path, expected_head=head) == 3
+
+
+def test_an_edited_line_is_detected(log: AuditLog, log_path: Path) -> None:
+    for sae in ("pacs-a", "ehr-a", "pacs-a"):
+        log.record("keys_delivered", sae=sae, count=1)
+    lines = _lines(log_path)
+    lines[1] = lines[1].replace(b'"ehr-a"', b'"pacs-z"')
+    log_path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(AuditError) as info:
+        verify(log_path)
+    assert info.value.line == 3
+
+
+def test_a_deleted_line_is_detected(log: AuditLog, log_path: Path) -> None:
+    for n in range(3):
+        log.record("tick", n=n)
+    lines = _lines(log_path)
+    log_path.write_bytes(lines[0] + b"\n" + lines[2] + b"\n")
+    with pytest.raises(AuditError, match="seq") as info:
+        verify(log_path)
+    assert info.value.line == 2
+
+
+def test_truncation_is_detected_against_a_kept_head(log: AuditLog, log_path: Path) -> None:
+    log.record("one")
+    head = log.record("two")
+    log_path.write_bytes(_lines(log_path)[0] + b"\n")
+    assert verify(log_path) == 1  # the chain alone cannot see a cut at the end
+    with pytest.raises(AuditError, match="truncated"):
+        verify(log_path, expected_head=head)
+
+
+def test_a_torn_last_line_is_reported(log: AuditLog, log_path: Path) -> None:
+    log.record("one")
+    with log_path.open("ab") as handle:
+        handle.write(b'{"ts":"2025')
+    with pytest.raises(AuditError) as info:
+        verify(log_path)
+    assert info.value.line == 2
+    with pytest.raises(AuditError, match="incomplete"):
+        AuditLog.open(log_path, facility="hospital-a")
+
+
+@pytest.mark.parametrize("name", ["key", "keys", "key_material", "secret", "psk", "preshared_key", "seq"])
+def test_refuses_secret_or_reserved_field_names(log: AuditLog, log_path: Path, name: str) -> None:
+    with pytest.raises(AuditError):
+        log.record("keys_delivered", **{name: "x"})
+    assert log_path.read_bytes() == b""
+    assert log.head.seq == 0
+
+
+def test_refuses_bytes_values_without_echoing_them(log: AuditLog, log_path: Path) -> None:
+    with pytest.raises(AuditError) as info:
+        log.record("keys_delivered", key_id=b"\x13\x37" * 8)
+    assert "1337" not in str(info.value) and "\\x13" not in str(info.value)
+    assert log_path.read_bytes() == b""
+
+
+def test_closed_log_refuses_records(log_path: Path) -> None:
+    opened = AuditLog.open(log_path, facility="a")
+    opened.close()
+    with pytest.raises(AuditError, match="closed"):
+        opened.record("late")
