@@ -54,6 +54,7 @@ class AbortReason(IntEnum):
     AUTH_KEY_EXHAUSTED = 10
     PEER_ABORTED = 11
     TIMEOUT = 12
+    LINK_LOST = 13
 
 
 class RoundAborted(QcoreError):

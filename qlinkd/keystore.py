@@ -377,6 +377,16 @@ class KeyStore:
 
     # ---- the pool
 
+    def pool_identities(self, peer: str) -> list[tuple[int, str, int, int]]:
+        """(round id, owner, first unconsumed byte, bytes left) of every committed round: the identities
+        both ends of a link must agree on. Key material stays out of it."""
+        rows = self._q(
+            "SELECT round_id, owner, start, length(material) FROM rounds"
+            " WHERE peer = ? AND committed = 1 ORDER BY round_id",
+            (peer,),
+        )
+        return [(int(r), str(o), int(st), int(n)) for r, o, st, n in rows]
+
     def pool_bits(self, peer: str, *, owner: str | None = None) -> int:
         row = self._one(
             "SELECT COALESCE(SUM(length(material)), 0) FROM rounds"

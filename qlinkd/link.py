@@ -309,9 +309,15 @@ class LinkConnection:
             if self._accept(Input.NOTICE, now):
                 self._events.append(NoticeAcked(key_id=message.key_id))
         elif isinstance(message, lm.KeyStored):
-            if self._current(round_id) and self._accept(Input.KEY_STORED, now):
-                self._round.peer_stored = True  # type: ignore[union-attr]
-                self._maybe_commit(now)
+            if self._stale(round_id):
+                return
+            if not self._accept(Input.KEY_STORED, now):
+                return
+            if not self._current(round_id):
+                self._violation(f"key confirmation for round {round_id}, not the current one", now)
+                return
+            self._round.peer_stored = True  # type: ignore[union-attr]
+            self._maybe_commit(now)
         elif isinstance(message, Message):
             self._on_distill(round_id, message, now)
         else:
@@ -495,9 +501,9 @@ class LinkConnection:
 
     def _on_distill(self, round_id: int, msg: Message, now: float) -> None:
         rnd = self._round
+        if self._stale(round_id):
+            return
         if rnd is None or round_id != rnd.round_id:
-            if round_id < self._next_round:
-                return  # the tail of a round we already left (an Abort crossing ours, a late reply)
             self._violation(f"{type(msg).__name__} for unknown round {round_id}", now)
             return
         if not self._accept(Input.DISTILL, now):
@@ -557,6 +563,12 @@ class LinkConnection:
         outcome = rnd.session.outcome if rnd.session is not None else None
         self._end_round(AbortReason.NONE, "", now, outcome=outcome)
 
+    def _stale(self, round_id: int) -> bool:
+        """A message for a round this end already left (it crossed our abort): ignored, not a violation."""
+        if self.state is State.EXPECT_HELLO or self._current(round_id):
+            return False
+        return round_id < self._next_round
+
     def _current(self, round_id: int) -> bool:
         return self._round is not None and self._round.round_id == round_id
 
@@ -607,6 +619,14 @@ class LinkConnection:
 
     def _close(self, reason: str) -> None:
         # A pending key stays pending: the next hello settles it (never discard it here).
+        if self._round is not None:
+            rnd = self._round
+            self._end_round(
+                AbortReason.LINK_LOST,
+                reason,
+                rnd.started_at,
+                outcome=rnd.session.outcome if rnd.session is not None else None,
+            )
         self._round = None
         self.state = State.CLOSED
         self._deadline = None

@@ -6,6 +6,8 @@ health, never key material.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -42,6 +44,7 @@ def make_local_app(
         out = []
         for peer_id in links:
             state = store.link_state(peer_id)
+            identities = store.pool_identities(peer_id)
             out.append(
                 {
                     "peer": peer_id,
@@ -53,6 +56,9 @@ def make_local_app(
                     "pending_round": state.pending_round,
                     "next_round": state.next_round,
                     "notices_unacknowledged": len(store.outbox(peer_id)),
+                    "committed_rounds": len(identities),
+                    # Equal at both ends of a healthy link: a one-line check that the pools agree.
+                    "identities_sha256": hashlib.sha256(json.dumps(identities).encode()).hexdigest(),
                     "key_size_bits": rt.config.kme.key_size,
                     "keys_available": store.pool_bits(peer_id, owner=rt.config.id) // rt.config.kme.key_size,
                 }

@@ -1,0 +1,187 @@
+"""Link benchmark: the running daemons end to end, as an operator would see them.
+
+    .venv/bin/python bench/bench_link.py                           # BB84, 5 runs of 20 s
+    .venv/bin/python bench/bench_link.py --protocol e91 --runs 3   # E91 (needs large rounds)
+    .venv/bin/python bench/bench_link.py --runs 1 --seconds 5 --json
+
+Each run writes a fresh loopback deployment (10 km fibre unless --distance-km says otherwise), spawns the
+channel service and both daemons together and measures: startup (spawn -> all three sent READY=1), first
+key (spawn -> facility A's /v1/status shows pool_bits > 0, polled every 10 ms), then, over a window of
+--seconds that starts at the first key, every round facility A (Alice) wrote to its audit log: round
+durations, final key bits, QBER, and the secret key rate the pair sustains (final key bits of the rounds
+established in the window / the window's wall time). Every figure printed is the median over runs.
+
+The deployment's high watermark is set out of reach, so the pool never fills and pauses generation
+inside the window. Timings vary on a shared machine: the channel emulation and both daemons compete for
+the same cores, which is the point (this is the whole link on one host).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import _deploy as d
+
+FIRST_KEY_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunResult:
+    """One run's figures; times in seconds, rates per second of wall time in the window."""
+
+    ready_s: float
+    """Spawn -> all three processes sent READY=1."""
+    first_key_s: float | None
+    """Spawn -> facility A holds key (None: none within the first-key timeout)."""
+    window_s: float
+    """Wall time of the measurement window."""
+    rounds_established: int
+    """Rounds established in the window."""
+    rounds_aborted: int
+    """Rounds aborted in the window."""
+    round_s_median: float
+    """Median duration of the window's rounds (established and aborted)."""
+    round_s_p90: float
+    """90th percentile of the window's round durations."""
+    bits_per_round: float
+    """Median final key bits of the established rounds."""
+    qber: float
+    """Median QBER of the rounds that measured one."""
+    key_rate_bps: float
+    """Final key bits of the window's established rounds / window wall time."""
+    rounds_per_s: float
+    """Rounds ended (established or aborted) per second of wall time."""
+    abort_reasons: dict[str, int] = field(default_factory=dict)
+    """Aborted rounds by reason."""
+
+
+def one_run(protocol: str, pulses: int, seconds: float, distance_km: float) -> RunResult:
+    with d.running(protocol=protocol, pulses_per_round=pulses, distance_km=distance_km) as started:
+        deployment = started.deployment
+
+        def has_key() -> bool:
+            status = d.link_status(deployment, d.A)
+            return status is not None and status["pool_bits"] > 0
+
+        try:
+            d.wait_for(has_key, FIRST_KEY_TIMEOUT_S, "first key")
+            first_key_s: float | None = time.monotonic() - started.spawned_at
+        except TimeoutError:
+            first_key_s = None
+        seen = len(d.read_audit(deployment, d.A))
+        window_start = time.monotonic()
+        time.sleep(seconds)  # the measurement window itself, not a wait for readiness
+        records = d.read_audit(deployment, d.A)[seen:]
+        window = time.monotonic() - window_start
+    rounds = [r for r in records if r.get("event") in ("round_established", "round_aborted")]
+    established = [r for r in rounds if r["event"] == "round_established"]
+    durations = [float(r["duration_s"]) for r in rounds]
+    qbers = [float(r["qber"]) for r in rounds if r.get("qber") is not None]
+    reasons = collections.Counter(r["reason"] for r in rounds if r["event"] == "round_aborted")
+    return RunResult(
+        ready_s=started.ready_s,
+        first_key_s=first_key_s,
+        window_s=window,
+        rounds_established=len(established),
+        rounds_aborted=len(rounds) - len(established),
+        round_s_median=d.median(durations),
+        round_s_p90=d.percentile(durations, 0.9),
+        bits_per_round=d.median([float(r["final_key_bits"]) for r in established]),
+        qber=d.median(qbers),
+        key_rate_bps=sum(int(r["final_key_bits"]) for r in established) / window,
+        rounds_per_s=len(rounds) / window,
+        abort_reasons=dict(reasons),
+    )
+
+
+_COLUMNS = (
+    ("ready_s", "ready s", "{:.2f}"),
+    ("first_key_s", "1st key s", "{:.2f}"),
+    ("round_s_median", "round s", "{:.3f}"),
+    ("round_s_p90", "p90 s", "{:.3f}"),
+    ("bits_per_round", "bits/round", "{:,.0f}"),
+    ("qber", "QBER", "{:.4f}"),
+    ("key_rate_bps", "key bit/s", "{:,.0f}"),
+    ("rounds_per_s", "rounds/s", "{:.2f}"),
+    ("rounds_established", "estab", "{:d}"),
+    ("rounds_aborted", "abort", "{:d}"),
+)
+
+
+def _cell(value: object, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if fmt == "{:d}":
+        return fmt.format(round(float(value)))  # type: ignore[arg-type]
+    return fmt.format(value)
+
+
+def medians(runs: list[RunResult]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for name, _, _ in _COLUMNS:
+        values = [getattr(r, name) for r in runs if getattr(r, name) is not None]
+        values = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
+        out[name] = d.median([float(v) for v in values]) if values else None
+    return out
+
+
+def print_table(protocol: str, pulses: int, seconds: float, runs: list[RunResult]) -> None:
+    print(f"link benchmark: {protocol}, {pulses:,} pulses per round, {seconds:g} s window, {len(runs)} runs")
+    widths = [max(len(title), 10) for _, title, _ in _COLUMNS]
+    print("run    " + "  ".join(f"{t:>{w}}" for (_, t, _), w in zip(_COLUMNS, widths, strict=True)))
+    for i, run in enumerate(runs, start=1):
+        cells = [_cell(getattr(run, n), f) for n, _, f in _COLUMNS]
+        print(f"{i:<5}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
+    mid = medians(runs)
+    cells = [_cell(mid[n], f) for n, _, f in _COLUMNS]
+    print("median " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
+    reasons: collections.Counter[str] = collections.Counter()
+    for run in runs:
+        reasons.update(run.abort_reasons)
+    if reasons:
+        print("aborts by reason (all runs): " + ", ".join(f"{k} {v}" for k, v in reasons.most_common()))
+    missing = sum(r.first_key_s is None for r in runs)
+    if missing:
+        print(f"{missing}/{len(runs)} runs established no key within {FIRST_KEY_TIMEOUT_S:g} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=5, help="fresh deployments to measure (median)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measurement window per run")
+    parser.add_argument("--pulses", type=int, default=700_000, help="pulses (E91: pairs) per round")
+    parser.add_argument("--protocol", choices=("bb84", "e91"), default="bb84")
+    parser.add_argument("--distance-km", type=float, default=10.0, help="fibre length")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    args = parser.parse_args(argv)
+    runs = []
+    for i in range(args.runs):
+        runs.append(one_run(args.protocol, args.pulses, args.seconds, args.distance_km))
+        if not args.json:
+            print(f"run {i + 1}/{args.runs} done", file=sys.stderr)
+    if args.json:
+        body: dict[str, Any] = {
+            "protocol": args.protocol,
+            "pulses_per_round": args.pulses,
+            "window_s": args.seconds,
+            "distance_km": args.distance_km,
+            "median": medians(runs),
+            "runs": [asdict(r) for r in runs],
+        }
+        print(json.dumps(body, indent=2))
+    else:
+        print_table(args.protocol, args.pulses, args.seconds, runs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""`qlink status`: the health of every QKD link of one facility daemon, read from its local API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..daemon_http import ApiError, TargetError, add_local_target, call, local_target
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    add_local_target(parser)
+    parser.add_argument("--json", action="store_true", help="print the daemon's JSON unchanged")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        url = local_target(args)
+    except TargetError as exc:
+        print(f"qlink status: error: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        text, status = call(f"{url}/v1/status")
+        # The key size a pool is counted in lives with the pools; JSON users read /v1/keys themselves.
+        key_sizes = {} if args.json else _key_sizes(call(f"{url}/v1/keys")[1])
+    except ApiError as exc:
+        print(unreachable("qlinkd", exc), file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print(text.rstrip("\n"))
+    else:
+        print(format_status(status, key_sizes))
+    return EXIT_OK
+
+
+def unreachable(what: str, exc: ApiError) -> str:
+    """The one line printed when a daemon cannot be asked."""
+    base = exc.url.split("/v1/", 1)[0]
+    if exc.status is None:
+        return f"qlink: cannot reach {what} at {base}: {exc.reason}"
+    return f"qlink: {what} at {base} refused the request: {exc.reason}"
+
+
+def _key_sizes(keys: Any) -> dict[str, int]:
+    pools = keys.get("pools", []) if isinstance(keys, dict) else []
+    return {p["peer"]: int(p["key_size_bits"]) for p in pools if "peer" in p and "key_size_bits" in p}
+
+
+def _bits(value: Any) -> str:
+    return "-" if value is None else f"{value:,} bits"
+
+
+def _percent(value: Any) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def format_last_round(r: dict[str, Any] | None) -> str:
+    """One line for the last round of a link: outcome, QBER, CHSH, key bits and duration."""
+    if not r:
+        return "none yet"
+    outcome = "established" if r.get("established") else f"ABORTED ({r.get('reason')})"
+    chsh = r.get("chsh_s")
+    parts = [
+        f"QBER {_percent(r.get('qber'))} (upper bound {_percent(r.get('qber_upper'))})",
+        *([f"CHSH {chsh:.3f}"] if chsh is not None else []),
+        f"{r.get('final_key_bits', 0):,} key bits",
+        f"{r.get('duration_s', 0.0):.3f} s",
+    ]
+    return f"#{r.get('round')} {outcome}: " + ", ".join(parts)
+
+
+def format_link(link: dict[str, Any], key_size: int | None) -> list[str]:
+    pool = link.get("pool_bits")
+    in_keys = f" = {pool // key_size:,} keys of {key_size} bits" if key_size and pool is not None else ""
+    peer_state = "peer connected" if link.get("connected") else "peer NOT connected"
+    channel_state = "channel connected" if link.get("channel_connected") else "channel NOT connected"
+    rounds = link.get("rounds", {})
+    last = link.get("last_round")
+    rows = [
+        ("role", f"{link.get('role')} ({link.get('protocol')})"),
+        ("state", f"{link.get('state')}; {peer_state}, {channel_state}"),
+        (
+            "pool",
+            f"{_bits(pool)}{in_keys} (watermarks {link.get('low_watermark_bits', 0):,}"
+            f"..{link.get('high_watermark_bits', 0):,})",
+        ),
+        ("auth reserve", _bits(link.get("auth_reserve_bits"))),
+        ("rounds", f"{rounds.get('established', 0):,} established, {rounds.get('aborted', 0):,} aborted"),
+        ("last round", format_last_round(last)),
+    ]
+    if last and not last.get("established") and last.get("detail"):
+        rows.append(("", last["detail"]))
+    if link.get("alarm"):
+        rows.append(
+            (
+                "ALARM",
+                f"{link['alarm']}: eavesdropping or tampering suspected; cleared by the next established round",
+            )
+        )
+    rows.append(
+        (
+            "starvation",
+            "STARVED: authentication key exhausted, key generation halted"
+            if link.get("auth_starved")
+            else "no",
+        )
+    )
+    return [f"link {link.get('peer')}"] + [f"  {k:<14}{v}" for k, v in rows]
+
+
+def format_status(status: dict[str, Any], key_sizes: dict[str, int] | None = None) -> str:
+    """The human view of GET /v1/status: a header line, then one block per link."""
+    key_sizes = key_sizes or {}
+    saes = ", ".join(status.get("saes", [])) or "none"
+    lines = [f"facility {status.get('facility')}, up {status.get('uptime_s', 0):.0f} s, SAEs: {saes}"]
+    links = status.get("links", [])
+    if not links:
+        lines.append("no links configured")
+    for link in links:
+        lines.append("")
+        lines.extend(format_link(link, key_sizes.get(link.get("peer", ""))))
+    return "\n".join(lines)

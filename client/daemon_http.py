@@ -1,0 +1,141 @@
+"""JSON over plain HTTP to the daemons' loopback APIs (qlinkd's local API, the channel service's admin API),
+and where to find them: a URL given on the command line or the address a configuration file names.
+
+Standard library only, so that importing a command module for `qlink --help` stays fast; the configuration
+loaders (which import numpy through qcore) are imported when a configuration is actually read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+TIMEOUT_S = 5.0
+"""Long enough for a daemon busy distilling, short enough that a hung one is reported promptly."""
+
+# Never route a loopback API through an http_proxy from the environment: the request would leave the host.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class ApiError(Exception):
+    """A call that did not return a JSON answer. `status` is the HTTP status when the server answered with
+    an error, None when it could not be reached or its answer was not JSON."""
+
+    def __init__(self, url: str, reason: str, *, status: int | None = None) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url = url
+        self.reason = reason
+        self.status = status
+
+
+class TargetError(Exception):
+    """Where to send the request cannot be worked out: a malformed URL or an unusable configuration file.
+    `message` is one line for the user."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def base_url(text: str) -> str:
+    """Normalise "http://host:port[/]" to "http://host:port"; anything else raises TargetError."""
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise TargetError(f"--url {text!r}: {exc}") from None
+    if parts.scheme != "http" or not parts.hostname or port is None:
+        raise TargetError(f"--url must look like http://127.0.0.1:PORT, got {text!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+        raise TargetError(f"--url takes only scheme, host and port, got {text!r}")
+    return f"http://{parts.netloc}"
+
+
+CONFIG_ENV = "QLINK_CONFIG"
+"""Environment variable naming the facility configuration when neither --config nor --url is given."""
+
+
+def add_local_target(parser: argparse.ArgumentParser) -> None:
+    """--config FILE | --url URL: which facility daemon to ask."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--config", type=Path, metavar="FILE", help=f"facility configuration (default: ${CONFIG_ENV})"
+    )
+    group.add_argument("--url", metavar="URL", help="local API of the daemon, http://127.0.0.1:PORT")
+
+
+def local_target(args: argparse.Namespace) -> str:
+    """The local-API URL chosen by add_local_target's flags, else by $QLINK_CONFIG. Raises TargetError."""
+    if args.url is not None:
+        return base_url(args.url)
+    path = args.config or os.environ.get(CONFIG_ENV)
+    if not path:
+        raise TargetError(f"say which daemon: --config FILE, --url URL or ${CONFIG_ENV}")
+    return local_url_from_config(Path(path))
+
+
+def local_url_from_config(path: Path) -> str:
+    """The local-API URL of the facility whose configuration is `path` (its [listen] local)."""
+    from qlinkmed.qlinkd.config import ConfigError, load_facility_config
+
+    try:
+        config = load_facility_config(path)
+    except ConfigError as exc:
+        raise TargetError(f"config error: {exc.field}: {exc.message}") from None
+    return f"http://{config.listen.local}"
+
+
+def admin_url_from_config(path: Path) -> str:
+    """The admin-API URL of the channel service whose configuration is `path` (its [channel] admin)."""
+    from qlinkmed.qlinkd.config import ConfigError, load_channel_config
+
+    try:
+        config = load_channel_config(path)
+    except ConfigError as exc:
+        raise TargetError(f"config error: {exc.field}: {exc.message}") from None
+    return f"http://{config.admin}"
+
+
+def call(url: str, *, method: str = "GET", body: dict[str, Any] | None = None) -> tuple[str, Any]:
+    """Send one request and return (the body as received, the parsed JSON). Raises ApiError."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with _OPENER.open(request, timeout=TIMEOUT_S) as response:
+            text = response.read().decode("utf-8", errors="replace")
+    except urllib.error.HTTPError as exc:
+        raise ApiError(url, _error_message(exc), status=exc.code) from None
+    except urllib.error.URLError as exc:
+        raise ApiError(url, _reason(exc.reason)) from None
+    except (http.client.HTTPException, OSError) as exc:
+        raise ApiError(url, _reason(exc)) from None
+    try:
+        return text, json.loads(text)
+    except ValueError:
+        raise ApiError(url, "the answer is not JSON") from None
+
+
+def _reason(exc: object) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {TIMEOUT_S:g} s"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _error_message(exc: urllib.error.HTTPError) -> str:
+    # The daemons answer errors as {"message": ...}; show that rather than the bare status line.
+    try:
+        message = json.loads(exc.read().decode("utf-8", errors="replace")).get("message")
+    except (ValueError, AttributeError, OSError):
+        message = None
+    return f"HTTP {exc.code}: {message or exc.reason}"

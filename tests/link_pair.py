@@ -1,0 +1,174 @@
+"""An in-memory pair of link machines for the sans-IO tests: two ``LinkConnection``s, their real durable
+stores, and the real channel broker between them. Frames cross as bytes through the wire codec; a tap
+can drop, alter, duplicate or hold back any of them. The adapter duties (act on events before sending)
+are done here the way ``peer_link.py`` does them, without sockets or clocks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qlinkmed.qcore.backends import get_backend
+from qlinkmed.qcore.channel import Eavesdropper
+from qlinkmed.qcore.theory import ChannelModel
+from qlinkmed.qlinkd import link as lk
+from qlinkmed.qlinkd.channel_broker import ChannelBroker, Job, LinkKey, run
+from qlinkmed.qlinkd.errors import FrameError
+from qlinkmed.qlinkd.keystore import KeyStore
+from qlinkmed.qlinkd.wire import decode_frame, encode_frame
+
+PSK = bytes(range(256)) * 16
+PULSES = 700_000
+MODEL = ChannelModel(distance_km=10.0)
+
+Tap = Callable[[str, int, object, bytes], list[bytes]]
+"""(sender, round, message, frame bytes) -> the frames that actually arrive (none, one, several)."""
+
+
+def passthrough(sender: str, round_id: int, message: object, data: bytes) -> list[bytes]:
+    return [data]
+
+
+@dataclass
+class End:
+    name: str
+    peer: str
+    store: KeyStore
+    link: lk.LinkConnection
+    events: list[lk.Event] = field(default_factory=list)
+    inbox: list[bytes] = field(default_factory=list)
+
+
+class LinkPair:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        seed: int = 7,
+        pulses: int = PULSES,
+        stores: tuple[KeyStore, KeyStore] | None = None,
+        eve: Eavesdropper | None = None,
+    ) -> None:
+        self.root = root
+        self.pulses = pulses
+        self.rng = np.random.default_rng(seed)
+        self.broker = ChannelBroker(model=MODEL, backend=get_backend("numpy"), eve=eve or Eavesdropper())
+        self.now = 0.0
+        self.tap: Tap = passthrough
+        names = ("hospital-a", "hospital-b")
+        if stores is None:
+            stores = tuple(KeyStore.open(root / f"{n}.sqlite3") for n in names)  # type: ignore[assignment]
+            for store, peer in zip(stores, reversed(names), strict=True):  # type: ignore[arg-type]
+                store.init_auth(peer, PSK)
+        self.a = self._end(names[0], names[1], stores[0])  # type: ignore[index]
+        self.b = self._end(names[1], names[0], stores[1])  # type: ignore[index]
+
+    def _end(self, name: str, peer: str, store: KeyStore) -> End:
+        config = lk.LinkConfig(facility=name, peer=peer, pulses_per_round=self.pulses, round_timeout_s=5.0)
+        link = lk.LinkConnection(
+            config,
+            local=store.link_state(peer),
+            auth=store.auth_store(peer),
+            rng=np.random.default_rng(self.rng.integers(2**63)),
+        )
+        return End(name=name, peer=peer, store=store, link=link)
+
+    def ends(self) -> tuple[End, End]:
+        return self.a, self.b
+
+    def other(self, end: End) -> End:
+        return self.b if end is self.a else self.a
+
+    # ---- the adapter's duties ------------------------------------------------------------------------
+    def _events(self, end: End) -> None:
+        link, store, peer = end.link, end.store, end.peer
+        while (event := link.next_event()) is not None:
+            end.events.append(event)
+            match event:
+                case lk.HelloReceived(remote=remote):
+                    result = store.reconcile(peer, remote)
+                    if remote.auth_position > store.link_state(peer).auth_position:
+                        store.advance_auth(peer, remote.auth_position)
+                    link.hello_done(next_round=result.next_round, auth=store.auth_store(peer))
+                case lk.RoundStarted(round_id=r):
+                    store.note_round_started(peer, r)
+                case lk.AuthAdvanced(position=p):
+                    store.advance_auth(peer, p)
+                case lk.StorePending(round_id=r, owner=o, key=k, auth_refill=refill):
+                    store.store_pending(peer, r, owner=o, key=k, auth_refill=refill)
+                    link.stored(r, self.now)
+                case lk.CommitRound(round_id=r):
+                    store.commit(peer, r)
+                    link.replace_auth(store.auth_store(peer))
+                case lk.DiscardRound(round_id=r):
+                    store.discard_pending(peer, r)
+                case lk.NoticeReceived(notice=n):
+                    store.accept_notice(peer, n)
+                case lk.NoticeAcked(key_id=k):
+                    store.ack_notice(peer, k)
+
+    def _outgoing(self, end: End) -> bool:
+        moved = False
+        self._events(end)
+        target = self.other(end)
+        for round_id, message in end.link.frames_to_send():
+            data = encode_frame(message, round_id)
+            target.inbox.extend(self.tap(end.name, round_id, message, data))
+            moved = True
+        for request in end.link.channel_requests():
+            role = "alice" if end.link.role is lk.Role.ALICE else "bob"
+            outcome = self.broker.submit(
+                LinkKey(alice="hospital-a", bob="hospital-b"), "bb84", role, request.round_id, request.message
+            )
+            if isinstance(outcome, Job):
+                result = run(outcome, model=MODEL, backend=self.broker.backend, rng=self.rng)
+                self.a.link.channel_result(outcome.round_id, result.alice, self.now)
+                self.b.link.channel_result(outcome.round_id, result.bob, self.now)
+            elif outcome is not None:
+                end.link.channel_result(request.round_id, outcome, self.now)
+            moved = True
+        return moved
+
+    def deliver_one(self, end: End) -> bool:
+        if not end.inbox:
+            return False
+        try:
+            round_id, message = decode_frame(end.inbox.pop(0))
+        except FrameError as exc:
+            end.link.close(f"malformed frame: {exc}")  # what the daemon does with an undecodable frame
+            return True
+        end.link.receive(round_id, message, self.now)
+        return True
+
+    def settle(self, limit: int = 10_000) -> None:
+        """Exchange until nothing moves."""
+        for _ in range(limit):
+            moved = self._outgoing(self.a) | self._outgoing(self.b)
+            moved |= self.deliver_one(self.a) | self.deliver_one(self.b)
+            if not moved:
+                self._events(self.a)
+                self._events(self.b)
+                return
+        raise AssertionError("the pair never settled")
+
+    def connect(self) -> None:
+        for end in self.ends():
+            end.link.start(self.now)
+        self.settle()
+
+    def run_round(self) -> int:
+        round_id = self.a.link.begin_round(self.now)
+        self.settle()
+        return round_id
+
+    def expire(self, seconds: float = 60.0) -> None:
+        self.now += seconds
+        for end in self.ends():
+            end.link.handle_timer(self.now)
+        self.settle()
+
+    def ended(self, end: End) -> list[lk.RoundEnded]:
+        return [e for e in end.events if isinstance(e, lk.RoundEnded)]

@@ -1,0 +1,208 @@
+"""Two facility daemons and the channel service as real processes on loopback: keys through the ETSI GS
+QKD 014 API (called with httpx, an HTTP client independent of the daemon), and a man in the middle
+holding stolen TLS certificates who alters one classical message (the privacy-amplification seed):
+Wegman-Carter authentication catches it and no key from that round reaches either pool."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import ClientSession, WSMsgType, web
+
+from qlinkmed.qcore import messages as qm
+from qlinkmed.qlinkd import pki
+from qlinkmed.qlinkd.deployment import Deployment, free_ports, write_loopback_deployment
+from qlinkmed.qlinkd.launcher import ProcessGroup
+from qlinkmed.qlinkd.wire import MAX_FRAME_BYTES, decode_frame, encode_frame
+
+A, B = "hospital-a", "hospital-b"
+PULSES = 700_000
+
+
+def _get(url: str) -> dict[str, Any]:
+    return httpx.get(url, timeout=5.0).json()
+
+
+def _wait_for(predicate: Any, what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _pool(deployment: Deployment, facility: str) -> dict[str, Any]:
+    return _get(deployment.local_url(facility) + "/v1/keys")["pools"][0]
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    deployment = write_loopback_deployment(tmp_path_factory.mktemp("e2e"), pulses_per_round=PULSES)
+    with ProcessGroup(deployment) as group:
+        group.start_all()
+        _wait_for(lambda: _pool(deployment, A)["owned_bits"] >= 4096, "key in A's pool")
+        yield deployment
+
+
+def _sae(deployment: Deployment, name: str, facility: str) -> httpx.Client:
+    cert, key = deployment.pki(name)
+    context = ssl.create_default_context(cafile=str(deployment.root / "pki" / "ca.pem"))
+    context.load_cert_chain(cert, key)
+    return httpx.Client(base_url=deployment.kme_url(facility), verify=context, timeout=10.0)
+
+
+def test_status_reports_the_link_and_its_measurements(running: Deployment) -> None:
+    status = _get(running.local_url(A) + "/v1/status")
+    (link,) = status["links"]
+    assert link["peer"] == B and link["role"] == "alice" and link["connected"]
+    last = link["last_round"]
+    assert last["established"] and last["final_key_bits"] >= 512
+    assert 0.0 < last["qber"] < 0.11
+    metrics = httpx.get(running.local_url(A) + "/metrics").text
+    assert 'qlink_rounds_total{outcome="established",peer="hospital-b"}' in metrics
+    assert 'qlink_eavesdropper_alarm{peer="hospital-b"} 0.0' in metrics
+
+
+def test_etsi_keys_reach_master_and_slave_once(running: Deployment) -> None:
+    master = _sae(running, f"pacs-{A}", A)
+    slave = _sae(running, f"pacs-{B}", B)
+    other_slave = _sae(running, f"ehr-{B}", B)
+    status = master.get(f"/api/v1/keys/pacs-{B}/status").json()
+    assert status["source_KME_ID"] == A and status["target_KME_ID"] == B
+    assert status["master_SAE_ID"] == f"pacs-{A}" and status["stored_key_count"] >= 1
+
+    got = master.post(f"/api/v1/keys/pacs-{B}/enc_keys", json={"number": 2, "size": 256})
+    assert got.status_code == 200, got.text
+    keys = got.json()["keys"]
+    assert len(keys) == 2 and keys[0]["key"] != keys[1]["key"]
+    ids = [{"key_ID": k["key_ID"]} for k in keys]
+    # Only the slave the keys were made for may fetch them; a refusal consumes nothing.
+    assert other_slave.post(f"/api/v1/keys/pacs-{A}/dec_keys", json={"key_IDs": ids}).status_code == 401
+    fetched = slave.post(f"/api/v1/keys/pacs-{A}/dec_keys", json={"key_IDs": ids})
+    assert fetched.status_code == 200, fetched.text
+    assert {k["key_ID"]: k["key"] for k in fetched.json()["keys"]} == {k["key_ID"]: k["key"] for k in keys}
+    again = slave.post(f"/api/v1/keys/pacs-{A}/dec_keys", json={"key_IDs": ids})
+    assert again.status_code == 400
+    assert again.json()["message"] == "one or more keys specified are not found on KME"
+
+
+def test_etsi_error_cases_on_the_running_daemon(running: Deployment) -> None:
+    master = _sae(running, f"pacs-{A}", A)
+    bad_size = master.post(f"/api/v1/keys/pacs-{B}/enc_keys", json={"number": 1, "size": 100})
+    assert bad_size.status_code == 400 and bad_size.json()["message"] == "size shall be a multiple of 8"
+    ext = master.post(f"/api/v1/keys/pacs-{B}/enc_keys", json={"extension_mandatory": [{"x": 1}]})
+    assert ext.status_code == 400
+    assert ext.json()["message"] == "not all extension_mandatory parameters are supported"
+    too_many = master.post(f"/api/v1/keys/pacs-{B}/enc_keys", json={"number": 128, "size": 4096})
+    assert too_many.status_code == 503
+    stranger = _sae(running, "channel", A)  # a valid certificate of the CA, but no SAE of this KME
+    assert stranger.get(f"/api/v1/keys/pacs-{B}/status").status_code == 401
+
+
+def test_both_pools_hold_the_same_key_identities(running: Deployment) -> None:
+    def agree() -> bool:
+        a, b = _pool(running, A), _pool(running, B)
+        return a["identities_sha256"] == b["identities_sha256"] and a["committed_rounds"] > 0
+
+    _wait_for(agree, "equal pool identities at both ends")
+
+
+# ---- a man in the middle with stolen certificates ----------------------------------------------------
+class TamperingProxy:
+    """Relays Alice's link to Bob, presenting Bob's certificate to Alice and Alice's to Bob (the TLS layer
+    is fully compromised), and flips one bit of the privacy-amplification seed from round `target` on."""
+
+    def __init__(self, deployment: Deployment, bob_port: int, target: int) -> None:
+        self.deployment = deployment
+        self.bob_port = bob_port
+        self.target = target
+        self.tampered_round: int | None = None
+
+    def _context(self, name: str, server: bool) -> ssl.SSLContext:
+        cert, key = self.deployment.pki(name)
+        ca = self.deployment.root / "pki" / "ca.pem"
+        return pki.server_context(ca, cert, key) if server else pki.client_context(ca, cert, key)
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        inbound = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES)
+        await inbound.prepare(request)
+        async with ClientSession() as http:
+            outbound = await http.ws_connect(
+                f"wss://127.0.0.1:{self.bob_port}/v1/link",
+                ssl=self._context(A, server=False),
+                max_msg_size=MAX_FRAME_BYTES,
+            )
+
+            async def pump(source: Any, sink: Any, edit: bool) -> None:
+                async for msg in source:
+                    if msg.type is not WSMsgType.BINARY:
+                        break
+                    data = msg.data
+                    if edit and self.tampered_round is None:
+                        round_id, message = decode_frame(data)
+                        if round_id >= self.target and isinstance(message, qm.Amplify):
+                            # Nothing in reconciliation would notice: Bob would simply hash to another key.
+                            # Only the Wegman-Carter tag over the transcript stands in the way.
+                            seed = message.seed.copy()
+                            seed[0] ^= 1
+                            data = encode_frame(qm.Amplify(seed=seed, length=message.length), round_id)
+                            self.tampered_round = round_id
+                    await sink.send_bytes(data)
+                await sink.close()
+
+            await asyncio.gather(pump(inbound, outbound, True), pump(outbound, inbound, False))
+        return inbound
+
+
+@pytest.mark.asyncio
+async def test_man_in_the_middle_edit_aborts_the_round_and_no_key_is_kept(tmp_path: Path) -> None:
+    deployment = write_loopback_deployment(tmp_path, pulses_per_round=PULSES)
+    (proxy_port,) = free_ports(1)
+    config = deployment.facilities[A]
+    bob_port = deployment.ports[f"{B}.classical"]
+    config.write_text(
+        config.read_text().replace(f'address = "127.0.0.1:{bob_port}"', f'address = "127.0.0.1:{proxy_port}"')
+    )
+    proxy = TamperingProxy(deployment, bob_port, target=3)
+    app = web.Application()
+    app.router.add_get("/v1/link", proxy.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", proxy_port, ssl_context=proxy._context(B, server=True)).start()
+    try:
+        with ProcessGroup(deployment) as group:
+            await asyncio.to_thread(group.start_all)
+
+            def rounds_after_tamper() -> bool:
+                audit = _audit(deployment, A)
+                return proxy.tampered_round is not None and any(
+                    r["event"] == "round_established" and r["round"] > proxy.tampered_round for r in audit
+                )
+
+            await asyncio.to_thread(_wait_for, rounds_after_tamper, "a round after the tampered one", 60.0)
+            pools = [await asyncio.to_thread(_pool, deployment, f) for f in (A, B)]
+    finally:
+        await runner.cleanup()
+    tampered = proxy.tampered_round
+    for facility in (A, B):
+        records = [r for r in _audit(deployment, facility) if r.get("round") == tampered]
+        assert records and all(r["event"] == "round_aborted" for r in records), records
+        assert records[0]["reason"] == "authentication_failed"
+    # The rounds around it kept flowing, and both ends hold exactly the same rounds.
+    assert pools[0]["identities_sha256"] == pools[1]["identities_sha256"]
+    assert pools[0]["committed_rounds"] >= 2
+
+
+def _audit(deployment: Deployment, facility: str) -> list[dict[str, Any]]:
+    path = deployment.root / "state" / facility / "audit.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,340 @@
+"""The link machine, sans IO: rounds, key confirmation, crash recovery by hello, and every way a peer or a
+man in the middle can break a round (each must end it with no key in either pool)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qlinkmed.qcore import messages as qm
+from qlinkmed.qcore.channel import Eavesdropper, EveKind
+from qlinkmed.qcore.errors import AbortReason
+from qlinkmed.qlinkd import link as lk
+from qlinkmed.qlinkd import messages as lm
+from qlinkmed.qlinkd.keystore import KeyStore
+from qlinkmed.qlinkd.wire import encode_frame
+
+from .link_pair import LinkPair
+
+
+def _pool(store: KeyStore, peer: str) -> tuple[int, int, int]:
+    state = store.link_state(peer)
+    return store.pool_bits(peer), state.last_committed, state.pending_round
+
+
+def _keys_equal(pair: LinkPair) -> bool:
+    a, b = pair.a, pair.b
+    return a.store.pool_bits(a.peer, owner=a.name) == b.store.pool_bits(
+        b.peer, owner=a.name
+    ) and a.store.pool_bits(a.peer, owner=b.name) == b.store.pool_bits(b.peer, owner=b.name)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> LinkPair:
+    p = LinkPair(tmp_path)
+    p.connect()
+    return p
+
+
+def test_hello_brings_both_ends_to_idle(pair: LinkPair) -> None:
+    assert pair.a.link.state is lk.State.IDLE and pair.b.link.state is lk.State.IDLE
+    assert pair.a.link.role is lk.Role.ALICE and pair.b.link.role is lk.Role.BOB
+
+
+def test_round_commits_identical_key_at_both_ends(pair: LinkPair) -> None:
+    round_id = pair.run_round()
+    for end in pair.ends():
+        (ended,) = pair.ended(end)
+        assert ended.established and ended.round_id == round_id
+        assert end.store.link_state(end.peer).last_committed == round_id
+        assert end.store.link_state(end.peer).pending_round == 0
+    assert pair.a.store.pool_bits(pair.a.peer) >= 512
+    # The first round's key belongs to Alice (odd rounds): she can hand it out, Bob mirrors it.
+    assert pair.a.store.pool_bits(pair.a.peer, owner="hospital-a") == pair.a.store.pool_bits(pair.a.peer)
+    assert _keys_equal(pair)
+    # Both ends carve the same bytes: Alice hands out a key, Bob accepts the notice and yields equal bytes.
+    (key,) = pair.a.store.take_keys(
+        pair.a.peer, owner="hospital-a", number=1, size_bits=256, master_sae="m", slave_sae="s"
+    )
+    (notice,) = pair.a.store.outbox(pair.a.peer)
+    pair.b.store.accept_notice(pair.b.peer, notice)
+    (mirror,) = pair.b.store.fetch_keys(pair.b.peer, [key.key_id], master_sae="m", slave_sae="s")
+    assert mirror.material == key.material
+
+
+def test_rounds_alternate_ownership_and_refill_authentication(pair: LinkPair) -> None:
+    reserve = pair.a.store.auth_reserve_bits(pair.a.peer)
+    first, second = pair.run_round(), pair.run_round()
+    assert second == first + 1
+    assert pair.a.store.pool_bits(pair.a.peer, owner="hospital-b") > 0
+    assert pair.a.store.auth_reserve_bits(pair.a.peer) == reserve  # each round paid back what it used
+    assert (
+        pair.a.store.link_state(pair.a.peer).auth_position
+        == pair.b.store.link_state(pair.b.peer).auth_position
+    )
+
+
+@pytest.mark.parametrize("kind", [EveKind.INTERCEPT_RESEND])
+def test_eavesdropper_aborts_at_both_ends_and_no_key_enters_the_pool(tmp_path: Path, kind: EveKind) -> None:
+    pair = LinkPair(tmp_path, eve=Eavesdropper(kind=kind, fraction=1.0))
+    pair.connect()
+    pair.run_round()
+    for end in pair.ends():
+        (ended,) = pair.ended(end)
+        assert ended.reason is AbortReason.QBER_ABOVE_THRESHOLD
+        assert end.store.pool_bits(end.peer) == 0 and _pool(end.store, end.peer)[2] == 0
+    assert pair.ended(pair.a)[0].by_peer  # Bob measured it, Alice reports his cause
+    # Detached: the next round establishes again.
+    pair.broker.eve = Eavesdropper()
+    pair.run_round()
+    assert pair.ended(pair.a)[-1].established and pair.a.store.pool_bits(pair.a.peer) > 0
+
+
+def _flip_first(message: object) -> object:
+    """The message with one bit of its first array field flipped: a man in the middle's edit."""
+    for name, _ in message.layout():  # type: ignore[attr-defined]
+        value = getattr(message, name)
+        if isinstance(value, np.ndarray) and value.size:
+            changed = value.copy()
+            changed[0] ^= 1
+            return dataclasses.replace(message, **{name: changed})  # type: ignore[type-var]
+        if isinstance(value, bytes) and value:
+            return dataclasses.replace(message, **{name: bytes([value[0] ^ 1]) + value[1:]})  # type: ignore[type-var]
+    raise AssertionError(f"nothing to flip in {type(message).__name__}")
+
+
+def _attack(kind: str, victim_type: type, sender: str):
+    state = {"done": False, "held": None}
+
+    def tap(who: str, round_id: int, message: object, data: bytes) -> list[bytes]:
+        if who != sender or (state["done"] and state["held"] is None):
+            return [data]
+        if state["held"] is not None:  # reorder: release the held frame after this one
+            held, state["held"] = state["held"], None
+            return [data, held]
+        if not isinstance(message, victim_type):
+            return [data]
+        state["done"] = True
+        if kind == "drop":
+            return []
+        if kind == "replay":
+            return [data, data]
+        if kind == "reorder":
+            state["held"] = data
+            return []
+        return [encode_frame(_flip_first(message), round_id)]
+
+    return tap
+
+
+@pytest.mark.parametrize(
+    ("kind", "victim", "sender"),
+    [
+        ("modify", qm.ParityReply, "hospital-a"),
+        ("modify", qm.Estimate, "hospital-b"),
+        ("modify", qm.AuthTag, "hospital-a"),
+        ("replay", qm.ParityRequest, "hospital-b"),
+        ("replay", qm.ParityReply, "hospital-a"),
+        ("reorder", qm.ParityRequest, "hospital-b"),
+        ("reorder", qm.Estimate, "hospital-b"),
+        ("drop", qm.ParityReply, "hospital-a"),
+        ("drop", qm.Verify, "hospital-b"),
+    ],
+)
+def test_classical_tampering_aborts_the_round_with_no_key(
+    pair: LinkPair, kind: str, victim: type, sender: str
+) -> None:
+    pair.tap = _attack(kind, victim, sender)
+    pair.run_round()
+    if kind == "drop" or any(not pair.ended(e) for e in pair.ends()):
+        pair.expire()
+    for end in pair.ends():
+        ended = pair.ended(end)
+        assert ended and not ended[-1].established, (end.name, ended)
+        assert end.store.pool_bits(end.peer) == 0
+        assert end.store.link_state(end.peer).last_committed == 0
+        assert end.store.link_state(end.peer).pending_round == 0 or end.link.state is lk.State.CLOSED
+    # Whatever happened, the link recovers: a new connection settles any pending round, then keys flow.
+    fresh = LinkPair(pair.root, stores=(pair.a.store, pair.b.store))
+    fresh.connect()
+    fresh.run_round()
+    assert fresh.ended(fresh.a)[-1].established
+    assert _keys_equal(fresh)
+
+
+def test_modified_sifting_is_caught_by_authentication(pair: LinkPair) -> None:
+    pair.tap = _attack("modify", qm.Sifting, "hospital-a")
+    pair.run_round()
+    reasons = {pair.ended(e)[-1].reason for e in pair.ends()}
+    assert reasons & {
+        AbortReason.AUTHENTICATION_FAILED,
+        AbortReason.VERIFICATION_FAILED,
+        AbortReason.PROTOCOL_VIOLATION,
+    }
+    assert all(e.store.pool_bits(e.peer) == 0 for e in pair.ends())
+
+
+def _lose_first(kind: type, sender: str):
+    lost = {"done": False}
+
+    def tap(who: str, round_id: int, message: object, data: bytes) -> list[bytes]:
+        if who == sender and isinstance(message, kind) and not lost["done"]:
+            lost["done"] = True
+            return []
+        return [data]
+
+    return tap
+
+
+@pytest.mark.parametrize("sender", ["hospital-a", "hospital-b"])
+def test_lost_key_confirmation_is_settled_by_the_next_hello(pair: LinkPair, sender: str) -> None:
+    pair.tap = _lose_first(lm.KeyStored, sender)
+    round_id = pair.run_round()
+    states = {e.name: e.store.link_state(e.peer) for e in pair.ends()}
+    # Exactly one end is left with the round pending; the other committed it.
+    assert sorted((s.pending_round, s.last_committed) for s in states.values()) == [
+        (0, round_id),
+        (round_id, 0),
+    ]
+    fresh = LinkPair(pair.root, stores=(pair.a.store, pair.b.store))
+    fresh.connect()
+    for end in fresh.ends():
+        state = end.store.link_state(end.peer)
+        assert (state.last_committed, state.pending_round) == (round_id, 0)
+    assert _keys_equal(fresh) and fresh.a.store.pool_bits(fresh.a.peer) > 0
+
+
+def test_round_stored_at_bob_only_is_discarded_by_the_next_hello(pair: LinkPair) -> None:
+    # Alice "crashes" before she sees Bob's tag: Bob has stored the key, Alice never did.
+    cut = {"on": False}
+
+    def tap(who: str, round_id: int, message: object, data: bytes) -> list[bytes]:
+        if who == "hospital-b" and isinstance(message, qm.AuthTag):
+            cut["on"] = True
+        return [] if cut["on"] and who == "hospital-b" else [data]
+
+    pair.tap = tap
+    pair.run_round()
+    assert pair.b.store.link_state(pair.b.peer).pending_round == 1
+    assert pair.a.store.link_state(pair.a.peer).pending_round == 0
+    fresh = LinkPair(pair.root, stores=(pair.a.store, pair.b.store))
+    fresh.connect()
+    for end in fresh.ends():
+        assert _pool(end.store, end.peer) == (0, 0, 0)
+    assert fresh.run_round() == 2  # round ids never repeat
+
+
+def test_replayed_round_start_is_refused(pair: LinkPair) -> None:
+    pair.run_round()
+    pair.b.link.receive(1, lm.RoundStart(pulses=pair.pulses), pair.now)
+    assert pair.b.link.state is lk.State.IDLE
+    (round_id, abort), *_ = pair.b.link.frames_to_send()
+    assert round_id == 1 and isinstance(abort, qm.Abort)
+    assert abort.reason == AbortReason.PROTOCOL_VIOLATION
+
+
+def test_hello_with_other_parameters_closes_the_link(tmp_path: Path) -> None:
+    pair = LinkPair(tmp_path)
+    bad = lm.Hello(
+        facility="hospital-b",
+        peer="hospital-a",
+        protocol="e91",
+        source="single-photon",
+        pulses_per_round=pair.pulses,
+        next_round=1,
+        last_committed=0,
+        pending_round=0,
+        auth_position=0,
+    )
+    pair.a.link.start(0.0)
+    pair.a.link.receive(0, bad, 0.0)
+    assert pair.a.link.state is lk.State.CLOSED
+    closed = [e for e in iter(pair.a.link.next_event, None) if isinstance(e, lk.LinkClosed)]
+    assert closed and "protocol" in closed[0].reason
+
+
+def test_silent_peer_times_out_and_nothing_is_kept(pair: LinkPair) -> None:
+    pair.tap = lambda who, r, m, d: [] if who == "hospital-b" else [d]
+    pair.run_round()
+    pair.expire()
+    (ended,) = pair.ended(pair.a)
+    assert ended.reason is AbortReason.TIMEOUT
+    assert pair.a.store.pool_bits(pair.a.peer) == 0
+
+
+# ---- the transition table, exhaustively for peer inputs ----------------------------------------------
+def _peer_input(kind: lk.Input, round_id: int) -> tuple[int, object]:
+    if kind is lk.Input.HELLO:
+        return 0, lm.Hello(
+            facility="hospital-a",
+            peer="hospital-b",
+            protocol="bb84",
+            source="single-photon",
+            pulses_per_round=1,
+            next_round=1,
+            last_committed=0,
+            pending_round=0,
+            auth_position=0,
+        )
+    if kind is lk.Input.ROUND_START:
+        return round_id, lm.RoundStart(pulses=7)
+    if kind is lk.Input.DISTILL:
+        return round_id, qm.Estimate(test_bits=np.zeros(3, dtype=np.uint8))
+    if kind is lk.Input.KEY_STORED:
+        return round_id, lm.KeyStored()
+    return 0, lm.NoticeAck(key_id="00000000-0000-4000-8000-000000000000")
+
+
+def _bob_in(state: lk.State, root: Path) -> tuple[LinkPair, int]:
+    pair = LinkPair(root)
+    if state is lk.State.EXPECT_HELLO:
+        pair.b.link.start(0.0)
+        return pair, 1
+    pair.connect()
+    if state is lk.State.IDLE:
+        return pair, pair.b.link.next_round
+    if state is lk.State.AWAIT_CHANNEL:
+        pair.b.link.receive(1, lm.RoundStart(pulses=pair.pulses), 0.0)
+        return pair, 1
+    held = {"on": False}
+
+    def tap(who: str, r: int, message: object, data: bytes) -> list[bytes]:
+        if state is lk.State.DISTILLING and isinstance(message, qm.Sifting):
+            held["on"] = True
+        if state is lk.State.AWAIT_CONFIRMATION and isinstance(message, lm.KeyStored) and who == "hospital-a":
+            held["on"] = True
+        return [] if held["on"] else [data]
+
+    pair.tap = tap
+    pair.run_round()
+    return pair, 1
+
+
+@pytest.mark.parametrize("state", [s for s in lk.State if s is not lk.State.CLOSED])
+@pytest.mark.parametrize(
+    "kind", [lk.Input.HELLO, lk.Input.ROUND_START, lk.Input.DISTILL, lk.Input.KEY_STORED, lk.Input.NOTICE]
+)
+def test_every_peer_input_outside_the_table_ends_the_round(
+    tmp_path: Path, state: lk.State, kind: lk.Input
+) -> None:
+    pair, round_id = _bob_in(state, tmp_path)
+    bob = pair.b.link
+    assert bob.state is state
+    list(iter(bob.next_event, None))
+    round_id, message = _peer_input(kind, round_id)
+    bob.receive(round_id, message, pair.now)
+    events = list(iter(bob.next_event, None))
+    violated = bob.state is lk.State.CLOSED or any(
+        isinstance(e, lk.RoundEnded) and e.reason is AbortReason.PROTOCOL_VIOLATION for e in events
+    )
+    legal = (state, kind) in lk.TRANSITIONS
+    if not legal:
+        assert violated, (state, kind, bob.state, events)
+    elif kind in (lk.Input.NOTICE, lk.Input.KEY_STORED):
+        assert not violated
+    assert bob.state in lk.TRANSITIONS.get((state, kind), frozenset({lk.State.CLOSED, lk.State.IDLE})) | {
+        state
+    }
