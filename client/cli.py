@@ -1,15 +1,22 @@
 """`qlink`: a dispatch table of subcommands, one module each. Heavy imports (numpy, qiskit) happen inside
-the subcommand that needs them, so `qlink --help` stays fast."""
+the subcommand that needs them, so `qlink --help` stays fast. With no arguments `qlink` shows the status of
+the daemon named by $QLINK_CONFIG, or this help when it is not set."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from importlib import import_module
 
 # subcommand -> (module under qlinkmed.client.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "status": ("status", "health of a facility daemon's QKD links"),
+    "keys": ("keys", "key pool levels of a facility daemon (never the keys)"),
+    "eve": ("eve", "attach or detach an eavesdropper on the channel service (test mode)"),
+    "testbed": ("testbed", "write or run a two-facility deployment on loopback"),
+    "ca": ("ca", "demo certificate authority and mutual-TLS certificates"),
     "sim": ("sim", "simulate a BB84 or E91 link, or sweep distance and eavesdropping"),
 }
 
@@ -38,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
+        if os.environ.get("QLINK_CONFIG"):
+            return main(["status"])
         parser.print_help()
         return EXIT_OK
     return int(args.run(args))

@@ -6,11 +6,12 @@ qlink-channel --check-config FILE    validate FILE and exit 0 or 2
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 from . import logsetup
 from .config import ConfigError, check_config, load_channel_config
-from .main import EXIT_USAGE, parser, run_until_signalled
+from .main import EXIT_USAGE, parser, run_until_signalled, watchdog
 from .sdnotify import Notifier
 
 
@@ -30,7 +31,11 @@ def main(argv: list[str] | None = None) -> int:
 
     async def run() -> None:
         try:
-            await serve(config, on_ready=lambda ports: notifier.ready())
+            async with asyncio.TaskGroup() as tg:
+                interval = notifier.watchdog_interval()
+                if interval:
+                    tg.create_task(watchdog(notifier, interval))
+                tg.create_task(serve(config, on_ready=lambda ports: notifier.ready()))
         finally:
             notifier.stopping()
 

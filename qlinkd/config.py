@@ -175,7 +175,7 @@ class PeerConfig:
     """Contents of `preshared_key_path` (>= 512 bytes), read at load; never printed."""
     protocol: ProtocolKind = ProtocolKind.BB84
     """bb84 or e91."""
-    pulses_per_round: int = 400_000
+    pulses_per_round: int = 1_000_000
     """Pulses (BB84) or pairs (E91) per distillation round, 1e4..2e8."""
     low_watermark_bits: int = 2_000_000
     """Resume rounds when the key pool falls below this many bits."""
@@ -443,7 +443,7 @@ def _peer(section: _Table) -> PeerConfig:
         preshared_key_path=(psk_path := section.file("preshared_key")),
         preshared=psk_path.read_bytes(),
         protocol=section.choice("protocol", ProtocolKind, tuple(ProtocolKind), "bb84"),
-        pulses_per_round=section.integer("pulses_per_round", 400_000),
+        pulses_per_round=section.integer("pulses_per_round", 1_000_000),
         low_watermark_bits=section.integer("low_watermark_bits", 2_000_000),
         high_watermark_bits=section.integer("high_watermark_bits", 8_000_000),
         round_timeout_s=section.number("round_timeout_s", 10.0),

@@ -19,6 +19,7 @@ from .keystore import KeyNotice, KeyStore
 from .kme import StoreKeyManager
 from .link import Role
 from .local_api import make_local_app
+from .main import watchdog
 from .metrics import LinkMetrics
 from .peer_link import PeerLink
 from .runtime import Runtime
@@ -120,7 +121,7 @@ async def run_daemon(
                 tg.create_task(link.run())
             interval = notifier.watchdog_interval()
             if interval:
-                tg.create_task(_watchdog(notifier, interval))
+                tg.create_task(watchdog(notifier, interval))
     finally:
         notifier.stopping()
         for runner in runners:
@@ -150,9 +151,3 @@ def _classical_app(links: dict[str, PeerLink]) -> web.Application:
 
     app.router.add_get("/v1/link", link_socket)
     return app
-
-
-async def _watchdog(notifier: Notifier, interval: float) -> None:
-    while True:
-        notifier.watchdog()
-        await asyncio.sleep(interval)

@@ -67,6 +67,7 @@ def write_loopback_deployment(
     high_watermark_bits: int = 8_000_000,
     distance_km: float = 10.0,
     misalignment: float = 0.005,
+    afterpulse: float = 0.04,
     eve: str = "none",
     round_timeout_s: float = 10.0,
 ) -> Deployment:
@@ -99,6 +100,7 @@ key = "pki/channel.key"
 [fiber]
 distance_km = {distance_km}
 misalignment = {misalignment}
+afterpulse = {afterpulse}
 
 [eve]
 kind = "{eve}"

@@ -37,7 +37,7 @@ class ProcessGroup:
     children: dict[str, Child] = field(default_factory=dict)
     _sockdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="qlink-notify-")))
 
-    def start(self, name: str) -> Child:
+    def start(self, name: str, env: dict[str, str] | None = None) -> Child:
         """Start "channel" or a facility id (its previous process must have exited)."""
         old = self.children.get(name)
         if old is not None and old.process.poll() is None:
@@ -61,7 +61,7 @@ class ProcessGroup:
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(path))
         log_path = self.deployment.root / f"{name}.log"
-        env = dict(os.environ, NOTIFY_SOCKET=str(path))
+        env = dict(os.environ, **(env or {}), NOTIFY_SOCKET=str(path))
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.deployment.root
@@ -96,6 +96,12 @@ class ProcessGroup:
             self.start(name)
         for name in ("channel", *self.deployment.facilities):
             self.wait_ready(name, timeout)
+
+    def next_notification(self, name: str, timeout: float = 10.0) -> str:
+        """The next message `name` sends on its notify socket (after readiness: watchdog, status)."""
+        child = self.children[name]
+        child.notify.settimeout(timeout)
+        return child.notify.recv(4096).decode(errors="replace")
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> int:
         child = self.children[name]

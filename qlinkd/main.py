@@ -16,6 +16,7 @@ from typing import Any
 
 from . import logsetup
 from .config import ConfigError, check_config, load_facility_config
+from .sdnotify import Notifier
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -47,6 +48,13 @@ def run_until_signalled(main: Callable[[], Coroutine[Any, Any, None]]) -> int:
     except asyncio.CancelledError:
         return EXIT_OK
     return EXIT_OK
+
+
+async def watchdog(notifier: Notifier, interval: float) -> None:
+    """Ping systemd's watchdog while the event loop is responsive."""
+    while True:
+        notifier.watchdog()
+        await asyncio.sleep(interval)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,7 +58,7 @@ def test_examples_load(deployment: Path) -> None:
     assert a.kme.key_size == 256 and b.kme.max_key_per_request == 128
     peer = a.peer("hospital-b")
     assert peer.address == b.listen.classical
-    assert peer.protocol is ProtocolKind.BB84 and peer.pulses_per_round == 400_000
+    assert peer.protocol is ProtocolKind.BB84 and peer.pulses_per_round == 1_000_000
     assert peer.preshared == b.peer("hospital-a").preshared == (deployment / PSK).read_bytes()
     assert peer.distill_config().qber_tolerance == 0.11
     with pytest.raises(KeyError):
@@ -112,9 +112,9 @@ FACILITY_MISTAKES = [
     ('"psk/hospital-a--hospital-b.key"', '"psk/absent.key"', "peer[0].preshared_key"),
     ('"psk/hospital-a--hospital-b.key"', '"psk/short.key"', "peer[0].preshared_key"),
     ('protocol = "bb84"', 'protocol = "b92"', "peer[0].protocol"),
-    ("pulses_per_round = 400000", 'pulses_per_round = "many"', "peer[0].pulses_per_round"),
-    ("pulses_per_round = 400000", "pulses_per_round = 100", "peer[0].pulses_per_round"),
-    ("pulses_per_round = 400000", "pulses_per_round = 4e5", "peer[0].pulses_per_round"),
+    ("pulses_per_round = 1000000", 'pulses_per_round = "many"', "peer[0].pulses_per_round"),
+    ("pulses_per_round = 1000000", "pulses_per_round = 100", "peer[0].pulses_per_round"),
+    ("pulses_per_round = 1000000", "pulses_per_round = 1e6", "peer[0].pulses_per_round"),
     ("high_watermark_bits = 8000000", "high_watermark_bits = 1000", "peer[0].high_watermark_bits"),
     ("low_watermark_bits = 2000000", "low_watermark_bits = -1", "peer[0].low_watermark_bits"),
     ("round_timeout_s = 10.0", "round_timeout_s = 0", "peer[0].round_timeout_s"),

@@ -206,3 +206,59 @@ async def test_man_in_the_middle_edit_aborts_the_round_and_no_key_is_kept(tmp_pa
 def _audit(deployment: Deployment, facility: str) -> list[dict[str, Any]]:
     path = deployment.root / "state" / facility / "audit.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_e91_eavesdropper_drops_chsh_aborts_and_keys_resume_after_detach(tmp_path: Path) -> None:
+    # E91 needs large blocks for a device-independent key: 2e7 pairs with a short fibre and a clean
+    # detector (after-pulses 0.5 %) give ~1.5 kbit per round.
+    deployment = write_loopback_deployment(
+        tmp_path,
+        protocol="e91",
+        pulses_per_round=20_000_000,
+        distance_km=0.0,
+        afterpulse=0.005,
+        round_timeout_s=60.0,
+    )
+
+    def bob() -> dict[str, Any]:
+        return _get(deployment.local_url(B) + "/v1/status")["links"][0]
+
+    def established_after(count: int) -> Any:
+        link = bob()
+        return link["rounds"]["established"] > count and link["last_round"]["established"] and link
+
+    with ProcessGroup(deployment) as group:
+        group.start_all()
+        honest = _wait_for(lambda: established_after(0), "an honest E91 round", 90.0)
+        assert honest["last_round"]["chsh_s"] > 2.5
+        httpx.post(deployment.admin_url + "/v1/eve", json={"kind": "intercept-resend", "fraction": 1.0})
+        aborted = _wait_for(
+            lambda: (link := bob())["last_round"]["reason"] == "chsh_not_violated" and link,
+            "CHSH abort",
+            90.0,
+        )
+        assert aborted["last_round"]["chsh_s"] < 2.0 and aborted["alarm"] == "chsh_not_violated"
+        pool = _pool(deployment, B)["pool_bits"]
+        for facility in (A, B):
+            metrics = httpx.get(deployment.local_url(facility) + "/metrics").text
+            assert f'qlink_eavesdropper_alarm{{peer="{B if facility == A else A}"}} 1.0' in metrics
+        assert "ALARM" in group.children[A].log() and "ALARM" in group.children[B].log()
+        assert _pool(deployment, B)["pool_bits"] == pool  # nothing from an attacked round
+        httpx.delete(deployment.admin_url + "/v1/eve")
+        resumed = _wait_for(lambda: established_after(aborted["rounds"]["established"]), "keys again", 90.0)
+        assert resumed["alarm"] is None and _pool(deployment, B)["pool_bits"] > pool
+
+
+@pytest.mark.parametrize("name", ["channel", A])
+def test_services_notify_readiness_and_feed_the_watchdog(tmp_path: Path, name: str) -> None:
+    deployment = write_loopback_deployment(tmp_path, pulses_per_round=PULSES)
+    with ProcessGroup(deployment) as group:
+        group.start(name, env={"WATCHDOG_USEC": "400000"})
+        group.wait_ready(name)
+        pings = set()
+        deadline = time.monotonic() + 10
+        while len(pings) < 2 and time.monotonic() < deadline:
+            message = group.next_notification(name)
+            if "WATCHDOG=1" in message.split("\n"):
+                pings.add(time.monotonic())
+        assert len(pings) >= 2

@@ -95,12 +95,8 @@ def format_link(link: dict[str, Any], key_size: int | None) -> list[str]:
     if last and not last.get("established") and last.get("detail"):
         rows.append(("", last["detail"]))
     if link.get("alarm"):
-        rows.append(
-            (
-                "ALARM",
-                f"{link['alarm']}: eavesdropping or tampering suspected; cleared by the next established round",
-            )
-        )
+        suspicion = "eavesdropping or tampering suspected; the next established round clears it"
+        rows.append(("ALARM", f"{link['alarm']}: {suspicion}"))
     rows.append(
         (
             "starvation",
