@@ -1,0 +1,304 @@
+"""`qlink status|keys|eve|testbed` against running daemons: one loopback deployment (channel service and two
+facility daemons as real processes) for the module, the CLI run in-process through `main()` or as
+`python -m qlinkmed.client`. Waits poll the daemons' own status with a deadline; nothing sleeps blindly."""
+
+from __future__ import annotations
+
+import json
+import selectors
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qlinkmed.client.cli import main
+from qlinkmed.client.commands.testbed import read_deployment
+from qlinkmed.qlinkd.config import load_facility_config
+from qlinkmed.qlinkd.deployment import Deployment, free_ports, write_loopback_deployment
+from qlinkmed.qlinkd.launcher import ProcessGroup
+
+QLINK = [sys.executable, "-m", "qlinkmed.client"]
+PULSES = 700_000
+DEADLINE_S = 30.0
+POLL_S = 0.1
+A, B = "hospital-a", "hospital-b"
+
+
+@pytest.fixture(scope="module")
+def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    # A short round timeout bounds the stall when a round starts before both ends reach the channel.
+    deployment = write_loopback_deployment(
+        tmp_path_factory.mktemp("cli-daemon") / "deployment", pulses_per_round=PULSES, round_timeout_s=5.0
+    )
+    group = ProcessGroup(deployment)
+    try:
+        group.start_all()
+        yield deployment
+    finally:
+        group.stop_all()
+
+
+def qlink(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run `qlink ARGS` in-process: (exit code, stdout, stderr)."""
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse reports usage errors by exiting
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def poll_link(
+    capsys: pytest.CaptureFixture[str], url: str, done: Callable[[dict[str, Any]], bool], what: str
+) -> dict[str, Any]:
+    """`qlink status --json` until the (only) link satisfies `done`; fails after DEADLINE_S."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        code, out, err = qlink(capsys, "status", "--url", url, "--json")
+        assert code == 0, err
+        link = json.loads(out)["links"][0]
+        if done(link):
+            return link
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not seen within {DEADLINE_S} s; last link status: {link}")
+        time.sleep(POLL_S)
+
+
+def has_key(link: dict[str, Any]) -> bool:
+    return link["pool_bits"] > 0
+
+
+def test_status_json_is_the_api_answer_and_the_pool_grows(
+    testbed: Deployment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = poll_link(capsys, testbed.local_url(A), has_key, "a first key")
+    assert first["peer"] == B and first["role"] == "alice"
+    grown = poll_link(
+        capsys, testbed.local_url(A), lambda link: link["pool_bits"] > first["pool_bits"], "more key"
+    )
+    assert grown["last_committed_round"] > first["last_committed_round"]
+    code, out, _ = qlink(capsys, "status", "--url", testbed.local_url(A) + "/", "--json")
+    assert code == 0
+    assert set(json.loads(out)) >= {"facility", "uptime_s", "saes", "links"}
+
+
+def test_human_status_names_the_peer_and_counts_keys(
+    testbed: Deployment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    poll_link(capsys, testbed.local_url(B), has_key, "a first key")
+    code, out, err = qlink(capsys, "status", "--config", str(testbed.facilities[B]))
+    assert code == 0, err
+    assert out.startswith(f"facility {B},")
+    assert f"link {A}" in out
+    assert "role          bob (bb84)" in out
+    assert "keys of 256 bits" in out
+    for label in ("auth reserve", "rounds", "last round", "starvation"):
+        assert f"  {label}" in out, label
+    assert "ALARM" not in out
+
+
+def test_no_arguments_show_status_when_qlink_config_is_set(
+    testbed: Deployment, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QLINK_CONFIG", str(testbed.facilities[A]))
+    code, out, _ = qlink(capsys)
+    assert code == 0
+    assert out.startswith(f"facility {A},") and f"link {B}" in out
+    monkeypatch.delenv("QLINK_CONFIG")
+    code, out, _ = qlink(capsys)
+    assert code == 0
+    assert out.startswith("usage: qlink")
+
+
+def test_keys_reports_the_pool_of_each_peer(testbed: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
+    poll_link(capsys, testbed.local_url(B), has_key, "a first key")
+    code, out, err = qlink(capsys, "keys", "--url", testbed.local_url(B), "--json")
+    assert code == 0, err
+    keys = json.loads(out)
+    assert keys["facility"] == B
+    (pool,) = keys["pools"]
+    assert pool["peer"] == A
+    assert pool["keys_available"] == pool["owned_bits"] // pool["key_size_bits"]
+    assert pool["last_committed_round"] > 0
+    code, out, _ = qlink(capsys, "keys", "--config", str(testbed.facilities[B]))
+    assert code == 0
+    assert f"pool {B} <-> {A}" in out
+    assert f"owned by {B}" in out and "keys of 256 bits available" in out
+
+
+def _detach(deployment: Deployment) -> None:
+    request = urllib.request.Request(deployment.admin_url + "/v1/eve", method="DELETE")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        response.read()
+
+
+def test_eve_attach_aborts_rounds_and_detach_clears_the_alarm(
+    testbed: Deployment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = testbed.local_url(A)
+    poll_link(capsys, url, has_key, "a first key")
+    try:
+        code, out, err = qlink(capsys, "eve", "attach", "--channel-config", str(testbed.channel))
+        assert code == 0, err
+        assert "eavesdropper    intercept-resend on 100% of the pulses" in out
+        code, out, _ = qlink(capsys, "eve", "status", "--admin", testbed.admin_url, "--json")
+        assert code == 0
+        assert json.loads(out)["eve"] == {"kind": "intercept-resend", "fraction": 1.0}
+
+        def alarmed(link: dict[str, Any]) -> bool:
+            last = link["last_round"] or {}
+            return last.get("reason") == "qber_above_threshold" and link["alarm"] == "qber_above_threshold"
+
+        link = poll_link(capsys, url, alarmed, "an abort for QBER with the alarm set")
+        assert link["last_round"]["established"] is False
+        code, out, _ = qlink(capsys, "status", "--url", url)
+        assert code == 0
+        assert "ABORTED (qber_above_threshold)" in out
+        assert "  ALARM         qber_above_threshold" in out
+
+        code, out, err = qlink(capsys, "eve", "detach", "--admin", testbed.admin_url, "--json")
+        assert code == 0, err
+        assert json.loads(out)["eve"]["kind"] == "none"
+        link = poll_link(
+            capsys,
+            url,
+            lambda link: bool(link["last_round"]["established"]) and link["alarm"] is None,
+            "an established round after the detach",
+        )
+        assert link["last_round"]["qber"] < 0.11
+    finally:
+        _detach(testbed)
+    code, out, _ = qlink(capsys, "eve", "status", "--admin", testbed.admin_url)
+    assert code == 0
+    assert out.startswith("eavesdropper    none")
+
+
+@pytest.mark.parametrize("command", [["status"], ["keys"]])
+def test_unreachable_daemon_exits_1_with_one_line(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    (port,) = free_ports(1)
+    code, out, err = qlink(capsys, *command, "--url", f"http://127.0.0.1:{port}")
+    assert code == 1
+    assert out == ""
+    assert err.splitlines() == [f"qlink: cannot reach qlinkd at http://127.0.0.1:{port}: Connection refused"]
+
+
+def test_unreachable_channel_service_exits_1_as_a_real_process() -> None:
+    (port,) = free_ports(1)
+    proc = subprocess.run(
+        [*QLINK, "eve", "attach", "--admin", f"http://127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"qlink: cannot reach the channel service at http://127.0.0.1:{port}: Connection refused"
+    ]
+
+
+@pytest.mark.parametrize("fraction", ["1.5", "-0.1", "nan", "half"])
+def test_bad_fraction_exits_2_with_one_line(fraction: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = qlink(capsys, "eve", "attach", "--admin", "http://127.0.0.1:9", "--fraction", fraction)
+    assert code == 2
+    assert out == ""
+    (line,) = err.splitlines()
+    assert "--fraction" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["status"], "--config FILE, --url URL or $QLINK_CONFIG"),
+        (["status", "--url", "ftp://127.0.0.1:1"], "--url"),
+        (["keys", "--url", "http://127.0.0.1:1/v1/keys"], "--url"),
+        (["status", "--config", "/nonexistent/qlink.toml"], "config error: /nonexistent/qlink.toml"),
+        (["status", "--config", "a.toml", "--url", "http://127.0.0.1:1"], "not allowed with"),
+        (["eve", "status"], "--channel-config"),
+        (["eve", "attach", "--admin", "http://127.0.0.1:1", "--kind", "martian"], "--kind"),
+        (["testbed", "init", "/tmp/x", "--pulses", "5"], "--pulses"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(
+    args: list[str], named: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("QLINK_CONFIG", raising=False)
+    code, _, err = qlink(capsys, *args)
+    assert code == 2
+    (line,) = err.splitlines()
+    assert named in line
+
+
+def test_testbed_init_writes_a_deployment_and_prints_the_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "tb"
+    code, out, err = qlink(capsys, "testbed", "init", str(root), "--protocol", "e91", "--pulses", "2e4")
+    assert code == 0, err
+    assert f"  qlink-channel --config {root}/channel.toml\n" in out
+    assert f"  qlinkd --config {root}/{A}.toml\n" in out
+    assert f"  qlinkd --config {root}/{B}.toml\n" in out
+    assert f"  qlink testbed run {root}\n" in out
+    deployment = read_deployment(root)
+    assert set(deployment.facilities) == {A, B}
+    peer = load_facility_config(deployment.facilities[A]).peers[0]
+    assert (peer.id, peer.protocol.value, peer.pulses_per_round) == (B, "e91", 20_000)
+    code, _, err = qlink(capsys, "testbed", "init", str(root))
+    assert code == 2
+    assert "not an empty directory" in err
+
+
+def _read_until(proc: subprocess.Popen[str], done: Callable[[str], bool], deadline: float) -> list[str]:
+    """Lines of proc's stdout up to and including the first for which `done` holds."""
+    lines: list[str] = []
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                pytest.fail("testbed output not seen in time:\n" + "".join(lines))
+            if not selector.select(remaining):
+                continue
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                pytest.fail(f"testbed run exited with {proc.wait()}:\n" + "".join(lines))
+            lines.append(line)
+            if done(line):
+                return lines
+
+
+def test_testbed_run_streams_status_and_stops_cleanly_on_ctrl_c(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "tb"
+    assert qlink(capsys, "testbed", "init", str(root), "--pulses", str(PULSES))[0] == 0
+    deployment = read_deployment(root)
+    proc = subprocess.Popen(
+        [*QLINK, "testbed", "run", str(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        head = _read_until(proc, lambda line: line.startswith(f"  {B}  local"), deadline)
+        assert f"  channel admin  {deployment.admin_url}\n" in head
+        assert f"  {A}  local {deployment.local_url(A)}  kme {deployment.kme_url(A)}\n" in head
+        status = _read_until(proc, lambda line: f"{A} -> {B}" in line and "last QBER -" not in line, deadline)
+        assert " pool " in status[-1] and " bits " in status[-1]
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert out.rstrip().endswith("testbed stopped")
+    # Every process of the testbed is gone: its local API no longer answers.
+    code, _, err = qlink(capsys, "status", "--url", deployment.local_url(A))
+    assert code == 1 and "cannot reach qlinkd" in err
