@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import base64
 import collections
+import contextlib
 import json
 import random
 import ssl
@@ -41,7 +42,6 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import _deploy as d
 
@@ -135,6 +135,11 @@ def _channel_hello(facility: str, peer: str, role: str | None = None) -> bytes:
     alice = min(facility, peer)
     role = role or ("alice" if facility == alice else "bob")
     return encode_frame(lm.ChannelHello(facility=facility, peer=peer, role=role, protocol="bb84"), 0)
+
+
+def _truncated_hello(rng: random.Random, me: str) -> bytes:
+    frame = _prefixed(_channel_hello(me, d.B if me == d.A else d.A))
+    return frame[: rng.randrange(4, len(frame))]
 
 
 def _wrong_version(frame: bytes, rng: random.Random) -> bytes:
@@ -271,10 +276,8 @@ async def _exchange(
         return "reset"
     finally:
         writer.close()
-        try:
+        with contextlib.suppress(TimeoutError, ssl.SSLError, ConnectionError, OSError):
             await asyncio.wait_for(writer.wait_closed(), 2.0)
-        except (TimeoutError, ssl.SSLError, ConnectionError, OSError):
-            pass
 
 
 async def _plain(port: int, payload: bytes) -> str:
@@ -313,11 +316,7 @@ def phase1_cases(deployment: Deployment) -> dict[str, Case]:
         "quantum/oversize-length": q(
             lambda rng, me: _prefixed(rng.randbytes(32), rng.randrange(MAX_FRAME_BYTES + 1, 1 << 32))
         ),
-        "quantum/truncated-frame": q(
-            lambda rng, me: (lambda f: _prefixed(f)[: rng.randrange(4, 4 + len(f))])(
-                _channel_hello(me, d.B if me == d.A else d.A)
-            )
-        ),
+        "quantum/truncated-frame": q(_truncated_hello),
         "quantum/truncated-prefix": q(lambda rng, me: rng.randbytes(rng.randrange(1, 4))),
         "quantum/wrong-version": q(
             lambda rng, me: _prefixed(_wrong_version(_channel_hello(me, d.B if me == d.A else d.A), rng))
@@ -566,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=10_000, help="hostile inputs to send")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--check-every", type=int, default=500, help="inputs between liveness checks")
-    parser.add_argument("--pulses", type=int, default=200_000, help="pulses per round of the honest link")
+    parser.add_argument("--pulses", type=int, default=700_000, help="pulses per round of the honest link")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     with d.running(pulses_per_round=args.pulses) as started:

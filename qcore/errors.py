@@ -55,6 +55,7 @@ class AbortReason(IntEnum):
     PEER_ABORTED = 11
     TIMEOUT = 12
     LINK_LOST = 13
+    CHANNEL_UNAVAILABLE = 14
 
 
 class RoundAborted(QcoreError):

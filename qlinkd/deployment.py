@@ -70,6 +70,7 @@ def write_loopback_deployment(
     afterpulse: float = 0.04,
     eve: str = "none",
     round_timeout_s: float = 10.0,
+    preshared_bytes: int = PRESHARED_BYTES,
 ) -> Deployment:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -80,7 +81,7 @@ def write_loopback_deployment(
     psk.parent.mkdir(mode=0o700, exist_ok=True)
     fd = os.open(psk, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
-        out.write(secrets.token_bytes(PRESHARED_BYTES))
+        out.write(secrets.token_bytes(preshared_bytes))
     names = ["channel.listen", "channel.admin"] + [
         f"{f}.{x}" for f in facilities for x in ("classical", "kme", "local")
     ]

@@ -340,13 +340,20 @@ class LinkConnection:
         if rnd is None or rnd.round_id != round_id or self.state is not State.AWAIT_CHANNEL:
             return  # a late answer for an abandoned round
         if isinstance(message, lm.ChannelError):
-            self._end_round(AbortReason.PROTOCOL_VIOLATION, f"quantum channel: {message.reason}", now)
+            detail = f"quantum channel: {message.reason}"
+            # Tell the peer at once: it would otherwise wait out its timeout for our first message.
+            abort = qm.Abort(reason=int(AbortReason.CHANNEL_UNAVAILABLE), detail=detail.encode()[:512])
+            self._frames.append((round_id, abort))
+            self._end_round(AbortReason.CHANNEL_UNAVAILABLE, detail, now)
             return
         self._deadline = now + self.config.round_timeout_s
         try:
             session = self._make_session(rnd, message)
         except ValueError as exc:
-            self._end_round(AbortReason.PROTOCOL_VIOLATION, f"quantum channel: {exc}", now)
+            detail = f"quantum channel: {exc}"
+            abort = qm.Abort(reason=int(AbortReason.PROTOCOL_VIOLATION), detail=detail.encode()[:512])
+            self._frames.append((round_id, abort))
+            self._end_round(AbortReason.PROTOCOL_VIOLATION, detail, now)
             return
         rnd.session = session
         self.state = State.DISTILLING

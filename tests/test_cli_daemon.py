@@ -302,3 +302,39 @@ def test_testbed_run_streams_status_and_stops_cleanly_on_ctrl_c(
     # Every process of the testbed is gone: its local API no longer answers.
     code, _, err = qlink(capsys, "status", "--url", deployment.local_url(A))
     assert code == 1 and "cannot reach qlinkd" in err
+
+
+def test_human_status_shows_chsh_alarm_and_starvation() -> None:
+    from qlinkmed.client.commands.status import format_status
+
+    link = {
+        "peer": B,
+        "role": "alice",
+        "protocol": "e91",
+        "connected": True,
+        "channel_connected": False,
+        "state": "idle",
+        "pool_bits": 1024,
+        "auth_reserve_bits": 0,
+        "rounds": {"established": 3, "aborted": 1},
+        "last_round": {
+            "round": 4,
+            "established": False,
+            "reason": "chsh_below_threshold",
+            "detail": "CHSH 2.1 below 2.5",
+            "duration_s": 0.5,
+            "qber": 0.2,
+            "qber_upper": 0.25,
+            "chsh_s": 2.1,
+            "final_key_bits": 0,
+        },
+        "alarm": "chsh_below_threshold",
+        "auth_starved": True,
+    }
+    text = format_status({"facility": A, "uptime_s": 5, "saes": [], "links": [link]}, {B: 256})
+    assert "1,024 bits = 4 keys of 256 bits" in text
+    assert "channel NOT connected" in text
+    assert "#4 ABORTED (chsh_below_threshold): QBER 20.00% (upper bound 25.00%), CHSH 2.100" in text
+    assert "CHSH 2.1 below 2.5" in text
+    assert "  ALARM         chsh_below_threshold" in text
+    assert "STARVED" in text

@@ -122,10 +122,11 @@ class TamperingProxy:
     """Relays Alice's link to Bob, presenting Bob's certificate to Alice and Alice's to Bob (the TLS layer
     is fully compromised), and flips one bit of the privacy-amplification seed from round `target` on."""
 
-    def __init__(self, deployment: Deployment, bob_port: int, target: int) -> None:
+    def __init__(self, deployment: Deployment, bob_port: int, target: int, *, every: bool = False) -> None:
         self.deployment = deployment
         self.bob_port = bob_port
         self.target = target
+        self.every = every
         self.tampered_round: int | None = None
 
     def _context(self, name: str, server: bool) -> ssl.SSLContext:
@@ -148,7 +149,7 @@ class TamperingProxy:
                     if msg.type is not WSMsgType.BINARY:
                         break
                     data = msg.data
-                    if edit and self.tampered_round is None:
+                    if edit and (self.tampered_round is None or self.every):
                         round_id, message = decode_frame(data)
                         if round_id >= self.target and isinstance(message, qm.Amplify):
                             # Nothing in reconciliation would notice: Bob would simply hash to another key.
@@ -164,21 +165,27 @@ class TamperingProxy:
         return inbound
 
 
-@pytest.mark.asyncio
-async def test_man_in_the_middle_edit_aborts_the_round_and_no_key_is_kept(tmp_path: Path) -> None:
-    deployment = write_loopback_deployment(tmp_path, pulses_per_round=PULSES)
+async def _start_proxy(deployment: Deployment, proxy: TamperingProxy) -> web.AppRunner:
+    """Point Alice at the proxy and start it."""
     (proxy_port,) = free_ports(1)
     config = deployment.facilities[A]
     bob_port = deployment.ports[f"{B}.classical"]
     config.write_text(
         config.read_text().replace(f'address = "127.0.0.1:{bob_port}"', f'address = "127.0.0.1:{proxy_port}"')
     )
-    proxy = TamperingProxy(deployment, bob_port, target=3)
     app = web.Application()
     app.router.add_get("/v1/link", proxy.handle)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", proxy_port, ssl_context=proxy._context(B, server=True)).start()
+    return runner
+
+
+@pytest.mark.asyncio
+async def test_man_in_the_middle_edit_aborts_the_round_and_no_key_is_kept(tmp_path: Path) -> None:
+    deployment = write_loopback_deployment(tmp_path, pulses_per_round=PULSES)
+    proxy = TamperingProxy(deployment, deployment.ports[f"{B}.classical"], target=3)
+    runner = await _start_proxy(deployment, proxy)
     try:
         with ProcessGroup(deployment) as group:
             await asyncio.to_thread(group.start_all)
@@ -262,3 +269,31 @@ def test_services_notify_readiness_and_feed_the_watchdog(tmp_path: Path, name: s
             if "WATCHDOG=1" in message.split("\n"):
                 pings.add(time.monotonic())
         assert len(pings) >= 2
+
+
+@pytest.mark.asyncio
+async def test_authentication_key_starvation_raises_the_alarm_and_halts_rounds(tmp_path: Path) -> None:
+    # A 512-byte pre-shared key covers 10 rounds' tags; a man in the middle spoiling every round after
+    # the tags were spent drains it, and Alice must stop rather than run unauthenticated.
+    deployment = write_loopback_deployment(tmp_path, pulses_per_round=PULSES, preshared_bytes=512)
+    proxy = TamperingProxy(deployment, deployment.ports[f"{B}.classical"], target=1, every=True)
+    runner = await _start_proxy(deployment, proxy)
+    try:
+        with ProcessGroup(deployment) as group:
+            await asyncio.to_thread(group.start_all)
+
+            def starved() -> Any:
+                link = _get(deployment.local_url(A) + "/v1/status")["links"][0]
+                return link["auth_starved"] and link
+
+            link = await asyncio.to_thread(_wait_for, starved, "authentication starvation", 60.0)
+            assert link["rounds"]["established"] == 0 and link["auth_reserve_bits"] < 384
+            metrics = httpx.get(deployment.local_url(A) + "/metrics").text
+            assert 'qlink_auth_starved{peer="hospital-b"} 1.0' in metrics
+            assert "ALARM authentication key starved" in group.children[A].log()
+            # Halted: the round count stays where it is.
+            rounds = sum(link["rounds"].values())
+            await asyncio.sleep(1.5)
+            assert sum(_get(deployment.local_url(A) + "/v1/status")["links"][0]["rounds"].values()) == rounds
+    finally:
+        await runner.cleanup()

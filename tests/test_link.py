@@ -338,3 +338,14 @@ def test_every_peer_input_outside_the_table_ends_the_round(
     assert bob.state in lk.TRANSITIONS.get((state, kind), frozenset({lk.State.CLOSED, lk.State.IDLE})) | {
         state
     }
+
+
+def test_channel_failure_at_bob_releases_alice_at_once(pair: LinkPair) -> None:
+    pair.a.link.begin_round(pair.now)
+    pair.b.link.receive(1, lm.RoundStart(pulses=pair.pulses), pair.now)
+    pair.b.link.channel_result(1, lm.ChannelError(reason="not connected"), pair.now)
+    for round_id, message in pair.b.link.frames_to_send():
+        pair.a.link.receive(round_id, message, pair.now)
+    ended = [e for e in iter(pair.a.link.next_event, None) if isinstance(e, lk.RoundEnded)]
+    assert ended and ended[0].reason is AbortReason.CHANNEL_UNAVAILABLE and ended[0].by_peer
+    assert pair.a.link.state is lk.State.IDLE
