@@ -58,7 +58,7 @@ IN_FLIGHT = 8
 WS_SHARE = 0.02
 """Share of the inputs spent in phase 2 (each one replaces the honest classical connection)."""
 CLOSE_PATTERNS = {
-    "channel": ("closing channel connection", "channel connection from"),
+    "channel": ("closing channel connection", ") lost: "),
     d.B: ("classical connection refused", "link to hospital-a closed"),
 }
 """Log lines that give the reason a connection was closed, per process."""
@@ -262,11 +262,11 @@ async def _exchange(
                 return "http-" + answer[9:12].decode(errors="replace")
         writer.write(payload)
         await writer.drain()
+        if handshake:
+            return await _ws_outcome(reader)
         data = await asyncio.wait_for(reader.read(4096), READ_TIMEOUT_S)
         if data.startswith(b"HTTP/1."):
             return "http-" + data[9:12].decode(errors="replace")
-        if handshake and data[:1] == b"\x88":
-            return f"ws-close-{int.from_bytes(data[2:4], 'big') if len(data) >= 4 else 0}"
         return "closed" if not data else "answered"
     except TimeoutError:
         return "kept-open"
@@ -278,6 +278,21 @@ async def _exchange(
         writer.close()
         with contextlib.suppress(TimeoutError, ssl.SSLError, ConnectionError, OSError):
             await asyncio.wait_for(writer.wait_closed(), 2.0)
+
+
+async def _ws_outcome(reader: asyncio.StreamReader) -> str:
+    """Read the server's websocket frames (its Hello may come first) up to its close frame: "ws-close-<code>",
+    or "closed" if the connection ends without one."""
+    while True:
+        head = await asyncio.wait_for(reader.read(2), READ_TIMEOUT_S)
+        if len(head) < 2:
+            return "closed"
+        size = head[1] & 0x7F
+        if size >= 126:
+            size = int.from_bytes(await reader.readexactly(2 if size == 126 else 8), "big")
+        body = await asyncio.wait_for(reader.readexactly(size), READ_TIMEOUT_S)
+        if head[0] & 0x0F == 8:
+            return f"ws-close-{int.from_bytes(body[:2], 'big') if len(body) >= 2 else 0}"
 
 
 async def _plain(port: int, payload: bytes) -> str:
