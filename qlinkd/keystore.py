@@ -446,7 +446,9 @@ class KeyStore:
                 "UPDATE auth SET position = ?, material = ? WHERE peer = ?",
                 (position, material[position - stored :], peer),
             )
-        self.checkpoint()
+        # No checkpoint here: this write sits on every round's critical path, and the bytes it drops are
+        # this round's pads, worthless once its tags are checked; SQLite's automatic checkpoints fold
+        # the old page away.
 
     def auth_reserve_bits(self, peer: str) -> int:
         with self._tx(write=False):

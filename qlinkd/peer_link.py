@@ -234,7 +234,8 @@ class PeerLink:
             deadline = link.get_timer()
             wait = RECHECK_S if deadline is None else max(0.0, min(RECHECK_S, deadline - now))
             try:
-                item = await asyncio.wait_for(queue.get(), timeout=wait)
+                # Most inputs are already queued during a round: skip the timer machinery for them.
+                item = queue.get_nowait() if not queue.empty() else await asyncio.wait_for(queue.get(), wait)
             except TimeoutError:
                 item = None
             now = time.monotonic()
