@@ -297,3 +297,31 @@ async def test_authentication_key_starvation_raises_the_alarm_and_halts_rounds(t
             assert sum(_get(deployment.local_url(A) + "/v1/status")["links"][0]["rounds"].values()) == rounds
     finally:
         await runner.cleanup()
+
+
+def test_pool_stops_at_the_high_watermark_and_resumes_below_the_low_one(tmp_path: Path) -> None:
+    deployment = write_loopback_deployment(
+        tmp_path, pulses_per_round=PULSES, low_watermark_bits=12_000, high_watermark_bits=30_000
+    )
+
+    def rounds() -> int:
+        return sum(_get(deployment.local_url(A) + "/v1/status")["links"][0]["rounds"].values())
+
+    with ProcessGroup(deployment) as group:
+        group.start_all()
+        _wait_for(lambda: _pool(deployment, A)["pool_bits"] >= 30_000, "the high watermark")
+        paused_at = rounds()
+        time.sleep(1.5)  # an interval in which a running link would finish several rounds
+        assert rounds() == paused_at
+        # Hand keys out at both ends (each owns half the rounds) until the pool is below the low mark.
+        for facility, peer in ((A, B), (B, A)):
+            master = _sae(deployment, f"pacs-{facility}", facility)
+            owned = _pool(deployment, facility)["owned_bits"]
+            if owned >= 256:
+                got = master.post(
+                    f"/api/v1/keys/pacs-{peer}/enc_keys", json={"number": owned // 256, "size": 256}
+                )
+                assert got.status_code == 200, got.text
+        assert _pool(deployment, A)["pool_bits"] < 12_000
+        _wait_for(lambda: rounds() > paused_at, "rounds to resume below the low watermark")
+        _wait_for(lambda: _pool(deployment, A)["pool_bits"] >= 12_000, "the pool to refill")
