@@ -62,7 +62,13 @@ class RunResult:
     """Aborted rounds by reason."""
 
 
-def one_run(protocol: str, pulses: int, seconds: float, distance_km: float) -> RunResult:
+def one_run(
+    protocol: str,
+    pulses: int,
+    seconds: float,
+    distance_km: float,
+    first_key_timeout: float = FIRST_KEY_TIMEOUT_S,
+) -> RunResult:
     with d.running(protocol=protocol, pulses_per_round=pulses, distance_km=distance_km) as started:
         deployment = started.deployment
 
@@ -71,7 +77,7 @@ def one_run(protocol: str, pulses: int, seconds: float, distance_km: float) -> R
             return status is not None and status["pool_bits"] > 0
 
         try:
-            d.wait_for(has_key, FIRST_KEY_TIMEOUT_S, "first key")
+            d.wait_for(has_key, first_key_timeout, "first key")
             first_key_s: float | None = time.monotonic() - started.spawned_at
         except TimeoutError:
             first_key_s = None
@@ -132,7 +138,9 @@ def medians(runs: list[RunResult]) -> dict[str, float | None]:
     return out
 
 
-def print_table(protocol: str, pulses: int, seconds: float, runs: list[RunResult]) -> None:
+def print_table(
+    protocol: str, pulses: int, seconds: float, runs: list[RunResult], first_key_timeout: float
+) -> None:
     print(f"link benchmark: {protocol}, {pulses:,} pulses per round, {seconds:g} s window, {len(runs)} runs")
     widths = [max(len(title), 10) for _, title, _ in _COLUMNS]
     print("run    " + "  ".join(f"{t:>{w}}" for (_, t, _), w in zip(_COLUMNS, widths, strict=True)))
@@ -149,7 +157,7 @@ def print_table(protocol: str, pulses: int, seconds: float, runs: list[RunResult
         print("aborts by reason (all runs): " + ", ".join(f"{k} {v}" for k, v in reasons.most_common()))
     missing = sum(r.first_key_s is None for r in runs)
     if missing:
-        print(f"{missing}/{len(runs)} runs established no key within {FIRST_KEY_TIMEOUT_S:g} s")
+        print(f"{missing}/{len(runs)} runs established no key within {first_key_timeout:g} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,11 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pulses", type=int, default=700_000, help="pulses (E91: pairs) per round")
     parser.add_argument("--protocol", choices=("bb84", "e91"), default="bb84")
     parser.add_argument("--distance-km", type=float, default=10.0, help="fibre length")
+    parser.add_argument(
+        "--first-key-timeout", type=float, default=FIRST_KEY_TIMEOUT_S, help="give up waiting for key after"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
     runs = []
     for i in range(args.runs):
-        runs.append(one_run(args.protocol, args.pulses, args.seconds, args.distance_km))
+        runs.append(
+            one_run(args.protocol, args.pulses, args.seconds, args.distance_km, args.first_key_timeout)
+        )
         if not args.json:
             print(f"run {i + 1}/{args.runs} done", file=sys.stderr)
     if args.json:
@@ -174,12 +187,13 @@ def main(argv: list[str] | None = None) -> int:
             "pulses_per_round": args.pulses,
             "window_s": args.seconds,
             "distance_km": args.distance_km,
+            "first_key_timeout_s": args.first_key_timeout,
             "median": medians(runs),
             "runs": [asdict(r) for r in runs],
         }
         print(json.dumps(body, indent=2))
     else:
-        print_table(args.protocol, args.pulses, args.seconds, runs)
+        print_table(args.protocol, args.pulses, args.seconds, runs, args.first_key_timeout)
     return 0
 
 

@@ -61,6 +61,7 @@ CLOSE_PATTERNS = {
     "channel": ("closing channel connection", ") lost: "),
     d.B: ("classical connection refused", "link to hospital-a closed"),
 }
+LINK_CLOSED = "link to hospital-a closed: "
 """Log lines that give the reason a connection was closed, per process."""
 
 
@@ -100,12 +101,16 @@ class FuzzReport:
     """After phase 2: seconds until A committed a new round (None: it did not within the timeout)."""
     logged_closes: dict[str, int]
     """Log lines giving a reason for a closed connection, by "<process>: <pattern>"."""
+    link_close_reasons: dict[str, int]
+    """Daemon B's "link to hospital-a closed" lines by reason (phase 2, and the honest link replaced)."""
     expected_channel_closes: int
     """Phase 1 channel inputs that passed TLS and must each have produced a logged refusal."""
     ws_sessions: int
     """Phase 2 inputs that reached the websocket data phase and must each close the link with a reason."""
-    unhandled_exceptions: int
-    """Log lines carrying a traceback, all processes (any is a bug)."""
+    parse_error_tracebacks: int
+    """ERROR lines with a traceback that aiohttp wrote for HTTP requests it could not parse."""
+    other_tracebacks: int
+    """Any other log line carrying a traceback, all processes (any is a bug)."""
 
 
 # ---- byte builders --------------------------------------------------------------------------------------
@@ -466,20 +471,34 @@ def _wait_new_round(deployment: Deployment, after: int, timeout: float) -> float
         return None
 
 
-def _count_logs(started: d.Started) -> tuple[dict[str, int], int]:
-    counts: collections.Counter[str] = collections.Counter()
-    tracebacks = 0
+@dataclass(slots=True)
+class LogSummary:
+    closes: collections.Counter[str] = field(default_factory=collections.Counter)
+    link_reasons: collections.Counter[str] = field(default_factory=collections.Counter)
+    parse_tracebacks: int = 0
+    other_tracebacks: int = 0
+
+
+def _read_logs(started: d.Started) -> LogSummary:
+    summary = LogSummary()
     for name, child in started.group.children.items():
         for line in child.log().splitlines():
             try:
                 entry = json.loads(line)
             except ValueError:
                 continue
-            tracebacks += "exc" in entry
+            message = str(entry.get("msg", ""))
+            if "exc" in entry:
+                # aiohttp logs a request it cannot parse at ERROR, with the parser's traceback.
+                parse = entry.get("logger") == "aiohttp.server" and "http_exceptions" in entry["exc"]
+                summary.parse_tracebacks += parse
+                summary.other_tracebacks += not parse
             for pattern in CLOSE_PATTERNS.get(name, ()):
-                if pattern in entry.get("msg", ""):
-                    counts[f"{name}: {pattern}"] += 1
-    return dict(counts), tracebacks
+                if pattern in message:
+                    summary.closes[f"{name}: {pattern}"] += 1
+            if name == d.B and message.startswith(LINK_CLOSED):
+                summary.link_reasons[message[len(LINK_CLOSED) :].split(":", maxsplit=1)[0]] += 1
+    return summary
 
 
 def fuzz(started: d.Started, frames: int, *, seed: int = 1, check_every: int = 500) -> FuzzReport:
@@ -517,7 +536,7 @@ def fuzz(started: d.Started, frames: int, *, seed: int = 1, check_every: int = 5
         r for r in d.read_audit(deployment, d.A)[audit_seen:] if r.get("event") == "round_established"
     ]
     alive = d.alive(group)
-    logged, tracebacks = _count_logs(started)
+    logs = _read_logs(started)
     return FuzzReport(
         frames=frames,
         seconds=time.monotonic() - begin,
@@ -530,7 +549,8 @@ def fuzz(started: d.Started, frames: int, *, seed: int = 1, check_every: int = 5
         rounds_committed=end - first,
         key_bits=sum(int(r["final_key_bits"]) for r in established),
         recovered_s=recovered,
-        logged_closes=logged,
+        logged_closes=dict(logs.closes),
+        link_close_reasons=dict(logs.link_reasons),
         expected_channel_closes=sum(
             sum(n for outcome, n in tally.outcomes[c].items() if outcome != "tls-refused")
             for c in CHANNEL_REFUSALS
@@ -543,7 +563,8 @@ def fuzz(started: d.Started, frames: int, *, seed: int = 1, check_every: int = 5
             for o, n in outcomes.items()
             if not o.startswith("http-")
         ),
-        unhandled_exceptions=tracebacks,
+        parse_error_tracebacks=logs.parse_tracebacks,
+        other_tracebacks=logs.other_tracebacks,
     )
 
 
@@ -570,7 +591,11 @@ def print_report(report: FuzzReport) -> None:
         f"logged close reasons: {report.logged_closes}; channel refusals expected "
         f"{report.expected_channel_closes}, websocket sessions {report.ws_sessions}"
     )
-    print(f"log lines with a traceback: {report.unhandled_exceptions}")
+    print(f"B's link-closed reasons: {report.link_close_reasons}")
+    print(
+        f"log lines with a traceback: {report.parse_error_tracebacks} from aiohttp's HTTP parser "
+        f"(malformed requests), {report.other_tracebacks} other"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

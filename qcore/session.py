@@ -176,6 +176,7 @@ class _Session:
         self._round_keys: RoundAuthKeys | None = None
         self._key: np.ndarray | None = None
         self._refill: np.ndarray = np.zeros(0, dtype=np.uint8)
+        self._ahead_of_abort: list[Message] = []
 
     @property
     def auth_store(self) -> AuthKeyStore:
@@ -263,9 +264,10 @@ class _Session:
         self.outcome = self._make_outcome(
             established=False, reason=reason, detail=detail, measured=measured, threshold=threshold
         )
+        ahead, self._ahead_of_abort = self._ahead_of_abort, []
         if not notify:
             return []
-        return self._send([m.Abort(reason=int(reason), detail=detail.encode()[:512])])
+        return self._send([*ahead, m.Abort(reason=int(reason), detail=detail.encode()[:512])])
 
     def _make_outcome(
         self,
@@ -518,8 +520,13 @@ class BobSession(_Session):
         mine = self._bits[plan.pulses]
         estimate = m.Estimate(test_bits=mine[plan.test])
         self._stats = measure_statistics(self.config, plan, msg.test_bits, estimate.test_bits)
-        # On a verdict to abort, the Abort (with the reason) replaces the Estimate.
-        judge_statistics(self.config, plan, self._stats)
+        try:
+            judge_statistics(self.config, plan, self._stats)
+        except RoundAborted:
+            # The Estimate still goes out ahead of the Abort: the test bits are public anyway, and with
+            # them Alice measures the same statistics and reaches the same verdict on her own evidence.
+            self._ahead_of_abort = [estimate]
+            raise
         self._raw_key = mine[plan.key]
         schedule = low_latency_schedule(self._raw_key.size, self._stats.qber)
         self._cascade = CascadeBob(self._raw_key.copy(), schedule, msg.cascade_seed)

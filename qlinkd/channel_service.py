@@ -33,6 +33,10 @@ from .wire import MAX_FRAME_BYTES, decode_frame, encode_frame
 
 log = logging.getLogger("qlink.channel")
 
+MAX_LINKS = 64
+"""Links the channel serves at once: a certificate holder cannot make it hold rounds for endless
+made-up links."""
+
 
 @dataclass(slots=True)
 class _Party:
@@ -96,6 +100,8 @@ class ChannelService:
             if who != hello.facility:
                 raise FrameError(f"certificate names {who!r}, hello claims {hello.facility!r}")
             link = _link_key(hello)
+            if link not in {key for key, _ in self._parties} and len(self._links()) >= MAX_LINKS:
+                raise FrameError(f"refusing link {link}: {MAX_LINKS} links are already connected")
             slot = (link, hello.role)
             old = self._parties.get(slot)
             if old is not None:
@@ -119,6 +125,8 @@ class ChannelService:
             party = self._parties.get(slot) if slot is not None else None
             if party is not None and party.writer is writer:
                 del self._parties[slot]  # type: ignore[arg-type]
+                if slot[0] not in self._links():  # type: ignore[index]
+                    self.broker.forget(slot[0])  # type: ignore[index]  # nobody left to finish its rounds
             writer.close()
             with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
                 await writer.wait_closed()
@@ -137,6 +145,9 @@ class ChannelService:
                 continue
             with contextlib.suppress(ConnectionError, OSError):
                 party.writer.write(encode_length_prefixed(encode_frame(message, job.round_id)))
+
+    def _links(self) -> set[LinkKey]:
+        return {key for key, _ in self._parties}
 
     # ---- admin API -------------------------------------------------------------------------------------
     def admin_app(self) -> web.Application:

@@ -143,6 +143,7 @@ def _classical_app(links: dict[str, PeerLink]) -> web.Application:
             log.warning("classical connection refused: certificate %r is no configured peer", who)
             raise web.HTTPForbidden(text="not a configured peer\n")
         if link.role is Role.ALICE:
+            log.warning("classical connection from %s refused: this facility dials it", who)
             raise web.HTTPForbidden(text="this facility dials you: it is Alice on the link\n")
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=15)
         await ws.prepare(request)

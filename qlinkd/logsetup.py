@@ -24,6 +24,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs every HTTP request it cannot parse at ERROR with a traceback that quotes the bytes.
+    A peer's garbage is worth one warning line, not a traceback (and its bytes are not ours to log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "refused a malformed HTTP request: %s (status %s)"
+            record.args = (type(exc).__name__, exc.code)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def configure(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -35,3 +54,4 @@ def configure(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     # aiohttp logs every refused handshake at length; our own lines say what matters.
     logging.getLogger("aiohttp").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())

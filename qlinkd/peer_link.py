@@ -46,7 +46,9 @@ EAVESDROPPER_REASONS = frozenset(
     }
 )
 """Aborts whose statistics point at an eavesdropper on the quantum channel."""
-TAMPER_REASONS = frozenset({AbortReason.AUTHENTICATION_FAILED, AbortReason.VERIFICATION_FAILED})
+TAMPER_REASONS = frozenset({AbortReason.AUTHENTICATION_FAILED})
+"""A tag that does not verify: someone altered the classical channel. (A failed verification hash is
+a residual reconciliation error, rare and honest: it aborts the round without an alarm.)"""
 PAUSE_AFTER_ABORT_S = 0.5
 """Alice waits this long after an aborted round before the next, so an attack does not spin the CPU."""
 RECHECK_S = 1.0
@@ -359,6 +361,15 @@ class PeerLink:
                 log.warning("link to %s closed: %s", peer_id, reason)
                 self.rt.audit.record("link_down", peer=peer_id, reason=reason)
 
+    def _evidence_of_eavesdropper(self, event: lk.RoundEnded) -> bool:
+        """An abort on the statistics raises the alarm when the measured QBER or CHSH value itself is
+        past the threshold. When only the finite-size bound is (a round too small for its noise), the
+        round still ends without key, but that is a configuration matter, not evidence of an attack."""
+        stats = event.outcome.statistics if event.outcome is not None else None
+        if stats is None or event.reason is AbortReason.DECOY_BOUND_EMPTY:
+            return True  # no own measurement to weigh (or PNS, which only the decoy yields reveal)
+        return _point_estimate_crosses(stats, self.config.distill.qber_tolerance)
+
     def _round_ended(self, event: lk.RoundEnded) -> None:
         peer_id = self.peer.id
         outcome = event.outcome
@@ -395,7 +406,8 @@ class PeerLink:
                 peer_id,
                 reason=event.reason,
                 duration_s=duration,
-                eavesdropper_suspected=event.reason in EAVESDROPPER_REASONS | TAMPER_REASONS,
+                eavesdropper_suspected=event.reason in TAMPER_REASONS
+                or (event.reason in EAVESDROPPER_REASONS and self._evidence_of_eavesdropper(event)),
                 qber=record["qber"],
                 chsh_s=record["chsh_s"],
             )
@@ -427,7 +439,9 @@ class PeerLink:
             )
             return
         self._resume_at = time.monotonic() + PAUSE_AFTER_ABORT_S
-        if event.reason in EAVESDROPPER_REASONS or event.reason in TAMPER_REASONS:
+        if event.reason in TAMPER_REASONS or (
+            event.reason in EAVESDROPPER_REASONS and self._evidence_of_eavesdropper(event)
+        ):
             self.alarm = event.reason.name.lower()
             log.error(
                 "ALARM round %d with %s aborted (%s): %s; no key kept",
@@ -444,6 +458,13 @@ class PeerLink:
                 event.reason.name.lower(),
                 event.detail[:200],
             )
+
+
+def _point_estimate_crosses(stats: Any, tolerance: float) -> bool:
+    """Whether the measured value itself (not only its finite-size bound) is beyond the threshold."""
+    if stats.chsh_s is not None:
+        return bool(stats.chsh_s <= 2.0 or stats.qber > tolerance)
+    return bool(stats.qber > tolerance)
 
 
 def _host(host: str) -> str:

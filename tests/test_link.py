@@ -86,7 +86,9 @@ def test_eavesdropper_aborts_at_both_ends_and_no_key_enters_the_pool(tmp_path: P
         (ended,) = pair.ended(end)
         assert ended.reason is AbortReason.QBER_ABOVE_THRESHOLD
         assert end.store.pool_bits(end.peer) == 0 and _pool(end.store, end.peer)[2] == 0
-    assert pair.ended(pair.a)[0].by_peer  # Bob measured it, Alice reports his cause
+        # Each end judged on its own evidence: Bob sends his test bits ahead of his Abort.
+        stats = pair.ended(end)[0].outcome.statistics
+        assert not pair.ended(end)[0].by_peer and stats is not None and stats.qber > 0.2
     # Detached: the next round establishes again.
     pair.broker.eve = Eavesdropper()
     pair.run_round()

@@ -1,0 +1,438 @@
+"""kill -9 test: the key pools stay identical, and no key is delivered twice, while the daemons are
+SIGKILLed in the middle of rounds and key deliveries.
+
+    .venv/bin/python bench/kill9.py                # 20 kills
+    .venv/bin/python bench/kill9.py --kills 5 --json
+
+A deployment runs; a client thread asks facility A's KME for keys (ETSI 014 enc_keys as master SAE
+pacs-hospital-a for slave pacs-hospital-b) and fetches each at facility B (dec_keys as the slave),
+recording every key ID and value it receives, and now and then asks B again for a key it already
+fetched (which B must refuse). Meanwhile, --kills times: wait until the link commits a round, wait a
+random 0.2-1.5 s (seeded) so a round or a delivery is in flight, SIGKILL one daemon (A and B in turn),
+restart it and wait for READY=1, then for a round established after the restart.
+
+At the end the client drains the keys still owed, everything is stopped cleanly (SIGTERM) and both
+durable stores are compared. KeyStore exposes link states, pool levels by owner and the outbox, used as
+such; it has no listing of rounds or of delivered keys, so those are read from the SQLite tables
+directly, read-only (rounds, round_outcomes, auth, incoming, fetched). Checked: both pools hold the same
+committed rounds (round ids, owners, start offsets, remaining bytes, and the bytes themselves, compared by
+SHA-256), the same authentication key position and bytes, no key ID handed out twice by A or delivered
+twice by B, every key fetched at B equals the one A handed out, no two keys share bytes, and no audit log
+recorded a pool divergence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import collections
+import contextlib
+import hashlib
+import json
+import random
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import _deploy as d
+import httpx
+
+from qlinkmed.qlinkd.deployment import Deployment
+from qlinkmed.qlinkd.keystore import KeyStore
+
+MASTER, SLAVE = f"pacs-{d.A}", f"pacs-{d.B}"
+RECOVERY_TIMEOUT_S = 60.0
+"""How long a restarted pair may take to establish a round again before the kill counts as a stall."""
+DRAIN_TIMEOUT_S = 30.0
+"""How long the client keeps fetching keys still owed at B after the last kill."""
+CLIENT_PACE_S = 0.02
+"""Pause between the client's enc_keys requests, so it does not outrun key generation."""
+REFETCH_SHARE = 0.2
+"""Share of fetched keys the client asks B for a second time (B must refuse)."""
+
+
+@dataclass(slots=True)
+class ClientLog:
+    """Everything the SAE client saw."""
+
+    handed: dict[str, bytes] = field(default_factory=dict)
+    handed_twice: int = 0
+    fetched: dict[str, bytes] = field(default_factory=dict)
+    fetched_twice: int = 0
+    refetch_refused: int = 0
+    refetch_attempts: int = 0
+    pending: list[str] = field(default_factory=list)
+    errors: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+class KeyClient(threading.Thread):
+    """Master at A, slave at B, over ETSI 014 with their SAE certificates."""
+
+    def __init__(self, deployment: Deployment, seed: int) -> None:
+        super().__init__(name="etsi-client", daemon=True)
+        self.deployment = deployment
+        self.log = ClientLog()
+        self.stop_handing = threading.Event()
+        self.drain_deadline = 0.0
+        self._rng = random.Random(seed)
+
+    def run(self) -> None:
+        enc_url = f"{self.deployment.kme_url(d.A)}/api/v1/keys/{SLAVE}/enc_keys"
+        dec_url = f"{self.deployment.kme_url(d.B)}/api/v1/keys/{MASTER}/dec_keys"
+        with d.sae_client(self.deployment, MASTER) as enc, d.sae_client(self.deployment, SLAVE) as dec:
+            while not self.stop_handing.is_set():
+                self._enc(enc, enc_url)
+                self._dec_pass(dec, dec_url)
+                self.stop_handing.wait(CLIENT_PACE_S)
+            misses = 0
+            while self.log.pending and time.monotonic() < self.drain_deadline:
+                if self._dec_pass(dec, dec_url):
+                    misses = 0
+                    continue
+                misses += 1
+                # A whole rotation without a key, and A owes B no notice: what is left never comes.
+                if misses >= len(self.log.pending) and self._notices_owed() == 0:
+                    break
+                time.sleep(0.1)  # pacing retries of keys whose notice has not arrived yet
+
+    def _notices_owed(self) -> int:
+        try:
+            return int(d.local_get(self.deployment, d.A, "/v1/keys")["pools"][0]["notices_unacknowledged"])
+        except (httpx.HTTPError, OSError, KeyError, IndexError, ValueError):
+            return -1
+
+    def _post(self, client: httpx.Client, url: str, body: dict[str, Any], what: str) -> httpx.Response | None:
+        try:
+            return client.post(url, json=body)
+        except httpx.HTTPError as exc:
+            self.log.errors[f"{what}: {type(exc).__name__}"] += 1
+            return None
+
+    def _enc(self, client: httpx.Client, url: str) -> None:
+        response = self._post(client, url, {"number": self._rng.randint(1, 4)}, "enc")
+        if response is None:
+            return
+        if response.status_code != 200:
+            self.log.errors[f"enc: HTTP {response.status_code}"] += 1
+            return
+        for key in response.json()["keys"]:
+            if key["key_ID"] in self.log.handed:
+                self.log.handed_twice += 1
+            self.log.handed[key["key_ID"]] = base64.b64decode(key["key"])
+            self.log.pending.append(key["key_ID"])
+
+    def _dec_pass(self, client: httpx.Client, url: str) -> int:
+        """Fetch the keys owed, oldest first, until one fails (it goes to the back of the queue, so a key
+        whose answer a kill cut off does not block the others); returns how many arrived."""
+        got = 0
+        while self.log.pending:
+            key_id = self.log.pending.pop(0)
+            if not self._dec_one(client, url, key_id):
+                self.log.pending.append(key_id)
+                break
+            got += 1
+        return got
+
+    def _dec_one(self, client: httpx.Client, url: str, key_id: str) -> bool:
+        response = self._post(client, url, {"key_IDs": [{"key_ID": key_id}]}, "dec")
+        if response is None:
+            return False
+        if response.status_code != 200:
+            self.log.errors[f"dec: HTTP {response.status_code}"] += 1
+            return False
+        for key in response.json()["keys"]:
+            if key["key_ID"] in self.log.fetched:
+                self.log.fetched_twice += 1
+            self.log.fetched[key["key_ID"]] = base64.b64decode(key["key"])
+        if self._rng.random() < REFETCH_SHARE:
+            again = self._post(client, url, {"key_IDs": [{"key_ID": key_id}]}, "refetch")
+            if again is not None:
+                self.log.refetch_attempts += 1
+                self.log.refetch_refused += again.status_code == 400
+        return True
+
+
+# ---- the stores after the run ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreView:
+    last_committed: int
+    pending_round: int
+    next_round: int
+    auth_position: int
+    auth_sha256: str
+    pool_bits_owned_by: dict[str, int]
+    outbox: int
+    rounds: list[tuple[int, str, int, int, str]]
+    """Committed rounds: (round_id, owner, start, bytes left, SHA-256 of those bytes)."""
+    committed_outcomes: set[int]
+    incoming: set[str]
+    fetched: set[str]
+
+
+def read_store(deployment: Deployment, facility: str) -> StoreView:
+    peer = d.B if facility == d.A else d.A
+    path = deployment.root / "state" / facility / "keys.sqlite3"
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = db.execute(
+            "SELECT round_id, owner, start, material FROM rounds WHERE peer = ? AND committed = 1"
+            " ORDER BY round_id",
+            (peer,),
+        ).fetchall()
+        rounds = [(r, o, s, len(m), hashlib.sha256(m).hexdigest()) for r, o, s, m in rows]
+        outcomes = {
+            r
+            for (r,) in db.execute(
+                "SELECT round_id FROM round_outcomes WHERE peer = ? AND committed = 1", (peer,)
+            )
+        }
+        auth = db.execute("SELECT material FROM auth WHERE peer = ?", (peer,)).fetchone()[0]
+        incoming = {k for (k,) in db.execute("SELECT key_id FROM incoming")}
+        fetched = {k for (k,) in db.execute("SELECT key_id FROM fetched")}
+    finally:
+        db.close()
+    store = KeyStore.open(path)
+    try:
+        state = store.link_state(peer)
+        owned = {owner: store.pool_bits(peer, owner=owner) for owner in (d.A, d.B)}
+        outbox = len(store.outbox(peer))
+    finally:
+        store.close()
+    return StoreView(
+        last_committed=state.last_committed,
+        pending_round=state.pending_round,
+        next_round=state.next_round,
+        auth_position=state.auth_position,
+        auth_sha256=hashlib.sha256(auth).hexdigest(),
+        pool_bits_owned_by=owned,
+        outbox=outbox,
+        rounds=rounds,
+        committed_outcomes=outcomes,
+        incoming=incoming,
+        fetched=fetched,
+    )
+
+
+# ---- the run --------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KillReport:
+    kills: int
+    """SIGKILLs delivered."""
+    seconds: float
+    """Wall time from the first kill cycle to the comparison."""
+    ready_s: list[float]
+    """Per kill: restart -> READY=1."""
+    recovered_s: list[float | None]
+    """Per kill: READY=1 -> the next round established (None: not within RECOVERY_TIMEOUT_S)."""
+    stalls: int
+    """Kills after which no round was established within RECOVERY_TIMEOUT_S (must be 0)."""
+    reconcile_committed: int
+    """Pending rounds the restarted pair committed on reconnect (link_up records, both sides)."""
+    reconcile_discarded: int
+    """Pending rounds the restarted pair discarded on reconnect."""
+    rounds_aborted: int
+    """Rounds aborted in both audit logs (a kill mid-round aborts it on the survivor)."""
+    pool_divergences: int
+    """pool_divergence records in both audit logs (must be 0)."""
+    keys_handed: int
+    """Keys A's KME handed to the master SAE."""
+    keys_fetched: int
+    """Keys B's KME delivered to the slave SAE."""
+    keys_unfetched: int
+    """Keys handed out at A that the client never got from B."""
+    unfetched_fetched_at_b: int
+    """Of those, how many B's store records as delivered: the answer was lost to a kill (at most once)."""
+    incoming_left_at_b: int
+    """Keys B holds for the slave that the client never saw from A: A's answer was lost to a kill."""
+    handed_twice: int
+    """Key IDs A handed out more than once (must be 0)."""
+    fetched_twice: int
+    """Key IDs B delivered more than once (must be 0)."""
+    refetch_asked: int
+    """Second fetches of an already delivered key the client made."""
+    refetch_refused: int
+    """Of those, how many B refused (must be all)."""
+    mismatched: int
+    """Keys fetched at B whose bytes differ from A's (must be 0)."""
+    shared_bytes: int
+    """Pairs of distinct keys with equal bytes (must be 0)."""
+    client_errors: dict[str, int]
+    """What the client met while daemons were down or short of key."""
+    pools_equal: bool
+    """Both stores hold the same committed rounds, bytes included, and the same auth key state."""
+    pool_differences: list[str]
+    """What differs, if anything."""
+    committed_rounds: int
+    """Committed rounds still holding key, as A sees them."""
+    last_committed: dict[str, int]
+    """Highest committed round id per facility."""
+
+
+def _established(deployment: Deployment, facility: str) -> int:
+    return sum(r.get("event") == "round_established" for r in d.read_audit(deployment, facility))
+
+
+def compare(view_a: StoreView, view_b: StoreView) -> list[str]:
+    out = []
+    if view_a.rounds != view_b.rounds:
+        only_a = sorted(set(view_a.rounds) - set(view_b.rounds))[:5]
+        only_b = sorted(set(view_b.rounds) - set(view_a.rounds))[:5]
+        out.append(f"committed rounds differ: only at A {only_a}, only at B {only_b}")
+    if view_a.last_committed != view_b.last_committed:
+        out.append(f"last committed: A {view_a.last_committed}, B {view_b.last_committed}")
+    common = min(view_a.last_committed, view_b.last_committed)
+    a_out = {r for r in view_a.committed_outcomes if r <= common}
+    b_out = {r for r in view_b.committed_outcomes if r <= common}
+    if a_out != b_out:
+        out.append(f"committed round ids differ: {sorted(a_out ^ b_out)[:10]}")
+    if (view_a.auth_position, view_a.auth_sha256) != (view_b.auth_position, view_b.auth_sha256):
+        out.append(f"authentication key: A at {view_a.auth_position}, B at {view_b.auth_position}")
+    if view_a.pool_bits_owned_by != view_b.pool_bits_owned_by:
+        out.append(f"pool bits by owner: A {view_a.pool_bits_owned_by}, B {view_b.pool_bits_owned_by}")
+    return out
+
+
+def kill_cycles(started: d.Started, kills: int, *, seed: int = 1) -> KillReport:
+    deployment, group = started.deployment, started.group
+    rng = random.Random(seed)
+    d.wait_for(lambda: _established(deployment, d.A) > 0, RECOVERY_TIMEOUT_S, "the first round")
+    client = KeyClient(deployment, seed)
+    client.start()
+    begin = time.monotonic()
+    ready, recovered = [], []
+    for i in range(kills):
+        victim = d.A if i % 2 == 0 else d.B
+        time.sleep(rng.uniform(0.2, 1.5))  # the random instant of the kill, not a wait for readiness
+        group.kill(victim, signal.SIGKILL)
+        before = _established(deployment, d.A)
+        group.start(victim)
+        ready.append(group.wait_ready(victim))
+        try:
+            recovered.append(
+                d.wait_for(
+                    lambda b=before: _established(deployment, d.A) > b,
+                    RECOVERY_TIMEOUT_S,
+                    "a round after restart",
+                )
+            )
+        except TimeoutError:
+            recovered.append(None)
+    client.drain_deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    client.stop_handing.set()
+    client.join(DRAIN_TIMEOUT_S + 30)
+    # The notices A owes B must be acknowledged before the pools can be compared.
+    with contextlib.suppress(TimeoutError):
+        d.wait_for(
+            lambda: d.local_get(deployment, d.A, "/v1/keys")["pools"][0]["notices_unacknowledged"] == 0,
+            DRAIN_TIMEOUT_S,
+            "notices acknowledged",
+        )
+    audits = {f: d.read_audit(deployment, f) for f in (d.A, d.B)}
+    group.stop_all()
+    views = {f: read_store(deployment, f) for f in (d.A, d.B)}
+    differences = compare(views[d.A], views[d.B])
+    log = client.log
+    unfetched = [k for k in log.handed if k not in log.fetched]
+    materials = list(log.handed.values())
+    ups = [r for f in audits for r in audits[f] if r.get("event") == "link_up"]
+    return KillReport(
+        kills=kills,
+        seconds=time.monotonic() - begin,
+        ready_s=ready,
+        recovered_s=recovered,
+        stalls=sum(r is None for r in recovered),
+        reconcile_committed=sum(len(r.get("committed", [])) for r in ups),
+        reconcile_discarded=sum(len(r.get("discarded", [])) for r in ups),
+        rounds_aborted=sum(r.get("event") == "round_aborted" for f in audits for r in audits[f]),
+        pool_divergences=sum(r.get("event") == "pool_divergence" for f in audits for r in audits[f]),
+        keys_handed=len(log.handed),
+        keys_fetched=len(log.fetched),
+        keys_unfetched=len(unfetched),
+        unfetched_fetched_at_b=sum(k in views[d.B].fetched for k in unfetched),
+        incoming_left_at_b=len(views[d.B].incoming - log.handed.keys()),
+        handed_twice=log.handed_twice,
+        fetched_twice=log.fetched_twice,
+        refetch_asked=log.refetch_attempts,
+        refetch_refused=log.refetch_refused,
+        mismatched=sum(log.handed.get(k) != v for k, v in log.fetched.items()),
+        shared_bytes=len(materials) - len(set(materials)),
+        client_errors=dict(log.errors),
+        pools_equal=not differences,
+        pool_differences=differences,
+        committed_rounds=len(views[d.A].rounds),
+        last_committed={f: views[f].last_committed for f in views},
+    )
+
+
+def _stat(values: list[float | None]) -> str:
+    got = [v for v in values if v is not None]
+    if not got:
+        return "-"
+    return f"median {d.median(got):.2f} s, max {max(got):.2f} s"
+
+
+def print_report(report: KillReport) -> None:
+    print(f"kill -9: {report.kills} SIGKILLs (A and B in turn) in {report.seconds:.1f} s")
+    print(f"restart -> READY: {_stat(report.ready_s)}")  # type: ignore[arg-type]
+    print(f"READY -> next round established: {_stat(report.recovered_s)}; stalls {report.stalls}")
+    print(
+        f"on reconnect: {report.reconcile_committed} pending rounds committed, "
+        f"{report.reconcile_discarded} discarded; {report.rounds_aborted} rounds aborted; "
+        f"pool divergences {report.pool_divergences}"
+    )
+    print(
+        f"keys: {report.keys_handed} handed out at A, {report.keys_fetched} fetched at B, "
+        f"{report.keys_unfetched} never fetched ({report.unfetched_fetched_at_b} of them delivered by B "
+        f"to an answer lost in a kill); {report.incoming_left_at_b} held at B whose enc_keys answer was lost"
+    )
+    print(
+        f"duplicates: handed twice {report.handed_twice}, fetched twice {report.fetched_twice}, "
+        f"second fetches refused {report.refetch_refused}/{report.refetch_asked}; "
+        f"mismatched values {report.mismatched}; keys sharing bytes {report.shared_bytes}"
+    )
+    print(f"client errors: {report.client_errors}")
+    print(
+        f"pools: {'identical' if report.pools_equal else 'DIFFERENT'} "
+        f"({report.committed_rounds} committed rounds holding key, last committed {report.last_committed})"
+    )
+    for line in report.pool_differences:
+        print(f"  {line}")
+
+
+def ok(report: KillReport) -> bool:
+    return (
+        report.pools_equal
+        and report.stalls == 0
+        and report.pool_divergences == 0
+        and report.handed_twice == report.fetched_twice == report.mismatched == report.shared_bytes == 0
+        and report.refetch_refused == report.refetch_asked
+        and report.keys_unfetched == report.unfetched_fetched_at_b
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--pulses", type=int, default=700_000, help="pulses per round")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    with d.running(pulses_per_round=args.pulses) as started:
+        report = kill_cycles(started, args.kills, seed=args.seed)
+    if args.json:
+        print(json.dumps(asdict(report), indent=2))
+    else:
+        print_report(report)
+    return 0 if ok(report) else 1
+
+
+__all__ = ["KillReport", "kill_cycles", "ok"]
+
+if __name__ == "__main__":
+    sys.exit(main())
