@@ -68,8 +68,15 @@ def one_run(
     seconds: float,
     distance_km: float,
     first_key_timeout: float = FIRST_KEY_TIMEOUT_S,
+    afterpulse: float = 0.04,
 ) -> RunResult:
-    with d.running(protocol=protocol, pulses_per_round=pulses, distance_km=distance_km) as started:
+    with d.running(
+        protocol=protocol,
+        pulses_per_round=pulses,
+        distance_km=distance_km,
+        afterpulse=afterpulse,
+        round_timeout_s=60.0,
+    ) as started:
         deployment = started.deployment
 
         def has_key() -> bool:
@@ -170,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol", choices=("bb84", "e91"), default="bb84")
     parser.add_argument("--distance-km", type=float, default=10.0, help="fibre length")
     parser.add_argument(
+        "--afterpulse",
+        type=float,
+        default=0.04,
+        help="detector after-pulse probability (E91 keys need ~0.005)",
+    )
+    parser.add_argument(
         "--first-key-timeout", type=float, default=FIRST_KEY_TIMEOUT_S, help="give up waiting for key after"
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
@@ -177,7 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for i in range(args.runs):
         runs.append(
-            one_run(args.protocol, args.pulses, args.seconds, args.distance_km, args.first_key_timeout)
+            one_run(
+                args.protocol,
+                args.pulses,
+                args.seconds,
+                args.distance_km,
+                args.first_key_timeout,
+                afterpulse=args.afterpulse,
+            )
         )
         if not args.json:
             print(f"run {i + 1}/{args.runs} done", file=sys.stderr)
@@ -187,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             "pulses_per_round": args.pulses,
             "window_s": args.seconds,
             "distance_km": args.distance_km,
+            "afterpulse": args.afterpulse,
             "first_key_timeout_s": args.first_key_timeout,
             "median": medians(runs),
             "runs": [asdict(r) for r in runs],

@@ -32,6 +32,7 @@ from . import pki
 from .errors import FrameError, StoreError
 from .framing import encode_length_prefixed, read_frame
 from .keystore import KeyNotice
+from .persistence import persist
 from .runtime import Runtime
 from .wire import MAX_FRAME_BYTES, decode_frame, encode_frame
 
@@ -53,7 +54,10 @@ PAUSE_AFTER_ABORT_S = 0.5
 """Alice waits this long after an aborted round before the next, so an attack does not spin the CPU."""
 RECHECK_S = 1.0
 """How often an idle link re-reads the pool level (keys handed out may have drained it)."""
-RECONNECT_S = (0.2, 2.0)
+RECONNECT_S = (0.1, 2.0)
+"""First and longest pause between connection attempts (growing by half each time)."""
+CHANNEL_GRACE_S = 2.0
+"""How long a round waits for this end's quantum-channel connection before it is given up."""
 
 
 @dataclass(slots=True)
@@ -72,6 +76,7 @@ class PeerLink:
         self._queue: asyncio.Queue[_Input] | None = None
         self._ws: aiohttp.ClientWebSocketResponse | web.WebSocketResponse | None = None
         self._channel: asyncio.StreamWriter | None = None
+        self._channel_up = asyncio.Event()
         self._paused = False
         self._resume_at = 0.0
         self.link: lk.LinkConnection | None = None
@@ -142,7 +147,7 @@ class PeerLink:
                         delay = RECONNECT_S[0]
                         await self._session(ws)
                 await asyncio.sleep(delay)
-                delay = min(RECONNECT_S[1], delay * 2)
+                delay = min(RECONNECT_S[1], delay * 1.5)
 
     async def _channel_loop(self) -> None:
         address = self.rt.config.channel
@@ -158,7 +163,7 @@ class PeerLink:
                 delay = RECONNECT_S[0]
                 await self._channel_session(reader, writer)
             await asyncio.sleep(delay)
-            delay = min(RECONNECT_S[1], delay * 2)
+            delay = min(RECONNECT_S[1], delay * 1.5)
 
     async def _channel_session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         hello = lm.ChannelHello(
@@ -169,6 +174,7 @@ class PeerLink:
         )
         writer.write(encode_length_prefixed(encode_frame(hello, 0)))
         self._channel = writer
+        self._channel_up.set()
         log.info("quantum channel connected for %s", self.peer.id)
         try:
             while (data := await read_frame(reader, MAX_FRAME_BYTES)) is not None:
@@ -181,6 +187,7 @@ class PeerLink:
             log.info("quantum channel connection lost: %s", exc)
         finally:
             self._channel = None
+            self._channel_up.clear()
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
@@ -290,6 +297,11 @@ class PeerLink:
             await self._send(ws, round_id, message)
         for request in link.channel_requests():
             if self._channel is None:
+                # Right after start-up the peer may be faster than our channel connection: give it a
+                # moment rather than failing the round (which would cost both ends a pause).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._channel_up.wait(), CHANNEL_GRACE_S)
+            if self._channel is None:
                 link.channel_result(
                     request.round_id, lm.ChannelError(reason="not connected"), time.monotonic()
                 )
@@ -306,12 +318,11 @@ class PeerLink:
     async def _on_event(self, link: lk.LinkConnection, ws: Any, event: lk.Event) -> None:
         store, peer_id = self.rt.store, self.peer.id
         now = time.monotonic()
+        result = persist(store, link, peer_id, event, now)
         match event:
-            case lk.HelloReceived(remote=remote):
-                result = store.reconcile(peer_id, remote)
-                if remote.auth_position > store.link_state(peer_id).auth_position:
-                    store.advance_auth(peer_id, remote.auth_position)
-                link.hello_done(next_round=result.next_round, auth=store.auth_store(peer_id))
+            case lk.HelloReceived():
+                if result is None:
+                    return
                 self.rt.metrics.set_link_up(peer_id, True)
                 log.info(
                     "link to %s up as %s (committed %s, discarded %s on reconcile)",
@@ -328,18 +339,6 @@ class PeerLink:
                 )
                 for notice in store.outbox(peer_id):
                     await self._send(ws, 0, notice)
-            case lk.RoundStarted(round_id=round_id):
-                store.note_round_started(peer_id, round_id)
-            case lk.AuthAdvanced(position=position):
-                store.advance_auth(peer_id, position)
-            case lk.StorePending(round_id=round_id, owner=owner, key=key, auth_refill=refill):
-                store.store_pending(peer_id, round_id, owner=owner, key=key, auth_refill=refill)
-                link.stored(round_id, now)
-            case lk.CommitRound(round_id=round_id):
-                store.commit(peer_id, round_id)
-                link.replace_auth(store.auth_store(peer_id))
-            case lk.DiscardRound(round_id=round_id):
-                store.discard_pending(peer_id, round_id)
             case lk.RoundEnded():
                 self._round_ended(event)
             case lk.NoticeReceived(notice=notice):
@@ -355,8 +354,6 @@ class PeerLink:
                 else:
                     self.rt.kme_notice_arrived()
                     await self._send(ws, 0, lm.NoticeAck(key_id=notice.key_id))
-            case lk.NoticeAcked(key_id=key_id):
-                store.ack_notice(peer_id, key_id)
             case lk.LinkClosed(reason=reason):
                 log.warning("link to %s closed: %s", peer_id, reason)
                 self.rt.audit.record("link_down", peer=peer_id, reason=reason)

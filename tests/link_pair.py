@@ -18,6 +18,7 @@ from qlinkmed.qlinkd import link as lk
 from qlinkmed.qlinkd.channel_broker import ChannelBroker, Job, LinkKey, run
 from qlinkmed.qlinkd.errors import FrameError
 from qlinkmed.qlinkd.keystore import KeyStore
+from qlinkmed.qlinkd.persistence import persist
 from qlinkmed.qlinkd.wire import decode_frame, encode_frame
 
 PSK = bytes(range(256)) * 16
@@ -87,28 +88,9 @@ class LinkPair:
         link, store, peer = end.link, end.store, end.peer
         while (event := link.next_event()) is not None:
             end.events.append(event)
-            match event:
-                case lk.HelloReceived(remote=remote):
-                    result = store.reconcile(peer, remote)
-                    if remote.auth_position > store.link_state(peer).auth_position:
-                        store.advance_auth(peer, remote.auth_position)
-                    link.hello_done(next_round=result.next_round, auth=store.auth_store(peer))
-                case lk.RoundStarted(round_id=r):
-                    store.note_round_started(peer, r)
-                case lk.AuthAdvanced(position=p):
-                    store.advance_auth(peer, p)
-                case lk.StorePending(round_id=r, owner=o, key=k, auth_refill=refill):
-                    store.store_pending(peer, r, owner=o, key=k, auth_refill=refill)
-                    link.stored(r, self.now)
-                case lk.CommitRound(round_id=r):
-                    store.commit(peer, r)
-                    link.replace_auth(store.auth_store(peer))
-                case lk.DiscardRound(round_id=r):
-                    store.discard_pending(peer, r)
-                case lk.NoticeReceived(notice=n):
-                    store.accept_notice(peer, n)
-                case lk.NoticeAcked(key_id=k):
-                    store.ack_notice(peer, k)
+            persist(store, link, peer, event, self.now)
+            if isinstance(event, lk.NoticeReceived):
+                store.accept_notice(peer, event.notice)
 
     def _outgoing(self, end: End) -> bool:
         moved = False

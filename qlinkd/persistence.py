@@ -1,0 +1,40 @@
+"""The durable half of a link event: what the key store must hold before the link machine's next frames
+may leave. One function, shared by the asyncio shell and the in-memory test pair, so the tests exercise
+exactly the persistence the daemon does."""
+
+from __future__ import annotations
+
+from . import link as lk
+from .keystore import KeyStore, ReconcileResult
+
+
+def persist(
+    store: KeyStore, link: lk.LinkConnection, peer: str, event: lk.Event, now: float
+) -> ReconcileResult | None:
+    """Apply `event` to `store` and feed back what the machine waits for. Returns the reconcile result
+    for a hello (the caller logs and audits it), None otherwise. Events with no durable side are left
+    to the caller."""
+    match event:
+        case lk.HelloReceived(remote=remote):
+            result = store.reconcile(peer, remote)
+            # The peer may have spent authentication key we never saw it use (it crashed after the
+            # write-ahead): skip past it, never reuse it.
+            if remote.auth_position > store.link_state(peer).auth_position:
+                store.advance_auth(peer, remote.auth_position)
+            link.hello_done(next_round=result.next_round, auth=store.auth_store(peer))
+            return result
+        case lk.RoundStarted(round_id=round_id):
+            store.note_round_started(peer, round_id)
+        case lk.AuthAdvanced(position=position):
+            store.advance_auth(peer, position)
+        case lk.StorePending(round_id=round_id, owner=owner, key=key, auth_refill=refill):
+            store.store_pending(peer, round_id, owner=owner, key=key, auth_refill=refill)
+            link.stored(round_id, now)
+        case lk.CommitRound(round_id=round_id):
+            store.commit(peer, round_id)
+            link.replace_auth(store.auth_store(peer))
+        case lk.DiscardRound(round_id=round_id):
+            store.discard_pending(peer, round_id)
+        case lk.NoticeAcked(key_id=key_id):
+            store.ack_notice(peer, key_id)
+    return None
