@@ -171,8 +171,10 @@ class RoundStart(_message.Message):
     def __init__(self, pulses: _Optional[int] = ...) -> None: ...
 
 class KeyStored(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("confirmation",)
+    CONFIRMATION_FIELD_NUMBER: _ClassVar[int]
+    confirmation: bytes
+    def __init__(self, confirmation: _Optional[bytes] = ...) -> None: ...
 
 class Segment(_message.Message):
     __slots__ = ("round_id", "start", "length")

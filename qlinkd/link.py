@@ -19,11 +19,14 @@ rule in ``keystore.reconcile``, so the two pools never diverge.
 
 from __future__ import annotations
 
+import hmac
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
 import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.hmac import HMAC
 
 from qlinkmed.qcore import messages as qm
 from qlinkmed.qcore.auth import ROUND_AUTH_BITS, AuthKeyStore
@@ -217,6 +220,7 @@ class _Round:
     held: Message | None = None
     stored: bool = False
     peer_stored: bool = False
+    key: bytes = field(default=b"", repr=False)
 
 
 class LinkConnection:
@@ -316,7 +320,13 @@ class LinkConnection:
             if not self._current(round_id):
                 self._violation(f"key confirmation for round {round_id}, not the current one", now)
                 return
-            self._round.peer_stored = True  # type: ignore[union-attr]
+            rnd = self._round
+            expected = key_confirmation(rnd.key, rnd.round_id, self.config.peer)  # type: ignore[union-attr]
+            if not hmac.compare_digest(message.confirmation, expected):
+                # Not the key we hold: never commit on it; the next hello settles our pending round.
+                self._close(f"key confirmation for round {round_id} does not match our key")
+                return
+            rnd.peer_stored = True  # type: ignore[union-attr]
             self._maybe_commit(now)
         elif isinstance(message, Message):
             self._on_distill(round_id, message, now)
@@ -367,8 +377,10 @@ class LinkConnection:
         """The caller made the pending key durable."""
         if not self._current(round_id) or not self._accept(Input.STORED, now):
             return
-        self._round.stored = True  # type: ignore[union-attr]
-        self._frames.append((round_id, lm.KeyStored()))
+        rnd = self._round
+        rnd.stored = True  # type: ignore[union-attr]
+        confirmation = key_confirmation(rnd.key, round_id, self.config.facility)  # type: ignore[union-attr]
+        self._frames.append((round_id, lm.KeyStored(confirmation=confirmation)))
         self._maybe_commit(now)
 
     def handle_timer(self, now: float) -> None:
@@ -538,11 +550,12 @@ class LinkConnection:
             return
         if outcome.established and not was_established:
             self.state = State.AWAIT_CONFIRMATION
+            rnd.key = _whole_bytes(outcome.key)
             self._events.append(
                 StorePending(
                     round_id=rnd.round_id,
                     owner=self.config.owner_of(rnd.round_id),
-                    key=_whole_bytes(outcome.key),
+                    key=rnd.key,
                     auth_refill=np.packbits(outcome.auth_refill).tobytes(),
                 )
             )
@@ -638,6 +651,18 @@ class LinkConnection:
         self.state = State.CLOSED
         self._deadline = None
         self._events.append(LinkClosed(reason=reason))
+
+
+CONFIRMATION_BYTES = 16
+
+
+def key_confirmation(key: bytes, round_id: int, sender: str) -> bytes:
+    """Proof that `sender` holds the round's key: HMAC-SHA256 keyed with the key itself. Whoever forges a
+    KeyStored without the key (a man in the middle with stolen TLS certificates) cannot make an end
+    commit a round its peer does not hold."""
+    mac = HMAC(key, hashes.SHA256())
+    mac.update(b"qlink key confirmation v1\x00" + sender.encode() + b"\x00" + round_id.to_bytes(8, "big"))
+    return mac.finalize()[:CONFIRMATION_BYTES]
 
 
 def _whole_bytes(bits: np.ndarray) -> bytes:

@@ -68,9 +68,14 @@ class RoundStart:
             raise FrameError("round_start.pulses: must be positive")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class KeyStored:
-    pass
+    confirmation: bytes = field(repr=False)
+    """``link.key_confirmation`` of the sender: it holds the round's key, not merely says so."""
+
+    def __post_init__(self) -> None:
+        if len(self.confirmation) != 16:
+            raise FrameError(f"key_stored.confirmation: {len(self.confirmation)} bytes, expected 16")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -286,8 +286,11 @@ def _peer_input(kind: lk.Input, round_id: int) -> tuple[int, object]:
     if kind is lk.Input.DISTILL:
         return round_id, qm.Estimate(test_bits=np.zeros(3, dtype=np.uint8))
     if kind is lk.Input.KEY_STORED:
-        return round_id, lm.KeyStored()
+        return round_id, lm.KeyStored(confirmation=bytes(16))
     return 0, lm.NoticeAck(key_id="00000000-0000-4000-8000-000000000000")
+
+
+HELD_FRAMES: dict[str, object] = {}
 
 
 def _bob_in(state: lk.State, root: Path) -> tuple[LinkPair, int]:
@@ -308,6 +311,7 @@ def _bob_in(state: lk.State, root: Path) -> tuple[LinkPair, int]:
             held["on"] = True
         if state is lk.State.AWAIT_CONFIRMATION and isinstance(message, lm.KeyStored) and who == "hospital-a":
             held["on"] = True
+            HELD_FRAMES["key_stored"] = message  # Alice's genuine confirmation, for the legal case
         return [] if held["on"] else [data]
 
     pair.tap = tap
@@ -327,6 +331,8 @@ def test_every_peer_input_outside_the_table_ends_the_round(
     assert bob.state is state
     list(iter(bob.next_event, None))
     round_id, message = _peer_input(kind, round_id)
+    if kind is lk.Input.KEY_STORED and state is lk.State.AWAIT_CONFIRMATION:
+        message = HELD_FRAMES.pop("key_stored")
     bob.receive(round_id, message, pair.now)
     events = list(iter(bob.next_event, None))
     violated = bob.state is lk.State.CLOSED or any(
@@ -351,3 +357,24 @@ def test_channel_failure_at_bob_releases_alice_at_once(pair: LinkPair) -> None:
     ended = [e for e in iter(pair.a.link.next_event, None) if isinstance(e, lk.RoundEnded)]
     assert ended and ended[0].reason is AbortReason.CHANNEL_UNAVAILABLE and ended[0].by_peer
     assert pair.a.link.state is lk.State.IDLE
+
+
+def test_forged_key_confirmation_never_commits(pair: LinkPair) -> None:
+    # A man in the middle (TLS broken) swaps Bob's KeyStored for one made without the key.
+    def tap(who: str, round_id: int, message: object, data: bytes) -> list[bytes]:
+        if who == "hospital-b" and isinstance(message, lm.KeyStored):
+            return [encode_frame(lm.KeyStored(confirmation=bytes(16)), round_id)]
+        return [data]
+
+    pair.tap = tap
+    pair.run_round()
+    assert pair.a.link.state is lk.State.CLOSED
+    assert pair.a.store.link_state(pair.a.peer).last_committed == 0
+    # Both ends did hold the key: the next hello settles the pending round consistently.
+    fresh = LinkPair(pair.root, stores=(pair.a.store, pair.b.store))
+    fresh.connect()
+    assert _keys_equal(fresh)
+    assert (
+        fresh.a.store.link_state(fresh.a.peer).last_committed
+        == fresh.b.store.link_state(fresh.b.peer).last_committed
+    )
