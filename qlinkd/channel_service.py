@@ -121,6 +121,10 @@ class ChannelService:
             log.warning("closing channel connection from %s (%s): %s", peer, who, exc)
         except (ConnectionError, OSError) as exc:
             log.info("channel connection from %s (%s) lost: %s", peer, who, exc)
+        except asyncio.CancelledError:
+            # Shutting down. Python 3.11's stream server asks a finished handler for its exception and
+            # logs a cancelled one as an error; ending normally keeps shutdown quiet.
+            log.debug("channel connection from %s closed at shutdown", peer)
         finally:
             party = self._parties.get(slot) if slot is not None else None
             if party is not None and party.writer is writer:
@@ -216,7 +220,7 @@ async def serve(
     server = await asyncio.start_server(
         service.handle_connection, config.listen.host, config.listen.port, ssl=context, limit=2**16
     )
-    runner = web.AppRunner(service.admin_app(), access_log=None)
+    runner = web.AppRunner(service.admin_app(), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, config.admin.host, config.admin.port)
     await site.start()

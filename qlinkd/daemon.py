@@ -29,6 +29,8 @@ from .wire import MAX_FRAME_BYTES
 log = logging.getLogger("qlink.daemon")
 
 STORE_FILE = "keys.sqlite3"
+SHUTDOWN_S = 2.0
+"""How long a stopping daemon lets open requests finish (systemd's TimeoutStopSec is 15 s)."""
 AUDIT_FILE = "audit.jsonl"
 
 
@@ -43,6 +45,7 @@ async def run_daemon(
     store = KeyStore.open(config.state_dir / STORE_FILE)
     audit = AuditLog.open(config.state_dir / AUDIT_FILE, facility=config.id)
     runners: list[web.AppRunner] = []
+    links: dict[str, PeerLink] = {}
     try:
         for peer in config.peers:
             store.init_auth(peer.id, peer.preshared)
@@ -98,7 +101,7 @@ async def run_daemon(
         }
         ports: dict[str, int] = {}
         for name, (app, address, ssl_context) in apps.items():
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_S)
             await runner.setup()
             runners.append(runner)
             site = web.TCPSite(runner, address.host, address.port, ssl_context=ssl_context)
@@ -124,6 +127,8 @@ async def run_daemon(
                 tg.create_task(watchdog(notifier, interval))
     finally:
         notifier.stopping()
+        for link in links.values():
+            await link.close()
         for runner in runners:
             with contextlib.suppress(Exception):
                 await runner.cleanup()

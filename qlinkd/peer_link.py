@@ -99,6 +99,15 @@ class PeerLink:
             await self._ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"replaced by a new connection")
         await self._session(ws)
 
+    async def close(self) -> None:
+        """Shutting down: close the classical connection so the peer sees it at once."""
+        ws = self._ws
+        if ws is not None and not ws.closed:
+            with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError, aiohttp.ClientError):
+                await asyncio.wait_for(
+                    ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"shutdown"), 1.0
+                )
+
     def push_notice(self, notice: KeyNotice) -> None:
         """A key was handed to a master SAE here: tell the peer (the outbox keeps it until acknowledged)."""
         if self._queue is not None:

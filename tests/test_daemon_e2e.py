@@ -325,3 +325,16 @@ def test_pool_stops_at_the_high_watermark_and_resumes_below_the_low_one(tmp_path
         assert _pool(deployment, A)["pool_bits"] < 12_000
         _wait_for(lambda: rounds() > paused_at, "rounds to resume below the low watermark")
         _wait_for(lambda: _pool(deployment, A)["pool_bits"] >= 12_000, "the pool to refill")
+
+
+def test_sigterm_stops_every_process_cleanly_mid_round(tmp_path: Path) -> None:
+    deployment = write_loopback_deployment(tmp_path, pulses_per_round=PULSES)
+    group = ProcessGroup(deployment)
+    try:
+        group.start_all()
+        _wait_for(lambda: _pool(deployment, A)["pool_bits"] > 0, "a first key")
+    finally:
+        group.stop_all()  # SIGTERM, then SIGKILL for whatever is still running 10 s later
+    for name, child in group.children.items():
+        assert child.process.returncode == 0, (name, child.process.returncode)
+        assert "Traceback" not in child.log(), name
