@@ -66,6 +66,11 @@ class ChannelService:
         log.warning(
             "eavesdropper attached: %s on a fraction %.3f of the pulses", eve.kind.value, eve.fraction
         )
+        if eve.kind is EveKind.PNS:
+            log.warning(
+                "photon-number splitting acts on weak-coherent-pulse trains only: single-photon BB84 and "
+                "E91 rounds pass it untouched (there is no spare photon to split off)"
+            )
 
     def detach_eve(self) -> None:
         self.broker.eve = Eavesdropper()
