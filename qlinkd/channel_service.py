@@ -33,6 +33,10 @@ from .wire import MAX_FRAME_BYTES, decode_frame, encode_frame
 
 log = logging.getLogger("qlink.channel")
 
+HELLO_WAIT_S = 10.0
+"""How long a new connection may take to say who it is."""
+CLOSE_WAIT_S = 2.0
+"""How long a closing connection waits for the peer's TLS goodbye."""
 MAX_LINKS = 64
 """Links the channel serves at once: a certificate holder cannot make it hold rounds for endless
 made-up links."""
@@ -96,7 +100,8 @@ class ChannelService:
         who = pki.peer_common_name(writer.transport)
         slot: tuple[LinkKey, str] | None = None
         try:
-            first = await asyncio.wait_for(read_frame(reader, MAX_FRAME_BYTES), timeout=10.0)
+            async with asyncio.timeout(HELLO_WAIT_S):
+                first = await read_frame(reader, MAX_FRAME_BYTES)
             if first is None:
                 return
             _, hello = decode_frame(first)
@@ -130,6 +135,7 @@ class ChannelService:
             # Shutting down. Python 3.11's stream server asks a finished handler for its exception and
             # logs a cancelled one as an error; ending normally keeps shutdown quiet.
             log.debug("channel connection from %s closed at shutdown", peer)
+            writer.transport.abort()  # no TLS goodbye to wait for: the loop is going away
         finally:
             party = self._parties.get(slot) if slot is not None else None
             if party is not None and party.writer is writer:
@@ -137,8 +143,9 @@ class ChannelService:
                 if slot[0] not in self._links():  # type: ignore[index]
                     self.broker.forget(slot[0])  # type: ignore[index]  # nobody left to finish its rounds
             writer.close()
-            with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
-                await writer.wait_closed()
+            with contextlib.suppress(ConnectionError, OSError, TimeoutError, asyncio.CancelledError):
+                async with asyncio.timeout(CLOSE_WAIT_S):
+                    await writer.wait_closed()
 
     async def _run_job(self, job: Job) -> None:
         rng = np.random.default_rng(secrets.randbits(128))

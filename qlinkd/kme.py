@@ -94,7 +94,8 @@ class StoreKeyManager:
             if remaining <= 0:
                 return
             try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._arrived.wait()
             except TimeoutError:
                 return
 

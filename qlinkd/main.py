@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -33,14 +35,30 @@ def parser(prog: str, what: str) -> argparse.ArgumentParser:
     return p
 
 
+STOP_DEADLINE_S = 8.0
+"""A signalled process exits within this long (systemd's TimeoutStopSec is 15 s)."""
+
+
+def _give_up() -> None:
+    logging.getLogger("qlink").error("did not stop within %.0f s of the signal; exiting now", STOP_DEADLINE_S)
+    logging.shutdown()
+    os._exit(EXIT_FAILURE)
+
+
 def run_until_signalled(main: Callable[[], Coroutine[Any, Any, None]]) -> int:
     """Run `main` until it ends or SIGTERM/SIGINT arrives; a signal ends it cleanly (exit 0)."""
 
     async def runner() -> None:
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            task.cancel()  # type: ignore[union-attr]
+            # A stop that does not finish in time is a bug; it must not keep the service alive.
+            loop.call_later(STOP_DEADLINE_S, _give_up)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)  # type: ignore[union-attr]
+            loop.add_signal_handler(sig, stop)
         await main()
 
     try:

@@ -56,6 +56,8 @@ RECHECK_S = 1.0
 """How often an idle link re-reads the pool level (keys handed out may have drained it)."""
 RECONNECT_S = (0.1, 2.0)
 """First and longest pause between connection attempts (growing by half each time)."""
+CLOSE_WAIT_S = 1.0
+"""How long closing a connection waits for the peer's goodbye."""
 CHANNEL_GRACE_S = 2.0
 """How long a round waits for this end's quantum-channel connection before it is given up."""
 
@@ -104,9 +106,8 @@ class PeerLink:
         ws = self._ws
         if ws is not None and not ws.closed:
             with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError, aiohttp.ClientError):
-                await asyncio.wait_for(
-                    ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"shutdown"), 1.0
-                )
+                async with asyncio.timeout(CLOSE_WAIT_S):
+                    await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"shutdown")
 
     def push_notice(self, notice: KeyNotice) -> None:
         """A key was handed to a master SAE here: tell the peer (the outbox keeps it until acknowledged)."""
@@ -141,6 +142,7 @@ class PeerLink:
         delay = RECONNECT_S[0]
         async with aiohttp.ClientSession() as http:
             while True:
+                _raise_if_cancelling()
                 try:
                     ws = await http.ws_connect(
                         url, ssl=self.rt.client_ssl, max_msg_size=MAX_FRAME_BYTES, autoping=True, heartbeat=15
@@ -162,6 +164,7 @@ class PeerLink:
         address = self.rt.config.channel
         delay = RECONNECT_S[0]
         while True:
+            _raise_if_cancelling()
             try:
                 reader, writer = await asyncio.open_connection(
                     address.host, address.port, ssl=self.rt.client_ssl, server_hostname=address.host
@@ -198,8 +201,9 @@ class PeerLink:
             self._channel = None
             self._channel_up.clear()
             writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
+            with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+                async with asyncio.timeout(CLOSE_WAIT_S):
+                    await writer.wait_closed()
 
     # ---- one classical connection ------------------------------------------------------------------------
     async def _session(self, ws: aiohttp.ClientWebSocketResponse | web.WebSocketResponse) -> None:
@@ -223,7 +227,9 @@ class PeerLink:
             if self._ws is ws:
                 self._ws, self._queue = None, None
             if not ws.closed:
-                await ws.close()
+                with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError, aiohttp.ClientError):
+                    async with asyncio.timeout(CLOSE_WAIT_S):
+                        await ws.close()
 
     async def _read_peer(self, ws: Any, queue: asyncio.Queue[_Input]) -> None:
         reason = "peer closed the connection"
@@ -251,11 +257,16 @@ class PeerLink:
             now = time.monotonic()
             deadline = link.get_timer()
             wait = RECHECK_S if deadline is None else max(0.0, min(RECHECK_S, deadline - now))
-            try:
-                # Most inputs are already queued during a round: skip the timer machinery for them.
-                item = queue.get_nowait() if not queue.empty() else await asyncio.wait_for(queue.get(), wait)
-            except TimeoutError:
-                item = None
+            # Most inputs are already queued during a round: skip the timer machinery for them.
+            # (asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that
+            # races with the queue, and a swallowed cancellation keeps a stopping daemon alive.)
+            item = queue.get_nowait() if not queue.empty() else None
+            if item is None:
+                try:
+                    async with asyncio.timeout(wait):
+                        item = await queue.get()
+                except TimeoutError:
+                    item = None
             now = time.monotonic()
             if item is None:
                 link.handle_timer(now)
@@ -309,7 +320,8 @@ class PeerLink:
                 # Right after start-up the peer may be faster than our channel connection: give it a
                 # moment rather than failing the round (which would cost both ends a pause).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._channel_up.wait(), CHANNEL_GRACE_S)
+                    async with asyncio.timeout(CHANNEL_GRACE_S):
+                        await self._channel_up.wait()
             if self._channel is None:
                 link.channel_result(
                     request.round_id, lm.ChannelError(reason="not connected"), time.monotonic()
@@ -471,6 +483,14 @@ def _point_estimate_crosses(stats: Any, tolerance: float) -> bool:
     if stats.chsh_s is not None:
         return bool(stats.chsh_s <= 2.0 or stats.qber > tolerance)
     return bool(stats.qber > tolerance)
+
+
+def _raise_if_cancelling() -> None:
+    # A library that turns a cancellation into one of the connection errors these loops retry on would
+    # keep a stopping daemon alive; the task's own record of it is authoritative.
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _host(host: str) -> str:

@@ -5,6 +5,7 @@ facility daemons as real processes) for the module, the CLI run in-process throu
 from __future__ import annotations
 
 import json
+import os
 import selectors
 import signal
 import subprocess
@@ -282,7 +283,11 @@ def test_testbed_run_streams_status_and_stops_cleanly_on_ctrl_c(
     assert qlink(capsys, "testbed", "init", str(root), "--pulses", str(PULSES))[0] == 0
     deployment = read_deployment(root)
     proc = subprocess.Popen(
-        [*QLINK, "testbed", "run", str(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*QLINK, "testbed", "run", str(root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + DEADLINE_S
@@ -295,7 +300,7 @@ def test_testbed_run_streams_status_and_stops_cleanly_on_ctrl_c(
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # the testbed and the daemons it started: no orphans
             proc.wait()
     assert proc.returncode == 0, err
     assert out.rstrip().endswith("testbed stopped")
