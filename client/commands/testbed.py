@@ -210,13 +210,16 @@ def status_line(facility: str, link: dict[str, Any]) -> str:
 
 @contextlib.contextmanager
 def _sigterm_stops() -> Iterator[None]:
-    """SIGTERM (systemd, a test harness) stops the testbed as cleanly as Ctrl-C."""
+    """SIGTERM (systemd, a test harness) and SIGINT (Ctrl-C) stop the testbed cleanly."""
 
     def stop(signum: int, frame: object) -> None:
         raise _Stop
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    # SIGINT too, explicitly: a parent that ignores SIGINT (a test runner, `nohup`, a background job)
+    # passes the ignoring on, and Python then never turns Ctrl-C into KeyboardInterrupt.
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
