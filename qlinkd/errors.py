@@ -77,3 +77,50 @@ class AuditError(QlinkdError):
         super().__init__(f"audit log line {line}: {message}" if line is not None else message)
         self.line = line
         self.message = message
+
+
+class IntegrityError(QlinkdError):
+    """A sealed frame that does not open: truncated, wrong version, another key, a failed tag, a replay,
+    a counter behind the replay window, or a key past its hard limit. Every failure to open raises this
+    one class, whatever the cause (as Fernet's ``InvalidToken``); `reason` (a ``seal.OpenFailure``) says
+    which check refused it, for the audit log only, never for the peer."""
+
+    def __init__(self, reason: object, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class SealError(QlinkdError):
+    """We cannot seal (a local refusal, nothing was produced or consumed)."""
+
+
+class RekeyRequired(SealError):
+    """The traffic key reached a hard limit (`limit`: ``messages``, ``bytes`` or ``age``): it seals no more.
+    Derive a new key from fresh QKD key material."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.message = message
+
+
+class NoncesExhausted(SealError):
+    """Every nonce counter reserved durably has been used: reserve (and persist) another block first."""
+
+    def __init__(self, *, reserved_until: int) -> None:
+        super().__init__(f"nonce counters reserved up to {reserved_until} are all used")
+        self.reserved_until = reserved_until
+
+
+class KeyMaterialShort(SealError):
+    """Less key material than the operation needs was provided. Nothing was consumed."""
+
+    def __init__(self, *, needed_bits: int, provided_bits: int) -> None:
+        super().__init__(f"needs {needed_bits} bits of key material, {provided_bits} provided")
+        self.needed_bits = needed_bits
+        self.provided_bits = provided_bits
+
+
+class HybridUnavailable(SealError):
+    """The installed ``cryptography`` has no ML-KEM-768, so the post-quantum hybrid cannot be used."""

@@ -1,0 +1,34 @@
+"""The data-plane sealing layer, pure (no IO, no clock: time is an argument).
+
+- ``aead``: AES-256-GCM frames keyed through HKDF from QKD key material, counter nonces, replay window,
+  rekey limits (the default for studies).
+- ``otp``: one-time pad plus a Wegman-Carter tag, for EHR messages when the pool holds enough key.
+- ``hybrid``: an ML-KEM-768 shared secret mixed into the AEAD key derivation.
+Every failure to open a frame raises ``qlinkd.errors.IntegrityError``.
+"""
+
+from __future__ import annotations
+
+from .aead import (
+    Direction,
+    KeyStatus,
+    Opener,
+    Sealer,
+    SendState,
+    TrafficKey,
+    derive_traffic_key,
+    peek_key_ids,
+)
+from .header import OpenFailure
+
+__all__ = [
+    "Direction",
+    "KeyStatus",
+    "OpenFailure",
+    "Opener",
+    "Sealer",
+    "SendState",
+    "TrafficKey",
+    "derive_traffic_key",
+    "peek_key_ids",
+]

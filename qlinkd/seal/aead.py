@@ -1,0 +1,297 @@
+"""AES-256-GCM frames keyed from QKD key material: traffic-key derivation, the sealing end and the opening
+end. Pure: no IO, no clock (time is the `now` argument, in seconds on any monotonic scale both the key's
+start and later calls share), no randomness (nonces are counters).
+
+Frame (every byte before the ciphertext is the AAD)::
+
+    version (1) = AEAD_VERSION | n (1) | n key IDs (16 each) | counter (8, big-endian) | ciphertext | tag (16)
+
+The GCM nonce is 4 zero bytes then the counter. A traffic key serves one direction only, so the two ends
+never seal under the same (key, nonce). The counter comes from a block the daemon reserved durably
+(``propose_reservation`` / ``commit_reservation``), so no nonce repeats even across a power loss.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ..errors import IntegrityError, NoncesExhausted, RekeyRequired
+from .constants import (
+    AEAD_KEY_BYTES,
+    AEAD_VERSION,
+    COUNTER_BYTES,
+    HYBRID_SUITE,
+    LABEL_TRAFFIC,
+    MAX_PLAINTEXT_BYTES,
+    MIN_QKD_KEY_BYTES,
+    NONCE_PREFIX,
+    NONCE_RESERVATION_BLOCK,
+    REJECT_AFTER_BYTES,
+    REJECT_AFTER_MESSAGES,
+    REJECT_AFTER_SECONDS,
+    REKEY_AFTER_BYTES,
+    REKEY_AFTER_MESSAGES,
+    REKEY_AFTER_SECONDS,
+    SUITE,
+    TAG_BYTES,
+)
+from .header import KeyIdLike, OpenFailure, canonical_key_ids, encode_key_ids, parse_key_ids
+from .replay import ReplayWindow
+
+_COUNTER = struct.Struct(">Q")
+
+
+class Direction(enum.Enum):
+    """Which way a traffic key carries data, in ETSI GS QKD 014 roles: the master SAE fetched the keys
+    with ``enc_keys``, the slave with ``dec_keys``."""
+
+    MASTER_TO_SLAVE = b"master->slave"
+    SLAVE_TO_MASTER = b"slave->master"
+
+
+class KeyStatus(enum.Enum):
+    """Where a traffic key stands against its limits."""
+
+    FRESH = "fresh"
+    REKEY_DUE = "rekey_due"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrafficKey:
+    """One direction's AES-256-GCM key and the QKD keys it came from."""
+
+    key_ids: tuple[uuid.UUID, ...]
+    """The ETSI key_IDs of the QKD key material, in derivation order; carried in every frame header."""
+    direction: Direction
+    """Which way this key carries data."""
+    hybrid: bool
+    """True if an ML-KEM-768 shared secret was mixed into the derivation."""
+    key: bytes = field(repr=False)
+    """The 32-byte AES key. Never logged."""
+
+    def __repr__(self) -> str:
+        ids = ",".join(str(k) for k in self.key_ids)
+        return (
+            f"TrafficKey(key_ids=({ids}), direction={self.direction.name}, hybrid={self.hybrid}, "
+            "key=(hidden))"
+        )
+
+
+def derive_traffic_key(
+    material: bytes,
+    key_ids: Iterable[KeyIdLike],
+    *,
+    direction: Direction,
+    kem_secret: bytes | None = None,
+) -> TrafficKey:
+    """HKDF-SHA256 from QKD key `material` (at least 256 bits), bound to the suite, the direction and the
+    key IDs. With `kem_secret` (an ML-KEM shared secret, see ``hybrid``) the input keying material is the
+    concatenation QKD key || KEM secret, as in the TLS hybrid design: the output is secret if either is."""
+    if len(material) < MIN_QKD_KEY_BYTES:
+        raise ValueError(f"QKD key material must be at least {MIN_QKD_KEY_BYTES} bytes, not {len(material)}")
+    ids = canonical_key_ids(key_ids)
+    suite = SUITE if kem_secret is None else HYBRID_SUITE
+    ikm = bytes(material) if kem_secret is None else bytes(material) + bytes(kem_secret)
+    info = b"|".join([LABEL_TRAFFIC, suite.encode(), direction.value, encode_key_ids(ids)])
+    key = HKDF(algorithm=hashes.SHA256(), length=AEAD_KEY_BYTES, salt=None, info=info).derive(ikm)
+    return TrafficKey(key_ids=ids, direction=direction, hybrid=kem_secret is not None, key=key)
+
+
+def _status(age: float, messages: int, data_bytes: int) -> KeyStatus:
+    if age >= REJECT_AFTER_SECONDS or messages >= REJECT_AFTER_MESSAGES or data_bytes >= REJECT_AFTER_BYTES:
+        return KeyStatus.EXPIRED
+    if age >= REKEY_AFTER_SECONDS or messages >= REKEY_AFTER_MESSAGES or data_bytes >= REKEY_AFTER_BYTES:
+        return KeyStatus.REKEY_DUE
+    return KeyStatus.FRESH
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendState:
+    """What the daemon persists for a sending key. Restoring from it never reuses a nonce: counters from
+    `next_counter` up to `reserved_until` may have been used after it was written, so they are skipped."""
+
+    next_counter: int
+    """The next counter the sealer would have used."""
+    reserved_until: int
+    """Counters below this were reserved durably; none at or above it has ever been used."""
+    bytes_sealed: int
+    """Plaintext bytes sealed under this key so far."""
+    started_at: float
+    """When the key came into use (the `now` scale of seal calls)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.next_counter <= self.reserved_until or self.bytes_sealed < 0:
+            raise ValueError("inconsistent SendState")
+
+
+class Sealer:
+    """The sending end of one traffic key."""
+
+    __slots__ = ("_aead", "_bytes", "_header_prefix", "_key", "_next", "_reserved", "_started_at")
+
+    def __init__(self, key: TrafficKey, *, state: SendState) -> None:
+        """Use `key` from `state`: ``SendState(next_counter=0, reserved_until=0, bytes_sealed=0,
+        started_at=now)`` for a new key, or ``Sealer.restore`` after a restart."""
+        self._key = key
+        self._aead = AESGCM(key.key)
+        self._header_prefix = bytes([AEAD_VERSION]) + encode_key_ids(key.key_ids)
+        self._next = state.next_counter
+        self._reserved = state.reserved_until
+        self._bytes = state.bytes_sealed
+        self._started_at = state.started_at
+
+    @classmethod
+    def restore(cls, key: TrafficKey, persisted: SendState) -> Sealer:
+        """The sealer after a restart, from the last state persisted. The unused part of the reservation is
+        skipped, and counted as full frames against the byte limit since we cannot know what was sent."""
+        skipped = persisted.reserved_until - persisted.next_counter
+        state = SendState(
+            next_counter=persisted.reserved_until,
+            reserved_until=persisted.reserved_until,
+            bytes_sealed=persisted.bytes_sealed + skipped * MAX_PLAINTEXT_BYTES,
+            started_at=persisted.started_at,
+        )
+        return cls(key, state=state)
+
+    def __repr__(self) -> str:
+        return f"Sealer(key={self._key!r}, next_counter={self._next}, reserved_until={self._reserved})"
+
+    @property
+    def next_counter(self) -> int:
+        return self._next
+
+    @property
+    def reserved_until(self) -> int:
+        return self._reserved
+
+    @property
+    def reservation_low(self) -> bool:
+        """Fewer than half a block of reserved counters remain: time to reserve the next block."""
+        return self._reserved - self._next < NONCE_RESERVATION_BLOCK // 2
+
+    def snapshot(self) -> SendState:
+        return SendState(
+            next_counter=self._next,
+            reserved_until=self._reserved,
+            bytes_sealed=self._bytes,
+            started_at=self._started_at,
+        )
+
+    def propose_reservation(self, count: int = NONCE_RESERVATION_BLOCK) -> SendState:
+        """The state to persist to reserve `count` more counters. Nothing changes until it is written
+        durably and handed back to ``commit_reservation``."""
+        if count <= 0:
+            raise ValueError("a reservation needs at least one counter")
+        until = min(self._reserved + count, REJECT_AFTER_MESSAGES)
+        return SendState(
+            next_counter=self._next,
+            reserved_until=until,
+            bytes_sealed=self._bytes,
+            started_at=self._started_at,
+        )
+
+    def commit_reservation(self, persisted: SendState) -> None:
+        """Counters below ``persisted.reserved_until`` may now be used: the caller has written it durably."""
+        if persisted.started_at != self._started_at:
+            raise ValueError("reservation belongs to another key")
+        self._reserved = max(self._reserved, persisted.reserved_until)
+
+    def status(self, now: float) -> KeyStatus:
+        """FRESH, REKEY_DUE (start deriving the next key) or EXPIRED (seals no more)."""
+        return _status(now - self._started_at, self._next, self._bytes)
+
+    def seal(self, plaintext: bytes, *, now: float) -> bytes:
+        """One frame carrying `plaintext`. Raises RekeyRequired past a hard limit, NoncesExhausted when the
+        durable reservation is used up."""
+        size = len(plaintext)
+        if size > MAX_PLAINTEXT_BYTES:
+            raise ValueError(f"plaintext of {size} bytes exceeds the frame limit {MAX_PLAINTEXT_BYTES}")
+        counter = self._next
+        if now - self._started_at >= REJECT_AFTER_SECONDS:
+            raise RekeyRequired("age", f"traffic key is {now - self._started_at:.0f} s old")
+        if counter >= REJECT_AFTER_MESSAGES:
+            raise RekeyRequired("messages", f"traffic key sealed {counter} frames")
+        if self._bytes + size > REJECT_AFTER_BYTES:
+            raise RekeyRequired("bytes", f"traffic key sealed {self._bytes} bytes")
+        if counter >= self._reserved:
+            raise NoncesExhausted(reserved_until=self._reserved)
+        counter_bytes = _COUNTER.pack(counter)
+        header = self._header_prefix + counter_bytes
+        sealed = self._aead.encrypt(NONCE_PREFIX + counter_bytes, plaintext, header)
+        self._next = counter + 1
+        self._bytes += size
+        return header + sealed
+
+
+class Opener:
+    """The receiving end of one traffic key: verifies the tag, then the replay window."""
+
+    __slots__ = ("_aead", "_header_prefix", "_key", "_started_at", "_window")
+
+    def __init__(self, key: TrafficKey, *, started_at: float) -> None:
+        self._key = key
+        self._aead = AESGCM(key.key)
+        self._header_prefix = bytes([AEAD_VERSION]) + encode_key_ids(key.key_ids)
+        self._started_at = started_at
+        self._window = ReplayWindow()
+
+    def __repr__(self) -> str:
+        return f"Opener(key={self._key!r}, highest={self._window.highest})"
+
+    def status(self, now: float) -> KeyStatus:
+        highest = self._window.highest
+        return _status(now - self._started_at, 0 if highest is None else highest + 1, 0)
+
+    def open(self, frame: bytes, *, now: float) -> bytes:
+        """The plaintext of `frame`. Every failure (truncated, wrong version or key, too large, bad tag,
+        replayed, behind the window, expired key) raises IntegrityError and leaves the window unchanged."""
+        prefix = self._header_prefix
+        header_len = len(prefix) + COUNTER_BYTES
+        if len(frame) < header_len + TAG_BYTES:
+            # Tell a frame of another version or key apart from a short one, for the audit log.
+            if frame[:1] and frame[0] != AEAD_VERSION:
+                raise IntegrityError(OpenFailure.VERSION, f"frame version {frame[0]:#04x}")
+            raise IntegrityError(OpenFailure.TRUNCATED, f"frame of {len(frame)} bytes is too short")
+        if frame[0] != AEAD_VERSION:
+            raise IntegrityError(OpenFailure.VERSION, f"frame version {frame[0]:#04x}")
+        if frame[:len(prefix)] != prefix:
+            raise IntegrityError(OpenFailure.KEY_MISMATCH, "frame names other key IDs")
+        if len(frame) - header_len - TAG_BYTES > MAX_PLAINTEXT_BYTES:
+            raise IntegrityError(OpenFailure.TOO_LARGE, f"frame of {len(frame)} bytes exceeds the limit")
+        if now - self._started_at >= REJECT_AFTER_SECONDS:
+            raise IntegrityError(OpenFailure.KEY_EXPIRED, "traffic key past its age limit")
+        view = memoryview(frame)
+        counter_bytes = bytes(view[len(prefix) : header_len])
+        (counter,) = _COUNTER.unpack(counter_bytes)
+        if counter >= REJECT_AFTER_MESSAGES:
+            raise IntegrityError(OpenFailure.KEY_EXPIRED, f"counter {counter} past the message limit")
+        try:
+            plaintext = self._aead.decrypt(NONCE_PREFIX + counter_bytes, view[header_len:], view[:header_len])
+        except InvalidTag:
+            raise IntegrityError(OpenFailure.TAG, f"tag check failed on frame {counter}") from None
+        # Only now, with the frame authentic, may the counter touch the window (wireguard-go order).
+        if self._window.is_too_old(counter):
+            raise IntegrityError(OpenFailure.TOO_OLD, f"frame {counter} is behind the replay window")
+        if not self._window.check_and_mark(counter):
+            raise IntegrityError(OpenFailure.REPLAY, f"frame {counter} was already received")
+        return plaintext
+
+
+def peek_key_ids(frame: bytes) -> tuple[uuid.UUID, ...]:
+    """The key IDs a frame names, to pick its Opener. Unauthenticated: trust nothing until ``open``."""
+    if not frame:
+        raise IntegrityError(OpenFailure.TRUNCATED, "empty frame")
+    if frame[0] != AEAD_VERSION:
+        raise IntegrityError(OpenFailure.VERSION, f"frame version {frame[0]:#04x}")
+    ids, _ = parse_key_ids(frame, 1)
+    return ids

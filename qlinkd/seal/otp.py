@@ -1,0 +1,106 @@
+"""One-time-pad frames for EHR messages: XOR with QKD key, then a Wegman-Carter tag (Poly1305 under a
+fresh one-time key, as ``qcore.auth`` authenticates the classical channel). Information-theoretically
+secret and authentic, at the price of key: every message consumes ``otp_key_bytes(len(message))`` bytes
+of pool key, never reused.
+
+Frame (the header is authenticated)::
+
+    version (1) = OTP_VERSION | n (1) | n key IDs (16 each) | ciphertext | tag (16)
+
+The key material, taken from the named keys in order, is cut as: 32 bytes of one-time Poly1305 key
+(r, then s), then one pad byte per message byte. Material beyond that is not used and must be discarded,
+never reused. Replay is stopped by the key pool itself: a key ID is delivered to the receiver only once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.poly1305 import Poly1305
+
+from ..errors import IntegrityError, KeyMaterialShort
+from .constants import MAX_OTP_PLAINTEXT_BYTES, OTP_TAG_KEY_BYTES, OTP_VERSION, TAG_BYTES
+from .header import KeyIdLike, OpenFailure, canonical_key_ids, encode_key_ids, parse_key_ids
+
+
+def otp_key_bytes(message_len: int) -> int:
+    """Key bytes one message consumes: one pad byte per message byte plus the one-time tag key."""
+    return message_len + OTP_TAG_KEY_BYTES
+
+
+def _xor(data: bytes | memoryview, pad: bytes | memoryview) -> bytes:
+    # Whole-buffer integer XOR runs in C; a per-byte Python loop would be ruinous.
+    size = len(data)
+    return (int.from_bytes(data, "little") ^ int.from_bytes(pad, "little")).to_bytes(size, "little")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OtpSealed:
+    """A sealed OTP frame and the key it cost."""
+
+    frame: bytes = field(repr=False)
+    """The frame to send."""
+    consumed_bytes: int
+    """Bytes of key material used (from the start of the material given); the rest is to be discarded."""
+
+    @property
+    def consumed_bits(self) -> int:
+        return 8 * self.consumed_bytes
+
+
+def seal_otp(message: bytes, material: bytes, key_ids: Iterable[KeyIdLike]) -> OtpSealed:
+    """Seal `message` with `material` (the concatenated QKD keys named by `key_ids`). Raises
+    KeyMaterialShort, consuming nothing, if the material cannot cover the message and its tag key."""
+    if len(message) > MAX_OTP_PLAINTEXT_BYTES:
+        raise ValueError(f"OTP message of {len(message)} bytes exceeds {MAX_OTP_PLAINTEXT_BYTES}")
+    needed = otp_key_bytes(len(message))
+    if len(material) < needed:
+        raise KeyMaterialShort(needed_bits=8 * needed, provided_bits=8 * len(material))
+    key = memoryview(material)
+    header = bytes([OTP_VERSION]) + encode_key_ids(canonical_key_ids(key_ids))
+    body = header + _xor(message, key[OTP_TAG_KEY_BYTES:needed])
+    tag = Poly1305.generate_tag(bytes(key[:OTP_TAG_KEY_BYTES]), body)
+    return OtpSealed(frame=body + tag, consumed_bytes=needed)
+
+
+def peek_otp_key_ids(frame: bytes) -> tuple[uuid.UUID, ...]:
+    """The key IDs a frame names, to fetch its key material. Unauthenticated until ``open_otp``."""
+    if not frame:
+        raise IntegrityError(OpenFailure.TRUNCATED, "empty frame")
+    if frame[0] != OTP_VERSION:
+        raise IntegrityError(OpenFailure.VERSION, f"frame version {frame[0]:#04x}")
+    ids, _ = parse_key_ids(frame, 1)
+    return ids
+
+
+def otp_material_needed(frame: bytes) -> int:
+    """Bytes of key material ``open_otp`` will need for `frame` (from its length)."""
+    peek_otp_key_ids(frame)
+    _, body_start = parse_key_ids(frame, 1)
+    return otp_key_bytes(max(0, len(frame) - body_start - TAG_BYTES))
+
+
+def open_otp(frame: bytes, material: bytes) -> bytes:
+    """The message in `frame`, given the key material of its key IDs. A frame that fails any check raises
+    IntegrityError; material too short for the frame raises KeyMaterialShort."""
+    peek_otp_key_ids(frame)
+    _, body_start = parse_key_ids(frame, 1)
+    size = len(frame) - body_start - TAG_BYTES
+    if size < 0:
+        raise IntegrityError(OpenFailure.TRUNCATED, "frame ends inside its tag")
+    if size > MAX_OTP_PLAINTEXT_BYTES:
+        raise IntegrityError(OpenFailure.TOO_LARGE, f"OTP frame of {len(frame)} bytes exceeds the limit")
+    needed = otp_key_bytes(size)
+    if len(material) < needed:
+        raise KeyMaterialShort(needed_bits=8 * needed, provided_bits=8 * len(material))
+    key = memoryview(material)
+    view = memoryview(frame)
+    try:
+        tag_key, tag = bytes(key[:OTP_TAG_KEY_BYTES]), bytes(view[-TAG_BYTES:])
+        Poly1305.verify_tag(tag_key, view[: len(frame) - TAG_BYTES], tag)
+    except InvalidSignature:
+        raise IntegrityError(OpenFailure.TAG, "Wegman-Carter tag mismatch") from None
+    return _xor(view[body_start : len(frame) - TAG_BYTES], key[OTP_TAG_KEY_BYTES:needed])

@@ -1,0 +1,540 @@
+"""The sealing layer (qlinkd/seal): AEAD frames, replay window, nonce persistence, rekey limits, one-time
+pad and the ML-KEM hybrid. Pure code: no sockets, no clock."""
+
+from __future__ import annotations
+
+import ast
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from qlinkmed.qlinkd.errors import (
+    HybridUnavailable,
+    IntegrityError,
+    KeyMaterialShort,
+    NoncesExhausted,
+    QlinkdError,
+    RekeyRequired,
+)
+from qlinkmed.qlinkd.seal import (
+    Direction,
+    KeyStatus,
+    Opener,
+    OpenFailure,
+    Sealer,
+    SendState,
+    derive_traffic_key,
+    hybrid,
+    peek_key_ids,
+)
+from qlinkmed.qlinkd.seal import constants as consts
+from qlinkmed.qlinkd.seal.otp import open_otp, otp_key_bytes, otp_material_needed, peek_otp_key_ids, seal_otp
+from qlinkmed.qlinkd.seal.replay import ReplayWindow
+
+SEED = 20240604
+KEY_ID = uuid.UUID("6f1c2a9e-0d3b-4c5a-8e7f-112233445566")
+KEY_ID_2 = uuid.UUID("0a0b0c0d-0e0f-4011-8213-141516171819")
+HEADER_LEN = 1 + 1 + 16 + 8
+
+
+def _material(seed: int = SEED, size: int = 32) -> bytes:
+    return np.random.default_rng(seed).bytes(size)
+
+
+def _key(direction: Direction = Direction.MASTER_TO_SLAVE, **kw):
+    return derive_traffic_key(
+        kw.get("material", _material()), kw.get("key_ids", [KEY_ID]), direction=direction
+    )
+
+
+def _pair(reserve: int = 1 << 16, started_at: float = 0.0):
+    key = _key()
+    sealer = Sealer(
+        key, state=SendState(next_counter=0, reserved_until=reserve, bytes_sealed=0, started_at=started_at)
+    )
+    return sealer, Opener(key, started_at=started_at)
+
+
+def _counter(frame: bytes) -> int:
+    return int.from_bytes(frame[HEADER_LEN - 8 : HEADER_LEN], "big")
+
+
+# --- key derivation ---------------------------------------------------------------------------------
+
+
+def test_derivation_is_deterministic_and_bound_to_every_input() -> None:
+    base = _key()
+    assert base.key == _key().key
+    assert len(base.key) == 32
+    others = [
+        _key(Direction.SLAVE_TO_MASTER),
+        _key(material=_material(SEED + 1)),
+        _key(key_ids=[KEY_ID_2]),
+        _key(key_ids=[KEY_ID, KEY_ID_2]),
+    ]
+    keys = {base.key, *(k.key for k in others)}
+    assert len(keys) == 5
+
+
+def test_derivation_refuses_short_material_and_bad_key_ids() -> None:
+    with pytest.raises(ValueError, match="at least 32"):
+        derive_traffic_key(b"\x01" * 31, [KEY_ID], direction=Direction.MASTER_TO_SLAVE)
+    with pytest.raises(ValueError):
+        derive_traffic_key(_material(), ["not-a-uuid"], direction=Direction.MASTER_TO_SLAVE)
+    with pytest.raises(ValueError, match="1 to 255"):
+        derive_traffic_key(_material(), [], direction=Direction.MASTER_TO_SLAVE)
+
+
+def test_keys_are_hidden_in_repr() -> None:
+    sealer, opener = _pair()
+    key = _key()
+    for text in (repr(key), str(key), repr(sealer), repr(opener)):
+        assert "(hidden)" in text
+        assert key.key.hex() not in text
+        assert repr(key.key) not in text
+
+
+# --- AEAD frames ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 1024, 65_537, consts.MAX_PLAINTEXT_BYTES])
+def test_round_trip(size: int) -> None:
+    sealer, opener = _pair()
+    message = np.random.default_rng(size).bytes(size)
+    frame = sealer.seal(message, now=1.0)
+    assert len(frame) == HEADER_LEN + size + consts.TAG_BYTES
+    assert frame[0] == consts.AEAD_VERSION
+    assert peek_key_ids(frame) == (KEY_ID,)
+    assert opener.open(frame, now=1.0) == message
+
+
+def test_frame_layout_opens_with_plain_aesgcm() -> None:
+    # An independent reading of the documented layout: nonce = 4 zero bytes || counter, AAD = header.
+    sealer, _ = _pair()
+    sealer.seal(b"first", now=0.0)
+    frame = sealer.seal(b"second frame", now=0.0)
+    assert frame[1] == 1 and frame[2:18] == KEY_ID.bytes
+    assert _counter(frame) == 1
+    nonce = b"\x00" * 4 + frame[18:26]
+    assert AESGCM(_key().key).decrypt(nonce, frame[HEADER_LEN:], frame[:HEADER_LEN]) == b"second frame"
+
+
+def test_plaintext_over_the_limit_is_refused_locally() -> None:
+    sealer, _ = _pair()
+    with pytest.raises(ValueError, match="frame limit"):
+        sealer.seal(bytes(consts.MAX_PLAINTEXT_BYTES + 1), now=0.0)
+    assert sealer.next_counter == 0
+
+
+def test_every_single_bit_flip_is_rejected_and_leaves_the_window_alone() -> None:
+    sealer, opener = _pair()
+    frame = sealer.seal(b"HL7 ORU^R01 result, 32 bytes...!", now=0.0)
+    reasons = set()
+    for bit in range(8 * len(frame)):
+        tampered = bytearray(frame)
+        tampered[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(IntegrityError) as info:
+            opener.open(bytes(tampered), now=0.0)
+        reasons.add(info.value.reason)
+    # A flipped high counter bit is refused as past the message limit, before the tag.
+    allowed = {OpenFailure.VERSION, OpenFailure.KEY_MISMATCH, OpenFailure.TAG, OpenFailure.KEY_EXPIRED}
+    assert reasons <= allowed
+    assert OpenFailure.TAG in reasons
+    # No forgery moved or marked the window: the genuine frame still opens, once.
+    assert opener.open(frame, now=0.0) == b"HL7 ORU^R01 result, 32 bytes...!"
+
+
+def test_truncated_and_extended_frames_are_rejected() -> None:
+    sealer, opener = _pair()
+    frame = sealer.seal(b"x" * 40, now=0.0)
+    for cut in range(len(frame)):
+        with pytest.raises(IntegrityError):
+            opener.open(frame[:cut], now=0.0)
+    with pytest.raises(IntegrityError) as info:
+        opener.open(frame + b"\x00", now=0.0)
+    assert info.value.reason is OpenFailure.TAG
+    with pytest.raises(IntegrityError) as info:
+        opener.open(frame[:10], now=0.0)
+    assert info.value.reason is OpenFailure.TRUNCATED
+    assert opener.open(frame, now=0.0) == b"x" * 40
+
+
+def test_wrong_version_byte_is_rejected() -> None:
+    sealer, opener = _pair()
+    frame = sealer.seal(b"payload", now=0.0)
+    for version in range(256):
+        if version == consts.AEAD_VERSION:
+            continue
+        with pytest.raises(IntegrityError) as info:
+            opener.open(bytes([version]) + frame[1:], now=0.0)
+        assert info.value.reason is OpenFailure.VERSION
+    with pytest.raises(IntegrityError):
+        peek_key_ids(bytes([consts.OTP_VERSION]) + frame[1:])
+
+
+def test_frame_of_another_key_or_direction_is_rejected() -> None:
+    other_ids = Sealer(
+        _key(key_ids=[KEY_ID_2]),
+        state=SendState(next_counter=0, reserved_until=8, bytes_sealed=0, started_at=0.0),
+    )
+    reverse = Sealer(
+        _key(Direction.SLAVE_TO_MASTER),
+        state=SendState(next_counter=0, reserved_until=8, bytes_sealed=0, started_at=0.0),
+    )
+    _, opener = _pair()
+    with pytest.raises(IntegrityError) as info:
+        opener.open(other_ids.seal(b"m", now=0.0), now=0.0)
+    assert info.value.reason is OpenFailure.KEY_MISMATCH
+    with pytest.raises(IntegrityError) as info:
+        opener.open(reverse.seal(b"m", now=0.0), now=0.0)
+    assert info.value.reason is OpenFailure.TAG
+
+
+def test_integrity_error_is_a_qlinkd_error() -> None:
+    assert issubclass(IntegrityError, QlinkdError)
+
+
+# --- replay window ----------------------------------------------------------------------------------
+
+
+def test_replayed_frame_is_rejected() -> None:
+    sealer, opener = _pair()
+    frame = sealer.seal(b"once", now=0.0)
+    assert opener.open(frame, now=0.0) == b"once"
+    with pytest.raises(IntegrityError) as info:
+        opener.open(frame, now=0.0)
+    assert info.value.reason is OpenFailure.REPLAY
+
+
+def test_in_window_reordering_is_accepted_exactly_once() -> None:
+    sealer, opener = _pair()
+    frames = [sealer.seal(i.to_bytes(4, "big"), now=0.0) for i in range(300)]
+    order = np.random.default_rng(SEED).permutation(len(frames))
+    for index in order:
+        assert opener.open(frames[index], now=0.0) == int(index).to_bytes(4, "big")
+    for index in order[:50]:
+        with pytest.raises(IntegrityError) as info:
+            opener.open(frames[index], now=0.0)
+        assert info.value.reason is OpenFailure.REPLAY
+
+
+def test_reordering_beyond_the_window_is_rejected_at_the_exact_boundary() -> None:
+    key = _key()
+    early = Sealer(key, state=SendState(next_counter=0, reserved_until=2, bytes_sealed=0, started_at=0.0))
+    frame0, frame1 = early.seal(b"zero", now=0.0), early.seal(b"one", now=0.0)
+    ahead = consts.REPLAY_WINDOW + 1
+    late = Sealer(
+        key, state=SendState(next_counter=ahead, reserved_until=ahead + 1, bytes_sealed=0, started_at=0.0)
+    )
+    opener = Opener(key, started_at=0.0)
+    assert opener.open(late.seal(b"ahead", now=0.0), now=0.0) == b"ahead"
+    with pytest.raises(IntegrityError) as info:
+        opener.open(frame0, now=0.0)  # ahead - 0 = WINDOW + 1: behind the window
+    assert info.value.reason is OpenFailure.TOO_OLD
+    assert opener.open(frame1, now=0.0) == b"one"  # ahead - 1 = WINDOW: the last counter still inside
+
+
+def test_replay_window_matches_a_reference_model() -> None:
+    # Reference: accept iff never accepted and no more than WINDOW behind the highest accepted. Random
+    # walks with small steps, reorderings and huge jumps exercise the ring's clearing.
+    rng = np.random.default_rng(SEED)
+    window, seen, highest = ReplayWindow(), set(), None
+    position = 0
+    for _ in range(40_000):
+        move = rng.integers(0, 10)
+        if move == 0:
+            position += int(rng.integers(1, 3 * consts.REPLAY_WINDOW))
+        elif move < 4:
+            position = max(0, position - int(rng.integers(0, consts.REPLAY_WINDOW + 200)))
+        else:
+            position += int(rng.integers(-70, 70))
+            position = max(0, position)
+        expected = position not in seen and (highest is None or highest - position <= consts.REPLAY_WINDOW)
+        assert window.check_and_mark(position) == expected, position
+        if expected:
+            seen.add(position)
+            highest = position if highest is None else max(highest, position)
+    assert window.highest == highest
+
+
+def test_forged_frame_far_ahead_does_not_move_the_window() -> None:
+    key = _key()
+    ahead = 10 * consts.REPLAY_WINDOW
+    late = Sealer(
+        key, state=SendState(next_counter=ahead, reserved_until=ahead + 1, bytes_sealed=0, started_at=0.0)
+    )
+    forged = bytearray(late.seal(b"forged", now=0.0))
+    forged[-1] ^= 0x80
+    sealer, opener = _pair()
+    frame0 = sealer.seal(b"zero", now=0.0)
+    with pytest.raises(IntegrityError):
+        opener.open(bytes(forged), now=0.0)
+    assert opener.open(frame0, now=0.0) == b"zero"
+
+
+# --- nonce counters and persistence -----------------------------------------------------------------
+
+
+def test_counter_never_repeats_across_persisted_and_restored_state() -> None:
+    key = _key()
+    sealer = Sealer(key, state=SendState(next_counter=0, reserved_until=0, bytes_sealed=0, started_at=0.0))
+    with pytest.raises(NoncesExhausted):
+        sealer.seal(b"no reservation yet", now=0.0)
+    disk: SendState | None = None
+    counters: list[int] = []
+    floor = 0
+    for crash in range(5):
+        for i in range(7 + crash):
+            if sealer.next_counter == sealer.reserved_until:
+                proposal = sealer.propose_reservation(8)
+                assert sealer.reserved_until < proposal.reserved_until  # nothing changed yet
+                disk = proposal  # "written and fsynced"
+                sealer.commit_reservation(disk)
+            counter = _counter(sealer.seal(i.to_bytes(2, "big"), now=1.0))
+            assert counter >= floor
+            counters.append(counter)
+        if disk is None:
+            raise RuntimeError("test never persisted a state")
+        sealer = Sealer.restore(key, disk)  # the process dies; only `disk` survives
+        floor = disk.reserved_until  # nothing at or past it was ever used before the crash
+        assert sealer.next_counter == floor
+    assert len(counters) == len(set(counters)) == sum(7 + c for c in range(5))
+    assert counters == sorted(counters)
+
+
+def test_reservation_is_used_only_after_commit() -> None:
+    key = _key()
+    sealer = Sealer(key, state=SendState(next_counter=0, reserved_until=1, bytes_sealed=0, started_at=5.0))
+    sealer.seal(b"a", now=5.0)
+    proposal = sealer.propose_reservation(3)
+    assert proposal.reserved_until == 4 and proposal.next_counter == 1
+    with pytest.raises(NoncesExhausted) as info:
+        sealer.seal(b"b", now=5.0)
+    assert info.value.reserved_until == 1
+    assert sealer.reservation_low
+    sealer.commit_reservation(proposal)
+    assert [_counter(sealer.seal(b"c", now=5.0)) for _ in range(3)] == [1, 2, 3]
+    assert sealer.snapshot() == SendState(next_counter=4, reserved_until=4, bytes_sealed=4, started_at=5.0)
+    with pytest.raises(ValueError):
+        sealer.commit_reservation(SendState(next_counter=0, reserved_until=9, bytes_sealed=0, started_at=0.0))
+    sealer.commit_reservation(sealer.propose_reservation())
+    assert not sealer.reservation_low
+
+
+def test_restore_skips_the_unused_reservation_and_charges_it() -> None:
+    state = SendState(next_counter=10, reserved_until=20, bytes_sealed=100, started_at=0.0)
+    sealer = Sealer.restore(_key(), state)
+    assert sealer.next_counter == 20
+    assert sealer.snapshot().bytes_sealed == 100 + 10 * consts.MAX_PLAINTEXT_BYTES
+    with pytest.raises(ValueError):
+        SendState(next_counter=5, reserved_until=4, bytes_sealed=0, started_at=0.0)
+
+
+# --- rekey limits -----------------------------------------------------------------------------------
+
+
+def test_rekey_by_time() -> None:
+    sealer, opener = _pair(started_at=1000.0)
+    assert sealer.status(1000.0 + consts.REKEY_AFTER_SECONDS - 0.001) is KeyStatus.FRESH
+    assert sealer.status(1000.0 + consts.REKEY_AFTER_SECONDS) is KeyStatus.REKEY_DUE
+    frame = sealer.seal(b"still allowed", now=1000.0 + consts.REJECT_AFTER_SECONDS - 0.001)
+    assert sealer.status(1000.0 + consts.REJECT_AFTER_SECONDS) is KeyStatus.EXPIRED
+    with pytest.raises(RekeyRequired) as info:
+        sealer.seal(b"too late", now=1000.0 + consts.REJECT_AFTER_SECONDS)
+    assert info.value.limit == "age"
+    with pytest.raises(IntegrityError) as failure:
+        opener.open(frame, now=1000.0 + consts.REJECT_AFTER_SECONDS)
+    assert failure.value.reason is OpenFailure.KEY_EXPIRED
+    assert opener.open(frame, now=1000.0 + consts.REJECT_AFTER_SECONDS - 0.001) == b"still allowed"
+
+
+def test_rekey_by_messages() -> None:
+    key = _key()
+    soft = consts.REKEY_AFTER_MESSAGES
+    sealer = Sealer(key, state=SendState(next_counter=soft - 1, reserved_until=soft + 1, bytes_sealed=0,
+                                         started_at=0.0))
+    assert sealer.status(0.0) is KeyStatus.FRESH
+    sealer.seal(b"m", now=0.0)
+    assert sealer.status(0.0) is KeyStatus.REKEY_DUE
+    hard = consts.REJECT_AFTER_MESSAGES
+    sealer = Sealer(key, state=SendState(next_counter=hard - 1, reserved_until=hard + 5, bytes_sealed=0,
+                                         started_at=0.0))
+    last = sealer.seal(b"last", now=0.0)
+    with pytest.raises(RekeyRequired) as info:
+        sealer.seal(b"one too many", now=0.0)
+    assert info.value.limit == "messages"
+    assert sealer.propose_reservation(10).reserved_until <= hard
+    assert Opener(key, started_at=0.0).open(last, now=0.0) == b"last"
+
+
+def test_rekey_by_bytes() -> None:
+    key = _key()
+    soft, hard = consts.REKEY_AFTER_BYTES, consts.REJECT_AFTER_BYTES
+    sealer = Sealer(
+        key, state=SendState(next_counter=0, reserved_until=9, bytes_sealed=soft - 4, started_at=0.0)
+    )
+    sealer.seal(b"abc", now=0.0)
+    assert sealer.status(0.0) is KeyStatus.FRESH
+    sealer.seal(b"d", now=0.0)
+    assert sealer.status(0.0) is KeyStatus.REKEY_DUE
+    sealer = Sealer(
+        key, state=SendState(next_counter=0, reserved_until=9, bytes_sealed=hard - 4, started_at=0.0)
+    )
+    with pytest.raises(RekeyRequired) as info:
+        sealer.seal(b"12345", now=0.0)
+    assert info.value.limit == "bytes"
+    assert sealer.next_counter == 0  # a refused seal uses no counter
+    sealer.seal(b"1234", now=0.0)
+    assert sealer.status(0.0) is KeyStatus.EXPIRED
+
+
+def test_limits_follow_the_reference() -> None:
+    assert consts.REPLAY_WINDOW == 8128
+    assert int(2**24.5) == consts.REJECT_AFTER_MESSAGES
+    assert consts.REJECT_AFTER_BYTES <= 2**38.5
+    assert consts.REKEY_AFTER_SECONDS == 120.0 and consts.REJECT_AFTER_SECONDS == 180.0
+    assert consts.REJECT_AFTER_MESSAGES < 2**64
+
+
+# --- one-time pad -----------------------------------------------------------------------------------
+
+
+def test_otp_round_trip_consumes_exactly_message_plus_tag_key() -> None:
+    message = b'{"resourceType": "Observation", "status": "final"}'
+    material = _material(size=otp_key_bytes(len(message)) + 100)
+    sealed = seal_otp(message, material, [KEY_ID, KEY_ID_2])
+    assert sealed.consumed_bytes == len(message) + consts.OTP_TAG_KEY_BYTES
+    assert sealed.consumed_bits == 8 * len(message) + 256
+    assert len(sealed.frame) == 2 + 32 + len(message) + consts.TAG_BYTES
+    assert peek_otp_key_ids(sealed.frame) == (KEY_ID, KEY_ID_2)
+    assert otp_material_needed(sealed.frame) == sealed.consumed_bytes
+    assert open_otp(sealed.frame, material) == message
+    # Bytes past the consumed prefix play no part; every byte inside it does.
+    tail_changed = material[: sealed.consumed_bytes] + bytes(100)
+    assert seal_otp(message, tail_changed, [KEY_ID, KEY_ID_2]).frame == sealed.frame
+    for index in range(sealed.consumed_bytes):
+        changed = bytearray(material)
+        # 0x04 survives Poly1305's clamping of r (which ignores 22 of r's 128 bits).
+        changed[index] ^= 0x04
+        assert seal_otp(message, bytes(changed), [KEY_ID, KEY_ID_2]).frame != sealed.frame
+
+
+def test_otp_refuses_short_key_material() -> None:
+    message = b"x" * 1024
+    with pytest.raises(KeyMaterialShort) as info:
+        seal_otp(message, _material(size=otp_key_bytes(1024) - 1), [KEY_ID])
+    assert info.value.needed_bits == 8 * (1024 + 32)
+    assert info.value.provided_bits == 8 * (1024 + 31)
+    sealed = seal_otp(message, _material(size=otp_key_bytes(1024)), [KEY_ID])
+    with pytest.raises(KeyMaterialShort):
+        open_otp(sealed.frame, _material(size=otp_key_bytes(1024) - 1))
+
+
+def test_otp_every_bit_flip_and_forged_tags_fail() -> None:
+    message = b"MSH|^~\\&|RIS|A|EHR|B|202406041200||ORU^R01|1|P|2.5"
+    material = _material(size=otp_key_bytes(len(message)))
+    frame = seal_otp(message, material, [KEY_ID]).frame
+    for bit in range(8 * len(frame)):
+        tampered = bytearray(frame)
+        tampered[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(IntegrityError):
+            open_otp(bytes(tampered), material)
+    # Without the tag key an attacker can only guess tags, for the real text or a chosen one.
+    rng = np.random.default_rng(SEED)
+    chosen = frame[:-16 - len(message)] + bytes(a ^ b for a, b in zip(frame[-16 - len(message):-16],
+                                                                       b"x" * len(message), strict=True))
+    for _ in range(200):
+        with pytest.raises(IntegrityError) as info:
+            open_otp(chosen + rng.bytes(16), material)
+        assert info.value.reason is OpenFailure.TAG
+    with pytest.raises(IntegrityError):
+        open_otp(frame, _material(SEED + 1, size=len(material)))
+    for cut in range(len(frame) - 16):
+        with pytest.raises((IntegrityError, KeyMaterialShort)):
+            open_otp(frame[:cut], b"")
+    assert open_otp(frame, material) == message
+
+
+def test_otp_of_an_empty_message_still_carries_a_tag() -> None:
+    material = _material(size=otp_key_bytes(0))
+    sealed = seal_otp(b"", material, [KEY_ID])
+    assert sealed.consumed_bytes == 32
+    assert open_otp(sealed.frame, material) == b""
+
+
+# --- post-quantum hybrid ----------------------------------------------------------------------------
+
+needs_mlkem = pytest.mark.skipif(not hybrid.hybrid_available(), reason="cryptography without ML-KEM-768")
+
+
+def _exchange(seed: int) -> tuple[hybrid.KemSecret, hybrid.KemSecret, bytes]:
+    offer = hybrid.HybridOffer(np.random.default_rng(seed).bytes(hybrid.MLKEM_SEED_BYTES))
+    ciphertext, slave_secret = hybrid.respond(offer.public_bytes())
+    return offer.finish(ciphertext), slave_secret, ciphertext
+
+
+@needs_mlkem
+def test_hybrid_both_ends_derive_the_same_key() -> None:
+    master, slave, _ = _exchange(SEED)
+    assert master.secret == slave.secret and len(master.secret) == 32
+    kw = {"direction": Direction.MASTER_TO_SLAVE}
+    k_master = hybrid.derive_hybrid_traffic_key(_material(), [KEY_ID], kem=master, **kw)
+    k_slave = hybrid.derive_hybrid_traffic_key(_material(), [KEY_ID], kem=slave, **kw)
+    assert k_master.key == k_slave.key and k_master.hybrid
+    sealer = Sealer(k_master, state=SendState(next_counter=0, reserved_until=1, bytes_sealed=0, started_at=0))
+    assert Opener(k_slave, started_at=0.0).open(sealer.seal(b"study", now=0.0), now=0.0) == b"study"
+
+
+@needs_mlkem
+def test_hybrid_key_changes_with_either_input() -> None:
+    master, _, ciphertext = _exchange(SEED)
+    other_kem, _, _ = _exchange(SEED + 1)
+    kw = {"direction": Direction.MASTER_TO_SLAVE}
+    base = hybrid.derive_hybrid_traffic_key(_material(), [KEY_ID], kem=master, **kw).key
+    assert hybrid.derive_hybrid_traffic_key(_material(SEED + 1), [KEY_ID], kem=master, **kw).key != base
+    assert hybrid.derive_hybrid_traffic_key(_material(), [KEY_ID], kem=other_kem, **kw).key != base
+    assert derive_traffic_key(_material(), [KEY_ID], **kw).key != base  # hybrid and QKD-only differ
+    # A tampered ciphertext decapsulates to another secret (implicit rejection): the keys then differ.
+    offer = hybrid.HybridOffer(np.random.default_rng(SEED).bytes(64))
+    tampered = bytearray(ciphertext)
+    tampered[0] ^= 1
+    assert offer.finish(bytes(tampered)).secret != master.secret
+    with pytest.raises(ValueError):
+        offer.finish(ciphertext[:-1])
+    with pytest.raises(ValueError):
+        hybrid.respond(b"\x00" * 10)
+    assert "(hidden)" in repr(master) and master.secret.hex() not in repr(master)
+    assert "(hidden)" in repr(offer)
+
+
+def test_hybrid_unavailable_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hybrid, "_mlkem", None)
+    assert not hybrid.hybrid_available()
+    with pytest.raises(HybridUnavailable, match="ML-KEM-768"):
+        hybrid.HybridOffer(bytes(64))
+    with pytest.raises(HybridUnavailable):
+        hybrid.respond(b"")
+
+
+# --- purity -----------------------------------------------------------------------------------------
+
+
+def test_seal_package_does_no_io() -> None:
+    forbidden = {"asyncio", "aiohttp", "socket", "ssl", "time", "datetime", "random", "os", "logging"}
+    package = Path(__file__).resolve().parent.parent / "qlinkd" / "seal"
+    offences = []
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module.split(".")[0]]
+            offences += [f"{path.name}:{node.lineno} imports {n}" for n in names if n in forbidden]
+            calls_io = isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+            if calls_io and node.func.id in {"open", "print"}:
+                offences.append(f"{path.name}:{node.lineno} calls {node.func.id}()")
+    assert offences == []
