@@ -49,6 +49,7 @@ def test_importing_qcore_starts_no_event_loop_machinery() -> None:
     code = (
         "import sys\n"
         "import qlinkmed.qcore.sim, qlinkmed.qcore.session, qlinkmed.qcore.channel, qlinkmed.qcore.sweep\n"
+        "import qlinkmed.qcore.image.cipher, qlinkmed.qcore.image.circuit, qlinkmed.qcore.image.metrics\n"
         "print([m for m in ('asyncio', 'aiohttp', 'qiskit') if m in sys.modules])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
