@@ -11,6 +11,7 @@ import argparse
 import http.client
 import json
 import os
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -58,6 +59,8 @@ def base_url(text: str) -> str:
     return f"http://{parts.netloc}"
 
 
+EXIT_FAILURE, EXIT_USAGE = 1, 2
+
 CONFIG_ENV = "QLINK_CONFIG"
 """Environment variable naming the facility configuration when neither --config nor --url is given."""
 
@@ -101,6 +104,29 @@ def admin_url_from_config(path: Path) -> str:
     except ConfigError as exc:
         raise TargetError(f"config error: {exc.field}: {exc.message}") from None
     return f"http://{config.admin}"
+
+
+def ask_local(args: argparse.Namespace, command: str, path: str) -> tuple[str, Any] | int:
+    """(body as received, parsed JSON) of GET `path` on the daemon named by add_local_target's flags, or
+    the exit code after printing the one line that says why not."""
+    try:
+        url = local_target(args)
+    except TargetError as exc:
+        print(f"qlink {command}: error: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return call(f"{url}{path}")
+    except ApiError as exc:
+        print(unreachable("qlinkd", exc), file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def unreachable(what: str, exc: ApiError) -> str:
+    """The one line printed when a daemon cannot be asked."""
+    base = exc.url.split("/v1/", 1)[0]
+    if exc.status is None:
+        return f"qlink: cannot reach {what} at {base}: {exc.reason}"
+    return f"qlink: {what} at {base} refused the request: {exc.reason}"
 
 
 def call(url: str, *, method: str = "GET", body: dict[str, Any] | None = None) -> tuple[str, Any]:

@@ -19,6 +19,7 @@ import numpy as np
 from qlinkmed.qcore.backends import MeasurementBackend
 from qlinkmed.qcore.channel import (
     DecoySource,
+    Detections,
     Eavesdropper,
     EveKind,
     PreparedPulses,
@@ -69,8 +70,6 @@ class JobResult:
     round_id: int
     alice: lm.PulsesSent | lm.DetectionRecord | lm.ChannelError
     bob: lm.DetectionRecord | lm.ChannelError
-    eve_attacked: int = 0
-    detections: int = 0
 
 
 @dataclass(slots=True)
@@ -124,7 +123,8 @@ class ChannelBroker:
 
 
 def run(job: Job, *, model: ChannelModel, backend: MeasurementBackend, rng: np.random.Generator) -> JobResult:
-    """Emulate one round. Pure computation: safe to call from a worker thread with its own rng."""
+    """Emulate one round. Pure computation: safe to call from a worker thread with its own rng. The
+    emulator validates the parties' choices (sizes, ranges); a refusal answers both with a ChannelError."""
     try:
         if job.protocol == "bb84":
             return _run_bb84(job, model=model, backend=backend, rng=rng)
@@ -141,16 +141,12 @@ def _run_bb84(
     if not isinstance(train, lm.PulseTrain):
         raise ConfigError("pulse_train", "BB84 needs Alice's pulses")
     n = train.bits.size
-    if job.bob.settings.size != n:
-        raise ConfigError("settings", f"Bob set {job.bob.settings.size} bases for {n} pulses")
-    if job.bob.settings.size and int(job.bob.settings.max()) > 1:
-        raise ConfigError("settings", "BB84 bases are 0 or 1")
     source = SourceKind.WCP if train.intensities is not None else SourceKind.SINGLE_PHOTON
     eve = job.eve
     if eve.kind is EveKind.PNS and source is SourceKind.SINGLE_PHOTON:
         # A single-photon pulse has no spare photon to split off: the attack has nothing to act on.
         eve = Eavesdropper()
-    _, seen, stats = emulate_bb84(
+    _, seen, _ = emulate_bb84(
         n,
         model=model,
         source=source,
@@ -161,15 +157,7 @@ def _run_bb84(
         prepared=PreparedPulses(bits=train.bits, bases=train.bases, intensity_class=train.intensities),
         bob_bases=job.bob.settings,
     )
-    record = lm.DetectionRecord(detected=seen.detected.astype(np.uint8), bits=seen.bits[seen.detected])
-    return JobResult(
-        link=job.link,
-        round_id=job.round_id,
-        alice=lm.PulsesSent(count=n),
-        bob=record,
-        eve_attacked=stats.eve_attacked,
-        detections=int(np.count_nonzero(seen.detected)),
-    )
+    return JobResult(link=job.link, round_id=job.round_id, alice=lm.PulsesSent(count=n), bob=_record(seen))
 
 
 def _run_e91(
@@ -179,10 +167,8 @@ def _run_e91(
     if not isinstance(a, lm.AnalyserSettings):
         raise ConfigError("settings", "E91 needs Alice's analyser settings")
     n = a.settings.size
-    if job.bob.settings.size != n:
-        raise ConfigError("settings", f"Bob set {job.bob.settings.size} analysers for {n} pairs")
     eve = job.eve if job.eve.kind is not EveKind.PNS else Eavesdropper()
-    alice_side, bob_side, stats = emulate_e91(
+    alice_side, bob_side, _ = emulate_e91(
         n,
         model=model,
         eve=eve,
@@ -191,15 +177,9 @@ def _run_e91(
         alice_settings=a.settings,
         bob_settings=job.bob.settings,
     )
-    return JobResult(
-        link=job.link,
-        round_id=job.round_id,
-        alice=lm.DetectionRecord(
-            detected=alice_side.detected.astype(np.uint8), bits=alice_side.bits[alice_side.detected]
-        ),
-        bob=lm.DetectionRecord(
-            detected=bob_side.detected.astype(np.uint8), bits=bob_side.bits[bob_side.detected]
-        ),
-        eve_attacked=stats.eve_attacked,
-        detections=int(np.count_nonzero(bob_side.detected)),
-    )
+    return JobResult(link=job.link, round_id=job.round_id, alice=_record(alice_side), bob=_record(bob_side))
+
+
+def _record(side: Detections) -> lm.DetectionRecord:
+    """What one party's detectors recorded, as the channel tells it."""
+    return lm.DetectionRecord(detected=side.detected.astype(np.uint8), bits=side.bits[side.detected])

@@ -10,8 +10,8 @@ import asyncio
 import sys
 
 from . import logsetup
-from .config import ConfigError, check_config, load_channel_config
-from .main import EXIT_USAGE, parser, run_until_signalled, watchdog
+from .config import check_config, load_channel_config
+from .main import EXIT_USAGE, load_or_report, parser, run_until_signalled, watchdog
 from .sdnotify import Notifier
 
 
@@ -19,10 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser("qlink-channel", "qlink quantum-channel service").parse_args(argv)
     if args.check_config is not None:
         return check_config(args.check_config, "channel")
-    try:
-        config = load_channel_config(args.config)
-    except ConfigError as exc:
-        print(f"config error: {exc.field}: {exc.message}", file=sys.stderr)
+    config = load_or_report(load_channel_config, args.config)
+    if config is None:
         return EXIT_USAGE
     logsetup.configure(args.log_level, args.log_format)
     from .channel_service import serve

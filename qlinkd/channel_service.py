@@ -110,7 +110,8 @@ class ChannelService:
             if who != hello.facility:
                 raise FrameError(f"certificate names {who!r}, hello claims {hello.facility!r}")
             link = _link_key(hello)
-            if link not in {key for key, _ in self._parties} and len(self._links()) >= MAX_LINKS:
+            links = self._links()
+            if link not in links and len(links) >= MAX_LINKS:
                 raise FrameError(f"refusing link {link}: {MAX_LINKS} links are already connected")
             slot = (link, hello.role)
             old = self._parties.get(slot)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import pki
+from .config import ConfigError, load_channel_config, load_facility_config
 
 PRESHARED_BYTES = 4096
 """Pre-shared authentication key: 85 rounds of Wegman-Carter keys before the first refill."""
@@ -144,3 +145,24 @@ round_timeout_s = {round_timeout_s}
         )
         configs[me] = path
     return Deployment(root=root, channel=channel, facilities=configs, ports=ports, saes=saes)
+
+
+def read_deployment(root: Path) -> Deployment:
+    """The Deployment that `testbed init` wrote to `root`, read back from its configuration files.
+    Raises ConfigError (qlinkd.config) when a file is missing or invalid."""
+    channel_path = root / "channel.toml"
+    channel = load_channel_config(channel_path)
+    facilities: dict[str, Path] = {}
+    saes: dict[str, tuple[str, ...]] = {}
+    ports = {"channel.listen": channel.listen.port, "channel.admin": channel.admin.port}
+    for path in sorted(root.glob("*.toml")):
+        if path.name == channel_path.name:
+            continue
+        config = load_facility_config(path)
+        facilities[config.id] = path
+        saes[config.id] = config.saes
+        for listener in ("classical", "kme", "local"):
+            ports[f"{config.id}.{listener}"] = getattr(config.listen, listener).port
+    if not facilities:
+        raise ConfigError(str(root), "no facility configuration (*.toml besides channel.toml)")
+    return Deployment(root=root, channel=channel_path, facilities=facilities, ports=ports, saes=saes)

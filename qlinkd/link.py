@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.hmac import HMAC
 
 from qlinkmed.qcore import messages as qm
-from qlinkmed.qcore.auth import ROUND_AUTH_BITS, AuthKeyStore
+from qlinkmed.qcore.auth import AuthKeyStore
 from qlinkmed.qcore.channel import DecoySource, PreparedPulses, SourceKind, prepare_bb84
 from qlinkmed.qcore.codec import Message
 from qlinkmed.qcore.errors import AbortReason
@@ -685,5 +685,3 @@ def _abort_text(msg: qm.Abort) -> str:
         reason = f"code {msg.reason}"
     return f"peer aborted ({reason}): {msg.detail.decode('utf-8', 'replace')[:200]}"
 
-
-__all__ = ["ROUND_AUTH_BITS", "TRANSITIONS", "LinkConfig", "LinkConnection", "Role", "State"]

@@ -33,6 +33,7 @@ def make_local_app(
             "facility": rt.config.id,
             "uptime_s": round(time.monotonic() - started, 3),
             "saes": list(rt.config.saes),
+            "key_size_bits": rt.config.kme.key_size,
             "links": [link.statistics() for link in links.values()],
         }
         if extra is not None:
@@ -45,12 +46,15 @@ def make_local_app(
         for peer_id in links:
             state = store.link_state(peer_id)
             identities = store.pool_identities(peer_id)
+            # The pool levels follow from the identities (bytes left per round): one query, not four.
+            owned = 8 * sum(left for _, owner, _, left in identities if owner == rt.config.id)
+            theirs = 8 * sum(left for _, owner, _, left in identities if owner == peer_id)
             out.append(
                 {
                     "peer": peer_id,
-                    "pool_bits": store.pool_bits(peer_id),
-                    "owned_bits": store.pool_bits(peer_id, owner=rt.config.id),
-                    "peer_owned_bits": store.pool_bits(peer_id, owner=peer_id),
+                    "pool_bits": owned + theirs,
+                    "owned_bits": owned,
+                    "peer_owned_bits": theirs,
                     "auth_reserve_bits": store.auth_reserve_bits(peer_id),
                     "last_committed_round": state.last_committed,
                     "pending_round": state.pending_round,
@@ -60,7 +64,7 @@ def make_local_app(
                     # Equal at both ends of a healthy link: a one-line check that the pools agree.
                     "identities_sha256": hashlib.sha256(json.dumps(identities).encode()).hexdigest(),
                     "key_size_bits": rt.config.kme.key_size,
-                    "keys_available": store.pool_bits(peer_id, owner=rt.config.id) // rt.config.kme.key_size,
+                    "keys_available": owned // rt.config.kme.key_size,
                 }
             )
         return web.json_response({"facility": rt.config.id, "pools": out})

@@ -14,11 +14,13 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import logsetup
 from .config import ConfigError, check_config, load_facility_config
 from .sdnotify import Notifier
+
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -75,14 +77,21 @@ async def watchdog(notifier: Notifier, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
+def load_or_report(load: Callable[[Path], T], path: Path) -> T | None:
+    """The configuration at `path`, or None after printing the one line that names the bad field."""
+    try:
+        return load(path)
+    except ConfigError as exc:
+        print(f"config error: {exc.field}: {exc.message}", file=sys.stderr)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser("qlinkd", "qlink facility daemon").parse_args(argv)
     if args.check_config is not None:
         return check_config(args.check_config, "facility")
-    try:
-        config = load_facility_config(args.config)
-    except ConfigError as exc:
-        print(f"config error: {exc.field}: {exc.message}", file=sys.stderr)
+    config = load_or_report(load_facility_config, args.config)
+    if config is None:
         return EXIT_USAGE
     logsetup.configure(args.log_level, args.log_format)
     from .daemon import run_daemon

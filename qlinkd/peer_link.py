@@ -411,6 +411,10 @@ class PeerLink:
         self.last_round = record
         self.rounds["established" if event.established else "aborted"] += 1
         metrics = self.rt.metrics
+        alarming = not event.established and (
+            event.reason in TAMPER_REASONS
+            or (event.reason in EAVESDROPPER_REASONS and self._evidence_of_eavesdropper(event))
+        )
         if event.established:
             metrics.round_established(
                 peer_id,
@@ -424,8 +428,7 @@ class PeerLink:
                 peer_id,
                 reason=event.reason,
                 duration_s=duration,
-                eavesdropper_suspected=event.reason in TAMPER_REASONS
-                or (event.reason in EAVESDROPPER_REASONS and self._evidence_of_eavesdropper(event)),
+                eavesdropper_suspected=alarming,
                 qber=record["qber"],
                 chsh_s=record["chsh_s"],
             )
@@ -457,9 +460,7 @@ class PeerLink:
             )
             return
         self._resume_at = time.monotonic() + PAUSE_AFTER_ABORT_S
-        if event.reason in TAMPER_REASONS or (
-            event.reason in EAVESDROPPER_REASONS and self._evidence_of_eavesdropper(event)
-        ):
+        if alarming:
             self.alarm = event.reason.name.lower()
             log.error(
                 "ALARM round %d with %s aborted (%s): %s; no key kept",

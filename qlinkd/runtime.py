@@ -7,8 +7,6 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from qlinkmed.qcore.session import DistillConfig
-
 from .audit import AuditLog
 from .config import FacilityConfig
 from .keystore import KeyStore
@@ -40,5 +38,3 @@ class Runtime:
     def kme_notice_arrived(self) -> None:
         self.on_notice_arrived()
 
-
-__all__ = ["DistillConfig", "Runtime"]

@@ -53,9 +53,6 @@ _SIMPLE_FOR_FIELD = {field: cls for cls, field in _SIMPLE_FIELD.items()}
 MAX_TEXT = 512
 """Longest string accepted in any text field (names, reasons, SAE ids)."""
 
-WireMessage = codec.Message | lm.Hello | lm.RoundStart | lm.KeyStored | lm.NoticeAck | KeyNotice
-"""Anything a frame can carry."""
-
 
 def _put_bits(target: pb.Bits, values: np.ndarray) -> None:
     bits = np.asarray(values, dtype=np.uint8)

@@ -19,9 +19,8 @@ from typing import Any
 import pytest
 
 from qlinkmed.client.cli import main
-from qlinkmed.client.commands.testbed import read_deployment
 from qlinkmed.qlinkd.config import load_facility_config
-from qlinkmed.qlinkd.deployment import Deployment, free_ports, write_loopback_deployment
+from qlinkmed.qlinkd.deployment import Deployment, free_ports, read_deployment, write_loopback_deployment
 from qlinkmed.qlinkd.launcher import ProcessGroup
 
 QLINK = [sys.executable, "-m", "qlinkmed.client"]

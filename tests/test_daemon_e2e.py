@@ -260,6 +260,10 @@ def test_e91_eavesdropper_drops_chsh_aborts_and_keys_resume_after_detach(tmp_pat
             metrics = httpx.get(deployment.local_url(facility) + "/metrics").text
             assert f'qlink_eavesdropper_alarm{{peer="{B if facility == A else A}"}} 1.0' in metrics
         assert "ALARM" in group.children[A].log() and "ALARM" in group.children[B].log()
+        # Let another attacked round run its course: it must add nothing to the pool.
+        _wait_for(
+            lambda: bob()["rounds"]["aborted"] > aborted["rounds"]["aborted"], "another attacked round", 90.0
+        )
         assert _pool(deployment, B)["pool_bits"] == pool  # nothing from an attacked round
         httpx.delete(deployment.admin_url + "/v1/eve")
         resumed = _wait_for(lambda: established_after(aborted["rounds"]["established"]), "keys again", 90.0)

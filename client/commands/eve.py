@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..daemon_http import ApiError, TargetError, admin_url_from_config, base_url, call
-from .status import unreachable
+from ..daemon_http import ApiError, TargetError, admin_url_from_config, base_url, call, unreachable
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 KINDS = ("intercept-resend", "pns")

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from ..daemon_http import ApiError, TargetError, add_local_target, call, local_target
-from .status import unreachable
+from ..daemon_http import add_local_target, ask_local
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK = 0
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -19,16 +17,10 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        url = local_target(args)
-    except TargetError as exc:
-        print(f"qlink keys: error: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        text, keys = call(f"{url}/v1/keys")
-    except ApiError as exc:
-        print(unreachable("qlinkd", exc), file=sys.stderr)
-        return EXIT_FAILURE
+    answer = ask_local(args, "keys", "/v1/keys")
+    if isinstance(answer, int):
+        return answer
+    text, keys = answer
     print(text.rstrip("\n") if args.json else format_keys(keys))
     return EXIT_OK
 

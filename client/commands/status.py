@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from ..daemon_http import ApiError, TargetError, add_local_target, call, local_target
+from ..daemon_http import add_local_target, ask_local
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK = 0
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -18,36 +17,25 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        url = local_target(args)
-    except TargetError as exc:
-        print(f"qlink status: error: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        text, status = call(f"{url}/v1/status")
-        # The key size a pool is counted in lives with the pools; JSON users read /v1/keys themselves.
-        key_sizes = {} if args.json else _key_sizes(call(f"{url}/v1/keys")[1])
-    except ApiError as exc:
-        print(unreachable("qlinkd", exc), file=sys.stderr)
-        return EXIT_FAILURE
+    answer = ask_local(args, "status", "/v1/status")
+    if isinstance(answer, int):
+        return answer
+    text, status = answer
     if args.json:
         print(text.rstrip("\n"))
     else:
-        print(format_status(status, key_sizes))
+        print(format_status(status, _key_sizes(status)))
     return EXIT_OK
 
 
-def unreachable(what: str, exc: ApiError) -> str:
-    """The one line printed when a daemon cannot be asked."""
-    base = exc.url.split("/v1/", 1)[0]
-    if exc.status is None:
-        return f"qlink: cannot reach {what} at {base}: {exc.reason}"
-    return f"qlink: {what} at {base} refused the request: {exc.reason}"
-
-
-def _key_sizes(keys: Any) -> dict[str, int]:
-    pools = keys.get("pools", []) if isinstance(keys, dict) else []
-    return {p["peer"]: int(p["key_size_bits"]) for p in pools if "peer" in p and "key_size_bits" in p}
+def _key_sizes(status: Any) -> dict[str, int]:
+    # One KME key size per facility: every pool is counted in it.
+    if not isinstance(status, dict) or "key_size_bits" not in status:
+        return {}
+    size = int(status["key_size_bits"])
+    return {
+        link["peer"]: size for link in status.get("links", []) if isinstance(link, dict) and "peer" in link
+    }
 
 
 def _bits(value: Any) -> str:

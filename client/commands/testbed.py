@@ -107,32 +107,9 @@ def start_instructions(deployment: Deployment, *, protocol: str, pulses: int) ->
 
 
 # ---- run -------------------------------------------------------------------------------------------------
-def read_deployment(root: Path) -> Deployment:
-    """The Deployment that `testbed init` wrote to `root`, read back from its configuration files.
-    Raises ConfigError (qlinkd.config) when a file is missing or invalid."""
-    from qlinkmed.qlinkd.config import ConfigError, load_channel_config, load_facility_config
-    from qlinkmed.qlinkd.deployment import Deployment
-
-    channel_path = root / "channel.toml"
-    channel = load_channel_config(channel_path)
-    facilities: dict[str, Path] = {}
-    saes: dict[str, tuple[str, ...]] = {}
-    ports = {"channel.listen": channel.listen.port, "channel.admin": channel.admin.port}
-    for path in sorted(root.glob("*.toml")):
-        if path.name == channel_path.name:
-            continue
-        config = load_facility_config(path)
-        facilities[config.id] = path
-        saes[config.id] = config.saes
-        for listener in ("classical", "kme", "local"):
-            ports[f"{config.id}.{listener}"] = getattr(config.listen, listener).port
-    if not facilities:
-        raise ConfigError(str(root), "no facility configuration (*.toml besides channel.toml)")
-    return Deployment(root=root, channel=channel_path, facilities=facilities, ports=ports, saes=saes)
-
-
 def run_run(args: argparse.Namespace) -> int:
     from qlinkmed.qlinkd.config import ConfigError
+    from qlinkmed.qlinkd.deployment import read_deployment
     from qlinkmed.qlinkd.launcher import ProcessGroup
 
     try:
