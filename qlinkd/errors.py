@@ -124,3 +124,23 @@ class KeyMaterialShort(SealError):
 
 class HybridUnavailable(SealError):
     """The installed ``cryptography`` has no ML-KEM-768, so the post-quantum hybrid cannot be used."""
+
+
+class ContentError(QlinkdError):
+    """A file whose content is not what it claims, or not a kind qlink carries (DICOM, PNG, JPEG, FHIR
+    JSON, HL7 v2). `name` is the file's name as the user gave it, `problem` what is wrong with it."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name}: {problem}")
+        self.name = name
+        self.problem = problem
+
+
+class TransferError(QlinkdError):
+    """A transfer the daemon refuses or cannot complete (unknown peer, bad manifest, a size or hash that
+    does not match). `transfer` names the transfer when there is one."""
+
+    def __init__(self, message: str, *, transfer: str | None = None) -> None:
+        super().__init__(message)
+        self.transfer = transfer
+        self.message = message
