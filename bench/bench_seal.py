@@ -67,8 +67,10 @@ def bench_otp_small(rng: np.random.Generator, calls: int, batches: int) -> None:
 
     open_s = _median_per_call(open_one, calls, batches)
     verdict = "meets" if seal_s * 1e6 <= GOAL_US else "MISSES"
-    print(f"OTP  seal 1 KiB : {seal_s * 1e6:7.2f} us median ({verdict} the {GOAL_US:.0f} us goal), "
-          f"key {8 * otp_key_bytes(EHR_BYTES)} bits per message")
+    print(
+        f"OTP  seal 1 KiB : {seal_s * 1e6:7.2f} us median ({verdict} the {GOAL_US:.0f} us goal), "
+        f"key {8 * otp_key_bytes(EHR_BYTES)} bits per message"
+    )
     print(f"OTP  open 1 KiB : {open_s * 1e6:7.2f} us median")
 
 

@@ -18,6 +18,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "testbed": ("testbed", "write or run a two-facility deployment on loopback"),
     "ca": ("ca", "demo certificate authority and mutual-TLS certificates"),
     "sim": ("sim", "simulate a BB84 or E91 link, or sweep distance and eavesdropping"),
+    "image": ("image", "encrypt, decrypt or assess images with the seed paper's quantum image cipher"),
+    "send": ("send", "send DICOM studies or PNG/JPEG images to a peer facility"),
+    "ehr": ("ehr", "send a FHIR JSON or HL7 v2 message to a peer facility"),
+    "inbox": ("inbox", "list and fetch what peer facilities delivered"),
+    "demo": ("demo", "run two facilities on loopback and send a study and EHR messages (--eve: attacked)"),
 }
 
 EXIT_OK = 0

@@ -1,10 +1,22 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class TransferState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRANSFER_STATE_UNSPECIFIED: _ClassVar[TransferState]
+    TRANSFER_STATE_NEW: _ClassVar[TransferState]
+    TRANSFER_STATE_PARTIAL: _ClassVar[TransferState]
+    TRANSFER_STATE_COMPLETE: _ClassVar[TransferState]
+TRANSFER_STATE_UNSPECIFIED: TransferState
+TRANSFER_STATE_NEW: TransferState
+TRANSFER_STATE_PARTIAL: TransferState
+TRANSFER_STATE_COMPLETE: TransferState
 
 class Frame(_message.Message):
     __slots__ = ("version", "round", "detections", "sifting", "estimate", "parity_request", "parity_reply", "verify", "amplify", "auth_tag", "abort", "hello", "round_start", "key_stored", "key_notice", "notice_ack", "channel_hello", "pulse_train", "analyser_settings", "detection_record", "pulses_sent", "channel_error")
@@ -251,3 +263,105 @@ class ChannelError(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     reason: str
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class DataOpen(_message.Message):
+    __slots__ = ("version", "facility", "key_ids")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FACILITY_FIELD_NUMBER: _ClassVar[int]
+    KEY_IDS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    facility: str
+    key_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[int] = ..., facility: _Optional[str] = ..., key_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DataMessage(_message.Message):
+    __slots__ = ("ready", "offer", "position", "chunk", "ack", "delivered", "refused", "ehr")
+    READY_FIELD_NUMBER: _ClassVar[int]
+    OFFER_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    EHR_FIELD_NUMBER: _ClassVar[int]
+    ready: Ready
+    offer: Offer
+    position: Position
+    chunk: Chunk
+    ack: Ack
+    delivered: Delivered
+    refused: Refused
+    ehr: EhrMessage
+    def __init__(self, ready: _Optional[_Union[Ready, _Mapping]] = ..., offer: _Optional[_Union[Offer, _Mapping]] = ..., position: _Optional[_Union[Position, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., delivered: _Optional[_Union[Delivered, _Mapping]] = ..., refused: _Optional[_Union[Refused, _Mapping]] = ..., ehr: _Optional[_Union[EhrMessage, _Mapping]] = ...) -> None: ...
+
+class Ready(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Offer(_message.Message):
+    __slots__ = ("transfer_id", "manifest")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    manifest: bytes
+    def __init__(self, transfer_id: _Optional[str] = ..., manifest: _Optional[bytes] = ...) -> None: ...
+
+class Position(_message.Message):
+    __slots__ = ("transfer_id", "state", "file_index", "offset")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FILE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    state: TransferState
+    file_index: int
+    offset: int
+    def __init__(self, transfer_id: _Optional[str] = ..., state: _Optional[_Union[TransferState, str]] = ..., file_index: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class Chunk(_message.Message):
+    __slots__ = ("transfer_id", "file_index", "offset", "data")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    FILE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    file_index: int
+    offset: int
+    data: bytes
+    def __init__(self, transfer_id: _Optional[str] = ..., file_index: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("transfer_id", "file_index", "offset")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    FILE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    file_index: int
+    offset: int
+    def __init__(self, transfer_id: _Optional[str] = ..., file_index: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class Delivered(_message.Message):
+    __slots__ = ("transfer_id", "manifest_sha256")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_SHA256_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    manifest_sha256: str
+    def __init__(self, transfer_id: _Optional[str] = ..., manifest_sha256: _Optional[str] = ...) -> None: ...
+
+class Refused(_message.Message):
+    __slots__ = ("transfer_id", "reason")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    reason: str
+    def __init__(self, transfer_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class EhrMessage(_message.Message):
+    __slots__ = ("transfer_id", "manifest", "body")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    manifest: bytes
+    body: bytes
+    def __init__(self, transfer_id: _Optional[str] = ..., manifest: _Optional[bytes] = ..., body: _Optional[bytes] = ...) -> None: ...

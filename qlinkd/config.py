@@ -128,6 +128,8 @@ class ListenConfig:
     """ETSI GS QKD 014 key delivery API for the SAEs (mutual TLS)."""
     local: Address
     """Plain-HTTP local API for the qlink CLI and /metrics; must be a loopback address."""
+    data: Address | None = None
+    """Data plane: studies and EHR messages from peers (mutual TLS). None: this facility receives none."""
 
     def __post_init__(self) -> None:
         _check(self.local.is_loopback, "local", "plain HTTP must bind a loopback address")
@@ -167,6 +169,8 @@ class PeerConfig:
     """The peer's facility id; its certificate CN must equal it."""
     address: Address
     """The peer's classical listener."""
+    data_address: Address | None = None
+    """The peer's data-plane listener. None: nothing can be sent to this peer."""
     saes: tuple[str, ...] = ()
     """SAE IDs served by the peer's KME (the slaves our SAEs may request keys for)."""
     preshared_key_path: Path
@@ -343,6 +347,9 @@ class _Table:
         host, port = parse_address(self.text(key), self.name(key))
         return Address(host=host, port=port)
 
+    def optional_address(self, key: str) -> Address | None:
+        return self.address(key) if key in self._data else self._raw(key, None)
+
     def choice(self, key: str, enum: Callable[[str], T], choices: tuple[str, ...], default: Any) -> T:
         value = self.text(key, default)
         _check(value in choices, self.name(key), f"must be one of {' | '.join(choices)}, got {value!r}")
@@ -439,6 +446,7 @@ def _peer(section: _Table) -> PeerConfig:
         PeerConfig,
         id=section.text("id"),
         address=section.address("address"),
+        data_address=section.optional_address("data_address"),
         saes=section.str_list("saes", []),
         preshared_key_path=(psk_path := section.file("preshared_key")),
         preshared=psk_path.read_bytes(),
@@ -487,6 +495,7 @@ def load_facility_config(path: Path) -> FacilityConfig:
         classical=listen_section.address("classical"),
         kme=listen_section.address("kme"),
         local=listen_section.address("local"),
+        data=listen_section.optional_address("data"),
     )
     listen_section.finish()
     channel_section = root.table("channel")

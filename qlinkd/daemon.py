@@ -14,6 +14,9 @@ from aiohttp import web
 from . import pki
 from .audit import AuditLog
 from .config import FacilityConfig
+from .data_api import ensure_token
+from .dataplane.keys import PoolKeys
+from .dataplane.service import DataPlane
 from .etsi import KmePolicy, make_kme_app
 from .keystore import KeyNotice, KeyStore
 from .kme import StoreKeyManager
@@ -46,6 +49,7 @@ async def run_daemon(
     audit = AuditLog.open(config.state_dir / AUDIT_FILE, facility=config.id)
     runners: list[web.AppRunner] = []
     links: dict[str, PeerLink] = {}
+    plane: DataPlane | None = None
     try:
         for peer in config.peers:
             store.init_auth(peer.id, peer.preshared)
@@ -93,11 +97,26 @@ async def run_daemon(
                     sae_peer.get(remote, "?"), master if enc else slave, "enc" if enc else "dec", len(key_ids)
                 )
 
+        plane = DataPlane(
+            facility=config.id,
+            state_dir=config.state_dir,
+            peers={peer.id: peer.data_address for peer in config.peers},
+            keys=PoolKeys(config.id, manager, store),
+            client_ssl=rt.client_ssl,
+            server_ssl=rt.server_ssl,
+            audit=audit,
+            metrics=rt.metrics,
+        )
+        token = ensure_token(config.state_dir)
         started = time.monotonic()
         apps = {
             "classical": (_classical_app(links), config.listen.classical, rt.server_ssl),
             "kme": (make_kme_app(manager, policy, audit=audit_delivery), config.listen.kme, rt.server_ssl),
-            "local": (make_local_app(rt, links, started=started), config.listen.local, None),
+            "local": (
+                make_local_app(rt, links, started=started, plane=plane, token=token),
+                config.listen.local,
+                None,
+            ),
         }
         ports: dict[str, int] = {}
         for name, (app, address, ssl_context) in apps.items():
@@ -107,6 +126,8 @@ async def run_daemon(
             site = web.TCPSite(runner, address.host, address.port, ssl_context=ssl_context)
             await site.start()
             ports[name] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        if config.listen.data is not None:
+            ports["data"] = await plane.start(config.listen.data)
         log.info(
             "qlinkd %s ready: classical %s, kme %s, local %s",
             config.id,
@@ -122,6 +143,7 @@ async def run_daemon(
         async with asyncio.TaskGroup() as tg:
             for link in links.values():
                 tg.create_task(link.run())
+            tg.create_task(plane.run_senders())
             interval = notifier.watchdog_interval()
             if interval:
                 tg.create_task(watchdog(notifier, interval))
@@ -129,9 +151,13 @@ async def run_daemon(
         notifier.stopping()
         for link in links.values():
             await link.close()
+        if plane is not None:
+            await plane.stop()
         for runner in runners:
             with contextlib.suppress(Exception):
                 await runner.cleanup()
+        if plane is not None:
+            plane.close()
         with contextlib.suppress(Exception):
             audit.record("daemon_stopped")
         audit.close()

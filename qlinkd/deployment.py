@@ -84,7 +84,7 @@ def write_loopback_deployment(
     with os.fdopen(fd, "wb") as out:
         out.write(secrets.token_bytes(preshared_bytes))
     names = ["channel.listen", "channel.admin"] + [
-        f"{f}.{x}" for f in facilities for x in ("classical", "kme", "local")
+        f"{f}.{x}" for f in facilities for x in ("classical", "kme", "local", "data")
     ]
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     channel = root / "channel.toml"
@@ -127,6 +127,7 @@ key = "pki/{me}.key"
 classical = "127.0.0.1:{ports[me + ".classical"]}"
 kme = "127.0.0.1:{ports[me + ".kme"]}"
 local = "127.0.0.1:{ports[me + ".local"]}"
+data = "127.0.0.1:{ports[me + ".data"]}"
 
 [channel]
 address = "127.0.0.1:{ports["channel.listen"]}"
@@ -134,6 +135,7 @@ address = "127.0.0.1:{ports["channel.listen"]}"
 [[peer]]
 id = "{other}"
 address = "127.0.0.1:{ports[other + ".classical"]}"
+data_address = "127.0.0.1:{ports[other + ".data"]}"
 saes = [{", ".join(f'"{s}"' for s in saes[other])}]
 preshared_key = "psk/{a}--{b}.key"
 protocol = "{protocol}"
@@ -161,8 +163,10 @@ def read_deployment(root: Path) -> Deployment:
         config = load_facility_config(path)
         facilities[config.id] = path
         saes[config.id] = config.saes
-        for listener in ("classical", "kme", "local"):
-            ports[f"{config.id}.{listener}"] = getattr(config.listen, listener).port
+        for listener in ("classical", "kme", "local", "data"):
+            address = getattr(config.listen, listener)
+            if address is not None:
+                ports[f"{config.id}.{listener}"] = address.port
     if not facilities:
         raise ConfigError(str(root), "no facility configuration (*.toml besides channel.toml)")
     return Deployment(root=root, channel=channel_path, facilities=facilities, ports=ports, saes=saes)

@@ -684,4 +684,3 @@ def _abort_text(msg: qm.Abort) -> str:
     except ValueError:
         reason = f"code {msg.reason}"
     return f"peer aborted ({reason}): {msg.detail.decode('utf-8', 'replace')[:200]}"
-

@@ -14,9 +14,13 @@ from typing import Any
 
 from aiohttp import web
 
+from .data_api import add_data_routes
+from .dataplane.service import DataPlane
 from .metrics import CONTENT_TYPE
 from .peer_link import PeerLink
 from .runtime import Runtime
+
+MAX_EHR_BYTES = 8 << 20
 
 
 def make_local_app(
@@ -25,8 +29,11 @@ def make_local_app(
     *,
     started: float,
     extra: Callable[[], dict[str, Any]] | None = None,
+    plane: DataPlane | None = None,
+    token: str | None = None,
 ) -> web.Application:
-    app = web.Application(client_max_size=4096)
+    # EHR messages arrive as one request body; studies stream and are not bounded by this.
+    app = web.Application(client_max_size=MAX_EHR_BYTES)
 
     async def status(request: web.Request) -> web.Response:
         body: dict[str, Any] = {
@@ -36,6 +43,8 @@ def make_local_app(
             "key_size_bits": rt.config.kme.key_size,
             "links": [link.statistics() for link in links.values()],
         }
+        if plane is not None:
+            body["data_plane"] = {"senders": plane.sender_states()}
         if extra is not None:
             body.update(extra())
         return web.json_response(body)
@@ -81,4 +90,6 @@ def make_local_app(
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/keys", keys)
     app.router.add_get("/metrics", metrics)
+    if plane is not None and token is not None:
+        add_data_routes(app, plane, token)
     return app

@@ -73,6 +73,29 @@ class LinkMetrics:
             ["peer", "sae", "direction"],
             registry=r,
         )
+        self.data_plane_bytes = Counter(
+            "qlink_data_bytes",
+            "Study and EHR bytes over the data plane (in: spooled; out: delivered)",
+            ["peer", "direction"],
+            registry=r,
+        )
+        self.data_frames_rejected = Counter(
+            "qlink_data_frames_rejected",
+            "Data-plane frames refused (tampered, replayed, reordered, malformed), by reason",
+            ["peer", "reason"],
+            registry=r,
+        )
+        self.transfers = Counter(
+            "qlink_transfers",
+            "Transfers delivered, by direction and kind",
+            ["peer", "direction", "kind"],
+            registry=r,
+        )
+        self.otp_fallbacks = Counter(
+            "qlink_otp_fallbacks",
+            "EHR messages sent under AEAD because the pool could not pay for a pad",
+            registry=r,
+        )
         self.round_duration = Histogram(
             "qlink_round_duration_seconds",
             "Wall-clock duration of a distillation round",
@@ -147,6 +170,18 @@ class LinkMetrics:
     def delivered(self, peer: str, sae: str, direction: Direction | str, count: int = 1) -> None:
         """`count` keys handed to `sae` for the link with `peer`."""
         self.keys_delivered.labels(peer=peer, sae=sae, direction=Direction(direction).value).inc(count)
+
+    def data_bytes(self, peer: str, direction: str, count: int) -> None:
+        self.data_plane_bytes.labels(peer=peer, direction=direction).inc(count)
+
+    def data_rejected(self, peer: str, reason: str) -> None:
+        self.data_frames_rejected.labels(peer=peer, reason=reason).inc()
+
+    def transfer_done(self, peer: str, direction: str, kind: str) -> None:
+        self.transfers.labels(peer=peer, direction=direction, kind=kind).inc()
+
+    def otp_fallback(self) -> None:
+        self.otp_fallbacks.inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry (serve with CONTENT_TYPE)."""

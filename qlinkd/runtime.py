@@ -37,4 +37,3 @@ class Runtime:
 
     def kme_notice_arrived(self) -> None:
         self.on_notice_arrived()
-

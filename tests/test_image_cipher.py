@@ -1,5 +1,5 @@
-"""The seed paper's image cipher (qcore.image): exact inverse, pinned vectors, qiskit == numpy, and the
-Wu et al. statistics on a smooth 512x512 test image.
+"""The seed paper's image cipher (qcore.image): exact inverse, pinned vectors, qiskit == numpy, the Wu et
+al. statistics on a smooth 512x512 test image, and the byte form of a cipher image (container).
 
 The vectors below were recorded from this implementation (float64 numpy, x86-64) and pin it against
 drift; the Lorenz right-hand side is checked independently against a scalar transcription of the
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from qlinkmed.qcore.errors import ConfigError, IntegrityError
-from qlinkmed.qcore.image import CipherImage, chaos, decrypt, encrypt, metrics
+from qlinkmed.qcore.image import CipherImage, chaos, container, decrypt, encrypt, metrics
 from qlinkmed.qcore.image.cipher import bitplane_table
 from qlinkmed.qcore.image.neqr import layout_of
 
@@ -87,6 +87,25 @@ def test_bitplane_table_is_a_bijection(bits: int) -> None:
 def test_keystream_vector() -> None:
     stream = chaos.keystream(KEY, bytes(16), b"vector", 32)
     assert stream.tobytes().hex() == "f238b2cad6112ae039459c8aa8afd16715c7a6e0d9b5a4dd3cced945bb293e95"
+
+
+def test_wide_keystream_vector() -> None:
+    # The length of a 512x512 RGB stream: 1024 trajectories, 22 output steps (more than one conversion
+    # chunk). Recorded with the textbook RK4 (fresh numpy temporaries) before the in-place integrator
+    # replaced it, so it pins that the rewrite changed no bit.
+    stream = chaos.keystream(KEY, NONCE, b"ctx", 512 * 512 * 3 + 6252)
+    assert hashlib.sha256(stream.tobytes()).hexdigest() == (
+        "6398d5bf218f701248720f8e3fec78461405f642df43c0a7eb89998e7646bb4c"
+    )
+
+
+def test_rk4_step_does_not_touch_its_input_and_checks_the_shape() -> None:
+    state = chaos.initial_conditions(KEY, NONCE, b"x", 4)
+    before = state.copy()
+    after = chaos.rk4_step(state)
+    assert np.array_equal(state, before) and not np.array_equal(after, before)
+    with pytest.raises(ConfigError):
+        chaos.rk4_step(np.zeros((8, 4)))
 
 
 def test_cipher_vectors_8_and_16_bit() -> None:
@@ -207,6 +226,32 @@ def test_wu_critical_values_match_the_published_table() -> None:
     assert tuple(round(v, 4) for v in metrics.uaci_interval(512 * 512)) == (33.3730, 33.5541)
 
 
+def test_entropy_and_correlation_critical_values() -> None:
+    # G-test: 8 - 293.25 / (2 N ln 2); zero-correlation test: 1.95996 / sqrt(pairs).
+    assert round(metrics.entropy_critical(512 * 512), 5) == 7.99919
+    assert round(metrics.entropy_critical(256 * 256), 5) == 7.99677
+    assert round(metrics.correlation_critical(512 * 511), 5) == 0.00383
+    assert round(metrics.correlation_critical(100), 4) == 0.1960
+
+
+def test_uniform_noise_passes_the_entropy_and_correlation_tests_at_about_the_nominal_rate() -> None:
+    rng = np.random.default_rng(8)
+    entropy_fail = corr_fail = 0
+    trials = 200
+    for _ in range(trials):
+        noise = rng.integers(0, 256, (128, 128), dtype=np.uint8)
+        entropy_fail += metrics.entropy(noise) <= metrics.entropy_critical(noise.size)
+        corr_fail += abs(metrics.correlations(noise)["horizontal"]) >= metrics.correlation_critical(128 * 127)
+    # Binomial(200, 0.05): mean 10, so 1..22 holds with probability > 0.999.
+    assert 1 <= entropy_fail <= 22 and 1 <= corr_fail <= 22, (entropy_fail, corr_fail)
+
+
+def test_correlations_are_nan_where_undefined() -> None:
+    assert all(np.isnan(v) for v in metrics.correlations(np.full((5, 5), 9, dtype=np.uint8)).values())
+    row = metrics.correlations(np.arange(6, dtype=np.uint8).reshape(1, 6))
+    assert row["horizontal"] == pytest.approx(1.0) and np.isnan(row["vertical"])
+
+
 def test_the_test_image_is_smooth(smooth512: np.ndarray) -> None:
     assert min(metrics.correlations(smooth512).values()) > 0.95
     assert metrics.entropy(smooth512) < 7.5
@@ -239,6 +284,78 @@ def test_nonce_change_gives_an_unrelated_cipher(smooth512: np.ndarray) -> None:
 def test_metrics_reject_non_8_bit() -> None:
     with pytest.raises(ConfigError):
         metrics.entropy(np.zeros((4, 4), dtype=np.uint16))
+
+
+# --- container ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype"), [((12, 10), np.uint8), ((5, 7), np.uint16), ((6, 3, 3), np.uint8)]
+)
+def test_container_round_trip(shape: tuple[int, ...], dtype: type) -> None:
+    image = _random_image(shape, dtype, seed=3)
+    cipher = encrypt(image, KEY, NONCE)
+    blob = container.pack(cipher, NONCE)
+    assert blob.startswith(container.MAGIC)
+    back, nonce = container.unpack(blob)
+    assert nonce == NONCE
+    assert (back.shape, back.dtype, back.tag, back.version) == (cipher.shape, cipher.dtype, cipher.tag, 1)
+    assert back.data.dtype == dtype and np.array_equal(back.data, cipher.data)
+    assert np.array_equal(decrypt(back, KEY, nonce), image)
+
+
+def test_container_pixels_are_little_endian() -> None:
+    cipher = encrypt(np.array([[1, 2]], dtype=np.uint16), KEY, NONCE)
+    blob = container.pack(cipher, NONCE)
+    assert blob.endswith(cipher.data.astype("<u2").tobytes())
+
+
+def test_container_refuses_every_truncation() -> None:
+    blob = container.pack(encrypt(_random_image((4, 3), np.uint8, 1), KEY, NONCE), NONCE)
+    for keep in range(len(blob)):
+        with pytest.raises(ConfigError):
+            container.unpack(blob[:keep])
+
+
+def test_container_refuses_trailing_bytes_bad_magic_and_version() -> None:
+    blob = container.pack(encrypt(_random_image((4, 3), np.uint8, 1), KEY, NONCE), NONCE)
+    for bad, words in [
+        (blob + b"\x00", "pixel data"),
+        (b"QIMH" + blob[4:], "bad magic"),
+        (blob[:4] + b"\x02" + blob[5:], "version"),
+    ]:
+        with pytest.raises(ConfigError, match=words):
+            container.unpack(bad)
+
+
+@pytest.mark.parametrize(
+    ("header", "words"),
+    [
+        (b"{not json", "malformed header"),
+        (b'{"shape":[4,3],"dtype":"uint8","nonce":"zz","tag":"00"}', "malformed header"),
+        (b'{"shape":[4,3],"dtype":"uint8","nonce":"00"}', "malformed header"),
+        (b"[1,2]", "malformed header"),
+        (b'{"shape":[4,3],"dtype":"float32","nonce":"00","tag":"00"}', "dtype must be"),
+        (b'{"shape":[4,3],"dtype":"uint8","nonce":"00","tag":"00"}', "32 bytes"),
+    ],
+)
+def test_container_refuses_malformed_headers(header: bytes, words: str) -> None:
+    # 16 pixel bytes: the right length for a 4x3 uint8 image (padded to 4x4), so only the header is wrong.
+    blob = container.MAGIC + bytes([1]) + len(header).to_bytes(2, "big") + header + bytes(16)
+    with pytest.raises(ConfigError, match=words):
+        container.unpack(blob)
+
+
+def test_container_with_a_changed_nonce_or_tag_does_not_decrypt() -> None:
+    image = _random_image((6, 6), np.uint8, 2)
+    cipher = encrypt(image, KEY, NONCE)
+    blob = container.pack(cipher, NONCE)
+    for field in (b'"nonce":"', b'"tag":"'):
+        at = blob.index(field) + len(field)
+        changed = blob[:at] + (b"1" if blob[at : at + 1] == b"0" else b"0") + blob[at + 1 :]
+        back, nonce = container.unpack(changed)
+        with pytest.raises(IntegrityError):
+            decrypt(back, KEY, nonce)
 
 
 # --- qiskit circuit path -----------------------------------------------------------------------------

@@ -354,14 +354,16 @@ def test_rekey_by_time() -> None:
 def test_rekey_by_messages() -> None:
     key = _key()
     soft = consts.REKEY_AFTER_MESSAGES
-    sealer = Sealer(key, state=SendState(next_counter=soft - 1, reserved_until=soft + 1, bytes_sealed=0,
-                                         started_at=0.0))
+    sealer = Sealer(
+        key, state=SendState(next_counter=soft - 1, reserved_until=soft + 1, bytes_sealed=0, started_at=0.0)
+    )
     assert sealer.status(0.0) is KeyStatus.FRESH
     sealer.seal(b"m", now=0.0)
     assert sealer.status(0.0) is KeyStatus.REKEY_DUE
     hard = consts.REJECT_AFTER_MESSAGES
-    sealer = Sealer(key, state=SendState(next_counter=hard - 1, reserved_until=hard + 5, bytes_sealed=0,
-                                         started_at=0.0))
+    sealer = Sealer(
+        key, state=SendState(next_counter=hard - 1, reserved_until=hard + 5, bytes_sealed=0, started_at=0.0)
+    )
     last = sealer.seal(b"last", now=0.0)
     with pytest.raises(RekeyRequired) as info:
         sealer.seal(b"one too many", now=0.0)
@@ -444,8 +446,9 @@ def test_otp_every_bit_flip_and_forged_tags_fail() -> None:
             open_otp(bytes(tampered), material)
     # Without the tag key an attacker can only guess tags, for the real text or a chosen one.
     rng = np.random.default_rng(SEED)
-    chosen = frame[:-16 - len(message)] + bytes(a ^ b for a, b in zip(frame[-16 - len(message):-16],
-                                                                       b"x" * len(message), strict=True))
+    chosen = frame[: -16 - len(message)] + bytes(
+        a ^ b for a, b in zip(frame[-16 - len(message) : -16], b"x" * len(message), strict=True)
+    )
     for _ in range(200):
         with pytest.raises(IntegrityError) as info:
             open_otp(chosen + rng.bytes(16), material)

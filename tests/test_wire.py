@@ -49,8 +49,17 @@ def test_schema_mirrors_every_protocol_message_by_name() -> None:
     body = pb.Frame.DESCRIPTOR.oneofs_by_name["body"]
     carried = {field.message_type.name for field in body.fields}
     link_messages = {
-        "Hello", "RoundStart", "KeyStored", "KeyNotice", "NoticeAck",
-        "ChannelHello", "PulseTrain", "AnalyserSettings", "DetectionRecord", "PulsesSent", "ChannelError",
+        "Hello",
+        "RoundStart",
+        "KeyStored",
+        "KeyNotice",
+        "NoticeAck",
+        "ChannelHello",
+        "PulseTrain",
+        "AnalyserSettings",
+        "DetectionRecord",
+        "PulsesSent",
+        "ChannelError",
     }
     assert carried == set(classes) | link_messages
     for name, cls in classes.items():

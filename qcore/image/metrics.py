@@ -4,12 +4,14 @@ NPCR and UACI follow Wu, Noonan and Agaian, "NPCR and UACI randomness tests for 
 2011): the critical values come from their formulas (F = 255, alpha = 0.05), which give NPCR > 99.5893 %
 and UACI in [33.3730, 33.5541] % at 512x512 (99.5693 % and [33.2824, 33.6447] % at 256x256). A value far
 from the ideal in either direction fails. The histogram chi-square has 255 degrees of freedom and passes
-below 293.25 (alpha = 0.05). Adjacent-pixel correlation uses every adjacent pair, not a random sample, so
-the figures are reproducible.
+below 293.25 (alpha = 0.05); entropy by the asymptotically equivalent G-test (`entropy_critical`). Adjacent-
+pixel correlation uses every adjacent pair, not a random sample, so the figures are reproducible; it is
+judged by a two-sided test of zero correlation (`correlation_critical`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -61,6 +63,16 @@ def uaci_interval(pixels: int, alpha: float = ALPHA) -> tuple[float, float]:
     return ((mu + z * var**0.5) * 100.0, (mu - z * var**0.5) * 100.0)
 
 
+def entropy_critical(pixels: int) -> float:
+    """Lowest entropy (bits) a uniform 8-bit image of `pixels` pixels shows at alpha = 0.05.
+
+    The G-test: G = 2 N ln2 (8 - H) is the likelihood-ratio statistic of the histogram against the uniform
+    distribution and, like the chi-square, follows chi-square with 255 degrees of freedom. So H passes
+    above 8 - 293.25 / (2 N ln2): 7.99919 at 512x512, 7.99677 at 256x256.
+    """
+    return 8.0 - CHI2_CRITICAL_255 / (2.0 * pixels * math.log(2.0))
+
+
 def entropy(image: np.ndarray) -> float:
     """Shannon entropy of the pixel histogram, bits per pixel (ideal 8)."""
     counts = np.bincount(_as_u8(image).reshape(-1), minlength=256)
@@ -76,7 +88,10 @@ def chi_square(image: np.ndarray) -> float:
 
 
 def correlations(image: np.ndarray) -> dict[str, float]:
-    """Pearson correlation of horizontally, vertically and diagonally adjacent pixels (all pairs)."""
+    """Pearson correlation of horizontally, vertically and diagonally adjacent pixels (all pairs).
+
+    NaN where it is undefined: fewer than two pairs, or one side of the pairs constant.
+    """
     a = _as_u8(image).astype(np.float64)
     if a.ndim != 2:
         raise ConfigError("image", "correlations take one 2-D channel")
@@ -85,7 +100,23 @@ def correlations(image: np.ndarray) -> dict[str, float]:
         "vertical": (a[:-1, :], a[1:, :]),
         "diagonal": (a[:-1, :-1], a[1:, 1:]),
     }
-    return {name: float(np.corrcoef(x.reshape(-1), y.reshape(-1))[0, 1]) for name, (x, y) in pairs.items()}
+    return {name: _pearson(x.reshape(-1), y.reshape(-1)) for name, (x, y) in pairs.items()}
+
+
+def correlation_critical(pairs: int, alpha: float = ALPHA) -> float:
+    """Largest |r| of `pairs` adjacent pairs that passes a two-sided test of zero correlation at `alpha`.
+
+    For independent pixels the sample correlation of adjacent pairs is ~ N(0, 1/pairs) (Bartlett), so
+    the bound is z_(1 - alpha/2) / sqrt(pairs): 0.0038 at 512x512, 0.0077 at 256x256. The customary
+    |r| < 0.01 is looser on large images and fails small random ones (1/sqrt(600) ~ 0.04).
+    """
+    return NormalDist().inv_cdf(1.0 - alpha / 2) / math.sqrt(pairs)
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan
+    return float(np.corrcoef(x, y)[0, 1])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

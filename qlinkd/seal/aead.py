@@ -236,10 +236,13 @@ class Sealer:
 class Opener:
     """The receiving end of one traffic key: verifies the tag, then the replay window."""
 
-    __slots__ = ("_aead", "_header_prefix", "_key", "_started_at", "_window")
+    __slots__ = ("_aead", "_header_prefix", "_in_order", "_key", "_started_at", "_window")
 
-    def __init__(self, key: TrafficKey, *, started_at: float) -> None:
+    def __init__(self, key: TrafficKey, *, started_at: float, in_order: bool = False) -> None:
+        """`in_order`: the frames come over a reliable stream (TCP), so each counter must be the previous
+        one plus one; a datagram transport keeps the default, the RFC 6479 window."""
         self._key = key
+        self._in_order = in_order
         self._aead = AESGCM(key.key)
         self._header_prefix = bytes([AEAD_VERSION]) + encode_key_ids(key.key_ids)
         self._started_at = started_at
@@ -264,7 +267,7 @@ class Opener:
             raise IntegrityError(OpenFailure.TRUNCATED, f"frame of {len(frame)} bytes is too short")
         if frame[0] != AEAD_VERSION:
             raise IntegrityError(OpenFailure.VERSION, f"frame version {frame[0]:#04x}")
-        if frame[:len(prefix)] != prefix:
+        if frame[: len(prefix)] != prefix:
             raise IntegrityError(OpenFailure.KEY_MISMATCH, "frame names other key IDs")
         if len(frame) - header_len - TAG_BYTES > MAX_PLAINTEXT_BYTES:
             raise IntegrityError(OpenFailure.TOO_LARGE, f"frame of {len(frame)} bytes exceeds the limit")
@@ -280,6 +283,12 @@ class Opener:
         except InvalidTag:
             raise IntegrityError(OpenFailure.TAG, f"tag check failed on frame {counter}") from None
         # Only now, with the frame authentic, may the counter touch the window (wireguard-go order).
+        if self._in_order:
+            highest = self._window.highest
+            expected = 0 if highest is None else highest + 1
+            if counter != expected:
+                failure = OpenFailure.REPLAY if counter < expected else OpenFailure.REORDERED
+                raise IntegrityError(failure, f"frame {counter} arrived where {expected} was due")
         if self._window.is_too_old(counter):
             raise IntegrityError(OpenFailure.TOO_OLD, f"frame {counter} is behind the replay window")
         if not self._window.check_and_mark(counter):

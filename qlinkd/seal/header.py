@@ -28,6 +28,7 @@ class OpenFailure(enum.Enum):
     REPLAY = "replay"
     TOO_OLD = "too_old"
     KEY_EXPIRED = "key_expired"
+    REORDERED = "reordered"
 
 
 def canonical_key_ids(key_ids: Iterable[KeyIdLike]) -> tuple[uuid.UUID, ...]:

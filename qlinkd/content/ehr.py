@@ -1,0 +1,204 @@
+"""EHR messages: FHIR JSON (validated with fhir.resources) and HL7 v2 (parsed with python-hl7).
+
+FHIR: the resource is validated as the model class its resourceType names, against FHIR R5 (the
+fhir.resources default) and, if that fails, R4B, the release most systems still exchange; the info says
+which one passed, and a failure reports the R5 error with a FHIRPath-like location
+("FHIR Bundle.entry[2].resource.status: ..."). Error messages never quote the offending value: it may be
+patient data.
+
+HL7 v2: segments are separated by CR; a message written with LF or CRLF line ends is accepted by
+normalising a copy for the check (the bytes are carried unchanged). The text is decoded per MSH-18:
+"UNICODE UTF-8" as strict UTF-8, "ASCII" as strict ASCII, "8859/n" as ISO 8859-n; when MSH-18 is empty,
+as UTF-8 if it is valid UTF-8, else as ISO 8859-1 (HL7 says ASCII, but both are common in practice). Any
+other character set is refused. Required: MSH with its field separator and the four (or five, v2.7+)
+encoding characters, MSH-9 (message type), MSH-10 (control ID), MSH-12 (a 2.x version), and at least one
+segment after MSH; every segment ID must be three capitals or digits starting with a capital.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import hl7
+from fhir.resources import get_fhir_model_class as r5_model_class
+from fhir.resources.R4B import get_fhir_model_class as r4b_model_class
+
+from ..errors import ContentError
+from .kinds import ContentInfo, ContentKind
+
+_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{0,63}")
+_SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
+_CHARSETS = {
+    "": None,
+    "ASCII": "ascii",
+    "UNICODE UTF-8": "utf-8",
+    **{f"8859/{n}": f"iso8859-{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 15)},
+}
+_RELEASES = (("R5", r5_model_class), ("R4B", r4b_model_class))
+_NOT_IN_RELEASE = "not a resource type of this release"
+
+
+# FHIR ---------------------------------------------------------------------------------------------------
+
+
+def validate_fhir(name: str, data: bytes, resource: dict[str, Any], digest: str) -> ContentInfo:
+    """Validate a parsed FHIR resource (from `kinds.identify`); ContentError naming the first error."""
+    resource_type = resource["resourceType"]
+    _check_resource_types(name, resource, resource_type)
+    failures: list[tuple[str, str]] = []
+    for release, model_class in _RELEASES:
+        error = _model_error(model_class, resource, resource_type)
+        if error is None:
+            break
+        failures.append((release, error))
+    else:
+        # Report the first release that knows the resource type.
+        release, error = next(((r, e) for r, e in failures if not e.endswith(_NOT_IN_RELEASE)), failures[0])
+        others = ", ".join(r for r, _ in failures if r != release)
+        raise ContentError(name, f"FHIR {error} ({release}; also invalid as {others})")
+    entries = resource.get("entry") if resource_type == "Bundle" else None
+    return ContentInfo(
+        kind=ContentKind.FHIR,
+        size=len(data),
+        sha256=digest,
+        resource_type=resource_type,
+        bundle_entries=len(entries or ()) if resource_type == "Bundle" else None,
+        fhir_version=release,
+    )
+
+
+def _lookup(model_class: Any, resource_type: str) -> Any:
+    try:
+        return model_class(resource_type)
+    except (ValueError, KeyError, ImportError, AttributeError):
+        return None
+
+
+def _known_type(resource_type: object) -> bool:
+    if not isinstance(resource_type, str) or not _RESOURCE_TYPE.fullmatch(resource_type):
+        return False
+    return any(_lookup(model_class, resource_type) is not None for _, model_class in _RELEASES)
+
+
+def _check_resource_types(name: str, resource: dict[str, Any], path: str) -> None:
+    """Every resourceType, down through Bundle entries, must name a resource (the models fail obscurely
+    on an unknown one)."""
+    resource_type = resource.get("resourceType")
+    if resource_type is None:
+        raise ContentError(name, f"FHIR {path}: no resourceType")
+    if not _known_type(resource_type):
+        raise ContentError(name, f"FHIR {path}: unknown resourceType")
+    if resource_type != "Bundle" or not isinstance(resource.get("entry"), list):
+        return
+    for i, entry in enumerate(resource["entry"]):
+        inner = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(inner, dict):
+            _check_resource_types(name, inner, f"{path}.entry[{i}].resource")
+
+
+def _model_error(model_class: Any, resource: dict[str, Any], resource_type: str) -> str | None:
+    """None if `resource` validates in the release of `model_class`, else the first error as
+    "Path.to.field: message"."""
+    model = _lookup(model_class, resource_type)
+    if model is None:
+        return f"{resource_type}: {_NOT_IN_RELEASE}"
+    try:
+        model.model_validate(resource)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        errors = exc.errors() if hasattr(exc, "errors") else []
+        if not errors:
+            return f"{resource_type}: {exc}"
+        first = errors[0]
+        where = resource_type + "".join(
+            f"[{part}]" if isinstance(part, int) else f".{part}" for part in first.get("loc", ())
+        )
+        message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        return f"{where}: {message}{more}"
+    except Exception as exc:
+        return f"{resource_type}: cannot be validated ({type(exc).__name__})"
+    return None
+
+
+# HL7 v2 -------------------------------------------------------------------------------------------------
+
+
+def validate_hl7(name: str, data: bytes, digest: str) -> ContentInfo:
+    """Parse an HL7 v2 message and describe it; ContentError naming what is wrong."""
+    text = _decode_hl7(name, data)
+    segments = [s for s in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if s]
+    if not segments or not segments[0].startswith("MSH"):
+        raise ContentError(name, "HL7 v2 message has no MSH segment")
+    msh = segments[0]
+    _check_msh_separators(name, msh)
+    for i, segment in enumerate(segments):
+        seg_id = segment[:3]
+        if not _SEGMENT_ID.fullmatch(seg_id) or segment[3:4] not in ("", msh[3]):
+            raise ContentError(name, f"HL7 v2 segment {i + 1} does not start with a segment ID")
+    if len(segments) < 2:
+        raise ContentError(name, "HL7 v2 message has no segment after MSH")
+    try:
+        message = hl7.parse("\r".join(segments))
+        header = message.segment("MSH")
+        fields = [str(header[i]) if i < len(header) else "" for i in range(13)]
+    except Exception as exc:
+        raise ContentError(name, f"malformed HL7 v2 message: {type(exc).__name__}: {exc}") from None
+    if not fields[9]:
+        raise ContentError(name, "HL7 v2 MSH-9 (message type) is empty")
+    if not fields[10]:
+        raise ContentError(name, "HL7 v2 MSH-10 (message control ID) is empty")
+    version = fields[12].split(msh[4])[0]
+    if not re.fullmatch(r"2\.[0-9]+(\.[0-9]+)?", version):
+        raise ContentError(name, "HL7 v2 MSH-12 (version ID) is missing or not a 2.x version")
+    return ContentInfo(
+        kind=ContentKind.HL7,
+        size=len(data),
+        sha256=digest,
+        message_type=fields[9],
+        control_id=fields[10],
+        hl7_version=version,
+    )
+
+
+def _check_msh_separators(name: str, msh: str) -> None:
+    if len(msh) < 8:
+        raise ContentError(name, "HL7 v2 MSH segment is too short for its separators")
+    separator = msh[3]
+    if separator.isalnum() or separator.isspace():
+        raise ContentError(name, "HL7 v2 MSH-1 (field separator) is not a separator character")
+    end = msh.find(separator, 4)
+    encoding = msh[4:] if end < 0 else msh[4:end]
+    if (
+        len(encoding) not in (4, 5)
+        or len(set(encoding + separator)) != len(encoding) + 1
+        or any(c.isalnum() or c.isspace() for c in encoding)
+    ):
+        raise ContentError(
+            name,
+            "HL7 v2 MSH-2 (encoding characters) must be four distinct separators (component, repetition, "
+            "escape, subcomponent), five from v2.7",
+        )
+
+
+def _decode_hl7(name: str, data: bytes) -> str:
+    first = data.split(b"\r", 1)[0].split(b"\n", 1)[0].decode("latin-1")
+    parts = first.split(first[3]) if len(first) > 3 else []
+    declared = parts[17] if len(parts) > 17 else ""
+    if len(first) > 5:
+        declared = declared.split(first[5])[0]  # the first repetition is the default character set
+    declared = declared.strip()
+    if declared not in _CHARSETS:
+        raise ContentError(name, f"HL7 v2 MSH-18 character set {declared!r} is not supported")
+    codec = _CHARSETS[declared]
+    if codec is None:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return data.decode("latin-1")
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError as exc:
+        raise ContentError(
+            name, f"HL7 v2 message declares {declared} in MSH-18 but is not valid {codec} (byte {exc.start})"
+        ) from None

@@ -1,0 +1,298 @@
+"""The data endpoints of the daemon's local API: queue studies, images and EHR messages for a peer, list
+the outbox and the inbox, fetch delivered files. They carry patient data, so unlike /v1/status they need
+the bearer token in ``state_dir/local-api.token`` (mode 0600: the daemon's user, or whoever the operator
+lets read it).
+
+Upload body (POST /v1/transfers): a 4-byte big-endian length, a JSON object {"kind", "study_uid",
+"files": [[name, size, sha256, content], ...]}, then every file's bytes in that order. The daemon checks
+each file's size, SHA-256 and content as it arrives, writes it to the outbox and fsyncs it; only then
+does it answer "queued".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from .content import validate
+from .dataplane.manifest import MAX_MANIFEST_BYTES, FileEntry, TransferKind
+from .dataplane.outbox import Upload
+from .dataplane.records import IncomingRecord, OutgoingRecord
+from .dataplane.service import DataPlane
+from .errors import ContentError, IntegrityError, TransferError
+
+log = logging.getLogger("qlink.api")
+
+TOKEN_FILE = "local-api.token"
+READ_BLOCK = 1 << 20
+MAX_WAIT_S = 600.0
+_KIND_CONTENT = {
+    TransferKind.STUDY: {"dicom"},
+    TransferKind.IMAGES: {"png", "jpeg"},
+    TransferKind.EHR: {"fhir", "hl7"},
+}
+
+
+def ensure_token(state_dir: Path) -> str:
+    """The local API token, created (0600) on first start."""
+    path = state_dir / TOKEN_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(token + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        return token
+
+
+def _error(status: type[web.HTTPException], message: str) -> web.HTTPException:
+    return status(text=json.dumps({"message": message}), content_type="application/json")
+
+
+def _outgoing_json(record: OutgoingRecord) -> dict[str, Any]:
+    m = record.manifest
+    return {
+        "transfer_id": m.transfer_id,
+        "to": m.recipient,
+        "kind": m.kind.value,
+        "files": len(m.files),
+        "bytes": m.total_bytes,
+        "state": record.state.value,
+        "queued_at": record.queued_at,
+        "finished_at": record.finished_at,
+        "reason": record.reason,
+    }
+
+
+def _incoming_json(record: IncomingRecord, *, files: bool = False) -> dict[str, Any]:
+    m = record.manifest
+    body: dict[str, Any] = {
+        "transfer_id": m.transfer_id,
+        "from": m.sender,
+        "kind": m.kind.value,
+        "study_uid": m.study_uid,
+        "files": len(m.files),
+        "bytes": m.total_bytes,
+        "state": record.state.value,
+        "received_bytes": sum(f.size for f in m.files[: record.file_index]) + record.file_offset,
+        "delivered_at": record.delivered_at,
+        "at_rest": record.forms,
+        "fetched_at": record.fetched_at,
+        "reason": record.reason,
+        "manifest_sha256": m.sha256(),
+    }
+    if files:
+        body["file_list"] = [
+            {"index": i, "name": f.name, "size": f.size, "sha256": f.sha256, "content": f.content}
+            for i, f in enumerate(m.files)
+        ]
+    return body
+
+
+def add_data_routes(app: web.Application, plane: DataPlane, token: str) -> None:
+    def authorise(request: web.Request) -> None:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise _error(web.HTTPUnauthorized, f"data endpoints need the bearer token in {TOKEN_FILE}")
+
+    def peer_of(request: web.Request) -> str:
+        peer = request.query.get("to", "")
+        if not plane.peer_known(peer):
+            raise _error(web.HTTPBadRequest, f"unknown peer {peer!r} (to=FACILITY)")
+        return peer
+
+    def wait_of(request: web.Request) -> float:
+        try:
+            wait = float(request.query.get("wait", "0"))
+        except ValueError:
+            raise _error(web.HTTPBadRequest, "wait must be a number of seconds") from None
+        if not 0 <= wait <= MAX_WAIT_S:
+            raise _error(web.HTTPBadRequest, f"wait must be in 0..{MAX_WAIT_S:g} s")
+        return wait
+
+    async def queue_and_answer(upload: Upload, started: float, wait: float) -> web.Response:
+        manifest = upload.manifest
+        try:
+            outcome_future = plane.queue(upload)
+        except (OSError, TransferError) as exc:
+            upload.abandon()
+            raise _error(web.HTTPInternalServerError, f"cannot queue: {exc}") from None
+        queued = time.monotonic()
+        body: dict[str, Any] = {
+            "transfer_id": manifest.transfer_id,
+            "to": manifest.recipient,
+            "kind": manifest.kind.value,
+            "files": len(manifest.files),
+            "bytes": manifest.total_bytes,
+            "manifest_sha256": manifest.sha256(),
+            "state": "queued",
+            "queue_seconds": round(queued - started, 6),
+        }
+        if wait > 0:
+            try:
+                async with asyncio.timeout(wait):
+                    outcome = await asyncio.shield(outcome_future)
+            except TimeoutError:
+                plane.forget_waiter(manifest.transfer_id)
+            else:
+                body["state"] = outcome.state.value
+                body["reason"] = outcome.reason
+                body["seconds"] = round(outcome.finished - started, 6)
+                body["transfer_seconds"] = round(outcome.finished - queued, 6)
+        else:
+            plane.forget_waiter(manifest.transfer_id)
+        status = 200 if body["state"] == "delivered" else 202
+        if body["state"] == "refused":
+            status = 422
+        return web.json_response(body, status=status)
+
+    def check_content(upload: Upload, index: int, entry: FileEntry, study_uid: str | None) -> None:
+        data = upload.file_path(index).read_bytes()
+        info = validate(entry.name, data)
+        if info.kind.value != entry.content:
+            raise ContentError(entry.name, f"declared {entry.content}, the content is {info.kind.value}")
+        if study_uid is not None and getattr(info, "study_uid", None) != study_uid:
+            raise ContentError(
+                entry.name, f"belongs to study {getattr(info, 'study_uid', None)}, not {study_uid}"
+            )
+
+    async def post_transfer(request: web.Request) -> web.Response:
+        authorise(request)
+        started = time.monotonic()
+        peer, wait = peer_of(request), wait_of(request)
+        try:
+            head = await request.content.readexactly(4)
+            size = int.from_bytes(head, "big")
+            if size > MAX_MANIFEST_BYTES:
+                raise TransferError(f"upload manifest of {size} bytes is too large")
+            declared = json.loads(await request.content.readexactly(size))
+            kind = TransferKind(declared["kind"])
+            if kind is TransferKind.EHR:
+                raise TransferError("send EHR messages with POST /v1/ehr")
+            files = tuple(FileEntry(str(n), int(s), str(h), str(c)) for n, s, h, c in declared["files"])
+            study_uid = declared.get("study_uid")
+            for entry in files:
+                if entry.content not in _KIND_CONTENT[kind]:
+                    raise ContentError(entry.name, f"a {kind.value} transfer cannot carry {entry.content}")
+            manifest = plane.new_manifest(peer, kind, files, study_uid)
+        except asyncio.IncompleteReadError:
+            raise _error(web.HTTPBadRequest, "upload ended inside its manifest") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _error(web.HTTPBadRequest, f"malformed upload manifest: {exc}") from None
+        except (TransferError, ContentError) as exc:
+            raise _error(web.HTTPBadRequest, str(exc)) from None
+        upload = plane.begin_upload(manifest)
+        try:
+            for index, entry in enumerate(manifest.files):
+                upload.start_file(index)
+                left = entry.size
+                while left:
+                    block = await request.content.read(min(READ_BLOCK, left))
+                    if not block:
+                        raise TransferError(f"{entry.name}: upload ended after {entry.size - left} bytes")
+                    upload.write(block)
+                    left -= len(block)
+            if not request.content.at_eof() and await request.content.read(1):
+                raise TransferError("upload holds more bytes than its files declare")
+            upload.commit_files()
+            for index, entry in enumerate(manifest.files):
+                check_content(upload, index, entry, study_uid if kind is TransferKind.STUDY else None)
+        except (TransferError, ContentError) as exc:
+            upload.abandon()
+            raise _error(web.HTTPBadRequest, str(exc)) from None
+        except BaseException:
+            upload.abandon()
+            raise
+        return await queue_and_answer(upload, started, wait)
+
+    async def post_ehr(request: web.Request) -> web.Response:
+        authorise(request)
+        started = time.monotonic()
+        peer, wait = peer_of(request), wait_of(request)
+        name = request.query.get("name", "message")
+        body = await request.read()
+        try:
+            info = validate(name, body)
+            if info.kind.value not in _KIND_CONTENT[TransferKind.EHR]:
+                raise ContentError(name, f"an EHR message is FHIR JSON or HL7 v2, not {info.kind.value}")
+            entry = FileEntry(name, len(body), info.sha256, info.kind.value)
+            manifest = plane.new_manifest(peer, TransferKind.EHR, (entry,))
+        except (TransferError, ContentError) as exc:
+            raise _error(web.HTTPBadRequest, str(exc)) from None
+        upload = plane.begin_upload(manifest)
+        try:
+            upload.start_file(0)
+            upload.write(body)
+            upload.commit_files()
+        except BaseException:
+            upload.abandon()
+            raise
+        return await queue_and_answer(upload, started, wait)
+
+    async def list_transfers(request: web.Request) -> web.Response:
+        authorise(request)
+        return web.json_response(
+            {
+                "facility": plane.facility,
+                "senders": plane.sender_states(),
+                "transfers": [_outgoing_json(r) for r in plane.records.list_outgoing()],
+            }
+        )
+
+    async def list_inbox(request: web.Request) -> web.Response:
+        authorise(request)
+        records = plane.records.list_incoming()
+        return web.json_response({"facility": plane.facility, "inbox": [_incoming_json(r) for r in records]})
+
+    def incoming(request: web.Request) -> IncomingRecord:
+        record = plane.records.incoming(request.match_info["transfer_id"])
+        if record is None:
+            raise _error(web.HTTPNotFound, "no such transfer in the inbox")
+        return record
+
+    async def inbox_entry(request: web.Request) -> web.Response:
+        authorise(request)
+        return web.json_response(_incoming_json(incoming(request), files=True))
+
+    async def inbox_file(request: web.Request) -> web.Response:
+        authorise(request)
+        record = incoming(request)
+        try:
+            index = int(request.match_info["index"])
+            located = plane.inbox.locate(record.manifest.transfer_id, index)
+            data = await asyncio.to_thread(plane.inbox.open_located, *located)
+        except ValueError:
+            raise _error(web.HTTPBadRequest, "file index must be an integer") from None
+        except TransferError as exc:
+            raise _error(web.HTTPNotFound, exc.message) from None
+        except (IntegrityError, ContentError, OSError) as exc:
+            log.error("inbox %s file %s cannot be opened: %s", record.manifest.transfer_id, index, exc)
+            raise _error(
+                web.HTTPInternalServerError, f"the at-rest copy fails its integrity check ({exc})"
+            ) from None
+        plane.records.mark_fetched(record.manifest.transfer_id)
+        entry = record.manifest.files[index]
+        return web.Response(
+            body=data,
+            content_type="application/octet-stream",
+            headers={"X-Qlink-SHA256": entry.sha256, "X-Qlink-Name": entry.name.encode().hex()},
+        )
+
+    app.router.add_post("/v1/transfers", post_transfer)
+    app.router.add_get("/v1/transfers", list_transfers)
+    app.router.add_post("/v1/ehr", post_ehr)
+    app.router.add_get("/v1/inbox", list_inbox)
+    app.router.add_get("/v1/inbox/{transfer_id}", inbox_entry)
+    app.router.add_get("/v1/inbox/{transfer_id}/files/{index}", inbox_file)

@@ -1,0 +1,261 @@
+"""The receiving end of one data-plane connection: check who dials, fetch the session's QKD key from our
+pool, then open every frame (AEAD strictly in order, or a one-time-pad EHR frame whose key is fetched by
+its IDs), spool chunks, acknowledge what is fsynced, and deliver finished transfers exactly once.
+
+A frame that fails to open, or a message out of place, ends the connection with a logged, audited reason:
+nothing after it is trusted, and nothing unauthenticated was ever written. The sender reconnects with a
+fresh key and resumes from the last acknowledged byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from qlinkmed.proto import qlinkmed_wire_pb2 as pb
+
+from ..errors import FrameError, IntegrityError, KeyNotFound, TransferError
+from ..framing import read_frame
+from ..keystore import DeliveredKey
+from ..seal import Direction, Opener, Sealer, SendState, derive_traffic_key
+from ..seal.constants import AEAD_VERSION, OTP_VERSION, REJECT_AFTER_MESSAGES
+from ..seal.otp import open_otp, peek_otp_key_ids
+from . import messages as dm
+from .inbox import Inbox, TransferRefused, at_rest_key
+from .keys import KeySource
+from .manifest import Manifest, TransferKind
+from .records import Incoming
+
+log = logging.getLogger("qlink.data")
+
+SYNC_BYTES = 16 << 20
+"""Spool bytes between fsyncs (and acknowledgements): large enough to stream at disk speed, well inside
+the sender's window."""
+KEY_WAIT_S = 10.0
+MAX_FRAME = (1 << 20) + 4096
+_STATE = {
+    None: pb.TRANSFER_STATE_NEW,
+    Incoming.RECEIVING: pb.TRANSFER_STATE_PARTIAL,
+    Incoming.DELIVERED: pb.TRANSFER_STATE_COMPLETE,
+    Incoming.REFUSED: pb.TRANSFER_STATE_COMPLETE,
+}
+
+
+class Rejected(Exception):
+    """A frame or message the receiver refuses; `reason` is a short code for the audit log and metrics."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(slots=True)
+class ReceiverContext:
+    facility: str
+    keys: KeySource
+    inbox: Inbox
+    on_delivered: Callable[[str, Manifest, str], None]
+    on_refused: Callable[[str, str], None]
+    on_bytes: Callable[[int], None] = field(default=lambda n: None)
+    finishing: dict[str, asyncio.Task[tuple[bool, str]]] = field(default_factory=dict)
+    """Transfers being stored at rest, shared by every connection of the daemon."""
+
+
+class ReceiverSession:
+    def __init__(
+        self,
+        ctx: ReceiverContext,
+        peer: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.ctx = ctx
+        self.peer = peer
+        self._reader = reader
+        self._writer = writer
+        self._material = b""
+        self._sealer: Sealer | None = None
+        self._opener: Opener | None = None
+        self._finishing: set[asyncio.Task[None]] = set()
+        """This connection's reports of finished transfers (cancelled with it; the work itself is not)."""
+
+    async def run(self) -> None:
+        try:
+            await self._serve()
+        finally:
+            for task in self._finishing:
+                task.cancel()
+            self.ctx.inbox.release(self)
+
+    async def _serve(self) -> None:
+        frame = await read_frame(self._reader, 4096)
+        if frame is None:
+            return
+        opened = dm.decode_open(frame)
+        if opened.facility != self.peer:
+            raise Rejected("identity", f"data open names {opened.facility!r}, the certificate {self.peer!r}")
+        keys = await self._fetch(list(opened.key_ids))
+        self._material = b"".join(k.material for k in keys)
+        now = time.monotonic()
+        self._opener = Opener(
+            derive_traffic_key(self._material, opened.key_ids, direction=Direction.MASTER_TO_SLAVE),
+            started_at=now,
+            in_order=True,
+        )
+        self._sealer = Sealer(
+            derive_traffic_key(self._material, opened.key_ids, direction=Direction.SLAVE_TO_MASTER),
+            state=SendState(
+                next_counter=0, reserved_until=REJECT_AFTER_MESSAGES, bytes_sealed=0, started_at=now
+            ),
+        )
+        self._send(dm.ready())
+        while True:
+            frame = await read_frame(self._reader, MAX_FRAME)
+            if frame is None:
+                return
+            message = await self._open(frame)
+            await self._handle(message)
+
+    async def _fetch(self, key_ids: list[str]) -> list[DeliveredKey]:
+        try:
+            return await self.ctx.keys.fetch(self.peer, key_ids, KEY_WAIT_S)
+        except KeyNotFound:
+            raise Rejected("key_unknown", f"key {key_ids[0]} never arrived (or was used already)") from None
+
+    async def _open(self, frame: bytes) -> pb.DataMessage:
+        assert self._opener is not None
+        try:
+            if frame[:1] == bytes([AEAD_VERSION]):
+                return dm.decode(self._opener.open(frame, now=time.monotonic()))
+            if frame[:1] == bytes([OTP_VERSION]):
+                ids = [str(k) for k in peek_otp_key_ids(frame)]
+                keys = await self._fetch(ids)
+                message = dm.decode(open_otp(frame, b"".join(k.material for k in keys)))
+                if message.WhichOneof("body") != "ehr":
+                    raise Rejected("protocol", "a one-time-pad frame carries only EHR messages")
+                return message
+        except IntegrityError as exc:
+            raise Rejected(getattr(exc.reason, "value", "integrity"), exc.message) from None
+        except FrameError as exc:
+            raise Rejected("malformed", str(exc)) from None
+        raise Rejected("version", f"frame of unknown version {frame[:1].hex() or 'empty'}")
+
+    def _send(self, plaintext: bytes) -> None:
+        assert self._sealer is not None
+        frame = self._sealer.seal(plaintext, now=time.monotonic())
+        self._writer.writelines([len(frame).to_bytes(4, "big"), frame])
+
+    async def _handle(self, message: pb.DataMessage) -> None:
+        kind = message.WhichOneof("body")
+        inbox = self.ctx.inbox
+        if kind == "chunk":
+            c = message.chunk
+            try:
+                complete = inbox.write_chunk(c.transfer_id, c.file_index, c.offset, c.data)
+            except TransferRefused as exc:
+                self._refuse(c.transfer_id, exc.message)
+                return
+            except TransferError as exc:
+                raise Rejected("protocol", exc.message) from None
+            self.ctx.on_bytes(len(c.data))
+            if complete or inbox.unsynced(c.transfer_id) >= SYNC_BYTES:
+                index, offset = inbox.sync(c.transfer_id)
+                self._send(dm.ack(c.transfer_id, index, offset))
+                await self._writer.drain()
+            if complete:
+                self._start_finish(inbox.manifest(c.transfer_id))
+        elif kind == "offer":
+            await self._offer(message.offer)
+        elif kind == "ehr":
+            await self._ehr(message.ehr)
+        else:
+            raise Rejected("protocol", f"a sender does not send {kind}")
+
+    async def _offer(self, offer: pb.Offer) -> None:
+        try:
+            manifest = Manifest.from_json(offer.manifest)
+            if manifest.transfer_id != offer.transfer_id:
+                raise TransferError("offer and manifest name different transfers")
+            where = self.ctx.inbox.offer(manifest, self.peer, owner=self)
+        except TransferError as exc:
+            raise Rejected("protocol", exc.message) from None
+        self._send(dm.position(manifest.transfer_id, _STATE[where.state], where.file_index, where.offset))
+        if where.state is Incoming.DELIVERED:
+            self._send(dm.delivered(manifest.transfer_id, manifest.sha256()))
+        elif where.state is Incoming.REFUSED:
+            self._send(dm.refused(manifest.transfer_id, where.reason or "refused"))
+        elif where.file_index >= len(manifest.files):
+            # Every byte arrived before a crash stopped the delivery: finish it now.
+            self._start_finish(manifest)
+        await self._writer.drain()
+
+    def _start_finish(self, manifest: Manifest) -> None:
+        """Store the finished transfer at rest and deliver it. The work belongs to the daemon, not to this
+        connection: it survives the connection's end, and a later session that finds it under way waits
+        for it instead of starting it again."""
+        tid = manifest.transfer_id
+        task = self.ctx.finishing.get(tid)
+        if task is None:
+            task = asyncio.create_task(self._finish(manifest, at_rest_key(self._material, tid)))
+            self.ctx.finishing[tid] = task
+            task.add_done_callback(lambda _: self.ctx.finishing.pop(tid, None))
+        report = asyncio.create_task(self._report(manifest, task))
+        self._finishing.add(report)
+        report.add_done_callback(self._finishing.discard)
+
+    async def _finish(self, manifest: Manifest, key: bytes) -> tuple[bool, str]:
+        tid = manifest.transfer_id
+        try:
+            forms = await asyncio.to_thread(self.ctx.inbox.store_at_rest, manifest, key)
+        except TransferRefused as exc:
+            self.ctx.inbox.refuse(tid, exc.message)
+            self.ctx.on_refused(tid, exc.message)
+            return False, exc.message
+        self.ctx.inbox.delivered(tid, key=key, forms=forms)
+        self.ctx.on_delivered(tid, manifest, forms)
+        return True, forms
+
+    async def _report(self, manifest: Manifest, task: asyncio.Task[tuple[bool, str]]) -> None:
+        try:
+            delivered, detail = await asyncio.shield(task)
+        except Exception:
+            log.exception("storing transfer %s failed; the sender will offer it again", manifest.transfer_id)
+            return
+        tid = manifest.transfer_id
+        self._send(dm.delivered(tid, manifest.sha256()) if delivered else dm.refused(tid, detail))
+        await self._writer.drain()
+
+    def _refuse(self, tid: str, reason: str) -> None:
+        self.ctx.inbox.refuse(tid, reason)
+        self.ctx.on_refused(tid, reason)
+        self._send(dm.refused(tid, reason))
+
+    async def _ehr(self, message: pb.EhrMessage) -> None:
+        inbox = self.ctx.inbox
+        try:
+            manifest = Manifest.from_json(message.manifest)
+            if manifest.transfer_id != message.transfer_id or manifest.kind is not TransferKind.EHR:
+                raise TransferError("EHR frame with a manifest of another transfer or kind")
+            where = inbox.offer(manifest, self.peer, owner=self)
+        except TransferError as exc:
+            raise Rejected("protocol", exc.message) from None
+        tid = manifest.transfer_id
+        if where.state is Incoming.DELIVERED:
+            self._send(dm.delivered(tid, manifest.sha256()))
+        elif where.state is Incoming.REFUSED:
+            self._send(dm.refused(tid, where.reason or "refused"))
+        else:
+            key = at_rest_key(self._material, tid)
+            try:
+                forms = inbox.store_at_rest(manifest, key, bodies=[message.body])
+            except TransferRefused as exc:
+                self._refuse(tid, exc.message)
+            else:
+                inbox.delivered(tid, key=key, forms=forms)
+                self.ctx.on_delivered(tid, manifest, forms)
+                self._send(dm.delivered(tid, manifest.sha256()))
+        await self._writer.drain()

@@ -1,0 +1,225 @@
+"""The data plane's durable records: one SQLite database (WAL, synchronous=FULL, mode 0600) holding the
+state of every outgoing and incoming transfer. The bytes themselves live in files beside it (``outbox``,
+``inbox``); a record changes only after the files it vouches for are fsynced.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import StoreError
+from .manifest import Manifest
+
+_SCHEMA = """
+CREATE TABLE outgoing (transfer_id TEXT PRIMARY KEY, peer TEXT NOT NULL, seq INTEGER NOT NULL,
+    state TEXT NOT NULL, manifest BLOB NOT NULL, queued_at REAL NOT NULL, finished_at REAL,
+    reason TEXT);
+CREATE INDEX outgoing_peer ON outgoing (peer, state, seq);
+CREATE TABLE incoming (transfer_id TEXT PRIMARY KEY, peer TEXT NOT NULL, state TEXT NOT NULL,
+    manifest BLOB NOT NULL, file_index INTEGER NOT NULL, file_offset INTEGER NOT NULL,
+    started_at REAL NOT NULL, delivered_at REAL, at_rest_key BLOB, forms TEXT, reason TEXT,
+    fetched_at REAL);
+"""
+SCHEMA_VERSION = 1
+
+
+class Outgoing(enum.StrEnum):
+    QUEUED = "queued"
+    DELIVERED = "delivered"
+    REFUSED = "refused"
+
+
+class Incoming(enum.StrEnum):
+    RECEIVING = "receiving"
+    DELIVERED = "delivered"
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingRecord:
+    manifest: Manifest
+    state: Outgoing
+    queued_at: float
+    finished_at: float | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingRecord:
+    manifest: Manifest
+    state: Incoming
+    file_index: int
+    file_offset: int
+    started_at: float
+    delivered_at: float | None
+    forms: str | None
+    reason: str | None
+    fetched_at: float | None
+
+
+class TransferRecords:
+    """Synchronous; used from the daemon's event-loop thread only."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    @classmethod
+    def open(cls, path: Path) -> TransferRecords:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        db = sqlite3.connect(path, isolation_level=None)
+        try:
+            if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+                raise StoreError(f"{path}: cannot use write-ahead logging", field="path")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA secure_delete=ON")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                db.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
+            elif version != SCHEMA_VERSION:
+                raise StoreError(f"{path}: transfer schema {version}, this qlinkd knows {SCHEMA_VERSION}")
+        except BaseException:
+            db.close()
+            raise
+        return cls(db)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # ---- outgoing
+
+    def queue(self, manifest: Manifest) -> None:
+        with self._tx():
+            seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM outgoing").fetchone()[0]
+            self._db.execute(
+                "INSERT INTO outgoing VALUES (?, ?, ?, ?, ?, ?, NULL, NULL)",
+                (
+                    manifest.transfer_id,
+                    manifest.recipient,
+                    seq,
+                    Outgoing.QUEUED.value,
+                    manifest.to_json(),
+                    manifest.created,
+                ),
+            )
+
+    def queued(self, peer: str) -> list[Manifest]:
+        """The peer's queued transfers, oldest first."""
+        rows = self._db.execute(
+            "SELECT manifest FROM outgoing WHERE peer = ? AND state = ? ORDER BY seq",
+            (peer, Outgoing.QUEUED.value),
+        )
+        return [Manifest.from_json(r[0]) for r in rows]
+
+    def finish_outgoing(self, transfer_id: str, state: Outgoing, reason: str | None = None) -> None:
+        with self._tx():
+            self._db.execute(
+                "UPDATE outgoing SET state = ?, finished_at = ?, reason = ? WHERE transfer_id = ?",
+                (state.value, time.time(), reason, transfer_id),
+            )
+
+    def outgoing(self, transfer_id: str) -> OutgoingRecord | None:
+        row = self._db.execute(
+            "SELECT manifest, state, queued_at, finished_at, reason FROM outgoing WHERE transfer_id = ?",
+            (transfer_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return OutgoingRecord(Manifest.from_json(row[0]), Outgoing(row[1]), row[2], row[3], row[4])
+
+    def list_outgoing(self, limit: int = 1000) -> list[OutgoingRecord]:
+        rows = self._db.execute(
+            "SELECT manifest, state, queued_at, finished_at, reason FROM outgoing ORDER BY seq DESC LIMIT ?",
+            (limit,),
+        )
+        return [OutgoingRecord(Manifest.from_json(r[0]), Outgoing(r[1]), r[2], r[3], r[4]) for r in rows]
+
+    # ---- incoming
+
+    def incoming(self, transfer_id: str) -> IncomingRecord | None:
+        row = self._db.execute(
+            "SELECT manifest, state, file_index, file_offset, started_at, delivered_at, forms, reason,"
+            " fetched_at FROM incoming WHERE transfer_id = ?",
+            (transfer_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return IncomingRecord(Manifest.from_json(row[0]), Incoming(row[1]), *row[2:])
+
+    def at_rest_key(self, transfer_id: str) -> bytes | None:
+        row = self._db.execute("SELECT at_rest_key FROM incoming WHERE transfer_id = ?", (transfer_id,))
+        found = row.fetchone()
+        return None if found is None else found[0]
+
+    def begin_incoming(self, manifest: Manifest) -> None:
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO incoming VALUES (?, ?, ?, ?, 0, 0, ?, NULL, NULL, NULL, NULL, NULL)",
+                (
+                    manifest.transfer_id,
+                    manifest.sender,
+                    Incoming.RECEIVING.value,
+                    manifest.to_json(),
+                    time.time(),
+                ),
+            )
+
+    def advance(self, transfer_id: str, file_index: int, offset: int) -> None:
+        """Every byte before (file_index, offset) is fsynced in the spool."""
+        with self._tx():
+            self._db.execute(
+                "UPDATE incoming SET file_index = ?, file_offset = ? WHERE transfer_id = ? AND state = ?",
+                (file_index, offset, transfer_id, Incoming.RECEIVING.value),
+            )
+
+    def deliver(self, transfer_id: str, *, at_rest_key: bytes, forms: str) -> None:
+        with self._tx():
+            self._db.execute(
+                "UPDATE incoming SET state = ?, delivered_at = ?, at_rest_key = ?, forms = ?"
+                " WHERE transfer_id = ?",
+                (Incoming.DELIVERED.value, time.time(), at_rest_key, forms, transfer_id),
+            )
+
+    def refuse_incoming(self, transfer_id: str, reason: str) -> None:
+        with self._tx():
+            self._db.execute(
+                "UPDATE incoming SET state = ?, reason = ?, delivered_at = ? WHERE transfer_id = ?",
+                (Incoming.REFUSED.value, reason, time.time(), transfer_id),
+            )
+
+    def mark_fetched(self, transfer_id: str) -> None:
+        with self._tx():
+            self._db.execute(
+                "UPDATE incoming SET fetched_at = ? WHERE transfer_id = ?", (time.time(), transfer_id)
+            )
+
+    def list_incoming(self, limit: int = 1000) -> list[IncomingRecord]:
+        rows = self._db.execute(
+            "SELECT manifest, state, file_index, file_offset, started_at, delivered_at, forms, reason,"
+            " fetched_at FROM incoming ORDER BY started_at DESC LIMIT ?",
+            (limit,),
+        )
+        return [IncomingRecord(Manifest.from_json(r[0]), Incoming(r[1]), *r[2:]) for r in rows]
+
+    def receiving(self) -> list[str]:
+        rows = self._db.execute(
+            "SELECT transfer_id FROM incoming WHERE state = ?", (Incoming.RECEIVING.value,)
+        )
+        return [r[0] for r in rows]

@@ -1,0 +1,269 @@
+"""The data plane of one facility daemon: the mutual-TLS listener that receives from peers, one sender
+task per peer that dials it whenever the outbox holds work for it, and the bookkeeping the local API
+reads (queue, inbox, waiters for "delivered").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import pki
+from ..audit import AuditLog
+from ..config import Address
+from ..errors import FrameError, QlinkdError, TransferError
+from ..metrics import LinkMetrics
+from .inbox import Inbox
+from .keys import KeySource
+from .manifest import FileEntry, Manifest, TransferKind
+from .outbox import Outbox, Upload
+from .receiver import ReceiverContext, ReceiverSession, Rejected
+from .records import Outgoing, TransferRecords
+from .sender import SenderContext, SenderSession, SessionClosed
+
+log = logging.getLogger("qlink.data")
+
+RECONNECT_S = (0.05, 2.0)
+RECORDS_FILE = "transfers.sqlite3"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    state: Outgoing
+    reason: str | None
+    finished: float
+
+
+class DataPlane:
+    def __init__(
+        self,
+        *,
+        facility: str,
+        state_dir: Path,
+        peers: dict[str, Address | None],
+        keys: KeySource,
+        client_ssl: ssl.SSLContext,
+        server_ssl: ssl.SSLContext,
+        audit: AuditLog,
+        metrics: LinkMetrics,
+    ) -> None:
+        self.facility = facility
+        self.records = TransferRecords.open(state_dir / RECORDS_FILE)
+        self.outbox = Outbox(state_dir / "outbox")
+        self.inbox = Inbox(state_dir / "inbox", self.records, facility=facility)
+        self._peers = peers
+        self._keys = keys
+        self._client_ssl = client_ssl
+        self._server_ssl = server_ssl
+        self._audit = audit
+        self._metrics = metrics
+        self._waiters: dict[str, asyncio.Future[Outcome]] = {}
+        self._finishing: dict[str, asyncio.Task[tuple[bool, str]]] = {}
+        self._senders = {
+            peer: SenderContext(
+                facility=facility,
+                peer=peer,
+                keys=keys,
+                records=self.records,
+                outbox=self.outbox,
+                wake=asyncio.Event(),
+                on_finished=self._finished,
+                on_otp_fallback=self._otp_fallback,
+            )
+            for peer in peers
+        }
+        queued = {m.transfer_id for p in peers for m in self.records.queued(p)}
+        for removed in self.outbox.tidy(queued):
+            log.info("outbox: removed %s, an upload the client was never told was queued", removed)
+        self._server: asyncio.Server | None = None
+
+    def close(self) -> None:
+        self.inbox.close_all()
+        self.records.close()
+
+    # ---- serving
+
+    async def start(self, listen: Address) -> int:
+        self._server = await asyncio.start_server(
+            self._accept, listen.host, listen.port, ssl=self._server_ssl, limit=1 << 21
+        )
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+    async def run_senders(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for peer, address in self._peers.items():
+                if address is not None:
+                    tg.create_task(self._sender_loop(peer, address))
+
+    async def _sender_loop(self, peer: str, address: Address) -> None:
+        ctx = self._senders[peer]
+        delay = RECONNECT_S[0]
+        while True:
+            if not self.records.queued(peer):
+                ctx.state = "idle"
+                await ctx.wake.wait()
+            try:
+                reader, writer = await asyncio.open_connection(
+                    address.host,
+                    address.port,
+                    ssl=self._client_ssl,
+                    server_hostname=address.host,
+                    limit=1 << 21,
+                )
+            except (OSError, ssl.SSLError) as exc:
+                ctx.state = f"cannot reach {address}: {exc}"
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_S[1])
+                continue
+            writer.transport.set_write_buffer_limits(high=8 << 20)
+            try:
+                await SenderSession(ctx, reader, writer).run()
+                delay = RECONNECT_S[0]
+            except (SessionClosed, QlinkdError, OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
+                log.warning("data session to %s ended: %s", peer, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_S[1])
+            finally:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = pki.peer_common_name(writer.transport)
+        try:
+            if peer not in self._peers:
+                log.warning("data connection refused: certificate %r is no configured peer", peer)
+                return
+            ctx = ReceiverContext(
+                facility=self.facility,
+                keys=self._keys,
+                inbox=self.inbox,
+                on_delivered=self._delivered_here,
+                on_refused=self._refused_here,
+                on_bytes=lambda n: self._metrics.data_bytes(peer, "in", n),
+                finishing=self._finishing,
+            )
+            await ReceiverSession(ctx, peer, reader, writer).run()
+        except Rejected as exc:
+            log.warning("data frame from %s rejected (%s): %s", peer, exc.reason, exc.message)
+            self._audit.record("data_frame_rejected", peer=peer, reason=exc.reason, detail=exc.message)
+            self._metrics.data_rejected(str(peer), exc.reason)
+        except (FrameError, TransferError) as exc:
+            log.warning("data connection from %s closed: %s", peer, exc)
+            self._audit.record("data_frame_rejected", peer=peer, reason="malformed", detail=str(exc))
+            self._metrics.data_rejected(str(peer), "malformed")
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
+            log.info("data connection from %s lost: %s", peer, exc)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    # ---- queueing (local API)
+
+    def peer_known(self, peer: str) -> bool:
+        return peer in self._peers
+
+    def new_manifest(
+        self, peer: str, kind: TransferKind, files: Iterable[FileEntry], study_uid: str | None = None
+    ) -> Manifest:
+        if peer not in self._peers:
+            raise TransferError(f"unknown peer {peer!r}: this facility links to {sorted(self._peers)}")
+        if self._peers[peer] is None:
+            raise TransferError(f"peer {peer!r} has no data_address in the configuration")
+        return Manifest(
+            transfer_id=str(uuid.uuid4()),
+            sender=self.facility,
+            recipient=peer,
+            kind=kind,
+            files=tuple(files),
+            created=time.time(),
+            study_uid=study_uid,
+        )
+
+    def begin_upload(self, manifest: Manifest) -> Upload:
+        return self.outbox.upload(manifest)
+
+    def queue(self, upload: Upload) -> asyncio.Future[Outcome]:
+        """Make `upload` durable and hand it to the peer's sender. The future resolves on delivery."""
+        upload.commit()
+        manifest = upload.manifest
+        self.records.queue(manifest)
+        future = asyncio.get_running_loop().create_future()
+        self._waiters[manifest.transfer_id] = future
+        self._audit.record(
+            "transfer_queued",
+            transfer=manifest.transfer_id,
+            peer=manifest.recipient,
+            kind=manifest.kind.value,
+            files=len(manifest.files),
+            bytes=manifest.total_bytes,
+            manifest_sha256=manifest.sha256(),
+        )
+        self._senders[manifest.recipient].wake.set()
+        return future
+
+    def forget_waiter(self, transfer_id: str) -> None:
+        self._waiters.pop(transfer_id, None)
+
+    def sender_states(self) -> dict[str, str]:
+        return {peer: ctx.state for peer, ctx in self._senders.items()}
+
+    # ---- outcomes
+
+    def _finished(self, tid: str, state: Outgoing, reason: str | None) -> None:
+        record = self.records.outgoing(tid)
+        peer = record.manifest.recipient if record else "?"
+        if state is Outgoing.DELIVERED:
+            self._audit.record("transfer_delivered", transfer=tid, peer=peer)
+            if record is not None:
+                self._metrics.data_bytes(peer, "out", record.manifest.total_bytes)
+                self._metrics.transfer_done(peer, "out", record.manifest.kind.value)
+        else:
+            log.warning("transfer %s refused by %s: %s", tid, peer, reason)
+            self._audit.record("transfer_refused", transfer=tid, peer=peer, reason=reason)
+        future = self._waiters.pop(tid, None)
+        if future is not None and not future.done():
+            future.set_result(Outcome(state, reason, time.monotonic()))
+
+    def _otp_fallback(self, tid: str, why: str) -> None:
+        self._audit.record("otp_fallback", transfer=tid, reason=why)
+        self._metrics.otp_fallback()
+
+    def _delivered_here(self, tid: str, manifest: Manifest, forms: str) -> None:
+        log.info(
+            "transfer %s from %s delivered: %d file(s), %d bytes, at rest as %s",
+            tid,
+            manifest.sender,
+            len(manifest.files),
+            manifest.total_bytes,
+            forms,
+        )
+        self._audit.record(
+            "transfer_received",
+            transfer=tid,
+            peer=manifest.sender,
+            kind=manifest.kind.value,
+            files=len(manifest.files),
+            bytes=manifest.total_bytes,
+            manifest_sha256=manifest.sha256(),
+            at_rest=forms,
+        )
+        self._metrics.transfer_done(manifest.sender, "in", manifest.kind.value)
+
+    def _refused_here(self, tid: str, reason: str) -> None:
+        log.warning("transfer %s refused: %s", tid, reason)
+        self._audit.record("transfer_refused_here", transfer=tid, reason=reason)

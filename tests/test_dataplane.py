@@ -1,0 +1,411 @@
+"""The data plane below the daemon: manifests, the inbox's spool and exactly-once delivery, and whole
+sender/receiver sessions over loopback sockets, with a man in the middle who tampers with, replays,
+reorders or drops frames. A tampered frame is rejected and reported, no corrupt byte is ever written, and
+the transfer still arrives once, bit-exact, after the sender reconnects with a fresh key."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from qlinkmed.proto import qlinkmed_wire_pb2 as pb
+from qlinkmed.qlinkd.dataplane import messages as dm
+from qlinkmed.qlinkd.dataplane.inbox import Inbox, TransferRefused, advance_past_complete
+from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
+from qlinkmed.qlinkd.dataplane.outbox import Outbox
+from qlinkmed.qlinkd.dataplane.receiver import ReceiverContext, ReceiverSession, Rejected
+from qlinkmed.qlinkd.dataplane.records import Incoming, Outgoing, TransferRecords
+from qlinkmed.qlinkd.dataplane.sender import SenderContext, SenderSession, SessionClosed
+from qlinkmed.qlinkd.errors import FrameError, InsufficientKey, KeyNotFound, TransferError
+from qlinkmed.qlinkd.keystore import DeliveredKey
+from tests.dicom_factory import make_ct_study
+
+A, B = "hospital-a", "hospital-b"
+
+
+class PairedKeys:
+    """Both ends' view of one shared pool, in memory: a key taken at one end can be fetched once at the
+    other, as the ETSI notice path does between two daemons."""
+
+    def __init__(self, budget_bits: int = 1 << 30) -> None:
+        self.held: dict[str, bytes] = {}
+        self.budget_bits = budget_bits
+        self.taken: list[int] = []
+
+    def take(self, peer: str, size_bits: int) -> DeliveredKey:
+        if size_bits > self.budget_bits:
+            raise InsufficientKey(requested_bits=size_bits, available_bits=self.budget_bits)
+        self.budget_bits -= size_bits
+        self.taken.append(size_bits)
+        key = DeliveredKey(str(uuid.uuid4()), secrets.token_bytes(size_bits // 8))
+        self.held[key.key_id] = key.material
+        return key
+
+    async def fetch(self, peer: str, key_ids: list[str], timeout: float) -> list[DeliveredKey]:
+        missing = tuple(k for k in key_ids if k not in self.held)
+        if missing:
+            raise KeyNotFound(missing)
+        return [DeliveredKey(k, self.held.pop(k)) for k in key_ids]
+
+    def available_bits(self, peer: str) -> int:
+        return self.budget_bits
+
+
+def _manifest(files: list[tuple[str, bytes, str]], kind: TransferKind = TransferKind.STUDY) -> Manifest:
+    return Manifest(
+        transfer_id=str(uuid.uuid4()),
+        sender=A,
+        recipient=B,
+        kind=kind,
+        files=tuple(FileEntry(n, len(d), hashlib.sha256(d).hexdigest(), c) for n, d, c in files),
+        created=time.time(),
+    )
+
+
+# ---- manifests ------------------------------------------------------------------------------------------
+
+
+def test_manifest_round_trips_and_hashes_identically() -> None:
+    m = _manifest([("a.dcm", b"x" * 10, "dicom"), ("b.dcm", b"", "dicom")])
+    again = Manifest.from_json(m.to_json())
+    assert again == m and again.sha256() == m.sha256()
+    assert m.total_bytes == 10
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [("../etc/passwd", "bad name"), ("a/b", "bad name"), ("..", "bad name"), ("x\x00y", "bad name")],
+)
+def test_manifest_refuses_names_that_could_be_paths(name: str, problem: str) -> None:
+    with pytest.raises(TransferError, match=problem):
+        _manifest([(name, b"1", "dicom")])
+
+
+def test_manifest_refuses_duplicates_bad_hashes_and_multi_file_ehr() -> None:
+    with pytest.raises(TransferError, match="appears twice"):
+        _manifest([("a", b"1", "dicom"), ("a", b"2", "dicom")])
+    with pytest.raises(TransferError, match="exactly one"):
+        _manifest([("a", b"1", "fhir"), ("b", b"2", "fhir")], TransferKind.EHR)
+    good = _manifest([("a", b"1", "dicom")]).to_json()
+    with pytest.raises(TransferError, match="malformed manifest"):
+        Manifest.from_json(good.replace(b'"files":[[', b'"files":[[1,'))
+    with pytest.raises(TransferError, match="sha256"):
+        Manifest.from_json(good.replace(hashlib.sha256(b"1").hexdigest().encode(), b"00" * 31 + b"zz"))
+
+
+def test_empty_files_are_skipped_by_the_same_rule_at_both_ends() -> None:
+    m = _manifest([("a", b"", "dicom"), ("b", b"12", "dicom"), ("c", b"", "dicom")])
+    assert advance_past_complete(m, 0, 0) == (1, 0)
+    assert advance_past_complete(m, 1, 2) == (3, 0)
+
+
+def test_data_messages_refuse_garbage() -> None:
+    with pytest.raises(FrameError):
+        dm.decode(b"\xff\xff\xff")
+    with pytest.raises(FrameError, match="no body"):
+        dm.decode(b"")
+    with pytest.raises(FrameError, match="not a UUID"):
+        dm.decode(dm.chunk("not-a-uuid", 0, 0, b"x"))
+    with pytest.raises(FrameError, match="version 7"):
+        dm.decode_open(pb.DataOpen(version=7, facility=A, key_ids=[str(uuid.uuid4())]).SerializeToString())
+    with pytest.raises(FrameError, match="names 0 key IDs"):
+        dm.decode_open(pb.DataOpen(version=dm.DATA_VERSION, facility=A).SerializeToString())
+
+
+# ---- the inbox ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def study() -> list[bytes]:
+    return make_ct_study(3, 64, 64, seed=4)
+
+
+def _inbox(tmp_path: Path) -> tuple[Inbox, TransferRecords]:
+    records = TransferRecords.open(tmp_path / "transfers.sqlite3")
+    return Inbox(tmp_path / "inbox", records, facility=B), records
+
+
+def test_inbox_resumes_from_the_last_fsynced_byte_after_a_crash(tmp_path: Path, study: list[bytes]) -> None:
+    m = _manifest([(f"i{k}.dcm", d, "dicom") for k, d in enumerate(study)])
+    inbox, records = _inbox(tmp_path)
+    assert inbox.offer(m, A).state is None
+    first = study[0]
+    inbox.write_chunk(m.transfer_id, 0, 0, first[:1000])
+    assert inbox.sync(m.transfer_id) == (0, 1000)
+    inbox.write_chunk(m.transfer_id, 0, 1000, first[1000:2000])  # written, never fsynced or acknowledged
+    inbox.close_all()
+    records.close()
+
+    inbox, records = _inbox(tmp_path)
+    where = inbox.offer(m, A)
+    assert (where.state, where.file_index, where.offset) == (Incoming.RECEIVING, 0, 1000)
+    with pytest.raises(TransferError, match="expected file 0 offset 1000"):
+        inbox.write_chunk(m.transfer_id, 0, 2000, first[2000:3000])
+    inbox.write_chunk(m.transfer_id, 0, 1000, first[1000:])
+    for k in (1, 2):
+        done = inbox.write_chunk(m.transfer_id, k, 0, study[k])
+    assert done
+    key = secrets.token_bytes(32)
+    forms = inbox.store_at_rest(m, key)
+    inbox.delivered(m.transfer_id, key=key, forms=forms)
+    assert forms == "cipher-image"
+    assert [inbox.read_file(m.transfer_id, k) for k in range(3)] == study
+    again = inbox.offer(m, A)
+    assert again.state is Incoming.DELIVERED  # exactly once: never received twice
+
+
+def test_inbox_refuses_a_file_whose_hash_is_wrong_and_keeps_nothing(
+    tmp_path: Path, study: list[bytes]
+) -> None:
+    m = _manifest([("i0.dcm", study[0], "dicom")])
+    inbox, _ = _inbox(tmp_path)
+    inbox.offer(m, A)
+    forged = bytearray(study[0])
+    forged[-1] ^= 1
+    with pytest.raises(TransferRefused, match="SHA-256"):
+        inbox.write_chunk(m.transfer_id, 0, 0, bytes(forged))
+    inbox.refuse(m.transfer_id, "hash")
+    assert not any((tmp_path / "inbox").glob(f"*{m.transfer_id}*"))
+    assert not (tmp_path / "inbox" / ".spool" / m.transfer_id).exists()
+
+
+def test_inbox_refuses_an_offer_from_the_wrong_facility(tmp_path: Path, study: list[bytes]) -> None:
+    m = _manifest([("i0.dcm", study[0], "dicom")])
+    inbox, _ = _inbox(tmp_path)
+    with pytest.raises(TransferError, match="the connection is"):
+        inbox.offer(m, "hospital-c")
+
+
+# ---- sessions over sockets ------------------------------------------------------------------------------
+
+FrameHook = Callable[[int, bytes], list[bytes]]
+
+
+class Harness:
+    """A sender and a receiver on 127.0.0.1, with a frame-level proxy between them."""
+
+    def __init__(self, tmp_path: Path, keys: PairedKeys) -> None:
+        self.keys = keys
+        self.a_records = TransferRecords.open(tmp_path / "a" / "transfers.sqlite3")
+        self.outbox = Outbox(tmp_path / "a" / "outbox")
+        self.b_records = TransferRecords.open(tmp_path / "b" / "transfers.sqlite3")
+        self.inbox = Inbox(tmp_path / "b" / "inbox", self.b_records, facility=B)
+        self.rejections: list[str] = []
+        self.finished: list[tuple[str, Outgoing, str | None]] = []
+        self.fallbacks: list[str] = []
+        self.hook: FrameHook = lambda n, frame: [frame]
+        self.finishing: dict[str, asyncio.Task[tuple[bool, str]]] = {}
+
+    def queue(self, files: list[tuple[str, bytes, str]], kind: TransferKind = TransferKind.STUDY) -> Manifest:
+        m = _manifest(files, kind)
+        upload = self.outbox.upload(m)
+        for i, (_, data, _) in enumerate(files):
+            upload.start_file(i)
+            upload.write(data)
+        upload.commit()
+        self.a_records.queue(m)
+        return m
+
+    async def _receive(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ctx = ReceiverContext(
+            facility=B,
+            keys=self.keys,
+            inbox=self.inbox,
+            on_delivered=lambda tid, m, forms: None,
+            on_refused=lambda tid, reason: None,
+            finishing=self.finishing,
+        )
+        try:
+            await ReceiverSession(ctx, A, reader, writer).run()
+        except Rejected as exc:
+            self.rejections.append(exc.reason)
+        finally:
+            writer.close()
+
+    async def _proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.receiver_port)
+
+        async def forward_frames() -> None:
+            n = 0
+            while True:
+                head = await reader.readexactly(4)
+                frame = await reader.readexactly(int.from_bytes(head, "big"))
+                for out in self.hook(n, frame):
+                    up_writer.write(len(out).to_bytes(4, "big") + out)
+                n += 1
+                await up_writer.drain()
+
+        async def backward() -> None:
+            while data := await up_reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        tasks = [asyncio.create_task(forward_frames()), asyncio.create_task(backward())]
+        with contextlib.suppress(Exception):
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in tasks:
+            t.cancel()
+        up_writer.close()
+        writer.close()
+
+    async def run_until(self, done: Callable[[], bool], timeout: float = 30.0) -> None:
+        receiver = await asyncio.start_server(self._receive, "127.0.0.1", 0)
+        self.receiver_port = receiver.sockets[0].getsockname()[1]
+        proxy = await asyncio.start_server(self._proxy, "127.0.0.1", 0)
+        port = proxy.sockets[0].getsockname()[1]
+        ctx = SenderContext(
+            facility=A,
+            peer=B,
+            keys=self.keys,
+            records=self.a_records,
+            outbox=self.outbox,
+            wake=asyncio.Event(),
+            on_finished=lambda tid, state, reason: self.finished.append((tid, state, reason)),
+            on_otp_fallback=lambda tid, why: self.fallbacks.append(why),
+        )
+
+        async def sender_loop() -> None:
+            while not done():
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                try:
+                    session = SenderSession(ctx, reader, writer)
+                    await session.run()
+                except (SessionClosed, FrameError, OSError, asyncio.IncompleteReadError):
+                    pass
+                except Exception as exc:  # an IntegrityError from our own opener: the reply was altered
+                    if type(exc).__name__ != "IntegrityError":
+                        raise
+                finally:
+                    writer.close()
+
+        async def watch() -> None:
+            while not done():
+                await asyncio.sleep(0.01)
+                ctx.wake.set()
+
+        try:
+            async with asyncio.timeout(timeout):
+                task = asyncio.create_task(sender_loop())
+                await watch()
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        finally:
+            proxy.close()
+            receiver.close()
+
+
+def _delivered(h: Harness, m: Manifest) -> Callable[[], bool]:
+    return lambda: any(t == m.transfer_id for t, _, _ in h.finished)
+
+
+@pytest.mark.asyncio
+async def test_a_study_crosses_in_chunks_and_is_stored_at_rest(tmp_path: Path) -> None:
+    study = make_ct_study(3, 512, 512, seed=1)  # 3 x 512 KiB: each file spans chunks
+    keys = PairedKeys()
+    h = Harness(tmp_path, keys)
+    m = h.queue([(f"ct{i}.dcm", d, "dicom") for i, d in enumerate(study)])
+    await h.run_until(_delivered(h, m))
+    assert h.finished == [(m.transfer_id, Outgoing.DELIVERED, None)]
+    assert [h.inbox.read_file(m.transfer_id, i) for i in range(3)] == study
+    record = h.b_records.incoming(m.transfer_id)
+    assert record is not None and record.forms == "cipher-image"
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "b" / "inbox" / m.transfer_id).iterdir())
+    assert study[0][-4096:] not in stored  # the pixels are not at rest in clear
+    assert not h.outbox.has(m.transfer_id)
+    assert keys.taken == [256]  # one session key for the whole study
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("attack", "reason"),
+    [
+        ("flip", "tag"),
+        ("replay", "replay"),
+        ("reorder", "reordered"),
+    ],
+)
+async def test_a_tampered_replayed_or_reordered_frame_is_rejected_and_nothing_corrupt_is_written(
+    tmp_path: Path, attack: str, reason: str
+) -> None:
+    study = make_ct_study(2, 1024, 1024, seed=2)  # 3 chunks per file
+    h = Harness(tmp_path, PairedKeys())
+    m = h.queue([(f"ct{i}.dcm", d, "dicom") for i, d in enumerate(study)])
+    attacked: list[bytes] = []
+
+    def hook(n: int, frame: bytes) -> list[bytes]:
+        # Attack the first connection only, on its 3rd and 4th frames (chunks of file 0).
+        if attacked or n < 3:
+            return [frame]
+        if attack == "flip":
+            attacked.append(frame)
+            return [frame[:100] + bytes([frame[100] ^ 0x01]) + frame[101:]]
+        if attack == "replay":
+            attacked.append(frame)
+            return [frame, frame]
+        if n == 3:
+            h._held = frame  # type: ignore[attr-defined]
+            return []
+        attacked.append(frame)
+        return [frame, h._held]  # type: ignore[attr-defined]
+
+    h.hook = hook
+    await h.run_until(_delivered(h, m))
+    assert h.rejections[:1] == [reason]
+    assert h.finished == [(m.transfer_id, Outgoing.DELIVERED, None)]
+    assert [h.inbox.read_file(m.transfer_id, i) for i in range(2)] == study
+
+
+@pytest.mark.asyncio
+async def test_ehr_goes_by_one_time_pad_and_falls_back_to_aead_when_the_pool_is_short(tmp_path: Path) -> None:
+    fhir = (Path(__file__).parent / "data" / "fhir_bundle.json").read_bytes()
+    keys = PairedKeys()
+    h = Harness(tmp_path, keys)
+    m1 = h.queue([("bundle.json", fhir, "fhir")], TransferKind.EHR)
+    await h.run_until(_delivered(h, m1))
+    assert not h.fallbacks
+    assert any(bits >= 8 * len(fhir) for bits in keys.taken)  # the pad covers the whole message
+
+    keys.budget_bits = 300  # enough for a session key, not for a pad
+    m2 = h.queue([("bundle2.json", fhir, "fhir")], TransferKind.EHR)
+    await h.run_until(_delivered(h, m2))
+    assert len(h.fallbacks) == 1 and "one-time pad needs" in h.fallbacks[0]
+    assert h.inbox.read_file(m2.transfer_id, 0) == fhir
+
+
+@pytest.mark.asyncio
+async def test_a_transfer_offered_again_after_delivery_is_not_delivered_twice(tmp_path: Path) -> None:
+    study = make_ct_study(1, 64, 64, seed=3)
+    h = Harness(tmp_path, PairedKeys())
+    m = h.queue([("ct.dcm", study[0], "dicom")])
+    await h.run_until(_delivered(h, m))
+    # The sender crashed before recording the delivery: it offers the same transfer again.
+    h.a_records._db.execute("UPDATE outgoing SET state = 'queued' WHERE transfer_id = ?", (m.transfer_id,))
+    upload = h.outbox.upload(m)
+    upload.start_file(0)
+    upload.write(study[0])
+    upload.commit()
+    h.finished.clear()
+    await h.run_until(_delivered(h, m))
+    assert h.finished == [(m.transfer_id, Outgoing.DELIVERED, None)]
+    assert len(h.b_records.list_incoming()) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_refused_content_is_reported_to_the_sender(tmp_path: Path) -> None:
+    h = Harness(tmp_path, PairedKeys())
+    m = h.queue([("not-really.dcm", b"\x00" * 128 + b"DICM" + os.urandom(200), "dicom")])
+    await h.run_until(_delivered(h, m))
+    ((tid, state, reason),) = h.finished
+    assert state is Outgoing.REFUSED and "not-really.dcm" in str(reason)
+    assert h.b_records.incoming(tid).state is Incoming.REFUSED  # type: ignore[union-attr]
