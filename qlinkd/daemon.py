@@ -18,7 +18,7 @@ from .data_api import ensure_token
 from .dataplane.keys import PoolKeys
 from .dataplane.service import DataPlane
 from .etsi import KmePolicy, make_kme_app
-from .keystore import KeyNotice, KeyStore
+from .keystore import CHECKPOINT_INTERVAL_S, KeyNotice, KeyStore
 from .kme import StoreKeyManager
 from .link import Role
 from .local_api import make_local_app
@@ -144,6 +144,7 @@ async def run_daemon(
             for link in links.values():
                 tg.create_task(link.run())
             tg.create_task(plane.run_senders())
+            tg.create_task(_checkpoints(store))
             interval = notifier.watchdog_interval()
             if interval:
                 tg.create_task(watchdog(notifier, interval))
@@ -162,6 +163,12 @@ async def run_daemon(
             audit.record("daemon_stopped")
         audit.close()
         store.close()
+
+
+async def _checkpoints(store: KeyStore) -> None:
+    while True:
+        await asyncio.sleep(CHECKPOINT_INTERVAL_S)
+        store.checkpoint_if_due()
 
 
 def _classical_app(links: dict[str, PeerLink]) -> web.Application:

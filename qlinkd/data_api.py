@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from .content import validate
-from .dataplane.manifest import MAX_MANIFEST_BYTES, FileEntry, TransferKind
+from .dataplane.manifest import MAX_MANIFEST_BYTES, FileEntry, Manifest, TransferKind
 from .dataplane.outbox import Upload
 from .dataplane.records import IncomingRecord, OutgoingRecord
 from .dataplane.service import DataPlane
@@ -88,6 +88,8 @@ def _incoming_json(record: IncomingRecord, *, files: bool = False) -> dict[str, 
         "state": record.state.value,
         "received_bytes": sum(f.size for f in m.files[: record.file_index]) + record.file_offset,
         "delivered_at": record.delivered_at,
+        "started_at": record.started_at,
+        "spooled_at": record.spooled_at,
         "at_rest": record.forms,
         "fetched_at": record.fetched_at,
         "reason": record.reason,
@@ -122,12 +124,19 @@ def add_data_routes(app: web.Application, plane: DataPlane, token: str) -> None:
             raise _error(web.HTTPBadRequest, f"wait must be in 0..{MAX_WAIT_S:g} s")
         return wait
 
-    async def queue_and_answer(upload: Upload, started: float, wait: float) -> web.Response:
-        manifest = upload.manifest
+    async def queue_and_answer(
+        upload: Upload | tuple[Manifest, bytes], started: float, wait: float
+    ) -> web.Response:
         try:
-            outcome_future = plane.queue(upload)
+            if isinstance(upload, Upload):
+                manifest = upload.manifest
+                outcome_future = plane.queue(upload)
+            else:
+                manifest = upload[0]
+                outcome_future = plane.queue_ehr(*upload)
         except (OSError, TransferError) as exc:
-            upload.abandon()
+            if isinstance(upload, Upload):
+                upload.abandon()
             raise _error(web.HTTPInternalServerError, f"cannot queue: {exc}") from None
         queued = time.monotonic()
         body: dict[str, Any] = {
@@ -231,15 +240,7 @@ def add_data_routes(app: web.Application, plane: DataPlane, token: str) -> None:
             manifest = plane.new_manifest(peer, TransferKind.EHR, (entry,))
         except (TransferError, ContentError) as exc:
             raise _error(web.HTTPBadRequest, str(exc)) from None
-        upload = plane.begin_upload(manifest)
-        try:
-            upload.start_file(0)
-            upload.write(body)
-            upload.commit_files()
-        except BaseException:
-            upload.abandon()
-            raise
-        return await queue_and_answer(upload, started, wait)
+        return await queue_and_answer((manifest, body), started, wait)
 
     async def list_transfers(request: web.Request) -> web.Response:
         authorise(request)

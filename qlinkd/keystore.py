@@ -27,6 +27,7 @@ from qlinkmed.qcore.auth import AuthKeyStore
 from .errors import InsufficientKey, KeyNotFound, NotAuthorised, StoreError
 
 SCHEMA_VERSION = 1
+CHECKPOINT_INTERVAL_S = 0.5
 
 # rounds: one row per pending or committed round with its unconsumed key (`start` = absolute offset of
 # `material`'s first byte); round_outcomes: the fate of every settled round id; outbox: notices owed to the
@@ -190,6 +191,7 @@ class KeyStore:
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
+        self._checkpoint_due = False
 
     def __repr__(self) -> str:
         return "KeyStore(keys=(hidden))"
@@ -237,6 +239,16 @@ class KeyStore:
         """Copy the WAL into the database and truncate it, so old page images (which may hold consumed
         key) do not survive in the -wal file."""
         self._q("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._checkpoint_due = False
+
+    def checkpoint_if_due(self) -> bool:
+        """Checkpoint if a key delivery left consumed key in the WAL since the last one. The daemon calls
+        this every CHECKPOINT_INTERVAL_S: key deliveries then cost one fsync, not three, and consumed key
+        lingers in the -wal file for at most that interval."""
+        if self._checkpoint_due:
+            self.checkpoint()
+            return True
+        return False
 
     def _q(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
         return self._db.execute(sql, params)
@@ -482,7 +494,7 @@ class KeyStore:
                 )
                 keys.append(DeliveredKey(key_id, material))
             carver.write_back(self._db)
-        self.checkpoint()
+        self._checkpoint_due = True
         return keys
 
     def outbox(self, peer: str) -> list[KeyNotice]:
@@ -521,7 +533,7 @@ class KeyStore:
                 (notice.key_id, peer, notice.master_sae, notice.slave_sae, b"".join(parts)),
             )
             carver.write_back(self._db)
-        self.checkpoint()
+        self._checkpoint_due = True
 
     def fetch_keys(
         self, peer: str | None, key_ids: list[str], *, master_sae: str, slave_sae: str
@@ -550,7 +562,7 @@ class KeyStore:
                 raise NotAuthorised(refused)
             self._db.executemany("DELETE FROM incoming WHERE rowid = ?", [(r[0],) for r in rows.values()])
             self._db.executemany("INSERT INTO fetched VALUES (?, ?)", [(k, rows[k][4]) for k in key_ids])
-        self.checkpoint()
+        self._checkpoint_due = True
         return [DeliveredKey(k, rows[k][3]) for k in key_ids]
 
     def has_incoming(self, key_id: str) -> bool:

@@ -22,7 +22,7 @@ from ..content import at_rest, validate
 from ..errors import ContentError, TransferError
 from .manifest import Manifest
 from .outbox import fsync_dir
-from .records import Incoming, TransferRecords
+from .records import Incoming, IncomingRecord, TransferRecords
 
 _SPOOL = ".spool"
 _STAGE = ".stage-"
@@ -176,7 +176,8 @@ class Inbox:
         if active.fd is not None and active.unsynced:
             os.fsync(active.fd)
         active.unsynced = 0
-        self._records.advance(transfer_id, active.index, active.offset)
+        complete = active.index >= len(active.manifest.files)
+        self._records.advance(transfer_id, active.index, active.offset, complete=complete)
         return active.index, active.offset
 
     def complete_unfinished(self) -> list[str]:
@@ -258,8 +259,36 @@ class Inbox:
 
     # ---- fetching
 
-    def locate(self, transfer_id: str, index: int) -> tuple[Path, bytes, str]:
-        """(at-rest file, its key, the SHA-256 the original must have) of a delivered file."""
+    def record(self, transfer_id: str) -> IncomingRecord | None:
+        return self._records.incoming(transfer_id)
+
+    def seal_ehr(self, manifest: Manifest, body: bytes, key: bytes) -> tuple[bytes, str]:
+        """Check an EHR message against its manifest and content rules and seal it for rest, in memory:
+        (at-rest blob, form). TransferRefused if it does not validate."""
+        entry = manifest.files[0]
+        if len(body) != entry.size or hashlib.sha256(body).hexdigest() != entry.sha256:
+            raise TransferRefused(
+                f"{entry.name}: bytes differ from the manifest", transfer=manifest.transfer_id
+            )
+        try:
+            info = validate(entry.name, body)
+        except ContentError as exc:
+            raise TransferRefused(str(exc), transfer=manifest.transfer_id) from None
+        blob = at_rest.seal_at_rest(entry.name, body, info, key)
+        return blob, at_rest.at_rest_form(blob)
+
+    def deliver_ehr(self, manifest: Manifest, *, blob: bytes, key: bytes, forms: str) -> None:
+        self._close(manifest.transfer_id)
+        self._records.record_ehr(manifest, blob=blob, key=key, forms=forms, reason=None)
+        shutil.rmtree(self._spool / manifest.transfer_id, ignore_errors=True)
+
+    def refuse_ehr(self, manifest: Manifest, reason: str) -> None:
+        self._close(manifest.transfer_id)
+        self._records.record_ehr(manifest, blob=None, key=None, forms=None, reason=reason)
+
+    def locate(self, transfer_id: str, index: int) -> tuple[Path | bytes, bytes, str]:
+        """(at-rest file or, for an EHR message, the at-rest blob itself; its key; the SHA-256 the original
+        must have) of a delivered file."""
         record = self._records.incoming(transfer_id)
         if record is None or record.state is not Incoming.DELIVERED:
             raise TransferError("no delivered transfer by that id", transfer=transfer_id)
@@ -267,14 +296,17 @@ class Inbox:
             raise TransferError(f"transfer has no file {index}", transfer=transfer_id)
         key = self._records.at_rest_key(transfer_id)
         assert key is not None
-        return self.root / transfer_id / str(index), key, record.manifest.files[index].sha256
+        blob = self._records.blob(transfer_id)
+        source = blob if blob is not None else self.root / transfer_id / str(index)
+        return source, key, record.manifest.files[index].sha256
 
     @staticmethod
-    def open_located(path: Path, key: bytes, sha256: str) -> bytes:
+    def open_located(source: Path | bytes, key: bytes, sha256: str) -> bytes:
         """The original bytes from their at-rest form, bit-exact (blocking: decrypts; no database)."""
-        data = at_rest.open_at_rest(path.read_bytes(), key)
+        blob = source.read_bytes() if isinstance(source, Path) else source
+        data = at_rest.open_at_rest(blob, key)
         if hashlib.sha256(data).hexdigest() != sha256:
-            raise TransferError("at-rest copy does not match the manifest", transfer=path.parent.name)
+            raise TransferError("at-rest copy does not match the manifest")
         return data
 
     def read_file(self, transfer_id: str, index: int) -> bytes:

@@ -235,27 +235,33 @@ class ReceiverSession:
         self._send(dm.refused(tid, reason))
 
     async def _ehr(self, message: pb.EhrMessage) -> None:
+        """A whole EHR message from a one-time-pad frame: checked, sealed for rest and recorded in one
+        transaction (the latency-bound path: no spool, no files)."""
         inbox = self.ctx.inbox
         try:
             manifest = Manifest.from_json(message.manifest)
             if manifest.transfer_id != message.transfer_id or manifest.kind is not TransferKind.EHR:
                 raise TransferError("EHR frame with a manifest of another transfer or kind")
-            where = inbox.offer(manifest, self.peer, owner=self)
+            if manifest.sender != self.peer or manifest.recipient != self.ctx.facility:
+                raise TransferError(f"EHR manifest names {manifest.sender} -> {manifest.recipient}")
         except TransferError as exc:
             raise Rejected("protocol", exc.message) from None
         tid = manifest.transfer_id
-        if where.state is Incoming.DELIVERED:
+        record = inbox.record(tid)
+        if record is not None and record.state is Incoming.DELIVERED:
             self._send(dm.delivered(tid, manifest.sha256()))
-        elif where.state is Incoming.REFUSED:
-            self._send(dm.refused(tid, where.reason or "refused"))
+        elif record is not None and record.state is Incoming.REFUSED:
+            self._send(dm.refused(tid, record.reason or "refused"))
         else:
             key = at_rest_key(self._material, tid)
             try:
-                forms = inbox.store_at_rest(manifest, key, bodies=[message.body])
+                blob, forms = inbox.seal_ehr(manifest, message.body, key)
             except TransferRefused as exc:
-                self._refuse(tid, exc.message)
+                inbox.refuse_ehr(manifest, exc.message)
+                self.ctx.on_refused(tid, exc.message)
+                self._send(dm.refused(tid, exc.message))
             else:
-                inbox.delivered(tid, key=key, forms=forms)
-                self.ctx.on_delivered(tid, manifest, forms)
+                inbox.deliver_ehr(manifest, blob=blob, key=key, forms=forms)
                 self._send(dm.delivered(tid, manifest.sha256()))
+                self.ctx.on_delivered(tid, manifest, forms)
         await self._writer.drain()

@@ -1,6 +1,8 @@
 """The data plane's durable records: one SQLite database (WAL, synchronous=FULL, mode 0600) holding the
-state of every outgoing and incoming transfer. The bytes themselves live in files beside it (``outbox``,
-``inbox``); a record changes only after the files it vouches for are fsynced.
+state of every outgoing and incoming transfer. The bytes of studies and images live in files beside it
+(``outbox``, ``inbox``), and a record changes only after the files it vouches for are fsynced. An EHR
+message is small and latency-bound, so its bytes live in its record: queueing or delivering one is a
+single transaction, one fsync.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from .manifest import Manifest
 _SCHEMA = """
 CREATE TABLE outgoing (transfer_id TEXT PRIMARY KEY, peer TEXT NOT NULL, seq INTEGER NOT NULL,
     state TEXT NOT NULL, manifest BLOB NOT NULL, queued_at REAL NOT NULL, finished_at REAL,
-    reason TEXT);
+    reason TEXT, body BLOB);
 CREATE INDEX outgoing_peer ON outgoing (peer, state, seq);
 CREATE TABLE incoming (transfer_id TEXT PRIMARY KEY, peer TEXT NOT NULL, state TEXT NOT NULL,
     manifest BLOB NOT NULL, file_index INTEGER NOT NULL, file_offset INTEGER NOT NULL,
     started_at REAL NOT NULL, delivered_at REAL, at_rest_key BLOB, forms TEXT, reason TEXT,
-    fetched_at REAL);
+    fetched_at REAL, blob BLOB, spooled_at REAL);
 """
 SCHEMA_VERSION = 1
 
@@ -62,6 +64,8 @@ class IncomingRecord:
     forms: str | None
     reason: str | None
     fetched_at: float | None
+    spooled_at: float | None
+    """When every byte was fsynced in the spool and verified (None for an EHR message sent whole)."""
 
 
 class TransferRecords:
@@ -105,11 +109,12 @@ class TransferRecords:
 
     # ---- outgoing
 
-    def queue(self, manifest: Manifest) -> None:
+    def queue(self, manifest: Manifest, body: bytes | None = None) -> None:
+        """Queue a transfer whose files are in the outbox, or an EHR message whose `body` is kept here."""
         with self._tx():
             seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM outgoing").fetchone()[0]
             self._db.execute(
-                "INSERT INTO outgoing VALUES (?, ?, ?, ?, ?, ?, NULL, NULL)",
+                "INSERT INTO outgoing VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, ?)",
                 (
                     manifest.transfer_id,
                     manifest.recipient,
@@ -117,8 +122,14 @@ class TransferRecords:
                     Outgoing.QUEUED.value,
                     manifest.to_json(),
                     manifest.created,
+                    body,
                 ),
             )
+
+    def body(self, transfer_id: str) -> bytes | None:
+        """The bytes of a queued EHR message (None for a transfer whose files are in the outbox)."""
+        row = self._db.execute("SELECT body FROM outgoing WHERE transfer_id = ?", (transfer_id,)).fetchone()
+        return None if row is None else row[0]
 
     def queued(self, peer: str) -> list[Manifest]:
         """The peer's queued transfers, oldest first."""
@@ -131,7 +142,8 @@ class TransferRecords:
     def finish_outgoing(self, transfer_id: str, state: Outgoing, reason: str | None = None) -> None:
         with self._tx():
             self._db.execute(
-                "UPDATE outgoing SET state = ?, finished_at = ?, reason = ? WHERE transfer_id = ?",
+                "UPDATE outgoing SET state = ?, finished_at = ?, reason = ?, body = NULL"
+                " WHERE transfer_id = ?",
                 (state.value, time.time(), reason, transfer_id),
             )
 
@@ -156,7 +168,7 @@ class TransferRecords:
     def incoming(self, transfer_id: str) -> IncomingRecord | None:
         row = self._db.execute(
             "SELECT manifest, state, file_index, file_offset, started_at, delivered_at, forms, reason,"
-            " fetched_at FROM incoming WHERE transfer_id = ?",
+            " fetched_at, spooled_at FROM incoming WHERE transfer_id = ?",
             (transfer_id,),
         ).fetchone()
         if row is None:
@@ -171,7 +183,7 @@ class TransferRecords:
     def begin_incoming(self, manifest: Manifest) -> None:
         with self._tx():
             self._db.execute(
-                "INSERT INTO incoming VALUES (?, ?, ?, ?, 0, 0, ?, NULL, NULL, NULL, NULL, NULL)",
+                "INSERT INTO incoming VALUES (?, ?, ?, ?, 0, 0, ?, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
                 (
                     manifest.transfer_id,
                     manifest.sender,
@@ -181,12 +193,47 @@ class TransferRecords:
                 ),
             )
 
-    def advance(self, transfer_id: str, file_index: int, offset: int) -> None:
-        """Every byte before (file_index, offset) is fsynced in the spool."""
+    def record_ehr(
+        self,
+        manifest: Manifest,
+        *,
+        blob: bytes | None,
+        key: bytes | None,
+        forms: str | None,
+        reason: str | None,
+    ) -> None:
+        """An EHR message received whole: delivered (its at-rest `blob` kept here) or refused, at once."""
+        state = Incoming.DELIVERED if reason is None else Incoming.REFUSED
+        now = time.time()
         with self._tx():
             self._db.execute(
-                "UPDATE incoming SET file_index = ?, file_offset = ? WHERE transfer_id = ? AND state = ?",
-                (file_index, offset, transfer_id, Incoming.RECEIVING.value),
+                "INSERT OR REPLACE INTO incoming VALUES (?, ?, ?, ?, 1, 0, ?, ?, ?, ?, ?, NULL, ?, ?)",
+                (
+                    manifest.transfer_id,
+                    manifest.sender,
+                    state.value,
+                    manifest.to_json(),
+                    now,
+                    now,
+                    key,
+                    forms,
+                    reason,
+                    blob,
+                    now,
+                ),
+            )
+
+    def blob(self, transfer_id: str) -> bytes | None:
+        row = self._db.execute("SELECT blob FROM incoming WHERE transfer_id = ?", (transfer_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def advance(self, transfer_id: str, file_index: int, offset: int, *, complete: bool = False) -> None:
+        """Every byte before (file_index, offset) is fsynced in the spool (`complete`: every byte)."""
+        with self._tx():
+            self._db.execute(
+                "UPDATE incoming SET file_index = ?, file_offset = ?,"
+                " spooled_at = CASE WHEN ? THEN ? ELSE spooled_at END WHERE transfer_id = ? AND state = ?",
+                (file_index, offset, complete, time.time(), transfer_id, Incoming.RECEIVING.value),
             )
 
     def deliver(self, transfer_id: str, *, at_rest_key: bytes, forms: str) -> None:
@@ -213,7 +260,7 @@ class TransferRecords:
     def list_incoming(self, limit: int = 1000) -> list[IncomingRecord]:
         rows = self._db.execute(
             "SELECT manifest, state, file_index, file_offset, started_at, delivered_at, forms, reason,"
-            " fetched_at FROM incoming ORDER BY started_at DESC LIMIT ?",
+            " fetched_at, spooled_at FROM incoming ORDER BY started_at DESC LIMIT ?",
             (limit,),
         )
         return [IncomingRecord(Manifest.from_json(r[0]), Incoming(r[1]), *r[2:]) for r in rows]

@@ -203,7 +203,7 @@ class SenderSession:
         flight = self._flights[tid] = _Flight()
         self._manifests[tid] = manifest
         try:
-            if manifest.kind is TransferKind.EHR and self._try_otp(manifest):
+            if manifest.kind is TransferKind.EHR and await self._try_otp(manifest):
                 reply = await self._reply(flight)
             else:
                 self._send(dm.offer(tid, manifest.to_json()))
@@ -240,11 +240,11 @@ class SenderSession:
             raise SessionClosed(f"connection lost: {self._reader_error}")
         return reply
 
-    def _try_otp(self, manifest: Manifest) -> bool:
+    async def _try_otp(self, manifest: Manifest) -> bool:
         """Send an EHR message as one one-time-pad frame if the pool can pay for it; False (with a log
         line saying why) to fall back to AEAD."""
         ctx = self.ctx
-        body = ctx.outbox.read_all(manifest.transfer_id, 0)
+        body = self._ehr_body(manifest)
         payload = dm.ehr(manifest.transfer_id, manifest.to_json(), body)
         needed_bits = 8 * otp_key_bytes(len(payload))
         if len(payload) > MAX_OTP_PLAINTEXT_BYTES:
@@ -255,11 +255,19 @@ class SenderSession:
             except InsufficientKey as exc:
                 why = f"pool holds {exc.available_bits} bits, the one-time pad needs {needed_bits}"
             else:
-                self._write(seal_otp(payload, key.material, [key.key_id]).frame)
+                frame = seal_otp(payload, key.material, [key.key_id]).frame
+                # Let the classical link send the key's notice first: the receiver can then fetch the pad
+                # while this frame is on its way instead of after it arrived.
+                await asyncio.sleep(0)
+                self._write(frame)
                 return True
         log.info("EHR %s to %s under AES-256-GCM, not one-time pad: %s", manifest.transfer_id, ctx.peer, why)
         ctx.on_otp_fallback(manifest.transfer_id, why)
         return False
+
+    def _ehr_body(self, manifest: Manifest) -> bytes:
+        body = self.ctx.records.body(manifest.transfer_id)
+        return body if body is not None else self.ctx.outbox.read_all(manifest.transfer_id, 0)
 
     async def _stream(self, manifest: Manifest, flight: _Flight, start: pb.Position) -> None:
         tid = manifest.transfer_id
@@ -271,7 +279,8 @@ class SenderSession:
         sent = flight.acked = _absolute(manifest, index, offset)
         while index < len(manifest.files):
             size = manifest.files[index].size
-            fd = self.ctx.outbox.open_file(tid, index)
+            body = self._ehr_body(manifest) if manifest.kind is TransferKind.EHR else None
+            fd = self.ctx.outbox.open_file(tid, index) if body is None else -1
             try:
                 while offset < size:
                     while sent - flight.acked > WINDOW_BYTES:
@@ -280,7 +289,8 @@ class SenderSession:
                             raise SessionClosed(f"connection lost: {self._reader_error}")
                         async with asyncio.timeout(REPLY_TIMEOUT_S):
                             await flight.ack_event.wait()
-                    data = os.pread(fd, min(CHUNK_BYTES, size - offset), offset)
+                    length = min(CHUNK_BYTES, size - offset)
+                    data = os.pread(fd, length, offset) if body is None else body[offset : offset + length]
                     if not data:
                         raise TransferError(f"outbox file {index} is shorter than its manifest", transfer=tid)
                     self._send(dm.chunk(tid, index, offset, data))
@@ -292,5 +302,6 @@ class SenderSession:
                         self.ctx.wake.clear()
                         await self._send_pending_ehr()
             finally:
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
             index, offset = advance_past_complete(manifest, index + 1, 0)

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from .. import pki
@@ -167,6 +168,9 @@ class DataPlane:
             self._metrics.data_rejected(str(peer), "malformed")
         except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
             log.info("data connection from %s lost: %s", peer, exc)
+        except Exception:
+            # A bug of ours, not the peer's doing: log it whole, keep serving.
+            log.exception("data connection from %s failed", peer)
         finally:
             writer.close()
             with contextlib.suppress(Exception):
@@ -200,20 +204,33 @@ class DataPlane:
     def queue(self, upload: Upload) -> asyncio.Future[Outcome]:
         """Make `upload` durable and hand it to the peer's sender. The future resolves on delivery."""
         upload.commit()
-        manifest = upload.manifest
-        self.records.queue(manifest)
-        future = asyncio.get_running_loop().create_future()
+        self.records.queue(upload.manifest)
+        return self._queued(upload.manifest)
+
+    def queue_ehr(self, manifest: Manifest, body: bytes) -> asyncio.Future[Outcome]:
+        """Queue an EHR message (kept whole in its record: one transaction)."""
+        self.records.queue(manifest, body)
+        return self._queued(manifest)
+
+    def _queued(self, manifest: Manifest) -> asyncio.Future[Outcome]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._waiters[manifest.transfer_id] = future
-        self._audit.record(
-            "transfer_queued",
-            transfer=manifest.transfer_id,
-            peer=manifest.recipient,
-            kind=manifest.kind.value,
-            files=len(manifest.files),
-            bytes=manifest.total_bytes,
-            manifest_sha256=manifest.sha256(),
-        )
+        # Wake the sender first: its frame leaves while the audit record is written (the transfer itself
+        # is already durable in the records).
         self._senders[manifest.recipient].wake.set()
+        loop.call_soon(
+            partial(
+                self._audit.record,
+                "transfer_queued",
+                transfer=manifest.transfer_id,
+                peer=manifest.recipient,
+                kind=manifest.kind.value,
+                files=len(manifest.files),
+                bytes=manifest.total_bytes,
+                manifest_sha256=manifest.sha256(),
+            )
+        )
         return future
 
     def forget_waiter(self, transfer_id: str) -> None:
