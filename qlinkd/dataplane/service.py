@@ -168,6 +168,10 @@ class DataPlane:
             self._metrics.data_rejected(str(peer), "malformed")
         except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
             log.info("data connection from %s lost: %s", peer, exc)
+        except asyncio.CancelledError:
+            # The daemon is stopping. This task is the top of a connection nobody awaits, and Python
+            # 3.11's stream callback calls exception() on it, which raises if it ends cancelled.
+            log.info("data connection from %s closed: daemon stopping", peer)
         except Exception:
             # A bug of ours, not the peer's doing: log it whole, keep serving.
             log.exception("data connection from %s failed", peer)
