@@ -16,7 +16,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qlinkmed.qlinkd.config import FacilityConfig
 
 TIMEOUT_S = 5.0
 """Long enough for a daemon busy distilling, short enough that a hung one is reported promptly."""
@@ -84,15 +87,19 @@ def local_target(args: argparse.Namespace) -> str:
     return local_url_from_config(Path(path))
 
 
-def local_url_from_config(path: Path) -> str:
-    """The local-API URL of the facility whose configuration is `path` (its [listen] local)."""
+def facility_config(path: Path) -> FacilityConfig:
+    """The facility configuration at `path`; TargetError naming the bad field otherwise."""
     from qlinkmed.qlinkd.config import ConfigError, load_facility_config
 
     try:
-        config = load_facility_config(path)
+        return load_facility_config(path)
     except ConfigError as exc:
         raise TargetError(f"config error: {exc.field}: {exc.message}") from None
-    return f"http://{config.listen.local}"
+
+
+def local_url_from_config(path: Path) -> str:
+    """The local-API URL of the facility whose configuration is `path` (its [listen] local)."""
+    return f"http://{facility_config(path).listen.local}"
 
 
 def admin_url_from_config(path: Path) -> str:

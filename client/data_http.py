@@ -10,26 +10,31 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .daemon_http import CONFIG_ENV, ApiError, TargetError, base_url
+if TYPE_CHECKING:
+    from qlinkmed.qlinkd.config import FacilityConfig
+
+from .daemon_http import CONFIG_ENV, ApiError, TargetError, add_local_target, base_url, facility_config
 
 TOKEN_FILE = "local-api.token"
 TIMEOUT_S = 30.0
 
 
 def add_data_target(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument(
-        "--config", type=Path, metavar="FILE", help=f"facility configuration (default: ${CONFIG_ENV})"
-    )
-    group.add_argument("--url", metavar="URL", help="local API of the daemon, http://127.0.0.1:PORT")
+    """--config FILE | --url URL, as for every local-API command, plus the token for --url."""
+    add_local_target(parser)
     parser.add_argument(
         "--token-file", type=Path, metavar="FILE", help=f"local API token (default: state_dir/{TOKEN_FILE})"
     )
+
+
+def token_path(config: FacilityConfig) -> Path:
+    return config.state_dir / TOKEN_FILE
 
 
 class DataTarget:
@@ -80,8 +85,6 @@ class DataTarget:
 
 def data_target(args: argparse.Namespace) -> DataTarget:
     """The daemon and token chosen by add_data_target's flags. Raises TargetError."""
-    import os
-
     token_file: Path | None = args.token_file
     if args.url is not None:
         url = base_url(args.url)
@@ -91,14 +94,9 @@ def data_target(args: argparse.Namespace) -> DataTarget:
         path = args.config or os.environ.get(CONFIG_ENV)
         if not path:
             raise TargetError(f"say which daemon: --config FILE, --url URL or ${CONFIG_ENV}")
-        from qlinkmed.qlinkd.config import ConfigError, load_facility_config
-
-        try:
-            config = load_facility_config(Path(path))
-        except ConfigError as exc:
-            raise TargetError(f"config error: {exc.field}: {exc.message}") from None
+        config = facility_config(Path(path))
         url = f"http://{config.listen.local}"
-        token_file = token_file or config.state_dir / TOKEN_FILE
+        token_file = token_file or token_path(config)
     try:
         token = token_file.read_text().strip()
     except OSError as exc:

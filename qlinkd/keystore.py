@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from typing import Any
 from qlinkmed.qcore.auth import AuthKeyStore
 
 from .errors import InsufficientKey, KeyNotFound, NotAuthorised, StoreError
+from .sqlite import open_private_db
 
 SCHEMA_VERSION = 1
 CHECKPOINT_INTERVAL_S = 0.5
@@ -198,17 +198,8 @@ class KeyStore:
 
     @classmethod
     def open(cls, path: Path) -> KeyStore:
-        path = Path(path)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # Create the file ourselves so it is private from its first instant; SQLite gives its -wal and
-        # -shm files the database file's mode.
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        db = sqlite3.connect(path, isolation_level=None)
+        db = open_private_db(path)
         try:
-            if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
-                raise StoreError(f"{path}: cannot use write-ahead logging", field="path")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA secure_delete=ON")
             store = cls(db)
             store._migrate()
         except BaseException:

@@ -56,9 +56,6 @@ class PairedKeys:
             raise KeyNotFound(missing)
         return [DeliveredKey(k, self.held.pop(k)) for k in key_ids]
 
-    def available_bits(self, peer: str) -> int:
-        return self.budget_bits
-
 
 def _manifest(files: list[tuple[str, bytes, str]], kind: TransferKind = TransferKind.STUDY) -> Manifest:
     return Manifest(
@@ -207,6 +204,9 @@ class Harness:
 
     def queue(self, files: list[tuple[str, bytes, str]], kind: TransferKind = TransferKind.STUDY) -> Manifest:
         m = _manifest(files, kind)
+        if kind is TransferKind.EHR:  # kept whole in its record, as the daemon does
+            self.a_records.queue(m, files[0][1])
+            return m
         upload = self.outbox.upload(m)
         for i, (_, data, _) in enumerate(files):
             upload.start_file(i)

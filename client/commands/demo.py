@@ -60,8 +60,10 @@ def study_entries() -> list[tuple[Path, Any]]:
     return [(paths[name], info) for name, info in zip(largest.names, largest.infos, strict=True)]
 
 
-def _metric(text: str, name: str, peer: str) -> float:
-    match = re.search(rf'^{name}\{{peer="{re.escape(peer)}"\}} (\S+)$', text, re.MULTILINE)
+def _metric(text: str, name: str, peer: str | None = None) -> float:
+    """A sample's value in Prometheus text (`peer`: its one label), 0 when absent."""
+    labels = "" if peer is None else rf'\{{peer="{re.escape(peer)}"\}}'
+    match = re.search(rf"^{name}{labels} (\S+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
 
@@ -211,7 +213,7 @@ class _Demo:
                 "messages": EHR_REPEATS,
                 "median_ms": round(statistics.median(latencies) * 1e3, 3),
                 "max_ms": round(max(latencies) * 1e3, 3),
-                "one_time_pad": EHR_REPEATS - int(_metric_plain(metrics_a, "qlink_otp_fallbacks_total")),
+                "one_time_pad": EHR_REPEATS - int(_metric(metrics_a, "qlink_otp_fallbacks_total")),
                 "bit_exact": exact_ehr,
             },
         }
@@ -254,16 +256,11 @@ class _Demo:
         }
 
 
-def _metric_plain(text: str, name: str) -> float:
-    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
 def _token(deployment: Any, facility: str) -> str:
-    from qlinkmed.qlinkd.config import load_facility_config
+    from ..daemon_http import facility_config
+    from ..data_http import token_path
 
-    config = load_facility_config(deployment.facilities[facility])
-    return (config.state_dir / "local-api.token").read_text().strip()
+    return token_path(facility_config(deployment.facilities[facility])).read_text().strip()
 
 
 def format_summary(s: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..content import at_rest, validate
+from ..content import ContentInfo, at_rest, validate
 from ..errors import ContentError, TransferError
 from .manifest import Manifest
 from .outbox import fsync_dir
@@ -47,6 +47,18 @@ def advance_past_complete(manifest: Manifest, index: int, offset: int) -> tuple[
 
 class TransferRefused(TransferError):
     """The transfer can never complete (a file's hash or content is wrong): refuse it for good."""
+
+
+def _checked(manifest: Manifest, index: int, data: bytes) -> ContentInfo:
+    """File `index`'s content, validated (which hashes it once) and matched against the manifest."""
+    entry = manifest.files[index]
+    try:
+        info = validate(entry.name, data)
+    except ContentError as exc:
+        raise TransferRefused(str(exc), transfer=manifest.transfer_id) from None
+    if info.size != entry.size or info.sha256 != entry.sha256:
+        raise TransferRefused(f"{entry.name}: bytes differ from the manifest", transfer=manifest.transfer_id)
+    return info
 
 
 @dataclass(slots=True)
@@ -180,15 +192,6 @@ class Inbox:
         self._records.advance(transfer_id, active.index, active.offset, complete=complete)
         return active.index, active.offset
 
-    def complete_unfinished(self) -> list[str]:
-        """Transfers whose bytes all arrived but which a crash stopped before delivery."""
-        done = []
-        for transfer_id in self._records.receiving():
-            record = self._records.incoming(transfer_id)
-            if record is not None and record.file_index >= len(record.manifest.files):
-                done.append(transfer_id)
-        return done
-
     def _close(self, transfer_id: str) -> None:
         active = self._active.pop(transfer_id, None)
         if active is None:
@@ -214,24 +217,18 @@ class Inbox:
             raise TransferError("unknown transfer", transfer=transfer_id)
         return record.manifest
 
-    def store_at_rest(self, manifest: Manifest, key: bytes, bodies: list[bytes] | None = None) -> str:
-        """Validate every file's content and write the at-rest forms into the inbox (from the spool, or
-        from `bodies`). Blocking and CPU-heavy (the image cipher): run it off the event loop. Returns the
-        forms used, comma-separated; raises TransferRefused for content that does not validate."""
+    def store_at_rest(self, manifest: Manifest, key: bytes) -> str:
+        """Validate every spooled file's content and write the at-rest forms into the inbox. Blocking and
+        CPU-heavy (the image cipher): run it off the event loop. Returns the forms used, comma-separated;
+        raises TransferRefused for content that does not validate."""
         transfer_id = manifest.transfer_id
         stage = self.root / f"{_STAGE}{transfer_id}"
         shutil.rmtree(stage, ignore_errors=True)
         stage.mkdir(mode=0o700)
         forms = []
         for i, entry in enumerate(manifest.files):
-            data = bodies[i] if bodies is not None else (self._spool / transfer_id / str(i)).read_bytes()
-            if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
-                raise TransferRefused(f"{entry.name}: bytes differ from the manifest", transfer=transfer_id)
-            try:
-                info = validate(entry.name, data)
-            except ContentError as exc:
-                raise TransferRefused(str(exc), transfer=transfer_id) from None
-            blob = at_rest.seal_at_rest(entry.name, data, info, key)
+            data = (self._spool / transfer_id / str(i)).read_bytes()
+            blob = at_rest.seal_at_rest(entry.name, data, _checked(manifest, i, data), key)
             forms.append(at_rest.at_rest_form(blob))
             fd = os.open(stage / str(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
@@ -265,16 +262,7 @@ class Inbox:
     def seal_ehr(self, manifest: Manifest, body: bytes, key: bytes) -> tuple[bytes, str]:
         """Check an EHR message against its manifest and content rules and seal it for rest, in memory:
         (at-rest blob, form). TransferRefused if it does not validate."""
-        entry = manifest.files[0]
-        if len(body) != entry.size or hashlib.sha256(body).hexdigest() != entry.sha256:
-            raise TransferRefused(
-                f"{entry.name}: bytes differ from the manifest", transfer=manifest.transfer_id
-            )
-        try:
-            info = validate(entry.name, body)
-        except ContentError as exc:
-            raise TransferRefused(str(exc), transfer=manifest.transfer_id) from None
-        blob = at_rest.seal_at_rest(entry.name, body, info, key)
+        blob = at_rest.seal_at_rest(manifest.files[0].name, body, _checked(manifest, 0, body), key)
         return blob, at_rest.at_rest_form(blob)
 
     def deliver_ehr(self, manifest: Manifest, *, blob: bytes, key: bytes, forms: str) -> None:

@@ -28,8 +28,6 @@ class KeySource(Protocol):
         """The keys the peer took for us, once their notices arrive; KeyNotFound after `timeout`."""
         ...
 
-    def available_bits(self, peer: str) -> int: ...
-
 
 class PoolKeys:
     def __init__(self, facility: str, manager: StoreKeyManager, store: KeyStore) -> None:
@@ -51,6 +49,3 @@ class PoolKeys:
         return self._store.fetch_keys(
             peer, key_ids, master_sae=data_sae(peer), slave_sae=data_sae(self._facility)
         )
-
-    def available_bits(self, peer: str) -> int:
-        return self._store.pool_bits(peer, owner=self._facility)

@@ -134,8 +134,5 @@ class Outbox:
         """A read-only descriptor of a queued file (the caller closes it)."""
         return os.open(self.root / transfer_id / str(index), os.O_RDONLY)
 
-    def read_all(self, transfer_id: str, index: int) -> bytes:
-        return (self.root / transfer_id / str(index)).read_bytes()
-
     def remove(self, transfer_id: str) -> None:
         shutil.rmtree(self.root / transfer_id, ignore_errors=True)

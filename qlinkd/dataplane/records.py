@@ -8,7 +8,6 @@ single transaction, one fsync.
 from __future__ import annotations
 
 import enum
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import StoreError
+from ..sqlite import open_private_db
 from .manifest import Manifest
 
 _SCHEMA = """
@@ -76,14 +76,8 @@ class TransferRecords:
 
     @classmethod
     def open(cls, path: Path) -> TransferRecords:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        db = sqlite3.connect(path, isolation_level=None)
+        db = open_private_db(path)
         try:
-            if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
-                raise StoreError(f"{path}: cannot use write-ahead logging", field="path")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA secure_delete=ON")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 db.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
@@ -264,9 +258,3 @@ class TransferRecords:
             (limit,),
         )
         return [IncomingRecord(Manifest.from_json(r[0]), Incoming(r[1]), *r[2:]) for r in rows]
-
-    def receiving(self) -> list[str]:
-        rows = self._db.execute(
-            "SELECT transfer_id FROM incoming WHERE state = ?", (Incoming.RECEIVING.value,)
-        )
-        return [r[0] for r in rows]

@@ -267,7 +267,9 @@ class SenderSession:
 
     def _ehr_body(self, manifest: Manifest) -> bytes:
         body = self.ctx.records.body(manifest.transfer_id)
-        return body if body is not None else self.ctx.outbox.read_all(manifest.transfer_id, 0)
+        if body is None:
+            raise TransferError("queued EHR message has no body in its record", transfer=manifest.transfer_id)
+        return body
 
     async def _stream(self, manifest: Manifest, flight: _Flight, start: pb.Position) -> None:
         tid = manifest.transfer_id

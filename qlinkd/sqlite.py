@@ -1,0 +1,27 @@
+"""How qlinkd opens its SQLite databases: private from their first instant (mode 0600, and SQLite gives
+the -wal and -shm files the database file's mode), write-ahead logging, every commit fsynced, and freed
+pages zeroed so deleted key material does not linger in the file."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from .errors import StoreError
+
+
+def open_private_db(path: Path) -> sqlite3.Connection:
+    path = Path(path)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+            raise StoreError(f"{path}: cannot use write-ahead logging", field="path")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA secure_delete=ON")
+    except BaseException:
+        db.close()
+        raise
+    return db
