@@ -16,9 +16,10 @@ durable stores are compared. KeyStore exposes link states, pool levels by owner 
 such; it has no listing of rounds or of delivered keys, so those are read from the SQLite tables
 directly, read-only (rounds, round_outcomes, auth, incoming, fetched). Checked: both pools hold the same
 committed rounds (round ids, owners, start offsets, remaining bytes, and the bytes themselves, compared by
-SHA-256), the same authentication key position and bytes, no key ID handed out twice by A or delivered
-twice by B, every key fetched at B equals the one A handed out, no two keys share bytes, and no audit log
-recorded a pool divergence.
+SHA-256), one authentication key stream (a stop in the middle of a round may leave one end ahead by the
+tags it already spent, which the next hello skips at the other; the bytes left must agree), no key ID
+handed out twice by A or delivered twice by B, every key fetched at B equals the one A handed out, no
+two keys share bytes, and no audit log recorded a pool divergence.
 """
 
 from __future__ import annotations
@@ -163,7 +164,8 @@ class StoreView:
     pending_round: int
     next_round: int
     auth_position: int
-    auth_sha256: str
+    auth_material: bytes
+    """The authentication key bytes not yet used, from `auth_position` on."""
     pool_bits_owned_by: dict[str, int]
     outbox: int
     rounds: list[tuple[int, str, int, int, str]]
@@ -207,7 +209,7 @@ def read_store(deployment: Deployment, facility: str) -> StoreView:
         pending_round=state.pending_round,
         next_round=state.next_round,
         auth_position=state.auth_position,
-        auth_sha256=hashlib.sha256(auth).hexdigest(),
+        auth_material=bytes(auth),
         pool_bits_owned_by=owned,
         outbox=outbox,
         rounds=rounds,
@@ -263,13 +265,16 @@ class KillReport:
     client_errors: dict[str, int]
     """What the client met while daemons were down or short of key."""
     pools_equal: bool
-    """Both stores hold the same committed rounds, bytes included, and the same auth key state."""
+    """Both stores hold the same committed rounds, bytes included, and one authentication key stream."""
     pool_differences: list[str]
     """What differs, if anything."""
     committed_rounds: int
     """Committed rounds still holding key, as A sees them."""
     last_committed: dict[str, int]
     """Highest committed round id per facility."""
+    auth_lead_bytes: int
+    """How far one end's authentication key position is ahead of the other's at the stop (tags of a
+    round in flight; the next hello skips them)."""
 
 
 def _established(deployment: Deployment, facility: str) -> int:
@@ -289,8 +294,11 @@ def compare(view_a: StoreView, view_b: StoreView) -> list[str]:
     b_out = {r for r in view_b.committed_outcomes if r <= common}
     if a_out != b_out:
         out.append(f"committed round ids differ: {sorted(a_out ^ b_out)[:10]}")
-    if (view_a.auth_position, view_a.auth_sha256) != (view_b.auth_position, view_b.auth_sha256):
-        out.append(f"authentication key: A at {view_a.auth_position}, B at {view_b.auth_position}")
+    behind, ahead = sorted((view_a, view_b), key=lambda v: v.auth_position)
+    lead = ahead.auth_position - behind.auth_position
+    if behind.auth_material[lead:] != ahead.auth_material:
+        where = f"A at {view_a.auth_position}, B at {view_b.auth_position}"
+        out.append(f"authentication key: {where}, bytes differ")
     if view_a.pool_bits_owned_by != view_b.pool_bits_owned_by:
         out.append(f"pool bits by owner: A {view_a.pool_bits_owned_by}, B {view_b.pool_bits_owned_by}")
     return out
@@ -365,6 +373,7 @@ def kill_cycles(started: d.Started, kills: int, *, seed: int = 1) -> KillReport:
         pool_differences=differences,
         committed_rounds=len(views[d.A].rounds),
         last_committed={f: views[f].last_committed for f in views},
+        auth_lead_bytes=abs(views[d.A].auth_position - views[d.B].auth_position),
     )
 
 
@@ -397,7 +406,8 @@ def print_report(report: KillReport) -> None:
     print(f"client errors: {report.client_errors}")
     print(
         f"pools: {'identical' if report.pools_equal else 'DIFFERENT'} "
-        f"({report.committed_rounds} committed rounds holding key, last committed {report.last_committed})"
+        f"({report.committed_rounds} committed rounds holding key, last committed {report.last_committed}; "
+        f"authentication key positions {report.auth_lead_bytes} bytes apart at the stop)"
     )
     for line in report.pool_differences:
         print(f"  {line}")

@@ -103,24 +103,45 @@ def test_kill9_keeps_pools_identical_and_delivers_each_key_once(tmp_path: Path) 
     assert kill9.ok(report)
 
 
-def test_the_pool_comparison_sees_a_single_differing_round() -> None:
-    def view(rounds: list[tuple[int, str, int, int, str]]) -> kill9.StoreView:
-        return kill9.StoreView(
-            last_committed=3,
-            pending_round=0,
-            next_round=4,
-            auth_position=96,
-            auth_sha256="ab",
-            pool_bits_owned_by={"hospital-a": 8, "hospital-b": 0},
-            outbox=0,
-            rounds=rounds,
-            committed_outcomes={1, 2, 3},
-            incoming=set(),
-            fetched=set(),
-        )
+AUTH_LEFT = bytes(range(200))
+"""Unused authentication key bytes of a made-up store."""
 
+
+def _view(
+    rounds: list[tuple[int, str, int, int, str]], *, auth_position: int = 96, auth: bytes = AUTH_LEFT
+) -> kill9.StoreView:
+    return kill9.StoreView(
+        last_committed=3,
+        pending_round=0,
+        next_round=4,
+        auth_position=auth_position,
+        auth_material=auth,
+        pool_bits_owned_by={"hospital-a": 8, "hospital-b": 0},
+        outbox=0,
+        rounds=rounds,
+        committed_outcomes={1, 2, 3},
+        incoming=set(),
+        fetched=set(),
+    )
+
+
+def test_the_pool_comparison_sees_a_single_differing_round() -> None:
     same = [(3, "hospital-a", 0, 1, "digest")]
-    assert kill9.compare(view(same), view(same)) == []
-    differences = kill9.compare(view(same), view([(3, "hospital-a", 0, 1, "other digest")]))
+    assert kill9.compare(_view(same), _view(same)) == []
+    differences = kill9.compare(_view(same), _view([(3, "hospital-a", 0, 1, "other digest")]))
     assert len(differences) == 1
     assert differences[0].startswith("committed rounds differ")
+
+
+def test_the_pool_comparison_allows_an_end_ahead_on_the_same_authentication_key_stream() -> None:
+    rounds = [(3, "hospital-a", 0, 1, "digest")]
+    behind = _view(rounds)
+    # A stop between an end spending a round's tag and the other end checking it: same stream, one ahead.
+    ahead = _view(rounds, auth_position=96 + 48, auth=AUTH_LEFT[48:])
+    assert kill9.compare(behind, ahead) == []
+    assert kill9.compare(ahead, behind) == []
+    # The same positions over different bytes are not one stream.
+    forked = _view(rounds, auth_position=96 + 48, auth=bytes(b ^ 1 for b in AUTH_LEFT[48:]))
+    differences = kill9.compare(behind, forked)
+    assert len(differences) == 1
+    assert differences[0].startswith("authentication key")
