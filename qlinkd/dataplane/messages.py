@@ -75,9 +75,30 @@ def position(transfer_id: str, state: int, file_index: int, offset: int) -> byte
     return pb.DataMessage(position=body).SerializeToString()
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _length_delimited(field_number: int, length: int) -> bytes:
+    """The key and length that open a length-delimited field (wire type 2) in protobuf's encoding."""
+    return _varint(field_number << 3 | 2) + _varint(length)
+
+
 def chunk(transfer_id: str, file_index: int, offset: int, data: bytes) -> bytes:
-    body = pb.Chunk(transfer_id=transfer_id, file_index=file_index, offset=offset, data=data)
-    return pb.DataMessage(chunk=body).SerializeToString()
+    """The DataMessage carrying a chunk, byte for byte what protobuf serializes (tests/test_dataplane.py
+    checks it). The small fields go through protobuf; the data field, the highest-numbered and so the last
+    protobuf writes, is appended here: protobuf 7's upb takes about 1.8 ms to serialize a 1 MiB bytes
+    field, six times as long as sealing it, and that was most of the sending daemon's CPU."""
+    head = pb.Chunk(transfer_id=transfer_id, file_index=file_index, offset=offset).SerializeToString()
+    # proto3 leaves an empty bytes field out, and so does this.
+    data_field = _length_delimited(pb.Chunk.DATA_FIELD_NUMBER, len(data)) if data else b""
+    size = len(head) + len(data_field) + len(data)
+    return b"".join((_length_delimited(pb.DataMessage.CHUNK_FIELD_NUMBER, size), head, data_field, data))
 
 
 def ack(transfer_id: str, file_index: int, offset: int) -> bytes:

@@ -24,7 +24,7 @@ from ..seal import Direction, Opener, Sealer, SendState, derive_traffic_key
 from ..seal.constants import AEAD_VERSION, OTP_VERSION, REJECT_AFTER_MESSAGES
 from ..seal.otp import open_otp, peek_otp_key_ids
 from . import messages as dm
-from .inbox import Inbox, TransferRefused, at_rest_key
+from .inbox import Inbox, SyncPoint, TransferRefused, at_rest_key
 from .keys import KeySource
 from .manifest import Manifest, TransferKind
 from .records import Incoming
@@ -82,12 +82,14 @@ class ReceiverSession:
         self._opener: Opener | None = None
         self._finishing: set[asyncio.Task[None]] = set()
         """This connection's reports of finished transfers (cancelled with it; the work itself is not)."""
+        self._acknowledging: asyncio.Task[None] | None = None
+        """The latest sync-then-acknowledge; each waits for the one before, so acks leave in order."""
 
     async def run(self) -> None:
         try:
             await self._serve()
         finally:
-            for task in self._finishing:
+            for task in [*self._finishing, *([self._acknowledging] if self._acknowledging else [])]:
                 task.cancel()
             self.ctx.inbox.release(self)
 
@@ -118,6 +120,8 @@ class ReceiverSession:
             if frame is None:
                 return
             message = await self._open(frame)
+            if self._acknowledging is not None and self._acknowledging.done():
+                self._acknowledging.result()  # a failed sync ends the connection; nothing was acknowledged
             await self._handle(message)
 
     async def _fetch(self, key_ids: list[str]) -> list[DeliveredKey]:
@@ -156,24 +160,31 @@ class ReceiverSession:
             c = message.chunk
             try:
                 complete = inbox.write_chunk(c.transfer_id, c.file_index, c.offset, c.data)
-            except TransferRefused as exc:
-                self._refuse(c.transfer_id, exc.message)
-                return
             except TransferError as exc:
                 raise Rejected("protocol", exc.message) from None
             self.ctx.on_bytes(len(c.data))
             if complete or inbox.unsynced(c.transfer_id) >= SYNC_BYTES:
-                index, offset = inbox.sync(c.transfer_id)
-                self._send(dm.ack(c.transfer_id, index, offset))
-                await self._writer.drain()
-            if complete:
-                self._start_finish(inbox.manifest(c.transfer_id))
+                # The sync runs in a thread while the next chunks are written; its ack follows it.
+                self._acknowledging = asyncio.create_task(
+                    self._acknowledge(inbox.sync_point(c.transfer_id), self._acknowledging)
+                )
         elif kind == "offer":
             await self._offer(message.offer)
         elif kind == "ehr":
             await self._ehr(message.ehr)
         else:
             raise Rejected("protocol", f"a sender does not send {kind}")
+
+    async def _acknowledge(self, point: SyncPoint, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await previous
+        await asyncio.wrap_future(point.durable)
+        inbox = self.ctx.inbox
+        inbox.record_durable(point)
+        self._send(dm.ack(point.transfer_id, point.file_index, point.offset))
+        await self._writer.drain()
+        if point.complete:
+            self._start_finish(inbox.manifest(point.transfer_id))
 
     async def _offer(self, offer: pb.Offer) -> None:
         try:
@@ -228,11 +239,6 @@ class ReceiverSession:
         tid = manifest.transfer_id
         self._send(dm.delivered(tid, manifest.sha256()) if delivered else dm.refused(tid, detail))
         await self._writer.drain()
-
-    def _refuse(self, tid: str, reason: str) -> None:
-        self.ctx.inbox.refuse(tid, reason)
-        self.ctx.on_refused(tid, reason)
-        self._send(dm.refused(tid, reason))
 
     async def _ehr(self, message: pb.EhrMessage) -> None:
         """A whole EHR message from a one-time-pad frame: checked, sealed for rest and recorded in one

@@ -8,6 +8,7 @@ single transaction, one fsync.
 from __future__ import annotations
 
 import enum
+import functools
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -18,6 +19,14 @@ from pathlib import Path
 from ..errors import StoreError
 from ..sqlite import open_private_db
 from .manifest import Manifest
+
+
+@functools.lru_cache(maxsize=256)
+def _manifest(stored: bytes) -> Manifest:
+    # A manifest never changes once stored, and parsing a study's thousand entries takes milliseconds:
+    # without the cache every status or inbox call paid that on the event loop that streams the data.
+    return Manifest.from_json(stored)
+
 
 _SCHEMA = """
 CREATE TABLE outgoing (transfer_id TEXT PRIMARY KEY, peer TEXT NOT NULL, seq INTEGER NOT NULL,
@@ -131,7 +140,7 @@ class TransferRecords:
             "SELECT manifest FROM outgoing WHERE peer = ? AND state = ? ORDER BY seq",
             (peer, Outgoing.QUEUED.value),
         )
-        return [Manifest.from_json(r[0]) for r in rows]
+        return [_manifest(r[0]) for r in rows]
 
     def finish_outgoing(self, transfer_id: str, state: Outgoing, reason: str | None = None) -> None:
         with self._tx():
@@ -148,14 +157,14 @@ class TransferRecords:
         ).fetchone()
         if row is None:
             return None
-        return OutgoingRecord(Manifest.from_json(row[0]), Outgoing(row[1]), row[2], row[3], row[4])
+        return OutgoingRecord(_manifest(row[0]), Outgoing(row[1]), row[2], row[3], row[4])
 
     def list_outgoing(self, limit: int = 1000) -> list[OutgoingRecord]:
         rows = self._db.execute(
             "SELECT manifest, state, queued_at, finished_at, reason FROM outgoing ORDER BY seq DESC LIMIT ?",
             (limit,),
         )
-        return [OutgoingRecord(Manifest.from_json(r[0]), Outgoing(r[1]), r[2], r[3], r[4]) for r in rows]
+        return [OutgoingRecord(_manifest(r[0]), Outgoing(r[1]), r[2], r[3], r[4]) for r in rows]
 
     # ---- incoming
 
@@ -167,7 +176,7 @@ class TransferRecords:
         ).fetchone()
         if row is None:
             return None
-        return IncomingRecord(Manifest.from_json(row[0]), Incoming(row[1]), *row[2:])
+        return IncomingRecord(_manifest(row[0]), Incoming(row[1]), *row[2:])
 
     def at_rest_key(self, transfer_id: str) -> bytes | None:
         row = self._db.execute("SELECT at_rest_key FROM incoming WHERE transfer_id = ?", (transfer_id,))
@@ -257,4 +266,4 @@ class TransferRecords:
             " fetched_at, spooled_at FROM incoming ORDER BY started_at DESC LIMIT ?",
             (limit,),
         )
-        return [IncomingRecord(Manifest.from_json(r[0]), Incoming(r[1]), *r[2:]) for r in rows]
+        return [IncomingRecord(_manifest(r[0]), Incoming(r[1]), *r[2:]) for r in rows]
