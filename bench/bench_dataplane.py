@@ -2,7 +2,13 @@
 same-run figure for plain asyncio sockets with AES-GCM; and EHR latency from the API call to the peer's
 inbox. Not a test: it prints figures (medians over --runs; the machine is shared).
 
-    python bench/bench_dataplane.py [--gib 1.0] [--runs 3] [--ehr 100]
+    python bench/bench_dataplane.py [--gib 1.0] [--runs 3] [--ehr 100] [--rounds-running]
+
+QKD rounds: by default each study run starts once the key pool has reached its high watermark and rounds
+have paused, the steady state of a link with a full pool (the production watermark, 8,000,000 bits, takes
+minutes to fill on loopback, so the benchmark sets a low one). --rounds-running sets a watermark the
+link never reaches, so rounds (emulation and distillation in the channel and both daemons) share the
+2 cores with the transfer throughout.
 
 Study: synthetic 512x512 16-bit CT slices (tests/dicom_factory.py). For each run the figures are
 - upload: client -> local daemon, checked and fsynced in the outbox (the client's "queued");
@@ -34,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from qlinkmed.client.commands.demo import _token
+from qlinkmed.client.commands.demo import _metric, _token
 from qlinkmed.client.commands.send import upload
 from qlinkmed.client.data_http import DataTarget
 from qlinkmed.client.demo_data import FHIR_BUNDLE
@@ -137,6 +143,14 @@ def wait_for(predicate: Any, timeout: float, what: str, *, every: float = 0.05) 
     return value
 
 
+def link_status(target: DataTarget) -> dict[str, Any]:
+    return target.json("GET", "/v1/status")[1]["links"][0]
+
+
+def otp_fallbacks(target: DataTarget) -> float:
+    return _metric(target.request("GET", "/metrics")[1].decode(), "qlink_otp_fallbacks_total")
+
+
 def study_run(a: DataTarget, b: DataTarget, entries: list[tuple[Path, Any]]) -> dict[str, float]:
     total = sum(info.size for _, info in entries)
     t0 = time.time()
@@ -188,12 +202,17 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--ehr", type=int, default=100)
     parser.add_argument(
-        "--high-watermark",
-        type=int,
-        default=8_000_000,
-        help="pool bits at which QKD rounds pause (their CPU competes with the transfer on 2 cores)",
+        "--rounds-running",
+        action="store_true",
+        help="keep QKD rounds running during the transfers (their CPU competes with it on 2 cores)",
     )
     args = parser.parse_args()
+    # Paused mode: the pool fills to a high watermark that also covers every EHR message's one-time pad,
+    # and rounds resume only far below it, so they stay paused through the study runs and the EHR phase.
+    ehr_bits = args.ehr * 12_000
+    # (Rounds alternate the key's owner, so the sender owns about half of the pool.)
+    high_watermark = 1_000_000_000 if args.rounds_running else max(400_000, ehr_bits * 12 // 5)
+    low_watermark = high_watermark // 2 if args.rounds_running else high_watermark // 10
     with tempfile.TemporaryDirectory(prefix="qlink-bench-") as tmp:
         work = Path(tmp)
         (work / "study").mkdir()
@@ -209,20 +228,24 @@ def main() -> int:
         deployment = write_loopback_deployment(
             work / "deploy",
             pulses_per_round=700_000,
-            low_watermark_bits=args.high_watermark // 2,
-            high_watermark_bits=args.high_watermark,
+            low_watermark_bits=low_watermark,
+            high_watermark_bits=high_watermark,
         )
         group = ProcessGroup(deployment)
         try:
             group.start_all(timeout=60)
             a = DataTarget(deployment.local_url(A), _token(deployment, A))
             b = DataTarget(deployment.local_url(B), _token(deployment, B))
-            wait_for(
-                lambda: a.json("GET", "/v1/status")[1]["links"][0]["pool_bits_owned"] >= 100_000, 120, "key"
-            )
+            wait_for(lambda: link_status(a)["pool_bits_owned"] >= 100_000, 120, "key")
+            rounds = "running" if args.rounds_running else "paused at the pool's high watermark"
+            print(f"QKD rounds during the study runs: {rounds}", flush=True)
             runs = []
             baselines = []
             for run in range(args.runs):
+                if not args.rounds_running:
+                    wait_for(
+                        lambda: link_status(a)["rounds_paused"], 300, "the pool to fill and rounds to pause"
+                    )
                 figures = study_run(a, b, entries)
                 base = baseline(paths, work)
                 figures["baseline_gbit_s"] = total * 8 / base / 1e9
@@ -245,16 +268,16 @@ def main() -> int:
                 flush=True,
             )
             # One-time pads take about 12 kbit per message; below that the pool refills between messages.
-            need = min(args.ehr * 12_000, args.high_watermark // 2)
-            wait_for(
-                lambda: a.json("GET", "/v1/status")[1]["links"][0]["pool_bits_owned"] >= need,
-                300,
-                "key for EHR",
-            )
+            if not args.rounds_running:
+                wait_for(lambda: link_status(a)["rounds_paused"], 600, "rounds to pause at the watermark")
+            wait_for(lambda: link_status(a)["pool_bits_owned"] >= ehr_bits, 600, "key for EHR")
+            rounds = "paused" if link_status(a)["rounds_paused"] else "running"
+            before = otp_fallbacks(a)
             ehr = ehr_run(a, b, args.ehr)
+            by_pad = args.ehr - (otp_fallbacks(a) - before)
             print(
-                f"EHR x{args.ehr} (FHIR Bundle {len(FHIR_BUNDLE)} B, one-time pad, QKD rounds running): "
-                "one-way "
+                f"EHR x{args.ehr} (FHIR Bundle {len(FHIR_BUNDLE)} B, {by_pad:.0f} by one-time pad, "
+                f"QKD rounds {rounds} at the start): one-way "
                 f"median {ehr['one_way_median_ms']:.2f} ms (p90 {ehr['one_way_p90_ms']:.2f}), round trip "
                 f"median {ehr['round_trip_median_ms']:.2f} ms (p90 {ehr['round_trip_p90_ms']:.2f})",
                 flush=True,

@@ -129,6 +129,7 @@ class PeerLink:
             "auth_reserve_bits": store.auth_reserve_bits(self.peer.id),
             "low_watermark_bits": self.peer.low_watermark_bits,
             "high_watermark_bits": self.peer.high_watermark_bits,
+            "rounds_paused": self._paused,
             "last_committed_round": state.last_committed,
             "rounds": dict(self.rounds),
             "last_round": self.last_round,

@@ -182,6 +182,15 @@ def test_inbox_resumes_from_the_last_fsynced_byte_after_a_crash(tmp_path: Path, 
     again = inbox.offer(m, A)
     assert again.state is Incoming.DELIVERED  # exactly once: never received twice
 
+    # A crash between the delivery and the spool's removal: the next start sweeps the spool away.
+    spool = tmp_path / "inbox" / ".spool" / m.transfer_id
+    assert spool.exists()
+    inbox.close_all()
+    records.close()
+    inbox, records = _inbox(tmp_path)
+    assert not spool.exists()
+    assert inbox.read_file(m.transfer_id, 0) == study[0]
+
 
 def test_inbox_refuses_a_file_whose_hash_is_wrong_and_keeps_nothing(
     tmp_path: Path, study: list[bytes]

@@ -108,6 +108,7 @@ class Inbox:
         self._spool = root / _SPOOL
         self._spool.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._active: dict[str, _Active] = {}
+        self._sweep_spools()
 
     # ---- receiving
 
@@ -249,18 +250,30 @@ class Inbox:
         return ",".join(sorted(set(forms)))
 
     def delivered(self, transfer_id: str, *, key: bytes, forms: str) -> None:
+        """Record the delivery. The spool is left for ``drop_spool`` (freeing a large file's blocks takes
+        long enough to keep it off the event loop); one left behind by a crash goes at the next start."""
         self._close(transfer_id)
         self._records.deliver(transfer_id, at_rest_key=key, forms=forms)
-        self._drop_spool(transfer_id)
 
     def refuse(self, transfer_id: str, reason: str) -> None:
         self._close(transfer_id)
         self._records.refuse_incoming(transfer_id, reason)
-        self._drop_spool(transfer_id)
+        self.drop_spool(transfer_id)
         shutil.rmtree(self.root / f"{_STAGE}{transfer_id}", ignore_errors=True)
 
-    def _drop_spool(self, transfer_id: str) -> None:
+    def drop_spool(self, transfer_id: str) -> None:
         (self._spool / transfer_id).unlink(missing_ok=True)
+
+    def _sweep_spools(self) -> None:
+        """Remove spools of transfers no longer being received (delivered or refused before a crash let
+        their spool go), and any file the records do not know."""
+        for path in self._spool.iterdir():
+            record = self._records.incoming(path.name)
+            if record is None or record.state is not Incoming.RECEIVING:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
 
     # ---- fetching
 
@@ -276,7 +289,7 @@ class Inbox:
     def deliver_ehr(self, manifest: Manifest, *, blob: bytes, key: bytes, forms: str) -> None:
         self._close(manifest.transfer_id)
         self._records.record_ehr(manifest, blob=blob, key=key, forms=forms, reason=None)
-        self._drop_spool(manifest.transfer_id)
+        self.drop_spool(manifest.transfer_id)
 
     def refuse_ehr(self, manifest: Manifest, reason: str) -> None:
         self._close(manifest.transfer_id)

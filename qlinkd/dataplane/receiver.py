@@ -44,6 +44,11 @@ _STATE = {
 }
 
 
+def _log_drop_failure(done: asyncio.Future[None]) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.warning("delivered transfer's spool not removed (swept at the next start): %s", done.exception())
+
+
 class Rejected(Exception):
     """A frame or message the receiver refuses; `reason` is a short code for the audit log and metrics."""
 
@@ -228,6 +233,10 @@ class ReceiverSession:
             return False, exc.message
         self.ctx.inbox.delivered(tid, key=key, forms=forms)
         self.ctx.on_delivered(tid, manifest, forms)
+        # Freeing a large spool's blocks takes a while: off the loop, and the sender need not wait for it.
+        # (If it fails or a crash comes first, the next start sweeps the spool.)
+        dropping = asyncio.get_running_loop().run_in_executor(None, self.ctx.inbox.drop_spool, tid)
+        dropping.add_done_callback(_log_drop_failure)
         return True, forms
 
     async def _report(self, manifest: Manifest, task: asyncio.Task[tuple[bool, str]]) -> None:
