@@ -137,6 +137,14 @@ def study() -> list[bytes]:
     return make_ct_study(3, 64, 64, seed=4)
 
 
+def _sync(inbox: Inbox, transfer_id: str) -> tuple[int, int]:
+    """What the receiver does in the background, in one blocking call: sync, record, the position."""
+    point = inbox.sync_point(transfer_id)
+    point.durable.result(timeout=30)
+    inbox.record_durable(point)
+    return point.file_index, point.offset
+
+
 def _inbox(tmp_path: Path) -> tuple[Inbox, TransferRecords]:
     records = TransferRecords.open(tmp_path / "transfers.sqlite3")
     return Inbox(tmp_path / "inbox", records, facility=B), records
@@ -148,7 +156,7 @@ def test_inbox_resumes_from_the_last_fsynced_byte_after_a_crash(tmp_path: Path, 
     assert inbox.offer(m, A).state is None
     first = study[0]
     inbox.write_chunk(m.transfer_id, 0, 0, first[:1000])
-    assert inbox.sync(m.transfer_id) == (0, 1000)
+    assert _sync(inbox, m.transfer_id) == (0, 1000)
     inbox.write_chunk(m.transfer_id, 0, 1000, first[1000:2000])  # written, never fsynced or acknowledged
     inbox.close_all()
     records.close()
@@ -161,7 +169,7 @@ def test_inbox_resumes_from_the_last_fsynced_byte_after_a_crash(tmp_path: Path, 
     inbox.write_chunk(m.transfer_id, 0, 1000, first[1000:])
     second = study[1]
     inbox.write_chunk(m.transfer_id, 1, 0, second[:700])
-    assert inbox.sync(m.transfer_id) == (1, 700)
+    assert _sync(inbox, m.transfer_id) == (1, 700)
     inbox.write_chunk(m.transfer_id, 1, 700, b"\xff" * 300)  # junk never synced: cut on resume
     inbox.close_all()
     records.close()
@@ -173,7 +181,7 @@ def test_inbox_resumes_from_the_last_fsynced_byte_after_a_crash(tmp_path: Path, 
     assert (tmp_path / "inbox" / ".spool" / m.transfer_id).stat().st_size == len(first) + 700
     inbox.write_chunk(m.transfer_id, 1, 700, second[700:])
     assert inbox.write_chunk(m.transfer_id, 2, 0, study[2])
-    assert inbox.sync(m.transfer_id) == (3, 0)
+    assert _sync(inbox, m.transfer_id) == (3, 0)
     key = secrets.token_bytes(32)
     forms = inbox.store_at_rest(m, key)
     inbox.delivered(m.transfer_id, key=key, forms=forms)
@@ -202,7 +210,7 @@ def test_inbox_refuses_a_file_whose_hash_is_wrong_and_keeps_nothing(
     forged[-1] ^= 1
     inbox.write_chunk(m.transfer_id, 0, 0, study[0])
     assert inbox.write_chunk(m.transfer_id, 1, 0, bytes(forged))
-    inbox.sync(m.transfer_id)
+    _sync(inbox, m.transfer_id)
     with pytest.raises(TransferRefused, match=r"i1\.dcm: bytes differ from the manifest"):
         inbox.store_at_rest(m, secrets.token_bytes(32))
     inbox.refuse(m.transfer_id, "hash")

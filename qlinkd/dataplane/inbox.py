@@ -190,13 +190,6 @@ class Inbox:
         point.durable.result()
         self._records.advance(point.transfer_id, point.file_index, point.offset, complete=point.complete)
 
-    def sync(self, transfer_id: str) -> tuple[int, int]:
-        """Make what was spooled durable and record it, in one blocking call; the position reached."""
-        point = self.sync_point(transfer_id)
-        point.durable.result()
-        self.record_durable(point)
-        return point.file_index, point.offset
-
     def _close(self, transfer_id: str) -> None:
         active = self._active.pop(transfer_id, None)
         if active is not None:
