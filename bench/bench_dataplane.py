@@ -45,6 +45,7 @@ from qlinkmed.client.commands.send import upload
 from qlinkmed.client.data_http import DataTarget
 from qlinkmed.client.demo_data import FHIR_BUNDLE
 from qlinkmed.qlinkd.content import validate
+from qlinkmed.qlinkd.dataplane.pads import PAD_KEY_BYTES
 from qlinkmed.qlinkd.deployment import write_loopback_deployment
 from qlinkmed.qlinkd.launcher import ProcessGroup
 from tests.dicom_factory import make_ct_study
@@ -209,7 +210,9 @@ def main() -> int:
     args = parser.parse_args()
     # Paused mode: the pool fills to a high watermark that also covers every EHR message's one-time pad,
     # and rounds resume only far below it, so they stay paused through the study runs and the EHR phase.
-    ehr_bits = args.ehr * 12_000
+    # (A message costs about 14,000 bits of pad with its manifest and tag key; pad keys are taken ahead,
+    # and a session may leave up to one of them unused.)
+    ehr_bits = args.ehr * 16_000 + 2 * 8 * PAD_KEY_BYTES
     # (Rounds alternate the key's owner, so the sender owns about half of the pool.)
     high_watermark = 1_000_000_000 if args.rounds_running else max(400_000, ehr_bits * 12 // 5)
     low_watermark = high_watermark // 2 if args.rounds_running else high_watermark // 10

@@ -275,7 +275,7 @@ class DataOpen(_message.Message):
     def __init__(self, version: _Optional[int] = ..., facility: _Optional[str] = ..., key_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DataMessage(_message.Message):
-    __slots__ = ("ready", "offer", "position", "chunk", "ack", "delivered", "refused", "ehr")
+    __slots__ = ("ready", "offer", "position", "chunk", "ack", "delivered", "refused", "ehr", "pad")
     READY_FIELD_NUMBER: _ClassVar[int]
     OFFER_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
@@ -284,6 +284,7 @@ class DataMessage(_message.Message):
     DELIVERED_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
     EHR_FIELD_NUMBER: _ClassVar[int]
+    PAD_FIELD_NUMBER: _ClassVar[int]
     ready: Ready
     offer: Offer
     position: Position
@@ -292,7 +293,8 @@ class DataMessage(_message.Message):
     delivered: Delivered
     refused: Refused
     ehr: EhrMessage
-    def __init__(self, ready: _Optional[_Union[Ready, _Mapping]] = ..., offer: _Optional[_Union[Offer, _Mapping]] = ..., position: _Optional[_Union[Position, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., delivered: _Optional[_Union[Delivered, _Mapping]] = ..., refused: _Optional[_Union[Refused, _Mapping]] = ..., ehr: _Optional[_Union[EhrMessage, _Mapping]] = ...) -> None: ...
+    pad: PadKey
+    def __init__(self, ready: _Optional[_Union[Ready, _Mapping]] = ..., offer: _Optional[_Union[Offer, _Mapping]] = ..., position: _Optional[_Union[Position, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., delivered: _Optional[_Union[Delivered, _Mapping]] = ..., refused: _Optional[_Union[Refused, _Mapping]] = ..., ehr: _Optional[_Union[EhrMessage, _Mapping]] = ..., pad: _Optional[_Union[PadKey, _Mapping]] = ...) -> None: ...
 
 class Ready(_message.Message):
     __slots__ = ()
@@ -355,6 +357,12 @@ class Refused(_message.Message):
     transfer_id: str
     reason: str
     def __init__(self, transfer_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class PadKey(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
 
 class EhrMessage(_message.Message):
     __slots__ = ("transfer_id", "manifest", "body")

@@ -22,11 +22,14 @@ from qlinkmed.qlinkd.dataplane import messages as dm
 from qlinkmed.qlinkd.dataplane.inbox import Inbox, TransferRefused, advance_past_complete
 from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
 from qlinkmed.qlinkd.dataplane.outbox import Outbox
+from qlinkmed.qlinkd.dataplane.pads import PAD_KEY_BYTES, ReceiverPads, SenderPads
 from qlinkmed.qlinkd.dataplane.receiver import ReceiverContext, ReceiverSession, Rejected
 from qlinkmed.qlinkd.dataplane.records import Incoming, Outgoing, TransferRecords
 from qlinkmed.qlinkd.dataplane.sender import SenderContext, SenderSession, SessionClosed
-from qlinkmed.qlinkd.errors import FrameError, InsufficientKey, KeyNotFound, TransferError
+from qlinkmed.qlinkd.errors import FrameError, InsufficientKey, IntegrityError, KeyNotFound, TransferError
 from qlinkmed.qlinkd.keystore import DeliveredKey
+from qlinkmed.qlinkd.seal import OpenFailure
+from qlinkmed.qlinkd.seal.constants import OTP_RANGE_VERSION, OTP_VERSION
 from tests.dicom_factory import make_ct_study
 
 A, B = "hospital-a", "hospital-b"
@@ -112,6 +115,8 @@ def test_data_messages_refuse_garbage() -> None:
         dm.decode(b"")
     with pytest.raises(FrameError, match="not a UUID"):
         dm.decode(dm.chunk("not-a-uuid", 0, 0, b"x"))
+    with pytest.raises(FrameError, match="pad key ID"):
+        dm.decode(dm.pad_key("not-a-uuid"))
     with pytest.raises(FrameError, match="version 7"):
         dm.decode_open(pb.DataOpen(version=7, facility=A, key_ids=[str(uuid.uuid4())]).SerializeToString())
     with pytest.raises(FrameError, match="names 0 key IDs"):
@@ -223,6 +228,67 @@ def test_inbox_refuses_an_offer_from_the_wrong_facility(tmp_path: Path, study: l
     inbox, _ = _inbox(tmp_path)
     with pytest.raises(TransferError, match="the connection is"):
         inbox.offer(m, "hospital-c")
+
+
+# ---- session pad keys -----------------------------------------------------------------------------------
+
+
+def _pad(size: int) -> DeliveredKey:
+    return DeliveredKey(str(uuid.uuid4()), secrets.token_bytes(size))
+
+
+def test_sender_pads_cut_in_order_and_discard_what_a_message_does_not_fit() -> None:
+    pads = SenderPads()
+    assert pads.cut(1) is None
+    first, second = _pad(100), _pad(300)
+    pads.add(first)
+    pads.add(second)
+    a = pads.cut(60)
+    assert a is not None and (a.key_id, a.offset, a.material) == (first.key_id, 0, first.material[:60])
+    b = pads.cut(30)
+    assert b is not None and (b.key_id, b.offset, b.material) == (first.key_id, 60, first.material[60:90])
+    assert pads.cut(301) is None and pads.left() == 310  # nothing fits: nothing consumed
+    c = pads.cut(50)  # 10 bytes left of the first key: retired, discarded
+    assert c is not None and (c.key_id, c.offset, c.material) == (second.key_id, 0, second.material[:50])
+    assert pads.discarded_bytes == 10
+    assert pads.close() == 10 + 250 and pads.left() == 0
+
+
+async def _key_later(key: DeliveredKey) -> DeliveredKey:
+    await asyncio.sleep(0.01)
+    return key
+
+
+async def _never_arrives(key_id: str) -> DeliveredKey:
+    raise KeyNotFound((key_id,))
+
+
+@pytest.mark.asyncio
+async def test_receiver_pads_accept_each_offset_once_and_in_order() -> None:
+    first, second = _pad(100), _pad(100)
+    pads = ReceiverPads()
+    pads.announce(first.key_id, _key_later(first))
+    pads.announce(second.key_id, _key_later(second))
+    assert await pads.cut(first.key_id, 0, 40) == first.material[:40]
+
+    async def refused(key_id: str, offset: int, size: int) -> OpenFailure:
+        with pytest.raises(IntegrityError) as info:
+            await pads.cut(key_id, offset, size)
+        return info.value.reason  # type: ignore[no-any-return]
+
+    assert await refused(first.key_id, 0, 40) is OpenFailure.REPLAY
+    assert await refused(first.key_id, 50, 10) is OpenFailure.REORDERED
+    assert await refused(first.key_id, 40, 61) is OpenFailure.TOO_LARGE
+    assert await refused(str(uuid.uuid4()), 0, 1) is OpenFailure.KEY_MISMATCH
+    assert await pads.cut(second.key_id, 0, 10) == second.material[:10]
+    assert await refused(first.key_id, 40, 10) is OpenFailure.KEY_MISMATCH  # retired by the later key
+    with pytest.raises(IntegrityError, match="announced twice"):
+        pads.announce(second.key_id, _key_later(second))
+    lost = str(uuid.uuid4())
+    pads.announce(lost, _never_arrives(lost))
+    with pytest.raises(KeyNotFound):
+        await pads.cut(lost, 0, 1)
+    pads.close()
 
 
 # ---- sessions over sockets ------------------------------------------------------------------------------
@@ -452,3 +518,52 @@ async def test_a_refused_content_is_reported_to_the_sender(tmp_path: Path) -> No
     ((tid, state, reason),) = h.finished
     assert state is Outgoing.REFUSED and "not-really.dcm" in str(reason)
     assert h.b_records.incoming(tid).state is Incoming.REFUSED  # type: ignore[union-attr]
+
+
+def _fhir_messages(n: int) -> list[bytes]:
+    fhir = (Path(__file__).parent / "data" / "fhir_bundle.json").read_bytes()
+    return [fhir.replace(b'"Bundle"', b'"Bundle", "id": "m%d"' % i, 1) for i in range(n)]
+
+
+@pytest.mark.asyncio
+async def test_ehr_messages_after_the_first_are_cut_from_a_session_pad_key(tmp_path: Path) -> None:
+    keys = PairedKeys()
+    h = Harness(tmp_path, keys)
+    versions: list[int] = []
+    h.hook = lambda n, frame: versions.append(frame[0]) or [frame]
+    bodies = _fhir_messages(4)
+    ms = [h.queue([(f"m{i}.json", body, "fhir")], TransferKind.EHR) for i, body in enumerate(bodies)]
+    await h.run_until(lambda: len(h.finished) == 4)
+    assert [state for _, state, _ in h.finished] == [Outgoing.DELIVERED] * 4
+    assert [h.inbox.read_file(m.transfer_id, 0) for m in ms] == bodies
+    # The first message pays for its own pad; it is followed by a pad key the next three are cut from.
+    one_time_pads = [v for v in versions if v in (OTP_VERSION, OTP_RANGE_VERSION)]
+    assert one_time_pads == [OTP_VERSION] + [OTP_RANGE_VERSION] * 3
+    assert keys.taken[0] == 256 and keys.taken[2] == 8 * PAD_KEY_BYTES and len(keys.taken) == 3
+    assert not h.fallbacks
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("attack", "reason"), [("replay", "replay"), ("flip", "tag")])
+async def test_a_replayed_or_tampered_pad_range_frame_is_rejected_and_each_message_arrives_once(
+    tmp_path: Path, attack: str, reason: str
+) -> None:
+    h = Harness(tmp_path, PairedKeys())
+    attacked: list[bytes] = []
+
+    def hook(n: int, frame: bytes) -> list[bytes]:
+        if attacked or frame[0] != OTP_RANGE_VERSION:
+            return [frame]
+        attacked.append(frame)
+        if attack == "replay":
+            return [frame, frame]
+        return [frame[:-20] + bytes([frame[-20] ^ 0x01]) + frame[-19:]]
+
+    h.hook = hook
+    bodies = _fhir_messages(3)
+    ms = [h.queue([(f"m{i}.json", body, "fhir")], TransferKind.EHR) for i, body in enumerate(bodies)]
+    await h.run_until(lambda: len(h.finished) == 3)
+    assert attacked and h.rejections[:1] == [reason]
+    assert sorted(t for t, _, _ in h.finished) == sorted(m.transfer_id for m in ms)
+    assert len(h.b_records.list_incoming()) == 3
+    assert [h.inbox.read_file(m.transfer_id, 0) for m in ms] == bodies

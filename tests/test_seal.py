@@ -31,7 +31,16 @@ from qlinkmed.qlinkd.seal import (
     peek_key_ids,
 )
 from qlinkmed.qlinkd.seal import constants as consts
-from qlinkmed.qlinkd.seal.otp import open_otp, otp_key_bytes, otp_material_needed, peek_otp_key_ids, seal_otp
+from qlinkmed.qlinkd.seal.otp import (
+    open_otp,
+    open_otp_range,
+    otp_key_bytes,
+    otp_material_needed,
+    peek_otp_key_ids,
+    peek_otp_range,
+    seal_otp,
+    seal_otp_range,
+)
 from qlinkmed.qlinkd.seal.replay import ReplayWindow
 
 SEED = 20240604
@@ -466,6 +475,46 @@ def test_otp_of_an_empty_message_still_carries_a_tag() -> None:
     sealed = seal_otp(b"", material, [KEY_ID])
     assert sealed.consumed_bytes == 32
     assert open_otp(sealed.frame, material) == b""
+
+
+def test_otp_range_frame_cuts_its_pad_at_the_offset_it_names() -> None:
+    message = b'{"resourceType": "Patient", "active": true}'
+    pad_key = _material(size=4096)
+    needed = otp_key_bytes(len(message))
+    sealed = seal_otp_range(message, pad_key[100 : 100 + needed], KEY_ID, 100)
+    assert sealed.consumed_bytes == needed
+    assert len(sealed.frame) == 1 + 16 + consts.OTP_OFFSET_BYTES + len(message) + consts.TAG_BYTES
+    where = peek_otp_range(sealed.frame)
+    assert (where.key_id, where.offset, where.size) == (KEY_ID, 100, needed)
+    assert open_otp_range(sealed.frame, pad_key[where.offset : where.offset + where.size]) == message
+    # The same message at another offset is another frame, under other pad bytes.
+    other = seal_otp_range(message, pad_key[100 + needed : 100 + 2 * needed], KEY_ID, 100 + needed).frame
+    assert other[21:] != sealed.frame[21:]
+
+
+def test_otp_range_header_is_authenticated_and_every_bit_flip_fails() -> None:
+    message = b"MSH|^~\\&|RIS|A|EHR|B|202406041200||ORU^R01|1|P|2.5"
+    pad_key = _material(size=1024)
+    needed = otp_key_bytes(len(message))
+    frame = seal_otp_range(message, pad_key[8 : 8 + needed], KEY_ID, 8).frame
+    for bit in range(8 * len(frame)):
+        tampered = bytearray(frame)
+        tampered[bit // 8] ^= 1 << (bit % 8)
+        # The pad is cut where the (tampered) header says; an offset flipped past the key leaves too little.
+        with pytest.raises((IntegrityError, KeyMaterialShort)):
+            claimed = peek_otp_range(bytes(tampered))
+            open_otp_range(bytes(tampered), pad_key[claimed.offset : claimed.offset + claimed.size])
+    with pytest.raises(IntegrityError) as info:
+        peek_otp_range(seal_otp(message, pad_key, [KEY_ID]).frame)
+    assert info.value.reason is OpenFailure.VERSION
+    with pytest.raises(IntegrityError) as info:
+        open_otp(frame, pad_key)
+    assert info.value.reason is OpenFailure.VERSION
+    for cut in range(1 + 16 + consts.OTP_OFFSET_BYTES + consts.TAG_BYTES):
+        with pytest.raises(IntegrityError):
+            peek_otp_range(frame[:cut])
+    with pytest.raises(ValueError, match="does not fit"):
+        seal_otp_range(message, pad_key, KEY_ID, 1 << 32)
 
 
 # --- post-quantum hybrid ----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from ..errors import FrameError
 
 DATA_VERSION = 1
 MAX_KEY_IDS = 16
-_KINDS = frozenset({"ready", "offer", "position", "chunk", "ack", "delivered", "refused", "ehr"})
+_KINDS = frozenset({"ready", "offer", "position", "chunk", "ack", "delivered", "refused", "ehr", "pad"})
 
 
 def _uuid_text(text: str, what: str) -> str:
@@ -55,7 +55,9 @@ def decode(plaintext: bytes) -> pb.DataMessage:
     if kind not in _KINDS:
         raise FrameError("data message has no body")
     body = getattr(message, kind)
-    if kind != "ready":
+    if kind == "pad":
+        _uuid_text(body.key_id, "pad key ID")
+    elif kind != "ready":
         _uuid_text(body.transfer_id, "transfer ID")
     if kind == "position" and body.state == pb.TRANSFER_STATE_UNSPECIFIED:
         raise FrameError("position without a state")
@@ -120,3 +122,7 @@ def refused(transfer_id: str, reason: str) -> bytes:
 def ehr(transfer_id: str, manifest: bytes, body: bytes) -> bytes:
     message = pb.EhrMessage(transfer_id=transfer_id, manifest=manifest, body=body)
     return pb.DataMessage(ehr=message).SerializeToString()
+
+
+def pad_key(key_id: str) -> bytes:
+    return pb.DataMessage(pad=pb.PadKey(key_id=key_id)).SerializeToString()

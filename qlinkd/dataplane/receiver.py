@@ -1,6 +1,7 @@
 """The receiving end of one data-plane connection: check who dials, fetch the session's QKD key from our
-pool, then open every frame (AEAD strictly in order, or a one-time-pad EHR frame whose key is fetched by
-its IDs), spool chunks, acknowledge what is fsynced, and deliver finished transfers exactly once.
+pool, then open every frame (AEAD strictly in order; a one-time-pad EHR frame whose key is fetched by its
+IDs; or one cut from a session pad key the sender announced, ``pads``), spool chunks, acknowledge what
+is fsynced, and deliver finished transfers exactly once.
 
 A frame that fails to open, or a message out of place, ends the connection with a logged, audited reason:
 nothing after it is trusted, and nothing unauthenticated was ever written. The sender reconnects with a
@@ -21,12 +22,13 @@ from ..errors import FrameError, IntegrityError, KeyNotFound, TransferError
 from ..framing import read_frame
 from ..keystore import DeliveredKey
 from ..seal import Direction, Opener, Sealer, SendState, derive_traffic_key
-from ..seal.constants import AEAD_VERSION, OTP_VERSION, REJECT_AFTER_MESSAGES
-from ..seal.otp import open_otp, peek_otp_key_ids
+from ..seal.constants import AEAD_VERSION, OTP_RANGE_VERSION, OTP_VERSION, REJECT_AFTER_MESSAGES
+from ..seal.otp import open_otp, open_otp_range, peek_otp_key_ids, peek_otp_range
 from . import messages as dm
 from .inbox import Inbox, SyncPoint, TransferRefused, at_rest_key
 from .keys import KeySource
 from .manifest import Manifest, TransferKind
+from .pads import ReceiverPads
 from .records import Incoming
 
 log = logging.getLogger("qlink.data")
@@ -89,6 +91,7 @@ class ReceiverSession:
         """This connection's reports of finished transfers (cancelled with it; the work itself is not)."""
         self._acknowledging: asyncio.Task[None] | None = None
         """The latest sync-then-acknowledge; each waits for the one before, so acks leave in order."""
+        self._pads = ReceiverPads()
 
     async def run(self) -> None:
         try:
@@ -96,6 +99,7 @@ class ReceiverSession:
         finally:
             for task in [*self._finishing, *([self._acknowledging] if self._acknowledging else [])]:
                 task.cancel()
+            self._pads.close()
             self.ctx.inbox.release(self)
 
     async def _serve(self) -> None:
@@ -140,18 +144,28 @@ class ReceiverSession:
         try:
             if frame[:1] == bytes([AEAD_VERSION]):
                 return dm.decode(self._opener.open(frame, now=time.monotonic()))
+            if frame[:1] == bytes([OTP_RANGE_VERSION]):
+                where = peek_otp_range(frame)
+                pad = await self._pads.cut(str(where.key_id), where.offset, where.size)
+                return self._ehr_only(dm.decode(open_otp_range(frame, pad)))
             if frame[:1] == bytes([OTP_VERSION]):
                 ids = [str(k) for k in peek_otp_key_ids(frame)]
                 keys = await self._fetch(ids)
-                message = dm.decode(open_otp(frame, b"".join(k.material for k in keys)))
-                if message.WhichOneof("body") != "ehr":
-                    raise Rejected("protocol", "a one-time-pad frame carries only EHR messages")
-                return message
+                return self._ehr_only(dm.decode(open_otp(frame, b"".join(k.material for k in keys))))
         except IntegrityError as exc:
             raise Rejected(getattr(exc.reason, "value", "integrity"), exc.message) from None
         except FrameError as exc:
             raise Rejected("malformed", str(exc)) from None
         raise Rejected("version", f"frame of unknown version {frame[:1].hex() or 'empty'}")
+
+    @staticmethod
+    def _ehr_only(message: pb.DataMessage) -> pb.DataMessage:
+        if message.WhichOneof("body") != "ehr":
+            raise Rejected("protocol", "a one-time-pad frame carries only EHR messages")
+        return message
+
+    async def _fetch_one(self, key_id: str) -> DeliveredKey:
+        return (await self._fetch([key_id]))[0]
 
     def _send(self, plaintext: bytes) -> None:
         assert self._sealer is not None
@@ -177,6 +191,12 @@ class ReceiverSession:
             await self._offer(message.offer)
         elif kind == "ehr":
             await self._ehr(message.ehr)
+        elif kind == "pad":
+            key_id = message.pad.key_id
+            try:
+                self._pads.announce(key_id, self._fetch_one(key_id))
+            except IntegrityError as exc:
+                raise Rejected(getattr(exc.reason, "value", "integrity"), exc.message) from None
         else:
             raise Rejected("protocol", f"a sender does not send {kind}")
 

@@ -20,12 +20,13 @@ from ..framing import read_frame
 from ..keystore import DeliveredKey
 from ..seal import Direction, KeyStatus, Opener, Sealer, SendState, derive_traffic_key
 from ..seal.constants import MAX_OTP_PLAINTEXT_BYTES, REJECT_AFTER_MESSAGES
-from ..seal.otp import otp_key_bytes, seal_otp
+from ..seal.otp import otp_key_bytes, seal_otp, seal_otp_range
 from . import messages as dm
 from .inbox import advance_past_complete
 from .keys import SESSION_KEY_BITS, KeySource
 from .manifest import Manifest, TransferKind
 from .outbox import Outbox
+from .pads import PAD_KEY_BYTES, PAD_REFILL_BELOW, SenderPads
 from .records import Outgoing, TransferRecords
 
 log = logging.getLogger("qlink.data")
@@ -79,8 +80,19 @@ class SenderSession:
         self._opener: Opener | None = None
         self._reader_error: BaseException | None = None
         self._manifests: dict[str, Manifest] = {}
+        self._pads = SenderPads()
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            discarded = self._pads.close()
+            if discarded:
+                log.info(
+                    "data session to %s ended: %d bytes of pad key discarded unused", self.ctx.peer, discarded
+                )
+
+    async def _run(self) -> None:
         ctx = self.ctx
         ctx.state = "waiting for key"
         key = await self._take_session_key()
@@ -205,6 +217,7 @@ class SenderSession:
         try:
             if manifest.kind is TransferKind.EHR and await self._try_otp(manifest):
                 reply = await self._reply(flight)
+                self._refill_pads()
             else:
                 self._send(dm.offer(tid, manifest.to_json()))
                 await self._writer.drain()
@@ -249,6 +262,10 @@ class SenderSession:
         needed_bits = 8 * otp_key_bytes(len(payload))
         if len(payload) > MAX_OTP_PLAINTEXT_BYTES:
             why = f"message of {len(payload)} bytes exceeds the one-time-pad limit {MAX_OTP_PLAINTEXT_BYTES}"
+        elif (cut := self._pads.cut(otp_key_bytes(len(payload)))) is not None:
+            # The fast path: the pad key was taken and announced earlier, its notice is long at the peer.
+            self._write(seal_otp_range(payload, cut.material, cut.key_id, cut.offset).frame)
+            return True
         else:
             try:
                 key = ctx.keys.take(ctx.peer, needed_bits)
@@ -264,6 +281,18 @@ class SenderSession:
         log.info("EHR %s to %s under AES-256-GCM, not one-time pad: %s", manifest.transfer_id, ctx.peer, why)
         ctx.on_otp_fallback(manifest.transfer_id, why)
         return False
+
+    def _refill_pads(self) -> None:
+        """Take and announce the next pad key when the session's pads run low (after a message is answered,
+        so the pool transaction and the notice stay off every message's path)."""
+        if self._pads.left() >= PAD_REFILL_BELOW:
+            return
+        try:
+            key = self.ctx.keys.take(self.ctx.peer, 8 * PAD_KEY_BYTES)
+        except InsufficientKey:
+            return  # messages take their own pads (or fall back to AEAD) until the pool refills
+        self._pads.add(key)
+        self._send(dm.pad_key(key.key_id))
 
     def _ehr_body(self, manifest: Manifest) -> bytes:
         body = self.ctx.records.body(manifest.transfer_id)

@@ -20,7 +20,13 @@ AEAD_VERSION = 0x01
 """First byte of every AEAD frame."""
 
 OTP_VERSION = 0x02
-"""First byte of every one-time-pad frame."""
+"""First byte of every one-time-pad frame whose pad is whole QKD keys, from their start."""
+
+OTP_RANGE_VERSION = 0x03
+"""First byte of every one-time-pad frame whose pad is a range of one session pad key (key ID, offset)."""
+
+OTP_OFFSET_BYTES = 4
+"""The pad offset in a range frame: a pad key is far smaller than 4 GiB."""
 
 KEY_ID_BYTES = 16
 """An ETSI GS QKD 014 key_ID is a UUID: 16 bytes on the wire."""
