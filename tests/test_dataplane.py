@@ -6,6 +6,7 @@ the transfer still arrives once, bit-exact, after the sender reconnects with a f
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import os
@@ -26,6 +27,7 @@ from qlinkmed.qlinkd.dataplane.pads import PAD_KEY_BYTES, ReceiverPads, SenderPa
 from qlinkmed.qlinkd.dataplane.receiver import ReceiverContext, ReceiverSession, Rejected
 from qlinkmed.qlinkd.dataplane.records import Incoming, Outgoing, TransferRecords
 from qlinkmed.qlinkd.dataplane.sender import SenderContext, SenderSession, SessionClosed
+from qlinkmed.qlinkd.dataplane.spool import Spool
 from qlinkmed.qlinkd.errors import FrameError, InsufficientKey, IntegrityError, KeyNotFound, TransferError
 from qlinkmed.qlinkd.keystore import DeliveredKey
 from qlinkmed.qlinkd.seal import OpenFailure
@@ -79,6 +81,7 @@ def test_manifest_round_trips_and_hashes_identically() -> None:
     again = Manifest.from_json(m.to_json())
     assert again == m and again.sha256() == m.sha256()
     assert m.total_bytes == 10
+    assert m.file_starts() == [0, 10, 10]
 
 
 @pytest.mark.parametrize(
@@ -567,3 +570,28 @@ async def test_a_replayed_or_tampered_pad_range_frame_is_rejected_and_each_messa
     assert sorted(t for t, _, _ in h.finished) == sorted(m.transfer_id for m in ms)
     assert len(h.b_records.list_incoming()) == 3
     assert [h.inbox.read_file(m.transfer_id, 0) for m in ms] == bodies
+
+
+@pytest.mark.asyncio
+async def test_a_failed_spool_sync_closes_the_session_and_the_transfer_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study = make_ct_study(2, 256, 256, seed=4)  # one chunk per file: the only syncs are the final ones
+    h = Harness(tmp_path, PairedKeys())
+    m = h.queue([(f"ct{i}.dcm", d, "dicom") for i, d in enumerate(study)])
+    real_sync = Spool.sync
+    failed: list[int] = []
+
+    def sync_once_failing(spool: Spool) -> concurrent.futures.Future[None]:
+        if failed:
+            return real_sync(spool)
+        failed.append(1)
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        future.set_exception(OSError(5, "Input/output error"))
+        return future
+
+    monkeypatch.setattr(Spool, "sync", sync_once_failing)
+    # Without the close the sender would wait out its reply timeout (120 s), past this test's 30 s.
+    await h.run_until(_delivered(h, m), timeout=30.0)
+    assert failed and h.finished == [(m.transfer_id, Outgoing.DELIVERED, None)]
+    assert [h.inbox.read_file(m.transfer_id, i) for i in range(2)] == study

@@ -15,7 +15,6 @@ fdatasync per SYNC_BYTES instead of a create and an fsync per slice (the receive
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import shutil
 from concurrent.futures import Future
@@ -139,7 +138,7 @@ class Inbox:
     def _open_spool(self, manifest: Manifest, index: int, offset: int, owner: object) -> _Active:
         """Open the transfer's spool at the durable position, cutting anything after it (written but never
         synced and acknowledged)."""
-        starts = list(itertools.accumulate((f.size for f in manifest.files), initial=0))
+        starts = manifest.file_starts()
         fd = os.open(self._spool / manifest.transfer_id, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             os.ftruncate(fd, starts[index] + offset)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import itertools
 import json
 import re
 import uuid
@@ -72,6 +73,11 @@ class Manifest:
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
+
+    def file_starts(self) -> list[int]:
+        """Where each file starts in the transfer's bytes laid end to end, then the total: the sender's
+        acknowledged position and the receiver's spool offsets both count this way."""
+        return list(itertools.accumulate((f.size for f in self.files), initial=0))
 
     def to_json(self) -> bytes:
         body = {

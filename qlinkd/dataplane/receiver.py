@@ -187,6 +187,7 @@ class ReceiverSession:
                 self._acknowledging = asyncio.create_task(
                     self._acknowledge(inbox.sync_point(c.transfer_id), self._acknowledging)
                 )
+                self._acknowledging.add_done_callback(self._acknowledge_failed)
         elif kind == "offer":
             await self._offer(message.offer)
         elif kind == "ehr":
@@ -199,6 +200,14 @@ class ReceiverSession:
                 raise Rejected(getattr(exc.reason, "value", "integrity"), exc.message) from None
         else:
             raise Rejected("protocol", f"a sender does not send {kind}")
+
+    def _acknowledge_failed(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None or self._writer.is_closing():
+            return
+        # Nothing from the failed sync on was acknowledged. Closing at once lets the sender resume from the
+        # last acknowledged byte now, not after its reply timeout (the final sync has no next frame).
+        log.warning("spool sync or acknowledgement for %s failed: %s; closing", self.peer, task.exception())
+        self._writer.close()
 
     async def _acknowledge(self, point: SyncPoint, previous: asyncio.Task[None] | None) -> None:
         if previous is not None:

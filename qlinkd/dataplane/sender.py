@@ -64,10 +64,6 @@ class _Flight:
     ack_event: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def _absolute(manifest: Manifest, index: int, offset: int) -> int:
-    return sum(f.size for f in manifest.files[:index]) + offset
-
-
 class SenderSession:
     def __init__(
         self, ctx: SenderContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -162,8 +158,10 @@ class SenderSession:
                 if flight is None:
                     raise FrameError(f"{kind} for transfer {body.transfer_id}, which is not in flight")
                 if kind == "ack":
-                    manifest = self._manifest_of(body.transfer_id)
-                    flight.acked = max(flight.acked, _absolute(manifest, body.file_index, body.offset))
+                    starts = self._manifest_of(body.transfer_id).file_starts()
+                    if body.file_index >= len(starts):
+                        raise FrameError(f"ack for file {body.file_index} of {len(starts) - 1} files")
+                    flight.acked = max(flight.acked, starts[body.file_index] + body.offset)
                     flight.ack_event.set()
                 elif kind in ("position", "delivered", "refused"):
                     flight.replies.put_nowait(message)
@@ -307,7 +305,7 @@ class SenderSession:
             index < len(manifest.files) and offset > manifest.files[index].size
         ):
             raise SessionClosed(f"transfer {tid}: receiver asked to resume at an impossible position")
-        sent = flight.acked = _absolute(manifest, index, offset)
+        sent = flight.acked = manifest.file_starts()[index] + offset
         while index < len(manifest.files):
             size = manifest.files[index].size
             body = self._ehr_body(manifest) if manifest.kind is TransferKind.EHR else None
