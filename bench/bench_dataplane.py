@@ -20,7 +20,9 @@ Baseline: the same files read from disk, sent as AES-GCM frames over a plain asy
 second process that decrypts them and writes one file, fsynced at the end.
 EHR: --runs runs, a second apart, of --ehr FHIR Bundle messages each, one after the other through
 POST /v1/ehr?wait: one-way = the peer's inbox record time minus the call's start (same host clock); round
-trip = until the sender hears "delivered". Each run's median, and the median of those, are printed.
+trip = until the sender hears "delivered". Each run's median, and the median of those, are printed. The
+disk is flushed (os.sync) before the EHR runs: the studies' writeback would otherwise sit in front of the
+EHR path's fsyncs.
 """
 
 from __future__ import annotations
