@@ -59,6 +59,7 @@ class SenderContext:
 
 @dataclass(slots=True)
 class _Flight:
+    file_starts: list[int]
     replies: asyncio.Queue[pb.DataMessage] = field(default_factory=asyncio.Queue)
     acked: int = 0
     ack_event: asyncio.Event = field(default_factory=asyncio.Event)
@@ -75,7 +76,6 @@ class SenderSession:
         self._sealer: Sealer | None = None
         self._opener: Opener | None = None
         self._reader_error: BaseException | None = None
-        self._manifests: dict[str, Manifest] = {}
         self._pads = SenderPads()
 
     async def run(self) -> None:
@@ -158,7 +158,7 @@ class SenderSession:
                 if flight is None:
                     raise FrameError(f"{kind} for transfer {body.transfer_id}, which is not in flight")
                 if kind == "ack":
-                    starts = self._manifest_of(body.transfer_id).file_starts()
+                    starts = flight.file_starts
                     if body.file_index >= len(starts):
                         raise FrameError(f"ack for file {body.file_index} of {len(starts) - 1} files")
                     flight.acked = max(flight.acked, starts[body.file_index] + body.offset)
@@ -174,9 +174,6 @@ class SenderSession:
                 flight.replies.put_nowait(pb.DataMessage())
                 flight.ack_event.set()
             raise
-
-    def _manifest_of(self, transfer_id: str) -> Manifest:
-        return self._manifests[transfer_id]
 
     # ---- the queue
 
@@ -210,8 +207,7 @@ class SenderSession:
 
     async def _send_transfer(self, manifest: Manifest) -> None:
         tid = manifest.transfer_id
-        flight = self._flights[tid] = _Flight()
-        self._manifests[tid] = manifest
+        flight = self._flights[tid] = _Flight(file_starts=manifest.file_starts())
         try:
             if manifest.kind is TransferKind.EHR and await self._try_otp(manifest):
                 reply = await self._reply(flight)
@@ -305,7 +301,7 @@ class SenderSession:
             index < len(manifest.files) and offset > manifest.files[index].size
         ):
             raise SessionClosed(f"transfer {tid}: receiver asked to resume at an impossible position")
-        sent = flight.acked = manifest.file_starts()[index] + offset
+        sent = flight.acked = flight.file_starts[index] + offset
         while index < len(manifest.files):
             size = manifest.files[index].size
             body = self._ehr_body(manifest) if manifest.kind is TransferKind.EHR else None
