@@ -201,16 +201,20 @@ def ehr_run(a: DataTarget, b: DataTarget, count: int) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gib", type=float, default=1.0)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--ehr", type=int, default=100)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--gib", type=float, default=1.0, help="study size in GiB (0: one slice)")
+    parser.add_argument("--runs", type=int, default=3, help="study runs, and EHR runs (default 3)")
+    parser.add_argument("--ehr", type=int, default=100, help="EHR messages per run (default 100)")
     parser.add_argument(
         "--rounds-running",
         action="store_true",
         help="keep QKD rounds running during the transfers (their CPU competes with it on 2 cores)",
     )
     args = parser.parse_args()
+    if args.runs < 1 or args.ehr < 1:
+        parser.error("--runs and --ehr must be at least 1")
     # Paused mode: the pool fills to a high watermark that also covers every EHR message's one-time pad,
     # and rounds resume only far below it, so they stay paused through the study runs and the EHR phase.
     # (A message costs about 14,000 bits of pad with its manifest and tag key; pad keys are taken ahead,
