@@ -251,11 +251,20 @@ def main() -> int:
             print(f"QKD rounds during the study runs: {rounds}", flush=True)
             runs = []
             baselines = []
+            if not args.rounds_running:
+                filling = time.perf_counter()
+                wait_for(
+                    lambda: link_status(a)["rounds_paused"],
+                    1800,
+                    "the pool to fill and rounds to pause",
+                    every=0.5,
+                )
+                print(
+                    f"pool filled to {high_watermark:,} bits (covering the EHR runs' one-time pads) and "
+                    f"rounds paused in {time.perf_counter() - filling:.0f} s",
+                    flush=True,
+                )
             for run in range(args.runs):
-                if not args.rounds_running:
-                    wait_for(
-                        lambda: link_status(a)["rounds_paused"], 300, "the pool to fill and rounds to pause"
-                    )
                 figures = study_run(a, b, entries)
                 base = baseline(paths, work)
                 figures["baseline_gbit_s"] = total * 8 / base / 1e9
