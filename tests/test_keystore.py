@@ -25,6 +25,7 @@ from qlinkmed.qlinkd.keystore import (
     ReconcileResult,
     Segment,
 )
+from qlinkmed.qlinkd.sqlite import WAL_CHECKPOINT_PAGES, open_private_db
 
 PEER = "hospital-b"
 ME = "hospital-a"
@@ -71,6 +72,16 @@ def test_open_creates_a_private_wal_database_with_a_schema_version(tmp_path: Pat
         assert raw.execute("PRAGMA user_version").fetchone()[0] >= 1
     finally:
         raw.close()
+
+
+def test_databases_open_with_fsynced_commits_a_small_wal_and_zeroed_free_pages(tmp_path: Path) -> None:
+    db = open_private_db(tmp_path / "x.db")
+    try:
+        assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: every commit fsynced
+        assert db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == WAL_CHECKPOINT_PAGES < 1000
+        assert db.execute("PRAGMA secure_delete").fetchone()[0] == 1
+    finally:
+        db.close()
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
