@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import datetime as dt
 import hashlib
-import json
 import multiprocessing
 import os
 import statistics
@@ -44,21 +43,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _deploy import A, B, read_audit
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from qlinkmed.client.commands.demo import _metric, _token
 from qlinkmed.client.commands.send import upload
 from qlinkmed.client.data_http import DataTarget
 from qlinkmed.client.demo_data import FHIR_BUNDLE
-from qlinkmed.qlinkd.config import load_facility_config
 from qlinkmed.qlinkd.content import validate
-from qlinkmed.qlinkd.daemon import AUDIT_FILE
 from qlinkmed.qlinkd.dataplane.pads import PAD_KEY_BYTES
-from qlinkmed.qlinkd.deployment import write_loopback_deployment
+from qlinkmed.qlinkd.deployment import Deployment, write_loopback_deployment
 from qlinkmed.qlinkd.launcher import ProcessGroup
 from tests.dicom_factory import make_ct_study
 
-A, B = "hospital-a", "hospital-b"
 SLICE = 512
 FRAME = 1 << 20
 
@@ -185,19 +182,18 @@ def study_run(a: DataTarget, b: DataTarget, entries: list[tuple[Path, Any]]) -> 
     }
 
 
-def received_at(audit_log: Path) -> dict[str, float]:
-    """Transfer id -> when the receiving daemon audited its arrival (epoch seconds). The daemon writes that
-    record after the inbox record is committed (fsynced) and the sender is told, so it bounds from above
-    the moment the message is durably in the peer's inbox."""
-    moments = {}
-    for line in audit_log.read_text().splitlines():
-        entry = json.loads(line)
-        if entry["event"] == "transfer_received":
-            moments[entry["transfer"]] = dt.datetime.fromisoformat(entry["ts"]).timestamp()
-    return moments
+def received_at(deployment: Deployment) -> dict[str, float]:
+    """Transfer id -> when B audited its arrival (epoch seconds). The daemon writes that record after the
+    inbox record is committed (fsynced) and the sender is told, so it bounds from above the moment the
+    message is durably in the peer's inbox."""
+    return {
+        r["transfer"]: dt.datetime.fromisoformat(r["ts"]).timestamp()
+        for r in read_audit(deployment, B)
+        if r.get("event") == "transfer_received"
+    }
 
 
-def ehr_run(a: DataTarget, b_audit_log: Path, count: int) -> dict[str, float]:
+def ehr_run(a: DataTarget, deployment: Deployment, count: int) -> dict[str, float]:
     sent = []
     round_trip = []
     for _ in range(count):
@@ -208,7 +204,7 @@ def ehr_run(a: DataTarget, b_audit_log: Path, count: int) -> dict[str, float]:
         if result.get("state") != "delivered":
             raise RuntimeError(f"EHR not delivered: HTTP {status} {result}")
         sent.append((result["transfer_id"], wall))
-    arrived = received_at(b_audit_log)
+    arrived = received_at(deployment)
     one_way = [arrived[tid] - wall for tid, wall in sent]
     q = statistics.quantiles
     return {
@@ -265,7 +261,6 @@ def main() -> int:
             group.start_all(timeout=60)
             a = DataTarget(deployment.local_url(A), _token(deployment, A))
             b = DataTarget(deployment.local_url(B), _token(deployment, B))
-            b_audit_log = load_facility_config(deployment.facilities[B]).state_dir / AUDIT_FILE
             wait_for(lambda: link_status(a)["pool_bits_owned"] >= 100_000, 120, "key")
             rounds = "running" if args.rounds_running else "paused at the pool's high watermark"
             print(f"QKD rounds during the study runs: {rounds}", flush=True)
@@ -319,7 +314,7 @@ def main() -> int:
             for run in range(args.runs):
                 time.sleep(1.0)  # apart in time: a passing load on the shared machine spoils one run, not all
                 before = otp_fallbacks(a)
-                ehr = ehr_run(a, b_audit_log, args.ehr)
+                ehr = ehr_run(a, deployment, args.ehr)
                 ehr["by_pad"] = args.ehr - (otp_fallbacks(a) - before)
                 ehr_runs.append(ehr)
                 print(
