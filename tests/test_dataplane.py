@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -28,7 +29,14 @@ from qlinkmed.qlinkd.dataplane.receiver import ReceiverContext, ReceiverSession,
 from qlinkmed.qlinkd.dataplane.records import Incoming, Outgoing, TransferRecords
 from qlinkmed.qlinkd.dataplane.sender import SenderContext, SenderSession, SessionClosed
 from qlinkmed.qlinkd.dataplane.spool import Spool
-from qlinkmed.qlinkd.errors import FrameError, InsufficientKey, IntegrityError, KeyNotFound, TransferError
+from qlinkmed.qlinkd.errors import (
+    FrameError,
+    InsufficientKey,
+    IntegrityError,
+    KeyNotFound,
+    StoreError,
+    TransferError,
+)
 from qlinkmed.qlinkd.keystore import DeliveredKey
 from qlinkmed.qlinkd.seal import OpenFailure
 from qlinkmed.qlinkd.seal.constants import OTP_RANGE_VERSION, OTP_VERSION
@@ -135,6 +143,71 @@ def test_a_chunk_is_encoded_exactly_as_protobuf_encodes_it(size: int, index: int
     body = pb.Chunk(transfer_id=tid, file_index=index, offset=offset, data=data)
     assert dm.chunk(tid, index, offset, data) == pb.DataMessage(chunk=body).SerializeToString()
     assert dm.decode(dm.chunk(tid, index, offset, data)).chunk == body
+
+
+# ---- the records ----------------------------------------------------------------------------------------
+
+_V1_SCHEMA = """
+CREATE TABLE outgoing (transfer_id TEXT PRIMARY KEY, peer TEXT NOT NULL, seq INTEGER NOT NULL,
+    state TEXT NOT NULL, manifest BLOB NOT NULL, queued_at REAL NOT NULL, finished_at REAL,
+    reason TEXT, body BLOB);
+CREATE INDEX outgoing_peer ON outgoing (peer, state, seq);
+CREATE TABLE incoming (transfer_id TEXT PRIMARY KEY, peer TEXT NOT NULL, state TEXT NOT NULL,
+    manifest BLOB NOT NULL, file_index INTEGER NOT NULL, file_offset INTEGER NOT NULL,
+    started_at REAL NOT NULL, delivered_at REAL, at_rest_key BLOB, forms TEXT, reason TEXT,
+    fetched_at REAL, blob BLOB, spooled_at REAL);
+PRAGMA user_version = 1;
+"""
+
+
+def _plan(records: TransferRecords, sql: str, *params: object) -> str:
+    rows = records._db.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
+    return " | ".join(str(r[-1]) for r in rows)
+
+
+def test_records_never_scan_or_sort_every_transfer(tmp_path: Path) -> None:
+    # Queueing and both listings run on every call; with a scan they grow slower with the daemon's age.
+    records = TransferRecords.open(tmp_path / "transfers.sqlite3")
+    queued = "SELECT manifest FROM outgoing WHERE peer = ? AND state = ? ORDER BY seq"
+    plans = [
+        ("outgoing_seq", _plan(records, "SELECT COALESCE(MAX(seq), 0) + 1 FROM outgoing")),
+        ("outgoing_peer", _plan(records, queued, B, "queued")),
+        ("outgoing_seq", _plan(records, "SELECT manifest FROM outgoing ORDER BY seq DESC LIMIT 10")),
+        ("incoming_started", _plan(records, "SELECT state FROM incoming ORDER BY started_at DESC LIMIT 10")),
+    ]
+    for index, plan in plans:
+        assert f"INDEX {index}" in plan, plan
+        assert "TEMP B-TREE" not in plan, plan
+    records.close()
+
+
+def test_records_of_schema_1_gain_the_indexes_and_keep_their_rows(tmp_path: Path) -> None:
+    path = tmp_path / "transfers.sqlite3"
+    m = _manifest([("bundle.json", b"{}", "fhir")], TransferKind.EHR)
+    with contextlib.closing(sqlite3.connect(path)) as old:
+        old.executescript(_V1_SCHEMA)
+        old.execute(
+            "INSERT INTO outgoing VALUES (?, ?, 7, 'queued', ?, ?, NULL, NULL, ?)",
+            (m.transfer_id, B, m.to_json(), m.created, b"{}"),
+        )
+        old.commit()
+    records = TransferRecords.open(path)
+    assert records._db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert [q.transfer_id for q in records.queued(B)] == [m.transfer_id]
+    assert records.body(m.transfer_id) == b"{}"
+    assert "outgoing_seq" in _plan(records, "SELECT MAX(seq) FROM outgoing")
+    m2 = _manifest([("b2.json", b"{}", "fhir")], TransferKind.EHR)
+    records.queue(m2, b"{}")
+    assert [q.transfer_id for q in records.queued(B)] == [m.transfer_id, m2.transfer_id]
+    records.close()
+
+
+def test_records_newer_than_this_daemon_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "transfers.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as newer:
+        newer.execute("PRAGMA user_version = 3")
+    with pytest.raises(StoreError, match="transfer schema 3"):
+        TransferRecords.open(path)
 
 
 # ---- the inbox ------------------------------------------------------------------------------------------

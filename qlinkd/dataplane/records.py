@@ -33,12 +33,19 @@ CREATE TABLE outgoing (transfer_id TEXT PRIMARY KEY, peer TEXT NOT NULL, seq INT
     state TEXT NOT NULL, manifest BLOB NOT NULL, queued_at REAL NOT NULL, finished_at REAL,
     reason TEXT, body BLOB);
 CREATE INDEX outgoing_peer ON outgoing (peer, state, seq);
+CREATE INDEX outgoing_seq ON outgoing (seq);
 CREATE TABLE incoming (transfer_id TEXT PRIMARY KEY, peer TEXT NOT NULL, state TEXT NOT NULL,
     manifest BLOB NOT NULL, file_index INTEGER NOT NULL, file_offset INTEGER NOT NULL,
     started_at REAL NOT NULL, delivered_at REAL, at_rest_key BLOB, forms TEXT, reason TEXT,
     fetched_at REAL, blob BLOB, spooled_at REAL);
+CREATE INDEX incoming_started ON incoming (started_at);
 """
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_MIGRATIONS = {
+    # Version 1 had no index for the order of either table: queueing (MAX(seq)) and both listings scanned
+    # every transfer ever sent or received, so they grew slower with the daemon's age.
+    1: "CREATE INDEX outgoing_seq ON outgoing (seq); CREATE INDEX incoming_started ON incoming (started_at);",
+}
 
 
 class Outgoing(enum.StrEnum):
@@ -88,10 +95,13 @@ class TransferRecords:
         db = open_private_db(path)
         try:
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                db.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
-            elif version != SCHEMA_VERSION:
+            if version > SCHEMA_VERSION:
                 raise StoreError(f"{path}: transfer schema {version}, this qlinkd knows {SCHEMA_VERSION}")
+            if version == 0:
+                db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            elif version < SCHEMA_VERSION:
+                steps = "".join(_MIGRATIONS[v] for v in range(version, SCHEMA_VERSION))
+                db.executescript(f"BEGIN; {steps} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
         except BaseException:
             db.close()
             raise
