@@ -19,9 +19,9 @@ Study: synthetic 512x512 16-bit CT slices (tests/dicom_factory.py). For each run
 Baseline: the same files read from disk, sent as AES-GCM frames over a plain asyncio TCP socket to a
 second process that decrypts them and writes one file, fsynced at the end.
 EHR: --runs runs, a second apart, of --ehr FHIR Bundle messages each, one after the other through
-POST /v1/ehr?wait: one-way = from the call's start until the message is durably in the peer's inbox, read
-from the receiving daemon's audit record of its arrival, which it writes after the inbox record is
-committed (same host clock); round trip = until the sender hears "delivered". Each run's median, and
+POST /v1/ehr?wait: one-way = from the call's start until the message is durably in the peer's inbox: the
+stored_at of the receiving daemon's audit record of its arrival, taken when the inbox record's commit
+(fsync) has returned (same host clock); round trip = until the sender hears "delivered". Each run's median, and
 the median of those, are printed. The disk is flushed (os.sync) before the EHR runs, and the time that
 took is printed, so no writeback left by the studies can land on the EHR path's fsyncs.
 """
@@ -183,11 +183,10 @@ def study_run(a: DataTarget, b: DataTarget, entries: list[tuple[Path, Any]]) -> 
 
 
 def received_at(deployment: Deployment) -> dict[str, float]:
-    """Transfer id -> when B audited its arrival (epoch seconds). The daemon writes that record after the
-    inbox record is committed (fsynced) and the sender is told, so it bounds from above the moment the
-    message is durably in the peer's inbox."""
+    """Transfer id -> when B's inbox held it durably (epoch seconds): the stored_at B audits, taken when
+    the inbox record's commit has returned."""
     return {
-        r["transfer"]: dt.datetime.fromisoformat(r["ts"]).timestamp()
+        r["transfer"]: dt.datetime.fromisoformat(r["stored_at"]).timestamp()
         for r in read_audit(deployment, B)
         if r.get("event") == "transfer_received"
     }

@@ -36,7 +36,8 @@ def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _rfc3339(moment: dt.datetime) -> str:
+def rfc3339(moment: dt.datetime) -> str:
+    """The audit log's time format: UTC, microseconds, "Z" (as every record's ts)."""
     if moment.tzinfo is None:
         raise ValueError("audit timestamps must be timezone-aware")
     return moment.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
@@ -144,7 +145,7 @@ class AuditLog:
                 raise AuditError(reason)
         seq = self._head.seq + 1
         entry = {
-            "ts": _rfc3339(self._clock()),
+            "ts": rfc3339(self._clock()),
             "seq": seq,
             "event": event,
             "facility": self._facility,

@@ -405,7 +405,7 @@ class Harness:
             facility=B,
             keys=self.keys,
             inbox=self.inbox,
-            on_delivered=lambda tid, m, forms: None,
+            on_delivered=lambda tid, m, forms, stored_at: None,
             on_refused=lambda tid, reason: None,
             finishing=self.finishing,
         )

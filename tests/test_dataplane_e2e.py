@@ -9,6 +9,7 @@ daemons' APIs with a deadline; nothing sleeps blindly."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import signal
@@ -200,9 +201,21 @@ def test_ehr_send_delivers_and_fetches_bit_exact(
     result = json.loads(out)
     assert (result["state"], result["kind"], result["files"]) == ("delivered", "ehr", 1)
     assert result["bytes"] == len(original)
-    entry = _inbox(link, capsys)[result["transfer_id"]]
+    tid = result["transfer_id"]
+    entry = _inbox(link, capsys)[tid]
     assert (entry["state"], entry["kind"], entry["from"]) == ("delivered", "ehr", A)
-    assert _fetch(link, capsys, result["transfer_id"], tmp_path) == {name: original}
+    assert _fetch(link, capsys, tid, tmp_path) == {name: original}
+
+    # B's audit record says when the message was durably in its inbox: after the record's own timestamp
+    # (taken just before the commit) and before the audit line was written.
+    def arrival() -> dict[str, Any] | None:
+        mine = [r for r in _audit(link, B) if r["event"] == "transfer_received" and r.get("transfer") == tid]
+        return mine[0] if mine else None
+
+    audited = _wait_for(arrival, "B's audit record of the arrival")
+    stored_at = dt.datetime.fromisoformat(audited["stored_at"]).timestamp()
+    delivered_at = link.b.json("GET", f"/v1/inbox/{tid}")[1]["delivered_at"]
+    assert delivered_at <= stored_at <= dt.datetime.fromisoformat(audited["ts"]).timestamp()
 
 
 @pytest.mark.parametrize("bad", ["truncated.dcm", "notes.txt"])

@@ -65,7 +65,8 @@ class ReceiverContext:
     facility: str
     keys: KeySource
     inbox: Inbox
-    on_delivered: Callable[[str, Manifest, str], None]
+    on_delivered: Callable[[str, Manifest, str, float], None]
+    """(transfer, manifest, at-rest form, when its inbox record was committed: epoch seconds)."""
     on_refused: Callable[[str, str], None]
     on_bytes: Callable[[int], None] = field(default=lambda n: None)
     finishing: dict[str, asyncio.Task[tuple[bool, str]]] = field(default_factory=dict)
@@ -261,7 +262,7 @@ class ReceiverSession:
             self.ctx.on_refused(tid, exc.message)
             return False, exc.message
         self.ctx.inbox.delivered(tid, key=key, forms=forms)
-        self.ctx.on_delivered(tid, manifest, forms)
+        self.ctx.on_delivered(tid, manifest, forms, time.time())
         # Freeing a large spool's blocks takes a while: off the loop, and the sender need not wait for it.
         # (If it fails or a crash comes first, the next start sweeps the spool.)
         dropping = asyncio.get_running_loop().run_in_executor(None, self.ctx.inbox.drop_spool, tid)
@@ -306,6 +307,7 @@ class ReceiverSession:
                 self._send(dm.refused(tid, exc.message))
             else:
                 inbox.deliver_ehr(manifest, blob=blob, key=key, forms=forms)
+                stored_at = time.time()
                 self._send(dm.delivered(tid, manifest.sha256()))
-                self.ctx.on_delivered(tid, manifest, forms)
+                self.ctx.on_delivered(tid, manifest, forms, stored_at)
         await self._writer.drain()

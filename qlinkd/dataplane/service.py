@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import ssl
 import time
@@ -17,7 +18,7 @@ from functools import partial
 from pathlib import Path
 
 from .. import pki
-from ..audit import AuditLog
+from ..audit import AuditLog, rfc3339
 from ..config import Address
 from ..errors import FrameError, QlinkdError, TransferError
 from ..metrics import LinkMetrics
@@ -264,7 +265,7 @@ class DataPlane:
         self._audit.record("otp_fallback", transfer=tid, reason=why)
         self._metrics.otp_fallback()
 
-    def _delivered_here(self, tid: str, manifest: Manifest, forms: str) -> None:
+    def _delivered_here(self, tid: str, manifest: Manifest, forms: str, stored_at: float) -> None:
         log.info(
             "transfer %s from %s delivered: %d file(s), %d bytes, at rest as %s",
             tid,
@@ -282,6 +283,8 @@ class DataPlane:
             bytes=manifest.total_bytes,
             manifest_sha256=manifest.sha256(),
             at_rest=forms,
+            # The audit record is written after the sender is told; this is when the inbox had it durably.
+            stored_at=rfc3339(dt.datetime.fromtimestamp(stored_at, dt.UTC)),
         )
         self._metrics.transfer_done(manifest.sender, "in", manifest.kind.value)
 
