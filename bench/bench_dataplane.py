@@ -21,9 +21,9 @@ second process that decrypts them and writes one file, fsynced at the end.
 EHR: --runs runs, a second apart, of --ehr FHIR Bundle messages each, one after the other through
 POST /v1/ehr?wait: one-way = from the call's start until the message is durably in the peer's inbox: the
 stored_at of the receiving daemon's audit record of its arrival, taken when the inbox record's commit
-(fsync) has returned (same host clock); round trip = until the sender hears "delivered". Each run's median, and
-the median of those, are printed. The disk is flushed (os.sync) before the EHR runs, and the time that
-took is printed, so no writeback left by the studies can land on the EHR path's fsyncs.
+(fsync) has returned (same host clock); round trip = until the sender hears "delivered". Each run's
+median, and the median of those, are printed. The disk is flushed (os.sync) before the EHR runs, and the
+time that took is printed, so no writeback left by the studies can land on the EHR path's fsyncs.
 """
 
 from __future__ import annotations
