@@ -28,24 +28,27 @@ def _manifest(stored: bytes) -> Manifest:
     return Manifest.from_json(stored)
 
 
-_SCHEMA = """
-CREATE TABLE outgoing (transfer_id TEXT PRIMARY KEY, peer TEXT NOT NULL, seq INTEGER NOT NULL,
-    state TEXT NOT NULL, manifest BLOB NOT NULL, queued_at REAL NOT NULL, finished_at REAL,
-    reason TEXT, body BLOB);
-CREATE INDEX outgoing_peer ON outgoing (peer, state, seq);
-CREATE INDEX outgoing_seq ON outgoing (seq);
-CREATE TABLE incoming (transfer_id TEXT PRIMARY KEY, peer TEXT NOT NULL, state TEXT NOT NULL,
-    manifest BLOB NOT NULL, file_index INTEGER NOT NULL, file_offset INTEGER NOT NULL,
-    started_at REAL NOT NULL, delivered_at REAL, at_rest_key BLOB, forms TEXT, reason TEXT,
-    fetched_at REAL, blob BLOB, spooled_at REAL);
-CREATE INDEX incoming_started ON incoming (started_at);
-"""
-SCHEMA_VERSION = 2
-_MIGRATIONS = {
+_STEPS = (
+    # Each step takes the schema from its index to the next version; a new database runs them all, so
+    # every table and index is declared once.
+    """
+    CREATE TABLE outgoing (transfer_id TEXT PRIMARY KEY, peer TEXT NOT NULL, seq INTEGER NOT NULL,
+        state TEXT NOT NULL, manifest BLOB NOT NULL, queued_at REAL NOT NULL, finished_at REAL,
+        reason TEXT, body BLOB);
+    CREATE INDEX outgoing_peer ON outgoing (peer, state, seq);
+    CREATE TABLE incoming (transfer_id TEXT PRIMARY KEY, peer TEXT NOT NULL, state TEXT NOT NULL,
+        manifest BLOB NOT NULL, file_index INTEGER NOT NULL, file_offset INTEGER NOT NULL,
+        started_at REAL NOT NULL, delivered_at REAL, at_rest_key BLOB, forms TEXT, reason TEXT,
+        fetched_at REAL, blob BLOB, spooled_at REAL);
+    """,
     # Version 1 had no index for the order of either table: queueing (MAX(seq)) and both listings scanned
     # every transfer ever sent or received, so they grew slower with the daemon's age.
-    1: "CREATE INDEX outgoing_seq ON outgoing (seq); CREATE INDEX incoming_started ON incoming (started_at);",
-}
+    """
+    CREATE INDEX outgoing_seq ON outgoing (seq);
+    CREATE INDEX incoming_started ON incoming (started_at);
+    """,
+)
+SCHEMA_VERSION = len(_STEPS)
 
 
 class Outgoing(enum.StrEnum):
@@ -97,10 +100,8 @@ class TransferRecords:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(f"{path}: transfer schema {version}, this qlinkd knows {SCHEMA_VERSION}")
-            if version == 0:
-                db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
-            elif version < SCHEMA_VERSION:
-                steps = "".join(_MIGRATIONS[v] for v in range(version, SCHEMA_VERSION))
+            if version < SCHEMA_VERSION:
+                steps = "".join(_STEPS[version:])
                 db.executescript(f"BEGIN; {steps} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
         except BaseException:
             db.close()
