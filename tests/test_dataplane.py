@@ -21,6 +21,7 @@ import pytest
 
 from qlinkmed.proto import qlinkmed_wire_pb2 as pb
 from qlinkmed.qlinkd.dataplane import messages as dm
+from qlinkmed.qlinkd.dataplane.ehr_queue import EhrQueue
 from qlinkmed.qlinkd.dataplane.inbox import Inbox, TransferRefused, advance_past_complete
 from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
 from qlinkmed.qlinkd.dataplane.outbox import Outbox
@@ -208,6 +209,56 @@ def test_records_newer_than_this_daemon_are_refused(tmp_path: Path) -> None:
         newer.execute("PRAGMA user_version = 3")
     with pytest.raises(StoreError, match="transfer schema 3"):
         TransferRecords.open(path)
+
+
+# ---- the sender's EHR queue -----------------------------------------------------------------------------
+
+
+def test_the_ehr_queue_starts_from_the_records_and_then_learns_each_message_as_it_is_queued(
+    tmp_path: Path,
+) -> None:
+    records = TransferRecords.open(tmp_path / "transfers.sqlite3")
+    older = _manifest([("old.json", b"{1}", "fhir")], TransferKind.EHR)
+    study = _manifest([("ct.dcm", b"x", "dicom")])
+    records.queue(older, b"{1}")
+    records.queue(study)
+    queue = EhrQueue(records, B)
+    # Queued before the queue was first asked: the records are the only place that knows it.
+    before = _manifest([("before.json", b"{2}", "fhir")], TransferKind.EHR)
+    records.queue(before, b"{2}")
+    queue.added(before, b"{2}")
+    assert queue.next() == older  # the first question reads the records: EHR only, oldest first
+    assert queue.next(skip={older.transfer_id}) == before
+    newer = _manifest([("new.json", b"{3}", "fhir")], TransferKind.EHR)
+    records.queue(newer, b"{3}")
+    queue.added(newer, b"{3}")
+    assert [queue.body(m) for m in (older, before, newer)] == [b"{1}", b"{2}", b"{3}"]
+    queue.finished(older.transfer_id)
+    queue.finished(before.transfer_id)
+    assert queue.next() == newer
+    queue.finished(newer.transfer_id)
+    assert queue.next() is None
+    records.close()
+
+
+def test_the_ehr_queue_keeps_bodies_in_memory_only_up_to_its_budget(tmp_path: Path) -> None:
+    records = TransferRecords.open(tmp_path / "transfers.sqlite3")
+    queue = EhrQueue(records, B, budget_bytes=10)
+    assert queue.next() is None
+    # The records hold "stored"; the queue is told "memory": which one comes back says where it came from.
+    small = _manifest([("s.json", b"stored", "fhir")], TransferKind.EHR)
+    large = _manifest([("l.json", b"stored", "fhir")], TransferKind.EHR)
+    records.queue(small, b"stored")
+    records.queue(large, b"stored")
+    queue.added(small, b"memory")
+    queue.added(large, b"memory")  # 12 bytes held would pass the budget of 10
+    assert (queue.body(small), queue.body(large)) == (b"memory", b"stored")
+    queue.finished(small.transfer_id)  # its bytes leave the budget
+    later = _manifest([("t.json", b"stored", "fhir")], TransferKind.EHR)
+    records.queue(later, b"stored")
+    queue.added(later, b"memory")
+    assert queue.body(later) == b"memory"
+    records.close()
 
 
 # ---- the inbox ------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,10 +279,13 @@ class Inbox:
         blob = at_rest.seal_at_rest(manifest.files[0].name, body, _checked(manifest, 0, body), key)
         return blob, at_rest.at_rest_form(blob)
 
-    def deliver_ehr(self, manifest: Manifest, *, blob: bytes, key: bytes, forms: str) -> None:
+    def deliver_ehr(self, manifest: Manifest, *, blob: bytes, key: bytes, forms: str) -> float:
+        """Record the message delivered; returns when its record was durable (epoch seconds)."""
         self._close(manifest.transfer_id)
         self._records.record_ehr(manifest, blob=blob, key=key, forms=forms, reason=None)
-        self.drop_spool(manifest.transfer_id)
+        stored_at = time.time()
+        self.drop_spool(manifest.transfer_id)  # left by an earlier attempt that streamed it under AEAD
+        return stored_at
 
     def refuse_ehr(self, manifest: Manifest, reason: str) -> None:
         self._close(manifest.transfer_id)

@@ -13,7 +13,7 @@ import itertools
 import json
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import TransferError
 
@@ -54,6 +54,8 @@ class Manifest:
     created: float
     """Seconds since the epoch when the sender queued the transfer."""
     study_uid: str | None = None
+    _canonical: dict[str, bytes | str] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """The canonical JSON and its digest, made once: both ends quote them several times per transfer."""
 
     def __post_init__(self) -> None:
         _require(_is_uuid(self.transfer_id), "transfer_id is not a UUID")
@@ -80,6 +82,12 @@ class Manifest:
         return list(itertools.accumulate((f.size for f in self.files), initial=0))
 
     def to_json(self) -> bytes:
+        if (made := self._canonical.get("json")) is None:
+            made = self._canonical["json"] = self._make_json()
+        assert isinstance(made, bytes)
+        return made
+
+    def _make_json(self) -> bytes:
         body = {
             "transfer_id": self.transfer_id,
             "sender": self.sender,
@@ -92,7 +100,10 @@ class Manifest:
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
     def sha256(self) -> str:
-        return hashlib.sha256(self.to_json()).hexdigest()
+        if (digest := self._canonical.get("sha256")) is None:
+            digest = self._canonical["sha256"] = hashlib.sha256(self.to_json()).hexdigest()
+        assert isinstance(digest, str)
+        return digest
 
     @classmethod
     def from_json(cls, data: bytes) -> Manifest:

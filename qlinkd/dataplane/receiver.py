@@ -306,8 +306,7 @@ class ReceiverSession:
                 self.ctx.on_refused(tid, exc.message)
                 self._send(dm.refused(tid, exc.message))
             else:
-                inbox.deliver_ehr(manifest, blob=blob, key=key, forms=forms)
-                stored_at = time.time()
+                stored_at = inbox.deliver_ehr(manifest, blob=blob, key=key, forms=forms)
                 self._send(dm.delivered(tid, manifest.sha256()))
                 self.ctx.on_delivered(tid, manifest, forms, stored_at)
         await self._writer.drain()

@@ -22,6 +22,7 @@ from ..seal import Direction, KeyStatus, Opener, Sealer, SendState, derive_traff
 from ..seal.constants import MAX_OTP_PLAINTEXT_BYTES, REJECT_AFTER_MESSAGES
 from ..seal.otp import otp_key_bytes, seal_otp, seal_otp_range
 from . import messages as dm
+from .ehr_queue import EhrQueue
 from .inbox import advance_past_complete
 from .keys import SESSION_KEY_BITS, KeySource
 from .manifest import Manifest, TransferKind
@@ -55,6 +56,11 @@ class SenderContext:
     on_finished: Callable[[str, Outgoing, str | None], None]
     on_otp_fallback: Callable[[str, str], None] = field(default=lambda tid, why: None)
     state: str = "idle"
+    ehr: EhrQueue = field(init=False)
+    """The peer's queued EHR messages, which the sender takes without asking the records."""
+
+    def __post_init__(self) -> None:
+        self.ehr = EhrQueue(self.records, self.peer)
 
 
 @dataclass(slots=True)
@@ -180,6 +186,11 @@ class SenderSession:
     async def _serve_queue(self) -> None:
         ctx = self.ctx
         while True:
+            ehr = ctx.ehr.next()
+            if ehr is not None:
+                ctx.state = "sending"
+                await self._send_transfer(ehr)
+                continue
             queued = ctx.records.queued(ctx.peer)
             if not queued:
                 ctx.state = "idle"
@@ -201,9 +212,8 @@ class SenderSession:
             await self._send_transfer(manifest)
 
     async def _send_pending_ehr(self) -> None:
-        for manifest in self.ctx.records.queued(self.ctx.peer):
-            if manifest.kind is TransferKind.EHR and manifest.transfer_id not in self._flights:
-                await self._send_transfer(manifest)
+        while (manifest := self.ctx.ehr.next(skip=self._flights)) is not None:
+            await self._send_transfer(manifest)
 
     async def _send_transfer(self, manifest: Manifest) -> None:
         tid = manifest.transfer_id
@@ -234,6 +244,7 @@ class SenderSession:
 
     def _finish(self, tid: str, state: Outgoing, reason: str | None) -> None:
         self.ctx.records.finish_outgoing(tid, state, reason)
+        self.ctx.ehr.finished(tid)
         self.ctx.outbox.remove(tid)
         self.ctx.on_finished(tid, state, reason)
 
@@ -289,7 +300,7 @@ class SenderSession:
         self._send(dm.pad_key(key.key_id))
 
     def _ehr_body(self, manifest: Manifest) -> bytes:
-        body = self.ctx.records.body(manifest.transfer_id)
+        body = self.ctx.ehr.body(manifest)
         if body is None:
             raise TransferError("queued EHR message has no body in its record", transfer=manifest.transfer_id)
         return body

@@ -215,6 +215,7 @@ class DataPlane:
     def queue_ehr(self, manifest: Manifest, body: bytes) -> asyncio.Future[Outcome]:
         """Queue an EHR message (kept whole in its record: one transaction)."""
         self.records.queue(manifest, body)
+        self._senders[manifest.recipient].ehr.added(manifest, body)
         return self._queued(manifest)
 
     def _queued(self, manifest: Manifest) -> asyncio.Future[Outcome]:
