@@ -14,6 +14,7 @@ from aiohttp import web
 from . import pki
 from .audit import AuditLog
 from .config import FacilityConfig
+from .content.validate import warm_up
 from .data_api import ensure_token
 from .dataplane.keys import PoolKeys
 from .dataplane.service import DataPlane
@@ -108,6 +109,10 @@ async def run_daemon(
             metrics=rt.metrics,
         )
         token = ensure_token(config.state_dir)
+        # In a thread: a signal during the 0.5 s this takes still stops the daemon at once.
+        loading = time.monotonic()
+        await asyncio.to_thread(warm_up)
+        log.info("content validators loaded in %.2f s", time.monotonic() - loading)
         started = time.monotonic()
         apps = {
             "classical": (_classical_app(links), config.listen.classical, rt.server_ssl),

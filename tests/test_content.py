@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,7 @@ from qlinkmed.qlinkd.content import (
     sniff,
     validate,
 )
+from qlinkmed.qlinkd.content.validate import WARM_UP_MESSAGES
 from qlinkmed.qlinkd.errors import ContentError
 
 from .dicom_factory import make_ct_study, make_image_dicom
@@ -286,6 +289,27 @@ def test_fhir_bundle_validates() -> None:
         2,
         "R5",
     )
+
+
+def test_warm_up_loads_every_common_fhir_model_and_validates_its_own_samples() -> None:
+    # A fresh interpreter: in this one, earlier tests may have loaded the models already.
+    probe = (
+        "import sys\n"
+        "from qlinkmed.qlinkd.content.ehr import COMMON_RESOURCE_TYPES\n"
+        "from qlinkmed.qlinkd.content.validate import warm_up\n"
+        "before = {t for t in COMMON_RESOURCE_TYPES if f'fhir.resources.{t.lower()}' in sys.modules}\n"
+        "warm_up()\n"
+        "after = {t for t in COMMON_RESOURCE_TYPES if f'fhir.resources.{t.lower()}' in sys.modules}\n"
+        "print(len(COMMON_RESOURCE_TYPES), len(before), len(after))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    total, before, after = map(int, out.split())
+    assert total >= 20 and before < total and after == total
+    infos = [validate(name, data) for name, data in WARM_UP_MESSAGES]
+    assert [(i.kind, i.fhir_version or i.hl7_version) for i in infos] == [
+        (ContentKind.FHIR, "R5"),
+        (ContentKind.HL7, "2.5"),
+    ]
 
 
 def test_fhir_single_resource_validates() -> None:

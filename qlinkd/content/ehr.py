@@ -38,6 +38,15 @@ _CHARSETS = {
 _RELEASES = (("R5", r5_model_class), ("R4B", r4b_model_class))
 _NOT_IN_RELEASE = "not a resource type of this release"
 
+COMMON_RESOURCE_TYPES = (
+    "Bundle", "Patient", "Observation", "DiagnosticReport", "ImagingStudy", "ServiceRequest", "Encounter",
+    "Condition", "Procedure", "Practitioner", "PractitionerRole", "Organization", "Location",
+    "DocumentReference", "Composition", "MedicationRequest", "MedicationStatement", "AllergyIntolerance",
+    "Immunization", "Specimen", "CarePlan", "Appointment", "Consent", "Provenance", "MessageHeader",
+    "OperationOutcome", "Device", "Coverage", "QuestionnaireResponse", "Endpoint",
+)  # fmt: skip
+"""The resources an imaging and EHR link carries most, whose models a daemon loads before it is ready."""
+
 
 # FHIR ---------------------------------------------------------------------------------------------------
 
@@ -119,6 +128,12 @@ def _model_error(model_class: Any, resource: dict[str, Any], resource_type: str)
     except Exception as exc:
         return f"{resource_type}: cannot be validated ({type(exc).__name__})"
     return None
+
+
+def load_common_models() -> None:
+    """Import the R5 models of `COMMON_RESOURCE_TYPES` (see `validate.warm_up`)."""
+    for resource_type in COMMON_RESOURCE_TYPES:
+        r5_model_class(resource_type)
 
 
 # HL7 v2 -------------------------------------------------------------------------------------------------
