@@ -16,19 +16,26 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from qlinkmed.proto import qlinkmed_wire_pb2 as pb
+from qlinkmed.qlinkd.audit import AuditLog
+from qlinkmed.qlinkd.config import Address
 from qlinkmed.qlinkd.dataplane import messages as dm
+from qlinkmed.qlinkd.dataplane import sender as sender_module
 from qlinkmed.qlinkd.dataplane.ehr_queue import EhrQueue
 from qlinkmed.qlinkd.dataplane.inbox import Inbox, TransferRefused, advance_past_complete
+from qlinkmed.qlinkd.dataplane.keys import SESSION_KEY_BITS
 from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
 from qlinkmed.qlinkd.dataplane.outbox import Outbox
 from qlinkmed.qlinkd.dataplane.pads import PAD_KEY_BYTES, ReceiverPads, SenderPads
 from qlinkmed.qlinkd.dataplane.receiver import ReceiverContext, ReceiverSession, Rejected
 from qlinkmed.qlinkd.dataplane.records import Incoming, Outgoing, TransferRecords
 from qlinkmed.qlinkd.dataplane.sender import SenderContext, SenderSession, SessionClosed
+from qlinkmed.qlinkd.dataplane.service import DataPlane
 from qlinkmed.qlinkd.dataplane.spool import Spool
 from qlinkmed.qlinkd.errors import (
     FrameError,
@@ -39,7 +46,9 @@ from qlinkmed.qlinkd.errors import (
     TransferError,
 )
 from qlinkmed.qlinkd.keystore import DeliveredKey
-from qlinkmed.qlinkd.seal import OpenFailure
+from qlinkmed.qlinkd.metrics import LinkMetrics
+from qlinkmed.qlinkd.pki import client_context, server_context, write_demo_pki
+from qlinkmed.qlinkd.seal import OpenFailure, aead
 from qlinkmed.qlinkd.seal.constants import OTP_RANGE_VERSION, OTP_VERSION
 from tests.dicom_factory import make_ct_study
 
@@ -719,3 +728,80 @@ async def test_a_failed_spool_sync_closes_the_session_and_the_transfer_resumes(
     await h.run_until(_delivered(h, m), timeout=30.0)
     assert failed and h.finished == [(m.transfer_id, Outgoing.DELIVERED, None)]
     assert [h.inbox.read_file(m.transfer_id, i) for i in range(2)] == study
+
+
+# ---- two data planes ------------------------------------------------------------------------------------
+
+
+async def _poll(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.asyncio
+async def test_a_session_that_ends_idle_is_replaced_at_once_until_the_peer_cannot_be_reached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(aead, "REKEY_AFTER_SECONDS", 0.3)  # a session key ages out while idle
+    monkeypatch.setattr(sender_module, "IDLE_CHECK_S", 0.02)
+    certs = write_demo_pki(tmp_path / "pki", [A, B])
+    keys = PairedKeys()
+
+    def plane(me: str, peer: str, address: Address | None) -> DataPlane:
+        tls = (certs["ca.pem"], certs[f"{me}.pem"], certs[f"{me}.key"])
+        return DataPlane(
+            facility=me,
+            state_dir=tmp_path / me,
+            peers={peer: address},
+            keys=keys,
+            client_ssl=client_context(*tls),
+            server_ssl=server_context(*tls),
+            audit=AuditLog.open(tmp_path / f"{me}.audit", facility=me),
+            metrics=LinkMetrics(CollectorRegistry()),
+        )
+
+    b = plane(B, A, None)
+    port = await b.start(Address(host="127.0.0.1", port=0))
+    a = plane(A, B, Address(host="127.0.0.1", port=port))
+    sessions = lambda: keys.taken.count(SESSION_KEY_BITS)  # noqa: E731
+    refused: list[OSError] = []
+    connect = asyncio.open_connection
+
+    async def counting_connect(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await connect(*args, **kwargs)
+        except OSError as exc:
+            refused.append(exc)
+            raise
+
+    monkeypatch.setattr(asyncio, "open_connection", counting_connect)
+    senders = asyncio.create_task(a.run_senders())
+    bodies = _fhir_messages(2)
+    entries = [
+        FileEntry(f"m{i}.json", len(d), hashlib.sha256(d).hexdigest(), "fhir") for i, d in enumerate(bodies)
+    ]
+    messages = [a.new_manifest(B, TransferKind.EHR, [entry]) for entry in entries]
+    try:
+        outcome = await asyncio.wait_for(a.queue_ehr(messages[0], bodies[0]), 20)
+        assert outcome.state is Outgoing.DELIVERED and sessions() == 1
+        # Nothing is queued, yet the sender takes a fresh session key each time the last one ages out.
+        await _poll(lambda: sessions() >= 3, "two sessions opened in standby")
+        outcome = await asyncio.wait_for(a.queue_ehr(messages[1], bodies[1]), 20)
+        assert outcome.state is Outgoing.DELIVERED
+        assert [b.inbox.read_file(m.transfer_id, 0) for m in messages] == bodies
+        # Once the peer is gone, the standby session's successor fails to connect and the sender waits
+        # for work rather than dialling on (it would say "cannot reach" between its attempts).
+        await b.stop()
+        refused.clear()
+        await _poll(lambda: bool(refused) and a.sender_states()[B] == "idle", "an idle sender")
+        assert len(refused) == 1
+    finally:
+        senders.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await senders
+        await b.stop()
+        a.close()
+        b.close()

@@ -113,8 +113,9 @@ class DataPlane:
     async def _sender_loop(self, peer: str, address: Address) -> None:
         ctx = self._senders[peer]
         delay = RECONNECT_S[0]
+        standby = False
         while True:
-            if not self.records.queued(peer):
+            if not standby and not self.records.queued(peer):
                 ctx.state = "idle"
                 await ctx.wake.wait()
             try:
@@ -127,6 +128,7 @@ class DataPlane:
                 )
             except (OSError, ssl.SSLError) as exc:
                 ctx.state = f"cannot reach {address}: {exc}"
+                standby = False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_S[1])
                 continue
@@ -134,8 +136,13 @@ class DataPlane:
             try:
                 await SenderSession(ctx, reader, writer).run()
                 delay = RECONNECT_S[0]
+                # The session ended idle, its key due for replacement. Open the next one now, so the next
+                # message does not wait for a handshake and a session key: 256 bits of key every
+                # REKEY_AFTER_SECONDS while idle. If the peer cannot be reached, wait for work instead.
+                standby = True
             except (SessionClosed, QlinkdError, OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
                 log.warning("data session to %s ended: %s", peer, exc)
+                standby = False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_S[1])
             finally:
