@@ -109,7 +109,7 @@ async def run_daemon(
             metrics=rt.metrics,
         )
         token = ensure_token(config.state_dir)
-        # In a thread: a signal during the 0.5 s this takes still stops the daemon at once.
+        # In a thread: a signal during the 0.6-0.8 s this takes still stops the daemon at once.
         loading = time.monotonic()
         await asyncio.to_thread(warm_up)
         log.info("content validators loaded in %.2f s", time.monotonic() - loading)

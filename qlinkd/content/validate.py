@@ -32,8 +32,9 @@ def warm_up() -> None:
     """Load the FHIR models of the common resource types and validate a small message of each EHR kind.
 
     fhir.resources imports a resource's model, and pydantic completes its validators, on first use: about
-    0.1 s at each end of the link for the first FHIR message after a start (0.4 s for all the common types
-    at once). A daemon pays this before it reports ready; a rarer resource type still loads on first use.
+    0.1 s at each end of the link for the first FHIR message after a start (0.6-0.8 s here for all the
+    common types and the two messages). A daemon pays this before it reports ready; a rarer resource type
+    still loads on first use.
     """
     load_common_models()
     for name, data in WARM_UP_MESSAGES:
