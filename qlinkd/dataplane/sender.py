@@ -186,28 +186,25 @@ class SenderSession:
     async def _serve_queue(self) -> None:
         ctx = self.ctx
         while True:
-            ehr = ctx.ehr.next()
-            if ehr is not None:
-                ctx.state = "sending"
-                await self._send_transfer(ehr)
-                continue
-            queued = ctx.records.queued(ctx.peer)
-            if not queued:
-                ctx.state = "idle"
-                assert self._sealer is not None
-                if self._sealer.status(time.monotonic()) is not KeyStatus.FRESH:
-                    return  # reconnect for a fresh key
-                ctx.wake.clear()
-                try:
-                    async with asyncio.timeout(IDLE_CHECK_S):
-                        await ctx.wake.wait()
-                except TimeoutError:
-                    pass
-                if self._reader_error is not None:
-                    raise SessionClosed(f"connection lost: {self._reader_error}")
-                continue
-            ehr = [m for m in queued if m.kind is TransferKind.EHR]
-            manifest = (ehr or queued)[0]
+            manifest = ctx.ehr.next()
+            if manifest is None:
+                queued = ctx.records.queued(ctx.peer)
+                if not queued:
+                    ctx.state = "idle"
+                    assert self._sealer is not None
+                    if self._sealer.status(time.monotonic()) is not KeyStatus.FRESH:
+                        return  # reconnect for a fresh key
+                    ctx.wake.clear()
+                    try:
+                        async with asyncio.timeout(IDLE_CHECK_S):
+                            await ctx.wake.wait()
+                    except TimeoutError:
+                        pass
+                    if self._reader_error is not None:
+                        raise SessionClosed(f"connection lost: {self._reader_error}")
+                    continue
+                ehr = [m for m in queued if m.kind is TransferKind.EHR]
+                manifest = (ehr or queued)[0]
             ctx.state = "sending"
             await self._send_transfer(manifest)
 

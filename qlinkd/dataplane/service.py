@@ -118,6 +118,7 @@ class DataPlane:
             if not standby and not self.records.queued(peer):
                 ctx.state = "idle"
                 await ctx.wake.wait()
+            standby = False  # set again only by a session that ends idle
             try:
                 reader, writer = await asyncio.open_connection(
                     address.host,
@@ -128,7 +129,6 @@ class DataPlane:
                 )
             except (OSError, ssl.SSLError) as exc:
                 ctx.state = f"cannot reach {address}: {exc}"
-                standby = False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_S[1])
                 continue
@@ -142,7 +142,6 @@ class DataPlane:
                 standby = True
             except (SessionClosed, QlinkdError, OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
                 log.warning("data session to %s ended: %s", peer, exc)
-                standby = False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_S[1])
             finally:
