@@ -21,9 +21,9 @@ from typing import Any
 
 import httpx
 
-from qlinkmed.qlinkd import pki
-from qlinkmed.qlinkd.deployment import Deployment, write_loopback_deployment
-from qlinkmed.qlinkd.launcher import ProcessGroup
+from qlinkmed.qlinkd.ops import pki
+from qlinkmed.qlinkd.testbed.deployment import Deployment, write_loopback_deployment
+from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
 
 A, B = "hospital-a", "hospital-b"
 NAMES = ("channel", A, B)

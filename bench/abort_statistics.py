@@ -10,7 +10,7 @@ import math
 import statistics
 
 from qlinkmed.qcore.channel import Eavesdropper, EveKind
-from qlinkmed.qcore.sifting import ProtocolKind
+from qlinkmed.qcore.params import ProtocolKind
 from qlinkmed.qcore.sim import SimConfig, run_simulation
 from qlinkmed.qcore.theory import ChannelModel, predict_e91
 

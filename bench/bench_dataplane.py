@@ -57,8 +57,8 @@ from qlinkmed.qlinkd.content import validate
 from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
 from qlinkmed.qlinkd.dataplane.pads import PAD_KEY_BYTES
 from qlinkmed.qlinkd.dataplane.records import TransferRecords
-from qlinkmed.qlinkd.deployment import Deployment, write_loopback_deployment
-from qlinkmed.qlinkd.launcher import ProcessGroup
+from qlinkmed.qlinkd.testbed.deployment import Deployment, write_loopback_deployment
+from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
 from tests.dicom_factory import make_ct_study
 
 SLICE = 512

@@ -16,7 +16,7 @@ import numpy as np
 
 from qlinkmed.qcore.backends import get_backend
 from qlinkmed.qcore.cascade import low_latency_schedule, reconcile
-from qlinkmed.qcore.sifting import ProtocolKind
+from qlinkmed.qcore.params import ProtocolKind
 from qlinkmed.qcore.sim import SimConfig, run_simulation
 from qlinkmed.qcore.theory import ChannelModel, binary_entropy
 from qlinkmed.qcore.toeplitz import toeplitz_hash

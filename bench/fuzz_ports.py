@@ -45,9 +45,9 @@ from dataclasses import asdict, dataclass, field
 
 import _deploy as d
 
-from qlinkmed.qlinkd import messages as lm
-from qlinkmed.qlinkd.deployment import Deployment
-from qlinkmed.qlinkd.wire import MAX_FRAME_BYTES, encode_frame
+from qlinkmed.qlinkd.link import messages as lm
+from qlinkmed.qlinkd.link.wire import MAX_FRAME_BYTES, encode_frame
+from qlinkmed.qlinkd.testbed.deployment import Deployment
 
 HOST = "127.0.0.1"
 READ_TIMEOUT_S = 1.5

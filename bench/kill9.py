@@ -42,8 +42,8 @@ from typing import Any
 import _deploy as d
 import httpx
 
-from qlinkmed.qlinkd.deployment import Deployment
-from qlinkmed.qlinkd.keystore import KeyStore
+from qlinkmed.qlinkd.pool.keystore import KeyStore
+from qlinkmed.qlinkd.testbed.deployment import Deployment
 
 MASTER, SLAVE = f"pacs-{d.A}", f"pacs-{d.B}"
 RECOVERY_TIMEOUT_S = 60.0

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from qlinkmed.qlinkd.config import FacilityConfig
+    from qlinkmed.qlinkd.ops.config import FacilityConfig
 
 TIMEOUT_S = 5.0
 """Long enough for a daemon busy distilling, short enough that a hung one is reported promptly."""
@@ -89,7 +89,7 @@ def local_target(args: argparse.Namespace) -> str:
 
 def facility_config(path: Path) -> FacilityConfig:
     """The facility configuration at `path`; TargetError naming the bad field otherwise."""
-    from qlinkmed.qlinkd.config import ConfigError, load_facility_config
+    from qlinkmed.qlinkd.ops.config import ConfigError, load_facility_config
 
     try:
         return load_facility_config(path)
@@ -104,7 +104,8 @@ def local_url_from_config(path: Path) -> str:
 
 def admin_url_from_config(path: Path) -> str:
     """The admin-API URL of the channel service whose configuration is `path` (its [channel] admin)."""
-    from qlinkmed.qlinkd.config import ConfigError, load_channel_config
+    from qlinkmed.qlinkd.channel.config import load_channel_config
+    from qlinkmed.qlinkd.ops.config import ConfigError
 
     try:
         config = load_channel_config(path)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from qlinkmed.qlinkd.config import FacilityConfig
+    from qlinkmed.qlinkd.ops.config import FacilityConfig
 
 from .daemon_http import CONFIG_ENV, ApiError, TargetError, add_local_target, base_url, facility_config
 

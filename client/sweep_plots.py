@@ -29,10 +29,9 @@ def write_sweep(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from qlinkmed.qcore.channel import SourceKind
-    from qlinkmed.qcore.session import DistillConfig
+    from qlinkmed.qcore.constants import TSIRELSON_BOUND
+    from qlinkmed.qcore.params import DistillConfig, SourceKind
     from qlinkmed.qcore.sweep import distance_sweep, eve_sweep, eve_theory, theory_curves
-    from qlinkmed.qcore.theory import TSIRELSON
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,7 +110,7 @@ def write_sweep(
         [p.eve_fraction for p in e91], [p.chsh_lower for p in e91], "v", label="finite-size lower bound"
     )
     ax_s.axhline(2.0, color="red", ls="--", label="classical limit 2 (abort at or below)")
-    ax_s.axhline(TSIRELSON, color="grey", ls=":", label="2 sqrt 2")
+    ax_s.axhline(TSIRELSON_BOUND, color="grey", ls=":", label="2 sqrt 2")
     ax_s.set_xlabel("fraction of pairs intercepted")
     ax_s.set_ylabel("CHSH S")
     ax_s.set_title("E91 under intercept-resend")

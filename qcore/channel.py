@@ -28,40 +28,15 @@ import numpy as np
 
 from .backends import MeasurementBackend
 from .errors import ConfigError
+from .params import DecoySource, SourceKind
 from .rng import bernoulli, random_bits
 from .theory import ChannelModel
-
-
-class SourceKind(StrEnum):
-    SINGLE_PHOTON = "single-photon"
-    WCP = "wcp"
 
 
 class EveKind(StrEnum):
     NONE = "none"
     INTERCEPT_RESEND = "intercept-resend"
     PNS = "pns"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DecoySource:
-    """A weak-coherent-pulse source with signal, weak decoy and vacuum-like intensities (Lim 2014)."""
-
-    intensities: tuple[float, float, float] = (0.5, 0.1, 2e-4)
-    """Mean photon numbers mu_1 > mu_2 + mu_3, mu_2 > mu_3 >= 0: signal, weak decoy, vacuum decoy."""
-    probabilities: tuple[float, float, float] = (0.7, 0.2, 0.1)
-    """Probability of each intensity per pulse; they sum to one."""
-
-    def __post_init__(self) -> None:
-        mu1, mu2, mu3 = self.intensities
-        if not (mu1 > mu2 + mu3 and mu2 > mu3 >= 0.0):
-            raise ConfigError(
-                "mu", f"decoy intensities need mu1 > mu2 + mu3 and mu2 > mu3 >= 0, got {self.intensities}"
-            )
-        if mu1 > 10:
-            raise ConfigError("mu", f"signal intensity {mu1} is not a weak pulse")
-        if any(p <= 0 for p in self.probabilities) or not math.isclose(sum(self.probabilities), 1.0):
-            raise ConfigError("decoy_probabilities", "must be positive and sum to 1")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -319,7 +294,7 @@ def _check_prepared(prepared: PreparedPulses, source: SourceKind) -> int:
     return n
 
 
-# E91 measurement settings as polarisation angles in units of pi/8 (REFERENCE §2).
+# E91 measurement settings as polarisation angles in units of pi/8 (docs/references.md §2).
 ALICE_ANGLES8 = np.array([0, 1, 2], dtype=np.int64)
 BOB_ANGLES8 = np.array([1, 2, 3], dtype=np.int64)
 

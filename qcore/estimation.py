@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from qlinkmed.qcore.params import ProtocolKind
+
 from . import finite_key as fk
 from .auth import ROUND_AUTH_BITS
+from .constants import CHSH_CLASSICAL_BOUND
 from .errors import AbortReason, LocalProtocolError, RoundAborted
-from .sifting import E91_CHSH_SETTINGS, E91_CHSH_SIGNS, ProtocolKind, SiftPlan
+from .params import DistillConfig
+from .sifting import E91_CHSH_SETTINGS, E91_CHSH_SIGNS, SiftPlan
 from .theory import binary_entropy, di_rate
-
-if TYPE_CHECKING:
-    from .session import DistillConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,12 +156,13 @@ def judge_statistics(config: DistillConfig, plan: SiftPlan, stats: Statistics) -
         )
     if config.protocol is ProtocolKind.E91:
         s_low = stats.chsh_lower if stats.chsh_lower is not None else float("-inf")
-        if s_low <= 2.0:
+        if s_low <= CHSH_CLASSICAL_BOUND:
             raise RoundAborted(
                 AbortReason.CHSH_NOT_VIOLATED,
-                f"CHSH S = {stats.chsh_s:.3f}, lower bound {s_low:.3f} <= 2: no Bell violation",
+                f"CHSH S = {stats.chsh_s:.3f}, lower bound {s_low:.3f} <= {CHSH_CLASSICAL_BOUND:g}: "
+                "no Bell violation",
                 measured=s_low,
-                threshold=2.0,
+                threshold=CHSH_CLASSICAL_BOUND,
             )
     # Decoy rounds judge the observed test-basis QBER here; the phase-error bound phi_X enters the
     # Lim et al. length below, so a loose finite-size bound reads as "decoy bound empty", not as Eve.

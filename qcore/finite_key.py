@@ -2,7 +2,7 @@
 
 Every function returns a frozen dataclass holding its inputs, every intermediate term and the
 final length ``length`` (an int, never negative). Formulas are cited per function; the notation is
-that of REFERENCE §2. Default security parameters: eps_sec = eps_cor = 1e-10 (REFERENCE §2).
+that of docs/references.md §2. Default security parameters: eps_sec = eps_cor = 1e-10 (docs/references.md §2).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def tomamichel_length(
     mu = sqrt((n + k)/(n k) * (k + 1)/k * ln(4/eps_sec)), preparation quality q = 1 (BB84 qubits),
     with the observed test error rate in place of Q_tol (the protocol aborts above Q_tol, so a key
     length computed from the observed rate is the length for Q_tol = q_test). The log2 term is
-    written as in REFERENCE §2; one transcription of the paper drops the square on eps_sec, which
+    written as in docs/references.md §2; one transcription of the paper drops the square on eps_sec, which
     would only make the key 33 bits (at 1e-10) longer, so the squared form is the safe one.
     Length 0 when q_test + mu >= 1/2. An empty block (n = 0) or an empty test sample (k = 0) is
     accepted and gives mu = inf and length 0: no data, no key.
@@ -526,7 +526,7 @@ def chsh_lower_bound(
 ) -> ChshBound:
     """Estimate S and a one-sided lower confidence bound from the four CHSH setting pairs.
 
-    Order (REFERENCE §2): (X,W), (X,V), (Z,W), (Z,V), combined as S = <XW> - <XV> + <ZW> + <ZV>
+    Order (docs/references.md §2): (X,W), (X,V), (Z,W), (Z,V), combined as S = <XW> - <XV> + <ZW> + <ZV>
     with the default ``signs``; use the signs that make the honest S positive in your outcome
     convention. Per pair, the outcome product of round i is A_i = +1 (agree) or -1 (disagree), and
     E_ab is their mean. Derivation: for N independent variables with values in [-1, 1] (range 2),

@@ -9,7 +9,6 @@ an Abort carrying a reason code. No key leaves a session unless the whole transc
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,12 +25,10 @@ from .auth import (
     wegman_carter_tag,
 )
 from .cascade import CascadeAlice, CascadeBob, low_latency_schedule
-from .channel import DecoySource
 from .codec import Message, decode
 from .errors import (
     AbortReason,
     AuthKeyExhausted,
-    ConfigError,
     DecodeError,
     IntegrityError,
     LocalProtocolError,
@@ -39,45 +36,10 @@ from .errors import (
     RoundAborted,
 )
 from .estimation import Statistics, final_key_length, judge_statistics, measure_statistics
+from .params import DistillConfig
 from .rng import random_bits
-from .sifting import ProtocolKind, SiftPlan, choose_sample, key_candidate_mask, plan_sifting
+from .sifting import SiftPlan, choose_sample, key_candidate_mask, plan_sifting
 from .toeplitz import toeplitz_hash
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DistillConfig:
-    """Policy for one distillation round; both ends must use the same."""
-
-    protocol: ProtocolKind = ProtocolKind.BB84
-    """BB84 or E91."""
-    decoy: DecoySource | None = None
-    """Decoy intensities for a weak-coherent-pulse BB84 source; None for a single-photon source."""
-    sample_fraction: float = 0.3
-    """Share of the key candidates disclosed to estimate the QBER (BB84 single-photon, E91)."""
-    qber_tolerance: float = 0.11
-    """Abort when the QBER upper bound exceeds this (Shor-Preskill's zero is near 11 %)."""
-    eps_sec: float = 1e-10
-    """Secrecy parameter of the finite-key bound."""
-    eps_cor: float = 1e-10
-    """Correctness parameter: fixes the verification hash length."""
-    ec_efficiency_estimate: float = 1.1
-    """Reconciliation inefficiency assumed before Cascade runs, to abort early on hopeless rounds."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.sample_fraction < 1.0:
-            raise ConfigError("sample_fraction", f"must be in (0, 1), got {self.sample_fraction}")
-        if not 0.0 < self.qber_tolerance < 0.5:
-            raise ConfigError("qber_tolerance", f"must be in (0, 0.5), got {self.qber_tolerance}")
-        for name in ("eps_sec", "eps_cor"):
-            value = getattr(self, name)
-            if not 0.0 < value < 1.0:
-                raise ConfigError(name, f"must be in (0, 1), got {value}")
-        if self.decoy is not None and self.protocol is not ProtocolKind.BB84:
-            raise ConfigError("decoy", "decoy states apply to BB84 only")
-
-    @property
-    def verification_bits(self) -> int:
-        return math.ceil(math.log2(1.0 / self.eps_cor))
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,17 +16,11 @@ Position roles per protocol:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 import numpy as np
 
 from .errors import RemoteProtocolError
-
-
-class ProtocolKind(StrEnum):
-    BB84 = "bb84"
-    E91 = "e91"
-
+from .params import ProtocolKind
 
 # E91 setting indices: Alice 0, 1, 2 = 0, pi/8, pi/4; Bob 0, 1, 2 = pi/8, pi/4, 3pi/8.
 E91_KEY_SETTINGS = ((1, 0), (2, 1))

@@ -12,15 +12,16 @@ from typing import Any
 
 import numpy as np
 
+from qlinkmed.qcore.params import DecoySource, DistillConfig, ProtocolKind, SourceKind
+
 from . import theory
 from .auth import AuthKeyStore
 from .backends import get_backend
-from .channel import DecoySource, Eavesdropper, SourceKind, emulate_bb84, emulate_e91
+from .channel import Eavesdropper, emulate_bb84, emulate_e91
 from .errors import AbortReason, ConfigError, LocalProtocolError
 from .finite_key import tomamichel_length
 from .harness import run_pair
-from .session import AliceSession, BobSession, DistillConfig, RoundOutcome
-from .sifting import ProtocolKind
+from .session import AliceSession, BobSession, RoundOutcome
 from .theory import ChannelModel
 
 PRESHARED_KEY_BYTES = 512

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qlinkmed.qcore.params import DistillConfig, ProtocolKind, SourceKind
+
 from . import theory
-from .channel import Eavesdropper, EveKind, SourceKind
+from .channel import Eavesdropper, EveKind
 from .finite_key import tomamichel_length
-from .session import DistillConfig
-from .sifting import ProtocolKind
 from .sim import SimConfig, run_simulation
 from .theory import ChannelModel
 

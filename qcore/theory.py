@@ -2,7 +2,7 @@
 
 Every rate here is *asymptotic* (infinitely long keys). Finite-size bounds live in
 :mod:`qlinkmed.qcore.finite_key`. Functions accept floats or numpy arrays and return a float for
-scalar input, an array otherwise. Sources for each formula are in /work/shared/REFERENCE.md §1-2 and
+scalar input, an array otherwise. Sources for each formula are in docs/references.md §1-2 and
 are cited per function.
 """
 
@@ -14,10 +14,10 @@ from typing import Literal
 
 import numpy as np
 
+from .constants import CHSH_CLASSICAL_BOUND, TSIRELSON_BOUND
 from .errors import ConfigError
 
 __all__ = [
-    "TSIRELSON",
     "BB84Prediction",
     "ChannelModel",
     "DecoyRate",
@@ -42,9 +42,6 @@ __all__ = [
 FloatOrArray = float | np.ndarray
 Source = Literal["single-photon", "wcp"]
 
-TSIRELSON = 2.0 * math.sqrt(2.0)
-"""The largest CHSH value quantum mechanics allows, 2 sqrt(2) (Tsirelson's bound)."""
-
 
 def _out(values: np.ndarray) -> FloatOrArray:
     """Return a Python float for a 0-d result, the array otherwise."""
@@ -55,7 +52,7 @@ def _out(values: np.ndarray) -> FloatOrArray:
 
 
 def binary_entropy(x: FloatOrArray) -> FloatOrArray:
-    """Binary entropy h(x) = -x log2 x - (1-x) log2(1-x) (REFERENCE notation), h(0) = h(1) = 0.
+    """Binary entropy h(x) = -x log2 x - (1-x) log2(1-x) (docs/references.md notation), h(0) = h(1) = 0.
 
     Arguments are clipped to [0, 1] first; NaN stays NaN.
     """
@@ -93,7 +90,7 @@ def seed_paper_rate_upper_bound(p_s: FloatOrArray, e: FloatOrArray) -> FloatOrAr
     This is the error-corrected rate with *no privacy amplification*: it ignores everything Eve may
     know, only reaches zero at e = 50 %, and must be reported beside the secure rates
     (:func:`shor_preskill_rate`, :func:`ec_rate`, :func:`gllp_decoy_rate`), never instead of them
-    (REFERENCE §2). ``p_s`` is the sifted detection probability per pulse.
+    (docs/references.md §2). ``p_s`` is the sifted detection probability per pulse.
     """
     return _out(np.asarray(p_s, dtype=np.float64) * (1.0 - np.asarray(binary_entropy(e))))
 
@@ -103,22 +100,22 @@ seed_paper_rate = seed_paper_rate_upper_bound
 
 
 def chsh_from_qber(q: FloatOrArray) -> FloatOrArray:
-    """CHSH value of a singlet under depolarising noise of QBER Q: S = 2 sqrt(2) (1 - 2Q) (REFERENCE §2)."""
-    return _out(TSIRELSON * (1.0 - 2.0 * np.asarray(q, dtype=np.float64)))
+    """Singlet CHSH value at depolarising QBER Q: S = 2 sqrt(2) (1 - 2Q) (docs/references.md §2)."""
+    return _out(TSIRELSON_BOUND * (1.0 - 2.0 * np.asarray(q, dtype=np.float64)))
 
 
 def di_rate(s: FloatOrArray, q: FloatOrArray) -> FloatOrArray:
     """Device-independent rate, r = 1 - h(Q) - h((1 + sqrt((S/2)^2 - 1)) / 2).
 
     Acin, Brunner, Gisin, Massar, Pironio, Scarani, PRL 98, 230501 (2007): the CHSH bound on Eve's
-    information for collective attacks, as written in REFERENCE §2. S is clipped to [2, 2 sqrt(2)]:
+    information for collective attacks, as written in docs/references.md §2. S is clipped to [2, 2 sqrt(2)]:
     above Tsirelson's bound (a statistical fluctuation) Eve's information is zero; at S = 2 it is one
     bit and the rate is -h(Q) <= 0. Below S = 2 there is no Bell violation and no device-independent
     key at all: the function returns ``-inf`` there, so any "rate > 0" test fails and the value
     cannot be mistaken for a small rate. Zero near Q = 7.1 % for S = 2 sqrt(2)(1 - 2Q).
     """
     s_arr = np.asarray(s, dtype=np.float64)
-    s_clipped = np.clip(s_arr, 2.0, TSIRELSON)
+    s_clipped = np.clip(s_arr, CHSH_CLASSICAL_BOUND, TSIRELSON_BOUND)
     root = np.sqrt(np.maximum((s_clipped / 2.0) ** 2 - 1.0, 0.0))
     eve = np.asarray(binary_entropy((1.0 + root) / 2.0))
     rate = 1.0 - np.asarray(binary_entropy(q)) - eve
@@ -160,7 +157,7 @@ def gllp_decoy_rate(
     R >= q {-Q_mu f h(E_mu) + Q_1 [1 - h(e_1)]}                                 (Ma 2005, Eq. 1)
     Y_1 >= mu/(mu nu - nu^2) [Q_nu e^nu - Q_mu e^mu nu^2/mu^2 - (mu^2 - nu^2)/mu^2 Y_0]  (Eq. 34)
     e_1 <= (E_nu Q_nu e^nu - e_0 Y_0) / (Y_1 nu)                                 (Eq. 37)
-    Q_1 = mu e^-mu Y_1; the bounds as written in REFERENCE §2.
+    Q_1 = mu e^-mu Y_1; the bounds as written in docs/references.md §2.
 
     ``q_mu, e_mu`` are the observed gain and QBER of the signal (mean photon number ``mu``),
     ``q_nu, e_nu`` those of the weak decoy ``nu``, ``y0`` the vacuum yield, ``e0`` its error rate
@@ -194,7 +191,7 @@ def gllp_decoy_rate(
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChannelModel:
-    """Fibre channel and threshold detectors as the emulator simulates them (REFERENCE §1).
+    """Fibre channel and threshold detectors as the emulator simulates them (docs/references.md §1).
 
     Defaults are the standard set of Lim, Curty, Walenta, Xu, Zbinden, PRA 89, 022307 (2014), §IV.
     """
@@ -322,7 +319,7 @@ def predict_bb84(
 ) -> BB84Prediction:
     """Exact gain and QBER (matched basis) of one pulse in the emulator's click model.
 
-    The model (REFERENCE §1, as the emulator simulates it): a single photon reaches Bob's detectors
+    The model (docs/references.md §1, as the emulator simulates it): a single photon reaches Bob's detectors
     with probability eta = ``model.transmittance`` and then goes to the correct detector with
     probability 1 - e_mis, to the wrong one with probability e_mis. A weak coherent pulse of mean
     photon number ``mu`` (``source='wcp'``; ``mu`` is ignored for single photons) splits into two
@@ -395,7 +392,7 @@ def predict_e91(model: ChannelModel, *, arm_flip: float | None = None) -> E91Pre
     independently of the settings and of the other arm. Conditioned on a coincidence, every
     correlator is multiplied by v_A v_B with v = P(keep) - P(flip) = 1 - 2 q_arm, hence
     QBER = (1 - v_A v_B) / 2 at matching settings and S = 2 sqrt(2) v_A v_B
-    (the depolarising relation S = 2 sqrt(2)(1 - 2Q) of REFERENCE §2 holds exactly).
+    (the depolarising relation S = 2 sqrt(2)(1 - 2Q) of docs/references.md §2 holds exactly).
     """
     flip = model.misalignment if arm_flip is None else arm_flip
     if not 0.0 <= flip <= 0.5:
@@ -419,7 +416,7 @@ def predict_e91(model: ChannelModel, *, arm_flip: float | None = None) -> E91Pre
         coincidence_probability=float(detection) ** 2,
         visibility=visibility,
         qber=(1.0 - visibility) / 2.0,
-        chsh=TSIRELSON * visibility,
+        chsh=TSIRELSON_BOUND * visibility,
     )
 
 
@@ -446,7 +443,7 @@ def lim2014_error_model(
     """Lim, Curty, Walenta, Xu, Zbinden, PRA 89, 022307 (2014), §IV (dedicated fibre), literally.
 
     e_k = p_dc + e_mis [1 - exp(-eta_ch k)] + p_ap D_k / 2, D_k = 1 - (1 - 2 p_dc) exp(-eta_sys k),
-    R_k = D_k (1 + p_ap), eta_sys = eta_ch eta_Bob. The paper (and REFERENCE §1) write eta_ch, not
+    R_k = D_k (1 + p_ap), eta_sys = eta_ch eta_Bob. The paper (and docs/references.md §1) write eta_ch, not
     eta_sys, in the misalignment term; with eta_Bob = 10 % that makes the optical errors ten times more
     frequent than the detections they belong to would allow (QBER ~ e_mis / eta_Bob). The default
     reproduces the paper as printed; ``misalignment_transmittance='system'`` uses eta_sys, which is

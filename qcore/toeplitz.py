@@ -9,8 +9,8 @@ so ``seed[n - 1]`` is the main diagonal, ``seed[n - 1 - j]`` is row 0 (read alon
 ``seed[n - 1 + i]`` is column 0 (read down the column). The hash is ``y = T x mod 2``.
 
 Because ``y[i] = sum_j seed[i + n - 1 - j] x[j]``, the output is the slice ``[n - 1, n - 1 + m)`` of the
-linear convolution ``seed * x``, reduced mod 2 (REFERENCE §3: "compute the product with an FFT/NTT
-convolution mod 2"). Two exact methods compute it:
+linear convolution ``seed * x``, reduced mod 2 (docs/references.md §3: the product as an FFT or NTT
+convolution mod 2). Two exact methods compute it:
 
 - FFT: a real float64 FFT convolution. Each convolution value is an integer in ``[0, n]``; the
   float64 result is rounded to the nearest integer before the reduction mod 2. Rounding is exact when

@@ -11,24 +11,25 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from . import pki
-from .audit import AuditLog
-from .config import FacilityConfig
-from .content.validate import warm_up
-from .data_api import ensure_token
-from .dataplane.keys import PoolKeys
-from .dataplane.service import DataPlane
-from .etsi import KmePolicy, make_kme_app
-from .keystore import CHECKPOINT_INTERVAL_S, KeyNotice, KeyStore
-from .kme import StoreKeyManager
-from .link import Role
-from .local_api import make_local_app
-from .main import watchdog
-from .metrics import LinkMetrics
-from .peer_link import PeerLink
-from .runtime import Runtime
-from .sdnotify import Notifier
-from .wire import MAX_FRAME_BYTES
+from qlinkmed.qlinkd.content.validate import warm_up
+from qlinkmed.qlinkd.data_api import ensure_token
+from qlinkmed.qlinkd.dataplane.keys import PoolKeys
+from qlinkmed.qlinkd.dataplane.service import DataPlane
+from qlinkmed.qlinkd.link.machine import Role
+from qlinkmed.qlinkd.link.peer_link import PeerLink
+from qlinkmed.qlinkd.link.wire import MAX_FRAME_BYTES
+from qlinkmed.qlinkd.local_api import make_local_app
+from qlinkmed.qlinkd.ops import pki
+from qlinkmed.qlinkd.ops.audit import AuditLog
+from qlinkmed.qlinkd.ops.config import FacilityConfig
+from qlinkmed.qlinkd.ops.metrics import LinkMetrics
+from qlinkmed.qlinkd.ops.process import watchdog
+from qlinkmed.qlinkd.ops.sdnotify import Notifier
+from qlinkmed.qlinkd.pool.etsi import KmePolicy, make_kme_app
+from qlinkmed.qlinkd.pool.keystore import CHECKPOINT_INTERVAL_S, KeyStore
+from qlinkmed.qlinkd.pool.kme import StoreKeyManager
+from qlinkmed.qlinkd.pool.values import KeyNotice
+from qlinkmed.qlinkd.runtime import Runtime
 
 log = logging.getLogger("qlink.daemon")
 

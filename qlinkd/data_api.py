@@ -23,12 +23,12 @@ from typing import Any
 
 from aiohttp import web
 
-from .content import validate
-from .dataplane.manifest import MAX_MANIFEST_BYTES, FileEntry, Manifest, TransferKind
-from .dataplane.outbox import Upload
-from .dataplane.records import IncomingRecord, OutgoingRecord
-from .dataplane.service import DataPlane
-from .errors import ContentError, IntegrityError, TransferError
+from qlinkmed.qlinkd.content import validate
+from qlinkmed.qlinkd.dataplane.manifest import MAX_MANIFEST_BYTES, FileEntry, Manifest, TransferKind
+from qlinkmed.qlinkd.dataplane.outbox import Upload
+from qlinkmed.qlinkd.dataplane.records import IncomingRecord, OutgoingRecord
+from qlinkmed.qlinkd.dataplane.service import DataPlane
+from qlinkmed.qlinkd.errors import ContentError, IntegrityError, TransferError
 
 log = logging.getLogger("qlink.api")
 

@@ -14,11 +14,11 @@ from typing import Any
 
 from aiohttp import web
 
-from .data_api import add_data_routes
-from .dataplane.service import DataPlane
-from .metrics import CONTENT_TYPE
-from .peer_link import PeerLink
-from .runtime import Runtime
+from qlinkmed.qlinkd.data_api import add_data_routes
+from qlinkmed.qlinkd.dataplane.service import DataPlane
+from qlinkmed.qlinkd.link.peer_link import PeerLink
+from qlinkmed.qlinkd.ops.metrics import CONTENT_TYPE
+from qlinkmed.qlinkd.runtime import Runtime
 
 MAX_EHR_BYTES = 8 << 20
 

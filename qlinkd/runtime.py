@@ -7,11 +7,11 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .audit import AuditLog
-from .config import FacilityConfig
-from .keystore import KeyStore
-from .link import LinkConfig
-from .metrics import LinkMetrics
+from qlinkmed.qlinkd.link.machine import LinkConfig
+from qlinkmed.qlinkd.ops.audit import AuditLog
+from qlinkmed.qlinkd.ops.config import FacilityConfig
+from qlinkmed.qlinkd.ops.metrics import LinkMetrics
+from qlinkmed.qlinkd.pool.keystore import KeyStore
 
 
 @dataclass(slots=True, kw_only=True)

@@ -14,12 +14,12 @@ import numpy as np
 from qlinkmed.qcore.backends import get_backend
 from qlinkmed.qcore.channel import Eavesdropper
 from qlinkmed.qcore.theory import ChannelModel
-from qlinkmed.qlinkd import link as lk
-from qlinkmed.qlinkd.channel_broker import ChannelBroker, Job, LinkKey, run
+from qlinkmed.qlinkd.channel.broker import ChannelBroker, Job, LinkKey, run
 from qlinkmed.qlinkd.errors import FrameError
-from qlinkmed.qlinkd.keystore import KeyStore
-from qlinkmed.qlinkd.persistence import persist
-from qlinkmed.qlinkd.wire import decode_frame, encode_frame
+from qlinkmed.qlinkd.link import machine as lk
+from qlinkmed.qlinkd.link.persistence import persist
+from qlinkmed.qlinkd.link.wire import decode_frame, encode_frame
+from qlinkmed.qlinkd.pool.keystore import KeyStore
 
 PSK = bytes(range(256)) * 16
 PULSES = 700_000

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from qlinkmed.qlinkd import audit as audit_module
-from qlinkmed.qlinkd.audit import GENESIS, AuditHead, AuditLog, verify
 from qlinkmed.qlinkd.errors import AuditError
+from qlinkmed.qlinkd.ops import audit as audit_module
+from qlinkmed.qlinkd.ops.audit import GENESIS, AuditHead, AuditLog, verify
 
 
 def _clock() -> Callable[[], dt.datetime]:

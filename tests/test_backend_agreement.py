@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from qlinkmed.qcore.sifting import ProtocolKind
+from qlinkmed.qcore.params import ProtocolKind
 from qlinkmed.qcore.sim import SimConfig, run_simulation
 from qlinkmed.qcore.theory import ChannelModel
 

@@ -19,9 +19,14 @@ from typing import Any
 import pytest
 
 from qlinkmed.client.cli import main
-from qlinkmed.qlinkd.config import load_facility_config
-from qlinkmed.qlinkd.deployment import Deployment, free_ports, read_deployment, write_loopback_deployment
-from qlinkmed.qlinkd.launcher import ProcessGroup
+from qlinkmed.qlinkd.ops.config import load_facility_config
+from qlinkmed.qlinkd.testbed.deployment import (
+    Deployment,
+    free_ports,
+    read_deployment,
+    write_loopback_deployment,
+)
+from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
 
 QLINK = [sys.executable, "-m", "qlinkmed.client"]
 PULSES = 700_000

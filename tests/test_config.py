@@ -10,17 +10,18 @@ from pathlib import Path
 import pytest
 
 from qlinkmed.qcore.channel import EveKind
-from qlinkmed.qcore.sifting import ProtocolKind
-from qlinkmed.qlinkd.config import (
+from qlinkmed.qcore.params import ProtocolKind
+from qlinkmed.qlinkd.channel.config import load_channel_config
+from qlinkmed.qlinkd.errors import ConfigError, FrameError
+from qlinkmed.qlinkd.link.messages import Hello
+from qlinkmed.qlinkd.ops.config import (
     Address,
     Backend,
     check_config,
-    load_channel_config,
     load_facility_config,
     parse_address,
 )
-from qlinkmed.qlinkd.errors import ConfigError
-from qlinkmed.qlinkd.pki import write_demo_pki
+from qlinkmed.qlinkd.ops.pki import write_demo_pki
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "systemd" / "examples"
 PSK = "psk/hospital-a--hospital-b.key"
@@ -238,5 +239,21 @@ def test_check_config(deployment: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert check_config(bad) == 2
     assert capsys.readouterr().err == "config error: peer[0].qber_tolerance: must be in (0, 0.5)\n"
 
-    assert check_config(deployment / "channel.toml", kind="channel") == 0
+    assert check_config(deployment / "channel.toml", load_channel_config) == 0
     assert capsys.readouterr().err.startswith("config OK: channel service on 127.0.0.1:7100")
+
+
+@pytest.mark.parametrize("bad_id", ["-hospital-b", "Hospital-B", "hospital_b", "h" * 64])
+def test_a_peer_id_the_hello_refuses_is_refused_by_check_config(
+    deployment: Path, capsys: pytest.CaptureFixture[str], bad_id: str
+) -> None:
+    # Regression: the loader accepted "-hospital-b" (its pattern allowed a leading hyphen) while the hello
+    # check refuses it, so such a file passed --check-config and then failed every hello.
+    with pytest.raises(FrameError):
+        Hello(
+            facility="hospital-a", peer=bad_id, protocol="bb84", source="single-photon",
+            pulses_per_round=1_000_000, next_round=1, last_committed=0, pending_round=0, auth_position=0,
+        )
+    bad = _variant(deployment, "hospital-a.toml", 'id = "hospital-b"', f'id = "{bad_id}"')
+    assert check_config(bad) == 2
+    assert capsys.readouterr().err.startswith("config error: peer[0].id: must match ")

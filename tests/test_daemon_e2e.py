@@ -18,11 +18,11 @@ import pytest
 from aiohttp import ClientSession, WSMsgType, web
 
 from qlinkmed.qcore import messages as qm
-from qlinkmed.qlinkd import pki
-from qlinkmed.qlinkd.deployment import Deployment, free_ports, write_loopback_deployment
-from qlinkmed.qlinkd.keystore import KeyStore
-from qlinkmed.qlinkd.launcher import ProcessGroup
-from qlinkmed.qlinkd.wire import MAX_FRAME_BYTES, decode_frame, encode_frame
+from qlinkmed.qlinkd.link.wire import MAX_FRAME_BYTES, decode_frame, encode_frame
+from qlinkmed.qlinkd.ops import pki
+from qlinkmed.qlinkd.pool.keystore import KeyStore
+from qlinkmed.qlinkd.testbed.deployment import Deployment, free_ports, write_loopback_deployment
+from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
 
 A, B = "hospital-a", "hospital-b"
 PULSES = 700_000

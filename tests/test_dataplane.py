@@ -22,8 +22,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from qlinkmed.proto import qlinkmed_wire_pb2 as pb
-from qlinkmed.qlinkd.audit import AuditLog
-from qlinkmed.qlinkd.config import Address
 from qlinkmed.qlinkd.dataplane import messages as dm
 from qlinkmed.qlinkd.dataplane import sender as sender_module
 from qlinkmed.qlinkd.dataplane.ehr_queue import EhrQueue
@@ -45,9 +43,11 @@ from qlinkmed.qlinkd.errors import (
     StoreError,
     TransferError,
 )
-from qlinkmed.qlinkd.keystore import DeliveredKey
-from qlinkmed.qlinkd.metrics import LinkMetrics
-from qlinkmed.qlinkd.pki import client_context, server_context, write_demo_pki
+from qlinkmed.qlinkd.ops.audit import AuditLog
+from qlinkmed.qlinkd.ops.config import Address
+from qlinkmed.qlinkd.ops.metrics import LinkMetrics
+from qlinkmed.qlinkd.ops.pki import client_context, server_context, write_demo_pki
+from qlinkmed.qlinkd.pool.values import DeliveredKey
 from qlinkmed.qlinkd.seal import OpenFailure, aead
 from qlinkmed.qlinkd.seal.constants import OTP_RANGE_VERSION, OTP_VERSION
 from tests.dicom_factory import make_ct_study

@@ -28,8 +28,8 @@ from PIL import Image
 from qlinkmed.client.cli import main
 from qlinkmed.client.commands.demo import _token
 from qlinkmed.client.data_http import DataTarget
-from qlinkmed.qlinkd.deployment import Deployment, write_loopback_deployment
-from qlinkmed.qlinkd.launcher import ProcessGroup
+from qlinkmed.qlinkd.testbed.deployment import Deployment, write_loopback_deployment
+from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
 
 from .dicom_factory import make_ct_study
 

@@ -16,11 +16,11 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from qlinkmed.qlinkd import pki
 from qlinkmed.qlinkd.errors import ConfigError, StoreError
-from qlinkmed.qlinkd.etsi import KmePolicy, make_kme_app
-from qlinkmed.qlinkd.keystore import KeyStore
-from qlinkmed.qlinkd.kme import StoreKeyManager, round_owner
+from qlinkmed.qlinkd.ops import pki
+from qlinkmed.qlinkd.pool.etsi import KmePolicy, make_kme_app
+from qlinkmed.qlinkd.pool.keystore import KeyStore
+from qlinkmed.qlinkd.pool.kme import StoreKeyManager, round_owner
 
 A, B = "hospital-a", "hospital-b"
 SAES = ("sae-a1", "sae-b1", "sae-b2", "intruder")

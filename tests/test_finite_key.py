@@ -100,7 +100,7 @@ def test_finite_length_grows_with_the_block() -> None:
 
 
 def test_few_signals_give_little_or_no_key() -> None:
-    # REFERENCE §2 (Scarani, arXiv:1010.0521): fewer than ~1e5 signals per block give little or no key.
+    # docs/references.md §2 (Scarani, arXiv:1010.0521): under ~1e5 signals per block yield little or no key.
     assert tomamichel_predicted_fraction(1_000, 0.02).fraction == 0.0
     assert tomamichel_predicted_fraction(10_000, 0.02).fraction < 0.5 * float(ec_rate(0.02, 1.16))
 
@@ -389,7 +389,7 @@ def test_e91_length_needs_a_bell_violation() -> None:
     assert e91_length(n, k, 0.45, 2.8, 0.0).length == 0
     lengths = [e91_length(n, k, q, s, 0.0).length for s in (2.3, 2.5, 2.7, 2.8)]
     assert lengths == sorted(lengths)
-    # At the honest S for its QBER the rate vanishes near Q = 7.1 % (REFERENCE §2).
+    # At the honest S for its QBER the rate vanishes near Q = 7.1 % (docs/references.md §2).
     assert e91_length(10**8, 10**7, 0.08, float(chsh_from_qber(0.08)), 0.0).length == 0
     with pytest.raises(ConfigError):
         e91_length(n, k, q, float("nan"), 0.0)

@@ -3,7 +3,7 @@ al. statistics on a smooth 512x512 test image, and the byte form of a cipher ima
 
 The vectors below were recorded from this implementation (float64 numpy, x86-64) and pin it against
 drift; the Lorenz right-hand side is checked independently against a scalar transcription of the
-equations in REFERENCE §8 (Reiterer et al. 1998).
+equations in docs/references.md §8 (Reiterer et al. 1998).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def test_cipher_vectors_8_and_16_bit() -> None:
 
 
 def _reference_rhs(c: list[float], s: float, r: float, a: float) -> list[float]:
-    # REFERENCE §8, transcribed term by term.
+    # docs/references.md §8, transcribed term by term.
     a2 = a * a
     b1, b2 = 4 * (1 + a2) / (1 + 2 * a2), (1 + 2 * a2) / (2 * (1 + a2))
     b3, b4 = 2 * (1 - a2) / (1 + a2), a2 / (1 + a2)

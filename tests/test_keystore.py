@@ -17,15 +17,9 @@ from pathlib import Path
 import pytest
 
 from qlinkmed.qlinkd.errors import InsufficientKey, KeyNotFound, NotAuthorised, QlinkdError, StoreError
-from qlinkmed.qlinkd.keystore import (
-    DeliveredKey,
-    KeyNotice,
-    KeyStore,
-    LinkState,
-    ReconcileResult,
-    Segment,
-)
-from qlinkmed.qlinkd.sqlite import WAL_CHECKPOINT_PAGES, open_private_db
+from qlinkmed.qlinkd.pool.keystore import KeyStore
+from qlinkmed.qlinkd.pool.sqlite import WAL_CHECKPOINT_PAGES, open_private_db
+from qlinkmed.qlinkd.pool.values import DeliveredKey, KeyNotice, LinkState, ReconcileResult, Segment
 
 PEER = "hospital-b"
 ME = "hospital-a"
@@ -513,7 +507,7 @@ def test_consumed_key_is_not_left_in_the_database_files(tmp_path: Path) -> None:
 _CHILD = r"""
 import hashlib, random, sys
 from pathlib import Path
-from qlinkmed.qlinkd.keystore import KeyStore
+from qlinkmed.qlinkd.pool.keystore import KeyStore
 
 PEER = "hospital-b"
 path, seed = Path(sys.argv[1]), int(sys.argv[2])

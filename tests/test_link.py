@@ -12,10 +12,10 @@ import pytest
 from qlinkmed.qcore import messages as qm
 from qlinkmed.qcore.channel import Eavesdropper, EveKind
 from qlinkmed.qcore.errors import AbortReason
-from qlinkmed.qlinkd import link as lk
-from qlinkmed.qlinkd import messages as lm
-from qlinkmed.qlinkd.keystore import KeyStore
-from qlinkmed.qlinkd.wire import encode_frame
+from qlinkmed.qlinkd.link import machine as lk
+from qlinkmed.qlinkd.link import messages as lm
+from qlinkmed.qlinkd.link.wire import encode_frame
+from qlinkmed.qlinkd.pool.keystore import KeyStore
 
 from .link_pair import LinkPair
 

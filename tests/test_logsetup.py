@@ -8,7 +8,7 @@ import sys
 
 from aiohttp.http_exceptions import BadStatusLine
 
-from qlinkmed.qlinkd.logsetup import JsonFormatter, MalformedRequestFilter
+from qlinkmed.qlinkd.ops.logsetup import JsonFormatter, MalformedRequestFilter
 
 
 def _record(exc: BaseException) -> logging.LogRecord:

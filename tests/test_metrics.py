@@ -6,7 +6,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from qlinkmed.qcore.errors import AbortReason
-from qlinkmed.qlinkd.metrics import CONTENT_TYPE, ChannelMetrics, Direction, LinkMetrics
+from qlinkmed.qlinkd.ops.metrics import CONTENT_TYPE, ChannelMetrics, Direction, LinkMetrics
 
 
 def _samples(payload: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

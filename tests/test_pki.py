@@ -13,7 +13,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from qlinkmed.client.commands import ca as ca_command
 from qlinkmed.qlinkd.errors import PkiError
-from qlinkmed.qlinkd.pki import client_context, peer_common_name, server_context, write_demo_pki
+from qlinkmed.qlinkd.ops.pki import client_context, peer_common_name, server_context, write_demo_pki
 
 
 @pytest.fixture(scope="module")

@@ -12,18 +12,18 @@ import numpy as np
 import pytest
 
 from qlinkmed.qcore import messages as m
-from qlinkmed.qcore.channel import Eavesdropper, EveKind, SourceKind
+from qlinkmed.qcore.channel import Eavesdropper, EveKind
 from qlinkmed.qcore.codec import decode
 from qlinkmed.qcore.errors import AbortReason
 from qlinkmed.qcore.finite_key import tomamichel_length
 from qlinkmed.qcore.harness import Direction, run_pair
+from qlinkmed.qcore.params import ProtocolKind, SourceKind
 from qlinkmed.qcore.session import (
     ALICE_TRANSITIONS,
     BOB_TRANSITIONS,
     AliceState,
     BobState,
 )
-from qlinkmed.qcore.sifting import ProtocolKind
 from qlinkmed.qcore.sim import SimConfig, make_sessions, run_simulation
 from qlinkmed.qcore.theory import ChannelModel, gllp_decoy_rate, predict_bb84, predict_e91
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from qlinkmed.qlinkd.sdnotify import Notifier
+from qlinkmed.qlinkd.ops.sdnotify import Notifier
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_without_notify_socket_everything_is_a_no_op() -> None:
 
 def test_send_failure_is_logged_not_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens.sock")})
-    with caplog.at_level(logging.WARNING, logger="qlinkmed.qlinkd.sdnotify"):
+    with caplog.at_level(logging.WARNING, logger="qlinkmed.qlinkd.ops.sdnotify"):
         assert notifier.ready() is False
     assert "sd_notify READY failed" in caplog.text
     notifier.close()

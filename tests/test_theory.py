@@ -1,4 +1,4 @@
-"""Asymptotic rates (REFERENCE §2 values) and the exact channel predictions (REFERENCE §1 click model)."""
+"""Asymptotic rates (docs/references.md §2 values) and exact channel predictions (its §1 click model)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy.optimize import brentq
 
+from qlinkmed.qcore.constants import TSIRELSON_BOUND
 from qlinkmed.qcore.errors import ConfigError
 from qlinkmed.qcore.theory import (
-    TSIRELSON,
     ChannelModel,
     binary_entropy,
     chsh_from_qber,
@@ -27,9 +27,9 @@ from qlinkmed.qcore.theory import (
     shor_preskill_rate,
 )
 
-# ----------------------------------------------------------------------------- REFERENCE §2 values
+# ----------------------------------------------------------------------------- docs/references.md §2 values
 
-# (Q, 1 - 2h(Q), S = 2 sqrt 2 (1 - 2Q), DI rate). REFERENCE prints three decimals, so the tolerance is
+# (Q, 1 - 2h(Q), S = 2 sqrt 2 (1 - 2Q), DI rate). docs/references.md prints three decimals: the tolerance is
 # half a unit of the last digit.
 REFERENCE_VALUES = [
     (0.01, 0.838, 2.772, 0.777),
@@ -89,8 +89,8 @@ def test_seed_paper_rate_is_only_an_upper_bound() -> None:
 def test_di_rate_domain() -> None:
     assert di_rate(1.9, 0.0) == -math.inf
     assert di_rate(2.0, 0.05) == pytest.approx(-binary_entropy(0.05))
-    assert di_rate(3.0, 0.01) == di_rate(TSIRELSON, 0.01)  # fluctuations above Tsirelson are clipped
-    assert di_rate(TSIRELSON, 0.0) == pytest.approx(1.0)
+    assert di_rate(3.0, 0.01) == di_rate(TSIRELSON_BOUND, 0.01)  # fluctuations above Tsirelson are clipped
+    assert di_rate(TSIRELSON_BOUND, 0.0) == pytest.approx(1.0)
     rates = di_rate(np.array([1.5, 2.0, 2.5, 2.8]), 0.01)
     assert rates[0] == -math.inf
     assert np.all(np.diff(rates) > 0)
@@ -126,7 +126,7 @@ def test_channel_model_defaults_and_validation() -> None:
 
 
 def test_photon_survival_sanity_figure() -> None:
-    # REFERENCE §1: a photon survives 50 km of fibre with ~10 % probability and 200 km with ~0.01 %.
+    # docs/references.md §1: a photon survives 50 km of fibre with ~10 % probability and 200 km with ~0.01 %.
     assert ChannelModel(distance_km=50).channel_transmittance == pytest.approx(0.10, rel=1e-12)
     assert ChannelModel(distance_km=200).channel_transmittance == pytest.approx(1e-4, rel=1e-12)
 
@@ -270,7 +270,7 @@ def test_predict_e91_structure() -> None:
     assert pred.visibility == pytest.approx((1 - 2 * half.qber) ** 2)
     assert pred.chsh == pytest.approx(chsh_from_qber(pred.qber))
     noiseless = ChannelModel(distance_km=40.0, dark_count=0.0, afterpulse=0.0, misalignment=0.0)
-    assert predict_e91(noiseless).chsh == pytest.approx(TSIRELSON)
+    assert predict_e91(noiseless).chsh == pytest.approx(TSIRELSON_BOUND)
     flipped = predict_e91(noiseless, arm_flip=0.02)
     assert flipped.qber == pytest.approx(2 * 0.02 * 0.98)
     with pytest.raises(ConfigError):

@@ -17,7 +17,7 @@ from qlinkmed.proto import qlinkmed_wire_pb2 as pb
 from qlinkmed.qcore import messages as m
 from qlinkmed.qcore.codec import Message
 from qlinkmed.qlinkd.errors import FrameError
-from qlinkmed.qlinkd.wire import WIRE_VERSION, decode_frame, encode_frame
+from qlinkmed.qlinkd.link.wire import WIRE_VERSION, decode_frame, encode_frame
 from tests.test_codec import _samples
 
 PROTO_DIR = Path(__file__).resolve().parent.parent / "proto"

@@ -42,7 +42,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run_init(args: argparse.Namespace) -> int:
     from qlinkmed.qlinkd.errors import PkiError
-    from qlinkmed.qlinkd.pki import write_demo_pki
+    from qlinkmed.qlinkd.ops.pki import write_demo_pki
 
     hosts = tuple(args.host) or ("127.0.0.1", "localhost")
     try:

@@ -90,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_in(root: Path, args: argparse.Namespace) -> int:
-    from qlinkmed.qlinkd.deployment import write_loopback_deployment
-    from qlinkmed.qlinkd.launcher import ProcessGroup
+    from qlinkmed.qlinkd.testbed.deployment import write_loopback_deployment
+    from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
 
     _say(args, f"qlink demo: deployment in {root}" + (" (eavesdropper on the fibre)" if args.eve else ""))
     deployment = write_loopback_deployment(

@@ -99,8 +99,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _sim_config(args: argparse.Namespace):
-    from qlinkmed.qcore.channel import DecoySource, Eavesdropper, EveKind, SourceKind
-    from qlinkmed.qcore.sifting import ProtocolKind
+    from qlinkmed.qcore.channel import Eavesdropper, EveKind
+    from qlinkmed.qcore.params import DecoySource, ProtocolKind, SourceKind
     from qlinkmed.qcore.sim import SimConfig
     from qlinkmed.qcore.theory import ChannelModel
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from ..daemon_http import ApiError, call
 
 if TYPE_CHECKING:
-    from qlinkmed.qlinkd.deployment import Deployment
-    from qlinkmed.qlinkd.launcher import ProcessGroup
+    from qlinkmed.qlinkd.testbed.deployment import Deployment
+    from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 STATUS_INTERVAL_S = 1.0
@@ -72,8 +72,8 @@ def run_init(args: argparse.Namespace) -> int:
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         print(f"qlink testbed init: error: {args.dir} exists and is not an empty directory", file=sys.stderr)
         return EXIT_USAGE
-    from qlinkmed.qlinkd.deployment import write_loopback_deployment
     from qlinkmed.qlinkd.errors import PkiError
+    from qlinkmed.qlinkd.testbed.deployment import write_loopback_deployment
 
     try:
         deployment = write_loopback_deployment(root, protocol=args.protocol, pulses_per_round=args.pulses)
@@ -108,9 +108,9 @@ def start_instructions(deployment: Deployment, *, protocol: str, pulses: int) ->
 
 # ---- run -------------------------------------------------------------------------------------------------
 def run_run(args: argparse.Namespace) -> int:
-    from qlinkmed.qlinkd.config import ConfigError
-    from qlinkmed.qlinkd.deployment import read_deployment
-    from qlinkmed.qlinkd.launcher import ProcessGroup
+    from qlinkmed.qlinkd.ops.config import ConfigError
+    from qlinkmed.qlinkd.testbed.deployment import read_deployment
+    from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
 
     try:
         deployment = read_deployment(args.dir.resolve())

@@ -1,7 +1,7 @@
 """Keystream from the 9-D Lorenz system of Reiterer et al. (J. Phys. A 31, 7121, 1998).
 
 The key is the initial conditions, never the control parameters: at sigma = 0.5, a = 0.5 the system is
-chaotic for r near 14.22 and 15.10 but not at r = 13 (REFERENCE §8), so r stays fixed.
+chaotic for r near 14.22 and 15.10 but not at r = 13 (docs/references.md §8), so r stays fixed.
 
 How bytes come out, and why they are bit-identical across runs:
 - HKDF-SHA256 (from `cryptography`) turns (key, nonce, context) into 48-bit integers, six bytes per

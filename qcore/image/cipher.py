@@ -1,4 +1,4 @@
-"""The seed paper's image cipher (paper 000; REFERENCE §8), numpy path.
+"""The seed paper's image cipher (paper 000; docs/references.md §8), numpy path.
 
 Encryption of the zero-padded 2^n x 2^n image P (see `neqr`), every step a permutation of NEQR basis
 states, so `circuit` can build the same thing from gates:
@@ -13,7 +13,7 @@ states, so `circuit` can build the same thing from gates:
 3. Quantum XOR with the chaotic key image K, over the same position qubits (position-controlled X gates).
 4. RGB only: colour-channel mixing, a keyed permutation of the three channels then c1 ^= c0, c2 ^= c1.
 
-Key schedule (pitfalls 1 and 2 of REFERENCE §8): the stream depends on the key, the per-image nonce AND
+Key schedule (docs/references.md §8, pitfalls 1-2): the stream depends on the key, the per-image nonce AND
 the image itself. tag = HMAC-SHA256 under an HKDF(key, nonce) MAC key of the layout header and the pixels;
 the tag travels in the `CipherImage` and is mixed into the HKDF that seeds the chaotic system. So one
 changed pixel gives an unrelated cipher image even under the same key and nonce, two different images

@@ -168,6 +168,6 @@ def plaintext_sensitivity(image: np.ndarray, key: bytes, nonce: bytes, encrypt: 
     """Encrypt the image and a one-pixel change of it under the SAME key and nonce; compare.
 
     Reusing the nonce is the hard case: qlink's cipher still diffuses because the image's tag is mixed into
-    the key derivation (REFERENCE §8 pitfall 1). With a fresh nonce per image it would pass trivially.
+    the key derivation (docs/references.md §8 pitfall 1). With a fresh nonce per image it passes trivially.
     """
     return sensitivity(encrypt(image, key, nonce), encrypt(change_one_pixel(image), key, nonce))

@@ -7,10 +7,16 @@ checks files before uploading). Every refusal is a ``qlinkd.errors.ContentError(
 
 from __future__ import annotations
 
-from .at_rest import FORM_AEAD, FORM_CIPHER_IMAGE, at_rest_form, open_at_rest, seal_at_rest
-from .kinds import UNKNOWN_KIND, ContentInfo, ContentKind, sniff
-from .studies import StudyGroup, collect_paths, group_studies
-from .validate import validate
+from qlinkmed.qlinkd.content.at_rest import (
+    FORM_AEAD,
+    FORM_CIPHER_IMAGE,
+    at_rest_form,
+    open_at_rest,
+    seal_at_rest,
+)
+from qlinkmed.qlinkd.content.kinds import UNKNOWN_KIND, ContentInfo, ContentKind, sniff
+from qlinkmed.qlinkd.content.studies import StudyGroup, collect_paths, group_studies
+from qlinkmed.qlinkd.content.validate import validate
 
 __all__ = [
     "FORM_AEAD",

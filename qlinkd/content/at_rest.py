@@ -48,12 +48,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from ...qcore.errors import QcoreError
-from ...qcore.image import decrypt, encrypt
-from ...qcore.image.container import pack, unpack
-from ..errors import ContentError, IntegrityError, KeyMaterialShort
-from ..seal.header import OpenFailure
-from .kinds import ContentInfo, ContentKind
+from qlinkmed.qcore.errors import QcoreError
+from qlinkmed.qcore.image import decrypt, encrypt
+from qlinkmed.qcore.image.container import pack, unpack
+from qlinkmed.qlinkd.content.kinds import ContentInfo, ContentKind
+from qlinkmed.qlinkd.errors import ContentError, IntegrityError, KeyMaterialShort
+from qlinkmed.qlinkd.seal.header import OpenFailure
 
 MAGIC = b"QLAR"
 VERSION = 1

@@ -26,8 +26,8 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 
-from ..errors import ContentError
-from .kinds import ContentInfo, ContentKind
+from qlinkmed.qlinkd.content.kinds import ContentInfo, ContentKind
+from qlinkmed.qlinkd.errors import ContentError
 
 DEFER_BYTES = 4096
 """Values longer than this are not read by the parser (pixel data above all): no copy is made."""

@@ -24,8 +24,8 @@ import hl7
 from fhir.resources import get_fhir_model_class as r5_model_class
 from fhir.resources.R4B import get_fhir_model_class as r4b_model_class
 
-from ..errors import ContentError
-from .kinds import ContentInfo, ContentKind
+from qlinkmed.qlinkd.content.kinds import ContentInfo, ContentKind
+from qlinkmed.qlinkd.errors import ContentError
 
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{0,63}")
 _SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from ..errors import ContentError
+from qlinkmed.qlinkd.errors import ContentError
 
 UNKNOWN_KIND = "not DICOM, PNG, JPEG, FHIR JSON or HL7 v2"
 

@@ -14,8 +14,8 @@ import struct
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from ..errors import ContentError
-from .kinds import PNG_SIGNATURE, ContentInfo, ContentKind
+from qlinkmed.qlinkd.content.kinds import PNG_SIGNATURE, ContentInfo, ContentKind
+from qlinkmed.qlinkd.errors import ContentError
 
 _CHUNK = struct.Struct(">I4s")
 _FORMATS = {ContentKind.PNG: ("PNG",), ContentKind.JPEG: ("JPEG", "MPO")}

@@ -1,6 +1,6 @@
 """Studies and the files that make them: grouping DICOM instances, and expanding the paths a user names.
 
-A study is every instance sharing a StudyInstanceUID (PS3.3; REFERENCE section 6). A SOPInstanceUID
+A study is every instance sharing a StudyInstanceUID (PS3.3; docs/references.md §6). A SOPInstanceUID
 names one instance in the world, so the same one twice, in one study or across two, means a copy or a
 corrupt file: refused, naming both files. Non-DICOM content (images, FHIR, HL7) belongs to no study and
 is left out of the groups.
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ContentError
-from .kinds import ContentInfo, ContentKind
+from qlinkmed.qlinkd.content.kinds import ContentInfo, ContentKind
+from qlinkmed.qlinkd.errors import ContentError
 
 DICOMDIR = "DICOMDIR"
 """The media directory index of PS3.10: it describes files, it is not an instance, so directory expansion

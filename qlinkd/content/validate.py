@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 
-from .dicom import validate_dicom
-from .ehr import load_common_models, validate_fhir, validate_hl7
-from .kinds import ContentInfo, ContentKind, identify
-from .raster import validate_raster
+from qlinkmed.qlinkd.content.dicom import validate_dicom
+from qlinkmed.qlinkd.content.ehr import load_common_models, validate_fhir, validate_hl7
+from qlinkmed.qlinkd.content.kinds import ContentInfo, ContentKind, identify
+from qlinkmed.qlinkd.content.raster import validate_raster
 
 
 def validate(name: str, data: bytes) -> ContentInfo:

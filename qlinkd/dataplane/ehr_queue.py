@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Container
 
-from .manifest import Manifest, TransferKind
-from .records import TransferRecords
+from qlinkmed.qlinkd.dataplane.manifest import Manifest, TransferKind
+from qlinkmed.qlinkd.dataplane.records import TransferRecords
 
 MEMORY_BUDGET_BYTES = 32 << 20
 """Bodies held in memory at most (an EHR message is up to 8 MiB; most are a few KiB)."""

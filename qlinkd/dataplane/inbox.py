@@ -25,12 +25,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..content import ContentInfo, at_rest, validate
-from ..errors import ContentError, TransferError
-from .manifest import Manifest
-from .outbox import fsync_dir
-from .records import Incoming, IncomingRecord, TransferRecords
-from .spool import Spool
+from qlinkmed.qlinkd.content import ContentInfo, at_rest, validate
+from qlinkmed.qlinkd.dataplane.manifest import Manifest
+from qlinkmed.qlinkd.dataplane.outbox import fsync_dir
+from qlinkmed.qlinkd.dataplane.records import Incoming, IncomingRecord, TransferRecords
+from qlinkmed.qlinkd.dataplane.spool import Spool
+from qlinkmed.qlinkd.errors import ContentError, TransferError
 
 _SPOOL = ".spool"
 _STAGE = ".stage-"

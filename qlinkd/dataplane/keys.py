@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ..keystore import DeliveredKey, KeyStore
-from ..kme import StoreKeyManager
+from qlinkmed.qlinkd.pool.keystore import KeyStore
+from qlinkmed.qlinkd.pool.kme import StoreKeyManager
+from qlinkmed.qlinkd.pool.values import DeliveredKey
 
 SESSION_KEY_BITS = 256
 

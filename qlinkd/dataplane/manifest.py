@@ -15,13 +15,13 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
-from ..errors import TransferError
+from qlinkmed.qcore.constants import is_facility_id
+from qlinkmed.qlinkd.errors import TransferError
 
 MAX_FILES = 100_000
 MAX_FILE_BYTES = 1 << 40
 MAX_MANIFEST_BYTES = 16 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_FACILITY = re.compile(r"[a-z0-9-]{1,63}")
 # Printable names without separators; the daemon never uses them as paths, but listings and fetches do.
 _NAME = re.compile(r"[^/\\\x00-\x1f]{1,255}")
 
@@ -59,8 +59,8 @@ class Manifest:
 
     def __post_init__(self) -> None:
         _require(_is_uuid(self.transfer_id), "transfer_id is not a UUID")
-        _require(bool(_FACILITY.fullmatch(self.sender)), "sender is not a facility id")
-        _require(bool(_FACILITY.fullmatch(self.recipient)), "recipient is not a facility id")
+        _require(is_facility_id(self.sender), "sender is not a facility id")
+        _require(is_facility_id(self.recipient), "recipient is not a facility id")
         _require(0 < len(self.files) <= MAX_FILES, f"a transfer holds 1..{MAX_FILES} files")
         names = set()
         for i, f in enumerate(self.files):

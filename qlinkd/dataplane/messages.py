@@ -8,8 +8,7 @@ import uuid
 from google.protobuf.message import DecodeError
 
 from qlinkmed.proto import qlinkmed_wire_pb2 as pb
-
-from ..errors import FrameError
+from qlinkmed.qlinkd.errors import FrameError
 
 DATA_VERSION = 1
 MAX_KEY_IDS = 16

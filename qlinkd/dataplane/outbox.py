@@ -13,8 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
-from ..errors import TransferError
-from .manifest import Manifest
+from qlinkmed.qlinkd.dataplane.manifest import Manifest
+from qlinkmed.qlinkd.errors import TransferError
 
 _NEW = ".new-"
 

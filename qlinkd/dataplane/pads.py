@@ -18,9 +18,9 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import IntegrityError
-from ..keystore import DeliveredKey
-from ..seal import OpenFailure
+from qlinkmed.qlinkd.errors import IntegrityError
+from qlinkmed.qlinkd.pool.values import DeliveredKey
+from qlinkmed.qlinkd.seal import OpenFailure
 
 PAD_KEY_BYTES = 16 * 1024
 """One pad key: about ten FHIR bundles of a few KiB; also the most key one session can leave unused."""

@@ -17,19 +17,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from qlinkmed.proto import qlinkmed_wire_pb2 as pb
-
-from ..errors import FrameError, IntegrityError, KeyNotFound, TransferError
-from ..framing import read_frame
-from ..keystore import DeliveredKey
-from ..seal import Direction, Opener, Sealer, SendState, derive_traffic_key
-from ..seal.constants import AEAD_VERSION, OTP_RANGE_VERSION, OTP_VERSION, REJECT_AFTER_MESSAGES
-from ..seal.otp import open_otp, open_otp_range, peek_otp_key_ids, peek_otp_range
-from . import messages as dm
-from .inbox import Inbox, SyncPoint, TransferRefused, at_rest_key
-from .keys import KeySource
-from .manifest import Manifest, TransferKind
-from .pads import ReceiverPads
-from .records import Incoming
+from qlinkmed.qlinkd.dataplane import messages as dm
+from qlinkmed.qlinkd.dataplane.inbox import Inbox, SyncPoint, TransferRefused, at_rest_key
+from qlinkmed.qlinkd.dataplane.keys import KeySource
+from qlinkmed.qlinkd.dataplane.manifest import Manifest, TransferKind
+from qlinkmed.qlinkd.dataplane.pads import ReceiverPads
+from qlinkmed.qlinkd.dataplane.records import Incoming
+from qlinkmed.qlinkd.errors import FrameError, IntegrityError, KeyNotFound, TransferError
+from qlinkmed.qlinkd.link.framing import read_frame
+from qlinkmed.qlinkd.pool.values import DeliveredKey
+from qlinkmed.qlinkd.seal import Direction, Opener, Sealer, SendState, derive_traffic_key
+from qlinkmed.qlinkd.seal.constants import AEAD_VERSION, OTP_RANGE_VERSION, OTP_VERSION, REJECT_AFTER_MESSAGES
+from qlinkmed.qlinkd.seal.otp import open_otp, open_otp_range, peek_otp_key_ids, peek_otp_range
 
 log = logging.getLogger("qlink.data")
 

@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import StoreError
-from ..sqlite import open_private_db
-from .manifest import Manifest
+from qlinkmed.qlinkd.dataplane.manifest import Manifest
+from qlinkmed.qlinkd.errors import StoreError
+from qlinkmed.qlinkd.pool.sqlite import open_private_db
 
 
 @functools.lru_cache(maxsize=256)

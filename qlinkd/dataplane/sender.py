@@ -14,21 +14,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from qlinkmed.proto import qlinkmed_wire_pb2 as pb
-
-from ..errors import FrameError, InsufficientKey, TransferError
-from ..framing import read_frame
-from ..keystore import DeliveredKey
-from ..seal import Direction, KeyStatus, Opener, Sealer, SendState, derive_traffic_key
-from ..seal.constants import MAX_OTP_PLAINTEXT_BYTES, REJECT_AFTER_MESSAGES
-from ..seal.otp import otp_key_bytes, seal_otp, seal_otp_range
-from . import messages as dm
-from .ehr_queue import EhrQueue
-from .inbox import advance_past_complete
-from .keys import SESSION_KEY_BITS, KeySource
-from .manifest import Manifest, TransferKind
-from .outbox import Outbox
-from .pads import PAD_KEY_BYTES, PAD_REFILL_BELOW, SenderPads
-from .records import Outgoing, TransferRecords
+from qlinkmed.qlinkd.dataplane import messages as dm
+from qlinkmed.qlinkd.dataplane.ehr_queue import EhrQueue
+from qlinkmed.qlinkd.dataplane.inbox import advance_past_complete
+from qlinkmed.qlinkd.dataplane.keys import SESSION_KEY_BITS, KeySource
+from qlinkmed.qlinkd.dataplane.manifest import Manifest, TransferKind
+from qlinkmed.qlinkd.dataplane.outbox import Outbox
+from qlinkmed.qlinkd.dataplane.pads import PAD_KEY_BYTES, PAD_REFILL_BELOW, SenderPads
+from qlinkmed.qlinkd.dataplane.records import Outgoing, TransferRecords
+from qlinkmed.qlinkd.errors import FrameError, InsufficientKey, TransferError
+from qlinkmed.qlinkd.link.framing import read_frame
+from qlinkmed.qlinkd.pool.values import DeliveredKey
+from qlinkmed.qlinkd.seal import Direction, KeyStatus, Opener, Sealer, SendState, derive_traffic_key
+from qlinkmed.qlinkd.seal.constants import MAX_OTP_PLAINTEXT_BYTES, REJECT_AFTER_MESSAGES
+from qlinkmed.qlinkd.seal.otp import otp_key_bytes, seal_otp, seal_otp_range
 
 log = logging.getLogger("qlink.data")
 

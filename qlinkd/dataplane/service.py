@@ -17,18 +17,19 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from .. import pki
-from ..audit import AuditLog, rfc3339
-from ..config import Address
-from ..errors import FrameError, QlinkdError, TransferError
-from ..metrics import LinkMetrics
-from .inbox import Inbox
-from .keys import KeySource
-from .manifest import FileEntry, Manifest, TransferKind
-from .outbox import Outbox, Upload
-from .receiver import ReceiverContext, ReceiverSession, Rejected
-from .records import Outgoing, TransferRecords
-from .sender import SenderContext, SenderSession, SessionClosed
+from qlinkmed.qlinkd.dataplane.inbox import Inbox
+from qlinkmed.qlinkd.dataplane.keys import KeySource
+from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
+from qlinkmed.qlinkd.dataplane.outbox import Outbox, Upload
+from qlinkmed.qlinkd.dataplane.receiver import ReceiverContext, ReceiverSession, Rejected
+from qlinkmed.qlinkd.dataplane.records import Outgoing, TransferRecords
+from qlinkmed.qlinkd.dataplane.sender import SenderContext, SenderSession, SessionClosed
+from qlinkmed.qlinkd.errors import FrameError, QlinkdError, TransferError
+from qlinkmed.qlinkd.ops import pki
+from qlinkmed.qlinkd.ops.audit import AuditLog, rfc3339
+from qlinkmed.qlinkd.ops.backoff import Backoff
+from qlinkmed.qlinkd.ops.config import Address
+from qlinkmed.qlinkd.ops.metrics import LinkMetrics
 
 log = logging.getLogger("qlink.data")
 
@@ -112,7 +113,7 @@ class DataPlane:
 
     async def _sender_loop(self, peer: str, address: Address) -> None:
         ctx = self._senders[peer]
-        delay = RECONNECT_S[0]
+        backoff = Backoff(first_s=RECONNECT_S[0], longest_s=RECONNECT_S[1])
         standby = False
         while True:
             if not standby and not self.records.queued(peer):
@@ -129,21 +130,19 @@ class DataPlane:
                 )
             except (OSError, ssl.SSLError) as exc:
                 ctx.state = f"cannot reach {address}: {exc}"
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_S[1])
+                await asyncio.sleep(backoff.delay())
                 continue
             writer.transport.set_write_buffer_limits(high=8 << 20)
             try:
                 await SenderSession(ctx, reader, writer).run()
-                delay = RECONNECT_S[0]
+                backoff.reset()
                 # The session ended idle, its key due for replacement. Open the next one now, so the next
                 # message does not wait for a handshake and a session key: 256 bits of key every
                 # REKEY_AFTER_SECONDS while idle. If the peer cannot be reached, wait for work instead.
                 standby = True
             except (SessionClosed, QlinkdError, OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
                 log.warning("data session to %s ended: %s", peer, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_S[1])
+                await asyncio.sleep(backoff.delay())
             finally:
                 writer.close()
                 with contextlib.suppress(Exception):

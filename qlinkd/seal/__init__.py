@@ -9,7 +9,7 @@ Every failure to open a frame raises ``qlinkd.errors.IntegrityError``.
 
 from __future__ import annotations
 
-from .aead import (
+from qlinkmed.qlinkd.seal.aead import (
     Direction,
     KeyStatus,
     Opener,
@@ -19,7 +19,7 @@ from .aead import (
     derive_traffic_key,
     peek_key_ids,
 )
-from .header import OpenFailure
+from qlinkmed.qlinkd.seal.header import OpenFailure
 
 __all__ = [
     "Direction",

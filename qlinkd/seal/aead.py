@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..errors import IntegrityError, NoncesExhausted, RekeyRequired
-from .constants import (
+from qlinkmed.qlinkd.errors import IntegrityError, NoncesExhausted, RekeyRequired
+from qlinkmed.qlinkd.seal.constants import (
     AEAD_KEY_BYTES,
     AEAD_VERSION,
     COUNTER_BYTES,
@@ -44,8 +44,14 @@ from .constants import (
     SUITE,
     TAG_BYTES,
 )
-from .header import KeyIdLike, OpenFailure, canonical_key_ids, encode_key_ids, parse_key_ids
-from .replay import ReplayWindow
+from qlinkmed.qlinkd.seal.header import (
+    KeyIdLike,
+    OpenFailure,
+    canonical_key_ids,
+    encode_key_ids,
+    parse_key_ids,
+)
+from qlinkmed.qlinkd.seal.replay import ReplayWindow
 
 _COUNTER = struct.Struct(">Q")
 

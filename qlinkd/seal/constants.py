@@ -1,7 +1,7 @@
 """Every policy constant of the sealing layer, in one place (wireguard-go ``device/constants.go``).
 
 One suite, no negotiation: a later suite gets a new version byte, never an option.
-Sources: /work/shared/REFERENCE.md section 5 (WireGuard, TLS 1.3 RFC 8446 s5.5, NIST SP 800-38D).
+Sources: docs/references.md §5 (WireGuard, TLS 1.3 RFC 8446 s5.5, NIST SP 800-38D).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ MAX_PLAINTEXT_BYTES = 1 << 20
 to bound a receiver's buffer)."""
 
 MAX_OTP_PLAINTEXT_BYTES = 1 << 20
-"""Largest one-time-pad message: OTP suits EHR messages, not studies (REFERENCE s5)."""
+"""Largest one-time-pad message: OTP suits EHR messages, not studies (docs/references.md §5)."""
 
 # Rekey limits. WireGuard rekeys after 120 s and refuses after 180 s. TLS 1.3 allows 2^24.5 full-size
 # (2^14-byte) records per AES-GCM key, i.e. 2^38.5 bytes; our frames may be larger than TLS records, so

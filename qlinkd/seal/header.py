@@ -11,8 +11,8 @@ import enum
 import uuid
 from collections.abc import Iterable
 
-from ..errors import IntegrityError
-from .constants import KEY_ID_BYTES, MAX_KEY_IDS
+from qlinkmed.qlinkd.errors import IntegrityError
+from qlinkmed.qlinkd.seal.constants import KEY_ID_BYTES, MAX_KEY_IDS
 
 KeyIdLike = str | uuid.UUID
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 from cryptography.exceptions import UnsupportedAlgorithm
 
-from ..errors import HybridUnavailable
-from .aead import Direction, TrafficKey, derive_traffic_key
-from .header import KeyIdLike
+from qlinkmed.qlinkd.errors import HybridUnavailable
+from qlinkmed.qlinkd.seal.aead import Direction, TrafficKey, derive_traffic_key
+from qlinkmed.qlinkd.seal.header import KeyIdLike
 
 try:
     from cryptography.hazmat.primitives.asymmetric import mlkem as _mlkem

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
-from ..errors import IntegrityError, KeyMaterialShort
-from .constants import (
+from qlinkmed.qlinkd.errors import IntegrityError, KeyMaterialShort
+from qlinkmed.qlinkd.seal.constants import (
     KEY_ID_BYTES,
     MAX_OTP_PLAINTEXT_BYTES,
     OTP_OFFSET_BYTES,
@@ -34,7 +34,13 @@ from .constants import (
     OTP_VERSION,
     TAG_BYTES,
 )
-from .header import KeyIdLike, OpenFailure, canonical_key_ids, encode_key_ids, parse_key_ids
+from qlinkmed.qlinkd.seal.header import (
+    KeyIdLike,
+    OpenFailure,
+    canonical_key_ids,
+    encode_key_ids,
+    parse_key_ids,
+)
 
 
 def otp_key_bytes(message_len: int) -> int:

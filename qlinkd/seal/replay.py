@@ -4,7 +4,7 @@ frame must never move the window."""
 
 from __future__ import annotations
 
-from .constants import REPLAY_WINDOW
+from qlinkmed.qlinkd.seal.constants import REPLAY_WINDOW
 
 _BLOCK_BITS_LOG = 6
 _BLOCK_BITS = 1 << _BLOCK_BITS_LOG

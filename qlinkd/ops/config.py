@@ -1,4 +1,5 @@
-"""TOML configuration of a facility daemon (`qlinkd`) and of the quantum channel service (`qlink-channel`).
+"""TOML configuration of a facility daemon (`qlinkd`), and the strict TOML reader the channel service's
+configuration (`channel/config.py`) shares.
 
 Loading is strict: a missing field, a wrong type, an unknown key (a typo must not silently fall back to a
 default), an out-of-range value or an unreadable referenced file raises `ConfigError` naming the dotted
@@ -17,18 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from ..qcore.channel import Eavesdropper, EveKind
-from ..qcore.errors import ConfigError as QcoreConfigError
-from ..qcore.session import DistillConfig
-from ..qcore.sifting import ProtocolKind
-from ..qcore.theory import ChannelModel
-from .errors import ConfigError, PkiError
+from qlinkmed.qcore.constants import FACILITY_ID_PATTERN, QBER_TOLERANCE, is_facility_id
+from qlinkmed.qcore.errors import ConfigError as QcoreConfigError
+from qlinkmed.qcore.params import DistillConfig, ProtocolKind
+from qlinkmed.qlinkd.errors import ConfigError, PkiError
 
 EXIT_OK, EXIT_USAGE = 0, 2
 MIN_PRESHARED_BYTES = 512
-_ID = re.compile(r"[a-z0-9-]{1,63}")
 # SAE IDs are certificate common names and file names of `qlink ca init`.
 _SAE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -91,7 +89,7 @@ def _valid_host(host: str) -> bool:
     return True
 
 
-def _check(ok: bool, field: str, message: str) -> None:
+def check(ok: bool, field: str, message: str) -> None:
     if not ok:
         raise ConfigError(field, message)
 
@@ -132,7 +130,7 @@ class ListenConfig:
     """Data plane: studies and EHR messages from peers (mutual TLS). None: this facility receives none."""
 
     def __post_init__(self) -> None:
-        _check(self.local.is_loopback, "local", "plain HTTP must bind a loopback address")
+        check(self.local.is_loopback, "local", "plain HTTP must bind a loopback address")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -151,14 +149,14 @@ class KmeConfig:
     def __post_init__(self) -> None:
         for name in ("key_size", "min_key_size", "max_key_size"):
             value = getattr(self, name)
-            _check(8 <= value <= 1 << 20 and value % 8 == 0, name, "must be a multiple of 8 in 8..1048576")
-        _check(self.min_key_size <= self.max_key_size, "min_key_size", "must be <= max_key_size")
-        _check(
+            check(8 <= value <= 1 << 20 and value % 8 == 0, name, "must be a multiple of 8 in 8..1048576")
+        check(self.min_key_size <= self.max_key_size, "min_key_size", "must be <= max_key_size")
+        check(
             self.min_key_size <= self.key_size <= self.max_key_size,
             "key_size",
             "must be within [min_key_size, max_key_size]",
         )
-        _check(1 <= self.max_key_per_request <= 10_000, "max_key_per_request", "must be in 1..10000")
+        check(1 <= self.max_key_per_request <= 10_000, "max_key_per_request", "must be in 1..10000")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -187,32 +185,32 @@ class PeerConfig:
     """Pause rounds when the key pool holds at least this many bits (> low_watermark_bits)."""
     round_timeout_s: float = 10.0
     """Abort a round that has not finished after this many seconds."""
-    qber_tolerance: float = 0.11
+    qber_tolerance: float = QBER_TOLERANCE
     """Abort a round whose QBER upper bound exceeds this, in (0, 0.5)."""
     sample_fraction: float = 0.3
     """Share of key candidates disclosed to estimate the QBER, in (0, 1)."""
 
     def __post_init__(self) -> None:
-        _check(bool(_ID.fullmatch(self.id)), "id", "must match [a-z0-9-]{1,63}")
-        _check(
+        check(is_facility_id(self.id), "id", f"must match {FACILITY_ID_PATTERN.pattern}")
+        check(
             len(self.preshared) >= MIN_PRESHARED_BYTES,
             "preshared_key",
             f"must hold at least {MIN_PRESHARED_BYTES} bytes, the file has {len(self.preshared)}",
         )
-        _check(10_000 <= self.pulses_per_round <= 200_000_000, "pulses_per_round", "must be in 1e4..2e8")
-        _check(self.low_watermark_bits >= 0, "low_watermark_bits", "must be >= 0")
-        _check(
+        check(10_000 <= self.pulses_per_round <= 200_000_000, "pulses_per_round", "must be in 1e4..2e8")
+        check(self.low_watermark_bits >= 0, "low_watermark_bits", "must be >= 0")
+        check(
             self.high_watermark_bits > self.low_watermark_bits,
             "high_watermark_bits",
             "must be greater than low_watermark_bits",
         )
-        _check(
+        check(
             math.isfinite(self.round_timeout_s) and 0.0 < self.round_timeout_s <= 3600.0,
             "round_timeout_s",
             "must be in (0, 3600]",
         )
-        _check(0.0 < self.qber_tolerance < 0.5, "qber_tolerance", "must be in (0, 0.5)")
-        _check(0.0 < self.sample_fraction < 1.0, "sample_fraction", "must be in (0, 1)")
+        check(0.0 < self.qber_tolerance < 0.5, "qber_tolerance", "must be in (0, 0.5)")
+        check(0.0 < self.sample_fraction < 1.0, "sample_fraction", "must be in (0, 1)")
 
     def distill_config(self) -> DistillConfig:
         """The qcore round policy for this link."""
@@ -228,7 +226,7 @@ class FacilityConfig:
     source: Path
     """The configuration file this was loaded from."""
     id: str
-    """Facility id, [a-z0-9-]{1,63}; its certificate CN must equal it."""
+    """Facility id (``qcore.constants.FACILITY_ID_PATTERN``); its certificate CN must equal it."""
     state_dir: Path
     """Directory for the key pool database and the audit log (created by the daemon if missing)."""
     saes: tuple[str, ...]
@@ -259,42 +257,10 @@ class FacilityConfig:
         )
 
 
-# --------------------------------------------------------------------------- channel service configuration
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ChannelServiceConfig:
-    """The quantum channel service (`qlink-channel --config FILE`)."""
-
-    source: Path
-    """The configuration file this was loaded from."""
-    listen: Address
-    """Where facilities connect (mutual TLS)."""
-    admin: Address
-    """Plain-HTTP eavesdropper admin API; must be a loopback address."""
-    backend: Backend
-    """Measurement backend: numpy or qiskit."""
-    tls: TlsConfig
-    """Mutual-TLS files."""
-    fiber: ChannelModel
-    """Fibre and detector model."""
-    eve: Eavesdropper
-    """Eavesdropper attached at start-up (kind none: no eavesdropper)."""
-
-    def __post_init__(self) -> None:
-        _check(self.admin.is_loopback, "channel.admin", "plain HTTP must bind a loopback address")
-
-    def summary(self) -> str:
-        return (
-            f"channel service on {self.listen}, admin {self.admin}, backend {self.backend}, "
-            f"{self.fiber.distance_km:g} km, eve {self.eve.kind}"
-        )
-
-
 # --------------------------------------------------------------------------- reading TOML
 
 
-class _Table:
+class Table:
     """A TOML table being consumed; every read names its dotted path, leftovers are unknown keys."""
 
     def __init__(self, data: dict[str, Any], path: str, base: Path) -> None:
@@ -320,27 +286,27 @@ class _Table:
 
     def text(self, key: str, default: Any = _MISSING) -> str:
         value = self._raw(key, default)
-        _check(isinstance(value, str), self.name(key), f"must be a string, got {_kind(value)}")
+        check(isinstance(value, str), self.name(key), f"must be a string, got {_kind(value)}")
         return value
 
     def integer(self, key: str, default: Any = _MISSING) -> int:
         value = self._raw(key, default)
         ok = isinstance(value, int) and not isinstance(value, bool)
-        _check(ok, self.name(key), f"must be an integer, got {_kind(value)}")
+        check(ok, self.name(key), f"must be an integer, got {_kind(value)}")
         return value
 
     def number(self, key: str, default: Any = _MISSING) -> float:
         value = self._raw(key, default)
         ok = isinstance(value, int | float) and not isinstance(value, bool)
-        _check(ok, self.name(key), f"must be a number, got {_kind(value)}")
-        _check(math.isfinite(value), self.name(key), "must be finite")
+        check(ok, self.name(key), f"must be a number, got {_kind(value)}")
+        check(math.isfinite(value), self.name(key), "must be finite")
         return float(value)
 
     def str_list(self, key: str, default: Any = _MISSING) -> tuple[str, ...]:
         value = self._raw(key, default)
-        _check(isinstance(value, list), self.name(key), f"must be an array of strings, got {_kind(value)}")
+        check(isinstance(value, list), self.name(key), f"must be an array of strings, got {_kind(value)}")
         for i, item in enumerate(value):
-            _check(isinstance(item, str), f"{self.name(key)}[{i}]", f"must be a string, got {_kind(item)}")
+            check(isinstance(item, str), f"{self.name(key)}[{i}]", f"must be a string, got {_kind(item)}")
         return tuple(value)
 
     def address(self, key: str) -> Address:
@@ -352,12 +318,12 @@ class _Table:
 
     def choice(self, key: str, enum: Callable[[str], T], choices: tuple[str, ...], default: Any) -> T:
         value = self.text(key, default)
-        _check(value in choices, self.name(key), f"must be one of {' | '.join(choices)}, got {value!r}")
+        check(value in choices, self.name(key), f"must be one of {' | '.join(choices)}, got {value!r}")
         return enum(value)
 
     def path(self, key: str) -> Path:
         text = self.text(key)
-        _check(bool(text), self.name(key), "must not be empty")
+        check(bool(text), self.name(key), "must not be empty")
         return (self.base / Path(text).expanduser()).resolve()
 
     def file(self, key: str) -> Path:
@@ -369,16 +335,16 @@ class _Table:
             raise ConfigError(self.name(key), f"cannot read {path}: {exc.strerror or exc}") from None
         return path
 
-    def table(self, key: str, *, optional: bool = False) -> _Table:
+    def table(self, key: str, *, optional: bool = False) -> Table:
         value = self._raw(key, {} if optional else _MISSING)
-        _check(isinstance(value, dict), self.name(key), f"must be a table, got {_kind(value)}")
-        return _Table(value, self.name(key), self.base)
+        check(isinstance(value, dict), self.name(key), f"must be a table, got {_kind(value)}")
+        return Table(value, self.name(key), self.base)
 
-    def tables(self, key: str) -> list[_Table]:
+    def tables(self, key: str) -> list[Table]:
         value = self._raw(key, [])
         ok = isinstance(value, list) and all(isinstance(v, dict) for v in value)
-        _check(ok, self.name(key), f"must be an array of tables ([[{key}]]), got {_kind(value)}")
-        return [_Table(v, f"{self.name(key)}[{i}]", self.base) for i, v in enumerate(value)]
+        check(ok, self.name(key), f"must be an array of tables ([[{key}]]), got {_kind(value)}")
+        return [Table(v, f"{self.name(key)}[{i}]", self.base) for i, v in enumerate(value)]
 
     def finish(self) -> None:
         unknown = [key for key in self._data if key not in self._used]
@@ -392,7 +358,7 @@ def _kind(value: Any) -> str:
     )
 
 
-def _build(prefix: str, factory: Callable[..., T], **kwargs: Any) -> T:
+def build(prefix: str, factory: Callable[..., T], **kwargs: Any) -> T:
     """Construct a validated dataclass, prefixing its field name with the section path on error."""
     try:
         return factory(**kwargs)
@@ -400,7 +366,7 @@ def _build(prefix: str, factory: Callable[..., T], **kwargs: Any) -> T:
         raise ConfigError(f"{prefix}.{exc.field}" if prefix else exc.field, exc.message) from None
 
 
-def _read_toml(path: Path) -> _Table:
+def read_toml(path: Path) -> Table:
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8")
@@ -413,15 +379,15 @@ def _read_toml(path: Path) -> _Table:
     except tomllib.TOMLDecodeError as exc:
         # The message names the line and column: "... (at line 3, column 9)".
         raise ConfigError(str(path), f"invalid TOML: {exc}") from None
-    return _Table(data, "", path.resolve().parent)
+    return Table(data, "", path.resolve().parent)
 
 
-def _tls(root: _Table) -> TlsConfig:
+def tls_section(root: Table) -> TlsConfig:
     section = root.table("tls")
     tls = TlsConfig(ca=section.file("ca"), cert=section.file("cert"), key=section.file("key"))
     section.finish()
     # Load them as the daemon will, so a corrupt or mismatched certificate and key fail the check.
-    from .pki import server_context
+    from qlinkmed.qlinkd.ops.pki import server_context
 
     try:
         server_context(tls.ca, tls.cert, tls.key)
@@ -440,8 +406,8 @@ def _common_name(cert_path: Path) -> str | None:
     return str(names[0].value) if names else None
 
 
-def _peer(section: _Table) -> PeerConfig:
-    peer = _build(
+def _peer(section: Table) -> PeerConfig:
+    peer = build(
         section.where,
         PeerConfig,
         id=section.text("id"),
@@ -455,7 +421,7 @@ def _peer(section: _Table) -> PeerConfig:
         low_watermark_bits=section.integer("low_watermark_bits", 2_000_000),
         high_watermark_bits=section.integer("high_watermark_bits", 8_000_000),
         round_timeout_s=section.number("round_timeout_s", 10.0),
-        qber_tolerance=section.number("qber_tolerance", 0.11),
+        qber_tolerance=section.number("qber_tolerance", QBER_TOLERANCE),
         sample_fraction=section.number("sample_fraction", 0.3),
     )
     section.finish()
@@ -464,32 +430,32 @@ def _peer(section: _Table) -> PeerConfig:
 
 def _check_sae_ids(ids: tuple[str, ...], field: str, seen: set[str]) -> None:
     for i, sae in enumerate(ids):
-        _check(bool(_SAE_ID.fullmatch(sae)), f"{field}[{i}]", "must match [A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-        _check(sae not in seen, f"{field}[{i}]", f"SAE {sae!r} is listed twice")
+        check(bool(_SAE_ID.fullmatch(sae)), f"{field}[{i}]", "must match [A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+        check(sae not in seen, f"{field}[{i}]", f"SAE {sae!r} is listed twice")
         seen.add(sae)
 
 
 def load_facility_config(path: Path) -> FacilityConfig:
     """Read and validate a facility configuration file."""
-    root = _read_toml(path)
+    root = read_toml(path)
     facility = root.table("facility")
     facility_id = facility.text("id")
-    _check(bool(_ID.fullmatch(facility_id)), facility.name("id"), "must match [a-z0-9-]{1,63}")
+    check(is_facility_id(facility_id), facility.name("id"), f"must match {FACILITY_ID_PATTERN.pattern}")
     state_dir = facility.path("state_dir")
     saes = facility.str_list("saes")
     facility.finish()
     seen_saes: set[str] = set()
     _check_sae_ids(saes, facility.name("saes"), seen_saes)
 
-    tls = _tls(root)
+    tls = tls_section(root)
     cert_cn = _common_name(tls.cert)
-    _check(
+    check(
         cert_cn == facility_id,
         "tls.cert",
         f"certificate CN {cert_cn!r} differs from facility.id {facility_id!r}; peers would not recognise us",
     )
     listen_section = root.table("listen")
-    listen = _build(
+    listen = build(
         "listen",
         ListenConfig,
         classical=listen_section.address("classical"),
@@ -502,7 +468,7 @@ def load_facility_config(path: Path) -> FacilityConfig:
     channel = channel_section.address("address")
     channel_section.finish()
     kme_section = root.table("kme", optional=True)
-    kme = _build(
+    kme = build(
         "kme",
         KmeConfig,
         key_size=kme_section.integer("key_size", 256),
@@ -515,8 +481,8 @@ def load_facility_config(path: Path) -> FacilityConfig:
     peers: list[PeerConfig] = []
     for section in root.tables("peer"):
         peer = _peer(section)
-        _check(peer.id != facility_id, section.name("id"), "a peer cannot have the facility's own id")
-        _check(all(p.id != peer.id for p in peers), section.name("id"), f"peer {peer.id!r} is listed twice")
+        check(peer.id != facility_id, section.name("id"), "a peer cannot have the facility's own id")
+        check(all(p.id != peer.id for p in peers), section.name("id"), f"peer {peer.id!r} is listed twice")
         _check_sae_ids(peer.saes, section.name("saes"), seen_saes)
         peers.append(peer)
     root.finish()
@@ -533,60 +499,15 @@ def load_facility_config(path: Path) -> FacilityConfig:
     )
 
 
-def load_channel_config(path: Path) -> ChannelServiceConfig:
-    """Read and validate a channel service configuration file."""
-    root = _read_toml(path)
-    channel = root.table("channel")
-    listen = channel.address("listen")
-    admin = channel.address("admin")
-    backend = channel.choice("backend", Backend, tuple(Backend), "numpy")
-    channel.finish()
-    tls = _tls(root)
+class Summarised(Protocol):
+    def summary(self) -> str: ...
 
-    fiber_section = root.table("fiber", optional=True)
-    defaults = ChannelModel(distance_km=10.0)
-    fiber_fields = (
-        "distance_km",
-        "attenuation_db_per_km",
-        "detector_efficiency",
-        "dark_count",
-        "afterpulse",
-        "misalignment",
-    )
-    fiber = _build(
-        "fiber",
-        ChannelModel,
-        **{name: fiber_section.number(name, getattr(defaults, name)) for name in fiber_fields},
-    )
-    fiber_section.finish()
 
-    eve_section = root.table("eve", optional=True)
-    kind = eve_section.choice("kind", EveKind, tuple(EveKind), "none")
-    fraction = eve_section.number("fraction", 1.0)
+def check_config(path: Path, load: Callable[[Path], Summarised] | None = None) -> int:
+    """`--check-config`: load `path` with `load` (the facility loader by default), print "config OK:
+    <summary>" or "config error: <field>: <message>" to stderr and return the exit code (0 or 2)."""
     try:
-        eve = Eavesdropper(kind=kind, fraction=fraction)
-    except QcoreConfigError as exc:
-        raise ConfigError(eve_section.name("fraction"), exc.message) from None
-    eve_section.finish()
-    root.finish()
-    return _build(
-        "",
-        ChannelServiceConfig,
-        source=Path(path),
-        listen=listen,
-        admin=admin,
-        backend=backend,
-        tls=tls,
-        fiber=fiber,
-        eve=eve,
-    )
-
-
-def check_config(path: Path, kind: Literal["facility", "channel"] = "facility") -> int:
-    """`--check-config`: print "config OK: <summary>" or "config error: <field>: <message>" to stderr and
-    return the exit code (0 or 2)."""
-    try:
-        config = load_facility_config(path) if kind == "facility" else load_channel_config(path)
+        config = (load or load_facility_config)(path)
     except ConfigError as exc:
         print(f"config error: {exc.field}: {exc.message}", file=sys.stderr)
         return EXIT_USAGE

@@ -18,9 +18,9 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from .errors import ConfigError, InsufficientKey, KeyNotFound, NotAuthorised
-from .keystore import DeliveredKey
-from .pki import peer_common_name
+from qlinkmed.qlinkd.errors import ConfigError, InsufficientKey, KeyNotFound, NotAuthorised
+from qlinkmed.qlinkd.ops.pki import peer_common_name
+from qlinkmed.qlinkd.pool.values import DeliveredKey
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .errors import PkiError
+from qlinkmed.qlinkd.errors import PkiError
 
 DEFAULT_DAYS = 825
 # Leaves are back-dated a little so a peer whose clock lags ours does not reject a fresh certificate.

@@ -5,23 +5,21 @@ already satisfies its invariants (``wire.py`` wraps the failures into ``FrameErr
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import FrameError
+from qlinkmed.qcore.constants import FACILITY_ID_PATTERN, is_facility_id
+from qlinkmed.qlinkd.errors import FrameError
 
-MAX_NAME = 63
-_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 PROTOCOLS = ("bb84", "e91")
 SOURCES = ("single-photon", "wcp")
 ROLES = ("alice", "bob")
 
 
 def _name(value: str, what: str) -> None:
-    if not _NAME.match(value):
-        raise FrameError(f"{what}: {value[:80]!r} is not a facility name ([a-z0-9-], at most {MAX_NAME})")
+    if not is_facility_id(value):
+        raise FrameError(f"{what}: {value[:80]!r} is not a facility name ({FACILITY_ID_PATTERN.pattern})")
 
 
 def _choice(value: str, allowed: tuple[str, ...], what: str) -> None:

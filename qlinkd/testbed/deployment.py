@@ -10,8 +10,9 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import pki
-from .config import ConfigError, load_channel_config, load_facility_config
+from qlinkmed.qlinkd.channel.config import load_channel_config
+from qlinkmed.qlinkd.ops import pki
+from qlinkmed.qlinkd.ops.config import ConfigError, load_facility_config
 
 PRESHARED_BYTES = 4096
 """Pre-shared authentication key: 85 rounds of Wegman-Carter keys before the first refill."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
 
-from .errors import ConfigError
-from .keystore import DeliveredKey, KeyNotice, KeyStore
+from qlinkmed.qlinkd.errors import ConfigError
+from qlinkmed.qlinkd.pool.keystore import KeyStore
+from qlinkmed.qlinkd.pool.values import DeliveredKey, KeyNotice
 
 DEFAULT_POOL_CAPACITY_BITS = 1 << 24
 

@@ -25,16 +25,16 @@ from aiohttp import web
 
 from qlinkmed.qcore.auth import ROUND_AUTH_BITS
 from qlinkmed.qcore.errors import AbortReason
-
-from . import link as lk
-from . import messages as lm
-from . import pki
-from .errors import FrameError, StoreError
-from .framing import encode_length_prefixed, read_frame
-from .keystore import KeyNotice
-from .persistence import persist
-from .runtime import Runtime
-from .wire import MAX_FRAME_BYTES, decode_frame, encode_frame
+from qlinkmed.qlinkd.errors import FrameError, StoreError
+from qlinkmed.qlinkd.link import machine as lk
+from qlinkmed.qlinkd.link import messages as lm
+from qlinkmed.qlinkd.link.framing import encode_length_prefixed, read_frame
+from qlinkmed.qlinkd.link.persistence import persist
+from qlinkmed.qlinkd.link.wire import MAX_FRAME_BYTES, decode_frame, encode_frame
+from qlinkmed.qlinkd.ops import pki
+from qlinkmed.qlinkd.ops.backoff import Backoff
+from qlinkmed.qlinkd.pool.values import KeyNotice
+from qlinkmed.qlinkd.runtime import Runtime
 
 log = logging.getLogger("qlink.link")
 
@@ -60,6 +60,10 @@ CLOSE_WAIT_S = 1.0
 """How long closing a connection waits for the peer's goodbye."""
 CHANNEL_GRACE_S = 2.0
 """How long a round waits for this end's quantum-channel connection before it is given up."""
+
+
+def _backoff() -> Backoff:
+    return Backoff(first_s=RECONNECT_S[0], longest_s=RECONNECT_S[1], factor=1.5)
 
 
 @dataclass(slots=True)
@@ -140,7 +144,7 @@ class PeerLink:
     # ---- connections -------------------------------------------------------------------------------------
     async def _dial_loop(self) -> None:
         url = f"wss://{_host(self.peer.address.host)}:{self.peer.address.port}/v1/link"
-        delay = RECONNECT_S[0]
+        backoff = _backoff()
         async with aiohttp.ClientSession() as http:
             while True:
                 _raise_if_cancelling()
@@ -156,14 +160,13 @@ class PeerLink:
                         log.error("refusing %s: its certificate names %r, not %r", url, who, self.peer.id)
                         await ws.close()
                     else:
-                        delay = RECONNECT_S[0]
+                        backoff.reset()
                         await self._session(ws)
-                await asyncio.sleep(delay)
-                delay = min(RECONNECT_S[1], delay * 1.5)
+                await asyncio.sleep(backoff.delay())
 
     async def _channel_loop(self) -> None:
         address = self.rt.config.channel
-        delay = RECONNECT_S[0]
+        backoff = _backoff()
         while True:
             _raise_if_cancelling()
             try:
@@ -173,10 +176,9 @@ class PeerLink:
             except (OSError, TimeoutError) as exc:
                 log.debug("quantum channel at %s unreachable: %s", address, exc)
             else:
-                delay = RECONNECT_S[0]
+                backoff.reset()
                 await self._channel_session(reader, writer)
-            await asyncio.sleep(delay)
-            delay = min(RECONNECT_S[1], delay * 1.5)
+            await asyncio.sleep(backoff.delay())
 
     async def _channel_session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         hello = lm.ChannelHello(

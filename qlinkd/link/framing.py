@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .errors import FrameError
+from qlinkmed.qlinkd.errors import FrameError
 
 LENGTH_BYTES = 4
 

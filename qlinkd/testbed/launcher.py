@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .deployment import Deployment
+from qlinkmed.qlinkd.testbed.deployment import Deployment
 
 
 @dataclass(slots=True)
@@ -48,7 +48,7 @@ class ProcessGroup:
             argv = [
                 sys.executable,
                 "-m",
-                "qlinkmed.qlinkd.channel_main",
+                "qlinkmed.qlinkd.channel.main",
                 "--config",
                 str(self.deployment.channel),
             ]

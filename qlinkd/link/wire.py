@@ -17,10 +17,9 @@ from qlinkmed.proto import qlinkmed_wire_pb2 as pb
 from qlinkmed.qcore import codec
 from qlinkmed.qcore import messages as m
 from qlinkmed.qcore.errors import LocalProtocolError
-
-from . import messages as lm
-from .errors import FrameError, StoreError
-from .keystore import KeyNotice, Segment
+from qlinkmed.qlinkd.errors import FrameError, StoreError
+from qlinkmed.qlinkd.link import messages as lm
+from qlinkmed.qlinkd.pool.values import KeyNotice, Segment
 
 WIRE_VERSION = 1
 MAX_FRAME_BYTES = 64 * 1024 * 1024

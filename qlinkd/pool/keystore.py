@@ -17,14 +17,20 @@ import sqlite3
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qlinkmed.qcore.auth import AuthKeyStore
-
-from .errors import InsufficientKey, KeyNotFound, NotAuthorised, StoreError
-from .sqlite import open_private_db
+from qlinkmed.qlinkd.errors import InsufficientKey, KeyNotFound, NotAuthorised, StoreError
+from qlinkmed.qlinkd.pool.sqlite import open_private_db
+from qlinkmed.qlinkd.pool.values import (
+    DeliveredKey,
+    KeyNotice,
+    LinkState,
+    ReconcileResult,
+    Segment,
+    check_positive,
+)
 
 SCHEMA_VERSION = 1
 CHECKPOINT_INTERVAL_S = 0.5
@@ -50,74 +56,6 @@ CREATE TABLE fetched (key_id TEXT PRIMARY KEY, peer TEXT NOT NULL) WITHOUT ROWID
 """
 # Future schema changes: add {old_version: script} here; open() applies them in order.
 _MIGRATIONS: dict[int, str] = {}
-
-
-def _positive(value: int, field: str, *, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise StoreError(f"{field} must be an integer >= {minimum}, got {value!r}", field=field)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LinkState:
-    """What one end tells the other on reconnect, so both settle the same committed round set."""
-
-    next_round: int
-    last_committed: int
-    pending_round: int
-    auth_position: int
-
-    def __post_init__(self) -> None:
-        _positive(self.next_round, "next_round")
-        for name in ("last_committed", "pending_round", "auth_position"):
-            _positive(getattr(self, name), name, minimum=0)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReconcileResult:
-    committed: tuple[int, ...]
-    discarded: tuple[int, ...]
-    next_round: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Segment:
-    round_id: int
-    start: int
-    length: int
-
-    def __post_init__(self) -> None:
-        _positive(self.round_id, "round_id")
-        _positive(self.start, "start", minimum=0)
-        _positive(self.length, "length")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class KeyNotice:
-    """Master side to slave side: this key (these bytes of the pool) was handed to master for slave."""
-
-    key_id: str
-    master_sae: str
-    slave_sae: str
-    segments: tuple[Segment, ...]
-
-    def __post_init__(self) -> None:
-        try:
-            canonical = str(uuid.UUID(self.key_id))
-        except (ValueError, TypeError, AttributeError):
-            canonical = None
-        if canonical != self.key_id:
-            raise StoreError(f"key_id {self.key_id!r} is not a canonical UUID", field="key_id")
-        if not self.segments:
-            raise StoreError("a key notice needs at least one segment", field="segments")
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveredKey:
-    key_id: str
-    material: bytes
-
-    def __repr__(self) -> str:
-        return f"DeliveredKey(key_id={self.key_id!r}, material=(hidden))"
 
 
 def _segments_json(segments: tuple[Segment, ...]) -> str:
@@ -285,14 +223,14 @@ class KeyStore:
             return self._state(peer)
 
     def note_round_started(self, peer: str, round_id: int) -> None:
-        _positive(round_id, "round_id")
+        check_positive(round_id, "round_id")
         with self._tx():
             next_round, last_committed, last_stored = self._link(peer)
             self._set_link(peer, (max(next_round, round_id + 1), last_committed, last_stored))
 
     def store_pending(self, peer: str, round_id: int, *, owner: str, key: bytes, auth_refill: bytes) -> None:
         """Phase one of the commit protocol: the round's key and refill, durable but not yet usable."""
-        _positive(round_id, "round_id")
+        check_positive(round_id, "round_id")
         if not key:
             raise StoreError("a round's key cannot be empty", field="key")
         if not auth_refill:
@@ -433,7 +371,7 @@ class KeyStore:
 
     def advance_auth(self, peer: str, position: int) -> None:
         """Write-ahead: record that every authentication key byte before `position` is used."""
-        _positive(position, "position", minimum=0)
+        check_positive(position, "position", minimum=0)
         with self._tx():
             stored, material = self._auth_row(peer)
             if position < stored:
@@ -464,8 +402,8 @@ class KeyStore:
     ) -> list[DeliveredKey]:
         """Carve `number` keys FIFO from `owner`'s committed rounds and record a notice for each, all in
         one transaction. InsufficientKey (nothing consumed) when the pool is short."""
-        _positive(number, "number")
-        _positive(size_bits, "size")
+        check_positive(number, "number")
+        check_positive(size_bits, "size")
         if size_bits % 8:
             raise StoreError(f"key size {size_bits} bits is not whole bytes", field="size")
         needed = number * size_bits // 8

@@ -18,19 +18,17 @@ import numpy as np
 
 from qlinkmed.qcore.backends import MeasurementBackend
 from qlinkmed.qcore.channel import (
-    DecoySource,
     Detections,
     Eavesdropper,
     EveKind,
     PreparedPulses,
-    SourceKind,
     emulate_bb84,
     emulate_e91,
 )
 from qlinkmed.qcore.errors import ConfigError
+from qlinkmed.qcore.params import DecoySource, SourceKind
 from qlinkmed.qcore.theory import ChannelModel
-
-from . import messages as lm
+from qlinkmed.qlinkd.link import messages as lm
 
 ROUNDS_HELD_PER_LINK = 4
 """Unmatched submissions kept per link; older ones belong to rounds their parties abandoned."""

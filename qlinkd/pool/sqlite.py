@@ -8,7 +8,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from .errors import StoreError
+from qlinkmed.qlinkd.errors import StoreError
 
 WAL_CHECKPOINT_PAGES = 100
 

@@ -4,8 +4,9 @@ exactly the persistence the daemon does."""
 
 from __future__ import annotations
 
-from . import link as lk
-from .keystore import KeyStore, ReconcileResult
+from qlinkmed.qlinkd.link import machine as lk
+from qlinkmed.qlinkd.pool.keystore import KeyStore
+from qlinkmed.qlinkd.pool.values import ReconcileResult
 
 
 def persist(

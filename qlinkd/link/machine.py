@@ -30,14 +30,13 @@ from cryptography.hazmat.primitives.hmac import HMAC
 
 from qlinkmed.qcore import messages as qm
 from qlinkmed.qcore.auth import AuthKeyStore
-from qlinkmed.qcore.channel import DecoySource, PreparedPulses, SourceKind, prepare_bb84
+from qlinkmed.qcore.channel import PreparedPulses, prepare_bb84
 from qlinkmed.qcore.codec import Message
 from qlinkmed.qcore.errors import AbortReason
-from qlinkmed.qcore.session import AliceSession, BobSession, DistillConfig, RoundOutcome
-from qlinkmed.qcore.sifting import ProtocolKind
-
-from . import messages as lm
-from .keystore import KeyNotice, LinkState
+from qlinkmed.qcore.params import DecoySource, DistillConfig, ProtocolKind, SourceKind
+from qlinkmed.qcore.session import AliceSession, BobSession, RoundOutcome
+from qlinkmed.qlinkd.link import messages as lm
+from qlinkmed.qlinkd.pool.values import KeyNotice, LinkState
 
 E91_SETTINGS = 3
 

@@ -21,15 +21,14 @@ from aiohttp import web
 from qlinkmed.qcore.backends import get_backend
 from qlinkmed.qcore.channel import Eavesdropper, EveKind
 from qlinkmed.qcore.errors import ConfigError as QcoreConfigError
-
-from . import messages as lm
-from . import pki
-from .channel_broker import ChannelBroker, Job, LinkKey, run
-from .config import ChannelServiceConfig
-from .errors import FrameError
-from .framing import encode_length_prefixed, read_frame
-from .metrics import CONTENT_TYPE, ChannelMetrics
-from .wire import MAX_FRAME_BYTES, decode_frame, encode_frame
+from qlinkmed.qlinkd.channel.broker import ChannelBroker, Job, LinkKey, run
+from qlinkmed.qlinkd.channel.config import ChannelServiceConfig
+from qlinkmed.qlinkd.errors import FrameError
+from qlinkmed.qlinkd.link import messages as lm
+from qlinkmed.qlinkd.link.framing import encode_length_prefixed, read_frame
+from qlinkmed.qlinkd.link.wire import MAX_FRAME_BYTES, decode_frame, encode_frame
+from qlinkmed.qlinkd.ops import pki
+from qlinkmed.qlinkd.ops.metrics import CONTENT_TYPE, ChannelMetrics
 
 log = logging.getLogger("qlink.channel")
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from .errors import AuditError
+from qlinkmed.qlinkd.errors import AuditError
 
 GENESIS = "0" * 64
 _RESERVED = frozenset({"ts", "seq", "event", "facility", "prev"})

@@ -1,0 +1,78 @@
+"""The value types a distillation round is parameterised with: which protocol, which light source, and
+the round's policy. Both ends of a link build the same ``DistillConfig``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .constants import QBER_TOLERANCE
+from .errors import ConfigError
+
+
+class ProtocolKind(StrEnum):
+    BB84 = "bb84"
+    E91 = "e91"
+
+
+class SourceKind(StrEnum):
+    SINGLE_PHOTON = "single-photon"
+    WCP = "wcp"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecoySource:
+    """A weak-coherent-pulse source with signal, weak decoy and vacuum-like intensities (Lim 2014)."""
+
+    intensities: tuple[float, float, float] = (0.5, 0.1, 2e-4)
+    """Mean photon numbers mu_1 > mu_2 + mu_3, mu_2 > mu_3 >= 0: signal, weak decoy, vacuum decoy."""
+    probabilities: tuple[float, float, float] = (0.7, 0.2, 0.1)
+    """Probability of each intensity per pulse; they sum to one."""
+
+    def __post_init__(self) -> None:
+        mu1, mu2, mu3 = self.intensities
+        if not (mu1 > mu2 + mu3 and mu2 > mu3 >= 0.0):
+            raise ConfigError(
+                "mu", f"decoy intensities need mu1 > mu2 + mu3 and mu2 > mu3 >= 0, got {self.intensities}"
+            )
+        if mu1 > 10:
+            raise ConfigError("mu", f"signal intensity {mu1} is not a weak pulse")
+        if any(p <= 0 for p in self.probabilities) or not math.isclose(sum(self.probabilities), 1.0):
+            raise ConfigError("decoy_probabilities", "must be positive and sum to 1")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DistillConfig:
+    """Policy for one distillation round; both ends must use the same."""
+
+    protocol: ProtocolKind = ProtocolKind.BB84
+    """BB84 or E91."""
+    decoy: DecoySource | None = None
+    """Decoy intensities for a weak-coherent-pulse BB84 source; None for a single-photon source."""
+    sample_fraction: float = 0.3
+    """Share of the key candidates disclosed to estimate the QBER (BB84 single-photon, E91)."""
+    qber_tolerance: float = QBER_TOLERANCE
+    """Abort when the QBER upper bound exceeds this (Shor-Preskill's zero is near 11 %)."""
+    eps_sec: float = 1e-10
+    """Secrecy parameter of the finite-key bound."""
+    eps_cor: float = 1e-10
+    """Correctness parameter: fixes the verification hash length."""
+    ec_efficiency_estimate: float = 1.1
+    """Reconciliation inefficiency assumed before Cascade runs, to abort early on hopeless rounds."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.sample_fraction < 1.0:
+            raise ConfigError("sample_fraction", f"must be in (0, 1), got {self.sample_fraction}")
+        if not 0.0 < self.qber_tolerance < 0.5:
+            raise ConfigError("qber_tolerance", f"must be in (0, 0.5), got {self.qber_tolerance}")
+        for name in ("eps_sec", "eps_cor"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise ConfigError(name, f"must be in (0, 1), got {value}")
+        if self.decoy is not None and self.protocol is not ProtocolKind.BB84:
+            raise ConfigError("decoy", "decoy states apply to BB84 only")
+
+    @property
+    def verification_bits(self) -> int:
+        return math.ceil(math.log2(1.0 / self.eps_cor))

@@ -1,0 +1,33 @@
+"""The one reconnect policy: exponential backoff between a first and a largest delay, reset by a
+connection that worked. Pure state, so the rule is unit-tested; the loops that dial (the peer link, the
+quantum channel, the data-plane sender) only sleep for what it says."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True, kw_only=True)
+class Backoff:
+    first_s: float
+    """The delay after a connection that worked, and before the first retry."""
+    longest_s: float
+    """No delay grows past this."""
+    factor: float = 2.0
+    """Each failure multiplies the delay by this."""
+    _next_s: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.first_s <= self.longest_s or self.factor < 1.0:
+            raise ValueError("backoff needs 0 < first_s <= longest_s and factor >= 1")
+        self._next_s = self.first_s
+
+    def delay(self) -> float:
+        """How long to wait before the next attempt; each call lengthens the one after it."""
+        current = self._next_s
+        self._next_s = min(self.longest_s, current * self.factor)
+        return current
+
+    def reset(self) -> None:
+        """A connection worked: the next wait is short again."""
+        self._next_s = self.first_s
