@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from qlinkmed.qlinkd.ops.backoff import Backoff
@@ -12,7 +14,7 @@ def test_delays_grow_by_the_factor_up_to_the_longest_and_reset() -> None:
     delays = [backoff.delay() for _ in range(10)]
     assert delays[:3] == pytest.approx([0.1, 0.15, 0.225])
     assert max(delays) == 2.0 and delays[-1] == 2.0
-    assert all(b >= a for a, b in zip(delays, delays[1:], strict=False))
+    assert all(b >= a for a, b in itertools.pairwise(delays))
     backoff.reset()
     assert backoff.delay() == 0.1
 
