@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 import struct
 import typing
-from typing import Annotated, Any, ClassVar
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, TypeVar, dataclass_transform
 
 import numpy as np
 
@@ -186,16 +187,21 @@ class Message:
         return hash(self.encode())
 
 
-def message(code: int) -> Any:
-    """Class decorator: make a frozen keyword-only dataclass of it and register it under `code`."""
+M = TypeVar("M", bound=Message)
 
-    def wrap(cls: type) -> type:
+
+@dataclass_transform(frozen_default=True, kw_only_default=True, eq_default=False)
+def message(code: int) -> Callable[[type[M]], type[M]]:
+    """Class decorator: make a frozen keyword-only dataclass of it and register it under `code`. (The
+    transform tells type checkers what the dataclass call below makes of the class.)"""
+
+    def wrap(cls: type[M]) -> type[M]:
         if code in Message._registry:
             raise TypeError(f"message type {code} registered twice")
-        cls = dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False)(cls)
-        cls.TYPE = code  # type: ignore[attr-defined]
-        Message._registry[code] = cls
-        return cls
+        made = dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False)(cls)
+        made.TYPE = code
+        Message._registry[code] = made
+        return made
 
     return wrap
 
