@@ -66,7 +66,7 @@ class DataTarget:
                 headers["Content-Type"] = "application/octet-stream"
                 if length is not None:
                     size = length
-                elif isinstance(body, bytes):
+                elif isinstance(body, bytes | bytearray):
                     size = len(body)
                 else:  # a stream's length is the caller's to say: it is sent before the stream
                     raise ValueError("a streamed body needs its length")
