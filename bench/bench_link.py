@@ -132,6 +132,7 @@ def _cell(value: object, fmt: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if fmt == "{:d}":
+        # A {:d} cell holds a count (a Python or numpy number); the parameter is object for the None cells.
         return fmt.format(round(float(value)))  # type: ignore[arg-type]
     return fmt.format(value)
 

@@ -36,6 +36,7 @@ import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -377,7 +378,7 @@ def kill_cycles(started: d.Started, kills: int, *, seed: int = 1) -> KillReport:
     )
 
 
-def _stat(values: list[float | None]) -> str:
+def _stat(values: Sequence[float | None]) -> str:
     got = [v for v in values if v is not None]
     if not got:
         return "-"
@@ -386,7 +387,7 @@ def _stat(values: list[float | None]) -> str:
 
 def print_report(report: KillReport) -> None:
     print(f"kill -9: {report.kills} SIGKILLs (A and B in turn) in {report.seconds:.1f} s")
-    print(f"restart -> READY: {_stat(report.ready_s)}")  # type: ignore[arg-type]
+    print(f"restart -> READY: {_stat(report.ready_s)}")
     print(f"READY -> next round established: {_stat(report.recovered_s)}; stalls {report.stalls}")
     print(
         f"on reconnect: {report.reconcile_committed} pending rounds committed, "

@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib import import_module
+from typing import NoReturn
 
 # subcommand -> (module under qlinkmed.client.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -32,7 +33,7 @@ EXIT_ABORTED = 3
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         # One line naming the argument, not the whole usage block.
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 

@@ -64,7 +64,13 @@ class DataTarget:
             headers = {"Authorization": f"Bearer {self.token}"}
             if body is not None:
                 headers["Content-Type"] = "application/octet-stream"
-                headers["Content-Length"] = str(length if length is not None else len(body))  # type: ignore[arg-type]
+                if length is not None:
+                    size = length
+                elif isinstance(body, bytes | bytearray):
+                    size = len(body)
+                else:  # a stream's length is the caller's to say: it is sent before the stream
+                    raise ValueError("a streamed body needs its length")
+                headers["Content-Length"] = str(size)
             connection.request(method, path, body=body, headers=headers)
             response = connection.getresponse()
             return response.status, response.read(), response.headers

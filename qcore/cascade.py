@@ -43,6 +43,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import codec
 from .errors import ConfigError, LocalProtocolError, RemoteProtocolError
@@ -183,7 +184,7 @@ def _half_split(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarra
 def _members(split: tuple[np.ndarray, np.ndarray], positions: np.ndarray) -> np.ndarray:
     """Which positions are in the first half (bool)."""
     raw, toggled = split
-    bits = ((raw[positions >> 3] >> (7 - (positions & 7))) & 1).astype(bool)
+    bits: np.ndarray = ((raw[positions >> 3] >> (7 - (positions & 7))) & 1).astype(bool)
     if toggled.size:
         bits ^= np.isin(positions, toggled)
     return bits
@@ -384,7 +385,8 @@ class CascadeBob:
         self._splits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._top = np.zeros((passes, 2), dtype=np.uint8)  # Bob's top-level parities of lazy passes
         self._lazy_open: list[int] = []  # opened passes still unbuilt
-        self._packed, self._packed_at = _EMPTY, -1  # np.packbits(key) when corrected_bits was _packed_at
+        self._packed: np.ndarray = _EMPTY  # np.packbits(key) when corrected_bits was _packed_at
+        self._packed_at = -1
         self._open = -1
         # Active searches: heap id in the block's tree, node id, flat start, flat end.
         self._heap = self._node = self._lo = self._hi = _EMPTY
@@ -588,10 +590,11 @@ class CascadeBob:
     def _parity(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """Bob's current parity of the flat ranges [lo, hi) (built passes only)."""
         prefix = self._prefix
-        par = prefix[hi] ^ prefix[lo]
+        par: NDArray[np.uint8] = prefix[hi] ^ prefix[lo]
         flips = self._flips
         if flips.size:
-            return par ^ ((flips.searchsorted(hi) - flips.searchsorted(lo)) & 1)
+            flipped: NDArray[np.intp] = (flips.searchsorted(hi) - flips.searchsorted(lo)) & 1
+            return par ^ flipped
         return par
 
     def _run_searches(self) -> None:

@@ -153,6 +153,15 @@ def _pns_single_photon_block(model: ChannelModel, mu: float, eta_det: float) -> 
     return 1.0, lo
 
 
+def _wcp_decoy(source: SourceKind, decoy: DecoySource | None) -> DecoySource | None:
+    """The decoy intensities of a weak-coherent-pulse source (which must have them); None for one photon."""
+    if source is not SourceKind.WCP:
+        return None
+    if decoy is None:
+        raise ConfigError("source", "a weak-coherent-pulse source needs decoy intensities")
+    return decoy
+
+
 def emulate_bb84(
     n: int,
     *,
@@ -175,9 +184,8 @@ def emulate_bb84(
         n = _check_prepared(prepared, source)
     if n <= 0:
         raise ConfigError("qubits", f"must be positive, got {n}")
-    if source is SourceKind.WCP and decoy is None:
-        raise ConfigError("source", "a weak-coherent-pulse source needs decoy intensities")
-    if eve.kind is EveKind.PNS and source is not SourceKind.WCP:
+    wcp = _wcp_decoy(source, decoy)
+    if eve.kind is EveKind.PNS and wcp is None:
         raise ConfigError("eve", "photon-number splitting needs multi-photon pulses (--source wcp)")
 
     bits = random_bits(rng, n) if prepared is None else prepared.bits
@@ -192,16 +200,18 @@ def emulate_bb84(
     state_bits = bits
     state_bases = bases
     intensity_class: np.ndarray | None = None
-    if source is SourceKind.SINGLE_PHOTON:
+    mus: np.ndarray | None = None  # mean photon number of each pulse from the WCP source
+    if wcp is None:
         photons = np.ones(n, dtype=np.int64)
     else:
         intensity_class = (
-            rng.choice(3, size=n, p=np.asarray(decoy.probabilities)).astype(np.uint8)  # type: ignore[union-attr]
+            rng.choice(3, size=n, p=np.asarray(wcp.probabilities)).astype(np.uint8)
             if prepared is None
             else prepared.intensity_class
         )
-        mus = np.asarray(decoy.intensities)[intensity_class]  # type: ignore[union-attr]
-        photons = rng.poisson(mus) if eve.active else None  # type: ignore[assignment]
+        mus = np.asarray(wcp.intensities)[intensity_class]
+        # Without an eavesdropper the photon numbers are never drawn (see the thinning below).
+        photons = rng.poisson(mus) if eve.active else np.zeros(0, dtype=np.int64)
 
     attacked = bernoulli(rng, eve.fraction, n) if eve.active else np.zeros(n, dtype=bool)
     line: np.ndarray | None = None  # per-photon survival to a click, where Eve changed it
@@ -216,8 +226,8 @@ def emulate_bb84(
         state_bases[idx] = eve_bases
         stats_attacked = idx.size
         eve_known = int(np.count_nonzero(eve_bases == bases[idx]))
-    elif eve.kind is EveKind.PNS and attacked.any():
-        block, eve_line = _pns_single_photon_block(model, decoy.intensities[0], eta_det)  # type: ignore[union-attr]
+    elif eve.kind is EveKind.PNS and wcp is not None and attacked.any():
+        block, eve_line = _pns_single_photon_block(model, wcp.intensities[0], eta_det)
         multi = attacked & (photons >= 2)
         single = attacked & (photons == 1)
         photons = photons.copy()
@@ -230,10 +240,10 @@ def emulate_bb84(
         stats_attacked = int(np.count_nonzero(multi | single))
         eve_known = int(np.count_nonzero(multi))
 
-    if photons is None:
+    if mus is not None and not eve.active:
         # No eavesdropper on a WCP source: Poisson thinning gives the detected-photon count directly.
-        detected_photons = rng.poisson(eta * np.asarray(decoy.intensities)[intensity_class])  # type: ignore[union-attr]
-    elif source is SourceKind.SINGLE_PHOTON:
+        detected_photons = rng.poisson(eta * mus)
+    elif wcp is None:
         detected_photons = bernoulli(rng, eta, n).astype(np.int64)
     else:
         detected_photons = rng.binomial(photons, eta if line is None else line)
@@ -262,14 +272,11 @@ def prepare_bb84(
     """Alice's random choices for `n` pulses: bits, bases and (for a decoy source) intensity classes."""
     if n <= 0:
         raise ConfigError("qubits", f"must be positive, got {n}")
-    if source is SourceKind.WCP and decoy is None:
-        raise ConfigError("source", "a weak-coherent-pulse source needs decoy intensities")
+    wcp = _wcp_decoy(source, decoy)
     bits = random_bits(rng, n)
     bases = random_bits(rng, n)
     intensity_class = (
-        rng.choice(3, size=n, p=np.asarray(decoy.probabilities)).astype(np.uint8)  # type: ignore[union-attr]
-        if source is SourceKind.WCP
-        else None
+        rng.choice(3, size=n, p=np.asarray(wcp.probabilities)).astype(np.uint8) if wcp is not None else None
     )
     return PreparedPulses(bits=bits, bases=bases, intensity_class=intensity_class)
 

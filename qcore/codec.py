@@ -110,7 +110,7 @@ def _encode_field(out: bytearray, kind: Any, value: Any, name: str) -> None:
             raise LocalProtocolError(f"field {name}: bits must be one-dimensional")
         _put_varint(out, arr.size)
         out += np.packbits(arr.astype(np.uint8, copy=False) & 1).tobytes()
-    elif isinstance(kind, ArrayKind):
+    elif isinstance(kind, ArrayKind) and kind.dtype is not None:  # BITS, the one without a dtype, is above
         arr = np.asarray(value)
         if arr.ndim != 1:
             raise LocalProtocolError(f"field {name}: array must be one-dimensional")
@@ -139,7 +139,7 @@ def _decode_field(reader: _Reader, kind: Any, name: str) -> Any:
         if count % 8 and raw[-1] & ((1 << (8 - count % 8)) - 1):
             raise DecodeError(f"field {name}: padding bits set")
         return np.unpackbits(raw, count=count)
-    if isinstance(kind, ArrayKind):
+    if isinstance(kind, ArrayKind) and kind.dtype is not None:  # BITS, the one without a dtype, is above
         count = reader.varint()
         width = kind.dtype.itemsize
         if count > (len(reader.data) - reader.pos) // width:
@@ -169,7 +169,9 @@ class Message:
         layout = cls.__dict__.get("_layout")
         if layout is None:
             hints = typing.get_type_hints(cls, include_extras=True)
-            layout = tuple((f.name, _field_kind(hints[f.name])) for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+            # Each subclass is made a dataclass by @message; the base class the checker sees is not one.
+            fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+            layout = tuple((f.name, _field_kind(hints[f.name])) for f in fields)
             cls._layout = layout
         return layout
 

@@ -42,7 +42,9 @@ class Statistics:
     decoy: DecoyCounts | None = None
 
 
-def _chsh(plan: SiftPlan, alice: np.ndarray, bob: np.ndarray, test_pos: np.ndarray, eps: float):
+def _chsh(
+    plan: SiftPlan, alice: np.ndarray, bob: np.ndarray, test_pos: np.ndarray, eps: float
+) -> fk.ChshBound:
     trials: list[int] = []
     agreements: list[int] = []
     a_set = plan.alice_settings[test_pos]
@@ -91,9 +93,9 @@ def _decoy_statistics(
     test_int = plan.intensities[plan.test]
     wrong = alice_test != bob_test
     counts = DecoyCounts(
-        key_basis_detections=tuple(int(np.count_nonzero(key_int == c)) for c in range(3)),
-        test_basis_detections=tuple(int(np.count_nonzero(test_int == c)) for c in range(3)),
-        test_basis_errors=tuple(int(np.count_nonzero(wrong & (test_int == c))) for c in range(3)),
+        key_basis_detections=_per_class(key_int),
+        test_basis_detections=_per_class(test_int),
+        test_basis_errors=_per_class(test_int[wrong]),
     )
     k = int(plan.test.size)
     errors = int(wrong.sum())
@@ -105,6 +107,15 @@ def _decoy_statistics(
         qber=errors / k if k else 0.5,
         qber_upper=min(float(bound.phi_x), 0.5) if np.isfinite(bound.phi_x) else 0.5,
         decoy=counts,
+    )
+
+
+def _per_class(classes: np.ndarray) -> tuple[int, int, int]:
+    """How many of the labels are decoy class 0, 1 and 2."""
+    return (
+        int(np.count_nonzero(classes == 0)),
+        int(np.count_nonzero(classes == 1)),
+        int(np.count_nonzero(classes == 2)),
     )
 
 
@@ -128,6 +139,8 @@ def _length(config: DistillConfig, stats: Statistics, leak: float) -> int:
     if stats.decoy is not None:
         return int(_lim(config, stats.decoy, leak).length)
     if config.protocol is ProtocolKind.E91:
+        if stats.chsh_lower is None:
+            raise LocalProtocolError("E91 key length without a CHSH bound")
         return int(
             fk.e91_length(
                 stats.raw_key_bits,
@@ -154,16 +167,15 @@ def judge_statistics(config: DistillConfig, plan: SiftPlan, stats: Statistics) -
             f"{stats.raw_key_bits} key bits and {stats.sample_bits} test bits",
             measured=float(plan.sifted_bits),
         )
-    if config.protocol is ProtocolKind.E91:
-        s_low = stats.chsh_lower if stats.chsh_lower is not None else float("-inf")
-        if s_low <= CHSH_CLASSICAL_BOUND:
-            raise RoundAborted(
-                AbortReason.CHSH_NOT_VIOLATED,
-                f"CHSH S = {stats.chsh_s:.3f}, lower bound {s_low:.3f} <= {CHSH_CLASSICAL_BOUND:g}: "
-                "no Bell violation",
-                measured=s_low,
-                threshold=CHSH_CLASSICAL_BOUND,
-            )
+    s_low = stats.chsh_lower if stats.chsh_lower is not None else float("-inf")
+    if config.protocol is ProtocolKind.E91 and s_low <= CHSH_CLASSICAL_BOUND:
+        raise RoundAborted(
+            AbortReason.CHSH_NOT_VIOLATED,
+            f"CHSH S = {stats.chsh_s:.3f}, lower bound {s_low:.3f} <= {CHSH_CLASSICAL_BOUND:g}: "
+            "no Bell violation",
+            measured=s_low,
+            threshold=CHSH_CLASSICAL_BOUND,
+        )
     # Decoy rounds judge the observed test-basis QBER here; the phase-error bound phi_X enters the
     # Lim et al. length below, so a loose finite-size bound reads as "decoy bound empty", not as Eve.
     judged = stats.qber if stats.decoy is not None else stats.qber_upper
@@ -175,11 +187,11 @@ def judge_statistics(config: DistillConfig, plan: SiftPlan, stats: Statistics) -
             threshold=config.qber_tolerance,
         )
     if config.protocol is ProtocolKind.E91:
-        rate = float(di_rate(stats.chsh_lower, stats.qber_upper))
+        rate = float(di_rate(s_low, stats.qber_upper))
         if rate <= 0.0:
             raise RoundAborted(
                 AbortReason.DI_RATE_NONPOSITIVE,
-                f"device-independent rate {rate:.4f} <= 0 at S >= {stats.chsh_lower:.3f}",
+                f"device-independent rate {rate:.4f} <= 0 at S >= {s_low:.3f}",
                 measured=rate,
                 threshold=0.0,
             )

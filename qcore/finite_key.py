@@ -377,14 +377,22 @@ def _hoeffding(
     return minus, plus
 
 
-def _vacuum_bound(mus: Sequence[float], tau0: float, minus: tuple, plus: tuple) -> float:
+def _vacuum_bound(
+    mus: Sequence[float], tau0: float, minus: tuple[float, ...], plus: tuple[float, ...]
+) -> float:
     """Eq. (2): s_0 >= tau_0 (mu_2 n^-_mu3 - mu_3 n^+_mu2) / (mu_2 - mu_3)."""
     _, mu2, mu3 = mus
     return tau0 * (mu2 * minus[2] - mu3 * plus[1]) / (mu2 - mu3)
 
 
 def _single_photon_bound(
-    mus: Sequence[float], *, tau0: float, tau1: float, s0: float, minus: tuple, plus: tuple
+    mus: Sequence[float],
+    *,
+    tau0: float,
+    tau1: float,
+    s0: float,
+    minus: tuple[float, ...],
+    plus: tuple[float, ...],
 ) -> float:
     """Eq. (3): s_1 >= tau_1 mu_1 [n^-_mu2 - n^+_mu3 - (mu_2^2 - mu_3^2)/mu_1^2 (n^+_mu1 - s_0/tau_0)]
     / (mu_1 (mu_2 - mu_3) - mu_2^2 + mu_3^2)."""

@@ -10,9 +10,10 @@ an Abort carrying a reason code. No key leaves a session unless the whole transc
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, auto
+from typing import Any
 
 import numpy as np
 
@@ -115,7 +116,8 @@ _TO_ALICE = b"\x01"
 class _Session:
     """What both parties share: the transcript, the abort path, the dispatch through the table."""
 
-    _transitions: dict
+    # Keyed by (the subclass's own state enum, message class): Any, as a mapping's key type is invariant.
+    _transitions: Mapping[tuple[Any, type[Message]], frozenset[Enum]]
     _aborted_state: Enum
     _established_state: Enum
     _sent_marker: bytes

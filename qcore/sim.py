@@ -198,8 +198,8 @@ def run_simulation(config: SimConfig) -> SimResult:
     if alice.outcome is None or bob.outcome is None:
         raise LocalProtocolError("round ended without an outcome")  # run_pair always ends both sessions
     if alice.outcome.established and bob.outcome.established:
-        for session in (alice, bob):
-            session.auth_store.replenish(np.packbits(session.outcome.auth_refill).tobytes())
+        alice.auth_store.replenish(np.packbits(alice.outcome.auth_refill).tobytes())
+        bob.auth_store.replenish(np.packbits(bob.outcome.auth_refill).tobytes())
     return SimResult(
         config=config,
         alice=alice.outcome,
@@ -222,8 +222,8 @@ def predictions(config: SimConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if config.protocol is ProtocolKind.BB84:
         mu = config.decoy.intensities[0]
-        pred = theory.predict_bb84(model, config.source.value, mu=mu)
-        gain, q = float(pred.detection_probability), float(pred.qber)
+        bb84 = theory.predict_bb84(model, config.source.value, mu=mu)
+        gain, q = float(bb84.detection_probability), float(bb84.qber)
         sifted = config.qubits * gain / 2
         out.update(
             expected_detection_probability=gain,
@@ -244,15 +244,16 @@ def predictions(config: SimConfig) -> dict[str, Any]:
                 finite_key_bits=int(finite.length),
             )
     else:
-        pred = theory.predict_e91(model)
-        q = float(pred.qber)
+        e91 = theory.predict_e91(model)
+        q = float(e91.qber)
         out.update(
-            expected_coincidence_probability=float(pred.coincidence_probability),
+            expected_coincidence_probability=float(e91.coincidence_probability),
             expected_qber=q,
-            expected_chsh=float(pred.chsh),
-            di_rate_per_key_bit=float(theory.di_rate(float(pred.chsh), q)),
+            expected_chsh=float(e91.chsh),
+            di_rate_per_key_bit=float(theory.di_rate(float(e91.chsh), q)),
+            # 2 of the 9 setting pairs are key pairs (sifting.E91_KEY_SETTINGS).
             seed_paper_rate_upper_bound_per_pair=float(
-                theory.seed_paper_rate_upper_bound(float(pred.coincidence_probability) * 2 / 9, q)
+                theory.seed_paper_rate_upper_bound(float(e91.coincidence_probability) * 2 / 9, q)
             ),
         )
     out["note"] = (

@@ -224,7 +224,7 @@ class ChannelModel:
     @property
     def channel_transmittance(self) -> float:
         """Fibre transmittance eta_ch = 10^(-alpha L / 10) (Lim 2014, §IV)."""
-        return 10.0 ** (-self.attenuation_db_per_km * self.distance_km / 10.0)
+        return float(10.0 ** (-self.attenuation_db_per_km * self.distance_km / 10.0))
 
     @property
     def transmittance(self) -> float:

@@ -107,7 +107,7 @@ def toeplitz_hash_reference(seed: np.ndarray, x: np.ndarray, m: int) -> np.ndarr
     n = x_bits.size
     rows = np.arange(m)[:, None]
     cols = np.arange(n)[None, :]
-    matrix = seed_bits[rows - cols + n - 1].astype(np.int64)
+    matrix: np.ndarray = seed_bits[rows - cols + n - 1].astype(np.int64)
     return ((matrix @ x_bits.astype(np.int64)) % 2).astype(np.uint8)
 
 

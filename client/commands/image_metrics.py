@@ -42,17 +42,19 @@ def assess(image: np.ndarray, key: bytes, nonce: bytes) -> dict[str, Any]:
     names = ("gray",) if image.ndim == 2 else ("R", "G", "B")
     pixels = rows * cols
     lo, hi = metrics.uaci_interval(pixels)
+    entropy_min = metrics.entropy_critical(pixels)
+    correlation_max_abs = {
+        d: metrics.correlation_critical(n) if n >= 2 else None
+        for d, n in zip(
+            _DIRECTIONS, (rows * (cols - 1), (rows - 1) * cols, (rows - 1) * (cols - 1)), strict=True
+        )
+    }
     critical = {
         "npcr_min": metrics.npcr_critical(pixels),
         "uaci_range": [lo, hi],
         "chi_square_max": metrics.CHI2_CRITICAL_255,
-        "entropy_min": metrics.entropy_critical(pixels),
-        "correlation_max_abs": {
-            d: metrics.correlation_critical(n) if n >= 2 else None
-            for d, n in zip(
-                _DIRECTIONS, (rows * (cols - 1), (rows - 1) * cols, (rows - 1) * (cols - 1)), strict=True
-            )
-        },
+        "entropy_min": entropy_min,
+        "correlation_max_abs": correlation_max_abs,
     }
     channels = {}
     for index, name in enumerate(names):
@@ -69,12 +71,13 @@ def assess(image: np.ndarray, key: bytes, nonce: bytes) -> dict[str, Any]:
             },
             "cipher": {
                 "entropy": entropy,
-                "entropy_pass": entropy > critical["entropy_min"],
+                "entropy_pass": entropy > entropy_min,
                 "chi_square": chi2,
                 "chi_square_pass": chi2 < metrics.CHI2_CRITICAL_255,
                 "correlation": {d: _finite(v) for d, v in corr.items()},
                 "correlation_pass": {
-                    d: None if math.isnan(v) else abs(v) < critical["correlation_max_abs"][d]
+                    # No bound (fewer than two pairs) comes with a NaN correlation: no verdict either way.
+                    d: None if math.isnan(v) or (bound := correlation_max_abs[d]) is None else abs(v) < bound
                     for d, v in corr.items()
                 },
             },

@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         paths = collect_paths(args.paths)
         checked = [(path, validate(path.name, path.read_bytes())) for path in paths]
-        names = {}
+        names: dict[str, Path] = {}
         for path, _ in checked:
             if path.name in names:
                 raise ContentError(str(path), f"has the same name as {names[path.name]}; rename one")

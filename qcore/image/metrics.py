@@ -52,7 +52,7 @@ def uaci(c1: np.ndarray, c2: np.ndarray) -> float:
 def npcr_critical(pixels: int, alpha: float = ALPHA) -> float:
     """Wu et al. NPCR critical value N*_alpha (percent) for an image of `pixels` pixels."""
     z = NormalDist().inv_cdf(1.0 - alpha)  # upper alpha quantile, 1.645 at alpha = 0.05
-    return (_F - z * (_F / pixels) ** 0.5) / (_F + 1) * 100.0
+    return float((_F - z * (_F / pixels) ** 0.5) / (_F + 1) * 100.0)
 
 
 def uaci_interval(pixels: int, alpha: float = ALPHA) -> tuple[float, float]:

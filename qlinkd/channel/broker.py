@@ -90,14 +90,15 @@ class ChannelBroker:
         if pending.protocol != protocol:
             return lm.ChannelError(reason=f"round {round_id}: the parties run different protocols")
         if role == "alice":
-            want_train = protocol == "bb84"
-            if want_train != isinstance(message, lm.PulseTrain):
+            # BB84: her pulses; E91: her analyser settings. Anything else is refused here, not held.
+            submission = message if isinstance(message, lm.PulseTrain | lm.AnalyserSettings) else None
+            if submission is None or isinstance(submission, lm.PulseTrain) != (protocol == "bb84"):
                 return lm.ChannelError(
                     reason=f"{type(message).__name__} is not Alice's {protocol} submission"
                 )
             if pending.alice is not None:
                 return lm.ChannelError(reason=f"round {round_id}: Alice already submitted")
-            pending.alice = message  # type: ignore[assignment]
+            pending.alice = submission
         else:
             if not isinstance(message, lm.AnalyserSettings):
                 return lm.ChannelError(reason=f"{type(message).__name__} is not Bob's submission")

@@ -138,10 +138,10 @@ class ChannelService:
             writer.transport.abort()  # no TLS goodbye to wait for: the loop is going away
         finally:
             party = self._parties.get(slot) if slot is not None else None
-            if party is not None and party.writer is writer:
-                del self._parties[slot]  # type: ignore[arg-type]
-                if slot[0] not in self._links():  # type: ignore[index]
-                    self.broker.forget(slot[0])  # type: ignore[index]  # nobody left to finish its rounds
+            if slot is not None and party is not None and party.writer is writer:
+                del self._parties[slot]
+                if slot[0] not in self._links():
+                    self.broker.forget(slot[0])  # nobody left to finish its rounds
             writer.close()
             with contextlib.suppress(ConnectionError, OSError, TimeoutError, asyncio.CancelledError):
                 async with asyncio.timeout(CLOSE_WAIT_S):
@@ -224,7 +224,7 @@ def _bad(message: str) -> web.Response:
 
 
 async def serve(
-    config: ChannelServiceConfig, *, on_ready: Callable[[dict[str, int]], None] | None = None
+    config: ChannelServiceConfig, *, on_ready: Callable[[dict[str, int]], object] | None = None
 ) -> None:
     """Run the channel service until cancelled. `on_ready` gets the bound ports (listen, admin)."""
     service = ChannelService(config)
@@ -238,7 +238,7 @@ async def serve(
     await site.start()
     ports = {
         "listen": server.sockets[0].getsockname()[1],
-        "admin": site._server.sockets[0].getsockname()[1],  # type: ignore[union-attr]
+        "admin": runner.addresses[0][1],  # the one site's socket: the port bound when asked for 0
     }
     log.info(
         "channel service listening on %s:%d, admin on %s:%d",

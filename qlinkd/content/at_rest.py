@@ -224,7 +224,7 @@ def _seal_cipher_image(
 def _encode(image: np.ndarray, order: int) -> memoryview:
     """The pixel bytes of one decrypted frame in the file's byte order (no copy when already so)."""
     target = image.dtype.newbyteorder(">" if order == _BIG else "<")
-    return memoryview(np.ascontiguousarray(image, dtype=target)).cast("B")
+    return np.ascontiguousarray(image, dtype=target).data.cast("B")
 
 
 # AEAD and keys ------------------------------------------------------------------------------------------

@@ -336,7 +336,7 @@ class KeyStore:
             owner,
             owner,
         )
-        return 8 * row[0]
+        return 8 * int(row[0])
 
     def peers(self) -> list[str]:
         rows = self._q("SELECT peer FROM links UNION SELECT peer FROM auth ORDER BY peer")
@@ -359,7 +359,7 @@ class KeyStore:
                 )
 
     def _auth_row(self, peer: str) -> tuple[int, bytes]:
-        row = self._one("SELECT position, material FROM auth WHERE peer = ?", peer)
+        row: tuple[int, bytes] | None = self._one("SELECT position, material FROM auth WHERE peer = ?", peer)
         if row is None:
             raise StoreError(f"no authentication key for peer {peer!r}", field="peer")
         return row

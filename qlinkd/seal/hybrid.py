@@ -22,7 +22,8 @@ from qlinkmed.qlinkd.seal.header import KeyIdLike
 try:
     from cryptography.hazmat.primitives.asymmetric import mlkem as _mlkem
 except ImportError:  # cryptography < 47 has no ML-KEM
-    _mlkem = None
+    # None stands for the missing module (a test sets it too); every use is behind hybrid_available().
+    _mlkem = None  # type: ignore[assignment]
 
 MLKEM_SEED_BYTES = 64
 """An ML-KEM private key is derived from a 64-byte seed (d || z, FIPS 203)."""

@@ -77,7 +77,7 @@ def write_loopback_deployment(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     a, b = facilities
-    saes = {a: (f"pacs-{a}", f"ehr-{a}"), b: (f"pacs-{b}", f"ehr-{b}")}
+    saes: dict[str, tuple[str, ...]] = {a: (f"pacs-{a}", f"ehr-{a}"), b: (f"pacs-{b}", f"ehr-{b}")}
     pki.write_demo_pki(root / "pki", list(facilities), [s for group in saes.values() for s in group])
     psk = root / "psk" / f"{a}--{b}.key"
     psk.parent.mkdir(mode=0o700, exist_ok=True)
