@@ -66,7 +66,7 @@ class PreparedPulses:
 
 
 @dataclass(frozen=True, slots=True)
-class Detections:
+class DetectorClicks:
     """One party's record of what its detectors saw: a click mask, the basis/setting used, the bit."""
 
     detected: np.ndarray
@@ -173,7 +173,7 @@ def emulate_bb84(
     rng: np.random.Generator,
     prepared: PreparedPulses | None = None,
     bob_bases: np.ndarray | None = None,
-) -> tuple[PreparedPulses, Detections, ChannelStats]:
+) -> tuple[PreparedPulses, DetectorClicks, ChannelStats]:
     """Send `n` BB84 pulses through the channel. Bases: 0 rectilinear, 1 diagonal, chosen uniformly.
 
     The daemon's parties make their random choices themselves and hand them in: Alice's ``prepared``
@@ -261,7 +261,7 @@ def emulate_bb84(
     detected, bob_bits = _clicks_to_bits(fired0, fired1, rng)
     return (
         PreparedPulses(bits=bits, bases=bases, intensity_class=intensity_class),
-        Detections(detected=detected, bases=bob_bases, bits=bob_bits),
+        DetectorClicks(detected=detected, bases=bob_bases, bits=bob_bits),
         ChannelStats(pulses=n, eve_attacked=stats_attacked, eve_known_bits=eve_known),
     )
 
@@ -315,7 +315,7 @@ def emulate_e91(
     rng: np.random.Generator,
     alice_settings: np.ndarray | None = None,
     bob_settings: np.ndarray | None = None,
-) -> tuple[Detections, Detections, ChannelStats]:
+) -> tuple[DetectorClicks, DetectorClicks, ChannelStats]:
     """Emit `n` entangled pairs from a source midway between the facilities.
 
     Each photon crosses half the fibre to its own detector pair (same detector model on both sides).
@@ -365,7 +365,7 @@ def emulate_e91(
         sides.append(_clicks_to_bits(fired0, fired1, rng))
     (a_det, a_bits), (b_det, b_bits) = sides
     return (
-        Detections(detected=a_det, bases=a_set, bits=a_bits),
-        Detections(detected=b_det, bases=b_set, bits=b_bits),
+        DetectorClicks(detected=a_det, bases=a_set, bits=a_bits),
+        DetectorClicks(detected=b_det, bases=b_set, bits=b_bits),
         ChannelStats(pulses=n, eve_attacked=int(attacked.sum())),
     )

@@ -16,18 +16,20 @@ from .errors import LocalProtocolError
 from .session import AliceSession, BobSession
 
 
-class Direction(StrEnum):
+class Hop(StrEnum):
+    """Which way a message crosses the in-memory harness."""
+
     TO_ALICE = "bob->alice"
     TO_BOB = "alice->bob"
 
 
-Tap = Callable[[Direction, bytes], list[bytes]]
+Tap = Callable[[Hop, bytes], list[bytes]]
 """Sees every crossing; returns what is delivered instead (empty list: dropped; several: injected)."""
 
 
 @dataclass(slots=True)
 class Transcript:
-    crossings: list[tuple[Direction, bytes]] = field(default_factory=list)
+    crossings: list[tuple[Hop, bytes]] = field(default_factory=list)
 
     @property
     def messages(self) -> int:
@@ -43,7 +45,7 @@ def run_pair(
 ) -> Transcript:
     """Run one round to its end. Returns the transcript of what was delivered."""
     transcript = Transcript()
-    queue: deque[tuple[Direction, bytes]] = deque((Direction.TO_ALICE, msg.encode()) for msg in bob.start())
+    queue: deque[tuple[Hop, bytes]] = deque((Hop.TO_ALICE, msg.encode()) for msg in bob.start())
     while queue:
         if transcript.messages >= max_messages:
             raise LocalProtocolError(f"round did not finish within {max_messages} messages")
@@ -51,8 +53,8 @@ def run_pair(
         delivered = tap(direction, data) if tap is not None else [data]
         for item in delivered:
             transcript.crossings.append((direction, item))
-            receiver = alice if direction is Direction.TO_ALICE else bob
-            back = Direction.TO_BOB if direction is Direction.TO_ALICE else Direction.TO_ALICE
+            receiver = alice if direction is Hop.TO_ALICE else bob
+            back = Hop.TO_BOB if direction is Hop.TO_ALICE else Hop.TO_ALICE
             replies: list[Message] = receiver.receive_bytes(item)
             queue.extend((back, msg.encode()) for msg in replies)
         if not queue:

@@ -6,7 +6,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from qlinkmed.qcore.errors import AbortReason
-from qlinkmed.qlinkd.ops.metrics import CONTENT_TYPE, ChannelMetrics, Direction, LinkMetrics
+from qlinkmed.qlinkd.ops.metrics import CONTENT_TYPE, ChannelMetrics, KeyCall, LinkMetrics
 
 
 def _samples(payload: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -65,7 +65,7 @@ def test_pool_link_and_delivery_gauges() -> None:
     metrics.set_pool("hospital-b", pool_bits=123_456, auth_reserve_bits=4096)
     metrics.set_link_up("hospital-b", True)
     metrics.set_auth_starved("hospital-b", True)
-    metrics.delivered("hospital-b", "pacs-a", Direction.ENC, 3)
+    metrics.delivered("hospital-b", "pacs-a", KeyCall.ENC, 3)
     metrics.delivered("hospital-b", "pacs-b", "dec")
     s = _samples(metrics.render())
     assert _get(s, "qlink_pool_bits", peer="hospital-b") == 123_456

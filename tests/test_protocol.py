@@ -16,7 +16,7 @@ from qlinkmed.qcore.channel import Eavesdropper, EveKind
 from qlinkmed.qcore.codec import decode
 from qlinkmed.qcore.errors import AbortReason
 from qlinkmed.qcore.finite_key import tomamichel_length
-from qlinkmed.qcore.harness import Direction, run_pair
+from qlinkmed.qcore.harness import Hop, run_pair
 from qlinkmed.qcore.params import ProtocolKind, SourceKind
 from qlinkmed.qcore.session import (
     ALICE_TRANSITIONS,
@@ -256,7 +256,7 @@ def _nth_of(kind: type[m.Message], n: int = 0):
 def test_a_flipped_bit_in_any_message_aborts(kind: type[m.Message]) -> None:
     hit = _nth_of(kind)
 
-    def tap(direction: Direction, data: bytes) -> list[bytes]:
+    def tap(direction: Hop, data: bytes) -> list[bytes]:
         if hit(data):
             mutated = bytearray(data)
             mutated[-1] ^= 0x01
@@ -271,7 +271,7 @@ def test_a_flipped_bit_in_any_message_aborts(kind: type[m.Message]) -> None:
 def test_a_replayed_message_aborts(kind: type[m.Message]) -> None:
     hit = _nth_of(kind)
 
-    def tap(direction: Direction, data: bytes) -> list[bytes]:
+    def tap(direction: Hop, data: bytes) -> list[bytes]:
         return [data, data] if hit(data) else [data]
 
     alice, bob = _run_with_tap(tap)
@@ -281,7 +281,7 @@ def test_a_replayed_message_aborts(kind: type[m.Message]) -> None:
 def test_reordered_messages_abort() -> None:
     held: list[bytes] = []
 
-    def tap(direction: Direction, data: bytes) -> list[bytes]:
+    def tap(direction: Hop, data: bytes) -> list[bytes]:
         # Hold Alice's Amplify back and deliver it after her AuthTag.
         if data[0] == m.Amplify.TYPE:
             held.append(data)
@@ -299,7 +299,7 @@ def test_reordered_messages_abort() -> None:
 def test_a_dropped_message_ends_the_round_by_timeout(kind: type[m.Message]) -> None:
     hit = _nth_of(kind)
 
-    def tap(direction: Direction, data: bytes) -> list[bytes]:
+    def tap(direction: Hop, data: bytes) -> list[bytes]:
         return [] if hit(data) else [data]
 
     alice, bob = _run_with_tap(tap)
@@ -309,8 +309,8 @@ def test_a_dropped_message_ends_the_round_by_timeout(kind: type[m.Message]) -> N
 
 
 def test_a_forged_tag_on_bobs_side_withdraws_his_key() -> None:
-    def tap(direction: Direction, data: bytes) -> list[bytes]:
-        if direction is Direction.TO_ALICE and data[0] == m.AuthTag.TYPE:
+    def tap(direction: Hop, data: bytes) -> list[bytes]:
+        if direction is Hop.TO_ALICE and data[0] == m.AuthTag.TYPE:
             msg = decode(data)
             forged = m.AuthTag(key_offset=msg.key_offset, tag=bytes(16))
             return [forged.encode()]

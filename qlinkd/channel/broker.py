@@ -18,7 +18,7 @@ import numpy as np
 
 from qlinkmed.qcore.backends import MeasurementBackend
 from qlinkmed.qcore.channel import (
-    Detections,
+    DetectorClicks,
     Eavesdropper,
     EveKind,
     PreparedPulses,
@@ -179,6 +179,6 @@ def _run_e91(
     return JobResult(link=job.link, round_id=job.round_id, alice=_record(alice_side), bob=_record(bob_side))
 
 
-def _record(side: Detections) -> lm.DetectionRecord:
+def _record(side: DetectorClicks) -> lm.DetectionRecord:
     """What one party's detectors recorded, as the channel tells it."""
     return lm.DetectionRecord(detected=side.detected.astype(np.uint8), bits=side.bits[side.detected])

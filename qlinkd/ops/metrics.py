@@ -17,7 +17,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 ROUND_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-class Direction(StrEnum):
+class KeyCall(StrEnum):
     """Which ETSI 014 call delivered a key: enc_keys (master SAE) or dec_keys (slave SAE)."""
 
     ENC = "enc"
@@ -167,9 +167,9 @@ class LinkMetrics:
     def set_link_up(self, peer: str, up: bool) -> None:
         self.link_up.labels(peer=peer).set(1 if up else 0)
 
-    def delivered(self, peer: str, sae: str, direction: Direction | str, count: int = 1) -> None:
+    def delivered(self, peer: str, sae: str, direction: KeyCall | str, count: int = 1) -> None:
         """`count` keys handed to `sae` for the link with `peer`."""
-        self.keys_delivered.labels(peer=peer, sae=sae, direction=Direction(direction).value).inc(count)
+        self.keys_delivered.labels(peer=peer, sae=sae, direction=KeyCall(direction).value).inc(count)
 
     def data_bytes(self, peer: str, direction: str, count: int) -> None:
         self.data_plane_bytes.labels(peer=peer, direction=direction).inc(count)
