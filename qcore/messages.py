@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from .codec import Bits, Message, U8s, U32s, message
+from .errors import AbortReason
 
 
 @message(1)
@@ -115,3 +116,19 @@ class Abort(Message):
 
     reason: int
     detail: bytes
+
+    def peer_reason(self) -> AbortReason:
+        """The reason as we record a peer's abort: its code, or PEER_ABORTED for none or an unknown one."""
+        try:
+            reason = AbortReason(self.reason)
+        except ValueError:
+            return AbortReason.PEER_ABORTED
+        return AbortReason.PEER_ABORTED if reason is AbortReason.NONE else reason
+
+    def describe(self, limit: int = 200) -> str:
+        """One line for logs and audit records: the peer's reason and the start of its detail."""
+        try:
+            reason = AbortReason(self.reason).name.lower()
+        except ValueError:
+            reason = f"code {self.reason}"
+        return f"peer aborted ({reason}): {self.detail[:limit].decode('utf-8', 'replace')}"

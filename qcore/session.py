@@ -179,12 +179,12 @@ class _Session:
     def receive(self, msg: Message) -> list[Message]:
         if self.state is self._established_state and isinstance(msg, m.Abort):
             # The peer refused our last tag after we confirmed: withdraw the key, it was never agreed.
-            return self._abort(AbortReason.PEER_ABORTED, _peer_abort_text(msg), notify=False)
+            return self._abort(AbortReason.PEER_ABORTED, msg.describe(), notify=False)
         if self.state in TERMINAL:
             return []
         self._record(self._received_marker, msg)
         if isinstance(msg, m.Abort):
-            return self._abort(AbortReason.PEER_ABORTED, _peer_abort_text(msg), notify=False)
+            return self._abort(AbortReason.PEER_ABORTED, msg.describe(), notify=False)
         allowed = self._transitions.get((self.state, type(msg)))
         if allowed is None:
             return self._abort(
@@ -542,11 +542,3 @@ class BobSession(_Session):
 
 def _handler_name(cls: type[Message]) -> str:
     return "_on_" + re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
-
-
-def _peer_abort_text(msg: m.Abort) -> str:
-    try:
-        reason = AbortReason(msg.reason).name.lower()
-    except ValueError:
-        reason = f"code {msg.reason}"
-    return f"peer aborted ({reason}): {msg.detail.decode('utf-8', 'replace')}"
