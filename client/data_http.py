@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qlinkmed.qcore.errors import UsageError
+
 if TYPE_CHECKING:
     from qlinkmed.qlinkd.ops.config import FacilityConfig
 
@@ -69,7 +71,7 @@ class DataTarget:
                 elif isinstance(body, bytes | bytearray):
                     size = len(body)
                 else:  # a stream's length is the caller's to say: it is sent before the stream
-                    raise ValueError("a streamed body needs its length")
+                    raise UsageError("a streamed body needs its length")
                 headers["Content-Length"] = str(size)
             connection.request(method, path, body=body, headers=headers)
             response = connection.getresponse()

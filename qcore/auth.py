@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
-from .errors import AuthKeyExhausted, IntegrityError, LocalProtocolError
+from .errors import AuthKeyExhausted, IntegrityError, IntegrityFailure, LocalProtocolError
 
 TAG_BYTES = 16
 HASH_KEY_BYTES = 16
@@ -72,7 +72,10 @@ class AuthKeyStore:
         if offset is None:
             offset = self._base
         if offset < self._base:
-            raise IntegrityError(f"authentication key offset {offset} already consumed (now {self._base})")
+            raise IntegrityError(
+                IntegrityFailure.REPLAY,
+                f"authentication key offset {offset} already consumed (now {self._base})",
+            )
         skip = offset - self._base
         if skip + ROUND_AUTH_BYTES > len(self._buf):
             raise AuthKeyExhausted(
@@ -108,4 +111,4 @@ def verify_wegman_carter_tag(hash_key: bytes, pad: bytes, data: bytes, tag: byte
     try:
         Poly1305.verify_tag(hash_key + pad, data, tag)
     except InvalidSignature:
-        raise IntegrityError("Wegman-Carter tag mismatch") from None
+        raise IntegrityError(IntegrityFailure.TAG, "Wegman-Carter tag mismatch") from None

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from .codec import Bits, Message, U8s, U32s, message
-from .errors import AbortReason
+from .errors import AbortReason, UsageError
 
 
 @message(1)
@@ -36,7 +36,7 @@ class Detections(Message):
 
     def __post_init__(self) -> None:
         if int(np.count_nonzero(self.detected)) != self.bases.size:
-            raise ValueError("bases must have one entry per detection")
+            raise UsageError("bases must have one entry per detection")
 
 
 @message(2)
@@ -75,7 +75,7 @@ class ParityRequest(Message):
 
     def __post_init__(self) -> None:
         if not self.passes.size == self.starts.size == self.ends.size:
-            raise ValueError("passes, starts and ends must have equal length")
+            raise UsageError("passes, starts and ends must have equal length")
 
 
 @message(5)

@@ -32,6 +32,7 @@ from .errors import (
     AuthKeyExhausted,
     DecodeError,
     IntegrityError,
+    IntegrityFailure,
     LocalProtocolError,
     RemoteProtocolError,
     RoundAborted,
@@ -415,7 +416,7 @@ class AliceSession(_Session):
     def _on_auth_tag(self, msg: m.AuthTag) -> tuple[AliceState, list[Message]]:
         keys = self._round_keys
         if keys is None or msg.key_offset != keys.offset:
-            raise IntegrityError("Bob's tag names another authentication key")
+            raise IntegrityError(IntegrityFailure.KEY_MISMATCH, "Bob's tag names another authentication key")
         # The transcript already holds Bob's tag message; he tagged everything before it.
         verify_wegman_carter_tag(keys.hash_key, keys.bob_pad, b"".join(self._transcript[:-1]), msg.tag)
         self._establish(self._pending_key)

@@ -1,13 +1,57 @@
-"""The qlinkd exception hierarchy."""
+"""The daemon's branch of qlink's one exception tree (``qcore.errors`` draws the whole tree and holds the
+classes both share: ``ConfigError`` and ``IntegrityError`` are those, named here too so daemon code imports
+its errors from one place).
+
+    QlinkError (qcore.errors)
+    └── QlinkdError
+        ├── FrameError          bytes from a peer that are no frame of ours (also a RemoteProtocolError)
+        ├── PkiError            a certificate or key file that cannot be written or loaded
+        ├── StoreError          the key store refused an operation
+        │   ├── InsufficientKey, KeyNotFound, NotAuthorised
+        ├── AuditError          the audit log refused a record or does not verify
+        ├── SealError           we cannot seal (a local refusal)
+        │   ├── RekeyRequired, NoncesExhausted, KeyMaterialShort, HybridUnavailable
+        ├── ContentError        a file that is not what it claims (also a RemoteError: it came from outside)
+        └── TransferError       a transfer refused or not completed
+"""
 
 from __future__ import annotations
 
+from qlinkmed.qcore.errors import (
+    ConfigError,
+    IntegrityError,
+    LocalError,
+    QlinkError,
+    RemoteError,
+    RemoteProtocolError,
+)
 
-class QlinkdError(Exception):
-    """Root of every error qlinkd raises."""
+__all__ = [
+    "AuditError",
+    "ConfigError",
+    "ContentError",
+    "FrameError",
+    "HybridUnavailable",
+    "InsufficientKey",
+    "IntegrityError",
+    "KeyMaterialShort",
+    "KeyNotFound",
+    "NoncesExhausted",
+    "NotAuthorised",
+    "PkiError",
+    "QlinkdError",
+    "RekeyRequired",
+    "SealError",
+    "StoreError",
+    "TransferError",
+]
 
 
-class FrameError(QlinkdError):
+class QlinkdError(QlinkError):
+    """Root of the errors only the daemon raises."""
+
+
+class FrameError(QlinkdError, RemoteProtocolError):
     """Bytes from a peer that are not a well-formed frame of our wire version. The connection that sent
     them is closed with this reason; nothing else is affected."""
 
@@ -18,17 +62,6 @@ class PkiError(QlinkdError):
     def __init__(self, path: str, message: str) -> None:
         super().__init__(f"{path}: {message}")
         self.path = path
-        self.message = message
-
-
-class ConfigError(QlinkdError, ValueError):
-    """A configuration value that is missing, mistyped, unknown or out of range. `field` is its dotted
-    path (``peer[0].address``) so the operator can find it; for a file that cannot be read or parsed it is
-    the file's path."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"config field '{field}': {message}")
-        self.field = field
         self.message = message
 
 
@@ -79,19 +112,7 @@ class AuditError(QlinkdError):
         self.message = message
 
 
-class IntegrityError(QlinkdError):
-    """A sealed frame that does not open: truncated, wrong version, another key, a failed tag, a replay,
-    a counter behind the replay window, or a key past its hard limit. Every failure to open raises this
-    one class, whatever the cause (as Fernet's ``InvalidToken``); `reason` (a ``seal.OpenFailure``) says
-    which check refused it, for the audit log only, never for the peer."""
-
-    def __init__(self, reason: object, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-class SealError(QlinkdError):
+class SealError(QlinkdError, LocalError):
     """We cannot seal (a local refusal, nothing was produced or consumed)."""
 
 
@@ -126,7 +147,7 @@ class HybridUnavailable(SealError):
     """The installed ``cryptography`` has no ML-KEM-768, so the post-quantum hybrid cannot be used."""
 
 
-class ContentError(QlinkdError):
+class ContentError(QlinkdError, RemoteError):
     """A file whose content is not what it claims, or not a kind qlink carries (DICOM, PNG, JPEG, FHIR
     JSON, HL7 v2). `name` is the file's name as the user gave it, `problem` what is wrong with it."""
 

@@ -18,6 +18,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 
+from qlinkmed.qcore.errors import IntegrityFailure
 from qlinkmed.qlinkd.content import (
     FORM_AEAD,
     FORM_CIPHER_IMAGE,
@@ -29,7 +30,6 @@ from qlinkmed.qlinkd.content import (
     validate,
 )
 from qlinkmed.qlinkd.errors import ContentError, IntegrityError, KeyMaterialShort
-from qlinkmed.qlinkd.seal import OpenFailure
 
 from .dicom_factory import PATIENT_ID, PATIENT_NAME, make_ct_study, make_image_dicom
 
@@ -205,7 +205,7 @@ def test_wrong_key_is_refused(small_blobs: dict[str, tuple[bytes, bytes]], form:
     _, blob = small_blobs[form]
     with pytest.raises(IntegrityError) as caught:
         open_at_rest(blob, OTHER_KEY)
-    assert caught.value.reason is OpenFailure.TAG
+    assert caught.value.reason is IntegrityFailure.TAG
 
 
 @pytest.mark.parametrize("form", [FORM_CIPHER_IMAGE, FORM_AEAD])
@@ -227,7 +227,7 @@ def test_cut_or_extended_blob_is_refused(small_blobs: dict[str, tuple[bytes, byt
             open_at_rest(blob[:cut], KEY)
     with pytest.raises(IntegrityError) as caught:
         open_at_rest(blob + b"\x00", KEY)
-    assert caught.value.reason is OpenFailure.TRUNCATED
+    assert caught.value.reason is IntegrityFailure.TRUNCATED
 
 
 def test_frames_cannot_be_swapped_between_blobs() -> None:

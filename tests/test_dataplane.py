@@ -22,6 +22,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from qlinkmed.proto import qlinkmed_wire_pb2 as pb
+from qlinkmed.qcore.errors import IntegrityFailure
 from qlinkmed.qlinkd.dataplane import messages as dm
 from qlinkmed.qlinkd.dataplane import sender as sender_module
 from qlinkmed.qlinkd.dataplane.ehr_queue import EhrQueue
@@ -48,7 +49,7 @@ from qlinkmed.qlinkd.ops.config import Address
 from qlinkmed.qlinkd.ops.metrics import LinkMetrics
 from qlinkmed.qlinkd.ops.pki import client_context, server_context, write_demo_pki
 from qlinkmed.qlinkd.pool.values import DeliveredKey
-from qlinkmed.qlinkd.seal import OpenFailure, aead
+from qlinkmed.qlinkd.seal import aead
 from qlinkmed.qlinkd.seal.constants import OTP_RANGE_VERSION, OTP_VERSION
 from tests.dicom_factory import make_ct_study
 
@@ -407,17 +408,17 @@ async def test_receiver_pads_accept_each_offset_once_and_in_order() -> None:
     pads.announce(second.key_id, _key_later(second))
     assert await pads.cut(first.key_id, 0, 40) == first.material[:40]
 
-    async def refused(key_id: str, offset: int, size: int) -> OpenFailure:
+    async def refused(key_id: str, offset: int, size: int) -> IntegrityFailure:
         with pytest.raises(IntegrityError) as info:
             await pads.cut(key_id, offset, size)
         return info.value.reason  # type: ignore[no-any-return]
 
-    assert await refused(first.key_id, 0, 40) is OpenFailure.REPLAY
-    assert await refused(first.key_id, 50, 10) is OpenFailure.REORDERED
-    assert await refused(first.key_id, 40, 61) is OpenFailure.TOO_LARGE
-    assert await refused(str(uuid.uuid4()), 0, 1) is OpenFailure.KEY_MISMATCH
+    assert await refused(first.key_id, 0, 40) is IntegrityFailure.REPLAY
+    assert await refused(first.key_id, 50, 10) is IntegrityFailure.REORDERED
+    assert await refused(first.key_id, 40, 61) is IntegrityFailure.TOO_LARGE
+    assert await refused(str(uuid.uuid4()), 0, 1) is IntegrityFailure.KEY_MISMATCH
     assert await pads.cut(second.key_id, 0, 10) == second.material[:10]
-    assert await refused(first.key_id, 40, 10) is OpenFailure.KEY_MISMATCH  # retired by the later key
+    assert await refused(first.key_id, 40, 10) is IntegrityFailure.KEY_MISMATCH  # retired by the later key
     with pytest.raises(IntegrityError, match="announced twice"):
         pads.announce(second.key_id, _key_later(second))
     lost = str(uuid.uuid4())
@@ -528,7 +529,7 @@ class Harness:
                 except (SessionClosed, FrameError, OSError, asyncio.IncompleteReadError):
                     pass
                 except Exception as exc:  # an IntegrityError from our own opener: the reply was altered
-                    if type(exc).__name__ != "IntegrityError":
+                    if not isinstance(exc, IntegrityError):
                         raise
                 finally:
                     writer.close()

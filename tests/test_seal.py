@@ -11,19 +11,18 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from qlinkmed.qcore.errors import IntegrityFailure, QlinkError
 from qlinkmed.qlinkd.errors import (
     HybridUnavailable,
     IntegrityError,
     KeyMaterialShort,
     NoncesExhausted,
-    QlinkdError,
     RekeyRequired,
 )
 from qlinkmed.qlinkd.seal import (
     Direction,
     KeyStatus,
     Opener,
-    OpenFailure,
     Sealer,
     SendState,
     derive_traffic_key,
@@ -149,9 +148,14 @@ def test_every_single_bit_flip_is_rejected_and_leaves_the_window_alone() -> None
             opener.open(bytes(tampered), now=0.0)
         reasons.add(info.value.reason)
     # A flipped high counter bit is refused as past the message limit, before the tag.
-    allowed = {OpenFailure.VERSION, OpenFailure.KEY_MISMATCH, OpenFailure.TAG, OpenFailure.KEY_EXPIRED}
+    allowed = {
+        IntegrityFailure.VERSION,
+        IntegrityFailure.KEY_MISMATCH,
+        IntegrityFailure.TAG,
+        IntegrityFailure.KEY_EXPIRED,
+    }
     assert reasons <= allowed
-    assert OpenFailure.TAG in reasons
+    assert IntegrityFailure.TAG in reasons
     # No forgery moved or marked the window: the genuine frame still opens, once.
     assert opener.open(frame, now=0.0) == b"HL7 ORU^R01 result, 32 bytes...!"
 
@@ -164,10 +168,10 @@ def test_truncated_and_extended_frames_are_rejected() -> None:
             opener.open(frame[:cut], now=0.0)
     with pytest.raises(IntegrityError) as info:
         opener.open(frame + b"\x00", now=0.0)
-    assert info.value.reason is OpenFailure.TAG
+    assert info.value.reason is IntegrityFailure.TAG
     with pytest.raises(IntegrityError) as info:
         opener.open(frame[:10], now=0.0)
-    assert info.value.reason is OpenFailure.TRUNCATED
+    assert info.value.reason is IntegrityFailure.TRUNCATED
     assert opener.open(frame, now=0.0) == b"x" * 40
 
 
@@ -179,7 +183,7 @@ def test_wrong_version_byte_is_rejected() -> None:
             continue
         with pytest.raises(IntegrityError) as info:
             opener.open(bytes([version]) + frame[1:], now=0.0)
-        assert info.value.reason is OpenFailure.VERSION
+        assert info.value.reason is IntegrityFailure.VERSION
     with pytest.raises(IntegrityError):
         peek_key_ids(bytes([consts.OTP_VERSION]) + frame[1:])
 
@@ -196,14 +200,14 @@ def test_frame_of_another_key_or_direction_is_rejected() -> None:
     _, opener = _pair()
     with pytest.raises(IntegrityError) as info:
         opener.open(other_ids.seal(b"m", now=0.0), now=0.0)
-    assert info.value.reason is OpenFailure.KEY_MISMATCH
+    assert info.value.reason is IntegrityFailure.KEY_MISMATCH
     with pytest.raises(IntegrityError) as info:
         opener.open(reverse.seal(b"m", now=0.0), now=0.0)
-    assert info.value.reason is OpenFailure.TAG
+    assert info.value.reason is IntegrityFailure.TAG
 
 
-def test_integrity_error_is_a_qlinkd_error() -> None:
-    assert issubclass(IntegrityError, QlinkdError)
+def test_integrity_error_is_a_qlink_error() -> None:
+    assert issubclass(IntegrityError, QlinkError)
 
 
 # --- replay window ----------------------------------------------------------------------------------
@@ -215,7 +219,7 @@ def test_replayed_frame_is_rejected() -> None:
     assert opener.open(frame, now=0.0) == b"once"
     with pytest.raises(IntegrityError) as info:
         opener.open(frame, now=0.0)
-    assert info.value.reason is OpenFailure.REPLAY
+    assert info.value.reason is IntegrityFailure.REPLAY
 
 
 def test_in_window_reordering_is_accepted_exactly_once() -> None:
@@ -227,7 +231,7 @@ def test_in_window_reordering_is_accepted_exactly_once() -> None:
     for index in order[:50]:
         with pytest.raises(IntegrityError) as info:
             opener.open(frames[index], now=0.0)
-        assert info.value.reason is OpenFailure.REPLAY
+        assert info.value.reason is IntegrityFailure.REPLAY
 
 
 def test_reordering_beyond_the_window_is_rejected_at_the_exact_boundary() -> None:
@@ -242,7 +246,7 @@ def test_reordering_beyond_the_window_is_rejected_at_the_exact_boundary() -> Non
     assert opener.open(late.seal(b"ahead", now=0.0), now=0.0) == b"ahead"
     with pytest.raises(IntegrityError) as info:
         opener.open(frame0, now=0.0)  # ahead - 0 = WINDOW + 1: behind the window
-    assert info.value.reason is OpenFailure.TOO_OLD
+    assert info.value.reason is IntegrityFailure.TOO_OLD
     assert opener.open(frame1, now=0.0) == b"one"  # ahead - 1 = WINDOW: the last counter still inside
 
 
@@ -356,7 +360,7 @@ def test_rekey_by_time() -> None:
     assert info.value.limit == "age"
     with pytest.raises(IntegrityError) as failure:
         opener.open(frame, now=1000.0 + consts.REJECT_AFTER_SECONDS)
-    assert failure.value.reason is OpenFailure.KEY_EXPIRED
+    assert failure.value.reason is IntegrityFailure.KEY_EXPIRED
     assert opener.open(frame, now=1000.0 + consts.REJECT_AFTER_SECONDS - 0.001) == b"still allowed"
 
 
@@ -461,7 +465,7 @@ def test_otp_every_bit_flip_and_forged_tags_fail() -> None:
     for _ in range(200):
         with pytest.raises(IntegrityError) as info:
             open_otp(chosen + rng.bytes(16), material)
-        assert info.value.reason is OpenFailure.TAG
+        assert info.value.reason is IntegrityFailure.TAG
     with pytest.raises(IntegrityError):
         open_otp(frame, _material(SEED + 1, size=len(material)))
     for cut in range(len(frame) - 16):
@@ -506,10 +510,10 @@ def test_otp_range_header_is_authenticated_and_every_bit_flip_fails() -> None:
             open_otp_range(bytes(tampered), pad_key[claimed.offset : claimed.offset + claimed.size])
     with pytest.raises(IntegrityError) as info:
         peek_otp_range(seal_otp(message, pad_key, [KEY_ID]).frame)
-    assert info.value.reason is OpenFailure.VERSION
+    assert info.value.reason is IntegrityFailure.VERSION
     with pytest.raises(IntegrityError) as info:
         open_otp(frame, pad_key)
-    assert info.value.reason is OpenFailure.VERSION
+    assert info.value.reason is IntegrityFailure.VERSION
     for cut in range(1 + 16 + consts.OTP_OFFSET_BYTES + consts.TAG_BYTES):
         with pytest.raises(IntegrityError):
             peek_otp_range(frame[:cut])

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ConfigError, QcoreError
+from ..errors import ConfigError, SimulationError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -161,7 +161,7 @@ class QiskitBackend:
                 noise_model=noise_model,
             ).result()
             if not result.success:
-                raise QcoreError(f"qiskit-aer simulation failed: {result.status}")
+                raise SimulationError(f"qiskit-aer simulation failed: {result.status}")
             for i, k in enumerate(batch):
                 counts = np.zeros(n_outcomes, dtype=np.int64)
                 for hex_key, count in result.data(i)["counts"].items():

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..errors import ConfigError, IntegrityError
+from ..errors import ConfigError, IntegrityError, IntegrityFailure
 from . import chaos
 from .neqr import Layout, crop, layout_for, layout_of, pad
 
@@ -233,5 +233,5 @@ def decrypt(
     # cipher pixel that lands in the padding would go unnoticed.
     padding_ok = not padded[layout.height :].any() and not padded[:, layout.width :].any()
     if not hmac.compare_digest(image_tag(image, key, nonce), cipher.tag) or not padding_ok:
-        raise IntegrityError("image cipher: tag mismatch")
+        raise IntegrityError(IntegrityFailure.TAG, "image cipher: tag mismatch")
     return image

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import ConfigError, QcoreError
+from ..errors import ConfigError, SimulationError
 from . import chaos
 from .cipher import CipherImage, CipherPlan, derive_plan, image_tag
 from .neqr import Layout, basis_states, from_basis_states, layout_of, pad
@@ -109,7 +109,7 @@ def run_circuit(qc: QuantumCircuit, layout: Layout, seed: int = 0) -> np.ndarray
     size = layout.side * layout.side
     result = sim.run(transpile(qc, sim), shots=SHOTS_PER_POSITION * size).result()
     if not result.success:
-        raise QcoreError(f"qiskit-aer simulation failed: {result.status}")
+        raise SimulationError(f"qiskit-aer simulation failed: {result.status}")
     colour_mask = (1 << layout.colour_qubits) - 1
     words = np.zeros(size, dtype=np.uint64)
     seen = np.zeros(size, dtype=bool)
@@ -117,10 +117,10 @@ def run_circuit(qc: QuantumCircuit, layout: Layout, seed: int = 0) -> np.ndarray
         value = int(bits.replace(" ", ""), 2)
         index, word = value >> layout.colour_qubits, value & colour_mask
         if seen[index] and int(words[index]) != word:
-            raise QcoreError(f"position {index} measured with two colours: not a basis-state permutation")
+            raise SimulationError(f"position {index} measured with two colours: no basis-state permutation")
         words[index], seen[index] = word, True
     if not seen.all():
-        raise QcoreError(f"{int((~seen).sum())} positions never measured; raise SHOTS_PER_POSITION")
+        raise SimulationError(f"{int((~seen).sum())} positions never measured; raise SHOTS_PER_POSITION")
     return from_basis_states(words, layout)
 
 

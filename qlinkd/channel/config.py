@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qlinkmed.qcore.channel import Eavesdropper, EveKind
-from qlinkmed.qcore.errors import ConfigError as QcoreConfigError
 from qlinkmed.qcore.theory import ChannelModel
 from qlinkmed.qlinkd.errors import ConfigError
 from qlinkmed.qlinkd.ops.config import Address, Backend, TlsConfig, build, check, read_toml, tls_section
@@ -75,7 +74,7 @@ def load_channel_config(path: Path) -> ChannelServiceConfig:
     fraction = eve_section.number("fraction", 1.0)
     try:
         eve = Eavesdropper(kind=kind, fraction=fraction)
-    except QcoreConfigError as exc:
+    except ConfigError as exc:
         raise ConfigError(eve_section.name("fraction"), exc.message) from None
     eve_section.finish()
     root.finish()

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from qlinkmed.qcore.backends import get_backend
 from qlinkmed.qcore.channel import Eavesdropper, EveKind
-from qlinkmed.qcore.errors import ConfigError as QcoreConfigError
+from qlinkmed.qcore.errors import ConfigError
 from qlinkmed.qlinkd.channel.broker import ChannelBroker, Job, LinkKey, run
 from qlinkmed.qlinkd.channel.config import ChannelServiceConfig
 from qlinkmed.qlinkd.errors import FrameError
@@ -188,14 +188,14 @@ class ChannelService:
         fraction = body.get("fraction", 1.0)
         try:
             if kind == EveKind.NONE.value:
-                raise QcoreConfigError("kind", "use DELETE /v1/eve to detach")
+                raise ConfigError("kind", "use DELETE /v1/eve to detach")
             if isinstance(fraction, bool) or not isinstance(fraction, int | float):
-                raise QcoreConfigError("fraction", "must be a number in [0, 1]")
+                raise ConfigError("fraction", "must be a number in [0, 1]")
             eve = Eavesdropper(kind=EveKind(kind), fraction=float(fraction))
+        except ConfigError as exc:  # before ValueError, which it also is
+            return _bad(f"{exc.field}: {exc.message}")
         except ValueError:
             return _bad(f"kind must be one of intercept-resend, pns; got {str(kind)[:40]!r}")
-        except QcoreConfigError as exc:
-            return _bad(f"{exc.field}: {exc.message}")
         self.attach_eve(eve)
         return web.json_response(self.status())
 

@@ -30,7 +30,7 @@ and the image-cipher key (two `info` labels), so every blob has its own sub-keys
 counter. The associated data of every chunk is the fixed header plus SHA-256 of the frame section, so the
 GCM tags authenticate every byte of the blob: a changed cipher image fails before the image cipher sees
 it, and the image cipher's own tag and a final SHA-256 of the reassembled file back that up. Every failure
-to open raises `qlinkd.errors.IntegrityError` (reason a `seal.OpenFailure`).
+to open raises `qlinkd.errors.IntegrityError` (reason a `seal.IntegrityFailure`).
 """
 
 from __future__ import annotations
@@ -48,12 +48,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from qlinkmed.qcore.errors import QcoreError
+from qlinkmed.qcore.errors import IntegrityFailure, QlinkError
 from qlinkmed.qcore.image import decrypt, encrypt
 from qlinkmed.qcore.image.container import pack, unpack
 from qlinkmed.qlinkd.content.kinds import ContentInfo, ContentKind
 from qlinkmed.qlinkd.errors import ContentError, IntegrityError, KeyMaterialShort
-from qlinkmed.qlinkd.seal.header import OpenFailure
 
 MAGIC = b"QLAR"
 VERSION = 1
@@ -130,23 +129,23 @@ def open_at_rest(blob: bytes, key: bytes) -> bytes:
     if form == FORM_AEAD:
         return plain
     if len(plain) < _META.size:
-        raise IntegrityError(OpenFailure.TRUNCATED, "at-rest blob: sealed header too short")
+        raise IntegrityError(IntegrityFailure.TRUNCATED, "at-rest blob: sealed header too short")
     digest, order, prefix_length = _META.unpack_from(plain)
     meta = memoryview(plain)[_META.size :]
     if prefix_length > len(meta) or order not in (_LITTLE, _BIG):
-        raise IntegrityError(OpenFailure.TRUNCATED, "at-rest blob: malformed sealed header")
+        raise IntegrityError(IntegrityFailure.TRUNCATED, "at-rest blob: malformed sealed header")
     parts: list[bytes | memoryview] = [meta[:prefix_length]]
     for i, frame in enumerate(frames):
         try:
             cipher, nonce = unpack(bytes(frame))
             image = decrypt(cipher, image_key, nonce)
-        except QcoreError as exc:
-            raise IntegrityError(OpenFailure.TAG, f"at-rest blob: frame {i} does not decrypt") from exc
+        except QlinkError as exc:  # the image cipher refused the frame (a bad tag or layout)
+            raise IntegrityError(IntegrityFailure.TAG, f"at-rest blob: frame {i} does not decrypt") from exc
         parts.append(_encode(image, order))
     parts.append(meta[prefix_length:])
     out = b"".join(parts)
     if hashlib.sha256(out).digest() != digest:
-        raise IntegrityError(OpenFailure.TAG, "at-rest blob: reassembled file does not match its SHA-256")
+        raise IntegrityError(IntegrityFailure.TAG, "at-rest blob: the reassembled file fails its SHA-256")
     return out
 
 
@@ -267,7 +266,7 @@ def _aead_open(key: bytes, aad: bytes, sealed: memoryview) -> bytes:
             for index, start in enumerate(range(0, len(sealed), step))
         )
     except InvalidTag:
-        raise IntegrityError(OpenFailure.TAG, "at-rest blob: wrong key or changed blob") from None
+        raise IntegrityError(IntegrityFailure.TAG, "at-rest blob: wrong key or changed blob") from None
 
 
 # Parsing ------------------------------------------------------------------------------------------------
@@ -275,12 +274,12 @@ def _aead_open(key: bytes, aad: bytes, sealed: memoryview) -> bytes:
 
 def _parse_header(view: memoryview) -> tuple[str, bytes, int, int]:
     if len(view) < _HEADER.size:
-        raise IntegrityError(OpenFailure.TRUNCATED, "at-rest blob: shorter than its header")
+        raise IntegrityError(IntegrityFailure.TRUNCATED, "at-rest blob: shorter than its header")
     magic, version, code, salt, sealed_length, frame_count = _HEADER.unpack_from(view)
     if magic != MAGIC:
-        raise IntegrityError(OpenFailure.VERSION, "not a qlink at-rest blob")
+        raise IntegrityError(IntegrityFailure.VERSION, "not a qlink at-rest blob")
     if version != VERSION or code not in _FORMS:
-        raise IntegrityError(OpenFailure.VERSION, f"at-rest blob version {version} form {code} unknown")
+        raise IntegrityError(IntegrityFailure.VERSION, f"at-rest blob version {version} form {code} unknown")
     return _FORMS[code], salt, sealed_length, frame_count
 
 
@@ -288,20 +287,20 @@ def _parse(view: memoryview) -> tuple[str, bytes, memoryview, list[memoryview]]:
     form, salt, sealed_length, frame_count = _parse_header(view)
     pos = _HEADER.size + sealed_length
     if sealed_length < TAG_BYTES or pos > len(view):
-        raise IntegrityError(OpenFailure.TRUNCATED, "at-rest blob: sealed part cut short")
+        raise IntegrityError(IntegrityFailure.TRUNCATED, "at-rest blob: sealed part cut short")
     if (form == FORM_AEAD) != (frame_count == 0) or frame_count * _FRAME_LENGTH.size > len(view) - pos:
-        raise IntegrityError(OpenFailure.TRUNCATED, "at-rest blob: frame count does not fit")
+        raise IntegrityError(IntegrityFailure.TRUNCATED, "at-rest blob: frame count does not fit")
     sealed = view[_HEADER.size : pos]
     frames = []
     for _ in range(frame_count):
         if pos + _FRAME_LENGTH.size > len(view):
-            raise IntegrityError(OpenFailure.TRUNCATED, "at-rest blob: frame table cut short")
+            raise IntegrityError(IntegrityFailure.TRUNCATED, "at-rest blob: frame table cut short")
         (length,) = _FRAME_LENGTH.unpack_from(view, pos)
         pos += _FRAME_LENGTH.size
         if pos + length > len(view):
-            raise IntegrityError(OpenFailure.TRUNCATED, "at-rest blob: cipher image cut short")
+            raise IntegrityError(IntegrityFailure.TRUNCATED, "at-rest blob: cipher image cut short")
         frames.append(view[pos : pos + length])
         pos += length
     if pos != len(view):
-        raise IntegrityError(OpenFailure.TRUNCATED, "at-rest blob: bytes after the last frame")
+        raise IntegrityError(IntegrityFailure.TRUNCATED, "at-rest blob: bytes after the last frame")
     return form, salt, sealed, frames

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from qlinkmed.qcore.errors import UsageError
 from qlinkmed.qlinkd.errors import ContentError
 
 UNKNOWN_KIND = "not DICOM, PNG, JPEG, FHIR JSON or HL7 v2"
@@ -111,9 +112,9 @@ class ContentInfo:
 
     def __post_init__(self) -> None:
         if self.size < 0:
-            raise ValueError("size must not be negative")
+            raise UsageError("size must not be negative")
         if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
-            raise ValueError("sha256 must be 64 lowercase hex digits")
+            raise UsageError("sha256 must be 64 lowercase hex digits")
 
 
 def sniff(name: str, data: bytes) -> ContentKind:

@@ -18,9 +18,9 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from qlinkmed.qcore.errors import IntegrityFailure
 from qlinkmed.qlinkd.errors import IntegrityError
 from qlinkmed.qlinkd.pool.values import DeliveredKey
-from qlinkmed.qlinkd.seal import OpenFailure
 
 PAD_KEY_BYTES = 16 * 1024
 """One pad key: about ten FHIR bundles of a few KiB; also the most key one session can leave unused."""
@@ -99,7 +99,7 @@ class ReceiverPads:
     def announce(self, key_id: str, fetch: Coroutine[Any, Any, DeliveredKey]) -> None:
         if key_id in self._pads:
             fetch.close()
-            raise IntegrityError(OpenFailure.REPLAY, f"pad key {key_id} announced twice")
+            raise IntegrityError(IntegrityFailure.REPLAY, f"pad key {key_id} announced twice")
         task = asyncio.ensure_future(fetch)
         task.add_done_callback(_retrieve)
         self._pads[key_id] = _ReceiverPad(task)
@@ -110,9 +110,11 @@ class ReceiverPads:
         the fetch raised if the key never arrived."""
         pad = self._pads.get(key_id)
         if pad is None:
-            raise IntegrityError(OpenFailure.KEY_MISMATCH, f"pad key {key_id} is not announced or retired")
+            raise IntegrityError(
+                IntegrityFailure.KEY_MISMATCH, f"pad key {key_id} is not announced or retired"
+            )
         if offset != pad.next:
-            failure = OpenFailure.REPLAY if offset < pad.next else OpenFailure.REORDERED
+            failure = IntegrityFailure.REPLAY if offset < pad.next else IntegrityFailure.REORDERED
             raise IntegrityError(failure, f"pad offset {offset} of key {key_id}, expected {pad.next}")
         # Every pad key announced before this one is finished: the sender never goes back to it.
         for earlier in list(self._pads):
@@ -122,7 +124,7 @@ class ReceiverPads:
         material = (await pad.fetching).material
         if offset + size > len(material):
             raise IntegrityError(
-                OpenFailure.TOO_LARGE,
+                IntegrityFailure.TOO_LARGE,
                 f"frame needs pad up to byte {offset + size} of a {len(material)}-byte key",
             )
         pad.next = offset + size

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+from qlinkmed.qcore.errors import UsageError
 from qlinkmed.qlinkd.errors import AuditError
 
 GENESIS = "0" * 64
@@ -39,7 +40,7 @@ def _utc_now() -> dt.datetime:
 def rfc3339(moment: dt.datetime) -> str:
     """The audit log's time format: UTC, microseconds, "Z" (as every record's ts)."""
     if moment.tzinfo is None:
-        raise ValueError("audit timestamps must be timezone-aware")
+        raise UsageError("audit timestamps must be timezone-aware")
     return moment.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from qlinkmed.qcore.errors import UsageError
+
 
 @dataclass(slots=True, kw_only=True)
 class Backoff:
@@ -19,7 +21,7 @@ class Backoff:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.first_s <= self.longest_s or self.factor < 1.0:
-            raise ValueError("backoff needs 0 < first_s <= longest_s and factor >= 1")
+            raise UsageError("backoff needs 0 < first_s <= longest_s and factor >= 1")
         self._next_s = self.first_s
 
     def delay(self) -> float:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from qlinkmed.qcore.constants import FACILITY_ID_PATTERN, QBER_TOLERANCE, is_facility_id
-from qlinkmed.qcore.errors import ConfigError as QcoreConfigError
 from qlinkmed.qcore.params import DistillConfig, ProtocolKind
 from qlinkmed.qlinkd.errors import ConfigError, PkiError
 
@@ -362,7 +361,7 @@ def build(prefix: str, factory: Callable[..., T], **kwargs: Any) -> T:
     """Construct a validated dataclass, prefixing its field name with the section path on error."""
     try:
         return factory(**kwargs)
-    except (ConfigError, QcoreConfigError) as exc:
+    except ConfigError as exc:
         raise ConfigError(f"{prefix}.{exc.field}" if prefix else exc.field, exc.message) from None
 
 

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from qlinkmed.qcore.errors import UsageError
 from qlinkmed.qlinkd.errors import PkiError
 
 DEFAULT_DAYS = 825
@@ -48,7 +49,7 @@ def _name(common_name: str) -> x509.Name:
 
 def _validity(builder: x509.CertificateBuilder, days: int) -> x509.CertificateBuilder:
     if days <= 0:
-        raise ValueError(f"days must be positive, got {days}")
+        raise UsageError(f"days must be positive, got {days}")
     now = dt.datetime.now(dt.UTC)
     return builder.not_valid_before(now - _CLOCK_SKEW).not_valid_after(now + dt.timedelta(days=days))
 
@@ -105,11 +106,11 @@ def issue(
     become IP addresses, anything else a DNS name), usable for TLS client and/or server authentication.
     Returns (cert_pem, key_pem)."""
     if not (client or server):
-        raise ValueError("a certificate must allow client or server authentication")
+        raise UsageError("a certificate must allow client or server authentication")
     ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
     ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise ValueError("the CA key is not an EC key")
+        raise UsageError("the CA key is not an EC key")
     key = _new_key()
     public = key.public_key()
     usages = [ExtendedKeyUsageOID.CLIENT_AUTH] * client + [ExtendedKeyUsageOID.SERVER_AUTH] * server
@@ -176,15 +177,15 @@ def write_demo_pki(
     hosts) and each SAE (client only) in `directory`. Returns {file name: path}. Refuses to overwrite any
     existing file; nothing is written if one already exists."""
     if not facilities:
-        raise ValueError("at least one facility is needed")
+        raise UsageError("at least one facility is needed")
     leaves: list[tuple[str, bool]] = [(f, True) for f in facilities]
     leaves += [(CHANNEL_NAME, True)] + [(s, False) for s in saes]
     seen: set[str] = set()
     for name, _ in leaves:
         if not _NAME.fullmatch(name):
-            raise ValueError(f"invalid name {name!r}: use letters, digits, '.', '_' or '-' (max 63)")
+            raise UsageError(f"invalid name {name!r}: use letters, digits, '.', '_' or '-' (max 63)")
         if name in seen or name == "ca":
-            raise ValueError(f"name {name!r} is used twice (or is reserved)")
+            raise UsageError(f"name {name!r} is used twice (or is reserved)")
         seen.add(name)
     directory = Path(directory)
     files = ["ca.pem", "ca.key"] + [f"{n}{ext}" for n, _ in leaves for ext in (".pem", ".key")]

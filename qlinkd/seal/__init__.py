@@ -4,7 +4,8 @@
   rekey limits (the default for studies).
 - ``otp``: one-time pad plus a Wegman-Carter tag, for EHR messages when the pool holds enough key.
 - ``hybrid``: an ML-KEM-768 shared secret mixed into the AEAD key derivation.
-Every failure to open a frame raises ``qlinkd.errors.IntegrityError``.
+Every failure to open a frame raises ``IntegrityError``, its ``reason`` an ``IntegrityFailure``
+(both in ``qcore.errors``).
 """
 
 from __future__ import annotations
@@ -19,12 +20,10 @@ from qlinkmed.qlinkd.seal.aead import (
     derive_traffic_key,
     peek_key_ids,
 )
-from qlinkmed.qlinkd.seal.header import OpenFailure
 
 __all__ = [
     "Direction",
     "KeyStatus",
-    "OpenFailure",
     "Opener",
     "Sealer",
     "SendState",

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from qlinkmed.qcore.errors import IntegrityFailure, UsageError
 from qlinkmed.qlinkd.errors import IntegrityError, NoncesExhausted, RekeyRequired
 from qlinkmed.qlinkd.seal.constants import (
     AEAD_KEY_BYTES,
@@ -46,7 +47,6 @@ from qlinkmed.qlinkd.seal.constants import (
 )
 from qlinkmed.qlinkd.seal.header import (
     KeyIdLike,
-    OpenFailure,
     canonical_key_ids,
     encode_key_ids,
     parse_key_ids,
@@ -104,7 +104,7 @@ def derive_traffic_key(
     key IDs. With `kem_secret` (an ML-KEM shared secret, see ``hybrid``) the input keying material is the
     concatenation QKD key || KEM secret, as in the TLS hybrid design: the output is secret if either is."""
     if len(material) < MIN_QKD_KEY_BYTES:
-        raise ValueError(f"QKD key material must be at least {MIN_QKD_KEY_BYTES} bytes, not {len(material)}")
+        raise UsageError(f"QKD key material must be at least {MIN_QKD_KEY_BYTES} bytes, not {len(material)}")
     ids = canonical_key_ids(key_ids)
     suite = SUITE if kem_secret is None else HYBRID_SUITE
     ikm = bytes(material) if kem_secret is None else bytes(material) + bytes(kem_secret)
@@ -137,7 +137,7 @@ class SendState:
 
     def __post_init__(self) -> None:
         if not 0 <= self.next_counter <= self.reserved_until or self.bytes_sealed < 0:
-            raise ValueError("inconsistent SendState")
+            raise UsageError("inconsistent SendState")
 
 
 class Sealer:
@@ -197,7 +197,7 @@ class Sealer:
         """The state to persist to reserve `count` more counters. Nothing changes until it is written
         durably and handed back to ``commit_reservation``."""
         if count <= 0:
-            raise ValueError("a reservation needs at least one counter")
+            raise UsageError("a reservation needs at least one counter")
         until = min(self._reserved + count, REJECT_AFTER_MESSAGES)
         return SendState(
             next_counter=self._next,
@@ -209,7 +209,7 @@ class Sealer:
     def commit_reservation(self, persisted: SendState) -> None:
         """Counters below ``persisted.reserved_until`` may now be used: the caller has written it durably."""
         if persisted.started_at != self._started_at:
-            raise ValueError("reservation belongs to another key")
+            raise UsageError("reservation belongs to another key")
         self._reserved = max(self._reserved, persisted.reserved_until)
 
     def status(self, now: float) -> KeyStatus:
@@ -221,7 +221,7 @@ class Sealer:
         durable reservation is used up."""
         size = len(plaintext)
         if size > MAX_PLAINTEXT_BYTES:
-            raise ValueError(f"plaintext of {size} bytes exceeds the frame limit {MAX_PLAINTEXT_BYTES}")
+            raise UsageError(f"plaintext of {size} bytes exceeds the frame limit {MAX_PLAINTEXT_BYTES}")
         counter = self._next
         if now - self._started_at >= REJECT_AFTER_SECONDS:
             raise RekeyRequired("age", f"traffic key is {now - self._started_at:.0f} s old")
@@ -269,44 +269,44 @@ class Opener:
         if len(frame) < header_len + TAG_BYTES:
             # Tell a frame of another version or key apart from a short one, for the audit log.
             if frame[:1] and frame[0] != AEAD_VERSION:
-                raise IntegrityError(OpenFailure.VERSION, f"frame version {frame[0]:#04x}")
-            raise IntegrityError(OpenFailure.TRUNCATED, f"frame of {len(frame)} bytes is too short")
+                raise IntegrityError(IntegrityFailure.VERSION, f"frame version {frame[0]:#04x}")
+            raise IntegrityError(IntegrityFailure.TRUNCATED, f"frame of {len(frame)} bytes is too short")
         if frame[0] != AEAD_VERSION:
-            raise IntegrityError(OpenFailure.VERSION, f"frame version {frame[0]:#04x}")
+            raise IntegrityError(IntegrityFailure.VERSION, f"frame version {frame[0]:#04x}")
         if frame[: len(prefix)] != prefix:
-            raise IntegrityError(OpenFailure.KEY_MISMATCH, "frame names other key IDs")
+            raise IntegrityError(IntegrityFailure.KEY_MISMATCH, "frame names other key IDs")
         if len(frame) - header_len - TAG_BYTES > MAX_PLAINTEXT_BYTES:
-            raise IntegrityError(OpenFailure.TOO_LARGE, f"frame of {len(frame)} bytes exceeds the limit")
+            raise IntegrityError(IntegrityFailure.TOO_LARGE, f"frame of {len(frame)} bytes exceeds the limit")
         if now - self._started_at >= REJECT_AFTER_SECONDS:
-            raise IntegrityError(OpenFailure.KEY_EXPIRED, "traffic key past its age limit")
+            raise IntegrityError(IntegrityFailure.KEY_EXPIRED, "traffic key past its age limit")
         view = memoryview(frame)
         counter_bytes = bytes(view[len(prefix) : header_len])
         (counter,) = _COUNTER.unpack(counter_bytes)
         if counter >= REJECT_AFTER_MESSAGES:
-            raise IntegrityError(OpenFailure.KEY_EXPIRED, f"counter {counter} past the message limit")
+            raise IntegrityError(IntegrityFailure.KEY_EXPIRED, f"counter {counter} past the message limit")
         try:
             plaintext = self._aead.decrypt(NONCE_PREFIX + counter_bytes, view[header_len:], view[:header_len])
         except InvalidTag:
-            raise IntegrityError(OpenFailure.TAG, f"tag check failed on frame {counter}") from None
+            raise IntegrityError(IntegrityFailure.TAG, f"tag check failed on frame {counter}") from None
         # Only now, with the frame authentic, may the counter touch the window (wireguard-go order).
         if self._in_order:
             highest = self._window.highest
             expected = 0 if highest is None else highest + 1
             if counter != expected:
-                failure = OpenFailure.REPLAY if counter < expected else OpenFailure.REORDERED
+                failure = IntegrityFailure.REPLAY if counter < expected else IntegrityFailure.REORDERED
                 raise IntegrityError(failure, f"frame {counter} arrived where {expected} was due")
         if self._window.is_too_old(counter):
-            raise IntegrityError(OpenFailure.TOO_OLD, f"frame {counter} is behind the replay window")
+            raise IntegrityError(IntegrityFailure.TOO_OLD, f"frame {counter} is behind the replay window")
         if not self._window.check_and_mark(counter):
-            raise IntegrityError(OpenFailure.REPLAY, f"frame {counter} was already received")
+            raise IntegrityError(IntegrityFailure.REPLAY, f"frame {counter} was already received")
         return plaintext
 
 
 def peek_key_ids(frame: bytes) -> tuple[uuid.UUID, ...]:
     """The key IDs a frame names, to pick its Opener. Unauthenticated: trust nothing until ``open``."""
     if not frame:
-        raise IntegrityError(OpenFailure.TRUNCATED, "empty frame")
+        raise IntegrityError(IntegrityFailure.TRUNCATED, "empty frame")
     if frame[0] != AEAD_VERSION:
-        raise IntegrityError(OpenFailure.VERSION, f"frame version {frame[0]:#04x}")
+        raise IntegrityError(IntegrityFailure.VERSION, f"frame version {frame[0]:#04x}")
     ids, _ = parse_key_ids(frame, 1)
     return ids

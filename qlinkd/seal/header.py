@@ -7,35 +7,21 @@ the QKD keys the frame's key was taken from). It is part of the authenticated he
 
 from __future__ import annotations
 
-import enum
 import uuid
 from collections.abc import Iterable
 
+from qlinkmed.qcore.errors import IntegrityFailure, UsageError
 from qlinkmed.qlinkd.errors import IntegrityError
 from qlinkmed.qlinkd.seal.constants import KEY_ID_BYTES, MAX_KEY_IDS
 
 KeyIdLike = str | uuid.UUID
 
 
-class OpenFailure(enum.Enum):
-    """Which check refused a frame (``IntegrityError.reason``): for the audit log, never for the peer."""
-
-    TRUNCATED = "truncated"
-    VERSION = "version"
-    KEY_MISMATCH = "key_mismatch"
-    TOO_LARGE = "too_large"
-    TAG = "tag"
-    REPLAY = "replay"
-    TOO_OLD = "too_old"
-    KEY_EXPIRED = "key_expired"
-    REORDERED = "reordered"
-
-
 def canonical_key_ids(key_ids: Iterable[KeyIdLike]) -> tuple[uuid.UUID, ...]:
-    """Key IDs as UUIDs; a malformed ID, none at all, or too many raise ValueError (a local misuse)."""
+    """Key IDs as UUIDs; a malformed ID, none at all, or too many raise UsageError (a local misuse)."""
     ids = tuple(k if isinstance(k, uuid.UUID) else uuid.UUID(k) for k in key_ids)
     if not 1 <= len(ids) <= MAX_KEY_IDS:
-        raise ValueError(f"a frame names 1 to {MAX_KEY_IDS} key IDs, not {len(ids)}")
+        raise UsageError(f"a frame names 1 to {MAX_KEY_IDS} key IDs, not {len(ids)}")
     return ids
 
 
@@ -46,13 +32,13 @@ def encode_key_ids(ids: tuple[uuid.UUID, ...]) -> bytes:
 def parse_key_ids(frame: bytes, offset: int) -> tuple[tuple[uuid.UUID, ...], int]:
     """The key IDs starting at `offset` and the offset after them. Untrusted until the tag verifies."""
     if len(frame) <= offset:
-        raise IntegrityError(OpenFailure.TRUNCATED, "frame ends before its key-ID count")
+        raise IntegrityError(IntegrityFailure.TRUNCATED, "frame ends before its key-ID count")
     count = frame[offset]
     end = offset + 1 + count * KEY_ID_BYTES
     if count == 0:
-        raise IntegrityError(OpenFailure.TRUNCATED, "frame names no key ID")
+        raise IntegrityError(IntegrityFailure.TRUNCATED, "frame names no key ID")
     if len(frame) < end:
-        raise IntegrityError(OpenFailure.TRUNCATED, "frame ends inside its key IDs")
+        raise IntegrityError(IntegrityFailure.TRUNCATED, "frame ends inside its key IDs")
     ids = tuple(
         uuid.UUID(bytes=bytes(frame[i : i + KEY_ID_BYTES])) for i in range(offset + 1, end, KEY_ID_BYTES)
     )

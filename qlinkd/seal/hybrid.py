@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from cryptography.exceptions import UnsupportedAlgorithm
 
+from qlinkmed.qcore.errors import DecodeError, UsageError
 from qlinkmed.qlinkd.errors import HybridUnavailable
 from qlinkmed.qlinkd.seal.aead import Direction, TrafficKey, derive_traffic_key
 from qlinkmed.qlinkd.seal.header import KeyIdLike
@@ -69,7 +70,7 @@ class HybridOffer:
         tests are reproducible."""
         _require()
         if len(seed) != MLKEM_SEED_BYTES:
-            raise ValueError(f"an ML-KEM seed is {MLKEM_SEED_BYTES} bytes")
+            raise UsageError(f"an ML-KEM seed is {MLKEM_SEED_BYTES} bytes")
         self._private = _mlkem.MLKEM768PrivateKey.from_seed_bytes(seed)
 
     def __repr__(self) -> str:
@@ -85,7 +86,7 @@ class HybridOffer:
         try:
             secret = self._private.decapsulate(ciphertext)
         except ValueError as exc:
-            raise ValueError(f"malformed ML-KEM ciphertext: {exc}") from None
+            raise DecodeError(f"malformed ML-KEM ciphertext: {exc}") from None
         return KemSecret(secret=secret)
 
 
@@ -95,7 +96,7 @@ def respond(public_bytes: bytes) -> tuple[bytes, KemSecret]:
     try:
         public = _mlkem.MLKEM768PublicKey.from_public_bytes(public_bytes)
     except ValueError as exc:
-        raise ValueError(f"malformed ML-KEM encapsulation key: {exc}") from None
+        raise DecodeError(f"malformed ML-KEM encapsulation key: {exc}") from None
     secret, ciphertext = public.encapsulate()
     return ciphertext, KemSecret(secret=secret)
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
+from qlinkmed.qcore.errors import IntegrityFailure, UsageError
 from qlinkmed.qlinkd.errors import IntegrityError, KeyMaterialShort
 from qlinkmed.qlinkd.seal.constants import (
     KEY_ID_BYTES,
@@ -36,7 +37,6 @@ from qlinkmed.qlinkd.seal.constants import (
 )
 from qlinkmed.qlinkd.seal.header import (
     KeyIdLike,
-    OpenFailure,
     canonical_key_ids,
     encode_key_ids,
     parse_key_ids,
@@ -79,7 +79,7 @@ def seal_otp_range(message: bytes, pad: bytes, key_id: KeyIdLike, offset: int) -
     """Seal `message` with `pad`, the bytes of session pad key `key_id` from `offset` on (at least
     ``otp_key_bytes(len(message))`` of them; the frame consumes exactly that many)."""
     if not 0 <= offset < 1 << (8 * OTP_OFFSET_BYTES):
-        raise ValueError(f"pad offset {offset} does not fit the frame")
+        raise UsageError(f"pad offset {offset} does not fit the frame")
     key_uuid = key_id if isinstance(key_id, uuid.UUID) else uuid.UUID(key_id)
     header = bytes([OTP_RANGE_VERSION]) + key_uuid.bytes + offset.to_bytes(OTP_OFFSET_BYTES, "big")
     return _seal(header, message, pad)
@@ -87,7 +87,7 @@ def seal_otp_range(message: bytes, pad: bytes, key_id: KeyIdLike, offset: int) -
 
 def _seal(header: bytes, message: bytes, material: bytes) -> OtpSealed:
     if len(message) > MAX_OTP_PLAINTEXT_BYTES:
-        raise ValueError(f"OTP message of {len(message)} bytes exceeds {MAX_OTP_PLAINTEXT_BYTES}")
+        raise UsageError(f"OTP message of {len(message)} bytes exceeds {MAX_OTP_PLAINTEXT_BYTES}")
     needed = otp_key_bytes(len(message))
     if len(material) < needed:
         raise KeyMaterialShort(needed_bits=8 * needed, provided_bits=8 * len(material))
@@ -150,17 +150,17 @@ def open_otp_range(frame: bytes, pad: bytes) -> bytes:
 
 def _check_version(frame: bytes, version: int) -> None:
     if not frame:
-        raise IntegrityError(OpenFailure.TRUNCATED, "empty frame")
+        raise IntegrityError(IntegrityFailure.TRUNCATED, "empty frame")
     if frame[0] != version:
-        raise IntegrityError(OpenFailure.VERSION, f"frame version {frame[0]:#04x}")
+        raise IntegrityError(IntegrityFailure.VERSION, f"frame version {frame[0]:#04x}")
 
 
 def _message_size(frame: bytes, body_start: int) -> int:
     size = len(frame) - body_start - TAG_BYTES
     if size < 0:
-        raise IntegrityError(OpenFailure.TRUNCATED, "frame ends inside its header or tag")
+        raise IntegrityError(IntegrityFailure.TRUNCATED, "frame ends inside its header or tag")
     if size > MAX_OTP_PLAINTEXT_BYTES:
-        raise IntegrityError(OpenFailure.TOO_LARGE, f"OTP frame of {len(frame)} bytes exceeds the limit")
+        raise IntegrityError(IntegrityFailure.TOO_LARGE, f"OTP frame of {len(frame)} bytes exceeds the limit")
     return size
 
 
@@ -175,5 +175,5 @@ def _open(frame: bytes, body_start: int, material: bytes) -> bytes:
         tag_key, tag = bytes(key[:OTP_TAG_KEY_BYTES]), bytes(view[-TAG_BYTES:])
         Poly1305.verify_tag(tag_key, view[: len(frame) - TAG_BYTES], tag)
     except InvalidSignature:
-        raise IntegrityError(OpenFailure.TAG, "Wegman-Carter tag mismatch") from None
+        raise IntegrityError(IntegrityFailure.TAG, "Wegman-Carter tag mismatch") from None
     return _xor(view[body_start : len(frame) - TAG_BYTES], key[OTP_TAG_KEY_BYTES:needed])

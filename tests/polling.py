@@ -1,0 +1,46 @@
+"""The one polling helper the tests use to wait for a condition (a server ready, a key in the pool, a
+transfer delivered): it returns the first truthy value the probe gives and fails the test, naming what
+it waited for and the last value seen, when the deadline passes. Never a fixed sleep."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+DEADLINE_S = 60.0
+"""Generous: the shared 2-core machine can stall for seconds; a condition that holds ends the wait at once."""
+EVERY_S = 0.05
+
+
+def wait_for(probe: Callable[[], T], what: str, *, timeout: float = DEADLINE_S, every: float = EVERY_S) -> T:
+    """Call `probe` until it returns something truthy and return that; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}; last value: {value!r}")
+        time.sleep(every)
+
+
+async def wait_for_async(
+    probe: Callable[[], T | Awaitable[T]], what: str, *, timeout: float = DEADLINE_S, every: float = 0.02
+) -> T:
+    """`wait_for` inside an event loop: the probe may be a plain or an async function."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if isinstance(value, Awaitable):
+            value = await value
+        if value:
+            return value  # type: ignore[return-value]  # narrowed from T | Awaitable[T] by the await above
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}; last value: {value!r}")
+        await asyncio.sleep(every)
