@@ -18,6 +18,8 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qlinkmed.qlinkd.link.status import LinkStatus, StatusFormatError
+
 if TYPE_CHECKING:
     from qlinkmed.qlinkd.ops.config import FacilityConfig
 
@@ -127,6 +129,17 @@ def ask_local(args: argparse.Namespace, command: str, path: str) -> tuple[str, A
     except ApiError as exc:
         print(unreachable("qlinkd", exc), file=sys.stderr)
         return EXIT_FAILURE
+
+
+def link_statuses(status: object) -> list[LinkStatus]:
+    """The links of a GET /v1/status answer, parsed into the daemon's own status type (its module is
+    standard library only). StatusFormatError names the field when the answer is not a status."""
+    if not isinstance(status, dict):
+        raise StatusFormatError("status", f"expected an object, got {type(status).__name__}")
+    links = status.get("links", [])
+    if not isinstance(links, list):
+        raise StatusFormatError("links", f"expected a list, got {type(links).__name__}")
+    return [LinkStatus.from_json(link) for link in links]
 
 
 def unreachable(what: str, exc: ApiError) -> str:
