@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qlinkmed.qlinkd.errors import ConfigError
 from qlinkmed.qlinkd.link.status import LinkStatus, StatusFormatError
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ def local_target(args: argparse.Namespace) -> str:
 
 def facility_config(path: Path) -> FacilityConfig:
     """The facility configuration at `path`; TargetError naming the bad field otherwise."""
-    from qlinkmed.qlinkd.ops.config import ConfigError, load_facility_config
+    from qlinkmed.qlinkd.ops.config import load_facility_config
 
     try:
         return load_facility_config(path)
@@ -107,7 +108,6 @@ def local_url_from_config(path: Path) -> str:
 def admin_url_from_config(path: Path) -> str:
     """The admin-API URL of the channel service whose configuration is `path` (its [channel] admin)."""
     from qlinkmed.qlinkd.channel.config import load_channel_config
-    from qlinkmed.qlinkd.ops.config import ConfigError
 
     try:
         config = load_channel_config(path)
