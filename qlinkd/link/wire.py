@@ -13,9 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-# protobuf ships no type stubs (types-protobuf is not installed here): its error class is untyped.
-from google.protobuf.message import DecodeError as ProtobufDecodeError  # type: ignore[import-untyped]
+from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from qlinkmed.proto import qlinkmed_wire_pb2 as pb
 from qlinkmed.qcore import codec
