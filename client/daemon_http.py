@@ -18,6 +18,9 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qlinkmed.qlinkd.errors import ConfigError
+from qlinkmed.qlinkd.link.status import LinkStatus, StatusFormatError
+
 if TYPE_CHECKING:
     from qlinkmed.qlinkd.ops.config import FacilityConfig
 
@@ -89,7 +92,7 @@ def local_target(args: argparse.Namespace) -> str:
 
 def facility_config(path: Path) -> FacilityConfig:
     """The facility configuration at `path`; TargetError naming the bad field otherwise."""
-    from qlinkmed.qlinkd.ops.config import ConfigError, load_facility_config
+    from qlinkmed.qlinkd.ops.config import load_facility_config
 
     try:
         return load_facility_config(path)
@@ -105,7 +108,6 @@ def local_url_from_config(path: Path) -> str:
 def admin_url_from_config(path: Path) -> str:
     """The admin-API URL of the channel service whose configuration is `path` (its [channel] admin)."""
     from qlinkmed.qlinkd.channel.config import load_channel_config
-    from qlinkmed.qlinkd.ops.config import ConfigError
 
     try:
         config = load_channel_config(path)
@@ -127,6 +129,17 @@ def ask_local(args: argparse.Namespace, command: str, path: str) -> tuple[str, A
     except ApiError as exc:
         print(unreachable("qlinkd", exc), file=sys.stderr)
         return EXIT_FAILURE
+
+
+def link_statuses(status: object) -> list[LinkStatus]:
+    """The links of a GET /v1/status answer, parsed into the daemon's own status type (its module is
+    standard library only). StatusFormatError names the field when the answer is not a status."""
+    if not isinstance(status, dict):
+        raise StatusFormatError("status", f"expected an object, got {type(status).__name__}")
+    links = status.get("links", [])
+    if not isinstance(links, list):
+        raise StatusFormatError("links", f"expected a list, got {type(links).__name__}")
+    return [LinkStatus.from_json(link) for link in links]
 
 
 def unreachable(what: str, exc: ApiError) -> str:

@@ -41,7 +41,7 @@ def make_local_app(
             "uptime_s": round(time.monotonic() - started, 3),
             "saes": list(rt.config.saes),
             "key_size_bits": rt.config.kme.key_size,
-            "links": [link.statistics() for link in links.values()],
+            "links": [link.statistics().to_json() for link in links.values()],
         }
         if plane is not None:
             body["data_plane"] = {"senders": plane.sender_states()}

@@ -89,8 +89,6 @@ class LinkPair:
         while (event := link.next_event()) is not None:
             end.events.append(event)
             persist(store, link, peer, event, self.now)
-            if isinstance(event, lk.NoticeReceived):
-                store.accept_notice(peer, event.notice)
 
     def _outgoing(self, end: End) -> bool:
         moved = False

@@ -11,11 +11,12 @@ import pytest
 
 from qlinkmed.qcore import messages as qm
 from qlinkmed.qcore.channel import Eavesdropper, EveKind
-from qlinkmed.qcore.errors import AbortReason
+from qlinkmed.qcore.errors import AbortReason, LocalProtocolError
 from qlinkmed.qlinkd.link import machine as lk
 from qlinkmed.qlinkd.link import messages as lm
 from qlinkmed.qlinkd.link.wire import encode_frame
 from qlinkmed.qlinkd.pool.keystore import KeyStore
+from qlinkmed.qlinkd.pool.values import KeyNotice, Segment
 
 from .link_pair import LinkPair
 
@@ -267,8 +268,16 @@ def test_silent_peer_times_out_and_nothing_is_kept(pair: LinkPair) -> None:
     assert pair.a.store.pool_bits(pair.a.peer) == 0
 
 
-# ---- the transition table, exhaustively for peer inputs ----------------------------------------------
-def _peer_input(kind: lk.Input, round_id: int) -> tuple[int, object]:
+# ---- the transition table, exhaustively ------------------------------------------------------------
+NOTICE = KeyNotice(
+    key_id="00000000-0000-4000-8000-000000000000",
+    master_sae="m",
+    slave_sae="s",
+    segments=(Segment(round_id=1, start=0, length=32),),
+)
+
+
+def _peer_input(kind: lk.Input, round_id: int) -> tuple[int, lm.PeerMessage]:
     if kind is lk.Input.HELLO:
         return 0, lm.Hello(
             facility="hospital-a",
@@ -287,10 +296,12 @@ def _peer_input(kind: lk.Input, round_id: int) -> tuple[int, object]:
         return round_id, qm.Estimate(test_bits=np.zeros(3, dtype=np.uint8))
     if kind is lk.Input.KEY_STORED:
         return round_id, lm.KeyStored(confirmation=bytes(16))
-    return 0, lm.NoticeAck(key_id="00000000-0000-4000-8000-000000000000")
+    if kind is lk.Input.NOTICE:
+        return 0, NOTICE
+    return 0, lm.NoticeAck(key_id=NOTICE.key_id)
 
 
-HELD_FRAMES: dict[str, object] = {}
+HELD_FRAMES: dict[str, lm.PeerMessage] = {}
 
 
 def _bob_in(state: lk.State, root: Path) -> tuple[LinkPair, int]:
@@ -319,11 +330,23 @@ def _bob_in(state: lk.State, root: Path) -> tuple[LinkPair, int]:
     return pair, 1
 
 
+def _reachable(state: lk.State) -> set[lk.State]:
+    """`state`, and every state the machine's own consequences (key agreed, round ended, link closed)
+    may lead on to from it."""
+    seen, todo = {state}, [state]
+    while todo:
+        current = todo.pop()
+        for consequence in lk.CONSEQUENCES:
+            after = lk.TRANSITIONS.get((current, consequence))
+            if after is not None and after not in seen:
+                seen.add(after)
+                todo.append(after)
+    return seen
+
+
 @pytest.mark.parametrize("state", [s for s in lk.State if s is not lk.State.CLOSED])
-@pytest.mark.parametrize(
-    "kind", [lk.Input.HELLO, lk.Input.ROUND_START, lk.Input.DISTILL, lk.Input.KEY_STORED, lk.Input.NOTICE]
-)
-def test_every_peer_input_outside_the_table_ends_the_round(
+@pytest.mark.parametrize("kind", sorted(lk.PEER_INPUTS, key=lambda i: i.value))
+def test_every_peer_input_moves_by_the_table_or_ends_the_round(
     tmp_path: Path, state: lk.State, kind: lk.Input
 ) -> None:
     pair, round_id = _bob_in(state, tmp_path)
@@ -341,11 +364,127 @@ def test_every_peer_input_outside_the_table_ends_the_round(
     legal = (state, kind) in lk.TRANSITIONS
     if not legal:
         assert violated, (state, kind, bob.state, events)
-    elif kind in (lk.Input.NOTICE, lk.Input.KEY_STORED):
+        assert bob.state in _reachable(state) - {state}
+        return
+    if kind in (lk.Input.NOTICE, lk.Input.NOTICE_ACK, lk.Input.KEY_STORED):
         assert not violated
-    assert bob.state in lk.TRANSITIONS.get((state, kind), frozenset({lk.State.CLOSED, lk.State.IDLE})) | {
-        state
-    }
+    assert bob.state in _reachable(lk.TRANSITIONS[(state, kind)]), (state, kind, bob.state)
+
+
+def _machine(tmp_path: Path) -> lk.LinkConnection:
+    store = KeyStore.open(tmp_path / "one.sqlite3")
+    store.init_auth("hospital-b", bytes(range(256)) * 16)
+    config = lk.LinkConfig(facility="hospital-a", peer="hospital-b", pulses_per_round=1000)
+    return lk.LinkConnection(
+        config,
+        local=store.link_state("hospital-b"),
+        auth=store.auth_store("hospital-b"),
+        rng=np.random.default_rng(1),
+    )
+
+
+def test_the_one_transition_method_follows_the_table_for_every_state_and_input(tmp_path: Path) -> None:
+    link = _machine(tmp_path)
+    for state in lk.State:
+        for kind in lk.Input:
+            for target in lk.State:
+                link.state = state  # set up the case (the machine itself assigns it only in _transition)
+                if lk.TRANSITIONS.get((state, kind)) is target:
+                    link._transition(kind, target)
+                    assert link.state is target
+                else:
+                    with pytest.raises(LocalProtocolError):
+                        link._transition(kind, target)
+                    assert link.state is state
+
+
+def test_the_table_leads_nowhere_from_closed_and_every_state_can_close() -> None:
+    assert not [key for key in lk.TRANSITIONS if key[0] is lk.State.CLOSED]
+    assert all(
+        lk.TRANSITIONS[(s, lk.Input.CLOSE)] is lk.State.CLOSED for s in lk.State if s is not lk.State.CLOSED
+    )
+
+
+def test_calls_the_table_does_not_allow_raise_and_change_nothing(tmp_path: Path) -> None:
+    link = _machine(tmp_path)
+    link.start(0.0)
+    for call in (lambda: link.begin_round(0.0), lambda: link.notice_stored(NOTICE.key_id)):
+        with pytest.raises(LocalProtocolError):
+            call()
+        assert link.state is lk.State.EXPECT_HELLO
+    assert [type(m) for _, m in link.frames_to_send()] == [lm.Hello]
+    assert link.next_event() is None
+
+
+# ---- key notices: the machine sends every frame ------------------------------------------------------
+def test_notices_wait_for_the_hello_then_the_outbox_goes_first(tmp_path: Path) -> None:
+    pair = LinkPair(tmp_path)
+    alice = pair.a.link
+    alice.start(0.0)
+    alice.send_notice(NOTICE)  # before the hello: the outbox replay after it covers this notice
+    assert [type(m) for _, m in alice.frames_to_send()] == [lm.Hello]
+    pair.b.link.start(0.0)
+    ((_, hello),) = pair.b.link.frames_to_send()
+    alice.receive(0, hello, 0.0)
+    assert isinstance(alice.next_event(), lk.HelloReceived) and alice.state is lk.State.IDLE
+    alice.hello_done(next_round=1, auth=pair.a.store.auth_store(pair.a.peer), outbox=[NOTICE])
+    assert alice.frames_to_send() == [(0, NOTICE)]
+    alice.send_notice(NOTICE)
+    assert alice.frames_to_send() == [(0, NOTICE)]
+
+
+def test_an_incoming_notice_is_acknowledged_only_once_stored(pair: LinkPair) -> None:
+    # Alice hands out a key; Bob is told, stores the notice, and only then acknowledges it.
+    pair.run_round()
+    pair.a.store.take_keys(
+        pair.a.peer, owner="hospital-a", number=1, size_bits=256, master_sae="m", slave_sae="s"
+    )
+    (notice,) = pair.a.store.outbox(pair.a.peer)
+    pair.a.link.send_notice(notice)
+    ((round_id, sent),) = pair.a.link.frames_to_send()
+    assert round_id == 0 and sent == notice
+    bob = pair.b.link
+    bob.receive(0, notice, pair.now)
+    assert bob.frames_to_send() == []  # nothing before the durable write
+    assert bob.next_event() == lk.NoticeReceived(notice=notice)
+    bob.notice_stored(notice.key_id)
+    ((_, ack),) = bob.frames_to_send()
+    assert ack == lm.NoticeAck(key_id=notice.key_id)
+    pair.a.link.receive(0, ack, pair.now)
+    assert pair.a.link.next_event() == lk.NoticeAcked(key_id=notice.key_id)
+
+
+def test_the_pair_acknowledges_notices_and_empties_the_outbox(pair: LinkPair) -> None:
+    pair.run_round()
+    pair.a.store.take_keys(
+        pair.a.peer, owner="hospital-a", number=2, size_bits=256, master_sae="m", slave_sae="s"
+    )
+    for notice in pair.a.store.outbox(pair.a.peer):
+        pair.a.link.send_notice(notice)
+    pair.settle()
+    assert pair.a.store.outbox(pair.a.peer) == []
+    assert [type(e) for e in pair.b.events].count(lk.NoticeReceived) == 2
+
+
+def test_a_reconnect_resends_the_unacknowledged_outbox(pair: LinkPair) -> None:
+    pair.run_round()
+    pair.a.store.take_keys(
+        pair.a.peer, owner="hospital-a", number=1, size_bits=256, master_sae="m", slave_sae="s"
+    )
+    (notice,) = pair.a.store.outbox(pair.a.peer)  # the connection drops before it is sent
+    fresh = LinkPair(pair.root, stores=(pair.a.store, pair.b.store))
+    fresh.connect()
+    assert pair.a.store.outbox(pair.a.peer) == []
+    assert [e.notice for e in fresh.b.events if isinstance(e, lk.NoticeReceived)] == [notice]
+
+
+def test_key_bits_count_the_whole_bytes_stored(pair: LinkPair) -> None:
+    pair.run_round()
+    for end in pair.ends():
+        (ended,) = pair.ended(end)
+        assert ended.outcome is not None and ended.key_bits % 8 == 0
+        assert 0 <= ended.outcome.final_key_bits - ended.key_bits < 8
+        assert ended.key_bits == end.store.pool_bits(end.peer)
 
 
 def test_channel_failure_at_bob_releases_alice_at_once(pair: LinkPair) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from ..daemon_http import add_local_target, ask_local
+from qlinkmed.qlinkd.link.status import LinkStatus, RoundRecord, StatusFormatError
+
+from ..daemon_http import EXIT_FAILURE, add_local_target, ask_local, link_statuses
 
 EXIT_OK = 0
 
@@ -23,8 +26,12 @@ def run(args: argparse.Namespace) -> int:
     text, status = answer
     if args.json:
         print(text.rstrip("\n"))
-    else:
+        return EXIT_OK
+    try:
         print(format_status(status, _key_sizes(status)))
+    except StatusFormatError as exc:
+        print(f"qlink status: error: the daemon's answer is not a status: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 
@@ -33,78 +40,72 @@ def _key_sizes(status: Any) -> dict[str, int]:
     if not isinstance(status, dict) or "key_size_bits" not in status:
         return {}
     size = int(status["key_size_bits"])
-    return {
-        link["peer"]: size for link in status.get("links", []) if isinstance(link, dict) and "peer" in link
-    }
+    return {link.peer: size for link in link_statuses(status)}
 
 
-def _bits(value: Any) -> str:
+def _bits(value: int | None) -> str:
     return "-" if value is None else f"{value:,} bits"
 
 
-def _percent(value: Any) -> str:
+def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
 
 
-def format_last_round(r: dict[str, Any] | None) -> str:
+def format_last_round(r: RoundRecord | None) -> str:
     """One line for the last round of a link: outcome, QBER, CHSH, key bits and duration."""
-    if not r:
+    if r is None:
         return "none yet"
-    outcome = "established" if r.get("established") else f"ABORTED ({r.get('reason')})"
-    chsh = r.get("chsh_s")
+    outcome = "established" if r.established else f"ABORTED ({r.reason})"
     parts = [
-        f"QBER {_percent(r.get('qber'))} (upper bound {_percent(r.get('qber_upper'))})",
-        *([f"CHSH {chsh:.3f}"] if chsh is not None else []),
-        f"{r.get('final_key_bits', 0):,} key bits",
-        f"{r.get('duration_s', 0.0):.3f} s",
+        f"QBER {_percent(r.qber)} (upper bound {_percent(r.qber_upper)})",
+        *([f"CHSH {r.chsh_s:.3f}"] if r.chsh_s is not None else []),
+        f"{r.final_key_bits:,} key bits",
+        f"{r.duration_s:.3f} s",
     ]
-    return f"#{r.get('round')} {outcome}: " + ", ".join(parts)
+    return f"#{r.round} {outcome}: " + ", ".join(parts)
 
 
-def format_link(link: dict[str, Any], key_size: int | None) -> list[str]:
-    pool = link.get("pool_bits")
-    in_keys = f" = {pool // key_size:,} keys of {key_size} bits" if key_size and pool is not None else ""
-    peer_state = "peer connected" if link.get("connected") else "peer NOT connected"
-    channel_state = "channel connected" if link.get("channel_connected") else "channel NOT connected"
-    rounds = link.get("rounds", {})
-    last = link.get("last_round")
+def format_link(link: LinkStatus, key_size: int | None) -> list[str]:
+    pool = link.pool_bits
+    in_keys = f" = {pool // key_size:,} keys of {key_size} bits" if key_size else ""
+    peer_state = "peer connected" if link.connected else "peer NOT connected"
+    channel_state = "channel connected" if link.channel_connected else "channel NOT connected"
+    last = link.last_round
     rows = [
-        ("role", f"{link.get('role')} ({link.get('protocol')})"),
-        ("state", f"{link.get('state')}; {peer_state}, {channel_state}"),
+        ("role", f"{link.role} ({link.protocol})"),
+        ("state", f"{link.state}; {peer_state}, {channel_state}"),
         (
             "pool",
-            f"{_bits(pool)}{in_keys} (watermarks {link.get('low_watermark_bits', 0):,}"
-            f"..{link.get('high_watermark_bits', 0):,})",
+            f"{_bits(pool)}{in_keys} (watermarks {link.low_watermark_bits:,}..{link.high_watermark_bits:,})",
         ),
-        ("auth reserve", _bits(link.get("auth_reserve_bits"))),
-        ("rounds", f"{rounds.get('established', 0):,} established, {rounds.get('aborted', 0):,} aborted"),
+        ("auth reserve", _bits(link.auth_reserve_bits)),
+        ("rounds", f"{link.rounds.established:,} established, {link.rounds.aborted:,} aborted"),
         ("last round", format_last_round(last)),
     ]
-    if last and not last.get("established") and last.get("detail"):
-        rows.append(("", last["detail"]))
-    if link.get("alarm"):
+    if last is not None and not last.established and last.detail:
+        rows.append(("", last.detail))
+    if link.alarm:
         suspicion = "eavesdropping or tampering suspected; the next established round clears it"
-        rows.append(("ALARM", f"{link['alarm']}: {suspicion}"))
+        rows.append(("ALARM", f"{link.alarm}: {suspicion}"))
     rows.append(
         (
             "starvation",
-            "STARVED: authentication key exhausted, key generation halted"
-            if link.get("auth_starved")
-            else "no",
+            "STARVED: authentication key exhausted, key generation halted" if link.auth_starved else "no",
         )
     )
-    return [f"link {link.get('peer')}"] + [f"  {k:<14}{v}" for k, v in rows]
+    return [f"link {link.peer}"] + [f"  {k:<14}{v}" for k, v in rows]
 
 
 def format_status(status: dict[str, Any], key_sizes: dict[str, int] | None = None) -> str:
-    """The human view of GET /v1/status: a header line, then one block per link."""
+    """The human view of GET /v1/status: a header line, then one block per link. StatusFormatError when
+    a link entry is not what the daemon sends."""
     key_sizes = key_sizes or {}
     saes = ", ".join(status.get("saes", [])) or "none"
     lines = [f"facility {status.get('facility')}, up {status.get('uptime_s', 0):.0f} s, SAEs: {saes}"]
-    links = status.get("links", [])
+    links = link_statuses(status)
     if not links:
         lines.append("no links configured")
     for link in links:
         lines.append("")
-        lines.extend(format_link(link, key_sizes.get(link.get("peer", ""))))
+        lines.extend(format_link(link, key_sizes.get(link.peer)))
     return "\n".join(lines)

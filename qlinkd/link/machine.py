@@ -6,11 +6,14 @@ agreement, the round start, the quantum-channel submissions, key confirmation (`
 before either end commits), key-delivery notices, timeouts and aborts.
 
 The caller feeds it peer frames (``receive``), quantum-channel results (``channel_result``), storage
-confirmations (``stored``) and the clock (``handle_timer``), and drains ``frames_to_send``,
-``channel_requests`` and ``next_event``; ``get_timer`` says when to call ``handle_timer`` next. The
-caller must act on every event (persist, commit) before it flushes frames, so nothing is promised to the
-peer that the disk does not hold yet. Every (state, input) pair the link accepts is in ``TRANSITIONS``;
-anything else ends the round (or, before the hello, the connection).
+confirmations (``stored``, ``notice_stored``), key notices to send (``send_notice``) and the clock
+(``handle_timer``), and drains ``frames_to_send``, ``channel_requests`` and ``next_event``;
+``get_timer`` says when to call ``handle_timer`` next. The caller must act on every event (persist,
+commit) before it flushes frames, so nothing is promised to the peer that the disk does not hold yet.
+Every frame either end sends is queued here. ``TRANSITIONS`` names, for every (state, input) pair the
+link accepts, the state it leads to; one method performs every transition and checks it against the
+table. A peer input missing from the table ends the round (or, before the hello or between rounds, the
+connection); a call of ours that the table does not allow raises ``LocalProtocolError``.
 
 Key confirmation and commit: an end commits a round only once it has stored the key itself and has the
 peer's ``KeyStored``. A crash in between leaves a pending round that the next hello settles with the
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import hmac
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
@@ -32,7 +36,7 @@ from qlinkmed.qcore import messages as qm
 from qlinkmed.qcore.auth import AuthKeyStore
 from qlinkmed.qcore.channel import PreparedPulses, prepare_bb84
 from qlinkmed.qcore.codec import Message
-from qlinkmed.qcore.errors import AbortReason
+from qlinkmed.qcore.errors import AbortReason, LocalProtocolError
 from qlinkmed.qcore.params import DecoySource, DistillConfig, ProtocolKind, SourceKind
 from qlinkmed.qcore.session import AliceSession, BobSession, RoundOutcome
 from qlinkmed.qlinkd.link import messages as lm
@@ -56,32 +60,63 @@ class State(Enum):
 
 
 class Input(Enum):
+    # from the peer
     HELLO = auto()
-    BEGIN_ROUND = auto()
     ROUND_START = auto()
-    CHANNEL_RESULT = auto()
     DISTILL = auto()
-    STORED = auto()
     KEY_STORED = auto()
     NOTICE = auto()
+    NOTICE_ACK = auto()
+    # from the caller
+    BEGIN_ROUND = auto()
+    CHANNEL_RESULT = auto()
+    STORED = auto()
+    SEND_NOTICE = auto()
+    NOTICE_STORED = auto()
     TIMER = auto()
+    # consequences inside the machine of one of the inputs above
+    KEY_AGREED = auto()
+    ROUND_ENDED = auto()
+    CLOSE = auto()
 
 
-TRANSITIONS: dict[tuple[State, Input], frozenset[State]] = {
-    (State.EXPECT_HELLO, Input.HELLO): frozenset({State.IDLE, State.CLOSED}),
-    (State.IDLE, Input.BEGIN_ROUND): frozenset({State.AWAIT_CHANNEL}),
-    (State.IDLE, Input.ROUND_START): frozenset({State.AWAIT_CHANNEL, State.IDLE}),
-    (State.AWAIT_CHANNEL, Input.CHANNEL_RESULT): frozenset({State.DISTILLING, State.IDLE}),
+PEER_INPUTS = frozenset(
+    {Input.HELLO, Input.ROUND_START, Input.DISTILL, Input.KEY_STORED, Input.NOTICE, Input.NOTICE_ACK}
+)
+"""Inputs the peer causes: one outside the table is a protocol violation (the round or link ends)."""
+CONSEQUENCES = frozenset({Input.KEY_AGREED, Input.ROUND_ENDED, Input.CLOSE})
+"""Inputs the machine gives itself while handling another one."""
+
+_ROUND_STATES = (State.AWAIT_CHANNEL, State.DISTILLING, State.AWAIT_CONFIRMATION)
+_LINK_UP = (State.IDLE, *_ROUND_STATES)
+
+TRANSITIONS: dict[tuple[State, Input], State] = {
+    (State.EXPECT_HELLO, Input.HELLO): State.IDLE,
+    (State.IDLE, Input.BEGIN_ROUND): State.AWAIT_CHANNEL,
+    # A refused round start (replayed, or of other size) is answered with an Abort and leaves IDLE as is.
+    (State.IDLE, Input.ROUND_START): State.AWAIT_CHANNEL,
+    (State.AWAIT_CHANNEL, Input.CHANNEL_RESULT): State.DISTILLING,
     # Bob's first message may overtake Alice's own channel result: she holds it until then.
-    (State.AWAIT_CHANNEL, Input.DISTILL): frozenset({State.AWAIT_CHANNEL, State.IDLE}),
-    (State.DISTILLING, Input.DISTILL): frozenset({State.DISTILLING, State.AWAIT_CONFIRMATION, State.IDLE}),
-    (State.AWAIT_CONFIRMATION, Input.DISTILL): frozenset({State.AWAIT_CONFIRMATION, State.IDLE}),
-    (State.AWAIT_CONFIRMATION, Input.STORED): frozenset({State.AWAIT_CONFIRMATION, State.IDLE}),
-    (State.AWAIT_CONFIRMATION, Input.KEY_STORED): frozenset({State.AWAIT_CONFIRMATION, State.IDLE}),
-    **{(s, Input.NOTICE): frozenset({s}) for s in State if s not in (State.EXPECT_HELLO, State.CLOSED)},
-    **{(s, Input.TIMER): frozenset({State.IDLE, State.CLOSED, s}) for s in State if s is not State.CLOSED},
+    (State.AWAIT_CHANNEL, Input.DISTILL): State.AWAIT_CHANNEL,
+    (State.DISTILLING, Input.DISTILL): State.DISTILLING,
+    (State.DISTILLING, Input.KEY_AGREED): State.AWAIT_CONFIRMATION,
+    (State.AWAIT_CONFIRMATION, Input.DISTILL): State.AWAIT_CONFIRMATION,
+    (State.AWAIT_CONFIRMATION, Input.STORED): State.AWAIT_CONFIRMATION,
+    (State.AWAIT_CONFIRMATION, Input.KEY_STORED): State.AWAIT_CONFIRMATION,
+    # Key notices travel between rounds and during them; before the hello the outbox waits for it.
+    (State.EXPECT_HELLO, Input.SEND_NOTICE): State.EXPECT_HELLO,
+    **{
+        (s, i): s
+        for s in _LINK_UP
+        for i in (Input.NOTICE, Input.NOTICE_ACK, Input.SEND_NOTICE, Input.NOTICE_STORED)
+    },
+    **{(s, Input.TIMER): s for s in State if s is not State.CLOSED},
+    # A round ends (committed, aborted or timed out) only from a state that has one.
+    **{(s, Input.ROUND_ENDED): State.IDLE for s in _ROUND_STATES},
+    **{(s, Input.CLOSE): State.CLOSED for s in State if s is not State.CLOSED},
 }
-"""Every input each state accepts, and the states it may lead to. The rest ends the round."""
+"""(state, input) -> the state it leads to. A peer input outside the table ends the round, or the link
+when there is no round; a consequence or a call of ours outside it is a bug (LocalProtocolError)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,6 +201,9 @@ class RoundEnded:
     ended_at: float
     by_peer: bool = False
     """The peer ended the round; `reason` is the cause it reported."""
+    key_bits: int = 0
+    """Bits of key this end committed from the round (whole bytes of the distilled key; 0 unless
+    established): the figure status, metrics and audit report, equal to what the pool gained."""
 
     @property
     def established(self) -> bool:
@@ -175,6 +213,8 @@ class RoundEnded:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NoticeReceived:
     notice: KeyNotice
+    """Persist it (the peer handed these pool bytes out), then call ``notice_stored``: only that
+    queues the acknowledgement."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -206,7 +246,7 @@ class ChannelRequest:
     """A submission for the quantum channel: Alice's pulses, or a party's analyser settings."""
 
     round_id: int
-    message: lm.PulseTrain | lm.AnalyserSettings
+    message: lm.ChannelSubmission
 
 
 @dataclass(slots=True)
@@ -216,7 +256,7 @@ class _Round:
     prepared: PreparedPulses | None = None
     alice_settings: np.ndarray | None = None
     session: AliceSession | BobSession | None = None
-    held: Message | None = None
+    held: lm.Distill | None = None
     stored: bool = False
     peer_stored: bool = False
     key: bytes = field(default=b"", repr=False)
@@ -235,13 +275,13 @@ class LinkConnection:
         self._rng = rng
         self._next_round = local.next_round
         self._round: _Round | None = None
-        self._frames: list[tuple[int, object]] = []
+        self._frames: list[tuple[int, lm.PeerMessage]] = []
         self._channel: list[ChannelRequest] = []
         self._events: deque[Event] = deque()
         self._deadline: float | None = None
 
     # ---- draining ----------------------------------------------------------------------------------
-    def frames_to_send(self) -> list[tuple[int, object]]:
+    def frames_to_send(self) -> list[tuple[int, lm.PeerMessage]]:
         out, self._frames = self._frames, []
         return out
 
@@ -267,37 +307,35 @@ class LinkConnection:
     def start(self, now: float) -> None:
         """The connection is up: introduce ourselves."""
         c, s = self.config, self._local
-        self._frames.append(
-            (
-                0,
-                lm.Hello(
-                    facility=c.facility,
-                    peer=c.peer,
-                    protocol=c.protocol.value,
-                    source=c.source.value,
-                    pulses_per_round=c.pulses_per_round,
-                    next_round=s.next_round,
-                    last_committed=s.last_committed,
-                    pending_round=s.pending_round,
-                    auth_position=s.auth_position,
-                ),
-            )
+        hello = lm.Hello(
+            facility=c.facility,
+            peer=c.peer,
+            protocol=c.protocol.value,
+            source=c.source.value,
+            pulses_per_round=c.pulses_per_round,
+            next_round=s.next_round,
+            last_committed=s.last_committed,
+            pending_round=s.pending_round,
+            auth_position=s.auth_position,
         )
+        self._frames.append((0, hello))
         self._deadline = now + c.round_timeout_s
 
-    def hello_done(self, *, next_round: int, auth: AuthKeyStore) -> None:
-        """The caller reconciled its pool with the peer's hello: rounds resume from `next_round`."""
+    def hello_done(self, *, next_round: int, auth: AuthKeyStore, outbox: Sequence[KeyNotice] = ()) -> None:
+        """The caller reconciled its pool with the peer's hello: rounds resume from `next_round`, and the
+        notices the peer has not acknowledged (`outbox`, oldest first) go out again, ahead of any round."""
         self._next_round = next_round
         self.replace_auth(auth)
+        self._frames.extend((0, notice) for notice in outbox)
 
     def replace_auth(self, auth: AuthKeyStore) -> None:
         """The durable authentication store changed (a commit refilled it): use its current state."""
         if self._round is not None and self._round.session is not None and self.state is State.DISTILLING:
-            raise ValueError("the authentication store cannot change under a running session")
+            raise LocalProtocolError("the authentication store cannot change under a running session")
         self._auth = auth
         self._auth_reported = auth.position
 
-    def receive(self, round_id: int, message: object, now: float) -> None:
+    def receive(self, round_id: int, message: lm.WireMessage, now: float) -> None:
         """One decoded frame from the peer."""
         if self.state is State.CLOSED:
             return
@@ -307,65 +345,47 @@ class LinkConnection:
             self._on_round_start(round_id, message, now)
         elif isinstance(message, KeyNotice):
             if self._accept(Input.NOTICE, now):
+                self._transition(Input.NOTICE, self.state)
                 self._events.append(NoticeReceived(notice=message))
         elif isinstance(message, lm.NoticeAck):
-            if self._accept(Input.NOTICE, now):
+            if self._accept(Input.NOTICE_ACK, now):
+                self._transition(Input.NOTICE_ACK, self.state)
                 self._events.append(NoticeAcked(key_id=message.key_id))
         elif isinstance(message, lm.KeyStored):
-            if self._stale(round_id):
-                return
-            if not self._accept(Input.KEY_STORED, now):
-                return
-            if not self._current(round_id):
-                self._violation(f"key confirmation for round {round_id}, not the current one", now)
-                return
-            rnd = self._round
-            expected = key_confirmation(rnd.key, rnd.round_id, self.config.peer)  # type: ignore[union-attr]
-            if not hmac.compare_digest(message.confirmation, expected):
-                # Not the key we hold: never commit on it; the next hello settles our pending round.
-                self._close(f"key confirmation for round {round_id} does not match our key")
-                return
-            rnd.peer_stored = True  # type: ignore[union-attr]
-            self._maybe_commit(now)
+            self._on_key_stored(round_id, message, now)
         elif isinstance(message, Message):
             self._on_distill(round_id, message, now)
         else:
             self._violation(f"{type(message).__name__} does not belong on the classical channel", now)
 
     def begin_round(self, now: float) -> int:
-        """Alice: start the next round (the caller decides when: watermarks, authentication reserve)."""
+        """Alice: start the next round (the caller decides when: see ``policy.round_start``)."""
         if self.role is not Role.ALICE:
-            raise ValueError("only Alice starts rounds")
-        if not self._accept(Input.BEGIN_ROUND, now):
-            raise ValueError(f"cannot start a round in {self.state.name}")
+            raise LocalProtocolError("only Alice starts rounds")
+        self._accept_call(Input.BEGIN_ROUND)
         round_id = self._next_round
-        self._open_round(round_id, now)
+        self._open_round(round_id, Input.BEGIN_ROUND, now)
         self._frames.append((round_id, lm.RoundStart(pulses=self.config.pulses_per_round)))
         return round_id
 
-    def channel_result(self, round_id: int, message: object, now: float) -> None:
-        """What the quantum channel returned for our submission."""
+    def channel_result(self, round_id: int, message: lm.WireMessage, now: float) -> None:
+        """What the quantum channel returned for our submission (anything but an answer fails the round)."""
         rnd = self._round
         if rnd is None or rnd.round_id != round_id or self.state is not State.AWAIT_CHANNEL:
             return  # a late answer for an abandoned round
         if isinstance(message, lm.ChannelError):
             detail = f"quantum channel: {message.reason}"
             # Tell the peer at once: it would otherwise wait out its timeout for our first message.
-            abort = qm.Abort(reason=int(AbortReason.CHANNEL_UNAVAILABLE), detail=detail.encode()[:512])
-            self._frames.append((round_id, abort))
-            self._end_round(AbortReason.CHANNEL_UNAVAILABLE, detail, now)
+            self._abort_round(AbortReason.CHANNEL_UNAVAILABLE, detail, now)
             return
         self._deadline = now + self.config.round_timeout_s
         try:
             session = self._make_session(rnd, message)
         except ValueError as exc:
-            detail = f"quantum channel: {exc}"
-            abort = qm.Abort(reason=int(AbortReason.PROTOCOL_VIOLATION), detail=detail.encode()[:512])
-            self._frames.append((round_id, abort))
-            self._end_round(AbortReason.PROTOCOL_VIOLATION, detail, now)
+            self._abort_round(AbortReason.PROTOCOL_VIOLATION, f"quantum channel: {exc}", now)
             return
         rnd.session = session
-        self.state = State.DISTILLING
+        self._transition(Input.CHANNEL_RESULT, State.DISTILLING)
         if isinstance(session, BobSession):
             self._send_distill(rnd, session.start())
         elif rnd.held is not None:
@@ -374,17 +394,38 @@ class LinkConnection:
 
     def stored(self, round_id: int, now: float) -> None:
         """The caller made the pending key durable."""
-        if not self._current(round_id) or not self._accept(Input.STORED, now):
-            return
         rnd = self._round
-        rnd.stored = True  # type: ignore[union-attr]
-        confirmation = key_confirmation(rnd.key, round_id, self.config.facility)  # type: ignore[union-attr]
+        if rnd is None or rnd.round_id != round_id:
+            return
+        self._accept_call(Input.STORED)
+        self._transition(Input.STORED, State.AWAIT_CONFIRMATION)
+        rnd.stored = True
+        confirmation = key_confirmation(rnd.key, round_id, self.config.facility)
         self._frames.append((round_id, lm.KeyStored(confirmation=confirmation)))
-        self._maybe_commit(now)
+        self._maybe_commit(rnd, now)
+
+    def send_notice(self, notice: KeyNotice) -> None:
+        """A key was handed to a master SAE here (the store's outbox holds its notice): tell the peer.
+        Before the hello nothing is sent: ``hello_done`` sends the whole outbox."""
+        if self.state is State.CLOSED:
+            return
+        self._accept_call(Input.SEND_NOTICE)
+        self._transition(Input.SEND_NOTICE, self.state)
+        if self.state is not State.EXPECT_HELLO:
+            self._frames.append((0, notice))
+
+    def notice_stored(self, key_id: str) -> None:
+        """The caller made the peer's notice `key_id` durable: acknowledge it (never before)."""
+        if self.state is State.CLOSED:
+            return
+        self._accept_call(Input.NOTICE_STORED)
+        self._transition(Input.NOTICE_STORED, self.state)
+        self._frames.append((0, lm.NoticeAck(key_id=key_id)))
 
     def handle_timer(self, now: float) -> None:
-        if self._deadline is None or now < self._deadline or not self._accept(Input.TIMER, now):
+        if self.state is State.CLOSED or self._deadline is None or now < self._deadline:
             return
+        self._transition(Input.TIMER, self.state)
         if self.state is State.EXPECT_HELLO:
             self._close("no hello from the peer")
         elif self.state is State.AWAIT_CONFIRMATION:
@@ -394,8 +435,7 @@ class LinkConnection:
             where = self.state.name
             if self._round.session is not None:
                 self._round.session.expire()
-            self._frames.append((self._round.round_id, qm.Abort(reason=int(AbortReason.TIMEOUT), detail=b"")))
-            self._end_round(AbortReason.TIMEOUT, f"no progress in {where}", now)
+            self._abort_round(AbortReason.TIMEOUT, f"no progress in {where}", now, tell=b"")
         else:
             self._deadline = None
 
@@ -404,13 +444,30 @@ class LinkConnection:
         if self.state is not State.CLOSED:
             self._close(reason)
 
-    # ---- handlers ----------------------------------------------------------------------------------
+    # ---- the table ---------------------------------------------------------------------------------
     def _accept(self, what: Input, now: float) -> bool:
+        """Whether the peer's input `what` is allowed now; if not, the violation ends the round or link."""
         if (self.state, what) in TRANSITIONS:
             return True
         self._violation(f"{what.name.lower()} not expected in {self.state.name}", now)
         return False
 
+    def _accept_call(self, what: Input) -> None:
+        """A call of ours that the table does not allow now is a bug in the caller, not the peer's doing."""
+        if (self.state, what) not in TRANSITIONS:
+            raise LocalProtocolError(f"{what.name.lower()} is not allowed in {self.state.name}")
+
+    def _transition(self, what: Input, to: State) -> None:
+        """The one place the state changes: the handler's choice must be the table's."""
+        expected = TRANSITIONS.get((self.state, what))
+        if expected is not to:
+            table = expected.name if expected is not None else "nothing"
+            raise LocalProtocolError(
+                f"{what.name} in {self.state.name} moved to {to.name}; the table says {table}"
+            )
+        self.state = to
+
+    # ---- handlers ----------------------------------------------------------------------------------
     def _on_hello(self, hello: lm.Hello, now: float) -> None:
         if not self._accept(Input.HELLO, now):
             return
@@ -435,7 +492,7 @@ class LinkConnection:
             pending_round=hello.pending_round,
             auth_position=hello.auth_position,
         )
-        self.state = State.IDLE
+        self._transition(Input.HELLO, State.IDLE)
         self._deadline = None
         self._events.append(HelloReceived(remote=remote))
 
@@ -451,9 +508,25 @@ class LinkConnection:
             abort = qm.Abort(reason=int(AbortReason.PROTOCOL_VIOLATION), detail=detail.encode())
             self._frames.append((round_id, abort))
             return
-        self._open_round(round_id, now)
+        self._open_round(round_id, Input.ROUND_START, now)
 
-    def _open_round(self, round_id: int, now: float) -> None:
+    def _on_key_stored(self, round_id: int, msg: lm.KeyStored, now: float) -> None:
+        if self._stale(round_id) or not self._accept(Input.KEY_STORED, now):
+            return
+        rnd = self._round
+        if rnd is None or rnd.round_id != round_id:
+            self._violation(f"key confirmation for round {round_id}, not the current one", now)
+            return
+        expected = key_confirmation(rnd.key, rnd.round_id, self.config.peer)
+        if not hmac.compare_digest(msg.confirmation, expected):
+            # Not the key we hold: never commit on it; the next hello settles our pending round.
+            self._close(f"key confirmation for round {round_id} does not match our key")
+            return
+        self._transition(Input.KEY_STORED, State.AWAIT_CONFIRMATION)
+        rnd.peer_stored = True
+        self._maybe_commit(rnd, now)
+
+    def _open_round(self, round_id: int, via: Input, now: float) -> None:
         c = self.config
         n = c.pulses_per_round
         rnd = _Round(round_id=round_id, started_at=now)
@@ -463,7 +536,7 @@ class LinkConnection:
         if c.protocol is ProtocolKind.BB84 and self.role is Role.ALICE:
             decoy = DecoySource() if c.source is SourceKind.WCP else None
             rnd.prepared = prepare_bb84(n, source=c.source, decoy=decoy, rng=self._rng)
-            msg: lm.PulseTrain | lm.AnalyserSettings = lm.PulseTrain(
+            msg: lm.ChannelSubmission = lm.PulseTrain(
                 bits=rnd.prepared.bits, bases=rnd.prepared.bases, intensities=rnd.prepared.intensity_class
             )
         else:
@@ -471,10 +544,10 @@ class LinkConnection:
             rnd.alice_settings = self._rng.integers(0, levels, size=n, dtype=np.uint8)
             msg = lm.AnalyserSettings(settings=rnd.alice_settings)
         self._channel.append(ChannelRequest(round_id=round_id, message=msg))
-        self.state = State.AWAIT_CHANNEL
+        self._transition(via, State.AWAIT_CHANNEL)
         self._deadline = now + c.round_timeout_s
 
-    def _make_session(self, rnd: _Round, message: object) -> AliceSession | BobSession:
+    def _make_session(self, rnd: _Round, message: lm.WireMessage) -> AliceSession | BobSession:
         c = self.config
         n = c.pulses_per_round
         if self.role is Role.ALICE and c.protocol is ProtocolKind.BB84:
@@ -494,6 +567,9 @@ class LinkConnection:
             )
         if not isinstance(message, lm.DetectionRecord) or message.detected.size != n:
             raise ValueError(f"expected a detection record of {n} gates, got {type(message).__name__}")
+        settings = rnd.alice_settings
+        if settings is None:
+            raise ValueError("no analyser settings chosen")
         bits = np.zeros(n, dtype=np.uint8)
         detected = message.detected.astype(bool)
         bits[detected] = message.bits
@@ -501,7 +577,7 @@ class LinkConnection:
             return AliceSession(
                 c.distill,
                 bits=bits,
-                settings=rnd.alice_settings,  # type: ignore[arg-type]
+                settings=settings,
                 detected=detected,
                 intensities=None,
                 auth=self._auth,
@@ -511,13 +587,13 @@ class LinkConnection:
             c.distill,
             round_id=rnd.round_id,
             bits=bits,
-            settings=rnd.alice_settings,  # type: ignore[arg-type]
+            settings=settings,
             detected=detected,
             auth=self._auth,
             rng=self._rng,
         )
 
-    def _on_distill(self, round_id: int, msg: Message, now: float) -> None:
+    def _on_distill(self, round_id: int, msg: lm.Distill, now: float) -> None:
         rnd = self._round
         if self._stale(round_id):
             return
@@ -530,14 +606,16 @@ class LinkConnection:
             if isinstance(msg, qm.Abort):
                 self._end_round(_peer_reason(msg), _abort_text(msg), now, by_peer=True)
             elif rnd.held is None and self.role is Role.ALICE:
+                self._transition(Input.DISTILL, State.AWAIT_CHANNEL)
                 rnd.held = msg
             else:
                 self._violation(f"{type(msg).__name__} before the channel result", now)
             return
+        self._transition(Input.DISTILL, self.state)
         self._deadline = now + self.config.round_timeout_s
         self._feed(rnd, msg, now)
 
-    def _feed(self, rnd: _Round, msg: Message, now: float) -> None:
+    def _feed(self, rnd: _Round, msg: lm.Distill, now: float) -> None:
         session = rnd.session
         if session is None:
             return
@@ -548,8 +626,8 @@ class LinkConnection:
         if outcome is None:
             return
         if outcome.established and not was_established:
-            self.state = State.AWAIT_CONFIRMATION
-            rnd.key = _whole_bytes(outcome.key)
+            self._transition(Input.KEY_AGREED, State.AWAIT_CONFIRMATION)
+            rnd.key = whole_bytes(outcome.key)
             self._events.append(
                 StorePending(
                     round_id=rnd.round_id,
@@ -572,15 +650,14 @@ class LinkConnection:
             # Ahead of the frames that used the keys: the caller persists before it sends.
             self._auth_reported = self._auth.position
             self._events.append(AuthAdvanced(position=self._auth.position))
-        self._frames.extend((rnd.round_id, msg) for msg in out)
+        self._frames.extend((rnd.round_id, _distill(msg)) for msg in out)
 
-    def _maybe_commit(self, now: float) -> None:
-        rnd = self._round
-        if rnd is None or not (rnd.stored and rnd.peer_stored):
+    def _maybe_commit(self, rnd: _Round, now: float) -> None:
+        if not (rnd.stored and rnd.peer_stored):
             return
         self._events.append(CommitRound(round_id=rnd.round_id))
         outcome = rnd.session.outcome if rnd.session is not None else None
-        self._end_round(AbortReason.NONE, "", now, outcome=outcome)
+        self._end_round(AbortReason.NONE, "", now, outcome=outcome, key_bits=8 * len(rnd.key))
 
     def _stale(self, round_id: int) -> bool:
         """A message for a round this end already left (it crossed our abort): ignored, not a violation."""
@@ -591,6 +668,17 @@ class LinkConnection:
     def _current(self, round_id: int) -> bool:
         return self._round is not None and self._round.round_id == round_id
 
+    def _abort_round(
+        self, reason: AbortReason, detail: str, now: float, *, tell: bytes | None = None
+    ) -> None:
+        """End the running round on our side and tell the peer why (`tell`, else `detail`)."""
+        rnd = self._round
+        if rnd is None:
+            return
+        text = detail.encode()[:512] if tell is None else tell
+        self._frames.append((rnd.round_id, qm.Abort(reason=int(reason), detail=text)))
+        self._end_round(reason, detail, now)
+
     def _end_round(
         self,
         reason: AbortReason,
@@ -599,12 +687,13 @@ class LinkConnection:
         *,
         outcome: RoundOutcome | None = None,
         by_peer: bool = False,
+        key_bits: int = 0,
     ) -> None:
         rnd = self._round
         if rnd is None:
             return
         self._round = None
-        self.state = State.IDLE
+        self._transition(Input.ROUND_ENDED, State.IDLE)
         self._deadline = None
         self._events.append(
             RoundEnded(
@@ -615,6 +704,7 @@ class LinkConnection:
                 started_at=rnd.started_at,
                 ended_at=now,
                 by_peer=by_peer,
+                key_bits=key_bits,
             )
         )
 
@@ -631,23 +721,15 @@ class LinkConnection:
             return
         if rnd.session is not None:
             rnd.session.expire()
-        self._frames.append(
-            (rnd.round_id, qm.Abort(reason=int(AbortReason.PROTOCOL_VIOLATION), detail=detail.encode()[:512]))
-        )
-        self._end_round(AbortReason.PROTOCOL_VIOLATION, detail, now)
+        self._abort_round(AbortReason.PROTOCOL_VIOLATION, detail, now)
 
     def _close(self, reason: str) -> None:
         # A pending key stays pending: the next hello settles it (never discard it here).
-        if self._round is not None:
-            rnd = self._round
-            self._end_round(
-                AbortReason.LINK_LOST,
-                reason,
-                rnd.started_at,
-                outcome=rnd.session.outcome if rnd.session is not None else None,
-            )
-        self._round = None
-        self.state = State.CLOSED
+        rnd = self._round
+        if rnd is not None:
+            outcome = rnd.session.outcome if rnd.session is not None else None
+            self._end_round(AbortReason.LINK_LOST, reason, rnd.started_at, outcome=outcome)
+        self._transition(Input.CLOSE, State.CLOSED)
         self._deadline = None
         self._events.append(LinkClosed(reason=reason))
 
@@ -664,9 +746,18 @@ def key_confirmation(key: bytes, round_id: int, sender: str) -> bytes:
     return mac.finalize()[:CONFIRMATION_BYTES]
 
 
-def _whole_bytes(bits: np.ndarray) -> bytes:
+def whole_bytes(bits: np.ndarray) -> bytes:
+    """The key as stored: the pool holds whole bytes, so the last `bits.size % 8` bits (fewer than 8)
+    are not kept. Round figures count ``8 * len(key)``, what the pool actually gained."""
     whole = bits.size - bits.size % 8
     return np.packbits(bits[:whole]).tobytes()
+
+
+def _distill(msg: Message) -> lm.Distill:
+    """A session's output, as the union the wire carries (the sessions return qcore's base type)."""
+    if isinstance(msg, lm.DISTILL_TYPES):
+        return msg
+    raise LocalProtocolError(f"{type(msg).__name__} is no distillation message")
 
 
 def _peer_reason(msg: qm.Abort) -> AbortReason:

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from qlinkmed.qcore import messages as qm
 from qlinkmed.qcore.constants import FACILITY_ID_PATTERN, is_facility_id
 from qlinkmed.qlinkd.errors import FrameError
+from qlinkmed.qlinkd.pool.values import KeyNotice
 
 PROTOCOLS = ("bb84", "e91")
 SOURCES = ("single-photon", "wcp")
@@ -142,3 +144,42 @@ class PulsesSent:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChannelError:
     reason: str
+
+
+Distill = (
+    qm.Detections
+    | qm.Sifting
+    | qm.Estimate
+    | qm.ParityRequest
+    | qm.ParityReply
+    | qm.Verify
+    | qm.Amplify
+    | qm.AuthTag
+    | qm.Abort
+)
+"""qcore's distillation messages, as they cross the classical channel inside a round."""
+DISTILL_TYPES = (
+    qm.Detections,
+    qm.Sifting,
+    qm.Estimate,
+    qm.ParityRequest,
+    qm.ParityReply,
+    qm.Verify,
+    qm.Amplify,
+    qm.AuthTag,
+    qm.Abort,
+)
+"""The members of ``Distill``, for isinstance (the sessions and the codec return qcore's base type)."""
+LinkControl = Hello | RoundStart | KeyStored | KeyNotice | NoticeAck
+"""What the link machines exchange around the rounds."""
+PeerMessage = Distill | LinkControl
+"""Everything one link machine sends the other."""
+ChannelSubmission = PulseTrain | AnalyserSettings
+"""What a facility submits to the quantum channel for a round."""
+ChannelAnswer = PulsesSent | DetectionRecord | ChannelError
+"""What the quantum channel answers a submission with."""
+ChannelMessage = ChannelHello | ChannelSubmission | ChannelAnswer
+"""Everything on the quantum-channel connection."""
+WireMessage = PeerMessage | ChannelMessage
+"""Everything the wire codec carries: any frame decodes to one of these (whichever connection it came
+from, so a receiver still checks that it belongs there)."""

@@ -14,7 +14,8 @@ def persist(
 ) -> ReconcileResult | None:
     """Apply `event` to `store` and feed back what the machine waits for. Returns the reconcile result
     for a hello (the caller logs and audits it), None otherwise. Events with no durable side are left
-    to the caller."""
+    to the caller. A peer's key notice that does not match our pool raises ``StoreError`` and is not
+    acknowledged."""
     match event:
         case lk.HelloReceived(remote=remote):
             result = store.reconcile(peer, remote)
@@ -22,7 +23,9 @@ def persist(
             # write-ahead): skip past it, never reuse it.
             if remote.auth_position > store.link_state(peer).auth_position:
                 store.advance_auth(peer, remote.auth_position)
-            link.hello_done(next_round=result.next_round, auth=store.auth_store(peer))
+            link.hello_done(
+                next_round=result.next_round, auth=store.auth_store(peer), outbox=store.outbox(peer)
+            )
             return result
         case lk.RoundStarted(round_id=round_id):
             store.note_round_started(peer, round_id)
@@ -36,6 +39,9 @@ def persist(
             link.replace_auth(store.auth_store(peer))
         case lk.DiscardRound(round_id=round_id):
             store.discard_pending(peer, round_id)
+        case lk.NoticeReceived(notice=notice):
+            store.accept_notice(peer, notice)
+            link.notice_stored(notice.key_id)
         case lk.NoticeAcked(key_id=key_id):
             store.ack_notice(peer, key_id)
     return None

@@ -10,6 +10,8 @@ refused here, before any state machine sees it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
@@ -25,7 +27,7 @@ WIRE_VERSION = 1
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 """Largest frame accepted: a 2e8-pulse detection map (25 MB) with room to spare."""
 
-_BODY_FIELD = {
+_BODY_FIELD: dict[type[codec.Message], str] = {
     m.Detections: "detections",
     m.Sifting: "sifting",
     m.Estimate: "estimate",
@@ -38,7 +40,7 @@ _BODY_FIELD = {
 }
 _MESSAGE_FOR_FIELD = {field: cls for cls, field in _BODY_FIELD.items()}
 
-_SIMPLE_FIELD: dict[type, str] = {
+_SIMPLE_FIELD: dict[type[lm.WireMessage], str] = {
     lm.Hello: "hello",
     lm.RoundStart: "round_start",
     lm.KeyStored: "key_stored",
@@ -59,7 +61,7 @@ def _put_bits(target: pb.Bits, values: np.ndarray) -> None:
     target.data = np.packbits(bits).tobytes()
 
 
-def _encode_link(frame: pb.Frame, message: object) -> None:
+def _encode_link(frame: pb.Frame, message: lm.WireMessage) -> None:
     simple = _SIMPLE_FIELD.get(type(message))
     if simple is not None:
         body = getattr(frame, simple)
@@ -86,12 +88,15 @@ def _encode_link(frame: pb.Frame, message: object) -> None:
         raise LocalProtocolError(f"no wire form for {type(message).__name__}")
 
 
-def encode_frame(message: object, round_id: int) -> bytes:
+def encode_frame(message: lm.WireMessage, round_id: int) -> bytes:
     frame = pb.Frame(version=WIRE_VERSION, round=round_id)
-    field_name = _BODY_FIELD.get(type(message))  # type: ignore[call-overload]
-    if field_name is None:
+    if not isinstance(message, codec.Message):
         _encode_link(frame, message)
-        return frame.SerializeToString()
+        data: bytes = frame.SerializeToString()
+        return data
+    field_name = _BODY_FIELD.get(type(message))
+    if field_name is None:
+        raise LocalProtocolError(f"no wire form for {type(message).__name__}")
     body = getattr(frame, field_name)
     for name, kind in message.layout():
         value = getattr(message, name)
@@ -101,11 +106,18 @@ def encode_frame(message: object, round_id: int) -> bytes:
             target.count = bits.size
             target.data = np.packbits(bits).tobytes()
         elif isinstance(kind, codec.ArrayKind):
-            setattr(body, name, np.asarray(value).astype(kind.dtype).tobytes())
+            setattr(body, name, np.asarray(value).astype(_dtype(kind)).tobytes())
         else:
             setattr(body, name, value)
     body.SetInParent()  # an empty message still selects its oneof branch
-    return frame.SerializeToString()
+    encoded: bytes = frame.SerializeToString()
+    return encoded
+
+
+def _dtype(kind: codec.ArrayKind) -> np.dtype[Any]:
+    if kind.dtype is None:  # only BITS has none, and it is packed, never stored per element
+        raise LocalProtocolError(f"array kind {kind!r} has no element type")
+    return kind.dtype
 
 
 def _bits(field: pb.Bits, name: str) -> np.ndarray:
@@ -138,11 +150,12 @@ def _key_notice(body: pb.KeyNotice) -> KeyNotice:
     )
 
 
-def _decode_link(which: str, body: object) -> object:
+def _decode_link(which: str, body: Any) -> lm.WireMessage:
+    # `body` is the protobuf message of the oneof branch named `which`, picked by name at run time.
     simple = _SIMPLE_FOR_FIELD.get(which)
     if simple is not None:
-        values = {}
-        for name in body.DESCRIPTOR.fields_by_name:  # type: ignore[attr-defined]
+        values: dict[str, Any] = {}  # protobuf scalars, checked by the message's constructor
+        for name in body.DESCRIPTOR.fields_by_name:
             value = getattr(body, name)
             values[name] = _text(value, f"{which}.{name}") if isinstance(value, str) else value
         return simple(**values)
@@ -152,23 +165,23 @@ def _decode_link(which: str, body: object) -> object:
         except StoreError as exc:
             raise FrameError(f"key_notice: {exc}") from None
     if which == "pulse_train":
-        raw = body.intensities  # type: ignore[attr-defined]
+        raw = body.intensities
         return lm.PulseTrain(
-            bits=_bits(body.bits, "pulse_train.bits"),  # type: ignore[attr-defined]
-            bases=_bits(body.bases, "pulse_train.bases"),  # type: ignore[attr-defined]
+            bits=_bits(body.bits, "pulse_train.bits"),
+            bases=_bits(body.bases, "pulse_train.bases"),
             intensities=np.frombuffer(raw, dtype=np.uint8) if raw else None,
         )
     if which == "analyser_settings":
-        return lm.AnalyserSettings(settings=np.frombuffer(body.settings, dtype=np.uint8))  # type: ignore[attr-defined]
+        return lm.AnalyserSettings(settings=np.frombuffer(body.settings, dtype=np.uint8))
     if which == "detection_record":
         return lm.DetectionRecord(
-            detected=_bits(body.detected, "detection_record.detected"),  # type: ignore[attr-defined]
-            bits=_bits(body.bits, "detection_record.bits"),  # type: ignore[attr-defined]
+            detected=_bits(body.detected, "detection_record.detected"),
+            bits=_bits(body.bits, "detection_record.bits"),
         )
     raise FrameError(f"frame body {which} has no decoder")  # unreachable while the schema and maps agree
 
 
-def decode_frame(data: bytes) -> tuple[int, object]:
+def decode_frame(data: bytes) -> tuple[int, lm.WireMessage]:
     """(round, message) from one frame; anything malformed raises FrameError naming the problem."""
     if len(data) > MAX_FRAME_BYTES:
         raise FrameError(f"frame of {len(data)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
@@ -186,19 +199,22 @@ def decode_frame(data: bytes) -> tuple[int, object]:
     cls = _MESSAGE_FOR_FIELD.get(which)
     if cls is None:
         return frame.round, _decode_link(which, body)
-    values = {}
+    values: dict[str, object] = {}
     for name, kind in cls.layout():
         raw = getattr(body, name)
         if kind is codec.BITS:
             values[name] = _bits(raw, f"{which}.{name}")
         elif isinstance(kind, codec.ArrayKind):
-            width = kind.dtype.itemsize
-            if len(raw) % width:
+            dtype = _dtype(kind)
+            if len(raw) % dtype.itemsize:
                 raise FrameError(f"{which}.{name}: {len(raw)} bytes is not a whole number of entries")
-            values[name] = np.frombuffer(raw, dtype=kind.dtype).astype(kind.dtype.newbyteorder("="))
+            values[name] = np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("="))
         else:
             values[name] = raw
     try:
-        return frame.round, cls(**values)
+        message = cls(**values)
     except (ValueError, TypeError, LocalProtocolError) as exc:
         raise FrameError(f"{which}: {exc}") from None
+    if not isinstance(message, lm.DISTILL_TYPES):  # every class in _BODY_FIELD is one of them
+        raise FrameError(f"frame body {which} is no distillation message")
+    return frame.round, message

@@ -1,0 +1,115 @@
+"""What the daemon tells its operator about one link: the counters, last round and alarm that status
+shows, and the log lines, audit records and metrics of each event. It decides nothing: the verdicts come
+from ``policy``."""
+
+from __future__ import annotations
+
+import logging
+
+from qlinkmed.qlinkd.errors import StoreError
+from qlinkmed.qlinkd.link import policy
+from qlinkmed.qlinkd.link.machine import RoundEnded
+from qlinkmed.qlinkd.link.status import RoundCounts, RoundRecord
+from qlinkmed.qlinkd.pool.values import ReconcileResult
+from qlinkmed.qlinkd.runtime import Runtime
+
+log = logging.getLogger("qlink.link")
+
+
+class LinkReporter:
+    def __init__(self, rt: Runtime, peer: str, *, role: str, qber_tolerance: float) -> None:
+        self.rt = rt
+        self.peer = peer
+        self.role = role
+        self.qber_tolerance = qber_tolerance
+        self.rounds = RoundCounts()
+        self.last_round: RoundRecord | None = None
+        self.alarm: str | None = None
+
+    def link_up(self, result: ReconcileResult) -> None:
+        self.rt.metrics.set_link_up(self.peer, True)
+        committed, discarded = list(result.committed), list(result.discarded)
+        log.info(
+            "link to %s up as %s (committed %s, discarded %s on reconcile)",
+            self.peer,
+            self.role,
+            committed,
+            discarded,
+        )
+        self.rt.audit.record("link_up", peer=self.peer, committed=committed, discarded=discarded)
+
+    def link_down(self, reason: str) -> None:
+        log.warning("link to %s closed: %s", self.peer, reason)
+        self.rt.audit.record("link_down", peer=self.peer, reason=reason)
+
+    def notice_refused(self, key_id: str, exc: StoreError) -> None:
+        log.error("ALARM key notice %s from %s does not match our pool: %s", key_id, self.peer, exc)
+        self.rt.audit.record("pool_divergence", peer=self.peer, key_id=key_id, detail=str(exc))
+
+    def starvation(self, starved: bool, reserve_bits: int) -> None:
+        """The authentication reserve crossed one round's tags (either way)."""
+        self.rt.metrics.set_auth_starved(self.peer, starved)
+        if starved:
+            log.error(
+                "ALARM authentication key starved on link %s: %d bits left, key generation halted",
+                self.peer,
+                reserve_bits,
+            )
+            self.rt.audit.record("auth_starved", peer=self.peer, reserve_bits=reserve_bits)
+
+    def round_ended(self, event: RoundEnded) -> None:
+        peer, metrics, store = self.peer, self.rt.metrics, self.rt.store
+        record = policy.round_record(event)
+        stats = event.outcome.statistics if event.outcome is not None else None
+        verdict = policy.classify_round(
+            reason=event.reason, statistics=stats, qber_tolerance=self.qber_tolerance
+        )
+        duration = event.ended_at - event.started_at
+        ok = event.established
+        self.rounds = RoundCounts(
+            established=self.rounds.established + ok, aborted=self.rounds.aborted + (not ok)
+        )
+        self.last_round = record
+        if ok:
+            metrics.round_established(
+                peer,
+                duration_s=duration,
+                final_key_bits=record.final_key_bits,
+                qber=record.qber,
+                chsh_s=record.chsh_s,
+            )
+        else:
+            metrics.round_aborted(
+                peer,
+                reason=event.reason,
+                duration_s=duration,
+                eavesdropper_suspected=verdict.alarming,
+                qber=record.qber,
+                chsh_s=record.chsh_s,
+            )
+        metrics.set_pool(
+            peer, pool_bits=store.pool_bits(peer), auth_reserve_bits=store.auth_reserve_bits(peer)
+        )
+        name, fields = policy.audit_fields(record)
+        self.rt.audit.record(name, peer=peer, **fields)
+        before, self.alarm = self.alarm, policy.alarm_after(self.alarm, reason=event.reason, verdict=verdict)
+        detail = event.detail[:200]
+        if ok:
+            if before is not None:
+                log.warning("alarm cleared on link %s: round %d established", peer, event.round_id)
+                self.rt.audit.record("alarm_cleared", peer=peer, round=event.round_id)
+            qber = record.qber or 0.0
+            bits = record.final_key_bits
+            log.info(
+                "round %d with %s: %d bits, QBER %.4f, %.3f s", event.round_id, peer, bits, qber, duration
+            )
+        elif verdict.alarming:
+            log.error(
+                "ALARM round %d with %s aborted (%s): %s; no key kept",
+                event.round_id,
+                peer,
+                record.reason,
+                detail,
+            )
+        else:
+            log.warning("round %d with %s aborted (%s): %s", event.round_id, peer, record.reason, detail)

@@ -1,0 +1,192 @@
+"""What the local API shows of one link (``GET /v1/status``, one entry of ``links``), as immutable values
+with their JSON form. Standard library only: the client parses the daemon's answer into these same types,
+and importing them must not pull in numpy or the protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from qlinkmed.qlinkd.errors import QlinkdError
+
+T = TypeVar("T")
+
+
+class StatusFormatError(QlinkdError, ValueError):
+    """A status answer that is not what the daemon sends: `field` names the entry at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"status field '{field}': {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundRecord:
+    """The last round of a link as status and the audit log report it."""
+
+    round: int
+    established: bool
+    reason: str
+    """The abort reason's name in lower case, ``none`` for an established round."""
+    detail: str
+    """Why it ended (at most 300 characters); empty for an established round."""
+    duration_s: float
+    qber: float | None
+    qber_upper: float | None
+    chsh_s: float | None
+    raw_key_bits: int
+    leaked_ec_bits: int
+    final_key_bits: int
+    """Key bits the pool gained from the round (0 unless established)."""
+    round_trips: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: object, where: str = "last_round") -> RoundRecord:
+        d = _object(data, where)
+        return cls(
+            round=_get(d, "round", int, where),
+            established=_get(d, "established", bool, where),
+            reason=_get(d, "reason", str, where),
+            detail=_get(d, "detail", str, where),
+            duration_s=_number(d, "duration_s", where),
+            qber=_optional_number(d, "qber", where),
+            qber_upper=_optional_number(d, "qber_upper", where),
+            chsh_s=_optional_number(d, "chsh_s", where),
+            raw_key_bits=_get(d, "raw_key_bits", int, where),
+            leaked_ec_bits=_get(d, "leaked_ec_bits", int, where),
+            final_key_bits=_get(d, "final_key_bits", int, where),
+            round_trips=_get(d, "round_trips", int, where),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundCounts:
+    established: int = 0
+    aborted: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"established": self.established, "aborted": self.aborted}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkStatus:
+    """One link's health: ``PeerLink.statistics()``, and what ``qlink status`` reads back."""
+
+    peer: str
+    role: str
+    """``alice`` or ``bob``."""
+    protocol: str
+    connected: bool
+    """The classical connection to the peer is up."""
+    channel_connected: bool
+    """This end's connection to the quantum-channel service is up."""
+    state: str
+    """The link machine's state in lower case, ``disconnected`` without a connection."""
+    pool_bits: int
+    pool_bits_owned: int
+    """The part of the pool this facility may hand out as master."""
+    auth_reserve_bits: int
+    low_watermark_bits: int
+    high_watermark_bits: int
+    rounds_paused: bool
+    """Alice paused rounds at the high watermark (until the pool drops below the low one)."""
+    last_committed_round: int
+    rounds: RoundCounts
+    last_round: RoundRecord | None
+    alarm: str | None
+    """The abort reason that raised the eavesdropping/tampering alarm; None when clear."""
+    auth_starved: bool
+    """The authentication key cannot pay for another round: key generation is halted."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "peer": self.peer,
+            "role": self.role,
+            "protocol": self.protocol,
+            "connected": self.connected,
+            "channel_connected": self.channel_connected,
+            "state": self.state,
+            "pool_bits": self.pool_bits,
+            "pool_bits_owned": self.pool_bits_owned,
+            "auth_reserve_bits": self.auth_reserve_bits,
+            "low_watermark_bits": self.low_watermark_bits,
+            "high_watermark_bits": self.high_watermark_bits,
+            "rounds_paused": self.rounds_paused,
+            "last_committed_round": self.last_committed_round,
+            "rounds": self.rounds.to_json(),
+            "last_round": None if self.last_round is None else self.last_round.to_json(),
+            "alarm": self.alarm,
+            "auth_starved": self.auth_starved,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> LinkStatus:
+        """Parse one entry of the status answer's ``links``; StatusFormatError names what is wrong."""
+        d = _object(data, "link")
+        rounds = _object(d.get("rounds"), "rounds")
+        last = d.get("last_round")
+        alarm = d.get("alarm")
+        if alarm is not None and not isinstance(alarm, str):
+            raise StatusFormatError("alarm", f"expected text or null, got {type(alarm).__name__}")
+        return cls(
+            peer=_get(d, "peer", str),
+            role=_get(d, "role", str),
+            protocol=_get(d, "protocol", str),
+            connected=_get(d, "connected", bool),
+            channel_connected=_get(d, "channel_connected", bool),
+            state=_get(d, "state", str),
+            pool_bits=_get(d, "pool_bits", int),
+            pool_bits_owned=_get(d, "pool_bits_owned", int),
+            auth_reserve_bits=_get(d, "auth_reserve_bits", int),
+            low_watermark_bits=_get(d, "low_watermark_bits", int),
+            high_watermark_bits=_get(d, "high_watermark_bits", int),
+            rounds_paused=_get(d, "rounds_paused", bool),
+            last_committed_round=_get(d, "last_committed_round", int),
+            rounds=RoundCounts(
+                established=_get(rounds, "established", int, "rounds"),
+                aborted=_get(rounds, "aborted", int, "rounds"),
+            ),
+            last_round=None if last is None else RoundRecord.from_json(last),
+            alarm=alarm,
+            auth_starved=_get(d, "auth_starved", bool),
+        )
+
+
+def _object(value: object, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise StatusFormatError(where, f"expected an object, got {type(value).__name__}")
+    return value
+
+
+def _get(d: Mapping[str, Any], name: str, kind: type[T], where: str = "") -> T:
+    field = f"{where}.{name}" if where else name
+    if name not in d:
+        raise StatusFormatError(field, "missing")
+    value = d[name]
+    # JSON has no separate booleans and integers in Python's eyes (bool is an int): keep them apart.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise StatusFormatError(field, f"expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _number(d: Mapping[str, Any], name: str, where: str) -> float:
+    value = _optional_number(d, name, where)
+    if value is None:
+        raise StatusFormatError(f"{where}.{name}", "expected a number, got null")
+    return value
+
+
+def _optional_number(d: Mapping[str, Any], name: str, where: str) -> float | None:
+    if name not in d:
+        raise StatusFormatError(f"{where}.{name}", "missing")
+    value = d[name]
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise StatusFormatError(f"{where}.{name}", f"expected a number, got {type(value).__name__}")
+    return float(value)
