@@ -26,11 +26,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from qlinkmed.qlinkd.content import ContentInfo, at_rest, validate
-from qlinkmed.qlinkd.dataplane.manifest import Manifest
+from qlinkmed.qlinkd.dataplane.manifest import Manifest, advance_past_complete
 from qlinkmed.qlinkd.dataplane.outbox import fsync_dir
 from qlinkmed.qlinkd.dataplane.records import Incoming, IncomingRecord, TransferRecords
 from qlinkmed.qlinkd.dataplane.spool import Spool
-from qlinkmed.qlinkd.errors import ContentError, TransferError
+from qlinkmed.qlinkd.errors import ContentError, StoreError, TransferError
 
 _SPOOL = ".spool"
 _STAGE = ".stage-"
@@ -41,15 +41,6 @@ def at_rest_key(material: bytes, transfer_id: str) -> bytes:
     to the transfer."""
     info = b"qlink inbox at-rest|" + transfer_id.encode()
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(material)
-
-
-def advance_past_complete(manifest: Manifest, index: int, offset: int) -> tuple[int, int]:
-    """Skip files that are complete at `offset` (empty files, or a file just finished); both ends use this
-    rule, so they agree where the next byte belongs. (len(files), 0) means every file is complete."""
-    files = manifest.files
-    while index < len(files) and offset >= files[index].size:
-        index, offset = index + 1, 0
-    return index, offset
 
 
 class TransferRefused(TransferError):
@@ -300,7 +291,8 @@ class Inbox:
         if not 0 <= index < len(record.manifest.files):
             raise TransferError(f"transfer has no file {index}", transfer=transfer_id)
         key = self._records.at_rest_key(transfer_id)
-        assert key is not None
+        if key is None:
+            raise StoreError(f"delivered transfer {transfer_id} has no at-rest key in its record")
         blob = self._records.blob(transfer_id)
         source = blob if blob is not None else self.root / transfer_id / str(index)
         return source, key, record.manifest.files[index].sha256

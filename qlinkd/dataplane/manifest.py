@@ -54,8 +54,9 @@ class Manifest:
     created: float
     """Seconds since the epoch when the sender queued the transfer."""
     study_uid: str | None = None
-    _canonical: dict[str, bytes | str] = field(default_factory=dict, init=False, repr=False, compare=False)
-    """The canonical JSON and its digest, made once: both ends quote them several times per transfer."""
+    _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    """The canonical JSON, made once: both ends quote it (and its digest) several times per transfer."""
+    _sha256: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _require(_is_uuid(self.transfer_id), "transfer_id is not a UUID")
@@ -82,9 +83,10 @@ class Manifest:
         return list(itertools.accumulate((f.size for f in self.files), initial=0))
 
     def to_json(self) -> bytes:
-        if (made := self._canonical.get("json")) is None:
-            made = self._canonical["json"] = self._make_json()
-        assert isinstance(made, bytes)
+        made = self._json
+        if made is None:
+            made = self._make_json()
+            object.__setattr__(self, "_json", made)  # a cache on a frozen instance
         return made
 
     def _make_json(self) -> bytes:
@@ -100,9 +102,10 @@ class Manifest:
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
     def sha256(self) -> str:
-        if (digest := self._canonical.get("sha256")) is None:
-            digest = self._canonical["sha256"] = hashlib.sha256(self.to_json()).hexdigest()
-        assert isinstance(digest, str)
+        digest = self._sha256
+        if digest is None:
+            digest = hashlib.sha256(self.to_json()).hexdigest()
+            object.__setattr__(self, "_sha256", digest)
         return digest
 
     @classmethod
@@ -127,6 +130,15 @@ class Manifest:
             raise
         except (ValueError, KeyError, TypeError) as exc:
             raise TransferError(f"malformed manifest ({type(exc).__name__}: {exc})") from None
+
+
+def advance_past_complete(manifest: Manifest, index: int, offset: int) -> tuple[int, int]:
+    """Skip files that are complete at `offset` (empty files, or a file just finished); both ends use this
+    rule, so they agree where the next byte belongs. (len(files), 0) means every file is complete."""
+    files = manifest.files
+    while index < len(files) and offset >= files[index].size:
+        index, offset = index + 1, 0
+    return index, offset
 
 
 def _is_uuid(text: str) -> bool:

@@ -1,34 +1,50 @@
-"""The one place data-plane protobuf messages are built and checked. Decoding refuses anything that is not
-one well-formed message (FrameError), so the session code only sees messages whose fields make sense."""
+"""The one place data-plane protobuf messages are built, checked and converted to and from the typed
+messages of ``events``. Decoding refuses anything that is not one well-formed message (FrameError), so the
+session machines only see messages whose fields make sense."""
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Callable
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
 from qlinkmed.proto import qlinkmed_wire_pb2 as pb
+from qlinkmed.qlinkd.dataplane.events import (
+    DATA_VERSION,
+    Ack,
+    Chunk,
+    DataMessage,
+    Delivered,
+    EhrMessage,
+    Offer,
+    Open,
+    PadKey,
+    Position,
+    Ready,
+    Refused,
+    TransferState,
+    check_uuid,
+)
 from qlinkmed.qlinkd.errors import FrameError
+from qlinkmed.qlinkd.seal.constants import MAX_SESSION_KEY_IDS
 
-DATA_VERSION = 1
-MAX_KEY_IDS = 16
+__all__ = ["DATA_VERSION", "decode", "decode_message", "decode_open", "encode_message", "encode_open"]
+
 _KINDS = frozenset({"ready", "offer", "position", "chunk", "ack", "delivered", "refused", "ehr", "pad"})
-
-
-def _uuid_text(text: str, what: str) -> str:
-    try:
-        if str(uuid.UUID(text)) == text:
-            return text
-    except ValueError:
-        pass
-    raise FrameError(f"{what} {text[:40]!r} is not a UUID")
+_PB_STATE = {
+    TransferState.NEW: pb.TRANSFER_STATE_NEW,
+    TransferState.PARTIAL: pb.TRANSFER_STATE_PARTIAL,
+    TransferState.COMPLETE: pb.TRANSFER_STATE_COMPLETE,
+}
+_STATE_OF_PB = {int(v): k for k, v in _PB_STATE.items()}
 
 
 def encode_open(facility: str, key_ids: list[str]) -> bytes:
     return pb.DataOpen(version=DATA_VERSION, facility=facility, key_ids=key_ids).SerializeToString()
 
 
-def decode_open(frame: bytes) -> pb.DataOpen:
+def decode_open(frame: bytes) -> Open:
     message = pb.DataOpen()
     try:
         message.ParseFromString(frame)
@@ -36,11 +52,9 @@ def decode_open(frame: bytes) -> pb.DataOpen:
         raise FrameError(f"data open does not parse: {exc}") from None
     if message.version != DATA_VERSION:
         raise FrameError(f"data plane version {message.version}, this qlinkd speaks {DATA_VERSION}")
-    if not 1 <= len(message.key_ids) <= MAX_KEY_IDS:
+    if not 1 <= len(message.key_ids) <= MAX_SESSION_KEY_IDS:
         raise FrameError(f"data open names {len(message.key_ids)} key IDs")
-    for key_id in message.key_ids:
-        _uuid_text(key_id, "key ID")
-    return message
+    return Open(version=message.version, facility=message.facility, key_ids=tuple(message.key_ids))
 
 
 def decode(plaintext: bytes) -> pb.DataMessage:
@@ -55,9 +69,9 @@ def decode(plaintext: bytes) -> pb.DataMessage:
         raise FrameError("data message has no body")
     body = getattr(message, kind)
     if kind == "pad":
-        _uuid_text(body.key_id, "pad key ID")
+        check_uuid(body.key_id, "pad key ID")
     elif kind != "ready":
-        _uuid_text(body.transfer_id, "transfer ID")
+        check_uuid(body.transfer_id, "transfer ID")
     if kind == "position" and body.state == pb.TRANSFER_STATE_UNSPECIFIED:
         raise FrameError("position without a state")
     return message
@@ -71,8 +85,8 @@ def offer(transfer_id: str, manifest: bytes) -> bytes:
     return pb.DataMessage(offer=pb.Offer(transfer_id=transfer_id, manifest=manifest)).SerializeToString()
 
 
-def position(transfer_id: str, state: int, file_index: int, offset: int) -> bytes:
-    body = pb.Position(transfer_id=transfer_id, state=state, file_index=file_index, offset=offset)
+def position(transfer_id: str, state: TransferState, file_index: int, offset: int) -> bytes:
+    body = pb.Position(transfer_id=transfer_id, state=_PB_STATE[state], file_index=file_index, offset=offset)
     return pb.DataMessage(position=body).SerializeToString()
 
 
@@ -125,3 +139,58 @@ def ehr(transfer_id: str, manifest: bytes, body: bytes) -> bytes:
 
 def pad_key(key_id: str) -> bytes:
     return pb.DataMessage(pad=pb.PadKey(key_id=key_id)).SerializeToString()
+
+
+# ---- typed messages (events) ----------------------------------------------------------------------------
+
+
+def _position(body: Any) -> Position:
+    state = _STATE_OF_PB.get(int(body.state))
+    if state is None:
+        raise FrameError(f"position with unknown state {body.state}")
+    return Position(transfer_id=body.transfer_id, state=state, file_index=body.file_index, offset=body.offset)
+
+
+_FROM_PB: dict[str, Callable[[Any], DataMessage]] = {
+    "ready": lambda b: Ready(),
+    "offer": lambda b: Offer(transfer_id=b.transfer_id, manifest=b.manifest),
+    "position": _position,
+    "chunk": lambda b: Chunk(
+        transfer_id=b.transfer_id, file_index=b.file_index, offset=b.offset, data=b.data
+    ),
+    "ack": lambda b: Ack(transfer_id=b.transfer_id, file_index=b.file_index, offset=b.offset),
+    "delivered": lambda b: Delivered(transfer_id=b.transfer_id, manifest_sha256=b.manifest_sha256),
+    "refused": lambda b: Refused(transfer_id=b.transfer_id, reason=b.reason),
+    "ehr": lambda b: EhrMessage(transfer_id=b.transfer_id, manifest=b.manifest, body=b.body),
+    "pad": lambda b: PadKey(key_id=b.key_id),
+}
+
+
+def decode_message(plaintext: bytes) -> DataMessage:
+    """An authenticated plaintext as the typed message it carries (FrameError if it is not one)."""
+    message = decode(plaintext)
+    kind = message.WhichOneof("body")
+    return _FROM_PB[kind](getattr(message, kind))
+
+
+def encode_message(message: DataMessage) -> bytes:
+    """The plaintext of a sealed frame carrying `message`."""
+    match message:
+        case Chunk():
+            return chunk(message.transfer_id, message.file_index, message.offset, message.data)
+        case Ack():
+            return ack(message.transfer_id, message.file_index, message.offset)
+        case Offer():
+            return offer(message.transfer_id, message.manifest)
+        case Position():
+            return position(message.transfer_id, message.state, message.file_index, message.offset)
+        case Delivered():
+            return delivered(message.transfer_id, message.manifest_sha256)
+        case Refused():
+            return refused(message.transfer_id, message.reason)
+        case EhrMessage():
+            return ehr(message.transfer_id, message.manifest, message.body)
+        case PadKey():
+            return pad_key(message.key_id)
+        case Ready():
+            return ready()

@@ -52,10 +52,11 @@ class Upload:
         self._written = 0
 
     def write(self, data: bytes) -> None:
+        if self._fd is None:
+            raise TransferError("upload written before start_file", transfer=self.manifest.transfer_id)
         entry = self.manifest.files[self._index]
         if self._written + len(data) > entry.size:
             raise TransferError(f"{entry.name}: more than the declared {entry.size} bytes")
-        assert self._fd is not None
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]

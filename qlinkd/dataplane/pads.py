@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,32 +77,55 @@ class SenderPads:
         return self.discarded_bytes
 
 
+Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Future[None]"]
+"""Starts a task: the session's task group's ``create_task``."""
+
+
 class _ReceiverPad:
-    def __init__(self, fetching: asyncio.Task[DeliveredKey]) -> None:
+    def __init__(self, fetching: asyncio.Future[None], key: asyncio.Future[DeliveredKey]) -> None:
         self.fetching = fetching
+        self.key = key
         self.next = 0
 
+    def cancel(self) -> None:
+        self.fetching.cancel()
+        self.key.cancel()
 
-def _retrieve(task: asyncio.Task[DeliveredKey]) -> None:
-    # A fetch that fails matters only if a frame uses its key (and then it is re-raised there).
-    if not task.cancelled():
-        task.exception()
+
+async def _settle(fetch: Coroutine[Any, Any, DeliveredKey], into: asyncio.Future[DeliveredKey]) -> None:
+    # The fetch's error goes into the key, never out of the task: a fetch that fails matters only if a
+    # frame uses its key (it is re-raised there), and must not end the task group it runs in.
+    try:
+        key = await fetch
+    except Exception as exc:
+        if not into.done():
+            into.set_exception(exc)
+    else:
+        if not into.done():
+            into.set_result(key)
+
+
+def _retrieve(key: asyncio.Future[DeliveredKey]) -> None:
+    # Marks a failed fetch's error as seen, for a key no frame ever used.
+    if not key.cancelled():
+        key.exception()
 
 
 class ReceiverPads:
-    """The receiver's view of the session's pad keys: announced in order, fetched in the background, and
-    cut strictly in sequence."""
+    """The receiver's view of the session's pad keys: announced in order, fetched in the background (in
+    tasks `spawn` starts: the session's task group), and cut strictly in sequence."""
 
-    def __init__(self) -> None:
+    def __init__(self, spawn: Spawn = asyncio.ensure_future) -> None:
+        self._spawn = spawn
         self._pads: dict[str, _ReceiverPad] = {}
 
     def announce(self, key_id: str, fetch: Coroutine[Any, Any, DeliveredKey]) -> None:
         if key_id in self._pads:
             fetch.close()
             raise IntegrityError(IntegrityFailure.REPLAY, f"pad key {key_id} announced twice")
-        task = asyncio.ensure_future(fetch)
-        task.add_done_callback(_retrieve)
-        self._pads[key_id] = _ReceiverPad(task)
+        key: asyncio.Future[DeliveredKey] = asyncio.get_running_loop().create_future()
+        key.add_done_callback(_retrieve)
+        self._pads[key_id] = _ReceiverPad(self._spawn(_settle(fetch, key)), key)
 
     async def cut(self, key_id: str, offset: int, size: int) -> bytes:
         """The pad of a frame at (`key_id`, `offset`) consuming `size` bytes. IntegrityError if the key was
@@ -120,8 +143,8 @@ class ReceiverPads:
         for earlier in list(self._pads):
             if earlier == key_id:
                 break
-            self._pads.pop(earlier).fetching.cancel()
-        material = (await pad.fetching).material
+            self._pads.pop(earlier).cancel()
+        material = (await pad.key).material
         if offset + size > len(material):
             raise IntegrityError(
                 IntegrityFailure.TOO_LARGE,
@@ -132,5 +155,5 @@ class ReceiverPads:
 
     def close(self) -> None:
         for pad in self._pads.values():
-            pad.fetching.cancel()
+            pad.cancel()
         self._pads.clear()

@@ -1,7 +1,10 @@
-"""The sending end of one data-plane connection: take fresh QKD key, open the session, then send the
-peer's queued transfers (EHR messages first, between study chunks too) until the queue is empty and the
-traffic key is due for replacement, or the connection fails. Everything it sends can be sent again: the
-receiver says where to resume, and dedups by transfer ID.
+"""The sending end of one data-plane connection: the asyncio shell around ``machine.SenderMachine``. It takes
+fresh QKD key, opens the session, then sends the peer's queued transfers (EHR messages first, between
+study chunks too) until the queue is empty and the traffic key is due for replacement, or the connection
+fails. Everything it sends can be sent again: the receiver says where to resume, and dedups by transfer ID.
+
+The machine decides what may be sent and judges every answer; this shell picks the next transfer from the
+queue, seals and writes what the machine returns, reads the outbox, and records each outcome.
 """
 
 from __future__ import annotations
@@ -13,35 +16,41 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from qlinkmed.proto import qlinkmed_wire_pb2 as pb
 from qlinkmed.qlinkd.dataplane import messages as dm
 from qlinkmed.qlinkd.dataplane.ehr_queue import EhrQueue
-from qlinkmed.qlinkd.dataplane.inbox import advance_past_complete
+from qlinkmed.qlinkd.dataplane.events import DataMessage
 from qlinkmed.qlinkd.dataplane.keys import SESSION_KEY_BITS, KeySource
+from qlinkmed.qlinkd.dataplane.machine import (
+    Acknowledged,
+    Answered,
+    Positioned,
+    SenderMachine,
+    SessionClosed,
+    SessionMisuse,
+)
 from qlinkmed.qlinkd.dataplane.manifest import Manifest, TransferKind
 from qlinkmed.qlinkd.dataplane.outbox import Outbox
 from qlinkmed.qlinkd.dataplane.pads import PAD_KEY_BYTES, PAD_REFILL_BELOW, SenderPads
 from qlinkmed.qlinkd.dataplane.records import Outgoing, TransferRecords
-from qlinkmed.qlinkd.errors import FrameError, InsufficientKey, TransferError
+from qlinkmed.qlinkd.dataplane.tasks import first_error
+from qlinkmed.qlinkd.errors import InsufficientKey, TransferError
 from qlinkmed.qlinkd.link.framing import read_frame
 from qlinkmed.qlinkd.pool.values import DeliveredKey
 from qlinkmed.qlinkd.seal import Direction, KeyStatus, Opener, Sealer, SendState, derive_traffic_key
-from qlinkmed.qlinkd.seal.constants import MAX_OTP_PLAINTEXT_BYTES, REJECT_AFTER_MESSAGES
+from qlinkmed.qlinkd.seal.constants import (
+    MAX_OTP_PLAINTEXT_BYTES,
+    MAX_SEALED_FRAME_BYTES,
+    REJECT_AFTER_MESSAGES,
+)
 from qlinkmed.qlinkd.seal.otp import otp_key_bytes, seal_otp, seal_otp_range
+
+__all__ = ["IDLE_CHECK_S", "REPLY_TIMEOUT_S", "SenderContext", "SenderSession", "SessionClosed"]
 
 log = logging.getLogger("qlink.data")
 
-CHUNK_BYTES = (1 << 20) - 1024
-"""File bytes per chunk: a whole chunk message (and its protobuf fields) fits one 1 MiB sealed frame."""
-WINDOW_BYTES = 48 << 20
-"""Unacknowledged bytes in flight; the receiver acknowledges every SYNC_BYTES (inbox side)."""
 REPLY_TIMEOUT_S = 30.0
-MAX_FRAME = (1 << 20) + 4096
 IDLE_CHECK_S = 5.0
-
-
-class SessionClosed(Exception):
-    """The connection ended or the peer broke the protocol; the caller reconnects."""
+"""How often an idle session checks whether its traffic key is due for replacement."""
 
 
 @dataclass(slots=True)
@@ -62,14 +71,6 @@ class SenderContext:
         self.ehr = EhrQueue(self.records, self.peer)
 
 
-@dataclass(slots=True)
-class _Flight:
-    file_starts: list[int]
-    replies: asyncio.Queue[pb.DataMessage] = field(default_factory=asyncio.Queue)
-    acked: int = 0
-    ack_event: asyncio.Event = field(default_factory=asyncio.Event)
-
-
 class SenderSession:
     def __init__(
         self, ctx: SenderContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -77,15 +78,13 @@ class SenderSession:
         self.ctx = ctx
         self._reader = reader
         self._writer = writer
-        self._flights: dict[str, _Flight] = {}
-        self._sealer: Sealer | None = None
-        self._opener: Opener | None = None
-        self._reader_error: BaseException | None = None
         self._pads = SenderPads()
 
     async def run(self) -> None:
         try:
-            await self._run()
+            self.ctx.state = "waiting for key"
+            key = await self._take_session_key()
+            await _KeyedSession(self.ctx, key, self._reader, self._writer, self._pads).run()
         finally:
             discarded = self._pads.close()
             if discarded:
@@ -93,10 +92,34 @@ class SenderSession:
                     "data session to %s ended: %d bytes of pad key discarded unused", self.ctx.peer, discarded
                 )
 
-    async def _run(self) -> None:
-        ctx = self.ctx
-        ctx.state = "waiting for key"
-        key = await self._take_session_key()
+    async def _take_session_key(self) -> DeliveredKey:
+        delay = 0.05
+        while True:
+            try:
+                return self.ctx.keys.take(self.ctx.peer, SESSION_KEY_BITS)
+            except InsufficientKey:
+                # Data waits for key; it never reuses any.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+
+class _KeyedSession:
+    """The session once its key is taken: traffic keys, the machine, and the replies each transfer waits
+    for."""
+
+    def __init__(
+        self,
+        ctx: SenderContext,
+        key: DeliveredKey,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        pads: SenderPads,
+    ) -> None:
+        self.ctx = ctx
+        self._reader = reader
+        self._writer = writer
+        self._pads = pads
+        self._machine = SenderMachine(facility=ctx.facility, key_ids=[key.key_id])
         now = time.monotonic()
         self._sealer = Sealer(
             derive_traffic_key(key.material, [key.key_id], direction=Direction.MASTER_TO_SLAVE),
@@ -111,74 +134,50 @@ class SenderSession:
             started_at=now,
             in_order=True,
         )
-        self._write(dm.encode_open(ctx.facility, [key.key_id]))
-        await self._writer.drain()
-        ctx.state = "opening"
-        first = await self._read_message(timeout=REPLY_TIMEOUT_S)
-        if first.WhichOneof("body") != "ready":
-            raise SessionClosed(f"peer answered the open with {first.WhichOneof('body')}")
-        reading = asyncio.create_task(self._read_replies())
-        try:
-            await self._serve_queue()
-        finally:
-            reading.cancel()
+        self._replies: dict[str, asyncio.Queue[Positioned | Answered]] = {}
+        self._acked = asyncio.Event()
 
-    async def _take_session_key(self) -> DeliveredKey:
-        delay = 0.05
-        while True:
-            try:
-                return self.ctx.keys.take(self.ctx.peer, SESSION_KEY_BITS)
-            except InsufficientKey:
-                # Data waits for key; it never reuses any.
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+    async def run(self) -> None:
+        opening = self._machine.opening()
+        self._write(dm.encode_open(opening.facility, list(opening.key_ids)))
+        await self._writer.drain()
+        self.ctx.state = "opening"
+        self._machine.receive(await self._read_message(timeout=REPLY_TIMEOUT_S))  # Ready, or SessionClosed
+        try:
+            async with asyncio.TaskGroup() as tg:
+                reading = tg.create_task(self._read_replies())
+                await self._serve_queue()
+                reading.cancel()
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
 
     # ---- frames
 
     def _write(self, frame: bytes) -> None:
         self._writer.writelines([len(frame).to_bytes(4, "big"), frame])
 
-    def _send(self, plaintext: bytes) -> None:
-        assert self._sealer is not None
-        self._write(self._sealer.seal(plaintext, now=time.monotonic()))
+    def _send(self, message: DataMessage) -> None:
+        self._write(self._sealer.seal(dm.encode_message(message), now=time.monotonic()))
 
-    async def _read_message(self, *, timeout: float) -> pb.DataMessage:
-        assert self._opener is not None
+    async def _read_message(self, *, timeout: float) -> DataMessage:
         try:
             async with asyncio.timeout(timeout):
-                frame = await read_frame(self._reader, MAX_FRAME)
+                frame = await read_frame(self._reader, MAX_SEALED_FRAME_BYTES)
         except TimeoutError:
             raise SessionClosed("no answer from the receiver") from None
         if frame is None:
             raise SessionClosed("receiver closed the connection")
-        return dm.decode(self._opener.open(frame, now=time.monotonic()))
+        return dm.decode_message(self._opener.open(frame, now=time.monotonic()))
 
     async def _read_replies(self) -> None:
-        try:
-            while True:
-                message = await self._read_message(timeout=3600.0)
-                kind = message.WhichOneof("body")
-                body = getattr(message, kind)
-                flight = self._flights.get(body.transfer_id)
-                if flight is None:
-                    raise FrameError(f"{kind} for transfer {body.transfer_id}, which is not in flight")
-                if kind == "ack":
-                    starts = flight.file_starts
-                    if body.file_index >= len(starts):
-                        raise FrameError(f"ack for file {body.file_index} of {len(starts) - 1} files")
-                    flight.acked = max(flight.acked, starts[body.file_index] + body.offset)
-                    flight.ack_event.set()
-                elif kind in ("position", "delivered", "refused"):
-                    flight.replies.put_nowait(message)
-                    flight.ack_event.set()
-                else:
-                    raise FrameError(f"receiver sent a {kind}")
-        except BaseException as exc:
-            self._reader_error = exc
-            for flight in self._flights.values():
-                flight.replies.put_nowait(pb.DataMessage())
-                flight.ack_event.set()
-            raise
+        """Feed every answer to the machine and wake what waits for it. Ends the session (through the task
+        group) when the connection fails or the receiver breaks the protocol."""
+        while True:
+            event = self._machine.receive(await self._read_message(timeout=3600.0))
+            if isinstance(event, Acknowledged):
+                self._acked.set()
+            elif event is not None:
+                self._replies[event.transfer_id].put_nowait(event)
 
     # ---- the queue
 
@@ -190,7 +189,6 @@ class SenderSession:
                 queued = ctx.records.queued(ctx.peer)
                 if not queued:
                     ctx.state = "idle"
-                    assert self._sealer is not None
                     if self._sealer.status(time.monotonic()) is not KeyStatus.FRESH:
                         return  # reconnect for a fresh key
                     ctx.wake.clear()
@@ -199,8 +197,6 @@ class SenderSession:
                             await ctx.wake.wait()
                     except TimeoutError:
                         pass
-                    if self._reader_error is not None:
-                        raise SessionClosed(f"connection lost: {self._reader_error}")
                     continue
                 ehr = [m for m in queued if m.kind is TransferKind.EHR]
                 manifest = (ehr or queued)[0]
@@ -208,35 +204,28 @@ class SenderSession:
             await self._send_transfer(manifest)
 
     async def _send_pending_ehr(self) -> None:
-        while (manifest := self.ctx.ehr.next(skip=self._flights)) is not None:
+        while (manifest := self.ctx.ehr.next(skip=self._machine.in_flight())) is not None:
             await self._send_transfer(manifest)
 
     async def _send_transfer(self, manifest: Manifest) -> None:
         tid = manifest.transfer_id
-        flight = self._flights[tid] = _Flight(file_starts=manifest.file_starts())
+        replies = self._replies[tid] = asyncio.Queue()
         try:
             if manifest.kind is TransferKind.EHR and await self._try_otp(manifest):
-                reply = await self._reply(flight)
+                answer = await self._answer(replies)
                 self._refill_pads()
             else:
-                self._send(dm.offer(tid, manifest.to_json()))
+                self._send(self._machine.offer(manifest))
                 await self._writer.drain()
-                reply = await self._reply(flight)
-                if reply.WhichOneof("body") == "position":
-                    if reply.position.state != pb.TRANSFER_STATE_COMPLETE:
-                        await self._stream(manifest, flight, reply.position)
-                    reply = await self._reply(flight)
-            kind = reply.WhichOneof("body")
-            if kind == "delivered":
-                if reply.delivered.manifest_sha256 != manifest.sha256():
-                    raise SessionClosed(f"transfer {tid}: receiver confirmed another manifest")
+                await self._reply(replies)  # Positioned: the machine knows where to start
+                await self._stream(manifest)
+                answer = await self._answer(replies)
+            if answer.delivered:
                 self._finish(tid, Outgoing.DELIVERED, None)
-            elif kind == "refused":
-                self._finish(tid, Outgoing.REFUSED, reply.refused.reason)
             else:
-                raise SessionClosed(f"transfer {tid}: unexpected {kind}")
+                self._finish(tid, Outgoing.REFUSED, answer.reason)
         finally:
-            self._flights.pop(tid, None)
+            self._replies.pop(tid, None)
 
     def _finish(self, tid: str, state: Outgoing, reason: str | None) -> None:
         self.ctx.records.finish_outgoing(tid, state, reason)
@@ -244,14 +233,19 @@ class SenderSession:
         self.ctx.outbox.remove(tid)
         self.ctx.on_finished(tid, state, reason)
 
-    async def _reply(self, flight: _Flight) -> pb.DataMessage:
+    @staticmethod
+    async def _reply(replies: asyncio.Queue[Positioned | Answered]) -> Positioned | Answered:
         try:
             async with asyncio.timeout(REPLY_TIMEOUT_S * 4):
-                reply = await flight.replies.get()
+                return await replies.get()
         except TimeoutError:
             raise SessionClosed("receiver did not answer") from None
-        if reply.WhichOneof("body") is None:
-            raise SessionClosed(f"connection lost: {self._reader_error}")
+
+    async def _answer(self, replies: asyncio.Queue[Positioned | Answered]) -> Answered:
+        reply = await self._reply(replies)
+        if not isinstance(reply, Answered):
+            # The machine lets a Position through only to a transfer waiting for one.
+            raise SessionMisuse(f"transfer {reply.transfer_id}: waited for its outcome, got a position")
         return reply
 
     async def _try_otp(self, manifest: Manifest) -> bool:
@@ -265,6 +259,7 @@ class SenderSession:
             why = f"message of {len(payload)} bytes exceeds the one-time-pad limit {MAX_OTP_PLAINTEXT_BYTES}"
         elif (cut := self._pads.cut(otp_key_bytes(len(payload)))) is not None:
             # The fast path: the pad key was taken and announced earlier, its notice is long at the peer.
+            self._machine.ehr(manifest, body)
             self._write(seal_otp_range(payload, cut.material, cut.key_id, cut.offset).frame)
             return True
         else:
@@ -273,6 +268,7 @@ class SenderSession:
             except InsufficientKey as exc:
                 why = f"pool holds {exc.available_bits} bits, the one-time pad needs {needed_bits}"
             else:
+                self._machine.ehr(manifest, body)
                 frame = seal_otp(payload, key.material, [key.key_id]).frame
                 # Let the classical link send the key's notice first: the receiver can then fetch the pad
                 # while this frame is on its way instead of after it arrived.
@@ -293,7 +289,7 @@ class SenderSession:
         except InsufficientKey:
             return  # messages take their own pads (or fall back to AEAD) until the pool refills
         self._pads.add(key)
-        self._send(dm.pad_key(key.key_id))
+        self._send(self._machine.pad_key(key.key_id))
 
     def _ehr_body(self, manifest: Manifest) -> bytes:
         body = self.ctx.ehr.body(manifest)
@@ -301,39 +297,41 @@ class SenderSession:
             raise TransferError("queued EHR message has no body in its record", transfer=manifest.transfer_id)
         return body
 
-    async def _stream(self, manifest: Manifest, flight: _Flight, start: pb.Position) -> None:
+    async def _stream(self, manifest: Manifest) -> None:
+        """Send the chunks the machine asks for, from the outbox (or an EHR message's body), inside the
+        window; let queued EHR messages overtake between chunks."""
         tid = manifest.transfer_id
-        index, offset = advance_past_complete(manifest, start.file_index, start.offset)
-        if index > len(manifest.files) or (
-            index < len(manifest.files) and offset > manifest.files[index].size
-        ):
-            raise SessionClosed(f"transfer {tid}: receiver asked to resume at an impossible position")
-        sent = flight.acked = flight.file_starts[index] + offset
-        while index < len(manifest.files):
-            size = manifest.files[index].size
-            body = self._ehr_body(manifest) if manifest.kind is TransferKind.EHR else None
-            fd = self.ctx.outbox.open_file(tid, index) if body is None else -1
-            try:
-                while offset < size:
-                    while sent - flight.acked > WINDOW_BYTES:
-                        flight.ack_event.clear()
-                        if self._reader_error is not None:
-                            raise SessionClosed(f"connection lost: {self._reader_error}")
+        machine = self._machine
+        body = self._ehr_body(manifest) if manifest.kind is TransferKind.EHR else None
+        fd, fd_index = -1, -1
+        try:
+            while (wanted := machine.next_chunk(tid)) is not None:
+                while not machine.window_open(tid):
+                    self._acked.clear()
+                    try:
                         async with asyncio.timeout(REPLY_TIMEOUT_S):
-                            await flight.ack_event.wait()
-                    length = min(CHUNK_BYTES, size - offset)
-                    data = os.pread(fd, length, offset) if body is None else body[offset : offset + length]
-                    if not data:
-                        raise TransferError(f"outbox file {index} is shorter than its manifest", transfer=tid)
-                    self._send(dm.chunk(tid, index, offset, data))
-                    offset += len(data)
-                    sent += len(data)
-                    await self._writer.drain()
-                    if self.ctx.wake.is_set():
-                        # Something new was queued: let an EHR message overtake the study.
-                        self.ctx.wake.clear()
-                        await self._send_pending_ehr()
-            finally:
-                if fd >= 0:
-                    os.close(fd)
-            index, offset = advance_past_complete(manifest, index + 1, 0)
+                            await self._acked.wait()
+                    except TimeoutError:
+                        raise SessionClosed("the receiver acknowledged nothing") from None
+                if body is not None:
+                    data = body[wanted.offset : wanted.offset + wanted.max_bytes]
+                else:
+                    if fd_index != wanted.file_index:
+                        if fd >= 0:
+                            os.close(fd)
+                            fd = -1
+                        fd, fd_index = self.ctx.outbox.open_file(tid, wanted.file_index), wanted.file_index
+                    data = os.pread(fd, wanted.max_bytes, wanted.offset)
+                if not data:
+                    raise TransferError(
+                        f"outbox file {wanted.file_index} is shorter than its manifest", transfer=tid
+                    )
+                self._send(machine.chunk(tid, data))
+                await self._writer.drain()
+                if self.ctx.wake.is_set():
+                    # Something new was queued: let an EHR message overtake the study.
+                    self.ctx.wake.clear()
+                    await self._send_pending_ehr()
+        finally:
+            if fd >= 0:
+                os.close(fd)

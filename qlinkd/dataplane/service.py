@@ -19,11 +19,12 @@ from pathlib import Path
 
 from qlinkmed.qlinkd.dataplane.inbox import Inbox
 from qlinkmed.qlinkd.dataplane.keys import KeySource
+from qlinkmed.qlinkd.dataplane.machine import Rejected, SessionClosed
 from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
 from qlinkmed.qlinkd.dataplane.outbox import Outbox, Upload
-from qlinkmed.qlinkd.dataplane.receiver import ReceiverContext, ReceiverSession, Rejected
+from qlinkmed.qlinkd.dataplane.receiver import ReceiverContext, ReceiverSession
 from qlinkmed.qlinkd.dataplane.records import Outgoing, TransferRecords
-from qlinkmed.qlinkd.dataplane.sender import SenderContext, SenderSession, SessionClosed
+from qlinkmed.qlinkd.dataplane.sender import SenderContext, SenderSession
 from qlinkmed.qlinkd.errors import FrameError, QlinkdError, TransferError
 from qlinkmed.qlinkd.ops import pki
 from qlinkmed.qlinkd.ops.audit import AuditLog, rfc3339
@@ -68,7 +69,9 @@ class DataPlane:
         self._audit = audit
         self._metrics = metrics
         self._waiters: dict[str, asyncio.Future[Outcome]] = {}
-        self._finishing: dict[str, asyncio.Task[tuple[bool, str]]] = {}
+        self._finishing: dict[str, asyncio.Task[tuple[bool, str] | None]] = {}
+        self._work: asyncio.TaskGroup | None = None
+        """The group of ``run_senders``, which also holds the receivers' work that outlives a connection."""
         self._senders = {
             peer: SenderContext(
                 facility=facility,
@@ -106,10 +109,17 @@ class DataPlane:
                 await self._server.wait_closed()
 
     async def run_senders(self) -> None:
+        """The data plane's own tasks, until cancelled: one sender loop per peer with a data address, and
+        the receiving connections' work that outlives them (storing finished transfers at rest)."""
         async with asyncio.TaskGroup() as tg:
-            for peer, address in self._peers.items():
-                if address is not None:
-                    tg.create_task(self._sender_loop(peer, address))
+            self._work = tg
+            try:
+                for peer, address in self._peers.items():
+                    if address is not None:
+                        tg.create_task(self._sender_loop(peer, address))
+                await asyncio.get_running_loop().create_future()  # the group stays open for that work
+            finally:
+                self._work = None
 
     async def _sender_loop(self, peer: str, address: Address) -> None:
         ctx = self._senders[peer]
@@ -162,6 +172,7 @@ class DataPlane:
                 on_refused=self._refused_here,
                 on_bytes=lambda n: self._metrics.data_bytes(peer, "in", n),
                 finishing=self._finishing,
+                work=self._work,
             )
             await ReceiverSession(ctx, peer, reader, writer).run()
         except Rejected as exc:

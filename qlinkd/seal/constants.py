@@ -35,6 +35,12 @@ MAX_KEY_IDS = 255
 """At most this many key IDs in one header (the count is one byte). A traffic key usually comes from one
 or two ETSI keys; an OTP frame names every key its pad was cut from."""
 
+MAX_SESSION_KEY_IDS = 16
+"""At most this many key IDs in a data-plane session's opening frame (``dataplane.messages.decode_open``).
+A policy limit, not a format one (the header format allows MAX_KEY_IDS): the sender names the one key it
+took, and the receiver fetches every named key from its pool before anything is authenticated, so an
+unauthenticated peer must not make it look up 255."""
+
 COUNTER_BYTES = 8
 """The frame counter on the wire; the 96-bit GCM nonce is 4 zero bytes then this counter (WireGuard's
 layout). Each direction has its own key, so the two directions never share a (key, nonce) pair."""
@@ -57,6 +63,11 @@ to bound a receiver's buffer)."""
 
 MAX_OTP_PLAINTEXT_BYTES = 1 << 20
 """Largest one-time-pad message: OTP suits EHR messages, not studies (docs/references.md §5)."""
+
+MAX_SEALED_FRAME_BYTES = MAX_PLAINTEXT_BYTES + 4096
+"""Largest sealed frame a data-plane reader accepts: the largest plaintext plus room for any header and tag
+(an AEAD header naming MAX_SESSION_KEY_IDS keys is 282 bytes with its tag). Checked on the length prefix,
+before the frame is read."""
 
 # Rekey limits. WireGuard rekeys after 120 s and refuses after 180 s. TLS 1.3 allows 2^24.5 full-size
 # (2^14-byte) records per AES-GCM key, i.e. 2^38.5 bytes; our frames may be larger than TLS records, so

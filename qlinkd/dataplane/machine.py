@@ -1,0 +1,639 @@
+"""The data-plane session protocol as two sans-IO state machines, one per end of a connection.
+
+``SenderMachine`` and ``ReceiverMachine`` take the typed messages of ``events`` (the shells open and decode
+each frame, ``messages`` being the one protobuf conversion) and the local actions of their shell (offer
+this transfer, here are the next bytes, this point is durable, this transfer is stored), and return the
+message to send or an event saying what the shell must do. They decide what may be sent next and what the
+peer may send; they do no IO (no asyncio, files, database or clock), so ``tests/test_dataplane_machine.py``
+runs a pair of them in memory.
+
+Each machine has two layers of state: the session's phase (``SendPhase``, ``ReceivePhase``) and, for every
+transfer in the session, its stage (``SendStage``, ``ReceiveStage``). Every input passes the session
+table, and an input about a transfer then the transfer table; a pair in neither ends the session, with a
+``SessionClosed`` (the receiver broke the protocol), a ``Rejected`` (the sender did) or a
+``SessionMisuse`` (our own shell did). A closed machine refuses everything.
+
+The session, as the sender sees it::
+
+    Open -> Ready, then per transfer: Offer -> Position -> Chunk... -> (Ack...) -> Delivered | Refused
+                                  or: EhrMessage (one-time-pad frame)         -> Delivered | Refused
+
+The sender may announce pad keys (``PadKey``) at any time once the session is open, and may start an EHR
+message while a study streams (EHR messages overtake studies between chunks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from enum import Enum, auto
+from typing import NoReturn
+
+from qlinkmed.qlinkd.dataplane.events import (
+    DATA_VERSION,
+    Ack,
+    Chunk,
+    DataMessage,
+    Delivered,
+    EhrMessage,
+    Offer,
+    Open,
+    PadKey,
+    Position,
+    Ready,
+    Refused,
+    TransferState,
+)
+from qlinkmed.qlinkd.dataplane.manifest import Manifest, TransferKind, advance_past_complete
+from qlinkmed.qlinkd.errors import QlinkdError, TransferError
+
+CHUNK_BYTES = (1 << 20) - 1024
+"""File bytes per chunk: a whole chunk message (and its protobuf fields) fits one 1 MiB sealed frame."""
+WINDOW_BYTES = 48 << 20
+"""Unacknowledged bytes in flight; the receiver acknowledges every SYNC_BYTES (inbox side)."""
+REFUSAL_REASON_CHARS = 500
+"""A refusal's reason is cut to this length on the wire."""
+
+
+class SessionClosed(QlinkdError):
+    """The connection ended, or the receiver broke the protocol: the sender reconnects with a fresh key."""
+
+
+class Rejected(QlinkdError):
+    """A frame or message the receiver refuses; `reason` is a short code for the audit log and metrics
+    (``protocol`` for a message out of place, else the seal layer's ``IntegrityFailure`` value, ``identity``,
+    ``key_unknown``, ``malformed`` or ``version``)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class SessionMisuse(QlinkdError):
+    """Our own shell asked a machine for something its state does not allow: a bug here, not the peer's."""
+
+
+# ---- the sender ---------------------------------------------------------------------------------------
+
+
+class SendPhase(Enum):
+    EXPECT_READY = auto()
+    """The Open is sent; the receiver fetches the key and answers Ready."""
+    OPEN = auto()
+    """Transfers flow."""
+    CLOSED = auto()
+
+
+class SendStage(Enum):
+    IDLE = auto()
+    """Not in flight in this session (never offered here, or answered)."""
+    EXPECT_POSITION = auto()
+    """Offered; the receiver says where to start."""
+    STREAMING = auto()
+    """Chunks to send, inside the window."""
+    EXPECT_OUTCOME = auto()
+    """Every byte sent (or the whole EHR message): waiting for Delivered or Refused."""
+
+
+class SendInput(Enum):
+    # from the receiver
+    READY = auto()
+    POSITION = auto()
+    ACK = auto()
+    DELIVERED = auto()
+    REFUSED = auto()
+    # from our shell
+    OFFER = auto()
+    EHR = auto()
+    CHUNK = auto()
+    ALL_SENT = auto()
+    PAD = auto()
+
+
+_SEND_PEER_INPUTS: dict[type[DataMessage], SendInput] = {
+    Ready: SendInput.READY,
+    Position: SendInput.POSITION,
+    Ack: SendInput.ACK,
+    Delivered: SendInput.DELIVERED,
+    Refused: SendInput.REFUSED,
+}
+
+SEND_SESSION: dict[tuple[SendPhase, SendInput], SendPhase] = {
+    (SendPhase.EXPECT_READY, SendInput.READY): SendPhase.OPEN,
+    **{(SendPhase.OPEN, i): SendPhase.OPEN for i in SendInput if i is not SendInput.READY},
+}
+"""The session's phase: every input it accepts in each phase, and the phase that follows."""
+
+SEND_TRANSFER: dict[tuple[SendStage, SendInput], SendStage] = {
+    (SendStage.IDLE, SendInput.OFFER): SendStage.EXPECT_POSITION,
+    (SendStage.IDLE, SendInput.EHR): SendStage.EXPECT_OUTCOME,
+    (SendStage.EXPECT_POSITION, SendInput.POSITION): SendStage.STREAMING,
+    (SendStage.STREAMING, SendInput.CHUNK): SendStage.STREAMING,
+    (SendStage.STREAMING, SendInput.ACK): SendStage.STREAMING,
+    (SendStage.STREAMING, SendInput.ALL_SENT): SendStage.EXPECT_OUTCOME,
+    # The last acknowledgement arrives after the last chunk left; an EHR message sent whole gets none.
+    (SendStage.EXPECT_OUTCOME, SendInput.ACK): SendStage.EXPECT_OUTCOME,
+    (SendStage.EXPECT_OUTCOME, SendInput.DELIVERED): SendStage.IDLE,
+    (SendStage.EXPECT_OUTCOME, SendInput.REFUSED): SendStage.IDLE,
+}
+"""A transfer's stage in the session: every input about it each stage accepts, and the stage that follows.
+READY and PAD concern the session only."""
+
+_SEND_TRANSFER_INPUTS = frozenset(i for _, i in SEND_TRANSFER)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Positioned:
+    """The receiver said where to start: stream from ``next_chunk`` (or wait for the outcome)."""
+
+    transfer_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Acknowledged:
+    """The receiver holds more bytes durably: the window may have opened."""
+
+    transfer_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Answered:
+    """The receiver delivered (its Delivered names our manifest) or refused the transfer: record it."""
+
+    transfer_id: str
+    delivered: bool
+    reason: str | None
+
+
+SenderEvent = Positioned | Acknowledged | Answered
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkWanted:
+    """Where the next chunk of a transfer starts, and at most how many bytes it carries."""
+
+    file_index: int
+    offset: int
+    max_bytes: int
+
+
+@dataclass(slots=True)
+class _Flight:
+    manifest: Manifest
+    starts: list[int]
+    """Where each file begins in the transfer's bytes, then the total (``Manifest.file_starts``)."""
+    stage: SendStage
+    index: int = 0
+    offset: int = 0
+    """The next chunk's place: file `index`, `offset` bytes in."""
+    sent: int = 0
+    acked: int = 0
+    """Bytes of the transfer before the next chunk, and before the receiver's latest acknowledgement."""
+
+
+class SenderMachine:
+    """The sending end of one session: it offers transfers, streams their chunks inside the window, sends
+    EHR messages whole, and checks every answer against what is in flight."""
+
+    def __init__(
+        self,
+        *,
+        facility: str,
+        key_ids: Sequence[str],
+        window_bytes: int = WINDOW_BYTES,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> None:
+        self.phase = SendPhase.EXPECT_READY
+        self._open = Open(version=DATA_VERSION, facility=facility, key_ids=tuple(key_ids))
+        self._window = window_bytes
+        self._chunk = chunk_bytes
+        self._flights: dict[str, _Flight] = {}
+
+    def opening(self) -> Open:
+        """The session's first frame (sent unsealed): our facility and the QKD key IDs."""
+        return self._open
+
+    def stage(self, transfer_id: str) -> SendStage:
+        flight = self._flights.get(transfer_id)
+        return SendStage.IDLE if flight is None else flight.stage
+
+    def in_flight(self) -> Collection[str]:
+        """The transfers offered or sent and not answered yet."""
+        return self._flights.keys()
+
+    # ---- the receiver's messages
+
+    def receive(self, message: DataMessage) -> SenderEvent | None:
+        """One authenticated message from the receiver. SessionClosed if it breaks the protocol."""
+        what = _SEND_PEER_INPUTS.get(type(message))
+        if what is None:
+            self._end(f"a receiver does not send {type(message).__name__}", peer=True)
+        if isinstance(message, Ready):
+            self._move(what, None, peer=True)
+            return None
+        if isinstance(message, Position):
+            return self._on_position(message)
+        if isinstance(message, Ack):
+            return self._on_ack(message)
+        if isinstance(message, Delivered):
+            manifest = self._flight(what, message.transfer_id, peer=True).manifest
+            if message.manifest_sha256 != manifest.sha256():
+                self._end(f"transfer {message.transfer_id}: receiver confirmed another manifest", peer=True)
+            return Answered(transfer_id=message.transfer_id, delivered=True, reason=None)
+        if isinstance(message, Refused):
+            self._move(what, message.transfer_id, peer=True)
+            return Answered(transfer_id=message.transfer_id, delivered=False, reason=message.reason)
+        raise SessionMisuse(f"no handler for {type(message).__name__}")  # every peer input has one above
+
+    def _on_position(self, message: Position) -> Positioned:
+        tid = message.transfer_id
+        flight = self._flight(SendInput.POSITION, tid, peer=True)
+        files = flight.manifest.files
+        if message.state is TransferState.COMPLETE:
+            index, offset = len(files), 0
+        else:
+            index, offset = message.file_index, message.offset
+            if index > len(files) or (index < len(files) and offset > files[index].size):
+                self._end(f"transfer {tid}: receiver asked to resume at an impossible position", peer=True)
+            index, offset = advance_past_complete(flight.manifest, index, offset)
+        flight.index, flight.offset = index, offset
+        flight.sent = flight.acked = flight.starts[index] + offset
+        if index >= len(files):
+            self._move(SendInput.ALL_SENT, tid, peer=False)
+        return Positioned(transfer_id=tid)
+
+    def _on_ack(self, message: Ack) -> Acknowledged:
+        tid = message.transfer_id
+        flight = self._flight(SendInput.ACK, tid, peer=True)
+        starts = flight.starts
+        if message.file_index >= len(starts):
+            self._end(f"ack for file {message.file_index} of {len(starts) - 1} files", peer=True)
+        position = starts[message.file_index] + message.offset
+        if position > flight.sent:
+            self._end(f"transfer {tid}: ack at byte {position}, only {flight.sent} were sent", peer=True)
+        flight.acked = max(flight.acked, position)
+        return Acknowledged(transfer_id=tid)
+
+    # ---- our shell's actions
+
+    def offer(self, manifest: Manifest) -> Offer:
+        """Offer a transfer (a study, images, or an EHR message the one-time pad cannot carry)."""
+        tid = manifest.transfer_id
+        self._move(SendInput.OFFER, tid, peer=False)
+        stage = SEND_TRANSFER[SendStage.IDLE, SendInput.OFFER]
+        self._flights[tid] = _Flight(manifest, manifest.file_starts(), stage)
+        return Offer(transfer_id=tid, manifest=manifest.to_json())
+
+    def ehr(self, manifest: Manifest, body: bytes) -> EhrMessage:
+        """An EHR message sent whole (in a one-time-pad frame): it waits for its outcome at once."""
+        tid = manifest.transfer_id
+        if manifest.kind is not TransferKind.EHR:
+            self._end(f"transfer {tid} is a {manifest.kind.value}, not an EHR message", peer=False)
+        self._move(SendInput.EHR, tid, peer=False)
+        stage = SEND_TRANSFER[SendStage.IDLE, SendInput.EHR]
+        self._flights[tid] = _Flight(manifest, manifest.file_starts(), stage)
+        return EhrMessage(transfer_id=tid, manifest=manifest.to_json(), body=body)
+
+    def next_chunk(self, transfer_id: str) -> ChunkWanted | None:
+        """Where the transfer's next chunk starts; None once every byte is sent."""
+        flight = self._flights.get(transfer_id)
+        if flight is None or flight.stage is not SendStage.STREAMING:
+            return None
+        size = flight.manifest.files[flight.index].size
+        return ChunkWanted(flight.index, flight.offset, min(self._chunk, size - flight.offset))
+
+    def window_open(self, transfer_id: str) -> bool:
+        """True while the receiver has acknowledged enough that another chunk may go."""
+        flight = self._flights.get(transfer_id)
+        return flight is not None and flight.sent - flight.acked <= self._window
+
+    def chunk(self, transfer_id: str, data: bytes) -> Chunk:
+        """The next chunk, carrying `data` (1 to ``next_chunk().max_bytes`` bytes read from where
+        ``next_chunk`` said)."""
+        flight = self._flight(SendInput.CHUNK, transfer_id, peer=False)
+        size = flight.manifest.files[flight.index].size
+        if not 0 < len(data) <= min(self._chunk, size - flight.offset):
+            self._end(f"a chunk of {len(data)} bytes at {flight.offset} of a {size}-byte file", peer=False)
+        if flight.sent - flight.acked > self._window:
+            self._end(f"transfer {transfer_id}: chunk sent with the window closed", peer=False)
+        message = Chunk(transfer_id=transfer_id, file_index=flight.index, offset=flight.offset, data=data)
+        flight.sent += len(data)
+        flight.index, flight.offset = advance_past_complete(
+            flight.manifest, flight.index, flight.offset + len(data)
+        )
+        if flight.index >= len(flight.manifest.files):
+            self._move(SendInput.ALL_SENT, transfer_id, peer=False)
+        return message
+
+    def pad_key(self, key_id: str) -> PadKey:
+        """Announce a pad key that later range frames cut from."""
+        self._move(SendInput.PAD, None, peer=False)
+        return PadKey(key_id=key_id)
+
+    # ---- transitions
+
+    def _move(self, what: SendInput, transfer_id: str | None, *, peer: bool) -> _Flight | None:
+        """The one place the state changes: `what` (about `transfer_id`, or the session alone) passes the
+        session table, then the transfer table, or the session ends. Returns the transfer's flight, as it
+        was before the move if the move answered it; None for a transfer not in flight (the caller of a
+        move out of IDLE makes the flight)."""
+        phase = SEND_SESSION.get((self.phase, what))
+        if phase is None:
+            self._end(f"{what.name.lower()} not expected in {self.phase.name}", peer=peer)
+        flight = None
+        if what in _SEND_TRANSFER_INPUTS:
+            if transfer_id is None:
+                self._end(f"{what.name.lower()} names no transfer", peer=False)
+            flight = self._flights.get(transfer_id)
+            stage = SEND_TRANSFER.get((SendStage.IDLE if flight is None else flight.stage, what))
+            if stage is None:
+                where = "which is not in flight" if flight is None else f"in {flight.stage.name}"
+                self._end(f"{what.name.lower()} for transfer {transfer_id}, {where}", peer=peer)
+            if flight is not None:
+                flight.stage = stage
+                if stage is SendStage.IDLE:
+                    del self._flights[transfer_id]
+        self.phase = phase
+        return flight
+
+    def _flight(self, what: SendInput, transfer_id: str, *, peer: bool) -> _Flight:
+        """`_move` for an input the table accepts only for a transfer in flight."""
+        flight = self._move(what, transfer_id, peer=peer)
+        if flight is None:
+            self._end(f"{what.name.lower()} moved transfer {transfer_id} out of IDLE", peer=False)
+        return flight
+
+    def _end(self, why: str, *, peer: bool) -> NoReturn:
+        self.phase = SendPhase.CLOSED
+        self._flights.clear()
+        raise SessionClosed(why) if peer else SessionMisuse(why)
+
+
+# ---- the receiver -------------------------------------------------------------------------------------
+
+
+class ReceivePhase(Enum):
+    EXPECT_OPEN = auto()
+    """Waiting for the sender's Open."""
+    AWAIT_KEY = auto()
+    """Fetching the QKD keys the Open named; then Ready."""
+    OPEN = auto()
+    """Transfers flow."""
+    CLOSED = auto()
+
+
+class ReceiveStage(Enum):
+    IDLE = auto()
+    """Not being received in this session (never offered here, or answered)."""
+    OFFERED = auto()
+    """Offered; the inbox says where the sender starts."""
+    RECEIVING = auto()
+    """Chunks to come, exactly in order."""
+    FINISHING = auto()
+    """Every byte here (or the whole EHR message): made durable, acknowledged, stored, then answered."""
+
+
+class ReceiveInput(Enum):
+    # from the sender
+    OPEN = auto()
+    OFFER = auto()
+    CHUNK = auto()
+    EHR = auto()
+    PAD = auto()
+    # from our shell
+    KEYED = auto()
+    POSITION = auto()
+    ALL_RECEIVED = auto()
+    ACK = auto()
+    DELIVERED = auto()
+    REFUSED = auto()
+
+
+_RECEIVE_PEER_INPUTS: dict[type[DataMessage], ReceiveInput] = {
+    Offer: ReceiveInput.OFFER,
+    Chunk: ReceiveInput.CHUNK,
+    EhrMessage: ReceiveInput.EHR,
+    PadKey: ReceiveInput.PAD,
+}
+
+RECEIVE_SESSION: dict[tuple[ReceivePhase, ReceiveInput], ReceivePhase] = {
+    (ReceivePhase.EXPECT_OPEN, ReceiveInput.OPEN): ReceivePhase.AWAIT_KEY,
+    (ReceivePhase.AWAIT_KEY, ReceiveInput.KEYED): ReceivePhase.OPEN,
+    **{
+        (ReceivePhase.OPEN, i): ReceivePhase.OPEN
+        for i in ReceiveInput
+        if i not in (ReceiveInput.OPEN, ReceiveInput.KEYED)
+    },
+}
+"""The session's phase: every input it accepts in each phase, and the phase that follows."""
+
+RECEIVE_TRANSFER: dict[tuple[ReceiveStage, ReceiveInput], ReceiveStage] = {
+    (ReceiveStage.IDLE, ReceiveInput.OFFER): ReceiveStage.OFFERED,
+    (ReceiveStage.IDLE, ReceiveInput.EHR): ReceiveStage.FINISHING,
+    (ReceiveStage.OFFERED, ReceiveInput.POSITION): ReceiveStage.RECEIVING,
+    (ReceiveStage.RECEIVING, ReceiveInput.CHUNK): ReceiveStage.RECEIVING,
+    (ReceiveStage.RECEIVING, ReceiveInput.ACK): ReceiveStage.RECEIVING,
+    (ReceiveStage.RECEIVING, ReceiveInput.ALL_RECEIVED): ReceiveStage.FINISHING,
+    # The last acknowledgement follows the last chunk; the answer follows the last acknowledgement.
+    (ReceiveStage.FINISHING, ReceiveInput.ACK): ReceiveStage.FINISHING,
+    (ReceiveStage.FINISHING, ReceiveInput.DELIVERED): ReceiveStage.IDLE,
+    (ReceiveStage.FINISHING, ReceiveInput.REFUSED): ReceiveStage.IDLE,
+}
+"""A transfer's stage in the session: every input about it each stage accepts, and the stage that follows.
+OPEN, KEYED and PAD concern the session only."""
+
+_RECEIVE_TRANSFER_INPUTS = frozenset(i for _, i in RECEIVE_TRANSFER)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OfferReceived:
+    """A transfer was offered: ask the inbox where it stands and answer with ``position``."""
+
+    manifest: Manifest
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChunkReceived:
+    """The next bytes of a transfer, exactly where they belong: spool them. `complete`: the last ones."""
+
+    chunk: Chunk
+    complete: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EhrReceived:
+    """A whole EHR message: store it (or answer from the records) and ``answer``."""
+
+    manifest: Manifest
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PadAnnounced:
+    """The sender took a pad key: fetch it now, for the range frames that will follow."""
+
+    key_id: str
+
+
+ReceiverEvent = OfferReceived | ChunkReceived | EhrReceived | PadAnnounced
+
+
+@dataclass(slots=True)
+class _Arrival:
+    manifest: Manifest
+    stage: ReceiveStage
+    index: int = 0
+    offset: int = 0
+    """Where the next chunk must start: file `index`, `offset` bytes in."""
+
+
+class ReceiverMachine:
+    """The receiving end of one session: it checks who opened it, which messages may come when, that every
+    chunk is exactly the next expected, and answers each transfer once."""
+
+    def __init__(self, *, facility: str, peer: str) -> None:
+        self.phase = ReceivePhase.EXPECT_OPEN
+        self._facility = facility
+        self._peer = peer
+        self._arrivals: dict[str, _Arrival] = {}
+
+    def stage(self, transfer_id: str) -> ReceiveStage:
+        arrival = self._arrivals.get(transfer_id)
+        return ReceiveStage.IDLE if arrival is None else arrival.stage
+
+    # ---- the sender's messages
+
+    def receive_open(self, message: Open) -> tuple[str, ...]:
+        """The session's unsealed first frame; returns the key IDs to fetch (then call ``keyed``)."""
+        self._move(ReceiveInput.OPEN, None, peer=True)
+        if message.facility != self._peer:
+            self._end(f"data open names {message.facility!r}, the certificate {self._peer!r}", "identity")
+        return message.key_ids
+
+    def receive(self, message: DataMessage, *, one_time_pad: bool = False) -> ReceiverEvent:
+        """One authenticated message from the sender (`one_time_pad`: it came in a one-time-pad frame,
+        which carries EHR messages only). Rejected if it breaks the protocol."""
+        what = _RECEIVE_PEER_INPUTS.get(type(message))
+        if what is None:
+            self._end(f"a sender does not send {type(message).__name__}")
+        if one_time_pad and not isinstance(message, EhrMessage):
+            self._end("a one-time-pad frame carries only EHR messages")
+        if isinstance(message, Chunk):
+            return self._on_chunk(message)
+        if isinstance(message, Offer):
+            manifest = self._manifest(message.transfer_id, message.manifest)
+            self._move(what, message.transfer_id, peer=True)
+            stage = RECEIVE_TRANSFER[ReceiveStage.IDLE, what]
+            self._arrivals[message.transfer_id] = _Arrival(manifest, stage)
+            return OfferReceived(manifest=manifest)
+        if isinstance(message, EhrMessage):
+            manifest = self._manifest(message.transfer_id, message.manifest)
+            if manifest.kind is not TransferKind.EHR:
+                self._end("EHR frame with a manifest of another transfer or kind")
+            self._move(what, message.transfer_id, peer=True)
+            stage = RECEIVE_TRANSFER[ReceiveStage.IDLE, what]
+            self._arrivals[message.transfer_id] = _Arrival(manifest, stage)
+            return EhrReceived(manifest=manifest, body=message.body)
+        if isinstance(message, PadKey):
+            self._move(what, None, peer=True)
+            return PadAnnounced(key_id=message.key_id)
+        raise SessionMisuse(f"no handler for {type(message).__name__}")  # every peer input has one above
+
+    def _manifest(self, transfer_id: str, data: bytes) -> Manifest:
+        try:
+            manifest = Manifest.from_json(data)
+        except TransferError as exc:
+            self._end(exc.message)
+        if manifest.transfer_id != transfer_id:
+            self._end("offer and manifest name different transfers")
+        if manifest.sender != self._peer or manifest.recipient != self._facility:
+            self._end(
+                f"manifest names {manifest.sender} -> {manifest.recipient}, the connection is "
+                f"{self._peer} -> {self._facility}"
+            )
+        return manifest
+
+    def _on_chunk(self, message: Chunk) -> ChunkReceived:
+        tid = message.transfer_id
+        arrival = self._arrival(ReceiveInput.CHUNK, tid, peer=True)
+        if (message.file_index, message.offset) != (arrival.index, arrival.offset):
+            self._end(
+                f"chunk at file {message.file_index} offset {message.offset}, expected file "
+                f"{arrival.index} offset {arrival.offset}"
+            )
+        entry = arrival.manifest.files[arrival.index]
+        if not message.data or arrival.offset + len(message.data) > entry.size:
+            self._end(f"chunk of {len(message.data)} bytes overruns {entry.name}")
+        arrival.index, arrival.offset = advance_past_complete(
+            arrival.manifest, arrival.index, arrival.offset + len(message.data)
+        )
+        complete = arrival.index >= len(arrival.manifest.files)
+        if complete:
+            self._move(ReceiveInput.ALL_RECEIVED, tid, peer=False)
+        return ChunkReceived(chunk=message, complete=complete)
+
+    # ---- our shell's actions
+
+    def keyed(self) -> Ready:
+        """The session's keys are here and its traffic keys derived: tell the sender to go."""
+        self._move(ReceiveInput.KEYED, None, peer=False)
+        return Ready()
+
+    def position(self, transfer_id: str, state: TransferState, file_index: int, offset: int) -> Position:
+        """Answer an offer with what the inbox holds (durably) of it. If that is every byte, the transfer
+        is finishing at once: answer it (already delivered or refused) or store it."""
+        arrival = self._arrival(ReceiveInput.POSITION, transfer_id, peer=False)
+        files = arrival.manifest.files
+        held = (len(files), 0) if state is TransferState.COMPLETE else (file_index, offset)
+        arrival.index, arrival.offset = advance_past_complete(arrival.manifest, *held)
+        if arrival.index >= len(files):
+            self._move(ReceiveInput.ALL_RECEIVED, transfer_id, peer=False)
+        return Position(transfer_id=transfer_id, state=state, file_index=file_index, offset=offset)
+
+    def ack(self, transfer_id: str, file_index: int, offset: int) -> Ack:
+        """Every byte before (file_index, offset) is durable in the spool and recorded."""
+        self._arrival(ReceiveInput.ACK, transfer_id, peer=False)
+        return Ack(transfer_id=transfer_id, file_index=file_index, offset=offset)
+
+    def answer(self, transfer_id: str, *, delivered: bool, reason: str | None = None) -> Delivered | Refused:
+        """The transfer is delivered (stored at rest and recorded) or refused for good."""
+        what = ReceiveInput.DELIVERED if delivered else ReceiveInput.REFUSED
+        arrival = self._arrival(what, transfer_id, peer=False)
+        if delivered:
+            return Delivered(transfer_id=transfer_id, manifest_sha256=arrival.manifest.sha256())
+        return Refused(transfer_id=transfer_id, reason=(reason or "refused")[:REFUSAL_REASON_CHARS])
+
+    # ---- transitions
+
+    def _move(self, what: ReceiveInput, transfer_id: str | None, *, peer: bool) -> _Arrival | None:
+        """The one place the state changes (as ``SenderMachine._move``)."""
+        phase = RECEIVE_SESSION.get((self.phase, what))
+        if phase is None:
+            self._end(f"{what.name.lower()} not expected in {self.phase.name}", peer=peer)
+        arrival = None
+        if what in _RECEIVE_TRANSFER_INPUTS:
+            if transfer_id is None:
+                self._end(f"{what.name.lower()} names no transfer", peer=False)
+            arrival = self._arrivals.get(transfer_id)
+            stage = RECEIVE_TRANSFER.get((ReceiveStage.IDLE if arrival is None else arrival.stage, what))
+            if stage is None:
+                where = "not offered on this connection" if arrival is None else f"in {arrival.stage.name}"
+                self._end(f"{what.name.lower()} for transfer {transfer_id}, {where}", peer=peer)
+            if arrival is not None:
+                arrival.stage = stage
+                if stage is ReceiveStage.IDLE:
+                    del self._arrivals[transfer_id]
+        self.phase = phase
+        return arrival
+
+    def _arrival(self, what: ReceiveInput, transfer_id: str, *, peer: bool) -> _Arrival:
+        arrival = self._move(what, transfer_id, peer=peer)
+        if arrival is None:
+            self._end(f"{what.name.lower()} moved transfer {transfer_id} out of IDLE", peer=False)
+        return arrival
+
+    def _end(self, why: str, reason: str = "protocol", *, peer: bool = True) -> NoReturn:
+        self.phase = ReceivePhase.CLOSED
+        self._arrivals.clear()
+        raise Rejected(reason, why) if peer else SessionMisuse(why)
