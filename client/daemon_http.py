@@ -18,8 +18,8 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qlinkmed.qlinkd.errors import ConfigError
-from qlinkmed.qlinkd.link.status import LinkStatus, StatusFormatError
+from qlinkmed.qlinkd.errors import ConfigError, StatusFormatError
+from qlinkmed.qlinkd.link.status import LinkStatus
 
 if TYPE_CHECKING:
     from qlinkmed.qlinkd.ops.config import FacilityConfig

@@ -12,7 +12,11 @@ its errors from one place).
         ├── SealError           we cannot seal (a local refusal)
         │   ├── RekeyRequired, NoncesExhausted, KeyMaterialShort, HybridUnavailable
         ├── ContentError        a file that is not what it claims (also a RemoteError: it came from outside)
-        └── TransferError       a transfer refused or not completed
+        ├── TransferError       a transfer refused or not completed
+        ├── SessionClosed       a data session ended or its receiver broke the protocol (a RemoteError)
+        ├── Rejected            a data frame or message the receiver refuses (a RemoteError)
+        ├── SessionMisuse       our shell drove a data-plane machine against its state (a LocalProtocolError)
+        └── StatusFormatError   a daemon status answer that is not what the daemon sends (a RemoteError)
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from qlinkmed.qcore.errors import (
     ConfigError,
     IntegrityError,
     LocalError,
+    LocalProtocolError,
     QlinkError,
     RemoteError,
     RemoteProtocolError,
@@ -40,8 +45,12 @@ __all__ = [
     "NotAuthorised",
     "PkiError",
     "QlinkdError",
+    "Rejected",
     "RekeyRequired",
     "SealError",
+    "SessionClosed",
+    "SessionMisuse",
+    "StatusFormatError",
     "StoreError",
     "TransferError",
 ]
@@ -164,4 +173,34 @@ class TransferError(QlinkdError):
     def __init__(self, message: str, *, transfer: str | None = None) -> None:
         super().__init__(message)
         self.transfer = transfer
+        self.message = message
+
+
+class SessionClosed(QlinkdError, RemoteError):
+    """The data connection ended, or the receiver broke the protocol: the sender reconnects with a fresh
+    key."""
+
+
+class Rejected(QlinkdError, RemoteError):
+    """A frame or message the data receiver refuses; `reason` is a short code for the audit log and metrics
+    (``protocol`` for a message out of place, else an ``IntegrityFailure`` value, ``identity``,
+    ``key_unknown``, ``malformed`` or ``version``)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class SessionMisuse(QlinkdError, LocalProtocolError):
+    """Our own shell asked a data-plane machine for something its state does not allow: a bug here, not
+    the peer's."""
+
+
+class StatusFormatError(QlinkdError, RemoteError, ValueError):
+    """A status answer that is not what the daemon sends: `field` names the entry at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"status field '{field}': {message}")
+        self.field = field
         self.message = message

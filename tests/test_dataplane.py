@@ -31,9 +31,9 @@ from qlinkmed.qlinkd.dataplane.keys import SESSION_KEY_BITS
 from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
 from qlinkmed.qlinkd.dataplane.outbox import Outbox
 from qlinkmed.qlinkd.dataplane.pads import PAD_KEY_BYTES, ReceiverPads, SenderPads
-from qlinkmed.qlinkd.dataplane.receiver import ReceiverContext, ReceiverSession, Rejected
+from qlinkmed.qlinkd.dataplane.receiver import ReceiverContext, ReceiverSession
 from qlinkmed.qlinkd.dataplane.records import Incoming, Outgoing, TransferRecords
-from qlinkmed.qlinkd.dataplane.sender import SenderContext, SenderSession, SessionClosed
+from qlinkmed.qlinkd.dataplane.sender import SenderContext, SenderSession
 from qlinkmed.qlinkd.dataplane.service import DataPlane
 from qlinkmed.qlinkd.dataplane.spool import Spool
 from qlinkmed.qlinkd.errors import (
@@ -41,6 +41,8 @@ from qlinkmed.qlinkd.errors import (
     InsufficientKey,
     IntegrityError,
     KeyNotFound,
+    Rejected,
+    SessionClosed,
     StoreError,
     TransferError,
 )

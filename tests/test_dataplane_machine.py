@@ -44,17 +44,14 @@ from qlinkmed.qlinkd.dataplane.machine import (
     ReceivePhase,
     ReceiverMachine,
     ReceiveStage,
-    Rejected,
     SenderEvent,
     SenderMachine,
     SendInput,
     SendPhase,
     SendStage,
-    SessionClosed,
-    SessionMisuse,
 )
 from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
-from qlinkmed.qlinkd.errors import FrameError
+from qlinkmed.qlinkd.errors import FrameError, Rejected, SessionClosed, SessionMisuse
 
 A, B = "hospital-a", "hospital-b"
 KEY = str(uuid.uuid4())

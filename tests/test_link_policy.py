@@ -14,10 +14,11 @@ from qlinkmed.qcore.auth import ROUND_AUTH_BITS
 from qlinkmed.qcore.errors import AbortReason
 from qlinkmed.qcore.estimation import Statistics
 from qlinkmed.qcore.session import RoundOutcome
+from qlinkmed.qlinkd.errors import StatusFormatError
 from qlinkmed.qlinkd.link import policy
 from qlinkmed.qlinkd.link.machine import RoundEnded
 from qlinkmed.qlinkd.link.policy import PoolLevels, StartGate, Verdict
-from qlinkmed.qlinkd.link.status import LinkStatus, RoundCounts, RoundRecord, StatusFormatError
+from qlinkmed.qlinkd.link.status import LinkStatus, RoundCounts, RoundRecord
 
 from .test_layers import IO_MODULES, _closure
 

@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from qlinkmed.qlinkd.link.status import LinkStatus, RoundRecord, StatusFormatError
+from qlinkmed.qlinkd.errors import StatusFormatError
+from qlinkmed.qlinkd.link.status import LinkStatus, RoundRecord
 
 from ..daemon_http import EXIT_FAILURE, add_local_target, ask_local, link_statuses
 

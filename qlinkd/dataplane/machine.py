@@ -45,7 +45,7 @@ from qlinkmed.qlinkd.dataplane.events import (
     TransferState,
 )
 from qlinkmed.qlinkd.dataplane.manifest import Manifest, TransferKind, advance_past_complete
-from qlinkmed.qlinkd.errors import QlinkdError, TransferError
+from qlinkmed.qlinkd.errors import Rejected, SessionClosed, SessionMisuse, TransferError
 
 CHUNK_BYTES = (1 << 20) - 1024
 """File bytes per chunk: a whole chunk message (and its protobuf fields) fits one 1 MiB sealed frame."""
@@ -53,25 +53,6 @@ WINDOW_BYTES = 48 << 20
 """Unacknowledged bytes in flight; the receiver acknowledges every SYNC_BYTES (inbox side)."""
 REFUSAL_REASON_CHARS = 500
 """A refusal's reason is cut to this length on the wire."""
-
-
-class SessionClosed(QlinkdError):
-    """The connection ended, or the receiver broke the protocol: the sender reconnects with a fresh key."""
-
-
-class Rejected(QlinkdError):
-    """A frame or message the receiver refuses; `reason` is a short code for the audit log and metrics
-    (``protocol`` for a message out of place, else the seal layer's ``IntegrityFailure`` value, ``identity``,
-    ``key_unknown``, ``malformed`` or ``version``)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-class SessionMisuse(QlinkdError):
-    """Our own shell asked a machine for something its state does not allow: a bug here, not the peer's."""
 
 
 # ---- the sender ---------------------------------------------------------------------------------------

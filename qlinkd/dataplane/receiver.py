@@ -33,14 +33,19 @@ from qlinkmed.qlinkd.dataplane.machine import (
     PadAnnounced,
     ReceiverEvent,
     ReceiverMachine,
-    Rejected,
-    SessionMisuse,
 )
 from qlinkmed.qlinkd.dataplane.manifest import Manifest
 from qlinkmed.qlinkd.dataplane.pads import ReceiverPads
 from qlinkmed.qlinkd.dataplane.records import Incoming
 from qlinkmed.qlinkd.dataplane.tasks import first_error
-from qlinkmed.qlinkd.errors import FrameError, IntegrityError, KeyNotFound, TransferError
+from qlinkmed.qlinkd.errors import (
+    FrameError,
+    IntegrityError,
+    KeyNotFound,
+    Rejected,
+    SessionMisuse,
+    TransferError,
+)
 from qlinkmed.qlinkd.link.framing import read_frame
 from qlinkmed.qlinkd.pool.values import DeliveredKey
 from qlinkmed.qlinkd.seal import Direction, Opener, Sealer, SendState, derive_traffic_key

@@ -20,20 +20,13 @@ from qlinkmed.qlinkd.dataplane import messages as dm
 from qlinkmed.qlinkd.dataplane.ehr_queue import EhrQueue
 from qlinkmed.qlinkd.dataplane.events import DataMessage
 from qlinkmed.qlinkd.dataplane.keys import SESSION_KEY_BITS, KeySource
-from qlinkmed.qlinkd.dataplane.machine import (
-    Acknowledged,
-    Answered,
-    Positioned,
-    SenderMachine,
-    SessionClosed,
-    SessionMisuse,
-)
+from qlinkmed.qlinkd.dataplane.machine import Acknowledged, Answered, Positioned, SenderMachine
 from qlinkmed.qlinkd.dataplane.manifest import Manifest, TransferKind
 from qlinkmed.qlinkd.dataplane.outbox import Outbox
 from qlinkmed.qlinkd.dataplane.pads import PAD_KEY_BYTES, PAD_REFILL_BELOW, SenderPads
 from qlinkmed.qlinkd.dataplane.records import Outgoing, TransferRecords
 from qlinkmed.qlinkd.dataplane.tasks import first_error
-from qlinkmed.qlinkd.errors import InsufficientKey, TransferError
+from qlinkmed.qlinkd.errors import InsufficientKey, SessionClosed, SessionMisuse, TransferError
 from qlinkmed.qlinkd.link.framing import read_frame
 from qlinkmed.qlinkd.pool.values import DeliveredKey
 from qlinkmed.qlinkd.seal import Direction, KeyStatus, Opener, Sealer, SendState, derive_traffic_key

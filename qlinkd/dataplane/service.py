@@ -19,13 +19,12 @@ from pathlib import Path
 
 from qlinkmed.qlinkd.dataplane.inbox import Inbox
 from qlinkmed.qlinkd.dataplane.keys import KeySource
-from qlinkmed.qlinkd.dataplane.machine import Rejected, SessionClosed
 from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
 from qlinkmed.qlinkd.dataplane.outbox import Outbox, Upload
 from qlinkmed.qlinkd.dataplane.receiver import ReceiverContext, ReceiverSession
 from qlinkmed.qlinkd.dataplane.records import Outgoing, TransferRecords
 from qlinkmed.qlinkd.dataplane.sender import SenderContext, SenderSession
-from qlinkmed.qlinkd.errors import FrameError, QlinkdError, TransferError
+from qlinkmed.qlinkd.errors import FrameError, QlinkdError, Rejected, SessionClosed, TransferError
 from qlinkmed.qlinkd.ops import pki
 from qlinkmed.qlinkd.ops.audit import AuditLog, rfc3339
 from qlinkmed.qlinkd.ops.backoff import Backoff

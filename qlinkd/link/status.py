@@ -8,18 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
-from qlinkmed.qlinkd.errors import QlinkdError
+from qlinkmed.qlinkd.errors import StatusFormatError
 
 T = TypeVar("T")
-
-
-class StatusFormatError(QlinkdError, ValueError):
-    """A status answer that is not what the daemon sends: `field` names the entry at fault."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"status field '{field}': {message}")
-        self.field = field
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
