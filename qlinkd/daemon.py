@@ -131,7 +131,7 @@ async def run_daemon(
             runners.append(runner)
             site = web.TCPSite(runner, address.host, address.port, ssl_context=ssl_context)
             await site.start()
-            ports[name] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            ports[name] = runner.addresses[0][1]  # its one site's first socket: the port bound for 0
         if config.listen.data is not None:
             ports["data"] = await plane.start(config.listen.data)
         log.info(
