@@ -1,8 +1,8 @@
-"""The receiving end of one data-plane connection: the asyncio shell around ``machine.ReceiverMachine``. It
-fetches the session's QKD key from our pool, then opens every frame (AEAD strictly in order; a
-one-time-pad EHR frame whose key is fetched by its IDs; or one cut from a session pad key the sender
-announced, ``pads``), spools chunks, acknowledges what is fsynced, and delivers finished transfers exactly
-once.
+"""The receiving end of one data-plane connection: the asyncio shell around
+``receive_machine.ReceiverMachine``. It fetches the session's QKD key from our pool, then opens every frame
+(AEAD strictly in order; a one-time-pad EHR frame whose key is fetched by its IDs; or one cut from a
+session pad key the sender announced, ``pads``), spools chunks, acknowledges what is fsynced, and delivers
+finished transfers exactly once.
 
 A frame that fails to open, or a message out of place (the machine judges), ends the connection with a
 logged, audited reason: nothing after it is trusted, and nothing unauthenticated was ever written. The
@@ -26,7 +26,9 @@ from qlinkmed.qlinkd.dataplane import messages as dm
 from qlinkmed.qlinkd.dataplane.events import DataMessage, TransferState
 from qlinkmed.qlinkd.dataplane.inbox import Inbox, SyncPoint, TransferRefused, at_rest_key
 from qlinkmed.qlinkd.dataplane.keys import KeySource
-from qlinkmed.qlinkd.dataplane.machine import (
+from qlinkmed.qlinkd.dataplane.manifest import Manifest
+from qlinkmed.qlinkd.dataplane.pads import ReceiverPads
+from qlinkmed.qlinkd.dataplane.receive_machine import (
     ChunkReceived,
     EhrReceived,
     OfferReceived,
@@ -34,8 +36,6 @@ from qlinkmed.qlinkd.dataplane.machine import (
     ReceiverEvent,
     ReceiverMachine,
 )
-from qlinkmed.qlinkd.dataplane.manifest import Manifest
-from qlinkmed.qlinkd.dataplane.pads import ReceiverPads
 from qlinkmed.qlinkd.dataplane.records import Incoming
 from qlinkmed.qlinkd.dataplane.tasks import first_error
 from qlinkmed.qlinkd.errors import (
