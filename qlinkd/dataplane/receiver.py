@@ -54,7 +54,6 @@ from qlinkmed.qlinkd.seal.constants import (
     MAX_SEALED_FRAME_BYTES,
     OTP_RANGE_VERSION,
     OTP_VERSION,
-    REJECT_AFTER_MESSAGES,
 )
 from qlinkmed.qlinkd.seal.otp import open_otp, open_otp_range, peek_otp_key_ids, peek_otp_range
 
@@ -164,13 +163,10 @@ class ReceiverSession:
             opener=Opener(
                 derive_traffic_key(material, key_ids, direction=Direction.MASTER_TO_SLAVE),
                 started_at=now,
-                in_order=True,
             ),
             sealer=Sealer(
                 derive_traffic_key(material, key_ids, direction=Direction.SLAVE_TO_MASTER),
-                state=SendState(
-                    next_counter=0, reserved_until=REJECT_AFTER_MESSAGES, bytes_sealed=0, started_at=now
-                ),
+                state=SendState(next_counter=0, bytes_sealed=0, started_at=now),
             ),
         )
         self._send(self._machine.keyed())

@@ -34,7 +34,6 @@ from qlinkmed.qlinkd.seal import Direction, KeyStatus, Opener, Sealer, SendState
 from qlinkmed.qlinkd.seal.constants import (
     MAX_OTP_PLAINTEXT_BYTES,
     MAX_SEALED_FRAME_BYTES,
-    REJECT_AFTER_MESSAGES,
 )
 from qlinkmed.qlinkd.seal.otp import otp_key_bytes, seal_otp, seal_otp_range
 
@@ -117,16 +116,13 @@ class _KeyedSession:
         now = time.monotonic()
         self._sealer = Sealer(
             derive_traffic_key(key.material, [key.key_id], direction=Direction.MASTER_TO_SLAVE),
-            state=SendState(
-                next_counter=0, reserved_until=REJECT_AFTER_MESSAGES, bytes_sealed=0, started_at=now
-            ),
+            state=SendState(next_counter=0, bytes_sealed=0, started_at=now),
         )
-        # The key dies with the connection, so its counters need no durable reservation: a new connection
-        # always means a new key.
+        # The key dies with the connection, so its counters need no durable state: a new connection always
+        # means a new key.
         self._opener = Opener(
             derive_traffic_key(key.material, [key.key_id], direction=Direction.SLAVE_TO_MASTER),
             started_at=now,
-            in_order=True,
         )
         self._replies: dict[str, asyncio.Queue[Positioned | Answered]] = {}
         self._acked = asyncio.Event()
