@@ -10,7 +10,7 @@ its errors from one place).
         │   ├── InsufficientKey, KeyNotFound, NotAuthorised
         ├── AuditError          the audit log refused a record or does not verify
         ├── SealError           we cannot seal (a local refusal)
-        │   ├── RekeyRequired, NoncesExhausted, KeyMaterialShort, HybridUnavailable
+        │   ├── RekeyRequired, KeyMaterialShort, HybridUnavailable
         ├── ContentError        a file that is not what it claims (also a RemoteError: it came from outside)
         ├── TransferError       a transfer refused or not completed
         ├── SessionClosed       a data session ended or its receiver broke the protocol (a RemoteError)
@@ -41,7 +41,6 @@ __all__ = [
     "IntegrityError",
     "KeyMaterialShort",
     "KeyNotFound",
-    "NoncesExhausted",
     "NotAuthorised",
     "PkiError",
     "QlinkdError",
@@ -133,14 +132,6 @@ class RekeyRequired(SealError):
         super().__init__(message)
         self.limit = limit
         self.message = message
-
-
-class NoncesExhausted(SealError):
-    """Every nonce counter reserved durably has been used: reserve (and persist) another block first."""
-
-    def __init__(self, *, reserved_until: int) -> None:
-        super().__init__(f"nonce counters reserved up to {reserved_until} are all used")
-        self.reserved_until = reserved_until
 
 
 class KeyMaterialShort(SealError):

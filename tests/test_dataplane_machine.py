@@ -29,13 +29,10 @@ from qlinkmed.qlinkd.dataplane.events import (
     Refused,
     TransferState,
 )
-from qlinkmed.qlinkd.dataplane.machine import (
+from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
+from qlinkmed.qlinkd.dataplane.receive_machine import (
     RECEIVE_SESSION,
     RECEIVE_TRANSFER,
-    SEND_SESSION,
-    SEND_TRANSFER,
-    Acknowledged,
-    Answered,
     ChunkReceived,
     EhrReceived,
     OfferReceived,
@@ -44,13 +41,18 @@ from qlinkmed.qlinkd.dataplane.machine import (
     ReceivePhase,
     ReceiverMachine,
     ReceiveStage,
+)
+from qlinkmed.qlinkd.dataplane.send_machine import (
+    SEND_SESSION,
+    SEND_TRANSFER,
+    Acknowledged,
+    Answered,
     SenderEvent,
     SenderMachine,
     SendInput,
     SendPhase,
     SendStage,
 )
-from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
 from qlinkmed.qlinkd.errors import FrameError, Rejected, SessionClosed, SessionMisuse
 
 A, B = "hospital-a", "hospital-b"

@@ -1,6 +1,7 @@
 """The data-plane messages as frozen dataclasses: what ``messages`` decodes every sealed frame's plaintext
 into, and encodes from. Pure (no protobuf here: ``messages`` is the one module that converts), so the
-session machines (``machine``) can take them as typed inputs and dispatch on their type.
+session machines (``send_machine``, ``receive_machine``) can take them as typed inputs and dispatch on
+their type.
 
 Each message checks its own invariants on construction and raises FrameError, so a frame that decodes
 into one of these is already well formed: IDs are UUIDs, a position has a state.

@@ -1,8 +1,8 @@
-"""The receiving end of one data-plane connection: the asyncio shell around ``machine.ReceiverMachine``. It
-fetches the session's QKD key from our pool, then opens every frame (AEAD strictly in order; a
-one-time-pad EHR frame whose key is fetched by its IDs; or one cut from a session pad key the sender
-announced, ``pads``), spools chunks, acknowledges what is fsynced, and delivers finished transfers exactly
-once.
+"""The receiving end of one data-plane connection: the asyncio shell around
+``receive_machine.ReceiverMachine``. It fetches the session's QKD key from our pool, then opens every frame
+(AEAD strictly in order; a one-time-pad EHR frame whose key is fetched by its IDs; or one cut from a
+session pad key the sender announced, ``pads``), spools chunks, acknowledges what is fsynced, and delivers
+finished transfers exactly once.
 
 A frame that fails to open, or a message out of place (the machine judges), ends the connection with a
 logged, audited reason: nothing after it is trusted, and nothing unauthenticated was ever written. The
@@ -26,7 +26,9 @@ from qlinkmed.qlinkd.dataplane import messages as dm
 from qlinkmed.qlinkd.dataplane.events import DataMessage, TransferState
 from qlinkmed.qlinkd.dataplane.inbox import Inbox, SyncPoint, TransferRefused, at_rest_key
 from qlinkmed.qlinkd.dataplane.keys import KeySource
-from qlinkmed.qlinkd.dataplane.machine import (
+from qlinkmed.qlinkd.dataplane.manifest import Manifest
+from qlinkmed.qlinkd.dataplane.pads import ReceiverPads
+from qlinkmed.qlinkd.dataplane.receive_machine import (
     ChunkReceived,
     EhrReceived,
     OfferReceived,
@@ -34,8 +36,6 @@ from qlinkmed.qlinkd.dataplane.machine import (
     ReceiverEvent,
     ReceiverMachine,
 )
-from qlinkmed.qlinkd.dataplane.manifest import Manifest
-from qlinkmed.qlinkd.dataplane.pads import ReceiverPads
 from qlinkmed.qlinkd.dataplane.records import Incoming
 from qlinkmed.qlinkd.dataplane.tasks import first_error
 from qlinkmed.qlinkd.errors import (
@@ -54,7 +54,6 @@ from qlinkmed.qlinkd.seal.constants import (
     MAX_SEALED_FRAME_BYTES,
     OTP_RANGE_VERSION,
     OTP_VERSION,
-    REJECT_AFTER_MESSAGES,
 )
 from qlinkmed.qlinkd.seal.otp import open_otp, open_otp_range, peek_otp_key_ids, peek_otp_range
 
@@ -164,13 +163,10 @@ class ReceiverSession:
             opener=Opener(
                 derive_traffic_key(material, key_ids, direction=Direction.MASTER_TO_SLAVE),
                 started_at=now,
-                in_order=True,
             ),
             sealer=Sealer(
                 derive_traffic_key(material, key_ids, direction=Direction.SLAVE_TO_MASTER),
-                state=SendState(
-                    next_counter=0, reserved_until=REJECT_AFTER_MESSAGES, bytes_sealed=0, started_at=now
-                ),
+                state=SendState(next_counter=0, bytes_sealed=0, started_at=now),
             ),
         )
         self._send(self._machine.keyed())

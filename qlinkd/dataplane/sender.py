@@ -1,7 +1,8 @@
-"""The sending end of one data-plane connection: the asyncio shell around ``machine.SenderMachine``. It takes
-fresh QKD key, opens the session, then sends the peer's queued transfers (EHR messages first, between
-study chunks too) until the queue is empty and the traffic key is due for replacement, or the connection
-fails. Everything it sends can be sent again: the receiver says where to resume, and dedups by transfer ID.
+"""The sending end of one data-plane connection: the asyncio shell around ``send_machine.SenderMachine``.
+It takes fresh QKD key, opens the session, then sends the peer's queued transfers (EHR messages first,
+between study chunks too) until the queue is empty and the traffic key is due for replacement, or the
+connection fails. Everything it sends can be sent again: the receiver says where to resume, and dedups by
+transfer ID.
 
 The machine decides what may be sent and judges every answer; this shell picks the next transfer from the
 queue, seals and writes what the machine returns, reads the outbox, and records each outcome.
@@ -20,11 +21,11 @@ from qlinkmed.qlinkd.dataplane import messages as dm
 from qlinkmed.qlinkd.dataplane.ehr_queue import EhrQueue
 from qlinkmed.qlinkd.dataplane.events import DataMessage
 from qlinkmed.qlinkd.dataplane.keys import SESSION_KEY_BITS, KeySource
-from qlinkmed.qlinkd.dataplane.machine import Acknowledged, Answered, Positioned, SenderMachine
 from qlinkmed.qlinkd.dataplane.manifest import Manifest, TransferKind
 from qlinkmed.qlinkd.dataplane.outbox import Outbox
 from qlinkmed.qlinkd.dataplane.pads import PAD_KEY_BYTES, PAD_REFILL_BELOW, SenderPads
 from qlinkmed.qlinkd.dataplane.records import Outgoing, TransferRecords
+from qlinkmed.qlinkd.dataplane.send_machine import Acknowledged, Answered, Positioned, SenderMachine
 from qlinkmed.qlinkd.dataplane.tasks import first_error
 from qlinkmed.qlinkd.errors import InsufficientKey, SessionClosed, SessionMisuse, TransferError
 from qlinkmed.qlinkd.link.framing import read_frame
@@ -33,7 +34,6 @@ from qlinkmed.qlinkd.seal import Direction, KeyStatus, Opener, Sealer, SendState
 from qlinkmed.qlinkd.seal.constants import (
     MAX_OTP_PLAINTEXT_BYTES,
     MAX_SEALED_FRAME_BYTES,
-    REJECT_AFTER_MESSAGES,
 )
 from qlinkmed.qlinkd.seal.otp import otp_key_bytes, seal_otp, seal_otp_range
 
@@ -116,16 +116,13 @@ class _KeyedSession:
         now = time.monotonic()
         self._sealer = Sealer(
             derive_traffic_key(key.material, [key.key_id], direction=Direction.MASTER_TO_SLAVE),
-            state=SendState(
-                next_counter=0, reserved_until=REJECT_AFTER_MESSAGES, bytes_sealed=0, started_at=now
-            ),
+            state=SendState(next_counter=0, bytes_sealed=0, started_at=now),
         )
-        # The key dies with the connection, so its counters need no durable reservation: a new connection
-        # always means a new key.
+        # The key dies with the connection, so its counters need no durable state: a new connection always
+        # means a new key.
         self._opener = Opener(
             derive_traffic_key(key.material, [key.key_id], direction=Direction.SLAVE_TO_MASTER),
             started_at=now,
-            in_order=True,
         )
         self._replies: dict[str, asyncio.Queue[Positioned | Answered]] = {}
         self._acked = asyncio.Event()

@@ -7,8 +7,12 @@ Frame (every byte before the ciphertext is the AAD)::
     version (1) = AEAD_VERSION | n (1) | n key IDs (16 each) | counter (8, big-endian) | ciphertext | tag (16)
 
 The GCM nonce is 4 zero bytes then the counter. A traffic key serves one direction only, so the two ends
-never seal under the same (key, nonce). The counter comes from a block the daemon reserved durably
-(``propose_reservation`` / ``commit_reservation``), so no nonce repeats even across a power loss.
+never seal under the same (key, nonce). Counters need no durable state: the data plane derives every
+session's traffic keys from QKD key taken for that session alone and never resumes a key after a restart,
+so a crash ends the key with its counters and no nonce can repeat.
+
+The frames travel over a reliable, ordered stream, so the opening end accepts only the next counter, and
+only once the tag has verified.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from qlinkmed.qcore.errors import IntegrityFailure, UsageError
-from qlinkmed.qlinkd.errors import IntegrityError, NoncesExhausted, RekeyRequired
+from qlinkmed.qlinkd.errors import IntegrityError, RekeyRequired
 from qlinkmed.qlinkd.seal.constants import (
     AEAD_KEY_BYTES,
     AEAD_VERSION,
@@ -35,7 +39,6 @@ from qlinkmed.qlinkd.seal.constants import (
     MAX_PLAINTEXT_BYTES,
     MIN_QKD_KEY_BYTES,
     NONCE_PREFIX,
-    NONCE_RESERVATION_BLOCK,
     REJECT_AFTER_BYTES,
     REJECT_AFTER_MESSAGES,
     REJECT_AFTER_SECONDS,
@@ -51,7 +54,6 @@ from qlinkmed.qlinkd.seal.header import (
     encode_key_ids,
     parse_key_ids,
 )
-from qlinkmed.qlinkd.seal.replay import ReplayWindow
 
 _COUNTER = struct.Struct(">Q")
 
@@ -123,102 +125,47 @@ def _status(age: float, messages: int, data_bytes: int) -> KeyStatus:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SendState:
-    """What the daemon persists for a sending key. Restoring from it never reuses a nonce: counters from
-    `next_counter` up to `reserved_until` may have been used after it was written, so they are skipped."""
+    """Where a sealer starts. A new traffic key starts at ``SendState(next_counter=0, bytes_sealed=0,
+    started_at=now)``; the other values only let a test start a key near its limits."""
 
     next_counter: int
-    """The next counter the sealer would have used."""
-    reserved_until: int
-    """Counters below this were reserved durably; none at or above it has ever been used."""
+    """The first counter the sealer uses."""
     bytes_sealed: int
-    """Plaintext bytes sealed under this key so far."""
+    """Plaintext bytes already charged to this key."""
     started_at: float
     """When the key came into use (the `now` scale of seal calls)."""
 
     def __post_init__(self) -> None:
-        if not 0 <= self.next_counter <= self.reserved_until or self.bytes_sealed < 0:
+        if self.next_counter < 0 or self.bytes_sealed < 0:
             raise UsageError("inconsistent SendState")
 
 
 class Sealer:
     """The sending end of one traffic key."""
 
-    __slots__ = ("_aead", "_bytes", "_header_prefix", "_key", "_next", "_reserved", "_started_at")
+    __slots__ = ("_aead", "_bytes", "_header_prefix", "_key", "_next", "_started_at")
 
     def __init__(self, key: TrafficKey, *, state: SendState) -> None:
-        """Use `key` from `state`: ``SendState(next_counter=0, reserved_until=0, bytes_sealed=0,
-        started_at=now)`` for a new key, or ``Sealer.restore`` after a restart."""
         self._key = key
         self._aead = AESGCM(key.key)
         self._header_prefix = bytes([AEAD_VERSION]) + encode_key_ids(key.key_ids)
         self._next = state.next_counter
-        self._reserved = state.reserved_until
         self._bytes = state.bytes_sealed
         self._started_at = state.started_at
 
-    @classmethod
-    def restore(cls, key: TrafficKey, persisted: SendState) -> Sealer:
-        """The sealer after a restart, from the last state persisted. The unused part of the reservation is
-        skipped, and counted as full frames against the byte limit since we cannot know what was sent."""
-        skipped = persisted.reserved_until - persisted.next_counter
-        state = SendState(
-            next_counter=persisted.reserved_until,
-            reserved_until=persisted.reserved_until,
-            bytes_sealed=persisted.bytes_sealed + skipped * MAX_PLAINTEXT_BYTES,
-            started_at=persisted.started_at,
-        )
-        return cls(key, state=state)
-
     def __repr__(self) -> str:
-        return f"Sealer(key={self._key!r}, next_counter={self._next}, reserved_until={self._reserved})"
+        return f"Sealer(key={self._key!r}, next_counter={self._next})"
 
     @property
     def next_counter(self) -> int:
         return self._next
-
-    @property
-    def reserved_until(self) -> int:
-        return self._reserved
-
-    @property
-    def reservation_low(self) -> bool:
-        """Fewer than half a block of reserved counters remain: time to reserve the next block."""
-        return self._reserved - self._next < NONCE_RESERVATION_BLOCK // 2
-
-    def snapshot(self) -> SendState:
-        return SendState(
-            next_counter=self._next,
-            reserved_until=self._reserved,
-            bytes_sealed=self._bytes,
-            started_at=self._started_at,
-        )
-
-    def propose_reservation(self, count: int = NONCE_RESERVATION_BLOCK) -> SendState:
-        """The state to persist to reserve `count` more counters. Nothing changes until it is written
-        durably and handed back to ``commit_reservation``."""
-        if count <= 0:
-            raise UsageError("a reservation needs at least one counter")
-        until = min(self._reserved + count, REJECT_AFTER_MESSAGES)
-        return SendState(
-            next_counter=self._next,
-            reserved_until=until,
-            bytes_sealed=self._bytes,
-            started_at=self._started_at,
-        )
-
-    def commit_reservation(self, persisted: SendState) -> None:
-        """Counters below ``persisted.reserved_until`` may now be used: the caller has written it durably."""
-        if persisted.started_at != self._started_at:
-            raise UsageError("reservation belongs to another key")
-        self._reserved = max(self._reserved, persisted.reserved_until)
 
     def status(self, now: float) -> KeyStatus:
         """FRESH, REKEY_DUE (start deriving the next key) or EXPIRED (seals no more)."""
         return _status(now - self._started_at, self._next, self._bytes)
 
     def seal(self, plaintext: bytes, *, now: float) -> bytes:
-        """One frame carrying `plaintext`. Raises RekeyRequired past a hard limit, NoncesExhausted when the
-        durable reservation is used up."""
+        """One frame carrying `plaintext`. Raises RekeyRequired past a hard limit."""
         size = len(plaintext)
         if size > MAX_PLAINTEXT_BYTES:
             raise UsageError(f"plaintext of {size} bytes exceeds the frame limit {MAX_PLAINTEXT_BYTES}")
@@ -229,8 +176,6 @@ class Sealer:
             raise RekeyRequired("messages", f"traffic key sealed {counter} frames")
         if self._bytes + size > REJECT_AFTER_BYTES:
             raise RekeyRequired("bytes", f"traffic key sealed {self._bytes} bytes")
-        if counter >= self._reserved:
-            raise NoncesExhausted(reserved_until=self._reserved)
         counter_bytes = _COUNTER.pack(counter)
         header = self._header_prefix + counter_bytes
         sealed = self._aead.encrypt(NONCE_PREFIX + counter_bytes, plaintext, header)
@@ -240,30 +185,29 @@ class Sealer:
 
 
 class Opener:
-    """The receiving end of one traffic key: verifies the tag, then the replay window."""
+    """The receiving end of one traffic key: verifies the tag, then that the frame is the next in order.
+    The frames come over a reliable, ordered stream (TCP), so each counter must be the previous one plus
+    one: an older counter is a replay, a newer one a gap."""
 
-    __slots__ = ("_aead", "_header_prefix", "_in_order", "_key", "_started_at", "_window")
+    __slots__ = ("_aead", "_header_prefix", "_key", "_next", "_started_at")
 
-    def __init__(self, key: TrafficKey, *, started_at: float, in_order: bool = False) -> None:
-        """`in_order`: the frames come over a reliable stream (TCP), so each counter must be the previous
-        one plus one; a datagram transport keeps the default, the RFC 6479 window."""
+    def __init__(self, key: TrafficKey, *, started_at: float) -> None:
         self._key = key
-        self._in_order = in_order
         self._aead = AESGCM(key.key)
         self._header_prefix = bytes([AEAD_VERSION]) + encode_key_ids(key.key_ids)
         self._started_at = started_at
-        self._window = ReplayWindow()
+        self._next = 0
 
     def __repr__(self) -> str:
-        return f"Opener(key={self._key!r}, highest={self._window.highest})"
+        return f"Opener(key={self._key!r}, next_counter={self._next})"
 
     def status(self, now: float) -> KeyStatus:
-        highest = self._window.highest
-        return _status(now - self._started_at, 0 if highest is None else highest + 1, 0)
+        return _status(now - self._started_at, self._next, 0)
 
     def open(self, frame: bytes, *, now: float) -> bytes:
         """The plaintext of `frame`. Every failure (truncated, wrong version or key, too large, bad tag,
-        replayed, behind the window, expired key) raises IntegrityError and leaves the window unchanged."""
+        replayed or out of order, expired key) raises IntegrityError and leaves the expected counter
+        unchanged."""
         prefix = self._header_prefix
         header_len = len(prefix) + COUNTER_BYTES
         if len(frame) < header_len + TAG_BYTES:
@@ -288,17 +232,13 @@ class Opener:
             plaintext = self._aead.decrypt(NONCE_PREFIX + counter_bytes, view[header_len:], view[:header_len])
         except InvalidTag:
             raise IntegrityError(IntegrityFailure.TAG, f"tag check failed on frame {counter}") from None
-        # Only now, with the frame authentic, may the counter touch the window (wireguard-go order).
-        if self._in_order:
-            highest = self._window.highest
-            expected = 0 if highest is None else highest + 1
-            if counter != expected:
-                failure = IntegrityFailure.REPLAY if counter < expected else IntegrityFailure.REORDERED
-                raise IntegrityError(failure, f"frame {counter} arrived where {expected} was due")
-        if self._window.is_too_old(counter):
-            raise IntegrityError(IntegrityFailure.TOO_OLD, f"frame {counter} is behind the replay window")
-        if not self._window.check_and_mark(counter):
-            raise IntegrityError(IntegrityFailure.REPLAY, f"frame {counter} was already received")
+        # Only now, with the frame authentic, may its counter be judged and move the expected one
+        # (wireguard-go's order): a forged frame never moves it.
+        expected = self._next
+        if counter != expected:
+            failure = IntegrityFailure.REPLAY if counter < expected else IntegrityFailure.REORDERED
+            raise IntegrityError(failure, f"frame {counter} arrived where {expected} was due")
+        self._next = counter + 1
         return plaintext
 
 

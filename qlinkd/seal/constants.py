@@ -92,14 +92,6 @@ REKEY_AFTER_BYTES = 1 << 36
 REJECT_AFTER_BYTES = 1 << 38
 """Plaintext bytes (256 GiB) past which a traffic key seals no more (under TLS 1.3's 2^38.5)."""
 
-REPLAY_WINDOW = 8128
-"""Counters accepted behind the highest seen (RFC 6479 bitmap of 128 64-bit words, one kept spare:
-wireguard-go ``replay/``)."""
-
-NONCE_RESERVATION_BLOCK = 4096
-"""Counters the daemon reserves durably at once: one fsync per block, at most one block skipped after a
-crash."""
-
 OTP_TAG_KEY_BYTES = 32
 """One-time Poly1305 key per OTP message: 128-bit r (hash key) and 128-bit s (pad), both fresh."""
 
