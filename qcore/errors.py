@@ -79,14 +79,13 @@ class IntegrityFailure(Enum):
     TOO_LARGE = "too_large"
     TAG = "tag"
     REPLAY = "replay"
-    TOO_OLD = "too_old"
     KEY_EXPIRED = "key_expired"
     REORDERED = "reordered"
 
 
 class IntegrityError(RemoteError):
     """An authentication tag, a verification hash or a sealed frame did not check out: truncated, wrong
-    version, another key, a failed tag, a replay, a counter behind the window, a key past its limit. Every
+    version, another key, a failed tag, a replay or a frame out of order, a key past its limit. Every
     such failure raises this one class whatever the cause (as Fernet's ``InvalidToken``); `reason` says
     which check refused it, for the audit log only."""
 
