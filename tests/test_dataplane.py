@@ -54,6 +54,7 @@ from qlinkmed.qlinkd.pool.values import DeliveredKey
 from qlinkmed.qlinkd.seal import aead
 from qlinkmed.qlinkd.seal.constants import OTP_RANGE_VERSION, OTP_VERSION
 from tests.dicom_factory import make_ct_study
+from tests.polling import wait_for_async
 
 A, B = "hospital-a", "hospital-b"
 
@@ -736,14 +737,6 @@ async def test_a_failed_spool_sync_closes_the_session_and_the_transfer_resumes(
 # ---- two data planes ------------------------------------------------------------------------------------
 
 
-async def _poll(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 @pytest.mark.asyncio
 async def test_a_session_that_ends_idle_is_replaced_at_once_until_the_peer_cannot_be_reached(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -791,7 +784,7 @@ async def test_a_session_that_ends_idle_is_replaced_at_once_until_the_peer_canno
         outcome = await asyncio.wait_for(a.queue_ehr(messages[0], bodies[0]), 20)
         assert outcome.state is Outgoing.DELIVERED and sessions() == 1
         # Nothing is queued, yet the sender takes a fresh session key each time the last one ages out.
-        await _poll(lambda: sessions() >= 3, "two sessions opened in standby")
+        await wait_for_async(lambda: sessions() >= 3, "two sessions opened in standby", timeout=20.0)
         outcome = await asyncio.wait_for(a.queue_ehr(messages[1], bodies[1]), 20)
         assert outcome.state is Outgoing.DELIVERED
         assert [b.inbox.read_file(m.transfer_id, 0) for m in messages] == bodies
@@ -799,7 +792,9 @@ async def test_a_session_that_ends_idle_is_replaced_at_once_until_the_peer_canno
         # for work rather than dialling on (it would say "cannot reach" between its attempts).
         await b.stop()
         refused.clear()
-        await _poll(lambda: bool(refused) and a.sender_states()[B] == "idle", "an idle sender")
+        await wait_for_async(
+            lambda: bool(refused) and a.sender_states()[B] == "idle", "an idle sender", timeout=20.0
+        )
         assert len(refused) == 1
     finally:
         senders.cancel()

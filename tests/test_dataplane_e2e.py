@@ -13,9 +13,8 @@ import datetime as dt
 import hashlib
 import json
 import signal
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,13 +31,12 @@ from qlinkmed.qlinkd.testbed.deployment import Deployment, write_loopback_deploy
 from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
 
 from .dicom_factory import make_ct_study
+from .polling import wait_for
 
 A, B = "hospital-a", "hospital-b"
 PULSES = 700_000
 KEY_BITS = 64_000
 """Key both pools should hold before the first transfer: sessions, and a one-time pad for an EHR message."""
-DEADLINE_S = 60.0
-POLL_S = 0.05
 DATA = Path(__file__).parent / "data"
 BIG_INSTANCES = 115
 """512 x 512 slices of ~525 KB: a ~60 MB study, several receiver acknowledgements long."""
@@ -53,19 +51,6 @@ class Link:
 
     def config(self, facility: str) -> str:
         return str(self.deployment.facilities[facility])
-
-
-def _wait_for(
-    predicate: Callable[[], Any], what: str, timeout: float = DEADLINE_S, poll: float = POLL_S
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(poll)
 
 
 def _owned_bits(target: DataTarget) -> int:
@@ -83,7 +68,7 @@ def link(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Link]:
         group.start_all()
         a = DataTarget(deployment.local_url(A), _token(deployment, A))
         b = DataTarget(deployment.local_url(B), _token(deployment, B))
-        _wait_for(lambda: _owned_bits(a) >= KEY_BITS and _owned_bits(b) >= KEY_BITS, "key in both pools")
+        wait_for(lambda: _owned_bits(a) >= KEY_BITS and _owned_bits(b) >= KEY_BITS, "key in both pools")
         yield Link(deployment, group, a, b)
         # Every transfer, refusal and the crash recovery ran without a traceback in any log. (Checked
         # before the SIGTERM: a daemon stopped while a peer's data session is open logs asyncio's
@@ -212,7 +197,7 @@ def test_ehr_send_delivers_and_fetches_bit_exact(
         mine = [r for r in _audit(link, B) if r["event"] == "transfer_received" and r.get("transfer") == tid]
         return mine[0] if mine else None
 
-    audited = _wait_for(arrival, "B's audit record of the arrival")
+    audited = wait_for(arrival, "B's audit record of the arrival")
     stored_at = dt.datetime.fromisoformat(audited["stored_at"]).timestamp()
     delivered_at = link.b.json("GET", f"/v1/inbox/{tid}")[1]["delivered_at"]
     assert delivered_at <= stored_at <= dt.datetime.fromisoformat(audited["ts"]).timestamp()
@@ -290,7 +275,7 @@ def test_receiver_killed_mid_study_resumes_and_delivers_exactly_once(
         assert entry["state"] == "receiving", f"the study finished before the kill could land: {entry}"
         return entry["received_bytes"] if 0 < entry["received_bytes"] < total else 0
 
-    at_kill = _wait_for(partly_received, "part of the study at B", poll=0.005)
+    at_kill = wait_for(partly_received, "part of the study at B", every=0.005)
     assert link.group.kill(B, signal.SIGKILL) == -signal.SIGKILL
     link.group.start(B)
     link.group.wait_ready(B, timeout=30.0)
@@ -304,7 +289,7 @@ def test_receiver_killed_mid_study_resumes_and_delivers_exactly_once(
         mine = [t for t in body["transfers"] if t["transfer_id"] == tid] if status == 200 else []
         return mine[0] if mine and mine[0]["state"] != "queued" else None
 
-    assert _wait_for(delivered, "A to hear the study was delivered")["state"] == "delivered"
+    assert wait_for(delivered, "A to hear the study was delivered")["state"] == "delivered"
     records = [e for e in link.b.json("GET", "/v1/inbox")[1]["inbox"] if e["transfer_id"] == tid]
     assert len(records) == 1
     assert (records[0]["state"], records[0]["received_bytes"]) == ("delivered", total)
