@@ -25,7 +25,8 @@ from .auth import (
     verify_wegman_carter_tag,
     wegman_carter_tag,
 )
-from .cascade import CascadeAlice, CascadeBob, low_latency_schedule
+from .cascade import CascadeAlice, CascadeBob
+from .cascade_schedule import low_latency_schedule
 from .codec import Message, decode
 from .errors import (
     AbortReason,
