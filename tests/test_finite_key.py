@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from qlinkmed.qcore.channel_model import ChannelModel, predict_bb84
 from qlinkmed.qcore.errors import ConfigError
 from qlinkmed.qcore.finite_key import (
     chsh_lower_bound,
@@ -17,12 +18,10 @@ from qlinkmed.qcore.finite_key import (
     tomamichel_predicted_fraction,
 )
 from qlinkmed.qcore.theory import (
-    ChannelModel,
     binary_entropy,
     chsh_from_qber,
     di_rate,
     ec_rate,
-    predict_bb84,
     shor_preskill_rate,
 )
 

@@ -13,6 +13,7 @@ import pytest
 
 from qlinkmed.qcore import messages as m
 from qlinkmed.qcore.channel import Eavesdropper, EveKind
+from qlinkmed.qcore.channel_model import ChannelModel, predict_bb84, predict_e91
 from qlinkmed.qcore.codec import decode
 from qlinkmed.qcore.errors import AbortReason
 from qlinkmed.qcore.finite_key import tomamichel_length
@@ -25,7 +26,7 @@ from qlinkmed.qcore.session import (
     BobState,
 )
 from qlinkmed.qcore.sim import SimConfig, make_sessions, run_simulation
-from qlinkmed.qcore.theory import ChannelModel, gllp_decoy_rate, predict_bb84, predict_e91
+from qlinkmed.qcore.theory import gllp_decoy_rate
 
 Z_1E6 = 4.89
 

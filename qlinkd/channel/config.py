@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qlinkmed.qcore.channel import Eavesdropper, EveKind
-from qlinkmed.qcore.theory import ChannelModel
+from qlinkmed.qcore.channel_model import ChannelModel
 from qlinkmed.qlinkd.errors import ConfigError
 from qlinkmed.qlinkd.ops.config import Address, Backend, TlsConfig, build, check, read_toml, tls_section
 
