@@ -20,7 +20,7 @@ from .backends import get_backend
 from .channel import Eavesdropper, emulate_bb84, emulate_e91
 from .channel_model import ChannelModel
 from .errors import AbortReason, ConfigError, LocalProtocolError
-from .finite_key import tomamichel_length
+from .finite_bb84 import tomamichel_length
 from .harness import run_pair
 from .session import AliceSession, BobSession, RoundOutcome
 

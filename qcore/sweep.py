@@ -17,7 +17,7 @@ from qlinkmed.qcore.params import DistillConfig, ProtocolKind, SourceKind
 from . import channel_model, theory
 from .channel import Eavesdropper, EveKind
 from .channel_model import ChannelModel
-from .finite_key import tomamichel_length
+from .finite_bb84 import tomamichel_length
 from .sim import SimConfig, run_simulation
 
 

@@ -1,7 +1,8 @@
 """Asymptotic key-rate theory: binary entropy, the BB84, device-independent and decoy-state rates.
 
 Every rate here is *asymptotic* (infinitely long keys). Finite-size bounds live in
-:mod:`qlinkmed.qcore.finite_key`; the emulator's channel model and its exact predictions in
+:mod:`qlinkmed.qcore.finite_bb84`, :mod:`~qlinkmed.qcore.finite_decoy` and
+:mod:`~qlinkmed.qcore.finite_e91`; the emulator's channel model and its exact predictions in
 :mod:`qlinkmed.qcore.channel_model`. Functions accept floats or numpy arrays and return a float for
 scalar input, an array otherwise. Sources for each formula are in docs/references.md §1-2 and
 are cited per function.

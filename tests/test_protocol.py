@@ -16,7 +16,7 @@ from qlinkmed.qcore.channel import Eavesdropper, EveKind
 from qlinkmed.qcore.channel_model import ChannelModel, predict_bb84, predict_e91
 from qlinkmed.qcore.codec import decode
 from qlinkmed.qcore.errors import AbortReason
-from qlinkmed.qcore.finite_key import tomamichel_length
+from qlinkmed.qcore.finite_bb84 import tomamichel_length
 from qlinkmed.qcore.harness import Hop, run_pair
 from qlinkmed.qcore.params import ProtocolKind, SourceKind
 from qlinkmed.qcore.session import (
