@@ -22,7 +22,8 @@ from .channel_model import ChannelModel
 from .errors import AbortReason, ConfigError, LocalProtocolError
 from .finite_bb84 import tomamichel_length
 from .harness import run_pair
-from .session import AliceSession, BobSession, RoundOutcome
+from .round_state import RoundOutcome
+from .session import AliceSession, BobSession
 
 PRESHARED_KEY_BYTES = 512
 

@@ -19,7 +19,7 @@ from qlinkmed.qcore.errors import AbortReason
 from qlinkmed.qcore.finite_bb84 import tomamichel_length
 from qlinkmed.qcore.harness import Hop, run_pair
 from qlinkmed.qcore.params import ProtocolKind, SourceKind
-from qlinkmed.qcore.session import (
+from qlinkmed.qcore.round_state import (
     ALICE_TRANSITIONS,
     BOB_TRANSITIONS,
     AliceState,
