@@ -10,9 +10,9 @@ import math
 import statistics
 
 from qlinkmed.qcore.channel import Eavesdropper, EveKind
+from qlinkmed.qcore.channel_model import ChannelModel, predict_e91
 from qlinkmed.qcore.params import ProtocolKind
 from qlinkmed.qcore.sim import SimConfig, run_simulation
-from qlinkmed.qcore.theory import ChannelModel, predict_e91
 
 
 def main() -> None:

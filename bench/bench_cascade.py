@@ -15,7 +15,8 @@ import time
 
 import numpy as np
 
-from qlinkmed.qcore.cascade import CascadeSchedule, low_latency_schedule, option8_schedule, reconcile
+from qlinkmed.qcore.cascade_pair import reconcile
+from qlinkmed.qcore.cascade_schedule import CascadeSchedule, low_latency_schedule, option8_schedule
 
 SCHEDULES = {"option8": option8_schedule, "low-latency": low_latency_schedule}
 

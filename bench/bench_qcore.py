@@ -15,10 +15,12 @@ from collections.abc import Callable
 import numpy as np
 
 from qlinkmed.qcore.backends import get_backend
-from qlinkmed.qcore.cascade import low_latency_schedule, reconcile
+from qlinkmed.qcore.cascade_pair import reconcile
+from qlinkmed.qcore.cascade_schedule import low_latency_schedule
+from qlinkmed.qcore.channel_model import ChannelModel
 from qlinkmed.qcore.params import ProtocolKind
 from qlinkmed.qcore.sim import SimConfig, run_simulation
-from qlinkmed.qcore.theory import ChannelModel, binary_entropy
+from qlinkmed.qcore.theory import binary_entropy
 from qlinkmed.qcore.toeplitz import toeplitz_hash
 
 

@@ -27,233 +27,31 @@ schedule (second block 2^ceil((alpha + 12) / 2), about ten errors per block at 2
 round trips on 1e5 bits (up to 1,600), while ``low_latency_schedule`` needs about 90-115 for 1.5 % more
 leak. Each round trip costs Bob, Alice and the codec together about 0.3 ms of numpy call overhead.
 
-Permutations. Pass 0 is the identity. Pass p >= 1 draws from its own stream, child p of the seed
-(``Generator(PCG64(seed)).spawn(passes)[p]``, that is ``PCG64(SeedSequence(seed, spawn_key=(p,)))``):
-first a uniformly random set of ceil(n/2) positions (fair coin bits, then a uniformly chosen few moved
-to fix the count) that form the first half of the pass's order, then a uniformly random order of each
-half. The result is a uniformly random permutation, but a pass whose blocks are exactly the two halves
-(the last 11 passes of option (8), the last 12 of low_latency_schedule) needs only the set for its
-top-level parities: 0.1 ms instead of 1.4 ms at 1e5 bits. Its order is built only if a search enters
-it, which is rare. Each pass has its own stream, so building one never shifts another.
+The schedules are in :mod:`qlinkmed.qcore.cascade_schedule`; the block geometry and the per-pass
+permutations both ends derive from the seed are in :mod:`qlinkmed.qcore.cascade_blocks`; the in-memory
+run of a pair in :mod:`qlinkmed.qcore.cascade_pair`.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import numpy as np
 from numpy.typing import NDArray
 
-from . import codec
-from .errors import ConfigError, LocalProtocolError, RemoteProtocolError
+from .cascade_blocks import (
+    BlockLayout,
+    as_key,
+    check_seed,
+    half_members,
+    half_parity,
+    half_split,
+    pass_generator,
+    pass_permutation,
+)
+from .cascade_schedule import CascadeSchedule
+from .errors import LocalProtocolError, RemoteProtocolError
 from .messages import ParityReply, ParityRequest
 
-OPTION8_PASSES = 14
-LOW_LATENCY_PASSES = 10
-"""Number of passes in the Martinez-Mateo option (8) schedule (also used by low_latency_schedule)."""
-
-OPTION8_THIRD_BLOCK = 4096
-"""Top-level block size of the third pass in option (8)."""
-
-QBER_FLOOR = 1e-4
-"""QBER assumed when sizing blocks for an estimate of zero (or below this)."""
-
-_MAX_PASSES = 256  # the pass index travels as a u8
-_MAX_KEY_BITS = (1 << 32) - 1  # range ends travel as u32
 _EMPTY = np.zeros(0, dtype=np.int64)
-
-
-@dataclass(frozen=True, slots=True)
-class CascadeSchedule:
-    """The top-level block size of each pass; the last block of a pass may be shorter.
-
-    A block size larger than the key is read as the whole key."""
-
-    block_sizes: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        if not 1 <= len(self.block_sizes) <= _MAX_PASSES:
-            raise ConfigError("block_sizes", f"need 1 to {_MAX_PASSES} passes, got {len(self.block_sizes)}")
-        for size in self.block_sizes:
-            if not isinstance(size, int | np.integer) or isinstance(size, bool) or size < 1:
-                raise ConfigError("block_sizes", f"block sizes must be positive integers, got {size!r}")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CascadeResult:
-    """What an in-memory reconciliation produced."""
-
-    bob_key: np.ndarray
-    """Bob's corrected key (uint8 0/1)."""
-    leaked_bits: int
-    """Distinct parities Alice disclosed."""
-    round_trips: int
-    """Request/reply exchanges."""
-    corrected_bits: int
-    """Bits Bob flipped."""
-    messages: int
-    """Messages sent, both directions."""
-    bytes_exchanged: int
-    """Encoded size of all messages, both directions."""
-
-
-def _check_length(n: int) -> int:
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= n <= _MAX_KEY_BITS:
-        raise ConfigError("n", f"key length must be an integer in [1, {_MAX_KEY_BITS}], got {n!r}")
-    return int(n)
-
-
-def _alpha(qber: float) -> float:
-    if not isinstance(qber, int | float | np.floating) or not math.isfinite(qber):
-        raise ConfigError("qber", f"must be a finite number, got {qber!r}")
-    q = min(max(float(qber), QBER_FLOOR), 0.5)
-    return math.log2(1.0 / q) - 0.5
-
-
-def _schedule(n: int, first: list[int], passes: int = OPTION8_PASSES) -> CascadeSchedule:
-    """The given first block sizes, then ceil(n/2) up to `passes` passes, clamped to [min(2, n), n]."""
-    sizes = first + [-(-n // 2)] * (passes - len(first))
-    low = min(2, n)
-    return CascadeSchedule(tuple(max(low, min(size, n)) for size in sizes))
-
-
-def option8_schedule(n: int, qber: float) -> CascadeSchedule:
-    """Martinez-Mateo et al. (arXiv:1407.3257) option (8): 14 passes.
-
-    alpha = log2(1/Q) - 1/2; k1 = 2^ceil(alpha), k2 = 2^ceil((alpha + 12) / 2), k3 = 4096, then
-    ceil(n/2). Q is clamped to [QBER_FLOOR, 0.5]; sizes are clamped to [min(2, n), n]. Its leak is the
-    lowest we measured (f about 1.04 on 1e5 bits), but it needs 500 or more round trips (module docstring).
-    """
-    n = _check_length(n)
-    alpha = _alpha(qber)
-    return _schedule(n, [2 ** math.ceil(alpha), 2 ** math.ceil((alpha + 12.0) / 2.0), OPTION8_THIRD_BLOCK])
-
-
-def low_latency_schedule(n: int, qber: float) -> CascadeSchedule:
-    """Option (8)'s first block, a small second and a mid-sized third, for five times fewer round trips.
-
-    k1 = 2^round(alpha) (alpha as in option (8), so k1 is near 0.7/Q), k2 = 4 k1, k3 = 64 k1, then
-    ceil(n/2) up to 10 passes; same clamping as option8_schedule. The third pass splits the error pairs
-    that share both a pass-0 and a pass-1 block (about 0.5 such pairs per block), which the half-key
-    passes alone leave unsplit about once in 1e4 blocks. Measured on 60 blocks of 1e5 bits per QBER,
-    i.i.d. errors, at 1 / 2 / 5 %: f = 1.053 / 1.060 / 1.063 (option (8): 1.042 / 1.041 / 1.044), round
-    trips 94 / 82 / 107 (option (8): about 500), no residual errors; it was the fastest of the grid of
-    schedules tried that kept f <= 1.07 at every QBER (bench/bench_cascade.py for the current figures).
-    """
-    n = _check_length(n)
-    k1 = 2 ** round(_alpha(qber))
-    return _schedule(n, [k1, 4 * k1, 64 * k1], passes=LOW_LATENCY_PASSES)
-
-
-def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ConfigError("seed", f"must be a non-negative integer, got {seed!r}")
-    return int(seed)
-
-
-def _pass_generator(seed: int, pass_index: int) -> np.random.Generator:
-    # The same stream as np.random.Generator(np.random.PCG64(seed)).spawn(passes)[pass_index].
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(pass_index,))))
-
-
-def _half_split(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """A uniformly random set of exactly ceil(n/2) of n positions.
-
-    Returned as packed fair-coin bits (MSB first, padding zero) and the sorted positions whose bit is
-    inverted to fix the count: members are ``bit ^ (position in toggled)``. The inverted positions are
-    the first distinct ones, in draw order, among uniform draws that fall on the larger side. Every step
-    treats positions alike, so every set of that size is equally likely."""
-    raw = np.frombuffer(rng.bytes((n + 7) // 8), dtype=np.uint8).copy()
-    if n % 8:
-        raw[-1] &= (0xFF << (8 - n % 8)) & 0xFF
-    excess = int(np.count_nonzero(np.unpackbits(raw))) - (n + 1) // 2
-    if not excess:
-        return raw, _EMPTY
-    want, side = abs(excess), int(excess > 0)
-    chosen = _EMPTY
-    while chosen.size < want:
-        draws = rng.integers(0, n, size=2 * want + 16)
-        draws = draws[((raw[draws >> 3] >> (7 - (draws & 7))) & 1) == side]
-        chosen = np.concatenate((chosen, draws))
-        _, first = np.unique(chosen, return_index=True)
-        chosen = chosen[np.sort(first)]
-    return raw, np.sort(chosen[:want])
-
-
-def _members(split: tuple[np.ndarray, np.ndarray], positions: np.ndarray) -> np.ndarray:
-    """Which positions are in the first half (bool)."""
-    raw, toggled = split
-    bits: np.ndarray = ((raw[positions >> 3] >> (7 - (positions & 7))) & 1).astype(bool)
-    if toggled.size:
-        bits ^= np.isin(positions, toggled)
-    return bits
-
-
-def _half_parity(split: tuple[np.ndarray, np.ndarray], key: np.ndarray, packed: np.ndarray) -> int:
-    """Parity of the key over the first half (packed: np.packbits(key))."""
-    raw, toggled = split
-    ones = int(np.count_nonzero(np.unpackbits(packed & raw)))
-    return (ones + int(np.count_nonzero(key[toggled]))) & 1
-
-
-def _pass_permutation(n: int, seed: int, pass_index: int) -> np.ndarray:
-    if pass_index == 0:
-        return np.arange(n, dtype=np.int64)
-    rng = _pass_generator(seed, pass_index)
-    raw, toggled = _half_split(rng, n)
-    mask = np.unpackbits(raw, count=n).view(bool)
-    mask[toggled] ^= True
-    half = (n + 1) // 2
-    perm = np.empty(n, dtype=np.int64)
-    perm[:half] = np.flatnonzero(mask)
-    perm[half:] = np.flatnonzero(~mask)
-    rng.shuffle(perm[:half])
-    rng.shuffle(perm[half:])
-    return perm
-
-
-def permutations(n: int, seed: int, passes: int) -> list[np.ndarray]:
-    """The order of each pass: ``perm[p][i]`` is the key index at position i of pass p.
-
-    Pass 0 is the identity; the module docstring says how the others derive from the public seed."""
-    n = _check_length(n)
-    seed = _check_seed(seed)
-    return [_pass_permutation(n, seed, p) for p in range(passes)]
-
-
-def _as_key(key: np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(key)
-    if arr.ndim != 1 or not 1 <= arr.size <= _MAX_KEY_BITS:
-        raise ConfigError(name, f"must be a one-dimensional array of 1 to {_MAX_KEY_BITS} bits")
-    if arr.dtype == bool:
-        return arr.astype(np.uint8)
-    if arr.dtype.kind not in "iu" or np.any((arr != 0) & (arr != 1)):
-        raise ConfigError(name, "must hold only 0 and 1")
-    return arr.astype(np.uint8)
-
-
-class _Layout:
-    """Block geometry of every pass, the same at both ends."""
-
-    __slots__ = ("block", "blocks", "half", "lazy", "n", "passes", "stride", "width")
-
-    def __init__(self, n: int, schedule: CascadeSchedule) -> None:
-        self.n = n
-        self.stride = n + 1
-        self.passes = len(schedule.block_sizes)
-        self.half = (n + 1) // 2
-        self.block = np.array([min(int(k), n) for k in schedule.block_sizes], dtype=np.int64)
-        self.blocks = -(-n // self.block)
-        # A block's binary-search tree in heap order (root 1, children 2h and 2h + 1) fits in width ids.
-        depth = np.array([(int(k) - 1).bit_length() for k in self.block], dtype=np.int64)
-        self.width = np.left_shift(1, depth + 1).astype(np.int64)
-        # A pass whose blocks are the two halves of its order (or one block, the whole key) gets its
-        # top-level parities from the half split alone.
-        self.lazy = [
-            p > 0 and (b == 1 or (b == 2 and k == self.half))
-            for p, (b, k) in enumerate(zip(self.blocks.tolist(), self.block.tolist(), strict=True))
-        ]
 
 
 class CascadeAlice:
@@ -262,9 +60,9 @@ class CascadeAlice:
     Each pass keeps the prefix XOR of its permuted key, so the parity of [s, e) is P[e] ^ P[s]."""
 
     def __init__(self, key: np.ndarray, schedule: CascadeSchedule, seed: int) -> None:
-        self._key = _as_key(key, "key")
-        self._seed = _check_seed(seed)
-        self._layout = layout = _Layout(self._key.size, schedule)
+        self._key = as_key(key, "key")
+        self._seed = check_seed(seed)
+        self._layout = layout = BlockLayout(self._key.size, schedule)
         self._prefix = np.empty(layout.passes * layout.stride, dtype=np.uint8)
         self._ready = np.zeros(layout.passes, dtype=bool)
         self._first_unready = 0
@@ -281,7 +79,7 @@ class CascadeAlice:
             elif layout.blocks[p] == 1:
                 self._top[p, 0] = total
             else:
-                first = _half_parity(_half_split(_pass_generator(self._seed, p), layout.n), self._key, packed)
+                first = half_parity(half_split(pass_generator(self._seed, p), layout.n), self._key, packed)
                 self._top[p] = (first, first ^ total)
         # Distinct ranges asked, as keys (p * stride + s) * stride + e, merged lazily into a sorted array;
         # a Python set of tuples when those keys could overflow int64.
@@ -292,7 +90,7 @@ class CascadeAlice:
 
     def _build(self, p: int) -> None:
         layout = self._layout
-        perm = _pass_permutation(layout.n, self._seed, p)
+        perm = pass_permutation(layout.n, self._seed, p)
         row = self._prefix[p * layout.stride : (p + 1) * layout.stride]
         row[0] = 0
         np.bitwise_xor.accumulate(self._key[perm] if p else self._key, out=row[1:])
@@ -354,10 +152,10 @@ class CascadeBob:
     ``key`` is Bob's current key (uint8 0/1); it is corrected in place as replies arrive."""
 
     def __init__(self, key: np.ndarray, schedule: CascadeSchedule, seed: int) -> None:
-        self.key = _as_key(key, "key")
+        self.key = as_key(key, "key")
         self._orig = self.key.copy()
-        self._seed = _check_seed(seed)
-        self._layout = layout = _Layout(self.key.size, schedule)
+        self._seed = check_seed(seed)
+        self._layout = layout = BlockLayout(self.key.size, schedule)
         n, passes, stride = layout.n, layout.passes, layout.stride
         # Alice's parities, known or inferred: -1 unknown. A built pass owns blocks * width nodes from
         # _node_offset[p]; an unbuilt lazy pass owns only its roots, from _root_slot[p].
@@ -483,7 +281,7 @@ class CascadeBob:
         """Materialise pass p: its order, Bob's original prefix XOR, and the flips made so far."""
         layout = self._layout
         n, base = layout.n, p * layout.stride
-        perm = _pass_permutation(n, self._seed, p)
+        perm = pass_permutation(n, self._seed, p)
         self._perm[base : base + n] = perm
         row = self._prefix[base : base + layout.stride]
         row[0] = 0
@@ -529,10 +327,10 @@ class CascadeBob:
             if layout.blocks[p] == 1:
                 self._top[p, 0] = total
             else:
-                split = self._splits[p] = _half_split(_pass_generator(self._seed, p), layout.n)
+                split = self._splits[p] = half_split(pass_generator(self._seed, p), layout.n)
                 if self._packed_at != self._corrected:  # late passes open back to back: pack once
                     self._packed, self._packed_at = np.packbits(self.key), self._corrected
-                first = _half_parity(split, self.key, self._packed)
+                first = half_parity(split, self.key, self._packed)
                 self._top[p] = (first, first ^ total)
             mine = self._top[p, : nodes.size]
             self._lazy_open.append(p)
@@ -671,7 +469,7 @@ class CascadeBob:
         if layout.blocks[p] == 1:
             self._top[p, 0] ^= errors.size & 1
         else:
-            inside = int(np.count_nonzero(_members(self._splits[p], errors)))
+            inside = int(np.count_nonzero(half_members(self._splits[p], errors)))
             self._top[p, 0] ^= inside & 1
             self._top[p, 1] ^= (errors.size - inside) & 1
         bad = np.flatnonzero(self._top[p, : nodes.size] != self._known[nodes])
@@ -681,33 +479,3 @@ class CascadeBob:
             self._refresh()
             base = p * layout.stride
             self._add(self._roots(p)[0][bad], base + starts[bad], base + ends[bad])
-
-
-def reconcile(
-    alice_key: np.ndarray, bob_key: np.ndarray, schedule: CascadeSchedule, seed: int
-) -> CascadeResult:
-    """Run Alice and Bob against each other in memory, every message through encode() and decode()."""
-    alice = CascadeAlice(alice_key, schedule, seed)
-    bob = CascadeBob(bob_key, schedule, seed)
-    messages = 0
-    size = 0
-    while (request := bob.next_request()) is not None:
-        wire = request.encode()
-        decoded = codec.decode(wire)
-        if not isinstance(decoded, ParityRequest):
-            raise RemoteProtocolError(f"expected a ParityRequest, decoded {type(decoded).__name__}")
-        answer = alice.answer(decoded).encode()
-        reply = codec.decode(answer)
-        if not isinstance(reply, ParityReply):
-            raise RemoteProtocolError(f"expected a ParityReply, decoded {type(reply).__name__}")
-        bob.receive(reply)
-        messages += 2
-        size += len(wire) + len(answer)
-    return CascadeResult(
-        bob_key=bob.key.copy(),
-        leaked_bits=bob.leaked_bits,
-        round_trips=bob.round_trips,
-        corrected_bits=bob.corrected_bits,
-        messages=messages,
-        bytes_exchanged=size,
-    )

@@ -1,7 +1,7 @@
 """The quantum-channel emulator: what Alice prepares, what the fibre and an eavesdropper do to it, and what
 Bob's two threshold detectors record.
 
-The click model (shared with ``theory.predict_bb84``, which computes its expectations exactly):
+The click model (shared with ``channel_model.predict_bb84``, which computes its expectations exactly):
 - each photon that reaches Bob is measured by the backend (misalignment is the backend's Pauli-Y flip);
   the detector named by its outcome fires;
 - each detector also fires a dark count with probability ``dark_count`` per gate;
@@ -27,10 +27,10 @@ from enum import StrEnum
 import numpy as np
 
 from .backends import MeasurementBackend
+from .channel_model import ChannelModel
 from .errors import ConfigError
 from .params import DecoySource, SourceKind
 from .rng import bernoulli, random_bits
-from .theory import ChannelModel
 
 
 class EveKind(StrEnum):

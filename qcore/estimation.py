@@ -8,10 +8,12 @@ import numpy as np
 
 from qlinkmed.qcore.params import ProtocolKind
 
-from . import finite_key as fk
 from .auth import ROUND_AUTH_BITS
 from .constants import CHSH_CLASSICAL_BOUND
 from .errors import AbortReason, LocalProtocolError, RoundAborted
+from .finite_bb84 import tomamichel_length
+from .finite_decoy import Lim2014Result, lim2014_length
+from .finite_e91 import ChshBound, chsh_lower_bound, e91_length
 from .params import DistillConfig
 from .sifting import E91_CHSH_SETTINGS, E91_CHSH_SIGNS, SiftPlan
 from .theory import binary_entropy, di_rate
@@ -44,7 +46,7 @@ class Statistics:
 
 def _chsh(
     plan: SiftPlan, alice: np.ndarray, bob: np.ndarray, test_pos: np.ndarray, eps: float
-) -> fk.ChshBound:
+) -> ChshBound:
     trials: list[int] = []
     agreements: list[int] = []
     a_set = plan.alice_settings[test_pos]
@@ -53,7 +55,7 @@ def _chsh(
         sel = (a_set == a) & (b_set == b)
         trials.append(int(sel.sum()))
         agreements.append(int(np.count_nonzero(alice[sel] == bob[sel])))
-    return fk.chsh_lower_bound(trials, agreements, E91_CHSH_SIGNS, eps)
+    return chsh_lower_bound(trials, agreements, E91_CHSH_SIGNS, eps)
 
 
 def measure_statistics(
@@ -69,7 +71,7 @@ def measure_statistics(
     errors = int(np.count_nonzero(alice_test[in_sample] != bob_test[in_sample]))
     qber = errors / k if k else 0.5
     qber_upper = (
-        fk.tomamichel_length(n, k, qber, 0.0, config.eps_sec, config.eps_cor).qber_upper if (n and k) else 0.5
+        tomamichel_length(n, k, qber, 0.0, config.eps_sec, config.eps_cor).qber_upper if (n and k) else 0.5
     )
     if config.protocol is ProtocolKind.E91:
         chsh = _chsh(plan, alice_test, bob_test, test_pos, config.eps_sec)
@@ -119,11 +121,11 @@ def _per_class(classes: np.ndarray) -> tuple[int, int, int]:
     )
 
 
-def _lim(config: DistillConfig, counts: DecoyCounts, leak: float) -> fk.Lim2014Result:
+def _lim(config: DistillConfig, counts: DecoyCounts, leak: float) -> Lim2014Result:
     decoy = config.decoy
     if decoy is None:
         raise LocalProtocolError("decoy bound without a decoy source")
-    return fk.lim2014_length(
+    return lim2014_length(
         intensities=decoy.intensities,
         probabilities=decoy.probabilities,
         n_x=counts.key_basis_detections,
@@ -142,7 +144,7 @@ def _length(config: DistillConfig, stats: Statistics, leak: float) -> int:
         if stats.chsh_lower is None:
             raise LocalProtocolError("E91 key length without a CHSH bound")
         return int(
-            fk.e91_length(
+            e91_length(
                 stats.raw_key_bits,
                 stats.sample_bits,
                 stats.qber,
@@ -153,7 +155,7 @@ def _length(config: DistillConfig, stats: Statistics, leak: float) -> int:
             ).length
         )
     return int(
-        fk.tomamichel_length(
+        tomamichel_length(
             stats.raw_key_bits, stats.sample_bits, stats.qber, leak, config.eps_sec, config.eps_cor
         ).length
     )

@@ -14,15 +14,16 @@ import numpy as np
 
 from qlinkmed.qcore.params import DecoySource, DistillConfig, ProtocolKind, SourceKind
 
-from . import theory
+from . import channel_model, theory
 from .auth import AuthKeyStore
 from .backends import get_backend
 from .channel import Eavesdropper, emulate_bb84, emulate_e91
+from .channel_model import ChannelModel
 from .errors import AbortReason, ConfigError, LocalProtocolError
-from .finite_key import tomamichel_length
+from .finite_bb84 import tomamichel_length
 from .harness import run_pair
-from .session import AliceSession, BobSession, RoundOutcome
-from .theory import ChannelModel
+from .round_state import RoundOutcome
+from .session import AliceSession, BobSession
 
 PRESHARED_KEY_BYTES = 512
 
@@ -222,7 +223,7 @@ def predictions(config: SimConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if config.protocol is ProtocolKind.BB84:
         mu = config.decoy.intensities[0]
-        bb84 = theory.predict_bb84(model, config.source.value, mu=mu)
+        bb84 = channel_model.predict_bb84(model, config.source.value, mu=mu)
         gain, q = float(bb84.detection_probability), float(bb84.qber)
         sifted = config.qubits * gain / 2
         out.update(
@@ -244,7 +245,7 @@ def predictions(config: SimConfig) -> dict[str, Any]:
                 finite_key_bits=int(finite.length),
             )
     else:
-        e91 = theory.predict_e91(model)
+        e91 = channel_model.predict_e91(model)
         q = float(e91.qber)
         out.update(
             expected_coincidence_probability=float(e91.coincidence_probability),

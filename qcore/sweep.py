@@ -14,11 +14,11 @@ import numpy as np
 
 from qlinkmed.qcore.params import DistillConfig, ProtocolKind, SourceKind
 
-from . import theory
+from . import channel_model, theory
 from .channel import Eavesdropper, EveKind
-from .finite_key import tomamichel_length
+from .channel_model import ChannelModel
+from .finite_bb84 import tomamichel_length
 from .sim import SimConfig, run_simulation
-from .theory import ChannelModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +88,7 @@ def distance_sweep(
 
 def theory_curves(distances_km: np.ndarray, *, qubits: int) -> TheoryCurves:
     distill = DistillConfig()
-    curves = theory.secret_key_rate_curves(distances_km, f=distill.ec_efficiency_estimate)
+    curves = channel_model.secret_key_rate_curves(distances_km, f=distill.ec_efficiency_estimate)
     finite = np.zeros(distances_km.size)
     for i, (gain, q) in enumerate(
         zip(
@@ -148,6 +148,6 @@ def eve_theory(fractions: np.ndarray, *, distance_km: float = 10.0) -> tuple[np.
     half the time and then errs half the time, so Q = Q0 + (p/4)(1 - 2 Q0); for E91 her measurement
     halves the correlators she touches, so S = S0 (1 - p/2)."""
     model = ChannelModel(distance_km=distance_km)
-    q0 = float(theory.predict_bb84(model, "single-photon").qber)
-    s0 = float(theory.predict_e91(model).chsh)
+    q0 = float(channel_model.predict_bb84(model, "single-photon").qber)
+    s0 = float(channel_model.predict_e91(model).chsh)
     return q0 + fractions / 4 * (1 - 2 * q0), s0 * (1 - fractions / 2)

@@ -13,7 +13,7 @@ import numpy as np
 
 from qlinkmed.qcore.backends import get_backend
 from qlinkmed.qcore.channel import Eavesdropper
-from qlinkmed.qcore.theory import ChannelModel
+from qlinkmed.qcore.channel_model import ChannelModel
 from qlinkmed.qlinkd.channel.broker import ChannelBroker, Job, LinkKey, run
 from qlinkmed.qlinkd.errors import FrameError
 from qlinkmed.qlinkd.link import machine as lk

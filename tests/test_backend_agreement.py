@@ -7,9 +7,9 @@ import math
 
 import pytest
 
+from qlinkmed.qcore.channel_model import ChannelModel
 from qlinkmed.qcore.params import ProtocolKind
 from qlinkmed.qcore.sim import SimConfig, run_simulation
-from qlinkmed.qcore.theory import ChannelModel
 
 pytestmark = pytest.mark.qiskit
 Z_1E6 = 4.89

@@ -9,15 +9,10 @@ import numpy as np
 import pytest
 
 from qlinkmed.qcore import codec
-from qlinkmed.qcore.cascade import (
-    CascadeAlice,
-    CascadeBob,
-    CascadeSchedule,
-    low_latency_schedule,
-    option8_schedule,
-    permutations,
-    reconcile,
-)
+from qlinkmed.qcore.cascade import CascadeAlice, CascadeBob
+from qlinkmed.qcore.cascade_blocks import permutations
+from qlinkmed.qcore.cascade_pair import reconcile
+from qlinkmed.qcore.cascade_schedule import CascadeSchedule, low_latency_schedule, option8_schedule
 from qlinkmed.qcore.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from qlinkmed.qcore.messages import ParityReply, ParityRequest
 

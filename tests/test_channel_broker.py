@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from qlinkmed.qcore.backends import get_backend
-from qlinkmed.qcore.theory import ChannelModel
+from qlinkmed.qcore.channel_model import ChannelModel
 from qlinkmed.qlinkd.channel.broker import ChannelBroker, Job, LinkKey
 from qlinkmed.qlinkd.link import messages as lm
 

@@ -14,14 +14,9 @@ from qlinkmed.qcore.params import ProtocolKind
 from qlinkmed.qlinkd.channel.config import load_channel_config
 from qlinkmed.qlinkd.errors import ConfigError, FrameError
 from qlinkmed.qlinkd.link.messages import Hello
-from qlinkmed.qlinkd.ops.config import (
-    Address,
-    Backend,
-    check_config,
-    load_facility_config,
-    parse_address,
-)
+from qlinkmed.qlinkd.ops.config import Backend, check_config, load_facility_config
 from qlinkmed.qlinkd.ops.pki import write_demo_pki
+from qlinkmed.qlinkd.ops.toml_reader import Address, parse_address
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "systemd" / "examples"
 PSK = "psk/hospital-a--hospital-b.key"

@@ -47,9 +47,9 @@ from qlinkmed.qlinkd.errors import (
     TransferError,
 )
 from qlinkmed.qlinkd.ops.audit import AuditLog
-from qlinkmed.qlinkd.ops.config import Address
 from qlinkmed.qlinkd.ops.metrics import LinkMetrics
 from qlinkmed.qlinkd.ops.pki import client_context, server_context, write_demo_pki
+from qlinkmed.qlinkd.ops.toml_reader import Address
 from qlinkmed.qlinkd.pool.values import DeliveredKey
 from qlinkmed.qlinkd.seal import aead
 from qlinkmed.qlinkd.seal.constants import OTP_RANGE_VERSION, OTP_VERSION

@@ -7,22 +7,20 @@ import math
 import numpy as np
 import pytest
 
+from qlinkmed.qcore.channel_model import ChannelModel, predict_bb84
 from qlinkmed.qcore.errors import ConfigError
-from qlinkmed.qcore.finite_key import (
-    chsh_lower_bound,
-    e91_length,
-    lim2014_length,
+from qlinkmed.qcore.finite_bb84 import (
     tomamichel_length,
     tomamichel_optimized_rate,
     tomamichel_predicted_fraction,
 )
+from qlinkmed.qcore.finite_decoy import lim2014_length
+from qlinkmed.qcore.finite_e91 import chsh_lower_bound, e91_length
 from qlinkmed.qcore.theory import (
-    ChannelModel,
     binary_entropy,
     chsh_from_qber,
     di_rate,
     ec_rate,
-    predict_bb84,
     shor_preskill_rate,
 )
 

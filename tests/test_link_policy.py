@@ -13,7 +13,7 @@ import pytest
 from qlinkmed.qcore.auth import ROUND_AUTH_BITS
 from qlinkmed.qcore.errors import AbortReason
 from qlinkmed.qcore.estimation import Statistics
-from qlinkmed.qcore.session import RoundOutcome
+from qlinkmed.qcore.round_state import RoundOutcome
 from qlinkmed.qlinkd.errors import StatusFormatError
 from qlinkmed.qlinkd.link import policy
 from qlinkmed.qlinkd.link.machine import RoundEnded

@@ -13,19 +13,20 @@ import pytest
 
 from qlinkmed.qcore import messages as m
 from qlinkmed.qcore.channel import Eavesdropper, EveKind
+from qlinkmed.qcore.channel_model import ChannelModel, predict_bb84, predict_e91
 from qlinkmed.qcore.codec import decode
 from qlinkmed.qcore.errors import AbortReason
-from qlinkmed.qcore.finite_key import tomamichel_length
+from qlinkmed.qcore.finite_bb84 import tomamichel_length
 from qlinkmed.qcore.harness import Hop, run_pair
 from qlinkmed.qcore.params import ProtocolKind, SourceKind
-from qlinkmed.qcore.session import (
+from qlinkmed.qcore.round_state import (
     ALICE_TRANSITIONS,
     BOB_TRANSITIONS,
     AliceState,
     BobState,
 )
 from qlinkmed.qcore.sim import SimConfig, make_sessions, run_simulation
-from qlinkmed.qcore.theory import ChannelModel, gllp_decoy_rate, predict_bb84, predict_e91
+from qlinkmed.qcore.theory import gllp_decoy_rate
 
 Z_1E6 = 4.89
 

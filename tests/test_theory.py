@@ -10,19 +10,21 @@ import numpy as np
 import pytest
 from scipy.optimize import brentq
 
+from qlinkmed.qcore.channel_model import (
+    ChannelModel,
+    lim2014_error_model,
+    predict_bb84,
+    predict_e91,
+    secret_key_rate_curves,
+)
 from qlinkmed.qcore.constants import TSIRELSON_BOUND
 from qlinkmed.qcore.errors import ConfigError
 from qlinkmed.qcore.theory import (
-    ChannelModel,
     binary_entropy,
     chsh_from_qber,
     di_rate,
     ec_rate,
     gllp_decoy_rate,
-    lim2014_error_model,
-    predict_bb84,
-    predict_e91,
-    secret_key_rate_curves,
     seed_paper_rate_upper_bound,
     shor_preskill_rate,
 )

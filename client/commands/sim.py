@@ -100,9 +100,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def _sim_config(args: argparse.Namespace):
     from qlinkmed.qcore.channel import Eavesdropper, EveKind
+    from qlinkmed.qcore.channel_model import ChannelModel
     from qlinkmed.qcore.params import DecoySource, ProtocolKind, SourceKind
     from qlinkmed.qcore.sim import SimConfig
-    from qlinkmed.qcore.theory import ChannelModel
 
     channel = ChannelModel(
         distance_km=args.distance_km,

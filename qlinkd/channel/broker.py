@@ -25,9 +25,9 @@ from qlinkmed.qcore.channel import (
     emulate_bb84,
     emulate_e91,
 )
+from qlinkmed.qcore.channel_model import ChannelModel
 from qlinkmed.qcore.errors import ConfigError
 from qlinkmed.qcore.params import DecoySource, SourceKind
-from qlinkmed.qcore.theory import ChannelModel
 from qlinkmed.qlinkd.link import messages as lm
 
 ROUNDS_HELD_PER_LINK = 4

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qlinkmed.qcore.channel import Eavesdropper, EveKind
-from qlinkmed.qcore.theory import ChannelModel
+from qlinkmed.qcore.channel_model import ChannelModel
 from qlinkmed.qlinkd.errors import ConfigError
-from qlinkmed.qlinkd.ops.config import Address, Backend, TlsConfig, build, check, read_toml, tls_section
+from qlinkmed.qlinkd.ops.config import Backend, TlsConfig, tls_section
+from qlinkmed.qlinkd.ops.toml_reader import Address, build, check, read_toml
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -28,8 +28,8 @@ from qlinkmed.qlinkd.errors import FrameError, QlinkdError, Rejected, SessionClo
 from qlinkmed.qlinkd.ops import pki
 from qlinkmed.qlinkd.ops.audit import AuditLog, rfc3339
 from qlinkmed.qlinkd.ops.backoff import Backoff
-from qlinkmed.qlinkd.ops.config import Address
 from qlinkmed.qlinkd.ops.metrics import LinkMetrics
+from qlinkmed.qlinkd.ops.toml_reader import Address
 
 log = logging.getLogger("qlink.data")
 

@@ -15,7 +15,7 @@ from qlinkmed.qlinkd.link.framing import encode_length_prefixed, read_frame
 from qlinkmed.qlinkd.link.machine import ChannelRequest
 from qlinkmed.qlinkd.link.wire import MAX_FRAME_BYTES, decode_frame, encode_frame
 from qlinkmed.qlinkd.ops.backoff import Backoff
-from qlinkmed.qlinkd.ops.config import Address
+from qlinkmed.qlinkd.ops.toml_reader import Address
 
 log = logging.getLogger("qlink.link")
 

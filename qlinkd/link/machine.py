@@ -38,7 +38,8 @@ from qlinkmed.qcore.channel import PreparedPulses, prepare_bb84
 from qlinkmed.qcore.codec import Message
 from qlinkmed.qcore.errors import AbortReason, LocalProtocolError
 from qlinkmed.qcore.params import DecoySource, DistillConfig, ProtocolKind, SourceKind
-from qlinkmed.qcore.session import AliceSession, BobSession, RoundOutcome
+from qlinkmed.qcore.round_state import RoundOutcome
+from qlinkmed.qcore.session import AliceSession, BobSession
 from qlinkmed.qlinkd.link import messages as lm
 from qlinkmed.qlinkd.pool.values import KeyNotice, LinkState
 

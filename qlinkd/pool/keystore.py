@@ -22,6 +22,7 @@ from typing import Any
 
 from qlinkmed.qcore.auth import AuthKeyStore
 from qlinkmed.qlinkd.errors import InsufficientKey, KeyNotFound, NotAuthorised, StoreError
+from qlinkmed.qlinkd.pool.schema import upgrade
 from qlinkmed.qlinkd.pool.sqlite import open_private_db
 from qlinkmed.qlinkd.pool.values import (
     DeliveredKey,
@@ -32,30 +33,7 @@ from qlinkmed.qlinkd.pool.values import (
     check_positive,
 )
 
-SCHEMA_VERSION = 1
 CHECKPOINT_INTERVAL_S = 0.5
-
-# rounds: one row per pending or committed round with its unconsumed key (`start` = absolute offset of
-# `material`'s first byte); round_outcomes: the fate of every settled round id; outbox: notices owed to the
-# peer (master side); incoming: keys held for a slave SAE; fetched: tombstones of delivered incoming keys.
-_SCHEMA = """
-CREATE TABLE links (peer TEXT PRIMARY KEY, next_round INTEGER NOT NULL, last_committed INTEGER NOT NULL,
-    last_stored INTEGER NOT NULL);
-CREATE TABLE rounds (peer TEXT NOT NULL, round_id INTEGER NOT NULL, owner TEXT NOT NULL,
-    committed INTEGER NOT NULL, start INTEGER NOT NULL, material BLOB NOT NULL, auth_refill BLOB,
-    PRIMARY KEY (peer, round_id));
-CREATE TABLE round_outcomes (peer TEXT NOT NULL, round_id INTEGER NOT NULL, committed INTEGER NOT NULL,
-    PRIMARY KEY (peer, round_id)) WITHOUT ROWID;
-CREATE TABLE auth (peer TEXT PRIMARY KEY, position INTEGER NOT NULL, material BLOB NOT NULL,
-    psk_sha256 BLOB NOT NULL);
-CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, peer TEXT NOT NULL, key_id TEXT NOT NULL UNIQUE,
-    master_sae TEXT NOT NULL, slave_sae TEXT NOT NULL, segments TEXT NOT NULL);
-CREATE TABLE incoming (key_id TEXT PRIMARY KEY, peer TEXT NOT NULL, master_sae TEXT NOT NULL,
-    slave_sae TEXT NOT NULL, material BLOB NOT NULL);
-CREATE TABLE fetched (key_id TEXT PRIMARY KEY, peer TEXT NOT NULL) WITHOUT ROWID;
-"""
-# Future schema changes: add {old_version: script} here; open() applies them in order.
-_MIGRATIONS: dict[int, str] = {}
 
 
 def _segments_json(segments: tuple[Segment, ...]) -> str:
@@ -147,18 +125,7 @@ class KeyStore:
 
     def _migrate(self) -> None:
         with self._tx():
-            version = self._q("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StoreError(f"database schema {version} is newer than this qlinkd ({SCHEMA_VERSION})")
-            if version == 0:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._q(statement)
-                version = SCHEMA_VERSION
-            while version < SCHEMA_VERSION:
-                self._q(_MIGRATIONS[version])
-                version += 1
-            self._q(f"PRAGMA user_version = {version}")
+            upgrade(self._db)
 
     def close(self) -> None:
         self.checkpoint()

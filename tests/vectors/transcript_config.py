@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from qlinkmed.qcore.channel_model import ChannelModel
 from qlinkmed.qcore.sim import SimConfig
-from qlinkmed.qcore.theory import ChannelModel
 
 VECTOR_CONFIG = SimConfig(
     qubits=100_000,
