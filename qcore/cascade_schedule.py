@@ -15,8 +15,9 @@ import numpy as np
 from .errors import ConfigError
 
 OPTION8_PASSES = 14
+"""Number of passes in the Martinez-Mateo option (8) schedule."""
 LOW_LATENCY_PASSES = 10
-"""Number of passes in the Martinez-Mateo option (8) schedule (also used by low_latency_schedule)."""
+"""Number of passes of ``low_latency_schedule``."""
 
 OPTION8_THIRD_BLOCK = 4096
 """Top-level block size of the third pass in option (8)."""

@@ -1,5 +1,5 @@
 """TOML configuration of the quantum-channel service (`qlink-channel --config FILE`), read with the same
-strict rules as a facility's (`ops/config.py`)."""
+strict reader as a facility's (`ops/toml_reader.py`)."""
 
 from __future__ import annotations
 
