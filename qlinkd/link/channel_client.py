@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 from qlinkmed.qlinkd.errors import FrameError
 from qlinkmed.qlinkd.link import messages as lm
+from qlinkmed.qlinkd.link.events import ChannelRequest
 from qlinkmed.qlinkd.link.framing import encode_length_prefixed, read_frame
-from qlinkmed.qlinkd.link.machine import ChannelRequest
 from qlinkmed.qlinkd.link.wire import MAX_FRAME_BYTES, decode_frame, encode_frame
 from qlinkmed.qlinkd.ops.backoff import Backoff
 from qlinkmed.qlinkd.ops.config import Address
