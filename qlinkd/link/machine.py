@@ -28,7 +28,7 @@ from __future__ import annotations
 import hmac
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
@@ -120,17 +120,14 @@ class LinkConnection:
     # ---- inputs ------------------------------------------------------------------------------------
     def start(self, now: float) -> None:
         """The connection is up: introduce ourselves."""
-        c, s = self.config, self._local
+        c = self.config
         hello = lm.Hello(
             facility=c.facility,
             peer=c.peer,
             protocol=c.protocol.value,
             source=c.source.value,
             pulses_per_round=c.pulses_per_round,
-            next_round=s.next_round,
-            last_committed=s.last_committed,
-            pending_round=s.pending_round,
-            auth_position=s.auth_position,
+            **asdict(self._local),
         )
         self._frames.append((0, hello))
         self._deadline = now + c.round_timeout_s
@@ -300,15 +297,9 @@ class LinkConnection:
         if problems:
             self._close("hello refused: " + "; ".join(problems))
             return
-        remote = LinkState(
-            next_round=hello.next_round,
-            last_committed=hello.last_committed,
-            pending_round=hello.pending_round,
-            auth_position=hello.auth_position,
-        )
         self._transition(Input.HELLO, State.IDLE)
         self._deadline = None
-        self._events.append(HelloReceived(remote=remote))
+        self._events.append(HelloReceived(remote=hello))  # a Hello is the peer's LinkState
 
     def _on_round_start(self, round_id: int, msg: lm.RoundStart, now: float) -> None:
         if self.role is not Role.BOB:

@@ -11,8 +11,8 @@ import numpy as np
 
 from qlinkmed.qcore import messages as qm
 from qlinkmed.qcore.constants import FACILITY_ID_PATTERN, is_facility_id
-from qlinkmed.qlinkd.errors import FrameError
-from qlinkmed.qlinkd.pool.values import KeyNotice
+from qlinkmed.qlinkd.errors import FrameError, StoreError
+from qlinkmed.qlinkd.pool.values import KeyNotice, LinkState
 
 PROTOCOLS = ("bb84", "e91")
 SOURCES = ("single-photon", "wcp")
@@ -37,24 +37,26 @@ def _levels(values: np.ndarray, levels: int, what: str) -> None:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Hello:
+class Hello(LinkState):
+    """The first frame either end sends: its durable ``LinkState`` (the fields and checks it inherits,
+    what the pools reconcile with) and the link parameters both ends must share."""
+
     facility: str
     peer: str
     protocol: str
     source: str
     pulses_per_round: int
-    next_round: int
-    last_committed: int
-    pending_round: int
-    auth_position: int
 
     def __post_init__(self) -> None:
         _name(self.facility, "hello.facility")
         _name(self.peer, "hello.peer")
         _choice(self.protocol, PROTOCOLS, "hello.protocol")
         _choice(self.source, SOURCES, "hello.source")
-        if self.next_round < 1:
-            raise FrameError("hello.next_round: round ids start at 1")
+        try:
+            # Named, not super(): slots=True rebuilds the class, which breaks zero-argument super().
+            LinkState.__post_init__(self)
+        except StoreError as exc:
+            raise FrameError(f"hello.{exc.field}: {exc.message}") from None
         if self.last_committed >= self.next_round or self.pending_round >= self.next_round:
             raise FrameError("hello: a committed or pending round lies beyond next_round")
 
