@@ -20,7 +20,7 @@ peer's ``KeyStored``. A crash in between leaves a pending round that the next he
 rule in ``keystore.reconcile``, so the two pools never diverge.
 
 The configuration and the events the caller drains are in ``events.py``; the states, inputs and the
-table in ``states.py``.
+table in ``states.py``; what one round holds, its channel submission and its session in ``rounds.py``.
 """
 
 from __future__ import annotations
@@ -28,19 +28,15 @@ from __future__ import annotations
 import hmac
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import numpy as np
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.hmac import HMAC
 
 from qlinkmed.qcore import messages as qm
 from qlinkmed.qcore.auth import AuthKeyStore
-from qlinkmed.qcore.channel import PreparedPulses, prepare_bb84
 from qlinkmed.qcore.codec import Message
 from qlinkmed.qcore.errors import AbortReason, LocalProtocolError
-from qlinkmed.qcore.params import DecoySource, ProtocolKind, SourceKind
-from qlinkmed.qcore.session import AliceSession, BobSession, RoundOutcome
+from qlinkmed.qcore.session import BobSession, RoundOutcome
 from qlinkmed.qlinkd.link import messages as lm
 from qlinkmed.qlinkd.link.events import (
     AuthAdvanced,
@@ -57,23 +53,9 @@ from qlinkmed.qlinkd.link.events import (
     RoundStarted,
     StorePending,
 )
+from qlinkmed.qlinkd.link.rounds import Round, key_confirmation, make_session, open_round, whole_bytes
 from qlinkmed.qlinkd.link.states import TRANSITIONS, Input, Role, State
 from qlinkmed.qlinkd.pool.values import KeyNotice, LinkState
-
-E91_SETTINGS = 3
-
-
-@dataclass(slots=True)
-class _Round:
-    round_id: int
-    started_at: float
-    prepared: PreparedPulses | None = None
-    alice_settings: np.ndarray | None = None
-    session: AliceSession | BobSession | None = None
-    held: lm.Distill | None = None
-    stored: bool = False
-    peer_stored: bool = False
-    key: bytes = field(default=b"", repr=False)
 
 
 class LinkConnection:
@@ -88,7 +70,7 @@ class LinkConnection:
         self._auth_reported = auth.position
         self._rng = rng
         self._next_round = local.next_round
-        self._round: _Round | None = None
+        self._round: Round | None = None
         self._frames: list[tuple[int, lm.PeerMessage]] = []
         self._channel: list[ChannelRequest] = []
         self._events: deque[Event] = deque()
@@ -191,7 +173,7 @@ class LinkConnection:
             return
         self._deadline = now + self.config.round_timeout_s
         try:
-            session = self._make_session(rnd, message)
+            session = make_session(self.config, rnd, message, auth=self._auth, rng=self._rng)
         except ValueError as exc:
             self._abort_round(AbortReason.PROTOCOL_VIOLATION, f"quantum channel: {exc}", now)
             return
@@ -332,71 +314,13 @@ class LinkConnection:
         self._maybe_commit(rnd, now)
 
     def _open_round(self, round_id: int, via: Input, now: float) -> None:
-        c = self.config
-        n = c.pulses_per_round
-        rnd = _Round(round_id=round_id, started_at=now)
+        rnd, submission = open_round(self.config, round_id, now, self._rng)
         self._round = rnd
         self._next_round = round_id + 1
         self._events.append(RoundStarted(round_id=round_id))
-        if c.protocol is ProtocolKind.BB84 and self.role is Role.ALICE:
-            decoy = DecoySource() if c.source is SourceKind.WCP else None
-            rnd.prepared = prepare_bb84(n, source=c.source, decoy=decoy, rng=self._rng)
-            msg: lm.ChannelSubmission = lm.PulseTrain(
-                bits=rnd.prepared.bits, bases=rnd.prepared.bases, intensities=rnd.prepared.intensity_class
-            )
-        else:
-            levels = 2 if c.protocol is ProtocolKind.BB84 else E91_SETTINGS
-            rnd.alice_settings = self._rng.integers(0, levels, size=n, dtype=np.uint8)
-            msg = lm.AnalyserSettings(settings=rnd.alice_settings)
-        self._channel.append(ChannelRequest(round_id=round_id, message=msg))
+        self._channel.append(ChannelRequest(round_id=round_id, message=submission))
         self._transition(via, State.AWAIT_CHANNEL)
-        self._deadline = now + c.round_timeout_s
-
-    def _make_session(self, rnd: _Round, message: lm.WireMessage) -> AliceSession | BobSession:
-        c = self.config
-        n = c.pulses_per_round
-        if self.role is Role.ALICE and c.protocol is ProtocolKind.BB84:
-            if not isinstance(message, lm.PulsesSent) or message.count != n:
-                raise ValueError(f"expected confirmation of {n} pulses sent, got {type(message).__name__}")
-            p = rnd.prepared
-            if p is None:
-                raise ValueError("no pulses prepared")
-            return AliceSession(
-                c.distill,
-                bits=p.bits,
-                settings=p.bases,
-                detected=np.ones(n, dtype=bool),
-                intensities=p.intensity_class,
-                auth=self._auth,
-                rng=self._rng,
-            )
-        if not isinstance(message, lm.DetectionRecord) or message.detected.size != n:
-            raise ValueError(f"expected a detection record of {n} gates, got {type(message).__name__}")
-        settings = rnd.alice_settings
-        if settings is None:
-            raise ValueError("no analyser settings chosen")
-        bits = np.zeros(n, dtype=np.uint8)
-        detected = message.detected.astype(bool)
-        bits[detected] = message.bits
-        if self.role is Role.ALICE:
-            return AliceSession(
-                c.distill,
-                bits=bits,
-                settings=settings,
-                detected=detected,
-                intensities=None,
-                auth=self._auth,
-                rng=self._rng,
-            )
-        return BobSession(
-            c.distill,
-            round_id=rnd.round_id,
-            bits=bits,
-            settings=settings,
-            detected=detected,
-            auth=self._auth,
-            rng=self._rng,
-        )
+        self._deadline = now + self.config.round_timeout_s
 
     def _on_distill(self, round_id: int, msg: lm.Distill, now: float) -> None:
         rnd = self._round
@@ -420,7 +344,7 @@ class LinkConnection:
         self._deadline = now + self.config.round_timeout_s
         self._feed(rnd, msg, now)
 
-    def _feed(self, rnd: _Round, msg: lm.Distill, now: float) -> None:
+    def _feed(self, rnd: Round, msg: lm.Distill, now: float) -> None:
         session = rnd.session
         if session is None:
             return
@@ -450,14 +374,14 @@ class LinkConnection:
                 reason, by_peer = msg.peer_reason(), True
             self._end_round(reason, outcome.abort_detail, now, outcome=outcome, by_peer=by_peer)
 
-    def _send_distill(self, rnd: _Round, out: list[Message]) -> None:
+    def _send_distill(self, rnd: Round, out: list[Message]) -> None:
         if self._auth.position != self._auth_reported:
             # Ahead of the frames that used the keys: the caller persists before it sends.
             self._auth_reported = self._auth.position
             self._events.append(AuthAdvanced(position=self._auth.position))
         self._frames.extend((rnd.round_id, _distill(msg)) for msg in out)
 
-    def _maybe_commit(self, rnd: _Round, now: float) -> None:
+    def _maybe_commit(self, rnd: Round, now: float) -> None:
         if not (rnd.stored and rnd.peer_stored):
             return
         self._events.append(CommitRound(round_id=rnd.round_id))
@@ -537,25 +461,6 @@ class LinkConnection:
         self._transition(Input.CLOSE, State.CLOSED)
         self._deadline = None
         self._events.append(LinkClosed(reason=reason))
-
-
-CONFIRMATION_BYTES = 16
-
-
-def key_confirmation(key: bytes, round_id: int, sender: str) -> bytes:
-    """Proof that `sender` holds the round's key: HMAC-SHA256 keyed with the key itself. Whoever forges a
-    KeyStored without the key (a man in the middle with stolen TLS certificates) cannot make an end
-    commit a round its peer does not hold."""
-    mac = HMAC(key, hashes.SHA256())
-    mac.update(b"qlink key confirmation v1\x00" + sender.encode() + b"\x00" + round_id.to_bytes(8, "big"))
-    return mac.finalize()[:CONFIRMATION_BYTES]
-
-
-def whole_bytes(bits: np.ndarray) -> bytes:
-    """The key as stored: the pool holds whole bytes, so the last `bits.size % 8` bits (fewer than 8)
-    are not kept. Round figures count ``8 * len(key)``, what the pool actually gained."""
-    whole = bits.size - bits.size % 8
-    return np.packbits(bits[:whole]).tobytes()
 
 
 def _distill(msg: Message) -> lm.Distill:

@@ -17,6 +17,8 @@ from qlinkmed.qlinkd.pool.values import KeyNotice, LinkState
 PROTOCOLS = ("bb84", "e91")
 SOURCES = ("single-photon", "wcp")
 ROLES = ("alice", "bob")
+CONFIRMATION_BYTES = 16
+"""Length of ``KeyStored.confirmation``, a truncated HMAC-SHA256 (``rounds.key_confirmation``)."""
 
 
 def _name(value: str, what: str) -> None:
@@ -73,11 +75,13 @@ class RoundStart:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KeyStored:
     confirmation: bytes = field(repr=False)
-    """``link.key_confirmation`` of the sender: it holds the round's key, not merely says so."""
+    """``rounds.key_confirmation`` of the sender: it holds the round's key, not merely says so."""
 
     def __post_init__(self) -> None:
-        if len(self.confirmation) != 16:
-            raise FrameError(f"key_stored.confirmation: {len(self.confirmation)} bytes, expected 16")
+        if len(self.confirmation) != CONFIRMATION_BYTES:
+            raise FrameError(
+                f"key_stored.confirmation: {len(self.confirmation)} bytes, expected {CONFIRMATION_BYTES}"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
