@@ -6,6 +6,7 @@ already satisfies its invariants (``wire.py`` wraps the failures into ``FrameErr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import get_args
 
 import numpy as np
 
@@ -164,17 +165,7 @@ Distill = (
     | qm.Abort
 )
 """qcore's distillation messages, as they cross the classical channel inside a round."""
-DISTILL_TYPES = (
-    qm.Detections,
-    qm.Sifting,
-    qm.Estimate,
-    qm.ParityRequest,
-    qm.ParityReply,
-    qm.Verify,
-    qm.Amplify,
-    qm.AuthTag,
-    qm.Abort,
-)
+DISTILL_TYPES: tuple[type[Distill], ...] = get_args(Distill)
 """The members of ``Distill``, for isinstance (the sessions and the codec return qcore's base type)."""
 LinkControl = Hello | RoundStart | KeyStored | KeyNotice | NoticeAck
 """What the link machines exchange around the rounds."""
