@@ -22,7 +22,7 @@ log = logging.getLogger("qlink.link")
 RECONNECT_S = (0.1, 2.0)
 """First and longest pause between connection attempts (growing by half each time)."""
 CLOSE_WAIT_S = 1.0
-"""How long closing a connection waits for the other side."""
+"""How long closing a connection (to the peer or to the channel service) waits for the other side."""
 
 
 def backoff() -> Backoff:

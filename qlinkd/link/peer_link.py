@@ -25,7 +25,7 @@ from aiohttp import web
 from qlinkmed.qlinkd.errors import FrameError, StoreError
 from qlinkmed.qlinkd.link import messages as lm
 from qlinkmed.qlinkd.link import policy
-from qlinkmed.qlinkd.link.channel_client import ChannelClient, backoff, raise_if_cancelling
+from qlinkmed.qlinkd.link.channel_client import CLOSE_WAIT_S, ChannelClient, backoff, raise_if_cancelling
 from qlinkmed.qlinkd.link.events import Event, HelloReceived, LinkClosed, NoticeReceived, RoundEnded
 from qlinkmed.qlinkd.link.machine import LinkConnection
 from qlinkmed.qlinkd.link.persistence import persist
@@ -41,8 +41,6 @@ log = logging.getLogger("qlink.link")
 
 RECHECK_S = 1.0
 """How often an idle link re-reads the pool level (keys handed out may have drained it)."""
-CLOSE_WAIT_S = 1.0
-"""How long closing a connection waits for the peer's goodbye."""
 CHANNEL_GRACE_S = 2.0
 """How long a round waits for this end's quantum-channel connection before it is given up."""
 
