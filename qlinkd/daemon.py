@@ -15,8 +15,8 @@ from qlinkmed.qlinkd.content.validate import warm_up
 from qlinkmed.qlinkd.data_api import ensure_token
 from qlinkmed.qlinkd.dataplane.keys import PoolKeys
 from qlinkmed.qlinkd.dataplane.service import DataPlane
-from qlinkmed.qlinkd.link.machine import Role
 from qlinkmed.qlinkd.link.peer_link import PeerLink
+from qlinkmed.qlinkd.link.states import Role
 from qlinkmed.qlinkd.link.wire import MAX_FRAME_BYTES
 from qlinkmed.qlinkd.local_api import make_local_app
 from qlinkmed.qlinkd.ops import pki

@@ -7,7 +7,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from qlinkmed.qlinkd.link.machine import LinkConfig
+from qlinkmed.qlinkd.link.events import LinkConfig
 from qlinkmed.qlinkd.ops.audit import AuditLog
 from qlinkmed.qlinkd.ops.config import FacilityConfig
 from qlinkmed.qlinkd.ops.metrics import LinkMetrics

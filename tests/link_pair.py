@@ -16,8 +16,10 @@ from qlinkmed.qcore.channel import Eavesdropper
 from qlinkmed.qcore.channel_model import ChannelModel
 from qlinkmed.qlinkd.channel.broker import ChannelBroker, Job, LinkKey, run
 from qlinkmed.qlinkd.errors import FrameError
-from qlinkmed.qlinkd.link import machine as lk
+from qlinkmed.qlinkd.link.events import Event, LinkConfig, RoundEnded
+from qlinkmed.qlinkd.link.machine import LinkConnection
 from qlinkmed.qlinkd.link.persistence import persist
+from qlinkmed.qlinkd.link.states import Role
 from qlinkmed.qlinkd.link.wire import decode_frame, encode_frame
 from qlinkmed.qlinkd.pool.keystore import KeyStore
 
@@ -38,8 +40,8 @@ class End:
     name: str
     peer: str
     store: KeyStore
-    link: lk.LinkConnection
-    events: list[lk.Event] = field(default_factory=list)
+    link: LinkConnection
+    events: list[Event] = field(default_factory=list)
     inbox: list[bytes] = field(default_factory=list)
 
 
@@ -68,8 +70,8 @@ class LinkPair:
         self.b = self._end(names[1], names[0], stores[1])  # type: ignore[index]
 
     def _end(self, name: str, peer: str, store: KeyStore) -> End:
-        config = lk.LinkConfig(facility=name, peer=peer, pulses_per_round=self.pulses, round_timeout_s=5.0)
-        link = lk.LinkConnection(
+        config = LinkConfig(facility=name, peer=peer, pulses_per_round=self.pulses, round_timeout_s=5.0)
+        link = LinkConnection(
             config,
             local=store.link_state(peer),
             auth=store.auth_store(peer),
@@ -99,7 +101,7 @@ class LinkPair:
             target.inbox.extend(self.tap(end.name, round_id, message, data))
             moved = True
         for request in end.link.channel_requests():
-            role = "alice" if end.link.role is lk.Role.ALICE else "bob"
+            role = "alice" if end.link.role is Role.ALICE else "bob"
             outcome = self.broker.submit(
                 LinkKey(alice="hospital-a", bob="hospital-b"), "bb84", role, request.round_id, request.message
             )
@@ -150,5 +152,5 @@ class LinkPair:
             end.link.handle_timer(self.now)
         self.settle()
 
-    def ended(self, end: End) -> list[lk.RoundEnded]:
-        return [e for e in end.events if isinstance(e, lk.RoundEnded)]
+    def ended(self, end: End) -> list[RoundEnded]:
+        return [e for e in end.events if isinstance(e, RoundEnded)]

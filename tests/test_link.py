@@ -12,8 +12,17 @@ import pytest
 from qlinkmed.qcore import messages as qm
 from qlinkmed.qcore.channel import Eavesdropper, EveKind
 from qlinkmed.qcore.errors import AbortReason, LocalProtocolError
-from qlinkmed.qlinkd.link import machine as lk
 from qlinkmed.qlinkd.link import messages as lm
+from qlinkmed.qlinkd.link.events import (
+    HelloReceived,
+    LinkClosed,
+    LinkConfig,
+    NoticeAcked,
+    NoticeReceived,
+    RoundEnded,
+)
+from qlinkmed.qlinkd.link.machine import LinkConnection
+from qlinkmed.qlinkd.link.states import CONSEQUENCES, PEER_INPUTS, TRANSITIONS, Input, Role, State
 from qlinkmed.qlinkd.link.wire import encode_frame
 from qlinkmed.qlinkd.pool.keystore import KeyStore
 from qlinkmed.qlinkd.pool.values import KeyNotice, Segment
@@ -41,8 +50,8 @@ def pair(tmp_path: Path) -> LinkPair:
 
 
 def test_hello_brings_both_ends_to_idle(pair: LinkPair) -> None:
-    assert pair.a.link.state is lk.State.IDLE and pair.b.link.state is lk.State.IDLE
-    assert pair.a.link.role is lk.Role.ALICE and pair.b.link.role is lk.Role.BOB
+    assert pair.a.link.state is State.IDLE and pair.b.link.state is State.IDLE
+    assert pair.a.link.role is Role.ALICE and pair.b.link.role is Role.BOB
 
 
 def test_round_commits_identical_key_at_both_ends(pair: LinkPair) -> None:
@@ -159,7 +168,7 @@ def test_classical_tampering_aborts_the_round_with_no_key(
         assert ended and not ended[-1].established, (end.name, ended)
         assert end.store.pool_bits(end.peer) == 0
         assert end.store.link_state(end.peer).last_committed == 0
-        assert end.store.link_state(end.peer).pending_round == 0 or end.link.state is lk.State.CLOSED
+        assert end.store.link_state(end.peer).pending_round == 0 or end.link.state is State.CLOSED
     # Whatever happened, the link recovers: a new connection settles any pending round, then keys flow.
     fresh = LinkPair(pair.root, stores=(pair.a.store, pair.b.store))
     fresh.connect()
@@ -233,7 +242,7 @@ def test_round_stored_at_bob_only_is_discarded_by_the_next_hello(pair: LinkPair)
 def test_replayed_round_start_is_refused(pair: LinkPair) -> None:
     pair.run_round()
     pair.b.link.receive(1, lm.RoundStart(pulses=pair.pulses), pair.now)
-    assert pair.b.link.state is lk.State.IDLE
+    assert pair.b.link.state is State.IDLE
     (round_id, abort), *_ = pair.b.link.frames_to_send()
     assert round_id == 1 and isinstance(abort, qm.Abort)
     assert abort.reason == AbortReason.PROTOCOL_VIOLATION
@@ -254,8 +263,8 @@ def test_hello_with_other_parameters_closes_the_link(tmp_path: Path) -> None:
     )
     pair.a.link.start(0.0)
     pair.a.link.receive(0, bad, 0.0)
-    assert pair.a.link.state is lk.State.CLOSED
-    closed = [e for e in iter(pair.a.link.next_event, None) if isinstance(e, lk.LinkClosed)]
+    assert pair.a.link.state is State.CLOSED
+    closed = [e for e in iter(pair.a.link.next_event, None) if isinstance(e, LinkClosed)]
     assert closed and "protocol" in closed[0].reason
 
 
@@ -277,8 +286,8 @@ NOTICE = KeyNotice(
 )
 
 
-def _peer_input(kind: lk.Input, round_id: int) -> tuple[int, lm.PeerMessage]:
-    if kind is lk.Input.HELLO:
+def _peer_input(kind: Input, round_id: int) -> tuple[int, lm.PeerMessage]:
+    if kind is Input.HELLO:
         return 0, lm.Hello(
             facility="hospital-a",
             peer="hospital-b",
@@ -290,13 +299,13 @@ def _peer_input(kind: lk.Input, round_id: int) -> tuple[int, lm.PeerMessage]:
             pending_round=0,
             auth_position=0,
         )
-    if kind is lk.Input.ROUND_START:
+    if kind is Input.ROUND_START:
         return round_id, lm.RoundStart(pulses=7)
-    if kind is lk.Input.DISTILL:
+    if kind is Input.DISTILL:
         return round_id, qm.Estimate(test_bits=np.zeros(3, dtype=np.uint8))
-    if kind is lk.Input.KEY_STORED:
+    if kind is Input.KEY_STORED:
         return round_id, lm.KeyStored(confirmation=bytes(16))
-    if kind is lk.Input.NOTICE:
+    if kind is Input.NOTICE:
         return 0, NOTICE
     return 0, lm.NoticeAck(key_id=NOTICE.key_id)
 
@@ -304,23 +313,23 @@ def _peer_input(kind: lk.Input, round_id: int) -> tuple[int, lm.PeerMessage]:
 HELD_FRAMES: dict[str, lm.PeerMessage] = {}
 
 
-def _bob_in(state: lk.State, root: Path) -> tuple[LinkPair, int]:
+def _bob_in(state: State, root: Path) -> tuple[LinkPair, int]:
     pair = LinkPair(root)
-    if state is lk.State.EXPECT_HELLO:
+    if state is State.EXPECT_HELLO:
         pair.b.link.start(0.0)
         return pair, 1
     pair.connect()
-    if state is lk.State.IDLE:
+    if state is State.IDLE:
         return pair, pair.b.link.next_round
-    if state is lk.State.AWAIT_CHANNEL:
+    if state is State.AWAIT_CHANNEL:
         pair.b.link.receive(1, lm.RoundStart(pulses=pair.pulses), 0.0)
         return pair, 1
     held = {"on": False}
 
     def tap(who: str, r: int, message: object, data: bytes) -> list[bytes]:
-        if state is lk.State.DISTILLING and isinstance(message, qm.Sifting):
+        if state is State.DISTILLING and isinstance(message, qm.Sifting):
             held["on"] = True
-        if state is lk.State.AWAIT_CONFIRMATION and isinstance(message, lm.KeyStored) and who == "hospital-a":
+        if state is State.AWAIT_CONFIRMATION and isinstance(message, lm.KeyStored) and who == "hospital-a":
             held["on"] = True
             HELD_FRAMES["key_stored"] = message  # Alice's genuine confirmation, for the legal case
         return [] if held["on"] else [data]
@@ -330,52 +339,52 @@ def _bob_in(state: lk.State, root: Path) -> tuple[LinkPair, int]:
     return pair, 1
 
 
-def _reachable(state: lk.State) -> set[lk.State]:
+def _reachable(state: State) -> set[State]:
     """`state`, and every state the machine's own consequences (key agreed, round ended, link closed)
     may lead on to from it."""
     seen, todo = {state}, [state]
     while todo:
         current = todo.pop()
-        for consequence in lk.CONSEQUENCES:
-            after = lk.TRANSITIONS.get((current, consequence))
+        for consequence in CONSEQUENCES:
+            after = TRANSITIONS.get((current, consequence))
             if after is not None and after not in seen:
                 seen.add(after)
                 todo.append(after)
     return seen
 
 
-@pytest.mark.parametrize("state", [s for s in lk.State if s is not lk.State.CLOSED])
-@pytest.mark.parametrize("kind", sorted(lk.PEER_INPUTS, key=lambda i: i.value))
+@pytest.mark.parametrize("state", [s for s in State if s is not State.CLOSED])
+@pytest.mark.parametrize("kind", sorted(PEER_INPUTS, key=lambda i: i.value))
 def test_every_peer_input_moves_by_the_table_or_ends_the_round(
-    tmp_path: Path, state: lk.State, kind: lk.Input
+    tmp_path: Path, state: State, kind: Input
 ) -> None:
     pair, round_id = _bob_in(state, tmp_path)
     bob = pair.b.link
     assert bob.state is state
     list(iter(bob.next_event, None))
     round_id, message = _peer_input(kind, round_id)
-    if kind is lk.Input.KEY_STORED and state is lk.State.AWAIT_CONFIRMATION:
+    if kind is Input.KEY_STORED and state is State.AWAIT_CONFIRMATION:
         message = HELD_FRAMES.pop("key_stored")
     bob.receive(round_id, message, pair.now)
     events = list(iter(bob.next_event, None))
-    violated = bob.state is lk.State.CLOSED or any(
-        isinstance(e, lk.RoundEnded) and e.reason is AbortReason.PROTOCOL_VIOLATION for e in events
+    violated = bob.state is State.CLOSED or any(
+        isinstance(e, RoundEnded) and e.reason is AbortReason.PROTOCOL_VIOLATION for e in events
     )
-    legal = (state, kind) in lk.TRANSITIONS
+    legal = (state, kind) in TRANSITIONS
     if not legal:
         assert violated, (state, kind, bob.state, events)
         assert bob.state in _reachable(state) - {state}
         return
-    if kind in (lk.Input.NOTICE, lk.Input.NOTICE_ACK, lk.Input.KEY_STORED):
+    if kind in (Input.NOTICE, Input.NOTICE_ACK, Input.KEY_STORED):
         assert not violated
-    assert bob.state in _reachable(lk.TRANSITIONS[(state, kind)]), (state, kind, bob.state)
+    assert bob.state in _reachable(TRANSITIONS[(state, kind)]), (state, kind, bob.state)
 
 
-def _machine(tmp_path: Path) -> lk.LinkConnection:
+def _machine(tmp_path: Path) -> LinkConnection:
     store = KeyStore.open(tmp_path / "one.sqlite3")
     store.init_auth("hospital-b", bytes(range(256)) * 16)
-    config = lk.LinkConfig(facility="hospital-a", peer="hospital-b", pulses_per_round=1000)
-    return lk.LinkConnection(
+    config = LinkConfig(facility="hospital-a", peer="hospital-b", pulses_per_round=1000)
+    return LinkConnection(
         config,
         local=store.link_state("hospital-b"),
         auth=store.auth_store("hospital-b"),
@@ -385,11 +394,11 @@ def _machine(tmp_path: Path) -> lk.LinkConnection:
 
 def test_the_one_transition_method_follows_the_table_for_every_state_and_input(tmp_path: Path) -> None:
     link = _machine(tmp_path)
-    for state in lk.State:
-        for kind in lk.Input:
-            for target in lk.State:
+    for state in State:
+        for kind in Input:
+            for target in State:
                 link.state = state  # set up the case (the machine itself assigns it only in _transition)
-                if lk.TRANSITIONS.get((state, kind)) is target:
+                if TRANSITIONS.get((state, kind)) is target:
                     link._transition(kind, target)
                     assert link.state is target
                 else:
@@ -399,10 +408,8 @@ def test_the_one_transition_method_follows_the_table_for_every_state_and_input(t
 
 
 def test_the_table_leads_nowhere_from_closed_and_every_state_can_close() -> None:
-    assert not [key for key in lk.TRANSITIONS if key[0] is lk.State.CLOSED]
-    assert all(
-        lk.TRANSITIONS[(s, lk.Input.CLOSE)] is lk.State.CLOSED for s in lk.State if s is not lk.State.CLOSED
-    )
+    assert not [key for key in TRANSITIONS if key[0] is State.CLOSED]
+    assert all(TRANSITIONS[(s, Input.CLOSE)] is State.CLOSED for s in State if s is not State.CLOSED)
 
 
 def test_calls_the_table_does_not_allow_raise_and_change_nothing(tmp_path: Path) -> None:
@@ -411,7 +418,7 @@ def test_calls_the_table_does_not_allow_raise_and_change_nothing(tmp_path: Path)
     for call in (lambda: link.begin_round(0.0), lambda: link.notice_stored(NOTICE.key_id)):
         with pytest.raises(LocalProtocolError):
             call()
-        assert link.state is lk.State.EXPECT_HELLO
+        assert link.state is State.EXPECT_HELLO
     assert [type(m) for _, m in link.frames_to_send()] == [lm.Hello]
     assert link.next_event() is None
 
@@ -426,7 +433,7 @@ def test_notices_wait_for_the_hello_then_the_outbox_goes_first(tmp_path: Path) -
     pair.b.link.start(0.0)
     ((_, hello),) = pair.b.link.frames_to_send()
     alice.receive(0, hello, 0.0)
-    assert isinstance(alice.next_event(), lk.HelloReceived) and alice.state is lk.State.IDLE
+    assert isinstance(alice.next_event(), HelloReceived) and alice.state is State.IDLE
     alice.hello_done(next_round=1, auth=pair.a.store.auth_store(pair.a.peer), outbox=[NOTICE])
     assert alice.frames_to_send() == [(0, NOTICE)]
     alice.send_notice(NOTICE)
@@ -446,12 +453,12 @@ def test_an_incoming_notice_is_acknowledged_only_once_stored(pair: LinkPair) -> 
     bob = pair.b.link
     bob.receive(0, notice, pair.now)
     assert bob.frames_to_send() == []  # nothing before the durable write
-    assert bob.next_event() == lk.NoticeReceived(notice=notice)
+    assert bob.next_event() == NoticeReceived(notice=notice)
     bob.notice_stored(notice.key_id)
     ((_, ack),) = bob.frames_to_send()
     assert ack == lm.NoticeAck(key_id=notice.key_id)
     pair.a.link.receive(0, ack, pair.now)
-    assert pair.a.link.next_event() == lk.NoticeAcked(key_id=notice.key_id)
+    assert pair.a.link.next_event() == NoticeAcked(key_id=notice.key_id)
 
 
 def test_the_pair_acknowledges_notices_and_empties_the_outbox(pair: LinkPair) -> None:
@@ -463,7 +470,7 @@ def test_the_pair_acknowledges_notices_and_empties_the_outbox(pair: LinkPair) ->
         pair.a.link.send_notice(notice)
     pair.settle()
     assert pair.a.store.outbox(pair.a.peer) == []
-    assert [type(e) for e in pair.b.events].count(lk.NoticeReceived) == 2
+    assert [type(e) for e in pair.b.events].count(NoticeReceived) == 2
 
 
 def test_a_reconnect_resends_the_unacknowledged_outbox(pair: LinkPair) -> None:
@@ -475,7 +482,7 @@ def test_a_reconnect_resends_the_unacknowledged_outbox(pair: LinkPair) -> None:
     fresh = LinkPair(pair.root, stores=(pair.a.store, pair.b.store))
     fresh.connect()
     assert pair.a.store.outbox(pair.a.peer) == []
-    assert [e.notice for e in fresh.b.events if isinstance(e, lk.NoticeReceived)] == [notice]
+    assert [e.notice for e in fresh.b.events if isinstance(e, NoticeReceived)] == [notice]
 
 
 def test_key_bits_count_the_whole_bytes_stored(pair: LinkPair) -> None:
@@ -493,9 +500,9 @@ def test_channel_failure_at_bob_releases_alice_at_once(pair: LinkPair) -> None:
     pair.b.link.channel_result(1, lm.ChannelError(reason="not connected"), pair.now)
     for round_id, message in pair.b.link.frames_to_send():
         pair.a.link.receive(round_id, message, pair.now)
-    ended = [e for e in iter(pair.a.link.next_event, None) if isinstance(e, lk.RoundEnded)]
+    ended = [e for e in iter(pair.a.link.next_event, None) if isinstance(e, RoundEnded)]
     assert ended and ended[0].reason is AbortReason.CHANNEL_UNAVAILABLE and ended[0].by_peer
-    assert pair.a.link.state is lk.State.IDLE
+    assert pair.a.link.state is State.IDLE
 
 
 def test_forged_key_confirmation_never_commits(pair: LinkPair) -> None:
@@ -507,7 +514,7 @@ def test_forged_key_confirmation_never_commits(pair: LinkPair) -> None:
 
     pair.tap = tap
     pair.run_round()
-    assert pair.a.link.state is lk.State.CLOSED
+    assert pair.a.link.state is State.CLOSED
     assert pair.a.store.link_state(pair.a.peer).last_committed == 0
     # Both ends did hold the key: the next hello settles the pending round consistently.
     fresh = LinkPair(pair.root, stores=(pair.a.store, pair.b.store))

@@ -16,7 +16,7 @@ from qlinkmed.qcore.estimation import Statistics
 from qlinkmed.qcore.round_state import RoundOutcome
 from qlinkmed.qlinkd.errors import StatusFormatError
 from qlinkmed.qlinkd.link import policy
-from qlinkmed.qlinkd.link.machine import RoundEnded
+from qlinkmed.qlinkd.link.events import RoundEnded
 from qlinkmed.qlinkd.link.policy import PoolLevels, StartGate, Verdict
 from qlinkmed.qlinkd.link.status import LinkStatus, RoundCounts, RoundRecord
 

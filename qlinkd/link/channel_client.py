@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 from qlinkmed.qlinkd.errors import FrameError
 from qlinkmed.qlinkd.link import messages as lm
+from qlinkmed.qlinkd.link.events import ChannelRequest
 from qlinkmed.qlinkd.link.framing import encode_length_prefixed, read_frame
-from qlinkmed.qlinkd.link.machine import ChannelRequest
 from qlinkmed.qlinkd.link.wire import MAX_FRAME_BYTES, decode_frame, encode_frame
 from qlinkmed.qlinkd.ops.backoff import Backoff
 from qlinkmed.qlinkd.ops.toml_reader import Address
@@ -22,7 +22,7 @@ log = logging.getLogger("qlink.link")
 RECONNECT_S = (0.1, 2.0)
 """First and longest pause between connection attempts (growing by half each time)."""
 CLOSE_WAIT_S = 1.0
-"""How long closing a connection waits for the other side."""
+"""How long closing a connection (to the peer or to the channel service) waits for the other side."""
 
 
 def backoff() -> Backoff:

@@ -10,14 +10,17 @@ confirmations (``stored``, ``notice_stored``), key notices to send (``send_notic
 (``handle_timer``), and drains ``frames_to_send``, ``channel_requests`` and ``next_event``;
 ``get_timer`` says when to call ``handle_timer`` next. The caller must act on every event (persist,
 commit) before it flushes frames, so nothing is promised to the peer that the disk does not hold yet.
-Every frame either end sends is queued here. ``TRANSITIONS`` names, for every (state, input) pair the
-link accepts, the state it leads to; one method performs every transition and checks it against the
+Every frame either end sends is queued here. ``states.TRANSITIONS`` names, for every (state, input) pair
+the link accepts, the state it leads to; one method performs every transition and checks it against the
 table. A peer input missing from the table ends the round (or, before the hello or between rounds, the
 connection); a call of ours that the table does not allow raises ``LocalProtocolError``.
 
 Key confirmation and commit: an end commits a round only once it has stored the key itself and has the
 peer's ``KeyStored``. A crash in between leaves a pending round that the next hello settles with the
 rule in ``keystore.reconcile``, so the two pools never diverge.
+
+The configuration and the events the caller drains are in ``events.py``; the states, inputs and the
+table in ``states.py``; what one round holds, its channel submission and its session in ``rounds.py``.
 """
 
 from __future__ import annotations
@@ -25,242 +28,35 @@ from __future__ import annotations
 import hmac
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from enum import Enum, auto
+from dataclasses import asdict
 
 import numpy as np
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.hmac import HMAC
 
 from qlinkmed.qcore import messages as qm
 from qlinkmed.qcore.auth import AuthKeyStore
-from qlinkmed.qcore.channel import PreparedPulses, prepare_bb84
 from qlinkmed.qcore.codec import Message
 from qlinkmed.qcore.errors import AbortReason, LocalProtocolError
-from qlinkmed.qcore.params import DecoySource, DistillConfig, ProtocolKind, SourceKind
 from qlinkmed.qcore.round_state import RoundOutcome
-from qlinkmed.qcore.session import AliceSession, BobSession
+from qlinkmed.qcore.session import BobSession
 from qlinkmed.qlinkd.link import messages as lm
+from qlinkmed.qlinkd.link.events import (
+    AuthAdvanced,
+    ChannelRequest,
+    CommitRound,
+    DiscardRound,
+    Event,
+    HelloReceived,
+    LinkClosed,
+    LinkConfig,
+    NoticeAcked,
+    NoticeReceived,
+    RoundEnded,
+    RoundStarted,
+    StorePending,
+)
+from qlinkmed.qlinkd.link.rounds import Round, key_confirmation, make_session, open_round, whole_bytes
+from qlinkmed.qlinkd.link.states import TRANSITIONS, Input, Role, State
 from qlinkmed.qlinkd.pool.values import KeyNotice, LinkState
-
-E91_SETTINGS = 3
-
-
-class Role(Enum):
-    ALICE = "alice"
-    BOB = "bob"
-
-
-class State(Enum):
-    EXPECT_HELLO = auto()
-    IDLE = auto()
-    AWAIT_CHANNEL = auto()
-    DISTILLING = auto()
-    AWAIT_CONFIRMATION = auto()
-    CLOSED = auto()
-
-
-class Input(Enum):
-    # from the peer
-    HELLO = auto()
-    ROUND_START = auto()
-    DISTILL = auto()
-    KEY_STORED = auto()
-    NOTICE = auto()
-    NOTICE_ACK = auto()
-    # from the caller
-    BEGIN_ROUND = auto()
-    CHANNEL_RESULT = auto()
-    STORED = auto()
-    SEND_NOTICE = auto()
-    NOTICE_STORED = auto()
-    TIMER = auto()
-    # consequences inside the machine of one of the inputs above
-    KEY_AGREED = auto()
-    ROUND_ENDED = auto()
-    CLOSE = auto()
-
-
-PEER_INPUTS = frozenset(
-    {Input.HELLO, Input.ROUND_START, Input.DISTILL, Input.KEY_STORED, Input.NOTICE, Input.NOTICE_ACK}
-)
-"""Inputs the peer causes: one outside the table is a protocol violation (the round or link ends)."""
-CONSEQUENCES = frozenset({Input.KEY_AGREED, Input.ROUND_ENDED, Input.CLOSE})
-"""Inputs the machine gives itself while handling another one."""
-
-_ROUND_STATES = (State.AWAIT_CHANNEL, State.DISTILLING, State.AWAIT_CONFIRMATION)
-_LINK_UP = (State.IDLE, *_ROUND_STATES)
-
-TRANSITIONS: dict[tuple[State, Input], State] = {
-    (State.EXPECT_HELLO, Input.HELLO): State.IDLE,
-    (State.IDLE, Input.BEGIN_ROUND): State.AWAIT_CHANNEL,
-    # A refused round start (replayed, or of other size) is answered with an Abort and leaves IDLE as is.
-    (State.IDLE, Input.ROUND_START): State.AWAIT_CHANNEL,
-    (State.AWAIT_CHANNEL, Input.CHANNEL_RESULT): State.DISTILLING,
-    # Bob's first message may overtake Alice's own channel result: she holds it until then.
-    (State.AWAIT_CHANNEL, Input.DISTILL): State.AWAIT_CHANNEL,
-    (State.DISTILLING, Input.DISTILL): State.DISTILLING,
-    (State.DISTILLING, Input.KEY_AGREED): State.AWAIT_CONFIRMATION,
-    (State.AWAIT_CONFIRMATION, Input.DISTILL): State.AWAIT_CONFIRMATION,
-    (State.AWAIT_CONFIRMATION, Input.STORED): State.AWAIT_CONFIRMATION,
-    (State.AWAIT_CONFIRMATION, Input.KEY_STORED): State.AWAIT_CONFIRMATION,
-    # Key notices travel between rounds and during them; before the hello the outbox waits for it.
-    (State.EXPECT_HELLO, Input.SEND_NOTICE): State.EXPECT_HELLO,
-    **{
-        (s, i): s
-        for s in _LINK_UP
-        for i in (Input.NOTICE, Input.NOTICE_ACK, Input.SEND_NOTICE, Input.NOTICE_STORED)
-    },
-    **{(s, Input.TIMER): s for s in State if s is not State.CLOSED},
-    # A round ends (committed, aborted or timed out) only from a state that has one.
-    **{(s, Input.ROUND_ENDED): State.IDLE for s in _ROUND_STATES},
-    **{(s, Input.CLOSE): State.CLOSED for s in State if s is not State.CLOSED},
-}
-"""(state, input) -> the state it leads to. A peer input outside the table ends the round, or the link
-when there is no round; a consequence or a call of ours outside it is a bug (LocalProtocolError)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LinkConfig:
-    facility: str
-    """This end's facility id."""
-    peer: str
-    """The other end's facility id."""
-    protocol: ProtocolKind = ProtocolKind.BB84
-    """BB84 or E91; both ends must agree (checked at hello)."""
-    source: SourceKind = SourceKind.SINGLE_PHOTON
-    """BB84 source; a weak-coherent-pulse source runs decoy states."""
-    pulses_per_round: int = 1_000_000
-    """Pulses (BB84) or pairs (E91) per round."""
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    """Distillation policy: thresholds, sample fraction, security parameters."""
-    round_timeout_s: float = 10.0
-    """A round (or a hello) that makes no progress for this long is abandoned."""
-
-    @property
-    def role(self) -> Role:
-        # The facility whose id sorts first is Alice on the link: no negotiation, no tie.
-        return Role.ALICE if self.facility < self.peer else Role.BOB
-
-    @property
-    def alice(self) -> str:
-        return min(self.facility, self.peer)
-
-    def owner_of(self, round_id: int) -> str:
-        """The end that may hand a round's key out as master keys: Alice odd rounds, Bob even ones."""
-        return self.alice if round_id % 2 else max(self.facility, self.peer)
-
-
-# ---- events for the caller ------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HelloReceived:
-    remote: LinkState
-    """The peer's durable state: reconcile the pool with it, then call ``hello_done``."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RoundStarted:
-    round_id: int
-    """Persist the round id as used before anything about it leaves this end."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AuthAdvanced:
-    position: int
-    """Persist the authentication-key position before sending: a pad must never be used twice."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StorePending:
-    round_id: int
-    owner: str
-    key: bytes
-    auth_refill: bytes
-
-    def __repr__(self) -> str:
-        return f"StorePending(round_id={self.round_id}, owner={self.owner!r}, key=(hidden))"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CommitRound:
-    round_id: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DiscardRound:
-    round_id: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RoundEnded:
-    round_id: int
-    outcome: RoundOutcome | None
-    """The distillation outcome, None when the round ended before distillation began."""
-    reason: AbortReason
-    detail: str
-    started_at: float
-    ended_at: float
-    by_peer: bool = False
-    """The peer ended the round; `reason` is the cause it reported."""
-    key_bits: int = 0
-    """Bits of key this end committed from the round (whole bytes of the distilled key; 0 unless
-    established): the figure status, metrics and audit report, equal to what the pool gained."""
-
-    @property
-    def established(self) -> bool:
-        return self.reason is AbortReason.NONE
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NoticeReceived:
-    notice: KeyNotice
-    """Persist it (the peer handed these pool bytes out), then call ``notice_stored``: only that
-    queues the acknowledgement."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NoticeAcked:
-    key_id: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LinkClosed:
-    reason: str
-
-
-Event = (
-    HelloReceived
-    | RoundStarted
-    | AuthAdvanced
-    | StorePending
-    | CommitRound
-    | DiscardRound
-    | RoundEnded
-    | NoticeReceived
-    | NoticeAcked
-    | LinkClosed
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelRequest:
-    """A submission for the quantum channel: Alice's pulses, or a party's analyser settings."""
-
-    round_id: int
-    message: lm.ChannelSubmission
-
-
-@dataclass(slots=True)
-class _Round:
-    round_id: int
-    started_at: float
-    prepared: PreparedPulses | None = None
-    alice_settings: np.ndarray | None = None
-    session: AliceSession | BobSession | None = None
-    held: lm.Distill | None = None
-    stored: bool = False
-    peer_stored: bool = False
-    key: bytes = field(default=b"", repr=False)
 
 
 class LinkConnection:
@@ -275,7 +71,7 @@ class LinkConnection:
         self._auth_reported = auth.position
         self._rng = rng
         self._next_round = local.next_round
-        self._round: _Round | None = None
+        self._round: Round | None = None
         self._frames: list[tuple[int, lm.PeerMessage]] = []
         self._channel: list[ChannelRequest] = []
         self._events: deque[Event] = deque()
@@ -307,17 +103,14 @@ class LinkConnection:
     # ---- inputs ------------------------------------------------------------------------------------
     def start(self, now: float) -> None:
         """The connection is up: introduce ourselves."""
-        c, s = self.config, self._local
+        c = self.config
         hello = lm.Hello(
             facility=c.facility,
             peer=c.peer,
             protocol=c.protocol.value,
             source=c.source.value,
             pulses_per_round=c.pulses_per_round,
-            next_round=s.next_round,
-            last_committed=s.last_committed,
-            pending_round=s.pending_round,
-            auth_position=s.auth_position,
+            **asdict(self._local),
         )
         self._frames.append((0, hello))
         self._deadline = now + c.round_timeout_s
@@ -381,7 +174,7 @@ class LinkConnection:
             return
         self._deadline = now + self.config.round_timeout_s
         try:
-            session = self._make_session(rnd, message)
+            session = make_session(self.config, rnd, message, auth=self._auth, rng=self._rng)
         except ValueError as exc:
             self._abort_round(AbortReason.PROTOCOL_VIOLATION, f"quantum channel: {exc}", now)
             return
@@ -487,15 +280,9 @@ class LinkConnection:
         if problems:
             self._close("hello refused: " + "; ".join(problems))
             return
-        remote = LinkState(
-            next_round=hello.next_round,
-            last_committed=hello.last_committed,
-            pending_round=hello.pending_round,
-            auth_position=hello.auth_position,
-        )
         self._transition(Input.HELLO, State.IDLE)
         self._deadline = None
-        self._events.append(HelloReceived(remote=remote))
+        self._events.append(HelloReceived(remote=hello))  # a Hello is the peer's LinkState
 
     def _on_round_start(self, round_id: int, msg: lm.RoundStart, now: float) -> None:
         if self.role is not Role.BOB:
@@ -528,71 +315,13 @@ class LinkConnection:
         self._maybe_commit(rnd, now)
 
     def _open_round(self, round_id: int, via: Input, now: float) -> None:
-        c = self.config
-        n = c.pulses_per_round
-        rnd = _Round(round_id=round_id, started_at=now)
+        rnd, submission = open_round(self.config, round_id, now, self._rng)
         self._round = rnd
         self._next_round = round_id + 1
         self._events.append(RoundStarted(round_id=round_id))
-        if c.protocol is ProtocolKind.BB84 and self.role is Role.ALICE:
-            decoy = DecoySource() if c.source is SourceKind.WCP else None
-            rnd.prepared = prepare_bb84(n, source=c.source, decoy=decoy, rng=self._rng)
-            msg: lm.ChannelSubmission = lm.PulseTrain(
-                bits=rnd.prepared.bits, bases=rnd.prepared.bases, intensities=rnd.prepared.intensity_class
-            )
-        else:
-            levels = 2 if c.protocol is ProtocolKind.BB84 else E91_SETTINGS
-            rnd.alice_settings = self._rng.integers(0, levels, size=n, dtype=np.uint8)
-            msg = lm.AnalyserSettings(settings=rnd.alice_settings)
-        self._channel.append(ChannelRequest(round_id=round_id, message=msg))
+        self._channel.append(ChannelRequest(round_id=round_id, message=submission))
         self._transition(via, State.AWAIT_CHANNEL)
-        self._deadline = now + c.round_timeout_s
-
-    def _make_session(self, rnd: _Round, message: lm.WireMessage) -> AliceSession | BobSession:
-        c = self.config
-        n = c.pulses_per_round
-        if self.role is Role.ALICE and c.protocol is ProtocolKind.BB84:
-            if not isinstance(message, lm.PulsesSent) or message.count != n:
-                raise ValueError(f"expected confirmation of {n} pulses sent, got {type(message).__name__}")
-            p = rnd.prepared
-            if p is None:
-                raise ValueError("no pulses prepared")
-            return AliceSession(
-                c.distill,
-                bits=p.bits,
-                settings=p.bases,
-                detected=np.ones(n, dtype=bool),
-                intensities=p.intensity_class,
-                auth=self._auth,
-                rng=self._rng,
-            )
-        if not isinstance(message, lm.DetectionRecord) or message.detected.size != n:
-            raise ValueError(f"expected a detection record of {n} gates, got {type(message).__name__}")
-        settings = rnd.alice_settings
-        if settings is None:
-            raise ValueError("no analyser settings chosen")
-        bits = np.zeros(n, dtype=np.uint8)
-        detected = message.detected.astype(bool)
-        bits[detected] = message.bits
-        if self.role is Role.ALICE:
-            return AliceSession(
-                c.distill,
-                bits=bits,
-                settings=settings,
-                detected=detected,
-                intensities=None,
-                auth=self._auth,
-                rng=self._rng,
-            )
-        return BobSession(
-            c.distill,
-            round_id=rnd.round_id,
-            bits=bits,
-            settings=settings,
-            detected=detected,
-            auth=self._auth,
-            rng=self._rng,
-        )
+        self._deadline = now + self.config.round_timeout_s
 
     def _on_distill(self, round_id: int, msg: lm.Distill, now: float) -> None:
         rnd = self._round
@@ -605,7 +334,7 @@ class LinkConnection:
             return
         if self.state is State.AWAIT_CHANNEL:
             if isinstance(msg, qm.Abort):
-                self._end_round(_peer_reason(msg), _abort_text(msg), now, by_peer=True)
+                self._end_round(msg.peer_reason(), msg.describe(), now, by_peer=True)
             elif rnd.held is None and self.role is Role.ALICE:
                 self._transition(Input.DISTILL, State.AWAIT_CHANNEL)
                 rnd.held = msg
@@ -616,7 +345,7 @@ class LinkConnection:
         self._deadline = now + self.config.round_timeout_s
         self._feed(rnd, msg, now)
 
-    def _feed(self, rnd: _Round, msg: lm.Distill, now: float) -> None:
+    def _feed(self, rnd: Round, msg: lm.Distill, now: float) -> None:
         session = rnd.session
         if session is None:
             return
@@ -643,17 +372,17 @@ class LinkConnection:
             reason, by_peer = outcome.abort_reason, False
             if reason is AbortReason.PEER_ABORTED and isinstance(msg, qm.Abort):
                 # Report the cause the peer measured (an eavesdropper's QBER is an alarm at both ends).
-                reason, by_peer = _peer_reason(msg), True
+                reason, by_peer = msg.peer_reason(), True
             self._end_round(reason, outcome.abort_detail, now, outcome=outcome, by_peer=by_peer)
 
-    def _send_distill(self, rnd: _Round, out: list[Message]) -> None:
+    def _send_distill(self, rnd: Round, out: list[Message]) -> None:
         if self._auth.position != self._auth_reported:
             # Ahead of the frames that used the keys: the caller persists before it sends.
             self._auth_reported = self._auth.position
             self._events.append(AuthAdvanced(position=self._auth.position))
         self._frames.extend((rnd.round_id, _distill(msg)) for msg in out)
 
-    def _maybe_commit(self, rnd: _Round, now: float) -> None:
+    def _maybe_commit(self, rnd: Round, now: float) -> None:
         if not (rnd.stored and rnd.peer_stored):
             return
         self._events.append(CommitRound(round_id=rnd.round_id))
@@ -735,43 +464,8 @@ class LinkConnection:
         self._events.append(LinkClosed(reason=reason))
 
 
-CONFIRMATION_BYTES = 16
-
-
-def key_confirmation(key: bytes, round_id: int, sender: str) -> bytes:
-    """Proof that `sender` holds the round's key: HMAC-SHA256 keyed with the key itself. Whoever forges a
-    KeyStored without the key (a man in the middle with stolen TLS certificates) cannot make an end
-    commit a round its peer does not hold."""
-    mac = HMAC(key, hashes.SHA256())
-    mac.update(b"qlink key confirmation v1\x00" + sender.encode() + b"\x00" + round_id.to_bytes(8, "big"))
-    return mac.finalize()[:CONFIRMATION_BYTES]
-
-
-def whole_bytes(bits: np.ndarray) -> bytes:
-    """The key as stored: the pool holds whole bytes, so the last `bits.size % 8` bits (fewer than 8)
-    are not kept. Round figures count ``8 * len(key)``, what the pool actually gained."""
-    whole = bits.size - bits.size % 8
-    return np.packbits(bits[:whole]).tobytes()
-
-
 def _distill(msg: Message) -> lm.Distill:
     """A session's output, as the union the wire carries (the sessions return qcore's base type)."""
     if isinstance(msg, lm.DISTILL_TYPES):
         return msg
     raise LocalProtocolError(f"{type(msg).__name__} is no distillation message")
-
-
-def _peer_reason(msg: qm.Abort) -> AbortReason:
-    try:
-        reason = AbortReason(msg.reason)
-    except ValueError:
-        return AbortReason.PEER_ABORTED
-    return AbortReason.PEER_ABORTED if reason is AbortReason.NONE else reason
-
-
-def _abort_text(msg: qm.Abort) -> str:
-    try:
-        reason = AbortReason(msg.reason).name.lower()
-    except ValueError:
-        reason = f"code {msg.reason}"
-    return f"peer aborted ({reason}): {msg.detail.decode('utf-8', 'replace')[:200]}"

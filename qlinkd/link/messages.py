@@ -6,17 +6,20 @@ already satisfies its invariants (``wire.py`` wraps the failures into ``FrameErr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import get_args
 
 import numpy as np
 
 from qlinkmed.qcore import messages as qm
 from qlinkmed.qcore.constants import FACILITY_ID_PATTERN, is_facility_id
-from qlinkmed.qlinkd.errors import FrameError
-from qlinkmed.qlinkd.pool.values import KeyNotice
+from qlinkmed.qlinkd.errors import FrameError, StoreError
+from qlinkmed.qlinkd.pool.values import KeyNotice, LinkState
 
 PROTOCOLS = ("bb84", "e91")
 SOURCES = ("single-photon", "wcp")
 ROLES = ("alice", "bob")
+CONFIRMATION_BYTES = 16
+"""Length of ``KeyStored.confirmation``, a truncated HMAC-SHA256 (``rounds.key_confirmation``)."""
 
 
 def _name(value: str, what: str) -> None:
@@ -37,24 +40,26 @@ def _levels(values: np.ndarray, levels: int, what: str) -> None:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Hello:
+class Hello(LinkState):
+    """The first frame either end sends: its durable ``LinkState`` (the fields and checks it inherits,
+    what the pools reconcile with) and the link parameters both ends must share."""
+
     facility: str
     peer: str
     protocol: str
     source: str
     pulses_per_round: int
-    next_round: int
-    last_committed: int
-    pending_round: int
-    auth_position: int
 
     def __post_init__(self) -> None:
         _name(self.facility, "hello.facility")
         _name(self.peer, "hello.peer")
         _choice(self.protocol, PROTOCOLS, "hello.protocol")
         _choice(self.source, SOURCES, "hello.source")
-        if self.next_round < 1:
-            raise FrameError("hello.next_round: round ids start at 1")
+        try:
+            # Named, not super(): slots=True rebuilds the class, which breaks zero-argument super().
+            LinkState.__post_init__(self)
+        except StoreError as exc:
+            raise FrameError(f"hello.{exc.field}: {exc.message}") from None
         if self.last_committed >= self.next_round or self.pending_round >= self.next_round:
             raise FrameError("hello: a committed or pending round lies beyond next_round")
 
@@ -71,11 +76,13 @@ class RoundStart:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KeyStored:
     confirmation: bytes = field(repr=False)
-    """``link.key_confirmation`` of the sender: it holds the round's key, not merely says so."""
+    """``rounds.key_confirmation`` of the sender: it holds the round's key, not merely says so."""
 
     def __post_init__(self) -> None:
-        if len(self.confirmation) != 16:
-            raise FrameError(f"key_stored.confirmation: {len(self.confirmation)} bytes, expected 16")
+        if len(self.confirmation) != CONFIRMATION_BYTES:
+            raise FrameError(
+                f"key_stored.confirmation: {len(self.confirmation)} bytes, expected {CONFIRMATION_BYTES}"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,17 +165,7 @@ Distill = (
     | qm.Abort
 )
 """qcore's distillation messages, as they cross the classical channel inside a round."""
-DISTILL_TYPES = (
-    qm.Detections,
-    qm.Sifting,
-    qm.Estimate,
-    qm.ParityRequest,
-    qm.ParityReply,
-    qm.Verify,
-    qm.Amplify,
-    qm.AuthTag,
-    qm.Abort,
-)
+DISTILL_TYPES: tuple[type[Distill], ...] = get_args(Distill)
 """The members of ``Distill``, for isinstance (the sessions and the codec return qcore's base type)."""
 LinkControl = Hello | RoundStart | KeyStored | KeyNotice | NoticeAck
 """What the link machines exchange around the rounds."""

@@ -23,12 +23,14 @@ import numpy as np
 from aiohttp import web
 
 from qlinkmed.qlinkd.errors import FrameError, StoreError
-from qlinkmed.qlinkd.link import machine as lk
 from qlinkmed.qlinkd.link import messages as lm
 from qlinkmed.qlinkd.link import policy
-from qlinkmed.qlinkd.link.channel_client import ChannelClient, backoff, raise_if_cancelling
+from qlinkmed.qlinkd.link.channel_client import CLOSE_WAIT_S, ChannelClient, backoff, raise_if_cancelling
+from qlinkmed.qlinkd.link.events import Event, HelloReceived, LinkClosed, NoticeReceived, RoundEnded
+from qlinkmed.qlinkd.link.machine import LinkConnection
 from qlinkmed.qlinkd.link.persistence import persist
 from qlinkmed.qlinkd.link.reporting import LinkReporter
+from qlinkmed.qlinkd.link.states import Role, State
 from qlinkmed.qlinkd.link.status import LinkStatus
 from qlinkmed.qlinkd.link.wire import MAX_FRAME_BYTES, decode_frame, encode_frame
 from qlinkmed.qlinkd.ops import pki
@@ -39,8 +41,6 @@ log = logging.getLogger("qlink.link")
 
 RECHECK_S = 1.0
 """How often an idle link re-reads the pool level (keys handed out may have drained it)."""
-CLOSE_WAIT_S = 1.0
-"""How long closing a connection waits for the peer's goodbye."""
 CHANNEL_GRACE_S = 2.0
 """How long a round waits for this end's quantum-channel connection before it is given up."""
 
@@ -88,7 +88,7 @@ class PeerLink:
         )
         self.channel = ChannelClient(runtime.config.channel, runtime.client_ssl, hello, self._channel_answer)
         self._gate = policy.StartGate()
-        self.link: lk.LinkConnection | None = None
+        self.link: LinkConnection | None = None
         self.report = LinkReporter(
             runtime, peer_id, role=self.role.value, qber_tolerance=self.config.distill.qber_tolerance
         )
@@ -97,7 +97,7 @@ class PeerLink:
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.channel.run())
-            if self.role is lk.Role.ALICE:
+            if self.role is Role.ALICE:
                 tg.create_task(self._dial_loop())
 
     async def accept(self, ws: web.WebSocketResponse) -> None:
@@ -122,7 +122,7 @@ class PeerLink:
             peer=peer_id,
             role=self.role.value,
             protocol=self.config.protocol.value,
-            connected=link is not None and link.state is not lk.State.CLOSED,
+            connected=link is not None and link.state is not State.CLOSED,
             channel_connected=self.channel.connected,
             state=link.state.name.lower() if link is not None else "disconnected",
             pool_bits=store.pool_bits(peer_id),
@@ -169,7 +169,7 @@ class PeerLink:
     async def _session(self, ws: WebSocket) -> None:
         store = self.rt.store
         queue: asyncio.Queue[_Input] = asyncio.Queue()
-        link = lk.LinkConnection(
+        link = LinkConnection(
             self.config,
             local=store.link_state(self.peer.id),
             auth=store.auth_store(self.peer.id),
@@ -209,9 +209,9 @@ class PeerLink:
         finally:
             queue.put_nowait(_Closed(reason))
 
-    async def _drive(self, link: lk.LinkConnection, ws: WebSocket, queue: asyncio.Queue[_Input]) -> None:
+    async def _drive(self, link: LinkConnection, ws: WebSocket, queue: asyncio.Queue[_Input]) -> None:
         await self._flush(link, ws)
-        while link.state is not lk.State.CLOSED:
+        while link.state is not State.CLOSED:
             deadline = link.get_timer()
             wait = RECHECK_S if deadline is None else max(0.0, min(RECHECK_S, deadline - time.monotonic()))
             # Most inputs are already queued during a round: skip the timer machinery for them.
@@ -235,7 +235,7 @@ class PeerLink:
                 case _Closed(reason=reason):
                     link.close(reason)
             await self._flush(link, ws)
-            if self.role is lk.Role.ALICE and link.state is lk.State.IDLE and self._may_start(now):
+            if self.role is Role.ALICE and link.state is State.IDLE and self._may_start(now):
                 link.begin_round(now)
                 await self._flush(link, ws)
 
@@ -253,7 +253,7 @@ class PeerLink:
         self._gate = decision.gate
         return decision.start
 
-    async def _flush(self, link: lk.LinkConnection, ws: WebSocket) -> None:
+    async def _flush(self, link: LinkConnection, ws: WebSocket) -> None:
         # Events first: what they persist is what the frames after them promise.
         while (event := link.next_event()) is not None:
             self._on_event(link, event)
@@ -273,25 +273,25 @@ class PeerLink:
                 await self._flush(link, ws)
                 return
 
-    def _on_event(self, link: lk.LinkConnection, event: lk.Event) -> None:
+    def _on_event(self, link: LinkConnection, event: Event) -> None:
         try:
             result = persist(self.rt.store, link, self.peer.id, event, time.monotonic())
         except StoreError as exc:
-            if not isinstance(event, lk.NoticeReceived):
+            if not isinstance(event, NoticeReceived):
                 raise
             self.report.notice_refused(event.notice.key_id, exc)  # not acknowledged: never carved
             return
         match event:
-            case lk.HelloReceived() if result is not None:
+            case HelloReceived() if result is not None:
                 self.report.link_up(result)
-            case lk.RoundEnded():
+            case RoundEnded():
                 self.report.round_ended(event)
                 self._gate = policy.after_round(
                     self._gate, established=event.established, now=time.monotonic()
                 )
-            case lk.NoticeReceived():
+            case NoticeReceived():
                 self.rt.kme_notice_arrived()
-            case lk.LinkClosed(reason=reason):
+            case LinkClosed(reason=reason):
                 self.report.link_down(reason)
 
 

@@ -4,20 +4,31 @@ exactly the persistence the daemon does."""
 
 from __future__ import annotations
 
-from qlinkmed.qlinkd.link import machine as lk
+from qlinkmed.qlinkd.link.events import (
+    AuthAdvanced,
+    CommitRound,
+    DiscardRound,
+    Event,
+    HelloReceived,
+    NoticeAcked,
+    NoticeReceived,
+    RoundStarted,
+    StorePending,
+)
+from qlinkmed.qlinkd.link.machine import LinkConnection
 from qlinkmed.qlinkd.pool.keystore import KeyStore
 from qlinkmed.qlinkd.pool.values import ReconcileResult
 
 
 def persist(
-    store: KeyStore, link: lk.LinkConnection, peer: str, event: lk.Event, now: float
+    store: KeyStore, link: LinkConnection, peer: str, event: Event, now: float
 ) -> ReconcileResult | None:
     """Apply `event` to `store` and feed back what the machine waits for. Returns the reconcile result
     for a hello (the caller logs and audits it), None otherwise. Events with no durable side are left
     to the caller. A peer's key notice that does not match our pool raises ``StoreError`` and is not
     acknowledged."""
     match event:
-        case lk.HelloReceived(remote=remote):
+        case HelloReceived(remote=remote):
             result = store.reconcile(peer, remote)
             # The peer may have spent authentication key we never saw it use (it crashed after the
             # write-ahead): skip past it, never reuse it.
@@ -27,21 +38,21 @@ def persist(
                 next_round=result.next_round, auth=store.auth_store(peer), outbox=store.outbox(peer)
             )
             return result
-        case lk.RoundStarted(round_id=round_id):
+        case RoundStarted(round_id=round_id):
             store.note_round_started(peer, round_id)
-        case lk.AuthAdvanced(position=position):
+        case AuthAdvanced(position=position):
             store.advance_auth(peer, position)
-        case lk.StorePending(round_id=round_id, owner=owner, key=key, auth_refill=refill):
+        case StorePending(round_id=round_id, owner=owner, key=key, auth_refill=refill):
             store.store_pending(peer, round_id, owner=owner, key=key, auth_refill=refill)
             link.stored(round_id, now)
-        case lk.CommitRound(round_id=round_id):
+        case CommitRound(round_id=round_id):
             store.commit(peer, round_id)
             link.replace_auth(store.auth_store(peer))
-        case lk.DiscardRound(round_id=round_id):
+        case DiscardRound(round_id=round_id):
             store.discard_pending(peer, round_id)
-        case lk.NoticeReceived(notice=notice):
+        case NoticeReceived(notice=notice):
             store.accept_notice(peer, notice)
             link.notice_stored(notice.key_id)
-        case lk.NoticeAcked(key_id=key_id):
+        case NoticeAcked(key_id=key_id):
             store.ack_notice(peer, key_id)
     return None

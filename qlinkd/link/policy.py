@@ -10,7 +10,7 @@ from enum import Enum
 from qlinkmed.qcore.auth import ROUND_AUTH_BITS
 from qlinkmed.qcore.errors import AbortReason
 from qlinkmed.qcore.estimation import Statistics
-from qlinkmed.qlinkd.link.machine import RoundEnded
+from qlinkmed.qlinkd.link.events import RoundEnded
 from qlinkmed.qlinkd.link.status import RoundRecord
 
 EAVESDROPPER_REASONS = frozenset(

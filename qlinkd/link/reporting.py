@@ -8,7 +8,7 @@ import logging
 
 from qlinkmed.qlinkd.errors import StoreError
 from qlinkmed.qlinkd.link import policy
-from qlinkmed.qlinkd.link.machine import RoundEnded
+from qlinkmed.qlinkd.link.events import RoundEnded
 from qlinkmed.qlinkd.link.status import RoundCounts, RoundRecord
 from qlinkmed.qlinkd.pool.values import ReconcileResult
 from qlinkmed.qlinkd.runtime import Runtime

@@ -34,7 +34,7 @@ class RoundRecord:
     round_trips: int
 
     def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return _fields(self)
 
     @classmethod
     def from_json(cls, data: object, where: str = "last_round") -> RoundRecord:
@@ -61,7 +61,7 @@ class RoundCounts:
     aborted: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"established": self.established, "aborted": self.aborted}
+        return _fields(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,24 +95,11 @@ class LinkStatus:
     """The authentication key cannot pay for another round: key generation is halted."""
 
     def to_json(self) -> dict[str, Any]:
+        # The nested values replace their entries in place: the keys keep the declared order.
         return {
-            "peer": self.peer,
-            "role": self.role,
-            "protocol": self.protocol,
-            "connected": self.connected,
-            "channel_connected": self.channel_connected,
-            "state": self.state,
-            "pool_bits": self.pool_bits,
-            "pool_bits_owned": self.pool_bits_owned,
-            "auth_reserve_bits": self.auth_reserve_bits,
-            "low_watermark_bits": self.low_watermark_bits,
-            "high_watermark_bits": self.high_watermark_bits,
-            "rounds_paused": self.rounds_paused,
-            "last_committed_round": self.last_committed_round,
+            **_fields(self),
             "rounds": self.rounds.to_json(),
             "last_round": None if self.last_round is None else self.last_round.to_json(),
-            "alarm": self.alarm,
-            "auth_starved": self.auth_starved,
         }
 
     @classmethod
@@ -146,6 +133,11 @@ class LinkStatus:
             alarm=alarm,
             auth_starved=_get(d, "auth_starved", bool),
         )
+
+
+def _fields(value: RoundRecord | RoundCounts | LinkStatus) -> dict[str, Any]:
+    """A status value's fields by name, in the order declared (the order of the JSON keys)."""
+    return {f.name: getattr(value, f.name) for f in fields(value)}
 
 
 def _object(value: object, where: str) -> Mapping[str, Any]:
