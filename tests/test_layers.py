@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.paths import REPO
+
 PACKAGES = {"qcore": "qlinkmed.qcore", "qlinkd": "qlinkmed.qlinkd", "client": "qlinkmed.client"}
 SANS_IO = (
     "qlinkmed.qlinkd.link.machine",
@@ -29,8 +30,8 @@ IO_MODULES = {"asyncio", "sqlite3", "socket", "ssl", "selectors", "aiohttp"}
 def _modules() -> dict[str, Path]:
     found = {}
     for folder, dotted in PACKAGES.items():
-        for path in (ROOT / folder).rglob("*.py"):
-            parts = [dotted, *path.relative_to(ROOT / folder).with_suffix("").parts]
+        for path in (REPO / folder).rglob("*.py"):
+            parts = [dotted, *path.relative_to(REPO / folder).with_suffix("").parts]
             if parts[-1] == "__init__":
                 parts.pop()
             found[".".join(parts)] = path

@@ -5,9 +5,10 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-from pathlib import Path
 
-QCORE = Path(__file__).resolve().parent.parent / "qcore"
+from tests.paths import REPO
+
+QCORE = REPO / "qcore"
 FORBIDDEN_MODULES = {"asyncio", "aiohttp", "socket", "ssl", "selectors", "time", "datetime", "random", "os"}
 FORBIDDEN_CALLS = {"open", "print", "input"}
 

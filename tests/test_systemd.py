@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
+from tests.paths import REPO
+
+SYSTEMD = REPO / "systemd"
 # (unit file, name it is analysed under: a template needs an instance)
 UNITS = [("qlinkd@.service", "qlinkd@hospital-a.service"), ("qlink-channel.service", "qlink-channel.service")]
 MAX_EXPOSURE = 2.5

@@ -105,10 +105,11 @@ def _length_delimited(field_number: int, length: int) -> bytes:
 
 
 def chunk(transfer_id: str, file_index: int, offset: int, data: bytes) -> bytes:
-    """The DataMessage carrying a chunk, byte for byte what protobuf serializes (tests/test_dataplane.py
-    checks it). The small fields go through protobuf; the data field, the highest-numbered and so the last
-    protobuf writes, is appended here: protobuf 7's upb takes about 1.8 ms to serialize a 1 MiB bytes
-    field, six times as long as sealing it, and that was most of the sending daemon's CPU."""
+    """The DataMessage carrying a chunk, byte for byte what protobuf serializes
+    (tests/qlinkd/dataplane/test_dataplane.py checks it). The small fields go through protobuf; the data
+    field, the highest-numbered and so the last protobuf writes, is appended here: protobuf 7's upb takes
+    about 1.8 ms to serialize a 1 MiB bytes field, six times as long as sealing it, and that was most of
+    the sending daemon's CPU."""
     head = pb.Chunk(transfer_id=transfer_id, file_index=file_index, offset=offset).SerializeToString()
     # proto3 leaves an empty bytes field out, and so does this.
     data_field = _length_delimited(pb.Chunk.DATA_FIELD_NUMBER, len(data)) if data else b""

@@ -5,7 +5,7 @@ opens and decodes each frame; ``messages`` is the one protobuf conversion) and i
 keys are here, this point is durable, this transfer is stored), and returns the message to send or an event
 saying what the shell must do. It checks who opened the session, which messages may come when, and that
 every chunk is exactly the next expected; it does no IO (no asyncio, files, database or clock), so
-``tests/test_dataplane_machine.py`` runs it in memory against a ``SenderMachine``.
+``tests/qlinkd/dataplane/test_dataplane_machine.py`` runs it in memory against a ``SenderMachine``.
 
 Two layers of state: the session's phase (``ReceivePhase``) and, for every transfer in the session, its
 stage (``ReceiveStage``). Every input passes the session table, and an input about a transfer then the

@@ -4,8 +4,8 @@
 opens and decodes each frame; ``messages`` is the one protobuf conversion) and its shell's actions (offer
 this transfer, here are the next bytes, announce this pad key), and returns the message to send or an
 event saying what the shell must do. It decides what may be sent next and judges every answer; it does no
-IO (no asyncio, files, database or clock), so ``tests/test_dataplane_machine.py`` runs it in memory against
-a ``ReceiverMachine``.
+IO (no asyncio, files, database or clock), so ``tests/qlinkd/dataplane/test_dataplane_machine.py`` runs
+it in memory against a ``ReceiverMachine``.
 
 Two layers of state: the session's phase (``SendPhase``) and, for every transfer in the session, its stage
 (``SendStage``). Every input passes the session table, and an input about a transfer then the transfer

@@ -2,7 +2,7 @@
 
     python -m tests.vectors.generate_transcript
 
-How it was checked independently of the code that produced it: tests/test_transcript.py recomputes the
+How it was checked independently of the code that produced it: tests/qcore/test_transcript.py recomputes the
 final key from the recorded privacy-amplification seed with the explicit-matrix Toeplitz reference
 (`toeplitz_hash_reference`), and recomputes every Wegman-Carter tag with a separate Poly1305 call over
 the recorded bytes. Regenerate only on a deliberate change of the wire format or of the protocol.

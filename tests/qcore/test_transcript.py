@@ -4,7 +4,6 @@ against the other's recorded messages (STYLE §6: transcript vectors)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +14,10 @@ from qlinkmed.qcore.auth import AuthKeyStore
 from qlinkmed.qcore.codec import decode
 from qlinkmed.qcore.sim import PRESHARED_KEY_BYTES, _key_hash, make_sessions
 from qlinkmed.qcore.toeplitz import toeplitz_hash_reference
+from tests.paths import VECTORS
 from tests.vectors.transcript_config import VECTOR_CONFIG, config_as_dict
 
-VECTOR = json.loads(Path(__file__).with_name("vectors").joinpath("bb84_transcript.json").read_text())
+VECTOR = json.loads(VECTORS.joinpath("bb84_transcript.json").read_text())
 CROSSINGS = [(c["direction"], bytes.fromhex(c["hex"])) for c in VECTOR["crossings"]]
 
 

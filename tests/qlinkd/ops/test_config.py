@@ -17,8 +17,9 @@ from qlinkmed.qlinkd.link.messages import Hello
 from qlinkmed.qlinkd.ops.config import Backend, check_config, load_facility_config
 from qlinkmed.qlinkd.ops.pki import write_demo_pki
 from qlinkmed.qlinkd.ops.toml_reader import Address, parse_address
+from tests.paths import REPO
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "systemd" / "examples"
+EXAMPLES = REPO / "systemd" / "examples"
 PSK = "psk/hospital-a--hospital-b.key"
 
 

@@ -18,9 +18,10 @@ from qlinkmed.qcore import messages as m
 from qlinkmed.qcore.codec import Message
 from qlinkmed.qlinkd.errors import FrameError
 from qlinkmed.qlinkd.link.wire import WIRE_VERSION, decode_frame, encode_frame
-from tests.test_codec import _samples
+from tests.paths import REPO
+from tests.qcore.test_codec import _samples
 
-PROTO_DIR = Path(__file__).resolve().parent.parent / "proto"
+PROTO_DIR = REPO / "proto"
 
 
 def test_generated_code_is_up_to_date(tmp_path: Path) -> None:

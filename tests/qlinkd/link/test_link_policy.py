@@ -19,8 +19,7 @@ from qlinkmed.qlinkd.link import policy
 from qlinkmed.qlinkd.link.events import RoundEnded
 from qlinkmed.qlinkd.link.policy import PoolLevels, StartGate, Verdict
 from qlinkmed.qlinkd.link.status import LinkStatus, RoundCounts, RoundRecord
-
-from .test_layers import IO_MODULES, _closure
+from tests.test_layers import IO_MODULES, _closure
 
 LOW, HIGH = 12_000, 30_000
 TOLERANCE = 0.11

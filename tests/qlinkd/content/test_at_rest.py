@@ -30,12 +30,11 @@ from qlinkmed.qlinkd.content import (
     validate,
 )
 from qlinkmed.qlinkd.errors import ContentError, IntegrityError, KeyMaterialShort
-
-from .dicom_factory import PATIENT_ID, PATIENT_NAME, make_ct_study, make_image_dicom
+from tests.dicom_factory import PATIENT_ID, PATIENT_NAME, make_ct_study, make_image_dicom
+from tests.paths import DATA
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
-DATA = Path(__file__).parent / "data"
 PYDICOM_DATA = Path(get_testdata_file("CT_small.dcm", download=False) or "").parent
 
 # Bundled files with native pixel data that validation refuses, and why.

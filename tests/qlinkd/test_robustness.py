@@ -13,7 +13,9 @@ from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from tests.paths import REPO
+
+BENCH = REPO / "bench"
 PULSES = 700_000
 """Pulses per round: the smallest the default 10 km deployment distils reliably, so rounds come fast."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,6 +38,7 @@ from qlinkmed.qlinkd.seal.otp import (
     seal_otp,
     seal_otp_range,
 )
+from tests.paths import REPO
 
 SEED = 20240604
 KEY_ID = uuid.UUID("6f1c2a9e-0d3b-4c5a-8e7f-112233445566")
@@ -479,7 +479,7 @@ def test_hybrid_unavailable_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_seal_package_does_no_io() -> None:
     forbidden = {"asyncio", "aiohttp", "socket", "ssl", "time", "datetime", "random", "os", "logging"}
-    package = Path(__file__).resolve().parent.parent / "qlinkd" / "seal"
+    package = REPO / "qlinkd" / "seal"
     offences = []
     for path in sorted(package.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):

@@ -26,8 +26,7 @@ from qlinkmed.qlinkd.link.states import CONSEQUENCES, PEER_INPUTS, TRANSITIONS, 
 from qlinkmed.qlinkd.link.wire import encode_frame
 from qlinkmed.qlinkd.pool.keystore import KeyStore
 from qlinkmed.qlinkd.pool.values import KeyNotice, Segment
-
-from .link_pair import LinkPair
+from tests.link_pair import LinkPair
 
 
 def _pool(store: KeyStore, peer: str) -> tuple[int, int, int]:

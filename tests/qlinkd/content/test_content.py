@@ -33,10 +33,8 @@ from qlinkmed.qlinkd.content import (
 )
 from qlinkmed.qlinkd.content.validate import WARM_UP_MESSAGES
 from qlinkmed.qlinkd.errors import ContentError
-
-from .dicom_factory import make_ct_study, make_image_dicom
-
-DATA = Path(__file__).parent / "data"
+from tests.dicom_factory import make_ct_study, make_image_dicom
+from tests.paths import DATA
 
 
 def pydicom_file(name: str) -> bytes:

@@ -54,6 +54,7 @@ from qlinkmed.qlinkd.pool.values import DeliveredKey
 from qlinkmed.qlinkd.seal import aead
 from qlinkmed.qlinkd.seal.constants import OTP_RANGE_VERSION, OTP_VERSION
 from tests.dicom_factory import make_ct_study
+from tests.paths import DATA
 from tests.polling import wait_for_async
 
 A, B = "hospital-a", "hospital-b"
@@ -617,7 +618,7 @@ async def test_a_tampered_replayed_or_reordered_frame_is_rejected_and_nothing_co
 
 @pytest.mark.asyncio
 async def test_ehr_goes_by_one_time_pad_and_falls_back_to_aead_when_the_pool_is_short(tmp_path: Path) -> None:
-    fhir = (Path(__file__).parent / "data" / "fhir_bundle.json").read_bytes()
+    fhir = (DATA / "fhir_bundle.json").read_bytes()
     keys = PairedKeys()
     h = Harness(tmp_path, keys)
     m1 = h.queue([("bundle.json", fhir, "fhir")], TransferKind.EHR)
@@ -661,7 +662,7 @@ async def test_a_refused_content_is_reported_to_the_sender(tmp_path: Path) -> No
 
 
 def _fhir_messages(n: int) -> list[bytes]:
-    fhir = (Path(__file__).parent / "data" / "fhir_bundle.json").read_bytes()
+    fhir = (DATA / "fhir_bundle.json").read_bytes()
     return [fhir.replace(b'"Bundle"', b'"Bundle", "id": "m%d"' % i, 1) for i in range(n)]
 
 

@@ -29,15 +29,14 @@ from qlinkmed.client.commands.demo import _token
 from qlinkmed.client.data_http import DataTarget
 from qlinkmed.qlinkd.testbed.deployment import Deployment, write_loopback_deployment
 from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
-
-from .dicom_factory import make_ct_study
-from .polling import wait_for
+from tests.dicom_factory import make_ct_study
+from tests.paths import DATA
+from tests.polling import wait_for
 
 A, B = "hospital-a", "hospital-b"
 PULSES = 700_000
 KEY_BITS = 64_000
 """Key both pools should hold before the first transfer: sessions, and a one-time pad for an EHR message."""
-DATA = Path(__file__).parent / "data"
 BIG_INSTANCES = 115
 """512 x 512 slices of ~525 KB: a ~60 MB study, several receiver acknowledgements long."""
 

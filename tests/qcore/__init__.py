@@ -1,0 +1,1 @@
+"""Tests of qcore, the pure protocol library."""

@@ -1,0 +1,1 @@
+"""Tests of the daemon: its layers in the subpackages, whole daemons here."""

@@ -1,0 +1,1 @@
+"""Tests of the content checks and at-rest forms."""

@@ -1,0 +1,1 @@
+"""Tests of the key pool and the ETSI GS QKD 014 API."""
