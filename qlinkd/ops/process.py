@@ -18,11 +18,6 @@ from qlinkmed.qlinkd.ops import logsetup
 from qlinkmed.qlinkd.ops.config import Summarised, check_config
 from qlinkmed.qlinkd.ops.sdnotify import Notifier
 
-try:
-    import uvloop
-except ImportError:  # the dependency is for Linux and macOS only; elsewhere the stdlib loop runs
-    uvloop = None  # type: ignore[assignment]  # the module or None; the run below checks which
-
 T = TypeVar("T", bound=Summarised)
 
 EXIT_OK = 0
@@ -49,6 +44,17 @@ def _give_up() -> None:
     os._exit(EXIT_FAILURE)
 
 
+def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
+    """uvloop's runner where it is installed: its TLS transport moves the data plane's bytes about half
+    again as fast as asyncio's (bench/bench_dataplane.py), and nothing in the daemon depends on which loop
+    runs it. The dependency is for Linux and macOS only; elsewhere the standard library's loop runs."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
+
+
 def run_until_signalled(main: Callable[[], Coroutine[Any, Any, None]]) -> int:
     """Run `main` until it ends or SIGTERM/SIGINT arrives; a signal ends it cleanly (exit 0)."""
 
@@ -67,9 +73,7 @@ def run_until_signalled(main: Callable[[], Coroutine[Any, Any, None]]) -> int:
         await main()
 
     try:
-        # uvloop: its TLS transport moves the data plane's bytes about half again as fast as asyncio's
-        # (bench/bench_dataplane.py), and nothing in the daemon depends on which loop runs it.
-        (asyncio.run if uvloop is None else uvloop.run)(runner())
+        _event_loop_runner()(runner())
     except asyncio.CancelledError:
         return EXIT_OK
     return EXIT_OK
