@@ -760,6 +760,7 @@ async def test_a_session_that_ends_idle_is_replaced_at_once_until_the_peer_canno
             metrics=LinkMetrics(CollectorRegistry()),
         )
 
+    tasks_before = asyncio.all_tasks()
     b = plane(B, A, None)
     port = await b.start(Address(host="127.0.0.1", port=0))
     a = plane(A, B, Address(host="127.0.0.1", port=port))
@@ -804,3 +805,5 @@ async def test_a_session_that_ends_idle_is_replaced_at_once_until_the_peer_canno
         await b.stop()
         a.close()
         b.close()
+    # Both planes are stopped and closed: none of the tasks they started is still pending.
+    assert asyncio.all_tasks() - tasks_before == set()
