@@ -241,15 +241,17 @@ def test_testbed_init_writes_a_deployment_and_prints_the_commands(
 def _read_until(proc: subprocess.Popen[str], done: Callable[[str], bool], deadline: float) -> list[str]:
     """Lines of proc's stdout up to and including the first for which `done` holds."""
     lines: list[str] = []
+    stdout = proc.stdout
+    assert stdout is not None, "the process must be started with stdout=PIPE"
     with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
+        selector.register(stdout, selectors.EVENT_READ)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 pytest.fail("testbed output not seen in time:\n" + "".join(lines))
             if not selector.select(remaining):
                 continue
-            line = proc.stdout.readline()  # type: ignore[union-attr]
+            line = stdout.readline()
             if not line:
                 pytest.fail(f"testbed run exited with {proc.wait()}:\n" + "".join(lines))
             lines.append(line)

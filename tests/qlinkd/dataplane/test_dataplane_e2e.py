@@ -234,8 +234,8 @@ def test_data_endpoints_need_the_token_and_status_does_not(link: Link) -> None:
         # The same daemon answers the holder of the token, and /v1/status needs none.
         assert target.json("GET", "/v1/inbox")[0] == 200
         assert target.json("GET", f"/v1/inbox/{unknown}")[0] == 404
-        status = httpx.get(target.url + "/v1/status", timeout=10.0)
-        assert status.status_code == 200 and status.json()["facility"] == facility
+        unauthenticated = httpx.get(target.url + "/v1/status", timeout=10.0)
+        assert unauthenticated.status_code == 200 and unauthenticated.json()["facility"] == facility
     assert _outgoing_ids(link) == before
 
 
