@@ -25,7 +25,7 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, SupportsFloat
 
 import _deploy as d
 
@@ -131,9 +131,9 @@ _COLUMNS = (
 def _cell(value: object, fmt: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if fmt == "{:d}":
+    if fmt == "{:d}" and isinstance(value, SupportsFloat):
         # A {:d} cell holds a count (a Python or numpy number); the parameter is object for the None cells.
-        return fmt.format(round(float(value)))  # type: ignore[arg-type]
+        return fmt.format(round(float(value)))
     return fmt.format(value)
 
 

@@ -8,9 +8,11 @@ every figure is the median of several runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 
@@ -19,13 +21,16 @@ from qlinkmed.qcore.cascade_pair import reconcile
 from qlinkmed.qcore.cascade_schedule import low_latency_schedule
 from qlinkmed.qcore.channel_model import ChannelModel
 from qlinkmed.qcore.params import ProtocolKind
-from qlinkmed.qcore.sim import SimConfig, run_simulation
+from qlinkmed.qcore.sim import SimConfig, SimResult, run_simulation
 from qlinkmed.qcore.theory import binary_entropy
 from qlinkmed.qcore.toeplitz import toeplitz_hash
 
+R = TypeVar("R")
 
-def _median_time(fn: Callable[[], object], repeats: int) -> tuple[float, list[object]]:
-    times, results = [], []
+
+def _median_time(fn: Callable[[], R], repeats: int) -> tuple[float, list[R]]:
+    times: list[float] = []
+    results: list[R] = []
     for _ in range(repeats):
         start = time.perf_counter()
         results.append(fn())
@@ -37,7 +42,7 @@ def bench_end_to_end(backend: str, pulses: int, repeats: int) -> None:
     channel = ChannelModel(distance_km=10.0, misalignment=0.02)
     seeds = iter(range(1, 1000))
 
-    def one():
+    def one() -> SimResult:
         return run_simulation(SimConfig(qubits=pulses, channel=channel, backend=backend, seed=next(seeds)))
 
     one()  # warm-up (imports, qiskit circuit cache)
@@ -54,7 +59,7 @@ def bench_end_to_end(backend: str, pulses: int, repeats: int) -> None:
 def bench_e91(pulses: int, repeats: int) -> None:
     seeds = iter(range(1, 1000))
 
-    def one():
+    def one() -> SimResult:
         return run_simulation(
             SimConfig(
                 protocol=ProtocolKind.E91,
@@ -81,7 +86,7 @@ def bench_backend_only(pulses: int, repeats: int) -> None:
     for name in ("numpy", "qiskit"):
         backend = get_backend(name)
         backend.measure_photons(bits[:1000], bases[:1000], meas[:1000], 0.02, rng)
-        t, _ = _median_time(lambda b=backend: b.measure_photons(bits, bases, meas, 0.02, rng), repeats)
+        t, _ = _median_time(functools.partial(backend.measure_photons, bits, bases, meas, 0.02, rng), repeats)
         print(
             f"measurement backend {name:6s}: {pulses:,} qubits in {t * 1e3:7.1f} ms "
             f"-> {pulses / t / 1e6:6.2f} M qubits/s"
@@ -93,7 +98,7 @@ def bench_toeplitz(repeats: int) -> None:
     for n, m in ((1_000_000, 500_000), (30_000, 10_000)):
         x = rng.integers(0, 2, n, dtype=np.uint8)
         seed = rng.integers(0, 2, n + m - 1, dtype=np.uint8)
-        t, _ = _median_time(lambda x=x, seed=seed, m=m: toeplitz_hash(seed, x, m), repeats)
+        t, _ = _median_time(functools.partial(toeplitz_hash, seed, x, m), repeats)
         print(f"Toeplitz hash {n:>9,} -> {m:>7,} bits: {t * 1e3:7.1f} ms median of {repeats}")
 
 

@@ -380,36 +380,38 @@ def phase1_cases(deployment: Deployment) -> dict[str, Case]:
             cport, ctx[rng.choice([f"pacs-{d.A}", f"ehr-{d.B}", "channel", d.B])], _upgrade("/v1/link", rng)
         ),
     }
-    for name in (d.A, d.B):
+
+    # Each facility's cases in a function of their own: the lambdas close over that facility's ports and
+    # contexts (a lambda in the loop would see the last facility's).
+    def facility_cases(name: str) -> dict[str, Case]:
         lport, kport = ports[f"{name}.local"], ports[f"{name}.kme"]
-        sae = f"pacs-{d.A}" if name == d.A else f"ehr-{d.B}"
+        sae_ctx, facility_ctx = ctx[f"pacs-{d.A}" if name == d.A else f"ehr-{d.B}"], ctx[name]
         tag = name[-1]
-        cases |= {
-            f"local-{tag}/tcp-garbage": lambda rng, p=lport: _plain(
-                p, rng.randbytes(rng.randrange(1, 3_000))
+        return {
+            f"local-{tag}/tcp-garbage": lambda rng: _plain(lport, rng.randbytes(rng.randrange(1, 3_000))),
+            f"local-{tag}/malformed-http": lambda rng: _plain(lport, _malformed_http(rng)),
+            f"local-{tag}/huge-headers": lambda rng: _plain(lport, _huge_headers(rng)),
+            f"local-{tag}/bad-path": lambda rng: _plain(lport, _bad_path(rng)),
+            f"local-{tag}/truncated": lambda rng: _plain(
+                lport, _http("GET", "/v1/status")[: rng.randrange(1, 20)]
             ),
-            f"local-{tag}/malformed-http": lambda rng, p=lport: _plain(p, _malformed_http(rng)),
-            f"local-{tag}/huge-headers": lambda rng, p=lport: _plain(p, _huge_headers(rng)),
-            f"local-{tag}/bad-path": lambda rng, p=lport: _plain(p, _bad_path(rng)),
-            f"local-{tag}/truncated": lambda rng, p=lport: _plain(
-                p, _http("GET", "/v1/status")[: rng.randrange(1, 20)]
+            f"kme-{tag}/plain-tcp": lambda rng: _plain(kport, rng.randbytes(rng.randrange(1, 2_000))),
+            f"kme-{tag}/tls-no-cert": lambda rng: _exchange(kport, nocert, _http("GET", "/")),
+            f"kme-{tag}/tls-not-http": lambda rng: _exchange(
+                kport, sae_ctx, rng.randbytes(rng.randrange(1, 3_000))
             ),
-            f"kme-{tag}/plain-tcp": lambda rng, p=kport: _plain(p, rng.randbytes(rng.randrange(1, 2_000))),
-            f"kme-{tag}/tls-no-cert": lambda rng, p=kport: _exchange(p, nocert, _http("GET", "/")),
-            f"kme-{tag}/tls-not-http": lambda rng, p=kport, c=ctx[sae]: _exchange(
-                p, c, rng.randbytes(rng.randrange(1, 3_000))
+            f"kme-{tag}/malformed-http": lambda rng: _exchange(kport, sae_ctx, _malformed_http(rng)),
+            f"kme-{tag}/huge-headers": lambda rng: _exchange(kport, sae_ctx, _huge_headers(rng)),
+            f"kme-{tag}/bad-request": lambda rng: _exchange(
+                kport, sae_ctx, _kme_request(deployment, name, rng)
             ),
-            f"kme-{tag}/malformed-http": lambda rng, p=kport, c=ctx[sae]: _exchange(
-                p, c, _malformed_http(rng)
-            ),
-            f"kme-{tag}/huge-headers": lambda rng, p=kport, c=ctx[sae]: _exchange(p, c, _huge_headers(rng)),
-            f"kme-{tag}/bad-request": lambda rng, p=kport, c=ctx[sae], n=name: _exchange(
-                p, c, _kme_request(deployment, n, rng)
-            ),
-            f"kme-{tag}/facility-cert": lambda rng, p=kport, c=ctx[name], n=name: _exchange(
-                p, c, _kme_request(deployment, n, rng)
+            f"kme-{tag}/facility-cert": lambda rng: _exchange(
+                kport, facility_ctx, _kme_request(deployment, name, rng)
             ),
         }
+
+    for name in (d.A, d.B):
+        cases |= facility_cases(name)
     return cases
 
 

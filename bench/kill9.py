@@ -36,7 +36,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -305,6 +305,11 @@ def compare(view_a: StoreView, view_b: StoreView) -> list[str]:
     return out
 
 
+def _established_beyond(deployment: Deployment, count: int) -> Callable[[], bool]:
+    """Whether A has established more than `count` rounds (a condition for `d.wait_for`)."""
+    return lambda: _established(deployment, d.A) > count
+
+
 def kill_cycles(started: d.Started, kills: int, *, seed: int = 1) -> KillReport:
     deployment, group = started.deployment, started.group
     rng = random.Random(seed)
@@ -312,7 +317,8 @@ def kill_cycles(started: d.Started, kills: int, *, seed: int = 1) -> KillReport:
     client = KeyClient(deployment, seed)
     client.start()
     begin = time.monotonic()
-    ready, recovered = [], []
+    ready: list[float] = []
+    recovered: list[float | None] = []
     for i in range(kills):
         victim = d.A if i % 2 == 0 else d.B
         time.sleep(rng.uniform(0.2, 1.5))  # the random instant of the kill, not a wait for readiness
@@ -323,9 +329,7 @@ def kill_cycles(started: d.Started, kills: int, *, seed: int = 1) -> KillReport:
         try:
             recovered.append(
                 d.wait_for(
-                    lambda b=before: _established(deployment, d.A) > b,
-                    RECOVERY_TIMEOUT_S,
-                    "a round after restart",
+                    _established_beyond(deployment, before), RECOVERY_TIMEOUT_S, "a round after restart"
                 )
             )
         except TimeoutError:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import signal
@@ -175,7 +176,9 @@ def kill_cycles(started: d.Started, b: DataTarget, report: Report) -> None:
         report.kills.append(kill)
         baseline = max(position_after, position)
         with contextlib.suppress(TimeoutError):
-            d.wait_for(lambda at=baseline: _moved(b, tid, at), READY_TIMEOUT_S, "progress after the restart")
+            d.wait_for(
+                functools.partial(_moved, b, tid, baseline), READY_TIMEOUT_S, "progress after the restart"
+            )
             kill.resumed_s = time.monotonic() - ready
 
 

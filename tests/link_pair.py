@@ -61,13 +61,13 @@ class LinkPair:
         self.broker = ChannelBroker(model=MODEL, backend=get_backend("numpy"), eve=eve or Eavesdropper())
         self.now = 0.0
         self.tap: Tap = passthrough
-        names = ("hospital-a", "hospital-b")
+        a, b = "hospital-a", "hospital-b"
         if stores is None:
-            stores = tuple(KeyStore.open(root / f"{n}.sqlite3") for n in names)  # type: ignore[assignment]
-            for store, peer in zip(stores, reversed(names), strict=True):  # type: ignore[arg-type]
+            stores = (KeyStore.open(root / f"{a}.sqlite3"), KeyStore.open(root / f"{b}.sqlite3"))
+            for store, peer in zip(stores, (b, a), strict=True):
                 store.init_auth(peer, PSK)
-        self.a = self._end(names[0], names[1], stores[0])  # type: ignore[index]
-        self.b = self._end(names[1], names[0], stores[1])  # type: ignore[index]
+        self.a = self._end(a, b, stores[0])
+        self.b = self._end(b, a, stores[1])
 
     def _end(self, name: str, peer: str, store: KeyStore) -> End:
         config = LinkConfig(facility=name, peer=peer, pulses_per_round=self.pulses, round_timeout_s=5.0)

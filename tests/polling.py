@@ -18,8 +18,11 @@ DEADLINE_S = 60.0
 EVERY_S = 0.05
 
 
-def wait_for(probe: Callable[[], T], what: str, *, timeout: float = DEADLINE_S, every: float = EVERY_S) -> T:
-    """Call `probe` until it returns something truthy and return that; fail after `timeout` seconds."""
+def wait_for(
+    probe: Callable[[], T | None], what: str, *, timeout: float = DEADLINE_S, every: float = EVERY_S
+) -> T:
+    """Call `probe` until it returns something truthy and return that; fail after `timeout` seconds.
+    (A probe that answers "not yet" with None gives back its other type: the value is never None.)"""
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
@@ -31,16 +34,19 @@ def wait_for(probe: Callable[[], T], what: str, *, timeout: float = DEADLINE_S, 
 
 
 async def wait_for_async(
-    probe: Callable[[], T | Awaitable[T]], what: str, *, timeout: float = DEADLINE_S, every: float = 0.02
+    probe: Callable[[], T | Awaitable[T | None] | None],
+    what: str,
+    *,
+    timeout: float = DEADLINE_S,
+    every: float = 0.02,
 ) -> T:
     """`wait_for` inside an event loop: the probe may be a plain or an async function."""
     deadline = time.monotonic() + timeout
     while True:
-        value = probe()
-        if isinstance(value, Awaitable):
-            value = await value
+        answer = probe()
+        value = await answer if isinstance(answer, Awaitable) else answer
         if value:
-            return value  # type: ignore[return-value]  # narrowed from T | Awaitable[T] by the await above
+            return value
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:g} s waiting for {what}; last value: {value!r}")
         await asyncio.sleep(every)

@@ -23,7 +23,10 @@ def test_qcore_sources_import_no_io_and_call_no_io() -> None:
                 names = [alias.name.split(".")[0] for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module.split(".")[0]]
-            offences += [f"{path.name}:{node.lineno} imports {n}" for n in names if n in FORBIDDEN_MODULES]
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                offences += [
+                    f"{path.name}:{node.lineno} imports {n}" for n in names if n in FORBIDDEN_MODULES
+                ]
             if (
                 isinstance(node, ast.Call)
                 and isinstance(node.func, ast.Name)

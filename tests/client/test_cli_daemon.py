@@ -12,67 +12,44 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from qlinkmed.client.cli import main
 from qlinkmed.qlinkd.ops.config import load_facility_config
-from qlinkmed.qlinkd.testbed.deployment import (
-    Deployment,
-    free_ports,
-    read_deployment,
-    write_loopback_deployment,
-)
-from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
+from qlinkmed.qlinkd.testbed.deployment import Deployment, free_ports, read_deployment
+from tests.cli import qlink
+from tests.polling import wait_for
+from tests.testbeds import Testbeds
 
 QLINK = [sys.executable, "-m", "qlinkmed.client"]
 PULSES = 700_000
 DEADLINE_S = 30.0
 POLL_S = 0.1
+"""How often `poll_link` asks: each poll is a whole `qlink status` run."""
 A, B = "hospital-a", "hospital-b"
 
 
 @pytest.fixture(scope="module")
-def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+def testbed(module_testbeds: Testbeds) -> Deployment:
     # A short round timeout bounds the stall when a round starts before both ends reach the channel.
-    deployment = write_loopback_deployment(
-        tmp_path_factory.mktemp("cli-daemon") / "deployment", pulses_per_round=PULSES, round_timeout_s=5.0
-    )
-    group = ProcessGroup(deployment)
-    try:
-        group.start_all()
-        yield deployment
-    finally:
-        group.stop_all()
-
-
-def qlink(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run `qlink ARGS` in-process: (exit code, stdout, stderr)."""
-    try:
-        code = main(list(args))
-    except SystemExit as exc:  # argparse reports usage errors by exiting
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return module_testbeds.launch(pulses_per_round=PULSES, round_timeout_s=5.0).deployment
 
 
 def poll_link(
     capsys: pytest.CaptureFixture[str], url: str, done: Callable[[dict[str, Any]], bool], what: str
 ) -> dict[str, Any]:
-    """`qlink status --json` until the (only) link satisfies `done`; fails after DEADLINE_S."""
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
+    """`qlink status --json` until the (only) link satisfies `done`, and that link."""
+
+    def satisfied() -> dict[str, Any] | None:
         code, out, err = qlink(capsys, "status", "--url", url, "--json")
         assert code == 0, err
-        link = json.loads(out)["links"][0]
-        if done(link):
-            return link
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not seen within {DEADLINE_S} s; last link status: {link}")
-        time.sleep(POLL_S)
+        link: dict[str, Any] = json.loads(out)["links"][0]
+        return link if done(link) else None
+
+    return wait_for(satisfied, what, every=POLL_S)
 
 
 def has_key(link: dict[str, Any]) -> bool:
@@ -264,15 +241,17 @@ def test_testbed_init_writes_a_deployment_and_prints_the_commands(
 def _read_until(proc: subprocess.Popen[str], done: Callable[[str], bool], deadline: float) -> list[str]:
     """Lines of proc's stdout up to and including the first for which `done` holds."""
     lines: list[str] = []
+    stdout = proc.stdout
+    assert stdout is not None, "the process must be started with stdout=PIPE"
     with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
+        selector.register(stdout, selectors.EVENT_READ)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 pytest.fail("testbed output not seen in time:\n" + "".join(lines))
             if not selector.select(remaining):
                 continue
-            line = proc.stdout.readline()  # type: ignore[union-attr]
+            line = stdout.readline()
             if not line:
                 pytest.fail(f"testbed run exited with {proc.wait()}:\n" + "".join(lines))
             lines.append(line)

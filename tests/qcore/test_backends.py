@@ -12,12 +12,13 @@ import importlib.util
 import math
 import subprocess
 import sys
+from collections.abc import Callable
 from statistics import NormalDist
 
 import numpy as np
 import pytest
 
-from qlinkmed.qcore.backends import BACKEND_NAMES, get_backend
+from qlinkmed.qcore.backends import BACKEND_NAMES, MeasurementBackend, get_backend
 from qlinkmed.qcore.backends.qiskit_backend import FIBER_LABEL, QiskitBackend  # imports no qiskit
 from qlinkmed.qcore.errors import ConfigError
 
@@ -35,11 +36,11 @@ CHSH_TERMS = {(0, 1): 1, (0, 3): -1, (2, 1): 1, (2, 3): 1}
 
 
 @pytest.fixture(scope="module")
-def backend_factory():
+def backend_factory() -> Callable[[str], MeasurementBackend]:
     """Build each backend once per module, and a qiskit one only when a selected test asks for it."""
-    made: dict[str, object] = {}
+    made: dict[str, MeasurementBackend] = {}
 
-    def make(name: str):
+    def make(name: str) -> MeasurementBackend:
         if name not in made:
             if name == "qiskit-deferred":
                 made[name] = QiskitBackend(defer_eve_measurement=True)
@@ -63,7 +64,8 @@ def qiskit_backend(backend_factory):
 
 def _bb84_inputs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return tuple(rng.integers(0, 2, n, dtype=np.uint8) for _ in range(3))
+    bits, alice_bases, bob_bases = (rng.integers(0, 2, n, dtype=np.uint8) for _ in range(3))
+    return bits, alice_bases, bob_bases
 
 
 def _binomial_tolerance(n: int, p: float) -> float:

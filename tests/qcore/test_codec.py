@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qlinkmed.qcore import messages as m
-from qlinkmed.qcore.codec import decode
+from qlinkmed.qcore.codec import Message, decode
 from qlinkmed.qcore.errors import DecodeError, LocalProtocolError
 
 
-def _samples() -> list[m.Message]:
+def _samples() -> list[Message]:
     rng = np.random.default_rng(7)
     bits = rng.integers(0, 2, 77, dtype=np.uint8)
     return [
@@ -41,7 +41,7 @@ def _samples() -> list[m.Message]:
 
 
 @pytest.mark.parametrize("msg", _samples(), ids=lambda x: type(x).__name__)
-def test_roundtrip_is_exact_and_canonical(msg: m.Message) -> None:
+def test_roundtrip_is_exact_and_canonical(msg: Message) -> None:
     data = msg.encode()
     again = decode(data)
     assert type(again) is type(msg)
@@ -50,7 +50,7 @@ def test_roundtrip_is_exact_and_canonical(msg: m.Message) -> None:
 
 
 @pytest.mark.parametrize("msg", _samples(), ids=lambda x: type(x).__name__)
-def test_every_truncation_and_trailing_garbage_is_refused(msg: m.Message) -> None:
+def test_every_truncation_and_trailing_garbage_is_refused(msg: Message) -> None:
     data = msg.encode()
     for cut in range(len(data)):
         with pytest.raises(DecodeError):

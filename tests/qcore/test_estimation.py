@@ -3,6 +3,8 @@ a CHSH bound."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -45,7 +47,7 @@ def test_decoy_counts_are_per_intensity_class() -> None:
 def test_e91_key_length_without_a_chsh_bound_is_refused() -> None:
     config = DistillConfig(protocol=ProtocolKind.E91)
     plan = _plan(np.zeros(0, dtype=np.uint8), np.arange(0), np.arange(0))
-    counts = {"raw_key_bits": 100_000, "sample_bits": 30_000, "errors": 600, "qber": 0.02, "qber_upper": 0.03}
+    counts = Statistics(raw_key_bits=100_000, sample_bits=30_000, errors=600, qber=0.02, qber_upper=0.03)
     with pytest.raises(LocalProtocolError, match="CHSH"):
-        final_key_length(config, plan, Statistics(**counts), 500)
-    assert final_key_length(config, plan, Statistics(**counts, chsh_s=2.75, chsh_lower=2.7), 500) > 0
+        final_key_length(config, plan, counts, 500)
+    assert final_key_length(config, plan, dataclasses.replace(counts, chsh_s=2.75, chsh_lower=2.7), 500) > 0

@@ -244,7 +244,14 @@ def test_lim2014_zero_key_under_photon_number_splitting() -> None:
 
 def test_lim2014_intermediate_terms() -> None:
     counts = {"n_x": (1000, 300, 50), "n_z": (900, 250, 40), "m_z": (20, 8, 10)}
-    result = lim2014_length(intensities=MUS, probabilities=PS, leak_ec=0.0, **counts)
+    result = lim2014_length(
+        intensities=MUS,
+        probabilities=PS,
+        leak_ec=0.0,
+        n_x=counts["n_x"],
+        n_z=counts["n_z"],
+        m_z=counts["m_z"],
+    )
     tau0 = sum(p * math.exp(-mu) for mu, p in zip(MUS, PS, strict=True))
     tau1 = sum(p * mu * math.exp(-mu) for mu, p in zip(MUS, PS, strict=True))
     assert result.tau0 == pytest.approx(tau0)

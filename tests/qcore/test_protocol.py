@@ -14,7 +14,7 @@ import pytest
 from qlinkmed.qcore import messages as m
 from qlinkmed.qcore.channel import Eavesdropper, EveKind
 from qlinkmed.qcore.channel_model import ChannelModel, predict_bb84, predict_e91
-from qlinkmed.qcore.codec import decode
+from qlinkmed.qcore.codec import Message, decode
 from qlinkmed.qcore.errors import AbortReason
 from qlinkmed.qcore.finite_bb84 import tomamichel_length
 from qlinkmed.qcore.harness import Hop, run_pair
@@ -25,6 +25,7 @@ from qlinkmed.qcore.round_state import (
     AliceState,
     BobState,
 )
+from qlinkmed.qcore.session import AliceSession, BobSession
 from qlinkmed.qcore.sim import SimConfig, make_sessions, run_simulation
 from qlinkmed.qcore.theory import gllp_decoy_rate
 
@@ -133,6 +134,7 @@ def test_e91_honest_chsh_matches_the_depolarising_relation() -> None:
     )
     result = run_simulation(config)
     r = result.report()
+    assert result.bob.statistics is not None
     stats_trials = result.bob.statistics.chsh_trials
     predicted = predict_e91(config.channel)
     assert abs(r["chsh_s"] - predicted.chsh) <= _chsh_tolerance(stats_trials)
@@ -158,6 +160,7 @@ def test_e91_intercept_resend_pulls_chsh_to_sqrt2_and_aborts() -> None:
     assert r["aborted"]
     assert r["abort_reason"] == "chsh_not_violated"
     expected = predict_e91(config.channel).chsh / 2  # sqrt 2 times the arms' visibility
+    assert result.bob.statistics is not None
     assert abs(r["chsh_s"] - expected) <= _chsh_tolerance(result.bob.statistics.chsh_trials)
     assert abs(r["chsh_s"] - math.sqrt(2)) < 0.15
 
@@ -181,6 +184,7 @@ def test_pns_attack_is_exposed_by_the_decoy_yields() -> None:
         runs[kind] = (alice, bob, eve_known, config)
     rates = {}
     for kind, (_alice, bob, eve_known, config) in runs.items():
+        assert bob.outcome is not None
         stats = bob.outcome.statistics
         assert stats is not None and stats.decoy is not None
         mus = config.decoy.intensities
@@ -238,7 +242,7 @@ def test_untampered_wire_establishes_key() -> None:
     assert np.array_equal(alice.outcome.key, bob.outcome.key)
 
 
-def _nth_of(kind: type[m.Message], n: int = 0):
+def _nth_of(kind: type[Message], n: int = 0):
     seen = {"count": 0}
 
     def matches(data: bytes) -> bool:
@@ -254,7 +258,7 @@ def _nth_of(kind: type[m.Message], n: int = 0):
     "kind",
     [m.Detections, m.Sifting, m.Estimate, m.ParityRequest, m.ParityReply, m.Verify, m.Amplify, m.AuthTag],
 )
-def test_a_flipped_bit_in_any_message_aborts(kind: type[m.Message]) -> None:
+def test_a_flipped_bit_in_any_message_aborts(kind: type[Message]) -> None:
     hit = _nth_of(kind)
 
     def tap(direction: Hop, data: bytes) -> list[bytes]:
@@ -269,7 +273,7 @@ def test_a_flipped_bit_in_any_message_aborts(kind: type[m.Message]) -> None:
 
 
 @pytest.mark.parametrize("kind", [m.ParityRequest, m.ParityReply, m.Estimate, m.Amplify])
-def test_a_replayed_message_aborts(kind: type[m.Message]) -> None:
+def test_a_replayed_message_aborts(kind: type[Message]) -> None:
     hit = _nth_of(kind)
 
     def tap(direction: Hop, data: bytes) -> list[bytes]:
@@ -293,11 +297,12 @@ def test_reordered_messages_abort() -> None:
 
     alice, bob = _run_with_tap(tap)
     _assert_no_key(alice, bob)
+    assert bob.outcome is not None
     assert bob.outcome.abort_reason is AbortReason.PROTOCOL_VIOLATION
 
 
 @pytest.mark.parametrize("kind", [m.Sifting, m.ParityReply, m.Verify, m.AuthTag])
-def test_a_dropped_message_ends_the_round_by_timeout(kind: type[m.Message]) -> None:
+def test_a_dropped_message_ends_the_round_by_timeout(kind: type[Message]) -> None:
     hit = _nth_of(kind)
 
     def tap(direction: Hop, data: bytes) -> list[bytes]:
@@ -313,6 +318,7 @@ def test_a_forged_tag_on_bobs_side_withdraws_his_key() -> None:
     def tap(direction: Hop, data: bytes) -> list[bytes]:
         if direction is Hop.TO_ALICE and data[0] == m.AuthTag.TYPE:
             msg = decode(data)
+            assert isinstance(msg, m.AuthTag)
             forged = m.AuthTag(key_offset=msg.key_offset, tag=bytes(16))
             return [forged.encode()]
         return [data]
@@ -338,7 +344,7 @@ ALL_TYPES = [
 ]
 
 
-def _minimal(kind: type[m.Message]) -> m.Message:
+def _minimal(kind: type[Message]) -> Message:
     z = np.zeros(0, np.uint8)
     return {
         m.Detections: lambda: m.Detections(round_id=1, detected=z, bases=z),
@@ -361,10 +367,11 @@ def _minimal(kind: type[m.Message]) -> m.Message:
     [k for k in ALL_TYPES if (AliceState.EXPECT_DETECTIONS, k) not in ALICE_TRANSITIONS],
     ids=lambda k: k.__name__,
 )
-def test_unexpected_messages_abort_alice_in_her_first_state(kind: type[m.Message]) -> None:
+def test_unexpected_messages_abort_alice_in_her_first_state(kind: type[Message]) -> None:
     alice, _bob, _, _ = make_sessions(SimConfig(qubits=1000, seed=1))
     out = alice.receive(_minimal(kind))
     assert alice.state is AliceState.ABORTED
+    assert alice.outcome is not None
     assert alice.outcome.abort_reason is AbortReason.PROTOCOL_VIOLATION
     assert [type(x) for x in out] == [m.Abort]
 
@@ -374,11 +381,12 @@ def test_unexpected_messages_abort_alice_in_her_first_state(kind: type[m.Message
     [k for k in ALL_TYPES if (BobState.EXPECT_SIFTING, k) not in BOB_TRANSITIONS],
     ids=lambda k: k.__name__,
 )
-def test_unexpected_messages_abort_bob_after_start(kind: type[m.Message]) -> None:
+def test_unexpected_messages_abort_bob_after_start(kind: type[Message]) -> None:
     _alice, bob, _, _ = make_sessions(SimConfig(qubits=1000, seed=1))
     bob.start()
     bob.receive(_minimal(kind))
     assert bob.state is BobState.ABORTED
+    assert bob.outcome is not None
     assert bob.outcome.abort_reason is AbortReason.PROTOCOL_VIOLATION
 
 
@@ -393,7 +401,8 @@ def test_every_state_input_pair_outside_the_tables_aborts_or_is_ignored() -> Non
             for kind in ALL_TYPES:
                 if (state, kind) in table:
                     continue
-                session = make_sessions(SimConfig(qubits=1000, seed=2))[index]
+                alice, bob, _, _ = make_sessions(SimConfig(qubits=1000, seed=2))
+                session: AliceSession | BobSession = (alice, bob)[index]
                 session.state = state
                 session.receive(_minimal(kind))
                 assert session.state is (state if state in terminal else aborted), (state, kind)

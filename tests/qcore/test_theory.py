@@ -12,6 +12,7 @@ from scipy.optimize import brentq
 
 from qlinkmed.qcore.channel_model import (
     ChannelModel,
+    Source,
     lim2014_error_model,
     predict_bb84,
     predict_e91,
@@ -50,9 +51,10 @@ def test_reference_values(q: float, bb84: float, s: float, di: float) -> None:
 
 def test_reference_zeros() -> None:
     assert shor_preskill_rate(0.11) == pytest.approx(0.0, abs=HALF_DIGIT)
-    assert brentq(shor_preskill_rate, 0.05, 0.2) == pytest.approx(0.110, abs=5e-4)  # "~ 11.0 %"
-    assert brentq(lambda q: ec_rate(q, 1.16), 0.05, 0.2) == pytest.approx(0.098, abs=5e-4)  # "~ 9.8 %"
-    q_di = brentq(lambda q: di_rate(chsh_from_qber(q), q), 0.02, 0.2)
+    # The rates take and return a float or an array; brentq calls them with floats. Below: "~ 11.0 %".
+    assert brentq(lambda q: float(shor_preskill_rate(q)), 0.05, 0.2) == pytest.approx(0.110, abs=5e-4)
+    assert brentq(lambda q: float(ec_rate(q, 1.16)), 0.05, 0.2) == pytest.approx(0.098, abs=5e-4)  # "~ 9.8 %"
+    q_di = brentq(lambda q: float(di_rate(chsh_from_qber(q), q)), 0.02, 0.2)
     assert q_di == pytest.approx(0.071, abs=1e-3)  # "near Q ~ 7.1 %"
     assert chsh_from_qber(q_di) == pytest.approx(2.42, abs=5e-3)  # "S ~ 2.42"
 
@@ -93,7 +95,7 @@ def test_di_rate_domain() -> None:
     assert di_rate(2.0, 0.05) == pytest.approx(-binary_entropy(0.05))
     assert di_rate(3.0, 0.01) == di_rate(TSIRELSON_BOUND, 0.01)  # fluctuations above Tsirelson are clipped
     assert di_rate(TSIRELSON_BOUND, 0.0) == pytest.approx(1.0)
-    rates = di_rate(np.array([1.5, 2.0, 2.5, 2.8]), 0.01)
+    rates = np.asarray(di_rate(np.array([1.5, 2.0, 2.5, 2.8]), 0.01))
     assert rates[0] == -math.inf
     assert np.all(np.diff(rates) > 0)
 
@@ -107,9 +109,9 @@ def test_channel_model_defaults_and_validation() -> None:
     assert (model.dark_count, model.afterpulse, model.misalignment) == (6e-7, 4e-2, 5e-3)
     assert model.transmittance == pytest.approx(model.channel_transmittance * 0.1)
     with pytest.raises(TypeError):
-        ChannelModel(25.0)  # type: ignore[misc]  # keyword-only
+        ChannelModel(25.0)  # type: ignore[call-arg]  # deliberately positional: the fields are keyword-only
     with pytest.raises(dataclasses.FrozenInstanceError):
-        model.distance_km = 3.0  # type: ignore[misc]
+        model.distance_km = 3.0  # type: ignore[misc]  # deliberately assigned: the model is frozen
     bad = {
         "distance_km": -1.0,
         "attenuation_db_per_km": -0.1,
@@ -142,10 +144,10 @@ def test_noiseless_single_photon_qber_is_the_misalignment() -> None:
 
 
 def test_qber_tends_to_misalignment_as_dark_counts_vanish() -> None:
-    errors = []
+    errors: list[float] = []
     for p_dc in (1e-3, 1e-5, 1e-7, 1e-9, 0.0):
         model = ChannelModel(distance_km=50, dark_count=p_dc, afterpulse=0.0, misalignment=0.01)
-        errors.append(abs(predict_bb84(model).qber - 0.01))
+        errors.append(abs(float(predict_bb84(model).qber) - 0.01))
     assert errors == sorted(errors, reverse=True)
     assert errors[-1] < 1e-15
     # A weak coherent pulse reaches e_mis as the signal weakens (double clicks vanish).
@@ -173,7 +175,7 @@ def test_vacuum_pulses_give_random_bits() -> None:
 def test_predict_bb84_checks_its_arguments() -> None:
     model = ChannelModel(distance_km=10)
     with pytest.raises(ConfigError) as info:
-        predict_bb84(model, "laser")  # type: ignore[arg-type]
+        predict_bb84(model, "laser")  # type: ignore[arg-type]  # deliberately no Source: the runtime refusal
     assert info.value.field == "source"
     with pytest.raises(ConfigError):
         predict_bb84(model, "wcp", mu=-0.1)
@@ -182,7 +184,7 @@ def test_predict_bb84_checks_its_arguments() -> None:
 
 
 def _simulate_bb84_clicks(
-    rng: np.random.Generator, n: int, model: ChannelModel, source: str, mu: float
+    rng: np.random.Generator, n: int, model: ChannelModel, source: Source, mu: float
 ) -> tuple[int, int]:
     """An independent sampler of the click model, gate by gate (realised after-pulse chain)."""
     eta, e = model.transmittance, model.misalignment
@@ -209,15 +211,15 @@ def _simulate_bb84_clicks(
 
 
 @pytest.mark.parametrize(("source", "mu"), [("single-photon", 1.0), ("wcp", 0.8), ("wcp", 0.05)])
-def test_predict_bb84_matches_monte_carlo(source: str, mu: float) -> None:
+def test_predict_bb84_matches_monte_carlo(source: Source, mu: float) -> None:
     # Exaggerated noise so that every contribution (double clicks, darks, after-pulses) matters.
     model = ChannelModel(
         distance_km=5.0, detector_efficiency=0.5, dark_count=0.02, afterpulse=0.2, misalignment=0.05
     )
     n = 2_000_000
     detected, errors = _simulate_bb84_clicks(np.random.default_rng(20240601), n, model, source, mu)
-    pred = predict_bb84(model, source, mu)  # type: ignore[arg-type]
-    for count, p in ((detected, pred.detection_probability), (errors, pred.error_probability)):
+    pred = predict_bb84(model, source, mu)
+    for count, p in ((detected, float(pred.detection_probability)), (errors, float(pred.error_probability))):
         sigma = math.sqrt(n * p * (1 - p))  # binomial standard error of the count
         assert abs(count - n * p) < 5 * sigma, (count, n * p, sigma)
 
@@ -291,7 +293,7 @@ def test_lim2014_error_model_literal() -> None:
     assert lim.error_probability == pytest.approx(e_k, rel=1e-12)
     assert lim.qber == pytest.approx(e_k / (d_k * 1.04), rel=1e-12)
     with pytest.raises(ConfigError):
-        lim2014_error_model(model, k, misalignment_transmittance="fibre")  # type: ignore[arg-type]
+        lim2014_error_model(model, k, misalignment_transmittance="fibre")  # type: ignore[arg-type]  # deliberately unknown: the runtime refusal
 
 
 @pytest.mark.parametrize("distance", [0.0, 10.0, 50.0, 100.0, 150.0])
@@ -374,7 +376,7 @@ def test_secret_key_rate_curves() -> None:
     single = predict_bb84(model)
     expected = 0.5 * single.detection_probability * float(ec_rate(single.qber, 1.16))
     assert curves.single_photon_rate[i] == pytest.approx(expected)
-    assert curves.signal.qber[i] == pytest.approx(predict_bb84(model, "wcp", 0.5).qber)
+    assert np.asarray(curves.signal.qber)[i] == pytest.approx(predict_bb84(model, "wcp", 0.5).qber)
 
 
 def test_secret_key_rate_curves_checks_its_arguments() -> None:

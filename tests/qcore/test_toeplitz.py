@@ -184,6 +184,6 @@ def test_bad_values_shapes_and_types_raise() -> None:
     with pytest.raises(ConfigError, match="1-D"):
         toeplitz_hash(ok_seed.reshape(3, 3), ok_x, 5)
     with pytest.raises(ConfigError, match="integer"):
-        toeplitz_hash(ok_seed, ok_x, 5.0)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="integer"):
-        toeplitz_hash(np.zeros(5, dtype=np.uint8), ok_x, True)  # type: ignore[arg-type]
+        toeplitz_hash(ok_seed, ok_x, 5.0)  # type: ignore[arg-type]  # deliberately a float: the runtime refusal
+    with pytest.raises(ConfigError, match="integer"):  # a bool is an int to mypy, not to the runtime check
+        toeplitz_hash(np.zeros(5, dtype=np.uint8), ok_x, True)

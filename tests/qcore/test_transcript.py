@@ -47,16 +47,20 @@ def test_final_key_against_the_reference_toeplitz_and_tags_against_plain_poly130
         (alice if direction == "bob->alice" else bob).receive_bytes(data)
     raw = alice._raw_key  # the reconciled key both ends hold
     amplify = next(decode(d) for _, d in CROSSINGS if d[0] == m.Amplify.TYPE)
+    assert isinstance(amplify, m.Amplify)
     pa = toeplitz_hash_reference(amplify.seed, raw, amplify.length)
+    assert alice.outcome is not None
     assert np.array_equal(pa[384:], alice.outcome.key)
     # Each AuthTag is Poly1305(r || pad) over the framed transcript before it.
     psk_rng = np.random.default_rng(np.random.SeedSequence(VECTOR_CONFIG.seed).spawn(4)[3])
     keys = AuthKeyStore(psk_rng.bytes(PRESHARED_KEY_BYTES)).take_round_keys()
-    framed = []
+    framed: list[bytes] = []
     pads = iter([keys.alice_pad, keys.bob_pad])
     for direction, data in CROSSINGS:
         if data[0] == m.AuthTag.TYPE:
-            tag = decode(data).tag
+            message = decode(data)
+            assert isinstance(message, m.AuthTag)
+            tag = message.tag
             assert Poly1305.generate_tag(keys.hash_key + next(pads), b"".join(framed)) == tag
         marker = b"\x00" if direction == "alice->bob" else b"\x01"
         framed.append(marker + len(data).to_bytes(8, "little") + data)

@@ -9,8 +9,6 @@ import asyncio
 import json
 import ssl
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,8 +19,9 @@ from qlinkmed.qcore import messages as qm
 from qlinkmed.qlinkd.link.wire import MAX_FRAME_BYTES, decode_frame, encode_frame
 from qlinkmed.qlinkd.ops import pki
 from qlinkmed.qlinkd.pool.keystore import KeyStore
-from qlinkmed.qlinkd.testbed.deployment import Deployment, free_ports, write_loopback_deployment
-from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
+from qlinkmed.qlinkd.testbed.deployment import Deployment, free_ports
+from tests.polling import wait_for
+from tests.testbeds import Testbeds
 
 A, B = "hospital-a", "hospital-b"
 PULSES = 700_000
@@ -32,27 +31,15 @@ def _get(url: str) -> dict[str, Any]:
     return httpx.get(url, timeout=5.0).json()
 
 
-def _wait_for(predicate: Any, what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _pool(deployment: Deployment, facility: str) -> dict[str, Any]:
     return _get(deployment.local_url(facility) + "/v1/keys")["pools"][0]
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    deployment = write_loopback_deployment(tmp_path_factory.mktemp("e2e"), pulses_per_round=PULSES)
-    with ProcessGroup(deployment) as group:
-        group.start_all()
-        _wait_for(lambda: _pool(deployment, A)["owned_bits"] >= 4096, "key in A's pool")
-        yield deployment
+def running(module_testbeds: Testbeds) -> Deployment:
+    deployment = module_testbeds.launch(pulses_per_round=PULSES).deployment
+    wait_for(lambda: _pool(deployment, A)["owned_bits"] >= 4096, "key in A's pool")
+    return deployment
 
 
 def _sae(deployment: Deployment, name: str, facility: str) -> httpx.Client:
@@ -115,7 +102,7 @@ def test_both_pools_hold_the_same_key_identities(running: Deployment) -> None:
         a, b = _pool(running, A), _pool(running, B)
         return a["identities_sha256"] == b["identities_sha256"] and a["committed_rounds"] > 0
 
-    _wait_for(agree, "equal pool identities at both ends")
+    wait_for(agree, "equal pool identities at both ends")
 
 
 # ---- a man in the middle with stolen certificates ----------------------------------------------------
@@ -183,21 +170,21 @@ async def _start_proxy(deployment: Deployment, proxy: TamperingProxy) -> web.App
 
 
 @pytest.mark.asyncio
-async def test_man_in_the_middle_edit_aborts_the_round_and_no_key_is_kept(tmp_path: Path) -> None:
-    deployment = write_loopback_deployment(tmp_path, pulses_per_round=PULSES)
+async def test_man_in_the_middle_edit_aborts_the_round_and_no_key_is_kept(testbeds: Testbeds) -> None:
+    deployment = testbeds.write(pulses_per_round=PULSES)
     proxy = TamperingProxy(deployment, deployment.ports[f"{B}.classical"], target=3)
     runner = await _start_proxy(deployment, proxy)
     try:
-        with ProcessGroup(deployment) as group:
-            await asyncio.to_thread(group.start_all)
+        group = await asyncio.to_thread(testbeds.start, deployment)
 
-            def rounds_after_tamper() -> bool:
-                audit = _audit(deployment, A)
-                return proxy.tampered_round is not None and any(
-                    r["event"] == "round_established" and r["round"] > proxy.tampered_round for r in audit
-                )
+        def rounds_after_tamper() -> bool:
+            audit = _audit(deployment, A)
+            return proxy.tampered_round is not None and any(
+                r["event"] == "round_established" and r["round"] > proxy.tampered_round for r in audit
+            )
 
-            await asyncio.to_thread(_wait_for, rounds_after_tamper, "a round after the tampered one", 60.0)
+        await asyncio.to_thread(wait_for, rounds_after_tamper, "a round after the tampered one")
+        group.stop_all()
     finally:
         await runner.cleanup()
     # Stopped (rounds no longer move): both ends hold exactly the same rounds.
@@ -225,11 +212,10 @@ def _audit(deployment: Deployment, facility: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_e91_eavesdropper_drops_chsh_aborts_and_keys_resume_after_detach(tmp_path: Path) -> None:
+def test_e91_eavesdropper_drops_chsh_aborts_and_keys_resume_after_detach(testbeds: Testbeds) -> None:
     # E91 needs large blocks for a device-independent key: 2e7 pairs with a short fibre and a clean
     # detector (after-pulses 0.5 %) give ~1.5 kbit per round.
-    deployment = write_loopback_deployment(
-        tmp_path,
+    deployment = testbeds.write(
         protocol="e91",
         pulses_per_round=20_000_000,
         distance_km=0.0,
@@ -244,110 +230,104 @@ def test_e91_eavesdropper_drops_chsh_aborts_and_keys_resume_after_detach(tmp_pat
         link = bob()
         return link["rounds"]["established"] > count and link["last_round"]["established"] and link
 
-    with ProcessGroup(deployment) as group:
-        group.start_all()
-        honest = _wait_for(lambda: established_after(0), "an honest E91 round", 90.0)
-        assert honest["last_round"]["chsh_s"] > 2.5
-        httpx.post(deployment.admin_url + "/v1/eve", json={"kind": "intercept-resend", "fraction": 1.0})
-        aborted = _wait_for(
-            lambda: (link := bob())["last_round"]["reason"] == "chsh_not_violated" and link,
-            "CHSH abort",
-            90.0,
-        )
-        assert aborted["last_round"]["chsh_s"] < 2.0 and aborted["alarm"] == "chsh_not_violated"
-        pool = _pool(deployment, B)["pool_bits"]
-        for facility in (A, B):
-            metrics = httpx.get(deployment.local_url(facility) + "/metrics").text
-            assert f'qlink_eavesdropper_alarm{{peer="{B if facility == A else A}"}} 1.0' in metrics
-        assert "ALARM" in group.children[A].log() and "ALARM" in group.children[B].log()
-        # Let another attacked round run its course: it must add nothing to the pool.
-        _wait_for(
-            lambda: bob()["rounds"]["aborted"] > aborted["rounds"]["aborted"], "another attacked round", 90.0
-        )
-        assert _pool(deployment, B)["pool_bits"] == pool  # nothing from an attacked round
-        httpx.delete(deployment.admin_url + "/v1/eve")
-        resumed = _wait_for(lambda: established_after(aborted["rounds"]["established"]), "keys again", 90.0)
-        assert resumed["alarm"] is None and _pool(deployment, B)["pool_bits"] > pool
+    group = testbeds.start(deployment)
+    honest = wait_for(lambda: established_after(0), "an honest E91 round", timeout=90.0)
+    assert honest["last_round"]["chsh_s"] > 2.5
+    httpx.post(deployment.admin_url + "/v1/eve", json={"kind": "intercept-resend", "fraction": 1.0})
+    aborted = wait_for(
+        lambda: (link := bob())["last_round"]["reason"] == "chsh_not_violated" and link,
+        "CHSH abort",
+        timeout=90.0,
+    )
+    assert aborted["last_round"]["chsh_s"] < 2.0 and aborted["alarm"] == "chsh_not_violated"
+    pool = _pool(deployment, B)["pool_bits"]
+    for facility in (A, B):
+        metrics = httpx.get(deployment.local_url(facility) + "/metrics").text
+        assert f'qlink_eavesdropper_alarm{{peer="{B if facility == A else A}"}} 1.0' in metrics
+    assert "ALARM" in group.children[A].log() and "ALARM" in group.children[B].log()
+    # Let another attacked round run its course: it must add nothing to the pool.
+    wait_for(
+        lambda: bob()["rounds"]["aborted"] > aborted["rounds"]["aborted"],
+        "another attacked round",
+        timeout=90.0,
+    )
+    assert _pool(deployment, B)["pool_bits"] == pool  # nothing from an attacked round
+    httpx.delete(deployment.admin_url + "/v1/eve")
+    resumed = wait_for(
+        lambda: established_after(aborted["rounds"]["established"]), "keys again", timeout=90.0
+    )
+    assert resumed["alarm"] is None and _pool(deployment, B)["pool_bits"] > pool
 
 
 @pytest.mark.parametrize("name", ["channel", A])
-def test_services_notify_readiness_and_feed_the_watchdog(tmp_path: Path, name: str) -> None:
-    deployment = write_loopback_deployment(tmp_path, pulses_per_round=PULSES)
-    with ProcessGroup(deployment) as group:
-        group.start(name, env={"WATCHDOG_USEC": "400000"})
-        group.wait_ready(name)
-        pings = set()
-        deadline = time.monotonic() + 10
-        while len(pings) < 2 and time.monotonic() < deadline:
-            message = group.next_notification(name)
-            if "WATCHDOG=1" in message.split("\n"):
-                pings.add(time.monotonic())
-        assert len(pings) >= 2
+def test_services_notify_readiness_and_feed_the_watchdog(testbeds: Testbeds, name: str) -> None:
+    deployment = testbeds.write(pulses_per_round=PULSES)
+    group = testbeds.start(deployment, name, env={"WATCHDOG_USEC": "400000"})
+    pings: set[float] = set()
+    deadline = time.monotonic() + 10
+    while len(pings) < 2 and time.monotonic() < deadline:
+        message = group.next_notification(name)
+        if "WATCHDOG=1" in message.split("\n"):
+            pings.add(time.monotonic())
+    assert len(pings) >= 2
 
 
 @pytest.mark.asyncio
-async def test_authentication_key_starvation_raises_the_alarm_and_halts_rounds(tmp_path: Path) -> None:
+async def test_authentication_key_starvation_raises_the_alarm_and_halts_rounds(testbeds: Testbeds) -> None:
     # A 512-byte pre-shared key covers 10 rounds' tags; a man in the middle spoiling every round after
     # the tags were spent drains it, and Alice must stop rather than run unauthenticated.
-    deployment = write_loopback_deployment(tmp_path, pulses_per_round=PULSES, preshared_bytes=512)
+    deployment = testbeds.write(pulses_per_round=PULSES, preshared_bytes=512)
     proxy = TamperingProxy(deployment, deployment.ports[f"{B}.classical"], target=1, every=True)
     runner = await _start_proxy(deployment, proxy)
     try:
-        with ProcessGroup(deployment) as group:
-            await asyncio.to_thread(group.start_all)
+        group = await asyncio.to_thread(testbeds.start, deployment)
 
-            def starved() -> Any:
-                link = _get(deployment.local_url(A) + "/v1/status")["links"][0]
-                return link["auth_starved"] and link
+        def starved() -> Any:
+            link = _get(deployment.local_url(A) + "/v1/status")["links"][0]
+            return link["auth_starved"] and link
 
-            link = await asyncio.to_thread(_wait_for, starved, "authentication starvation", 60.0)
-            assert link["rounds"]["established"] == 0 and link["auth_reserve_bits"] < 384
-            metrics = httpx.get(deployment.local_url(A) + "/metrics").text
-            assert 'qlink_auth_starved{peer="hospital-b"} 1.0' in metrics
-            assert "ALARM authentication key starved" in group.children[A].log()
-            # That a starved link starts no round, however long it waits, is policy: test_link_policy.
+        link = await asyncio.to_thread(wait_for, starved, "authentication starvation")
+        assert link["rounds"]["established"] == 0 and link["auth_reserve_bits"] < 384
+        metrics = httpx.get(deployment.local_url(A) + "/metrics").text
+        assert 'qlink_auth_starved{peer="hospital-b"} 1.0' in metrics
+        assert "ALARM authentication key starved" in group.children[A].log()
+        # That a starved link starts no round, however long it waits, is policy: test_link_policy.
+        group.stop_all()
     finally:
         await runner.cleanup()
 
 
-def test_pool_stops_at_the_high_watermark_and_resumes_below_the_low_one(tmp_path: Path) -> None:
-    deployment = write_loopback_deployment(
-        tmp_path, pulses_per_round=PULSES, low_watermark_bits=12_000, high_watermark_bits=30_000
+def test_pool_stops_at_the_high_watermark_and_resumes_below_the_low_one(testbeds: Testbeds) -> None:
+    deployment = testbeds.write(
+        pulses_per_round=PULSES, low_watermark_bits=12_000, high_watermark_bits=30_000
     )
 
     def rounds() -> int:
         return sum(_get(deployment.local_url(A) + "/v1/status")["links"][0]["rounds"].values())
 
-    with ProcessGroup(deployment) as group:
-        group.start_all()
-        _wait_for(lambda: _pool(deployment, A)["pool_bits"] >= 30_000, "the high watermark")
-        # That no round starts while paused, until the low mark, is policy: test_link_policy.
-        _wait_for(
-            lambda: _get(deployment.local_url(A) + "/v1/status")["links"][0]["rounds_paused"], "the pause"
-        )
-        paused_at = rounds()
-        # Hand keys out at both ends (each owns half the rounds) until the pool is below the low mark.
-        for facility, peer in ((A, B), (B, A)):
-            master = _sae(deployment, f"pacs-{facility}", facility)
-            owned = _pool(deployment, facility)["owned_bits"]
-            if owned >= 256:
-                got = master.post(
-                    f"/api/v1/keys/pacs-{peer}/enc_keys", json={"number": owned // 256, "size": 256}
-                )
-                assert got.status_code == 200, got.text
-        assert _pool(deployment, A)["pool_bits"] < 12_000
-        _wait_for(lambda: rounds() > paused_at, "rounds to resume below the low watermark")
-        _wait_for(lambda: _pool(deployment, A)["pool_bits"] >= 12_000, "the pool to refill")
+    testbeds.start(deployment)
+    wait_for(lambda: _pool(deployment, A)["pool_bits"] >= 30_000, "the high watermark")
+    # That no round starts while paused, until the low mark, is policy: test_link_policy.
+    wait_for(lambda: _get(deployment.local_url(A) + "/v1/status")["links"][0]["rounds_paused"], "the pause")
+    paused_at = rounds()
+    # Hand keys out at both ends (each owns half the rounds) until the pool is below the low mark.
+    for facility, peer in ((A, B), (B, A)):
+        master = _sae(deployment, f"pacs-{facility}", facility)
+        owned = _pool(deployment, facility)["owned_bits"]
+        if owned >= 256:
+            got = master.post(
+                f"/api/v1/keys/pacs-{peer}/enc_keys", json={"number": owned // 256, "size": 256}
+            )
+            assert got.status_code == 200, got.text
+    assert _pool(deployment, A)["pool_bits"] < 12_000
+    wait_for(lambda: rounds() > paused_at, "rounds to resume below the low watermark")
+    wait_for(lambda: _pool(deployment, A)["pool_bits"] >= 12_000, "the pool to refill")
 
 
-def test_sigterm_stops_every_process_cleanly_mid_round(tmp_path: Path) -> None:
-    deployment = write_loopback_deployment(tmp_path, pulses_per_round=PULSES)
-    group = ProcessGroup(deployment)
-    try:
-        group.start_all()
-        _wait_for(lambda: _pool(deployment, A)["pool_bits"] > 0, "a first key")
-    finally:
-        group.stop_all()  # SIGTERM, then SIGKILL for whatever is still running 10 s later
+def test_sigterm_stops_every_process_cleanly_mid_round(testbeds: Testbeds) -> None:
+    group = testbeds.launch(pulses_per_round=PULSES)
+    wait_for(lambda: _pool(group.deployment, A)["pool_bits"] > 0, "a first key")
+    group.stop_all()  # SIGTERM, then SIGKILL for whatever is still running 10 s later
     for name, child in group.children.items():
         assert child.process.returncode == 0, (name, child.process.returncode)
         assert "Traceback" not in child.log(), name

@@ -22,16 +22,17 @@ def main() -> None:
     alice, bob, _, _ = make_sessions(VECTOR_CONFIG)
     transcript = run_pair(alice, bob)
     assert alice.outcome is not None and alice.outcome.established, "vector round must establish a key"
+    crossings = [{"direction": d.value, "hex": data.hex()} for d, data in transcript.crossings]
     vector = {
         "description": "BB84 round, single-photon source, in-memory harness; crossings in delivery order",
         "config": config_as_dict(VECTOR_CONFIG),
-        "crossings": [{"direction": d.value, "hex": data.hex()} for d, data in transcript.crossings],
+        "crossings": crossings,
         "final_key_bits": alice.outcome.final_key_bits,
         "final_key_sha256": _key_hash(alice.outcome.key),
     }
     path = Path(__file__).with_name("bb84_transcript.json")
     path.write_text(json.dumps(vector, indent=1) + "\n")
-    print(f"wrote {path} ({len(vector['crossings'])} crossings, key {vector['final_key_bits']} bits)")
+    print(f"wrote {path} ({len(crossings)} crossings, key {vector['final_key_bits']} bits)")
 
 
 if __name__ == "__main__":

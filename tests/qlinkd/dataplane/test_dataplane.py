@@ -415,7 +415,7 @@ async def test_receiver_pads_accept_each_offset_once_and_in_order() -> None:
     async def refused(key_id: str, offset: int, size: int) -> IntegrityFailure:
         with pytest.raises(IntegrityError) as info:
             await pads.cut(key_id, offset, size)
-        return info.value.reason  # type: ignore[no-any-return]
+        return info.value.reason
 
     assert await refused(first.key_id, 0, 40) is IntegrityFailure.REPLAY
     assert await refused(first.key_id, 50, 10) is IntegrityFailure.REORDERED
@@ -450,7 +450,7 @@ class Harness:
         self.finished: list[tuple[str, Outgoing, str | None]] = []
         self.fallbacks: list[str] = []
         self.hook: FrameHook = lambda n, frame: [frame]
-        self.finishing: dict[str, asyncio.Task[tuple[bool, str]]] = {}
+        self.finishing: dict[str, asyncio.Task[tuple[bool, str] | None]] = {}
 
     def queue(self, files: list[tuple[str, bytes, str]], kind: TransferKind = TransferKind.STUDY) -> Manifest:
         m = _manifest(files, kind)
@@ -592,6 +592,7 @@ async def test_a_tampered_replayed_or_reordered_frame_is_rejected_and_nothing_co
     h = Harness(tmp_path, PairedKeys())
     m = h.queue([(f"ct{i}.dcm", d, "dicom") for i, d in enumerate(study)])
     attacked: list[bytes] = []
+    held: list[bytes] = []
 
     def hook(n: int, frame: bytes) -> list[bytes]:
         # Attack the first connection only, on its 3rd and 4th frames (chunks of file 0).
@@ -604,10 +605,10 @@ async def test_a_tampered_replayed_or_reordered_frame_is_rejected_and_nothing_co
             attacked.append(frame)
             return [frame, frame]
         if n == 3:
-            h._held = frame  # type: ignore[attr-defined]
+            held.append(frame)
             return []
         attacked.append(frame)
-        return [frame, h._held]  # type: ignore[attr-defined]
+        return [frame, held[0]]
 
     h.hook = hook
     await h.run_until(_delivered(h, m))
@@ -658,7 +659,8 @@ async def test_a_refused_content_is_reported_to_the_sender(tmp_path: Path) -> No
     await h.run_until(_delivered(h, m))
     ((tid, state, reason),) = h.finished
     assert state is Outgoing.REFUSED and "not-really.dcm" in str(reason)
-    assert h.b_records.incoming(tid).state is Incoming.REFUSED  # type: ignore[union-attr]
+    record = h.b_records.incoming(tid)
+    assert record is not None and record.state is Incoming.REFUSED
 
 
 def _fhir_messages(n: int) -> list[bytes]:
@@ -671,7 +673,12 @@ async def test_ehr_messages_after_the_first_are_cut_from_a_session_pad_key(tmp_p
     keys = PairedKeys()
     h = Harness(tmp_path, keys)
     versions: list[int] = []
-    h.hook = lambda n, frame: versions.append(frame[0]) or [frame]
+
+    def hook(n: int, frame: bytes) -> list[bytes]:
+        versions.append(frame[0])
+        return [frame]
+
+    h.hook = hook
     bodies = _fhir_messages(4)
     ms = [h.queue([(f"m{i}.json", body, "fhir")], TransferKind.EHR) for i, body in enumerate(bodies)]
     await h.run_until(lambda: len(h.finished) == 4)
@@ -760,6 +767,7 @@ async def test_a_session_that_ends_idle_is_replaced_at_once_until_the_peer_canno
             metrics=LinkMetrics(CollectorRegistry()),
         )
 
+    tasks_before = asyncio.all_tasks()
     b = plane(B, A, None)
     port = await b.start(Address(host="127.0.0.1", port=0))
     a = plane(A, B, Address(host="127.0.0.1", port=port))
@@ -804,3 +812,5 @@ async def test_a_session_that_ends_idle_is_replaced_at_once_until_the_peer_canno
         await b.stop()
         a.close()
         b.close()
+    # Both planes are stopped and closed: none of the tasks they started is still pending.
+    assert asyncio.all_tasks() - tasks_before == set()

@@ -24,14 +24,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qlinkmed.client.cli import main
 from qlinkmed.client.commands.demo import _token
 from qlinkmed.client.data_http import DataTarget
-from qlinkmed.qlinkd.testbed.deployment import Deployment, write_loopback_deployment
+from qlinkmed.qlinkd.testbed.deployment import Deployment
 from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
+from tests.cli import qlink
 from tests.dicom_factory import make_ct_study
 from tests.paths import DATA
 from tests.polling import wait_for
+from tests.testbeds import Testbeds
 
 A, B = "hospital-a", "hospital-b"
 PULSES = 700_000
@@ -58,36 +59,21 @@ def _owned_bits(target: DataTarget) -> int:
 
 
 @pytest.fixture(scope="module")
-def link(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Link]:
-    deployment = write_loopback_deployment(
-        tmp_path_factory.mktemp("dataplane-e2e") / "deployment", pulses_per_round=PULSES
-    )
-    group = ProcessGroup(deployment)
-    try:
-        group.start_all()
-        a = DataTarget(deployment.local_url(A), _token(deployment, A))
-        b = DataTarget(deployment.local_url(B), _token(deployment, B))
-        wait_for(lambda: _owned_bits(a) >= KEY_BITS and _owned_bits(b) >= KEY_BITS, "key in both pools")
-        yield Link(deployment, group, a, b)
-        # Every transfer, refusal and the crash recovery ran without a traceback in any log. (Checked
-        # before the SIGTERM: a daemon stopped while a peer's data session is open logs asyncio's
-        # "Exception in callback" for the cancelled connection handler, a shutdown bug of its own.)
-        for name, child in group.children.items():
-            assert "Traceback" not in child.log(), f"{name}:\n{child.log()[-3000:]}"
-    finally:
-        group.stop_all()
+def link(module_testbeds: Testbeds) -> Iterator[Link]:
+    group = module_testbeds.launch(pulses_per_round=PULSES)
+    deployment = group.deployment
+    a = DataTarget(deployment.local_url(A), _token(deployment, A))
+    b = DataTarget(deployment.local_url(B), _token(deployment, B))
+    wait_for(lambda: _owned_bits(a) >= KEY_BITS and _owned_bits(b) >= KEY_BITS, "key in both pools")
+    yield Link(deployment, group, a, b)
+    # Every transfer, refusal and the crash recovery ran without a traceback in any log. (Checked
+    # before the SIGTERM: a daemon stopped while a peer's data session is open logs asyncio's
+    # "Exception in callback" for the cancelled connection handler, a shutdown bug of its own.)
+    for name, child in group.children.items():
+        assert "Traceback" not in child.log(), f"{name}:\n{child.log()[-3000:]}"
+    group.stop_all()  # here, not at module_testbeds' teardown: the exit codes are checked next
     for name, child in group.children.items():
         assert child.process.returncode == 0, (name, child.process.returncode)
-
-
-def qlink(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run `qlink ARGS` in-process: (exit code, stdout, stderr)."""
-    try:
-        code = main(list(args))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _inbox(link: Link, capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str, Any]]:
@@ -248,8 +234,8 @@ def test_data_endpoints_need_the_token_and_status_does_not(link: Link) -> None:
         # The same daemon answers the holder of the token, and /v1/status needs none.
         assert target.json("GET", "/v1/inbox")[0] == 200
         assert target.json("GET", f"/v1/inbox/{unknown}")[0] == 404
-        status = httpx.get(target.url + "/v1/status", timeout=10.0)
-        assert status.status_code == 200 and status.json()["facility"] == facility
+        unauthenticated = httpx.get(target.url + "/v1/status", timeout=10.0)
+        assert unauthenticated.status_code == 200 and unauthenticated.json()["facility"] == facility
     assert _outgoing_ids(link) == before
 
 

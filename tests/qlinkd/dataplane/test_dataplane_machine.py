@@ -469,7 +469,7 @@ def test_a_replayed_or_tampered_answer_ends_the_senders_session(answer: str, pro
     other, _ = _manifest([10])
     if answer == "impossible position":
         pair.sender.offer(other)
-    message: DataMessage = {
+    answers: dict[str, DataMessage] = {
         "replayed delivered": Delivered(transfer_id=other.transfer_id, manifest_sha256=other.sha256()),
         "another manifest": Delivered(transfer_id=tid, manifest_sha256=other.sha256()),
         "ack beyond the sent": Ack(transfer_id=tid, file_index=0, offset=2501),
@@ -479,9 +479,9 @@ def test_a_replayed_or_tampered_answer_ends_the_senders_session(answer: str, pro
         ),
         "second ready": Ready(),
         "offer from the receiver": Offer(transfer_id=tid, manifest=manifest.to_json()),
-    }[answer]
+    }
     with pytest.raises(SessionClosed, match=problem):
-        pair.sender.receive(_wire(message))
+        pair.sender.receive(_wire(answers[answer]))
     assert pair.sender.phase is SendPhase.CLOSED
     assert pair.sender.in_flight() == set()
 

@@ -4,7 +4,9 @@ man in the middle can break a round (each must end it with no key in either pool
 from __future__ import annotations
 
 import dataclasses
+from operator import attrgetter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,7 +28,7 @@ from qlinkmed.qlinkd.link.states import CONSEQUENCES, PEER_INPUTS, TRANSITIONS, 
 from qlinkmed.qlinkd.link.wire import encode_frame
 from qlinkmed.qlinkd.pool.keystore import KeyStore
 from qlinkmed.qlinkd.pool.values import KeyNotice, Segment
-from tests.link_pair import LinkPair
+from tests.link_pair import LinkPair, Tap
 
 
 def _pool(store: KeyStore, peer: str) -> tuple[int, int, int]:
@@ -96,7 +98,9 @@ def test_eavesdropper_aborts_at_both_ends_and_no_key_enters_the_pool(tmp_path: P
         assert ended.reason is AbortReason.QBER_ABOVE_THRESHOLD
         assert end.store.pool_bits(end.peer) == 0 and _pool(end.store, end.peer)[2] == 0
         # Each end judged on its own evidence: Bob sends his test bits ahead of his Abort.
-        stats = pair.ended(end)[0].outcome.statistics
+        outcome = pair.ended(end)[0].outcome
+        assert outcome is not None
+        stats = outcome.statistics
         assert not pair.ended(end)[0].by_peer and stats is not None and stats.qber > 0.2
     # Detached: the next round establishes again.
     pair.broker.eve = Eavesdropper()
@@ -104,37 +108,42 @@ def test_eavesdropper_aborts_at_both_ends_and_no_key_enters_the_pool(tmp_path: P
     assert pair.ended(pair.a)[-1].established and pair.a.store.pool_bits(pair.a.peer) > 0
 
 
-def _flip_first(message: object) -> object:
+def _flip_first(message: lm.Distill) -> lm.Distill:
     """The message with one bit of its first array field flipped: a man in the middle's edit."""
-    for name, _ in message.layout():  # type: ignore[attr-defined]
+    for name, _ in message.layout():
         value = getattr(message, name)
+        # The field is found at run time (from the layout), so the edit is typed as the layout is: Any.
+        edit: dict[str, Any] = {}
         if isinstance(value, np.ndarray) and value.size:
-            changed = value.copy()
-            changed[0] ^= 1
-            return dataclasses.replace(message, **{name: changed})  # type: ignore[type-var]
-        if isinstance(value, bytes) and value:
-            return dataclasses.replace(message, **{name: bytes([value[0] ^ 1]) + value[1:]})  # type: ignore[type-var]
+            edit[name] = value.copy()
+            edit[name][0] ^= 1
+        elif isinstance(value, bytes) and value:
+            edit[name] = bytes([value[0] ^ 1]) + value[1:]
+        if edit:
+            return dataclasses.replace(message, **edit)
     raise AssertionError(f"nothing to flip in {type(message).__name__}")
 
 
-def _attack(kind: str, victim_type: type, sender: str):
-    state = {"done": False, "held": None}
+def _attack(kind: str, victim_type: type[lm.Distill], sender: str) -> Tap:
+    done = False
+    held: bytes | None = None
 
     def tap(who: str, round_id: int, message: object, data: bytes) -> list[bytes]:
-        if who != sender or (state["done"] and state["held"] is None):
+        nonlocal done, held
+        if who != sender or (done and held is None):
             return [data]
-        if state["held"] is not None:  # reorder: release the held frame after this one
-            held, state["held"] = state["held"], None
-            return [data, held]
+        if held is not None:  # reorder: release the held frame after this one
+            release, held = held, None
+            return [data, release]
         if not isinstance(message, victim_type):
             return [data]
-        state["done"] = True
+        done = True
         if kind == "drop":
             return []
         if kind == "replay":
             return [data, data]
         if kind == "reorder":
-            state["held"] = data
+            held = data
             return []
         return [encode_frame(_flip_first(message), round_id)]
 
@@ -156,7 +165,7 @@ def _attack(kind: str, victim_type: type, sender: str):
     ],
 )
 def test_classical_tampering_aborts_the_round_with_no_key(
-    pair: LinkPair, kind: str, victim: type, sender: str
+    pair: LinkPair, kind: str, victim: type[lm.Distill], sender: str
 ) -> None:
     pair.tap = _attack(kind, victim, sender)
     pair.run_round()
@@ -353,7 +362,7 @@ def _reachable(state: State) -> set[State]:
 
 
 @pytest.mark.parametrize("state", [s for s in State if s is not State.CLOSED])
-@pytest.mark.parametrize("kind", sorted(PEER_INPUTS, key=lambda i: i.value))
+@pytest.mark.parametrize("kind", sorted(PEER_INPUTS, key=attrgetter("value")))
 def test_every_peer_input_moves_by_the_table_or_ends_the_round(
     tmp_path: Path, state: State, kind: Input
 ) -> None:

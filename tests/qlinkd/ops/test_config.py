@@ -247,8 +247,15 @@ def test_a_peer_id_the_hello_refuses_is_refused_by_check_config(
     # check refuses it, so such a file passed --check-config and then failed every hello.
     with pytest.raises(FrameError):
         Hello(
-            facility="hospital-a", peer=bad_id, protocol="bb84", source="single-photon",
-            pulses_per_round=1_000_000, next_round=1, last_committed=0, pending_round=0, auth_position=0,
+            facility="hospital-a",
+            peer=bad_id,
+            protocol="bb84",
+            source="single-photon",
+            pulses_per_round=1_000_000,
+            next_round=1,
+            last_committed=0,
+            pending_round=0,
+            auth_position=0,
         )
     bad = _variant(deployment, "hospital-a.toml", 'id = "hospital-b"', f'id = "{bad_id}"')
     assert check_config(bad) == 2

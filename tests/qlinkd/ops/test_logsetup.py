@@ -20,7 +20,7 @@ def _record(exc: BaseException) -> logging.LogRecord:
 
 
 def test_malformed_request_becomes_one_warning_without_the_peer_bytes() -> None:
-    record = _record(BadStatusLine(b"\x16\x03secret-looking-bytes"))
+    record = _record(BadStatusLine("\x16\x03secret-looking-bytes"))
     assert MalformedRequestFilter().filter(record)
     line = JsonFormatter().format(record)
     entry = json.loads(line)

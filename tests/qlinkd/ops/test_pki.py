@@ -189,6 +189,7 @@ def test_cli_bad_input_exits_2_with_one_line(
     argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = [a.replace("{tmp}", str(tmp_path / "x")) for a in argv]
+    code: int | str | None
     try:
         code = ca_command.run(argv)
     except SystemExit as exc:

@@ -123,10 +123,10 @@ async def link(tmp_path: Path, certs: dict[str, tuple[Path, Path]]):
     for facility, store in stores.items():
         peer = peer_of[facility]
         store.init_auth(peer, b"\x07" * 96)
-        for r, key in round_keys.items():
+        for r, round_key in round_keys.items():
             store.note_round_started(peer, r)
             store.store_pending(
-                peer, r, owner=round_owner(r, facility, peer), key=key, auth_refill=b"\x01" * 48
+                peer, r, owner=round_owner(r, facility, peer), key=round_key, auth_refill=b"\x01" * 48
             )
             store.commit(peer, r)
     result = Link(stores=stores, managers={}, ports={}, certs=certs, round_keys=round_keys)
@@ -364,6 +364,7 @@ async def test_dec_keys_unknown_id_is_400_after_the_wait(link: Link) -> None:
     assert response.status_code == 400
     assert response.json()["message"] == NOT_FOUND
     assert link.managers[B].waiting.is_set()
+    bad: dict[str, Any]
     for bad in ({}, {"key_IDs": []}, {"key_IDs": ["x"]}, {"key_IDs": [{"key_ID": 5}]}):
         response = await slave.post("/sae-a1/dec_keys", json=bad)
         assert response.status_code == 400

@@ -447,11 +447,19 @@ def test_hybrid_both_ends_derive_the_same_key() -> None:
 def test_hybrid_key_changes_with_either_input() -> None:
     master, _, ciphertext = _exchange(SEED)
     other_kem, _, _ = _exchange(SEED + 1)
-    kw = {"direction": Direction.MASTER_TO_SLAVE}
-    base = hybrid.derive_hybrid_traffic_key(_material(), [KEY_ID], kem=master, **kw).key
-    assert hybrid.derive_hybrid_traffic_key(_material(SEED + 1), [KEY_ID], kem=master, **kw).key != base
-    assert hybrid.derive_hybrid_traffic_key(_material(), [KEY_ID], kem=other_kem, **kw).key != base
-    assert derive_traffic_key(_material(), [KEY_ID], **kw).key != base  # hybrid and QKD-only differ
+    direction = Direction.MASTER_TO_SLAVE
+    base = hybrid.derive_hybrid_traffic_key(_material(), [KEY_ID], kem=master, direction=direction).key
+    assert (
+        hybrid.derive_hybrid_traffic_key(_material(SEED + 1), [KEY_ID], kem=master, direction=direction).key
+        != base
+    )
+    assert (
+        hybrid.derive_hybrid_traffic_key(_material(), [KEY_ID], kem=other_kem, direction=direction).key
+        != base
+    )
+    assert (
+        derive_traffic_key(_material(), [KEY_ID], direction=direction).key != base
+    )  # hybrid and QKD-only differ
     # A tampered ciphertext decapsulates to another secret (implicit rejection): the keys then differ.
     offer = hybrid.HybridOffer(np.random.default_rng(SEED).bytes(64))
     tampered = bytearray(ciphertext)
@@ -488,8 +496,12 @@ def test_seal_package_does_no_io() -> None:
                 names = [alias.name.split(".")[0] for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module.split(".")[0]]
-            offences += [f"{path.name}:{node.lineno} imports {n}" for n in names if n in forbidden]
-            calls_io = isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-            if calls_io and node.func.id in {"open", "print"}:
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                offences += [f"{path.name}:{node.lineno} imports {n}" for n in names if n in forbidden]
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in {"open", "print"}
+            ):
                 offences.append(f"{path.name}:{node.lineno} calls {node.func.id}()")
     assert offences == []
