@@ -1,5 +1,5 @@
-"""The data-plane messages as frozen dataclasses: what ``messages`` decodes every sealed frame's plaintext
-into, and encodes from. Pure (no protobuf here: ``messages`` is the one module that converts), so the
+"""The data-plane messages as frozen dataclasses: what ``wire`` decodes every sealed frame's plaintext
+into, and encodes from. Pure (no protobuf here: ``wire`` is the one module that converts), so the
 session machines (``send_machine``, ``receive_machine``) can take them as typed inputs and dispatch on
 their type.
 

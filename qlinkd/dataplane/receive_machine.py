@@ -1,7 +1,7 @@
 """The receiving end of a data-plane session as a sans-IO state machine (its peer: ``send_machine``).
 
 ``ReceiverMachine`` takes the typed messages of ``events`` that the sender sends (the shell, ``receiver``,
-opens and decodes each frame; ``messages`` is the one protobuf conversion) and its shell's actions (the
+opens and decodes each frame; ``wire`` is the one protobuf conversion) and its shell's actions (the
 keys are here, this point is durable, this transfer is stored), and returns the message to send or an event
 saying what the shell must do. It checks who opened the session, which messages may come when, and that
 every chunk is exactly the next expected; it does no IO (no asyncio, files, database or clock), so

@@ -1,7 +1,7 @@
 """The sending end of a data-plane session as a sans-IO state machine (its peer: ``receive_machine``).
 
 ``SenderMachine`` takes the typed messages of ``events`` that the receiver sends (the shell, ``sender``,
-opens and decodes each frame; ``messages`` is the one protobuf conversion) and its shell's actions (offer
+opens and decodes each frame; ``wire`` is the one protobuf conversion) and its shell's actions (offer
 this transfer, here are the next bytes, announce this pad key), and returns the message to send or an
 event saying what the shell must do. It decides what may be sent next and judges every answer; it does no
 IO (no asyncio, files, database or clock), so ``tests/qlinkd/dataplane/test_dataplane_machine.py`` runs

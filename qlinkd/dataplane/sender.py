@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from qlinkmed.qlinkd.dataplane import messages as dm
+from qlinkmed.qlinkd.dataplane import wire as dm
 from qlinkmed.qlinkd.dataplane.ehr_queue import EhrQueue
 from qlinkmed.qlinkd.dataplane.events import DataMessage
 from qlinkmed.qlinkd.dataplane.keys import SESSION_KEY_BITS, KeySource

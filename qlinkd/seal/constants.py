@@ -36,7 +36,7 @@ MAX_KEY_IDS = 255
 or two ETSI keys; an OTP frame names every key its pad was cut from."""
 
 MAX_SESSION_KEY_IDS = 16
-"""At most this many key IDs in a data-plane session's opening frame (``dataplane.messages.decode_open``).
+"""At most this many key IDs in a data-plane session's opening frame (``dataplane.wire.decode_open``).
 A policy limit, not a format one (the header format allows MAX_KEY_IDS): the sender names the one key it
 took, and the receiver fetches every named key from its pool before anything is authenticated, so an
 unauthenticated peer must not make it look up 255."""

@@ -23,8 +23,8 @@ from prometheus_client import CollectorRegistry
 
 from qlinkmed.proto import qlinkmed_wire_pb2 as pb
 from qlinkmed.qcore.errors import IntegrityFailure
-from qlinkmed.qlinkd.dataplane import messages as dm
 from qlinkmed.qlinkd.dataplane import sender as sender_module
+from qlinkmed.qlinkd.dataplane import wire as dm
 from qlinkmed.qlinkd.dataplane.ehr_queue import EhrQueue
 from qlinkmed.qlinkd.dataplane.inbox import Inbox, TransferRefused, advance_past_complete
 from qlinkmed.qlinkd.dataplane.keys import SESSION_KEY_BITS

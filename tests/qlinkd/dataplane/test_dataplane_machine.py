@@ -1,5 +1,5 @@
 """The data-plane session machines without sockets: a sender and a receiver connected in memory (every
-message through the one protobuf conversion, ``messages``), a study and EHR messages crossing, resumes,
+message through the one protobuf conversion, ``wire``), a study and EHR messages crossing, resumes,
 every (state, input) pair against the transition tables, and replayed, reordered or tampered messages
 refused."""
 
@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from qlinkmed.qlinkd.dataplane import messages as dm
+from qlinkmed.qlinkd.dataplane import wire as dm
 from qlinkmed.qlinkd.dataplane.events import (
     DATA_VERSION,
     Ack,
