@@ -42,6 +42,7 @@ from qlinkmed.qlinkd.dataplane.events import (
     TransferState,
 )
 from qlinkmed.qlinkd.dataplane.manifest import Manifest, TransferKind, advance_past_complete
+from qlinkmed.qlinkd.dataplane.tables import SessionRules
 from qlinkmed.qlinkd.errors import Rejected, SessionMisuse, TransferError
 
 REFUSAL_REASON_CHARS = 500
@@ -118,7 +119,7 @@ RECEIVE_TRANSFER: dict[tuple[ReceiveStage, ReceiveInput], ReceiveStage] = {
 """A transfer's stage in the session: every input about it each stage accepts, and the stage that follows.
 OPEN, KEYED and PAD concern the session only."""
 
-_RECEIVE_TRANSFER_INPUTS = frozenset(i for _, i in RECEIVE_TRANSFER)
+RECEIVE_RULES = SessionRules(RECEIVE_SESSION, RECEIVE_TRANSFER, ReceiveStage.IDLE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -286,24 +287,16 @@ class ReceiverMachine:
         session table, then the transfer table, or the session ends. Returns the transfer's arrival, as it
         was before the move if the move answered it; None for a transfer not being received (the caller of
         a move out of IDLE makes the arrival)."""
-        phase = RECEIVE_SESSION.get((self.phase, what))
-        if phase is None:
-            self._end(f"{what.name.lower()} not expected in {self.phase.name}", peer=peer)
-        arrival = None
-        if what in _RECEIVE_TRANSFER_INPUTS:
-            if transfer_id is None:
-                self._end(f"{what.name.lower()} names no transfer", peer=False)
-            arrival = self._arrivals.get(transfer_id)
-            stage = RECEIVE_TRANSFER.get((ReceiveStage.IDLE if arrival is None else arrival.stage, what))
-            if stage is None:
-                where = "not offered on this connection" if arrival is None else f"in {arrival.stage.name}"
-                self._end(f"{what.name.lower()} for transfer {transfer_id}, {where}", peer=peer)
-            if arrival is not None:
-                arrival.stage = stage
-                if stage is ReceiveStage.IDLE:
-                    del self._arrivals[transfer_id]
-        self.phase = phase
-        return arrival
+        self.phase, found = RECEIVE_RULES.move(
+            self.phase,
+            what,
+            transfer_id,
+            self._arrivals,
+            peer=peer,
+            unknown="not offered on this connection",
+            end=self._end,
+        )
+        return found
 
     def _arrival(self, what: ReceiveInput, transfer_id: str, *, peer: bool) -> _Arrival:
         arrival = self._move(what, transfer_id, peer=peer)

@@ -44,6 +44,7 @@ from qlinkmed.qlinkd.dataplane.events import (
     TransferState,
 )
 from qlinkmed.qlinkd.dataplane.manifest import Manifest, TransferKind, advance_past_complete
+from qlinkmed.qlinkd.dataplane.tables import SessionRules
 from qlinkmed.qlinkd.errors import SessionClosed, SessionMisuse
 
 CHUNK_BYTES = (1 << 20) - 1024
@@ -115,7 +116,7 @@ SEND_TRANSFER: dict[tuple[SendStage, SendInput], SendStage] = {
 """A transfer's stage in the session: every input about it each stage accepts, and the stage that follows.
 READY and PAD concern the session only."""
 
-_SEND_TRANSFER_INPUTS = frozenset(i for _, i in SEND_TRANSFER)
+SEND_RULES = SessionRules(SEND_SESSION, SEND_TRANSFER, SendStage.IDLE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -313,24 +314,16 @@ class SenderMachine:
         session table, then the transfer table, or the session ends. Returns the transfer's flight, as it
         was before the move if the move answered it; None for a transfer not in flight (the caller of a
         move out of IDLE makes the flight)."""
-        phase = SEND_SESSION.get((self.phase, what))
-        if phase is None:
-            self._end(f"{what.name.lower()} not expected in {self.phase.name}", peer=peer)
-        flight = None
-        if what in _SEND_TRANSFER_INPUTS:
-            if transfer_id is None:
-                self._end(f"{what.name.lower()} names no transfer", peer=False)
-            flight = self._flights.get(transfer_id)
-            stage = SEND_TRANSFER.get((SendStage.IDLE if flight is None else flight.stage, what))
-            if stage is None:
-                where = "which is not in flight" if flight is None else f"in {flight.stage.name}"
-                self._end(f"{what.name.lower()} for transfer {transfer_id}, {where}", peer=peer)
-            if flight is not None:
-                flight.stage = stage
-                if stage is SendStage.IDLE:
-                    del self._flights[transfer_id]
-        self.phase = phase
-        return flight
+        self.phase, found = SEND_RULES.move(
+            self.phase,
+            what,
+            transfer_id,
+            self._flights,
+            peer=peer,
+            unknown="which is not in flight",
+            end=self._end,
+        )
+        return found
 
     def _flight(self, what: SendInput, transfer_id: str, *, peer: bool) -> _Flight:
         """`_move` for an input the table accepts only for a transfer in flight."""
