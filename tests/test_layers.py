@@ -5,7 +5,8 @@ functions, except under ``if TYPE_CHECKING:``):
 - the sans-IO machines (the link machine, the data-plane session's two machines) reach no asyncio,
   sqlite3, socket, ssl or aiohttp, directly or through anything of ours they import;
 - the daemon never imports the quantum-channel service or the testbed;
-- no module of ours imports itself back through a cycle.
+- no module of ours imports itself back through a cycle;
+- only the two wire modules (link, data plane) import the generated protobuf code.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ import pytest
 
 from tests.paths import REPO
 
-PACKAGES = {"qcore": "qlinkmed.qcore", "qlinkd": "qlinkmed.qlinkd", "client": "qlinkmed.client"}
+PACKAGES = {
+    "qcore": "qlinkmed.qcore",
+    "qlinkd": "qlinkmed.qlinkd",
+    "client": "qlinkmed.client",
+    "proto": "qlinkmed.proto",
+}
 SANS_IO = (
     "qlinkmed.qlinkd.link.machine",
     "qlinkmed.qlinkd.dataplane.send_machine",
@@ -176,3 +182,9 @@ def test_no_import_cycles() -> None:
         if module not in index:
             visit(module)
     assert cycles == []
+
+
+def test_only_the_wire_modules_touch_protobuf() -> None:
+    # STYLE §2: one module per protocol converts between protobuf and typed messages; nothing else sees pb2.
+    touching = {module for module, targets in GRAPH.items() if "qlinkmed.proto.qlinkmed_wire_pb2" in targets}
+    assert touching == {"qlinkmed.qlinkd.link.wire", "qlinkmed.qlinkd.dataplane.wire"}
