@@ -37,7 +37,7 @@ from qlinkmed.qlinkd.dataplane.receive_machine import (
     ReceiverMachine,
 )
 from qlinkmed.qlinkd.dataplane.records import Incoming
-from qlinkmed.qlinkd.dataplane.tasks import first_error
+from qlinkmed.qlinkd.dataplane.tasks import group_outcome
 from qlinkmed.qlinkd.errors import (
     FrameError,
     IntegrityError,
@@ -136,7 +136,7 @@ class ReceiverSession:
                     for task in list(self._tasks):
                         task.cancel()
         except BaseExceptionGroup as errors:
-            raise first_error(errors) from None
+            raise group_outcome(errors) from None
         finally:
             self._group = None
             self.ctx.inbox.release(self)

@@ -26,7 +26,7 @@ from qlinkmed.qlinkd.dataplane.outbox import Outbox
 from qlinkmed.qlinkd.dataplane.pads import PAD_KEY_BYTES, PAD_REFILL_BELOW, SenderPads
 from qlinkmed.qlinkd.dataplane.records import Outgoing, TransferRecords
 from qlinkmed.qlinkd.dataplane.send_machine import Acknowledged, Answered, Positioned, SenderMachine
-from qlinkmed.qlinkd.dataplane.tasks import first_error
+from qlinkmed.qlinkd.dataplane.tasks import group_outcome
 from qlinkmed.qlinkd.errors import InsufficientKey, SessionClosed, SessionMisuse, TransferError
 from qlinkmed.qlinkd.link.framing import read_frame
 from qlinkmed.qlinkd.pool.values import DeliveredKey
@@ -139,7 +139,7 @@ class _KeyedSession:
                 await self._serve_queue()
                 reading.cancel()
         except BaseExceptionGroup as group:
-            raise first_error(group) from None
+            raise group_outcome(group) from None
 
     # ---- frames
 
