@@ -27,7 +27,7 @@ from qlinkmed.qlinkd.dataplane.sender import SenderContext, SenderSession
 from qlinkmed.qlinkd.errors import FrameError, QlinkdError, Rejected, SessionClosed, TransferError
 from qlinkmed.qlinkd.ops import pki
 from qlinkmed.qlinkd.ops.audit import AuditLog, rfc3339
-from qlinkmed.qlinkd.ops.backoff import Backoff
+from qlinkmed.qlinkd.ops.backoff import Backoff, raise_if_cancelling
 from qlinkmed.qlinkd.ops.metrics import LinkMetrics
 from qlinkmed.qlinkd.ops.toml_reader import Address
 
@@ -125,6 +125,7 @@ class DataPlane:
         backoff = Backoff(first_s=RECONNECT_S[0], longest_s=RECONNECT_S[1])
         standby = False
         while True:
+            raise_if_cancelling()
             if not standby and not self.records.queued(peer):
                 ctx.state = "idle"
                 await ctx.wake.wait()

@@ -14,7 +14,7 @@ from qlinkmed.qlinkd.link import messages as lm
 from qlinkmed.qlinkd.link.events import ChannelRequest
 from qlinkmed.qlinkd.link.framing import encode_length_prefixed, read_frame
 from qlinkmed.qlinkd.link.wire import MAX_FRAME_BYTES, decode_frame, encode_frame
-from qlinkmed.qlinkd.ops.backoff import Backoff
+from qlinkmed.qlinkd.ops.backoff import Backoff, raise_if_cancelling
 from qlinkmed.qlinkd.ops.toml_reader import Address
 
 log = logging.getLogger("qlink.link")
@@ -97,11 +97,3 @@ class ChannelClient:
             with contextlib.suppress(ConnectionError, OSError, TimeoutError):
                 async with asyncio.timeout(CLOSE_WAIT_S):
                     await writer.wait_closed()
-
-
-def raise_if_cancelling() -> None:
-    # A library that turns a cancellation into one of the connection errors these loops retry on would
-    # keep a stopping daemon alive; the task's own record of it is authoritative.
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError

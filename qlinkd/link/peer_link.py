@@ -25,7 +25,7 @@ from aiohttp import web
 from qlinkmed.qlinkd.errors import FrameError, StoreError
 from qlinkmed.qlinkd.link import messages as lm
 from qlinkmed.qlinkd.link import policy
-from qlinkmed.qlinkd.link.channel_client import CLOSE_WAIT_S, ChannelClient, backoff, raise_if_cancelling
+from qlinkmed.qlinkd.link.channel_client import CLOSE_WAIT_S, ChannelClient, backoff
 from qlinkmed.qlinkd.link.events import Event, HelloReceived, LinkClosed, NoticeReceived, RoundEnded
 from qlinkmed.qlinkd.link.machine import LinkConnection
 from qlinkmed.qlinkd.link.persistence import persist
@@ -34,6 +34,7 @@ from qlinkmed.qlinkd.link.states import Role, State
 from qlinkmed.qlinkd.link.status import LinkStatus
 from qlinkmed.qlinkd.link.wire import MAX_FRAME_BYTES, decode_frame, encode_frame
 from qlinkmed.qlinkd.ops import pki
+from qlinkmed.qlinkd.ops.backoff import raise_if_cancelling
 from qlinkmed.qlinkd.pool.values import KeyNotice
 from qlinkmed.qlinkd.runtime import Runtime
 

@@ -1,9 +1,10 @@
 """The one reconnect policy: exponential backoff between a first and a largest delay, reset by a
-connection that worked. Pure state, so the rule is unit-tested; the loops that dial (the peer link, the
-quantum channel, the data-plane sender) only sleep for what it says."""
+connection that worked, and a stop that is never mistaken for a lost connection. The loops that dial
+(the peer link, the quantum channel, the data-plane sender) only sleep for what it says."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from qlinkmed.qcore.errors import UsageError
@@ -33,3 +34,12 @@ class Backoff:
     def reset(self) -> None:
         """A connection worked: the next wait is short again."""
         self._next_s = self.first_s
+
+
+def raise_if_cancelling() -> None:
+    """Raise CancelledError if the current task is being cancelled. A reconnect loop calls it before each
+    attempt: a library (or a task group) that turns a cancellation into one of the connection errors the
+    loop retries on would otherwise keep a stopping daemon alive; the task's own record is authoritative."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
