@@ -108,14 +108,22 @@ def _keys_body(keys: list[DeliveredKey]) -> dict[str, Any]:
     return {"keys": [{"key_ID": k.key_id, "key": base64.b64encode(k.material).decode()} for k in keys]}
 
 
+def _no_constant(name: str) -> Any:
+    """JSON has no NaN or Infinity (RFC 8259); Python's parser accepts them unless told otherwise, and an
+    error that echoed one back would itself not be JSON."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
 async def _json_object(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _bad(f"request body is not valid UTF-8 JSON: {exc}") from None
+        body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError covers malformed JSON, NaN/Infinity and an integer of more digits than Python converts;
+        # RecursionError a body nested deeper than the parser recurses. All are the client's, so 400.
+        raise _bad(f"request body is not valid UTF-8 JSON: {str(exc)[:200]}") from None
     if not isinstance(body, dict):
         raise _bad("request body must be a JSON object")
     return body

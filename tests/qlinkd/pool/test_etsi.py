@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -396,6 +397,32 @@ def test_policy_is_validated() -> None:
         KmePolicy(key_size=8, min_key_size=64)
     with pytest.raises(ConfigError):
         KmePolicy(max_key_per_request=0)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"number": ' + b"9" * 5000 + b"}",  # more digits than Python converts to an int
+        b"[" * 30_000 + b"]" * 30_000,  # nested deeper than the parser recurses
+        b'{"number": NaN}',  # not JSON (RFC 8259), though Python's parser takes it by default
+        b'{"size": Infinity}',
+    ],
+    ids=["long-integer", "deep-nesting", "nan", "infinity"],
+)
+async def test_hostile_json_is_a_400_in_valid_json(link: Link, raw: bytes) -> None:
+    # Regression: these were answered 503 with a traceback in the log (or echoed NaN, which is not JSON).
+    response = await link.client("sae-a1", A).post(
+        "/sae-b1/enc_keys", content=raw, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"the answer holds {name}")
+
+    error = json.loads(response.text, parse_constant=refuse)
+    assert error["message"].startswith("request body is not valid UTF-8 JSON")
+    assert link.stores[A].outbox(B) == []
 
 
 @pytest.mark.asyncio
