@@ -97,7 +97,11 @@ class Inbox:
         self._records = records
         self._facility = facility
         self._spool = root / _SPOOL
-        self._spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # The inbox holds patient data at rest: only the daemon's user may list it. (mkdir's parents=True
+        # would make the inbox itself with the umask's mode; an inbox an older version left 0755 is fixed.)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        root.chmod(0o700)
+        self._spool.mkdir(mode=0o700, exist_ok=True)
         self._active: dict[str, _Active] = {}
         self._sweep_spools()
 

@@ -12,6 +12,7 @@ import hashlib
 import os
 import secrets
 import sqlite3
+import stat
 import time
 import uuid
 from collections.abc import Callable
@@ -294,6 +295,15 @@ def _sync(inbox: Inbox, transfer_id: str) -> tuple[int, int]:
 def _inbox(tmp_path: Path) -> tuple[Inbox, TransferRecords]:
     records = TransferRecords.open(tmp_path / "transfers.sqlite3")
     return Inbox(tmp_path / "inbox", records, facility=B), records
+
+
+def test_the_inbox_is_private_to_the_daemon(tmp_path: Path) -> None:
+    # Regression: inbox/ was created 0755 (only its .spool was 0700), so any local user could list it.
+    _inbox(tmp_path)
+    assert stat.S_IMODE((tmp_path / "inbox").stat().st_mode) == 0o700
+    (tmp_path / "inbox").chmod(0o755)  # as an older version left it
+    _inbox(tmp_path)
+    assert stat.S_IMODE((tmp_path / "inbox").stat().st_mode) == 0o700
 
 
 def test_inbox_resumes_from_the_last_fsynced_byte_after_a_crash(tmp_path: Path, study: list[bytes]) -> None:
