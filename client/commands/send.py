@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,11 @@ def _stream(header: bytes, files: list[Path], progress: Progress) -> Iterator[by
                 yield block
 
 
+def transfer_query(peer: str, wait: float) -> str:
+    """The upload's path and query. Encoded, so a peer name cannot smuggle in parameters of its own."""
+    return "/v1/transfers?" + urllib.parse.urlencode({"to": peer, "wait": f"{wait:g}"})
+
+
 def upload(
     target: DataTarget,
     peer: str,
@@ -93,7 +99,7 @@ def upload(
     header = len(declared).to_bytes(4, "big") + declared
     total = sum(info.size for _, info in entries)
     progress = Progress(f"{kind} -> {peer}", total, enabled=None if show_progress else False)
-    query = f"/v1/transfers?to={peer}&wait={wait:g}"
+    query = transfer_query(peer, wait)
     try:
         status, body = target.json(
             "POST",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import urllib.parse
+
 import pytest
 
+from qlinkmed.client.commands.send import transfer_query
 from qlinkmed.client.data_http import DataTarget
 
 
@@ -14,3 +17,10 @@ def test_a_streamed_body_without_its_length_is_refused_before_connecting() -> No
     with pytest.raises(ValueError, match="needs its length"):
         target.request("POST", "/upload", body=chunks)
     assert next(chunks) == b"abc"  # nothing of the stream was read
+
+
+def test_a_peer_name_cannot_smuggle_query_parameters() -> None:
+    # Regression: `qlink send --to 'hospital-b&wait=0'` built "?to=hospital-b&wait=0&wait=600".
+    path, _, query = transfer_query("hospital-b&wait=0", 600.0).partition("?")
+    assert path == "/v1/transfers"
+    assert urllib.parse.parse_qs(query, strict_parsing=True) == {"to": ["hospital-b&wait=0"], "wait": ["600"]}
