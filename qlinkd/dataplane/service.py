@@ -142,6 +142,18 @@ class DataPlane:
                 ctx.state = f"cannot reach {address}: {exc}"
                 await asyncio.sleep(backoff.delay())
                 continue
+            who = pki.peer_common_name(writer.transport)
+            if who != peer:
+                # Checked before the session takes its key: an impostor's address (any certificate of the
+                # deployment's CA carries a valid hostname) costs retries, never key material.
+                ctx.state = f"refused {address}: its certificate names {who!r}, not {peer!r}"
+                log.error("data receiver at %s is not %s: its certificate names %r", address, peer, who)
+                self._metrics.identity_refused_on_dial(peer, "data")
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+                await asyncio.sleep(backoff.delay())
+                continue
             writer.transport.set_write_buffer_limits(high=8 << 20)
             try:
                 await SenderSession(ctx, reader, writer).run()

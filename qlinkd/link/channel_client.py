@@ -14,6 +14,7 @@ from qlinkmed.qlinkd.link import messages as lm
 from qlinkmed.qlinkd.link.events import ChannelRequest
 from qlinkmed.qlinkd.link.framing import encode_length_prefixed, read_frame
 from qlinkmed.qlinkd.link.wire import MAX_FRAME_BYTES, decode_frame, encode_frame
+from qlinkmed.qlinkd.ops import pki
 from qlinkmed.qlinkd.ops.backoff import Backoff, raise_if_cancelling
 from qlinkmed.qlinkd.ops.toml_reader import Address
 
@@ -37,11 +38,14 @@ class ChannelClient:
         ssl_context: ssl.SSLContext,
         hello: lm.ChannelHello,
         on_answer: Callable[[int, lm.WireMessage], None],
+        on_refused: Callable[[], None] = lambda: None,
     ) -> None:
         self._address = address
         self._ssl = ssl_context
         self._hello = hello
         self._on_answer = on_answer
+        self._on_refused = on_refused
+        """Called when the channel's address answered with another identity's certificate."""
         self._writer: asyncio.StreamWriter | None = None
         self._up = asyncio.Event()
 
@@ -74,8 +78,24 @@ class ChannelClient:
             except (OSError, TimeoutError) as exc:
                 log.debug("quantum channel at %s unreachable: %s", address, exc)
             else:
-                pauses.reset()
-                await self._session(reader, writer)
+                who = pki.peer_common_name(writer.transport)
+                if who == pki.CHANNEL_NAME:
+                    pauses.reset()
+                    await self._session(reader, writer)
+                else:
+                    # Any certificate of the deployment's CA carries a valid hostname; only the channel's
+                    # may carry the link's photons.
+                    log.error(
+                        "quantum channel at %s refused: its certificate names %r, not %r",
+                        address,
+                        who,
+                        pki.CHANNEL_NAME,
+                    )
+                    self._on_refused()
+                    writer.close()
+                    with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+                        async with asyncio.timeout(CLOSE_WAIT_S):
+                            await writer.wait_closed()
             await asyncio.sleep(pauses.delay())
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

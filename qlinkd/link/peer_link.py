@@ -87,7 +87,13 @@ class PeerLink:
             role=self.role.value,
             protocol=self.config.protocol.value,
         )
-        self.channel = ChannelClient(runtime.config.channel, runtime.client_ssl, hello, self._channel_answer)
+        self.channel = ChannelClient(
+            runtime.config.channel,
+            runtime.client_ssl,
+            hello,
+            self._channel_answer,
+            on_refused=lambda: runtime.metrics.identity_refused_on_dial(peer_id, "channel"),
+        )
         self._gate = policy.StartGate()
         self.link: LinkConnection | None = None
         self.report = LinkReporter(

@@ -91,6 +91,13 @@ class LinkMetrics:
             ["peer", "direction", "kind"],
             registry=r,
         )
+        self.identity_refused = Counter(
+            "qlink_identity_refused",
+            "Connections this daemon dialled and closed because the certificate named another identity, by"
+            " the peer expected and the service (channel, data)",
+            ["peer", "service"],
+            registry=r,
+        )
         self.otp_fallbacks = Counter(
             "qlink_otp_fallbacks",
             "EHR messages sent under AEAD because the pool could not pay for a pad",
@@ -179,6 +186,9 @@ class LinkMetrics:
 
     def transfer_done(self, peer: str, direction: str, kind: str) -> None:
         self.transfers.labels(peer=peer, direction=direction, kind=kind).inc()
+
+    def identity_refused_on_dial(self, peer: str, service: str) -> None:
+        self.identity_refused.labels(peer=peer, service=service).inc()
 
     def otp_fallback(self) -> None:
         self.otp_fallbacks.inc()

@@ -824,3 +824,51 @@ async def test_a_session_that_ends_idle_is_replaced_at_once_until_the_peer_canno
         b.close()
     # Both planes are stopped and closed: none of the tasks they started is still pending.
     assert asyncio.all_tasks() - tasks_before == set()
+
+
+@pytest.mark.asyncio
+async def test_a_receiver_with_another_facilitys_certificate_costs_no_key(tmp_path: Path) -> None:
+    # Regression: the sender checked only the hostname (every certificate of the deployment's CA names
+    # 127.0.0.1), so an impostor at B's data address was sent a session and each retry took fresh key.
+    mallory = "mallory"
+    certs = write_demo_pki(tmp_path / "pki", [A, B, mallory])
+    keys = PairedKeys()
+    registry = CollectorRegistry()
+
+    def plane(me: str, peer: str, address: Address | None, metrics: LinkMetrics) -> DataPlane:
+        tls = (certs["ca.pem"], certs[f"{me}.pem"], certs[f"{me}.key"])
+        return DataPlane(
+            facility=me,
+            state_dir=tmp_path / me,
+            peers={peer: address},
+            keys=keys,
+            client_ssl=client_context(*tls),
+            server_ssl=server_context(*tls),
+            audit=AuditLog.open(tmp_path / f"{me}.audit", facility=me),
+            metrics=metrics,
+        )
+
+    impostor = plane(mallory, A, None, LinkMetrics(CollectorRegistry()))
+    port = await impostor.start(Address(host="127.0.0.1", port=0))
+    a = plane(A, B, Address(host="127.0.0.1", port=port), LinkMetrics(registry))
+    body = _fhir_messages(1)[0]
+    entry = FileEntry("m.json", len(body), hashlib.sha256(body).hexdigest(), "fhir")
+    a.queue_ehr(a.new_manifest(B, TransferKind.EHR, [entry]), body)
+    senders = asyncio.create_task(a.run_senders())
+
+    def refusals() -> float:
+        labels = {"peer": B, "service": "data"}
+        return registry.get_sample_value("qlink_identity_refused_total", labels) or 0.0
+
+    try:
+        await wait_for_async(lambda: refusals() >= 3, "three refused dials", timeout=20.0)
+        assert keys.taken == []  # no session key, no pad: nothing was spent on the impostor
+        assert "certificate names 'mallory'" in a.sender_states()[B]
+        assert impostor.records.list_incoming() == []  # and the impostor received nothing
+    finally:
+        senders.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await senders
+        await impostor.stop()
+        a.close()
+        impostor.close()
