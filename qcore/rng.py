@@ -1,17 +1,8 @@
-"""The one place where a seed becomes a generator."""
+"""Bulk draws from a passed-in generator: uniform bits and Bernoulli masks, in numpy."""
 
 from __future__ import annotations
 
 import numpy as np
-
-RngLike = int | np.random.Generator | None
-
-
-def as_generator(rng: RngLike) -> np.random.Generator:
-    """Accept a seed, a generator or None (fresh OS entropy) and return a Generator."""
-    if isinstance(rng, np.random.Generator):
-        return rng
-    return np.random.default_rng(rng)
 
 
 def random_bits(rng: np.random.Generator, n: int) -> np.ndarray:
