@@ -755,6 +755,29 @@ async def test_a_failed_spool_sync_closes_the_session_and_the_transfer_resumes(
 # ---- two data planes ------------------------------------------------------------------------------------
 
 
+def _plane(
+    root: Path,
+    certs: dict[str, Path],
+    keys: PairedKeys,
+    me: str,
+    peer: str,
+    address: Address | None,
+    registry: CollectorRegistry | None = None,
+) -> DataPlane:
+    """A DataPlane in this process for facility `me`, sending to `peer` at `address` (None: receives only)."""
+    tls = (certs["ca.pem"], certs[f"{me}.pem"], certs[f"{me}.key"])
+    return DataPlane(
+        facility=me,
+        state_dir=root / me,
+        peers={peer: address},
+        keys=keys,
+        client_ssl=client_context(*tls),
+        server_ssl=server_context(*tls),
+        audit=AuditLog.open(root / f"{me}.audit", facility=me),
+        metrics=LinkMetrics(registry or CollectorRegistry()),
+    )
+
+
 @pytest.mark.asyncio
 async def test_a_session_that_ends_idle_is_replaced_at_once_until_the_peer_cannot_be_reached(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -764,23 +787,10 @@ async def test_a_session_that_ends_idle_is_replaced_at_once_until_the_peer_canno
     certs = write_demo_pki(tmp_path / "pki", [A, B])
     keys = PairedKeys()
 
-    def plane(me: str, peer: str, address: Address | None) -> DataPlane:
-        tls = (certs["ca.pem"], certs[f"{me}.pem"], certs[f"{me}.key"])
-        return DataPlane(
-            facility=me,
-            state_dir=tmp_path / me,
-            peers={peer: address},
-            keys=keys,
-            client_ssl=client_context(*tls),
-            server_ssl=server_context(*tls),
-            audit=AuditLog.open(tmp_path / f"{me}.audit", facility=me),
-            metrics=LinkMetrics(CollectorRegistry()),
-        )
-
     tasks_before = asyncio.all_tasks()
-    b = plane(B, A, None)
+    b = _plane(tmp_path, certs, keys, B, A, None)
     port = await b.start(Address(host="127.0.0.1", port=0))
-    a = plane(A, B, Address(host="127.0.0.1", port=port))
+    a = _plane(tmp_path, certs, keys, A, B, Address(host="127.0.0.1", port=port))
     sessions = lambda: keys.taken.count(SESSION_KEY_BITS)  # noqa: E731
     refused: list[OSError] = []
     connect = asyncio.open_connection
@@ -835,22 +845,9 @@ async def test_a_receiver_with_another_facilitys_certificate_costs_no_key(tmp_pa
     keys = PairedKeys()
     registry = CollectorRegistry()
 
-    def plane(me: str, peer: str, address: Address | None, metrics: LinkMetrics) -> DataPlane:
-        tls = (certs["ca.pem"], certs[f"{me}.pem"], certs[f"{me}.key"])
-        return DataPlane(
-            facility=me,
-            state_dir=tmp_path / me,
-            peers={peer: address},
-            keys=keys,
-            client_ssl=client_context(*tls),
-            server_ssl=server_context(*tls),
-            audit=AuditLog.open(tmp_path / f"{me}.audit", facility=me),
-            metrics=metrics,
-        )
-
-    impostor = plane(mallory, A, None, LinkMetrics(CollectorRegistry()))
+    impostor = _plane(tmp_path, certs, keys, mallory, A, None)
     port = await impostor.start(Address(host="127.0.0.1", port=0))
-    a = plane(A, B, Address(host="127.0.0.1", port=port), LinkMetrics(registry))
+    a = _plane(tmp_path, certs, keys, A, B, Address(host="127.0.0.1", port=port), registry)
     body = _fhir_messages(1)[0]
     entry = FileEntry("m.json", len(body), hashlib.sha256(body).hexdigest(), "fhir")
     a.queue_ehr(a.new_manifest(B, TransferKind.EHR, [entry]), body)
