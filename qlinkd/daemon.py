@@ -28,6 +28,7 @@ from qlinkmed.qlinkd.ops.sdnotify import Notifier
 from qlinkmed.qlinkd.pool.etsi import KmePolicy, make_kme_app
 from qlinkmed.qlinkd.pool.keystore import CHECKPOINT_INTERVAL_S, KeyStore
 from qlinkmed.qlinkd.pool.kme import StoreKeyManager
+from qlinkmed.qlinkd.pool.lifetime import sweep, sweep_interval
 from qlinkmed.qlinkd.pool.values import KeyNotice
 from qlinkmed.qlinkd.runtime import Runtime
 
@@ -110,6 +111,8 @@ async def run_daemon(
             metrics=rt.metrics,
         )
         token = ensure_token(config.state_dir)
+        # Keys whose lifetime ended while the daemon was down go before any SAE can ask for them.
+        _sweep_expired(rt)
         # In a thread: a signal during the 0.6-0.8 s this takes still stops the daemon at once.
         loading = time.monotonic()
         await asyncio.to_thread(warm_up)
@@ -151,6 +154,7 @@ async def run_daemon(
                 tg.create_task(link.run())
             tg.create_task(plane.run_senders())
             tg.create_task(_checkpoints(store))
+            tg.create_task(_expiry_sweeps(rt))
             interval = notifier.watchdog_interval()
             if interval:
                 tg.create_task(watchdog(notifier, interval))
@@ -175,6 +179,27 @@ async def _checkpoints(store: KeyStore) -> None:
     while True:
         await asyncio.sleep(CHECKPOINT_INTERVAL_S)
         store.checkpoint_if_due()
+
+
+def _sweep_expired(rt: Runtime) -> None:
+    # Wall time: a key's acceptance time is stored, and its lifetime runs across restarts.
+    max_age_s = rt.config.kme.key_expiry_s
+    for group in sweep(rt.store, max_age_s=max_age_s, now=time.time(), audit=rt.audit, metrics=rt.metrics):
+        log.info(
+            "%d key(s), %d bits, held for %s from %s (peer %s) expired unfetched after %g s",
+            len(group.key_ids),
+            group.bits,
+            group.slave_sae,
+            group.master_sae,
+            group.peer,
+            max_age_s,
+        )
+
+
+async def _expiry_sweeps(rt: Runtime) -> None:
+    while True:
+        await asyncio.sleep(sweep_interval(rt.config.kme.key_expiry_s))
+        _sweep_expired(rt)
 
 
 def _classical_app(links: dict[str, PeerLink]) -> web.Application:

@@ -93,12 +93,14 @@ class InsufficientKey(StoreError):
 
 
 class KeyNotFound(StoreError):
-    """One or more requested key IDs are not held for delivery (never known, or already fetched).
-    Nothing was consumed."""
+    """One or more requested key IDs are not held for delivery (never known, already fetched, or expired
+    unfetched: `expired` names those of `key_ids` deleted by the key lifetime). Nothing was consumed."""
 
-    def __init__(self, key_ids: tuple[str, ...]) -> None:
-        super().__init__(f"{len(key_ids)} key ID(s) not found", field="key_IDs")
+    def __init__(self, key_ids: tuple[str, ...], *, expired: tuple[str, ...] = ()) -> None:
+        why = f" ({len(expired)} expired before they were fetched)" if expired else ""
+        super().__init__(f"{len(key_ids)} key ID(s) not found{why}", field="key_IDs")
         self.key_ids = key_ids
+        self.expired = expired
 
 
 class NotAuthorised(StoreError):

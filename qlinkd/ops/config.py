@@ -27,6 +27,8 @@ EXIT_OK, EXIT_USAGE = 0, 2
 MIN_PRESHARED_BYTES = 512
 # SAE IDs are certificate common names and file names of `qlink ca init`.
 _SAE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+DEFAULT_KEY_EXPIRY_S = 86_400.0
+MAX_KEY_EXPIRY_S = 365 * 86_400.0
 
 
 class Backend(StrEnum):
@@ -80,6 +82,9 @@ class KmeConfig:
     """Largest key size an SAE may request."""
     max_key_per_request: int = 128
     """Most keys one enc_keys request may return."""
+    key_expiry_s: float = DEFAULT_KEY_EXPIRY_S
+    """Key lifetime: a key handed to a master SAE whose copy at the slave's end is not fetched within this
+    many seconds of arriving there is deleted (securely, audited, counted), in 1..31536000."""
 
     def __post_init__(self) -> None:
         for name in ("key_size", "min_key_size", "max_key_size"):
@@ -92,6 +97,11 @@ class KmeConfig:
             "must be within [min_key_size, max_key_size]",
         )
         check(1 <= self.max_key_per_request <= 10_000, "max_key_per_request", "must be in 1..10000")
+        check(
+            math.isfinite(self.key_expiry_s) and 1.0 <= self.key_expiry_s <= MAX_KEY_EXPIRY_S,
+            "key_expiry_s",
+            f"must be a number of seconds in 1..{MAX_KEY_EXPIRY_S:.0f} (the default is one day, 86400)",
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -285,6 +295,7 @@ def load_facility_config(path: Path) -> FacilityConfig:
         min_key_size=kme_section.integer("min_key_size", 64),
         max_key_size=kme_section.integer("max_key_size", 4096),
         max_key_per_request=kme_section.integer("max_key_per_request", 128),
+        key_expiry_s=kme_section.number("key_expiry_s", DEFAULT_KEY_EXPIRY_S),
     )
     kme_section.finish()
 

@@ -73,6 +73,18 @@ class LinkMetrics:
             ["peer", "sae", "direction"],
             registry=r,
         )
+        self.keys_expired = Counter(
+            "qlink_keys_expired",
+            "Keys held for a slave SAE and deleted unfetched at the end of their lifetime (kme.key_expiry_s)",
+            ["peer"],
+            registry=r,
+        )
+        self.keys_expired_bits = Counter(
+            "qlink_keys_expired_bits",
+            "Key bits deleted unfetched at the end of their lifetime",
+            ["peer"],
+            registry=r,
+        )
         self.data_plane_bytes = Counter(
             "qlink_data_bytes",
             "Study and EHR bytes over the data plane (in: spooled; out: delivered)",
@@ -119,6 +131,8 @@ class LinkMetrics:
         for outcome in ("established", "aborted"):
             self.rounds.labels(peer=peer, outcome=outcome)
         self.key_bits.labels(peer=peer)
+        self.keys_expired.labels(peer=peer)
+        self.keys_expired_bits.labels(peer=peer)
         self.round_duration.labels(peer=peer)
 
     def round_established(
@@ -177,6 +191,11 @@ class LinkMetrics:
     def delivered(self, peer: str, sae: str, direction: KeyCall | str, count: int = 1) -> None:
         """`count` keys handed to `sae` for the link with `peer`."""
         self.keys_delivered.labels(peer=peer, sae=sae, direction=KeyCall(direction).value).inc(count)
+
+    def expired(self, peer: str, count: int, bits: int) -> None:
+        """`count` keys (`bits` in all) held for the link with `peer` expired unfetched."""
+        self.keys_expired.labels(peer=peer).inc(count)
+        self.keys_expired_bits.labels(peer=peer).inc(bits)
 
     def data_bytes(self, peer: str, direction: str, count: int) -> None:
         self.data_plane_bytes.labels(peer=peer, direction=direction).inc(count)

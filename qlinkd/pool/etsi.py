@@ -104,6 +104,16 @@ def _bad(message: str, **detail: Any) -> _Refusal:
     return _Refusal(400, message, [detail] if detail else None)
 
 
+def _not_found(exc: KeyNotFound) -> _Refusal:
+    """The standard's 400 for missing keys. Keys this KME deleted unfetched at the end of their lifetime
+    say so: the message keeps the standard's text as its prefix, and their details carry "expired"."""
+    details = [{"key_ID": k, **({"expired": True} if k in exc.expired else {})} for k in exc.key_ids]
+    if not exc.expired:
+        return _Refusal(400, MSG_KEYS_NOT_FOUND, details)
+    message = f"{MSG_KEYS_NOT_FOUND}: {len(exc.expired)} expired, not fetched within the key lifetime"
+    return _Refusal(400, message, details)
+
+
 def _keys_body(keys: list[DeliveredKey]) -> dict[str, Any]:
     return {"keys": [{"key_ID": k.key_id, "key": base64.b64encode(k.material).decode()} for k in keys]}
 
@@ -306,7 +316,7 @@ def make_kme_app(
         try:
             keys = manager.dec_keys(ids, master_sae=master, slave_sae=slave)
         except KeyNotFound as exc:
-            raise _Refusal(400, MSG_KEYS_NOT_FOUND, [{"key_ID": k} for k in exc.key_ids]) from None
+            raise _not_found(exc) from None
         except NotAuthorised as exc:
             record("etsi.refused", {"caller": slave, "path": request.path, "key_IDs": list(exc.key_ids)})
             raise _Refusal(401, "one or more keys were not handed out for this SAE") from None

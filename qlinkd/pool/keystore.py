@@ -6,6 +6,11 @@ authentication key store, the notices a master side owes its peer, and the keys 
 its SAEs. Every mutating method is one ``BEGIN IMMEDIATE`` transaction, so a crash at any instant leaves
 either the old state or the new one. Consumed key bytes are deleted with ``secure_delete`` on and the WAL
 is checkpointed and truncated right after, so they do not linger in the files.
+
+Key lifetime: a key handed to a master SAE leaves this store at once (only its notice, which names pool
+offsets, stays until the peer acknowledges it); its copy at the slave's end waits in `incoming` until the
+slave fetches it. `expire_unfetched` deletes the copies older than the configured lifetime by the same
+erasure path, and leaves a tombstone so the slave is told the key expired.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ import hashlib
 import hmac
 import json
 import sqlite3
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,7 @@ from qlinkmed.qlinkd.pool.schema import upgrade
 from qlinkmed.qlinkd.pool.sqlite import open_private_db
 from qlinkmed.qlinkd.pool.values import (
     DeliveredKey,
+    ExpiredKeys,
     KeyNotice,
     LinkState,
     ReconcileResult,
@@ -103,20 +110,23 @@ class _Carver:
 
 
 class KeyStore:
-    """The daemon's durable key pool. Synchronous; use from one thread."""
+    """The daemon's durable key pool. Synchronous; use from one thread. `clock` (Unix time, as
+    `time.time`) stamps the keys accepted for a slave: their lifetime survives a restart, so it is wall
+    time, not a monotonic clock."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, *, clock: Callable[[], float] = time.time) -> None:
         self._db = db
+        self._clock = clock
         self._checkpoint_due = False
 
     def __repr__(self) -> str:
         return "KeyStore(keys=(hidden))"
 
     @classmethod
-    def open(cls, path: Path) -> KeyStore:
+    def open(cls, path: Path, *, clock: Callable[[], float] = time.time) -> KeyStore:
         db = open_private_db(path)
         try:
-            store = cls(db)
+            store = cls(db, clock=clock)
             store._migrate()
         except BaseException:
             db.close()
@@ -412,7 +422,7 @@ class KeyStore:
         """Carve the notice's bytes from the head of the peer-owned rounds and hold them for the slave SAE.
         Idempotent on key_id; StoreError (nothing carved) if they are not the head: the pools diverged."""
         with self._tx():
-            if self.has_incoming(notice.key_id) or self.has_fetched(notice.key_id):
+            if self._settled_or_held(notice.key_id):
                 return
             carver = _Carver(self._db, peer, peer, sum(s.length for s in notice.segments))
             parts: list[bytes] = []
@@ -425,8 +435,9 @@ class KeyStore:
                     )
                 parts.append(carver.take(segment.length)[0])
             self._q(
-                "INSERT INTO incoming VALUES (?, ?, ?, ?, ?)",
-                (notice.key_id, peer, notice.master_sae, notice.slave_sae, b"".join(parts)),
+                "INSERT INTO incoming (key_id, peer, master_sae, slave_sae, material, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (notice.key_id, peer, notice.master_sae, notice.slave_sae, b"".join(parts), self._clock()),
             )
             carver.write_back(self._db)
         self._checkpoint_due = True
@@ -452,7 +463,8 @@ class KeyStore:
                     rows[key_id] = row
             missing = tuple(k for k in key_ids if k not in rows)
             if missing:
-                raise KeyNotFound(missing)
+                expired = tuple(k for k in missing if self._expired_for(k, peer))
+                raise KeyNotFound(missing, expired=expired)
             refused = tuple(k for k, r in rows.items() if (r[1], r[2]) != (master_sae, slave_sae))
             if refused:
                 raise NotAuthorised(refused)
@@ -468,3 +480,58 @@ class KeyStore:
     def has_fetched(self, key_id: str) -> bool:
         """True once the key was delivered to its slave (waiting for its notice is pointless)."""
         return self._one("SELECT 1 FROM fetched WHERE key_id = ?", key_id) is not None
+
+    def has_expired(self, key_id: str) -> bool:
+        """True once the key was deleted here unfetched, its lifetime over (waiting is pointless too)."""
+        return self._expired_for(key_id, None)
+
+    def _expired_for(self, key_id: str, peer: str | None) -> bool:
+        row = self._one(
+            "SELECT 1 FROM expired WHERE key_id = ? AND (? IS NULL OR peer = ?)", key_id, peer, peer
+        )
+        return row is not None
+
+    def _settled_or_held(self, key_id: str) -> bool:
+        return self.has_incoming(key_id) or self.has_fetched(key_id) or self.has_expired(key_id)
+
+    # ---- key lifetime
+
+    def expire_unfetched(self, max_age_s: float, *, now: float) -> list[ExpiredKeys]:
+        """Delete every key held for a slave SAE that was accepted `max_age_s` or more before `now` (Unix
+        time) and not fetched, leaving a tombstone per key ID; return what went, one entry per peer and
+        SAE pair. A key without an acceptance time (accepted by a schema-1 qlinkd) gets `now` as its own,
+        so its lifetime runs from the first sweep after the upgrade. The deletion is erased from the WAL
+        at once (sweeps are rare, and these are keys nobody will use)."""
+        if not max_age_s > 0:
+            raise StoreError(f"the key lifetime must be positive, got {max_age_s!r}", field="max_age_s")
+        with self._tx():
+            self._q("UPDATE incoming SET received_at = ? WHERE received_at IS NULL", (now,))
+            rows = self._q(
+                "SELECT rowid, key_id, peer, master_sae, slave_sae, length(material) FROM incoming"
+                " WHERE received_at <= ? ORDER BY received_at, rowid",
+                (now - max_age_s,),
+            ).fetchall()
+            self._db.executemany("DELETE FROM incoming WHERE rowid = ?", [(r[0],) for r in rows])
+            self._db.executemany("INSERT INTO expired VALUES (?, ?, ?)", [(r[1], r[2], now) for r in rows])
+        if rows:
+            self.checkpoint()
+        groups: dict[tuple[str, str, str], list[tuple[str, int]]] = {}
+        for _, key_id, peer, master_sae, slave_sae, size in rows:
+            groups.setdefault((peer, master_sae, slave_sae), []).append((key_id, 8 * size))
+        return [
+            ExpiredKeys(
+                peer=peer,
+                master_sae=master,
+                slave_sae=slave,
+                key_ids=tuple(k for k, _ in keys),
+                bits=sum(b for _, b in keys),
+            )
+            for (peer, master, slave), keys in sorted(groups.items())
+        ]
+
+    def incoming_bits(self, peer: str | None = None) -> int:
+        """Key bits held here for slave SAEs (accepted, neither fetched nor expired)."""
+        row = self._one(
+            "SELECT COALESCE(SUM(length(material)), 0) FROM incoming WHERE ? IS NULL OR peer = ?", peer, peer
+        )
+        return 8 * int(row[0])

@@ -84,10 +84,12 @@ class StoreKeyManager:
         self._arrived = asyncio.Event()
 
     def _known(self, key_id: str) -> bool:
-        return self._store.has_incoming(key_id) or self._store.has_fetched(key_id)
+        store = self._store
+        return store.has_incoming(key_id) or store.has_fetched(key_id) or store.has_expired(key_id)
 
     async def wait_notice(self, key_ids: list[str], timeout: float) -> None:
-        """Return once every key ID has arrived here (or was already fetched), or after `timeout` s."""
+        """Return once every key ID has arrived here (or was already fetched, or expired unfetched), or
+        after `timeout` s."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not all(self._known(k) for k in key_ids):

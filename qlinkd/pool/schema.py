@@ -7,12 +7,14 @@ import sqlite3
 
 from qlinkmed.qlinkd.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # rounds: one row per pending or committed round with its unconsumed key (`start` = absolute offset of
 # `material`'s first byte); round_outcomes: the fate of every settled round id; outbox: notices owed to the
 # peer (master side); incoming: keys held for a slave SAE; fetched: tombstones of delivered incoming keys.
-_SCHEMA = """
+# This is version 1; a new file gets it and then every migration, so a new file and an upgraded one are
+# the same.
+_SCHEMA_V1 = """
 CREATE TABLE links (peer TEXT PRIMARY KEY, next_round INTEGER NOT NULL, last_committed INTEGER NOT NULL,
     last_stored INTEGER NOT NULL);
 CREATE TABLE rounds (peer TEXT NOT NULL, round_id INTEGER NOT NULL, owner TEXT NOT NULL,
@@ -28,8 +30,24 @@ CREATE TABLE incoming (key_id TEXT PRIMARY KEY, peer TEXT NOT NULL, master_sae T
     slave_sae TEXT NOT NULL, material BLOB NOT NULL);
 CREATE TABLE fetched (key_id TEXT PRIMARY KEY, peer TEXT NOT NULL) WITHOUT ROWID;
 """
-# Future schema changes: add {old_version: script} here; upgrade() applies them in order.
-_MIGRATIONS: dict[int, str] = {}
+# {old_version: script}; upgrade() applies them in order, in the caller's transaction.
+_MIGRATIONS: dict[int, str] = {
+    # Key lifetime: incoming.received_at is when this end accepted the key (Unix time; NULL for a key a
+    # version-1 qlinkd accepted: its lifetime starts at the first expiry sweep after the upgrade);
+    # expired: tombstones of incoming keys deleted unfetched, so a replayed notice stays a no-op and a
+    # slave asking for one learns that it expired.
+    1: """
+ALTER TABLE incoming ADD COLUMN received_at REAL;
+CREATE TABLE expired (key_id TEXT PRIMARY KEY, peer TEXT NOT NULL, expired_at REAL NOT NULL) WITHOUT ROWID;
+""",
+}
+
+
+def _run(db: sqlite3.Connection, script: str) -> None:
+    # Not executescript(): it commits first, and the upgrade must stay inside the caller's transaction.
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
 
 
 def upgrade(db: sqlite3.Connection) -> None:
@@ -39,11 +57,9 @@ def upgrade(db: sqlite3.Connection) -> None:
     if version > SCHEMA_VERSION:
         raise StoreError(f"database schema {version} is newer than this qlinkd ({SCHEMA_VERSION})")
     if version == 0:
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                db.execute(statement)
-        version = SCHEMA_VERSION
+        _run(db, _SCHEMA_V1)
+        version = 1
     while version < SCHEMA_VERSION:
-        db.execute(_MIGRATIONS[version])
+        _run(db, _MIGRATIONS[version])
         version += 1
     db.execute(f"PRAGMA user_version = {version}")

@@ -75,3 +75,15 @@ class DeliveredKey:
 
     def __repr__(self) -> str:
         return f"DeliveredKey(key_id={self.key_id!r}, material=(hidden))"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExpiredKeys:
+    """Keys held here for one slave SAE that were deleted unfetched by one expiry sweep: identifiers and a
+    size, never material (what the audit record and the metrics need)."""
+
+    peer: str
+    master_sae: str
+    slave_sae: str
+    key_ids: tuple[str, ...]
+    bits: int

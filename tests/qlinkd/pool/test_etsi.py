@@ -8,6 +8,7 @@ import base64
 import json
 import socket
 import ssl
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,36 @@ async def test_keys_reach_the_slave_identical_and_only_once(link: Link) -> None:
     for material in sent.values():
         assert base64.b64encode(material).decode() not in logged
         assert material.hex() not in logged
+
+
+@pytest.mark.asyncio
+async def test_a_slave_asking_for_an_expired_key_is_told_it_expired(link: Link) -> None:
+    response = await link.client("sae-a1", A).post("/sae-b1/enc_keys", json={"number": 2})
+    expired, kept = key_bytes(response.json())
+    link.forward_notices()
+    store = link.stores[B]
+    # Only the first is past its lifetime: the sweep runs a minute after the second arrived, with a lifetime
+    # that the first (made older by hand: both arrived this instant) has outlived.
+    store._db.execute("UPDATE incoming SET received_at = received_at - 120 WHERE key_id = ?", (expired,))
+    (gone,) = store.expire_unfetched(60.0, now=time.time())
+    assert gone.key_ids == (expired,)
+    slave = link.client("sae-b1", B)
+    unknown = "00000000-0000-4000-8000-000000000000"
+    response = await slave.post(
+        "/sae-a1/dec_keys", json={"key_IDs": [{"key_ID": expired}, {"key_ID": unknown}]}
+    )
+    assert response.status_code == 400
+    error = response.json()
+    assert error["message"].startswith(NOT_FOUND) and "expired" in error["message"]
+    assert error["details"] == [{"key_ID": expired, "expired": True}, {"key_ID": unknown}]
+    alone = await slave.get("/sae-a1/dec_keys", params={"key_ID": expired})
+    assert alone.status_code == 400 and "expired" in alone.json()["message"]
+    # A known, expired ID is not waited for (it would be for a minute, then the test fail, if it were).
+    await asyncio.wait_for(link.managers[B].wait_notice([expired], timeout=60.0), timeout=30.0)
+    missing = await slave.get("/sae-a1/dec_keys", params={"key_ID": unknown})
+    assert missing.json() == {"message": NOT_FOUND, "details": [{"key_ID": unknown}]}
+    fetched = await slave.get("/sae-a1/dec_keys", params={"key_ID": kept})
+    assert fetched.status_code == 200 and list(key_bytes(fetched.json())) == [kept]
 
 
 @pytest.mark.asyncio
