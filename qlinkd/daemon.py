@@ -28,7 +28,7 @@ from qlinkmed.qlinkd.ops.sdnotify import Notifier
 from qlinkmed.qlinkd.pool.etsi import KmePolicy, make_kme_app
 from qlinkmed.qlinkd.pool.keystore import CHECKPOINT_INTERVAL_S, KeyStore
 from qlinkmed.qlinkd.pool.kme import StoreKeyManager
-from qlinkmed.qlinkd.pool.lifetime import sweep, sweep_interval
+from qlinkmed.qlinkd.pool.lifetime import more_due, sweep, sweep_interval
 from qlinkmed.qlinkd.pool.values import KeyNotice
 from qlinkmed.qlinkd.runtime import Runtime
 
@@ -112,7 +112,8 @@ async def run_daemon(
         )
         token = ensure_token(config.state_dir)
         # Keys whose lifetime ended while the daemon was down go before any SAE can ask for them.
-        _sweep_expired(rt)
+        while _sweep_expired(rt):
+            pass
         # In a thread: a signal during the 0.6-0.8 s this takes still stops the daemon at once.
         loading = time.monotonic()
         await asyncio.to_thread(warm_up)
@@ -181,10 +182,12 @@ async def _checkpoints(store: KeyStore) -> None:
         store.checkpoint_if_due()
 
 
-def _sweep_expired(rt: Runtime) -> None:
+def _sweep_expired(rt: Runtime) -> bool:
+    """One batch of expired keys deleted, logged, audited and counted; True if more may be due."""
     # Wall time: a key's acceptance time is stored, and its lifetime runs across restarts.
     max_age_s = rt.config.kme.key_expiry_s
-    for group in sweep(rt.store, max_age_s=max_age_s, now=time.time(), audit=rt.audit, metrics=rt.metrics):
+    expired = sweep(rt.store, max_age_s=max_age_s, now=time.time(), audit=rt.audit, metrics=rt.metrics)
+    for group in expired:
         log.info(
             "%d key(s), %d bits, held for %s from %s (peer %s) expired unfetched after %g s",
             len(group.key_ids),
@@ -194,12 +197,14 @@ def _sweep_expired(rt: Runtime) -> None:
             group.peer,
             max_age_s,
         )
+    return more_due(expired)
 
 
 async def _expiry_sweeps(rt: Runtime) -> None:
     while True:
         await asyncio.sleep(sweep_interval(rt.config.kme.key_expiry_s))
-        _sweep_expired(rt)
+        while _sweep_expired(rt):
+            await asyncio.sleep(0)  # a backlog goes in batches, other requests served between them
 
 
 def _classical_app(links: dict[str, PeerLink]) -> web.Application:

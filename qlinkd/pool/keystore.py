@@ -496,20 +496,22 @@ class KeyStore:
 
     # ---- key lifetime
 
-    def expire_unfetched(self, max_age_s: float, *, now: float) -> list[ExpiredKeys]:
-        """Delete every key held for a slave SAE that was accepted `max_age_s` or more before `now` (Unix
-        time) and not fetched, leaving a tombstone per key ID; return what went, one entry per peer and
-        SAE pair. A key without an acceptance time (accepted by a schema-1 qlinkd) gets `now` as its own,
-        so its lifetime runs from the first sweep after the upgrade. The deletion is erased from the WAL
-        at once (sweeps are rare, and these are keys nobody will use)."""
+    def expire_unfetched(self, max_age_s: float, *, now: float, limit: int = 1000) -> list[ExpiredKeys]:
+        """Delete the keys held for a slave SAE that were accepted `max_age_s` or more before `now` (Unix
+        time) and not fetched, the oldest first and at most `limit` of them, leaving a tombstone per key
+        ID; return what went, one entry per peer and SAE pair. A key without an acceptance time (accepted
+        by a schema-1 qlinkd) gets `now` as its own, so its lifetime runs from the first sweep after the
+        upgrade. The deletion is erased from the WAL at once (sweeps are rare, and these are keys nobody
+        will use). `limit` bounds the time one call holds the caller (bench/bench_expiry.py)."""
         if not max_age_s > 0:
             raise StoreError(f"the key lifetime must be positive, got {max_age_s!r}", field="max_age_s")
+        check_positive(limit, "limit")
         with self._tx():
             self._q("UPDATE incoming SET received_at = ? WHERE received_at IS NULL", (now,))
             rows = self._q(
                 "SELECT rowid, key_id, peer, master_sae, slave_sae, length(material) FROM incoming"
-                " WHERE received_at <= ? ORDER BY received_at, rowid",
-                (now - max_age_s,),
+                " WHERE received_at <= ? ORDER BY received_at, rowid LIMIT ?",
+                (now - max_age_s, limit),
             ).fetchall()
             self._db.executemany("DELETE FROM incoming WHERE rowid = ?", [(r[0],) for r in rows])
             self._db.executemany("INSERT INTO expired VALUES (?, ?, ?)", [(r[1], r[2], now) for r in rows])

@@ -16,7 +16,7 @@ from qlinkmed.qlinkd.ops.audit import AuditLog, verify
 from qlinkmed.qlinkd.ops.metrics import LinkMetrics
 from qlinkmed.qlinkd.pool import schema
 from qlinkmed.qlinkd.pool.keystore import KeyStore
-from qlinkmed.qlinkd.pool.lifetime import AUDIT_EVENT, sweep, sweep_interval
+from qlinkmed.qlinkd.pool.lifetime import AUDIT_EVENT, SWEEP_BATCH, more_due, sweep, sweep_interval
 from qlinkmed.qlinkd.pool.values import DeliveredKey, ExpiredKeys
 
 ME, PEER = "hospital-a", "hospital-b"
@@ -161,6 +161,25 @@ def test_a_sweep_audits_and_counts_what_it_deleted(pair: Pair, tmp_path: Path) -
     exposition = metrics.render().decode()
     assert f'qlink_keys_expired_total{{peer="{ME}"}} 3.0' in exposition
     assert f'qlink_keys_expired_bits_total{{peer="{ME}"}} 3072.0' in exposition
+
+
+def test_a_backlog_goes_in_batches_the_oldest_first(pair: Pair) -> None:
+    keys = []
+    for i in range(5):
+        pair.clock.now = T0 + i
+        keys += pair.hand_out(1)
+    batches = [pair.slave.expire_unfetched(HOUR, now=T0 + 2 * HOUR, limit=2) for _ in range(4)]
+    assert [[k for g in b for k in g.key_ids] for b in batches] == [
+        [keys[0].key_id, keys[1].key_id],
+        [keys[2].key_id, keys[3].key_id],
+        [keys[4].key_id],
+        [],
+    ]
+    assert not more_due(batches[2]) and not more_due([])
+    full = ExpiredKeys(peer=ME, master_sae="m", slave_sae="s", key_ids=("x",) * SWEEP_BATCH, bits=8)
+    assert more_due([full])
+    with pytest.raises(StoreError):
+        pair.slave.expire_unfetched(HOUR, now=T0, limit=0)
 
 
 def test_sweeps_run_at_a_tenth_of_the_lifetime_and_at_least_every_minute() -> None:
