@@ -108,6 +108,7 @@ async def run_daemon(
             server_ssl=rt.server_ssl,
             audit=audit,
             metrics=rt.metrics,
+            pq_hybrid=[peer.id for peer in config.peers if peer.pq_hybrid],
         )
         token = ensure_token(config.state_dir)
         # In a thread: a signal during the 0.6-0.8 s this takes still stops the daemon at once.
