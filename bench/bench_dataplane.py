@@ -3,6 +3,7 @@ same-run figure for plain asyncio sockets with AES-GCM; and EHR latency from the
 inbox. Not a test: it prints figures (medians over --runs; the machine is shared).
 
     python bench/bench_dataplane.py [--gib 1.0] [--runs 3] [--ehr 100] [--rounds-running]
+                                    [--sessions 100] [--sessions-only]
 
 QKD rounds: by default each study run starts once the key pool has reached its high watermark and rounds
 have paused, the steady state of a link with a full pool (the production watermark, 8,000,000 bits, takes
@@ -26,6 +27,12 @@ median, and the median of those, are printed. The disk is flushed (os.sync) befo
 time that took is printed, so no writeback left by the studies can land on the EHR path's fsyncs.
 Then the same-run floor: the two steps each end must take for every message (FHIR validation, a fsynced
 record commit), timed back to back in the benchmark's own process; the path pays each twice.
+Session setup (--sessions per run, --runs runs, alternating): the data plane's own sender and receiver
+sessions in this process over loopback mutual TLS, QKD key from memory, each timed from the dial to the
+sender holding the receiver's Ready under its traffic keys (TCP + TLS handshake, Open, the receiver's key
+fetch and derivation), with and without the post-quantum hybrid (ML-KEM-768 key generation, encapsulation
+and decapsulation, 1184 + 1088 more bytes on the wire); and the ML-KEM operations alone. --sessions-only
+runs this part alone (no daemons).
 """
 
 from __future__ import annotations
@@ -54,9 +61,16 @@ from qlinkmed.client.commands.send import upload
 from qlinkmed.client.data_http import DataTarget
 from qlinkmed.client.demo_data import FHIR_BUNDLE
 from qlinkmed.qlinkd.content import validate
+from qlinkmed.qlinkd.dataplane.inbox import Inbox
 from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
+from qlinkmed.qlinkd.dataplane.outbox import Outbox
 from qlinkmed.qlinkd.dataplane.pads import PAD_KEY_BYTES
+from qlinkmed.qlinkd.dataplane.receiver import ReceiverContext, ReceiverSession
 from qlinkmed.qlinkd.dataplane.records import TransferRecords
+from qlinkmed.qlinkd.dataplane.sender import SenderContext, _handshake
+from qlinkmed.qlinkd.ops.pki import client_context, server_context, write_demo_pki
+from qlinkmed.qlinkd.pool.values import DeliveredKey
+from qlinkmed.qlinkd.seal.hybrid import MLKEM_SEED_BYTES, HybridOffer, hybrid_available, respond
 from qlinkmed.qlinkd.testbed.deployment import Deployment, write_loopback_deployment
 from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
 from tests.dicom_factory import make_ct_study
@@ -251,6 +265,121 @@ def ehr_floor(folder: Path, count: int = 200) -> dict[str, float]:
     }
 
 
+class _MemoryKeys:
+    """Both ends of one pool in memory (the session-setup runs measure the protocol, not the key store)."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, bytes] = {}
+
+    def take(self, peer: str, size_bits: int) -> DeliveredKey:
+        key = DeliveredKey(str(uuid.uuid4()), os.urandom(size_bits // 8))
+        self.held[key.key_id] = key.material
+        return key
+
+    async def fetch(self, peer: str, key_ids: list[str], timeout: float) -> list[DeliveredKey]:
+        return [DeliveredKey(k, self.held.pop(k)) for k in key_ids]
+
+
+async def _session_setups(work: Path, count: int) -> dict[bool, list[float]]:
+    """`count` sessions of each kind, opened one after the other and alternating (so a passing load on the
+    shared machine spoils both kinds alike); each one's seconds from dial to Ready, by ``hybrid``."""
+    certs = write_demo_pki(work / "pki", [A, B])
+    keys = _MemoryKeys()
+    records = TransferRecords.open(work / "transfers.sqlite3")
+    inbox = Inbox(work / "inbox", records, facility=B)
+    server_ssl = server_context(certs["ca.pem"], certs[f"{B}.pem"], certs[f"{B}.key"])
+    client_ssl = client_context(certs["ca.pem"], certs[f"{A}.pem"], certs[f"{A}.key"])
+    servers, senders = {}, {}
+    for hybrid in (False, True):
+        receiving = ReceiverContext(
+            facility=B,
+            keys=keys,
+            inbox=inbox,
+            on_delivered=lambda *a: None,
+            on_refused=lambda *a: None,
+            hybrid=hybrid,
+        )
+
+        async def receive(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: ReceiverContext = receiving
+        ) -> None:
+            try:
+                await ReceiverSession(ctx, A, reader, writer).run()
+            finally:
+                writer.close()
+
+        servers[hybrid] = await asyncio.start_server(receive, "127.0.0.1", 0, ssl=server_ssl)
+        senders[hybrid] = SenderContext(
+            facility=A,
+            peer=B,
+            keys=keys,
+            records=records,
+            outbox=Outbox(work / f"outbox-{hybrid}"),
+            wake=asyncio.Event(),
+            on_finished=lambda *a: None,
+            hybrid=hybrid,
+        )
+    times: dict[bool, list[float]] = {False: [], True: []}
+    try:
+        for i in range(2 * count):
+            hybrid = bool(i % 2)
+            port = servers[hybrid].sockets[0].getsockname()[1]
+            start = time.perf_counter()
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=client_ssl, server_hostname="127.0.0.1"
+            )
+            await _handshake(senders[hybrid], keys.take(B, 256), reader, writer)
+            times[hybrid].append(time.perf_counter() - start)
+            writer.close()
+            await writer.wait_closed()
+    finally:
+        for server in servers.values():
+            server.close()
+        records.close()
+    return times
+
+
+def session_setup(work: Path, runs: int, count: int) -> None:
+    """Print the median session setup with and without the hybrid, and the ML-KEM operations' cost."""
+    if not hybrid_available():
+        print("session setup: the installed cryptography has no ML-KEM-768; skipped", flush=True)
+        return
+    medians: dict[bool, list[float]] = {False: [], True: []}
+    for run in range(runs):
+        folder = work / f"setup-{run}"
+        folder.mkdir()
+        times = asyncio.run(_session_setups(folder, count))
+        for hybrid in (False, True):
+            medians[hybrid].append(statistics.median(times[hybrid]) * 1e3)
+        print(
+            f"session setup run {run + 1} (x{count} each, alternating): QKD key alone "
+            f"{medians[False][-1]:.2f} ms, with ML-KEM-768 {medians[True][-1]:.2f} ms (medians)",
+            flush=True,
+        )
+    plain, hybrid_ms = statistics.median(medians[False]), statistics.median(medians[True])
+    ops: dict[str, list[float]] = {"keygen": [], "encaps": [], "decaps": []}
+    for _ in range(count):
+        t0 = time.perf_counter()
+        offer = HybridOffer(os.urandom(MLKEM_SEED_BYTES))
+        public = offer.public_bytes()
+        t1 = time.perf_counter()
+        ciphertext, _ = respond(public)
+        t2 = time.perf_counter()
+        offer.finish(ciphertext)
+        t3 = time.perf_counter()
+        ops["keygen"].append(t1 - t0)
+        ops["encaps"].append(t2 - t1)
+        ops["decaps"].append(t3 - t2)
+    op_ms = {k: statistics.median(v) * 1e3 for k, v in ops.items()}
+    print(
+        f"session setup, median of {runs} runs: QKD key alone {plain:.2f} ms, with the ML-KEM-768 hybrid "
+        f"{hybrid_ms:.2f} ms (+{hybrid_ms - plain:.2f} ms); ML-KEM-768 alone: key generation "
+        f"{op_ms['keygen']:.3f} ms, encapsulation {op_ms['encaps']:.3f} ms, decapsulation "
+        f"{op_ms['decaps']:.3f} ms",
+        flush=True,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -263,9 +392,15 @@ def main() -> int:
         action="store_true",
         help="keep QKD rounds running during the transfers (their CPU competes with it on 2 cores)",
     )
+    parser.add_argument("--sessions", type=int, default=100, help="sessions per setup run (default 100)")
+    parser.add_argument("--sessions-only", action="store_true", help="measure only the session setup")
     args = parser.parse_args()
-    if args.runs < 1 or args.ehr < 1:
-        parser.error("--runs and --ehr must be at least 1")
+    if args.runs < 1 or args.ehr < 1 or args.sessions < 1:
+        parser.error("--runs, --ehr and --sessions must be at least 1")
+    if args.sessions_only:
+        with tempfile.TemporaryDirectory(prefix="qlink-bench-") as tmp:
+            session_setup(Path(tmp), args.runs, args.sessions)
+        return 0
     # Paused mode: the pool fills to a high watermark that also covers every EHR message's one-time pad,
     # and rounds resume only far below it, so they stay paused through the study runs and the EHR phase.
     # (A message costs about 14,000 bits of pad with its manifest and tag key; pad keys are taken ahead,
@@ -375,6 +510,7 @@ def main() -> int:
                 f"twice each (both ends) = {2 * (floor['validation_ms'] + floor['commit_ms']):.2f} ms",
                 flush=True,
             )
+            session_setup(work, args.runs, args.sessions)
             digest = hashlib.sha256(b"".join(p.read_bytes()[:64] for p in paths[:4])).hexdigest()[:12]
             print(f"(study sample digest {digest})")
         finally:

@@ -265,14 +265,24 @@ class ChannelError(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class DataOpen(_message.Message):
-    __slots__ = ("version", "facility", "key_ids")
+    __slots__ = ("version", "facility", "key_ids", "mlkem_encapsulation_key")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FACILITY_FIELD_NUMBER: _ClassVar[int]
     KEY_IDS_FIELD_NUMBER: _ClassVar[int]
+    MLKEM_ENCAPSULATION_KEY_FIELD_NUMBER: _ClassVar[int]
     version: int
     facility: str
     key_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[int] = ..., facility: _Optional[str] = ..., key_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    mlkem_encapsulation_key: bytes
+    def __init__(self, version: _Optional[int] = ..., facility: _Optional[str] = ..., key_ids: _Optional[_Iterable[str]] = ..., mlkem_encapsulation_key: _Optional[bytes] = ...) -> None: ...
+
+class DataAccept(_message.Message):
+    __slots__ = ("mlkem_ciphertext", "refused")
+    MLKEM_CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    mlkem_ciphertext: bytes
+    refused: str
+    def __init__(self, mlkem_ciphertext: _Optional[bytes] = ..., refused: _Optional[str] = ...) -> None: ...
 
 class DataMessage(_message.Message):
     __slots__ = ("ready", "offer", "position", "chunk", "ack", "delivered", "refused", "ehr", "pad")

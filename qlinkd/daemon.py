@@ -109,6 +109,7 @@ async def run_daemon(
             server_ssl=rt.server_ssl,
             audit=audit,
             metrics=rt.metrics,
+            pq_hybrid=[peer.id for peer in config.peers if peer.pq_hybrid],
         )
         token = ensure_token(config.state_dir)
         # Keys whose lifetime ended while the daemon was down go before any SAE can ask for them.

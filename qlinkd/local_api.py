@@ -44,7 +44,10 @@ def make_local_app(
             "links": [link.statistics().to_json() for link in links.values()],
         }
         if plane is not None:
-            body["data_plane"] = {"senders": plane.sender_states()}
+            body["data_plane"] = {
+                "senders": plane.sender_states(),
+                "peers": [p.to_json() for p in plane.peer_statuses()],
+            }
         if extra is not None:
             body.update(extra())
         return web.json_response(body)

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from qlinkmed.qlinkd.errors import StatusFormatError
-from qlinkmed.qlinkd.link.status import LinkStatus, RoundRecord
+from qlinkmed.qlinkd.link.status import DataPeerStatus, LinkStatus, RoundRecord
 
 from ..daemon_http import EXIT_FAILURE, add_local_target, ask_local, link_statuses
 
@@ -66,7 +66,30 @@ def format_last_round(r: RoundRecord | None) -> str:
     return f"#{r.round} {outcome}: " + ", ".join(parts)
 
 
-def format_link(link: LinkStatus, key_size: int | None) -> list[str]:
+def data_peers(status: Any) -> dict[str, DataPeerStatus]:
+    """The data plane's view of each peer in a status answer (none from a daemon without a data plane)."""
+    plane = status.get("data_plane") if isinstance(status, dict) else None
+    if not isinstance(plane, dict) or "peers" not in plane:
+        return {}
+    peers = plane["peers"]
+    if not isinstance(peers, list):
+        raise StatusFormatError("data_plane.peers", f"expected a list, got {type(peers).__name__}")
+    return {p.peer: p for p in (DataPeerStatus.from_json(entry) for entry in peers)}
+
+
+def format_pq_hybrid(data: DataPeerStatus) -> str:
+    """The post-quantum hybrid as configured, and what the last data session used."""
+    setting = "on (ML-KEM-768 mixed into every data-plane traffic key)" if data.pq_hybrid else "off"
+    last = data.last_session
+    if last is None:
+        used = "no data session yet"
+    else:
+        keys = f"QKD key and {last.kem}" if last.pq_hybrid else "QKD key alone"
+        used = f"last data session ({last.role}, {last.opened_at}): {keys}"
+    return f"{setting}; {used}"
+
+
+def format_link(link: LinkStatus, key_size: int | None, data: DataPeerStatus | None = None) -> list[str]:
     pool = link.pool_bits
     in_keys = f" = {pool // key_size:,} keys of {key_size} bits" if key_size else ""
     peer_state = "peer connected" if link.connected else "peer NOT connected"
@@ -94,6 +117,8 @@ def format_link(link: LinkStatus, key_size: int | None) -> list[str]:
             "STARVED: authentication key exhausted, key generation halted" if link.auth_starved else "no",
         )
     )
+    if data is not None:
+        rows.append(("pq hybrid", format_pq_hybrid(data)))
     return [f"link {link.peer}"] + [f"  {k:<14}{v}" for k, v in rows]
 
 
@@ -104,9 +129,10 @@ def format_status(status: dict[str, Any], key_sizes: dict[str, int] | None = Non
     saes = ", ".join(status.get("saes", [])) or "none"
     lines = [f"facility {status.get('facility')}, up {status.get('uptime_s', 0):.0f} s, SAEs: {saes}"]
     links = link_statuses(status)
+    data = data_peers(status)
     if not links:
         lines.append("no links configured")
     for link in links:
         lines.append("")
-        lines.extend(format_link(link, key_sizes.get(link.peer)))
+        lines.extend(format_link(link, key_sizes.get(link.peer), data.get(link.peer)))
     return "\n".join(lines)

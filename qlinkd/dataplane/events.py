@@ -40,17 +40,65 @@ class TransferState(enum.IntEnum):
     """Delivered or refused already: nothing to send."""
 
 
+MLKEM_ENCAPSULATION_KEY_BYTES = 1184
+"""An ML-KEM-768 encapsulation key (FIPS 203), carried in a hybrid session's ``Open``."""
+MLKEM_CIPHERTEXT_BYTES = 1088
+"""An ML-KEM-768 ciphertext, carried in a hybrid session's ``Accept``."""
+REFUSAL_TEXT_CHARS = 500
+"""A session refusal's reason is cut to this length on the wire."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Open:
-    """The sender's first frame, the only one not sealed: the QKD keys the traffic keys derive from."""
+    """The sender's first frame, the only one not sealed: the QKD keys the traffic keys derive from, and
+    (with the post-quantum hybrid) the ephemeral ML-KEM-768 encapsulation key."""
 
     version: int
     facility: str
     key_ids: tuple[str, ...]
+    mlkem_encapsulation_key: bytes = field(default=b"", repr=False)
+    """Empty: the session uses QKD key alone."""
 
     def __post_init__(self) -> None:
         for key_id in self.key_ids:
             check_uuid(key_id, "key ID")
+        if len(self.mlkem_encapsulation_key) not in (0, MLKEM_ENCAPSULATION_KEY_BYTES):
+            raise FrameError(
+                f"ML-KEM-768 encapsulation key of {len(self.mlkem_encapsulation_key)} bytes, "
+                f"not {MLKEM_ENCAPSULATION_KEY_BYTES}"
+            )
+
+    @property
+    def hybrid(self) -> bool:
+        return bool(self.mlkem_encapsulation_key)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Accept:
+    """Receiver, plain (before any sealed frame): the ML-KEM-768 ciphertext of a hybrid session."""
+
+    mlkem_ciphertext: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.mlkem_ciphertext) != MLKEM_CIPHERTEXT_BYTES:
+            raise FrameError(
+                f"ML-KEM-768 ciphertext of {len(self.mlkem_ciphertext)} bytes, not {MLKEM_CIPHERTEXT_BYTES}"
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionRefusal:
+    """Receiver, plain (instead of any sealed frame): the session is refused before its keys, and why."""
+
+    reason: str
+
+    def __post_init__(self) -> None:
+        if not self.reason:
+            raise FrameError("a session refusal without a reason")
+
+
+OpenAnswer = Accept | SessionRefusal
+"""The receiver's plain answers to an ``Open``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

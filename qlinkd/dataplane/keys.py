@@ -3,17 +3,60 @@ as ETSI GS QKD 014 deliveries (so every byte goes to one use, once, and both poo
 
 The data plane acts as an internal pair of SAEs named ``qlinkd:<facility>``. The colon is outside the SAE
 ID alphabet, so no ETSI client can ever ask for these keys.
+
+Also the one place a session's traffic keys are derived from that key, with the ML-KEM-768 secret mixed
+in when the session uses the post-quantum hybrid.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 from qlinkmed.qlinkd.pool.keystore import KeyStore
 from qlinkmed.qlinkd.pool.kme import StoreKeyManager
 from qlinkmed.qlinkd.pool.values import DeliveredKey
+from qlinkmed.qlinkd.seal import Direction, Opener, Sealer, SendState, TrafficKey, derive_traffic_key
+from qlinkmed.qlinkd.seal.hybrid import KemSecret, derive_hybrid_traffic_key
 
 SESSION_KEY_BITS = 256
+KEM_NAME = "ML-KEM-768"
+"""The post-quantum KEM of the hybrid, as status and the audit log name it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionKeyed:
+    """A data session's traffic keys are derived and its Ready sent (receiver) or opened (sender)."""
+
+    peer: str
+    role: Literal["sender", "receiver"]
+    key_ids: tuple[str, ...]
+    """The QKD keys the traffic keys came from (identifiers, never material)."""
+    pq_hybrid: bool
+    """An ML-KEM-768 secret was mixed into the traffic keys."""
+
+
+def traffic_keys(
+    material: bytes, key_ids: Sequence[str], *, master: bool, kem: KemSecret | None, now: float
+) -> tuple[Sealer, Opener]:
+    """This end's sealer and opener for one session: from the QKD key `material` alone, or with the
+    ML-KEM-768 secret `kem` mixed in (the keys stay secret if either does). `master`: the sending end."""
+
+    def derive(direction: Direction) -> TrafficKey:
+        if kem is None:
+            return derive_traffic_key(material, key_ids, direction=direction)
+        return derive_hybrid_traffic_key(material, key_ids, direction=direction, kem=kem)
+
+    out, back = (
+        (Direction.MASTER_TO_SLAVE, Direction.SLAVE_TO_MASTER)
+        if master
+        else (Direction.SLAVE_TO_MASTER, Direction.MASTER_TO_SLAVE)
+    )
+    # A key dies with its connection, so its counters need no durable state: a new connection always means
+    # a new key.
+    sealer = Sealer(derive(out), state=SendState(next_counter=0, bytes_sealed=0, started_at=now))
+    return sealer, Opener(derive(back), started_at=now)
 
 
 def data_sae(facility: str) -> str:

@@ -14,11 +14,17 @@ a ``SessionMisuse`` (our own shell did). A closed machine refuses everything.
 
 The session, as the receiver sees it::
 
-    Open -> (fetch the keys) -> Ready, then per transfer: Offer -> Position -> Chunk... (Ack...) -> answer
-                                                       or: EhrMessage (one-time-pad frame)       -> answer
+    Open -> [Accept] -> (fetch the keys) -> Ready,
+    then per transfer: Offer -> Position -> Chunk... (Ack...) -> answer
+                   or: EhrMessage (one-time-pad frame)       -> answer
 
 where the answer is Delivered or Refused. The sender may announce pad keys (``PadKey``) at any time once
 the session is open.
+
+With the post-quantum hybrid (``hybrid``: ``pq_hybrid`` is on for the peer here) the Open must carry an
+ML-KEM-768 encapsulation key, and the shell answers with a plain Accept (the ciphertext) before the Ready;
+without it, the Open must carry none. Either mismatch ends the session (reason ``pq_hybrid_mismatch``):
+the two ends' settings must agree, and neither falls back.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from enum import Enum, auto
 from typing import NoReturn
 
 from qlinkmed.qlinkd.dataplane.events import (
+    Accept,
     Ack,
     Chunk,
     DataMessage,
@@ -52,6 +59,8 @@ REFUSAL_REASON_CHARS = 500
 class ReceivePhase(Enum):
     EXPECT_OPEN = auto()
     """Waiting for the sender's Open."""
+    AWAIT_ENCAPSULATION = auto()
+    """Hybrid sessions only: encapsulating to the Open's ML-KEM key; then Accept."""
     AWAIT_KEY = auto()
     """Fetching the QKD keys the Open named; then Ready."""
     OPEN = auto()
@@ -73,11 +82,14 @@ class ReceiveStage(Enum):
 class ReceiveInput(Enum):
     # from the sender
     OPEN = auto()
+    HYBRID_OPEN = auto()
+    """An Open carrying an ML-KEM-768 encapsulation key."""
     OFFER = auto()
     CHUNK = auto()
     EHR = auto()
     PAD = auto()
     # from our shell
+    ACCEPT = auto()
     KEYED = auto()
     POSITION = auto()
     ALL_RECEIVED = auto()
@@ -93,14 +105,14 @@ _RECEIVE_PEER_INPUTS: dict[type[DataMessage], ReceiveInput] = {
     PadKey: ReceiveInput.PAD,
 }
 
+_SESSION_SETUP = (ReceiveInput.OPEN, ReceiveInput.HYBRID_OPEN, ReceiveInput.ACCEPT, ReceiveInput.KEYED)
+
 RECEIVE_SESSION: dict[tuple[ReceivePhase, ReceiveInput], ReceivePhase] = {
     (ReceivePhase.EXPECT_OPEN, ReceiveInput.OPEN): ReceivePhase.AWAIT_KEY,
+    (ReceivePhase.EXPECT_OPEN, ReceiveInput.HYBRID_OPEN): ReceivePhase.AWAIT_ENCAPSULATION,
+    (ReceivePhase.AWAIT_ENCAPSULATION, ReceiveInput.ACCEPT): ReceivePhase.AWAIT_KEY,
     (ReceivePhase.AWAIT_KEY, ReceiveInput.KEYED): ReceivePhase.OPEN,
-    **{
-        (ReceivePhase.OPEN, i): ReceivePhase.OPEN
-        for i in ReceiveInput
-        if i not in (ReceiveInput.OPEN, ReceiveInput.KEYED)
-    },
+    **{(ReceivePhase.OPEN, i): ReceivePhase.OPEN for i in ReceiveInput if i not in _SESSION_SETUP},
 }
 """The session's phase: every input it accepts in each phase, and the phase that follows."""
 
@@ -117,7 +129,7 @@ RECEIVE_TRANSFER: dict[tuple[ReceiveStage, ReceiveInput], ReceiveStage] = {
     (ReceiveStage.FINISHING, ReceiveInput.REFUSED): ReceiveStage.IDLE,
 }
 """A transfer's stage in the session: every input about it each stage accepts, and the stage that follows.
-OPEN, KEYED and PAD concern the session only."""
+OPEN, HYBRID_OPEN, ACCEPT, KEYED and PAD concern the session only."""
 
 RECEIVE_RULES = SessionRules(RECEIVE_SESSION, RECEIVE_TRANSFER, ReceiveStage.IDLE)
 
@@ -168,10 +180,12 @@ class ReceiverMachine:
     """The receiving end of one session: it checks who opened it, which messages may come when, that every
     chunk is exactly the next expected, and answers each transfer once."""
 
-    def __init__(self, *, facility: str, peer: str) -> None:
+    def __init__(self, *, facility: str, peer: str, hybrid: bool = False) -> None:
+        """`hybrid`: ``pq_hybrid`` is on for `peer` here, so its Open must offer an ML-KEM-768 key."""
         self.phase = ReceivePhase.EXPECT_OPEN
         self._facility = facility
         self._peer = peer
+        self.hybrid = hybrid
         self._arrivals: dict[str, _Arrival] = {}
 
     def stage(self, transfer_id: str) -> ReceiveStage:
@@ -181,10 +195,23 @@ class ReceiverMachine:
     # ---- the sender's messages
 
     def receive_open(self, message: Open) -> tuple[str, ...]:
-        """The session's unsealed first frame; returns the key IDs to fetch (then call ``keyed``)."""
-        self._move(ReceiveInput.OPEN, None, peer=True)
+        """The session's unsealed first frame; returns the key IDs to fetch (then, with the hybrid,
+        encapsulate and call ``accept``; then ``keyed``)."""
+        self._move(ReceiveInput.HYBRID_OPEN if message.hybrid else ReceiveInput.OPEN, None, peer=True)
         if message.facility != self._peer:
             self._end(f"data open names {message.facility!r}, the certificate {self._peer!r}", "identity")
+        if message.hybrid and not self.hybrid:
+            self._end(
+                f"{self._peer} offered the ML-KEM-768 hybrid, but pq_hybrid is off for it here; "
+                "both ends' pq_hybrid must agree",
+                "pq_hybrid_mismatch",
+            )
+        if self.hybrid and not message.hybrid:
+            self._end(
+                f"{self._peer} opened without the ML-KEM-768 hybrid, but pq_hybrid is on for it here; "
+                "both ends' pq_hybrid must agree",
+                "pq_hybrid_mismatch",
+            )
         return message.key_ids
 
     def receive(self, message: DataMessage, *, one_time_pad: bool = False) -> ReceiverEvent:
@@ -250,6 +277,11 @@ class ReceiverMachine:
         return ChunkReceived(chunk=message, complete=complete)
 
     # ---- our shell's actions
+
+    def accept(self, mlkem_ciphertext: bytes) -> Accept:
+        """Hybrid sessions: the ciphertext encapsulated to the Open's key, to send plain before Ready."""
+        self._move(ReceiveInput.ACCEPT, None, peer=False)
+        return Accept(mlkem_ciphertext=mlkem_ciphertext)
 
     def keyed(self) -> Ready:
         """The session's keys are here and its traffic keys derived: tell the sender to go."""

@@ -22,10 +22,11 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from qlinkmed.qcore.errors import DecodeError
 from qlinkmed.qlinkd.dataplane import wire as dm
-from qlinkmed.qlinkd.dataplane.events import DataMessage, TransferState
+from qlinkmed.qlinkd.dataplane.events import DataMessage, SessionRefusal, TransferState
 from qlinkmed.qlinkd.dataplane.inbox import Inbox, SyncPoint, TransferRefused, at_rest_key
-from qlinkmed.qlinkd.dataplane.keys import KeySource
+from qlinkmed.qlinkd.dataplane.keys import KeySource, SessionKeyed, traffic_keys
 from qlinkmed.qlinkd.dataplane.manifest import Manifest
 from qlinkmed.qlinkd.dataplane.pads import ReceiverPads
 from qlinkmed.qlinkd.dataplane.receive_machine import (
@@ -48,13 +49,14 @@ from qlinkmed.qlinkd.errors import (
 )
 from qlinkmed.qlinkd.link.framing import read_frame
 from qlinkmed.qlinkd.pool.values import DeliveredKey
-from qlinkmed.qlinkd.seal import Direction, Opener, Sealer, SendState, derive_traffic_key
+from qlinkmed.qlinkd.seal import Opener, Sealer
 from qlinkmed.qlinkd.seal.constants import (
     AEAD_VERSION,
     MAX_SEALED_FRAME_BYTES,
     OTP_RANGE_VERSION,
     OTP_VERSION,
 )
+from qlinkmed.qlinkd.seal.hybrid import KemSecret, respond
 from qlinkmed.qlinkd.seal.otp import open_otp, open_otp_range, peek_otp_key_ids, peek_otp_range
 
 __all__ = ["KEY_WAIT_S", "SYNC_BYTES", "ReceiverContext", "ReceiverSession", "Rejected"]
@@ -66,7 +68,8 @@ SYNC_BYTES = 16 << 20
 the sender's window."""
 KEY_WAIT_S = 10.0
 MAX_OPEN_FRAME_BYTES = 4096
-"""The unsealed opening frame: a facility name and at most MAX_SESSION_KEY_IDS key IDs."""
+"""The unsealed opening frame: a facility name, at most MAX_SESSION_KEY_IDS key IDs and an ML-KEM-768
+encapsulation key (about 1,900 bytes at most)."""
 _STATE = {
     None: TransferState.NEW,
     Incoming.RECEIVING: TransferState.PARTIAL,
@@ -94,6 +97,11 @@ class ReceiverContext:
     work: asyncio.TaskGroup | None = None
     """The daemon's task group for work that outlives a connection (storing a finished transfer); None:
     the connection's own group, which then waits for that work when it ends cleanly."""
+    hybrid: bool = False
+    """``pq_hybrid`` is on for the peer: its Open must offer an ML-KEM-768 key, and the traffic keys mix in
+    the secret encapsulated to it."""
+    on_session: Callable[[SessionKeyed], None] = field(default=lambda keyed: None)
+    """A session's traffic keys are derived and its Ready sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +124,7 @@ class ReceiverSession:
         self.peer = peer
         self._reader = reader
         self._writer = writer
-        self._machine = ReceiverMachine(facility=ctx.facility, peer=peer)
+        self._machine = ReceiverMachine(facility=ctx.facility, peer=peer, hybrid=ctx.hybrid)
         self._keys: _Keys | None = None
         self._group: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -154,22 +162,30 @@ class ReceiverSession:
         frame = await read_frame(self._reader, MAX_OPEN_FRAME_BYTES)
         if frame is None:
             return
-        key_ids = self._machine.receive_open(dm.decode_open(frame))
+        opening = dm.decode_open(frame)
+        try:
+            key_ids = self._machine.receive_open(opening)
+        except Rejected as exc:
+            # Refused before any key is fetched; the sender is told why, so both ends log the reason.
+            self._write(dm.encode_answer(SessionRefusal(reason=exc.message)))
+            await self._writer.drain()
+            raise
+        kem: KemSecret | None = None
+        if opening.hybrid:
+            try:
+                ciphertext, kem = respond(opening.mlkem_encapsulation_key)
+            except DecodeError as exc:
+                raise Rejected("malformed", str(exc)) from None
+            # Sent before the key is fetched: the sender decapsulates while this end waits for the notice.
+            self._write(dm.encode_answer(self._machine.accept(ciphertext)))
         keys = await self._fetch(list(key_ids))
         material = b"".join(k.material for k in keys)
-        now = time.monotonic()
-        self._keys = _Keys(
-            material=material,
-            opener=Opener(
-                derive_traffic_key(material, key_ids, direction=Direction.MASTER_TO_SLAVE),
-                started_at=now,
-            ),
-            sealer=Sealer(
-                derive_traffic_key(material, key_ids, direction=Direction.SLAVE_TO_MASTER),
-                state=SendState(next_counter=0, bytes_sealed=0, started_at=now),
-            ),
-        )
+        sealer, opener = traffic_keys(material, key_ids, master=False, kem=kem, now=time.monotonic())
+        self._keys = _Keys(material=material, opener=opener, sealer=sealer)
         self._send(self._machine.keyed())
+        self.ctx.on_session(
+            SessionKeyed(peer=self.peer, role="receiver", key_ids=tuple(key_ids), pq_hybrid=kem is not None)
+        )
         while True:
             frame = await read_frame(self._reader, MAX_SEALED_FRAME_BYTES)
             if frame is None:
@@ -212,7 +228,9 @@ class ReceiverSession:
         raise Rejected("version", f"frame of unknown version {frame[:1].hex() or 'empty'}")
 
     def _send(self, message: DataMessage) -> None:
-        frame = self._session_keys().sealer.seal(dm.encode_message(message), now=time.monotonic())
+        self._write(self._session_keys().sealer.seal(dm.encode_message(message), now=time.monotonic()))
+
+    def _write(self, frame: bytes) -> None:
         self._writer.writelines([len(frame).to_bytes(4, "big"), frame])
 
     async def _handle(self, event: ReceiverEvent) -> None:

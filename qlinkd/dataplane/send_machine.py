@@ -14,11 +14,17 @@ table; a pair in neither ends the session, with a ``SessionClosed`` (the receive
 
 The session, as the sender sees it::
 
-    Open -> Ready, then per transfer: Offer -> Position -> Chunk... -> (Ack...) -> Delivered | Refused
-                                  or: EhrMessage (one-time-pad frame)         -> Delivered | Refused
+    Open -> [Accept] -> Ready,
+    then per transfer: Offer -> Position -> Chunk... -> (Ack...) -> Delivered | Refused
+                   or: EhrMessage (one-time-pad frame)         -> Delivered | Refused
 
 The sender may announce pad keys (``PadKey``) at any time once the session is open, and may start an EHR
 message while a study streams (EHR messages overtake studies between chunks).
+
+With the post-quantum hybrid the Open carries an ML-KEM-768 encapsulation key and the receiver's plain
+Accept (its ciphertext) must come before the sealed Ready; without it, an Accept ends the session. A
+receiver's plain refusal ends it in either case. The two ends' ``pq_hybrid`` settings must agree: neither
+falls back.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import NoReturn
 
 from qlinkmed.qlinkd.dataplane.events import (
     DATA_VERSION,
+    Accept,
     Ack,
     Chunk,
     DataMessage,
@@ -41,6 +48,7 @@ from qlinkmed.qlinkd.dataplane.events import (
     Position,
     Ready,
     Refused,
+    SessionRefusal,
     TransferState,
 )
 from qlinkmed.qlinkd.dataplane.manifest import Manifest, TransferKind, advance_past_complete
@@ -54,6 +62,8 @@ WINDOW_BYTES = 48 << 20
 
 
 class SendPhase(Enum):
+    EXPECT_ACCEPT = auto()
+    """Hybrid sessions only: the Open is sent; the receiver answers with its ML-KEM ciphertext."""
     EXPECT_READY = auto()
     """The Open is sent; the receiver fetches the key and answers Ready."""
     OPEN = auto()
@@ -74,6 +84,7 @@ class SendStage(Enum):
 
 class SendInput(Enum):
     # from the receiver
+    ACCEPT = auto()
     READY = auto()
     POSITION = auto()
     ACK = auto()
@@ -87,7 +98,7 @@ class SendInput(Enum):
     PAD = auto()
 
 
-_SEND_PEER_INPUTS: dict[type[DataMessage], SendInput] = {
+_SEND_PEER_INPUTS: dict[type[DataMessage], SendInput] = {  # sealed; an Accept comes plain
     Ready: SendInput.READY,
     Position: SendInput.POSITION,
     Ack: SendInput.ACK,
@@ -96,8 +107,11 @@ _SEND_PEER_INPUTS: dict[type[DataMessage], SendInput] = {
 }
 
 SEND_SESSION: dict[tuple[SendPhase, SendInput], SendPhase] = {
+    (SendPhase.EXPECT_ACCEPT, SendInput.ACCEPT): SendPhase.EXPECT_READY,
     (SendPhase.EXPECT_READY, SendInput.READY): SendPhase.OPEN,
-    **{(SendPhase.OPEN, i): SendPhase.OPEN for i in SendInput if i is not SendInput.READY},
+    **{
+        (SendPhase.OPEN, i): SendPhase.OPEN for i in SendInput if i not in (SendInput.ACCEPT, SendInput.READY)
+    },
 }
 """The session's phase: every input it accepts in each phase, and the phase that follows."""
 
@@ -114,7 +128,7 @@ SEND_TRANSFER: dict[tuple[SendStage, SendInput], SendStage] = {
     (SendStage.EXPECT_OUTCOME, SendInput.REFUSED): SendStage.IDLE,
 }
 """A transfer's stage in the session: every input about it each stage accepts, and the stage that follows.
-READY and PAD concern the session only."""
+ACCEPT, READY and PAD concern the session only."""
 
 SEND_RULES = SessionRules(SEND_SESSION, SEND_TRANSFER, SendStage.IDLE)
 
@@ -179,16 +193,30 @@ class SenderMachine:
         key_ids: Sequence[str],
         window_bytes: int = WINDOW_BYTES,
         chunk_bytes: int = CHUNK_BYTES,
+        mlkem_encapsulation_key: bytes = b"",
     ) -> None:
-        self.phase = SendPhase.EXPECT_READY
-        self._open = Open(version=DATA_VERSION, facility=facility, key_ids=tuple(key_ids))
+        """`mlkem_encapsulation_key`: this session's ephemeral ML-KEM-768 key when ``pq_hybrid`` is on
+        for the peer; empty without the hybrid."""
+        self._open = Open(
+            version=DATA_VERSION,
+            facility=facility,
+            key_ids=tuple(key_ids),
+            mlkem_encapsulation_key=mlkem_encapsulation_key,
+        )
+        self.phase = SendPhase.EXPECT_ACCEPT if self._open.hybrid else SendPhase.EXPECT_READY
         self._window = window_bytes
         self._chunk = chunk_bytes
         self._flights: dict[str, _Flight] = {}
 
     def opening(self) -> Open:
-        """The session's first frame (sent unsealed): our facility and the QKD key IDs."""
+        """The session's first frame (sent unsealed): our facility, the QKD key IDs and, with the hybrid,
+        the encapsulation key."""
         return self._open
+
+    @property
+    def hybrid(self) -> bool:
+        """The session mixes an ML-KEM-768 secret into its traffic keys."""
+        return self._open.hybrid
 
     def stage(self, transfer_id: str) -> SendStage:
         flight = self._flights.get(transfer_id)
@@ -199,6 +227,31 @@ class SenderMachine:
         return self._flights.keys()
 
     # ---- the receiver's messages
+
+    def receive_answer(self, answer: Accept | SessionRefusal) -> bytes:
+        """The receiver's plain answer to the Open; returns the ML-KEM ciphertext to decapsulate. A
+        refusal, or a ciphertext this end did not ask for, ends the session (SessionClosed)."""
+        if isinstance(answer, SessionRefusal):
+            self._end(f"the receiver refused the session: {answer.reason}", peer=True)
+        if not self.hybrid:
+            self._end(
+                "the receiver sent an ML-KEM-768 ciphertext, but pq_hybrid is off for it here; "
+                "both ends' pq_hybrid must agree",
+                peer=True,
+            )
+        self._move(SendInput.ACCEPT, None, peer=True)
+        return answer.mlkem_ciphertext
+
+    def answered_sealed(self) -> None:
+        """The receiver's first answer is a sealed frame (the shell then opens it and passes the Ready).
+        Before a hybrid session's Accept, that is a receiver that left the hybrid out: the session ends
+        rather than fall back to QKD key alone."""
+        if self.phase is SendPhase.EXPECT_ACCEPT:
+            self._end(
+                "the receiver answered without the ML-KEM-768 hybrid (pq_hybrid is off there, or it predates "
+                "the hybrid), but pq_hybrid is on for it here; both ends' pq_hybrid must agree",
+                peer=True,
+            )
 
     def receive(self, message: DataMessage) -> SenderEvent | None:
         """One authenticated message from the receiver. SessionClosed if it breaks the protocol."""

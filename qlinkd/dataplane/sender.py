@@ -6,6 +6,9 @@ transfer ID.
 
 The machine decides what may be sent and judges every answer; this shell picks the next transfer from the
 queue, seals and writes what the machine returns, reads the outbox, and records each outcome.
+
+With ``pq_hybrid`` on for the peer, each session makes a fresh ML-KEM-768 key pair, offers its
+encapsulation key in the Open and mixes the secret from the receiver's ciphertext into the traffic keys.
 """
 
 from __future__ import annotations
@@ -20,21 +23,29 @@ from dataclasses import dataclass, field
 from qlinkmed.qlinkd.dataplane import wire as dm
 from qlinkmed.qlinkd.dataplane.ehr_queue import EhrQueue
 from qlinkmed.qlinkd.dataplane.events import DataMessage
-from qlinkmed.qlinkd.dataplane.keys import SESSION_KEY_BITS, KeySource
+from qlinkmed.qlinkd.dataplane.keys import SESSION_KEY_BITS, KeySource, SessionKeyed, traffic_keys
 from qlinkmed.qlinkd.dataplane.manifest import Manifest, TransferKind
 from qlinkmed.qlinkd.dataplane.outbox import Outbox
 from qlinkmed.qlinkd.dataplane.pads import PAD_KEY_BYTES, PAD_REFILL_BELOW, SenderPads
 from qlinkmed.qlinkd.dataplane.records import Outgoing, TransferRecords
 from qlinkmed.qlinkd.dataplane.send_machine import Acknowledged, Answered, Positioned, SenderMachine
 from qlinkmed.qlinkd.dataplane.tasks import group_outcome
-from qlinkmed.qlinkd.errors import InsufficientKey, SessionClosed, SessionMisuse, TransferError
+from qlinkmed.qlinkd.errors import (
+    InsufficientKey,
+    IntegrityError,
+    SessionClosed,
+    SessionMisuse,
+    TransferError,
+)
 from qlinkmed.qlinkd.link.framing import read_frame
 from qlinkmed.qlinkd.pool.values import DeliveredKey
-from qlinkmed.qlinkd.seal import Direction, KeyStatus, Opener, Sealer, SendState, derive_traffic_key
+from qlinkmed.qlinkd.seal import KeyStatus, Opener, Sealer
 from qlinkmed.qlinkd.seal.constants import (
+    AEAD_VERSION,
     MAX_OTP_PLAINTEXT_BYTES,
     MAX_SEALED_FRAME_BYTES,
 )
+from qlinkmed.qlinkd.seal.hybrid import MLKEM_SEED_BYTES, HybridOffer, KemSecret
 from qlinkmed.qlinkd.seal.otp import otp_key_bytes, seal_otp, seal_otp_range
 
 __all__ = ["IDLE_CHECK_S", "REPLY_TIMEOUT_S", "SenderContext", "SenderSession", "SessionClosed"]
@@ -56,6 +67,10 @@ class SenderContext:
     wake: asyncio.Event
     on_finished: Callable[[str, Outgoing, str | None], None]
     on_otp_fallback: Callable[[str, str], None] = field(default=lambda tid, why: None)
+    hybrid: bool = False
+    """``pq_hybrid`` is on for the peer: every session mixes an ML-KEM-768 secret into its traffic keys."""
+    on_session: Callable[[SessionKeyed], None] = field(default=lambda keyed: None)
+    """A session's traffic keys are derived and the receiver's Ready opened under them."""
     state: str = "idle"
     ehr: EhrQueue = field(init=False)
     """The peer's queued EHR messages, which the sender takes without asking the records."""
@@ -77,7 +92,9 @@ class SenderSession:
         try:
             self.ctx.state = "waiting for key"
             key = await self._take_session_key()
-            await _KeyedSession(self.ctx, key, self._reader, self._writer, self._pads).run()
+            machine, sealer, opener = await _handshake(self.ctx, key, self._reader, self._writer)
+            session = _KeyedSession(self.ctx, machine, sealer, opener, self._reader, self._writer, self._pads)
+            await session.run()
         finally:
             discarded = self._pads.close()
             if discarded:
@@ -96,14 +113,80 @@ class SenderSession:
                 delay = min(delay * 2, 1.0)
 
 
+async def _read_reply(reader: asyncio.StreamReader, timeout: float) -> bytes:
+    try:
+        async with asyncio.timeout(timeout):
+            frame = await read_frame(reader, MAX_SEALED_FRAME_BYTES)
+    except TimeoutError:
+        raise SessionClosed("no answer from the receiver") from None
+    if frame is None:
+        raise SessionClosed("receiver closed the connection")
+    return frame
+
+
+def _opened(opener: Opener, frame: bytes) -> DataMessage:
+    """A reply's message. A frame that does not open ends the session (SessionClosed, as any receiver fault
+    does), never the sender's loop."""
+    try:
+        return dm.decode_message(opener.open(frame, now=time.monotonic()))
+    except IntegrityError as exc:
+        raise SessionClosed(f"a frame from the receiver does not open: {exc.message}") from None
+
+
+async def _handshake(
+    ctx: SenderContext, key: DeliveredKey, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> tuple[SenderMachine, Sealer, Opener]:
+    """Open the session: send the Open (with the hybrid, a fresh ML-KEM-768 encapsulation key), take the
+    receiver's plain answer if one comes, derive the traffic keys and open the Ready under them."""
+    # A fresh key pair per session, from the OS CSPRNG (the ephemeral secret dies with the session).
+    # TODO(lead): route through qlinkd/ops/entropy.py, the one audited randomness function, once merged.
+    offer = HybridOffer(os.urandom(MLKEM_SEED_BYTES)) if ctx.hybrid else None
+    machine = SenderMachine(
+        facility=ctx.facility,
+        key_ids=[key.key_id],
+        mlkem_encapsulation_key=b"" if offer is None else offer.public_bytes(),
+    )
+    frame = dm.encode_open(machine.opening())
+    writer.writelines([len(frame).to_bytes(4, "big"), frame])
+    await writer.drain()
+    ctx.state = "opening"
+    frame = await _read_reply(reader, REPLY_TIMEOUT_S)
+    kem: KemSecret | None = None
+    if frame[:1] == bytes([AEAD_VERSION]):
+        machine.answered_sealed()
+    else:  # a plain DataAccept: the hybrid's ciphertext, or a refusal (its first byte is a protobuf tag)
+        ciphertext = machine.receive_answer(dm.decode_answer(frame))
+        if offer is None:
+            raise SessionMisuse("the machine took a ciphertext in a session without the hybrid")
+        kem = offer.finish(ciphertext)
+        frame = await _read_reply(reader, REPLY_TIMEOUT_S)
+    sealer, opener = traffic_keys(key.material, [key.key_id], master=True, kem=kem, now=time.monotonic())
+    try:
+        ready = dm.decode_message(opener.open(frame, now=time.monotonic()))
+    except IntegrityError as exc:
+        # ML-KEM decapsulation never fails: an altered encapsulation key or ciphertext gives each end
+        # another secret, and this is where that shows.
+        why = "the ML-KEM exchange was altered or " if kem is not None else ""
+        raise SessionClosed(
+            f"the receiver's Ready does not open ({exc.message}): {why}the two ends hold different keys"
+        ) from None
+    machine.receive(ready)  # a Ready, or SessionClosed
+    ctx.on_session(
+        SessionKeyed(peer=ctx.peer, role="sender", key_ids=(key.key_id,), pq_hybrid=kem is not None)
+    )
+    return machine, sealer, opener
+
+
 class _KeyedSession:
-    """The session once its key is taken: traffic keys, the machine, and the replies each transfer waits
-    for."""
+    """The session once its keys are derived and the receiver is ready: the machine, and the replies each
+    transfer waits for."""
 
     def __init__(
         self,
         ctx: SenderContext,
-        key: DeliveredKey,
+        machine: SenderMachine,
+        sealer: Sealer,
+        opener: Opener,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         pads: SenderPads,
@@ -112,27 +195,13 @@ class _KeyedSession:
         self._reader = reader
         self._writer = writer
         self._pads = pads
-        self._machine = SenderMachine(facility=ctx.facility, key_ids=[key.key_id])
-        now = time.monotonic()
-        self._sealer = Sealer(
-            derive_traffic_key(key.material, [key.key_id], direction=Direction.MASTER_TO_SLAVE),
-            state=SendState(next_counter=0, bytes_sealed=0, started_at=now),
-        )
-        # The key dies with the connection, so its counters need no durable state: a new connection always
-        # means a new key.
-        self._opener = Opener(
-            derive_traffic_key(key.material, [key.key_id], direction=Direction.SLAVE_TO_MASTER),
-            started_at=now,
-        )
+        self._machine = machine
+        self._sealer = sealer
+        self._opener = opener
         self._replies: dict[str, asyncio.Queue[Positioned | Answered]] = {}
         self._acked = asyncio.Event()
 
     async def run(self) -> None:
-        opening = self._machine.opening()
-        self._write(dm.encode_open(opening.facility, list(opening.key_ids)))
-        await self._writer.drain()
-        self.ctx.state = "opening"
-        self._machine.receive(await self._read_message(timeout=REPLY_TIMEOUT_S))  # Ready, or SessionClosed
         try:
             async with asyncio.TaskGroup() as tg:
                 reading = tg.create_task(self._read_replies())
@@ -150,14 +219,7 @@ class _KeyedSession:
         self._write(self._sealer.seal(dm.encode_message(message), now=time.monotonic()))
 
     async def _read_message(self, *, timeout: float) -> DataMessage:
-        try:
-            async with asyncio.timeout(timeout):
-                frame = await read_frame(self._reader, MAX_SEALED_FRAME_BYTES)
-        except TimeoutError:
-            raise SessionClosed("no answer from the receiver") from None
-        if frame is None:
-            raise SessionClosed("receiver closed the connection")
-        return dm.decode_message(self._opener.open(frame, now=time.monotonic()))
+        return _opened(self._opener, await _read_reply(self._reader, timeout))
 
     async def _read_replies(self) -> None:
         """Feed every answer to the machine and wake what waits for it. Ends the session (through the task

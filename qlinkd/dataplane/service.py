@@ -1,6 +1,7 @@
 """The data plane of one facility daemon: the mutual-TLS listener that receives from peers, one sender
 task per peer that dials it whenever the outbox holds work for it, and the bookkeeping the local API
-reads (queue, inbox, waiters for "delivered").
+reads (queue, inbox, waiters for "delivered", each peer's last session and whether it used the
+post-quantum hybrid). Every session whose traffic keys are derived is one ``data_session`` audit record.
 """
 
 from __future__ import annotations
@@ -12,24 +13,34 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from qlinkmed.qcore.errors import UsageError
 from qlinkmed.qlinkd.dataplane.inbox import Inbox
-from qlinkmed.qlinkd.dataplane.keys import KeySource
+from qlinkmed.qlinkd.dataplane.keys import KEM_NAME, KeySource, SessionKeyed
 from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
 from qlinkmed.qlinkd.dataplane.outbox import Outbox, Upload
 from qlinkmed.qlinkd.dataplane.receiver import ReceiverContext, ReceiverSession
 from qlinkmed.qlinkd.dataplane.records import Outgoing, TransferRecords
 from qlinkmed.qlinkd.dataplane.sender import SenderContext, SenderSession
-from qlinkmed.qlinkd.errors import FrameError, QlinkdError, Rejected, SessionClosed, TransferError
+from qlinkmed.qlinkd.errors import (
+    FrameError,
+    HybridUnavailable,
+    QlinkdError,
+    Rejected,
+    SessionClosed,
+    TransferError,
+)
+from qlinkmed.qlinkd.link.status import DataPeerStatus, DataSession
 from qlinkmed.qlinkd.ops import pki
 from qlinkmed.qlinkd.ops.audit import AuditLog, rfc3339
 from qlinkmed.qlinkd.ops.backoff import Backoff, raise_if_cancelling
 from qlinkmed.qlinkd.ops.metrics import LinkMetrics
 from qlinkmed.qlinkd.ops.toml_reader import Address
+from qlinkmed.qlinkd.seal.hybrid import hybrid_available
 
 log = logging.getLogger("qlink.data")
 
@@ -56,7 +67,21 @@ class DataPlane:
         server_ssl: ssl.SSLContext,
         audit: AuditLog,
         metrics: LinkMetrics,
+        pq_hybrid: Collection[str] = (),
     ) -> None:
+        """`pq_hybrid`: the peers whose sessions mix an ML-KEM-768 secret into every traffic key (their
+        daemons must say the same of this facility). HybridUnavailable if the installed cryptography has
+        no ML-KEM (the configuration check says so first)."""
+        unknown = sorted(set(pq_hybrid) - set(peers))
+        if unknown:
+            raise UsageError(f"pq_hybrid names {unknown}, which are no peers of this facility")
+        if pq_hybrid and not hybrid_available():
+            raise HybridUnavailable(
+                f"pq_hybrid is on for {sorted(pq_hybrid)}, "
+                "but the installed cryptography provides no ML-KEM-768"
+            )
+        self._pq_hybrid = frozenset(pq_hybrid)
+        self._last_session: dict[str, DataSession] = {}
         self.facility = facility
         self.records = TransferRecords.open(state_dir / RECORDS_FILE)
         self.outbox = Outbox(state_dir / "outbox")
@@ -81,6 +106,8 @@ class DataPlane:
                 wake=asyncio.Event(),
                 on_finished=self._finished,
                 on_otp_fallback=self._otp_fallback,
+                hybrid=peer in self._pq_hybrid,
+                on_session=self._session_keyed,
             )
             for peer in peers
         }
@@ -163,6 +190,7 @@ class DataPlane:
                 # REKEY_AFTER_SECONDS while idle. If the peer cannot be reached, wait for work instead.
                 standby = True
             except (SessionClosed, QlinkdError, OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
+                ctx.state = f"last session failed: {exc}"
                 log.warning("data session to %s ended: %s", peer, exc)
                 await asyncio.sleep(backoff.delay())
             finally:
@@ -185,6 +213,8 @@ class DataPlane:
                 on_bytes=lambda n: self._metrics.data_bytes(peer, "in", n),
                 finishing=self._finishing,
                 work=self._work,
+                hybrid=peer in self._pq_hybrid,
+                on_session=self._session_keyed,
             )
             await ReceiverSession(ctx, peer, reader, writer).run()
         except Rejected as exc:
@@ -272,6 +302,38 @@ class DataPlane:
 
     def sender_states(self) -> dict[str, str]:
         return {peer: ctx.state for peer, ctx in self._senders.items()}
+
+    def peer_statuses(self) -> list[DataPeerStatus]:
+        """Per peer: the configured ``pq_hybrid`` and the last session whose keys were derived."""
+        return [
+            DataPeerStatus(
+                peer=peer, pq_hybrid=peer in self._pq_hybrid, last_session=self._last_session.get(peer)
+            )
+            for peer in self._peers
+        ]
+
+    # ---- sessions
+
+    def _session_keyed(self, keyed: SessionKeyed) -> None:
+        kem = KEM_NAME if keyed.pq_hybrid else None
+        opened_at = rfc3339(dt.datetime.now(dt.UTC))
+        self._last_session[keyed.peer] = DataSession(
+            role=keyed.role, pq_hybrid=keyed.pq_hybrid, kem=kem, opened_at=opened_at
+        )
+        log.info(
+            "data session with %s keyed (%s), traffic keys from QKD key%s",
+            keyed.peer,
+            keyed.role,
+            f" and {kem}" if kem else " alone",
+        )
+        self._audit.record(
+            "data_session",
+            peer=keyed.peer,
+            role=keyed.role,
+            key_ids=list(keyed.key_ids),
+            pq_hybrid=keyed.pq_hybrid,
+            kem=kem,
+        )
 
     # ---- outcomes
 

@@ -12,6 +12,8 @@ from google.protobuf.message import DecodeError
 from qlinkmed.proto import qlinkmed_wire_pb2 as pb
 from qlinkmed.qlinkd.dataplane.events import (
     DATA_VERSION,
+    REFUSAL_TEXT_CHARS,
+    Accept,
     Ack,
     Chunk,
     DataMessage,
@@ -23,13 +25,23 @@ from qlinkmed.qlinkd.dataplane.events import (
     Position,
     Ready,
     Refused,
+    SessionRefusal,
     TransferState,
     check_uuid,
 )
 from qlinkmed.qlinkd.errors import FrameError
 from qlinkmed.qlinkd.seal.constants import MAX_SESSION_KEY_IDS
 
-__all__ = ["DATA_VERSION", "decode", "decode_message", "decode_open", "encode_message", "encode_open"]
+__all__ = [
+    "DATA_VERSION",
+    "decode",
+    "decode_answer",
+    "decode_message",
+    "decode_open",
+    "encode_answer",
+    "encode_message",
+    "encode_open",
+]
 
 _KINDS = frozenset({"ready", "offer", "position", "chunk", "ack", "delivered", "refused", "ehr", "pad"})
 _PB_STATE = {
@@ -40,8 +52,13 @@ _PB_STATE = {
 _STATE_OF_PB = {int(v): k for k, v in _PB_STATE.items()}
 
 
-def encode_open(facility: str, key_ids: list[str]) -> bytes:
-    return pb.DataOpen(version=DATA_VERSION, facility=facility, key_ids=key_ids).SerializeToString()
+def encode_open(opening: Open) -> bytes:
+    return pb.DataOpen(
+        version=opening.version,
+        facility=opening.facility,
+        key_ids=list(opening.key_ids),
+        mlkem_encapsulation_key=opening.mlkem_encapsulation_key,
+    ).SerializeToString()
 
 
 def decode_open(frame: bytes) -> Open:
@@ -54,7 +71,33 @@ def decode_open(frame: bytes) -> Open:
         raise FrameError(f"data plane version {message.version}, this qlinkd speaks {DATA_VERSION}")
     if not 1 <= len(message.key_ids) <= MAX_SESSION_KEY_IDS:
         raise FrameError(f"data open names {len(message.key_ids)} key IDs")
-    return Open(version=message.version, facility=message.facility, key_ids=tuple(message.key_ids))
+    return Open(
+        version=message.version,
+        facility=message.facility,
+        key_ids=tuple(message.key_ids),
+        mlkem_encapsulation_key=message.mlkem_encapsulation_key,
+    )
+
+
+def encode_answer(answer: Accept | SessionRefusal) -> bytes:
+    """The plain DataAccept frame carrying a hybrid session's ciphertext or a refusal."""
+    if isinstance(answer, Accept):
+        return pb.DataAccept(mlkem_ciphertext=answer.mlkem_ciphertext).SerializeToString()
+    return pb.DataAccept(refused=answer.reason[:REFUSAL_TEXT_CHARS]).SerializeToString()
+
+
+def decode_answer(frame: bytes) -> Accept | SessionRefusal:
+    """A plain DataAccept: exactly one of a ciphertext or a refusal (FrameError otherwise)."""
+    message = pb.DataAccept()
+    try:
+        message.ParseFromString(frame)
+    except DecodeError as exc:
+        raise FrameError(f"data accept does not parse: {exc}") from None
+    if bool(message.mlkem_ciphertext) == bool(message.refused):
+        raise FrameError("data accept must carry either an ML-KEM ciphertext or a refusal")
+    if message.refused:
+        return SessionRefusal(reason=message.refused[:REFUSAL_TEXT_CHARS])
+    return Accept(mlkem_ciphertext=message.mlkem_ciphertext)
 
 
 def decode(plaintext: bytes) -> pb.DataMessage:

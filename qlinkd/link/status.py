@@ -135,7 +135,63 @@ class LinkStatus:
         )
 
 
-def _fields(value: RoundRecord | RoundCounts | LinkStatus) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataSession:
+    """The last data-plane session with a peer whose traffic keys were derived (either direction)."""
+
+    role: str
+    """``sender`` (we dialled) or ``receiver``."""
+    pq_hybrid: bool
+    """An ML-KEM-768 secret was mixed into its traffic keys."""
+    kem: str | None
+    """``ML-KEM-768`` with the hybrid, None without."""
+    opened_at: str
+    """When its keys were derived (RFC 3339, UTC)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return _fields(self)
+
+    @classmethod
+    def from_json(cls, data: object, where: str) -> DataSession:
+        d = _object(data, where)
+        kem = d.get("kem")
+        if kem is not None and not isinstance(kem, str):
+            raise StatusFormatError(f"{where}.kem", f"expected text or null, got {type(kem).__name__}")
+        return cls(
+            role=_get(d, "role", str, where),
+            pq_hybrid=_get(d, "pq_hybrid", bool, where),
+            kem=kem,
+            opened_at=_get(d, "opened_at", str, where),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataPeerStatus:
+    """The data plane's view of one peer (``GET /v1/status``, one entry of ``data_plane.peers``)."""
+
+    peer: str
+    pq_hybrid: bool
+    """The configured ``pq_hybrid``: every session with this peer must mix in ML-KEM-768."""
+    last_session: DataSession | None
+    """None until a session's keys are derived (since the daemon started)."""
+
+    def to_json(self) -> dict[str, Any]:
+        last = self.last_session
+        return {**_fields(self), "last_session": None if last is None else last.to_json()}
+
+    @classmethod
+    def from_json(cls, data: object) -> DataPeerStatus:
+        d = _object(data, "data_plane.peers[]")
+        peer = _get(d, "peer", str)
+        last = d.get("last_session")
+        return cls(
+            peer=peer,
+            pq_hybrid=_get(d, "pq_hybrid", bool, peer),
+            last_session=None if last is None else DataSession.from_json(last, f"{peer}.last_session"),
+        )
+
+
+def _fields(value: RoundRecord | RoundCounts | LinkStatus | DataSession | DataPeerStatus) -> dict[str, Any]:
     """A status value's fields by name, in the order declared (the order of the JSON keys)."""
     return {f.name: getattr(value, f.name) for f in fields(value)}
 

@@ -134,6 +134,10 @@ class PeerConfig:
     """Abort a round whose QBER upper bound exceeds this, in (0, 0.5)."""
     sample_fraction: float = 0.3
     """Share of key candidates disclosed to estimate the QBER, in (0, 1)."""
+    pq_hybrid: bool = False
+    """Mix an ML-KEM-768 shared secret into every data-plane traffic key with this peer, so a session stays
+    secret if either the QKD key or ML-KEM holds. The peer's configuration must say the same of us: a
+    session whose two ends disagree is refused, never downgraded."""
 
     def __post_init__(self) -> None:
         check(is_facility_id(self.id), "id", f"must match {FACILITY_ID_PATTERN.pattern}")
@@ -243,9 +247,26 @@ def _peer(section: Table) -> PeerConfig:
         round_timeout_s=section.number("round_timeout_s", 10.0),
         qber_tolerance=section.number("qber_tolerance", QBER_TOLERANCE),
         sample_fraction=section.number("sample_fraction", 0.3),
+        pq_hybrid=section.boolean("pq_hybrid", False),
     )
     section.finish()
+    if peer.pq_hybrid:
+        _check_hybrid_available(peer.id, section.name("pq_hybrid"))
     return peer
+
+
+def _check_hybrid_available(peer_id: str, field: str) -> None:
+    from qlinkmed.qlinkd.seal.hybrid import hybrid_available
+
+    if not hybrid_available():
+        import cryptography
+
+        raise ConfigError(
+            field,
+            f"peer {peer_id}: pq_hybrid = true but the installed cryptography (version "
+            f"{cryptography.__version__}) provides no ML-KEM-768; upgrade cryptography >= 47 (built with an "
+            "OpenSSL that has ML-KEM) or set pq_hybrid = false",
+        )
 
 
 def _check_sae_ids(ids: tuple[str, ...], field: str, seen: set[str]) -> None:

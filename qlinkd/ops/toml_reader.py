@@ -116,6 +116,11 @@ class Table:
         check(ok, self.name(key), f"must be an integer, got {_kind(value)}")
         return value
 
+    def boolean(self, key: str, default: Any = _MISSING) -> bool:
+        value = self._raw(key, default)
+        check(isinstance(value, bool), self.name(key), f"must be true or false, got {_kind(value)}")
+        return bool(value)
+
     def number(self, key: str, default: Any = _MISSING) -> float:
         value = self._raw(key, default)
         ok = isinstance(value, int | float) and not isinstance(value, bool)

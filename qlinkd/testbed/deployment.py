@@ -73,6 +73,7 @@ def write_loopback_deployment(
     eve: str = "none",
     round_timeout_s: float = 10.0,
     preshared_bytes: int = PRESHARED_BYTES,
+    pq_hybrid: bool = False,
 ) -> Deployment:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -144,6 +145,7 @@ pulses_per_round = {pulses_per_round}
 low_watermark_bits = {low_watermark_bits}
 high_watermark_bits = {high_watermark_bits}
 round_timeout_s = {round_timeout_s}
+pq_hybrid = {"true" if pq_hybrid else "false"}
 """
         )
         configs[me] = path

@@ -9,6 +9,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import hashlib
+import json
 import os
 import secrets
 import sqlite3
@@ -22,13 +23,14 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from qlinkmed.client.commands.status import format_pq_hybrid, format_status
 from qlinkmed.proto import qlinkmed_wire_pb2 as pb
 from qlinkmed.qcore.errors import IntegrityFailure
 from qlinkmed.qlinkd.dataplane import sender as sender_module
 from qlinkmed.qlinkd.dataplane import wire as dm
 from qlinkmed.qlinkd.dataplane.ehr_queue import EhrQueue
 from qlinkmed.qlinkd.dataplane.inbox import Inbox, TransferRefused, advance_past_complete
-from qlinkmed.qlinkd.dataplane.keys import SESSION_KEY_BITS
+from qlinkmed.qlinkd.dataplane.keys import SESSION_KEY_BITS, SessionKeyed
 from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
 from qlinkmed.qlinkd.dataplane.outbox import Outbox
 from qlinkmed.qlinkd.dataplane.pads import PAD_KEY_BYTES, ReceiverPads, SenderPads
@@ -47,6 +49,7 @@ from qlinkmed.qlinkd.errors import (
     StoreError,
     TransferError,
 )
+from qlinkmed.qlinkd.link.status import DataPeerStatus
 from qlinkmed.qlinkd.ops.audit import AuditLog
 from qlinkmed.qlinkd.ops.metrics import LinkMetrics
 from qlinkmed.qlinkd.ops.pki import client_context, server_context, write_demo_pki
@@ -69,6 +72,8 @@ class PairedKeys:
         self.held: dict[str, bytes] = {}
         self.budget_bits = budget_bits
         self.taken: list[int] = []
+        self.issued: dict[str, bytes] = {}
+        """Every key ever taken, fetched or not: what an adversary who broke QKD would hold."""
 
     def take(self, peer: str, size_bits: int) -> DeliveredKey:
         if size_bits > self.budget_bits:
@@ -77,6 +82,7 @@ class PairedKeys:
         self.taken.append(size_bits)
         key = DeliveredKey(str(uuid.uuid4()), secrets.token_bytes(size_bits // 8))
         self.held[key.key_id] = key.material
+        self.issued[key.key_id] = key.material
         return key
 
     async def fetch(self, peer: str, key_ids: list[str], timeout: float) -> list[DeliveredKey]:
@@ -450,8 +456,17 @@ FrameHook = Callable[[int, bytes], list[bytes]]
 class Harness:
     """A sender and a receiver on 127.0.0.1, with a frame-level proxy between them."""
 
-    def __init__(self, tmp_path: Path, keys: PairedKeys) -> None:
+    def __init__(
+        self, tmp_path: Path, keys: PairedKeys, *, sender_hybrid: bool = False, receiver_hybrid: bool = False
+    ) -> None:
         self.keys = keys
+        self.sender_hybrid = sender_hybrid
+        self.receiver_hybrid = receiver_hybrid
+        self.sessions: list[SessionKeyed] = []
+        self.sender_errors: list[str] = []
+        self.back_hook: FrameHook = lambda n, frame: [frame]
+        """Frames from the receiver to the sender, numbered per connection."""
+        self.connections = 0
         self.a_records = TransferRecords.open(tmp_path / "a" / "transfers.sqlite3")
         self.outbox = Outbox(tmp_path / "a" / "outbox")
         self.b_records = TransferRecords.open(tmp_path / "b" / "transfers.sqlite3")
@@ -483,6 +498,8 @@ class Harness:
             on_delivered=lambda tid, m, forms, stored_at: None,
             on_refused=lambda tid, reason: None,
             finishing=self.finishing,
+            hybrid=self.receiver_hybrid,
+            on_session=self.sessions.append,
         )
         try:
             await ReceiverSession(ctx, A, reader, writer).run()
@@ -493,6 +510,8 @@ class Harness:
 
     async def _proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.receiver_port)
+
+        self.connections += 1
 
         async def forward_frames() -> None:
             n = 0
@@ -505,9 +524,15 @@ class Harness:
                 await up_writer.drain()
 
         async def backward() -> None:
-            while data := await up_reader.read(1 << 16):
-                writer.write(data)
-                await writer.drain()
+            n = 0
+            with contextlib.suppress(asyncio.IncompleteReadError):
+                while True:
+                    head = await up_reader.readexactly(4)
+                    frame = await up_reader.readexactly(int.from_bytes(head, "big"))
+                    for out in self.back_hook(n, frame):
+                        writer.write(len(out).to_bytes(4, "big") + out)
+                    n += 1
+                    await writer.drain()
             writer.close()
 
         tasks = [asyncio.create_task(forward_frames()), asyncio.create_task(backward())]
@@ -532,6 +557,8 @@ class Harness:
             wake=asyncio.Event(),
             on_finished=lambda tid, state, reason: self.finished.append((tid, state, reason)),
             on_otp_fallback=lambda tid, why: self.fallbacks.append(why),
+            hybrid=self.sender_hybrid,
+            on_session=self.sessions.append,
         )
 
         async def sender_loop() -> None:
@@ -540,7 +567,9 @@ class Harness:
                 try:
                     session = SenderSession(ctx, reader, writer)
                     await session.run()
-                except (SessionClosed, FrameError, OSError, asyncio.IncompleteReadError):
+                except SessionClosed as exc:
+                    self.sender_errors.append(str(exc))
+                except (FrameError, OSError, asyncio.IncompleteReadError):
                     pass
                 except Exception as exc:  # an IntegrityError from our own opener: the reply was altered
                     if not isinstance(exc, IntegrityError):
@@ -752,6 +781,109 @@ async def test_a_failed_spool_sync_closes_the_session_and_the_transfer_resumes(
     assert [h.inbox.read_file(m.transfer_id, i) for i in range(2)] == study
 
 
+# ---- the post-quantum hybrid over sockets ---------------------------------------------------------------
+
+
+def _qkd_only_opener(keys: PairedKeys, key_id: str) -> aead.Opener:
+    """The sender's traffic key as derived from the QKD key alone: what an adversary who broke QKD (or a
+    daemon that silently fell back) would use."""
+    material = keys.issued[key_id]
+    key = aead.derive_traffic_key(material, [key_id], direction=aead.Direction.MASTER_TO_SLAVE)
+    return aead.Opener(key, started_at=time.monotonic())
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("hybrid", [True, False], ids=["hybrid", "qkd-only"])
+async def test_a_hybrid_session_delivers_under_traffic_keys_the_qkd_key_alone_does_not_give(
+    tmp_path: Path, hybrid: bool
+) -> None:
+    keys = PairedKeys()
+    h = Harness(tmp_path, keys, sender_hybrid=hybrid, receiver_hybrid=hybrid)
+    frames: list[bytes] = []
+    answers: list[bytes] = []
+
+    def keep(into: list[bytes]) -> FrameHook:
+        def hook(n: int, frame: bytes) -> list[bytes]:
+            into.append(frame)
+            return [frame]
+
+        return hook
+
+    h.hook, h.back_hook = keep(frames), keep(answers)
+    study = make_ct_study(1, 256, 256, seed=5)
+    m = h.queue([("ct.dcm", study[0], "dicom")])
+    await h.run_until(_delivered(h, m))
+    assert h.finished == [(m.transfer_id, Outgoing.DELIVERED, None)]
+    assert h.inbox.read_file(m.transfer_id, 0) == study[0]
+    opening = dm.decode_open(frames[0])
+    assert opening.hybrid is hybrid
+    assert sorted((s.role, s.pq_hybrid) for s in h.sessions) == [("receiver", hybrid), ("sender", hybrid)]
+    # The receiver's first answer is the plain ciphertext with the hybrid, the sealed Ready without.
+    assert (answers[0][0] == aead.AEAD_VERSION) is not hybrid
+    qkd_only = _qkd_only_opener(keys, opening.key_ids[0])
+    if hybrid:
+        with pytest.raises(IntegrityError) as info:
+            qkd_only.open(frames[1], now=time.monotonic())
+        assert info.value.reason is IntegrityFailure.TAG
+    else:  # the control: the same derivation opens a session without the hybrid
+        assert dm.decode_message(qkd_only.open(frames[1], now=time.monotonic()))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("sender_hybrid", "receiver_hybrid"), [(True, False), (False, True)])
+async def test_mismatched_pq_hybrid_settings_are_refused_at_both_ends_and_nothing_is_sent(
+    tmp_path: Path, sender_hybrid: bool, receiver_hybrid: bool
+) -> None:
+    keys = PairedKeys()
+    h = Harness(tmp_path, keys, sender_hybrid=sender_hybrid, receiver_hybrid=receiver_hybrid)
+    m = h.queue([("m.json", _fhir_messages(1)[0], "fhir")], TransferKind.EHR)
+    await h.run_until(lambda: len(h.sender_errors) >= 2)
+    assert set(h.rejections) == {"pq_hybrid_mismatch"}
+    for error in h.sender_errors:
+        assert "the receiver refused the session" in error and "pq_hybrid must agree" in error
+    assert h.finished == [] and h.sessions == [] and h.b_records.incoming(m.transfer_id) is None
+    # Refused before any key was fetched: every session key the sender took is still unclaimed.
+    assert set(keys.held) == set(keys.issued) and keys.taken == [SESSION_KEY_BITS] * len(keys.taken)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("target", ["ciphertext", "encapsulation key"])
+async def test_an_altered_ml_kem_exchange_ends_the_session_before_anything_is_sent(
+    tmp_path: Path, target: str
+) -> None:
+    h = Harness(tmp_path, PairedKeys(), sender_hybrid=True, receiver_hybrid=True)
+    altered: list[int] = []
+    sent_in_first: list[bytes] = []
+
+    def flip_last_byte(n: int, frame: bytes) -> list[bytes]:
+        # The first connection's plain frame only: the Open (its encapsulation key ends with the 32-byte
+        # seed rho, any value of which is a valid key) or the DataAccept (the ciphertext ends the frame).
+        if altered or n != 0:
+            return [frame]
+        altered.append(h.connections)
+        return [frame[:-1] + bytes([frame[-1] ^ 0x01])]
+
+    def forward(n: int, frame: bytes) -> list[bytes]:
+        if h.connections == 1 and n > 0:
+            sent_in_first.append(frame)
+        return flip_last_byte(n, frame) if target == "encapsulation key" else [frame]
+
+    h.hook = forward
+    if target == "ciphertext":
+        h.back_hook = flip_last_byte
+    m = h.queue([("m.json", _fhir_messages(1)[0], "fhir")], TransferKind.EHR)
+    await h.run_until(_delivered(h, m))
+    assert altered == [1]
+    assert h.sender_errors[:1] == [
+        "the receiver's Ready does not open (tag check failed on frame 0): the ML-KEM exchange was altered "
+        "or the two ends hold different keys"
+    ]
+    # The altered session sent nothing after its Open; the next one, unaltered, delivered once.
+    assert sent_in_first == []
+    assert h.finished == [(m.transfer_id, Outgoing.DELIVERED, None)]
+    assert [s.role for s in h.sessions if s.pq_hybrid] == ["receiver", "receiver", "sender"]
+
+
 # ---- two data planes ------------------------------------------------------------------------------------
 
 
@@ -763,8 +895,11 @@ def _plane(
     peer: str,
     address: Address | None,
     registry: CollectorRegistry | None = None,
+    *,
+    pq_hybrid: bool = False,
 ) -> DataPlane:
-    """A DataPlane in this process for facility `me`, sending to `peer` at `address` (None: receives only)."""
+    """A DataPlane in this process for facility `me`, sending to `peer` at `address` (None: receives only),
+    with the post-quantum hybrid on for `peer` if `pq_hybrid`."""
     tls = (certs["ca.pem"], certs[f"{me}.pem"], certs[f"{me}.key"])
     return DataPlane(
         facility=me,
@@ -775,7 +910,13 @@ def _plane(
         server_ssl=server_context(*tls),
         audit=AuditLog.open(root / f"{me}.audit", facility=me),
         metrics=LinkMetrics(registry or CollectorRegistry()),
+        pq_hybrid=[peer] if pq_hybrid else [],
     )
+
+
+def _audit_records(root: Path, me: str, event: str) -> list[dict[str, Any]]:
+    lines = (root / f"{me}.audit").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == event]
 
 
 @pytest.mark.asyncio
@@ -869,3 +1010,121 @@ async def test_a_receiver_with_another_facilitys_certificate_costs_no_key(tmp_pa
         await impostor.stop()
         a.close()
         impostor.close()
+
+
+@pytest.mark.asyncio
+async def test_two_planes_with_pq_hybrid_deliver_and_show_it_in_status_and_the_audit_log(
+    tmp_path: Path,
+) -> None:
+    certs = write_demo_pki(tmp_path / "pki", [A, B])
+    keys = PairedKeys()
+    b = _plane(tmp_path, certs, keys, B, A, None, pq_hybrid=True)
+    port = await b.start(Address(host="127.0.0.1", port=0))
+    a = _plane(tmp_path, certs, keys, A, B, Address(host="127.0.0.1", port=port), pq_hybrid=True)
+    assert [(s.peer, s.pq_hybrid, s.last_session) for s in a.peer_statuses()] == [(B, True, None)]
+    senders = asyncio.create_task(a.run_senders())
+    body = _fhir_messages(1)[0]
+    entry = FileEntry("m.json", len(body), hashlib.sha256(body).hexdigest(), "fhir")
+    try:
+        outcome = await asyncio.wait_for(a.queue_ehr(a.new_manifest(B, TransferKind.EHR, [entry]), body), 20)
+        assert outcome.state is Outgoing.DELIVERED
+    finally:
+        senders.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await senders
+        await b.stop()
+        a.close()
+        b.close()
+    for plane, me, role in ((a, A, "sender"), (b, B, "receiver")):
+        (status,) = plane.peer_statuses()
+        last = status.last_session
+        assert status.pq_hybrid and last is not None
+        assert (last.role, last.pq_hybrid, last.kem) == (role, True, "ML-KEM-768")
+        assert DataPeerStatus.from_json(status.to_json()) == status
+        record = _audit_records(tmp_path, me, "data_session")[0]
+        assert (record["role"], record["pq_hybrid"], record["kem"]) == (role, True, "ML-KEM-768")
+        assert len(record["key_ids"]) == 1 and record["key_ids"][0] in keys.issued
+    text = format_status(
+        {"facility": A, "links": [], "data_plane": {"peers": [s.to_json() for s in a.peer_statuses()]}}
+    )
+    assert "no links configured" in text  # the data plane's view is printed with each link
+    line = format_pq_hybrid(a.peer_statuses()[0])
+    assert line.startswith("on (ML-KEM-768") and "(sender, " in line and "QKD key and ML-KEM-768" in line
+
+
+@pytest.mark.asyncio
+async def test_two_planes_whose_pq_hybrid_settings_differ_refuse_every_session_with_the_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    certs = write_demo_pki(tmp_path / "pki", [A, B])
+    keys = PairedKeys()
+    b = _plane(tmp_path, certs, keys, B, A, None, pq_hybrid=False)
+    port = await b.start(Address(host="127.0.0.1", port=0))
+    a = _plane(tmp_path, certs, keys, A, B, Address(host="127.0.0.1", port=port), pq_hybrid=True)
+    body = _fhir_messages(1)[0]
+    entry = FileEntry("m.json", len(body), hashlib.sha256(body).hexdigest(), "fhir")
+    a.queue_ehr(a.new_manifest(B, TransferKind.EHR, [entry]), body)
+    senders = asyncio.create_task(a.run_senders())
+    try:
+        sender_said = "data session to hospital-b ended: the receiver refused the session: hospital-a offered"
+
+        def refused_twice() -> bool:
+            logged = [r for r in caplog.records if r.getMessage().startswith(sender_said)]
+            return len(logged) >= 2 and len(_audit_records(tmp_path, B, "data_frame_rejected")) >= 2
+
+        await wait_for_async(refused_twice, "two sessions refused, logged at both ends", timeout=20.0)
+        assert b.records.list_incoming() == []
+    finally:
+        senders.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await senders
+        await b.stop()
+        a.close()
+        b.close()
+    for record in _audit_records(tmp_path, B, "data_frame_rejected"):
+        assert record["reason"] == "pq_hybrid_mismatch"
+        assert "hospital-a offered the ML-KEM-768 hybrid, but pq_hybrid is off" in record["detail"]
+    assert _audit_records(tmp_path, A, "data_session") == _audit_records(tmp_path, B, "data_session") == []
+    assert [s.last_session for s in a.peer_statuses() + b.peer_statuses()] == [None, None]
+
+
+@pytest.mark.asyncio
+async def test_a_reply_that_does_not_open_ends_the_session_not_the_senders(tmp_path: Path) -> None:
+    # Regression: an IntegrityError from the sender's opener (a reply sealed under another key) escaped the
+    # sender loop, which handles only the data plane's own errors, and ended every sender of the daemon.
+    certs = write_demo_pki(tmp_path / "pki", [A, B])
+    keys = PairedKeys()
+    dials: list[int] = []
+
+    async def wrong_keys(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        dials.append(1)
+        with contextlib.suppress(Exception):
+            await reader.readexactly(int.from_bytes(await reader.readexactly(4), "big"))  # the Open
+            stranger = DeliveredKey(str(uuid.uuid4()), secrets.token_bytes(32))
+            key = aead.derive_traffic_key(
+                stranger.material, [stranger.key_id], direction=aead.Direction.SLAVE_TO_MASTER
+            )
+            sealer = aead.Sealer(key, state=aead.SendState(next_counter=0, bytes_sealed=0, started_at=0.0))
+            frame = sealer.seal(dm.ready(), now=0.0)
+            writer.write(len(frame).to_bytes(4, "big") + frame)
+            await writer.drain()
+            await reader.read()
+        writer.close()
+
+    tls = (certs["ca.pem"], certs[f"{B}.pem"], certs[f"{B}.key"])
+    impostor_keys = await asyncio.start_server(wrong_keys, "127.0.0.1", 0, ssl=server_context(*tls))
+    port = impostor_keys.sockets[0].getsockname()[1]
+    a = _plane(tmp_path, certs, keys, A, B, Address(host="127.0.0.1", port=port))
+    body = _fhir_messages(1)[0]
+    entry = FileEntry("m.json", len(body), hashlib.sha256(body).hexdigest(), "fhir")
+    a.queue_ehr(a.new_manifest(B, TransferKind.EHR, [entry]), body)
+    senders = asyncio.create_task(a.run_senders())
+    try:
+        await wait_for_async(lambda: len(dials) >= 3 or senders.done(), "three dials", timeout=20.0)
+        assert not senders.done(), senders.exception()
+    finally:
+        senders.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await senders
+        impostor_keys.close()
+        a.close()

@@ -16,6 +16,9 @@ import pytest
 from qlinkmed.qlinkd.dataplane import wire as dm
 from qlinkmed.qlinkd.dataplane.events import (
     DATA_VERSION,
+    MLKEM_CIPHERTEXT_BYTES,
+    MLKEM_ENCAPSULATION_KEY_BYTES,
+    Accept,
     Ack,
     Chunk,
     DataMessage,
@@ -27,6 +30,7 @@ from qlinkmed.qlinkd.dataplane.events import (
     Position,
     Ready,
     Refused,
+    SessionRefusal,
     TransferState,
 )
 from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
@@ -264,9 +268,22 @@ EHR, (EHR_BODY,) = _manifest([2 * CHUNK], TransferKind.EHR)
 TID = EHR.transfer_id
 
 
-def _sender_in(phase: SendPhase, stage: SendStage) -> SenderMachine:
-    """A sender driven by real inputs to `phase`, with the transfer at `stage`."""
-    m = SenderMachine(facility=A, key_ids=[KEY], window_bytes=WINDOW, chunk_bytes=CHUNK)
+EK = bytes(MLKEM_ENCAPSULATION_KEY_BYTES)
+"""Stands for an ML-KEM-768 encapsulation key: the machines check its size, never its content."""
+CIPHERTEXT = bytes(MLKEM_CIPHERTEXT_BYTES)
+
+
+def _sender_in(phase: SendPhase, stage: SendStage, *, hybrid: bool = False) -> SenderMachine:
+    """A sender driven by real inputs to `phase`, with the transfer at `stage` (`hybrid`: its session
+    offers an ML-KEM key, and passes through EXPECT_ACCEPT)."""
+    ek = EK if hybrid else b""
+    m = SenderMachine(
+        facility=A, key_ids=[KEY], window_bytes=WINDOW, chunk_bytes=CHUNK, mlkem_encapsulation_key=ek
+    )
+    if phase is SendPhase.EXPECT_ACCEPT:
+        return m
+    if hybrid:
+        m.receive_answer(Accept(mlkem_ciphertext=CIPHERTEXT))
     if phase is SendPhase.EXPECT_READY:
         return m
     m.receive(Ready())
@@ -285,6 +302,7 @@ def _sender_in(phase: SendPhase, stage: SendStage) -> SenderMachine:
 
 
 SEND_ACTIONS: dict[SendInput, Callable[[SenderMachine], object]] = {
+    SendInput.ACCEPT: lambda m: m.receive_answer(Accept(mlkem_ciphertext=CIPHERTEXT)),
     SendInput.READY: lambda m: m.receive(Ready()),
     SendInput.POSITION: lambda m: m.receive(
         Position(transfer_id=TID, state=TransferState.NEW, file_index=0, offset=0)
@@ -299,8 +317,15 @@ SEND_ACTIONS: dict[SendInput, Callable[[SenderMachine], object]] = {
     SendInput.ALL_SENT: lambda m: m._move(SendInput.ALL_SENT, TID, peer=False),
     SendInput.PAD: lambda m: m.pad_key(KEY),
 }
-SEND_FROM_PEER = {SendInput.READY, SendInput.POSITION, SendInput.ACK, SendInput.DELIVERED, SendInput.REFUSED}
-SEND_SESSION_ONLY = {SendInput.READY, SendInput.PAD}
+SEND_FROM_PEER = {
+    SendInput.ACCEPT,
+    SendInput.READY,
+    SendInput.POSITION,
+    SendInput.ACK,
+    SendInput.DELIVERED,
+    SendInput.REFUSED,
+}
+SEND_SESSION_ONLY = {SendInput.ACCEPT, SendInput.READY, SendInput.PAD}
 
 
 def test_every_sender_input_has_an_action() -> None:
@@ -310,14 +335,19 @@ def test_every_sender_input_has_an_action() -> None:
 @pytest.mark.parametrize("what", list(SendInput), ids=lambda i: i.name)
 @pytest.mark.parametrize(
     ("phase", "stage"),
-    [(SendPhase.EXPECT_READY, SendStage.IDLE), (SendPhase.CLOSED, SendStage.IDLE)]
+    [
+        (SendPhase.EXPECT_ACCEPT, SendStage.IDLE),
+        (SendPhase.EXPECT_READY, SendStage.IDLE),
+        (SendPhase.CLOSED, SendStage.IDLE),
+    ]
     + [(SendPhase.OPEN, s) for s in SendStage],
     ids=lambda v: v.name,
 )
 def test_every_sender_state_and_input_moves_by_the_table_or_ends_the_session(
     phase: SendPhase, stage: SendStage, what: SendInput
 ) -> None:
-    m = _sender_in(phase, stage)
+    # A hybrid session's sender for its own phase and for a ciphertext (elsewhere one refuses it anyway).
+    m = _sender_in(phase, stage, hybrid=phase is SendPhase.EXPECT_ACCEPT or what is SendInput.ACCEPT)
     next_phase = SEND_SESSION.get((phase, what))
     next_stage = stage if what in SEND_SESSION_ONLY else SEND_TRANSFER.get((stage, what))
     if next_phase is None or next_stage is None:
@@ -329,12 +359,23 @@ def test_every_sender_state_and_input_moves_by_the_table_or_ends_the_session(
         assert (m.phase, m.stage(TID)) == (next_phase, next_stage)
 
 
-def _receiver_in(phase: ReceivePhase, stage: ReceiveStage) -> ReceiverMachine:
-    """A receiver driven by real inputs to `phase`, with the transfer at `stage`."""
-    m = ReceiverMachine(facility=B, peer=A)
+def _open(*, hybrid: bool = False) -> Open:
+    return Open(
+        version=DATA_VERSION, facility=A, key_ids=(KEY,), mlkem_encapsulation_key=EK if hybrid else b""
+    )
+
+
+def _receiver_in(phase: ReceivePhase, stage: ReceiveStage, *, hybrid: bool = False) -> ReceiverMachine:
+    """A receiver driven by real inputs to `phase`, with the transfer at `stage` (`hybrid`: pq_hybrid is on
+    for the sender, whose Open offers an ML-KEM key; the session passes through AWAIT_ENCAPSULATION)."""
+    m = ReceiverMachine(facility=B, peer=A, hybrid=hybrid)
     if phase is ReceivePhase.EXPECT_OPEN:
         return m
-    m.receive_open(Open(version=DATA_VERSION, facility=A, key_ids=(KEY,)))
+    m.receive_open(_open(hybrid=hybrid))
+    if phase is ReceivePhase.AWAIT_ENCAPSULATION:
+        return m
+    if hybrid:
+        m.accept(CIPHERTEXT)
     if phase is ReceivePhase.AWAIT_KEY:
         return m
     m.keyed()
@@ -352,7 +393,9 @@ def _receiver_in(phase: ReceivePhase, stage: ReceiveStage) -> ReceiverMachine:
 
 
 RECEIVE_ACTIONS: dict[ReceiveInput, Callable[[ReceiverMachine], object]] = {
-    ReceiveInput.OPEN: lambda m: m.receive_open(Open(version=DATA_VERSION, facility=A, key_ids=(KEY,))),
+    ReceiveInput.OPEN: lambda m: m.receive_open(_open()),
+    ReceiveInput.HYBRID_OPEN: lambda m: m.receive_open(_open(hybrid=True)),
+    ReceiveInput.ACCEPT: lambda m: m.accept(CIPHERTEXT),
     ReceiveInput.OFFER: lambda m: m.receive(Offer(transfer_id=TID, manifest=EHR.to_json())),
     ReceiveInput.CHUNK: lambda m: m.receive(
         Chunk(transfer_id=TID, file_index=0, offset=0, data=EHR_BODY[:CHUNK])
@@ -369,12 +412,19 @@ RECEIVE_ACTIONS: dict[ReceiveInput, Callable[[ReceiverMachine], object]] = {
 }
 RECEIVE_FROM_PEER = {
     ReceiveInput.OPEN,
+    ReceiveInput.HYBRID_OPEN,
     ReceiveInput.OFFER,
     ReceiveInput.CHUNK,
     ReceiveInput.EHR,
     ReceiveInput.PAD,
 }
-RECEIVE_SESSION_ONLY = {ReceiveInput.OPEN, ReceiveInput.KEYED, ReceiveInput.PAD}
+RECEIVE_SESSION_ONLY = {
+    ReceiveInput.OPEN,
+    ReceiveInput.HYBRID_OPEN,
+    ReceiveInput.ACCEPT,
+    ReceiveInput.KEYED,
+    ReceiveInput.PAD,
+}
 
 
 def test_every_receiver_input_has_an_action() -> None:
@@ -391,7 +441,10 @@ def test_every_receiver_input_has_an_action() -> None:
 def test_every_receiver_state_and_input_moves_by_the_table_or_ends_the_session(
     phase: ReceivePhase, stage: ReceiveStage, what: ReceiveInput
 ) -> None:
-    m = _receiver_in(phase, stage)
+    # A receiver with pq_hybrid on for its own phase and for a hybrid Open; off otherwise (a mismatch is
+    # refused by its own rule, which test_mismatched_pq_hybrid_settings_are_refused_at_either_end checks).
+    hybrid = phase is ReceivePhase.AWAIT_ENCAPSULATION or what is ReceiveInput.HYBRID_OPEN
+    m = _receiver_in(phase, stage, hybrid=hybrid)
     next_phase = RECEIVE_SESSION.get((phase, what))
     next_stage = stage if what in RECEIVE_SESSION_ONLY else RECEIVE_TRANSFER.get((stage, what))
     if next_phase is None or next_stage is None:
@@ -537,3 +590,88 @@ def test_typed_messages_survive_the_protobuf_conversion_and_bad_ones_are_refused
     assert [_wire(m) for m in every] == every
     with pytest.raises(FrameError, match="not a UUID"):
         Ack(transfer_id="not-a-uuid", file_index=0, offset=0)
+
+
+# ---- the post-quantum hybrid ----------------------------------------------------------------------------
+
+
+def _carried_open(sender: SenderMachine) -> Open:
+    return dm.decode_open(dm.encode_open(sender.opening()))
+
+
+def _carried_answer(answer: Accept | SessionRefusal) -> Accept | SessionRefusal:
+    return dm.decode_answer(dm.encode_answer(answer))
+
+
+def test_a_hybrid_session_carries_the_ciphertext_before_ready_and_then_transfers() -> None:
+    pair = Pair()
+    pair.sender = SenderMachine(
+        facility=A, key_ids=[KEY], window_bytes=WINDOW, chunk_bytes=CHUNK, mlkem_encapsulation_key=EK
+    )
+    pair.receiver = ReceiverMachine(facility=B, peer=A, hybrid=True)
+    opening = _carried_open(pair.sender)
+    assert opening.hybrid and opening.mlkem_encapsulation_key == EK
+    assert pair.receiver.receive_open(opening) == (KEY,)
+    assert pair.receiver.phase is ReceivePhase.AWAIT_ENCAPSULATION
+    with pytest.raises(SessionMisuse):  # the Ready may not overtake the ciphertext
+        ReceiverMachine(facility=B, peer=A, hybrid=True).keyed()
+    ciphertext = bytes(range(256)) * 4 + bytes(MLKEM_CIPHERTEXT_BYTES - 1024)
+    assert pair.sender.receive_answer(_carried_answer(pair.receiver.accept(ciphertext))) == ciphertext
+    assert pair.sender.phase is SendPhase.EXPECT_READY
+    pair.to_sender.append(pair.receiver.keyed())
+    pair.flush()
+    assert pair.sender.phase is SendPhase.OPEN and pair.receiver.phase is ReceivePhase.OPEN
+    manifest, files = _manifest([2500])
+    pair.send_study(manifest, files)
+    assert pair.delivered[manifest.transfer_id] == files[0]
+
+
+@pytest.mark.parametrize(("sender_hybrid", "receiver_hybrid"), [(True, False), (False, True)])
+def test_mismatched_pq_hybrid_settings_are_refused_at_either_end(
+    sender_hybrid: bool, receiver_hybrid: bool
+) -> None:
+    sender = _sender_in(
+        SendPhase.EXPECT_ACCEPT if sender_hybrid else SendPhase.EXPECT_READY,
+        SendStage.IDLE,
+        hybrid=sender_hybrid,
+    )
+    receiver = ReceiverMachine(facility=B, peer=A, hybrid=receiver_hybrid)
+    with pytest.raises(Rejected, match="both ends' pq_hybrid must agree") as info:
+        receiver.receive_open(_carried_open(sender))
+    assert info.value.reason == "pq_hybrid_mismatch" and receiver.phase is ReceivePhase.CLOSED
+    # The receiver's shell sends the reason plain; the sender ends its session with it.
+    with pytest.raises(SessionClosed, match=r"the receiver refused the session: .*must agree"):
+        sender.receive_answer(_carried_answer(SessionRefusal(reason=info.value.message)))
+    assert sender.phase is SendPhase.CLOSED
+
+
+def test_a_sender_never_falls_back_from_the_hybrid_or_takes_a_ciphertext_it_did_not_ask_for() -> None:
+    # A receiver that left the hybrid out (an older one that ignores the new field, or a stripped Open)
+    # answers at once with a sealed frame: the hybrid sender ends the session before opening it.
+    hybrid = _sender_in(SendPhase.EXPECT_ACCEPT, SendStage.IDLE, hybrid=True)
+    with pytest.raises(SessionClosed, match="answered without the ML-KEM-768 hybrid"):
+        hybrid.answered_sealed()
+    assert hybrid.phase is SendPhase.CLOSED
+    plain = _sender_in(SendPhase.EXPECT_READY, SendStage.IDLE)
+    plain.answered_sealed()  # the usual first answer
+    assert plain.phase is SendPhase.EXPECT_READY
+    with pytest.raises(SessionClosed, match="pq_hybrid is off for it here"):
+        plain.receive_answer(Accept(mlkem_ciphertext=CIPHERTEXT))
+    assert plain.phase is SendPhase.CLOSED
+
+
+def test_the_opening_messages_survive_the_protobuf_conversion_and_bad_ones_are_refused() -> None:
+    assert _carried_open(SenderMachine(facility=A, key_ids=[KEY])) == _open()
+    assert _carried_answer(Accept(mlkem_ciphertext=CIPHERTEXT)) == Accept(mlkem_ciphertext=CIPHERTEXT)
+    assert _carried_answer(SessionRefusal(reason="r" * 900)) == SessionRefusal(reason="r" * 500)
+    with pytest.raises(FrameError, match="encapsulation key of 1183 bytes"):
+        dm.decode_open(dm.encode_open(_open()) + bytes([0x22, 0x9F, 0x09]) + bytes(1183))
+    with pytest.raises(FrameError, match="ciphertext of 1087 bytes"):
+        dm.decode_answer(bytes([0x0A, 0xBF, 0x08]) + bytes(1087))
+    with pytest.raises(FrameError, match="either an ML-KEM ciphertext or a refusal"):
+        dm.decode_answer(b"")
+    both = dm.encode_answer(Accept(mlkem_ciphertext=CIPHERTEXT)) + dm.encode_answer(
+        SessionRefusal(reason="x")
+    )
+    with pytest.raises(FrameError, match="either an ML-KEM ciphertext or a refusal"):
+        dm.decode_answer(both)
