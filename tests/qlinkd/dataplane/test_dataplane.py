@@ -1035,6 +1035,9 @@ async def test_two_planes_with_pq_hybrid_deliver_and_show_it_in_status_and_the_a
         await b.stop()
         a.close()
         b.close()
+    # The EHR message went under the hybrid traffic key, not a one-time pad (secret only while QKD is):
+    # the only key taken is the session's.
+    assert keys.taken == [SESSION_KEY_BITS]
     for plane, me, role in ((a, A, "sender"), (b, B, "receiver")):
         (status,) = plane.peer_statuses()
         last = status.last_session
