@@ -31,8 +31,8 @@ from .errors import LocalProtocolError, UsageError
 ByteSupplier = Callable[[int], bytes]
 """Returns exactly n uniformly random bytes."""
 
-# 53 bits: the mantissa of a float64, so every value k / 2**53 is exact.
-_FLOAT_BITS = 53
+# The grid a class choice is made on: 2**-56, finer than the float64 probabilities it implements.
+_GRID_BITS = 56
 
 
 class RandomSource:
@@ -106,25 +106,37 @@ class RandomSource:
             filled += kept.size
         return out.astype(dtype)
 
-    def uniform(self, size: int) -> np.ndarray:
-        """`size` uniform floats k / 2**53 in [0, 1): 8 bytes each, the top 53 bits kept."""
-        if size < 0:
-            raise UsageError(f"cannot draw {size} floats")
-        return (self._words(size, 8) >> np.uint64(64 - _FLOAT_BITS)).astype(np.float64) * 2.0**-_FLOAT_BITS
-
     def choice(self, probabilities: Sequence[float], size: int) -> np.ndarray:
         """`size` class indices (uint8), class i with probability ``probabilities[i]``.
 
-        A uniform u on the 2**-53 grid falls in [c_{i-1}, c_i) of the cumulative sums with probability
-        within 2**-53 of p_i: the resolution of the float probabilities themselves. The last cumulative
-        sum is set to exactly 1 so rounding in the sums never leaves u unassigned.
+        Each draw is a uniform u on the 2**-56 grid, class i when B[i-1] <= u < B[i] for the cumulative
+        bounds B (the probabilities' sums rounded to that grid, the last exactly 1): class i then comes
+        with probability B[i] - B[i-1], within a few 2**-53 of p_i: the float64 resolution of the
+        probabilities themselves. u is drawn lazily: its first byte alone decides the class unless a
+        bound falls inside that byte's interval (at most one byte value in 256 per bound), and only
+        those draws take eight more bytes, of which the top 48 bits complete u. That costs about one
+        byte a pulse instead of eight, and the classes are exactly those of drawing all 56 bits each time.
         """
         p = np.asarray(probabilities, dtype=np.float64)
         if p.ndim != 1 or not 1 <= p.size <= 256 or (p < 0).any() or not math.isclose(p.sum(), 1.0):
             raise UsageError(f"probabilities must be 1..256 non-negative numbers summing to 1, got {p}")
-        cumulative = np.cumsum(p)
-        cumulative[-1] = 1.0
-        return np.searchsorted(cumulative, self.uniform(size), side="right").astype(np.uint8)
+        if size < 0:
+            raise UsageError(f"cannot draw {size} classes")
+        bounds = np.round(np.cumsum(p) * 2.0**_GRID_BITS).astype(np.uint64)
+        bounds[-1] = 1 << _GRID_BITS
+        rest_bits = np.uint64(_GRID_BITS - 8)
+        # Per first byte: the class at the bottom and at the top of its interval (a 256-entry table).
+        edges = np.arange(256, dtype=np.uint64) << rest_bits
+        bottom = np.searchsorted(bounds, edges, side="right").astype(np.uint8)
+        top = np.searchsorted(bounds, edges | np.uint64((1 << (_GRID_BITS - 8)) - 1), side="right")
+        first = self._words(size, 1)
+        classes: np.ndarray = bottom[first]
+        near = np.flatnonzero((bottom != top)[first])
+        if near.size:
+            rest = self._words(near.size, 8) >> np.uint64(64 - (_GRID_BITS - 8))
+            u = (first[near].astype(np.uint64) << rest_bits) | rest
+            classes[near] = np.searchsorted(bounds, u, side="right")
+        return classes
 
     def subset_mask(self, n: int, k: int) -> np.ndarray:
         """A uint8 mask over n positions with exactly k of them set, every k-subset equally likely.

@@ -86,11 +86,33 @@ def test_choice_follows_the_probabilities_and_reaches_the_last_class() -> None:
     classes = _seeded(3).choice(p, 200_000)
     freq = np.bincount(classes, minlength=3) / classes.size
     assert np.allclose(freq, p, atol=0.005)
-    # The largest possible uniform (all bits set) lands in the last class, never past it.
-    assert _fixed(b"\xff" * 8).choice(p, 1).tolist() == [2]
-    assert _fixed(b"\x00" * 8).choice(p, 1).tolist() == [0]
+    # The largest possible draw (all bits set) lands in the last class, never past it.
+    assert _calls(lambda n: b"\xff" * n).choice(p, 1).tolist() == [2]
+    assert _calls(lambda n: b"\x00" * n).choice(p, 1).tolist() == [0]
     with pytest.raises(UsageError):
         _seeded(0).choice([0.5, 0.6], 3)
+
+
+def test_choice_refines_only_the_draws_whose_first_byte_straddles_a_bound() -> None:
+    # Bound 0.7 lies inside byte 179's interval [179/256, 180/256): that draw takes 8 more bytes, whose
+    # top 48 bits decide; bytes 0 and 255 are decided at once.
+    p = DecoySource().probabilities
+    for rest, expected in ((b"\x00" * 8, 0), (b"\xff" * 8, 1)):
+        requests: list[int] = []
+        source = RandomSource(_serving([bytes([0, 179, 255]), rest], requests))
+        assert source.choice(p, 3).tolist() == [0, expected, 2]
+        assert requests == [3, 8]
+
+
+def _serving(draws: list[bytes], requests: list[int]) -> ByteSupplier:
+    """Hands out `draws` in order, noting the size of each request."""
+    queue = iter(draws)
+
+    def supply(n: int) -> bytes:
+        requests.append(n)
+        return next(queue)
+
+    return supply
 
 
 def test_subset_mask_sets_exactly_k_and_every_subset_is_equally_likely() -> None:
@@ -215,7 +237,7 @@ def test_e91_and_decoy_choices_come_from_the_secret_source() -> None:
     assert np.array_equal(b._settings, RandomSource(_replay(bob.secret.draws)).integers(3, 20_000))
     decoy = recorded_party(9, 10)
     pulses = prepare_bb84(5000, source=SourceKind.WCP, decoy=DecoySource(), secret=decoy.randomness.secret)
-    assert len(decoy.secret.draws) == 3 and not decoy.public.draws
+    assert not decoy.public.draws
     assert pulses.intensity_class is not None
     replayed = RandomSource(_replay(decoy.secret.draws[2:])).choice(DecoySource().probabilities, 5000)
     assert np.array_equal(pulses.intensity_class, replayed)
