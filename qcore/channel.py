@@ -30,6 +30,7 @@ from .backends import MeasurementBackend
 from .channel_model import ChannelModel
 from .errors import ConfigError
 from .params import DecoySource, SourceKind
+from .randomness import RandomSource
 from .rng import bernoulli, random_bits
 
 
@@ -176,9 +177,10 @@ def emulate_bb84(
 ) -> tuple[PreparedPulses, DetectorClicks, ChannelStats]:
     """Send `n` BB84 pulses through the channel. Bases: 0 rectilinear, 1 diagonal, chosen uniformly.
 
-    The daemon's parties make their random choices themselves and hand them in: Alice's ``prepared``
-    pulses (from ``prepare_bb84``) and Bob's ``bob_bases``; the emulator then draws only the channel's own
-    randomness. Without them it draws everything (the simulator's path).
+    The parties make their random choices themselves, from their secret sources, and hand them in:
+    Alice's ``prepared`` pulses (from ``prepare_bb84``) and Bob's ``bob_bases``; the emulator then draws
+    only the channel's own randomness (losses, clicks, dark counts, Eve) from `rng`. Without them it draws
+    everything from `rng` (channel tests that need no parties).
     """
     if prepared is not None:
         n = _check_prepared(prepared, source)
@@ -267,17 +269,19 @@ def emulate_bb84(
 
 
 def prepare_bb84(
-    n: int, *, source: SourceKind, decoy: DecoySource | None, rng: np.random.Generator
+    n: int, *, source: SourceKind, decoy: DecoySource | None, secret: RandomSource
 ) -> PreparedPulses:
-    """Alice's random choices for `n` pulses: bits, bases and (for a decoy source) intensity classes."""
+    """Alice's random choices for `n` pulses: bits, bases and (for a decoy source) intensity classes.
+
+    These are her secrets, so they come from her secret source (the OS CSPRNG in the daemon), not from
+    the emulator's generator: the emulator only models what the fibre and detectors do with them.
+    """
     if n <= 0:
         raise ConfigError("qubits", f"must be positive, got {n}")
     wcp = _wcp_decoy(source, decoy)
-    bits = random_bits(rng, n)
-    bases = random_bits(rng, n)
-    intensity_class = (
-        rng.choice(3, size=n, p=np.asarray(wcp.probabilities)).astype(np.uint8) if wcp is not None else None
-    )
+    bits = secret.bits(n)
+    bases = secret.bits(n)
+    intensity_class = secret.choice(wcp.probabilities, n) if wcp is not None else None
     return PreparedPulses(bits=bits, bases=bases, intensity_class=intensity_class)
 
 
@@ -304,6 +308,8 @@ def _check_prepared(prepared: PreparedPulses, source: SourceKind) -> int:
 # E91 measurement settings as polarisation angles in units of pi/8 (docs/references.md §2).
 ALICE_ANGLES8 = np.array([0, 1, 2], dtype=np.int64)
 BOB_ANGLES8 = np.array([1, 2, 3], dtype=np.int64)
+E91_SETTINGS = 3
+"""Settings each E91 party chooses among, uniformly (indices into its angle table)."""
 
 
 def emulate_e91(

@@ -1,4 +1,9 @@
-"""Bulk draws from a passed-in generator: uniform bits and Bernoulli masks, in numpy."""
+"""Bulk draws from a passed-in numpy generator for the emulated physics: uniform bits and Bernoulli masks.
+
+Only the quantum-channel emulator and the measurement backends use these (photon losses, detector clicks,
+dark counts, an emulated eavesdropper). The parties' own choices and published seeds never come from a
+numpy generator in the daemon: they are drawn through :mod:`qlinkmed.qcore.randomness`.
+"""
 
 from __future__ import annotations
 

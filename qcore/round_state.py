@@ -31,6 +31,7 @@ from .errors import (
 )
 from .estimation import Statistics, final_key_length
 from .params import DistillConfig
+from .randomness import PartyRandomness
 from .sifting import SiftPlan
 
 
@@ -115,10 +116,12 @@ class BaseSession:
     _sent_marker: bytes
     _received_marker: bytes
 
-    def __init__(self, config: DistillConfig, auth: AuthKeyStore, rng: np.random.Generator) -> None:
+    def __init__(self, config: DistillConfig, auth: AuthKeyStore, randomness: PartyRandomness) -> None:
         self.config = config
         self._auth = auth
-        self._rng = rng
+        # Secret choices and published seeds come from separate sources (see qcore.randomness).
+        self._secret = randomness.secret
+        self._public = randomness.public
         self._transcript: list[bytes] = []
         self.state: Enum
         self.outcome: RoundOutcome | None = None

@@ -27,7 +27,7 @@ from .errors import (
 )
 from .estimation import judge_statistics, measure_statistics
 from .params import DistillConfig
-from .rng import random_bits
+from .randomness import PartyRandomness
 from .round_state import (
     ALICE_TRANSITIONS,
     BOB_TRANSITIONS,
@@ -45,7 +45,8 @@ class AliceSession(BaseSession):
     """Alice: she holds the reference key, answers parity queries and performs privacy amplification.
 
     ``settings`` are her bases (BB84) or setting indices (E91) per pulse; ``detected`` is all-true for a
-    BB84 sender; ``intensities`` her decoy classes per pulse (None without decoys).
+    BB84 sender; ``intensities`` her decoy classes per pulse (None without decoys). ``randomness.secret``
+    draws her sample positions; ``randomness.public`` the Cascade and privacy-amplification seeds.
     """
 
     _transitions = ALICE_TRANSITIONS
@@ -63,9 +64,9 @@ class AliceSession(BaseSession):
         detected: np.ndarray,
         intensities: np.ndarray | None,
         auth: AuthKeyStore,
-        rng: np.random.Generator,
+        randomness: PartyRandomness,
     ) -> None:
-        super().__init__(config, auth, rng)
+        super().__init__(config, auth, randomness)
         if (intensities is not None) != (config.decoy is not None):
             raise LocalProtocolError("decoy classes must be given exactly when the config has decoys")
         self._bits = bits
@@ -75,7 +76,8 @@ class AliceSession(BaseSession):
         self._cascade: CascadeAlice | None = None
         self._coincident_bits: np.ndarray = np.zeros(0, dtype=np.uint8)
         self._pending_key: np.ndarray = np.zeros(0, dtype=np.uint8)
-        self._cascade_seed = int(rng.integers(0, 2**63))
+        # Published in Sifting: a public draw.
+        self._cascade_seed = self._public.uint63()
         self.state = AliceState.EXPECT_DETECTIONS
 
     def _on_detections(self, msg: m.Detections) -> tuple[AliceState, list[Message]]:
@@ -100,7 +102,7 @@ class AliceSession(BaseSession):
         sample = (
             np.zeros(n_cand, dtype=np.uint8)
             if decoy
-            else choose_sample(self._rng, n_cand, self.config.sample_fraction)
+            else choose_sample(self._secret, n_cand, self.config.sample_fraction)
         )
         self._plan = plan_sifting(
             protocol=self.config.protocol,
@@ -156,7 +158,7 @@ class AliceSession(BaseSession):
             raise RoundAborted(AbortReason.VERIFICATION_FAILED, "keys differ after reconciliation")
         length = self._statistics_and_length()
         self._pa_length = length
-        seed = random_bits(self._rng, n + length - 1)
+        seed = self._public.bits(n + length - 1)  # published in Amplify
         self._pending_key = toeplitz_hash(seed, self._raw_key, length)
         self._round_keys = self._auth.take_round_keys()
         amplify = m.Amplify(seed=seed, length=length)
@@ -176,7 +178,9 @@ class AliceSession(BaseSession):
 
 
 class BobSession(BaseSession):
-    """Bob: he drives Cascade, corrects his key and confirms last."""
+    """Bob: he drives Cascade, corrects his key and confirms last. ``randomness.public`` draws the
+    verification seed; his secret choices (his bases or settings) were made before the round, by whoever
+    drove his analyser."""
 
     _transitions = BOB_TRANSITIONS
     _aborted_state = BobState.ABORTED
@@ -193,9 +197,9 @@ class BobSession(BaseSession):
         settings: np.ndarray,
         detected: np.ndarray,
         auth: AuthKeyStore,
-        rng: np.random.Generator,
+        randomness: PartyRandomness,
     ) -> None:
-        super().__init__(config, auth, rng)
+        super().__init__(config, auth, randomness)
         self._round_id = round_id
         self._bits = bits
         self._settings = settings
@@ -272,7 +276,7 @@ class BobSession(BaseSession):
         self._corrected = cascade.corrected_bits
         self._round_trips = cascade.round_trips
         t = self.config.verification_bits
-        seed = random_bits(self._rng, self._corrected_key.size + t - 1)
+        seed = self._public.bits(self._corrected_key.size + t - 1)  # published in Verify
         return [m.Verify(seed=seed, digest=toeplitz_hash(seed, self._corrected_key, t))]
 
     def _on_amplify(self, msg: m.Amplify) -> tuple[BobState, list[Message]]:

@@ -21,6 +21,7 @@ import numpy as np
 
 from .errors import RemoteProtocolError
 from .params import ProtocolKind
+from .randomness import RandomSource
 
 # E91 setting indices: Alice 0, 1, 2 = 0, pi/8, pi/4; Bob 0, 1, 2 = pi/8, pi/4, 3pi/8.
 E91_KEY_SETTINGS = ((1, 0), (2, 1))
@@ -73,13 +74,10 @@ def key_candidate_mask(
     return candidates, disclosed
 
 
-def choose_sample(rng: np.random.Generator, candidates: int, fraction: float) -> np.ndarray:
-    """Alice's random sample: a bool mask with round(fraction * candidates) entries set."""
-    k = round(fraction * candidates)
-    mask = np.zeros(candidates, dtype=np.uint8)
-    if k:
-        mask[rng.choice(candidates, size=k, replace=False)] = 1
-    return mask
+def choose_sample(secret: RandomSource, candidates: int, fraction: float) -> np.ndarray:
+    """Alice's random sample: a uint8 mask with round(fraction * candidates) entries set, every such
+    subset equally likely. A secret choice until it is sent: Eve must not know which pulses are tested."""
+    return secret.subset_mask(candidates, round(fraction * candidates))
 
 
 def plan_sifting(

@@ -17,11 +17,12 @@ from qlinkmed.qcore.params import DecoySource, DistillConfig, ProtocolKind, Sour
 from . import channel_model, theory
 from .auth import AuthKeyStore
 from .backends import get_backend
-from .channel import Eavesdropper, emulate_bb84, emulate_e91
+from .channel import E91_SETTINGS, Eavesdropper, emulate_bb84, emulate_e91, prepare_bb84
 from .channel_model import ChannelModel
 from .errors import AbortReason, ConfigError, LocalProtocolError
 from .finite_bb84 import tomamichel_length
 from .harness import run_pair
+from .randomness import PartyRandomness
 from .round_state import RoundOutcome
 from .session import AliceSession, BobSession
 
@@ -146,29 +147,48 @@ def _key_hash(key: np.ndarray) -> str:
     return hashlib.sha256(np.packbits(key).tobytes() + key.size.to_bytes(8, "little")).hexdigest()
 
 
-def make_sessions(config: SimConfig) -> tuple[AliceSession, BobSession, int, int]:
-    """Emulate the channel and build both sessions; returns (alice, bob, detections, eve_known_bits)."""
+def make_sessions(
+    config: SimConfig, *, randomness: tuple[PartyRandomness, PartyRandomness] | None = None
+) -> tuple[AliceSession, BobSession, int, int]:
+    """Emulate the channel and build both sessions; returns (alice, bob, detections, eve_known_bits).
+
+    `randomness`: Alice's and Bob's sources, in place of the ones seeded from ``config.seed`` (tests
+    that watch what each source is used for).
+    """
     master = np.random.SeedSequence(config.seed)
     channel_seq, alice_seq, bob_seq, psk_seq = master.spawn(4)
+    # The channel's physics on one generator; each party's choices and published seeds on its own pair of
+    # sources (qcore.randomness), made by the party and handed to the channel, as in the daemon.
     channel_rng = np.random.default_rng(channel_seq)
+    alice_rand, bob_rand = randomness or (PartyRandomness.seeded(alice_seq), PartyRandomness.seeded(bob_seq))
     psk = np.random.default_rng(psk_seq).bytes(PRESHARED_KEY_BYTES)
     backend = get_backend(config.backend)
     distill = config.distill_config()
+    n = config.qubits
     if config.protocol is ProtocolKind.BB84:
+        prepared = prepare_bb84(n, source=config.source, decoy=distill.decoy, secret=alice_rand.secret)
         sent, seen, stats = emulate_bb84(
-            config.qubits,
+            n,
             model=config.channel,
             source=config.source,
             decoy=distill.decoy,
             eve=config.eve,
             backend=backend,
             rng=channel_rng,
+            prepared=prepared,
+            bob_bases=bob_rand.secret.bits(n),
         )
         # A BB84 sender "registers" every pulse it sends.
-        alice_record = (sent.bits, sent.bases, np.ones(config.qubits, dtype=bool), sent.intensity_class)
+        alice_record = (sent.bits, sent.bases, np.ones(n, dtype=bool), sent.intensity_class)
     else:
         alice_side, seen, stats = emulate_e91(
-            config.qubits, model=config.channel, eve=config.eve, backend=backend, rng=channel_rng
+            n,
+            model=config.channel,
+            eve=config.eve,
+            backend=backend,
+            rng=channel_rng,
+            alice_settings=alice_rand.secret.integers(E91_SETTINGS, n),
+            bob_settings=bob_rand.secret.integers(E91_SETTINGS, n),
         )
         alice_record = (alice_side.bits, alice_side.bases, alice_side.detected, None)
     bits, settings, detected, intensities = alice_record
@@ -179,7 +199,7 @@ def make_sessions(config: SimConfig) -> tuple[AliceSession, BobSession, int, int
         detected=detected,
         intensities=intensities,
         auth=AuthKeyStore(psk),
-        rng=np.random.default_rng(alice_seq),
+        randomness=alice_rand,
     )
     bob = BobSession(
         distill,
@@ -188,7 +208,7 @@ def make_sessions(config: SimConfig) -> tuple[AliceSession, BobSession, int, int
         settings=seen.bases,
         detected=seen.detected,
         auth=AuthKeyStore(psk),
-        rng=np.random.default_rng(bob_seq),
+        randomness=bob_rand,
     )
     return alice, bob, int(np.count_nonzero(seen.detected)), stats.eve_known_bits
 

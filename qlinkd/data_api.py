@@ -16,7 +16,6 @@ import hmac
 import json
 import logging
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from qlinkmed.qlinkd.dataplane.outbox import Upload
 from qlinkmed.qlinkd.dataplane.records import IncomingRecord, OutgoingRecord
 from qlinkmed.qlinkd.dataplane.service import DataPlane
 from qlinkmed.qlinkd.errors import ContentError, IntegrityError, TransferError
+from qlinkmed.qlinkd.ops import entropy
 
 log = logging.getLogger("qlink.api")
 
@@ -48,7 +48,7 @@ def ensure_token(state_dir: Path) -> str:
     try:
         return path.read_text().strip()
     except FileNotFoundError:
-        token = secrets.token_urlsafe(32)
+        token = entropy.token_urlsafe(32)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(token + "\n")

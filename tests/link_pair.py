@@ -14,8 +14,10 @@ import numpy as np
 from qlinkmed.qcore.backends import get_backend
 from qlinkmed.qcore.channel import Eavesdropper
 from qlinkmed.qcore.channel_model import ChannelModel
+from qlinkmed.qcore.randomness import PartyRandomness
 from qlinkmed.qlinkd.channel.broker import ChannelBroker, Job, LinkKey, run
 from qlinkmed.qlinkd.errors import FrameError
+from qlinkmed.qlinkd.link import messages as lm
 from qlinkmed.qlinkd.link.events import Event, LinkConfig, RoundEnded
 from qlinkmed.qlinkd.link.machine import LinkConnection
 from qlinkmed.qlinkd.link.persistence import persist
@@ -54,28 +56,37 @@ class LinkPair:
         pulses: int = PULSES,
         stores: tuple[KeyStore, KeyStore] | None = None,
         eve: Eavesdropper | None = None,
+        randomness: tuple[PartyRandomness, PartyRandomness] | None = None,
     ) -> None:
+        """`randomness`: each end's sources (facility A's, then B's); by default seeded ones from `seed`."""
         self.root = root
         self.pulses = pulses
         self.rng = np.random.default_rng(seed)
         self.broker = ChannelBroker(model=MODEL, backend=get_backend("numpy"), eve=eve or Eavesdropper())
         self.now = 0.0
         self.tap: Tap = passthrough
+        self.submissions: list[tuple[str, lm.ChannelSubmission]] = []
+        """What each end submitted to the quantum channel, (role, message), in order."""
         a, b = "hospital-a", "hospital-b"
         if stores is None:
             stores = (KeyStore.open(root / f"{a}.sqlite3"), KeyStore.open(root / f"{b}.sqlite3"))
             for store, peer in zip(stores, (b, a), strict=True):
                 store.init_auth(peer, PSK)
-        self.a = self._end(a, b, stores[0])
-        self.b = self._end(b, a, stores[1])
+        if randomness is None:
+            randomness = (self._seeded(), self._seeded())
+        self.a = self._end(a, b, stores[0], randomness[0])
+        self.b = self._end(b, a, stores[1], randomness[1])
 
-    def _end(self, name: str, peer: str, store: KeyStore) -> End:
+    def _seeded(self) -> PartyRandomness:
+        return PartyRandomness.seeded(np.random.SeedSequence(int(self.rng.integers(2**63))))
+
+    def _end(self, name: str, peer: str, store: KeyStore, randomness: PartyRandomness) -> End:
         config = LinkConfig(facility=name, peer=peer, pulses_per_round=self.pulses, round_timeout_s=5.0)
         link = LinkConnection(
             config,
             local=store.link_state(peer),
             auth=store.auth_store(peer),
-            rng=np.random.default_rng(self.rng.integers(2**63)),
+            randomness=randomness,
         )
         return End(name=name, peer=peer, store=store, link=link)
 
@@ -102,6 +113,7 @@ class LinkPair:
             moved = True
         for request in end.link.channel_requests():
             role = "alice" if end.link.role is Role.ALICE else "bob"
+            self.submissions.append((role, request.message))
             outcome = self.broker.submit(
                 LinkKey(alice="hospital-a", bob="hospital-b"), "bb84", role, request.round_id, request.message
             )

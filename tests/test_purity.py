@@ -1,4 +1,5 @@
-"""qcore is pure (STYLE §1): no event loop, no network, no files, no clock, no global randomness."""
+"""qcore is pure (STYLE §1): no event loop, no network, no files, no clock, no global randomness, and no
+entropy of its own (no os, no secrets: the caller passes its sources in, see qcore.randomness)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,18 @@ import sys
 from tests.paths import REPO
 
 QCORE = REPO / "qcore"
-FORBIDDEN_MODULES = {"asyncio", "aiohttp", "socket", "ssl", "selectors", "time", "datetime", "random", "os"}
+FORBIDDEN_MODULES = {
+    "asyncio",
+    "aiohttp",
+    "socket",
+    "ssl",
+    "selectors",
+    "time",
+    "datetime",
+    "random",
+    "os",
+    "secrets",
+}
 FORBIDDEN_CALLS = {"open", "print", "input"}
 
 

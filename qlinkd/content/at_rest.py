@@ -36,7 +36,6 @@ to open raises `qlinkd.errors.IntegrityError` (reason a `seal.IntegrityFailure`)
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from qlinkmed.qcore.image import decrypt, encrypt
 from qlinkmed.qcore.image.container import pack, unpack
 from qlinkmed.qlinkd.content.kinds import ContentInfo, ContentKind
 from qlinkmed.qlinkd.errors import ContentError, IntegrityError, KeyMaterialShort
+from qlinkmed.qlinkd.ops import entropy
 
 MAGIC = b"QLAR"
 VERSION = 1
@@ -103,7 +103,7 @@ def seal_at_rest(name: str, data: bytes, info: ContentInfo, key: bytes) -> bytes
     digest = hashlib.sha256(data).digest()
     if info.size != len(data) or info.sha256 != digest.hex():
         raise ContentError(name, "the content info does not describe these bytes (size or SHA-256 differ)")
-    salt = os.urandom(SALT_BYTES)
+    salt = entropy.random_bytes(SALT_BYTES)
     aead_key, image_key = _derive(key, salt)
     pixels = _native_pixels(info, len(data))
     if pixels is not None:
@@ -206,7 +206,7 @@ def _seal_cipher_image(
     del rebuilt
     frame_parts: list[bytes] = []
     for image in images:
-        nonce = os.urandom(IMAGE_NONCE_BYTES)
+        nonce = entropy.random_bytes(IMAGE_NONCE_BYTES)
         packed = pack(encrypt(image, image_key, nonce), nonce)
         frame_parts += [_FRAME_LENGTH.pack(len(packed)), packed]
     meta = b"".join([_META.pack(digest, order, pixels.offset), view[: pixels.offset], view[end:]])

@@ -36,6 +36,7 @@ from qlinkmed.qcore import messages as qm
 from qlinkmed.qcore.auth import AuthKeyStore
 from qlinkmed.qcore.codec import Message
 from qlinkmed.qcore.errors import AbortReason, LocalProtocolError
+from qlinkmed.qcore.randomness import PartyRandomness
 from qlinkmed.qcore.round_state import RoundOutcome
 from qlinkmed.qcore.session import BobSession
 from qlinkmed.qlinkd.link import messages as lm
@@ -61,15 +62,17 @@ from qlinkmed.qlinkd.pool.values import KeyNotice, LinkState
 
 class LinkConnection:
     def __init__(
-        self, config: LinkConfig, *, local: LinkState, auth: AuthKeyStore, rng: np.random.Generator
+        self, config: LinkConfig, *, local: LinkState, auth: AuthKeyStore, randomness: PartyRandomness
     ) -> None:
+        """`randomness`: this end's secret and public sources (the daemon's come from
+        ``qlinkd.ops.entropy``, the OS CSPRNG; tests may inject seeded ones)."""
         self.config = config
         self.role = config.role
         self.state = State.EXPECT_HELLO
         self._local = local
         self._auth = auth
         self._auth_reported = auth.position
-        self._rng = rng
+        self._randomness = randomness
         self._next_round = local.next_round
         self._round: Round | None = None
         self._frames: list[tuple[int, lm.PeerMessage]] = []
@@ -174,7 +177,7 @@ class LinkConnection:
             return
         self._deadline = now + self.config.round_timeout_s
         try:
-            session = make_session(self.config, rnd, message, auth=self._auth, rng=self._rng)
+            session = make_session(self.config, rnd, message, auth=self._auth, randomness=self._randomness)
         except ValueError as exc:
             self._abort_round(AbortReason.PROTOCOL_VIOLATION, f"quantum channel: {exc}", now)
             return
@@ -315,7 +318,7 @@ class LinkConnection:
         self._maybe_commit(rnd, now)
 
     def _open_round(self, round_id: int, via: Input, now: float) -> None:
-        rnd, submission = open_round(self.config, round_id, now, self._rng)
+        rnd, submission = open_round(self.config, round_id, now, self._randomness)
         self._round = rnd
         self._next_round = round_id + 1
         self._events.append(RoundStarted(round_id=round_id))

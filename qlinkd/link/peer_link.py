@@ -14,12 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from dataclasses import dataclass
 
 import aiohttp
-import numpy as np
 from aiohttp import web
 
 from qlinkmed.qlinkd.errors import FrameError, StoreError
@@ -33,7 +31,7 @@ from qlinkmed.qlinkd.link.reporting import LinkReporter
 from qlinkmed.qlinkd.link.states import Role, State
 from qlinkmed.qlinkd.link.status import LinkStatus
 from qlinkmed.qlinkd.link.wire import MAX_FRAME_BYTES, decode_frame, encode_frame
-from qlinkmed.qlinkd.ops import pki
+from qlinkmed.qlinkd.ops import entropy, pki
 from qlinkmed.qlinkd.ops.backoff import raise_if_cancelling
 from qlinkmed.qlinkd.pool.values import KeyNotice
 from qlinkmed.qlinkd.runtime import Runtime
@@ -180,7 +178,7 @@ class PeerLink:
             self.config,
             local=store.link_state(self.peer.id),
             auth=store.auth_store(self.peer.id),
-            rng=np.random.default_rng(secrets.randbits(128)),
+            randomness=entropy.party_randomness(),
         )
         self._ws, self._queue, self.link = ws, queue, link
         link.start(time.monotonic())

@@ -11,14 +11,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.hmac import HMAC
 
 from qlinkmed.qcore.auth import AuthKeyStore
-from qlinkmed.qcore.channel import PreparedPulses, prepare_bb84
+from qlinkmed.qcore.channel import E91_SETTINGS, PreparedPulses, prepare_bb84
 from qlinkmed.qcore.params import DecoySource, ProtocolKind, SourceKind
+from qlinkmed.qcore.randomness import PartyRandomness
 from qlinkmed.qcore.session import AliceSession, BobSession
 from qlinkmed.qlinkd.link import messages as lm
 from qlinkmed.qlinkd.link.events import LinkConfig
 from qlinkmed.qlinkd.link.states import Role
-
-E91_SETTINGS = 3
 
 
 @dataclass(slots=True)
@@ -38,18 +37,19 @@ class Round:
 
 
 def open_round(
-    config: LinkConfig, round_id: int, now: float, rng: np.random.Generator
+    config: LinkConfig, round_id: int, now: float, randomness: PartyRandomness
 ) -> tuple[Round, lm.ChannelSubmission]:
-    """A new round and what this end submits to the quantum channel for it."""
+    """A new round and what this end submits to the quantum channel for it: this end's secret choices
+    (Alice's BB84 bits, bases and decoy classes, or analyser settings), drawn from its secret source."""
     n = config.pulses_per_round
     rnd = Round(round_id=round_id, started_at=now)
     if config.protocol is ProtocolKind.BB84 and config.role is Role.ALICE:
         decoy = DecoySource() if config.source is SourceKind.WCP else None
-        rnd.prepared = prepare_bb84(n, source=config.source, decoy=decoy, rng=rng)
+        rnd.prepared = prepare_bb84(n, source=config.source, decoy=decoy, secret=randomness.secret)
         pulses = rnd.prepared
         return rnd, lm.PulseTrain(bits=pulses.bits, bases=pulses.bases, intensities=pulses.intensity_class)
     levels = 2 if config.protocol is ProtocolKind.BB84 else E91_SETTINGS
-    rnd.settings = rng.integers(0, levels, size=n, dtype=np.uint8)
+    rnd.settings = randomness.secret.integers(levels, n)
     return rnd, lm.AnalyserSettings(settings=rnd.settings)
 
 
@@ -59,7 +59,7 @@ def make_session(
     answer: lm.WireMessage,
     *,
     auth: AuthKeyStore,
-    rng: np.random.Generator,
+    randomness: PartyRandomness,
 ) -> AliceSession | BobSession:
     """The round's distillation session from the quantum channel's `answer` to our submission; an answer
     that does not fit the submission raises ValueError."""
@@ -90,7 +90,7 @@ def make_session(
                 settings=settings,
                 detected=detected,
                 auth=auth,
-                rng=rng,
+                randomness=randomness,
             )
     return AliceSession(
         config.distill,
@@ -99,7 +99,7 @@ def make_session(
         detected=detected,
         intensities=intensities,
         auth=auth,
-        rng=rng,
+        randomness=randomness,
     )
 
 

@@ -5,13 +5,12 @@ facility configurations and the channel configuration. What the tests, the bench
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from qlinkmed.qlinkd.channel.config import load_channel_config
-from qlinkmed.qlinkd.ops import pki
+from qlinkmed.qlinkd.ops import entropy, pki
 from qlinkmed.qlinkd.ops.config import ConfigError, load_facility_config
 
 PRESHARED_BYTES = 4096
@@ -84,7 +83,7 @@ def write_loopback_deployment(
     psk.parent.mkdir(mode=0o700, exist_ok=True)
     fd = os.open(psk, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
-        out.write(secrets.token_bytes(preshared_bytes))
+        out.write(entropy.random_bytes(preshared_bytes))
     names = ["channel.listen", "channel.admin"] + [
         f"{f}.{x}" for f in facilities for x in ("classical", "kme", "local", "data")
     ]

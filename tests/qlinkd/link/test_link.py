@@ -14,6 +14,7 @@ import pytest
 from qlinkmed.qcore import messages as qm
 from qlinkmed.qcore.channel import Eavesdropper, EveKind
 from qlinkmed.qcore.errors import AbortReason, LocalProtocolError
+from qlinkmed.qcore.randomness import PartyRandomness
 from qlinkmed.qlinkd.link import messages as lm
 from qlinkmed.qlinkd.link.events import (
     HelloReceived,
@@ -396,7 +397,7 @@ def _machine(tmp_path: Path) -> LinkConnection:
         config,
         local=store.link_state("hospital-b"),
         auth=store.auth_store("hospital-b"),
-        rng=np.random.default_rng(1),
+        randomness=PartyRandomness.seeded(np.random.SeedSequence(1)),
     )
 
 
