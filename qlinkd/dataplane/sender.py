@@ -38,6 +38,7 @@ from qlinkmed.qlinkd.errors import (
     TransferError,
 )
 from qlinkmed.qlinkd.link.framing import read_frame
+from qlinkmed.qlinkd.ops import entropy
 from qlinkmed.qlinkd.pool.values import DeliveredKey
 from qlinkmed.qlinkd.seal import KeyStatus, Opener, Sealer
 from qlinkmed.qlinkd.seal.constants import (
@@ -139,8 +140,7 @@ async def _handshake(
     """Open the session: send the Open (with the hybrid, a fresh ML-KEM-768 encapsulation key), take the
     receiver's plain answer if one comes, derive the traffic keys and open the Ready under them."""
     # A fresh key pair per session, from the OS CSPRNG (the ephemeral secret dies with the session).
-    # TODO(lead): route through qlinkd/ops/entropy.py, the one audited randomness function, once merged.
-    offer = HybridOffer(os.urandom(MLKEM_SEED_BYTES)) if ctx.hybrid else None
+    offer = HybridOffer(entropy.random_bytes(MLKEM_SEED_BYTES)) if ctx.hybrid else None
     machine = SenderMachine(
         facility=ctx.facility,
         key_ids=[key.key_id],
