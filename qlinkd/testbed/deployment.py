@@ -41,6 +41,11 @@ class Deployment:
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['channel.admin']}"
 
+    def admin_headers(self) -> dict[str, str]:
+        """What a state-changing admin call carries: the token the running channel service wrote."""
+        token = load_channel_config(self.channel).admin_token_path.read_text().strip()
+        return {"Authorization": f"Bearer {token}"}
+
     def pki(self, name: str) -> tuple[Path, Path]:
         return self.root / "pki" / f"{name}.pem", self.root / "pki" / f"{name}.key"
 
@@ -94,11 +99,16 @@ def write_loopback_deployment(
 listen = "127.0.0.1:{ports["channel.listen"]}"
 admin = "127.0.0.1:{ports["channel.admin"]}"
 backend = "numpy"
+state_dir = "state/channel"
 
 [tls]
 ca = "pki/ca.pem"
 cert = "pki/channel.pem"
 key = "pki/channel.key"
+
+[[link]]
+a = "{a}"
+b = "{b}"
 
 [fiber]
 distance_km = {distance_km}

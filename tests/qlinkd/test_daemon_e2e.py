@@ -233,7 +233,11 @@ def test_e91_eavesdropper_drops_chsh_aborts_and_keys_resume_after_detach(testbed
     group = testbeds.start(deployment)
     honest = wait_for(lambda: established_after(0), "an honest E91 round", timeout=90.0)
     assert honest["last_round"]["chsh_s"] > 2.5
-    httpx.post(deployment.admin_url + "/v1/eve", json={"kind": "intercept-resend", "fraction": 1.0})
+    httpx.post(
+        deployment.admin_url + "/v1/eve",
+        json={"kind": "intercept-resend", "fraction": 1.0},
+        headers=deployment.admin_headers(),
+    ).raise_for_status()
     aborted = wait_for(
         lambda: (link := bob())["last_round"]["reason"] == "chsh_not_violated" and link,
         "CHSH abort",
@@ -252,7 +256,7 @@ def test_e91_eavesdropper_drops_chsh_aborts_and_keys_resume_after_detach(testbed
         timeout=90.0,
     )
     assert _pool(deployment, B)["pool_bits"] == pool  # nothing from an attacked round
-    httpx.delete(deployment.admin_url + "/v1/eve")
+    httpx.delete(deployment.admin_url + "/v1/eve", headers=deployment.admin_headers()).raise_for_status()
     resumed = wait_for(
         lambda: established_after(aborted["rounds"]["established"]), "keys again", timeout=90.0
     )
