@@ -78,6 +78,7 @@ def write_loopback_deployment(
     eve: str = "none",
     round_timeout_s: float = 10.0,
     preshared_bytes: int = PRESHARED_BYTES,
+    channel_idle_timeout_s: float = 300.0,
 ) -> Deployment:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -100,6 +101,7 @@ listen = "127.0.0.1:{ports["channel.listen"]}"
 admin = "127.0.0.1:{ports["channel.admin"]}"
 backend = "numpy"
 state_dir = "state/channel"
+idle_timeout_s = {channel_idle_timeout_s}
 
 [tls]
 ca = "pki/ca.pem"
