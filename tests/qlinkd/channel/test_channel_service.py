@@ -19,9 +19,11 @@ import pytest
 from qlinkmed.qlinkd.channel.config import ChannelServiceConfig, load_channel_config
 from qlinkmed.qlinkd.channel.service import serve
 from qlinkmed.qlinkd.link import messages as lm
+from qlinkmed.qlinkd.link.channel_client import ChannelClient
 from qlinkmed.qlinkd.link.framing import encode_length_prefixed, read_frame
 from qlinkmed.qlinkd.link.wire import MAX_FRAME_BYTES, decode_frame, encode_frame
 from qlinkmed.qlinkd.ops import pki
+from qlinkmed.qlinkd.ops.toml_reader import Address
 from qlinkmed.qlinkd.testbed.deployment import Deployment, write_loopback_deployment
 from tests.polling import wait_for_async
 
@@ -233,3 +235,35 @@ async def test_each_identity_holds_at_most_its_limit_of_connections(tmp_path: Pa
                 _close(writer)
         metrics = await running.metrics()
         assert 'qlink_channel_refused_total{reason="connection_limit"} 1.0' in metrics
+
+
+@pytest.mark.asyncio
+async def test_a_refused_facility_logs_the_channels_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The facility's side: a refusal is logged with the channel's words, not taken for a round's answer.
+    answers: list[tuple[int, object]] = []
+    async with channel(tmp_path) as running:
+        cert, key = running.deployment.pki(A)
+        client = ChannelClient(
+            Address(host="127.0.0.1", port=running.ports["listen"]),
+            pki.client_context(running.deployment.root / "pki" / "ca.pem", cert, key),
+            lm.ChannelHello(facility=A, peer="hospital-q", role="alice", protocol="bb84"),
+            lambda round_id, message: answers.append((round_id, message)),
+        )
+        task = asyncio.create_task(client.run())
+        try:
+            record = await wait_for_async(
+                lambda: next((r for r in caplog.records if "refused the link" in r.getMessage()), None),
+                "the facility's log of the refusal",
+            )
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert record.levelname == "ERROR"
+    assert record.getMessage() == (
+        f"quantum channel refused the link to hospital-q: this channel carries no link {A}--hospital-q "
+        "(see its [[link]] list)"
+    )
+    assert answers == []
