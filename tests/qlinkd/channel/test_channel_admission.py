@@ -107,7 +107,7 @@ def test_the_global_link_limit_stays() -> None:
         (f'a = "{A}"', 'a = "channel"', "link[0].a"),
         (f'b = "{B}"', f'b = "{B}"\nc = "{C}"', "link[0].c"),
         (f'b = "{B}"\n', f'b = "{B}"\n\n[[link]]\na = "{B}"\nb = "{A}"\n', "link[1]"),
-        ('backend = "numpy"', 'backend = "numpy"\nidle_timeout_s = 0', "channel.idle_timeout_s"),
+        ("idle_timeout_s = 300.0", "idle_timeout_s = 0", "channel.idle_timeout_s"),
         ('backend = "numpy"', 'backend = "numpy"\nhello_timeout_s = -1', "channel.hello_timeout_s"),
         ('state_dir = "state/channel"\n', "", "channel.state_dir"),
     ],
