@@ -17,9 +17,6 @@ from qlinkmed.qlinkd.channel.config import ChannelServiceConfig
 from qlinkmed.qlinkd.errors import ChannelRefused
 from qlinkmed.qlinkd.link import messages as lm
 
-CONNECTIONS_PER_LINK = 2
-"""Connections a facility may hold at once per configured link: the live one, and the redial that
-replaces it while the old one's network path has not yet reported it dead."""
 MAX_LINKS = 64
 """Links the channel serves at once, whatever the configuration says."""
 
@@ -37,7 +34,7 @@ class Refusal(StrEnum):
 
 def connection_limit(config: ChannelServiceConfig, facility: str) -> int:
     """How many connections `facility` may hold at once (0 for a certificate that names no facility)."""
-    return CONNECTIONS_PER_LINK * len(config.peers_of(facility))
+    return config.connections_per_link * len(config.peers_of(facility))
 
 
 def admit_identity(config: ChannelServiceConfig, who: str | None, held: int) -> str:
@@ -54,7 +51,7 @@ def admit_identity(config: ChannelServiceConfig, who: str | None, held: int) -> 
         raise ChannelRefused(
             Refusal.CONNECTION_LIMIT,
             f"{who} already holds {held} connections to the channel (limit {limit}: "
-            f"{CONNECTIONS_PER_LINK} per configured link)",
+            f"{config.connections_per_link} per configured link)",
         )
     return who
 

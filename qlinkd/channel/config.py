@@ -67,6 +67,9 @@ class ChannelServiceConfig:
     """A connection must finish its TLS handshake, then say hello, each within this many seconds."""
     idle_timeout_s: float = 300.0
     """A facility connection that sends no frame for this long is closed (the facility redials at once)."""
+    connections_per_link: int = 2
+    """Connections a facility may hold at once, per link it has here: the live one, and the redial that
+    replaces it while the old one's network path has not yet reported it dead. Over it, refused."""
 
     def __post_init__(self) -> None:
         check(self.admin.is_loopback, "channel.admin", "plain HTTP must bind a loopback address")
@@ -77,6 +80,7 @@ class ChannelServiceConfig:
             seen.add(link.ends)
         check(0 < self.hello_timeout_s <= 300, "channel.hello_timeout_s", "must be in (0, 300] seconds")
         check(0 < self.idle_timeout_s <= 86_400, "channel.idle_timeout_s", "must be in (0, 86400] seconds")
+        check(1 <= self.connections_per_link <= 64, "channel.connections_per_link", "must be in 1..64")
 
     @property
     def facilities(self) -> frozenset[str]:
@@ -110,6 +114,7 @@ def load_channel_config(path: Path) -> ChannelServiceConfig:
     state_dir = channel.path("state_dir")
     hello_timeout_s = channel.number("hello_timeout_s", 10.0)
     idle_timeout_s = channel.number("idle_timeout_s", 300.0)
+    connections_per_link = channel.integer("connections_per_link", 2)
     channel.finish()
     links = tuple(_link(section) for section in root.tables("link"))
     tls = tls_section(root)
@@ -154,6 +159,7 @@ def load_channel_config(path: Path) -> ChannelServiceConfig:
         links=links,
         hello_timeout_s=hello_timeout_s,
         idle_timeout_s=idle_timeout_s,
+        connections_per_link=connections_per_link,
     )
 
 

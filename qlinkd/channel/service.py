@@ -135,7 +135,13 @@ class ChannelService:
         except ChannelRefused as exc:
             # Said to the party too: a misconfigured facility learns why it is refused, not just that it was.
             self.metrics.connection_refused(exc.reason)
-            log.warning("refusing channel connection from %s (%s): %s", peer, who, exc.message)
+            log.warning(
+                "closing channel connection from %s (%s): refused (%s): %s",
+                peer,
+                who,
+                exc.reason,
+                exc.message,
+            )
             with contextlib.suppress(ConnectionError, OSError):
                 writer.write(encode_length_prefixed(encode_frame(lm.ChannelError(reason=exc.message), 0)))
         except FrameError as exc:

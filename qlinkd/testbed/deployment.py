@@ -79,6 +79,7 @@ def write_loopback_deployment(
     round_timeout_s: float = 10.0,
     preshared_bytes: int = PRESHARED_BYTES,
     channel_idle_timeout_s: float = 300.0,
+    channel_connections_per_link: int = 2,
 ) -> Deployment:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -102,6 +103,7 @@ admin = "127.0.0.1:{ports["channel.admin"]}"
 backend = "numpy"
 state_dir = "state/channel"
 idle_timeout_s = {channel_idle_timeout_s}
+connections_per_link = {channel_connections_per_link}
 
 [tls]
 ca = "pki/ca.pem"

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from qlinkmed.qlinkd.channel.admission import (
-    CONNECTIONS_PER_LINK,
     MAX_LINKS,
     Refusal,
     admit_hello,
@@ -64,10 +63,11 @@ def test_a_certificate_that_names_no_configured_facility_is_refused(
 
 
 def test_each_facility_holds_two_connections_per_link(config: ChannelServiceConfig) -> None:
-    assert connection_limit(config, A) == 2 * CONNECTIONS_PER_LINK  # A--B and C--A
-    assert connection_limit(config, B) == CONNECTIONS_PER_LINK
-    assert admit_identity(config, B, CONNECTIONS_PER_LINK - 1) == B
-    refused = _refusal(admit_identity, config, B, CONNECTIONS_PER_LINK)
+    assert config.connections_per_link == 2
+    assert connection_limit(config, A) == 4  # A--B and C--A
+    assert connection_limit(config, B) == 2
+    assert admit_identity(config, B, 1) == B
+    refused = _refusal(admit_identity, config, B, 2)
     assert refused.reason == Refusal.CONNECTION_LIMIT
     assert f"{B} already holds 2 connections" in refused.message
 
@@ -108,6 +108,8 @@ def test_the_global_link_limit_stays() -> None:
         (f'b = "{B}"', f'b = "{B}"\nc = "{C}"', "link[0].c"),
         (f'b = "{B}"\n', f'b = "{B}"\n\n[[link]]\na = "{B}"\nb = "{A}"\n', "link[1]"),
         ("idle_timeout_s = 300.0", "idle_timeout_s = 0", "channel.idle_timeout_s"),
+        ("connections_per_link = 2", "connections_per_link = 0", "channel.connections_per_link"),
+        ("connections_per_link = 2", "connections_per_link = 2.5", "channel.connections_per_link"),
         ('backend = "numpy"', 'backend = "numpy"\nhello_timeout_s = -1', "channel.hello_timeout_s"),
         ('state_dir = "state/channel"\n', "", "channel.state_dir"),
     ],
