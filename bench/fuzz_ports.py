@@ -55,6 +55,10 @@ READ_TIMEOUT_S = 1.5
 PROGRESS_TIMEOUT_S = 30.0
 """How long a check waits for facility A to commit a new round before it counts a stall."""
 IN_FLIGHT = 8
+CHANNEL_CONNECTIONS_PER_LINK = 2 * IN_FLIGHT
+"""The channel service caps each facility's connections (2 per link by default); the fuzzer holds up to
+IN_FLIGHT at once under one facility's certificate, and its inputs are meant for the frame parser, not
+for that cap (tests/qlinkd/channel tests the cap), so its deployment raises it."""
 WS_SHARE = 0.02
 """Share of the inputs spent in phase 2 (each one replaces the honest classical connection)."""
 CLOSE_PATTERNS = {
@@ -610,7 +614,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pulses", type=int, default=700_000, help="pulses per round of the honest link")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    with d.running(pulses_per_round=args.pulses) as started:
+    with d.running(
+        pulses_per_round=args.pulses, channel_connections_per_link=CHANNEL_CONNECTIONS_PER_LINK
+    ) as started:
         report = fuzz(started, args.frames, seed=args.seed, check_every=args.check_every)
     if args.json:
         print(json.dumps(asdict(report), indent=2))

@@ -22,6 +22,7 @@ from qlinkmed.qlinkd.errors import ConfigError, StatusFormatError
 from qlinkmed.qlinkd.link.status import LinkStatus
 
 if TYPE_CHECKING:
+    from qlinkmed.qlinkd.channel.config import ChannelServiceConfig
     from qlinkmed.qlinkd.ops.config import FacilityConfig
 
 TIMEOUT_S = 5.0
@@ -105,15 +106,14 @@ def local_url_from_config(path: Path) -> str:
     return f"http://{facility_config(path).listen.local}"
 
 
-def admin_url_from_config(path: Path) -> str:
-    """The admin-API URL of the channel service whose configuration is `path` (its [channel] admin)."""
+def channel_config(path: Path) -> ChannelServiceConfig:
+    """The channel service configuration at `path`; TargetError naming the bad field otherwise."""
     from qlinkmed.qlinkd.channel.config import load_channel_config
 
     try:
-        config = load_channel_config(path)
+        return load_channel_config(path)
     except ConfigError as exc:
         raise TargetError(f"config error: {exc.field}: {exc.message}") from None
-    return f"http://{config.admin}"
 
 
 def ask_local(args: argparse.Namespace, command: str, path: str) -> tuple[str, Any] | int:
@@ -150,10 +150,15 @@ def unreachable(what: str, exc: ApiError) -> str:
     return f"qlink: {what} at {base} refused the request: {exc.reason}"
 
 
-def call(url: str, *, method: str = "GET", body: dict[str, Any] | None = None) -> tuple[str, Any]:
-    """Send one request and return (the body as received, the parsed JSON). Raises ApiError."""
+def call(
+    url: str, *, method: str = "GET", body: dict[str, Any] | None = None, token: str | None = None
+) -> tuple[str, Any]:
+    """Send one request (with `token` as its bearer token, when given) and return (the body as received,
+    the parsed JSON). Raises ApiError."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
     if data is not None:
         request.add_header("Content-Type", "application/json")
     try:

@@ -5,6 +5,7 @@ its errors from one place).
     QlinkError (qcore.errors)
     └── QlinkdError
         ├── FrameError          bytes from a peer that are no frame of ours (also a RemoteProtocolError)
+        │   └── ChannelRefused  the channel service refuses a connection (identity, link or limit)
         ├── PkiError            a certificate or key file that cannot be written or loaded
         ├── StoreError          the key store refused an operation
         │   ├── InsufficientKey, KeyNotFound, NotAuthorised
@@ -33,6 +34,7 @@ from qlinkmed.qcore.errors import (
 
 __all__ = [
     "AuditError",
+    "ChannelRefused",
     "ConfigError",
     "ContentError",
     "FrameError",
@@ -62,6 +64,18 @@ class QlinkdError(QlinkError):
 class FrameError(QlinkdError, RemoteProtocolError):
     """Bytes from a peer that are not a well-formed frame of our wire version. The connection that sent
     them is closed with this reason; nothing else is affected."""
+
+
+class ChannelRefused(FrameError):
+    """The channel service refuses a facility connection: a certificate that names no facility of its
+    links, a hello for another facility or an unconfigured link, a connection over its identity's limit.
+    `reason` is the short label counted in ``qlink_channel_refused_total``; the message says it in full
+    and is sent to the refused party."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
 
 
 class PkiError(QlinkdError):

@@ -1,5 +1,6 @@
 """`qlink eve attach|detach|status`: put an eavesdropper on the emulated fibre, or take it off, through the
-channel service's admin API (the eavesdropper-injection test mode)."""
+channel service's admin API (the eavesdropper-injection test mode). Attaching and detaching carry the
+admin token the service wrote to its state_dir (found through --channel-config, or --token-file)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..daemon_http import ApiError, TargetError, admin_url_from_config, base_url, call, unreachable
+from ..daemon_http import ApiError, TargetError, base_url, call, channel_config, unreachable
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 KINDS = ("intercept-resend", "pns")
@@ -30,6 +31,12 @@ def _target_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--channel-config", type=Path, metavar="FILE", help="channel service configuration")
     group.add_argument(
         "--admin", metavar="URL", help="admin API of the channel service, http://127.0.0.1:PORT"
+    )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="admin API token (default: the channel config's state_dir/admin-api.token)",
     )
     parser.add_argument("--json", action="store_true", help="print the channel service's JSON unchanged")
 
@@ -56,14 +63,14 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     prog = f"qlink eve {args.action}"
     try:
-        url = base_url(args.admin) if args.admin is not None else admin_url_from_config(args.channel_config)
+        url, token = _target(args)
     except TargetError as exc:
         print(f"{prog}: error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     path = "/v1/status" if args.method == "GET" else "/v1/eve"
     body = {"kind": args.kind, "fraction": args.fraction} if args.method == "POST" else None
     try:
-        text, state = call(url + path, method=args.method, body=body)
+        text, state = call(url + path, method=args.method, body=body, token=token)
     except ApiError as exc:
         if exc.status == 400:
             # The service judged our arguments: a usage error, said in its own words.
@@ -73,6 +80,29 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(text.rstrip("\n") if args.json else format_channel(state))
     return EXIT_OK
+
+
+def _target(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The admin API's URL, and the token when the call changes something. Raises TargetError."""
+    token_file: Path | None = args.token_file
+    if args.admin is not None:
+        url = base_url(args.admin)
+    else:
+        config = channel_config(args.channel_config)
+        url = f"http://{config.admin}"
+        token_file = token_file or config.admin_token_path
+    if args.method == "GET":
+        return url, None  # reading the status needs no token
+    if token_file is None:
+        raise TargetError("--admin needs --token-file (or use --channel-config)")
+    try:
+        token = token_file.read_text().strip()
+    except OSError as exc:
+        raise TargetError(
+            f"cannot read the channel admin token {token_file}: {exc.strerror or exc} "
+            "(the channel service writes it at start; run as its user, or pass --token-file)"
+        ) from None
+    return url, token
 
 
 def format_channel(state: dict[str, Any]) -> str:

@@ -1,9 +1,11 @@
 """The quantum-channel service: the emulated fibre between facilities, as its own process.
 
 Facilities connect over mutual TLS (their certificate names them), say which link and role they serve,
-then submit their round choices; the broker pairs them and the emulator answers each party. An admin
-API (plain HTTP, bound where the config says, loopback in every example) attaches and detaches an
-eavesdropper at runtime: the eavesdropper-injection test mode.
+then submit their round choices; the broker pairs them and the emulator answers each party. Only the
+facilities and links the configuration names are admitted (`admission.py`); a connection that does not
+finish TLS and hello in time, or falls silent, is closed. An admin API (`admin.py`: plain HTTP on
+loopback, a token for every change) attaches and detaches an eavesdropper at runtime: the
+eavesdropper-injection test mode.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,25 +23,21 @@ from aiohttp import web
 
 from qlinkmed.qcore.backends import get_backend
 from qlinkmed.qcore.channel import Eavesdropper, EveKind
-from qlinkmed.qcore.errors import ConfigError
+from qlinkmed.qlinkd.channel.admin import admin_app, ensure_token
+from qlinkmed.qlinkd.channel.admission import admit_hello, admit_identity, admit_link, expect_hello
 from qlinkmed.qlinkd.channel.broker import ChannelBroker, Job, LinkKey, run
 from qlinkmed.qlinkd.channel.config import ChannelServiceConfig
-from qlinkmed.qlinkd.errors import FrameError
+from qlinkmed.qlinkd.errors import ChannelRefused, FrameError
 from qlinkmed.qlinkd.link import messages as lm
 from qlinkmed.qlinkd.link.framing import encode_length_prefixed, read_frame
 from qlinkmed.qlinkd.link.wire import MAX_FRAME_BYTES, decode_frame, encode_frame
 from qlinkmed.qlinkd.ops import pki
-from qlinkmed.qlinkd.ops.metrics import CONTENT_TYPE, ChannelMetrics
+from qlinkmed.qlinkd.ops.metrics import ChannelMetrics
 
 log = logging.getLogger("qlink.channel")
 
-HELLO_WAIT_S = 10.0
-"""How long a new connection may take to say who it is."""
 CLOSE_WAIT_S = 2.0
 """How long a closing connection waits for the peer's TLS goodbye."""
-MAX_LINKS = 64
-"""Links the channel serves at once: a certificate holder cannot make it hold rounds for endless
-made-up links."""
 
 
 @dataclass(slots=True)
@@ -53,6 +52,8 @@ class ChannelService:
     broker: ChannelBroker = field(init=False)
     metrics: ChannelMetrics = field(default_factory=ChannelMetrics)
     _parties: dict[tuple[LinkKey, str], _Party] = field(default_factory=dict)
+    _connections: Counter[str] = field(default_factory=Counter)
+    """Open connections by facility (from TLS to close, hello or not): the per-identity limit's count."""
     _rounds: int = 0
     _jobs: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -85,6 +86,7 @@ class ChannelService:
         return {
             "eve": {"kind": eve.kind.value, "fraction": eve.fraction if eve.active else 0.0},
             "links": sorted({f"{key[0]}:{key[1]}" for key in self._parties}),
+            "connections": dict(sorted(self._connections.items())),
             "rounds": self._rounds,
             "fiber": {
                 "distance_km": self.config.fiber.distance_km,
@@ -97,28 +99,31 @@ class ChannelService:
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         who = pki.peer_common_name(writer.transport)
+        facility: str | None = None
         slot: tuple[LinkKey, str] | None = None
+        phase = "hello"
         try:
-            async with asyncio.timeout(HELLO_WAIT_S):
+            facility = admit_identity(self.config, who, self._connections[who or ""])
+            self._connections[facility] += 1
+            async with asyncio.timeout(self.config.hello_timeout_s):
                 first = await read_frame(reader, MAX_FRAME_BYTES)
             if first is None:
                 return
-            _, hello = decode_frame(first)
-            if not isinstance(hello, lm.ChannelHello):
-                raise FrameError(f"expected channel_hello first, got {type(hello).__name__}")
-            if who != hello.facility:
-                raise FrameError(f"certificate names {who!r}, hello claims {hello.facility!r}")
-            link = _link_key(hello)
-            links = self._links()
-            if link not in links and len(links) >= MAX_LINKS:
-                raise FrameError(f"refusing link {link}: {MAX_LINKS} links are already connected")
+            hello = expect_hello(decode_frame(first)[1])
+            link = admit_hello(self.config, facility, hello)
+            admit_link(link, self._links())
             slot = (link, hello.role)
             old = self._parties.get(slot)
             if old is not None:
                 old.writer.close()
             self._parties[slot] = _Party(writer=writer, role=hello.role)
             log.info("%s connected as %s on %s (%s)", hello.facility, hello.role, link, hello.protocol)
-            while (data := await read_frame(reader, MAX_FRAME_BYTES)) is not None:
+            phase = "idle"
+            while True:
+                async with asyncio.timeout(self.config.idle_timeout_s):
+                    data = await read_frame(reader, MAX_FRAME_BYTES)
+                if data is None:
+                    break
                 round_id, message = decode_frame(data)
                 outcome = self.broker.submit(link, hello.protocol, hello.role, round_id, message)
                 if isinstance(outcome, lm.ChannelError):
@@ -127,8 +132,36 @@ class ChannelService:
                     task = asyncio.create_task(self._run_job(outcome))
                     self._jobs.add(task)
                     task.add_done_callback(self._jobs.discard)
-        except (FrameError, TimeoutError) as exc:
+        except ChannelRefused as exc:
+            # Said to the party too: a misconfigured facility learns why it is refused, not just that it was.
+            self.metrics.connection_refused(exc.reason)
+            log.warning(
+                "closing channel connection from %s (%s): refused (%s): %s",
+                peer,
+                who,
+                exc.reason,
+                exc.message,
+            )
+            with contextlib.suppress(ConnectionError, OSError):
+                writer.write(encode_length_prefixed(encode_frame(lm.ChannelError(reason=exc.message), 0)))
+        except FrameError as exc:
             log.warning("closing channel connection from %s (%s): %s", peer, who, exc)
+        except TimeoutError:
+            self.metrics.connection_timed_out(phase)
+            if phase == "hello":
+                log.warning(
+                    "closing channel connection from %s (%s): no hello within %g s",
+                    peer,
+                    who,
+                    self.config.hello_timeout_s,
+                )
+            else:  # an honest facility between rounds: it redials when it next needs the channel
+                log.info(
+                    "closing channel connection from %s (%s): no frame for %g s",
+                    peer,
+                    who,
+                    self.config.idle_timeout_s,
+                )
         except (ConnectionError, OSError) as exc:
             log.info("channel connection from %s (%s) lost: %s", peer, who, exc)
         except asyncio.CancelledError:
@@ -137,6 +170,10 @@ class ChannelService:
             log.debug("channel connection from %s closed at shutdown", peer)
             writer.transport.abort()  # no TLS goodbye to wait for: the loop is going away
         finally:
+            if facility is not None:
+                self._connections[facility] -= 1
+                if not self._connections[facility]:
+                    del self._connections[facility]
             party = self._parties.get(slot) if slot is not None else None
             if slot is not None and party is not None and party.writer is writer:
                 del self._parties[slot]
@@ -165,74 +202,29 @@ class ChannelService:
     def _links(self) -> set[LinkKey]:
         return {key for key, _ in self._parties}
 
-    # ---- admin API -------------------------------------------------------------------------------------
-    def admin_app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024)
-        app.router.add_get("/v1/status", self._get_status)
-        app.router.add_post("/v1/eve", self._post_eve)
-        app.router.add_delete("/v1/eve", self._delete_eve)
-        app.router.add_get("/metrics", self._get_metrics)
-        return app
-
-    async def _get_status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.status())
-
-    async def _post_eve(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-        except ValueError:
-            return _bad("body is not JSON")
-        if not isinstance(body, dict):
-            return _bad("body must be a JSON object")
-        kind = body.get("kind", "intercept-resend")
-        fraction = body.get("fraction", 1.0)
-        try:
-            if kind == EveKind.NONE.value:
-                raise ConfigError("kind", "use DELETE /v1/eve to detach")
-            if isinstance(fraction, bool) or not isinstance(fraction, int | float):
-                raise ConfigError("fraction", "must be a number in [0, 1]")
-            eve = Eavesdropper(kind=EveKind(kind), fraction=float(fraction))
-        except ConfigError as exc:  # before ValueError, which it also is
-            return _bad(f"{exc.field}: {exc.message}")
-        except ValueError:
-            return _bad(f"kind must be one of intercept-resend, pns; got {str(kind)[:40]!r}")
-        self.attach_eve(eve)
-        return web.json_response(self.status())
-
-    async def _delete_eve(self, request: web.Request) -> web.Response:
-        self.detach_eve()
-        return web.json_response(self.status())
-
-    async def _get_metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
-
-
-def _link_key(hello: lm.ChannelHello) -> LinkKey:
-    a, b = sorted((hello.facility, hello.peer))
-    role_ok = (hello.role == "alice") == (hello.facility == a)
-    if not role_ok:
-        raise FrameError(f"{hello.facility} claims role {hello.role} on {a}--{b}; Alice is the first name")
-    return LinkKey(alice=a, bob=b)
-
 
 def _pulses(job: Job) -> int:
     return int(job.bob.settings.size)
 
 
-def _bad(message: str) -> web.Response:
-    return web.json_response({"message": message}, status=400)
-
-
 async def serve(
     config: ChannelServiceConfig, *, on_ready: Callable[[dict[str, int]], object] | None = None
 ) -> None:
-    """Run the channel service until cancelled. `on_ready` gets the bound ports (listen, admin)."""
+    """Run the channel service until cancelled. `on_ready` gets the bound ports (listen, admin); by then
+    the admin token is in `state_dir`."""
     service = ChannelService(config)
+    token = ensure_token(config.state_dir)
     context = pki.server_context(config.tls.ca, config.tls.cert, config.tls.key)
     server = await asyncio.start_server(
-        service.handle_connection, config.listen.host, config.listen.port, ssl=context, limit=2**16
+        service.handle_connection,
+        config.listen.host,
+        config.listen.port,
+        ssl=context,
+        # A connection that never finishes its handshake holds a socket, not a slot; still, not for long.
+        ssl_handshake_timeout=config.hello_timeout_s,
+        limit=2**16,
     )
-    runner = web.AppRunner(service.admin_app(), access_log=None, shutdown_timeout=2.0)
+    runner = web.AppRunner(admin_app(service, token), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, config.admin.host, config.admin.port)
     await site.start()

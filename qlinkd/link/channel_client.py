@@ -105,7 +105,13 @@ class ChannelClient:
         log.info("quantum channel connected for %s", self._hello.peer)
         try:
             while (data := await read_frame(reader, MAX_FRAME_BYTES)) is not None:
-                self._on_answer(*decode_frame(data))
+                round_id, message = decode_frame(data)
+                if round_id == 0 and isinstance(message, lm.ChannelError):
+                    # Rounds count from 1: this is the channel refusing the connection itself (identity,
+                    # link or limit). It closes next; say why, or the operator sees only endless redials.
+                    log.error("quantum channel refused the link to %s: %s", self._hello.peer, message.reason)
+                    continue
+                self._on_answer(round_id, message)
         except FrameError as exc:
             log.warning("quantum channel sent a bad frame, reconnecting: %s", exc)
         except (ConnectionError, OSError) as exc:

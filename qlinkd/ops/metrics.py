@@ -233,6 +233,26 @@ class ChannelMetrics:
             "qlink_channel_eve_attached", "1 while an eavesdropper is attached to the channel", registry=r
         )
         self.eve_attached.set(0)
+        self.refused = Counter(
+            "qlink_channel_refused",
+            "Facility connections refused: a certificate naming no facility of the configured links, a "
+            "hello for another facility or an unconfigured link, a connection over its identity's limit",
+            ["reason"],
+            registry=r,
+        )
+        self.timeouts = Counter(
+            "qlink_channel_timeouts",
+            "Connections closed for silence: no TLS handshake or hello in time (hello), no frame for the "
+            "idle timeout (idle)",
+            ["phase"],
+            registry=r,
+        )
+
+    def connection_refused(self, reason: str) -> None:
+        self.refused.labels(reason=reason).inc()
+
+    def connection_timed_out(self, phase: str) -> None:
+        self.timeouts.labels(phase=phase).inc()
 
     def round_carried(self, protocol: str, pulses: int) -> None:
         self.rounds.labels(protocol=protocol).inc()

@@ -40,6 +40,11 @@ class Deployment:
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['channel.admin']}"
 
+    def admin_headers(self) -> dict[str, str]:
+        """What a state-changing admin call carries: the token the running channel service wrote."""
+        token = load_channel_config(self.channel).admin_token_path.read_text().strip()
+        return {"Authorization": f"Bearer {token}"}
+
     def pki(self, name: str) -> tuple[Path, Path]:
         return self.root / "pki" / f"{name}.pem", self.root / "pki" / f"{name}.key"
 
@@ -73,6 +78,8 @@ def write_loopback_deployment(
     round_timeout_s: float = 10.0,
     preshared_bytes: int = PRESHARED_BYTES,
     pq_hybrid: bool = False,
+    channel_idle_timeout_s: float = 300.0,
+    channel_connections_per_link: int = 2,
 ) -> Deployment:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -94,11 +101,18 @@ def write_loopback_deployment(
 listen = "127.0.0.1:{ports["channel.listen"]}"
 admin = "127.0.0.1:{ports["channel.admin"]}"
 backend = "numpy"
+state_dir = "state/channel"
+idle_timeout_s = {channel_idle_timeout_s}
+connections_per_link = {channel_connections_per_link}
 
 [tls]
 ca = "pki/ca.pem"
 cert = "pki/channel.pem"
 key = "pki/channel.key"
+
+[[link]]
+a = "{a}"
+b = "{b}"
 
 [fiber]
 distance_km = {distance_km}

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from qlinkmed.qlinkd.channel.config import load_channel_config
 from qlinkmed.qlinkd.ops.config import load_facility_config
 from qlinkmed.qlinkd.testbed.deployment import Deployment, free_ports, read_deployment
 from tests.cli import qlink
@@ -115,7 +116,9 @@ def test_keys_reports_the_pool_of_each_peer(testbed: Deployment, capsys: pytest.
 
 
 def _detach(deployment: Deployment) -> None:
-    request = urllib.request.Request(deployment.admin_url + "/v1/eve", method="DELETE")
+    request = urllib.request.Request(
+        deployment.admin_url + "/v1/eve", method="DELETE", headers=deployment.admin_headers()
+    )
     with urllib.request.urlopen(request, timeout=5) as response:
         response.read()
 
@@ -125,7 +128,9 @@ def test_eve_attach_aborts_rounds_and_detach_clears_the_alarm(
 ) -> None:
     url = testbed.local_url(A)
     poll_link(capsys, url, has_key, "a first key")
+    token_file = load_channel_config(testbed.channel).admin_token_path
     try:
+        # The token comes from the channel configuration's state_dir, or from --token-file with --admin.
         code, out, err = qlink(capsys, "eve", "attach", "--channel-config", str(testbed.channel))
         assert code == 0, err
         assert "eavesdropper    intercept-resend on 100% of the pulses" in out
@@ -144,7 +149,9 @@ def test_eve_attach_aborts_rounds_and_detach_clears_the_alarm(
         assert "ABORTED (qber_above_threshold)" in out
         assert "  ALARM         qber_above_threshold" in out
 
-        code, out, err = qlink(capsys, "eve", "detach", "--admin", testbed.admin_url, "--json")
+        code, out, err = qlink(
+            capsys, "eve", "detach", "--admin", testbed.admin_url, "--token-file", str(token_file), "--json"
+        )
         assert code == 0, err
         assert json.loads(out)["eve"]["kind"] == "none"
         link = poll_link(
@@ -172,10 +179,41 @@ def test_unreachable_daemon_exits_1_with_one_line(
     assert err.splitlines() == [f"qlink: cannot reach qlinkd at http://127.0.0.1:{port}: Connection refused"]
 
 
-def test_unreachable_channel_service_exits_1_as_a_real_process() -> None:
+def test_eve_changes_without_the_right_token_are_refused(
+    testbed: Deployment, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Regression (issue 14, item 4): the admin API attached an eavesdropper for anyone who asked.
+    wrong = tmp_path / "wrong.token"
+    wrong.write_text("not-the-token\n")
+    code, out, err = qlink(capsys, "eve", "attach", "--admin", testbed.admin_url, "--token-file", str(wrong))
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [
+        f"qlink: the channel service at {testbed.admin_url} refused the request: HTTP 401: POST needs "
+        "Authorization: Bearer <token>, the token in state_dir/admin-api.token"
+    ]
+    code, out, err = qlink(capsys, "eve", "attach", "--admin", testbed.admin_url)
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        "qlink eve attach: error: --admin needs --token-file (or use --channel-config)"
+    ]
+    missing = tmp_path / "missing.token"
+    code, out, err = qlink(
+        capsys, "eve", "detach", "--admin", testbed.admin_url, "--token-file", str(missing)
+    )
+    assert (code, out) == (2, "")
+    assert err.startswith(
+        f"qlink eve detach: error: cannot read the channel admin token {missing}: No such file"
+    )
+    code, out, _ = qlink(capsys, "eve", "status", "--admin", testbed.admin_url, "--json")
+    assert code == 0 and json.loads(out)["eve"]["kind"] == "none"  # nothing attached; reading needs no token
+
+
+def test_unreachable_channel_service_exits_1_as_a_real_process(tmp_path: Path) -> None:
     (port,) = free_ports(1)
+    token = tmp_path / "admin-api.token"
+    token.write_text("some-token\n")
     proc = subprocess.run(
-        [*QLINK, "eve", "attach", "--admin", f"http://127.0.0.1:{port}"],
+        [*QLINK, "eve", "attach", "--admin", f"http://127.0.0.1:{port}", "--token-file", str(token)],
         capture_output=True,
         text=True,
         timeout=60,

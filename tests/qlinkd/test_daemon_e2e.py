@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import ssl
 import time
 from typing import Any
@@ -233,7 +234,11 @@ def test_e91_eavesdropper_drops_chsh_aborts_and_keys_resume_after_detach(testbed
     group = testbeds.start(deployment)
     honest = wait_for(lambda: established_after(0), "an honest E91 round", timeout=90.0)
     assert honest["last_round"]["chsh_s"] > 2.5
-    httpx.post(deployment.admin_url + "/v1/eve", json={"kind": "intercept-resend", "fraction": 1.0})
+    httpx.post(
+        deployment.admin_url + "/v1/eve",
+        json={"kind": "intercept-resend", "fraction": 1.0},
+        headers=deployment.admin_headers(),
+    ).raise_for_status()
     aborted = wait_for(
         lambda: (link := bob())["last_round"]["reason"] == "chsh_not_violated" and link,
         "CHSH abort",
@@ -252,7 +257,7 @@ def test_e91_eavesdropper_drops_chsh_aborts_and_keys_resume_after_detach(testbed
         timeout=90.0,
     )
     assert _pool(deployment, B)["pool_bits"] == pool  # nothing from an attacked round
-    httpx.delete(deployment.admin_url + "/v1/eve")
+    httpx.delete(deployment.admin_url + "/v1/eve", headers=deployment.admin_headers()).raise_for_status()
     resumed = wait_for(
         lambda: established_after(aborted["rounds"]["established"]), "keys again", timeout=90.0
     )
@@ -298,8 +303,13 @@ async def test_authentication_key_starvation_raises_the_alarm_and_halts_rounds(t
 
 
 def test_pool_stops_at_the_high_watermark_and_resumes_below_the_low_one(testbeds: Testbeds) -> None:
+    # A short channel idle timeout: while paused, the channel closes both silent connections (issue 14,
+    # item 3) and the facilities redial; the rounds must resume all the same.
     deployment = testbeds.write(
-        pulses_per_round=PULSES, low_watermark_bits=12_000, high_watermark_bits=30_000
+        pulses_per_round=PULSES,
+        low_watermark_bits=12_000,
+        high_watermark_bits=30_000,
+        channel_idle_timeout_s=2.0,
     )
 
     def rounds() -> int:
@@ -310,6 +320,13 @@ def test_pool_stops_at_the_high_watermark_and_resumes_below_the_low_one(testbeds
     # That no round starts while paused, until the low mark, is policy: test_link_policy.
     wait_for(lambda: _get(deployment.local_url(A) + "/v1/status")["links"][0]["rounds_paused"], "the pause")
     paused_at = rounds()
+
+    def idle_closes() -> int:
+        metrics = httpx.get(deployment.admin_url + "/metrics", timeout=5.0).text
+        found = re.search(r'^qlink_channel_timeouts_total\{phase="idle"\} (\d+)\.0$', metrics, re.M)
+        return int(found.group(1)) if found else 0
+
+    wait_for(lambda: idle_closes() >= 2, "the channel to close both idle connections")
     # Hand keys out at both ends (each owns half the rounds) until the pool is below the low mark.
     for facility, peer in ((A, B), (B, A)):
         master = _sae(deployment, f"pacs-{facility}", facility)

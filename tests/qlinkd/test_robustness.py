@@ -27,7 +27,11 @@ PULSES = 700_000
 
 @pytest.mark.slow
 def test_fuzzing_every_port_crashes_nothing_and_the_link_keeps_distilling(tmp_path: Path) -> None:
-    with deploy.running(tmp_path / "deploy", pulses_per_round=PULSES) as started:
+    with deploy.running(
+        tmp_path / "deploy",
+        pulses_per_round=PULSES,
+        channel_connections_per_link=fuzz_ports.CHANNEL_CONNECTIONS_PER_LINK,
+    ) as started:
         report = fuzz_ports.fuzz(started, 300, seed=7, check_every=100)
 
     assert report.crashes == 0
