@@ -52,7 +52,7 @@ def test_records_are_json_lines_in_a_hash_chain(log: AuditLog, log_path: Path) -
     assert first["prev"] == GENESIS
     assert second["prev"] == hashlib.sha256(lines[0]).hexdigest()
     assert head == AuditHead(seq=2, digest=hashlib.sha256(lines[1]).hexdigest())
-    assert verify(log_path, expected_head=head) == 2
+    assert verify(log_path, expected_head=head) == head
 
 
 def test_file_is_0600_even_if_it_existed_wider(tmp_path: Path) -> None:
@@ -90,7 +90,7 @@ def test_reopening_continues_the_chain(log_path: Path) -> None:
         assert second.head.seq == 2
         head = second.record("stopped")
     assert head.seq == 3
-    assert verify(log_path, expected_head=head) == 3
+    assert verify(log_path, expected_head=head) == head
 
 
 def test_an_edited_line_is_detected(log: AuditLog, log_path: Path) -> None:
@@ -118,7 +118,7 @@ def test_truncation_is_detected_against_a_kept_head(log: AuditLog, log_path: Pat
     log.record("one")
     head = log.record("two")
     log_path.write_bytes(_lines(log_path)[0] + b"\n")
-    assert verify(log_path) == 1  # the chain alone cannot see a cut at the end
+    assert verify(log_path).seq == 1  # the chain alone cannot see a cut at the end
     with pytest.raises(AuditError, match="truncated"):
         verify(log_path, expected_head=head)
 
