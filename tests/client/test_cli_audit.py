@@ -80,6 +80,7 @@ def _rebuild(lines: list[bytes]) -> bytes:
 def _tampered(group: ProcessGroup, edit: Callable[[list[bytes], int], bytes]) -> Iterator[AuditHead]:
     """Stop A, alter its log with `edit(lines, anchored seq)`, start A on it; afterwards put the original
     back (B never took a head of the altered log, so A verifies again). Yields B's anchor of A."""
+    wait_for(lambda: _held_at_b(group), "hospital-b to record hospital-a's audit head")
     assert group.kill(A, signal.SIGTERM) == 0
     path = _log(group, A)
     original = path.read_bytes()
