@@ -19,7 +19,7 @@ TRANSFER_STATE_PARTIAL: TransferState
 TRANSFER_STATE_COMPLETE: TransferState
 
 class Frame(_message.Message):
-    __slots__ = ("version", "round", "detections", "sifting", "estimate", "parity_request", "parity_reply", "verify", "amplify", "auth_tag", "abort", "hello", "round_start", "key_stored", "key_notice", "notice_ack", "channel_hello", "pulse_train", "analyser_settings", "detection_record", "pulses_sent", "channel_error")
+    __slots__ = ("version", "round", "detections", "sifting", "estimate", "parity_request", "parity_reply", "verify", "amplify", "auth_tag", "abort", "hello", "round_start", "key_stored", "key_notice", "notice_ack", "audit_anchor", "channel_hello", "pulse_train", "analyser_settings", "detection_record", "pulses_sent", "channel_error")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     DETECTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class Frame(_message.Message):
     KEY_STORED_FIELD_NUMBER: _ClassVar[int]
     KEY_NOTICE_FIELD_NUMBER: _ClassVar[int]
     NOTICE_ACK_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_ANCHOR_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_HELLO_FIELD_NUMBER: _ClassVar[int]
     PULSE_TRAIN_FIELD_NUMBER: _ClassVar[int]
     ANALYSER_SETTINGS_FIELD_NUMBER: _ClassVar[int]
@@ -58,13 +59,14 @@ class Frame(_message.Message):
     key_stored: KeyStored
     key_notice: KeyNotice
     notice_ack: NoticeAck
+    audit_anchor: AuditAnchor
     channel_hello: ChannelHello
     pulse_train: PulseTrain
     analyser_settings: AnalyserSettings
     detection_record: DetectionRecord
     pulses_sent: PulsesSent
     channel_error: ChannelError
-    def __init__(self, version: _Optional[int] = ..., round: _Optional[int] = ..., detections: _Optional[_Union[Detections, _Mapping]] = ..., sifting: _Optional[_Union[Sifting, _Mapping]] = ..., estimate: _Optional[_Union[Estimate, _Mapping]] = ..., parity_request: _Optional[_Union[ParityRequest, _Mapping]] = ..., parity_reply: _Optional[_Union[ParityReply, _Mapping]] = ..., verify: _Optional[_Union[Verify, _Mapping]] = ..., amplify: _Optional[_Union[Amplify, _Mapping]] = ..., auth_tag: _Optional[_Union[AuthTag, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., round_start: _Optional[_Union[RoundStart, _Mapping]] = ..., key_stored: _Optional[_Union[KeyStored, _Mapping]] = ..., key_notice: _Optional[_Union[KeyNotice, _Mapping]] = ..., notice_ack: _Optional[_Union[NoticeAck, _Mapping]] = ..., channel_hello: _Optional[_Union[ChannelHello, _Mapping]] = ..., pulse_train: _Optional[_Union[PulseTrain, _Mapping]] = ..., analyser_settings: _Optional[_Union[AnalyserSettings, _Mapping]] = ..., detection_record: _Optional[_Union[DetectionRecord, _Mapping]] = ..., pulses_sent: _Optional[_Union[PulsesSent, _Mapping]] = ..., channel_error: _Optional[_Union[ChannelError, _Mapping]] = ...) -> None: ...
+    def __init__(self, version: _Optional[int] = ..., round: _Optional[int] = ..., detections: _Optional[_Union[Detections, _Mapping]] = ..., sifting: _Optional[_Union[Sifting, _Mapping]] = ..., estimate: _Optional[_Union[Estimate, _Mapping]] = ..., parity_request: _Optional[_Union[ParityRequest, _Mapping]] = ..., parity_reply: _Optional[_Union[ParityReply, _Mapping]] = ..., verify: _Optional[_Union[Verify, _Mapping]] = ..., amplify: _Optional[_Union[Amplify, _Mapping]] = ..., auth_tag: _Optional[_Union[AuthTag, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., round_start: _Optional[_Union[RoundStart, _Mapping]] = ..., key_stored: _Optional[_Union[KeyStored, _Mapping]] = ..., key_notice: _Optional[_Union[KeyNotice, _Mapping]] = ..., notice_ack: _Optional[_Union[NoticeAck, _Mapping]] = ..., audit_anchor: _Optional[_Union[AuditAnchor, _Mapping]] = ..., channel_hello: _Optional[_Union[ChannelHello, _Mapping]] = ..., pulse_train: _Optional[_Union[PulseTrain, _Mapping]] = ..., analyser_settings: _Optional[_Union[AnalyserSettings, _Mapping]] = ..., detection_record: _Optional[_Union[DetectionRecord, _Mapping]] = ..., pulses_sent: _Optional[_Union[PulsesSent, _Mapping]] = ..., channel_error: _Optional[_Union[ChannelError, _Mapping]] = ...) -> None: ...
 
 class Bits(_message.Message):
     __slots__ = ("count", "data")
@@ -215,6 +217,20 @@ class NoticeAck(_message.Message):
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class AuditAnchor(_message.Message):
+    __slots__ = ("seq", "digest", "held_seq", "held_digest", "reply")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    HELD_SEQ_FIELD_NUMBER: _ClassVar[int]
+    HELD_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    digest: str
+    held_seq: int
+    held_digest: str
+    reply: bool
+    def __init__(self, seq: _Optional[int] = ..., digest: _Optional[str] = ..., held_seq: _Optional[int] = ..., held_digest: _Optional[str] = ..., reply: _Optional[bool] = ...) -> None: ...
 
 class ChannelHello(_message.Message):
     __slots__ = ("facility", "peer", "role", "protocol")

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
 
@@ -15,12 +15,13 @@ from qlinkmed.qlinkd.content.validate import warm_up
 from qlinkmed.qlinkd.data_api import ensure_token
 from qlinkmed.qlinkd.dataplane.keys import PoolKeys
 from qlinkmed.qlinkd.dataplane.service import DataPlane
+from qlinkmed.qlinkd.link.anchor import AnchorBook
 from qlinkmed.qlinkd.link.peer_link import PeerLink
 from qlinkmed.qlinkd.link.states import Role
 from qlinkmed.qlinkd.link.wire import MAX_FRAME_BYTES
 from qlinkmed.qlinkd.local_api import make_local_app
 from qlinkmed.qlinkd.ops import pki
-from qlinkmed.qlinkd.ops.audit import AuditLog
+from qlinkmed.qlinkd.ops.audit import AUDIT_FILE, AuditLog
 from qlinkmed.qlinkd.ops.config import FacilityConfig
 from qlinkmed.qlinkd.ops.metrics import LinkMetrics
 from qlinkmed.qlinkd.ops.process import watchdog
@@ -37,7 +38,9 @@ log = logging.getLogger("qlink.daemon")
 STORE_FILE = "keys.sqlite3"
 SHUTDOWN_S = 2.0
 """How long a stopping daemon lets open requests finish (systemd's TimeoutStopSec is 15 s)."""
-AUDIT_FILE = "audit.jsonl"
+FINAL_ANCHOR_S = 1.5
+"""How long a stopping daemon waits for its peers to record its last audit head (process.STOP_DEADLINE_S
+bounds the whole stop)."""
 
 
 async def run_daemon(
@@ -60,6 +63,9 @@ async def run_daemon(
             config=config,
             store=store,
             audit=audit,
+            anchors=AnchorBook(
+                audit, tuple(p.id for p in config.peers), interval_s=config.audit_anchor_interval_s
+            ),
             metrics=LinkMetrics(),
             client_ssl=pki.client_context(config.tls.ca, config.tls.cert, config.tls.key),
             server_ssl=pki.server_context(config.tls.ca, config.tls.cert, config.tls.key),
@@ -160,6 +166,12 @@ async def run_daemon(
             interval = notifier.watchdog_interval()
             if interval:
                 tg.create_task(watchdog(notifier, interval))
+            try:
+                await asyncio.Event().wait()  # until the signal cancels the daemon
+            finally:
+                # While the links still run (the task group cancels them after this): our last head goes
+                # to every connected peer, so cutting the log while we are down shows.
+                await _anchor_final(audit, links.values())
     finally:
         notifier.stopping()
         for link in links.values():
@@ -175,6 +187,12 @@ async def run_daemon(
             audit.record("daemon_stopped")
         audit.close()
         store.close()
+
+
+async def _anchor_final(audit: AuditLog, links: Iterable[PeerLink]) -> None:
+    with contextlib.suppress(Exception):
+        audit.record("daemon_stopping")
+    await asyncio.gather(*(link.anchor_now(FINAL_ANCHOR_S) for link in links))
 
 
 async def _checkpoints(store: KeyStore) -> None:

@@ -10,6 +10,7 @@ its errors from one place).
         ├── StoreError          the key store refused an operation
         │   ├── InsufficientKey, KeyNotFound, NotAuthorised
         ├── AuditError          the audit log refused a record or does not verify
+        │   └── AuditAnchorError    it no longer holds a head a peer facility anchored
         ├── SealError           we cannot seal (a local refusal)
         │   ├── RekeyRequired, KeyMaterialShort, HybridUnavailable
         ├── ContentError        a file that is not what it claims (also a RemoteError: it came from outside)
@@ -33,6 +34,7 @@ from qlinkmed.qcore.errors import (
 )
 
 __all__ = [
+    "AuditAnchorError",
     "AuditError",
     "ChannelRefused",
     "ConfigError",
@@ -134,6 +136,31 @@ class AuditError(QlinkdError):
         super().__init__(f"audit log line {line}: {message}" if line is not None else message)
         self.line = line
         self.message = message
+
+
+class AuditAnchorError(AuditError):
+    """The audit log no longer holds the head (`seq`, `digest`) that `holder` (a peer facility) recorded:
+    `found` is None when the log ends at `ends_at`, before that seq (the tail is missing), else the digest
+    the log has there (rewritten). `last_good` is the highest anchor that still matches (0: none)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        holder: str,
+        seq: int,
+        digest: str,
+        found: str | None,
+        ends_at: int,
+        last_good: int,
+    ) -> None:
+        super().__init__(message, line=seq if found is not None else ends_at + 1)
+        self.holder = holder
+        self.seq = seq
+        self.digest = digest
+        self.found = found
+        self.ends_at = ends_at
+        self.last_good = last_good
 
 
 class SealError(QlinkdError, LocalError):

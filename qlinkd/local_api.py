@@ -6,7 +6,9 @@ health, never key material.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import hmac
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -21,6 +23,8 @@ from qlinkmed.qlinkd.ops.metrics import CONTENT_TYPE
 from qlinkmed.qlinkd.runtime import Runtime
 
 MAX_EHR_BYTES = 8 << 20
+ANCHOR_WAIT_S = 3.0
+"""How long GET /v1/audit/anchors waits for the peers' answers (the CLI's timeout is 5 s)."""
 
 
 def make_local_app(
@@ -90,9 +94,38 @@ def make_local_app(
             )
         return web.Response(body=rt.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
+    async def audit_anchors(request: web.Request) -> web.Response:
+        # Token only: each call costs both ends an audit record, so not every local process may make one.
+        given = request.headers.get("Authorization", "")
+        if token is None or not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise web.HTTPUnauthorized(
+                text=json.dumps({"message": "this endpoint needs the local API bearer token"}),
+                content_type="application/json",
+            )
+        # A fresh exchange with every connected peer: what each now holds of our head (anchor.py).
+        answered = await asyncio.gather(*(link.anchor_now(ANCHOR_WAIT_S) for link in links.values()))
+        now, head = time.monotonic(), rt.audit.head
+        peers = []
+        for (peer_id, link), fresh in zip(links.items(), answered, strict=True):
+            known = rt.anchors.acknowledged(peer_id)
+            held = known.head if known is not None else None
+            peers.append(
+                {
+                    "peer": peer_id,
+                    "connected": link.statistics().connected,
+                    "answered": fresh,
+                    "age_s": None if known is None else round(now - known.at, 3),
+                    "anchor": None if held is None else {"seq": held.seq, "digest": held.digest},
+                }
+            )
+        return web.json_response(
+            {"facility": rt.config.id, "head": {"seq": head.seq, "digest": head.digest}, "peers": peers}
+        )
+
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/keys", keys)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/audit/anchors", audit_anchors)
     if plane is not None and token is not None:
         add_data_routes(app, plane, token)
     return app

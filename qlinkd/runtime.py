@@ -1,5 +1,6 @@
-"""What every part of a running daemon shares: its configuration, durable store, audit log, metrics and
-TLS contexts. Built once by ``daemon.run_daemon``; nothing here does I/O on its own."""
+"""What every part of a running daemon shares: its configuration, durable store, audit log (and the
+anchors kept with the peers), metrics and TLS contexts. Built once by ``daemon.run_daemon``; nothing here
+does I/O on its own."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from qlinkmed.qlinkd.link.anchor import AnchorBook
 from qlinkmed.qlinkd.link.events import LinkConfig
 from qlinkmed.qlinkd.ops.audit import AuditLog
 from qlinkmed.qlinkd.ops.config import FacilityConfig
@@ -19,6 +21,7 @@ class Runtime:
     config: FacilityConfig
     store: KeyStore
     audit: AuditLog
+    anchors: AnchorBook
     metrics: LinkMetrics
     client_ssl: ssl.SSLContext
     server_ssl: ssl.SSLContext

@@ -20,6 +20,9 @@ SOURCES = ("single-photon", "wcp")
 ROLES = ("alice", "bob")
 CONFIRMATION_BYTES = 16
 """Length of ``KeyStored.confirmation``, a truncated HMAC-SHA256 (``rounds.key_confirmation``)."""
+DIGEST_HEX = 64
+"""Length of an audit-log digest: SHA-256 in hex (``ops/audit.py``)."""
+_HEX = frozenset("0123456789abcdef")
 
 
 def _name(value: str, what: str) -> None:
@@ -88,6 +91,37 @@ class KeyStored:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NoticeAck:
     key_id: str
+
+
+def _head(seq: int, digest: str, what: str) -> None:
+    if digest == "":
+        if seq != 0:
+            raise FrameError(f"{what}: seq {seq} without a digest")
+    elif len(digest) != DIGEST_HEX or not set(digest) <= _HEX:
+        raise FrameError(f"{what}: digest must be {DIGEST_HEX} lowercase hex digits or empty")
+    elif seq <= 0:
+        raise FrameError(f"{what}: a digest needs a positive seq")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditAnchor:
+    """One facility's audit-log head for the other to keep, and the other's head as this one keeps it
+    (``anchor.py``). Not a distillation message: the link machine never sees it."""
+
+    seq: int
+    """The sender's own head: the seq of its last record (0: no head offered)."""
+    digest: str
+    """SHA-256 hex of that record's line ("": no head offered)."""
+    held_seq: int
+    """The receiver's head as the sender last recorded it (0: none yet)."""
+    held_digest: str
+    """Its digest ("": none yet)."""
+    reply: bool
+    """An answer to a request: never answered itself."""
+
+    def __post_init__(self) -> None:
+        _head(self.seq, self.digest, "audit_anchor")
+        _head(self.held_seq, self.held_digest, "audit_anchor.held")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -171,12 +205,14 @@ LinkControl = Hello | RoundStart | KeyStored | KeyNotice | NoticeAck
 """What the link machines exchange around the rounds."""
 PeerMessage = Distill | LinkControl
 """Everything one link machine sends the other."""
+PeerFrame = PeerMessage | AuditAnchor
+"""Everything on the classical connection: the link machines' messages and, beside them, audit anchors."""
 ChannelSubmission = PulseTrain | AnalyserSettings
 """What a facility submits to the quantum channel for a round."""
 ChannelAnswer = PulsesSent | DetectionRecord | ChannelError
 """What the quantum channel answers a submission with."""
 ChannelMessage = ChannelHello | ChannelSubmission | ChannelAnswer
 """Everything on the quantum-channel connection."""
-WireMessage = PeerMessage | ChannelMessage
+WireMessage = PeerFrame | ChannelMessage
 """Everything the wire codec carries: any frame decodes to one of these (whichever connection it came
 from, so a receiver still checks that it belongs there)."""

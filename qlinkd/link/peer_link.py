@@ -23,6 +23,7 @@ from aiohttp import web
 from qlinkmed.qlinkd.errors import FrameError, StoreError
 from qlinkmed.qlinkd.link import messages as lm
 from qlinkmed.qlinkd.link import policy
+from qlinkmed.qlinkd.link.anchor import AnchorSession
 from qlinkmed.qlinkd.link.channel_client import CLOSE_WAIT_S, ChannelClient, backoff
 from qlinkmed.qlinkd.link.events import Event, HelloReceived, LinkClosed, NoticeReceived, RoundEnded
 from qlinkmed.qlinkd.link.machine import LinkConnection
@@ -68,7 +69,12 @@ class _Closed:
     reason: str
 
 
-_Input = _FromPeer | _FromChannel | _NoticeOut | _Closed
+@dataclass(frozen=True, slots=True)
+class _AnchorNow:
+    answered: asyncio.Future[bool]
+
+
+_Input = _FromPeer | _FromChannel | _NoticeOut | _Closed | _AnchorNow
 
 
 class PeerLink:
@@ -94,6 +100,8 @@ class PeerLink:
         )
         self._gate = policy.StartGate()
         self.link: LinkConnection | None = None
+        self._anchor_waiters: list[tuple[int, asyncio.Future[bool]]] = []
+        """(requests this connection must have had answered, the future that waits for it)"""
         self.report = LinkReporter(
             runtime, peer_id, role=self.role.value, qber_tolerance=self.config.distill.qber_tolerance
         )
@@ -120,6 +128,20 @@ class PeerLink:
         """A key was handed to a master SAE here: tell the peer (the outbox keeps it until acknowledged)."""
         if self._queue is not None:
             self._queue.put_nowait(_NoticeOut(notice))
+
+    async def anchor_now(self, timeout: float) -> bool:
+        """Exchange audit anchors with the peer now (``anchor.py``): True once its answer arrived (and
+        ``rt.anchors`` holds what it keeps of our head), False when it is not connected or did not answer
+        within `timeout`."""
+        if self._queue is None:
+            return False
+        answered: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_AnchorNow(answered))
+        try:
+            async with asyncio.timeout(timeout):
+                return await answered
+        except TimeoutError:
+            return False
 
     def statistics(self) -> LinkStatus:
         store, peer_id, link = self.rt.store, self.peer.id, self.link
@@ -182,15 +204,17 @@ class PeerLink:
         )
         self._ws, self._queue, self.link = ws, queue, link
         link.start(time.monotonic())
+        anchors = AnchorSession(self.rt.anchors, self.peer.id, time.monotonic())
         try:
             async with asyncio.TaskGroup() as tg:
                 reader = tg.create_task(self._read_peer(ws, queue))
-                await self._drive(link, ws, queue)
+                await self._drive(link, ws, queue, anchors)
                 reader.cancel()
         finally:
             self.rt.metrics.set_link_up(self.peer.id, False)
             if self._ws is ws:
                 self._ws, self._queue = None, None
+                self._answer_anchor_waiters(None)
             if not ws.closed:
                 await _close_quietly(ws)
 
@@ -214,8 +238,11 @@ class PeerLink:
         finally:
             queue.put_nowait(_Closed(reason))
 
-    async def _drive(self, link: LinkConnection, ws: WebSocket, queue: asyncio.Queue[_Input]) -> None:
+    async def _drive(
+        self, link: LinkConnection, ws: WebSocket, queue: asyncio.Queue[_Input], anchors: AnchorSession
+    ) -> None:
         await self._flush(link, ws)
+        await _send_anchors(ws, [anchors.opening()])
         while link.state is not State.CLOSED:
             deadline = link.get_timer()
             wait = RECHECK_S if deadline is None else max(0.0, min(RECHECK_S, deadline - time.monotonic()))
@@ -231,6 +258,14 @@ class PeerLink:
             match item:
                 case None:
                     link.handle_timer(now)
+                case _FromPeer(message=lm.AuditAnchor() as anchor):
+                    # Beside the link machine: anchors decide nothing about keys.
+                    await _send_anchors(ws, anchors.receive(anchor, now))
+                    self._answer_anchor_waiters(anchors.replies_received)
+                case _AnchorNow(answered=answered):
+                    request = anchors.request(now)
+                    self._anchor_waiters.append((anchors.requests_sent, answered))
+                    await _send_anchors(ws, [request])
                 case _FromPeer(round_id=round_id, message=message):
                     link.receive(round_id, message, now)
                 case _FromChannel(round_id=round_id, message=message):
@@ -240,9 +275,21 @@ class PeerLink:
                 case _Closed(reason=reason):
                     link.close(reason)
             await self._flush(link, ws)
+            await _send_anchors(ws, anchors.poll(now))
             if self.role is Role.ALICE and link.state is State.IDLE and self._may_start(now):
                 link.begin_round(now)
                 await self._flush(link, ws)
+
+    def _answer_anchor_waiters(self, replies: int | None) -> None:
+        """Wake the waiters whose request is answered (the peer answers in order); all, unanswered, when
+        the connection ended (`replies` None)."""
+        waiting = []
+        for needed, waiter in self._anchor_waiters:
+            if replies is not None and needed > replies:
+                waiting.append((needed, waiter))
+            elif not waiter.done():
+                waiter.set_result(replies is not None)
+        self._anchor_waiters = waiting
 
     def _may_start(self, now: float) -> bool:
         store, peer_id = self.rt.store, self.peer.id
@@ -298,6 +345,14 @@ class PeerLink:
                 self.rt.kme_notice_arrived()
             case LinkClosed(reason=reason):
                 self.report.link_down(reason)
+
+
+async def _send_anchors(ws: WebSocket, anchors: list[lm.AuditAnchor]) -> None:
+    for anchor in anchors:
+        if ws.closed:
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
+            await ws.send_bytes(encode_frame(anchor, 0))
 
 
 async def _close_quietly(ws: WebSocket, going_away: bytes | None = None) -> None:

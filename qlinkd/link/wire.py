@@ -45,6 +45,7 @@ _SIMPLE_FIELD: dict[type[lm.WireMessage], str] = {
     lm.RoundStart: "round_start",
     lm.KeyStored: "key_stored",
     lm.NoticeAck: "notice_ack",
+    lm.AuditAnchor: "audit_anchor",
     lm.ChannelHello: "channel_hello",
     lm.PulsesSent: "pulses_sent",
     lm.ChannelError: "channel_error",

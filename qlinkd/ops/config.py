@@ -190,6 +190,10 @@ class FacilityConfig:
     """ETSI 014 key sizes."""
     peers: tuple[PeerConfig, ...] = ()
     """QKD links, one per peer facility."""
+    audit_anchor_interval_s: float = 60.0
+    """How often the audit log's head is anchored at each peer when it has grown, in [1, 86400]; also on
+    connecting and on stopping (``link/anchor.py``). Records after the last anchor are the ones that can
+    be cut off unseen."""
 
     def peer(self, peer_id: str) -> PeerConfig:
         """The peer called `peer_id`; KeyError if there is none."""
@@ -284,6 +288,12 @@ def load_facility_config(path: Path) -> FacilityConfig:
     check(is_facility_id(facility_id), facility.name("id"), f"must match {FACILITY_ID_PATTERN.pattern}")
     state_dir = facility.path("state_dir")
     saes = facility.str_list("saes")
+    anchor_interval = facility.number("audit_anchor_interval_s", 60.0)
+    check(
+        math.isfinite(anchor_interval) and 1.0 <= anchor_interval <= 86_400.0,
+        facility.name("audit_anchor_interval_s"),
+        "must be in [1, 86400] seconds",
+    )
     facility.finish()
     seen_saes: set[str] = set()
     _check_sae_ids(saes, facility.name("saes"), seen_saes)
@@ -338,6 +348,7 @@ def load_facility_config(path: Path) -> FacilityConfig:
         channel=channel,
         kme=kme,
         peers=tuple(peers),
+        audit_anchor_interval_s=anchor_interval,
     )
 
 

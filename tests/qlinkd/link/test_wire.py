@@ -17,6 +17,7 @@ from qlinkmed.proto import qlinkmed_wire_pb2 as pb
 from qlinkmed.qcore import messages as m
 from qlinkmed.qcore.codec import Message
 from qlinkmed.qlinkd.errors import FrameError
+from qlinkmed.qlinkd.link import messages as lm
 from qlinkmed.qlinkd.link.messages import DISTILL_TYPES
 from qlinkmed.qlinkd.link.wire import WIRE_VERSION, decode_frame, encode_frame
 from tests.paths import REPO
@@ -61,6 +62,7 @@ def test_schema_mirrors_every_protocol_message_by_name() -> None:
         "KeyStored",
         "KeyNotice",
         "NoticeAck",
+        "AuditAnchor",
         "ChannelHello",
         "PulseTrain",
         "AnalyserSettings",
@@ -148,3 +150,19 @@ def test_random_bytes_raise_only_frame_error(data: bytes) -> None:
         round_id, msg = decode_frame(data)
         assert isinstance(msg, Message)  # anything accepted is a well-formed protocol message
         assert round_id >= 0
+
+
+def test_an_audit_anchor_round_trips_and_a_malformed_one_is_refused() -> None:
+    anchor = lm.AuditAnchor(seq=134, digest="ab" * 32, held_seq=0, held_digest="", reply=True)
+    assert decode_frame(encode_frame(anchor, 0)) == (0, anchor)
+    for seq, digest, why in [
+        (3, "", "without a digest"),
+        (3, "AB" * 32, "lowercase hex"),
+        (3, "ab" * 31, "lowercase hex"),
+        (0, "ab" * 32, "positive seq"),
+    ]:
+        frame = pb.Frame(version=WIRE_VERSION, round=0)
+        frame.audit_anchor.held_seq = seq
+        frame.audit_anchor.held_digest = digest
+        with pytest.raises(FrameError, match=why):
+            decode_frame(frame.SerializeToString())
