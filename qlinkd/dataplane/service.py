@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from qlinkmed.qlinkd.content.worker import ContentValidator
 from qlinkmed.qlinkd.dataplane.inbox import Inbox
 from qlinkmed.qlinkd.dataplane.keys import KeySource
 from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
@@ -56,11 +57,12 @@ class DataPlane:
         server_ssl: ssl.SSLContext,
         audit: AuditLog,
         metrics: LinkMetrics,
+        validator: ContentValidator | None = None,
     ) -> None:
         self.facility = facility
         self.records = TransferRecords.open(state_dir / RECORDS_FILE)
         self.outbox = Outbox(state_dir / "outbox")
-        self.inbox = Inbox(state_dir / "inbox", self.records, facility=facility)
+        self.inbox = Inbox(state_dir / "inbox", self.records, facility=facility, validator=validator)
         self._peers = peers
         self._keys = keys
         self._client_ssl = client_ssl
