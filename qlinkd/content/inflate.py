@@ -133,9 +133,7 @@ def inflate_dataset(name: str, data: bytes, start: int, limits: ContentLimits) -
             ) from None
         pending = memoryview(inflater.unconsumed_tail)
         if not piece and not pending:
-            raise ContentError(
-                name, "truncated DICOM file: the deflated data set ends inside its deflate stream"
-            )
+            raise ContentError(name, "truncated DICOM file: the deflate stream of the data set is cut short")
         out += piece
         if not header.done:
             header.feed(out)

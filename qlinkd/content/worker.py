@@ -71,10 +71,11 @@ def _read(name: str, source: Source, limits: ContentLimits) -> bytes:
     if isinstance(source, bytes):
         return source
     with open(source.path, "rb") as handle:
-        handle.seek(source.offset)
-        check_size(name, handle.read(HEAD_BYTES), source.length, limits)
-        handle.seek(source.offset)
-        data = handle.read(source.length)
+        if source.offset:
+            handle.seek(source.offset)
+        head = handle.read(min(HEAD_BYTES, source.length))
+        check_size(name, head, source.length, limits)
+        data = head + handle.read(source.length - len(head))
     if len(data) != source.length:
         raise ContentError(name, f"only {len(data):,} of its {source.length:,} bytes are on disk")
     return data
