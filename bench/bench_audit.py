@@ -21,7 +21,7 @@ from qlinkmed.qlinkd.ops.audit import PEER_HEAD, Anchor, AuditLog, latest_peer_h
 
 def _write(path: Path, records: int) -> list[Anchor]:
     fsync = audit_module.os.fsync
-    audit_module.os.fsync = lambda fd: None  # type: ignore[assignment]  # the reader's costs only
+    audit_module.os.fsync = lambda fd: None  # the reader's costs only
     anchors = []
     try:
         with AuditLog.open(path, facility="hospital-a") as log:

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable
 
 from aiohttp import web
 
-from qlinkmed.qlinkd.content.validate import warm_up
+from qlinkmed.qlinkd.content.limits import limits_of
+from qlinkmed.qlinkd.content.worker import ContentValidator
 from qlinkmed.qlinkd.data_api import ensure_token
 from qlinkmed.qlinkd.dataplane.keys import PoolKeys
 from qlinkmed.qlinkd.dataplane.service import DataPlane
@@ -56,6 +57,11 @@ async def run_daemon(
     runners: list[web.AppRunner] = []
     links: dict[str, PeerLink] = {}
     plane: DataPlane | None = None
+    validator = ContentValidator(
+        limits_of(config.content),
+        workers=config.content.validators,
+        memory_bytes=config.content.validator_memory_bytes,
+    )
     try:
         for peer in config.peers:
             store.init_auth(peer.id, peer.preshared)
@@ -116,21 +122,24 @@ async def run_daemon(
             audit=audit,
             metrics=rt.metrics,
             pq_hybrid=[peer.id for peer in config.peers if peer.pq_hybrid],
+            validator=validator,
         )
         token = ensure_token(config.state_dir)
         # Keys whose lifetime ended while the daemon was down go before any SAE can ask for them.
         while _sweep_expired(rt):
             pass
-        # In a thread: a signal during the 0.6-0.8 s this takes still stops the daemon at once.
+        # Awaited: a signal during the second or so this takes still stops the daemon at once.
         loading = time.monotonic()
-        await asyncio.to_thread(warm_up)
-        log.info("content validators loaded in %.2f s", time.monotonic() - loading)
+        await validator.start()
+        log.info(
+            "%d content validator process(es) loaded in %.2f s", validator.workers, time.monotonic() - loading
+        )
         started = time.monotonic()
         apps = {
             "classical": (_classical_app(links), config.listen.classical, rt.server_ssl),
             "kme": (make_kme_app(manager, policy, audit=audit_delivery), config.listen.kme, rt.server_ssl),
             "local": (
-                make_local_app(rt, links, started=started, plane=plane, token=token),
+                make_local_app(rt, links, started=started, plane=plane, token=token, validator=validator),
                 config.listen.local,
                 None,
             ),
@@ -183,6 +192,7 @@ async def run_daemon(
                 await runner.cleanup()
         if plane is not None:
             plane.close()
+        validator.close()
         with contextlib.suppress(Exception):
             audit.record("daemon_stopped")
         audit.close()

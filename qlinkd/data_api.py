@@ -7,6 +7,11 @@ Upload body (POST /v1/transfers): a 4-byte big-endian length, a JSON object {"ki
 "files": [[name, size, sha256, content], ...]}, then every file's bytes in that order. The daemon checks
 each file's size, SHA-256 and content as it arrives, writes it to the outbox and fsyncs it; only then
 does it answer "queued".
+
+Sizes are bounded before bytes are read (content.limits): a file the manifest declares larger than its
+kind's limit, or an EHR body over `max_ehr_bytes`, is answered 413 with a JSON message naming the file and
+the limit. Content is validated in the daemon's worker processes (content.worker), never on the event
+loop.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from typing import Any
 
 from aiohttp import web
 
-from qlinkmed.qlinkd.content import validate
+from qlinkmed.qlinkd.content.limits import too_large
+from qlinkmed.qlinkd.content.worker import ContentValidator, FileSlice
 from qlinkmed.qlinkd.dataplane.manifest import MAX_MANIFEST_BYTES, FileEntry, Manifest, TransferKind
 from qlinkmed.qlinkd.dataplane.outbox import Upload
 from qlinkmed.qlinkd.dataplane.records import IncomingRecord, OutgoingRecord
@@ -59,6 +65,11 @@ def ensure_token(state_dir: Path) -> str:
 
 def _error(status: type[web.HTTPException], message: str) -> web.HTTPException:
     return status(text=json.dumps({"message": message}), content_type="application/json")
+
+
+def _too_large(error: ContentError, limit: int) -> web.HTTPException:
+    body = json.dumps({"message": str(error), "limit_bytes": limit})
+    return web.HTTPRequestEntityTooLarge(limit, text=body, content_type="application/json")
 
 
 def _outgoing_json(record: OutgoingRecord) -> dict[str, Any]:
@@ -103,7 +114,9 @@ def _incoming_json(record: IncomingRecord, *, files: bool = False) -> dict[str, 
     return body
 
 
-def add_data_routes(app: web.Application, plane: DataPlane, token: str) -> None:
+def add_data_routes(app: web.Application, plane: DataPlane, token: str, validator: ContentValidator) -> None:
+    limits = validator.limits
+
     def authorise(request: web.Request) -> None:
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
@@ -167,9 +180,16 @@ def add_data_routes(app: web.Application, plane: DataPlane, token: str) -> None:
             status = 422
         return web.json_response(body, status=status)
 
-    def check_content(upload: Upload, index: int, entry: FileEntry, study_uid: str | None) -> None:
-        data = upload.file_path(index).read_bytes()
-        info = validate(entry.name, data)
+    def check_declared_size(entry: FileEntry) -> None:
+        ehr = entry.content in _KIND_CONTENT[TransferKind.EHR]
+        limit = limits.max_ehr_bytes if ehr else limits.max_file_bytes
+        if entry.size > limit:
+            what = "an EHR message (FHIR JSON or HL7 v2)" if ehr else "a DICOM, PNG or JPEG file"
+            raise _too_large(too_large(entry.name, entry.size, limit, what), limit)
+
+    async def check_content(upload: Upload, index: int, entry: FileEntry, study_uid: str | None) -> None:
+        source = FileSlice(str(upload.file_path(index)), 0, entry.size)
+        info = await validator.validate(entry.name, source)
         if info.kind.value != entry.content:
             raise ContentError(entry.name, f"declared {entry.content}, the content is {info.kind.value}")
         if study_uid is not None and getattr(info, "study_uid", None) != study_uid:
@@ -195,6 +215,7 @@ def add_data_routes(app: web.Application, plane: DataPlane, token: str) -> None:
             for entry in files:
                 if entry.content not in _KIND_CONTENT[kind]:
                     raise ContentError(entry.name, f"a {kind.value} transfer cannot carry {entry.content}")
+                check_declared_size(entry)
             manifest = plane.new_manifest(peer, kind, files, study_uid)
         except asyncio.IncompleteReadError:
             raise _error(web.HTTPBadRequest, "upload ended inside its manifest") from None
@@ -217,7 +238,7 @@ def add_data_routes(app: web.Application, plane: DataPlane, token: str) -> None:
                 raise TransferError("upload holds more bytes than its files declare")
             upload.commit_files()
             for index, entry in enumerate(manifest.files):
-                check_content(upload, index, entry, study_uid if kind is TransferKind.STUDY else None)
+                await check_content(upload, index, entry, study_uid if kind is TransferKind.STUDY else None)
         except (TransferError, ContentError) as exc:
             upload.abandon()
             raise _error(web.HTTPBadRequest, str(exc)) from None
@@ -226,14 +247,31 @@ def add_data_routes(app: web.Application, plane: DataPlane, token: str) -> None:
             raise
         return await queue_and_answer(upload, started, wait)
 
+    async def read_ehr(request: web.Request, name: str) -> bytes:
+        """The body, refused with a JSON 413 naming the message and the limit as soon as it is known to be
+        too large (from Content-Length before reading, else once aiohttp's own bound trips)."""
+        limit, what = limits.max_ehr_bytes, "an EHR message (FHIR JSON or HL7 v2)"
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            raise _too_large(too_large(name, declared, limit, what), limit)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise _too_large(
+                ContentError(name, f"more than {limit:,} bytes, the limit for {what}"), limit
+            ) from None
+        if len(body) > limit:
+            raise _too_large(too_large(name, len(body), limit, what), limit)
+        return body
+
     async def post_ehr(request: web.Request) -> web.Response:
         authorise(request)
         started = time.monotonic()
         peer, wait = peer_of(request), wait_of(request)
         name = request.query.get("name", "message")
-        body = await request.read()
+        body = await read_ehr(request, name)
         try:
-            info = validate(name, body)
+            info = await validator.validate(name, body)
             if info.kind.value not in _KIND_CONTENT[TransferKind.EHR]:
                 raise ContentError(name, f"an EHR message is FHIR JSON or HL7 v2, not {info.kind.value}")
             entry = FileEntry(name, len(body), info.sha256, info.kind.value)
@@ -241,6 +279,10 @@ def add_data_routes(app: web.Application, plane: DataPlane, token: str) -> None:
         except (TransferError, ContentError) as exc:
             raise _error(web.HTTPBadRequest, str(exc)) from None
         return await queue_and_answer((manifest, body), started, wait)
+
+    async def get_limits(request: web.Request) -> web.Response:
+        authorise(request)
+        return web.json_response(limits.to_json())
 
     async def list_transfers(request: web.Request) -> web.Response:
         authorise(request)
@@ -294,6 +336,7 @@ def add_data_routes(app: web.Application, plane: DataPlane, token: str) -> None:
     app.router.add_post("/v1/transfers", post_transfer)
     app.router.add_get("/v1/transfers", list_transfers)
     app.router.add_post("/v1/ehr", post_ehr)
+    app.router.add_get("/v1/limits", get_limits)
     app.router.add_get("/v1/inbox", list_inbox)
     app.router.add_get("/v1/inbox/{transfer_id}", inbox_entry)
     app.router.add_get("/v1/inbox/{transfer_id}/files/{index}", inbox_file)

@@ -10,21 +10,39 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
+from qlinkmed.qlinkd.content.limits import MAX_EHR_BYTES
+from qlinkmed.qlinkd.content.worker import ContentValidator
 from qlinkmed.qlinkd.data_api import add_data_routes
 from qlinkmed.qlinkd.dataplane.service import DataPlane
 from qlinkmed.qlinkd.link.peer_link import PeerLink
 from qlinkmed.qlinkd.ops.metrics import CONTENT_TYPE
 from qlinkmed.qlinkd.runtime import Runtime
 
-MAX_EHR_BYTES = 8 << 20
 ANCHOR_WAIT_S = 3.0
 """How long GET /v1/audit/anchors waits for the peers' answers (the CLI's timeout is 5 s)."""
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+log = logging.getLogger("qlink.api")
+
+
+@web.middleware
+async def client_gone(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A client that disconnects while its body is read costs one INFO line, not an ERROR traceback: it
+    is the client's doing (a cancelled upload, a fuzzer), and nothing is left half-done (an upload is
+    abandoned by its handler)."""
+    try:
+        return await handler(request)
+    except ConnectionResetError as exc:
+        log.info("%s %s: the client went away mid-request (%s)", request.method, request.path, exc)
+        raise web.HTTPBadRequest(text="connection lost\n") from None
 
 
 def make_local_app(
@@ -35,9 +53,10 @@ def make_local_app(
     extra: Callable[[], dict[str, Any]] | None = None,
     plane: DataPlane | None = None,
     token: str | None = None,
+    validator: ContentValidator | None = None,
 ) -> web.Application:
     # EHR messages arrive as one request body; studies stream and are not bounded by this.
-    app = web.Application(client_max_size=MAX_EHR_BYTES)
+    app = web.Application(client_max_size=MAX_EHR_BYTES, middlewares=[client_gone])
 
     async def status(request: web.Request) -> web.Response:
         body: dict[str, Any] = {
@@ -127,5 +146,5 @@ def make_local_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/audit/anchors", audit_anchors)
     if plane is not None and token is not None:
-        add_data_routes(app, plane, token)
+        add_data_routes(app, plane, token, validator or ContentValidator())
     return app

@@ -9,13 +9,18 @@ only adds a vectorised noise draw; there is no Python loop over pixels.
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import (
     UID,
     CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     SecondaryCaptureImageStorage,
     generate_uid,
@@ -108,6 +113,45 @@ def make_image_dicom(
     for keyword in omit:
         delattr(ds, keyword)
     return _write(ds)
+
+
+def make_deflate_bomb(
+    rows: int, cols: int, *, frames: int = 1, bits: int = 16, zeros: int | None = None
+) -> bytes:
+    """A Secondary Capture instance in the Deflated Explicit VR Little Endian transfer syntax whose pixel
+    data is `zeros` zero bytes (default: exactly what `rows` x `cols` x `frames` at `bits` declares). Zeros
+    deflate about 1000:1, so 1 GiB of them is a 1 MB file: a decompression bomb when `zeros` is large,
+    whether the header declares that size honestly or declares a small image. Built as a stream, never
+    holding the inflated data set in memory."""
+    declared = rows * cols * frames * bits // 8
+    zeros = declared if zeros is None else zeros
+    if zeros % 2 or zeros >= 1 << 32:
+        raise ValueError("the pixel data must have an even length below 4 GiB")
+    study_uid = generate_uid(entropy_srcs=["qlink deflate bomb", str(rows), str(cols), str(zeros)])
+    series_uid = generate_uid(entropy_srcs=["qlink deflate bomb series", study_uid])
+    ds = _base_dataset(SecondaryCaptureImageStorage, "OT", study_uid, series_uid, PATIENT_NAME)
+    sop_uid = generate_uid(entropy_srcs=["qlink deflate bomb instance", study_uid])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    _set_pixel_module(ds, rows, cols, frames=frames, bits=bits, samples=1)
+    out = DicomBytesIO()
+    out.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(out, ds.file_meta, enforce_standard=True)
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    # PixelData (7FE0,0010) OW, then its value: the zeros, compressed a block at a time.
+    body.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, zeros))
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [deflater.compress(body.getvalue())]
+    block = bytes(1 << 20)
+    left = zeros
+    while left:
+        step = min(left, len(block))
+        parts.append(deflater.compress(block[:step]))
+        left -= step
+    parts.append(deflater.flush())
+    return out.getvalue() + b"".join(parts)
 
 
 def _phantom(rows: int, cols: int) -> np.ndarray:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, overload
 
 import pytest
 
@@ -33,6 +33,15 @@ def wait_for(
         time.sleep(every)
 
 
+# Two forms, so that mypy infers T from an async probe too (a single union parameter leaves it unsolved).
+@overload
+async def wait_for_async(
+    probe: Callable[[], Awaitable[T | None]], what: str, *, timeout: float = ..., every: float = ...
+) -> T: ...
+@overload
+async def wait_for_async(
+    probe: Callable[[], T | None], what: str, *, timeout: float = ..., every: float = ...
+) -> T: ...
 async def wait_for_async(
     probe: Callable[[], T | Awaitable[T | None] | None],
     what: str,

@@ -12,7 +12,16 @@ from pathlib import Path
 
 from ..daemon_http import ApiError, TargetError, unreachable
 from ..data_http import add_data_target, data_target, error_message
-from .send import EXIT_FAILURE, EXIT_USAGE, add_wait_flags, describe, exit_code, wait_seconds
+from .send import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    add_wait_flags,
+    check_file,
+    daemon_limits,
+    describe,
+    exit_code,
+    wait_seconds,
+)
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +36,6 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run_send(args: argparse.Namespace) -> int:
-    from qlinkmed.qlinkd.content import validate
     from qlinkmed.qlinkd.errors import ContentError
 
     try:
@@ -36,8 +44,7 @@ def run_send(args: argparse.Namespace) -> int:
         print(f"qlink ehr send: error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        data = args.file.read_bytes()
-        info = validate(args.file.name, data)
+        data, info = check_file(args.file, daemon_limits(target))
         if info.kind.value not in ("fhir", "hl7"):
             raise ContentError(str(args.file), f"is {info.kind.value}, not an EHR message: use `qlink send`")
     except ContentError as exc:

@@ -1,6 +1,7 @@
 """`qlink send --to FACILITY PATH...`: queue DICOM studies and PNG/JPEG images for a peer facility.
 
-Files are checked here first (so a bad file is named before anything is uploaded), grouped into one
+Files are checked here first (so a bad file is named before anything is uploaded: its size against the
+daemon's limits for its kind, from GET /v1/limits, then its content), grouped into one
 transfer per DICOM study (every instance sharing a StudyInstanceUID) plus one for the PNG/JPEG images,
 and streamed to the local daemon, which checks them again, writes them to its durable outbox and sends
 them sealed with QKD-derived keys. By default the command waits until the peer confirms delivery.
@@ -10,15 +11,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..daemon_http import ApiError, TargetError, unreachable
 from ..data_http import DataTarget, add_data_target, data_target, error_message
 from ..progress import Progress
+
+if TYPE_CHECKING:
+    from qlinkmed.qlinkd.content import ContentInfo
+    from qlinkmed.qlinkd.content.limits import ContentLimits
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_PENDING = 0, 1, 2, 4
 BLOCK = 1 << 20
@@ -79,6 +85,35 @@ def _stream(header: bytes, files: list[Path], progress: Progress) -> Iterator[by
                 yield block
 
 
+def daemon_limits(target: DataTarget) -> ContentLimits:
+    """The daemon's content limits (GET /v1/limits); the defaults when it does not say (an older daemon, or
+    none reachable: the upload then reports that)."""
+    from qlinkmed.qlinkd.content.limits import DEFAULT_LIMITS, ContentLimits
+
+    try:
+        status, body = target.json("GET", "/v1/limits")
+        if status == 200 and isinstance(body, dict):
+            return ContentLimits(**{k: int(body[k]) for k in DEFAULT_LIMITS.to_json()})
+    except (ApiError, KeyError, TypeError, ValueError):
+        pass
+    return DEFAULT_LIMITS
+
+
+def check_file(path: Path, limits: ContentLimits) -> tuple[bytes, ContentInfo]:
+    """(bytes, info) of a file that passes its kind's size limit, checked from its size and first bytes
+    before it is read whole, and validation. ContentError (with the message the daemon would give) or
+    OSError."""
+    from qlinkmed.qlinkd.content import validate
+    from qlinkmed.qlinkd.content.limits import HEAD_BYTES, check_size
+
+    with path.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        check_size(path.name, handle.read(HEAD_BYTES), size, limits)
+        handle.seek(0)
+        data = handle.read()
+    return data, validate(path.name, data, limits)
+
+
 def transfer_query(peer: str, wait: float) -> str:
     """The upload's path and query. Encoded, so a peer name cannot smuggle in parameters of its own."""
     return "/v1/transfers?" + urllib.parse.urlencode({"to": peer, "wait": f"{wait:g}"})
@@ -117,7 +152,7 @@ def upload(
 
 
 def run(args: argparse.Namespace) -> int:
-    from qlinkmed.qlinkd.content import collect_paths, group_studies, validate
+    from qlinkmed.qlinkd.content import collect_paths, group_studies
     from qlinkmed.qlinkd.errors import ContentError
 
     try:
@@ -127,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         paths = collect_paths(args.paths)
-        checked = [(path, validate(path.name, path.read_bytes())) for path in paths]
+        limits = daemon_limits(target)
+        checked = [(path, check_file(path, limits)[1]) for path in paths]
         names: dict[str, Path] = {}
         for path, _ in checked:
             if path.name in names:

@@ -8,8 +8,10 @@ walked to the sequence delimiter; an undefined-length sequence: the delimiter mu
 must be exactly the end of the file. Native pixel data must also be at least as long as its Rows x
 Columns x frames x samples x bits says.
 
-A deflated transfer syntax is inflated by pydicom with `zlib.decompress`, which refuses a truncated
-stream; there the offsets refer to the inflated data set, so the end check is skipped and
+A deflated transfer syntax is never handed to pydicom whole: pydicom would inflate it with one
+`zlib.decompress`, however large it grows. `inflate.inflate_dataset` inflates it in bounded steps (held to
+the pixel data its header declares and to `ContentLimits.max_decoded_bytes`) and pydicom parses the
+inflated data set; there the offsets refer to the inflated bytes, so the end check is skipped and
 `pixel_data_offset` is None.
 """
 
@@ -17,16 +19,20 @@ from __future__ import annotations
 
 import io
 import struct
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import pydicom
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 
+from qlinkmed.qlinkd.content.inflate import inflate_dataset
 from qlinkmed.qlinkd.content.kinds import ContentInfo, ContentKind
+from qlinkmed.qlinkd.content.limits import DEFAULT_LIMITS, ContentLimits
 from qlinkmed.qlinkd.errors import ContentError
 
 DEFER_BYTES = 4096
@@ -43,14 +49,11 @@ _REQUIRED = (
 )
 
 
-def validate_dicom(name: str, data: bytes, digest: str) -> ContentInfo:
+def validate_dicom(
+    name: str, data: bytes, digest: str, limits: ContentLimits = DEFAULT_LIMITS
+) -> ContentInfo:
     """Parse a DICOM Part 10 file and describe it; ContentError naming what is wrong."""
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), defer_size=DEFER_BYTES)
-    except EOFError as exc:
-        raise ContentError(name, f"truncated DICOM file: {exc}") from exc
-    except Exception as exc:
-        raise ContentError(name, f"malformed DICOM file: {exc}") from exc
+    ds = _read(name, data, limits)
     syntax = ds.file_meta.get("TransferSyntaxUID")
     if not syntax:
         if _meta_cut_short(data):
@@ -103,6 +106,37 @@ def validate_dicom(name: str, data: bytes, digest: str) -> ContentInfo:
         transfer_syntax=str(syntax),
         **pixels,
     )
+
+
+def _read(name: str, data: bytes, limits: ContentLimits) -> Dataset:
+    """The parsed file. The file meta information is read first, alone: a deflated data set is then
+    inflated within its bounds and parsed from the inflated bytes, any other straight from the file."""
+    try:
+        meta, start = _file_meta(data)
+        if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+            return pydicom.dcmread(io.BytesIO(data), defer_size=DEFER_BYTES)
+        inflated = DicomBytesIO(inflate_dataset(name, data, start, limits))
+        inflated.is_little_endian, inflated.is_implicit_VR = True, False
+        ds = read_dataset(
+            cast(BinaryIO, inflated), is_implicit_VR=False, is_little_endian=True, defer_size=DEFER_BYTES
+        )
+    except (ContentError, MemoryError):
+        raise  # MemoryError: past the worker's budget (content.worker), not a malformed file
+    except EOFError as exc:
+        raise ContentError(name, f"truncated DICOM file: {exc}") from exc
+    except Exception as exc:
+        raise ContentError(name, f"malformed DICOM file: {exc}") from exc
+    ds.file_meta = meta
+    return ds
+
+
+def _file_meta(data: bytes) -> tuple[FileMetaDataset, int]:
+    """The file meta information as pydicom reads it, and where the data set starts. (pydicom's reader of
+    the meta group alone is private; `dcmread` would go on to inflate a deflated data set whole.)"""
+    fp = io.BytesIO(data)
+    read_preamble(fp, False)
+    meta = _read_file_meta_info(fp)
+    return meta, fp.tell()
 
 
 def _meta_cut_short(data: bytes) -> bool:

@@ -125,6 +125,8 @@ def _model_error(model_class: Any, resource: dict[str, Any], resource_type: str)
         message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         return f"{where}: {message}{more}"
+    except MemoryError:
+        raise  # past the worker's budget (content.worker), not an invalid resource
     except Exception as exc:
         return f"{resource_type}: cannot be validated ({type(exc).__name__})"
     return None

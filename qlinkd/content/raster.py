@@ -15,14 +15,18 @@ import struct
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from qlinkmed.qlinkd.content.kinds import PNG_SIGNATURE, ContentInfo, ContentKind
+from qlinkmed.qlinkd.content.limits import DEFAULT_LIMITS, ContentLimits, check_decoded
 from qlinkmed.qlinkd.errors import ContentError
 
 _CHUNK = struct.Struct(">I4s")
 _FORMATS = {ContentKind.PNG: ("PNG",), ContentKind.JPEG: ("JPEG", "MPO")}
 
 
-def validate_raster(name: str, data: bytes, kind: ContentKind, digest: str) -> ContentInfo:
-    """Decode a PNG or JPEG completely and describe it; ContentError naming what is wrong."""
+def validate_raster(
+    name: str, data: bytes, kind: ContentKind, digest: str, limits: ContentLimits = DEFAULT_LIMITS
+) -> ContentInfo:
+    """Decode a PNG or JPEG completely and describe it; ContentError naming what is wrong. The decoded
+    size the header declares is checked against `limits.max_decoded_bytes` before any pixel is decoded."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RuntimeError(
             "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set: truncated images would pass validation"
@@ -35,6 +39,10 @@ def validate_raster(name: str, data: bytes, kind: ContentKind, digest: str) -> C
         with Image.open(io.BytesIO(data), formats=formats[:1]) as image:
             image.verify()
         with Image.open(io.BytesIO(data), formats=formats[:1]) as image:
+            width, height = image.size
+            check_decoded(
+                name, _decoded_bytes(image), limits.max_decoded_bytes, f"{label} {width} x {height}"
+            )
             image.load()
             width, height = image.size
             mode = image.mode
@@ -50,6 +58,14 @@ def validate_raster(name: str, data: bytes, kind: ContentKind, digest: str) -> C
     if found not in formats:
         raise ContentError(name, f"{label} signature but Pillow decoded it as {found}")
     return ContentInfo(kind=kind, size=len(data), sha256=digest, width=width, height=height, mode=mode)
+
+
+def _decoded_bytes(image: Image.Image) -> int:
+    """What Pillow allocates for the decoded image: one byte per pixel for 1, L and P, four for multi-band
+    modes (Pillow stores RGB padded to four), and 2 or 4 for the 16- and 32-bit single-band modes."""
+    bands = len(image.getbands())
+    per_pixel = 4 if bands > 1 else {"I;16": 2, "I;16B": 2, "I;16L": 2, "I": 4, "F": 4}.get(image.mode, 1)
+    return image.size[0] * image.size[1] * per_pixel
 
 
 def _check_png_chunks(name: str, data: bytes) -> None:

@@ -1,4 +1,5 @@
-"""`validate`: sniff a file, then parse it completely with the library for its kind."""
+"""`validate`: check a file's size against its kind's limit, sniff it, then parse it completely with the
+library for its kind, decoding no more than the limits allow."""
 
 from __future__ import annotations
 
@@ -8,23 +9,27 @@ import json
 from qlinkmed.qlinkd.content.dicom import validate_dicom
 from qlinkmed.qlinkd.content.ehr import load_common_models, validate_fhir, validate_hl7
 from qlinkmed.qlinkd.content.kinds import ContentInfo, ContentKind, identify
+from qlinkmed.qlinkd.content.limits import DEFAULT_LIMITS, HEAD_BYTES, ContentLimits, check_size
 from qlinkmed.qlinkd.content.raster import validate_raster
 
 
-def validate(name: str, data: bytes) -> ContentInfo:
+def validate(name: str, data: bytes, limits: ContentLimits = DEFAULT_LIMITS) -> ContentInfo:
     """Parse `data` (named `name` by the user) and describe it.
 
-    Raises ContentError (qlinkd.errors) naming the file and precisely what is wrong: an unknown kind, a
-    truncated or malformed file, a missing required attribute, an invalid resource or message.
+    Raises ContentError (qlinkd.errors) naming the file and precisely what is wrong: a file larger than
+    its kind's limit or decoding beyond it, an unknown kind, a truncated or malformed file, a missing
+    required attribute, an invalid resource or message. Blocking and, for a large file, slow: the daemon
+    runs it in a worker process (`content.worker`).
     """
+    check_size(name, data[:HEAD_BYTES], len(data), limits)
     kind, resource = identify(name, data)
     digest = hashlib.sha256(data).hexdigest()
     if resource is not None:  # FHIR: identify has parsed the JSON already
         return validate_fhir(name, data, resource, digest)
     if kind is ContentKind.DICOM:
-        return validate_dicom(name, data, digest)
+        return validate_dicom(name, data, digest, limits)
     if kind in (ContentKind.PNG, ContentKind.JPEG):
-        return validate_raster(name, data, kind, digest)
+        return validate_raster(name, data, kind, digest, limits)
     return validate_hl7(name, data, digest)
 
 

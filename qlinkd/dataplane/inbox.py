@@ -25,7 +25,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from qlinkmed.qlinkd.content import ContentInfo, at_rest, validate
+from qlinkmed.qlinkd.content import ContentInfo, at_rest
+from qlinkmed.qlinkd.content.worker import ContentValidator, FileSlice, Source
 from qlinkmed.qlinkd.dataplane.manifest import Manifest, advance_past_complete
 from qlinkmed.qlinkd.dataplane.outbox import fsync_dir
 from qlinkmed.qlinkd.dataplane.records import Incoming, IncomingRecord, TransferRecords
@@ -47,11 +48,12 @@ class TransferRefused(TransferError):
     """The transfer can never complete (a file's hash or content is wrong): refuse it for good."""
 
 
-def _checked(manifest: Manifest, index: int, data: bytes) -> ContentInfo:
-    """File `index`'s content, validated (which hashes it once) and matched against the manifest."""
+def _checked(validator: ContentValidator, manifest: Manifest, index: int, source: Source) -> ContentInfo:
+    """File `index`'s content, validated (which hashes it once) and matched against the manifest. Blocking:
+    call it from a thread."""
     entry = manifest.files[index]
     try:
-        info = validate(entry.name, data)
+        info = validator.validate_blocking(entry.name, source)
     except ContentError as exc:
         raise TransferRefused(str(exc), transfer=manifest.transfer_id) from None
     if info.size != entry.size or info.sha256 != entry.sha256:
@@ -92,8 +94,16 @@ class Position:
 
 
 class Inbox:
-    def __init__(self, root: Path, records: TransferRecords, *, facility: str) -> None:
+    def __init__(
+        self,
+        root: Path,
+        records: TransferRecords,
+        *,
+        facility: str,
+        validator: ContentValidator | None = None,
+    ) -> None:
         self.root = root
+        self._validator = validator or ContentValidator()
         self._records = records
         self._facility = facility
         self._spool = root / _SPOOL
@@ -210,19 +220,26 @@ class Inbox:
 
     def store_at_rest(self, manifest: Manifest, key: bytes) -> str:
         """Validate every spooled file's content and write the at-rest forms into the inbox. Blocking and
-        CPU-heavy (the image cipher): run it off the event loop. Returns the forms used, comma-separated;
-        raises TransferRefused for content that does not validate."""
+        CPU-heavy (the image cipher): run it off the event loop. Each file is validated (by the validator's
+        worker, reading it from the spool) before the daemon reads it. Returns the forms used,
+        comma-separated; raises TransferRefused for content that does not validate."""
         transfer_id = manifest.transfer_id
         stage = self.root / f"{_STAGE}{transfer_id}"
         shutil.rmtree(stage, ignore_errors=True)
         stage.mkdir(mode=0o700)
         forms = []
-        with (self._spool / transfer_id).open("rb") as spool:
-            for i, entry in enumerate(manifest.files):
+        path = self._spool / transfer_id
+        with path.open("rb") as spool:
+            spooled = os.fstat(spool.fileno()).st_size
+            for i, (entry, start) in enumerate(zip(manifest.files, manifest.file_starts(), strict=False)):
+                if spooled < start + entry.size:  # ours to fix, not the peer's: no refusal
+                    raise TransferError(f"spool ends inside {entry.name}", transfer=transfer_id)
+                info = _checked(self._validator, manifest, i, FileSlice(str(path), start, entry.size))
+                spool.seek(start)
                 data = spool.read(entry.size)
                 if len(data) != entry.size:
                     raise TransferError(f"spool ends inside {entry.name}", transfer=transfer_id)
-                blob = at_rest.seal_at_rest(entry.name, data, _checked(manifest, i, data), key)
+                blob = at_rest.seal_at_rest(entry.name, data, info, key)
                 forms.append(at_rest.at_rest_form(blob))
                 fd = os.open(stage / str(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 try:
@@ -270,8 +287,9 @@ class Inbox:
 
     def seal_ehr(self, manifest: Manifest, body: bytes, key: bytes) -> tuple[bytes, str]:
         """Check an EHR message against its manifest and content rules and seal it for rest, in memory:
-        (at-rest blob, form). TransferRefused if it does not validate."""
-        blob = at_rest.seal_at_rest(manifest.files[0].name, body, _checked(manifest, 0, body), key)
+        (at-rest blob, form). TransferRefused if it does not validate. Blocking: call it from a thread."""
+        info = _checked(self._validator, manifest, 0, body)
+        blob = at_rest.seal_at_rest(manifest.files[0].name, body, info, key)
         return blob, at_rest.at_rest_form(blob)
 
     def deliver_ehr(self, manifest: Manifest, *, blob: bytes, key: bytes, forms: str) -> float:

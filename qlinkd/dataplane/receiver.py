@@ -355,7 +355,7 @@ class ReceiverSession:
         else:
             key = at_rest_key(self._session_keys().material, tid)
             try:
-                blob, forms = inbox.seal_ehr(manifest, body, key)
+                blob, forms = await asyncio.to_thread(inbox.seal_ehr, manifest, body, key)
             except TransferRefused as exc:
                 inbox.refuse_ehr(manifest, exc.message)
                 self.ctx.on_refused(tid, exc.message)

@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 
 from qlinkmed.qcore.errors import UsageError
+from qlinkmed.qlinkd.content.worker import ContentValidator
 from qlinkmed.qlinkd.dataplane.inbox import Inbox
 from qlinkmed.qlinkd.dataplane.keys import KEM_NAME, KeySource, SessionKeyed
 from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
@@ -68,6 +69,7 @@ class DataPlane:
         audit: AuditLog,
         metrics: LinkMetrics,
         pq_hybrid: Collection[str] = (),
+        validator: ContentValidator | None = None,
     ) -> None:
         """`pq_hybrid`: the peers whose sessions mix an ML-KEM-768 secret into every traffic key (their
         daemons must say the same of this facility). HybridUnavailable if the installed cryptography has
@@ -85,7 +87,7 @@ class DataPlane:
         self.facility = facility
         self.records = TransferRecords.open(state_dir / RECORDS_FILE)
         self.outbox = Outbox(state_dir / "outbox")
-        self.inbox = Inbox(state_dir / "inbox", self.records, facility=facility)
+        self.inbox = Inbox(state_dir / "inbox", self.records, facility=facility, validator=validator)
         self._peers = peers
         self._keys = keys
         self._client_ssl = client_ssl

@@ -105,6 +105,35 @@ class KmeConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ContentConfig:
+    """Size limits of the content qlink carries, and the worker processes that check it ([content]). The
+    defaults are those of `content.limits.ContentLimits` and `content.worker` (not imported here: that
+    would load every validator to read a configuration file)."""
+
+    max_file_bytes: int = 512 << 20
+    """Largest DICOM, PNG or JPEG file the daemon accepts (and the client uploads)."""
+    max_ehr_bytes: int = 8 << 20
+    """Largest FHIR JSON or HL7 v2 message, at most 8 MiB."""
+    max_decoded_bytes: int = 512 << 20
+    """Most bytes validation decodes one file to (an inflated deflated DICOM data set, PNG/JPEG pixels)."""
+    validators: int = 1
+    """Worker processes that validate content, 1..16."""
+    validator_memory_bytes: int = 2048 << 20
+    """Address space one validation may use beyond its worker's own (0: unbounded)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_file_bytes", "max_ehr_bytes", "max_decoded_bytes"):
+            check(getattr(self, name) >= 1, name, "must be a positive number of bytes")
+        check(self.max_ehr_bytes <= 8 << 20, "max_ehr_bytes", "must be at most 8388608 (8 MiB)")
+        check(1 <= self.validators <= 16, "validators", "must be in 1..16")
+        check(
+            self.validator_memory_bytes == 0 or self.validator_memory_bytes >= 64 << 20,
+            "validator_memory_bytes",
+            "must be 0 (unbounded) or at least 67108864 (64 MiB)",
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PeerConfig:
     """One QKD link to another facility."""
 
@@ -194,6 +223,8 @@ class FacilityConfig:
     """How often the audit log's head is anchored at each peer when it has grown, in [1, 86400]; also on
     connecting and on stopping (``link/anchor.py``). Records after the last anchor are the ones that can
     be cut off unseen."""
+    content: ContentConfig = ContentConfig()
+    """Content size limits and validator processes."""
 
     def peer(self, peer_id: str) -> PeerConfig:
         """The peer called `peer_id`; KeyError if there is none."""
@@ -329,6 +360,17 @@ def load_facility_config(path: Path) -> FacilityConfig:
         key_expiry_s=kme_section.number("key_expiry_s", DEFAULT_KEY_EXPIRY_S),
     )
     kme_section.finish()
+    content_section = root.table("content", optional=True)
+    content = build(
+        "content",
+        ContentConfig,
+        max_file_bytes=content_section.integer("max_file_bytes", 512 << 20),
+        max_ehr_bytes=content_section.integer("max_ehr_bytes", 8 << 20),
+        max_decoded_bytes=content_section.integer("max_decoded_bytes", 512 << 20),
+        validators=content_section.integer("validators", 1),
+        validator_memory_bytes=content_section.integer("validator_memory_bytes", 2048 << 20),
+    )
+    content_section.finish()
 
     peers: list[PeerConfig] = []
     for section in root.tables("peer"):
@@ -349,6 +391,7 @@ def load_facility_config(path: Path) -> FacilityConfig:
         kme=kme,
         peers=tuple(peers),
         audit_anchor_interval_s=anchor_interval,
+        content=content,
     )
 
 

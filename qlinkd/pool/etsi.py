@@ -208,6 +208,10 @@ def make_kme_app(
                 body, status = {"message": refusal.message, "details": refusal.details}, refusal.status
             except web.HTTPException:
                 raise  # aiohttp's own answers (e.g. 413 for an oversized body)
+            except ConnectionResetError as exc:
+                # The SAE went away while its body was read: its doing, nothing half-done, no traceback.
+                log.info("ETSI 014 %s %s: the client went away (%s)", request.method, request.path, exc)
+                raise web.HTTPBadRequest(text="connection lost\n") from None
             except Exception:
                 # The standard's answer to any server-side failure; the details stay in our log.
                 log.exception("ETSI 014 %s %s failed", request.method, request.path)

@@ -58,6 +58,7 @@ async def test_state_changes_need_the_token_json_and_the_apis_own_host(tmp_path:
     service = _service(tmp_path)
     async with TestClient(TestServer(admin_app(service, TOKEN))) as client:
         port = client.server.port
+        assert port is not None
         refusals = [
             (client.post("/v1/eve", json=ATTACK), 401, "Authorization: Bearer"),
             (client.post("/v1/eve", json=ATTACK, headers={"Authorization": "Bearer wrong"}), 401, "token"),

@@ -151,7 +151,7 @@ async def test_an_honest_facility_is_admitted_and_a_made_up_one_is_not(tmp_path:
         reader, writer = await running.dial(A)
         writer.write(_hello(A, B, "alice"))
         try:
-            status = await wait_for_async(
+            status: dict[str, Any] = await wait_for_async(
                 lambda: _status_if(running, lambda s: s["links"]), "hospital-a's link in the status"
             )
             assert status["links"] == [f"{A}--{B}:alice"]
@@ -225,7 +225,7 @@ async def test_each_identity_holds_at_most_its_limit_of_connections(tmp_path: Pa
             reader, writer = await running.dial(A)
             writer.write(_hello(A, B, "alice"))
             held.append((reader, writer))
-            status = await wait_for_async(
+            status: dict[str, Any] = await wait_for_async(
                 lambda: _status_if(running, lambda s: len(s["links"]) == 2), "both parties of the link"
             )
             assert status["links"] == [f"{A}--{B}:alice", f"{A}--{B}:bob"]

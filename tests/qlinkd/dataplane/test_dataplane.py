@@ -56,7 +56,7 @@ from qlinkmed.qlinkd.ops.pki import client_context, server_context, write_demo_p
 from qlinkmed.qlinkd.ops.toml_reader import Address
 from qlinkmed.qlinkd.pool.values import DeliveredKey
 from qlinkmed.qlinkd.seal import aead
-from qlinkmed.qlinkd.seal.constants import OTP_RANGE_VERSION, OTP_VERSION
+from qlinkmed.qlinkd.seal.constants import AEAD_VERSION, OTP_RANGE_VERSION, OTP_VERSION
 from tests.dicom_factory import make_ct_study
 from tests.paths import DATA
 from tests.polling import wait_for_async
@@ -819,7 +819,7 @@ async def test_a_hybrid_session_delivers_under_traffic_keys_the_qkd_key_alone_do
     assert opening.hybrid is hybrid
     assert sorted((s.role, s.pq_hybrid) for s in h.sessions) == [("receiver", hybrid), ("sender", hybrid)]
     # The receiver's first answer is the plain ciphertext with the hybrid, the sealed Ready without.
-    assert (answers[0][0] == aead.AEAD_VERSION) is not hybrid
+    assert (answers[0][0] == AEAD_VERSION) is not hybrid
     qkd_only = _qkd_only_opener(keys, opening.key_ids[0])
     if hybrid:
         with pytest.raises(IntegrityError) as info:

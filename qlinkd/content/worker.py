@@ -1,0 +1,222 @@
+"""Content validation off the daemon's event loop: `ContentValidator` runs `validate` in worker processes,
+each under an address-space budget.
+
+Parsing a hostile file costs CPU and memory the event loop cannot spare: pydicom, Pillow and pydantic hold
+the GIL, so a thread would still stall the loop, and a decoder that allocates past any sane size would take
+the daemon with it. A worker process (spawned, never forked from the running daemon) loads the validators
+once (`validate.warm_up`) and then caps its address space at what it uses plus `memory_bytes`
+(RLIMIT_AS). A validation that outgrows it fails with MemoryError; a worker that dies anyway breaks the
+pool, which is rebuilt, and the file is tried once more on the fresh pool before it is refused. Either way
+the refusal names the file and the budget.
+
+Files already on disk go to the worker as a `FileSlice` and are read there, after their size is checked
+against its kind's limit: an upload or a spooled transfer never crosses a pipe and is never read whole by
+the daemon to be checked. ``workers=0`` validates in a thread of the calling process instead (tests, and
+tools without a daemon).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import resource
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any
+
+from qlinkmed.qlinkd.content.kinds import ContentInfo
+from qlinkmed.qlinkd.content.limits import DEFAULT_LIMITS, HEAD_BYTES, MIB, ContentLimits, check_size
+from qlinkmed.qlinkd.content.validate import validate, warm_up
+from qlinkmed.qlinkd.errors import ConfigError, ContentError
+
+log = logging.getLogger("qlink.content")
+
+DEFAULT_MEMORY_BYTES = 2048 * MIB
+"""A worker's budget beyond what it holds once loaded: room for the largest file the default limits allow
+(512 MiB) and its decoded form, twice over."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileSlice:
+    """`length` bytes of the file at `path` from `offset`: an uploaded file, or one file of a spool."""
+
+    path: str
+    offset: int
+    length: int
+
+
+Source = bytes | FileSlice
+_Answer = ContentInfo | str
+"""What a worker hands back: the info, or the problem of a refusal (ContentError does not pickle)."""
+
+
+def _start_worker(memory_bytes: int) -> None:
+    """A worker's initializer: load the validators, then cap the address space."""
+    warm_up()
+    if memory_bytes:
+        with open("/proc/self/statm") as statm:
+            loaded = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        resource.setrlimit(resource.RLIMIT_AS, (loaded + memory_bytes, resource.RLIM_INFINITY))
+
+
+def _ready() -> int:
+    return os.getpid()
+
+
+def _read(name: str, source: Source, limits: ContentLimits) -> bytes:
+    if isinstance(source, bytes):
+        return source
+    with open(source.path, "rb") as handle:
+        if source.offset:
+            handle.seek(source.offset)
+        head = handle.read(min(HEAD_BYTES, source.length))
+        check_size(name, head, source.length, limits)
+        data = head + handle.read(source.length - len(head))
+    if len(data) != source.length:
+        raise ContentError(name, f"only {len(data):,} of its {source.length:,} bytes are on disk")
+    return data
+
+
+def _validate(name: str, source: Source, limits: ContentLimits, memory_bytes: int) -> _Answer:
+    try:
+        return validate(name, _read(name, source, limits), limits)
+    except ContentError as exc:
+        return exc.problem
+    except MemoryError:
+        return f"validating it needs more than the {memory_bytes:,}-byte memory budget of a validator"
+
+
+class ContentValidator:
+    """Validation in `workers` processes (0: in a thread here), each within `memory_bytes` of address space
+    beyond its own (0: unbounded)."""
+
+    def __init__(
+        self,
+        limits: ContentLimits = DEFAULT_LIMITS,
+        *,
+        workers: int = 0,
+        memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    ) -> None:
+        if workers < 0 or memory_bytes < 0:
+            raise ConfigError("validators", "workers and memory_bytes must not be negative")
+        self.limits = limits
+        self.workers = workers
+        self.memory_bytes = memory_bytes
+        self._executor: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()  # the pool is used from the loop and from threads (the inbox)
+        self._closed = False
+
+    # ---- lifecycle
+
+    async def start(self) -> None:
+        """Start the workers and wait until each has loaded the validators."""
+        if not self.workers:
+            await asyncio.to_thread(warm_up)
+            return
+        loop = asyncio.get_running_loop()
+        executor = self._pool()
+        await asyncio.gather(*(loop.run_in_executor(executor, _ready) for _ in range(self.workers)))
+
+    def close(self) -> None:
+        """Stop the workers at once, a validation in progress included (its caller gets BrokenProcessPool
+        or a cancelled future; the daemon is stopping)."""
+        with self._lock:
+            self._closed = True
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            _stop(executor)
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes' ids (for tests and benchmarks)."""
+        executor = self._executor
+        processes = getattr(executor, "_processes", None) or {}
+        return [p.pid for p in processes.values() if p.pid is not None]
+
+    # ---- validation
+
+    async def validate(self, name: str, source: Source) -> ContentInfo:
+        """`content.validate` of `source` without blocking the event loop; ContentError as it raises."""
+        if not self.workers:
+            return await asyncio.to_thread(self._inline, name, source)
+        loop = asyncio.get_running_loop()
+        for attempt in (1, 2):
+            executor = self._pool()
+            try:
+                answer = await loop.run_in_executor(
+                    executor, _validate, name, source, self.limits, self.memory_bytes
+                )
+            except BrokenProcessPool:
+                self._rebuild(executor)
+                if attempt == 2:
+                    raise ContentError(name, self._broke()) from None
+            else:
+                return _info(name, answer)
+        raise ContentError(name, self._broke())  # not reached: the loop returns or raises
+
+    def validate_blocking(self, name: str, source: Source) -> ContentInfo:
+        """`validate` for a thread that is not the event loop's (the inbox stores transfers in one)."""
+        if not self.workers:
+            return self._inline(name, source)
+        for attempt in (1, 2):
+            executor = self._pool()
+            future: Future[_Answer] = executor.submit(_validate, name, source, self.limits, self.memory_bytes)
+            try:
+                answer = future.result()
+            except BrokenProcessPool:
+                self._rebuild(executor)
+                if attempt == 2:
+                    raise ContentError(name, self._broke()) from None
+            else:
+                return _info(name, answer)
+        raise ContentError(name, self._broke())
+
+    def _inline(self, name: str, source: Source) -> ContentInfo:
+        return validate(name, _read(name, source, self.limits), self.limits)
+
+    def _broke(self) -> str:
+        return (
+            f"validation ended its worker process twice (the {self.memory_bytes:,}-byte memory budget of "
+            "a validator, or a crash in a decoder)"
+        )
+
+    def _pool(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the content validator is closed")
+            if self._executor is None:
+                self._executor = ProcessPoolExecutor(
+                    max_workers=self.workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start_worker,
+                    initargs=(self.memory_bytes,),
+                )
+            return self._executor
+
+    def _rebuild(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._executor is not broken:
+                return  # another caller has rebuilt it already
+            self._executor = None
+        log.warning("a content validator process died; starting a new pool")
+        _stop(broken)
+
+
+def _info(name: str, answer: _Answer) -> ContentInfo:
+    if isinstance(answer, str):
+        raise ContentError(name, answer)
+    return answer
+
+
+def _stop(executor: ProcessPoolExecutor) -> None:
+    # Python 3.11 has no terminate_workers(): an idle worker would exit on its own, a busy one finishes
+    # its file first, which a stopping daemon should not wait for.
+    processes: dict[Any, Any] = dict(getattr(executor, "_processes", None) or {})
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes.values():
+        process.terminate()
+    for process in processes.values():
+        process.join(5)
