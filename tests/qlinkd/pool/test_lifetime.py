@@ -147,7 +147,7 @@ def test_a_sweep_audits_and_counts_what_it_deleted(pair: Pair, tmp_path: Path) -
         assert audit.head.seq == 0  # nothing expired, nothing recorded
         expired = sweep(pair.slave, max_age_s=HOUR, now=T0 + HOUR, audit=audit, metrics=metrics)
         assert [g.key_ids for g in expired] == [(b[0].key_id,), tuple(k.key_id for k in a)]
-    assert verify(tmp_path / "audit.jsonl") == 2
+    assert verify(tmp_path / "audit.jsonl").seq == 2
     text = (tmp_path / "audit.jsonl").read_text()
     records = [json.loads(line) for line in text.splitlines()]
     assert [r["event"] for r in records] == [AUDIT_EVENT, AUDIT_EVENT]
