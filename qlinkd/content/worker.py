@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import resource
 import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -54,8 +55,24 @@ _Answer = ContentInfo | str
 """What a worker hands back: the info, or the problem of a refusal (ContentError does not pickle)."""
 
 
-def _start_worker(memory_bytes: int) -> None:
-    """A worker's initializer: load the validators, then cap the address space."""
+PARENT_CHECK_S = 1.0
+"""How often a worker looks for its daemon (see `_exit_with_parent`)."""
+
+
+def _exit_with_parent(parent: int) -> None:
+    # A daemon killed with SIGKILL (or by the OOM killer) cannot stop its workers, and the pool's queues do
+    # not tell them: each worker holds both ends of its call queue, so the pipe never reaches EOF. Outside
+    # systemd's cgroup kill they would live on, each holding the validators' memory. PR_SET_PDEATHSIG is no
+    # substitute: it fires when the *thread* that spawned the worker ends, and the pool spawns from
+    # whichever thread submits.
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(0)
+
+
+def _start_worker(memory_bytes: int, parent: int) -> None:
+    """A worker's initializer: follow the daemon's life, load the validators, then cap the address space."""
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
     warm_up()
     if memory_bytes:
         with open("/proc/self/statm") as statm:
@@ -192,7 +209,7 @@ class ContentValidator:
                     max_workers=self.workers,
                     mp_context=multiprocessing.get_context("spawn"),
                     initializer=_start_worker,
-                    initargs=(self.memory_bytes,),
+                    initargs=(self.memory_bytes, os.getpid()),
                 )
             return self._executor
 

@@ -10,6 +10,8 @@ import asyncio
 import io
 import os
 import signal
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -192,3 +194,43 @@ def test_a_killed_worker_is_replaced_and_close_leaves_no_process(validator: Cont
     validator.close()
     for pid in pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+_HOLDER = """
+import asyncio, sys
+from qlinkmed.qlinkd.content.worker import ContentValidator
+
+async def main():
+    validator = ContentValidator(workers=1)
+    await validator.start()
+    print(*validator.worker_pids(), flush=True)
+    sys.stdin.read()  # until the test kills us
+
+asyncio.run(main())
+"""
+
+
+def test_the_workers_of_a_daemon_killed_with_sigkill_exit_too() -> None:
+    # Regression: a daemon killed with -9 (or by the OOM killer) left its validator workers running,
+    # orphaned, each holding the validators' memory (the pool's pipes never tell them).
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        workers = [int(pid) for pid in holder.stdout.readline().split()]
+        assert workers and all(psutil.Process(pid).ppid() == holder.pid for pid in workers)
+    finally:
+        holder.kill()
+        holder.wait()
+
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    def gone() -> bool:
+        return not any(running(pid) for pid in workers)
+
+    wait_for(gone, "the orphaned validator workers to exit", timeout=30)
