@@ -12,7 +12,8 @@ the refusal names the file and the budget.
 Files already on disk go to the worker as a `FileSlice` and are read there, after their size is checked
 against its kind's limit: an upload or a spooled transfer never crosses a pipe and is never read whole by
 the daemon to be checked. ``workers=0`` validates in a thread of the calling process instead (tests, and
-tools without a daemon).
+tools without a daemon), and so does a small FHIR or HL7 v2 message held in memory (`INLINE_TEXT_BYTES`):
+text cannot inflate, and an EHR message's latency is mostly what a process hop would add.
 """
 
 from __future__ import annotations
@@ -29,12 +30,25 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
-from qlinkmed.qlinkd.content.kinds import ContentInfo
+from qlinkmed.qlinkd.content.kinds import (
+    DICOM_PREFIX,
+    DICOM_PREFIX_AT,
+    JPEG_SOI,
+    PNG_SIGNATURE,
+    ContentInfo,
+)
 from qlinkmed.qlinkd.content.limits import DEFAULT_LIMITS, HEAD_BYTES, MIB, ContentLimits, check_size
 from qlinkmed.qlinkd.content.validate import validate, warm_up
 from qlinkmed.qlinkd.errors import ConfigError, ContentError
 
 log = logging.getLogger("qlink.content")
+
+INLINE_TEXT_BYTES = 64 * 1024
+"""A FHIR or HL7 v2 message up to this size is validated in a thread of the calling process, not a worker.
+Text carries no compressed payload, so what parsing it costs is bounded by its size (a few MiB of objects
+and some 25 ms of CPU at most, during which the interpreter still hands the event loop the GIL every
+5 ms); the hop to a worker process and back would cost 0.3-1 ms at each end, the larger part of an EHR
+message's latency. Files that can inflate (DICOM, PNG, JPEG) and anything larger always go to a worker."""
 
 DEFAULT_MEMORY_BYTES = 2048 * MIB
 """A worker's budget beyond what it holds once loaded: room for the largest file the default limits allow
@@ -107,6 +121,15 @@ def _validate(name: str, source: Source, limits: ContentLimits, memory_bytes: in
         return f"validating it needs more than the {memory_bytes:,}-byte memory budget of a validator"
 
 
+def _small_text(source: Source) -> bool:
+    if not isinstance(source, bytes) or len(source) > INLINE_TEXT_BYTES:
+        return False
+    return not (
+        source[DICOM_PREFIX_AT : DICOM_PREFIX_AT + len(DICOM_PREFIX)] == DICOM_PREFIX
+        or source.startswith((PNG_SIGNATURE, JPEG_SOI))
+    )
+
+
 class ContentValidator:
     """Validation in `workers` processes (0: in a thread here), each within `memory_bytes` of address space
     beyond its own (0: unbounded)."""
@@ -131,12 +154,15 @@ class ContentValidator:
 
     async def start(self) -> None:
         """Start the workers and wait until each has loaded the validators."""
+        # This process validates small EHR messages itself (`INLINE_TEXT_BYTES`): it loads the FHIR models
+        # too, in a thread, while the workers load theirs.
+        warming = asyncio.to_thread(warm_up)
         if not self.workers:
-            await asyncio.to_thread(warm_up)
+            await warming
             return
         loop = asyncio.get_running_loop()
         executor = self._pool()
-        await asyncio.gather(*(loop.run_in_executor(executor, _ready) for _ in range(self.workers)))
+        await asyncio.gather(warming, *(loop.run_in_executor(executor, _ready) for _ in range(self.workers)))
 
     def close(self) -> None:
         """Stop the workers at once, a validation in progress included (its caller gets BrokenProcessPool
@@ -157,7 +183,7 @@ class ContentValidator:
 
     async def validate(self, name: str, source: Source) -> ContentInfo:
         """`content.validate` of `source` without blocking the event loop; ContentError as it raises."""
-        if not self.workers:
+        if not self.workers or _small_text(source):
             return await asyncio.to_thread(self._inline, name, source)
         loop = asyncio.get_running_loop()
         for attempt in (1, 2):
@@ -176,7 +202,7 @@ class ContentValidator:
 
     def validate_blocking(self, name: str, source: Source) -> ContentInfo:
         """`validate` for a thread that is not the event loop's (the inbox stores transfers in one)."""
-        if not self.workers:
+        if not self.workers or _small_text(source):
             return self._inline(name, source)
         for attempt in (1, 2):
             executor = self._pool()

@@ -30,7 +30,8 @@ from qlinkmed.qlinkd.content.limits import (
     ContentLimits,
     check_size,
 )
-from qlinkmed.qlinkd.content.worker import ContentValidator, FileSlice
+from qlinkmed.qlinkd.content.validate import WARM_UP_MESSAGES
+from qlinkmed.qlinkd.content.worker import INLINE_TEXT_BYTES, ContentValidator, FileSlice
 from qlinkmed.qlinkd.errors import ContentError
 from tests.dicom_factory import make_deflate_bomb, make_image_dicom
 from tests.polling import wait_for
@@ -234,3 +235,21 @@ def test_the_workers_of_a_daemon_killed_with_sigkill_exit_too() -> None:
         return not any(running(pid) for pid in workers)
 
     wait_for(gone, "the orphaned validator workers to exit", timeout=30)
+
+
+def test_small_ehr_messages_are_checked_here_and_files_that_can_inflate_in_a_worker(
+    validator: ContentValidator,
+) -> None:
+    # A closed validator has no worker pool: what still validates was never sent to one.
+    validator.close()
+    for name, data in WARM_UP_MESSAGES:  # a FHIR Bundle and an HL7 v2 message, a few hundred bytes
+        assert len(data) <= INLINE_TEXT_BYTES
+        assert asyncio.run(validator.validate(name, data)).size == len(data)
+        assert validator.validate_blocking(name, data).size == len(data)
+    image = make_image_dicom(16, 16)
+    assert len(image) <= INLINE_TEXT_BYTES
+    with pytest.raises(RuntimeError, match="closed"):
+        validator.validate_blocking("small.dcm", image)
+    big_hl7 = WARM_UP_MESSAGES[1][1] + b"\rNTE|1||" + b"x" * INLINE_TEXT_BYTES
+    with pytest.raises(RuntimeError, match="closed"):
+        validator.validate_blocking("big.hl7", big_hl7)
