@@ -18,6 +18,7 @@ from . import channel_model, theory
 from .auth import AuthKeyStore
 from .backends import get_backend
 from .channel import E91_SETTINGS, Eavesdropper, emulate_bb84, emulate_e91, prepare_bb84
+from .channel_events import emulate_bb84_events
 from .channel_model import ChannelModel
 from .errors import AbortReason, ConfigError, LocalProtocolError
 from .finite_bb84 import tomamichel_length
@@ -27,6 +28,8 @@ from .round_state import RoundOutcome
 from .session import AliceSession, BobSession
 
 PRESHARED_KEY_BYTES = 512
+PER_PULSE_LIMIT = 200_000_000
+"""Pulses the per-pulse paths accept in one round (28 bytes a pulse: about 5.6 GB at the limit)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,14 +52,26 @@ class SimConfig:
     """Seed of every random choice in the run; None draws fresh entropy."""
     sample_fraction: float = 0.3
     """Share of the key candidates disclosed for estimation."""
+    per_pulse: bool = False
+    """BB84: draw every pulse (the reference path, 28 bytes a pulse) instead of the detected ones only
+    (``channel_events``, memory bounded by the detections). The qiskit backend always draws per pulse."""
 
     def __post_init__(self) -> None:
         if self.qubits <= 0:
             raise ConfigError("qubits", f"must be positive, got {self.qubits}")
-        if self.qubits > 200_000_000:
-            raise ConfigError("qubits", f"{self.qubits} pulses would not fit in memory; split into rounds")
+        if self.qubits > PER_PULSE_LIMIT and not self.event_driven:
+            raise ConfigError(
+                "qubits",
+                f"{self.qubits} pulses would not fit in memory on the per-pulse path (at most"
+                f" {PER_PULSE_LIMIT:.0e}); use the event-driven BB84 path or split into rounds",
+            )
         if self.protocol is ProtocolKind.E91 and self.source is SourceKind.WCP:
             raise ConfigError("source", "E91 uses an entangled-pair source; --source applies to BB84")
+
+    @property
+    def event_driven(self) -> bool:
+        """Whether the round draws only the detected pulses (BB84 on the numpy backend, by default)."""
+        return self.protocol is ProtocolKind.BB84 and not self.per_pulse and self.backend == "numpy"
 
     def distill_config(self) -> DistillConfig:
         wcp = self.protocol is ProtocolKind.BB84 and self.source is SourceKind.WCP
@@ -165,7 +180,20 @@ def make_sessions(
     backend = get_backend(config.backend)
     distill = config.distill_config()
     n = config.qubits
-    if config.protocol is ProtocolKind.BB84:
+    if config.event_driven:
+        sent, seen, stats = emulate_bb84_events(
+            n,
+            model=config.channel,
+            source=config.source,
+            decoy=distill.decoy,
+            eve=config.eve,
+            rng=channel_rng,
+            alice=alice_rand.secret,
+            bob=bob_rand.secret,
+        )
+        # Only the detected pulses are drawn: Alice's record covers exactly those.
+        alice_record = (sent.bits, sent.bases, np.ones(sent.bits.size, dtype=bool), sent.intensity_class)
+    elif config.protocol is ProtocolKind.BB84:
         prepared = prepare_bb84(n, source=config.source, decoy=distill.decoy, secret=alice_rand.secret)
         sent, seen, stats = emulate_bb84(
             n,

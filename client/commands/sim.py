@@ -72,6 +72,11 @@ def register(parser: argparse.ArgumentParser) -> None:
                 "--mu", type=_bounded(0.0, 10.0, low_open=True), default=0.5, help="signal intensity (wcp)"
             )
             p.add_argument("--eve", choices=("none", "intercept-resend", "pns"), default="none")
+            p.add_argument(
+                "--per-pulse",
+                action="store_true",
+                help="draw every pulse (the reference path; at most 2e8) instead of the detected ones only",
+            )
         else:
             p.add_argument("--eve", choices=("none", "intercept-resend"), default="none")
         p.add_argument(
@@ -127,6 +132,7 @@ def _sim_config(args: argparse.Namespace):
         backend=args.backend,
         seed=args.seed,
         sample_fraction=args.sample_fraction,
+        per_pulse=getattr(args, "per_pulse", False),
     )
 
 

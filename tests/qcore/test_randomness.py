@@ -3,6 +3,7 @@ secret choices and its published seeds from two separate sources (issue 14, item
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import itertools
 from collections.abc import Callable, Iterator
@@ -190,16 +191,44 @@ def test_changing_only_the_public_sources_changes_no_secret_choice() -> None:
         assert one[name] != two[name], name
 
 
-def test_every_secret_choice_is_the_secret_sources_and_every_published_seed_the_public_ones() -> None:
+@pytest.mark.parametrize("per_pulse", [True, False], ids=["per-pulse", "event-driven"])
+def test_every_secret_choice_is_the_secret_sources_and_every_published_seed_the_public_ones(
+    per_pulse: bool,
+) -> None:
     alice, bob = recorded_party(1, 2), recorded_party(3, 4)
-    run = _run(CONFIG, alice, bob)
-    n = CONFIG.qubits
-    # Secret: Alice's bits, bases, then the sample's keys; Bob's bases. Nothing else.
-    assert len(alice.secret.draws) == 3 and len(bob.secret.draws) == 1
-    assert run["alice_bits"] == alice.secret.bits(0, n).tolist()
-    assert run["alice_bases"] == alice.secret.bits(1, n).tolist()
-    assert run["bob_bases"] == bob.secret.bits(0, n).tolist()
-    keys = np.frombuffer(alice.secret.draws[2], dtype="<u8")
+    config = dataclasses.replace(CONFIG, per_pulse=per_pulse)
+    run = _run(config, alice, bob)
+    if per_pulse:
+        n = CONFIG.qubits
+        # Secret: Alice's bits, bases, then the sample's keys; Bob's bases. Nothing else.
+        assert len(alice.secret.draws) == 3 and len(bob.secret.draws) == 1
+        assert run["alice_bits"] == alice.secret.bits(0, n).tolist()
+        assert run["alice_bases"] == alice.secret.bits(1, n).tolist()
+        assert run["bob_bases"] == bob.secret.bits(0, n).tolist()
+    else:
+        # Only the detected pulses are drawn (one chunk): Alice's bits and bases for the gates that clicked,
+        # then for the gates only an after-pulse fired, then the sample's keys; Bob's bases likewise.
+        assert len(alice.secret.draws) == 5 and len(bob.secret.draws) == 2
+        records = np.asarray([run["alice_bits"], run["alice_bases"], run["bob_bases"]])
+        total = records.shape[1]
+        # The records are the drawn choices in the order sent: the same (bit, basis, basis) triples as the
+        # draws, for the one split into clicked and after-pulse-only gates the draws' lengths allow.
+        counts = np.bincount(records[0] * 4 + records[1] * 2 + records[2], minlength=8)
+        matches = []
+        for d in range(max(0, 8 * len(alice.secret.draws[0]) - 7), 8 * len(alice.secret.draws[0]) + 1):
+            j = total - d
+            if j < 0 or (j + 7) // 8 != len(alice.secret.draws[2]):
+                continue
+            drawn = [
+                np.concatenate((alice.secret.bits(0, d), alice.secret.bits(2, j))),
+                np.concatenate((alice.secret.bits(1, d), alice.secret.bits(3, j))),
+                np.concatenate((bob.secret.bits(0, d), bob.secret.bits(1, j))),
+            ]
+            matches.append(
+                np.array_equal(np.bincount(drawn[0] * 4 + drawn[1] * 2 + drawn[2], minlength=8), counts)
+            )
+        assert any(matches)
+    keys = np.frombuffer(alice.secret.draws[-1], dtype="<u8")
     sample = np.asarray(run["sample"], dtype=bool)
     assert keys.size == sample.size and keys[sample].max() < keys[~sample].min()
     # Public: Alice's Cascade and privacy-amplification seeds, Bob's verification seed. Nothing else.

@@ -10,6 +10,7 @@ from qlinkmed.qcore.sim import SimConfig
 VECTOR_CONFIG = SimConfig(
     qubits=100_000,
     channel=ChannelModel(distance_km=1.0, detector_efficiency=0.5, misalignment=0.01, afterpulse=0.01),
+    per_pulse=True,  # the recorded vector was drawn pulse by pulse
     seed=20261124,
 )
 
