@@ -61,6 +61,17 @@ def test_eavesdropper_abort_exits_3_and_says_why() -> None:
     assert "No key was produced" in proc.stdout
 
 
+def test_the_event_driven_path_sends_1e10_pulses() -> None:
+    # Beyond the per-pulse path's 2e8: only the detections (a few ten thousand at 250 km) are drawn.
+    proc = _run(
+        "sim", "bb84", "--source", "wcp", "--qubits", "1e10", "--distance-km", "250", "--seed", "3", "--json"
+    )
+    assert proc.returncode in (0, 3), proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["qubits_sent"] == 10_000_000_000
+    assert 0 < report["detected"] < 1_000_000
+
+
 def test_e91_reports_chsh() -> None:
     proc = _run("sim", "e91", "--qubits", "300000", "--seed", "2", "--json")
     report = json.loads(proc.stdout)
@@ -73,6 +84,7 @@ def test_e91_reports_chsh() -> None:
     [
         (["--qubits", "0"], "--qubits"),
         (["--qubits", "many"], "--qubits"),
+        (["--qubits", "3e8", "--per-pulse"], "--qubits"),  # the per-pulse path holds 28 bytes a pulse
         (["--misalignment", "0.7"], "--misalignment"),
         (["--detector-efficiency", "0"], "--detector-efficiency"),
         (["--eve", "martian"], "--eve"),
