@@ -18,7 +18,7 @@ def _broker() -> ChannelBroker:
 
 
 def _settings(n: int = 8) -> lm.AnalyserSettings:
-    return lm.AnalyserSettings(settings=np.arange(n, dtype=np.uint8) % 3)
+    return lm.AnalyserSettings(settings=np.arange(n, dtype=np.uint8) % 2)
 
 
 def _train(n: int = 8) -> lm.PulseTrain:
