@@ -14,7 +14,7 @@ from .errors import AbortReason, LocalProtocolError, RoundAborted
 from .finite_bb84 import tomamichel_length
 from .finite_decoy import Lim2014Result, lim2014_length
 from .finite_e91 import ChshBound, chsh_lower_bound, e91_length
-from .params import DistillConfig
+from .params import DistillConfig, E91Security
 from .sifting import E91_CHSH_SETTINGS, E91_CHSH_SIGNS, SiftPlan
 from .theory import binary_entropy, di_rate
 
@@ -140,7 +140,7 @@ def _lim(config: DistillConfig, counts: DecoyCounts, leak: float) -> Lim2014Resu
 def _length(config: DistillConfig, stats: Statistics, leak: float) -> int:
     if stats.decoy is not None:
         return int(_lim(config, stats.decoy, leak).length)
-    if config.protocol is ProtocolKind.E91:
+    if config.protocol is ProtocolKind.E91 and config.e91_security is E91Security.DEVICE_INDEPENDENT:
         if stats.chsh_lower is None:
             raise LocalProtocolError("E91 key length without a CHSH bound")
         return int(
@@ -154,6 +154,7 @@ def _length(config: DistillConfig, stats: Statistics, leak: float) -> int:
                 config.eps_cor,
             ).length
         )
+    # BB84 and E91 keyed as BBM92: two conjugate key bases, so Tomamichel 2012 on the key-basis counts.
     return int(
         tomamichel_length(
             stats.raw_key_bits, stats.sample_bits, stats.qber, leak, config.eps_sec, config.eps_cor
@@ -188,7 +189,7 @@ def judge_statistics(config: DistillConfig, plan: SiftPlan, stats: Statistics) -
             measured=judged,
             threshold=config.qber_tolerance,
         )
-    if config.protocol is ProtocolKind.E91:
+    if config.protocol is ProtocolKind.E91 and config.e91_security is E91Security.DEVICE_INDEPENDENT:
         rate = float(di_rate(s_low, stats.qber_upper))
         if rate <= 0.0:
             raise RoundAborted(

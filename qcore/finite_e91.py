@@ -20,9 +20,23 @@ from .finite_terms import (
     pa_penalty,
     tomamichel_deviation,
 )
-from .theory import di_rate
+from .theory import binary_entropy, di_rate
 
-__all__ = ["ChshBound", "E91KeyResult", "chsh_lower_bound", "e91_length"]
+__all__ = ["ChshBound", "E91KeyResult", "chsh_eve_information", "chsh_lower_bound", "e91_length"]
+
+FAIR_SAMPLING_NOTE = (
+    "assumes fair sampling: S measured on coincidences of lossy detectors, so this is not a "
+    "device-independent guarantee (the detection loophole is open below ~83 % arm efficiency)"
+)
+"""What the device-independent mode must say wherever it reports a key (docs/references.md §2)."""
+
+
+def chsh_eve_information(s: float) -> float:
+    """chi(S) = h((1 + sqrt((S/2)^2 - 1)) / 2): Eve's information per key bit given CHSH value S (Acin et
+    al. 2007). S is clipped to [2, 2 sqrt(2)]; one full bit at S <= 2."""
+    s_clipped = min(max(s, 2.0), 2.0 * math.sqrt(2.0))
+    root = math.sqrt(max((s_clipped / 2.0) ** 2 - 1.0, 0.0))
+    return float(binary_entropy((1.0 + root) / 2.0))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,11 +129,13 @@ class E91KeyResult:
     qber_upper: float
     """q_test + mu."""
     rate: float
-    """di_rate(s_lower, qber_upper): -inf when s_lower < 2."""
+    """di_rate(s_lower, qber_upper), the asymptotic rate per key bit: -inf when s_lower < 2."""
+    eve_information: float
+    """chi(s_lower), Eve's information per key bit (:func:`chsh_eve_information`)."""
     pa_penalty: float
     """log2(2 / (eps_sec^2 eps_cor)), bits."""
     raw_length: float
-    """n * rate - leak_ec - pa_penalty (-inf when no key is possible)."""
+    """n (1 - chi(s_lower)) - leak_ec - pa_penalty (-inf when no key is possible)."""
     length: int
     """floor(raw_length) clipped at 0; 0 when s_lower <= 2 or qber_upper >= 1/2."""
 
@@ -135,14 +151,20 @@ def e91_length(
 ) -> E91KeyResult:
     """Key length for E91: the asymptotic device-independent rate evaluated at finite-size bounds.
 
-    l = floor(n * r_DI(S_low, Q + mu) - leak_EC - log2(2 / (eps_sec^2 eps_cor))), with r_DI of Acin
-    et al., PRL 98, 230501 (2007) (:func:`~qlinkmed.qcore.theory.di_rate`), S_low the lower confidence
-    bound of :func:`chsh_lower_bound` and mu Tomamichel et al.'s sampling deviation.
+    l = floor(n (1 - chi(S_low)) - leak_EC - log2(2 / (eps_sec^2 eps_cor))), from the rate
+    r_DI = 1 - h(Q) - chi(S) of Acin et al., PRL 98, 230501 (2007) (:func:`~qlinkmed.qcore.theory.di_rate`),
+    whose h(Q) IS the error-correction cost: with the measured leak leak_EC in its place, error correction
+    is paid once (an earlier version subtracted both, paying for error correction twice). S_low is the
+    lower confidence bound of :func:`chsh_lower_bound`. The QBER bound Q + mu (mu Tomamichel et al.'s
+    sampling deviation) decides only whether the round may key: r_DI(S_low, Q + mu) must be positive.
+    The S behind it is measured on coincidences of lossy detectors, so the rate assumes fair sampling
+    (:data:`FAIR_SAMPLING_NOTE`).
     This is NOT a complete device-independent finite-key proof: the DI rate is a collective-attack,
     asymptotic (von Neumann entropy) bound, and plugging confidence bounds into it ignores the
     finite-size entropy corrections a full proof (e.g. by entropy accumulation) would subtract. Use it
     as an engineering estimate and abort rule, not as a security certificate.
-    Length 0 when S_low <= 2, when q_test + mu >= 1/2, and for n = 0 or k = 0.
+    Length 0 when S_low <= 2, when q_test + mu >= 1/2, when r_DI(S_low, Q + mu) <= 0, and for n = 0 or
+    k = 0.
     """
     n = check_count("n", n)
     k = check_count("k", k)
@@ -158,9 +180,10 @@ def e91_length(
     upper = q_test + mu
     penalty = pa_penalty(eps_sec, eps_cor)
     rate = float(di_rate(s_low, min(upper, 0.5)))
+    eve = chsh_eve_information(s_low)
     raw = -math.inf
-    if s_low > 2.0 and upper < 0.5 and rate > -math.inf:
-        raw = n * rate - leak_ec - penalty
+    if s_low > 2.0 and upper < 0.5 and rate > 0.0:
+        raw = n * (1.0 - eve) - leak_ec - penalty
     return E91KeyResult(
         n=n,
         k=k,
@@ -172,6 +195,7 @@ def e91_length(
         mu=mu,
         qber_upper=upper,
         rate=rate,
+        eve_information=eve,
         pa_penalty=penalty,
         raw_length=raw,
         length=floor_nonnegative(raw),

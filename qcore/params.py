@@ -16,6 +16,17 @@ class ProtocolKind(StrEnum):
     E91 = "e91"
 
 
+class E91Security(StrEnum):
+    """How an E91 round turns its counts into a key length (docs/references.md §2)."""
+
+    BBM92 = "bbm92"
+    """What deployed entanglement-based links do: two conjugate key bases, the Tomamichel 2012 finite-key
+    length on the key-basis counts, CHSH as the entanglement witness (abort when its lower bound <= 2)."""
+    DEVICE_INDEPENDENT = "device-independent"
+    """The Acin 2007 rate with error correction counted once, n (1 - chi(S_low)) - leak. Assumes fair
+    sampling: S is measured on the coincidences of lossy detectors."""
+
+
 class SourceKind(StrEnum):
     SINGLE_PHOTON = "single-photon"
     WCP = "wcp"
@@ -60,6 +71,8 @@ class DistillConfig:
     """Correctness parameter: fixes the verification hash length."""
     ec_efficiency_estimate: float = 1.1
     """Reconciliation inefficiency assumed before Cascade runs, to abort early on hopeless rounds."""
+    e91_security: E91Security = E91Security.BBM92
+    """E91 key-length analysis: BBM92 finite key (default) or the device-independent rate."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.sample_fraction < 1.0:

@@ -9,8 +9,9 @@ Position roles per protocol:
   (Tomamichel et al. 2012 style estimation), the rest is the raw key.
 - BB84, decoy states (Lim et al. 2014): matching bases in basis 0 are the raw key; every matching basis-1
   detection is disclosed to bound the phase error.
-- E91: settings (pi/8, pi/8) and (pi/4, pi/4) are key candidates, sampled as for BB84; the four CHSH
-  setting pairs are disclosed in full; the rest is discarded.
+- E91 (BBM92 design, docs/references.md §2): matching conjugate settings X-X (0, 0) and Z-Z (pi/4, pi/4)
+  are key candidates, sampled as for BB84; the four CHSH setting pairs, Alice's {X, Z} against Bob's
+  {W, V}, are disclosed in full; the rest (Alice X or Z against Bob Z or X) is discarded.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from .errors import RemoteProtocolError
 from .params import ProtocolKind
 from .randomness import RandomSource
 
-# E91 setting indices: Alice 0, 1, 2 = 0, pi/8, pi/4; Bob 0, 1, 2 = pi/8, pi/4, 3pi/8.
-E91_KEY_SETTINGS = ((1, 0), (2, 1))
-E91_CHSH_SETTINGS = ((0, 0), (0, 2), (2, 0), (2, 2))
+# E91 setting indices (qcore.channel.ALICE_ANGLES8 / BOB_ANGLES8): Alice 0, 1 = X (0), Z (pi/4);
+# Bob 0, 1, 2, 3 = X (0), Z (pi/4), W (pi/8), V (3pi/8).
+E91_KEY_SETTINGS = ((0, 0), (1, 1))
+E91_CHSH_SETTINGS = ((0, 2), (0, 3), (1, 2), (1, 3))
 """CHSH terms in the order of S = E(X,W) - E(X,V) + E(Z,W) + E(Z,V)."""
 E91_CHSH_SIGNS = (1, -1, 1, 1)
 
@@ -106,8 +108,10 @@ def plan_sifting(
     if not decoy and intensities.size:
         raise RemoteProtocolError("decoy classes sent without a decoy source")
     bob_settings = bob_settings_at_detections[coincident_mask]
-    limit = 2 if protocol is ProtocolKind.BB84 else 3
-    if alice_settings.size and int(alice_settings.max()) >= limit:
+    alice_limit, bob_limit = (2, 2) if protocol is ProtocolKind.BB84 else (2, 4)
+    if alice_settings.size and int(alice_settings.max()) >= alice_limit:
+        raise RemoteProtocolError("setting out of range")
+    if bob_settings.size and int(bob_settings.max()) >= bob_limit:
         raise RemoteProtocolError("setting out of range")
     if intensities.size and int(intensities.max()) >= 3:
         raise RemoteProtocolError("decoy class out of range")

@@ -12,16 +12,25 @@ from typing import Any
 
 import numpy as np
 
-from qlinkmed.qcore.params import DecoySource, DistillConfig, ProtocolKind, SourceKind
+from qlinkmed.qcore.params import DecoySource, DistillConfig, E91Security, ProtocolKind, SourceKind
 
 from . import channel_model, theory
 from .auth import AuthKeyStore
 from .backends import get_backend
-from .channel import E91_SETTINGS, Eavesdropper, emulate_bb84, emulate_e91, prepare_bb84
+from .channel import (
+    E91_ALICE_PROBABILITIES,
+    E91_BOB_PROBABILITIES,
+    Eavesdropper,
+    choose_e91_settings,
+    emulate_bb84,
+    emulate_e91,
+    prepare_bb84,
+)
 from .channel_events import emulate_bb84_events
 from .channel_model import ChannelModel
 from .errors import AbortReason, ConfigError, LocalProtocolError
 from .finite_bb84 import tomamichel_length
+from .finite_e91 import FAIR_SAMPLING_NOTE
 from .harness import run_pair
 from .randomness import PartyRandomness
 from .round_state import RoundOutcome
@@ -55,6 +64,8 @@ class SimConfig:
     per_pulse: bool = False
     """BB84: draw every pulse (the reference path, 28 bytes a pulse) instead of the detected ones only
     (``channel_events``, memory bounded by the detections). The qiskit backend always draws per pulse."""
+    e91_security: E91Security = E91Security.BBM92
+    """E91 key-length analysis: bbm92 (finite key on the conjugate key bases) or device-independent."""
 
     def __post_init__(self) -> None:
         if self.qubits <= 0:
@@ -79,6 +90,7 @@ class SimConfig:
             protocol=self.protocol,
             decoy=self.decoy if wcp else None,
             sample_fraction=self.sample_fraction,
+            e91_security=self.e91_security,
         )
 
 
@@ -115,6 +127,7 @@ class SimResult:
         q_actual = self.bob.corrected_bits / n if n else 0.0
         h = float(theory.binary_entropy(q_actual)) if n else 0.0
         reason = self.abort_reason
+        e91 = self.config.protocol is ProtocolKind.E91
         detail = next(
             (o.abort_detail for o in (self.bob, self.alice) if o.abort_reason is reason and o.abort_detail),
             "",
@@ -138,6 +151,14 @@ class SimResult:
             "qber_upper": stats.qber_upper if stats else None,
             "chsh_s": stats.chsh_s if stats else None,
             "chsh_lower": stats.chsh_lower if stats else None,
+            # The Hoeffding half-width is the same on both sides: S_hat +- (S_hat - S_lower).
+            "chsh_upper": (2 * stats.chsh_s - stats.chsh_lower)
+            if stats and stats.chsh_s is not None and stats.chsh_lower is not None
+            else None,
+            "e91_security": self.config.e91_security.value if e91 else None,
+            "security_assumption": FAIR_SAMPLING_NOTE
+            if e91 and self.config.e91_security is E91Security.DEVICE_INDEPENDENT
+            else None,
             "aborted": self.aborted,
             "abort_reason": None if not self.aborted else reason.name.lower(),
             "abort_detail": detail if self.aborted else "",
@@ -215,8 +236,8 @@ def make_sessions(
             eve=config.eve,
             backend=backend,
             rng=channel_rng,
-            alice_settings=alice_rand.secret.integers(E91_SETTINGS, n),
-            bob_settings=bob_rand.secret.integers(E91_SETTINGS, n),
+            alice_settings=choose_e91_settings(n, secret=alice_rand.secret, bob=False),
+            bob_settings=choose_e91_settings(n, secret=bob_rand.secret, bob=True),
         )
         alice_record = (alice_side.bits, alice_side.bases, alice_side.detected, None)
     bits, settings, detected, intensities = alice_record
@@ -295,16 +316,30 @@ def predictions(config: SimConfig) -> dict[str, Any]:
     else:
         e91 = channel_model.predict_e91(model)
         q = float(e91.qber)
+        coincidences = config.qubits * float(e91.coincidence_probability)
+        # Key pairs: Alice's basis matches Bob's X or Z (sifting.E91_KEY_SETTINGS).
+        key_share = sum(
+            pa * pb for pa, pb in zip(E91_ALICE_PROBABILITIES, E91_BOB_PROBABILITIES[:2], strict=True)
+        )
+        sifted = coincidences * key_share
+        k = round(distill.sample_fraction * sifted)
+        n = round(sifted) - k
+        finite = tomamichel_length(
+            n, k, q, f_ec * n * float(theory.binary_entropy(q)), distill.eps_sec, distill.eps_cor
+        )
         out.update(
             expected_coincidence_probability=float(e91.coincidence_probability),
             expected_qber=q,
             expected_chsh=float(e91.chsh),
+            expected_sifted_bits=sifted,
+            ec_rate_per_sifted_bit=float(theory.ec_rate(q, f_ec)),
             di_rate_per_key_bit=float(theory.di_rate(float(e91.chsh), q)),
-            # 2 of the 9 setting pairs are key pairs (sifting.E91_KEY_SETTINGS).
             seed_paper_rate_upper_bound_per_pair=float(
-                theory.seed_paper_rate_upper_bound(float(e91.coincidence_probability) * 2 / 9, q)
+                theory.seed_paper_rate_upper_bound(float(e91.coincidence_probability) * key_share, q)
             ),
         )
+        if config.e91_security is E91Security.BBM92:
+            out["finite_key_bits"] = int(finite.length)
     out["note"] = (
         "seed_paper_rate is P_s[1-h(e)]: error correction without privacy amplification, an upper bound"
     )

@@ -79,6 +79,12 @@ def register(parser: argparse.ArgumentParser) -> None:
             )
         else:
             p.add_argument("--eve", choices=("none", "intercept-resend"), default="none")
+            p.add_argument(
+                "--e91-security",
+                choices=("bbm92", "device-independent"),
+                default="bbm92",
+                help="key length: bbm92 finite key (default) or the device-independent rate (fair sampling)",
+            )
         p.add_argument(
             "--eve-fraction", type=_bounded(0.0, 1.0), default=1.0, help="share of pulses attacked"
         )
@@ -106,7 +112,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 def _sim_config(args: argparse.Namespace):
     from qlinkmed.qcore.channel import Eavesdropper, EveKind
     from qlinkmed.qcore.channel_model import ChannelModel
-    from qlinkmed.qcore.params import DecoySource, ProtocolKind, SourceKind
+    from qlinkmed.qcore.params import DecoySource, E91Security, ProtocolKind, SourceKind
     from qlinkmed.qcore.sim import SimConfig
 
     channel = ChannelModel(
@@ -133,6 +139,7 @@ def _sim_config(args: argparse.Namespace):
         seed=args.seed,
         sample_fraction=args.sample_fraction,
         per_pulse=getattr(args, "per_pulse", False),
+        e91_security=E91Security(getattr(args, "e91_security", "bbm92")),
     )
 
 
@@ -191,10 +198,14 @@ def format_report(r: dict[str, Any]) -> str:
         rows.append(
             (
                 "CHSH S",
-                f"{r['chsh_s']:.4f} (lower bound {r['chsh_lower']:.4f}; "
+                f"{r['chsh_s']:.4f} (interval {r['chsh_lower']:.4f} .. {r['chsh_upper']:.4f}; "
                 f"model {_fmt(t.get('expected_chsh'), '.4f')}{honest}; classical limit 2)",
             )
         )
+    if r.get("e91_security"):
+        rows.append(("security", r["e91_security"]))
+    if r.get("security_assumption"):
+        rows.append(("assumption", r["security_assumption"]))
     if r["raw_key_bits"]:
         rows.append(
             (

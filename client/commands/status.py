@@ -52,6 +52,12 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
 
 
+def _chsh(s: float, lower: float | None) -> str:
+    if lower is None:
+        return f"CHSH {s:.3f}"
+    return f"CHSH {s:.3f} +- {s - lower:.3f}"
+
+
 def format_last_round(r: RoundRecord | None) -> str:
     """One line for the last round of a link: outcome, QBER, CHSH, key bits and duration."""
     if r is None:
@@ -59,7 +65,7 @@ def format_last_round(r: RoundRecord | None) -> str:
     outcome = "established" if r.established else f"ABORTED ({r.reason})"
     parts = [
         f"QBER {_percent(r.qber)} (upper bound {_percent(r.qber_upper)})",
-        *([f"CHSH {r.chsh_s:.3f}"] if r.chsh_s is not None else []),
+        *([_chsh(r.chsh_s, r.chsh_lower)] if r.chsh_s is not None else []),
         f"{r.final_key_bits:,} key bits",
         f"{r.duration_s:.3f} s",
     ]

@@ -162,7 +162,8 @@ class AnalyserSettings:
     def __post_init__(self) -> None:
         if self.settings.size == 0:
             raise FrameError("analyser_settings: empty")
-        _levels(self.settings, 3, "analyser_settings.settings")
+        # Up to four settings (E91 Bob: X, Z, W, V); the channel's emulator checks each party's own range.
+        _levels(self.settings, 4, "analyser_settings.settings")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)

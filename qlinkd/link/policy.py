@@ -143,6 +143,7 @@ def round_record(event: RoundEnded) -> RoundRecord:
         qber=None if stats is None else stats.qber,
         qber_upper=None if stats is None else stats.qber_upper,
         chsh_s=None if stats is None else stats.chsh_s,
+        chsh_lower=None if stats is None else stats.chsh_lower,
         raw_key_bits=0 if outcome is None else outcome.raw_key_bits,
         leaked_ec_bits=0 if outcome is None else outcome.leaked_ec_bits,
         final_key_bits=event.key_bits if event.established else 0,

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.hmac import HMAC
 
 from qlinkmed.qcore.auth import AuthKeyStore
-from qlinkmed.qcore.channel import E91_SETTINGS, PreparedPulses, prepare_bb84
+from qlinkmed.qcore.channel import PreparedPulses, choose_e91_settings, prepare_bb84
 from qlinkmed.qcore.params import DecoySource, ProtocolKind, SourceKind
 from qlinkmed.qcore.randomness import PartyRandomness
 from qlinkmed.qcore.session import AliceSession, BobSession
@@ -48,8 +48,10 @@ def open_round(
         rnd.prepared = prepare_bb84(n, source=config.source, decoy=decoy, secret=randomness.secret)
         pulses = rnd.prepared
         return rnd, lm.PulseTrain(bits=pulses.bits, bases=pulses.bases, intensities=pulses.intensity_class)
-    levels = 2 if config.protocol is ProtocolKind.BB84 else E91_SETTINGS
-    rnd.settings = randomness.secret.integers(levels, n)
+    if config.protocol is ProtocolKind.BB84:
+        rnd.settings = randomness.secret.integers(2, n)
+    else:
+        rnd.settings = choose_e91_settings(n, secret=randomness.secret, bob=config.role is Role.BOB)
     return rnd, lm.AnalyserSettings(settings=rnd.settings)
 
 

@@ -27,6 +27,8 @@ class RoundRecord:
     qber: float | None
     qber_upper: float | None
     chsh_s: float | None
+    chsh_lower: float | None
+    """Lower confidence bound on S (E91); the interval is S +- (S - chsh_lower)."""
     raw_key_bits: int
     leaked_ec_bits: int
     final_key_bits: int
@@ -48,6 +50,7 @@ class RoundRecord:
             qber=_optional_number(d, "qber", where),
             qber_upper=_optional_number(d, "qber_upper", where),
             chsh_s=_optional_number(d, "chsh_s", where),
+            chsh_lower=_optional_number(d, "chsh_lower", where),
             raw_key_bits=_get(d, "raw_key_bits", int, where),
             leaked_ec_bits=_get(d, "leaked_ec_bits", int, where),
             final_key_bits=_get(d, "final_key_bits", int, where),

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from qlinkmed.qcore.constants import FACILITY_ID_PATTERN, QBER_TOLERANCE, is_facility_id
-from qlinkmed.qcore.params import DistillConfig, ProtocolKind
+from qlinkmed.qcore.params import DistillConfig, E91Security, ProtocolKind
 from qlinkmed.qlinkd.errors import ConfigError, PkiError
 from qlinkmed.qlinkd.ops.toml_reader import Address, Table, build, check, read_toml
 
@@ -163,6 +163,10 @@ class PeerConfig:
     """Abort a round whose QBER upper bound exceeds this, in (0, 0.5)."""
     sample_fraction: float = 0.3
     """Share of key candidates disclosed to estimate the QBER, in (0, 1)."""
+    e91_security: E91Security = E91Security.BBM92
+    """E91 key length: bbm92 (finite key on the conjugate key bases, CHSH as the witness) or
+    device-independent (the Acin rate, which assumes fair sampling of the lossy detectors' coincidences).
+    Both ends must say the same; ignored for BB84."""
     pq_hybrid: bool = False
     """Mix an ML-KEM-768 shared secret into every data-plane traffic key with this peer, so a session stays
     secret if either the QKD key or ML-KEM holds. The peer's configuration must say the same of us: a
@@ -193,7 +197,10 @@ class PeerConfig:
     def distill_config(self) -> DistillConfig:
         """The qcore round policy for this link."""
         return DistillConfig(
-            protocol=self.protocol, sample_fraction=self.sample_fraction, qber_tolerance=self.qber_tolerance
+            protocol=self.protocol,
+            sample_fraction=self.sample_fraction,
+            qber_tolerance=self.qber_tolerance,
+            e91_security=self.e91_security,
         )
 
 
@@ -282,6 +289,7 @@ def _peer(section: Table) -> PeerConfig:
         round_timeout_s=section.number("round_timeout_s", 10.0),
         qber_tolerance=section.number("qber_tolerance", QBER_TOLERANCE),
         sample_fraction=section.number("sample_fraction", 0.3),
+        e91_security=section.choice("e91_security", E91Security, tuple(E91Security), "bbm92"),
         pq_hybrid=section.boolean("pq_hybrid", False),
     )
     section.finish()

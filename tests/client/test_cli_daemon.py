@@ -357,6 +357,7 @@ def test_human_status_shows_chsh_alarm_and_starvation() -> None:
             "qber": 0.2,
             "qber_upper": 0.25,
             "chsh_s": 2.1,
+            "chsh_lower": 1.9,
             "raw_key_bits": 9_000,
             "leaked_ec_bits": 1_200,
             "final_key_bits": 0,
@@ -368,7 +369,7 @@ def test_human_status_shows_chsh_alarm_and_starvation() -> None:
     text = format_status({"facility": A, "uptime_s": 5, "saes": [], "links": [link]}, {B: 256})
     assert "1,024 bits = 4 keys of 256 bits" in text
     assert "channel NOT connected" in text
-    assert "#4 ABORTED (chsh_below_threshold): QBER 20.00% (upper bound 25.00%), CHSH 2.100" in text
+    assert "#4 ABORTED (chsh_below_threshold): QBER 20.00% (upper bound 25.00%), CHSH 2.100 +- 0.200" in text
     assert "CHSH 2.1 below 2.5" in text
     assert "  ALARM         chsh_below_threshold" in text
     assert "STARVED" in text

@@ -20,6 +20,7 @@ import pytest
 
 from qlinkmed.qcore.backends import BACKEND_NAMES, MeasurementBackend, get_backend
 from qlinkmed.qcore.backends.qiskit_backend import FIBER_LABEL, QiskitBackend  # imports no qiskit
+from qlinkmed.qcore.channel import ALICE_ANGLES8, BOB_ANGLES8
 from qlinkmed.qcore.errors import ConfigError
 
 FALSE_ALARM = 1e-6
@@ -236,8 +237,9 @@ def test_pair_correlators_and_chsh_agree(qiskit_backend):
     numpy_backend = get_backend("numpy")
     rng = np.random.default_rng(16)
     n = 400_000
-    a8 = rng.integers(0, 3, n).astype(np.int8)
-    b8 = rng.integers(1, 4, n).astype(np.int8)
+    # The deployed settings (qcore.channel): Alice X, Z; Bob X, Z, W, V.
+    a8 = ALICE_ANGLES8[rng.integers(0, ALICE_ANGLES8.size, n)].astype(np.int8)
+    b8 = BOB_ANGLES8[rng.integers(0, BOB_ANGLES8.size, n)].astype(np.int8)
     no_eve = np.full(n, -1, np.int8)
     flip_a, flip_b = 0.02, 0.03
     corr = {}
@@ -245,7 +247,7 @@ def test_pair_correlators_and_chsh_agree(qiskit_backend):
         alice, bob, eve = be.measure_pairs(a8, b8, no_eve, flip_a, flip_b, np.random.default_rng(seed))
         assert not eve.any()
         corr[be.name] = _correlators(a8, b8, alice, bob)
-    assert len(corr["qiskit"]) == 9
+    assert len(corr["qiskit"]) == ALICE_ANGLES8.size * BOB_ANGLES8.size
     for key, (e_q, n_q) in corr["qiskit"].items():
         e_n, n_n = corr["numpy"][key]
         sd = math.sqrt((1 - e_q**2) / n_q + (1 - e_n**2) / n_n)

@@ -10,7 +10,7 @@ import pytest
 
 from qlinkmed.qcore.errors import LocalProtocolError
 from qlinkmed.qcore.estimation import DecoyCounts, Statistics, final_key_length, measure_statistics
-from qlinkmed.qcore.params import DecoySource, DistillConfig, ProtocolKind
+from qlinkmed.qcore.params import DecoySource, DistillConfig, E91Security, ProtocolKind
 from qlinkmed.qcore.sifting import SiftPlan
 
 
@@ -45,7 +45,7 @@ def test_decoy_counts_are_per_intensity_class() -> None:
 
 
 def test_e91_key_length_without_a_chsh_bound_is_refused() -> None:
-    config = DistillConfig(protocol=ProtocolKind.E91)
+    config = DistillConfig(protocol=ProtocolKind.E91, e91_security=E91Security.DEVICE_INDEPENDENT)
     plan = _plan(np.zeros(0, dtype=np.uint8), np.arange(0), np.arange(0))
     counts = Statistics(raw_key_bits=100_000, sample_bits=30_000, errors=600, qber=0.02, qber_upper=0.03)
     with pytest.raises(LocalProtocolError, match="CHSH"):

@@ -375,16 +375,33 @@ def test_chsh_rejects_bad_input() -> None:
 
 
 def test_e91_length_by_hand() -> None:
+    # Acin et al.'s rate is 1 - h(Q) - chi(S), and its h(Q) is the error-correction cost: with the
+    # measured leak in its place the length is n (1 - chi(S_low)) - leak - log2(2 / (eps_sec^2 eps_cor)).
     n, k, q, s_low = 1_000_000, 100_000, 0.02, 2.7
     leak = 1.16 * n * _h(q)
     result = e91_length(n, k, q, s_low, leak)
     mu = math.sqrt((n + k) / (n * k) * (k + 1) / k * math.log(4 / EPS))
-    rate = float(di_rate(s_low, q + mu))
+    chi = _h((1 + math.sqrt((s_low / 2) ** 2 - 1)) / 2)
     assert result.mu == pytest.approx(mu)
-    assert result.rate == pytest.approx(rate)
-    assert result.length == math.floor(n * rate - leak - math.log2(2 / EPS**3))
+    assert result.rate == pytest.approx(float(di_rate(s_low, q + mu)))
+    assert result.eve_information == pytest.approx(chi)
+    assert result.length == math.floor(n * (1 - chi) - leak - math.log2(2 / EPS**3))
     assert result.length > 0
     assert e91_length(n, k, q, s_low, leak, 1e-6, 1e-6).length > result.length
+
+
+def test_e91_device_independent_length_pays_error_correction_once() -> None:
+    # Regression (issue 15): the length used n r_DI(S, Q + mu) - leak, paying error correction twice
+    # (h(Q + mu) inside the rate and the measured leak on top). Each extra leaked bit now costs exactly
+    # one key bit, and the h(Q) term is gone: with no leak the length is n (1 - chi(S_low)) - penalty.
+    n, k, q, s_low = 1_000_000, 100_000, 0.02, 2.7
+    free = e91_length(n, k, q, s_low, 0.0)
+    chi = _h((1 + math.sqrt((s_low / 2) ** 2 - 1)) / 2)
+    assert free.length == math.floor(n * (1 - chi) - math.log2(2 / EPS**3))
+    assert free.length - e91_length(n, k, q, s_low, 10_000.0).length in (9_999, 10_000, 10_001)
+    # The QBER does not enter the length, only the decision to key (r_DI(S_low, Q + mu) > 0).
+    assert e91_length(n, k, 0.03, s_low, 0.0).length == free.length
+    assert e91_length(n, k, 0.2, s_low, 0.0).length == 0
 
 
 def test_e91_length_needs_a_bell_violation() -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from qlinkmed.qcore import messages as m
-from qlinkmed.qcore.channel import prepare_bb84
+from qlinkmed.qcore.channel import E91_ALICE_PROBABILITIES, E91_BOB_PROBABILITIES, prepare_bb84
 from qlinkmed.qcore.codec import decode
 from qlinkmed.qcore.errors import LocalProtocolError, UsageError
 from qlinkmed.qcore.harness import Hop, run_pair
@@ -262,8 +262,10 @@ def test_e91_and_decoy_choices_come_from_the_secret_source() -> None:
         SimConfig(protocol=ProtocolKind.E91, qubits=20_000, seed=3),
         randomness=(alice.randomness, bob.randomness),
     )
-    assert np.array_equal(a._settings, RandomSource(_replay(alice.secret.draws)).integers(3, 20_000))
-    assert np.array_equal(b._settings, RandomSource(_replay(bob.secret.draws)).integers(3, 20_000))
+    replay_a = RandomSource(_replay(alice.secret.draws)).choice(E91_ALICE_PROBABILITIES, 20_000)
+    replay_b = RandomSource(_replay(bob.secret.draws)).choice(E91_BOB_PROBABILITIES, 20_000)
+    assert np.array_equal(a._settings, replay_a)
+    assert np.array_equal(b._settings, replay_b)
     decoy = recorded_party(9, 10)
     pulses = prepare_bb84(5000, source=SourceKind.WCP, decoy=DecoySource(), secret=decoy.randomness.secret)
     assert not decoy.public.draws

@@ -7,7 +7,7 @@ import pytest
 
 from qlinkmed.qcore.backends import get_backend
 from qlinkmed.qcore.channel_model import ChannelModel
-from qlinkmed.qlinkd.channel.broker import ChannelBroker, Job, LinkKey
+from qlinkmed.qlinkd.channel.broker import ChannelBroker, Job, LinkKey, run
 from qlinkmed.qlinkd.link import messages as lm
 
 LINK = LinkKey(alice="north", bob="south")
@@ -18,7 +18,7 @@ def _broker() -> ChannelBroker:
 
 
 def _settings(n: int = 8) -> lm.AnalyserSettings:
-    return lm.AnalyserSettings(settings=np.arange(n, dtype=np.uint8) % 3)
+    return lm.AnalyserSettings(settings=np.arange(n, dtype=np.uint8) % 2)
 
 
 def _train(n: int = 8) -> lm.PulseTrain:
@@ -51,3 +51,33 @@ def test_alice_submission_of_the_wrong_kind_is_refused_and_not_held(protocol: st
     assert f"is not Alice's {protocol} submission" in refused.reason
     # Nothing was held for her: Bob's part alone does not make a job.
     assert broker.submit(LINK, protocol, "bob", 1, _settings()) is None
+
+
+def test_e91_bob_measures_four_settings_and_alice_two() -> None:
+    # Regression (issue 15): Bob's fourth E91 setting (V) was refused by the frame check (0..2), so no
+    # E91 round could start over the daemons. Alice has two settings; a third is refused by the emulator.
+    n = 20_000
+    bob = lm.AnalyserSettings(settings=np.arange(n, dtype=np.uint8) % 4)
+    broker = _broker()
+    assert (
+        broker.submit(LINK, "e91", "alice", 1, lm.AnalyserSettings(settings=np.arange(n, dtype=np.uint8) % 2))
+        is None
+    )
+    job = broker.submit(LINK, "e91", "bob", 1, bob)
+    assert isinstance(job, Job)
+    result = run(
+        job, model=ChannelModel(distance_km=0.0), backend=get_backend("numpy"), rng=np.random.default_rng(1)
+    )
+    assert isinstance(result.bob, lm.DetectionRecord) and isinstance(result.alice, lm.DetectionRecord)
+    assert result.bob.detected.size == n and result.bob.bits.size > 0
+    bad = _broker()
+    assert (
+        bad.submit(LINK, "e91", "alice", 1, lm.AnalyserSettings(settings=np.full(n, 3, dtype=np.uint8)))
+        is None
+    )
+    job = bad.submit(LINK, "e91", "bob", 1, bob)
+    assert isinstance(job, Job)
+    refused = run(
+        job, model=ChannelModel(distance_km=0.0), backend=get_backend("numpy"), rng=np.random.default_rng(2)
+    )
+    assert isinstance(refused.alice, lm.ChannelError) and "alice_settings" in refused.alice.reason

@@ -5,6 +5,7 @@ sends and the client parses back."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -197,6 +198,7 @@ def test_an_established_round_records_the_bits_the_pool_gained() -> None:
         qber=0.021,
         qber_upper=0.034,
         chsh_s=None,
+        chsh_lower=None,
         raw_key_bits=18_000,
         leaked_ec_bits=2_500,
         final_key_bits=5000,
@@ -210,7 +212,11 @@ def test_an_established_round_records_the_bits_the_pool_gained() -> None:
 def test_an_aborted_round_records_no_key_and_a_bounded_detail() -> None:
     event = RoundEnded(
         round_id=4,
-        outcome=outcome(established=False, key_bits=0, statistics=stats(0.2, chsh_s=2.1)),
+        outcome=outcome(
+            established=False,
+            key_bits=0,
+            statistics=dataclasses.replace(stats(0.2, chsh_s=2.1), chsh_lower=1.8),
+        ),
         reason=AbortReason.CHSH_NOT_VIOLATED,
         detail="x" * 1000,
         started_at=1.0,
@@ -219,6 +225,7 @@ def test_an_aborted_round_records_no_key_and_a_bounded_detail() -> None:
     record = policy.round_record(event)
     assert (record.established, record.reason, record.final_key_bits) == (False, "chsh_not_violated", 0)
     assert record.detail == "x" * policy.DETAIL_CHARS and record.chsh_s == 2.1
+    assert record.chsh_lower == 1.8  # the CHSH interval is reported, not only the estimate
     assert policy.audit_fields(record)[0] == "round_aborted"
 
 
@@ -271,6 +278,7 @@ ROUND_FIELDS = [
     "qber",
     "qber_upper",
     "chsh_s",
+    "chsh_lower",
     "raw_key_bits",
     "leaked_ec_bits",
     "final_key_bits",

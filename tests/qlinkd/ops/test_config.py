@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from qlinkmed.qcore.channel import EveKind
-from qlinkmed.qcore.params import ProtocolKind
+from qlinkmed.qcore.params import E91Security, ProtocolKind
 from qlinkmed.qlinkd.channel.config import load_channel_config
 from qlinkmed.qlinkd.errors import ConfigError, FrameError
 from qlinkmed.qlinkd.link.messages import Hello
@@ -64,6 +64,20 @@ def test_examples_load(deployment: Path) -> None:
     assert channel.backend is Backend.NUMPY
     assert channel.fiber.distance_km == 10.0 and channel.fiber.detector_efficiency == 0.1
     assert channel.eve.kind is EveKind.NONE and not channel.eve.active
+
+
+def test_e91_security_is_a_per_peer_option(deployment: Path) -> None:
+    peer = load_facility_config(deployment / "hospital-a.toml").peer("hospital-b")
+    assert peer.distill_config().e91_security is E91Security.BBM92
+    path = _variant(
+        deployment,
+        "hospital-a.toml",
+        'protocol = "bb84"',
+        'protocol = "e91"\ne91_security = "device-independent"',
+    )
+    peer = load_facility_config(path).peer("hospital-b")
+    assert peer.protocol is ProtocolKind.E91
+    assert peer.distill_config().e91_security is E91Security.DEVICE_INDEPENDENT
 
 
 def test_key_expiry_defaults_to_a_day_and_takes_seconds(deployment: Path) -> None:
@@ -128,6 +142,7 @@ FACILITY_MISTAKES = [
     ('"psk/hospital-a--hospital-b.key"', '"psk/absent.key"', "peer[0].preshared_key"),
     ('"psk/hospital-a--hospital-b.key"', '"psk/short.key"', "peer[0].preshared_key"),
     ('protocol = "bb84"', 'protocol = "b92"', "peer[0].protocol"),
+    ('protocol = "bb84"', 'protocol = "e91"\ne91_security = "di"', "peer[0].e91_security"),
     ("pulses_per_round = 1000000", 'pulses_per_round = "many"', "peer[0].pulses_per_round"),
     ("pulses_per_round = 1000000", "pulses_per_round = 100", "peer[0].pulses_per_round"),
     ("pulses_per_round = 1000000", "pulses_per_round = 1e6", "peer[0].pulses_per_round"),
