@@ -24,6 +24,7 @@ from .finite_bb84 import tomamichel_length
 from .harness import run_pair
 from .randomness import PartyRandomness
 from .round_state import RoundOutcome
+from .security import DEFAULT_EPS_COR, DEFAULT_EPS_SEC, check_eps
 from .session import AliceSession, BobSession
 
 PRESHARED_KEY_BYTES = 512
@@ -49,6 +50,10 @@ class SimConfig:
     """Seed of every random choice in the run; None draws fresh entropy."""
     sample_fraction: float = 0.3
     """Share of the key candidates disclosed for estimation."""
+    eps_sec: float = DEFAULT_EPS_SEC
+    """Secrecy parameter of the finite-key bound, in (0, 1)."""
+    eps_cor: float = DEFAULT_EPS_COR
+    """Correctness parameter, in (0, 1); fixes the verification hash, ceil(log2(1/eps_cor)) bits."""
 
     def __post_init__(self) -> None:
         if self.qubits <= 0:
@@ -57,6 +62,8 @@ class SimConfig:
             raise ConfigError("qubits", f"{self.qubits} pulses would not fit in memory; split into rounds")
         if self.protocol is ProtocolKind.E91 and self.source is SourceKind.WCP:
             raise ConfigError("source", "E91 uses an entangled-pair source; --source applies to BB84")
+        check_eps("eps_sec", self.eps_sec)
+        check_eps("eps_cor", self.eps_cor)
 
     def distill_config(self) -> DistillConfig:
         wcp = self.protocol is ProtocolKind.BB84 and self.source is SourceKind.WCP
@@ -64,6 +71,8 @@ class SimConfig:
             protocol=self.protocol,
             decoy=self.decoy if wcp else None,
             sample_fraction=self.sample_fraction,
+            eps_sec=self.eps_sec,
+            eps_cor=self.eps_cor,
         )
 
 
@@ -100,6 +109,7 @@ class SimResult:
         q_actual = self.bob.corrected_bits / n if n else 0.0
         h = float(theory.binary_entropy(q_actual)) if n else 0.0
         reason = self.abort_reason
+        security = self.config.distill_config()
         detail = next(
             (o.abort_detail for o in (self.bob, self.alice) if o.abort_reason is reason and o.abort_detail),
             "",
@@ -139,6 +149,10 @@ class SimResult:
             "alice_key_sha256": _key_hash(self.alice.key),
             "bob_key_sha256": _key_hash(self.bob.key),
             "eve_known_bits": self.eve_known_bits,
+            "eps_sec": security.eps_sec,
+            "eps_cor": security.eps_cor,
+            "eps": security.eps,
+            "verification_bits": security.verification_bits,
             "theory": self.theory,
         }
 
