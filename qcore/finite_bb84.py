@@ -55,7 +55,8 @@ class FiniteKeyResult:
     qber_upper: float
     """q_test + mu: the error rate bound on the key bits."""
     pa_penalty: float
-    """log2(2 / (eps_sec^2 eps_cor)), bits."""
+    """log2(2 / eps_sec^2) + t bits: log2(2 / (eps_sec^2 eps_cor)) with the verification hash's
+    log2(1/eps_cor) counted at its real size t = ceil(log2(1/eps_cor)) (34 bits at 1e-10)."""
     raw_length: float
     """n (1 - h(q_test + mu)) - leak_ec - pa_penalty before rounding (-inf if q_test + mu >= 1/2)."""
     length: int
@@ -77,7 +78,8 @@ def tomamichel_length(
     with the observed test error rate in place of Q_tol (the protocol aborts above Q_tol, so a key
     length computed from the observed rate is the length for Q_tol = q_test). The log2 term is
     written as in docs/references.md §2; one transcription of the paper drops the square on eps_sec, which
-    would only make the key 33 bits (at 1e-10) longer, so the squared form is the safe one.
+    would only make the key 33 bits (at 1e-10) longer, so the squared form is the safe one. Its
+    log2(1/eps_cor) is the verification hash, charged at the ceil(log2(1/eps_cor)) bits the hash has.
     Length 0 when q_test + mu >= 1/2. An empty block (n = 0) or an empty test sample (k = 0) is
     accepted and gives mu = inf and length 0: no data, no key.
     """

@@ -11,7 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import ConfigError
-from .finite_terms import DEFAULT_EPS_COR, DEFAULT_EPS_SEC, check_count, check_eps, floor_nonnegative
+from .finite_terms import (
+    DEFAULT_EPS_COR,
+    DEFAULT_EPS_SEC,
+    check_count,
+    check_eps,
+    floor_nonnegative,
+    verification_hash_bits,
+)
 from .theory import binary_entropy
 
 __all__ = ["Lim2014Result", "lim2014_length"]
@@ -72,7 +79,8 @@ class Lim2014Result:
     exists to bound (the failure is the decoy bound's, not an excess of errors).
     """
     pa_penalty: float
-    """6 log2(21/eps_sec) + log2(2/eps_cor), bits."""
+    """6 log2(21/eps_sec) + 1 + t bits: Eq. (1)'s log2(2/eps_cor) with its log2(1/eps_cor), the
+    verification hash, counted at the t = ceil(log2(1/eps_cor)) bits really sent."""
     raw_length: float
     """s_X0 + s_X1 (1 - h(phi_X)) - leak_ec - pa_penalty (-inf in an invalid regime)."""
     length: int
@@ -144,6 +152,8 @@ def lim2014_length(
     phi_X <= v_Z1/s_Z1 + gamma(eps_sec, v_Z1/s_Z1, s_Z1, s_X1)                                     (5)
     with tau_n = sum_k e^-k k^n p_k / n!, n^+-_X,k = e^k/p_k (n_X,k +- sqrt(n_X/2 ln(21/eps_sec))),
     m^+-_Z,k likewise with m_Z = sum_k m_Z,k, and s_Z0, s_Z1 from (2)-(3) with Z counts.
+    The log2(1/eps_cor) inside Eq. (1)'s log2(2/eps_cor) is the verification hash: it is charged at the
+    ceil(log2(1/eps_cor)) bits the hash really has (34 at 1e-10, :func:`finite_terms.verification_hash_bits`).
     Counts are given per intensity in the order of ``intensities``. Lower bounds on counts are
     clipped at 0 (a count is never negative, and a larger valid s_X0 only raises Eq. (3)). Invalid
     regimes give length 0: s_X1 <= 0 or s_Z1 <= 0 (no single-photon contribution can be certified,
@@ -182,7 +192,7 @@ def lim2014_length(
     s_x1 = _single_photon_bound(mus, tau0=tau0, tau1=tau1, s0=s_x0, minus=nx_minus, plus=nx_plus)
     s_z1 = _single_photon_bound(mus, tau0=tau0, tau1=tau1, s0=s_z0, minus=nz_minus, plus=nz_plus)
     v_z1 = max(0.0, tau1 * (mz_plus[1] - mz_minus[2]) / (mu2 - mu3))
-    penalty = 6.0 * math.log2(21.0 / eps_sec) + math.log2(2.0 / eps_cor)
+    penalty = 6.0 * math.log2(21.0 / eps_sec) + 1.0 + verification_hash_bits(eps_cor)
 
     gamma = math.nan
     phi_x = math.nan

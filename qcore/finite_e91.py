@@ -133,7 +133,7 @@ class E91KeyResult:
     eve_information: float
     """chi(s_lower), Eve's information per key bit (:func:`chsh_eve_information`)."""
     pa_penalty: float
-    """log2(2 / (eps_sec^2 eps_cor)), bits."""
+    """1 + 2 log2(1/eps_sec) + the verification hash's bits (`finite_terms.pa_penalty`)."""
     raw_length: float
     """n (1 - chi(s_lower)) - leak_ec - pa_penalty (-inf when no key is possible)."""
     length: int
@@ -151,7 +151,7 @@ def e91_length(
 ) -> E91KeyResult:
     """Key length for E91: the asymptotic device-independent rate evaluated at finite-size bounds.
 
-    l = floor(n (1 - chi(S_low)) - leak_EC - log2(2 / (eps_sec^2 eps_cor))), from the rate
+    l = floor(n (1 - chi(S_low)) - leak_EC - pa_penalty(eps_sec, eps_cor)), from the rate
     r_DI = 1 - h(Q) - chi(S) of Acin et al., PRL 98, 230501 (2007) (:func:`~qlinkmed.qcore.theory.di_rate`),
     whose h(Q) IS the error-correction cost: with the measured leak leak_EC in its place, error correction
     is paid once (an earlier version subtracted both, paying for error correction twice). S_low is the

@@ -1,8 +1,10 @@
 """What the finite-key bounds share: security parameters, Tomamichel's terms, checks and rounding.
 
-Default security parameters: eps_sec = eps_cor = 1e-10 (docs/references.md §2). Tomamichel et al.'s
-sampling deviation and privacy-amplification penalty serve both the BB84 length
-(:mod:`qlinkmed.qcore.finite_bb84`) and the E91 length (:mod:`qlinkmed.qcore.finite_e91`).
+Default security parameters: eps_sec = eps_cor = 1e-10 (docs/references.md §2); the protocol is then
+eps-secure with eps = eps_sec + eps_cor. Tomamichel et al.'s sampling deviation and privacy-amplification
+penalty serve both the BB84 length (:mod:`qlinkmed.qcore.finite_bb84`) and the E91 length
+(:mod:`qlinkmed.qcore.finite_e91`). The security parameters' defaults, check and verification hash
+size live in :mod:`qlinkmed.qcore.security` (standard library only) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -12,15 +14,20 @@ import math
 import numpy as np
 
 from .errors import ConfigError
+from .security import DEFAULT_EPS_COR, DEFAULT_EPS_SEC, check_eps, total_eps, verification_hash_bits
 
-DEFAULT_EPS_SEC = 1e-10
-DEFAULT_EPS_COR = 1e-10
-
-
-def check_eps(name: str, eps: float) -> None:
-    """ConfigError naming `name` unless 0 < eps < 1."""
-    if not 0.0 < eps < 1.0:
-        raise ConfigError(name, f"must be in (0, 1), got {eps}")
+__all__ = [
+    "DEFAULT_EPS_COR",
+    "DEFAULT_EPS_SEC",
+    "check_count",
+    "check_eps",
+    "floor_nonnegative",
+    "pa_penalty",
+    "tomamichel_deviation",
+    "tomamichel_mu",
+    "total_eps",
+    "verification_hash_bits",
+]
 
 
 def check_count(name: str, value: int, minimum: int = 0) -> int:
@@ -48,5 +55,7 @@ def tomamichel_deviation(n: int, k: int, eps_sec: float) -> float:
 
 
 def pa_penalty(eps_sec: float, eps_cor: float) -> float:
-    """log2(2 / (eps_sec^2 eps_cor)) bits, the privacy-amplification term of Tomamichel et al."""
-    return math.log2(2.0) - 2.0 * math.log2(eps_sec) - math.log2(eps_cor)
+    """log2(2 / eps_sec^2) + t bits, t = :func:`verification_hash_bits`: Tomamichel et al.'s
+    log2(2 / (eps_sec^2 eps_cor)), whose log2(1/eps_cor) is the verification hash, with the hash counted
+    at the size it is sent (34 bits at 1e-10, not 33.2)."""
+    return 1.0 - 2.0 * math.log2(eps_sec) + verification_hash_bits(eps_cor)

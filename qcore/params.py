@@ -9,6 +9,7 @@ from enum import StrEnum
 
 from .constants import QBER_TOLERANCE
 from .errors import ConfigError
+from .security import DEFAULT_EPS_COR, DEFAULT_EPS_SEC, check_eps, total_eps, verification_hash_bits
 
 
 class ProtocolKind(StrEnum):
@@ -64,11 +65,12 @@ class DistillConfig:
     sample_fraction: float = 0.3
     """Share of the key candidates disclosed to estimate the QBER (BB84 single-photon, E91)."""
     qber_tolerance: float = QBER_TOLERANCE
-    """Abort when the QBER upper bound exceeds this (Shor-Preskill's zero is near 11 %)."""
-    eps_sec: float = 1e-10
-    """Secrecy parameter of the finite-key bound."""
-    eps_cor: float = 1e-10
-    """Correctness parameter: fixes the verification hash length."""
+    """Abort when the observed test-bit QBER exceeds this (Shor-Preskill's zero is near 11 %). The
+    finite-size deviation does not enter the abort: it shortens the key (Tomamichel et al. 2012)."""
+    eps_sec: float = DEFAULT_EPS_SEC
+    """Secrecy parameter of the finite-key bound, in (0, 1); the deployer's choice."""
+    eps_cor: float = DEFAULT_EPS_COR
+    """Correctness parameter, in (0, 1): fixes the verification hash length, ceil(log2(1/eps_cor)) bits."""
     ec_efficiency_estimate: float = 1.1
     """Reconciliation inefficiency assumed before Cascade runs, to abort early on hopeless rounds."""
     e91_security: E91Security = E91Security.BBM92
@@ -79,13 +81,17 @@ class DistillConfig:
             raise ConfigError("sample_fraction", f"must be in (0, 1), got {self.sample_fraction}")
         if not 0.0 < self.qber_tolerance < 0.5:
             raise ConfigError("qber_tolerance", f"must be in (0, 0.5), got {self.qber_tolerance}")
-        for name in ("eps_sec", "eps_cor"):
-            value = getattr(self, name)
-            if not 0.0 < value < 1.0:
-                raise ConfigError(name, f"must be in (0, 1), got {value}")
+        check_eps("eps_sec", self.eps_sec)
+        check_eps("eps_cor", self.eps_cor)
         if self.decoy is not None and self.protocol is not ProtocolKind.BB84:
             raise ConfigError("decoy", "decoy states apply to BB84 only")
 
     @property
     def verification_bits(self) -> int:
-        return math.ceil(math.log2(1.0 / self.eps_cor))
+        """Size of the verification hash; the finite-key lengths charge exactly this many bits."""
+        return verification_hash_bits(self.eps_cor)
+
+    @property
+    def eps(self) -> float:
+        """The total security parameter eps_sec + eps_cor of a round (composable security)."""
+        return total_eps(self.eps_sec, self.eps_cor)

@@ -241,7 +241,7 @@ class BaseSession:
         key = self._key if (established and self._key is not None) else empty
         stats = self._stats
         if measured is None and stats is not None and reason in (AbortReason.QBER_ABOVE_THRESHOLD,):
-            measured = stats.qber_upper
+            measured = stats.qber
         return RoundOutcome(
             established=established,
             abort_reason=reason,

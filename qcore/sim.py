@@ -34,6 +34,7 @@ from .finite_e91 import FAIR_SAMPLING_NOTE
 from .harness import run_pair
 from .randomness import PartyRandomness
 from .round_state import RoundOutcome
+from .security import DEFAULT_EPS_COR, DEFAULT_EPS_SEC, check_eps
 from .session import AliceSession, BobSession
 
 PRESHARED_KEY_BYTES = 512
@@ -66,6 +67,10 @@ class SimConfig:
     (``channel_events``, memory bounded by the detections). The qiskit backend always draws per pulse."""
     e91_security: E91Security = E91Security.BBM92
     """E91 key-length analysis: bbm92 (finite key on the conjugate key bases) or device-independent."""
+    eps_sec: float = DEFAULT_EPS_SEC
+    """Secrecy parameter of the finite-key bound, in (0, 1)."""
+    eps_cor: float = DEFAULT_EPS_COR
+    """Correctness parameter, in (0, 1); fixes the verification hash, ceil(log2(1/eps_cor)) bits."""
 
     def __post_init__(self) -> None:
         if self.qubits <= 0:
@@ -78,6 +83,8 @@ class SimConfig:
             )
         if self.protocol is ProtocolKind.E91 and self.source is SourceKind.WCP:
             raise ConfigError("source", "E91 uses an entangled-pair source; --source applies to BB84")
+        check_eps("eps_sec", self.eps_sec)
+        check_eps("eps_cor", self.eps_cor)
 
     @property
     def event_driven(self) -> bool:
@@ -91,6 +98,8 @@ class SimConfig:
             decoy=self.decoy if wcp else None,
             sample_fraction=self.sample_fraction,
             e91_security=self.e91_security,
+            eps_sec=self.eps_sec,
+            eps_cor=self.eps_cor,
         )
 
 
@@ -128,6 +137,7 @@ class SimResult:
         h = float(theory.binary_entropy(q_actual)) if n else 0.0
         reason = self.abort_reason
         e91 = self.config.protocol is ProtocolKind.E91
+        security = self.config.distill_config()
         detail = next(
             (o.abort_detail for o in (self.bob, self.alice) if o.abort_reason is reason and o.abort_detail),
             "",
@@ -175,6 +185,10 @@ class SimResult:
             "alice_key_sha256": _key_hash(self.alice.key),
             "bob_key_sha256": _key_hash(self.bob.key),
             "eve_known_bits": self.eve_known_bits,
+            "eps_sec": security.eps_sec,
+            "eps_cor": security.eps_cor,
+            "eps": security.eps,
+            "verification_bits": security.verification_bits,
             "theory": self.theory,
         }
 

@@ -36,6 +36,16 @@ def _bounded(low: float, high: float, *, low_open: bool = False):
     return parse
 
 
+def _eps(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
+    return value
+
+
 def _channel_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--distance-km", type=_bounded(0.0, 1000.0), default=10.0, help="fibre length (default 10)"
@@ -89,6 +99,16 @@ def register(parser: argparse.ArgumentParser) -> None:
             "--eve-fraction", type=_bounded(0.0, 1.0), default=1.0, help="share of pulses attacked"
         )
         p.add_argument("--sample-fraction", type=_bounded(0.0, 1.0, low_open=True), default=0.3)
+        p.add_argument(
+            "--eps-sec", type=_eps, default=1e-10, help="secrecy parameter in (0, 1) (default 1e-10)"
+        )
+        p.add_argument(
+            "--eps-cor",
+            type=_eps,
+            default=1e-10,
+            help="correctness parameter in (0, 1); the verification hash has ceil(log2(1/eps_cor)) bits "
+            "(default 1e-10: 34 bits)",
+        )
         p.add_argument("--backend", choices=("numpy", "qiskit"), default="numpy")
         p.add_argument("--seed", type=int, default=None, help="seed of every random choice")
         p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -140,6 +160,8 @@ def _sim_config(args: argparse.Namespace):
         sample_fraction=args.sample_fraction,
         per_pulse=getattr(args, "per_pulse", False),
         e91_security=E91Security(getattr(args, "e91_security", "bbm92")),
+        eps_sec=args.eps_sec,
+        eps_cor=args.eps_cor,
     )
 
 
@@ -194,6 +216,13 @@ def format_report(r: dict[str, Any]) -> str:
             f"model predicts {_fmt(t.get('expected_qber'), '.4%')}{honest})",
         ),
     ]
+    rows.append(
+        (
+            "security",
+            f"eps_sec {r['eps_sec']:.3g}, eps_cor {r['eps_cor']:.3g}: {r['eps']:.4g}-secure in total "
+            f"(verification hash {r['verification_bits']} bits)",
+        )
+    )
     if r["chsh_s"] is not None:
         rows.append(
             (

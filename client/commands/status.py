@@ -109,6 +109,7 @@ def format_link(link: LinkStatus, key_size: int | None, data: DataPeerStatus | N
             f"{_bits(pool)}{in_keys} (watermarks {link.low_watermark_bits:,}..{link.high_watermark_bits:,})",
         ),
         ("auth reserve", _bits(link.auth_reserve_bits)),
+        ("security", f"eps_sec {link.eps_sec:.3g}, eps_cor {link.eps_cor:.3g}: keys {link.eps:.4g}-secure"),
         ("rounds", f"{link.rounds.established:,} established, {link.rounds.aborted:,} aborted"),
         ("last round", format_last_round(last)),
     ]

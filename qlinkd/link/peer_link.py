@@ -102,9 +102,7 @@ class PeerLink:
         self.link: LinkConnection | None = None
         self._anchor_waiters: list[tuple[int, asyncio.Future[bool]]] = []
         """(requests this connection must have had answered, the future that waits for it)"""
-        self.report = LinkReporter(
-            runtime, peer_id, role=self.role.value, qber_tolerance=self.config.distill.qber_tolerance
-        )
+        self.report = LinkReporter(runtime, peer_id, role=self.role.value, distill=self.config.distill)
 
     # ---- public ----------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -149,6 +147,9 @@ class PeerLink:
             peer=peer_id,
             role=self.role.value,
             protocol=self.config.protocol.value,
+            eps_sec=self.config.distill.eps_sec,
+            eps_cor=self.config.distill.eps_cor,
+            eps=self.config.distill.eps,
             connected=link is not None and link.state is not State.CLOSED,
             channel_connected=self.channel.connected,
             state=link.state.name.lower() if link is not None else "disconnected",

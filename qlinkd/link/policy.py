@@ -10,6 +10,7 @@ from enum import Enum
 from qlinkmed.qcore.auth import ROUND_AUTH_BITS
 from qlinkmed.qcore.errors import AbortReason
 from qlinkmed.qcore.estimation import Statistics
+from qlinkmed.qcore.params import DistillConfig
 from qlinkmed.qlinkd.link.events import RoundEnded
 from qlinkmed.qlinkd.link.status import RoundRecord
 
@@ -130,8 +131,9 @@ def alarm_after(alarm: str | None, *, reason: AbortReason, verdict: Verdict) -> 
 
 
 # ---- the record a round leaves --------------------------------------------------------------------
-def round_record(event: RoundEnded) -> RoundRecord:
-    """What status shows as ``last_round`` and the audit log records for a round that ended."""
+def round_record(event: RoundEnded, distill: DistillConfig) -> RoundRecord:
+    """What status shows as ``last_round`` and the audit log records for a round that ended, with the
+    security parameters (`distill`'s) its key length was computed with."""
     outcome = event.outcome
     stats = outcome.statistics if outcome is not None else None
     return RoundRecord(
@@ -148,6 +150,9 @@ def round_record(event: RoundEnded) -> RoundRecord:
         leaked_ec_bits=0 if outcome is None else outcome.leaked_ec_bits,
         final_key_bits=event.key_bits if event.established else 0,
         round_trips=0 if outcome is None else outcome.round_trips,
+        eps_sec=distill.eps_sec,
+        eps_cor=distill.eps_cor,
+        eps=distill.eps,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from qlinkmed.qcore.params import DistillConfig
 from qlinkmed.qlinkd.errors import StoreError
 from qlinkmed.qlinkd.link import policy
 from qlinkmed.qlinkd.link.events import RoundEnded
@@ -17,11 +18,13 @@ log = logging.getLogger("qlink.link")
 
 
 class LinkReporter:
-    def __init__(self, rt: Runtime, peer: str, *, role: str, qber_tolerance: float) -> None:
+    def __init__(self, rt: Runtime, peer: str, *, role: str, distill: DistillConfig) -> None:
         self.rt = rt
         self.peer = peer
         self.role = role
-        self.qber_tolerance = qber_tolerance
+        # The link's round policy: its QBER tolerance judges aborts, its security parameters go in every
+        # round record (status and audit).
+        self.distill = distill
         self.rounds = RoundCounts()
         self.last_round: RoundRecord | None = None
         self.alarm: str | None = None
@@ -59,10 +62,10 @@ class LinkReporter:
 
     def round_ended(self, event: RoundEnded) -> None:
         peer, metrics, store = self.peer, self.rt.metrics, self.rt.store
-        record = policy.round_record(event)
+        record = policy.round_record(event, self.distill)
         stats = event.outcome.statistics if event.outcome is not None else None
         verdict = policy.classify_round(
-            reason=event.reason, statistics=stats, qber_tolerance=self.qber_tolerance
+            reason=event.reason, statistics=stats, qber_tolerance=self.distill.qber_tolerance
         )
         duration = event.ended_at - event.started_at
         ok = event.established

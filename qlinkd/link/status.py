@@ -34,6 +34,12 @@ class RoundRecord:
     final_key_bits: int
     """Key bits the pool gained from the round (0 unless established)."""
     round_trips: int
+    eps_sec: float
+    """The secrecy parameter the round's key length was computed with."""
+    eps_cor: float
+    """The correctness parameter (it fixes the verification hash's size)."""
+    eps: float
+    """eps_sec + eps_cor: the round's key is eps-secure (composable)."""
 
     def to_json(self) -> dict[str, Any]:
         return _fields(self)
@@ -55,6 +61,9 @@ class RoundRecord:
             leaked_ec_bits=_get(d, "leaked_ec_bits", int, where),
             final_key_bits=_get(d, "final_key_bits", int, where),
             round_trips=_get(d, "round_trips", int, where),
+            eps_sec=_number(d, "eps_sec", where),
+            eps_cor=_number(d, "eps_cor", where),
+            eps=_number(d, "eps", where),
         )
 
 
@@ -75,6 +84,12 @@ class LinkStatus:
     role: str
     """``alice`` or ``bob``."""
     protocol: str
+    eps_sec: float
+    """Secrecy parameter of the link's rounds (``[[peer]] eps_sec``)."""
+    eps_cor: float
+    """Correctness parameter of the link's rounds (``[[peer]] eps_cor``)."""
+    eps: float
+    """eps_sec + eps_cor: every key the link distils is eps-secure (composable)."""
     connected: bool
     """The classical connection to the peer is up."""
     channel_connected: bool
@@ -118,6 +133,9 @@ class LinkStatus:
             peer=_get(d, "peer", str),
             role=_get(d, "role", str),
             protocol=_get(d, "protocol", str),
+            eps_sec=_number(d, "eps_sec"),
+            eps_cor=_number(d, "eps_cor"),
+            eps=_number(d, "eps"),
             connected=_get(d, "connected", bool),
             channel_connected=_get(d, "channel_connected", bool),
             state=_get(d, "state", str),
@@ -216,19 +234,20 @@ def _get(d: Mapping[str, Any], name: str, kind: type[T], where: str = "") -> T:
     return value
 
 
-def _number(d: Mapping[str, Any], name: str, where: str) -> float:
+def _number(d: Mapping[str, Any], name: str, where: str = "") -> float:
     value = _optional_number(d, name, where)
     if value is None:
-        raise StatusFormatError(f"{where}.{name}", "expected a number, got null")
+        raise StatusFormatError(f"{where}.{name}" if where else name, "expected a number, got null")
     return value
 
 
-def _optional_number(d: Mapping[str, Any], name: str, where: str) -> float | None:
+def _optional_number(d: Mapping[str, Any], name: str, where: str = "") -> float | None:
+    field = f"{where}.{name}" if where else name
     if name not in d:
-        raise StatusFormatError(f"{where}.{name}", "missing")
+        raise StatusFormatError(field, "missing")
     value = d[name]
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise StatusFormatError(f"{where}.{name}", f"expected a number, got {type(value).__name__}")
+        raise StatusFormatError(field, f"expected a number, got {type(value).__name__}")
     return float(value)

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from qlinkmed.qcore.constants import FACILITY_ID_PATTERN, QBER_TOLERANCE, is_facility_id
 from qlinkmed.qcore.params import DistillConfig, E91Security, ProtocolKind
+from qlinkmed.qcore.security import DEFAULT_EPS_COR, DEFAULT_EPS_SEC
 from qlinkmed.qlinkd.errors import ConfigError, PkiError
 from qlinkmed.qlinkd.ops.toml_reader import Address, Table, build, check, read_toml
 
@@ -160,13 +161,20 @@ class PeerConfig:
     round_timeout_s: float = 10.0
     """Abort a round that has not finished after this many seconds."""
     qber_tolerance: float = QBER_TOLERANCE
-    """Abort a round whose QBER upper bound exceeds this, in (0, 0.5)."""
+    """Abort a round whose observed QBER exceeds this, in (0, 0.5); the finite-size deviation shortens the
+    key instead."""
     sample_fraction: float = 0.3
     """Share of key candidates disclosed to estimate the QBER, in (0, 1)."""
     e91_security: E91Security = E91Security.BBM92
     """E91 key length: bbm92 (finite key on the conjugate key bases, CHSH as the witness) or
     device-independent (the Acin rate, which assumes fair sampling of the lossy detectors' coincidences).
     Both ends must say the same; ignored for BB84."""
+    eps_sec: float = DEFAULT_EPS_SEC
+    """Secrecy parameter of every round's finite-key length, in (0, 1). The deployer's choice; the link's
+    rounds are (eps_sec + eps_cor)-secure. Both ends must configure the same value."""
+    eps_cor: float = DEFAULT_EPS_COR
+    """Correctness parameter, in (0, 1): the verification hash has ceil(log2(1/eps_cor)) bits. Both ends
+    must configure the same value."""
     pq_hybrid: bool = False
     """Mix an ML-KEM-768 shared secret into every data-plane traffic key with this peer, so a session stays
     secret if either the QKD key or ML-KEM holds. The peer's configuration must say the same of us: a
@@ -193,6 +201,9 @@ class PeerConfig:
         )
         check(0.0 < self.qber_tolerance < 0.5, "qber_tolerance", "must be in (0, 0.5)")
         check(0.0 < self.sample_fraction < 1.0, "sample_fraction", "must be in (0, 1)")
+        for name in ("eps_sec", "eps_cor"):
+            value = getattr(self, name)
+            check(0.0 < value < 1.0, name, f"must be in (0, 1) (the default is 1e-10), got {value:g}")
 
     def distill_config(self) -> DistillConfig:
         """The qcore round policy for this link."""
@@ -201,6 +212,8 @@ class PeerConfig:
             sample_fraction=self.sample_fraction,
             qber_tolerance=self.qber_tolerance,
             e91_security=self.e91_security,
+            eps_sec=self.eps_sec,
+            eps_cor=self.eps_cor,
         )
 
 
@@ -290,6 +303,8 @@ def _peer(section: Table) -> PeerConfig:
         qber_tolerance=section.number("qber_tolerance", QBER_TOLERANCE),
         sample_fraction=section.number("sample_fraction", 0.3),
         e91_security=section.choice("e91_security", E91Security, tuple(E91Security), "bbm92"),
+        eps_sec=section.number("eps_sec", DEFAULT_EPS_SEC),
+        eps_cor=section.number("eps_cor", DEFAULT_EPS_COR),
         pq_hybrid=section.boolean("pq_hybrid", False),
     )
     section.finish()

@@ -78,6 +78,8 @@ def write_loopback_deployment(
     round_timeout_s: float = 10.0,
     preshared_bytes: int = PRESHARED_BYTES,
     pq_hybrid: bool = False,
+    eps_sec: float = 1e-10,
+    eps_cor: float = 1e-10,
     channel_idle_timeout_s: float = 300.0,
     channel_connections_per_link: int = 2,
 ) -> Deployment:
@@ -159,6 +161,8 @@ low_watermark_bits = {low_watermark_bits}
 high_watermark_bits = {high_watermark_bits}
 round_timeout_s = {round_timeout_s}
 pq_hybrid = {"true" if pq_hybrid else "false"}
+eps_sec = {eps_sec!r}
+eps_cor = {eps_cor!r}
 """
         )
         configs[me] = path

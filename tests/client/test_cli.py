@@ -54,6 +54,25 @@ def test_established_key_exits_0_with_the_json_fields() -> None:
     assert "finite_key_bits" in report["theory"]
 
 
+def test_eps_flags_reach_the_report_with_their_total() -> None:
+    common = ("sim", "bb84", "--qubits", "600000", "--distance-km", "5", "--seed", "4")
+    flags = ("--eps-sec", "1e-9", "--eps-cor", "1e-12")
+    report = json.loads(_run(*common, *flags, "--json").stdout)
+    assert (report["eps_sec"], report["eps_cor"], report["eps"]) == (1e-9, 1e-12, 1e-9 + 1e-12)
+    assert report["verification_bits"] == 40
+    default = json.loads(_run(*common, "--json").stdout)
+    assert (default["eps_sec"], default["eps_cor"], default["eps"], default["verification_bits"]) == (
+        1e-10,
+        1e-10,
+        2e-10,
+        34,
+    )
+    # The flags reach the length (its exact dependence is tests/qcore/test_security_parameters.py).
+    assert report["pa_output_bits"] != default["pa_output_bits"]
+    text = _run(*common, *flags).stdout
+    assert "eps_sec 1e-09, eps_cor 1e-12: 1.001e-09-secure in total (verification hash 40 bits)" in text
+
+
 def test_eavesdropper_abort_exits_3_and_says_why() -> None:
     proc = _run("sim", "bb84", "--qubits", "200000", "--eve", "intercept-resend", "--seed", "1")
     assert proc.returncode == 3
@@ -92,6 +111,10 @@ def test_e91_reports_chsh() -> None:
         (["--eve-fraction", "1.5"], "--eve-fraction"),
         (["--distance-km", "-3"], "--distance-km"),
         (["--eve", "pns"], "--eve"),  # PNS needs a multi-photon source
+        (["--eps-sec", "0"], "--eps-sec"),
+        (["--eps-sec", "1"], "--eps-sec"),
+        (["--eps-cor", "tiny"], "--eps-cor"),
+        (["--eps-cor", "-1e-10"], "--eps-cor"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line_naming_the_argument(args: list[str], named: str) -> None:

@@ -337,6 +337,9 @@ def test_human_status_shows_chsh_alarm_and_starvation() -> None:
         "peer": B,
         "role": "alice",
         "protocol": "e91",
+        "eps_sec": 1e-9,
+        "eps_cor": 1e-12,
+        "eps": 1.001e-9,
         "connected": True,
         "channel_connected": False,
         "state": "idle",
@@ -362,6 +365,9 @@ def test_human_status_shows_chsh_alarm_and_starvation() -> None:
             "leaked_ec_bits": 1_200,
             "final_key_bits": 0,
             "round_trips": 5,
+            "eps_sec": 1e-9,
+            "eps_cor": 1e-12,
+            "eps": 1.001e-9,
         },
         "alarm": "chsh_below_threshold",
         "auth_starved": True,
@@ -373,3 +379,5 @@ def test_human_status_shows_chsh_alarm_and_starvation() -> None:
     assert "CHSH 2.1 below 2.5" in text
     assert "  ALARM         chsh_below_threshold" in text
     assert "STARVED" in text
+    # The deployer's security parameters and their total, as the daemon reports them.
+    assert "  security      eps_sec 1e-09, eps_cor 1e-12: keys 1.001e-09-secure" in text

@@ -1,5 +1,6 @@
-"""Parameter estimation on hand-made sift plans: the decoy counts per class, and the E91 length's need for
-a CHSH bound."""
+"""Parameter estimation on hand-made sift plans: the decoy counts per class, the E91 length's need for a
+CHSH bound, and the abort rule (Tomamichel et al. 2012: the OBSERVED test error against the tolerance,
+the statistical deviation in the length only)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,16 @@ import dataclasses
 import numpy as np
 import pytest
 
-from qlinkmed.qcore.errors import LocalProtocolError
-from qlinkmed.qcore.estimation import DecoyCounts, Statistics, final_key_length, measure_statistics
+from qlinkmed.qcore.auth import ROUND_AUTH_BITS
+from qlinkmed.qcore.errors import AbortReason, LocalProtocolError, RoundAborted
+from qlinkmed.qcore.estimation import (
+    DecoyCounts,
+    Statistics,
+    final_key_length,
+    judge_statistics,
+    measure_statistics,
+)
+from qlinkmed.qcore.finite_bb84 import tomamichel_length
 from qlinkmed.qcore.params import DecoySource, DistillConfig, E91Security, ProtocolKind
 from qlinkmed.qcore.sifting import SiftPlan
 
@@ -51,3 +60,91 @@ def test_e91_key_length_without_a_chsh_bound_is_refused() -> None:
     with pytest.raises(LocalProtocolError, match="CHSH"):
         final_key_length(config, plan, counts, 500)
     assert final_key_length(config, plan, dataclasses.replace(counts, chsh_s=2.75, chsh_lower=2.7), 500) > 0
+
+
+# ---- the abort rule ---------------------------------------------------------------------------------
+def _bb84_round(n: int, k: int, errors: int) -> tuple[DistillConfig, SiftPlan, Statistics]:
+    """A single-photon BB84 round of n key bits and k test bits, `errors` of them wrong, measured by
+    measure_statistics (so qber_upper is the estimator's own Q + mu)."""
+    config = DistillConfig()
+    candidates = np.arange(n + k)
+    sample = np.zeros(n + k, dtype=bool)
+    sample[n:] = True
+    plan = SiftPlan(
+        pulses=candidates,
+        alice_settings=np.zeros(n + k, dtype=np.uint8),
+        bob_settings=np.zeros(n + k, dtype=np.uint8),
+        intensities=np.zeros(0, dtype=np.uint8),
+        key_candidates=candidates,
+        sample=sample,
+        test=candidates[n:],
+        key=candidates[:n],
+    )
+    alice = np.zeros(k, dtype=np.uint8)
+    bob = alice.copy()
+    bob[:errors] = 1
+    return config, plan, measure_statistics(config, plan, alice, bob)
+
+
+def _expected_length(config: DistillConfig, stats: Statistics) -> int:
+    # The early judgement's leak: the configured reconciliation inefficiency times n h(Q).
+    q = stats.qber
+    h = -q * np.log2(q) - (1 - q) * np.log2(1 - q)
+    leak = config.ec_efficiency_estimate * stats.raw_key_bits * float(h)
+    return tomamichel_length(
+        stats.raw_key_bits, stats.sample_bits, q, leak, config.eps_sec, config.eps_cor
+    ).length
+
+
+def test_observed_qber_below_the_tolerance_is_not_aborted_when_only_q_plus_mu_is_above() -> None:
+    # 90 km, 1e7 pulses: about 6,000 key bits and 2,500 test bits at 3.5 %; Q + mu is about 15 %.
+    config, plan, stats = _bb84_round(6_000, 2_500, 88)
+    assert stats.qber == pytest.approx(0.0352) and stats.qber < config.qber_tolerance
+    assert stats.qber_upper > 0.15 > config.qber_tolerance
+    judge_statistics(config, plan, stats)  # no abort: the deviation only shortens the key
+    length = _expected_length(config, stats)
+    assert length > ROUND_AUTH_BITS
+    assert (
+        final_key_length(config, plan, stats, 1_400)
+        == tomamichel_length(6_000, 2_500, stats.qber, 1_400, config.eps_sec, config.eps_cor).length
+    )
+
+
+def test_a_round_too_small_for_its_bound_ends_on_its_length_not_on_the_qber() -> None:
+    config, plan, stats = _bb84_round(1_500, 600, 21)
+    assert stats.qber < config.qber_tolerance < stats.qber_upper
+    with pytest.raises(RoundAborted) as caught:
+        judge_statistics(config, plan, stats)
+    assert caught.value.reason is AbortReason.FINITE_KEY_EMPTY
+    assert caught.value.measured == float(_expected_length(config, stats))
+    assert caught.value.threshold == float(ROUND_AUTH_BITS)
+
+
+def test_observed_qber_above_the_tolerance_aborts_and_reports_the_observed_value() -> None:
+    config, plan, stats = _bb84_round(200_000, 50_000, 5_600)  # 11.2 %, a large round: mu is small
+    assert stats.qber > config.qber_tolerance
+    with pytest.raises(RoundAborted) as caught:
+        judge_statistics(config, plan, stats)
+    assert caught.value.reason is AbortReason.QBER_ABOVE_THRESHOLD
+    assert (caught.value.measured, caught.value.threshold) == (stats.qber, config.qber_tolerance)
+    assert "observed QBER 0.1120 > tolerance 0.11" in caught.value.detail
+
+
+def test_e91_is_judged_on_its_observed_qber_too() -> None:
+    # E91 keeps its CHSH test and its device-independent length; only the plain QBER rule changed.
+    config = DistillConfig(protocol=ProtocolKind.E91)
+    plan = _plan(np.zeros(0, dtype=np.uint8), np.arange(0), np.arange(0))
+    stats = Statistics(
+        raw_key_bits=100_000,
+        sample_bits=30_000,
+        errors=600,
+        qber=0.02,
+        qber_upper=0.12,
+        chsh_s=2.75,
+        chsh_lower=2.7,
+    )
+    judge_statistics(config, plan, stats)  # Q + mu = 12 % > 11 %, but the observed 2 % is what is judged
+    above = dataclasses.replace(stats, errors=3_600, qber=0.12, qber_upper=0.13)
+    with pytest.raises(RoundAborted) as caught:
+        judge_statistics(config, plan, above)
+    assert caught.value.reason is AbortReason.QBER_ABOVE_THRESHOLD and caught.value.measured == 0.12

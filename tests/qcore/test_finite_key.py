@@ -25,6 +25,7 @@ from qlinkmed.qcore.theory import (
 )
 
 EPS = 1e-10
+HASH_BITS = 34  # ceil(log2(1/EPS)): the verification hash at eps_cor = 1e-10
 
 # ----------------------------------------------------------------------------- Tomamichel 2012
 
@@ -37,11 +38,14 @@ def test_tomamichel_length_by_hand() -> None:
     n, k, q = 100_000, 20_000, 0.02
     leak = 1.16 * n * _h(q)
     mu = math.sqrt((n + k) / (n * k) * (k + 1) / k * math.log(4 / EPS))
-    expected = math.floor(n * (1 - _h(q + mu)) - leak - math.log2(2 / (EPS**2 * EPS)))
+    # log2(2 / (eps_sec^2 eps_cor)) with the verification hash's log2(1/eps_cor) = 33.2 counted at the
+    # 34 bits the hash has.
+    penalty = math.log2(2 / EPS**2) + HASH_BITS
+    expected = math.floor(n * (1 - _h(q + mu)) - leak - penalty)
     result = tomamichel_length(n, k, q, leak)
     assert result.mu == pytest.approx(mu, rel=1e-12)
     assert result.qber_upper == pytest.approx(q + mu, rel=1e-12)
-    assert result.pa_penalty == pytest.approx(math.log2(2 / EPS**3), rel=1e-12)
+    assert result.pa_penalty == pytest.approx(penalty, rel=1e-12)
     assert result.length == expected
     assert result.length > 0
     assert (result.n, result.k, result.q_test, result.leak_ec) == (n, k, q, leak)
@@ -276,7 +280,7 @@ def test_lim2014_intermediate_terms() -> None:
     assert result.s_x1 == pytest.approx(s_x1)
     v_z1 = tau1 * (result.m_z_plus[1] - result.m_z_minus[2]) / (mu2 - mu3)
     assert result.v_z1 == pytest.approx(max(0.0, v_z1))
-    assert result.pa_penalty == pytest.approx(6 * math.log2(21 / EPS) + math.log2(2 / EPS))
+    assert result.pa_penalty == pytest.approx(6 * math.log2(21 / EPS) + 1 + HASH_BITS)
     assert result.length == 0  # far too small a block
 
 
@@ -385,7 +389,7 @@ def test_e91_length_by_hand() -> None:
     assert result.mu == pytest.approx(mu)
     assert result.rate == pytest.approx(float(di_rate(s_low, q + mu)))
     assert result.eve_information == pytest.approx(chi)
-    assert result.length == math.floor(n * (1 - chi) - leak - math.log2(2 / EPS**3))
+    assert result.length == math.floor(n * (1 - chi) - leak - math.log2(2 / EPS**2) - HASH_BITS)
     assert result.length > 0
     assert e91_length(n, k, q, s_low, leak, 1e-6, 1e-6).length > result.length
 
@@ -397,7 +401,7 @@ def test_e91_device_independent_length_pays_error_correction_once() -> None:
     n, k, q, s_low = 1_000_000, 100_000, 0.02, 2.7
     free = e91_length(n, k, q, s_low, 0.0)
     chi = _h((1 + math.sqrt((s_low / 2) ** 2 - 1)) / 2)
-    assert free.length == math.floor(n * (1 - chi) - math.log2(2 / EPS**3))
+    assert free.length == math.floor(n * (1 - chi) - math.log2(2 / EPS**2) - HASH_BITS)
     assert free.length - e91_length(n, k, q, s_low, 10_000.0).length in (9_999, 10_000, 10_001)
     # The QBER does not enter the length, only the decision to key (r_DI(S_low, Q + mu) > 0).
     assert e91_length(n, k, 0.03, s_low, 0.0).length == free.length

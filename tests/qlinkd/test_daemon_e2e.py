@@ -26,6 +26,7 @@ from tests.testbeds import Testbeds
 
 A, B = "hospital-a", "hospital-b"
 PULSES = 700_000
+EPS_SEC, EPS_COR = 1e-9, 1e-12  # the deployer's security parameters (not the defaults)
 
 
 def _get(url: str) -> dict[str, Any]:
@@ -38,7 +39,7 @@ def _pool(deployment: Deployment, facility: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def running(module_testbeds: Testbeds) -> Deployment:
-    deployment = module_testbeds.launch(pulses_per_round=PULSES).deployment
+    deployment = module_testbeds.launch(pulses_per_round=PULSES, eps_sec=EPS_SEC, eps_cor=EPS_COR).deployment
     wait_for(lambda: _pool(deployment, A)["owned_bits"] >= 4096, "key in A's pool")
     return deployment
 
@@ -57,6 +58,14 @@ def test_status_reports_the_link_and_its_measurements(running: Deployment) -> No
     last = link["last_round"]
     assert last["established"] and last["final_key_bits"] >= 512
     assert 0.0 < last["qber"] < 0.11
+    # The configured security parameters and their total, for the link and for the round.
+    for shown in (link, last):
+        assert (shown["eps_sec"], shown["eps_cor"]) == (EPS_SEC, EPS_COR)
+        assert shown["eps"] == pytest.approx(EPS_SEC + EPS_COR, rel=1e-12)
+    established = [r for r in _audit(running, A) if r["event"] == "round_established"]
+    assert established and all(
+        (r["eps_sec"], r["eps_cor"], r["eps"]) == (EPS_SEC, EPS_COR, EPS_SEC + EPS_COR) for r in established
+    )
     metrics = httpx.get(running.local_url(A) + "/metrics").text
     assert 'qlink_rounds_total{outcome="established",peer="hospital-b"}' in metrics
     assert 'qlink_eavesdropper_alarm{peer="hospital-b"} 0.0' in metrics

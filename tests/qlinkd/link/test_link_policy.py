@@ -14,6 +14,7 @@ import pytest
 from qlinkmed.qcore.auth import ROUND_AUTH_BITS
 from qlinkmed.qcore.errors import AbortReason
 from qlinkmed.qcore.estimation import Statistics
+from qlinkmed.qcore.params import DistillConfig
 from qlinkmed.qcore.round_state import RoundOutcome
 from qlinkmed.qlinkd.errors import StatusFormatError
 from qlinkmed.qlinkd.link import policy
@@ -25,6 +26,7 @@ from tests.test_layers import IO_MODULES, _closure
 LOW, HIGH = 12_000, 30_000
 TOLERANCE = 0.11
 RESERVE = 10 * ROUND_AUTH_BITS
+DISTILL = DistillConfig(eps_sec=1e-9, eps_cor=1e-12)
 
 
 def levels(pool: int, reserve: int = RESERVE) -> PoolLevels:
@@ -188,7 +190,7 @@ def test_an_established_round_records_the_bits_the_pool_gained() -> None:
         ended_at=10.123456,
         key_bits=5000,
     )
-    record = policy.round_record(event)
+    record = policy.round_record(event, DISTILL)
     assert record == RoundRecord(
         round=9,
         established=True,
@@ -203,6 +205,9 @@ def test_an_established_round_records_the_bits_the_pool_gained() -> None:
         leaked_ec_bits=2_500,
         final_key_bits=5000,
         round_trips=7,
+        eps_sec=1e-9,
+        eps_cor=1e-12,
+        eps=1e-9 + 1e-12,
     )
     name, fields = policy.audit_fields(record)
     assert name == "round_established"
@@ -222,7 +227,7 @@ def test_an_aborted_round_records_no_key_and_a_bounded_detail() -> None:
         started_at=1.0,
         ended_at=1.5,
     )
-    record = policy.round_record(event)
+    record = policy.round_record(event, DISTILL)
     assert (record.established, record.reason, record.final_key_bits) == (False, "chsh_not_violated", 0)
     assert record.detail == "x" * policy.DETAIL_CHARS and record.chsh_s == 2.1
     assert record.chsh_lower == 1.8  # the CHSH interval is reported, not only the estimate
@@ -238,7 +243,7 @@ def test_a_round_that_ended_before_distillation_records_no_measurement() -> None
         started_at=0.0,
         ended_at=5.0,
     )
-    record = policy.round_record(event)
+    record = policy.round_record(event, DISTILL)
     assert (record.qber, record.qber_upper, record.chsh_s) == (None, None, None)
     assert (record.raw_key_bits, record.leaked_ec_bits, record.final_key_bits, record.round_trips) == (
         0,
@@ -254,6 +259,9 @@ STATUS_FIELDS = [
     "peer",
     "role",
     "protocol",
+    "eps_sec",
+    "eps_cor",
+    "eps",
     "connected",
     "channel_connected",
     "state",
@@ -283,6 +291,9 @@ ROUND_FIELDS = [
     "leaked_ec_bits",
     "final_key_bits",
     "round_trips",
+    "eps_sec",
+    "eps_cor",
+    "eps",
 ]
 
 
@@ -291,6 +302,9 @@ def status(last: RoundRecord | None) -> LinkStatus:
         peer="hospital-b",
         role="alice",
         protocol="bb84",
+        eps_sec=DISTILL.eps_sec,
+        eps_cor=DISTILL.eps_cor,
+        eps=DISTILL.eps,
         connected=True,
         channel_connected=False,
         state="idle",
@@ -312,7 +326,8 @@ def test_status_json_has_the_api_field_names_and_parses_back() -> None:
     last = policy.round_record(
         RoundEnded(
             round_id=1, outcome=None, reason=AbortReason.TIMEOUT, detail="d", started_at=0.0, ended_at=1.0
-        )
+        ),
+        DISTILL,
     )
     for value in (status(None), status(last)):
         body = value.to_json()

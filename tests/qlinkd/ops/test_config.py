@@ -153,6 +153,14 @@ FACILITY_MISTAKES = [
     ("qber_tolerance = 0.11", "qber_tolerence = 0.11", "peer[0].qber_tolerence"),
     ("sample_fraction = 0.3", "sample_fraction = 1.0", "peer[0].sample_fraction"),
     ("sample_fraction = 0.3", "sample_fraction = 0.3\n[[peer]]", "peer[1].id"),
+    ("eps_sec = 1e-10", "eps_sec = 0", "peer[0].eps_sec"),
+    ("eps_sec = 1e-10", "eps_sec = 1.0", "peer[0].eps_sec"),
+    ("eps_sec = 1e-10", "eps_sec = -1e-10", "peer[0].eps_sec"),
+    ("eps_sec = 1e-10", 'eps_sec = "1e-10"', "peer[0].eps_sec"),
+    ("eps_sec = 1e-10", "eps_sec = nan", "peer[0].eps_sec"),
+    ("eps_cor = 1e-10", "eps_cor = 0.0", "peer[0].eps_cor"),
+    ("eps_cor = 1e-10", "eps_cor = 2", "peer[0].eps_cor"),
+    ("eps_cor = 1e-10", "eps_cor = true", "peer[0].eps_cor"),
 ]
 
 
@@ -163,6 +171,29 @@ def test_facility_mistakes_name_the_field(deployment: Path, old: str, new: str, 
         load_facility_config(path)
     assert info.value.field == field, info.value
     assert str(info.value) == f"config field '{field}': {info.value.message}"
+
+
+def test_eps_out_of_range_says_the_range(deployment: Path) -> None:
+    path = _variant(deployment, "hospital-a.toml", "eps_cor = 1e-10", "eps_cor = 0")
+    with pytest.raises(ConfigError, match=r"config field 'peer\[0\]\.eps_cor': must be in \(0, 1\)"):
+        load_facility_config(path)
+
+
+def test_security_parameters_reach_the_round_policy(deployment: Path) -> None:
+    # Defaults where a peer says nothing (hospital-b's example), the deployer's choice where it does.
+    default = load_facility_config(deployment / "hospital-b.toml").peer("hospital-a").distill_config()
+    assert (default.eps_sec, default.eps_cor, default.eps, default.verification_bits) == (
+        1e-10,
+        1e-10,
+        2e-10,
+        34,
+    )
+    text = _variant(deployment, "hospital-a.toml", "eps_sec = 1e-10", "eps_sec = 1e-9").read_text()
+    path = deployment / "eps-variant.toml"
+    path.write_text(text.replace("eps_cor = 1e-10", "eps_cor = 1e-12"))
+    distill = load_facility_config(path).peer("hospital-b").distill_config()
+    assert (distill.eps_sec, distill.eps_cor, distill.verification_bits) == (1e-9, 1e-12, 40)
+    assert distill.eps == pytest.approx(1.001e-9, rel=1e-12)
 
 
 def test_duplicate_peer_and_missing_field(deployment: Path) -> None:
