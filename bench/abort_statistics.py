@@ -56,7 +56,7 @@ def main() -> None:
     for fraction in (0.0, 1.0):
         config = SimConfig(
             protocol=ProtocolKind.E91,
-            qubits=4_000_000,
+            qubits=20_000_000,  # BBM92: each CHSH pair of settings gets 5 % of the coincidences
             channel=ChannelModel(distance_km=10.0),
             eve=Eavesdropper(
                 kind=EveKind.INTERCEPT_RESEND if fraction else EveKind.NONE, fraction=max(fraction, 0.0)

@@ -18,9 +18,12 @@ def test_python_snippets_run() -> None:
 
 
 def test_every_flag_in_the_sim_table_exists() -> None:
-    flags = set(re.findall(r"^\| `(--[a-z-]+)", README, flags=re.M))
+    flags = set(re.findall(r"^\| `(--[a-z0-9-]+)", README, flags=re.M))
     assert "--qubits" in flags
     parser = build_parser()
-    bb84 = parser.parse_args(["sim", "bb84"])
-    known = {f"--{name.replace('_', '-')}" for name in vars(bb84)}
+    known = {
+        f"--{name.replace('_', '-')}"
+        for protocol in ("bb84", "e91")
+        for name in vars(parser.parse_args(["sim", protocol]))
+    }
     assert flags <= known, flags - known

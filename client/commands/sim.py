@@ -232,7 +232,7 @@ def format_report(r: dict[str, Any]) -> str:
             )
         )
     if r.get("e91_security"):
-        rows.append(("security", r["e91_security"]))
+        rows.append(("key analysis", r["e91_security"]))
     if r.get("security_assumption"):
         rows.append(("assumption", r["security_assumption"]))
     if r["raw_key_bits"]:
