@@ -50,7 +50,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     init.add_argument("dir", type=Path, metavar="DIR", help="directory to create")
     init.add_argument("--protocol", choices=("bb84", "e91"), default="bb84", help="QKD protocol (bb84)")
     init.add_argument(
-        "--pulses", type=_pulses, default=1_000_000, help="pulses or pairs per round (1e6; 1e4..2e8)"
+        "--pulses",
+        type=_pulses,
+        default=None,
+        help="pulses or pairs per round (1e4..2e8; default 1e6 for BB84, 2e7 pairs for E91)",
     )
     init.set_defaults(run=run_init)
     run = sub.add_parser(
@@ -80,7 +83,11 @@ def run_init(args: argparse.Namespace) -> int:
     except (OSError, PkiError) as exc:
         print(f"qlink testbed init: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    print(start_instructions(deployment, protocol=args.protocol, pulses=args.pulses))
+    from qlinkmed.qcore.params import ProtocolKind
+    from qlinkmed.qlinkd.ops.config import DEFAULT_PULSES_PER_ROUND
+
+    pulses = args.pulses or DEFAULT_PULSES_PER_ROUND[ProtocolKind(args.protocol)]
+    print(start_instructions(deployment, protocol=args.protocol, pulses=pulses))
     return EXIT_OK
 
 

@@ -68,7 +68,7 @@ def write_loopback_deployment(
     *,
     facilities: tuple[str, str] = ("hospital-a", "hospital-b"),
     protocol: str = "bb84",
-    pulses_per_round: int = 1_000_000,
+    pulses_per_round: int | None = None,
     low_watermark_bits: int = 2_000_000,
     high_watermark_bits: int = 8_000_000,
     distance_km: float = 10.0,
@@ -126,6 +126,8 @@ kind = "{eve}"
 fraction = 1.0
 """
     )
+    # Without a value the facility configuration's per-protocol default applies (E91 needs more pairs).
+    pulses_line = "" if pulses_per_round is None else f"pulses_per_round = {pulses_per_round}\n"
     configs = {}
     for me, other in ((a, b), (b, a)):
         path = root / f"{me}.toml"
@@ -156,8 +158,7 @@ data_address = "127.0.0.1:{ports[other + ".data"]}"
 saes = [{", ".join(f'"{s}"' for s in saes[other])}]
 preshared_key = "psk/{a}--{b}.key"
 protocol = "{protocol}"
-pulses_per_round = {pulses_per_round}
-low_watermark_bits = {low_watermark_bits}
+{pulses_line}low_watermark_bits = {low_watermark_bits}
 high_watermark_bits = {high_watermark_bits}
 round_timeout_s = {round_timeout_s}
 pq_hybrid = {"true" if pq_hybrid else "false"}

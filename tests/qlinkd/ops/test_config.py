@@ -14,7 +14,7 @@ from qlinkmed.qcore.params import E91Security, ProtocolKind
 from qlinkmed.qlinkd.channel.config import load_channel_config
 from qlinkmed.qlinkd.errors import ConfigError, FrameError
 from qlinkmed.qlinkd.link.messages import Hello
-from qlinkmed.qlinkd.ops.config import Backend, check_config, load_facility_config
+from qlinkmed.qlinkd.ops.config import DEFAULT_PULSES_PER_ROUND, Backend, check_config, load_facility_config
 from qlinkmed.qlinkd.ops.pki import write_demo_pki
 from qlinkmed.qlinkd.ops.toml_reader import Address, parse_address
 from tests.paths import REPO
@@ -325,3 +325,14 @@ def test_a_peer_id_the_hello_refuses_is_refused_by_check_config(
     bad = _variant(deployment, "hospital-a.toml", 'id = "hospital-b"', f'id = "{bad_id}"')
     assert check_config(bad) == 2
     assert capsys.readouterr().err.startswith("config error: peer[0].id: must match ")
+
+
+def test_pulses_per_round_defaults_by_protocol(deployment: Path) -> None:
+    # E91 keys only from coincidences, a fifth of which feed the CHSH witness: 1e6 pairs per round, the
+    # BB84 default, never key with the default detectors, so an E91 peer without a value gets 2e7.
+    bb84 = load_facility_config(deployment / "hospital-b.toml").peer("hospital-a")
+    assert (bb84.protocol, bb84.pulses_per_round) == (ProtocolKind.BB84, 1_000_000)
+    e91 = _variant(deployment, "hospital-b.toml", 'protocol = "bb84"', 'protocol = "e91"')
+    peer = load_facility_config(e91).peer("hospital-a")
+    assert (peer.protocol, peer.pulses_per_round) == (ProtocolKind.E91, 20_000_000)
+    assert DEFAULT_PULSES_PER_ROUND[ProtocolKind.E91] == 20_000_000
