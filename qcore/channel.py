@@ -14,7 +14,13 @@ Eavesdroppers act at Alice's side of the fibre and only measure and re-prepare:
   seen with the same photon number;
 - photon-number splitting on a fraction of the pulses: count photons without disturbing them, keep one
   photon of every multi-photon pulse, send the rest to Bob over a lossless line, and block single-photon
-  pulses just enough that Bob's gain at the signal intensity looks like the honest fibre's.
+  pulses just enough that Bob's gain at the signal intensity looks like the honest fibre's. Where the
+  split multi-photon pulses alone give more than the honest gain (beyond ~34 km with the defaults), she
+  blocks every single photon and attenuates her line instead. Short of ~13 km (defaults) matching the
+  gain forces her to pass more single photons than the fibre would: the single-photon yield rises, the
+  decoy estimate sees it and the round keys (more than honestly, yet below the true single-photon bound
+  of ``eve_bound``, since Eve learns nothing from single photons). Between the two the yield falls and
+  the decoy bound collapses.
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ CASES = {
         4_000_000,
     ),
     "wcp-10km-pns": (SourceKind.WCP, 10.0, Eavesdropper(kind=EveKind.PNS), 4_000_000),
+    "wcp-25km-pns": (SourceKind.WCP, 25.0, Eavesdropper(kind=EveKind.PNS), 10_000_000),
     "wcp-50km-pns": (SourceKind.WCP, 50.0, Eavesdropper(kind=EveKind.PNS), 10_000_000),
 }
 
