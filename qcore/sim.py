@@ -21,6 +21,7 @@ from .channel import (
     E91_ALICE_PROBABILITIES,
     E91_BOB_PROBABILITIES,
     Eavesdropper,
+    choose_bb84_bases,
     choose_e91_settings,
     emulate_bb84,
     emulate_e91,
@@ -196,6 +197,7 @@ class SimResult:
             "eve_known_bits": self.eve_known_bits,
             "decoy_intensities": list(security.decoy.intensities) if security.decoy else None,
             "decoy_probabilities": list(security.decoy.probabilities) if security.decoy else None,
+            "decoy_p_x": security.decoy.p_x if security.decoy else None,
             "decoy_optimised": security.decoy is not None and self.config.decoy is None,
             "eps_sec": security.eps_sec,
             "eps_cor": security.eps_cor,
@@ -251,7 +253,7 @@ def make_sessions(
             backend=backend,
             rng=channel_rng,
             prepared=prepared,
-            bob_bases=bob_rand.secret.bits(n),
+            bob_bases=choose_bb84_bases(n, secret=bob_rand.secret, decoy=distill.decoy),
         )
         # A BB84 sender "registers" every pulse it sends.
         alice_record = (sent.bits, sent.bases, np.ones(n, dtype=bool), sent.intensity_class)

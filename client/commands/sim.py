@@ -98,6 +98,12 @@ def register(parser: argparse.ArgumentParser) -> None:
                 default=None,
                 help="signal, weak decoy, vacuum class probabilities summing to 1 (wcp; default: optimised)",
             )
+            p.add_argument(
+                "--p-x",
+                type=_bounded(0.0, 1.0, low_open=True),
+                default=None,
+                help="probability of the key basis X for Alice and Bob (wcp; default: optimised)",
+            )
             p.add_argument("--eve", choices=("none", "intercept-resend", "pns"), default="none")
             p.add_argument(
                 "--per-pulse",
@@ -166,6 +172,7 @@ def _sim_config(args: argparse.Namespace):
         "mu": getattr(args, "mu", None),
         "mu2": getattr(args, "decoy_mu2", None),
         "p": getattr(args, "decoy_probabilities", None),
+        "p_x": getattr(args, "p_x", None),
     }
     if source is SourceKind.WCP and any(v is not None for v in explicit.values()):
         # Each explicit flag overrides its part of the optimised source.
@@ -179,7 +186,8 @@ def _sim_config(args: argparse.Namespace):
         )
         p = explicit["p"]
         probs = (p[0], p[1], p[2]) if p is not None else base.probabilities
-        decoy = DecoySource(intensities=mus, probabilities=probs)
+        p_x = explicit["p_x"] if explicit["p_x"] is not None else base.p_x
+        decoy = DecoySource(intensities=mus, probabilities=probs, p_x=p_x)
     return SimConfig(
         protocol=ProtocolKind(args.protocol),
         qubits=args.qubits,
@@ -252,7 +260,9 @@ def format_report(r: dict[str, Any]) -> str:
         mus = ", ".join(f"{v:.4g}" for v in r["decoy_intensities"])
         ps = ", ".join(f"{v:.3f}" for v in r["decoy_probabilities"])
         how = "optimised for this channel and block" if r["decoy_optimised"] else "as given"
-        rows.append(("decoy source", f"mu {mus}; probabilities {ps} ({how})"))
+        rows.append(
+            ("decoy source", f"mu {mus}; probabilities {ps}; key basis p_X {r['decoy_p_x']:.3f} ({how})")
+        )
     rows.append(
         (
             "security",

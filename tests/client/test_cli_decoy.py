@@ -70,6 +70,8 @@ def test_one_explicit_flag_keeps_the_other_optimised_values(capsys: pytest.Captu
         (["--decoy-probabilities", "0.5", "0.5"], "--decoy-probabilities"),
         (["--mu", "0.1", "--decoy-mu2", "0.2"], "--mu"),
         (["--decoy-mu2", "0"], "--decoy-mu2"),
+        (["--p-x", "1"], "--p-x"),
+        (["--p-x", "0"], "--p-x"),
     ],
 )
 def test_bad_decoy_flags_are_refused_by_name(
@@ -78,3 +80,11 @@ def test_bad_decoy_flags_are_refused_by_name(
     code, _, err = qlink(capsys, "sim", "bb84", "--source", "wcp", "--qubits", "1e6", *args)
     assert code == 2
     assert named in err
+
+
+def test_p_x_overrides_the_optimised_basis_bias(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = qlink(capsys, *WCP_25KM_1E8, "--p-x", "0.5", "--json")
+    report = json.loads(out)
+    assert code == 0, err
+    assert report["decoy_p_x"] == 0.5
+    assert report["decoy_p_x"] != optimise(ChannelModel(distance_km=25.0), 10**8, 1e-10, 1e-10).p_x

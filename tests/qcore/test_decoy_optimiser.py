@@ -6,12 +6,16 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 
+from qlinkmed.qcore.channel import Eavesdropper, choose_bb84_bases, prepare_bb84
+from qlinkmed.qcore.channel_events import emulate_bb84_events
 from qlinkmed.qcore.channel_model import ChannelModel
 from qlinkmed.qcore.decoy_optimiser import MU3, expected_decoy_length, optimise
 from qlinkmed.qcore.finite_decoy import lim2014_length
 from qlinkmed.qcore.params import DecoySource, SourceKind
+from qlinkmed.qcore.randomness import RandomSource
 from qlinkmed.qcore.sim import SimConfig, run_simulation
 
 EPS = 1e-10
@@ -57,6 +61,7 @@ def test_chosen_parameters_are_valid_and_deterministic(distance_km: float, pulse
     again = optimise.__wrapped__(channel, pulses, EPS, EPS)
     assert first == again
     mu1, mu2, mu3 = first.intensities
+    assert 0.5 <= first.p_x <= 0.97
     assert mu3 == MU3 and 0.05 <= mu1 <= 1.2 and MU3 < mu2 < mu1
     assert all(p > 0 for p in first.probabilities) and math.isclose(sum(first.probabilities), 1.0)
 
@@ -119,3 +124,53 @@ def test_an_explicit_source_is_used_as_given() -> None:
     assert config.decoy_source == given
     assert config.distill_config().decoy == given
     assert dataclasses.replace(config, decoy=None).decoy_source == optimise(config.channel, 10**6, EPS, EPS)
+
+
+def _within(count: int, n: int, p: float, sigmas: float = 5.0) -> bool:
+    return abs(count - n * p) <= sigmas * math.sqrt(n * p * (1 - p))
+
+
+def test_unbiased_bases_are_one_bit_a_pulse_as_before() -> None:
+    # p_X = 1/2 keeps the draws of the single-photon and old decoy paths: seeded transcripts unchanged.
+    for decoy in (None, DecoySource()):
+        drawn = choose_bb84_bases(1000, secret=RandomSource.seeded(4), decoy=decoy)
+        assert np.array_equal(drawn, RandomSource.seeded(4).bits(1000))
+
+
+def test_biased_bases_follow_p_x_on_both_emulator_paths() -> None:
+    decoy = DecoySource(p_x=0.85)
+    n = 200_000
+    prepared = prepare_bb84(n, source=SourceKind.WCP, decoy=decoy, secret=RandomSource.seeded(1))
+    assert _within(int(np.count_nonzero(prepared.bases == 0)), n, 0.85)
+    sent, seen, _ = emulate_bb84_events(
+        10**8,
+        model=ChannelModel(distance_km=10.0),
+        source=SourceKind.WCP,
+        decoy=decoy,
+        eve=Eavesdropper(),
+        rng=np.random.default_rng(2),
+        alice=RandomSource.seeded(3),
+        bob=RandomSource.seeded(4),
+    )
+    d = sent.bases.size
+    assert d > 100_000
+    assert _within(int(np.count_nonzero(sent.bases == 0)), d, 0.85)
+    assert _within(int(np.count_nonzero(seen.bases == 0)), d, 0.85)
+
+
+@pytest.mark.parametrize("per_pulse", [False, True])
+def test_biased_round_keys_x_matches_and_tests_z_matches(per_pulse: bool) -> None:
+    decoy = DecoySource(intensities=(0.5, 0.25, 2e-4), probabilities=(0.4, 0.4, 0.2), p_x=0.8)
+    config = SimConfig(
+        qubits=5 * 10**7,
+        channel=ChannelModel(distance_km=10.0),
+        source=SourceKind.WCP,
+        decoy=decoy,
+        per_pulse=per_pulse,
+        seed=3,
+    )
+    report = run_simulation(config).report()
+    key, test = report["raw_key_bits"], report["sample_bits"]
+    # Of the matched detections, X-X has share p_X^2 / (p_X^2 + (1 - p_X)^2) = 0.64 / 0.68.
+    assert _within(key, key + test, 0.64 / 0.68)
+    assert report["decoy_p_x"] == 0.8 and report["final_key_bits"] > 0
