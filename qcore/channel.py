@@ -274,6 +274,16 @@ def emulate_bb84(
     )
 
 
+def choose_bb84_bases(n: int, *, secret: RandomSource, decoy: DecoySource | None) -> np.ndarray:
+    """One party's bases for `n` pulses: 0 (X, the key basis) with probability p_X of the decoy source.
+
+    An unbiased choice (single photons, p_X = 1/2) draws one bit a pulse, exactly as before biased bases
+    existed, so seeded runs keep their transcripts.
+    """
+    p_x = 0.5 if decoy is None else decoy.p_x
+    return secret.bits(n) if p_x == 0.5 else secret.choice((p_x, 1.0 - p_x), n)
+
+
 def prepare_bb84(
     n: int, *, source: SourceKind, decoy: DecoySource | None, secret: RandomSource
 ) -> PreparedPulses:
@@ -286,7 +296,7 @@ def prepare_bb84(
         raise ConfigError("qubits", f"must be positive, got {n}")
     wcp = _wcp_decoy(source, decoy)
     bits = secret.bits(n)
-    bases = secret.bits(n)
+    bases = choose_bb84_bases(n, secret=secret, decoy=wcp)
     intensity_class = secret.choice(wcp.probabilities, n) if wcp is not None else None
     return PreparedPulses(bits=bits, bases=bases, intensity_class=intensity_class)
 

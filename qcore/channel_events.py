@@ -35,6 +35,7 @@ from .channel import (
     PreparedPulses,
     _pns_single_photon_block,
     _wcp_decoy,
+    choose_bb84_bases,
 )
 from .channel_model import ChannelModel
 from .errors import ConfigError
@@ -164,8 +165,8 @@ def emulate_bb84_events(
         pos = np.sort(rng.choice(m, size=d, replace=False)) if d else np.zeros(0, dtype=np.int64)
         k = alice.choice(class_if_click.tolist(), d) if wcp is not None else np.zeros(d, dtype=np.uint8)
         a_bits = alice.bits(d)
-        a_bases = alice.bits(d)
-        b_bases = bob.bits(d)
+        a_bases = choose_bb84_bases(d, secret=alice, decoy=wcp)
+        b_bases = choose_bb84_bases(d, secret=bob, decoy=wcp)
         u = rng.random(d)
         action = (u[:, None] >= action_if_click[k][:, :-1]).sum(axis=1)
         state_bits = a_bits.copy()
@@ -225,9 +226,9 @@ def emulate_bb84_events(
         parts.append(
             (
                 np.concatenate((a_bits, alice.bits(j)))[order],
-                np.concatenate((a_bases, alice.bits(j)))[order],
+                np.concatenate((a_bases, choose_bb84_bases(j, secret=alice, decoy=wcp)))[order],
                 np.concatenate((k, k_q))[order].astype(np.uint8),
-                np.concatenate((b_bases, bob.bits(j)))[order],
+                np.concatenate((b_bases, choose_bb84_bases(j, secret=bob, decoy=wcp)))[order],
                 bob_bits,
             )
         )

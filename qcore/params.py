@@ -41,6 +41,9 @@ class DecoySource:
     """Mean photon numbers mu_1 > mu_2 + mu_3, mu_2 > mu_3 >= 0: signal, weak decoy, vacuum decoy."""
     probabilities: tuple[float, float, float] = (0.7, 0.2, 0.1)
     """Probability of each intensity per pulse; they sum to one."""
+    p_x: float = 0.5
+    """Probability that Alice, and Bob, choose basis 0 (X), the key basis; basis 1 (Z) only estimates the
+    phase error (Lim 2014's biased basis choice: long blocks key on p_X^2 of the pulses)."""
 
     def __post_init__(self) -> None:
         mu1, mu2, mu3 = self.intensities
@@ -52,6 +55,8 @@ class DecoySource:
             raise ConfigError("mu", f"signal intensity {mu1} is not a weak pulse")
         if any(p <= 0 for p in self.probabilities) or not math.isclose(sum(self.probabilities), 1.0):
             raise ConfigError("decoy_probabilities", "must be positive and sum to 1")
+        if not 0.0 < self.p_x < 1.0:
+            raise ConfigError("p_x", f"the key-basis probability must be in (0, 1), got {self.p_x}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -21,6 +21,7 @@ from .channel import (
     E91_ALICE_PROBABILITIES,
     E91_BOB_PROBABILITIES,
     Eavesdropper,
+    choose_bb84_bases,
     choose_e91_settings,
     emulate_bb84,
     emulate_e91,
@@ -28,6 +29,7 @@ from .channel import (
 )
 from .channel_events import emulate_bb84_events
 from .channel_model import ChannelModel
+from .decoy_optimiser import expected_decoy_length, optimise
 from .errors import AbortReason, ConfigError, LocalProtocolError
 from .finite_bb84 import tomamichel_length
 from .finite_e91 import FAIR_SAMPLING_NOTE
@@ -52,8 +54,9 @@ class SimConfig:
     """Fibre and detectors."""
     source: SourceKind = SourceKind.SINGLE_PHOTON
     """BB84 source; a weak-coherent-pulse source uses decoy states."""
-    decoy: DecoySource = field(default_factory=DecoySource)
-    """Intensities for the weak-coherent-pulse source."""
+    decoy: DecoySource | None = None
+    """Intensities and class probabilities of the weak-coherent-pulse source; None: the ones
+    :func:`decoy_optimiser.optimise` picks for this channel, block size and eps."""
     eve: Eavesdropper = field(default_factory=Eavesdropper)
     """Eavesdropper on the quantum channel."""
     backend: str = "numpy"
@@ -91,11 +94,18 @@ class SimConfig:
         """Whether the round draws only the detected pulses (BB84 on the numpy backend, by default)."""
         return self.protocol is ProtocolKind.BB84 and not self.per_pulse and self.backend == "numpy"
 
+    @property
+    def decoy_source(self) -> DecoySource:
+        """The decoy source the round uses: the explicit one, else the optimised one (cached)."""
+        if self.decoy is not None:
+            return self.decoy
+        return optimise(self.channel, self.qubits, self.eps_sec, self.eps_cor)
+
     def distill_config(self) -> DistillConfig:
         wcp = self.protocol is ProtocolKind.BB84 and self.source is SourceKind.WCP
         return DistillConfig(
             protocol=self.protocol,
-            decoy=self.decoy if wcp else None,
+            decoy=self.decoy_source if wcp else None,
             sample_fraction=self.sample_fraction,
             e91_security=self.e91_security,
             eps_sec=self.eps_sec,
@@ -185,6 +195,10 @@ class SimResult:
             "alice_key_sha256": _key_hash(self.alice.key),
             "bob_key_sha256": _key_hash(self.bob.key),
             "eve_known_bits": self.eve_known_bits,
+            "decoy_intensities": list(security.decoy.intensities) if security.decoy else None,
+            "decoy_probabilities": list(security.decoy.probabilities) if security.decoy else None,
+            "decoy_p_x": security.decoy.p_x if security.decoy else None,
+            "decoy_optimised": security.decoy is not None and self.config.decoy is None,
             "eps_sec": security.eps_sec,
             "eps_cor": security.eps_cor,
             "eps": security.eps,
@@ -239,7 +253,7 @@ def make_sessions(
             backend=backend,
             rng=channel_rng,
             prepared=prepared,
-            bob_bases=bob_rand.secret.bits(n),
+            bob_bases=choose_bb84_bases(n, secret=bob_rand.secret, decoy=distill.decoy),
         )
         # A BB84 sender "registers" every pulse it sends.
         alice_record = (sent.bits, sent.bases, np.ones(n, dtype=bool), sent.intensity_class)
@@ -305,7 +319,7 @@ def predictions(config: SimConfig) -> dict[str, Any]:
     f_ec = distill.ec_efficiency_estimate
     out: dict[str, Any] = {}
     if config.protocol is ProtocolKind.BB84:
-        mu = config.decoy.intensities[0]
+        mu = config.decoy_source.intensities[0]
         bb84 = channel_model.predict_bb84(model, config.source.value, mu=mu)
         gain, q = float(bb84.detection_probability), float(bb84.qber)
         sifted = config.qubits * gain / 2
@@ -327,6 +341,17 @@ def predictions(config: SimConfig) -> dict[str, Any]:
                 asymptotic_key_bits=sifted * max(0.0, float(theory.ec_rate(q, f_ec))),
                 finite_key_bits=int(finite.length),
             )
+        else:
+            # Lim 2014 Eq. (1) on the counts the click model expects for these parameters.
+            expected = expected_decoy_length(
+                model,
+                config.decoy_source,
+                config.qubits,
+                eps_sec=distill.eps_sec,
+                eps_cor=distill.eps_cor,
+                f_ec=f_ec,
+            )
+            out["finite_key_bits"] = int(expected.length)
     else:
         e91 = channel_model.predict_e91(model)
         q = float(e91.qber)

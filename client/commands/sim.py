@@ -79,7 +79,30 @@ def register(parser: argparse.ArgumentParser) -> None:
         if name == "bb84":
             p.add_argument("--source", choices=("single-photon", "wcp"), default="single-photon")
             p.add_argument(
-                "--mu", type=_bounded(0.0, 10.0, low_open=True), default=0.5, help="signal intensity (wcp)"
+                "--mu",
+                type=_bounded(0.0, 10.0, low_open=True),
+                default=None,
+                help="signal intensity (wcp; default: optimised for the distance, pulses and eps)",
+            )
+            p.add_argument(
+                "--decoy-mu2",
+                type=_bounded(0.0, 10.0, low_open=True),
+                default=None,
+                help="weak decoy intensity (wcp; default: optimised)",
+            )
+            p.add_argument(
+                "--decoy-probabilities",
+                type=_bounded(0.0, 1.0, low_open=True),
+                nargs=3,
+                metavar=("P1", "P2", "P3"),
+                default=None,
+                help="signal, weak decoy, vacuum class probabilities summing to 1 (wcp; default: optimised)",
+            )
+            p.add_argument(
+                "--p-x",
+                type=_bounded(0.0, 1.0, low_open=True),
+                default=None,
+                help="probability of the key basis X for Alice and Bob (wcp; default: optimised)",
             )
             p.add_argument("--eve", choices=("none", "intercept-resend", "pns"), default="none")
             p.add_argument(
@@ -144,10 +167,27 @@ def _sim_config(args: argparse.Namespace):
         misalignment=args.misalignment,
     )
     source = SourceKind(getattr(args, "source", "single-photon"))
-    decoy = DecoySource()
-    if source is SourceKind.WCP:
-        mu2, mu3 = decoy.intensities[1], decoy.intensities[2]
-        decoy = DecoySource(intensities=(args.mu, mu2, mu3), probabilities=decoy.probabilities)
+    decoy = None
+    explicit = {
+        "mu": getattr(args, "mu", None),
+        "mu2": getattr(args, "decoy_mu2", None),
+        "p": getattr(args, "decoy_probabilities", None),
+        "p_x": getattr(args, "p_x", None),
+    }
+    if source is SourceKind.WCP and any(v is not None for v in explicit.values()):
+        # Each explicit flag overrides its part of the optimised source.
+        from qlinkmed.qcore.decoy_optimiser import optimise
+
+        base = optimise(channel, args.qubits, args.eps_sec, args.eps_cor)
+        mus = (
+            explicit["mu"] if explicit["mu"] is not None else base.intensities[0],
+            explicit["mu2"] if explicit["mu2"] is not None else base.intensities[1],
+            base.intensities[2],
+        )
+        p = explicit["p"]
+        probs = (p[0], p[1], p[2]) if p is not None else base.probabilities
+        p_x = explicit["p_x"] if explicit["p_x"] is not None else base.p_x
+        decoy = DecoySource(intensities=mus, probabilities=probs, p_x=p_x)
     return SimConfig(
         protocol=ProtocolKind(args.protocol),
         qubits=args.qubits,
@@ -216,6 +256,13 @@ def format_report(r: dict[str, Any]) -> str:
             f"model predicts {_fmt(t.get('expected_qber'), '.4%')}{honest})",
         ),
     ]
+    if r.get("decoy_intensities"):
+        mus = ", ".join(f"{v:.4g}" for v in r["decoy_intensities"])
+        ps = ", ".join(f"{v:.3f}" for v in r["decoy_probabilities"])
+        how = "optimised for this channel and block" if r["decoy_optimised"] else "as given"
+        rows.append(
+            ("decoy source", f"mu {mus}; probabilities {ps}; key basis p_X {r['decoy_p_x']:.3f} ({how})")
+        )
     rows.append(
         (
             "security",
