@@ -157,7 +157,7 @@ class Abort(_message.Message):
     def __init__(self, reason: _Optional[int] = ..., detail: _Optional[bytes] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("facility", "peer", "protocol", "source", "pulses_per_round", "next_round", "last_committed", "pending_round", "auth_position")
+    __slots__ = ("facility", "peer", "protocol", "source", "pulses_per_round", "next_round", "last_committed", "pending_round", "auth_position", "eps_sec", "eps_cor", "e91_security")
     FACILITY_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
@@ -167,6 +167,9 @@ class Hello(_message.Message):
     LAST_COMMITTED_FIELD_NUMBER: _ClassVar[int]
     PENDING_ROUND_FIELD_NUMBER: _ClassVar[int]
     AUTH_POSITION_FIELD_NUMBER: _ClassVar[int]
+    EPS_SEC_FIELD_NUMBER: _ClassVar[int]
+    EPS_COR_FIELD_NUMBER: _ClassVar[int]
+    E91_SECURITY_FIELD_NUMBER: _ClassVar[int]
     facility: str
     peer: str
     protocol: str
@@ -176,7 +179,10 @@ class Hello(_message.Message):
     last_committed: int
     pending_round: int
     auth_position: int
-    def __init__(self, facility: _Optional[str] = ..., peer: _Optional[str] = ..., protocol: _Optional[str] = ..., source: _Optional[str] = ..., pulses_per_round: _Optional[int] = ..., next_round: _Optional[int] = ..., last_committed: _Optional[int] = ..., pending_round: _Optional[int] = ..., auth_position: _Optional[int] = ...) -> None: ...
+    eps_sec: float
+    eps_cor: float
+    e91_security: str
+    def __init__(self, facility: _Optional[str] = ..., peer: _Optional[str] = ..., protocol: _Optional[str] = ..., source: _Optional[str] = ..., pulses_per_round: _Optional[int] = ..., next_round: _Optional[int] = ..., last_committed: _Optional[int] = ..., pending_round: _Optional[int] = ..., auth_position: _Optional[int] = ..., eps_sec: _Optional[float] = ..., eps_cor: _Optional[float] = ..., e91_security: _Optional[str] = ...) -> None: ...
 
 class RoundStart(_message.Message):
     __slots__ = ("pulses",)

@@ -113,6 +113,9 @@ class LinkConnection:
             protocol=c.protocol.value,
             source=c.source.value,
             pulses_per_round=c.pulses_per_round,
+            eps_sec=c.distill.eps_sec,
+            eps_cor=c.distill.eps_cor,
+            e91_security=c.distill.e91_security.value,
             **asdict(self._local),
         )
         self._frames.append((0, hello))
@@ -277,6 +280,11 @@ class LinkConnection:
                 ("protocol", hello.protocol, c.protocol.value),
                 ("source", hello.source, c.source.value),
                 ("pulses_per_round", hello.pulses_per_round, c.pulses_per_round),
+                # A round's length and verification hash depend on these: ends that differ would abort
+                # every round on a mismatched hash or length, so the hello names the difference instead.
+                ("eps_sec", hello.eps_sec, c.distill.eps_sec),
+                ("eps_cor", hello.eps_cor, c.distill.eps_cor),
+                ("e91_security", hello.e91_security, c.distill.e91_security.value),
             )
             if theirs != mine
         ]

@@ -12,6 +12,8 @@ import numpy as np
 
 from qlinkmed.qcore import messages as qm
 from qlinkmed.qcore.constants import FACILITY_ID_PATTERN, is_facility_id
+from qlinkmed.qcore.params import E91Security
+from qlinkmed.qcore.security import DEFAULT_EPS_COR, DEFAULT_EPS_SEC
 from qlinkmed.qlinkd.errors import FrameError, StoreError
 from qlinkmed.qlinkd.pool.values import KeyNotice, LinkState
 
@@ -52,6 +54,9 @@ class Hello(LinkState):
     protocol: str
     source: str
     pulses_per_round: int
+    eps_sec: float = DEFAULT_EPS_SEC
+    eps_cor: float = DEFAULT_EPS_COR
+    e91_security: str = E91Security.BBM92.value
 
     def __post_init__(self) -> None:
         _name(self.facility, "hello.facility")

@@ -26,7 +26,7 @@ from qlinkmed.qlinkd.link.events import (
 )
 from qlinkmed.qlinkd.link.machine import LinkConnection
 from qlinkmed.qlinkd.link.states import CONSEQUENCES, PEER_INPUTS, TRANSITIONS, Input, Role, State
-from qlinkmed.qlinkd.link.wire import encode_frame
+from qlinkmed.qlinkd.link.wire import decode_frame, encode_frame
 from qlinkmed.qlinkd.pool.keystore import KeyStore
 from qlinkmed.qlinkd.pool.values import KeyNotice, Segment
 from tests.link_pair import LinkPair, Tap
@@ -275,6 +275,37 @@ def test_hello_with_other_parameters_closes_the_link(tmp_path: Path) -> None:
     assert pair.a.link.state is State.CLOSED
     closed = [e for e in iter(pair.a.link.next_event, None) if isinstance(e, LinkClosed)]
     assert closed and "protocol" in closed[0].reason
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("eps_sec", 1e-9), ("eps_cor", 0.0), ("e91_security", "device-independent")],
+)
+def test_hello_with_other_security_parameters_closes_the_link(
+    tmp_path: Path, field: str, value: object
+) -> None:
+    # Regression (issue 15): ends with different eps (or an older peer, which sends 0) aborted every round
+    # on a mismatched hash or length; the hello now names the difference.
+    pair = LinkPair(tmp_path)
+    fields = {
+        "facility": "hospital-b",
+        "peer": "hospital-a",
+        "protocol": "bb84",
+        "source": "single-photon",
+        "pulses_per_round": pair.pulses,
+        "next_round": 1,
+        "last_committed": 0,
+        "pending_round": 0,
+        "auth_position": 0,
+    }
+    pair.a.link.start(0.0)
+    (_, ours), *_ = pair.a.link.frames_to_send()
+    assert isinstance(ours, lm.Hello) and (ours.eps_sec, ours.eps_cor) == (1e-10, 1e-10)
+    decoded = decode_frame(encode_frame(lm.Hello(**fields, **{field: value}), 0))[1]  # type: ignore[arg-type]
+    pair.a.link.receive(0, decoded, 0.0)
+    assert pair.a.link.state is State.CLOSED
+    closed = [e for e in iter(pair.a.link.next_event, None) if isinstance(e, LinkClosed)]
+    assert closed and f"{field} {value!r} differs" in closed[0].reason
 
 
 def test_silent_peer_times_out_and_nothing_is_kept(pair: LinkPair) -> None:
