@@ -204,14 +204,22 @@ def test_the_peers_log_is_checked_against_every_head_we_recorded(
     group: ProcessGroup, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     config = str(group.deployment.facilities[B])
-    data = _log(group, A).read_bytes()
-    lines = data[: data.rindex(b"\n")].splitlines()  # a copy, as an operator would take: whole lines
-    copy = tmp_path / "a-audit.jsonl"
-    copy.write_bytes(b"".join(line + b"\n" for line in lines))
-    code, out, err = qlink(capsys, "audit", "verify", "--config", config, "--peer-log", str(copy))
-    assert code == EXIT_OK, err
-    assert f"{A}'s audit log verified" in out
-    # One early line removed and the chain rebuilt: B's records of A's heads no longer match.
-    copy.write_bytes(_rebuild(lines[:1] + lines[2:]))
-    code, _, err = qlink(capsys, "audit", "verify", "--config", config, "--peer-log", str(copy))
-    assert code == EXIT_ANCHOR and "ANCHOR MISMATCH" in err and f"is not the one {B} anchored" in err
+    wait_for(lambda: _held_at_b(group), "hospital-b to record hospital-a's audit head")
+    # A stopped: its last head is anchored at B and no later one can be, so the copy below is not older
+    # than B's newest anchor of it (a copy taken while A runs can be, and then rightly reads as cut short).
+    assert group.kill(A, signal.SIGTERM) == 0
+    try:
+        data = _log(group, A).read_bytes()
+        lines = data[: data.rindex(b"\n")].splitlines()  # a copy, as an operator would take: whole lines
+        copy = tmp_path / "a-audit.jsonl"
+        copy.write_bytes(b"".join(line + b"\n" for line in lines))
+        code, out, err = qlink(capsys, "audit", "verify", "--config", config, "--peer-log", str(copy))
+        assert code == EXIT_OK, err
+        assert f"{A}'s audit log verified" in out
+        # One early line removed and the chain rebuilt: B's records of A's heads no longer match.
+        copy.write_bytes(_rebuild(lines[:1] + lines[2:]))
+        code, _, err = qlink(capsys, "audit", "verify", "--config", config, "--peer-log", str(copy))
+        assert code == EXIT_ANCHOR and "ANCHOR MISMATCH" in err and f"is not the one {B} anchored" in err
+    finally:
+        group.start(A)
+        group.wait_ready(A)
