@@ -20,7 +20,6 @@ import asyncio
 import hmac
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -50,17 +49,7 @@ _KIND_CONTENT = {
 
 def ensure_token(state_dir: Path) -> str:
     """The local API token, created (0600) on first start."""
-    path = state_dir / TOKEN_FILE
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        token = entropy.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(token + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        return token
+    return entropy.bearer_token(state_dir / TOKEN_FILE)
 
 
 def _error(status: type[web.HTTPException], message: str) -> web.HTTPException:

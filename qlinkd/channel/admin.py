@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,17 +46,7 @@ def ensure_token(state_dir: Path) -> str:
     """The admin API token, created (0600, from the OS CSPRNG) at the first start; `state_dir` is created
     (0700) if missing."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = state_dir / ADMIN_TOKEN_FILE
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        token = entropy.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(token + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        return token
+    return entropy.bearer_token(state_dir / ADMIN_TOKEN_FILE)
 
 
 def host_allowed(header: str | None, bound: Address, port: int) -> bool:

@@ -185,20 +185,8 @@ class ContentValidator:
         """`content.validate` of `source` without blocking the event loop; ContentError as it raises."""
         if not self.workers or _small_text(source):
             return await asyncio.to_thread(self._inline, name, source)
-        loop = asyncio.get_running_loop()
-        for attempt in (1, 2):
-            executor = self._pool()
-            try:
-                answer = await loop.run_in_executor(
-                    executor, _validate, name, source, self.limits, self.memory_bytes
-                )
-            except BrokenProcessPool:
-                self._rebuild(executor)
-                if attempt == 2:
-                    raise ContentError(name, self._broke()) from None
-            else:
-                return _info(name, answer)
-        raise ContentError(name, self._broke())  # not reached: the loop returns or raises
+        # A thread waits on the worker: the one retry loop serves both entry points.
+        return await asyncio.to_thread(self.validate_blocking, name, source)
 
     def validate_blocking(self, name: str, source: Source) -> ContentInfo:
         """`validate` for a thread that is not the event loop's (the inbox stores transfers in one)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import os
+from pathlib import Path
 
 from qlinkmed.qcore.randomness import PartyRandomness, RandomSource
 
@@ -24,6 +25,21 @@ def random_bytes(n: int) -> bytes:
 def token_urlsafe(nbytes: int) -> str:
     """A URL-safe text token of `nbytes` random bytes (as ``secrets.token_urlsafe``)."""
     return base64.urlsafe_b64encode(random_bytes(nbytes)).rstrip(b"=").decode("ascii")
+
+
+def bearer_token(path: Path) -> str:
+    """The API token kept in `path`: read, or on first use made from 32 random bytes and written 0600
+    (created exclusively, fsynced) before anyone is told it."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        token = token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(token + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        return token
 
 
 def party_randomness() -> PartyRandomness:
