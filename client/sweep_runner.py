@@ -132,6 +132,12 @@ def _key(spec: PointSpec | DistancePoint) -> tuple[str, float, int, int]:
 # --------------------------------------------------------------------------- progress
 
 
+def point_cost(spec: PointSpec) -> float:
+    """Relative work of a point: a round costs per detection, E91's per-pair path per pair as well, and
+    every round a little to start."""
+    return expected_detections(spec) + (0.1 * spec.pulses if spec.protocol == "e91" else 0.0) + 1e5
+
+
 class SweepProgress:
     """Lines on stderr: points done / total, each point's result, and an ETA weighted by each point's
     expected detections (a 1e10-pulse point costs a hundred 1e8 ones)."""
@@ -140,11 +146,7 @@ class SweepProgress:
         self.stream = stream
         self.total = len(specs) + already_done
         self.done = already_done
-        # A round costs per detection, and E91's per-pair path per pair as well.
-        self._cost = {
-            _key(s): expected_detections(s) + (0.1 * s.pulses if s.protocol == "e91" else 0.0) + 1e5
-            for s in specs
-        }
+        self._cost = {_key(s): point_cost(s) for s in specs}
         self._remaining = sum(self._cost.values())
         self._spent = 0.0
         self._started = time.monotonic()
@@ -283,7 +285,8 @@ def run_points(
         raise SweepError(f"--workers must be at least 1, got {workers}")
     previous = read_results(csv_path) if resume else []
     done = {_key(r.point) for r in previous}
-    todo = [s for s in specs if _key(s) not in done]
+    # Largest first: the long points start at once and the short ones fill the workers' gaps at the end.
+    todo = sorted((s for s in specs if _key(s) not in done), key=point_cost, reverse=True)
     progress = SweepProgress(todo, stream, already_done=len(specs) - len(todo))
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     fresh = not (resume and csv_path.exists())

@@ -27,7 +27,9 @@ from .channel_model import ChannelModel
 from .decoy_optimiser import expected_decoy_length, optimise
 from .errors import ConfigError
 from .finite_bb84 import tomamichel_length
+from .finite_e91 import chsh_lower_bound
 from .security import DEFAULT_EPS_COR, DEFAULT_EPS_SEC
+from .sifting import E91_CHSH_SETTINGS, E91_CHSH_SIGNS
 from .sim import SimConfig, run_simulation
 
 SWEEP_PROTOCOLS = ("single-photon", "decoy", "e91")
@@ -231,7 +233,7 @@ def run_point(spec: PointSpec) -> DistancePoint:
         qber=r["qber"],
         final_key_bits=int(r["final_key_bits"]),
         key_per_pulse=r["final_key_bits"] / spec.pulses,
-        expected_key_bits=int(r["theory"].get("finite_key_bits", 0)),
+        expected_key_bits=expected_key_bits(spec.protocol, spec.distance_km, spec.pulses),
         aborted=bool(r["aborted"]),
         abort_reason=r["abort_reason"] or "",
     )
@@ -269,7 +271,10 @@ def expected_key_bits(
         q = float(bb84.qber)
     else:
         e91 = channel_model.predict_e91(model)
-        sifted = pulses * float(e91.coincidence_probability) * _E91_KEY_SHARE
+        coincidences = pulses * float(e91.coincidence_probability)
+        if _expected_chsh_lower(coincidences, float(e91.chsh), eps_sec) <= 2.0:
+            return 0  # the round aborts on its CHSH witness (chsh_not_violated) before any length
+        sifted = coincidences * _E91_KEY_SHARE
         q = float(e91.qber)
     k = round(distill.sample_fraction * sifted)
     n = round(sifted) - k
@@ -277,6 +282,17 @@ def expected_key_bits(
         return 0
     leak = f_ec * n * float(theory.binary_entropy(q))
     return int(tomamichel_length(n, k, q, leak, eps_sec, eps_cor).length)
+
+
+def _expected_chsh_lower(coincidences: float, s: float, eps: float) -> float:
+    """The CHSH lower bound (:func:`finite_e91.chsh_lower_bound`) on the mean counts: every coincidence
+    at a CHSH setting pair is disclosed, and each correlator carries a quarter of S with its sign."""
+    trials, agreements = [], []
+    for (a, b), sign in zip(E91_CHSH_SETTINGS, E91_CHSH_SIGNS, strict=True):
+        n = round(coincidences * E91_ALICE_PROBABILITIES[a] * E91_BOB_PROBABILITIES[b])
+        trials.append(n)
+        agreements.append(round(n * (1.0 + sign * s / 4.0) / 2.0))
+    return chsh_lower_bound(trials, agreements, E91_CHSH_SIGNS, eps).s_lower
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

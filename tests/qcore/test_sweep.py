@@ -123,6 +123,19 @@ def test_e91_curve_keys_at_0_km_for_2e7_pairs_and_matches_the_sims_prediction() 
     assert expected_key_bits("e91", 0.0, 2 * 10**7) == predictions(spec.sim_config())["finite_key_bits"]
 
 
+def test_e91_curve_is_zero_where_the_chsh_witness_aborts_the_round() -> None:
+    # 2e7 pairs over 50 km: Tomamichel's length on the key-basis counts alone is positive, but the CHSH
+    # lower bound on the mean counts is about 1.72, so every such round aborts on its witness.
+    spec = PointSpec(protocol="e91", distance_km=50.0, pulses=2 * 10**7, seed=1)
+    assert predictions(spec.sim_config())["finite_key_bits"] > 0
+    assert expected_key_bits("e91", 50.0, 2 * 10**7) == 0
+    point = run_point(spec)
+    assert point.aborted and point.abort_reason == "chsh_not_violated"
+    assert point.expected_key_bits == 0
+    # With five times the pairs the witness holds and the curve keys again.
+    assert expected_key_bits("e91", 50.0, 10**8) > 0
+
+
 @pytest.mark.parametrize("protocol", ["single-photon", "decoy"])
 def test_bb84_curves_match_the_sims_prediction(protocol: str) -> None:
     for distance in (0.0, 40.0):
