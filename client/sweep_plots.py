@@ -187,7 +187,14 @@ def draw_distance_plot(
         for n in sizes
     ]
     handles.append(
-        Line2D([], [], color="grey", lw=5, alpha=0.3, label="asymptotic (f = 1.1; decoy: GLLP 0.5/0.1)")
+        Line2D(
+            [],
+            [],
+            color="grey",
+            lw=5,
+            alpha=0.3,
+            label="asymptotic (f = 1.1; decoy: GLLP, mu 0.5/0.1, 50/50 bases)",
+        )
     )
     handles.append(
         Line2D([], [], color="grey", ls="none", marker="x", mew=2, label="simulated, aborted (no key)")
@@ -202,7 +209,11 @@ def draw_distance_plot(
                 marker="*",
                 ms=12,
                 mec="black",
-                label="measured over the daemons",
+                label="measured over the daemons ("
+                + ", ".join(
+                    f"{k} {n:.0e}" for k, n in dict.fromkeys((p.protocol, p.pulses_per_round) for p in daemon)
+                )
+                + " a round)",
             )
         )
     ax.legend(handles=handles, fontsize=8, loc="upper right")
