@@ -205,7 +205,7 @@ class DistancePoint:
     seed: int
     """The round's seed (rerun it with `qlink sim ... --seed`)."""
     detected: int
-    """Detections (BB84) or coincidences (E91)."""
+    """Bob's detections (E91: his clicks, of which the coincidences with Alice's are a part)."""
     qber: float | None
     """Estimated QBER (None when the round aborted before estimation)."""
     final_key_bits: int

@@ -154,7 +154,7 @@ def test_a_row_cut_short_by_a_kill_is_not_read(small_sweep: tuple, tmp_path: Pat
         (["--distances", "0,,5"], "argument --distances: expected a comma-separated list"),
         (["--distances", "-5"], "argument --distances: must be in [0, 1000]"),
         (["--pulses", "1e8,0"], "argument --pulses: must be positive"),
-        (["--protocols", "bb92"], "argument --protocols: unknown protocol 'bb92'"),
+        (["--protocols", "single-photon,bb92"], "--protocols: unknown 'bb92'; expected some of"),
         (["--protocols", "e91", "--e91-pulses", "1e9"], "--e91-pulses: 1e+09 pairs"),
     ],
 )
@@ -197,6 +197,21 @@ def test_unreachable_scheduler_is_named(capsys: pytest.CaptureFixture[str], tmp_
     assert code == 2
     assert f"cannot reach the Dask scheduler at {address} within 2 s" in stderr
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_scheduler_without_dask_installed_says_what_to_install(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A None entry in sys.modules makes `import distributed` raise ImportError, as on a machine without it.
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    code, _, stderr = qlink(
+        capsys,
+        *("sim", "sweep", "--out", str(tmp_path), "--no-eve", "--distances", "0", "--pulses", "1e5"),
+        *("--protocols", "decoy", "--scheduler", "tcp://127.0.0.1:1"),
+    )
+    assert code == 2
+    assert "--scheduler needs dask.distributed" in stderr and "qlinkmed[cluster]" in stderr
+    assert "Traceback" not in stderr
 
 
 def test_daemon_points_round_trip_and_bad_files_are_named(tmp_path: Path) -> None:
