@@ -108,8 +108,15 @@ def test_cli_writes_points_curves_and_plot(capsys: pytest.CaptureFixture[str], t
 def test_interrupted_sweep_keeps_its_rows_and_resume_runs_the_rest(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     distances = "0,2,4,6,8,10,12,14"
-    argv = [sys.executable, "-m", "qlinkmed.client", "sim", "sweep", "--out", str(out), "--no-eve"]
-    argv += ["--protocols", "single-photon", "--distances", distances, "--pulses", "1e7", "--workers", "1"]
+    args = ["sim", "sweep", "--out", str(out), "--no-eve", "--protocols", "single-photon"]
+    args += ["--distances", distances, "--pulses", "1e7", "--workers", "1"]
+    # `qlink ARGS` with Ctrl-C handled as at a terminal, even when this test runs where SIGINT is ignored
+    # (a background job: its children inherit the ignore and Python then installs no handler).
+    launcher = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        f"sys.argv = ['qlink', *{args!r}]; runpy.run_module('qlinkmed.client', run_name='__main__')"
+    )
+    argv = [sys.executable, "-c", launcher]
     # Its own session, so that SIGINT goes to the sweep and its worker as Ctrl-C at a terminal would.
     proc = subprocess.Popen(
         argv, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True
@@ -127,7 +134,8 @@ def test_interrupted_sweep_keeps_its_rows_and_resume_runs_the_rest(tmp_path: Pat
     assert "interrupted" in stderr and "--resume" in stderr and "Traceback" not in stderr
     kept = read_results(out / "keyrate_vs_distance.csv")
     assert 1 <= len(kept) < 8
-    resumed = subprocess.run([*argv, "--resume"], capture_output=True, text=True, timeout=300, check=False)
+    resume = [sys.executable, "-m", "qlinkmed.client", *args, "--resume"]
+    resumed = subprocess.run(resume, capture_output=True, text=True, timeout=300, check=False)
     assert resumed.returncode == 0, resumed.stderr
     assert f"sweep: {8 - len(kept)} points to run" in resumed.stderr
     rows = read_results(out / "keyrate_vs_distance.csv")
