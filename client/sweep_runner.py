@@ -257,11 +257,14 @@ def _dask(specs: list[PointSpec], client: Any) -> Iterator[Timed]:
     from distributed import as_completed
 
     futures = {client.submit(timed_point, spec, pure=False): spec for spec in specs}
+    finished = False
     try:
         for future in as_completed(list(futures), loop=client.loop):
             yield _result(future.result, futures[future])
+        finished = True
     finally:
-        client.cancel(list(futures))
+        if not finished:  # interrupted or a point failed: the cluster drops the rest
+            client.cancel(list(futures))
 
 
 # --------------------------------------------------------------------------- the sweep
