@@ -137,18 +137,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--json", action="store_true", help="print one JSON object")
         p.set_defaults(run=run_round)
     sweep = sub.add_parser(
-        "sweep", help="key rate against distance and QBER/CHSH against Eve, as PNG and CSV"
+        "sweep",
+        help="key rate against distance (simulated points over the finite-key curves) and QBER/CHSH "
+        "against Eve, as PNG and CSV",
     )
-    sweep.add_argument("--out", default="sweep-out", help="output directory (default ./sweep-out)")
-    sweep.add_argument("--qubits", type=_positive_int, default=2_000_000, help="pulses per simulated point")
-    sweep.add_argument(
-        "--wcp-qubits", type=_positive_int, default=100_000_000, help="pulses per decoy-state point (1e8)"
-    )
-    sweep.add_argument(
-        "--e91-pairs", type=_positive_int, default=20_000_000, help="pairs per E91 point (2e7)"
-    )
-    sweep.add_argument("--seed", type=int, default=1)
-    sweep.add_argument("--json", action="store_true", help="print the written files and points as JSON")
+    from .sim_sweep import add_sweep_flags, run_sweep
+
+    add_sweep_flags(sweep, count=_positive_int, number=_bounded)
     sweep.set_defaults(run=run_sweep)
 
 
@@ -312,17 +307,3 @@ def format_report(r: dict[str, Any]) -> str:
             f"VERDICT: KEY ESTABLISHED: {r['final_key_bits']:,} secret bits, keys {verdict} at both ends."
         )
     return "\n".join(lines)
-
-
-def run_sweep(args: argparse.Namespace) -> int:
-    from qlinkmed.client.sweep_plots import write_sweep
-
-    files = write_sweep(
-        args.out, qubits=args.qubits, wcp_qubits=args.wcp_qubits, e91_pairs=args.e91_pairs, seed=args.seed
-    )
-    if args.json:
-        print(json.dumps({"files": [str(f) for f in files]}, indent=2))
-    else:
-        for f in files:
-            print(f)
-    return EXIT_OK
