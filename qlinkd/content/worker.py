@@ -194,8 +194,12 @@ class ContentValidator:
             return self._inline(name, source)
         for attempt in (1, 2):
             executor = self._pool()
-            future: Future[_Answer] = executor.submit(_validate, name, source, self.limits, self.memory_bytes)
             try:
+                # submit raises too when the pool already knows a worker died (its manager thread noticed
+                # before this call): that is the same broken pool, rebuilt the same way.
+                future: Future[_Answer] = executor.submit(
+                    _validate, name, source, self.limits, self.memory_bytes
+                )
                 answer = future.result()
             except BrokenProcessPool:
                 self._rebuild(executor)

@@ -197,6 +197,21 @@ def test_a_killed_worker_is_replaced_and_close_leaves_no_process(validator: Cont
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
+def test_a_pool_already_known_broken_is_rebuilt_not_raised(validator: ContentValidator) -> None:
+    # Regression: once the pool's manager thread had seen a worker die, submit itself raised
+    # BrokenProcessPool, outside the retry, and the file failed with a traceback instead of a new pool.
+    async def scenario() -> int:
+        await validator.start()
+        (first,) = validator.worker_pids()
+        executor = validator._executor
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: executor is not None and bool(executor._broken), "the pool to notice the kill")
+        return (await validator.validate("a.dcm", make_image_dicom(16, 16))).rows
+
+    assert asyncio.run(scenario()) == 16
+    validator.close()
+
+
 _HOLDER = """
 import asyncio, sys
 from qlinkmed.qlinkd.content.worker import ContentValidator
