@@ -11,6 +11,7 @@ it.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -141,6 +142,7 @@ def _run_bb84(
         raise ConfigError("pulse_train", "BB84 needs Alice's pulses")
     n = train.bits.size
     source = SourceKind.WCP if train.intensities is not None else SourceKind.SINGLE_PHOTON
+    decoy = _decoy_source(train.mu) if source is SourceKind.WCP else None
     eve = job.eve
     if eve.kind is EveKind.PNS and source is SourceKind.SINGLE_PHOTON:
         # A single-photon pulse has no spare photon to split off: the attack has nothing to act on.
@@ -149,7 +151,7 @@ def _run_bb84(
         n,
         model=model,
         source=source,
-        decoy=DecoySource() if source is SourceKind.WCP else None,
+        decoy=decoy,
         eve=eve,
         backend=backend,
         rng=rng,
@@ -157,6 +159,20 @@ def _run_bb84(
         bob_bases=job.bob.settings,
     )
     return JobResult(link=job.link, round_id=job.round_id, alice=lm.PulsesSent(count=n), bob=_record(seen))
+
+
+def _decoy_source(mu: tuple[float, ...] | None) -> DecoySource:
+    """The source Alice's submission names: three finite intensities within the decoy constraints, or a
+    ConfigError naming the value (answered to both parties as a ChannelError)."""
+    if mu is None or len(mu) != 3:
+        raise ConfigError("pulse_train.mu", f"needs 3 decoy intensities, got {0 if mu is None else len(mu)}")
+    if not all(math.isfinite(v) for v in mu):
+        raise ConfigError("pulse_train.mu", f"intensities must be finite, got {mu}")
+    try:
+        # Only the intensities reach the emulator: the classes come with the pulses.
+        return DecoySource(intensities=(mu[0], mu[1], mu[2]))
+    except ConfigError as exc:
+        raise ConfigError("pulse_train.mu", exc.message) from None
 
 
 def _run_e91(

@@ -54,6 +54,13 @@ _SIMPLE_FIELD: dict[type[lm.WireMessage], str] = {
 _SIMPLE_FOR_FIELD = {field: cls for cls, field in _SIMPLE_FIELD.items()}
 MAX_TEXT = 512
 """Longest string accepted in any text field (names, reasons, SAE ids)."""
+MAX_REPEATED = 16
+"""Most entries accepted in a repeated scalar of a link message (decoy intensities and probabilities)."""
+
+
+def _repeated(descriptor: Any) -> bool:
+    # A protobuf FieldDescriptor (untyped in the stubs).
+    return bool(descriptor.is_repeated)
 
 
 def _put_bits(target: pb.Bits, values: np.ndarray) -> None:
@@ -66,8 +73,11 @@ def _encode_link(frame: pb.Frame, message: lm.WireMessage) -> None:
     simple = _SIMPLE_FIELD.get(type(message))
     if simple is not None:
         body = getattr(frame, simple)
-        for name in body.DESCRIPTOR.fields_by_name:
-            setattr(body, name, getattr(message, name))
+        for name, descriptor in body.DESCRIPTOR.fields_by_name.items():
+            if _repeated(descriptor):
+                getattr(body, name).extend(getattr(message, name))
+            else:
+                setattr(body, name, getattr(message, name))
         body.SetInParent()
     elif isinstance(message, KeyNotice):
         frame.key_notice.key_id = message.key_id
@@ -80,6 +90,8 @@ def _encode_link(frame: pb.Frame, message: lm.WireMessage) -> None:
         _put_bits(frame.pulse_train.bases, message.bases)
         if message.intensities is not None:
             frame.pulse_train.intensities = np.asarray(message.intensities, dtype=np.uint8).tobytes()
+        if message.mu is not None:
+            frame.pulse_train.mu.extend(message.mu)
     elif isinstance(message, lm.AnalyserSettings):
         frame.analyser_settings.settings = np.asarray(message.settings, dtype=np.uint8).tobytes()
     elif isinstance(message, lm.DetectionRecord):
@@ -156,9 +168,14 @@ def _decode_link(which: str, body: Any) -> lm.WireMessage:
     simple = _SIMPLE_FOR_FIELD.get(which)
     if simple is not None:
         values: dict[str, Any] = {}  # protobuf scalars, checked by the message's constructor
-        for name in body.DESCRIPTOR.fields_by_name:
+        for name, descriptor in body.DESCRIPTOR.fields_by_name.items():
             value = getattr(body, name)
-            values[name] = _text(value, f"{which}.{name}") if isinstance(value, str) else value
+            if _repeated(descriptor):
+                if len(value) > MAX_REPEATED:
+                    raise FrameError(f"{which}.{name}: {len(value)} entries exceed {MAX_REPEATED}")
+                values[name] = tuple(value)
+            else:
+                values[name] = _text(value, f"{which}.{name}") if isinstance(value, str) else value
         return simple(**values)
     if which == "key_notice":
         try:
@@ -167,10 +184,13 @@ def _decode_link(which: str, body: Any) -> lm.WireMessage:
             raise FrameError(f"key_notice: {exc}") from None
     if which == "pulse_train":
         raw = body.intensities
+        if len(body.mu) > MAX_REPEATED:
+            raise FrameError(f"pulse_train.mu: {len(body.mu)} entries exceed {MAX_REPEATED}")
         return lm.PulseTrain(
             bits=_bits(body.bits, "pulse_train.bits"),
             bases=_bits(body.bases, "pulse_train.bases"),
             intensities=np.frombuffer(raw, dtype=np.uint8) if raw else None,
+            mu=tuple(body.mu) if body.mu else None,
         )
     if which == "analyser_settings":
         return lm.AnalyserSettings(settings=np.frombuffer(body.settings, dtype=np.uint8))

@@ -128,6 +128,9 @@ fraction = 1.0
     )
     # Without a value the facility configuration's per-protocol default applies (E91 needs more pairs).
     pulses_line = "" if pulses_per_round is None else f"pulses_per_round = {pulses_per_round}\n"
+    # A decoy link's source is optimised for its fibre: the facilities are told the channel's length.
+    if protocol == "bb84-decoy":
+        pulses_line += f"fibre_km = {float(distance_km)!r}\n"
     configs = {}
     for me, other in ((a, b), (b, a)):
         path = root / f"{me}.toml"

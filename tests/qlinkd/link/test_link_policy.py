@@ -208,6 +208,8 @@ def test_an_established_round_records_the_bits_the_pool_gained() -> None:
         eps_sec=1e-9,
         eps_cor=1e-12,
         eps=1e-9 + 1e-12,
+        protocol="bb84",
+        decoy=None,
     )
     name, fields = policy.audit_fields(record)
     assert name == "round_established"
@@ -276,6 +278,7 @@ STATUS_FIELDS = [
     "last_round",
     "alarm",
     "auth_starved",
+    "decoy",
 ]
 ROUND_FIELDS = [
     "round",
@@ -294,6 +297,8 @@ ROUND_FIELDS = [
     "eps_sec",
     "eps_cor",
     "eps",
+    "protocol",
+    "decoy",
 ]
 
 
