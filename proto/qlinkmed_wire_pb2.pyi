@@ -269,10 +269,12 @@ class PulseTrain(_message.Message):
     def __init__(self, bits: _Optional[_Union[Bits, _Mapping]] = ..., bases: _Optional[_Union[Bits, _Mapping]] = ..., intensities: _Optional[bytes] = ..., mu: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class AnalyserSettings(_message.Message):
-    __slots__ = ("settings",)
+    __slots__ = ("settings", "count")
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
     settings: bytes
-    def __init__(self, settings: _Optional[bytes] = ...) -> None: ...
+    count: int
+    def __init__(self, settings: _Optional[bytes] = ..., count: _Optional[int] = ...) -> None: ...
 
 class DetectionRecord(_message.Message):
     __slots__ = ("detected", "bits")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from qlinkmed.proto import qlinkmed_wire_pb2 as pb
 from qlinkmed.qcore.backends import get_backend
 from qlinkmed.qcore.channel import Eavesdropper, EveKind
 from qlinkmed.qcore.channel_model import ChannelModel, predict_bb84
@@ -19,7 +20,7 @@ from qlinkmed.qlinkd.errors import FrameError
 from qlinkmed.qlinkd.link import messages as lm
 from qlinkmed.qlinkd.link.events import LinkClosed
 from qlinkmed.qlinkd.link.states import State
-from qlinkmed.qlinkd.link.wire import decode_frame, encode_frame
+from qlinkmed.qlinkd.link.wire import MAX_FRAME_BYTES, decode_frame, encode_frame
 from tests.link_pair import LinkPair
 
 # The optimiser's source for 1 km at 1e7 pulses (qcore.decoy_optimiser.optimise): ~15 kbit a round.
@@ -172,3 +173,41 @@ def test_bad_intensities_answer_a_channel_error_naming_them(mu: tuple[float, ...
     for answer in (result.alice, result.bob):
         assert isinstance(answer, lm.ChannelError)
         assert answer.reason.startswith("pulse_train.mu:") and words in answer.reason
+
+
+def test_the_largest_round_fits_one_frame() -> None:
+    # Regression: decoy classes and analyser settings went one byte a pulse, so a 1e8-pulse round's train
+    # (125 MB) and Bob's settings (100 MB) exceeded the frame limit and every round timed out unheard.
+    n = 1_000_000
+    rng = np.random.default_rng(3)
+    train = lm.PulseTrain(
+        bits=rng.integers(0, 2, n).astype(np.uint8),
+        bases=rng.integers(0, 2, n).astype(np.uint8),
+        intensities=rng.integers(0, 3, n).astype(np.uint8),
+        mu=SOURCE.intensities,
+    )
+    settings = lm.AnalyserSettings(settings=rng.integers(0, 4, n).astype(np.uint8))
+    largest = 200_000_000  # PeerConfig.pulses_per_round's bound
+    for message in (train, settings):
+        frame = encode_frame(message, 1)
+        assert len(frame) / n * largest < MAX_FRAME_BYTES
+        back = decode_frame(frame)[1]
+        for name in ("bits", "bases", "intensities", "settings"):
+            if hasattr(message, name):
+                assert np.array_equal(getattr(back, name), getattr(message, name))
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 1001])
+def test_packed_settings_refuse_wrong_lengths_and_set_padding(n: int) -> None:
+    settings = lm.AnalyserSettings(settings=np.full(n, 3, dtype=np.uint8))
+    frame = pb.Frame.FromString(encode_frame(settings, 1))
+    assert len(frame.analyser_settings.settings) == (n + 3) // 4
+    assert np.array_equal(decode_frame(frame.SerializeToString())[1].settings, settings.settings)  # type: ignore[union-attr]
+    if n % 4:  # the last byte's lowest crumb is padding: set it
+        packed = frame.analyser_settings.settings
+        frame.analyser_settings.settings = packed[:-1] + bytes([packed[-1] | 1])
+        with pytest.raises(FrameError, match="padding"):
+            decode_frame(frame.SerializeToString())
+    frame.analyser_settings.count = n + 4
+    with pytest.raises(FrameError, match="cannot hold exactly"):
+        decode_frame(frame.SerializeToString())
