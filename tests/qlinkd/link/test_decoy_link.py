@@ -15,6 +15,7 @@ from qlinkmed.qcore.channel import Eavesdropper, EveKind
 from qlinkmed.qcore.channel_model import ChannelModel, predict_bb84
 from qlinkmed.qcore.errors import AbortReason
 from qlinkmed.qcore.params import DecoySource
+from qlinkmed.qlinkd.channel import broker
 from qlinkmed.qlinkd.channel.broker import ChannelBroker, Job, LinkKey, run
 from qlinkmed.qlinkd.errors import FrameError
 from qlinkmed.qlinkd.link import messages as lm
@@ -148,15 +149,26 @@ def _job(mu: tuple[float, ...], n: int = 400_000) -> Job:
 
 
 @pytest.mark.parametrize("mu1", [0.1, 1.0])
-def test_the_channel_emulates_the_intensities_alice_names(mu1: float) -> None:
+@pytest.mark.parametrize("slice_pulses", [broker.EMULATION_SLICE, 65_536])
+def test_the_channel_emulates_the_intensities_alice_names(
+    mu1: float, slice_pulses: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Regression: the broker emulated the fixed default source (signal 0.5) whatever Alice's source was.
-    result = run(
-        _job((mu1, 0.05, 2e-4)), model=NEAR, backend=get_backend("numpy"), rng=np.random.default_rng(1)
-    )
-    assert isinstance(result.bob, lm.DetectionRecord)
+    # In slices (a large round's) the record is the same in law: one entry a gate, one bit a click.
+    monkeypatch.setattr(broker, "EMULATION_SLICE", slice_pulses)
+    job = _job((mu1, 0.05, 2e-4))
+    result = run(job, model=NEAR, backend=get_backend("numpy"), rng=np.random.default_rng(1))
+    assert isinstance(result.bob, lm.DetectionRecord) and result.bob.detected.size == job.bob.settings.size
     gain = float(np.mean(result.bob.detected))
     expected = float(predict_bb84(NEAR, "wcp", mu1).detection_probability)
     assert abs(gain - expected) < 0.1 * expected
+    # Bob's bits at the clicks: wrong (against Alice's, in matching bases) about as often as the model says.
+    detected = result.bob.detected.astype(bool)
+    alice = job.alice
+    assert isinstance(alice, lm.PulseTrain)
+    match = (alice.bases == job.bob.settings)[detected]
+    errors = float(np.mean(alice.bits[detected][match] != result.bob.bits[match]))
+    assert errors < 0.05
 
 
 @pytest.mark.parametrize(
