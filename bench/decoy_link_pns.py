@@ -100,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         print("PNS attached (fraction 1.0)")
         attacked, seen = _wait_rounds(deployment, seen, args.attacked_rounds + 1, args.timeout)
         for r in attacked:
-            mark = " (started before the attach)" if float(r["duration_s"]) > r["_at"] - attached else ""
+            mark = (
+                " (started before the attach; its pulses may have crossed after it)"
+                if float(r["duration_s"]) > r["_at"] - attached
+                else ""
+            )
             print(
                 f"  round {r['round']}: {'established' if r['event'] == 'round_established' else 'aborted'} "
                 f"({r['reason']}), {r['final_key_bits']} key bits, ended {r['_at'] - attached:.1f} s after "
