@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/decoy_link_pns.py                      # 50 km, the configuration's round
     .venv/bin/python bench/decoy_link_pns.py --distance-km 25 --pulses 2e7 --honest-rounds 3
+    .venv/bin/python bench/decoy_link_pns.py --kind intercept-resend    # the same with intercept-resend
 
 Writes a fresh loopback deployment with `protocol = "bb84-decoy"` (the facilities' fibre_km is the
 channel's length, so the source is the optimiser's for it), starts the channel service and both daemons,
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--honest-rounds", type=int, default=4, help="honest rounds measured after the first")
     parser.add_argument("--attacked-rounds", type=int, default=2, help="rounds to watch under PNS")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up on any phase after this")
+    parser.add_argument(
+        "--kind", choices=("pns", "intercept-resend"), default="pns", help="the attack attached (pns)"
+    )
     args = parser.parse_args(argv)
 
     with d.running(
@@ -94,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
 
         headers = deployment.admin_headers()
         httpx.post(
-            deployment.admin_url + "/v1/eve", json={"kind": "pns", "fraction": 1.0}, headers=headers
+            deployment.admin_url + "/v1/eve", json={"kind": args.kind, "fraction": 1.0}, headers=headers
         ).raise_for_status()
         attached = time.monotonic()
-        print("PNS attached (fraction 1.0)")
+        print(f"{args.kind} attached (fraction 1.0)")
         attacked, seen = _wait_rounds(deployment, seen, args.attacked_rounds + 1, args.timeout)
         for r in attacked:
             mark = (
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
         httpx.delete(deployment.admin_url + "/v1/eve", headers=headers).raise_for_status()
         detached = time.monotonic()
-        print("PNS detached")
+        print(f"{args.kind} detached")
         while True:
             after, seen = _wait_rounds(deployment, seen, 1, args.timeout)
             keyed = [r for r in after if r["event"] == "round_established"]
