@@ -72,6 +72,17 @@ def alive(group: ProcessGroup) -> dict[str, bool]:
     return {name: child.process.poll() is None for name, child in group.children.items()}
 
 
+def peak_rss_mib(group: ProcessGroup) -> dict[str, float]:
+    """Each running process's peak resident set so far (VmHWM from /proc, Linux), in MiB."""
+    peaks = {}
+    for name, child in group.children.items():
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{child.process.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks[name] = int(line.split()[1]) / 1024
+    return peaks
+
+
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
     """Poll `condition` every POLL_S until it holds; returns the seconds waited, raises TimeoutError."""
     start = time.monotonic()

@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_link.py                           # BB84, 5 runs of 20 s
     .venv/bin/python bench/bench_link.py --protocol e91 --runs 3   # E91 (needs large rounds)
     .venv/bin/python bench/bench_link.py --runs 1 --seconds 5 --json
+    .venv/bin/python bench/bench_link.py --protocol bb84-decoy --distance-km 50 --runs 1 --seconds 120
 
 Each run writes a fresh loopback deployment (10 km fibre unless --distance-km says otherwise), spawns the
 channel service and both daemons together and measures: startup (spawn -> all three sent READY=1), first
@@ -60,11 +61,13 @@ class RunResult:
     """Rounds ended (established or aborted) per second of wall time."""
     abort_reasons: dict[str, int] = field(default_factory=dict)
     """Aborted rounds by reason."""
+    peak_rss_mib: dict[str, float] = field(default_factory=dict)
+    """Peak resident set of each process (channel and both facilities) at the end of the window."""
 
 
 def one_run(
     protocol: str,
-    pulses: int,
+    pulses: int | None,
     seconds: float,
     distance_km: float,
     first_key_timeout: float = FIRST_KEY_TIMEOUT_S,
@@ -75,7 +78,8 @@ def one_run(
         pulses_per_round=pulses,
         distance_km=distance_km,
         afterpulse=afterpulse,
-        round_timeout_s=60.0,
+        # A decoy round's default timeout grows with its size (ops/config.default_round_timeout_s).
+        round_timeout_s=None if protocol == "bb84-decoy" else 60.0,
     ) as started:
         deployment = started.deployment
 
@@ -93,6 +97,7 @@ def one_run(
         time.sleep(seconds)  # the measurement window itself, not a wait for readiness
         records = d.read_audit(deployment, d.A)[seen:]
         window = time.monotonic() - window_start
+        rss = d.peak_rss_mib(started.group)
     rounds = [r for r in records if r.get("event") in ("round_established", "round_aborted")]
     established = [r for r in rounds if r["event"] == "round_established"]
     durations = [float(r["duration_s"]) for r in rounds]
@@ -111,6 +116,7 @@ def one_run(
         key_rate_bps=sum(int(r["final_key_bits"]) for r in established) / window,
         rounds_per_s=len(rounds) / window,
         abort_reasons=dict(reasons),
+        peak_rss_mib=rss,
     )
 
 
@@ -147,9 +153,10 @@ def medians(runs: list[RunResult]) -> dict[str, float | None]:
 
 
 def print_table(
-    protocol: str, pulses: int, seconds: float, runs: list[RunResult], first_key_timeout: float
+    protocol: str, pulses: int | None, seconds: float, runs: list[RunResult], first_key_timeout: float
 ) -> None:
-    print(f"link benchmark: {protocol}, {pulses:,} pulses per round, {seconds:g} s window, {len(runs)} runs")
+    size = "the configuration's default" if pulses is None else f"{pulses:,}"
+    print(f"link benchmark: {protocol}, {size} pulses per round, {seconds:g} s window, {len(runs)} runs")
     widths = [max(len(title), 10) for _, title, _ in _COLUMNS]
     print("run    " + "  ".join(f"{t:>{w}}" for (_, t, _), w in zip(_COLUMNS, widths, strict=True)))
     for i, run in enumerate(runs, start=1):
@@ -166,6 +173,9 @@ def print_table(
     missing = sum(r.first_key_s is None for r in runs)
     if missing:
         print(f"{missing}/{len(runs)} runs established no key within {first_key_timeout:g} s")
+    for i, run in enumerate(runs, start=1):
+        peaks = ", ".join(f"{name} {mib:,.0f} MiB" for name, mib in run.peak_rss_mib.items())
+        print(f"run {i} peak RSS: {peaks}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,8 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--runs", type=int, default=5, help="fresh deployments to measure (median)")
     parser.add_argument("--seconds", type=float, default=20.0, help="measurement window per run")
-    parser.add_argument("--pulses", type=int, default=700_000, help="pulses (E91: pairs) per round")
-    parser.add_argument("--protocol", choices=("bb84", "e91"), default="bb84")
+    parser.add_argument(
+        "--pulses",
+        type=lambda text: int(float(text)),
+        default=None,
+        help="pulses (E91: pairs) per round (default 700,000; bb84-decoy: the configuration's choice "
+        "for the fibre)",
+    )
+    parser.add_argument("--protocol", choices=("bb84", "bb84-decoy", "e91"), default="bb84")
     parser.add_argument("--distance-km", type=float, default=10.0, help="fibre length")
     parser.add_argument(
         "--afterpulse",
@@ -188,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
+    if args.pulses is None and args.protocol != "bb84-decoy":
+        args.pulses = 700_000
     runs = []
     for i in range(args.runs):
         runs.append(

@@ -157,7 +157,7 @@ class Abort(_message.Message):
     def __init__(self, reason: _Optional[int] = ..., detail: _Optional[bytes] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("facility", "peer", "protocol", "source", "pulses_per_round", "next_round", "last_committed", "pending_round", "auth_position", "eps_sec", "eps_cor", "e91_security")
+    __slots__ = ("facility", "peer", "protocol", "source", "pulses_per_round", "next_round", "last_committed", "pending_round", "auth_position", "eps_sec", "eps_cor", "e91_security", "decoy_intensities", "decoy_probabilities", "decoy_p_x")
     FACILITY_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +170,9 @@ class Hello(_message.Message):
     EPS_SEC_FIELD_NUMBER: _ClassVar[int]
     EPS_COR_FIELD_NUMBER: _ClassVar[int]
     E91_SECURITY_FIELD_NUMBER: _ClassVar[int]
+    DECOY_INTENSITIES_FIELD_NUMBER: _ClassVar[int]
+    DECOY_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    DECOY_P_X_FIELD_NUMBER: _ClassVar[int]
     facility: str
     peer: str
     protocol: str
@@ -182,7 +185,10 @@ class Hello(_message.Message):
     eps_sec: float
     eps_cor: float
     e91_security: str
-    def __init__(self, facility: _Optional[str] = ..., peer: _Optional[str] = ..., protocol: _Optional[str] = ..., source: _Optional[str] = ..., pulses_per_round: _Optional[int] = ..., next_round: _Optional[int] = ..., last_committed: _Optional[int] = ..., pending_round: _Optional[int] = ..., auth_position: _Optional[int] = ..., eps_sec: _Optional[float] = ..., eps_cor: _Optional[float] = ..., e91_security: _Optional[str] = ...) -> None: ...
+    decoy_intensities: _containers.RepeatedScalarFieldContainer[float]
+    decoy_probabilities: _containers.RepeatedScalarFieldContainer[float]
+    decoy_p_x: float
+    def __init__(self, facility: _Optional[str] = ..., peer: _Optional[str] = ..., protocol: _Optional[str] = ..., source: _Optional[str] = ..., pulses_per_round: _Optional[int] = ..., next_round: _Optional[int] = ..., last_committed: _Optional[int] = ..., pending_round: _Optional[int] = ..., auth_position: _Optional[int] = ..., eps_sec: _Optional[float] = ..., eps_cor: _Optional[float] = ..., e91_security: _Optional[str] = ..., decoy_intensities: _Optional[_Iterable[float]] = ..., decoy_probabilities: _Optional[_Iterable[float]] = ..., decoy_p_x: _Optional[float] = ...) -> None: ...
 
 class RoundStart(_message.Message):
     __slots__ = ("pulses",)
@@ -251,20 +257,24 @@ class ChannelHello(_message.Message):
     def __init__(self, facility: _Optional[str] = ..., peer: _Optional[str] = ..., role: _Optional[str] = ..., protocol: _Optional[str] = ...) -> None: ...
 
 class PulseTrain(_message.Message):
-    __slots__ = ("bits", "bases", "intensities")
+    __slots__ = ("bits", "bases", "intensities", "mu")
     BITS_FIELD_NUMBER: _ClassVar[int]
     BASES_FIELD_NUMBER: _ClassVar[int]
     INTENSITIES_FIELD_NUMBER: _ClassVar[int]
+    MU_FIELD_NUMBER: _ClassVar[int]
     bits: Bits
     bases: Bits
     intensities: bytes
-    def __init__(self, bits: _Optional[_Union[Bits, _Mapping]] = ..., bases: _Optional[_Union[Bits, _Mapping]] = ..., intensities: _Optional[bytes] = ...) -> None: ...
+    mu: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, bits: _Optional[_Union[Bits, _Mapping]] = ..., bases: _Optional[_Union[Bits, _Mapping]] = ..., intensities: _Optional[bytes] = ..., mu: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class AnalyserSettings(_message.Message):
-    __slots__ = ("settings",)
+    __slots__ = ("settings", "count")
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
     settings: bytes
-    def __init__(self, settings: _Optional[bytes] = ...) -> None: ...
+    count: int
+    def __init__(self, settings: _Optional[bytes] = ..., count: _Optional[int] = ...) -> None: ...
 
 class DetectionRecord(_message.Message):
     __slots__ = ("detected", "bits")

@@ -65,6 +65,9 @@ async def run_daemon(
     try:
         for peer in config.peers:
             store.init_auth(peer.id, peer.preshared)
+            if peer.decoy is not None:
+                fibre = "not given" if peer.fibre_km is None else f"{peer.fibre_km:g} km"
+                log.info("link to %s runs bb84-decoy (fibre %s): %s", peer.id, fibre, peer.decoy.summary())
         rt = Runtime(
             config=config,
             store=store,

@@ -8,6 +8,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from qlinkmed.qcore.params import SourceKind
 from qlinkmed.qlinkd.link.anchor import AnchorBook
 from qlinkmed.qlinkd.link.events import LinkConfig
 from qlinkmed.qlinkd.ops.audit import AuditLog
@@ -33,6 +34,7 @@ class Runtime:
             facility=self.config.id,
             peer=peer.id,
             protocol=peer.protocol,
+            source=SourceKind.WCP if peer.decoy is not None else SourceKind.SINGLE_PHOTON,
             pulses_per_round=peer.pulses_per_round,
             distill=peer.distill_config(),
             round_timeout_s=peer.round_timeout_s,

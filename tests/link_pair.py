@@ -14,6 +14,7 @@ import numpy as np
 from qlinkmed.qcore.backends import get_backend
 from qlinkmed.qcore.channel import Eavesdropper
 from qlinkmed.qcore.channel_model import ChannelModel
+from qlinkmed.qcore.params import DecoySource, DistillConfig, SourceKind
 from qlinkmed.qcore.randomness import PartyRandomness
 from qlinkmed.qlinkd.channel.broker import ChannelBroker, Job, LinkKey, run
 from qlinkmed.qlinkd.errors import FrameError
@@ -57,12 +58,17 @@ class LinkPair:
         stores: tuple[KeyStore, KeyStore] | None = None,
         eve: Eavesdropper | None = None,
         randomness: tuple[PartyRandomness, PartyRandomness] | None = None,
+        decoy: DecoySource | None = None,
+        model: ChannelModel = MODEL,
     ) -> None:
-        """`randomness`: each end's sources (facility A's, then B's); by default seeded ones from `seed`."""
+        """`randomness`: each end's sources (facility A's, then B's); by default seeded ones from `seed`.
+        `decoy`: both ends run BB84 with this weak-coherent-pulse decoy source (single photons without)."""
         self.root = root
         self.pulses = pulses
+        self.decoy = decoy
+        self.model = model
         self.rng = np.random.default_rng(seed)
-        self.broker = ChannelBroker(model=MODEL, backend=get_backend("numpy"), eve=eve or Eavesdropper())
+        self.broker = ChannelBroker(model=model, backend=get_backend("numpy"), eve=eve or Eavesdropper())
         self.now = 0.0
         self.tap: Tap = passthrough
         self.submissions: list[tuple[str, lm.ChannelSubmission]] = []
@@ -81,7 +87,14 @@ class LinkPair:
         return PartyRandomness.seeded(np.random.SeedSequence(int(self.rng.integers(2**63))))
 
     def _end(self, name: str, peer: str, store: KeyStore, randomness: PartyRandomness) -> End:
-        config = LinkConfig(facility=name, peer=peer, pulses_per_round=self.pulses, round_timeout_s=5.0)
+        config = LinkConfig(
+            facility=name,
+            peer=peer,
+            pulses_per_round=self.pulses,
+            round_timeout_s=5.0,
+            source=SourceKind.SINGLE_PHOTON if self.decoy is None else SourceKind.WCP,
+            distill=DistillConfig(decoy=self.decoy),
+        )
         link = LinkConnection(
             config,
             local=store.link_state(peer),
@@ -118,7 +131,7 @@ class LinkPair:
                 LinkKey(alice="hospital-a", bob="hospital-b"), "bb84", role, request.round_id, request.message
             )
             if isinstance(outcome, Job):
-                result = run(outcome, model=MODEL, backend=self.broker.backend, rng=self.rng)
+                result = run(outcome, model=self.model, backend=self.broker.backend, rng=self.rng)
                 self.a.link.channel_result(outcome.round_id, result.alice, self.now)
                 self.b.link.channel_result(outcome.round_id, result.bob, self.now)
             elif outcome is not None:

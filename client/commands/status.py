@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from qlinkmed.qlinkd.errors import StatusFormatError
-from qlinkmed.qlinkd.link.status import DataPeerStatus, LinkStatus, RoundRecord
+from qlinkmed.qlinkd.link.status import DataPeerStatus, LinkStatus, RoundRecord, SourceStatus
 
 from ..daemon_http import EXIT_FAILURE, add_local_target, ask_local, link_statuses
 
@@ -95,6 +95,12 @@ def format_pq_hybrid(data: DataPeerStatus) -> str:
     return f"{setting}; {used}"
 
 
+def format_source(decoy: SourceStatus) -> str:
+    mus = ", ".join(f"{v:g}" for v in decoy.intensities)
+    ps = ", ".join(f"{v:.3f}" for v in decoy.probabilities)
+    return f"mu {mus}; probabilities {ps}; key basis p_X {decoy.p_x:.3f}"
+
+
 def format_link(link: LinkStatus, key_size: int | None, data: DataPeerStatus | None = None) -> list[str]:
     pool = link.pool_bits
     in_keys = f" = {pool // key_size:,} keys of {key_size} bits" if key_size else ""
@@ -110,6 +116,7 @@ def format_link(link: LinkStatus, key_size: int | None, data: DataPeerStatus | N
         ),
         ("auth reserve", _bits(link.auth_reserve_bits)),
         ("security", f"eps_sec {link.eps_sec:.3g}, eps_cor {link.eps_cor:.3g}: keys {link.eps:.4g}-secure"),
+        *([("decoy source", format_source(link.decoy))] if link.decoy is not None else []),
         ("rounds", f"{link.rounds.established:,} established, {link.rounds.aborted:,} aborted"),
         ("last round", format_last_round(last)),
     ]

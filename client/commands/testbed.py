@@ -48,12 +48,24 @@ def register(parser: argparse.ArgumentParser) -> None:
         "empty, and print the commands that start it.",
     )
     init.add_argument("dir", type=Path, metavar="DIR", help="directory to create")
-    init.add_argument("--protocol", choices=("bb84", "e91"), default="bb84", help="QKD protocol (bb84)")
+    init.add_argument(
+        "--protocol",
+        choices=("bb84", "bb84-decoy", "e91"),
+        default="bb84",
+        help="QKD protocol (bb84); bb84-decoy: weak coherent pulses with decoy states",
+    )
     init.add_argument(
         "--pulses",
         type=_pulses,
         default=None,
-        help="pulses or pairs per round (1e4..2e8; default 1e6 for BB84, 2e7 pairs for E91)",
+        help="pulses or pairs per round (1e4..2e8; default 1e6 for BB84, 2e7 pairs for E91, for bb84-decoy "
+        "the smallest round expected to key comfortably at the fibre)",
+    )
+    init.add_argument(
+        "--distance-km",
+        type=float,
+        default=10.0,
+        help="fibre length of the channel (10); bb84-decoy peers are configured with it as fibre_km",
     )
     init.set_defaults(run=run_init)
     run = sub.add_parser(
@@ -75,19 +87,23 @@ def run_init(args: argparse.Namespace) -> int:
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         print(f"qlink testbed init: error: {args.dir} exists and is not an empty directory", file=sys.stderr)
         return EXIT_USAGE
-    from qlinkmed.qlinkd.errors import PkiError
+    from qlinkmed.qlinkd.errors import ConfigError, PkiError
+    from qlinkmed.qlinkd.ops.config import load_facility_config
     from qlinkmed.qlinkd.testbed.deployment import write_loopback_deployment
 
     try:
-        deployment = write_loopback_deployment(root, protocol=args.protocol, pulses_per_round=args.pulses)
-    except (OSError, PkiError) as exc:
+        deployment = write_loopback_deployment(
+            root, protocol=args.protocol, pulses_per_round=args.pulses, distance_km=args.distance_km
+        )
+        # The round size the daemons will use (a bb84-decoy default depends on the fibre).
+        first = load_facility_config(next(iter(deployment.facilities.values())))
+    except (OSError, PkiError, ConfigError) as exc:
         print(f"qlink testbed init: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    from qlinkmed.qcore.params import ProtocolKind
-    from qlinkmed.qlinkd.ops.config import DEFAULT_PULSES_PER_ROUND
-
-    pulses = args.pulses or DEFAULT_PULSES_PER_ROUND[ProtocolKind(args.protocol)]
-    print(start_instructions(deployment, protocol=args.protocol, pulses=pulses))
+    peer = first.peers[0]
+    print(start_instructions(deployment, protocol=args.protocol, pulses=peer.pulses_per_round))
+    if peer.decoy is not None:
+        print(peer.decoy.summary())
     return EXIT_OK
 
 

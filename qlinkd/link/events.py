@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from qlinkmed.qcore.errors import AbortReason
+from qlinkmed.qcore.errors import AbortReason, ConfigError
 from qlinkmed.qcore.params import DistillConfig, ProtocolKind, SourceKind
 from qlinkmed.qcore.round_state import RoundOutcome
 from qlinkmed.qlinkd.link import messages as lm
@@ -22,13 +22,19 @@ class LinkConfig:
     protocol: ProtocolKind = ProtocolKind.BB84
     """BB84 or E91; both ends must agree (checked at hello)."""
     source: SourceKind = SourceKind.SINGLE_PHOTON
-    """BB84 source; a weak-coherent-pulse source runs decoy states."""
+    """BB84 source; a weak-coherent-pulse source runs decoy states with ``distill.decoy``."""
     pulses_per_round: int = 1_000_000
     """Pulses (BB84) or pairs (E91) per round."""
     distill: DistillConfig = field(default_factory=DistillConfig)
     """Distillation policy: thresholds, sample fraction, security parameters."""
     round_timeout_s: float = 10.0
     """A round (or a hello) that makes no progress for this long is abandoned."""
+
+    def __post_init__(self) -> None:
+        if (self.source is SourceKind.WCP) != (self.distill.decoy is not None):
+            raise ConfigError("source", "a weak-coherent-pulse source goes with a decoy source, and only it")
+        if self.source is SourceKind.WCP and self.protocol is not ProtocolKind.BB84:
+            raise ConfigError("source", "decoy states apply to BB84 only")
 
     @property
     def role(self) -> Role:

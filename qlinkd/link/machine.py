@@ -29,6 +29,7 @@ import hmac
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 
@@ -116,6 +117,7 @@ class LinkConnection:
             eps_sec=c.distill.eps_sec,
             eps_cor=c.distill.eps_cor,
             e91_security=c.distill.e91_security.value,
+            **_decoy_fields(c),
             **asdict(self._local),
         )
         self._frames.append((0, hello))
@@ -285,6 +287,9 @@ class LinkConnection:
                 ("eps_sec", hello.eps_sec, c.distill.eps_sec),
                 ("eps_cor", hello.eps_cor, c.distill.eps_cor),
                 ("e91_security", hello.e91_security, c.distill.e91_security.value),
+                # Both ends of a decoy link must run the same source: Bob's basis bias and both ends'
+                # decoy bound depend on it (and a source that differs is a configuration error to name).
+                *((name, getattr(hello, name), mine) for name, mine in _decoy_fields(c).items()),
             )
             if theirs != mine
         ]
@@ -480,3 +485,15 @@ def _distill(msg: Message) -> lm.Distill:
     if isinstance(msg, lm.DISTILL_TYPES):
         return msg
     raise LocalProtocolError(f"{type(msg).__name__} is no distillation message")
+
+
+def _decoy_fields(config: LinkConfig) -> dict[str, Any]:
+    """The hello's decoy-source fields for this end's configuration (empty and 0 without decoys)."""
+    decoy = config.distill.decoy
+    if decoy is None:
+        return {"decoy_intensities": (), "decoy_probabilities": (), "decoy_p_x": 0.0}
+    return {
+        "decoy_intensities": tuple(decoy.intensities),
+        "decoy_probabilities": tuple(decoy.probabilities),
+        "decoy_p_x": decoy.p_x,
+    }

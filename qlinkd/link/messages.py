@@ -57,6 +57,12 @@ class Hello(LinkState):
     eps_sec: float = DEFAULT_EPS_SEC
     eps_cor: float = DEFAULT_EPS_COR
     e91_security: str = E91Security.BBM92.value
+    decoy_intensities: tuple[float, ...] = ()
+    """A wcp link's decoy intensities (signal, weak decoy, vacuum-like); empty otherwise."""
+    decoy_probabilities: tuple[float, ...] = ()
+    """Their probabilities; empty otherwise."""
+    decoy_p_x: float = 0.0
+    """The key-basis probability p_X of a wcp link; 0 otherwise."""
 
     def __post_init__(self) -> None:
         _name(self.facility, "hello.facility")
@@ -150,6 +156,10 @@ class PulseTrain:
     bits: np.ndarray = field(repr=False)
     bases: np.ndarray = field(repr=False)
     intensities: np.ndarray | None = field(repr=False)
+    """Decoy class (0..2) per pulse; None for a single-photon source."""
+    mu: tuple[float, ...] | None = None
+    """The mean photon number of each decoy class, as the link's source emits them; None for a
+    single-photon source. The channel service checks the values (``broker.py``)."""
 
     def __post_init__(self) -> None:
         if self.bits.size == 0 or self.bits.size != self.bases.size:
@@ -158,6 +168,8 @@ class PulseTrain:
             if self.intensities.size != self.bits.size:
                 raise FrameError("pulse_train.intensities: one decoy class per pulse")
             _levels(self.intensities, 3, "pulse_train.intensities")
+        if (self.mu is None) != (self.intensities is None):
+            raise FrameError("pulse_train.mu: decoy intensities go with decoy classes, and only with them")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)

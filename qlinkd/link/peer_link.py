@@ -146,7 +146,8 @@ class PeerLink:
         return LinkStatus(
             peer=peer_id,
             role=self.role.value,
-            protocol=self.config.protocol.value,
+            protocol=policy.protocol_name(self.config.distill),
+            decoy=policy.source_status(self.config.distill),
             eps_sec=self.config.distill.eps_sec,
             eps_cor=self.config.distill.eps_cor,
             eps=self.config.distill.eps,

@@ -12,7 +12,7 @@ from qlinkmed.qcore.errors import AbortReason
 from qlinkmed.qcore.estimation import Statistics
 from qlinkmed.qcore.params import DistillConfig
 from qlinkmed.qlinkd.link.events import RoundEnded
-from qlinkmed.qlinkd.link.status import RoundRecord
+from qlinkmed.qlinkd.link.status import RoundRecord, SourceStatus
 
 EAVESDROPPER_REASONS = frozenset(
     {
@@ -153,7 +153,22 @@ def round_record(event: RoundEnded, distill: DistillConfig) -> RoundRecord:
         eps_sec=distill.eps_sec,
         eps_cor=distill.eps_cor,
         eps=distill.eps,
+        protocol=protocol_name(distill),
+        decoy=source_status(distill),
     )
+
+
+def protocol_name(distill: DistillConfig) -> str:
+    """The protocol as the configuration names it: bb84, bb84-decoy or e91."""
+    return "bb84-decoy" if distill.decoy is not None else distill.protocol.value
+
+
+def source_status(distill: DistillConfig) -> SourceStatus | None:
+    """The decoy source as status and the audit log name it; None without decoys."""
+    decoy = distill.decoy
+    if decoy is None:
+        return None
+    return SourceStatus(intensities=decoy.intensities, probabilities=decoy.probabilities, p_x=decoy.p_x)
 
 
 def audit_fields(record: RoundRecord) -> tuple[str, dict[str, object]]:

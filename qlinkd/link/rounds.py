@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.hmac import HMAC
 
 from qlinkmed.qcore.auth import AuthKeyStore
-from qlinkmed.qcore.channel import PreparedPulses, choose_e91_settings, prepare_bb84
-from qlinkmed.qcore.params import DecoySource, ProtocolKind, SourceKind
+from qlinkmed.qcore.channel import PreparedPulses, choose_bb84_bases, choose_e91_settings, prepare_bb84
+from qlinkmed.qcore.params import ProtocolKind
 from qlinkmed.qcore.randomness import PartyRandomness
 from qlinkmed.qcore.session import AliceSession, BobSession
 from qlinkmed.qlinkd.link import messages as lm
@@ -43,13 +43,20 @@ def open_round(
     (Alice's BB84 bits, bases and decoy classes, or analyser settings), drawn from its secret source."""
     n = config.pulses_per_round
     rnd = Round(round_id=round_id, started_at=now)
+    decoy = config.distill.decoy
     if config.protocol is ProtocolKind.BB84 and config.role is Role.ALICE:
-        decoy = DecoySource() if config.source is SourceKind.WCP else None
         rnd.prepared = prepare_bb84(n, source=config.source, decoy=decoy, secret=randomness.secret)
         pulses = rnd.prepared
-        return rnd, lm.PulseTrain(bits=pulses.bits, bases=pulses.bases, intensities=pulses.intensity_class)
+        return rnd, lm.PulseTrain(
+            bits=pulses.bits,
+            bases=pulses.bases,
+            intensities=pulses.intensity_class,
+            # The channel emulates the intensities Alice's source emits: the link's agreed source.
+            mu=None if decoy is None else decoy.intensities,
+        )
     if config.protocol is ProtocolKind.BB84:
-        rnd.settings = randomness.secret.integers(2, n)
+        # Bob's bases follow the link's key-basis bias p_X (one fair bit a pulse without decoys).
+        rnd.settings = choose_bb84_bases(n, secret=randomness.secret, decoy=decoy)
     else:
         rnd.settings = choose_e91_settings(n, secret=randomness.secret, bob=config.role is Role.BOB)
     return rnd, lm.AnalyserSettings(settings=rnd.settings)

@@ -14,6 +14,36 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SourceStatus:
+    """The decoy source of a bb84-decoy link, as status and each round's record name it."""
+
+    intensities: tuple[float, ...]
+    """Mean photon numbers of the signal, weak decoy and vacuum-like classes."""
+    probabilities: tuple[float, ...]
+    """The probability of each class per pulse."""
+    p_x: float
+    """Probability of the key basis X, for Alice and Bob."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "intensities": list(self.intensities),
+            "probabilities": list(self.probabilities),
+            "p_x": self.p_x,
+        }
+
+    @classmethod
+    def from_json(cls, data: object, where: str) -> SourceStatus | None:
+        if data is None:
+            return None
+        d = _object(data, where)
+        return cls(
+            intensities=_numbers(d, "intensities", where),
+            probabilities=_numbers(d, "probabilities", where),
+            p_x=_number(d, "p_x", where),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RoundRecord:
     """The last round of a link as status and the audit log report it."""
 
@@ -40,9 +70,13 @@ class RoundRecord:
     """The correctness parameter (it fixes the verification hash's size)."""
     eps: float
     """eps_sec + eps_cor: the round's key is eps-secure (composable)."""
+    protocol: str
+    """bb84, bb84-decoy or e91 (empty when read from a daemon that predates it)."""
+    decoy: SourceStatus | None
+    """The decoy source the round ran with (bb84-decoy); None otherwise."""
 
     def to_json(self) -> dict[str, Any]:
-        return _fields(self)
+        return {**_fields(self), "decoy": None if self.decoy is None else self.decoy.to_json()}
 
     @classmethod
     def from_json(cls, data: object, where: str = "last_round") -> RoundRecord:
@@ -64,6 +98,9 @@ class RoundRecord:
             eps_sec=_number(d, "eps_sec", where),
             eps_cor=_number(d, "eps_cor", where),
             eps=_number(d, "eps", where),
+            # A daemon that predates these fields names neither: empty, not refused.
+            protocol=_get(d, "protocol", str, where) if "protocol" in d else "",
+            decoy=SourceStatus.from_json(d.get("decoy"), f"{where}.decoy"),
         )
 
 
@@ -111,6 +148,8 @@ class LinkStatus:
     """The abort reason that raised the eavesdropping/tampering alarm; None when clear."""
     auth_starved: bool
     """The authentication key cannot pay for another round: key generation is halted."""
+    decoy: SourceStatus | None = None
+    """The link's decoy source (protocol bb84-decoy); None for single photons or E91."""
 
     def to_json(self) -> dict[str, Any]:
         # The nested values replace their entries in place: the keys keep the declared order.
@@ -118,6 +157,7 @@ class LinkStatus:
             **_fields(self),
             "rounds": self.rounds.to_json(),
             "last_round": None if self.last_round is None else self.last_round.to_json(),
+            "decoy": None if self.decoy is None else self.decoy.to_json(),
         }
 
     @classmethod
@@ -153,6 +193,7 @@ class LinkStatus:
             last_round=None if last is None else RoundRecord.from_json(last),
             alarm=alarm,
             auth_starved=_get(d, "auth_starved", bool),
+            decoy=SourceStatus.from_json(d.get("decoy"), "decoy"),
         )
 
 
@@ -212,7 +253,18 @@ class DataPeerStatus:
         )
 
 
-def _fields(value: RoundRecord | RoundCounts | LinkStatus | DataSession | DataPeerStatus) -> dict[str, Any]:
+def _numbers(d: Mapping[str, Any], name: str, where: str) -> tuple[float, ...]:
+    values = d.get(name)
+    if not isinstance(values, list) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in values
+    ):
+        raise StatusFormatError(f"{where}.{name}", "expected an array of numbers")
+    return tuple(float(v) for v in values)
+
+
+def _fields(
+    value: SourceStatus | RoundRecord | RoundCounts | LinkStatus | DataSession | DataPeerStatus,
+) -> dict[str, Any]:
     """A status value's fields by name, in the order declared (the order of the JSON keys)."""
     return {f.name: getattr(value, f.name) for f in fields(value)}
 

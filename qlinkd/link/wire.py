@@ -24,8 +24,9 @@ from qlinkmed.qlinkd.link import messages as lm
 from qlinkmed.qlinkd.pool.values import KeyNotice, Segment
 
 WIRE_VERSION = 1
-MAX_FRAME_BYTES = 64 * 1024 * 1024
-"""Largest frame accepted: a 2e8-pulse detection map (25 MB) with room to spare."""
+MAX_FRAME_BYTES = 128 * 1024 * 1024
+"""Largest frame accepted: Alice's pulse train for a 2e8-pulse round (bits and bases a bit each, decoy
+classes two bits: 100 MB) with room to spare."""
 
 _BODY_FIELD: dict[type[codec.Message], str] = {
     m.Detections: "detections",
@@ -54,6 +55,13 @@ _SIMPLE_FIELD: dict[type[lm.WireMessage], str] = {
 _SIMPLE_FOR_FIELD = {field: cls for cls, field in _SIMPLE_FIELD.items()}
 MAX_TEXT = 512
 """Longest string accepted in any text field (names, reasons, SAE ids)."""
+MAX_REPEATED = 16
+"""Most entries accepted in a repeated scalar of a link message (decoy intensities and probabilities)."""
+
+
+def _repeated(descriptor: Any) -> bool:
+    # A protobuf FieldDescriptor (untyped in the stubs).
+    return bool(descriptor.is_repeated)
 
 
 def _put_bits(target: pb.Bits, values: np.ndarray) -> None:
@@ -62,12 +70,40 @@ def _put_bits(target: pb.Bits, values: np.ndarray) -> None:
     target.data = np.packbits(bits).tobytes()
 
 
+def _put_crumbs(values: np.ndarray) -> bytes:
+    """Entries 0..3, four to a byte, the first in the top two bits; the padding is zero."""
+    v = np.asarray(values, dtype=np.uint8)
+    if v.size % 4:
+        v = np.concatenate([v, np.zeros(4 - v.size % 4, dtype=np.uint8)])
+    q = v.reshape(-1, 4)
+    packed = (q[:, 0] << 6) | (q[:, 1] << 4) | (q[:, 2] << 2) | q[:, 3]
+    return packed.astype(np.uint8).tobytes()
+
+
+def _crumbs(data: bytes, count: int, name: str) -> np.ndarray:
+    if count > 4 * MAX_FRAME_BYTES:
+        raise FrameError(f"{name}: {count} entries cannot fit in one frame")
+    if len(data) != (count + 3) // 4:
+        raise FrameError(f"{name}: {len(data)} bytes cannot hold exactly {count} 2-bit entries")
+    raw = np.frombuffer(data, dtype=np.uint8)
+    out = np.empty((raw.size, 4), dtype=np.uint8)
+    for i, shift in enumerate((6, 4, 2, 0)):
+        np.bitwise_and(raw >> shift, 3, out=out[:, i])
+    flat = out.reshape(-1)
+    if flat[count:].any():
+        raise FrameError(f"{name}: padding bits set")
+    return flat[:count]
+
+
 def _encode_link(frame: pb.Frame, message: lm.WireMessage) -> None:
     simple = _SIMPLE_FIELD.get(type(message))
     if simple is not None:
         body = getattr(frame, simple)
-        for name in body.DESCRIPTOR.fields_by_name:
-            setattr(body, name, getattr(message, name))
+        for name, descriptor in body.DESCRIPTOR.fields_by_name.items():
+            if _repeated(descriptor):
+                getattr(body, name).extend(getattr(message, name))
+            else:
+                setattr(body, name, getattr(message, name))
         body.SetInParent()
     elif isinstance(message, KeyNotice):
         frame.key_notice.key_id = message.key_id
@@ -79,9 +115,12 @@ def _encode_link(frame: pb.Frame, message: lm.WireMessage) -> None:
         _put_bits(frame.pulse_train.bits, message.bits)
         _put_bits(frame.pulse_train.bases, message.bases)
         if message.intensities is not None:
-            frame.pulse_train.intensities = np.asarray(message.intensities, dtype=np.uint8).tobytes()
+            frame.pulse_train.intensities = _put_crumbs(message.intensities)
+        if message.mu is not None:
+            frame.pulse_train.mu.extend(message.mu)
     elif isinstance(message, lm.AnalyserSettings):
-        frame.analyser_settings.settings = np.asarray(message.settings, dtype=np.uint8).tobytes()
+        frame.analyser_settings.settings = _put_crumbs(message.settings)
+        frame.analyser_settings.count = message.settings.size
     elif isinstance(message, lm.DetectionRecord):
         _put_bits(frame.detection_record.detected, message.detected)
         _put_bits(frame.detection_record.bits, message.bits)
@@ -156,9 +195,14 @@ def _decode_link(which: str, body: Any) -> lm.WireMessage:
     simple = _SIMPLE_FOR_FIELD.get(which)
     if simple is not None:
         values: dict[str, Any] = {}  # protobuf scalars, checked by the message's constructor
-        for name in body.DESCRIPTOR.fields_by_name:
+        for name, descriptor in body.DESCRIPTOR.fields_by_name.items():
             value = getattr(body, name)
-            values[name] = _text(value, f"{which}.{name}") if isinstance(value, str) else value
+            if _repeated(descriptor):
+                if len(value) > MAX_REPEATED:
+                    raise FrameError(f"{which}.{name}: {len(value)} entries exceed {MAX_REPEATED}")
+                values[name] = tuple(value)
+            else:
+                values[name] = _text(value, f"{which}.{name}") if isinstance(value, str) else value
         return simple(**values)
     if which == "key_notice":
         try:
@@ -167,13 +211,17 @@ def _decode_link(which: str, body: Any) -> lm.WireMessage:
             raise FrameError(f"key_notice: {exc}") from None
     if which == "pulse_train":
         raw = body.intensities
+        if len(body.mu) > MAX_REPEATED:
+            raise FrameError(f"pulse_train.mu: {len(body.mu)} entries exceed {MAX_REPEATED}")
+        bits = _bits(body.bits, "pulse_train.bits")
         return lm.PulseTrain(
-            bits=_bits(body.bits, "pulse_train.bits"),
+            bits=bits,
             bases=_bits(body.bases, "pulse_train.bases"),
-            intensities=np.frombuffer(raw, dtype=np.uint8) if raw else None,
+            intensities=_crumbs(raw, bits.size, "pulse_train.intensities") if raw else None,
+            mu=tuple(body.mu) if body.mu else None,
         )
     if which == "analyser_settings":
-        return lm.AnalyserSettings(settings=np.frombuffer(body.settings, dtype=np.uint8))
+        return lm.AnalyserSettings(settings=_crumbs(body.settings, body.count, "analyser_settings.settings"))
     if which == "detection_record":
         return lm.DetectionRecord(
             detected=_bits(body.detected, "detection_record.detected"),

@@ -22,6 +22,7 @@ from qlinkmed.qcore.constants import FACILITY_ID_PATTERN, QBER_TOLERANCE, is_fac
 from qlinkmed.qcore.params import DistillConfig, E91Security, ProtocolKind
 from qlinkmed.qcore.security import DEFAULT_EPS_COR, DEFAULT_EPS_SEC
 from qlinkmed.qlinkd.errors import ConfigError, PkiError
+from qlinkmed.qlinkd.ops.decoy_source import DecoyOverrides, DecoyPlan, plan_decoy
 from qlinkmed.qlinkd.ops.toml_reader import Address, Table, build, check, read_toml
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -42,11 +43,25 @@ class Backend(StrEnum):
 # --------------------------------------------------------------------------- facility configuration
 
 
-
 DEFAULT_PULSES_PER_ROUND = {ProtocolKind.BB84: 1_000_000, ProtocolKind.E91: 20_000_000}
 """Pulses (BB84) or pairs (E91) per round when a peer names none. E91 needs about 2e7 pairs with the
 default 10 %-efficient detectors: only coincidences count, a fifth of them go to the CHSH witness, and
-fewer leave the BBM92 finite-key length or the CHSH lower bound empty."""
+fewer leave the BBM92 finite-key length or the CHSH lower bound empty. A bb84-decoy link's default
+depends on its fibre (``decoy_source.plan_decoy``)."""
+BB84_DECOY = "bb84-decoy"
+"""The ``protocol`` value of a BB84 link with a weak-coherent-pulse source and decoy states."""
+PROTOCOL_NAMES = ("bb84", BB84_DECOY, "e91")
+DEFAULT_ROUND_TIMEOUT_S = 10.0
+DECOY_TIMEOUT_S_PER_PULSE = 60.0 / 100_000_000
+"""A bb84-decoy round's default timeout grows with its size: a 1e8-pulse round moves ~250 MB of
+per-pulse arrays through both daemons and the channel service (docs/benchmarks.md)."""
+
+
+def default_round_timeout_s(pulses_per_round: int, decoy: bool) -> float:
+    """A round's default timeout: 10 s, and for a decoy link 10 s more per 1.7e7 pulses."""
+    extra = pulses_per_round * DECOY_TIMEOUT_S_PER_PULSE if decoy else 0.0
+    return DEFAULT_ROUND_TIMEOUT_S + extra
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TlsConfig:
@@ -157,7 +172,12 @@ class PeerConfig:
     preshared: bytes = field(repr=False)
     """Contents of `preshared_key_path` (>= 512 bytes), read at load; never printed."""
     protocol: ProtocolKind = ProtocolKind.BB84
-    """bb84 or e91."""
+    """bb84 or e91 (a bb84-decoy link is BB84 with ``decoy`` set)."""
+    decoy: DecoyPlan | None = None
+    """A bb84-decoy link's source, round size and expected key (``decoy_source.plan_decoy``); None for
+    a single-photon BB84 or an E91 link."""
+    fibre_km: float | None = None
+    """The fibre length the deployer measured (bb84-decoy: the optimiser's input); None if not given."""
     pulses_per_round: int = 1_000_000
     """Pulses (BB84) or pairs (E91) per distillation round, 1e4..2e8."""
     low_watermark_bits: int = 2_000_000
@@ -210,11 +230,27 @@ class PeerConfig:
         for name in ("eps_sec", "eps_cor"):
             value = getattr(self, name)
             check(0.0 < value < 1.0, name, f"must be in (0, 1) (the default is 1e-10), got {value:g}")
+        check(
+            self.decoy is None or self.protocol is ProtocolKind.BB84,
+            "protocol",
+            "decoy states apply to BB84 only",
+        )
+        check(
+            self.decoy is None or self.decoy.pulses_per_round == self.pulses_per_round,
+            "pulses_per_round",
+            "differs from the decoy plan's round size",
+        )
+
+    @property
+    def protocol_name(self) -> str:
+        """What the configuration says: bb84, bb84-decoy or e91."""
+        return BB84_DECOY if self.decoy is not None else self.protocol.value
 
     def distill_config(self) -> DistillConfig:
         """The qcore round policy for this link."""
         return DistillConfig(
             protocol=self.protocol,
+            decoy=None if self.decoy is None else self.decoy.source,
             sample_fraction=self.sample_fraction,
             qber_tolerance=self.qber_tolerance,
             e91_security=self.e91_security,
@@ -291,7 +327,62 @@ def _common_name(cert_path: Path) -> str | None:
     return str(names[0].value) if names else None
 
 
+_DECOY_KEYS = ("fibre_km", "mu", "decoy_mu2", "decoy_probabilities", "p_x")
+
+
+def _probabilities(section: Table, key: str) -> tuple[float, float, float] | None:
+    if not section.has(key):
+        return None
+    values = section.number_list(key)
+    check(len(values) == 3, section.name(key), f"must hold 3 numbers [p1, p2, p3], got {len(values)}")
+    return values[0], values[1], values[2]
+
+
+def _decoy_plan(section: Table, pulses: int | None, eps_sec: float, eps_cor: float) -> DecoyPlan:
+    """The source of a bb84-decoy peer; errors name the ``[[peer]]`` field."""
+
+    def optional(key: str) -> float | None:
+        return section.number(key) if section.has(key) else None
+
+    # Read (and type-checked, naming their own fields) before the planner judges them.
+    fibre_km = optional("fibre_km")
+    overrides = DecoyOverrides(
+        mu=optional("mu"),
+        mu2=optional("decoy_mu2"),
+        probabilities=_probabilities(section, "decoy_probabilities"),
+        p_x=optional("p_x"),
+    )
+    try:
+        return plan_decoy(
+            fibre_km=fibre_km, pulses_per_round=pulses, overrides=overrides, eps_sec=eps_sec, eps_cor=eps_cor
+        )
+    except ConfigError as exc:
+        # DecoySource names its own fields (mu for either intensity): point at the peer's keys.
+        field = {"mu": "mu, decoy_mu2"}.get(exc.field, exc.field)
+        raise ConfigError(section.name(field), exc.message) from None
+
+
 def _peer(section: Table) -> PeerConfig:
+    name = section.text("protocol", "bb84")
+    check(
+        name in PROTOCOL_NAMES,
+        section.name("protocol"),
+        f"must be one of {' | '.join(PROTOCOL_NAMES)}, got {name!r}",
+    )
+    decoy_link = name == BB84_DECOY
+    protocol = ProtocolKind.BB84 if decoy_link else ProtocolKind(name)
+    if not decoy_link:
+        for key in _DECOY_KEYS:
+            check(not section.has(key), section.name(key), f"applies to protocol {BB84_DECOY} only")
+    eps_sec = section.number("eps_sec", DEFAULT_EPS_SEC)
+    eps_cor = section.number("eps_cor", DEFAULT_EPS_COR)
+    given_pulses = section.integer("pulses_per_round") if section.has("pulses_per_round") else None
+    decoy = _decoy_plan(section, given_pulses, eps_sec, eps_cor) if decoy_link else None
+    pulses = (
+        decoy.pulses_per_round
+        if decoy is not None
+        else (given_pulses if given_pulses is not None else DEFAULT_PULSES_PER_ROUND[protocol])
+    )
     peer = build(
         section.where,
         PeerConfig,
@@ -301,16 +392,20 @@ def _peer(section: Table) -> PeerConfig:
         saes=section.str_list("saes", []),
         preshared_key_path=(psk_path := section.file("preshared_key")),
         preshared=psk_path.read_bytes(),
-        protocol=(protocol := section.choice("protocol", ProtocolKind, tuple(ProtocolKind), "bb84")),
-        pulses_per_round=section.integer("pulses_per_round", DEFAULT_PULSES_PER_ROUND[protocol]),
+        protocol=protocol,
+        decoy=decoy,
+        fibre_km=section.number("fibre_km") if section.has("fibre_km") else None,
+        pulses_per_round=pulses,
         low_watermark_bits=section.integer("low_watermark_bits", 2_000_000),
         high_watermark_bits=section.integer("high_watermark_bits", 8_000_000),
-        round_timeout_s=section.number("round_timeout_s", 10.0),
+        round_timeout_s=section.number(
+            "round_timeout_s", default_round_timeout_s(pulses, decoy=decoy is not None)
+        ),
         qber_tolerance=section.number("qber_tolerance", QBER_TOLERANCE),
         sample_fraction=section.number("sample_fraction", 0.3),
         e91_security=section.choice("e91_security", E91Security, tuple(E91Security), "bbm92"),
-        eps_sec=section.number("eps_sec", DEFAULT_EPS_SEC),
-        eps_cor=section.number("eps_cor", DEFAULT_EPS_COR),
+        eps_sec=eps_sec,
+        eps_cor=eps_cor,
         pq_hybrid=section.boolean("pq_hybrid", False),
     )
     section.finish()

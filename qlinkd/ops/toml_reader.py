@@ -128,6 +128,18 @@ class Table:
         check(math.isfinite(value), self.name(key), "must be finite")
         return float(value)
 
+    def has(self, key: str) -> bool:
+        """Whether the table gives `key` (for fields whose absence means something of its own)."""
+        return key in self._data
+
+    def number_list(self, key: str) -> tuple[float, ...]:
+        value = self._raw(key, _MISSING)
+        check(isinstance(value, list), self.name(key), f"must be an array of numbers, got {_kind(value)}")
+        for i, item in enumerate(value):
+            ok = isinstance(item, int | float) and not isinstance(item, bool) and math.isfinite(item)
+            check(ok, f"{self.name(key)}[{i}]", f"must be a finite number, got {_kind(item)}")
+        return tuple(float(v) for v in value)
+
     def str_list(self, key: str, default: Any = _MISSING) -> tuple[str, ...]:
         value = self._raw(key, default)
         check(isinstance(value, list), self.name(key), f"must be an array of strings, got {_kind(value)}")

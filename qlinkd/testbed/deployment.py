@@ -75,7 +75,7 @@ def write_loopback_deployment(
     misalignment: float = 0.005,
     afterpulse: float = 0.04,
     eve: str = "none",
-    round_timeout_s: float = 10.0,
+    round_timeout_s: float | None = 10.0,
     preshared_bytes: int = PRESHARED_BYTES,
     pq_hybrid: bool = False,
     eps_sec: float = 1e-10,
@@ -128,6 +128,11 @@ fraction = 1.0
     )
     # Without a value the facility configuration's per-protocol default applies (E91 needs more pairs).
     pulses_line = "" if pulses_per_round is None else f"pulses_per_round = {pulses_per_round}\n"
+    # None: the configuration's default, which grows with a decoy link's round size.
+    timeout_line = "" if round_timeout_s is None else f"round_timeout_s = {round_timeout_s}\n"
+    # A decoy link's source is optimised for its fibre: the facilities are told the channel's length.
+    if protocol == "bb84-decoy":
+        pulses_line += f"fibre_km = {float(distance_km)!r}\n"
     configs = {}
     for me, other in ((a, b), (b, a)):
         path = root / f"{me}.toml"
@@ -160,8 +165,7 @@ preshared_key = "psk/{a}--{b}.key"
 protocol = "{protocol}"
 {pulses_line}low_watermark_bits = {low_watermark_bits}
 high_watermark_bits = {high_watermark_bits}
-round_timeout_s = {round_timeout_s}
-pq_hybrid = {"true" if pq_hybrid else "false"}
+{timeout_line}pq_hybrid = {"true" if pq_hybrid else "false"}
 eps_sec = {eps_sec!r}
 eps_cor = {eps_cor!r}
 """

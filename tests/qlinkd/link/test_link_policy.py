@@ -14,13 +14,13 @@ import pytest
 from qlinkmed.qcore.auth import ROUND_AUTH_BITS
 from qlinkmed.qcore.errors import AbortReason
 from qlinkmed.qcore.estimation import Statistics
-from qlinkmed.qcore.params import DistillConfig
+from qlinkmed.qcore.params import DecoySource, DistillConfig
 from qlinkmed.qcore.round_state import RoundOutcome
 from qlinkmed.qlinkd.errors import StatusFormatError
 from qlinkmed.qlinkd.link import policy
 from qlinkmed.qlinkd.link.events import RoundEnded
 from qlinkmed.qlinkd.link.policy import PoolLevels, StartGate, Verdict
-from qlinkmed.qlinkd.link.status import LinkStatus, RoundCounts, RoundRecord
+from qlinkmed.qlinkd.link.status import LinkStatus, RoundCounts, RoundRecord, SourceStatus
 from tests.test_layers import IO_MODULES, _closure
 
 LOW, HIGH = 12_000, 30_000
@@ -208,6 +208,8 @@ def test_an_established_round_records_the_bits_the_pool_gained() -> None:
         eps_sec=1e-9,
         eps_cor=1e-12,
         eps=1e-9 + 1e-12,
+        protocol="bb84",
+        decoy=None,
     )
     name, fields = policy.audit_fields(record)
     assert name == "round_established"
@@ -276,6 +278,7 @@ STATUS_FIELDS = [
     "last_round",
     "alarm",
     "auth_starved",
+    "decoy",
 ]
 ROUND_FIELDS = [
     "round",
@@ -294,6 +297,8 @@ ROUND_FIELDS = [
     "eps_sec",
     "eps_cor",
     "eps",
+    "protocol",
+    "decoy",
 ]
 
 
@@ -357,3 +362,37 @@ def test_a_malformed_status_names_the_field(change: dict[str, object], field: st
     del missing["state"]
     with pytest.raises(StatusFormatError, match="'state': missing"):
         LinkStatus.from_json(missing)
+
+
+def test_a_decoy_links_status_and_round_record_name_its_source() -> None:
+    source = DecoySource(intensities=(0.5551, 0.2175, 2e-4), probabilities=(0.12, 0.52, 0.36), p_x=0.69)
+    distill = DistillConfig(decoy=source)
+    last = policy.round_record(
+        RoundEnded(
+            round_id=2,
+            outcome=None,
+            reason=AbortReason.DECOY_BOUND_EMPTY,
+            detail="",
+            started_at=0.0,
+            ended_at=1.0,
+        ),
+        distill,
+    )
+    named = SourceStatus(intensities=source.intensities, probabilities=source.probabilities, p_x=0.69)
+    assert last.protocol == "bb84-decoy" and last.decoy == named
+    assert policy.protocol_name(distill) == "bb84-decoy" and policy.source_status(distill) == named
+    assert policy.protocol_name(DISTILL) == "bb84" and policy.source_status(DISTILL) is None
+    value = dataclasses.replace(status(last), protocol="bb84-decoy", decoy=named)
+    body = json.loads(json.dumps(value.to_json()))
+    assert body["decoy"] == {
+        "intensities": [0.5551, 0.2175, 2e-4],
+        "probabilities": [0.12, 0.52, 0.36],
+        "p_x": 0.69,
+    }
+    assert body["last_round"]["decoy"] == body["decoy"]
+    assert LinkStatus.from_json(body) == value
+    _, fields = policy.audit_fields(last)
+    assert fields["protocol"] == "bb84-decoy" and fields["decoy"] == body["decoy"]
+    body["decoy"]["p_x"] = "high"
+    with pytest.raises(StatusFormatError, match=r"decoy\.p_x"):
+        LinkStatus.from_json(body)
