@@ -200,7 +200,7 @@ def test_a_killed_worker_is_replaced_and_close_leaves_no_process(validator: Cont
 def test_a_pool_already_known_broken_is_rebuilt_not_raised(validator: ContentValidator) -> None:
     # Regression: once the pool's manager thread had seen a worker die, submit itself raised
     # BrokenProcessPool, outside the retry, and the file failed with a traceback instead of a new pool.
-    async def scenario() -> int:
+    async def scenario() -> int | None:
         await validator.start()
         (first,) = validator.worker_pids()
         executor = validator._executor
