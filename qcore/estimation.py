@@ -62,9 +62,10 @@ def measure_statistics(
     config: DistillConfig, plan: SiftPlan, alice_test: np.ndarray, bob_test: np.ndarray
 ) -> Statistics:
     """QBER (and CHSH or decoy counts) from Alice's and Bob's bits at the disclosed positions."""
-    n = int(plan.key.size)
+    n = plan.raw_key_bits
     test_pos = plan.test
-    in_sample = np.isin(test_pos, plan.key_candidates[plan.sample], assume_unique=True)
+    # Which disclosed positions are sampled key candidates (E91 also discloses its CHSH positions).
+    in_sample = plan.key_candidates[test_pos]
     if config.decoy is not None:
         return _decoy_statistics(config, plan, alice_test, bob_test)
     k = int(in_sample.sum())
@@ -99,11 +100,11 @@ def _decoy_statistics(
         test_basis_detections=_per_class(test_int),
         test_basis_errors=_per_class(test_int[wrong]),
     )
-    k = int(plan.test.size)
-    errors = int(wrong.sum())
+    k = plan.test_bits
+    errors = int(np.count_nonzero(wrong))
     bound = _lim(config, counts, 0.0)
     return Statistics(
-        raw_key_bits=int(plan.key.size),
+        raw_key_bits=plan.raw_key_bits,
         sample_bits=k,
         errors=errors,
         qber=errors / k if k else 0.5,
@@ -212,7 +213,7 @@ def judge_statistics(config: DistillConfig, plan: SiftPlan, stats: Statistics) -
         )
 
 
-def final_key_length(config: DistillConfig, plan: SiftPlan, stats: Statistics, leak: int) -> int:
-    """Privacy-amplification output length with the leakage actually disclosed."""
-    del plan  # the statistics carry everything the bound needs
+def final_key_length(config: DistillConfig, stats: Statistics, leak: int) -> int:
+    """Privacy-amplification output length with the leakage actually disclosed (the statistics carry
+    everything the bound needs, so the sifting plan can be freed once they are measured)."""
     return _length(config, stats, float(leak))

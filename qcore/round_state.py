@@ -125,7 +125,9 @@ class BaseSession:
         self._transcript: list[bytes] = []
         self.state: Enum
         self.outcome: RoundOutcome | None = None
+        # The plan lives from sifting to the estimate only (a few bytes per detection); the count stays.
         self._plan: SiftPlan | None = None
+        self._sifted_bits = 0
         self._stats: Statistics | None = None
         self._leak = 0
         self._corrected = 0
@@ -136,6 +138,11 @@ class BaseSession:
         self._key: np.ndarray | None = None
         self._refill: np.ndarray = np.zeros(0, dtype=np.uint8)
         self._ahead_of_abort: list[Message] = []
+
+    def _sifted(self, plan: SiftPlan) -> SiftPlan:
+        self._plan = plan
+        self._sifted_bits = plan.sifted_bits
+        return plan
 
     @property
     def auth_store(self) -> AuthKeyStore:
@@ -247,7 +254,7 @@ class BaseSession:
             abort_reason=reason,
             abort_detail=detail,
             statistics=stats,
-            sifted_bits=self._plan.sifted_bits if self._plan is not None else 0,
+            sifted_bits=self._sifted_bits,
             raw_key_bits=int(self._raw_key.size),
             leaked_ec_bits=self._leak,
             corrected_bits=self._corrected,
@@ -270,9 +277,9 @@ class BaseSession:
 
     def _statistics_and_length(self) -> int:
         """The PA output length for the round as it stands, or RoundAborted."""
-        if self._plan is None or self._stats is None:
+        if self._stats is None:
             raise LocalProtocolError("no statistics yet")
-        length = final_key_length(self.config, self._plan, self._stats, self._leak)
+        length = final_key_length(self.config, self._stats, self._leak)
         if length <= ROUND_AUTH_BITS:
             raise RoundAborted(
                 AbortReason.FINITE_KEY_EMPTY,

@@ -23,18 +23,24 @@ from qlinkmed.qcore.params import DecoySource, DistillConfig, E91Security, Proto
 from qlinkmed.qcore.sifting import SiftPlan
 
 
+def _mask(n: int, positions: np.ndarray) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    mask[positions] = True
+    return mask
+
+
 def _plan(intensities: np.ndarray, key: np.ndarray, test: np.ndarray) -> SiftPlan:
     n = intensities.size
     zeros = np.zeros(n, dtype=np.uint8)
     return SiftPlan(
-        pulses=np.arange(n),
+        pulses=np.ones(n, dtype=bool),
         alice_settings=zeros,
         bob_settings=zeros,
         intensities=intensities,
-        key_candidates=key,
+        key_candidates=_mask(n, key),
         sample=np.zeros(key.size, dtype=bool),
-        test=test,
-        key=key,
+        test=_mask(n, test),
+        key=_mask(n, key),
     )
 
 
@@ -55,11 +61,10 @@ def test_decoy_counts_are_per_intensity_class() -> None:
 
 def test_e91_key_length_without_a_chsh_bound_is_refused() -> None:
     config = DistillConfig(protocol=ProtocolKind.E91, e91_security=E91Security.DEVICE_INDEPENDENT)
-    plan = _plan(np.zeros(0, dtype=np.uint8), np.arange(0), np.arange(0))
     counts = Statistics(raw_key_bits=100_000, sample_bits=30_000, errors=600, qber=0.02, qber_upper=0.03)
     with pytest.raises(LocalProtocolError, match="CHSH"):
-        final_key_length(config, plan, counts, 500)
-    assert final_key_length(config, plan, dataclasses.replace(counts, chsh_s=2.75, chsh_lower=2.7), 500) > 0
+        final_key_length(config, counts, 500)
+    assert final_key_length(config, dataclasses.replace(counts, chsh_s=2.75, chsh_lower=2.7), 500) > 0
 
 
 # ---- the abort rule ---------------------------------------------------------------------------------
@@ -67,7 +72,7 @@ def _bb84_round(n: int, k: int, errors: int) -> tuple[DistillConfig, SiftPlan, S
     """A single-photon BB84 round of n key bits and k test bits, `errors` of them wrong, measured by
     measure_statistics (so qber_upper is the estimator's own Q + mu)."""
     config = DistillConfig()
-    candidates = np.arange(n + k)
+    candidates = np.ones(n + k, dtype=bool)
     sample = np.zeros(n + k, dtype=bool)
     sample[n:] = True
     plan = SiftPlan(
@@ -77,8 +82,8 @@ def _bb84_round(n: int, k: int, errors: int) -> tuple[DistillConfig, SiftPlan, S
         intensities=np.zeros(0, dtype=np.uint8),
         key_candidates=candidates,
         sample=sample,
-        test=candidates[n:],
-        key=candidates[:n],
+        test=sample,
+        key=~sample,
     )
     alice = np.zeros(k, dtype=np.uint8)
     bob = alice.copy()
@@ -105,7 +110,7 @@ def test_observed_qber_below_the_tolerance_is_not_aborted_when_only_q_plus_mu_is
     length = _expected_length(config, stats)
     assert length > ROUND_AUTH_BITS
     assert (
-        final_key_length(config, plan, stats, 1_400)
+        final_key_length(config, stats, 1_400)
         == tomamichel_length(6_000, 2_500, stats.qber, 1_400, config.eps_sec, config.eps_cor).length
     )
 
