@@ -46,12 +46,14 @@ from .cascade_blocks import (
     half_split,
     pass_generator,
     pass_permutation,
+    prefix_parities,
 )
 from .cascade_schedule import CascadeSchedule
 from .errors import LocalProtocolError, RemoteProtocolError
 from .messages import ParityReply, ParityRequest
 
 _EMPTY = np.zeros(0, dtype=np.int64)
+_CHUNK = 1 << 22  # positions per step when a pass's inverse order is written
 
 
 class CascadeAlice:
@@ -90,10 +92,8 @@ class CascadeAlice:
 
     def _build(self, p: int) -> None:
         layout = self._layout
-        perm = pass_permutation(layout.n, self._seed, p)
         row = self._prefix[p * layout.stride : (p + 1) * layout.stride]
-        row[0] = 0
-        np.bitwise_xor.accumulate(self._key[perm] if p else self._key, out=row[1:])
+        prefix_parities(self._key, pass_permutation(layout.n, self._seed, p) if p else None, row)
         self._ready[p] = True
         unready = np.flatnonzero(~self._ready)
         self._first_unready = int(unready[0]) if unready.size else layout.passes
@@ -171,11 +171,14 @@ class CascadeBob:
                 size += int(layout.blocks[p] * layout.width[p])
         self._slack = int(layout.width.max())  # leaves' would-be children index up to here past the end
         self._known = np.full(size + self._slack, -1, dtype=np.int8)
-        # Flat per-pass arrays: row p at [p * stride, (p + 1) * stride); rows of unbuilt passes unused.
+        # Flat per-pass arrays: row p at [p * stride, (p + 1) * stride); rows of unbuilt passes unused, and
+        # never touched, so they cost address space, not memory. Pass 0 is the identity: its rows of
+        # _perm and _where are never written either (_key_index and _flip know it), which saves 8 bytes
+        # a key bit.
         flat = np.int32 if passes * stride < 1 << 31 else np.int64
         self._prefix = np.empty(passes * stride, dtype=np.uint8)  # prefix XOR of the original key
-        self._perm = np.empty(passes * stride, dtype=flat)  # flat position -> key index
-        self._where = np.empty((passes, n), dtype=flat)  # [p, key index] -> flat position
+        self._perm = np.empty(passes * stride, dtype=flat)  # flat position -> key index (pass >= 1)
+        self._where = np.empty((passes, n), dtype=flat)  # [p, key index] -> flat position (pass >= 1)
         self._built = np.zeros(passes, dtype=bool)
         self._flips = _EMPTY  # sorted flat positions of every flip, in every built pass
         self._flipped = np.zeros(n, dtype=bool)
@@ -281,12 +284,16 @@ class CascadeBob:
         """Materialise pass p: its order, Bob's original prefix XOR, and the flips made so far."""
         layout = self._layout
         n, base = layout.n, p * layout.stride
-        perm = pass_permutation(n, self._seed, p)
-        self._perm[base : base + n] = perm
         row = self._prefix[base : base + layout.stride]
-        row[0] = 0
-        np.bitwise_xor.accumulate(self._orig[perm] if p else self._orig, out=row[1:])
-        self._where[p, perm] = np.arange(base, base + n, dtype=self._where.dtype)
+        if p:
+            perm = pass_permutation(n, self._seed, p, out=self._perm[base : base + n])
+            prefix_parities(self._orig, perm, row)
+            where = self._where[p]
+            for start in range(0, n, _CHUNK):
+                end = min(start + _CHUNK, n)
+                where[perm[start:end]] = np.arange(base + start, base + end, dtype=where.dtype)
+        else:
+            prefix_parities(self._orig, None, row)
         self._built[p] = True
         if self._node_offset[p] < 0:  # a lazy pass: give it a whole tree, keeping its root parities
             nodes, _, _ = self._roots(p)
@@ -430,11 +437,19 @@ class CascadeBob:
                 self._lo = np.where(go_right, mid, lo)
                 self._hi = np.where(ready ^ go_right, mid, hi)
             if leaf is not None:
-                errors = self._perm[lo[leaf]]
+                errors = self._key_index(lo[leaf])
                 self._keep(~leaf)
                 self._flip(errors)
             elif not moving:
                 break
+
+    def _key_index(self, flat: np.ndarray) -> np.ndarray:
+        """The key index at each flat position (pass 0 is the identity and has no _perm row)."""
+        stride = self._layout.stride
+        index = np.array(flat, dtype=np.int64)
+        later = index >= stride
+        index[later] = self._perm[index[later]]
+        return index
 
     def _flip(self, errors: np.ndarray) -> None:
         """Flip the errors found, drop searches they balanced, start those they unbalanced."""
@@ -447,6 +462,7 @@ class CascadeBob:
         self._flip_log.append(errors)
         self._corrected += errors.size
         where = self._where[self._built_rows, errors]  # flat positions, one row per built pass
+        where[0] = errors  # pass 0, always built, is the identity (its row of _where is never written)
         self._record_flips(where.ravel())
         if self._opened_rows:
             block = (where[: self._opened_rows] - self._col_base) // self._col_size

@@ -73,20 +73,60 @@ def half_parity(split: tuple[np.ndarray, np.ndarray], key: np.ndarray, packed: n
     return (ones + int(np.count_nonzero(key[toggled]))) & 1
 
 
-def pass_permutation(n: int, seed: int, pass_index: int) -> np.ndarray:
+_CHUNK = 1 << 22
+"""Positions handled per step when a pass is built: its temporaries stay a few megabytes, not bytes per
+key bit on top of the tables being built."""
+
+
+def pass_permutation(n: int, seed: int, pass_index: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The order of pass `pass_index` (module docstring), as int32 when n allows, written into `out`
+    (n integers) when given.
+
+    The dtype does not change the order: the shuffle draws the same swaps whatever the item size, and a
+    1e10-pulse round's key (2.6e7 to 1e8 bits) would otherwise spend 8 bytes a bit on each pass built."""
+    perm = np.empty(n, dtype=np.int32 if n < 1 << 31 else np.int64) if out is None else out
     if pass_index == 0:
-        return np.arange(n, dtype=np.int64)
+        perm[:] = np.arange(n, dtype=perm.dtype)
+        return perm
     rng = pass_generator(seed, pass_index)
     raw, toggled = half_split(rng, n)
     mask = np.unpackbits(raw, count=n).view(bool)
     mask[toggled] ^= True
     half = (n + 1) // 2
-    perm = np.empty(n, dtype=np.int64)
-    perm[:half] = np.flatnonzero(mask)
-    perm[half:] = np.flatnonzero(~mask)
+    _positions(mask, perm[:half])
+    mask ^= True
+    _positions(mask, perm[half:])
+    del mask, raw
     rng.shuffle(perm[:half])
     rng.shuffle(perm[half:])
     return perm
+
+
+def _positions(mask: np.ndarray, out: np.ndarray) -> None:
+    """``out[:] = np.flatnonzero(mask)``, a chunk at a time (flatnonzero alone is 8 bytes a set bit)."""
+    at = 0
+    for start in range(0, mask.size, _CHUNK):
+        found = np.flatnonzero(mask[start : start + _CHUNK])
+        out[at : at + found.size] = found + start
+        at += found.size
+
+
+def prefix_parities(key: np.ndarray, perm: np.ndarray | None, out: np.ndarray) -> None:
+    """``out[i]`` = parity of the first i bits of the key in pass order (``perm``; None: the identity).
+
+    ``out`` holds n + 1 entries. Chunked, with the running parity carried across chunks, so the key is
+    never copied whole into pass order."""
+    out[0] = 0
+    if perm is None:
+        np.bitwise_xor.accumulate(key, out=out[1:])
+        return
+    carry = 0
+    for start in range(0, perm.size, _CHUNK):
+        end = min(start + _CHUNK, perm.size)
+        segment = out[start + 1 : end + 1]
+        np.bitwise_xor.accumulate(key[perm[start:end]], out=segment)
+        segment ^= carry
+        carry = int(segment[-1])
 
 
 def permutations(n: int, seed: int, passes: int) -> list[np.ndarray]:

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from .codec import Message
 from .errors import LocalProtocolError
 from .session import AliceSession, BobSession
 
@@ -66,8 +65,8 @@ def run_pair(
             transcript.add(direction, item, keep=keep_crossings)
             receiver = alice if direction is Hop.TO_ALICE else bob
             back = Hop.TO_BOB if direction is Hop.TO_ALICE else Hop.TO_ALICE
-            replies: list[Message] = receiver.receive_bytes(item)
-            queue.extend((back, msg.encode()) for msg in replies)
+            # No name holds the replies once encoded: a large round's messages are tens of MB each.
+            queue.extend((back, msg.encode()) for msg in receiver.receive_bytes(item))
         if not queue:
             # Silence: a message was dropped. The daemons' timers would fire now; so do ours.
             for session in (alice, bob):

@@ -32,7 +32,7 @@ from .errors import (
 from .estimation import Statistics, final_key_length
 from .params import DistillConfig
 from .randomness import PartyRandomness
-from .sifting import SiftPlan
+from .sifting import SiftPlan, SiftSummary
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +125,8 @@ class BaseSession:
         self._transcript: list[bytes] = []
         self.state: Enum
         self.outcome: RoundOutcome | None = None
-        # The plan lives from sifting to the estimate only (a few bytes per detection); the count stays.
-        self._plan: SiftPlan | None = None
+        # Of the sifting, only the summary is kept (the plan's masks cost bytes per detection).
+        self._sifted: SiftSummary | None = None
         self._sifted_bits = 0
         self._stats: Statistics | None = None
         self._leak = 0
@@ -139,10 +139,10 @@ class BaseSession:
         self._refill: np.ndarray = np.zeros(0, dtype=np.uint8)
         self._ahead_of_abort: list[Message] = []
 
-    def _sifted(self, plan: SiftPlan) -> SiftPlan:
-        self._plan = plan
-        self._sifted_bits = plan.sifted_bits
-        return plan
+    def _keep_summary(self, plan: SiftPlan) -> SiftSummary:
+        self._sifted = summary = plan.summary()
+        self._sifted_bits = summary.sifted_bits
+        return summary
 
     @property
     def auth_store(self) -> AuthKeyStore:
@@ -150,12 +150,13 @@ class BaseSession:
 
     # -- transcript -------------------------------------------------------------------------------------
     @staticmethod
-    def _frame(marker: bytes, msg: Message) -> bytes:
-        body = msg.encode()
+    def _frame(marker: bytes, msg: Message, body: bytes | None = None) -> bytes:
+        if body is None:
+            body = msg.encode()
         return marker + len(body).to_bytes(8, "little") + body
 
-    def _record(self, marker: bytes, msg: Message) -> None:
-        self._transcript.append(self._frame(marker, msg))
+    def _record(self, marker: bytes, msg: Message, body: bytes | None = None) -> None:
+        self._transcript.append(self._frame(marker, msg, body))
 
     def _transcript_bytes(self) -> bytes:
         return b"".join(self._transcript)
@@ -176,15 +177,18 @@ class BaseSession:
             if self.state in TERMINAL:
                 return []
             return self._abort(AbortReason.PROTOCOL_VIOLATION, f"undecodable message: {exc}")
-        return self.receive(msg)
+        # The codec is canonical (decode accepts only what encode gives), so `data` is the message's
+        # encoding: recorded as is, not encoded a second time (a large round's Sifting is tens of MB).
+        return self.receive(msg, encoded=data)
 
-    def receive(self, msg: Message) -> list[Message]:
+    def receive(self, msg: Message, *, encoded: bytes | None = None) -> list[Message]:
+        """Receive one message. `encoded`: its encoding, when the caller has it at hand."""
         if self.state is self._established_state and isinstance(msg, m.Abort):
             # The peer refused our last tag after we confirmed: withdraw the key, it was never agreed.
             return self._abort(AbortReason.PEER_ABORTED, msg.describe(), notify=False)
         if self.state in TERMINAL:
             return []
-        self._record(self._received_marker, msg)
+        self._record(self._received_marker, msg, encoded)
         if isinstance(msg, m.Abort):
             return self._abort(AbortReason.PEER_ABORTED, msg.describe(), notify=False)
         allowed = self._transitions.get((self.state, type(msg)))

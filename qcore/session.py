@@ -76,7 +76,8 @@ class AliceSession(BaseSession):
         self._detected = detected.astype(bool, copy=False)
         self._intensities = intensities
         self._cascade: CascadeAlice | None = None
-        self._coincident_bits: np.ndarray = np.zeros(0, dtype=np.uint8)
+        self._test_bits: np.ndarray = _EMPTY
+        self._sifted_key: np.ndarray = _EMPTY  # the raw key, once the estimate lets the round go on
         self._pending_key: np.ndarray = np.zeros(0, dtype=np.uint8)
         # Published in Sifting: a public draw.
         self._cascade_seed = self._public.uint63()
@@ -106,47 +107,43 @@ class AliceSession(BaseSession):
             else choose_sample(self._secret, n_cand, self.config.sample_fraction)
         )
         coincident_bytes = coincident.astype(np.uint8)
-        plan = self._sifted(
-            plan_sifting(
-                protocol=self.config.protocol,
-                decoy=decoy,
-                bob_detected=detected,
-                bob_settings_at_detections=msg.bases,
-                coincident=coincident_bytes,
-                alice_settings=settings,
-                intensities=intensities,
-                sample=sample,
-            )
+        plan = plan_sifting(
+            protocol=self.config.protocol,
+            decoy=decoy,
+            bob_detected=detected,
+            bob_settings_at_detections=msg.bases,
+            coincident=coincident_bytes,
+            alice_settings=settings,
+            intensities=intensities,
+            sample=sample,
         )
+        self._keep_summary(plan)
         mine = take(self._bits, plan.pulses)
-        self._coincident_bits = mine
-        # Alice's records are spent: only the coincidences' bits are read from here on.
-        self._release_records()
+        self._test_bits = mine[plan.test]
+        self._sifted_key = mine[plan.key]
+        # Alice's records and the plan are spent: the round reads only the summary and these bits on.
+        self._bits = self._settings = self._detected = _EMPTY
+        self._intensities = _EMPTY if self._intensities is not None else None
+        del plan, mine
         reply = m.Sifting(
             coincident=coincident_bytes,
             bases=settings,
             intensities=intensities,
             sample=sample,
-            test_bits=mine[plan.test],
+            test_bits=self._test_bits,
             cascade_seed=self._cascade_seed,
         )
         return AliceState.EXPECT_ESTIMATE, [reply]
 
-    def _release_records(self) -> None:
-        self._bits = self._settings = self._detected = _EMPTY
-        self._intensities = _EMPTY if self._intensities is not None else None
-
     def _on_estimate(self, msg: m.Estimate) -> tuple[AliceState, list[Message]]:
-        plan = self._plan
-        if plan is None:
+        sifted = self._sifted
+        if sifted is None:
             raise LocalProtocolError("estimate before sifting")
-        if msg.test_bits.size != plan.test_bits:
-            raise RemoteProtocolError(f"{msg.test_bits.size} test bits for {plan.test_bits} positions")
-        self._stats = measure_statistics(self.config, plan, self._coincident_bits[plan.test], msg.test_bits)
-        judge_statistics(self.config, plan, self._stats)
-        self._raw_key = self._coincident_bits[plan.key]
-        # The statistics and the raw key are all the rest of the round reads.
-        self._plan, self._coincident_bits = None, _EMPTY
+        if msg.test_bits.size != sifted.test_bits:
+            raise RemoteProtocolError(f"{msg.test_bits.size} test bits for {sifted.test_bits} positions")
+        self._stats = measure_statistics(self.config, sifted, self._test_bits, msg.test_bits)
+        judge_statistics(self.config, sifted, self._stats)
+        self._raw_key, self._sifted_key = self._sifted_key, _EMPTY
         schedule = low_latency_schedule(self._raw_key.size, self._stats.qber)
         self._cascade = CascadeAlice(self._raw_key, schedule, self._cascade_seed)
         return AliceState.RECONCILING, []
@@ -237,35 +234,34 @@ class BobSession(BaseSession):
         )
 
     def _on_sifting(self, msg: m.Sifting) -> tuple[BobState, list[Message]]:
-        plan = self._sifted(
-            plan_sifting(
-                protocol=self.config.protocol,
-                decoy=self.config.decoy is not None,
-                bob_detected=self._detected,
-                bob_settings_at_detections=take(self._settings, self._detected),
-                coincident=msg.coincident,
-                alice_settings=msg.bases,
-                intensities=msg.intensities,
-                sample=msg.sample,
-            )
+        plan = plan_sifting(
+            protocol=self.config.protocol,
+            decoy=self.config.decoy is not None,
+            bob_detected=self._detected,
+            bob_settings_at_detections=take(self._settings, self._detected),
+            coincident=msg.coincident,
+            alice_settings=msg.bases,
+            intensities=msg.intensities,
+            sample=msg.sample,
         )
-        if msg.test_bits.size != plan.test_bits:
-            raise RemoteProtocolError(f"{msg.test_bits.size} test bits for {plan.test_bits} positions")
+        sifted = self._keep_summary(plan)
+        if msg.test_bits.size != sifted.test_bits:
+            raise RemoteProtocolError(f"{msg.test_bits.size} test bits for {sifted.test_bits} positions")
         mine = take(self._bits, plan.pulses)
-        # Bob's records are spent: the bits at the coincidences are all the rest of the round reads.
-        self._bits = self._settings = self._detected = _EMPTY
         estimate = m.Estimate(test_bits=mine[plan.test])
-        self._stats = measure_statistics(self.config, plan, msg.test_bits, estimate.test_bits)
+        raw_key = mine[plan.key]
+        # Bob's records and the plan are spent: the round reads only the summary and these bits on.
+        self._bits = self._settings = self._detected = _EMPTY
+        del plan, mine
+        self._stats = measure_statistics(self.config, sifted, msg.test_bits, estimate.test_bits)
         try:
-            judge_statistics(self.config, plan, self._stats)
+            judge_statistics(self.config, sifted, self._stats)
         except RoundAborted:
             # The Estimate still goes out ahead of the Abort: the test bits are public anyway, and with
             # them Alice measures the same statistics and reaches the same verdict on her own evidence.
             self._ahead_of_abort = [estimate]
             raise
-        self._raw_key = mine[plan.key]
-        self._plan = None
-        del mine, plan
+        self._raw_key = raw_key
         schedule = low_latency_schedule(self._raw_key.size, self._stats.qber)
         self._cascade = CascadeBob(self._raw_key, schedule, msg.cascade_seed)
         request = self._cascade.next_request()

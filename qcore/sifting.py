@@ -71,6 +71,19 @@ class SiftPlan:
     def sifted_bits(self) -> int:
         return int(np.count_nonzero(self.key_candidates))
 
+    def summary(self) -> SiftSummary:
+        """What estimation reads of this plan."""
+        test = self.test
+        return SiftSummary(
+            sifted_bits=self.sifted_bits,
+            raw_key_bits=self.raw_key_bits,
+            key_classes=_class_counts(self.intensities[self.key]) if self.intensities.size else (0, 0, 0),
+            in_sample=self.key_candidates[test],
+            alice_settings=self.alice_settings[test],
+            bob_settings=self.bob_settings[test],
+            intensities=self.intensities[test] if self.intensities.size else self.intensities,
+        )
+
     @property
     def raw_key_bits(self) -> int:
         return int(np.count_nonzero(self.key))
@@ -78,6 +91,36 @@ class SiftPlan:
     @property
     def test_bits(self) -> int:
         return int(np.count_nonzero(self.test))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SiftSummary:
+    """What estimation reads of a plan: counts, and the roles of the disclosed positions only. Once each
+    end has taken its test bits and raw key out of its records, this is all it keeps of the sifting, and
+    the plan's masks (bytes per detection) are freed before Cascade needs the memory."""
+
+    sifted_bits: int
+    """Key candidates."""
+    raw_key_bits: int
+    key_classes: tuple[int, int, int]
+    """Decoy class counts over the raw key (zeros without decoys)."""
+    in_sample: np.ndarray
+    """Over the disclosed positions, in order: the sampled key candidates (bool)."""
+    alice_settings: np.ndarray
+    """Over the disclosed positions."""
+    bob_settings: np.ndarray
+    """Over the disclosed positions."""
+    intensities: np.ndarray
+    """Over the disclosed positions (empty without decoys)."""
+
+    @property
+    def test_bits(self) -> int:
+        return int(self.in_sample.size)
+
+
+def _class_counts(classes: np.ndarray) -> tuple[int, int, int]:
+    counts = np.bincount(classes, minlength=3)
+    return int(counts[0]), int(counts[1]), int(counts[2])
 
 
 def take(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
