@@ -111,22 +111,45 @@ def _positions(mask: np.ndarray, out: np.ndarray) -> None:
         at += found.size
 
 
-def prefix_parities(key: np.ndarray, perm: np.ndarray | None, out: np.ndarray) -> None:
-    """``out[i]`` = parity of the first i bits of the key in pass order (``perm``; None: the identity).
+class PrefixParities:
+    """Prefix parities of each built pass, one bit each: ``parity(flat)`` for flat position
+    ``p * stride + i`` is the parity of the first i key bits in pass p's order, so a range's parity is
+    the XOR of two lookups. Packed, they cost an eighth of a byte a key bit a pass (a byte each was 3
+    bytes a key bit over the passes a round builds); rows of passes never built are never touched."""
 
-    ``out`` holds n + 1 entries. Chunked, with the running parity carried across chunks, so the key is
-    never copied whole into pass order."""
-    out[0] = 0
-    if perm is None:
-        np.bitwise_xor.accumulate(key, out=out[1:])
-        return
-    carry = 0
-    for start in range(0, perm.size, _CHUNK):
-        end = min(start + _CHUNK, perm.size)
-        segment = out[start + 1 : end + 1]
-        np.bitwise_xor.accumulate(key[perm[start:end]], out=segment)
-        segment ^= carry
-        carry = int(segment[-1])
+    __slots__ = ("_bits", "_row_bytes", "_stride")
+
+    def __init__(self, passes: int, stride: int) -> None:
+        self._stride = stride
+        self._row_bytes = (stride + 7) // 8
+        self._bits = np.empty(passes * self._row_bytes, dtype=np.uint8)
+
+    def build(self, p: int, key: np.ndarray, perm: np.ndarray | None) -> None:
+        """Fill pass p's row from the key in pass order (``perm``; None: the identity), a chunk at a
+        time with the running parity carried across chunks."""
+        n = self._stride - 1
+        row = self._bits[p * self._row_bytes : (p + 1) * self._row_bytes]
+        step = max(8, _CHUNK - _CHUNK % 8)  # whole bytes per chunk
+        carry = 0
+        for start in range(0, n + 1, step):
+            end = min(start + step, n + 1)  # prefix entries [start, end) from key bits [start, end - 1)
+            values = np.empty(end - start, dtype=np.uint8)
+            values[0] = carry
+            ordered = key[perm[start : end - 1]] if perm is not None else key[start : end - 1]
+            np.bitwise_xor.accumulate(ordered, out=values[1:])
+            values[1:] ^= carry
+            if end <= n:  # the next chunk starts from prefix[end] = prefix[end - 1] ^ its key bit
+                last = perm[end - 1] if perm is not None else end - 1
+                carry = int(values[-1]) ^ int(key[last])
+            row[start // 8 : start // 8 + (values.size + 7) // 8] = np.packbits(values)
+
+    def parity(self, flat: np.ndarray) -> np.ndarray:
+        """The prefix parity at each flat position (uint8 0/1)."""
+        p = flat // self._stride
+        pos = flat - p * self._stride
+        byte = self._bits[p * self._row_bytes + (pos >> 3)]
+        bits: np.ndarray = (byte >> (7 - (pos & 7)).astype(np.uint8)) & 1
+        return bits
 
 
 def permutations(n: int, seed: int, passes: int) -> list[np.ndarray]:
@@ -139,15 +162,18 @@ def permutations(n: int, seed: int, passes: int) -> list[np.ndarray]:
 
 
 def as_key(key: np.ndarray, name: str) -> np.ndarray:
-    """`key` as a uint8 array of 0 and 1, or ConfigError naming `name`."""
+    """`key` as a uint8 array of 0 and 1, or ConfigError naming `name`.
+
+    A uint8 key is returned as is, not copied (a 1e10-pulse round's key is 2.6e7 to 1e8 bits): a caller
+    that changes the result copies it first."""
     arr = np.asarray(key)
     if arr.ndim != 1 or not 1 <= arr.size <= MAX_KEY_BITS:
         raise ConfigError(name, f"must be a one-dimensional array of 1 to {MAX_KEY_BITS} bits")
     if arr.dtype == bool:
         return arr.astype(np.uint8)
-    if arr.dtype.kind not in "iu" or np.any((arr != 0) & (arr != 1)):
+    if arr.dtype.kind not in "iu" or int(arr.max()) > 1 or int(arr.min()) < 0:
         raise ConfigError(name, "must hold only 0 and 1")
-    return arr.astype(np.uint8)
+    return arr.astype(np.uint8, copy=False)
 
 
 class BlockLayout:

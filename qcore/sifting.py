@@ -119,8 +119,12 @@ class SiftSummary:
 
 
 def _class_counts(classes: np.ndarray) -> tuple[int, int, int]:
-    counts = np.bincount(classes, minlength=3)
-    return int(counts[0]), int(counts[1]), int(counts[2])
+    # Not np.bincount: it widens the labels to 8 bytes each first.
+    return (
+        int(np.count_nonzero(classes == 0)),
+        int(np.count_nonzero(classes == 1)),
+        int(np.count_nonzero(classes == 2)),
+    )
 
 
 def take(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
