@@ -29,8 +29,8 @@ print(result.detected, (after - before) * 1024, int(result.bob.final_key_bits), 
 """
 
 BYTES_PER_DETECTION = 90
-"""Measured: 61 on this code, 165 before the post-processing was made to stream (a whole-key FFT is
-still one of the largest items at this size: about 45 of the 61)."""
+"""Measured: 54 on this code, 163 before the post-processing was made to stream (at this size one
+whole-key FFT is still the largest item: about 35 of the 54)."""
 
 
 def test_event_driven_round_peak_memory_per_detection() -> None:
