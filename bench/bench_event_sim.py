@@ -1,18 +1,22 @@
 """Wall time and peak memory of `qlink sim bb84 --source wcp` on the event-driven and per-pulse paths.
 
-    .venv/bin/python bench/bench_event_sim.py                  # 1e9 and 1e10 event-driven, 1e8 per pulse
+    .venv/bin/python bench/bench_event_sim.py                  # 1e10 and 1e9 event-driven, 1e8 per pulse
+    .venv/bin/python bench/bench_event_sim.py --25km           # and 1e10 at 25 km (about 4x the detections)
     .venv/bin/python bench/bench_event_sim.py --pulses 1e10    # one event-driven run
 
 Each run is the real command in a child process (`python -m qlinkmed.client sim bb84 ...`), measured as
 /usr/bin/time -v would: wall clock from start to exit, and the child's maximum resident set size from
 wait4. Goals (issue 15): 1e10 pulses at 50 km within 60 s and 1.5 GiB on a 2-core machine. The
 channel-only line times ``emulate_bb84_events`` alone in a child, to separate the emulator's share from
-the post-processing (sifting, Cascade, privacy amplification) that the whole round also does.
+the post-processing (sifting, Cascade, privacy amplification) that the whole round also does. Each round
+line also gives the detections and the peak per detection, and checks that both ends hold the same key.
+Run one case at a time on a shared machine: the 25 km case peaks near 4 GB.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -50,38 +54,54 @@ def _measure(argv: list[str]) -> tuple[float, int, str]:
 
 def _sim(pulses: str, km: float, *, per_pulse: bool) -> list[str]:
     argv = [sys.executable, "-m", "qlinkmed.client", "sim", "bb84", "--source", "wcp", "--qubits", pulses]
-    argv += ["--distance-km", str(km), "--seed", "1"]
+    argv += ["--distance-km", str(km), "--seed", "1", "--json"]
     return argv + (["--per-pulse"] if per_pulse else [])
 
 
-def _line(label: str, wall: float, rss: int, goal: bool) -> str:
+def _line(label: str, wall: float, rss: int, goal: bool, report: dict[str, object] | None = None) -> str:
     verdict = ""
     if goal:
         ok = wall <= GOAL_SECONDS and rss <= GOAL_BYTES
         verdict = (
             "  goal met" if ok else f"  goal ({GOAL_SECONDS:.0f} s, {GOAL_BYTES / 2**30:.1f} GiB) missed"
         )
-    return f"{label:<44} {wall:8.1f} s {rss / 2**30:8.2f} GiB{verdict}"
+    extra = ""
+    if report is not None:
+        detected = int(str(report["detected"]))
+        key = int(str(report["final_key_bits"]))
+        extra = f" {detected:>12,} det {rss / max(detected, 1):6.0f} B/det key {key:>11,}"
+        if not report["keys_equal"]:
+            extra += "  KEYS DIFFER"
+    return f"{label:<44} {wall:8.1f} s {rss / 2**30:8.2f} GiB{extra}{verdict}"
+
+
+def _round(label: str, pulses: str, km: float, *, per_pulse: bool, goal: bool) -> None:
+    wall, rss, out = _measure(_sim(pulses, km, per_pulse=per_pulse))
+    print(_line(label, wall, rss, goal, json.loads(out)), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--pulses", action="append", help="event-driven pulse counts (default 1e9, 1e10)")
+    parser.add_argument("--pulses", action="append", help="event-driven pulse counts (default 1e10, 1e9)")
     parser.add_argument("--distance-km", type=float, default=50.0)
     parser.add_argument("--per-pulse", default="1e8", help="per-pulse reference count ('' to skip)")
+    parser.add_argument("--25km", dest="km25", action="store_true", help="also 1e10 pulses at 25 km")
+    parser.add_argument("--channel-only", action="store_true", help="also time the emulator alone")
     args = parser.parse_args()
     km = args.distance_km
-    print(f"qlink sim bb84 --source wcp --distance-km {km:g}: wall time, peak RSS")
-    for pulses in args.pulses or ["1e9", "1e10"]:
-        wall, rss, _ = _measure([sys.executable, "-c", CHANNEL_ONLY, pulses, str(km)])
-        print(_line(f"event-driven channel only, {pulses} pulses", wall, rss, goal=False))
-        wall, rss, _ = _measure(_sim(pulses, km, per_pulse=False))
-        print(_line(f"event-driven round, {pulses} pulses", wall, rss, goal=float(pulses) >= 1e10))
+    print(f"qlink sim bb84 --source wcp --distance-km {km:g}: wall time, peak RSS (one child process each)")
+    for pulses in args.pulses or ["1e10", "1e9"]:
+        if args.channel_only:
+            wall, rss, _ = _measure([sys.executable, "-c", CHANNEL_ONLY, pulses, str(km)])
+            print(_line(f"event-driven channel only, {pulses} pulses", wall, rss, goal=False), flush=True)
+        goal = float(pulses) >= 1e10
+        _round(f"event-driven round, {pulses} pulses", pulses, km, per_pulse=False, goal=goal)
     if args.per_pulse:
-        wall, rss, _ = _measure(_sim(args.per_pulse, km, per_pulse=True))
-        print(_line(f"per-pulse round, {args.per_pulse} pulses", wall, rss, goal=False))
+        _round(f"per-pulse round, {args.per_pulse} pulses", args.per_pulse, km, per_pulse=True, goal=False)
+    if args.km25:
+        _round("event-driven round, 1e10 pulses, 25 km", "1e10", 25.0, per_pulse=False, goal=False)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from numpy.typing import NDArray
 
 from .cascade_blocks import (
     BlockLayout,
+    PrefixParities,
     as_key,
     check_seed,
     half_members,
@@ -52,6 +53,19 @@ from .errors import LocalProtocolError, RemoteProtocolError
 from .messages import ParityReply, ParityRequest
 
 _EMPTY = np.zeros(0, dtype=np.int64)
+_CHUNK = 1 << 22  # positions per step when a pass's inverse order is written
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` by a sort: numpy 2's hash-based unique took 4 to 10 s on the 4.5e6 ranges a
+    1e10-pulse round asks, the sort 0.3 s."""
+    values.sort()
+    if values.size < 2:
+        return values
+    keep = np.empty(values.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    return values[keep]
 
 
 class CascadeAlice:
@@ -63,7 +77,7 @@ class CascadeAlice:
         self._key = as_key(key, "key")
         self._seed = check_seed(seed)
         self._layout = layout = BlockLayout(self._key.size, schedule)
-        self._prefix = np.empty(layout.passes * layout.stride, dtype=np.uint8)
+        self._prefix = PrefixParities(layout.passes, layout.stride)
         self._ready = np.zeros(layout.passes, dtype=bool)
         self._first_unready = 0
         self._top = np.zeros((layout.passes, 2), dtype=np.uint8)
@@ -90,10 +104,7 @@ class CascadeAlice:
 
     def _build(self, p: int) -> None:
         layout = self._layout
-        perm = pass_permutation(layout.n, self._seed, p)
-        row = self._prefix[p * layout.stride : (p + 1) * layout.stride]
-        row[0] = 0
-        np.bitwise_xor.accumulate(self._key[perm] if p else self._key, out=row[1:])
+        self._prefix.build(p, self._key, pass_permutation(layout.n, self._seed, p) if p else None)
         self._ready[p] = True
         unready = np.flatnonzero(~self._ready)
         self._first_unready = int(unready[0]) if unready.size else layout.passes
@@ -102,7 +113,7 @@ class CascadeAlice:
     def leaked_bits(self) -> int:
         """Distinct parities disclosed so far (a range asked twice counts once)."""
         if self._unmerged:
-            fresh = np.unique(np.concatenate(self._unmerged))
+            fresh = _sorted_unique(np.concatenate(self._unmerged))
             self._unmerged.clear()
             seen = self._seen
             if seen.size:
@@ -136,7 +147,7 @@ class CascadeAlice:
                 self._build(q)
             waiting = ~self._ready[p]
         start = p * layout.stride + s
-        parities = self._prefix[start - s + e] ^ self._prefix[start]
+        parities = self._prefix.parity(start - s + e) ^ self._prefix.parity(start)
         if waiting is not None and waiting.any():
             parities[waiting] = self._top[p[waiting], (s[waiting] != 0).astype(np.int64)]
         if self._wide:
@@ -152,8 +163,9 @@ class CascadeBob:
     ``key`` is Bob's current key (uint8 0/1); it is corrected in place as replies arrive."""
 
     def __init__(self, key: np.ndarray, schedule: CascadeSchedule, seed: int) -> None:
-        self.key = as_key(key, "key")
-        self._orig = self.key.copy()
+        # The original is only read, so it may be the caller's array; the working key is Bob's own.
+        self._orig = as_key(key, "key")
+        self.key = self._orig.copy()
         self._seed = check_seed(seed)
         self._layout = layout = BlockLayout(self.key.size, schedule)
         n, passes, stride = layout.n, layout.passes, layout.stride
@@ -170,15 +182,20 @@ class CascadeBob:
                 self._node_offset[p] = size
                 size += int(layout.blocks[p] * layout.width[p])
         self._slack = int(layout.width.max())  # leaves' would-be children index up to here past the end
-        self._known = np.full(size + self._slack, -1, dtype=np.int8)
-        # Flat per-pass arrays: row p at [p * stride, (p + 1) * stride); rows of unbuilt passes unused.
+        # Allocated with the passes at the first reply (_materialise): no table exists while the first
+        # request is only being sent, so a session's sifting temporaries are gone before these come.
+        self._known = np.zeros(0, dtype=np.int8)
+        self._known_size = size + self._slack
+        # Flat per-pass arrays: row p at [p * stride, (p + 1) * stride); rows of unbuilt passes unused, and
+        # never touched, so they cost address space, not memory. Pass 0 is the identity: its rows of
+        # _perm and _where are never written either (_key_index and _flip know it), which saves 8 bytes
+        # a key bit.
         flat = np.int32 if passes * stride < 1 << 31 else np.int64
-        self._prefix = np.empty(passes * stride, dtype=np.uint8)  # prefix XOR of the original key
-        self._perm = np.empty(passes * stride, dtype=flat)  # flat position -> key index
-        self._where = np.empty((passes, n), dtype=flat)  # [p, key index] -> flat position
+        self._prefix = PrefixParities(passes, stride)  # of the original key
+        self._perm = np.empty(passes * stride, dtype=flat)  # flat position -> key index (pass >= 1)
+        self._where = np.empty((passes, n), dtype=flat)  # [p, key index] -> flat position (pass >= 1)
         self._built = np.zeros(passes, dtype=bool)
         self._flips = _EMPTY  # sorted flat positions of every flip, in every built pass
-        self._flipped = np.zeros(n, dtype=bool)
         self._flip_log: list[np.ndarray] = []
         self._splits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._top = np.zeros((passes, 2), dtype=np.uint8)  # Bob's top-level parities of lazy passes
@@ -195,9 +212,7 @@ class CascadeBob:
         self._awaiting = False
         self._done = False
         self._failed = False
-        for p in range(passes):
-            if not layout.lazy[p]:
-                self._build(p)
+        self._materialised = False
         self._refresh()
         roots = [self._roots(p) for p in range(passes)]
         self._pending_nodes = np.concatenate([r[0] for r in roots])
@@ -258,6 +273,8 @@ class CascadeBob:
             raise RemoteProtocolError("parity reply: parities must be 0 or 1")
         self._awaiting = False
         self._round_trips += 1
+        if not self._materialised:
+            self._materialise()
         self._known[self._pending_nodes] = parities
         try:
             self._advance()
@@ -266,6 +283,17 @@ class CascadeBob:
             raise
 
     # -- passes -----------------------------------------------------------------------------------------
+
+    def _materialise(self) -> None:
+        """The parity tree and every non-lazy pass, built when the first reply needs them. The first
+        request asks only top-level blocks, which the layout alone names."""
+        layout = self._layout
+        self._known = np.full(self._known_size, -1, dtype=np.int8)
+        for p in range(layout.passes):
+            if not layout.lazy[p]:
+                self._build(p)
+        self._refresh()
+        self._materialised = True
 
     def _roots(self, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Node ids, starts and ends (within the pass) of pass p's top-level blocks."""
@@ -281,12 +309,15 @@ class CascadeBob:
         """Materialise pass p: its order, Bob's original prefix XOR, and the flips made so far."""
         layout = self._layout
         n, base = layout.n, p * layout.stride
-        perm = pass_permutation(n, self._seed, p)
-        self._perm[base : base + n] = perm
-        row = self._prefix[base : base + layout.stride]
-        row[0] = 0
-        np.bitwise_xor.accumulate(self._orig[perm] if p else self._orig, out=row[1:])
-        self._where[p, perm] = np.arange(base, base + n, dtype=self._where.dtype)
+        if p:
+            perm = pass_permutation(n, self._seed, p, out=self._perm[base : base + n])
+            self._prefix.build(p, self._orig, perm)
+            where = self._where[p]
+            for start in range(0, n, _CHUNK):
+                end = min(start + _CHUNK, n)
+                where[perm[start:end]] = np.arange(base + start, base + end, dtype=where.dtype)
+        else:
+            self._prefix.build(p, self._orig, None)
         self._built[p] = True
         if self._node_offset[p] < 0:  # a lazy pass: give it a whole tree, keeping its root parities
             nodes, _, _ = self._roots(p)
@@ -388,7 +419,7 @@ class CascadeBob:
     def _parity(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """Bob's current parity of the flat ranges [lo, hi) (built passes only)."""
         prefix = self._prefix
-        par: NDArray[np.uint8] = prefix[hi] ^ prefix[lo]
+        par: NDArray[np.uint8] = prefix.parity(hi) ^ prefix.parity(lo)
         flips = self._flips
         if flips.size:
             flipped: NDArray[np.intp] = (flips.searchsorted(hi) - flips.searchsorted(lo)) & 1
@@ -430,23 +461,32 @@ class CascadeBob:
                 self._lo = np.where(go_right, mid, lo)
                 self._hi = np.where(ready ^ go_right, mid, hi)
             if leaf is not None:
-                errors = self._perm[lo[leaf]]
+                errors = self._key_index(lo[leaf])
                 self._keep(~leaf)
                 self._flip(errors)
             elif not moving:
                 break
 
+    def _key_index(self, flat: np.ndarray) -> np.ndarray:
+        """The key index at each flat position (pass 0 is the identity and has no _perm row)."""
+        stride = self._layout.stride
+        index = np.array(flat, dtype=np.int64)
+        later = index >= stride
+        index[later] = self._perm[index[later]]
+        return index
+
     def _flip(self, errors: np.ndarray) -> None:
         """Flip the errors found, drop searches they balanced, start those they unbalanced."""
         if self._nested:
             errors = np.unique(errors)
-        if np.count_nonzero(self._flipped[errors]):
+        # A bit already flipped differs from the original (each bit flips at most once).
+        if np.count_nonzero(self.key[errors] != self._orig[errors]):
             raise RemoteProtocolError("parity replies are inconsistent: a bit would be flipped twice")
-        self._flipped[errors] = True
         self.key[errors] ^= 1
         self._flip_log.append(errors)
         self._corrected += errors.size
         where = self._where[self._built_rows, errors]  # flat positions, one row per built pass
+        where[0] = errors  # pass 0, always built, is the identity (its row of _where is never written)
         self._record_flips(where.ravel())
         if self._opened_rows:
             block = (where[: self._opened_rows] - self._col_base) // self._col_size

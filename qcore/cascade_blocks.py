@@ -73,20 +73,83 @@ def half_parity(split: tuple[np.ndarray, np.ndarray], key: np.ndarray, packed: n
     return (ones + int(np.count_nonzero(key[toggled]))) & 1
 
 
-def pass_permutation(n: int, seed: int, pass_index: int) -> np.ndarray:
+_CHUNK = 1 << 22
+"""Positions handled per step when a pass is built: its temporaries stay a few megabytes, not bytes per
+key bit on top of the tables being built."""
+
+
+def pass_permutation(n: int, seed: int, pass_index: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The order of pass `pass_index` (module docstring), as int32 when n allows, written into `out`
+    (n integers) when given.
+
+    The dtype does not change the order: the shuffle draws the same swaps whatever the item size, and a
+    1e10-pulse round's key (2.6e7 to 1e8 bits) would otherwise spend 8 bytes a bit on each pass built."""
+    perm = np.empty(n, dtype=np.int32 if n < 1 << 31 else np.int64) if out is None else out
     if pass_index == 0:
-        return np.arange(n, dtype=np.int64)
+        perm[:] = np.arange(n, dtype=perm.dtype)
+        return perm
     rng = pass_generator(seed, pass_index)
     raw, toggled = half_split(rng, n)
     mask = np.unpackbits(raw, count=n).view(bool)
     mask[toggled] ^= True
     half = (n + 1) // 2
-    perm = np.empty(n, dtype=np.int64)
-    perm[:half] = np.flatnonzero(mask)
-    perm[half:] = np.flatnonzero(~mask)
+    _positions(mask, perm[:half])
+    mask ^= True
+    _positions(mask, perm[half:])
+    del mask, raw
     rng.shuffle(perm[:half])
     rng.shuffle(perm[half:])
     return perm
+
+
+def _positions(mask: np.ndarray, out: np.ndarray) -> None:
+    """``out[:] = np.flatnonzero(mask)``, a chunk at a time (flatnonzero alone is 8 bytes a set bit)."""
+    at = 0
+    for start in range(0, mask.size, _CHUNK):
+        found = np.flatnonzero(mask[start : start + _CHUNK])
+        out[at : at + found.size] = found + start
+        at += found.size
+
+
+class PrefixParities:
+    """Prefix parities of each built pass, one bit each: ``parity(flat)`` for flat position
+    ``p * stride + i`` is the parity of the first i key bits in pass p's order, so a range's parity is
+    the XOR of two lookups. Packed, they cost an eighth of a byte a key bit a pass (a byte each was 3
+    bytes a key bit over the passes a round builds); rows of passes never built are never touched."""
+
+    __slots__ = ("_bits", "_row_bytes", "_stride")
+
+    def __init__(self, passes: int, stride: int) -> None:
+        self._stride = stride
+        self._row_bytes = (stride + 7) // 8
+        self._bits = np.empty(passes * self._row_bytes, dtype=np.uint8)
+
+    def build(self, p: int, key: np.ndarray, perm: np.ndarray | None) -> None:
+        """Fill pass p's row from the key in pass order (``perm``; None: the identity), a chunk at a
+        time with the running parity carried across chunks."""
+        n = self._stride - 1
+        row = self._bits[p * self._row_bytes : (p + 1) * self._row_bytes]
+        step = max(8, _CHUNK - _CHUNK % 8)  # whole bytes per chunk
+        carry = 0
+        for start in range(0, n + 1, step):
+            end = min(start + step, n + 1)  # prefix entries [start, end) from key bits [start, end - 1)
+            values = np.empty(end - start, dtype=np.uint8)
+            values[0] = carry
+            ordered = key[perm[start : end - 1]] if perm is not None else key[start : end - 1]
+            np.bitwise_xor.accumulate(ordered, out=values[1:])
+            values[1:] ^= carry
+            if end <= n:  # the next chunk starts from prefix[end] = prefix[end - 1] ^ its key bit
+                last = perm[end - 1] if perm is not None else end - 1
+                carry = int(values[-1]) ^ int(key[last])
+            row[start // 8 : start // 8 + (values.size + 7) // 8] = np.packbits(values)
+
+    def parity(self, flat: np.ndarray) -> np.ndarray:
+        """The prefix parity at each flat position (uint8 0/1)."""
+        p = flat // self._stride
+        pos = flat - p * self._stride
+        byte = self._bits[p * self._row_bytes + (pos >> 3)]
+        bits: np.ndarray = (byte >> (7 - (pos & 7)).astype(np.uint8)) & 1
+        return bits
 
 
 def permutations(n: int, seed: int, passes: int) -> list[np.ndarray]:
@@ -99,15 +162,18 @@ def permutations(n: int, seed: int, passes: int) -> list[np.ndarray]:
 
 
 def as_key(key: np.ndarray, name: str) -> np.ndarray:
-    """`key` as a uint8 array of 0 and 1, or ConfigError naming `name`."""
+    """`key` as a uint8 array of 0 and 1, or ConfigError naming `name`.
+
+    A uint8 key is returned as is, not copied (a 1e10-pulse round's key is 2.6e7 to 1e8 bits): a caller
+    that changes the result copies it first."""
     arr = np.asarray(key)
     if arr.ndim != 1 or not 1 <= arr.size <= MAX_KEY_BITS:
         raise ConfigError(name, f"must be a one-dimensional array of 1 to {MAX_KEY_BITS} bits")
     if arr.dtype == bool:
         return arr.astype(np.uint8)
-    if arr.dtype.kind not in "iu" or np.any((arr != 0) & (arr != 1)):
+    if arr.dtype.kind not in "iu" or int(arr.max()) > 1 or int(arr.min()) < 0:
         raise ConfigError(name, "must hold only 0 and 1")
-    return arr.astype(np.uint8)
+    return arr.astype(np.uint8, copy=False)
 
 
 class BlockLayout:

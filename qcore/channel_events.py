@@ -252,6 +252,9 @@ def emulate_bb84_events(
         PreparedPulses(
             bits=a_bits_all, bases=a_bases_all, intensity_class=k_all if wcp is not None else None
         ),
-        DetectorClicks(detected=np.ones(b_bits_all.size, dtype=bool), bases=b_bases_all, bits=b_bits_all),
+        # Every record is a detection: a read-only broadcast says so without a byte per detection.
+        DetectorClicks(
+            detected=np.broadcast_to(np.True_, (b_bits_all.size,)), bases=b_bases_all, bits=b_bits_all
+        ),
         ChannelStats(pulses=n, eve_attacked=attacked, eve_known_bits=known),
     )

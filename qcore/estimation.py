@@ -15,7 +15,7 @@ from .finite_bb84 import tomamichel_length
 from .finite_decoy import Lim2014Result, lim2014_length
 from .finite_e91 import ChshBound, chsh_lower_bound, e91_length
 from .params import DistillConfig, E91Security
-from .sifting import E91_CHSH_SETTINGS, E91_CHSH_SIGNS, SiftPlan
+from .sifting import E91_CHSH_SETTINGS, E91_CHSH_SIGNS, SiftSummary
 from .theory import binary_entropy, di_rate
 
 
@@ -44,13 +44,11 @@ class Statistics:
     decoy: DecoyCounts | None = None
 
 
-def _chsh(
-    plan: SiftPlan, alice: np.ndarray, bob: np.ndarray, test_pos: np.ndarray, eps: float
-) -> ChshBound:
+def _chsh(sifted: SiftSummary, alice: np.ndarray, bob: np.ndarray, eps: float) -> ChshBound:
     trials: list[int] = []
     agreements: list[int] = []
-    a_set = plan.alice_settings[test_pos]
-    b_set = plan.bob_settings[test_pos]
+    a_set = sifted.alice_settings
+    b_set = sifted.bob_settings
     for a, b in E91_CHSH_SETTINGS:
         sel = (a_set == a) & (b_set == b)
         trials.append(int(sel.sum()))
@@ -59,14 +57,14 @@ def _chsh(
 
 
 def measure_statistics(
-    config: DistillConfig, plan: SiftPlan, alice_test: np.ndarray, bob_test: np.ndarray
+    config: DistillConfig, sifted: SiftSummary, alice_test: np.ndarray, bob_test: np.ndarray
 ) -> Statistics:
     """QBER (and CHSH or decoy counts) from Alice's and Bob's bits at the disclosed positions."""
-    n = int(plan.key.size)
-    test_pos = plan.test
-    in_sample = np.isin(test_pos, plan.key_candidates[plan.sample], assume_unique=True)
+    n = sifted.raw_key_bits
+    # Which disclosed positions are sampled key candidates (E91 also discloses its CHSH positions).
+    in_sample = sifted.in_sample
     if config.decoy is not None:
-        return _decoy_statistics(config, plan, alice_test, bob_test)
+        return _decoy_statistics(config, sifted, alice_test, bob_test)
     k = int(in_sample.sum())
     errors = int(np.count_nonzero(alice_test[in_sample] != bob_test[in_sample]))
     qber = errors / k if k else 0.5
@@ -74,7 +72,7 @@ def measure_statistics(
         tomamichel_length(n, k, qber, 0.0, config.eps_sec, config.eps_cor).qber_upper if (n and k) else 0.5
     )
     if config.protocol is ProtocolKind.E91:
-        chsh = _chsh(plan, alice_test, bob_test, test_pos, config.eps_sec)
+        chsh = _chsh(sifted, alice_test, bob_test, config.eps_sec)
         return Statistics(
             raw_key_bits=n,
             sample_bits=k,
@@ -89,21 +87,20 @@ def measure_statistics(
 
 
 def _decoy_statistics(
-    config: DistillConfig, plan: SiftPlan, alice_test: np.ndarray, bob_test: np.ndarray
+    config: DistillConfig, sifted: SiftSummary, alice_test: np.ndarray, bob_test: np.ndarray
 ) -> Statistics:
-    key_int = plan.intensities[plan.key]
-    test_int = plan.intensities[plan.test]
+    test_int = sifted.intensities
     wrong = alice_test != bob_test
     counts = DecoyCounts(
-        key_basis_detections=_per_class(key_int),
+        key_basis_detections=sifted.key_classes,
         test_basis_detections=_per_class(test_int),
         test_basis_errors=_per_class(test_int[wrong]),
     )
-    k = int(plan.test.size)
-    errors = int(wrong.sum())
+    k = sifted.test_bits
+    errors = int(np.count_nonzero(wrong))
     bound = _lim(config, counts, 0.0)
     return Statistics(
-        raw_key_bits=int(plan.key.size),
+        raw_key_bits=sifted.raw_key_bits,
         sample_bits=k,
         errors=errors,
         qber=errors / k if k else 0.5,
@@ -162,13 +159,13 @@ def _length(config: DistillConfig, stats: Statistics, leak: float) -> int:
     )
 
 
-def judge_statistics(config: DistillConfig, plan: SiftPlan, stats: Statistics) -> None:
+def judge_statistics(config: DistillConfig, sifted: SiftSummary, stats: Statistics) -> None:
     """Raise RoundAborted if the statistics forbid a key; return quietly otherwise."""
     if stats.raw_key_bits == 0 or stats.sample_bits == 0:
         raise RoundAborted(
             AbortReason.TOO_FEW_DETECTIONS,
             f"{stats.raw_key_bits} key bits and {stats.sample_bits} test bits",
-            measured=float(plan.sifted_bits),
+            measured=float(sifted.sifted_bits),
         )
     s_low = stats.chsh_lower if stats.chsh_lower is not None else float("-inf")
     if config.protocol is ProtocolKind.E91 and s_low <= CHSH_CLASSICAL_BOUND:
@@ -212,7 +209,7 @@ def judge_statistics(config: DistillConfig, plan: SiftPlan, stats: Statistics) -
         )
 
 
-def final_key_length(config: DistillConfig, plan: SiftPlan, stats: Statistics, leak: int) -> int:
-    """Privacy-amplification output length with the leakage actually disclosed."""
-    del plan  # the statistics carry everything the bound needs
+def final_key_length(config: DistillConfig, stats: Statistics, leak: int) -> int:
+    """Privacy-amplification output length with the leakage actually disclosed (the statistics carry
+    everything the bound needs, so the sifting plan can be freed once they are measured)."""
     return _length(config, stats, float(leak))

@@ -32,7 +32,7 @@ from .errors import (
 from .estimation import Statistics, final_key_length
 from .params import DistillConfig
 from .randomness import PartyRandomness
-from .sifting import SiftPlan
+from .sifting import SiftPlan, SiftSummary
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +125,9 @@ class BaseSession:
         self._transcript: list[bytes] = []
         self.state: Enum
         self.outcome: RoundOutcome | None = None
-        self._plan: SiftPlan | None = None
+        # Of the sifting, only the summary is kept (the plan's masks cost bytes per detection).
+        self._sifted: SiftSummary | None = None
+        self._sifted_bits = 0
         self._stats: Statistics | None = None
         self._leak = 0
         self._corrected = 0
@@ -137,18 +139,24 @@ class BaseSession:
         self._refill: np.ndarray = np.zeros(0, dtype=np.uint8)
         self._ahead_of_abort: list[Message] = []
 
+    def _keep_summary(self, plan: SiftPlan) -> SiftSummary:
+        self._sifted = summary = plan.summary()
+        self._sifted_bits = summary.sifted_bits
+        return summary
+
     @property
     def auth_store(self) -> AuthKeyStore:
         return self._auth
 
     # -- transcript -------------------------------------------------------------------------------------
     @staticmethod
-    def _frame(marker: bytes, msg: Message) -> bytes:
-        body = msg.encode()
+    def _frame(marker: bytes, msg: Message, body: bytes | None = None) -> bytes:
+        if body is None:
+            body = msg.encode()
         return marker + len(body).to_bytes(8, "little") + body
 
-    def _record(self, marker: bytes, msg: Message) -> None:
-        self._transcript.append(self._frame(marker, msg))
+    def _record(self, marker: bytes, msg: Message, body: bytes | None = None) -> None:
+        self._transcript.append(self._frame(marker, msg, body))
 
     def _transcript_bytes(self) -> bytes:
         return b"".join(self._transcript)
@@ -169,15 +177,18 @@ class BaseSession:
             if self.state in TERMINAL:
                 return []
             return self._abort(AbortReason.PROTOCOL_VIOLATION, f"undecodable message: {exc}")
-        return self.receive(msg)
+        # The codec is canonical (decode accepts only what encode gives), so `data` is the message's
+        # encoding: recorded as is, not encoded a second time (a large round's Sifting is tens of MB).
+        return self.receive(msg, encoded=data)
 
-    def receive(self, msg: Message) -> list[Message]:
+    def receive(self, msg: Message, *, encoded: bytes | None = None) -> list[Message]:
+        """Receive one message. `encoded`: its encoding, when the caller has it at hand."""
         if self.state is self._established_state and isinstance(msg, m.Abort):
             # The peer refused our last tag after we confirmed: withdraw the key, it was never agreed.
             return self._abort(AbortReason.PEER_ABORTED, msg.describe(), notify=False)
         if self.state in TERMINAL:
             return []
-        self._record(self._received_marker, msg)
+        self._record(self._received_marker, msg, encoded)
         if isinstance(msg, m.Abort):
             return self._abort(AbortReason.PEER_ABORTED, msg.describe(), notify=False)
         allowed = self._transitions.get((self.state, type(msg)))
@@ -247,7 +258,7 @@ class BaseSession:
             abort_reason=reason,
             abort_detail=detail,
             statistics=stats,
-            sifted_bits=self._plan.sifted_bits if self._plan is not None else 0,
+            sifted_bits=self._sifted_bits,
             raw_key_bits=int(self._raw_key.size),
             leaked_ec_bits=self._leak,
             corrected_bits=self._corrected,
@@ -270,9 +281,9 @@ class BaseSession:
 
     def _statistics_and_length(self) -> int:
         """The PA output length for the round as it stands, or RoundAborted."""
-        if self._plan is None or self._stats is None:
+        if self._stats is None:
             raise LocalProtocolError("no statistics yet")
-        length = final_key_length(self.config, self._plan, self._stats, self._leak)
+        length = final_key_length(self.config, self._stats, self._leak)
         if length <= ROUND_AUTH_BITS:
             raise RoundAborted(
                 AbortReason.FINITE_KEY_EMPTY,

@@ -37,8 +37,10 @@ from .round_state import (
     BaseSession,
     BobState,
 )
-from .sifting import choose_sample, key_candidate_mask, plan_sifting
+from .sifting import choose_sample, coincidence_mask, key_candidate_mask, plan_sifting, take
 from .toeplitz import toeplitz_hash
+
+_EMPTY = np.zeros(0, dtype=np.uint8)
 
 
 class AliceSession(BaseSession):
@@ -71,10 +73,11 @@ class AliceSession(BaseSession):
             raise LocalProtocolError("decoy classes must be given exactly when the config has decoys")
         self._bits = bits
         self._settings = settings
-        self._detected = detected.astype(bool)
+        self._detected = detected.astype(bool, copy=False)
         self._intensities = intensities
         self._cascade: CascadeAlice | None = None
-        self._coincident_bits: np.ndarray = np.zeros(0, dtype=np.uint8)
+        self._test_bits: np.ndarray = _EMPTY
+        self._sifted_key: np.ndarray = _EMPTY  # the raw key, once the estimate lets the round go on
         self._pending_key: np.ndarray = np.zeros(0, dtype=np.uint8)
         # Published in Sifting: a public draw.
         self._cascade_seed = self._public.uint63()
@@ -85,56 +88,62 @@ class AliceSession(BaseSession):
             raise RemoteProtocolError(
                 f"detection map covers {msg.detected.size} pulses, not {self._bits.size}"
             )
-        detections = np.flatnonzero(msg.detected)
-        coincident = self._detected[detections].astype(np.uint8)
-        pulses = detections[coincident.astype(bool)]
-        settings = self._settings[pulses].astype(np.uint8)
+        detected = msg.detected.astype(bool, copy=False)
+        coincident = take(self._detected, detected)
+        pulses = coincidence_mask(detected, coincident)
+        settings = take(self._settings, pulses).astype(np.uint8, copy=False)
         intensities = (
-            self._intensities[pulses].astype(np.uint8)
+            take(self._intensities, pulses).astype(np.uint8, copy=False)
             if self._intensities is not None
             else np.zeros(0, dtype=np.uint8)
         )
         decoy = self.config.decoy is not None
-        cand, _ = key_candidate_mask(
-            self.config.protocol, decoy, settings, msg.bases[coincident.astype(bool)]
-        )
+        cand, _ = key_candidate_mask(self.config.protocol, decoy, settings, take(msg.bases, coincident))
         n_cand = int(np.count_nonzero(cand))
+        del cand
         sample = (
             np.zeros(n_cand, dtype=np.uint8)
             if decoy
             else choose_sample(self._secret, n_cand, self.config.sample_fraction)
         )
-        self._plan = plan_sifting(
+        coincident_bytes = coincident.astype(np.uint8)
+        plan = plan_sifting(
             protocol=self.config.protocol,
             decoy=decoy,
-            bob_detected=msg.detected,
+            bob_detected=detected,
             bob_settings_at_detections=msg.bases,
-            coincident=coincident,
+            coincident=coincident_bytes,
             alice_settings=settings,
             intensities=intensities,
             sample=sample,
         )
-        mine = self._bits[self._plan.pulses]
-        self._coincident_bits = mine
+        self._keep_summary(plan)
+        mine = take(self._bits, plan.pulses)
+        self._test_bits = mine[plan.test]
+        self._sifted_key = mine[plan.key]
+        # Alice's records and the plan are spent: the round reads only the summary and these bits on.
+        self._bits = self._settings = self._detected = _EMPTY
+        self._intensities = _EMPTY if self._intensities is not None else None
+        del plan, mine
         reply = m.Sifting(
-            coincident=coincident,
+            coincident=coincident_bytes,
             bases=settings,
             intensities=intensities,
             sample=sample,
-            test_bits=mine[self._plan.test],
+            test_bits=self._test_bits,
             cascade_seed=self._cascade_seed,
         )
         return AliceState.EXPECT_ESTIMATE, [reply]
 
     def _on_estimate(self, msg: m.Estimate) -> tuple[AliceState, list[Message]]:
-        plan = self._plan
-        if plan is None:
+        sifted = self._sifted
+        if sifted is None:
             raise LocalProtocolError("estimate before sifting")
-        if msg.test_bits.size != plan.test.size:
-            raise RemoteProtocolError(f"{msg.test_bits.size} test bits for {plan.test.size} positions")
-        self._stats = measure_statistics(self.config, plan, self._coincident_bits[plan.test], msg.test_bits)
-        judge_statistics(self.config, plan, self._stats)
-        self._raw_key = self._coincident_bits[plan.key]
+        if msg.test_bits.size != sifted.test_bits:
+            raise RemoteProtocolError(f"{msg.test_bits.size} test bits for {sifted.test_bits} positions")
+        self._stats = measure_statistics(self.config, sifted, self._test_bits, msg.test_bits)
+        judge_statistics(self.config, sifted, self._stats)
+        self._raw_key, self._sifted_key = self._sifted_key, _EMPTY
         schedule = low_latency_schedule(self._raw_key.size, self._stats.qber)
         self._cascade = CascadeAlice(self._raw_key, schedule, self._cascade_seed)
         return AliceState.RECONCILING, []
@@ -154,6 +163,7 @@ class AliceSession(BaseSession):
             raise RemoteProtocolError("verification hash of the wrong shape")
         if self._cascade is not None:
             self._leak = self._cascade.leaked_bits
+            self._cascade = None  # its per-pass tables are the largest thing the round holds
         if not np.array_equal(toeplitz_hash(msg.seed, self._raw_key, t), msg.digest):
             raise RoundAborted(AbortReason.VERIFICATION_FAILED, "keys differ after reconciliation")
         length = self._statistics_and_length()
@@ -203,7 +213,7 @@ class BobSession(BaseSession):
         self._round_id = round_id
         self._bits = bits
         self._settings = settings
-        self._detected = detected.astype(bool)
+        self._detected = detected.astype(bool, copy=False)
         self._cascade: CascadeBob | None = None
         self._corrected_key: np.ndarray = np.zeros(0, dtype=np.uint8)
         self._pending_key: np.ndarray = np.zeros(0, dtype=np.uint8)
@@ -213,44 +223,47 @@ class BobSession(BaseSession):
         if self.state is not BobState.IDLE:
             raise LocalProtocolError("round already started")
         self.state = BobState.EXPECT_SIFTING
-        detections = np.flatnonzero(self._detected)
         return self._send(
             [
                 m.Detections(
                     round_id=self._round_id,
                     detected=self._detected.astype(np.uint8),
-                    bases=self._settings[detections].astype(np.uint8),
+                    bases=take(self._settings, self._detected).astype(np.uint8, copy=False),
                 )
             ]
         )
 
     def _on_sifting(self, msg: m.Sifting) -> tuple[BobState, list[Message]]:
-        detections = np.flatnonzero(self._detected)
-        self._plan = plan = plan_sifting(
+        plan = plan_sifting(
             protocol=self.config.protocol,
             decoy=self.config.decoy is not None,
             bob_detected=self._detected,
-            bob_settings_at_detections=self._settings[detections],
+            bob_settings_at_detections=take(self._settings, self._detected),
             coincident=msg.coincident,
             alice_settings=msg.bases,
             intensities=msg.intensities,
             sample=msg.sample,
         )
-        if msg.test_bits.size != plan.test.size:
-            raise RemoteProtocolError(f"{msg.test_bits.size} test bits for {plan.test.size} positions")
-        mine = self._bits[plan.pulses]
+        sifted = self._keep_summary(plan)
+        if msg.test_bits.size != sifted.test_bits:
+            raise RemoteProtocolError(f"{msg.test_bits.size} test bits for {sifted.test_bits} positions")
+        mine = take(self._bits, plan.pulses)
         estimate = m.Estimate(test_bits=mine[plan.test])
-        self._stats = measure_statistics(self.config, plan, msg.test_bits, estimate.test_bits)
+        raw_key = mine[plan.key]
+        # Bob's records and the plan are spent: the round reads only the summary and these bits on.
+        self._bits = self._settings = self._detected = _EMPTY
+        del plan, mine
+        self._stats = measure_statistics(self.config, sifted, msg.test_bits, estimate.test_bits)
         try:
-            judge_statistics(self.config, plan, self._stats)
+            judge_statistics(self.config, sifted, self._stats)
         except RoundAborted:
             # The Estimate still goes out ahead of the Abort: the test bits are public anyway, and with
             # them Alice measures the same statistics and reaches the same verdict on her own evidence.
             self._ahead_of_abort = [estimate]
             raise
-        self._raw_key = mine[plan.key]
+        self._raw_key = raw_key
         schedule = low_latency_schedule(self._raw_key.size, self._stats.qber)
-        self._cascade = CascadeBob(self._raw_key.copy(), schedule, msg.cascade_seed)
+        self._cascade = CascadeBob(self._raw_key, schedule, msg.cascade_seed)
         request = self._cascade.next_request()
         if request is None:
             return BobState.EXPECT_PARITY_REPLY, [estimate, *self._finish_reconciliation()]
@@ -275,6 +288,7 @@ class BobSession(BaseSession):
         self._leak = cascade.leaked_bits
         self._corrected = cascade.corrected_bits
         self._round_trips = cascade.round_trips
+        self._cascade = None  # its per-pass tables are the largest thing the round holds
         t = self.config.verification_bits
         seed = self._public.bits(self._corrected_key.size + t - 1)  # published in Verify
         return [m.Verify(seed=seed, digest=toeplitz_hash(seed, self._corrected_key, t))]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import RemoteProtocolError
+from .errors import LocalProtocolError, RemoteProtocolError
 from .params import ProtocolKind
 from .randomness import RandomSource
 
@@ -37,25 +37,103 @@ TEST_BASIS = 1
 
 @dataclass(frozen=True, slots=True)
 class SiftPlan:
-    """Positions are indices into the coincidence list (the pulses both ends registered)."""
+    """Every role as a boolean mask, so a round costs a few bytes per detection, not an int64 index each
+    (at 1e10 pulses the indices alone were 40 bytes per detection at each end). Indexing a record with a
+    mask keeps the pulses in the order sent, which is the order every message lists them in."""
 
     pulses: np.ndarray
-    """Pulse index of each coincidence."""
+    """Over the round's pulses: the coincidences (the pulses both ends registered)."""
     alice_settings: np.ndarray
     bob_settings: np.ndarray
     intensities: np.ndarray
     """Decoy class per coincidence (empty without decoys)."""
     key_candidates: np.ndarray
+    """Over the coincidences: the key candidates."""
     sample: np.ndarray
-    """Subset of key_candidates disclosed for the QBER estimate (bool mask over key_candidates)."""
+    """Over the key candidates: those disclosed for the QBER estimate."""
     test: np.ndarray
-    """Every disclosed position, ascending; test bits travel in this order."""
+    """Over the coincidences: every disclosed position; test bits travel in this order."""
     key: np.ndarray
-    """Raw key positions, ascending."""
+    """Over the coincidences: the raw key."""
+
+    def __post_init__(self) -> None:
+        coincidences = int(np.count_nonzero(self.pulses))
+        for name in ("pulses", "key_candidates", "sample", "test", "key"):
+            if getattr(self, name).dtype != np.bool_:
+                raise LocalProtocolError(f"SiftPlan.{name} must be a boolean mask")
+        for name in ("alice_settings", "bob_settings", "key_candidates", "test", "key"):
+            if getattr(self, name).size != coincidences:
+                raise LocalProtocolError(f"SiftPlan.{name} must cover the {coincidences} coincidences")
+        if self.sample.size != self.sifted_bits:
+            raise LocalProtocolError(f"SiftPlan.sample must cover the {self.sifted_bits} key candidates")
 
     @property
     def sifted_bits(self) -> int:
-        return int(self.key_candidates.size)
+        return int(np.count_nonzero(self.key_candidates))
+
+    def summary(self) -> SiftSummary:
+        """What estimation reads of this plan."""
+        test = self.test
+        return SiftSummary(
+            sifted_bits=self.sifted_bits,
+            raw_key_bits=self.raw_key_bits,
+            key_classes=_class_counts(self.intensities[self.key]) if self.intensities.size else (0, 0, 0),
+            in_sample=self.key_candidates[test],
+            alice_settings=self.alice_settings[test],
+            bob_settings=self.bob_settings[test],
+            intensities=self.intensities[test] if self.intensities.size else self.intensities,
+        )
+
+    @property
+    def raw_key_bits(self) -> int:
+        return int(np.count_nonzero(self.key))
+
+    @property
+    def test_bits(self) -> int:
+        return int(np.count_nonzero(self.test))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SiftSummary:
+    """What estimation reads of a plan: counts, and the roles of the disclosed positions only. Once each
+    end has taken its test bits and raw key out of its records, this is all it keeps of the sifting, and
+    the plan's masks (bytes per detection) are freed before Cascade needs the memory."""
+
+    sifted_bits: int
+    """Key candidates."""
+    raw_key_bits: int
+    key_classes: tuple[int, int, int]
+    """Decoy class counts over the raw key (zeros without decoys)."""
+    in_sample: np.ndarray
+    """Over the disclosed positions, in order: the sampled key candidates (bool)."""
+    alice_settings: np.ndarray
+    """Over the disclosed positions."""
+    bob_settings: np.ndarray
+    """Over the disclosed positions."""
+    intensities: np.ndarray
+    """Over the disclosed positions (empty without decoys)."""
+
+    @property
+    def test_bits(self) -> int:
+        return int(self.in_sample.size)
+
+
+def _class_counts(classes: np.ndarray) -> tuple[int, int, int]:
+    # Not np.bincount: it widens the labels to 8 bytes each first.
+    return (
+        int(np.count_nonzero(classes == 0)),
+        int(np.count_nonzero(classes == 1)),
+        int(np.count_nonzero(classes == 2)),
+    )
+
+
+def take(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``values[mask]``, without the copy when the mask keeps everything (an event-driven round: every
+    record already covers exactly the detections)."""
+    if values.size == mask.size and bool(mask.all()):
+        return values
+    kept: np.ndarray = values[mask]
+    return kept
 
 
 def key_candidate_mask(
@@ -82,6 +160,16 @@ def choose_sample(secret: RandomSource, candidates: int, fraction: float) -> np.
     return secret.subset_mask(candidates, round(fraction * candidates))
 
 
+def coincidence_mask(detected: np.ndarray, coincident: np.ndarray) -> np.ndarray:
+    """Over the pulses: those Bob detected (`detected`) that Alice registered too (`coincident`, one
+    entry per detection)."""
+    if bool(coincident.all()):
+        return detected
+    pulses = detected.copy()
+    pulses[detected] = coincident
+    return pulses
+
+
 def plan_sifting(
     *,
     protocol: ProtocolKind,
@@ -94,20 +182,22 @@ def plan_sifting(
     sample: np.ndarray,
 ) -> SiftPlan:
     """Derive every position from the public messages. Inconsistent sizes raise RemoteProtocolError."""
-    detections = np.flatnonzero(bob_detected)
-    if coincident.size != detections.size:
+    detected = bob_detected.astype(bool, copy=False)
+    detections = int(np.count_nonzero(detected))
+    if coincident.size != detections:
         raise RemoteProtocolError(
-            f"coincidence mask has {coincident.size} entries for {detections.size} detections"
+            f"coincidence mask has {coincident.size} entries for {detections} detections"
         )
-    coincident_mask = coincident.astype(bool)
-    pulses = detections[coincident_mask]
-    if alice_settings.size != pulses.size:
-        raise RemoteProtocolError(f"{alice_settings.size} settings for {pulses.size} coincidences")
-    if decoy and intensities.size != pulses.size:
-        raise RemoteProtocolError(f"{intensities.size} decoy classes for {pulses.size} coincidences")
+    coincident_mask = coincident.astype(bool, copy=False)
+    pulses = coincidence_mask(detected, coincident_mask)
+    coincidences = int(np.count_nonzero(coincident_mask))
+    if alice_settings.size != coincidences:
+        raise RemoteProtocolError(f"{alice_settings.size} settings for {coincidences} coincidences")
+    if decoy and intensities.size != coincidences:
+        raise RemoteProtocolError(f"{intensities.size} decoy classes for {coincidences} coincidences")
     if not decoy and intensities.size:
         raise RemoteProtocolError("decoy classes sent without a decoy source")
-    bob_settings = bob_settings_at_detections[coincident_mask]
+    bob_settings = take(bob_settings_at_detections, coincident_mask)
     alice_limit, bob_limit = (2, 2) if protocol is ProtocolKind.BB84 else (2, 4)
     if alice_settings.size and int(alice_settings.max()) >= alice_limit:
         raise RemoteProtocolError("setting out of range")
@@ -117,21 +207,25 @@ def plan_sifting(
         raise RemoteProtocolError("decoy class out of range")
 
     cand_mask, disclosed_mask = key_candidate_mask(protocol, decoy, alice_settings, bob_settings)
-    candidates = np.flatnonzero(cand_mask)
-    if sample.size != candidates.size:
-        raise RemoteProtocolError(f"sample mask has {sample.size} entries for {candidates.size} candidates")
+    candidates = int(np.count_nonzero(cand_mask))
+    if sample.size != candidates:
+        raise RemoteProtocolError(f"sample mask has {sample.size} entries for {candidates} candidates")
     sample_mask = sample.astype(bool)
     if decoy and sample_mask.any():
         raise RemoteProtocolError("decoy BB84 samples no key candidates")
-    disclosed_mask = disclosed_mask.copy()
-    disclosed_mask[candidates[sample_mask]] = True
+    key_mask = cand_mask.copy()
+    if sample_mask.any():
+        sampled = np.zeros(cand_mask.size, dtype=bool)
+        sampled[cand_mask] = sample_mask
+        disclosed_mask |= sampled
+        key_mask &= ~sampled
     return SiftPlan(
         pulses=pulses,
         alice_settings=alice_settings,
         bob_settings=bob_settings,
         intensities=intensities,
-        key_candidates=candidates,
+        key_candidates=cand_mask,
         sample=sample_mask,
-        test=np.flatnonzero(disclosed_mask),
-        key=candidates[~sample_mask],
+        test=disclosed_mask,
+        key=key_mask,
     )

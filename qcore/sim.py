@@ -207,6 +207,10 @@ class SimResult:
         }
 
 
+def _all_true(size: int) -> np.ndarray:
+    return np.broadcast_to(np.True_, (size,))
+
+
 def _key_hash(key: np.ndarray) -> str:
     return hashlib.sha256(np.packbits(key).tobytes() + key.size.to_bytes(8, "little")).hexdigest()
 
@@ -240,8 +244,9 @@ def make_sessions(
             alice=alice_rand.secret,
             bob=bob_rand.secret,
         )
-        # Only the detected pulses are drawn: Alice's record covers exactly those.
-        alice_record = (sent.bits, sent.bases, np.ones(sent.bits.size, dtype=bool), sent.intensity_class)
+        # Only the detected pulses are drawn: Alice's record covers exactly those, all registered (a
+        # read-only broadcast: no byte per detection).
+        alice_record = (sent.bits, sent.bases, _all_true(sent.bits.size), sent.intensity_class)
     elif config.protocol is ProtocolKind.BB84:
         prepared = prepare_bb84(n, source=config.source, decoy=distill.decoy, secret=alice_rand.secret)
         sent, seen, stats = emulate_bb84(
@@ -292,7 +297,7 @@ def make_sessions(
 
 def run_simulation(config: SimConfig) -> SimResult:
     alice, bob, detected, eve_known = make_sessions(config)
-    transcript = run_pair(alice, bob)
+    transcript = run_pair(alice, bob, keep_crossings=False)
     if alice.outcome is None or bob.outcome is None:
         raise LocalProtocolError("round ended without an outcome")  # run_pair always ends both sessions
     if alice.outcome.established and bob.outcome.established:

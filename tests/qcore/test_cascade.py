@@ -9,9 +9,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from qlinkmed.qcore import codec
+from qlinkmed.qcore import cascade, cascade_blocks, codec
 from qlinkmed.qcore.cascade import CascadeAlice, CascadeBob
-from qlinkmed.qcore.cascade_blocks import permutations
+from qlinkmed.qcore.cascade_blocks import half_split, pass_generator, pass_permutation, permutations
 from qlinkmed.qcore.cascade_pair import reconcile
 from qlinkmed.qcore.cascade_schedule import CascadeSchedule, low_latency_schedule, option8_schedule
 from qlinkmed.qcore.errors import ConfigError, LocalProtocolError, RemoteProtocolError
@@ -339,3 +339,48 @@ def test_lying_alice_cannot_trap_bob() -> None:
         except RemoteProtocolError:
             pass
         assert bob.corrected_bits <= n
+
+
+def test_int32_pass_order_is_the_documented_int64_order() -> None:
+    # Orders are built as int32 to halve their memory; the shuffle must draw the same swaps, so the order
+    # stays the one the module docstring defines (rebuilt here with int64, as it was first written).
+    def documented(n: int, seed: int, p: int) -> np.ndarray:
+        rng = pass_generator(seed, p)
+        raw, toggled = half_split(rng, n)
+        mask = np.unpackbits(raw, count=n).view(bool)
+        mask[toggled] ^= True
+        half = (n + 1) // 2
+        perm = np.concatenate((np.flatnonzero(mask), np.flatnonzero(~mask))).astype(np.int64)
+        rng.shuffle(perm[:half])
+        rng.shuffle(perm[half:])
+        return perm
+
+    for n in (1, 2, 3, 10, 1001, 100_003):
+        for p in (1, 2, 3):
+            got = pass_permutation(n, 7, p)
+            assert got.dtype == np.int32
+            np.testing.assert_array_equal(got, documented(n, 7, p))
+
+
+def test_building_passes_in_chunks_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Passes are built a chunk of positions at a time (order, prefix parities, inverse order), so a large
+    # key needs no whole-key temporaries. Tiny chunks, ragged at every boundary, must give the same orders,
+    # the same queries and the same corrected key as one chunk, including passes built mid-cascade.
+    n = 2000
+    schedule = CascadeSchedule((8,) + (1000,) * 8)  # a tiny first pass: half-key passes built late
+    alice_key, bob_key = noisy_pair(3, n, 0.1)
+    whole_perms = permutations(n, 5, len(schedule.block_sizes))
+    whole_alice, whole_bob = run_pair(alice_key, bob_key, schedule, 5)
+    monkeypatch.setattr(cascade_blocks, "_CHUNK", 7)
+    monkeypatch.setattr(cascade, "_CHUNK", 5)
+    for got, expected in zip(permutations(n, 5, len(schedule.block_sizes)), whole_perms, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    alice, bob = run_pair(alice_key, bob_key, schedule, 5)
+    np.testing.assert_array_equal(bob.key, alice_key)
+    np.testing.assert_array_equal(bob.key, whole_bob.key)
+    assert (bob.leaked_bits, bob.round_trips, alice.leaked_bits) == (
+        whole_bob.leaked_bits,
+        whole_bob.round_trips,
+        whole_alice.leaked_bits,
+    )
+    assert int(np.count_nonzero(bob._built)) > 1  # passes were built mid-cascade, in chunks too

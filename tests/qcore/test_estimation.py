@@ -23,18 +23,24 @@ from qlinkmed.qcore.params import DecoySource, DistillConfig, E91Security, Proto
 from qlinkmed.qcore.sifting import SiftPlan
 
 
+def _mask(n: int, positions: np.ndarray) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    mask[positions] = True
+    return mask
+
+
 def _plan(intensities: np.ndarray, key: np.ndarray, test: np.ndarray) -> SiftPlan:
     n = intensities.size
     zeros = np.zeros(n, dtype=np.uint8)
     return SiftPlan(
-        pulses=np.arange(n),
+        pulses=np.ones(n, dtype=bool),
         alice_settings=zeros,
         bob_settings=zeros,
         intensities=intensities,
-        key_candidates=key,
+        key_candidates=_mask(n, key),
         sample=np.zeros(key.size, dtype=bool),
-        test=test,
-        key=key,
+        test=_mask(n, test),
+        key=_mask(n, key),
     )
 
 
@@ -45,7 +51,7 @@ def test_decoy_counts_are_per_intensity_class() -> None:
     alice = np.zeros(test.size, dtype=np.uint8)
     bob = np.array([1, 0, 1, 1, 0, 0], dtype=np.uint8)  # wrong at test classes 1, 1, 2
     config = DistillConfig(decoy=DecoySource())
-    stats = measure_statistics(config, _plan(classes, key, test), alice, bob)
+    stats = measure_statistics(config, _plan(classes, key, test).summary(), alice, bob)
     # key classes: 0, 2, 0, 2, 0, 1
     assert stats.decoy == DecoyCounts(
         key_basis_detections=(3, 1, 2), test_basis_detections=(2, 2, 2), test_basis_errors=(0, 2, 1)
@@ -55,11 +61,10 @@ def test_decoy_counts_are_per_intensity_class() -> None:
 
 def test_e91_key_length_without_a_chsh_bound_is_refused() -> None:
     config = DistillConfig(protocol=ProtocolKind.E91, e91_security=E91Security.DEVICE_INDEPENDENT)
-    plan = _plan(np.zeros(0, dtype=np.uint8), np.arange(0), np.arange(0))
     counts = Statistics(raw_key_bits=100_000, sample_bits=30_000, errors=600, qber=0.02, qber_upper=0.03)
     with pytest.raises(LocalProtocolError, match="CHSH"):
-        final_key_length(config, plan, counts, 500)
-    assert final_key_length(config, plan, dataclasses.replace(counts, chsh_s=2.75, chsh_lower=2.7), 500) > 0
+        final_key_length(config, counts, 500)
+    assert final_key_length(config, dataclasses.replace(counts, chsh_s=2.75, chsh_lower=2.7), 500) > 0
 
 
 # ---- the abort rule ---------------------------------------------------------------------------------
@@ -67,7 +72,7 @@ def _bb84_round(n: int, k: int, errors: int) -> tuple[DistillConfig, SiftPlan, S
     """A single-photon BB84 round of n key bits and k test bits, `errors` of them wrong, measured by
     measure_statistics (so qber_upper is the estimator's own Q + mu)."""
     config = DistillConfig()
-    candidates = np.arange(n + k)
+    candidates = np.ones(n + k, dtype=bool)
     sample = np.zeros(n + k, dtype=bool)
     sample[n:] = True
     plan = SiftPlan(
@@ -77,13 +82,13 @@ def _bb84_round(n: int, k: int, errors: int) -> tuple[DistillConfig, SiftPlan, S
         intensities=np.zeros(0, dtype=np.uint8),
         key_candidates=candidates,
         sample=sample,
-        test=candidates[n:],
-        key=candidates[:n],
+        test=sample,
+        key=~sample,
     )
     alice = np.zeros(k, dtype=np.uint8)
     bob = alice.copy()
     bob[:errors] = 1
-    return config, plan, measure_statistics(config, plan, alice, bob)
+    return config, plan, measure_statistics(config, plan.summary(), alice, bob)
 
 
 def _expected_length(config: DistillConfig, stats: Statistics) -> int:
@@ -101,11 +106,11 @@ def test_observed_qber_below_the_tolerance_is_not_aborted_when_only_q_plus_mu_is
     config, plan, stats = _bb84_round(6_000, 2_500, 88)
     assert stats.qber == pytest.approx(0.0352) and stats.qber < config.qber_tolerance
     assert stats.qber_upper > 0.15 > config.qber_tolerance
-    judge_statistics(config, plan, stats)  # no abort: the deviation only shortens the key
+    judge_statistics(config, plan.summary(), stats)  # no abort: the deviation only shortens the key
     length = _expected_length(config, stats)
     assert length > ROUND_AUTH_BITS
     assert (
-        final_key_length(config, plan, stats, 1_400)
+        final_key_length(config, stats, 1_400)
         == tomamichel_length(6_000, 2_500, stats.qber, 1_400, config.eps_sec, config.eps_cor).length
     )
 
@@ -114,7 +119,7 @@ def test_a_round_too_small_for_its_bound_ends_on_its_length_not_on_the_qber() ->
     config, plan, stats = _bb84_round(1_500, 600, 21)
     assert stats.qber < config.qber_tolerance < stats.qber_upper
     with pytest.raises(RoundAborted) as caught:
-        judge_statistics(config, plan, stats)
+        judge_statistics(config, plan.summary(), stats)
     assert caught.value.reason is AbortReason.FINITE_KEY_EMPTY
     assert caught.value.measured == float(_expected_length(config, stats))
     assert caught.value.threshold == float(ROUND_AUTH_BITS)
@@ -124,7 +129,7 @@ def test_observed_qber_above_the_tolerance_aborts_and_reports_the_observed_value
     config, plan, stats = _bb84_round(200_000, 50_000, 5_600)  # 11.2 %, a large round: mu is small
     assert stats.qber > config.qber_tolerance
     with pytest.raises(RoundAborted) as caught:
-        judge_statistics(config, plan, stats)
+        judge_statistics(config, plan.summary(), stats)
     assert caught.value.reason is AbortReason.QBER_ABOVE_THRESHOLD
     assert (caught.value.measured, caught.value.threshold) == (stats.qber, config.qber_tolerance)
     assert "observed QBER 0.1120 > tolerance 0.11" in caught.value.detail
@@ -133,7 +138,7 @@ def test_observed_qber_above_the_tolerance_aborts_and_reports_the_observed_value
 def test_e91_is_judged_on_its_observed_qber_too() -> None:
     # E91 keeps its CHSH test and its device-independent length; only the plain QBER rule changed.
     config = DistillConfig(protocol=ProtocolKind.E91)
-    plan = _plan(np.zeros(0, dtype=np.uint8), np.arange(0), np.arange(0))
+    sifted = _plan(np.zeros(0, dtype=np.uint8), np.arange(0), np.arange(0)).summary()
     stats = Statistics(
         raw_key_bits=100_000,
         sample_bits=30_000,
@@ -143,8 +148,8 @@ def test_e91_is_judged_on_its_observed_qber_too() -> None:
         chsh_s=2.75,
         chsh_lower=2.7,
     )
-    judge_statistics(config, plan, stats)  # Q + mu = 12 % > 11 %, but the observed 2 % is what is judged
+    judge_statistics(config, sifted, stats)  # Q + mu = 12 % > 11 %, but the observed 2 % is judged
     above = dataclasses.replace(stats, errors=3_600, qber=0.12, qber_upper=0.13)
     with pytest.raises(RoundAborted) as caught:
-        judge_statistics(config, plan, above)
+        judge_statistics(config, sifted, above)
     assert caught.value.reason is AbortReason.QBER_ABOVE_THRESHOLD and caught.value.measured == 0.12

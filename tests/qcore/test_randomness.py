@@ -155,6 +155,12 @@ def test_the_parties_choices_take_no_generator() -> None:
 def _run(config: SimConfig, alice: RecordedParty, bob: RecordedParty) -> dict[str, object]:
     """One round with recorded sources; what each party chose and what was published."""
     a, b, _, _ = make_sessions(config, randomness=(alice.randomness, bob.randomness))
+    # The sessions drop their pulse records once sifted: read them first.
+    records = {
+        "alice_bits": a._bits.tolist(),
+        "alice_bases": a._settings.tolist(),
+        "bob_bases": b._settings.tolist(),
+    }
     transcript = run_pair(a, b)
     sent = [decode(data) for hop, data in transcript.crossings if hop is Hop.TO_BOB]
     back = [decode(data) for hop, data in transcript.crossings if hop is Hop.TO_ALICE]
@@ -164,9 +170,7 @@ def _run(config: SimConfig, alice: RecordedParty, bob: RecordedParty) -> dict[st
     detections = next(x for x in back if isinstance(x, m.Detections))
     assert a.outcome is not None and a.outcome.established
     return {
-        "alice_bits": a._bits.tolist(),
-        "alice_bases": a._settings.tolist(),
-        "bob_bases": b._settings.tolist(),
+        **records,
         "bob_bases_sent": detections.bases.tolist(),
         "sample": sifting.sample.tolist(),
         "raw_key": a._raw_key.tolist(),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import tracemalloc
 
 import numpy as np
 import pytest
 
+from qlinkmed.qcore import toeplitz
 from qlinkmed.qcore.errors import ConfigError
 from qlinkmed.qcore.toeplitz import (
     _hash_fft,
@@ -187,3 +189,33 @@ def test_bad_values_shapes_and_types_raise() -> None:
         toeplitz_hash(ok_seed, ok_x, 5.0)  # type: ignore[arg-type]  # deliberately a float: the runtime refusal
     with pytest.raises(ConfigError, match="integer"):  # a bool is an int to mypy, not to the runtime check
         toeplitz_hash(np.zeros(5, dtype=np.uint8), ok_x, True)
+
+
+@pytest.mark.parametrize("max_points", [2, 3, 16, 33, 100])
+def test_tiled_fft_matches_reference(max_points: int) -> None:
+    # Tiles of every shape: all rows at once (m small), a grid (m large), ragged last rows and columns.
+    rng = np.random.default_rng(max_points)
+    for n, m in [(1, 1), (5, 1), (1, 5), (40, 3), (3, 40), (97, 61), (200, 150), (64, 64)]:
+        seed, x = _bits(rng, n + m - 1), _bits(rng, n)
+        np.testing.assert_array_equal(_hash_fft(seed, x, m, max_points), toeplitz_hash_reference(seed, x, m))
+
+
+def test_large_hash_runs_in_tiles_of_bounded_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Privacy amplification of a 1e10-pulse round hashes ~2.6e7 bits: one FFT over all of them held
+    # over a gigabyte. The hash must cut it into tiles of at most MAX_FFT_POINTS transform points, and
+    # give the same bits as one untiled transform.
+    rng = np.random.default_rng(5)
+    n, m, points = 1 << 20, 1 << 18, 1 << 16
+    seed, x = _bits(rng, n + m - 1), _bits(rng, n)
+    whole = _hash_fft(seed, x, m, n + m)
+    monkeypatch.setattr(toeplitz, "MAX_FFT_POINTS", points)
+    tracemalloc.start()
+    try:
+        tiled = toeplitz_hash(seed, x, m)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(tiled, whole)
+    # One tile's float64 buffer and two spectra (24 bytes a point), the output, and slack; an untiled
+    # transform would hold 24 bytes for each of the n + m points, about 30 MB.
+    assert peak < 40 * points + m + (1 << 20), peak
