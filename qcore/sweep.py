@@ -41,10 +41,11 @@ E91_MAX_PAIRS = 100_000_000
 post-processing): 1e8 pairs is about 3 GB, 1e9 would not fit. The one constant to raise when qcore grows
 an event-driven E91 path."""
 
-BYTES_PER_DETECTION = 120
-"""Peak memory per detected pulse of a round after the channel (sifting's pulse indices, Cascade's
-permutations, the transcripts): docs/benchmarks.md measured 3.0 GiB for 38 M detections, and a 95 M
-detection round was killed above 12.5 GB, so the estimate leans high."""
+BYTES_PER_DETECTION = 56
+"""Peak memory per detected pulse of a round after the channel (the streamed distillation: sifting
+masks, Cascade's pass tables, the transcripts, privacy amplification in FFT tiles): docs/benchmarks.md
+measured 1.33 GiB for 32.8 M detections (44 B each with the process's base) and 4.22 GiB for 114 M, so
+the estimate leans about 30 % high."""
 BYTES_PER_PULSE_PATH_PULSE = 28
 """Memory per pulse (or pair) of the per-pulse paths (qcore.sim.PER_PULSE_LIMIT's figure)."""
 BASE_BYTES = 400 * 2**20
