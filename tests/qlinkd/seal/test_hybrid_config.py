@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from qlinkmed.client.commands.status import format_pq_hybrid, format_status
 from qlinkmed.qlinkd.dataplane.service import DataPlane
 from qlinkmed.qlinkd.errors import ConfigError, HybridUnavailable, StatusFormatError
-from qlinkmed.qlinkd.link.status import DataPeerStatus, DataSession, LinkStatus, RoundCounts
+from qlinkmed.qlinkd.link.status import DataPeerStatus, DataSession
 from qlinkmed.qlinkd.ops.audit import AuditLog
 from qlinkmed.qlinkd.ops.config import check_config, load_facility_config
 from qlinkmed.qlinkd.ops.metrics import LinkMetrics
@@ -23,6 +23,7 @@ from qlinkmed.qlinkd.ops.pki import client_context, server_context
 from qlinkmed.qlinkd.seal import hybrid
 from qlinkmed.qlinkd.testbed.deployment import write_loopback_deployment
 from tests.qlinkd.dataplane.test_dataplane import PairedKeys
+from tests.status_factory import link_status
 
 A, B = "hospital-a", "hospital-b"
 
@@ -96,28 +97,7 @@ def test_a_data_plane_with_pq_hybrid_refuses_to_start_without_ml_kem(tmp_path: P
 
 
 def test_qlink_status_shows_the_setting_and_what_the_last_session_used() -> None:
-    link = LinkStatus(
-        peer=B,
-        role="alice",
-        protocol="bb84",
-        eps_sec=1e-10,
-        eps_cor=1e-10,
-        eps=2e-10,
-        connected=True,
-        channel_connected=True,
-        state="idle",
-        pool_bits=4096,
-        pool_bits_owned=2048,
-        auth_reserve_bits=0,
-        low_watermark_bits=1,
-        high_watermark_bits=2,
-        rounds_paused=False,
-        last_committed_round=1,
-        rounds=RoundCounts(established=1, aborted=0),
-        last_round=None,
-        alarm=None,
-        auth_starved=False,
-    )
+    link = link_status(peer=B, auth_reserve_bits=0)
     last = DataSession(role="receiver", pq_hybrid=True, kem="ML-KEM-768", opened_at="2025-01-01T00:00:00Z")
     peers = [
         DataPeerStatus(peer=B, pq_hybrid=True, last_session=last).to_json(),
