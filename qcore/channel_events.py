@@ -1,5 +1,8 @@
-"""Event-driven BB84 channel: the same physics as ``channel.emulate_bb84``, drawn only for the pulses that
-make a click, so the cost and memory follow the detections, not the pulses sent.
+"""Event-driven channels: the same physics as ``channel.emulate_bb84`` and ``channel.emulate_e91``, drawn
+only for the pulses that make a click (BB84) or the gates where both sides click (E91, see
+:func:`emulate_e91_events`), so the cost and memory follow the detections, not the pulses sent.
+
+BB84 below.
 
 Why it is exact. Pulses are independent and identically distributed, so per chunk of pulses:
 - the number of pulses whose gate clicks from signal or dark count is binomial with the mean click
@@ -23,11 +26,15 @@ The per-pulse path stays the reference (and the one the qiskit backend uses); te
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
+from .backends import MeasurementBackend
 from .channel import (
+    ALICE_ANGLES8,
+    BOB_ANGLES8,
     ChannelStats,
     DetectorClicks,
     Eavesdropper,
@@ -36,6 +43,7 @@ from .channel import (
     _pns_single_photon_block,
     _wcp_decoy,
     choose_bb84_bases,
+    choose_e91_settings,
 )
 from .channel_model import ChannelModel
 from .errors import ConfigError
@@ -257,4 +265,183 @@ def emulate_bb84_events(
             detected=np.broadcast_to(np.True_, (b_bits_all.size,)), bases=b_bases_all, bits=b_bits_all
         ),
         ChannelStats(pulses=n, eve_attacked=attacked, eve_known_bits=known),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# E91: only the coincidences.
+#
+# Per gate and side, a "primary" click is one from the side's photon or a dark count on either detector
+# (probability c = 1 - (1 - eta)(1 - p_dc)^2, eta the arm's transmittance times the detector efficiency),
+# independent between the sides and across gates; a primary click is followed, with probability p_ap, by
+# an after-pulse in the next gate (``channel._add_noise_clicks``). A gate's own state is then one of the
+# nine (A primary, B primary, A's after-pulse fires, B's fires) below; the states are i.i.d. across gates,
+# and a side registers gate t when it has a primary click there or an after-pulse from gate t - 1.
+# A coincidence at t therefore needs gate t to have both primaries, or gate t - 1 to fire an after-pulse.
+# Gates in the states with either ("marked") are drawn like BB84's clicks (a binomial count, a uniform
+# subset, the state from its distribution given marked); the gate after an after-pulse, when unmarked,
+# gets its state from the distribution given unmarked. Settings, Eve's action and the pair's outcomes do
+# not change whether a side clicks, so they are drawn for the coincidences only, as are which of a
+# primary click's causes (photon, dark count on detector 0, on detector 1) occurred.
+_E91_A = np.array([0, 1, 1, 0, 0, 1, 1, 1, 1], dtype=bool)
+_E91_B = np.array([0, 0, 0, 1, 1, 1, 1, 1, 1], dtype=bool)
+_E91_XA = np.array([0, 0, 1, 0, 0, 0, 1, 0, 1], dtype=bool)
+_E91_XB = np.array([0, 0, 0, 0, 1, 0, 0, 1, 1], dtype=bool)
+_E91_MARKED = (_E91_A & _E91_B) | _E91_XA | _E91_XB
+_E91_UNMARKED = np.flatnonzero(~_E91_MARKED)  # (0, 0), A alone, B alone: no after-pulse fired
+
+
+def _e91_gate_states(c: float, p_ap: float) -> np.ndarray:
+    """Probability of each of the nine gate states (both sides alike: primary c, after-pulse p_ap)."""
+    side = {(0, 0): 1.0 - c, (1, 0): c * (1.0 - p_ap), (1, 1): c * p_ap}  # (primary, after-pulse fires)
+    return np.array(
+        [
+            side[(int(a), int(xa))] * side[(int(b), int(xb))]
+            for a, b, xa, xb in zip(_E91_A, _E91_B, _E91_XA, _E91_XB, strict=True)
+        ]
+    )
+
+
+def _primary_causes(eta: float, pdc: float, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Given a primary click, which of (photon, dark count on 0, dark count on 1) occurred: a 3-bit
+    code (bit 0 photon, bit 1 dark on 0, bit 2 dark on 1), from the exact conditional distribution."""
+    codes = np.arange(1, 8)
+    p = np.array(
+        [
+            (eta if code & 1 else 1 - eta) * (pdc if code & 2 else 1 - pdc) * (pdc if code & 4 else 1 - pdc)
+            for code in codes
+        ]
+    )
+    bounds = np.cumsum(p / p.sum())
+    bounds[-1] = 1.0
+    return codes[np.searchsorted(bounds, rng.random(size), side="right")].astype(np.uint8)
+
+
+def emulate_e91_events(
+    n: int,
+    *,
+    model: ChannelModel,
+    eve: Eavesdropper,
+    backend: MeasurementBackend,
+    rng: np.random.Generator,
+    alice: RandomSource,
+    bob: RandomSource,
+    chunk: int = DEFAULT_CHUNK,
+) -> tuple[DetectorClicks, DetectorClicks, ChannelStats]:
+    """Emit `n` entangled pairs (``channel.emulate_e91``'s physics); return the coincidences only.
+
+    Both records cover the same gates, those where both sides registered a click (``detected`` all true),
+    in the order emitted. A side's clicks without a partner are left out: they would be announced and
+    then discarded by sifting, which keys and estimates CHSH on coincidences only, so the click lists
+    the parties exchange are shorter than on the per-pair path while every coincidence statistic has
+    the same distribution. Settings come from the parties' secret sources `alice` and `bob` (for the
+    coincidences only); the channel's randomness (losses, dark counts, after-pulses, Eve) from `rng`.
+    """
+    if n <= 0:
+        raise ConfigError("qubits", f"must be positive, got {n}")
+    if chunk <= 0:
+        raise ConfigError("chunk", f"must be positive, got {chunk}")
+    if eve.kind is EveKind.PNS:
+        raise ConfigError("eve", "photon-number splitting applies to weak coherent pulses, not to E91 pairs")
+    half = dataclasses.replace(model, distance_km=model.distance_km / 2)
+    eta = half.transmittance
+    pdc = half.dark_count
+    p_ap = half.afterpulse
+    c = 1.0 - (1.0 - eta) * (1.0 - pdc) ** 2
+    states = _e91_gate_states(c, p_ap)
+    p_marked = float(states[_E91_MARKED].sum())
+    marked_states = np.flatnonzero(_E91_MARKED)
+    marked_bounds = np.cumsum(_normalised(states[marked_states]))
+    marked_bounds[-1] = 1.0
+    quiet_bounds = np.cumsum(_normalised(states[_E91_UNMARKED]))
+    quiet_bounds[-1] = 1.0
+    f = eve.fraction if eve.active else 0.0
+
+    parts: list[tuple[np.ndarray, ...]] = []
+    attacked = 0
+    carry = (False, False)  # after-pulses (A, B) due in the first gate of the next chunk
+    start = 0
+    while start < n:
+        m = min(chunk, n - start)
+        last_chunk = start + m >= n
+        d = int(rng.binomial(m, p_marked))
+        pos = np.sort(rng.choice(m, size=d, replace=False)) if d else np.zeros(0, dtype=np.int64)
+        state = marked_states[np.searchsorted(marked_bounds, rng.random(d), side="right")]
+        fires = _E91_XA[state] | _E91_XB[state]
+        targets = pos[fires] + 1
+        next_carry = (
+            (bool(_E91_XA[state[-1]]), bool(_E91_XB[state[-1]]))
+            if d and pos[-1] == m - 1 and not last_chunk
+            else (False, False)
+        )
+        targets = targets[targets < m]
+        if any(carry):
+            targets = np.concatenate(([0], targets))
+        # Candidate gates: the marked ones and those after an after-pulse, each with its own primaries.
+        gates = np.union1d(pos, targets)
+        at = np.searchsorted(pos, gates)
+        own = (at < d) & (pos[np.minimum(at, max(d - 1, 0))] == gates) if d else np.zeros(gates.size, bool)
+        gate_state = np.empty(gates.size, dtype=np.int64)
+        gate_state[own] = state[at[own]]
+        n_quiet = int(np.count_nonzero(~own))
+        gate_state[~own] = _E91_UNMARKED[np.searchsorted(quiet_bounds, rng.random(n_quiet), side="right")]
+        # After-pulses arriving from the gate before (marked, or the previous chunk's last gate).
+        prev = np.searchsorted(pos, gates - 1)
+        prev_marked = (
+            (prev < d) & (pos[np.minimum(prev, max(d - 1, 0))] == gates - 1)
+            if d
+            else np.zeros(gates.size, bool)
+        )
+        in_a = np.zeros(gates.size, dtype=bool)
+        in_b = np.zeros(gates.size, dtype=bool)
+        in_a[prev_marked] = _E91_XA[state[prev[prev_marked]]]
+        in_b[prev_marked] = _E91_XB[state[prev[prev_marked]]]
+        if gates.size and gates[0] == 0:
+            in_a[0] |= carry[0]
+            in_b[0] |= carry[1]
+        prim_a = _E91_A[gate_state]
+        prim_b = _E91_B[gate_state]
+        coincident = (prim_a | in_a) & (prim_b | in_b)
+        prim_a, prim_b, in_a, in_b = (
+            prim_a[coincident],
+            prim_b[coincident],
+            in_a[coincident],
+            in_b[coincident],
+        )
+        k = int(np.count_nonzero(coincident))
+
+        a_set = choose_e91_settings(k, secret=alice, bob=False)
+        b_set = choose_e91_settings(k, secret=bob, bob=True)
+        hit = rng.random(k) < f if f > 0 else np.zeros(k, dtype=bool)
+        eve_angle = np.where(hit, 2 * random_bits(rng, k).astype(np.int64), -1)
+        attacked += int(np.count_nonzero(hit)) + (int(rng.binomial(m - k, f)) if f > 0 else 0)
+        a_out, b_out, _ = backend.measure_pairs(
+            ALICE_ANGLES8[a_set], BOB_ANGLES8[b_set], eve_angle, half.misalignment, half.misalignment, rng
+        )
+        records = []
+        for prim, incoming, out in ((prim_a, in_a, a_out), (prim_b, in_b, b_out)):
+            cause = np.zeros(k, dtype=np.uint8)
+            cause[prim] = _primary_causes(eta, pdc, int(np.count_nonzero(prim)), rng)
+            photon = (cause & 1).astype(bool)
+            which = random_bits(rng, k).astype(bool)  # the after-pulse's detector, where there is one
+            fired0 = (photon & (out == 0)) | ((cause & 2) > 0) | (incoming & ~which)
+            fired1 = (photon & (out == 1)) | ((cause & 4) > 0) | (incoming & which)
+            bits = fired1.astype(np.uint8)
+            both = fired0 & fired1
+            bits[both] = random_bits(rng, int(np.count_nonzero(both)))
+            records.append(bits)
+        parts.append((records[0], a_set, records[1], b_set))
+        carry = next_carry
+        start += m
+
+    columns = []
+    for i in range(4):
+        columns.append(np.concatenate([p[i] for p in parts]))
+        parts = [(*p[:i], _EMPTY, *p[i + 1 :]) for p in parts]
+    a_bits, a_settings, b_bits, b_settings = columns
+    everywhere = np.broadcast_to(np.True_, (a_bits.size,))
+    return (
+        DetectorClicks(detected=everywhere, bases=a_settings, bits=a_bits),
+        DetectorClicks(detected=everywhere, bases=b_settings, bits=b_bits),
+        ChannelStats(pulses=n, eve_attacked=attacked),
     )

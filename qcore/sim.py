@@ -27,7 +27,7 @@ from .channel import (
     emulate_e91,
     prepare_bb84,
 )
-from .channel_events import emulate_bb84_events
+from .channel_events import emulate_bb84_events, emulate_e91_events
 from .channel_model import ChannelModel
 from .decoy_optimiser import expected_decoy_length, optimise
 from .errors import AbortReason, ConfigError, LocalProtocolError
@@ -66,8 +66,9 @@ class SimConfig:
     sample_fraction: float = 0.3
     """Share of the key candidates disclosed for estimation."""
     per_pulse: bool = False
-    """BB84: draw every pulse (the reference path, 28 bytes a pulse) instead of the detected ones only
-    (``channel_events``, memory bounded by the detections). The qiskit backend always draws per pulse."""
+    """Draw every pulse or pair (the reference path, 28 bytes each) instead of the detected pulses (BB84)
+    or the coincidences (E91) only (``channel_events``, memory bounded by the detections). The qiskit
+    backend always draws per pulse."""
     e91_security: E91Security = E91Security.BBM92
     """E91 key-length analysis: bbm92 (finite key on the conjugate key bases) or device-independent."""
     eps_sec: float = DEFAULT_EPS_SEC
@@ -82,7 +83,7 @@ class SimConfig:
             raise ConfigError(
                 "qubits",
                 f"{self.qubits} pulses would not fit in memory on the per-pulse path (at most"
-                f" {PER_PULSE_LIMIT:.0e}); use the event-driven BB84 path or split into rounds",
+                f" {PER_PULSE_LIMIT:.0e}); use the event-driven path or split into rounds",
             )
         if self.protocol is ProtocolKind.E91 and self.source is SourceKind.WCP:
             raise ConfigError("source", "E91 uses an entangled-pair source; --source applies to BB84")
@@ -91,8 +92,9 @@ class SimConfig:
 
     @property
     def event_driven(self) -> bool:
-        """Whether the round draws only the detected pulses (BB84 on the numpy backend, by default)."""
-        return self.protocol is ProtocolKind.BB84 and not self.per_pulse and self.backend == "numpy"
+        """Whether the round draws only the detected pulses (BB84) or the coincidences (E91): the default
+        on the numpy backend."""
+        return not self.per_pulse and self.backend == "numpy"
 
     @property
     def decoy_source(self) -> DecoySource:
@@ -220,6 +222,9 @@ def make_sessions(
 ) -> tuple[AliceSession, BobSession, int, int]:
     """Emulate the channel and build both sessions; returns (alice, bob, detections, eve_known_bits).
 
+    Detections are Bob's registered clicks; on the event-driven E91 path, which draws the coincidences
+    only, they are the coincidences.
+
     `randomness`: Alice's and Bob's sources, in place of the ones seeded from ``config.seed`` (tests
     that watch what each source is used for).
     """
@@ -233,7 +238,21 @@ def make_sessions(
     backend = get_backend(config.backend)
     distill = config.distill_config()
     n = config.qubits
-    if config.event_driven:
+    alice_record: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
+    if config.event_driven and config.protocol is ProtocolKind.E91:
+        # Only the coincidences are drawn: both records cover exactly those, all registered (a side's
+        # clicks without a partner would be announced and discarded by sifting).
+        alice_side, seen, stats = emulate_e91_events(
+            n,
+            model=config.channel,
+            eve=config.eve,
+            backend=backend,
+            rng=channel_rng,
+            alice=alice_rand.secret,
+            bob=bob_rand.secret,
+        )
+        alice_record = (alice_side.bits, alice_side.bases, alice_side.detected, None)
+    elif config.event_driven:
         sent, seen, stats = emulate_bb84_events(
             n,
             model=config.channel,

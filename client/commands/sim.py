@@ -105,11 +105,6 @@ def register(parser: argparse.ArgumentParser) -> None:
                 help="probability of the key basis X for Alice and Bob (wcp; default: optimised)",
             )
             p.add_argument("--eve", choices=("none", "intercept-resend", "pns"), default="none")
-            p.add_argument(
-                "--per-pulse",
-                action="store_true",
-                help="draw every pulse (the reference path; at most 2e8) instead of the detected ones only",
-            )
         else:
             p.add_argument("--eve", choices=("none", "intercept-resend"), default="none")
             p.add_argument(
@@ -118,6 +113,12 @@ def register(parser: argparse.ArgumentParser) -> None:
                 default="bbm92",
                 help="key length: bbm92 finite key (default) or the device-independent rate (fair sampling)",
             )
+        p.add_argument(
+            "--per-pulse",
+            action="store_true",
+            help="draw every pulse or pair (the reference path; at most 2e8) instead of the detected"
+            " pulses (bb84) or the coincidences (e91) only",
+        )
         p.add_argument(
             "--eve-fraction", type=_bounded(0.0, 1.0), default=1.0, help="share of pulses attacked"
         )
