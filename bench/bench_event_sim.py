@@ -3,6 +3,8 @@
     .venv/bin/python bench/bench_event_sim.py                  # 1e10 and 1e9 event-driven, 1e8 per pulse
     .venv/bin/python bench/bench_event_sim.py --25km           # and 1e10 at 25 km (about 4x the detections)
     .venv/bin/python bench/bench_event_sim.py --pulses 1e10    # one event-driven run
+    .venv/bin/python bench/bench_event_sim.py --e91            # E91 at 0 km: 1e9 pairs, 1e8 per pair
+    .venv/bin/python bench/bench_event_sim.py --e91 --pairs 1e10 --per-pulse ''   # 1e10 pairs only
 
 Each run is the real command in a child process (`python -m qlinkmed.client sim bb84 ...`), measured as
 /usr/bin/time -v would: wall clock from start to exit, and the child's maximum resident set size from
@@ -11,6 +13,11 @@ channel-only line times ``emulate_bb84_events`` alone in a child, to separate th
 the post-processing (sifting, Cascade, privacy amplification) that the whole round also does. Each round
 line also gives the detections and the peak per detection, and checks that both ends hold the same key.
 Run one case at a time on a shared machine: the 25 km case peaks near 4 GB.
+
+`--e91` measures `qlink sim e91` at 0 km instead (the E91 case of issue 15): the event-driven round, which
+draws the coincidences only (about 1.1e-2 a pair), at 1e9 pairs, and the per-pair reference beside it at
+1e8 pairs (28 bytes a pair; about 3 GB). Its lines give coincidences (event path) or Bob's detections
+(per-pair path) in the "det" column, and the CHSH value.
 """
 
 from __future__ import annotations
@@ -58,6 +65,11 @@ def _sim(pulses: str, km: float, *, per_pulse: bool) -> list[str]:
     return argv + (["--per-pulse"] if per_pulse else [])
 
 
+def _sim_e91(pairs: str, *, per_pulse: bool) -> list[str]:
+    argv = [sys.executable, "-m", "qlinkmed.client", "sim", "e91", "--qubits", pairs, "--distance-km", "0"]
+    return argv + ["--seed", "1", "--json"] + (["--per-pulse"] if per_pulse else [])
+
+
 def _line(label: str, wall: float, rss: int, goal: bool, report: dict[str, object] | None = None) -> str:
     verdict = ""
     if goal:
@@ -70,6 +82,8 @@ def _line(label: str, wall: float, rss: int, goal: bool, report: dict[str, objec
         detected = int(str(report["detected"]))
         key = int(str(report["final_key_bits"]))
         extra = f" {detected:>12,} det {rss / max(detected, 1):6.0f} B/det key {key:>11,}"
+        if report.get("chsh_s") is not None:
+            extra += f" S {float(str(report['chsh_s'])):.3f}"
         if not report["keys_equal"]:
             extra += "  KEYS DIFFER"
     return f"{label:<44} {wall:8.1f} s {rss / 2**30:8.2f} GiB{extra}{verdict}"
@@ -78,6 +92,16 @@ def _line(label: str, wall: float, rss: int, goal: bool, report: dict[str, objec
 def _round(label: str, pulses: str, km: float, *, per_pulse: bool, goal: bool) -> None:
     wall, rss, out = _measure(_sim(pulses, km, per_pulse=per_pulse))
     print(_line(label, wall, rss, goal, json.loads(out)), flush=True)
+
+
+def _e91(pairs: list[str], per_pair: str) -> None:
+    print("qlink sim e91 --distance-km 0: wall time, peak RSS (one child process each)")
+    for n in pairs:
+        wall, rss, out = _measure(_sim_e91(n, per_pulse=False))
+        print(_line(f"e91 event-driven round, {n} pairs", wall, rss, False, json.loads(out)), flush=True)
+    if per_pair:
+        wall, rss, out = _measure(_sim_e91(per_pair, per_pulse=True))
+        print(_line(f"e91 per-pair round, {per_pair} pairs", wall, rss, False, json.loads(out)), flush=True)
 
 
 def main() -> None:
@@ -89,7 +113,12 @@ def main() -> None:
     parser.add_argument("--per-pulse", default="1e8", help="per-pulse reference count ('' to skip)")
     parser.add_argument("--25km", dest="km25", action="store_true", help="also 1e10 pulses at 25 km")
     parser.add_argument("--channel-only", action="store_true", help="also time the emulator alone")
+    parser.add_argument("--e91", action="store_true", help="measure qlink sim e91 at 0 km instead")
+    parser.add_argument("--pairs", action="append", help="event-driven E91 pair counts (default 1e9)")
     args = parser.parse_args()
+    if args.e91:
+        _e91(args.pairs or ["1e9"], args.per_pulse)
+        return
     km = args.distance_km
     print(f"qlink sim bb84 --source wcp --distance-km {km:g}: wall time, peak RSS (one child process each)")
     for pulses in args.pulses or ["1e10", "1e9"]:

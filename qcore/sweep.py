@@ -36,18 +36,16 @@ SWEEP_PROTOCOLS = ("single-photon", "decoy", "e91")
 """What a distance sweep compares: BB84 with an ideal single-photon source, BB84 with the optimised
 decoy-state source (weak coherent pulses), and E91 keyed by BBM92."""
 
-E91_MAX_PAIRS = 100_000_000
-"""Pairs one simulated E91 point may have. E91 runs the per-pulse path (about 28 bytes a pair before
-post-processing): 1e8 pairs is about 3 GB, 1e9 would not fit. The one constant to raise when qcore grows
-an event-driven E91 path."""
+E91_MAX_PAIRS = 10_000_000_000
+"""Pairs one simulated E91 point may have. E91 runs the event-driven path (qcore.channel_events: memory
+follows the coincidences, ~1.1e-2 a pair at 0 km): 1e10 pairs at 0 km is about 1.1e8 coincidences and
+~4-6 GB (:func:`estimate_point_bytes`), as the 1e10-pulse BB84 points at 25 km; 1e11 would not fit."""
 
 BYTES_PER_DETECTION = 56
 """Peak memory per detected pulse of a round after the channel (the streamed distillation: sifting
 masks, Cascade's pass tables, the transcripts, privacy amplification in FFT tiles): docs/benchmarks.md
 measured 1.33 GiB for 32.8 M detections (44 B each with the process's base) and 4.22 GiB for 114 M, so
 the estimate leans about 30 % high."""
-BYTES_PER_PULSE_PATH_PULSE = 28
-"""Memory per pulse (or pair) of the per-pulse paths (qcore.sim.PER_PULSE_LIMIT's figure)."""
 BASE_BYTES = 400 * 2**20
 """A worker's interpreter, numpy, scipy and the event emulator's chunk buffers."""
 
@@ -81,8 +79,8 @@ class PointSpec:
         if self.protocol == "e91" and self.pulses > E91_MAX_PAIRS:
             raise ConfigError(
                 "e91_pulses",
-                f"{self.pulses:.0e} pairs: E91 runs per pair (~{BYTES_PER_PULSE_PATH_PULSE} bytes each), at"
-                f" most {E91_MAX_PAIRS:.0e} pairs a point fit in memory",
+                f"{self.pulses:.0e} pairs: at most {E91_MAX_PAIRS:.0e} pairs a point fit in memory (the"
+                " event-driven E91 path holds its coincidences, about 1e-2 a pair near 0 km)",
             )
         if self.seed < 0:
             raise ConfigError("seed", f"must be >= 0, got {self.seed}")
@@ -151,7 +149,7 @@ def sweep_points(
                     notes.append(
                         "e91: no simulated points at "
                         + ", ".join(f"{n:.0e}" for n in dropped)
-                        + f" pairs (the per-pair E91 path fits at most {E91_MAX_PAIRS:.0e} pairs a point;"
+                        + f" pairs (at most {E91_MAX_PAIRS:.0e} pairs a point fit in memory;"
                         " its finite-key curves are still drawn)"
                     )
         for n in counts:
@@ -181,11 +179,11 @@ def _expected_detection_probability(spec: PointSpec) -> float:
 
 
 def estimate_point_bytes(spec: PointSpec) -> int:
-    """Peak memory a worker needs for the point: the round's post-processing grows with the expected
-    detections (event-driven BB84) and, on E91's per-pair path, with the pairs as well."""
+    """Peak memory a worker needs for the point: the round grows with the expected detections (BB84) or
+    coincidences (E91): both run event-driven, and the records, sifting and distillation hold those only
+    (the event-driven E91 round measured 32 bytes a coincidence beyond the base at 1e9 pairs)."""
     detections = spec.pulses * _expected_detection_probability(spec)
-    per_pulse = spec.pulses * BYTES_PER_PULSE_PATH_PULSE if spec.protocol == "e91" else 0
-    return int(BASE_BYTES + per_pulse + BYTES_PER_DETECTION * detections)
+    return int(BASE_BYTES + BYTES_PER_DETECTION * detections)
 
 
 def expected_detections(spec: PointSpec) -> float:

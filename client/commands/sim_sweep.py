@@ -57,8 +57,8 @@ def add_sweep_flags(
         "--e91-pulses",
         type=_list_of(count, "pair counts"),
         default=None,
-        help="pairs of the simulated E91 points (default: the --pulses that the per-pair E91 path fits,"
-        " qcore.sweep.E91_MAX_PAIRS)",
+        help="pairs of the simulated E91 points (default: the --pulses up to qcore.sweep.E91_MAX_PAIRS,"
+        " 1e10)",
     )
     p.add_argument(
         "--curve-max-km", type=number(1.0, 1000.0), default=200.0, help="the curves' last distance (200)"

@@ -163,7 +163,7 @@ def test_a_row_cut_short_by_a_kill_is_not_read(small_sweep: tuple, tmp_path: Pat
         (["--distances", "-5"], "argument --distances: must be in [0, 1000]"),
         (["--pulses", "1e8,0"], "argument --pulses: must be positive"),
         (["--protocols", "single-photon,bb92"], "--protocols: unknown 'bb92'; expected some of"),
-        (["--protocols", "e91", "--e91-pulses", "1e9"], "--e91-pulses: 1e+09 pairs"),
+        (["--protocols", "e91", "--e91-pulses", "1e11"], "--e91-pulses: 1e+11 pairs"),
     ],
 )
 def test_bad_arguments_are_named(
