@@ -38,14 +38,18 @@ decoy-state source (weak coherent pulses), and E91 keyed by BBM92."""
 
 E91_MAX_PAIRS = 10_000_000_000
 """Pairs one simulated E91 point may have. E91 runs the event-driven path (qcore.channel_events: memory
-follows the coincidences, ~1.1e-2 a pair at 0 km): 1e10 pairs at 0 km is about 1.1e8 coincidences and
-~4-6 GB (:func:`estimate_point_bytes`), as the 1e10-pulse BB84 points at 25 km; 1e11 would not fit."""
+follows the coincidences, ~1.1e-2 a pair at 0 km): 1e10 pairs at 0 km is 1.07e8 coincidences, measured
+at 165 s and 2.2 GiB peak (estimated 3.6 GiB); 1e11 would need ten times that."""
 
 BYTES_PER_DETECTION = 56
 """Peak memory per detected pulse of a round after the channel (the streamed distillation: sifting
 masks, Cascade's pass tables, the transcripts, privacy amplification in FFT tiles): docs/benchmarks.md
 measured 1.33 GiB for 32.8 M detections (44 B each with the process's base) and 4.22 GiB for 114 M, so
 the estimate leans about 30 % high."""
+BYTES_PER_COINCIDENCE = 32
+"""The same for an E91 coincidence (event-driven E91, bench/bench_event_sim.py --e91 at 0 km, 2026-12-06):
+0.43 GiB for 1.07e7 coincidences at 1e9 pairs and 2.20 GiB for 1.07e8 at 1e10 (22 B each with the base),
+so the estimate leans about 60 % high, as BB84's does."""
 BASE_BYTES = 400 * 2**20
 """A worker's interpreter, numpy, scipy and the event emulator's chunk buffers."""
 
@@ -180,10 +184,10 @@ def _expected_detection_probability(spec: PointSpec) -> float:
 
 def estimate_point_bytes(spec: PointSpec) -> int:
     """Peak memory a worker needs for the point: the round grows with the expected detections (BB84) or
-    coincidences (E91): both run event-driven, and the records, sifting and distillation hold those only
-    (the event-driven E91 round measured 32 bytes a coincidence beyond the base at 1e9 pairs)."""
+    coincidences (E91): both run event-driven, and the records, sifting and distillation hold those only."""
     detections = spec.pulses * _expected_detection_probability(spec)
-    return int(BASE_BYTES + BYTES_PER_DETECTION * detections)
+    per_item = BYTES_PER_COINCIDENCE if spec.protocol == "e91" else BYTES_PER_DETECTION
+    return int(BASE_BYTES + per_item * detections)
 
 
 def expected_detections(spec: PointSpec) -> float:
