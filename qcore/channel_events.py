@@ -421,7 +421,9 @@ def emulate_e91_events(
         records = []
         for prim, incoming, out in ((prim_a, in_a, a_out), (prim_b, in_b, b_out)):
             cause = np.zeros(k, dtype=np.uint8)
-            cause[prim] = _primary_causes(eta, pdc, int(np.count_nonzero(prim)), rng)
+            primaries = int(np.count_nonzero(prim))
+            if primaries:  # none at all where no photon and no dark count can arrive (c = 0)
+                cause[prim] = _primary_causes(eta, pdc, primaries, rng)
             photon = (cause & 1).astype(bool)
             which = random_bits(rng, k).astype(bool)  # the after-pulse's detector, where there is one
             fired0 = (photon & (out == 0)) | ((cause & 2) > 0) | (incoming & ~which)

@@ -330,3 +330,11 @@ def test_cli_sim_e91_runs_the_event_path_and_per_pulse_the_reference() -> None:
         assert proc.returncode in (0, 3), proc.stderr
         detected = json.loads(proc.stdout)["detected"]
         assert abs(detected - n * rate) < K_SIGMA * math.sqrt(n * rate * dispersion), (flags, detected)
+
+
+def test_a_link_where_nothing_can_click_gives_empty_records() -> None:
+    # No dark counts and a fibre whose transmittance underflows to 0: no primary click anywhere.
+    model = ChannelModel(distance_km=40_000.0, dark_count=0.0)
+    assert dataclasses.replace(model, distance_km=20_000.0).transmittance == 0.0
+    a, b = _events(model, Eavesdropper(), 100_000, seed=1)
+    assert a.bits.size == b.bits.size == 0
