@@ -261,15 +261,19 @@ def test_changing_only_the_secret_sources_changes_no_published_seed_stream() -> 
 
 
 def test_e91_and_decoy_choices_come_from_the_secret_source() -> None:
-    alice, bob = recorded_party(5, 6), recorded_party(7, 8)
-    a, b, _, _ = make_sessions(
-        SimConfig(protocol=ProtocolKind.E91, qubits=20_000, seed=3),
-        randomness=(alice.randomness, bob.randomness),
-    )
-    replay_a = RandomSource(_replay(alice.secret.draws)).choice(E91_ALICE_PROBABILITIES, 20_000)
-    replay_b = RandomSource(_replay(bob.secret.draws)).choice(E91_BOB_PROBABILITIES, 20_000)
-    assert np.array_equal(a._settings, replay_a)
-    assert np.array_equal(b._settings, replay_b)
+    for per_pulse in (True, False):
+        alice, bob = recorded_party(5, 6), recorded_party(7, 8)
+        a, b, _, _ = make_sessions(
+            SimConfig(protocol=ProtocolKind.E91, qubits=20_000, seed=3, per_pulse=per_pulse),
+            randomness=(alice.randomness, bob.randomness),
+        )
+        # Per pair: a setting for every pair; event-driven: for the coincidences only (one chunk here).
+        settings = int(a._settings.size)
+        assert settings == 20_000 if per_pulse else 0 < settings < 20_000
+        replay_a = RandomSource(_replay(alice.secret.draws)).choice(E91_ALICE_PROBABILITIES, settings)
+        replay_b = RandomSource(_replay(bob.secret.draws)).choice(E91_BOB_PROBABILITIES, settings)
+        assert np.array_equal(a._settings, replay_a)
+        assert np.array_equal(b._settings, replay_b)
     decoy = recorded_party(9, 10)
     pulses = prepare_bb84(5000, source=SourceKind.WCP, decoy=DecoySource(), secret=decoy.randomness.secret)
     assert not decoy.public.draws
