@@ -343,6 +343,16 @@ def choose_e91_settings(n: int, *, secret: RandomSource, bob: bool) -> np.ndarra
     return secret.choice(E91_BOB_PROBABILITIES if bob else E91_ALICE_PROBABILITIES, n)
 
 
+def e91_arm(n: int, model: ChannelModel, eve: Eavesdropper) -> ChannelModel:
+    """One arm of an E91 link (the source sits midway: each photon crosses half the fibre), after checking
+    the round's pair count and eavesdropper."""
+    if n <= 0:
+        raise ConfigError("qubits", f"must be positive, got {n}")
+    if eve.kind is EveKind.PNS:
+        raise ConfigError("eve", "photon-number splitting applies to weak coherent pulses, not to E91 pairs")
+    return dataclasses.replace(model, distance_km=model.distance_km / 2)
+
+
 def emulate_e91(
     n: int,
     *,
@@ -361,11 +371,7 @@ def emulate_e91(
     measures Bob's photon at 0 or pi/4 and re-prepares it. The daemon's parties pass their own settings
     in (``alice_settings``, ``bob_settings``, each of length `n`).
     """
-    if n <= 0:
-        raise ConfigError("qubits", f"must be positive, got {n}")
-    if eve.kind is EveKind.PNS:
-        raise ConfigError("eve", "photon-number splitting applies to weak coherent pulses, not to E91 pairs")
-    half = dataclasses.replace(model, distance_km=model.distance_km / 2)
+    half = e91_arm(n, model, eve)
     eta = half.transmittance
     a_set = (
         rng.choice(ALICE_ANGLES8.size, size=n, p=E91_ALICE_PROBABILITIES).astype(np.uint8)

@@ -26,7 +26,6 @@ The per-pulse path stays the reference (and the one the qiskit backend uses); te
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -44,6 +43,7 @@ from .channel import (
     _wcp_decoy,
     choose_bb84_bases,
     choose_e91_settings,
+    e91_arm,
 )
 from .channel_model import ChannelModel
 from .errors import ConfigError
@@ -337,13 +337,9 @@ def emulate_e91_events(
     the same distribution. Settings come from the parties' secret sources `alice` and `bob` (for the
     coincidences only); the channel's randomness (losses, dark counts, after-pulses, Eve) from `rng`.
     """
-    if n <= 0:
-        raise ConfigError("qubits", f"must be positive, got {n}")
     if chunk <= 0:
         raise ConfigError("chunk", f"must be positive, got {chunk}")
-    if eve.kind is EveKind.PNS:
-        raise ConfigError("eve", "photon-number splitting applies to weak coherent pulses, not to E91 pairs")
-    half = dataclasses.replace(model, distance_km=model.distance_km / 2)
+    half = e91_arm(n, model, eve)
     eta = half.transmittance
     pdc = half.dark_count
     p_ap = half.afterpulse
