@@ -1,0 +1,1 @@
+"""Tests of the loopback testbed: the WAN emulator proxy."""
