@@ -133,6 +133,8 @@ class WanStatistics:
     """Bytes written to clients."""
     stalls: int
     """Chunks held a retransmission timeout (emulated losses)."""
+    held: int
+    """Connections accepted during a partition, waiting for it to end before reaching the target."""
 
 
 @dataclass(slots=True)
@@ -141,6 +143,7 @@ class _Counters:
     read: list[int] = field(default_factory=lambda: [0, 0])
     delivered: list[int] = field(default_factory=lambda: [0, 0])
     stalls: int = 0
+    held: int = 0
 
 
 class WanProxy:
@@ -190,6 +193,7 @@ class WanProxy:
             downstream_read=c.read[1],
             downstream_delivered=c.delivered[1],
             stalls=c.stalls,
+            held=c.held,
         )
 
     @property
@@ -258,7 +262,12 @@ class WanProxy:
     async def _carry(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         target_w: asyncio.StreamWriter | None = None
         try:
-            await self._up.wait()  # a connection made during a partition is held, not refused
+            if not self._up.is_set():
+                self._counters.held += 1
+                try:
+                    await self._up.wait()  # a connection made during a partition is held, not refused
+                finally:
+                    self._counters.held -= 1
             target_r, target_w = await asyncio.open_connection(*self.target)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(_Direction(self, 0).run(client_r, target_w))

@@ -67,13 +67,16 @@ def _runs_wan_code(task: asyncio.Task[object]) -> bool:
 class Server:
     port: int
     received: bytearray
+    accepted: int = 0
 
 
 @pytest_asyncio.fixture
 async def echo() -> AsyncIterator[Server]:
     received = bytearray()
+    the_server: list[Server] = []
 
     async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        the_server[0].accepted += 1
         try:
             while data := await r.read(65536):
                 received.extend(data)
@@ -83,8 +86,9 @@ async def echo() -> AsyncIterator[Server]:
             w.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    the_server.append(Server(server.sockets[0].getsockname()[1], received))
     try:
-        yield Server(server.sockets[0].getsockname()[1], received)
+        yield the_server[0]
     finally:
         server.close()
         await server.wait_closed()
@@ -211,9 +215,9 @@ async def test_a_connection_made_during_a_cut_completes_after_restore(echo: Serv
         reader, writer = await asyncio.open_connection("127.0.0.1", port)  # held, not refused
         writer.write(b"hello")
         await writer.drain()
-        await wait_for_async(lambda: proxy.statistics().connections == 1, "the proxy to accept")
+        await wait_for_async(lambda: proxy.statistics().held == 1, "the proxy to hold the connection")
         assert proxy.statistics().upstream_delivered == 0
-        assert echo.received == b""
+        assert echo.accepted == 0 and echo.received == b""
         proxy.restore()
         assert await asyncio.wait_for(reader.readexactly(5), 60) == b"hello"
         writer.close()
