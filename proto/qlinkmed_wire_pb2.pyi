@@ -157,7 +157,7 @@ class Abort(_message.Message):
     def __init__(self, reason: _Optional[int] = ..., detail: _Optional[bytes] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("facility", "peer", "protocol", "source", "pulses_per_round", "next_round", "last_committed", "pending_round", "auth_position", "eps_sec", "eps_cor", "e91_security", "decoy_intensities", "decoy_probabilities", "decoy_p_x")
+    __slots__ = ("facility", "peer", "protocol", "source", "pulses_per_round", "next_round", "last_committed", "pending_round", "auth_position", "eps_sec", "eps_cor", "e91_security", "decoy_intensities", "decoy_probabilities", "decoy_p_x", "rounds_in_flight")
     FACILITY_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +173,7 @@ class Hello(_message.Message):
     DECOY_INTENSITIES_FIELD_NUMBER: _ClassVar[int]
     DECOY_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     DECOY_P_X_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     facility: str
     peer: str
     protocol: str
@@ -188,7 +189,8 @@ class Hello(_message.Message):
     decoy_intensities: _containers.RepeatedScalarFieldContainer[float]
     decoy_probabilities: _containers.RepeatedScalarFieldContainer[float]
     decoy_p_x: float
-    def __init__(self, facility: _Optional[str] = ..., peer: _Optional[str] = ..., protocol: _Optional[str] = ..., source: _Optional[str] = ..., pulses_per_round: _Optional[int] = ..., next_round: _Optional[int] = ..., last_committed: _Optional[int] = ..., pending_round: _Optional[int] = ..., auth_position: _Optional[int] = ..., eps_sec: _Optional[float] = ..., eps_cor: _Optional[float] = ..., e91_security: _Optional[str] = ..., decoy_intensities: _Optional[_Iterable[float]] = ..., decoy_probabilities: _Optional[_Iterable[float]] = ..., decoy_p_x: _Optional[float] = ...) -> None: ...
+    rounds_in_flight: int
+    def __init__(self, facility: _Optional[str] = ..., peer: _Optional[str] = ..., protocol: _Optional[str] = ..., source: _Optional[str] = ..., pulses_per_round: _Optional[int] = ..., next_round: _Optional[int] = ..., last_committed: _Optional[int] = ..., pending_round: _Optional[int] = ..., auth_position: _Optional[int] = ..., eps_sec: _Optional[float] = ..., eps_cor: _Optional[float] = ..., e91_security: _Optional[str] = ..., decoy_intensities: _Optional[_Iterable[float]] = ..., decoy_probabilities: _Optional[_Iterable[float]] = ..., decoy_p_x: _Optional[float] = ..., rounds_in_flight: _Optional[int] = ...) -> None: ...
 
 class RoundStart(_message.Message):
     __slots__ = ("pulses",)

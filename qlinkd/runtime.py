@@ -38,6 +38,7 @@ class Runtime:
             pulses_per_round=peer.pulses_per_round,
             distill=peer.distill_config(),
             round_timeout_s=peer.round_timeout_s,
+            rounds_in_flight=peer.rounds_in_flight,
         )
 
     def kme_notice_arrived(self) -> None:

@@ -60,6 +60,7 @@ class LinkPair:
         randomness: tuple[PartyRandomness, PartyRandomness] | None = None,
         decoy: DecoySource | None = None,
         model: ChannelModel = MODEL,
+        window: int = 1,
     ) -> None:
         """`randomness`: each end's sources (facility A's, then B's); by default seeded ones from `seed`.
         `decoy`: both ends run BB84 with this weak-coherent-pulse decoy source (single photons without)."""
@@ -67,6 +68,7 @@ class LinkPair:
         self.pulses = pulses
         self.decoy = decoy
         self.model = model
+        self.window = window
         self.rng = np.random.default_rng(seed)
         self.broker = ChannelBroker(model=model, backend=get_backend("numpy"), eve=eve or Eavesdropper())
         self.now = 0.0
@@ -92,6 +94,7 @@ class LinkPair:
             peer=peer,
             pulses_per_round=self.pulses,
             round_timeout_s=5.0,
+            rounds_in_flight=self.window,
             source=SourceKind.SINGLE_PHOTON if self.decoy is None else SourceKind.WCP,
             distill=DistillConfig(decoy=self.decoy),
         )
@@ -170,6 +173,14 @@ class LinkPair:
         round_id = self.a.link.begin_round(self.now)
         self.settle()
         return round_id
+
+    def run_window(self) -> list[int]:
+        """Alice opens as many rounds as the window allows, then the pair exchanges until nothing moves."""
+        round_ids = []
+        while self.a.link.window_open:
+            round_ids.append(self.a.link.begin_round(self.now))
+        self.settle()
+        return round_ids
 
     def expire(self, seconds: float = 60.0) -> None:
         self.now += seconds

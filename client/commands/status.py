@@ -110,6 +110,12 @@ def format_link(link: LinkStatus, key_size: int | None, data: DataPeerStatus | N
     rows = [
         ("role", f"{link.role} ({link.protocol})"),
         ("state", f"{link.state}; {peer_state}, {channel_state}"),
+        ("rounds open", f"{link.rounds_in_flight} of {link.rounds_window}"),
+        *(
+            [("down", f"since {link.down_since}" + (f": {link.down_reason}" if link.down_reason else ""))]
+            if link.down_since is not None
+            else []
+        ),
         (
             "pool",
             f"{_bits(pool)}{in_keys} (watermarks {link.low_watermark_bits:,}..{link.high_watermark_bits:,})",

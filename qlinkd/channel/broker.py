@@ -30,11 +30,13 @@ from qlinkmed.qcore.channel_model import ChannelModel
 from qlinkmed.qcore.errors import ConfigError
 from qlinkmed.qcore.params import DecoySource, SourceKind
 from qlinkmed.qlinkd.link import messages as lm
+from qlinkmed.qlinkd.link.events import MAX_ROUNDS_IN_FLIGHT
 
 EMULATION_SLICE = 1 << 23
 """Pulses emulated at a time (about 8.4e6): bounds the channel service's memory for large rounds."""
-ROUNDS_HELD_PER_LINK = 4
-"""Unmatched submissions kept per link; older ones belong to rounds their parties abandoned."""
+ROUNDS_HELD_PER_LINK = MAX_ROUNDS_IN_FLIGHT
+"""Unmatched submissions kept per link (a link has at most this many rounds open); older ones belong to
+rounds their parties abandoned."""
 
 
 @dataclass(frozen=True, slots=True)

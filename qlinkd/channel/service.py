@@ -38,6 +38,10 @@ log = logging.getLogger("qlink.channel")
 
 CLOSE_WAIT_S = 2.0
 """How long a closing connection waits for the peer's TLS goodbye."""
+EMULATIONS_AT_ONCE = 2
+"""Rounds emulated at the same time (in worker threads). Links keep several rounds open; running all
+their emulations at once would multiply the service's memory without finishing any sooner on two
+cores, so the others wait their turn with just their submissions in memory."""
 
 
 @dataclass(slots=True)
@@ -56,6 +60,7 @@ class ChannelService:
     """Open connections by facility (from TLS to close, hello or not): the per-identity limit's count."""
     _rounds: int = 0
     _jobs: set[asyncio.Task[None]] = field(default_factory=set)
+    _emulating: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(EMULATIONS_AT_ONCE))
 
     def __post_init__(self) -> None:
         self.broker = ChannelBroker(
@@ -186,9 +191,10 @@ class ChannelService:
 
     async def _run_job(self, job: Job) -> None:
         rng = np.random.default_rng(secrets.randbits(128))
-        result = await asyncio.to_thread(
-            run, job, model=self.config.fiber, backend=self.broker.backend, rng=rng
-        )
+        async with self._emulating:
+            result = await asyncio.to_thread(
+                run, job, model=self.config.fiber, backend=self.broker.backend, rng=rng
+            )
         self._rounds += 1
         self.metrics.round_carried(job.protocol, _pulses(job))
         for role, message in (("alice", result.alice), ("bob", result.bob)):

@@ -38,7 +38,7 @@ from qlinkmed.qlinkd.errors import (
 from qlinkmed.qlinkd.link.status import DataPeerStatus, DataSession
 from qlinkmed.qlinkd.ops import pki
 from qlinkmed.qlinkd.ops.audit import AuditLog, rfc3339
-from qlinkmed.qlinkd.ops.backoff import Backoff, raise_if_cancelling
+from qlinkmed.qlinkd.ops.backoff import RECONNECT_JITTER, Backoff, raise_if_cancelling
 from qlinkmed.qlinkd.ops.metrics import LinkMetrics
 from qlinkmed.qlinkd.ops.toml_reader import Address
 from qlinkmed.qlinkd.seal.hybrid import hybrid_available
@@ -151,7 +151,7 @@ class DataPlane:
 
     async def _sender_loop(self, peer: str, address: Address) -> None:
         ctx = self._senders[peer]
-        backoff = Backoff(first_s=RECONNECT_S[0], longest_s=RECONNECT_S[1])
+        backoff = Backoff(first_s=RECONNECT_S[0], longest_s=RECONNECT_S[1], jitter=RECONNECT_JITTER)
         standby = False
         while True:
             raise_if_cancelling()

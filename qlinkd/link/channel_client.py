@@ -15,7 +15,7 @@ from qlinkmed.qlinkd.link.events import ChannelRequest
 from qlinkmed.qlinkd.link.framing import encode_length_prefixed, read_frame
 from qlinkmed.qlinkd.link.wire import MAX_FRAME_BYTES, decode_frame, encode_frame
 from qlinkmed.qlinkd.ops import pki
-from qlinkmed.qlinkd.ops.backoff import Backoff, raise_if_cancelling
+from qlinkmed.qlinkd.ops.backoff import RECONNECT_JITTER, Backoff, raise_if_cancelling
 from qlinkmed.qlinkd.ops.toml_reader import Address
 
 log = logging.getLogger("qlink.link")
@@ -28,7 +28,7 @@ CLOSE_WAIT_S = 1.0
 
 def backoff() -> Backoff:
     """The pauses between connection attempts of a link (classical and quantum channel alike)."""
-    return Backoff(first_s=RECONNECT_S[0], longest_s=RECONNECT_S[1], factor=1.5)
+    return Backoff(first_s=RECONNECT_S[0], longest_s=RECONNECT_S[1], factor=1.5, jitter=RECONNECT_JITTER)
 
 
 class ChannelClient:

@@ -12,6 +12,10 @@ from qlinkmed.qlinkd.link import messages as lm
 from qlinkmed.qlinkd.link.states import Role
 from qlinkmed.qlinkd.pool.values import KeyNotice, LinkState
 
+MAX_ROUNDS_IN_FLIGHT = 32
+"""The most rounds a link may hold open at once: the channel service keeps as many unmatched submissions
+per link, and Bob refuses round starts beyond the agreed window."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LinkConfig:
@@ -29,8 +33,12 @@ class LinkConfig:
     """Distillation policy: thresholds, sample fraction, security parameters."""
     round_timeout_s: float = 10.0
     """A round (or a hello) that makes no progress for this long is abandoned."""
+    rounds_in_flight: int = 1
+    """How many rounds may be open at once (both ends must agree; checked at hello)."""
 
     def __post_init__(self) -> None:
+        if not 1 <= self.rounds_in_flight <= MAX_ROUNDS_IN_FLIGHT:
+            raise ConfigError("rounds_in_flight", f"must be in 1..{MAX_ROUNDS_IN_FLIGHT}")
         if (self.source is SourceKind.WCP) != (self.distill.decoy is not None):
             raise ConfigError("source", "a weak-coherent-pulse source goes with a decoy source, and only it")
         if self.source is SourceKind.WCP and self.protocol is not ProtocolKind.BB84:

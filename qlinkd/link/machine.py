@@ -2,22 +2,35 @@
 
 One ``LinkConnection`` per connected peer. It composes the qcore distillation sessions (one per round)
 with what a running link adds around them: the hello that brings both durable key pools into
-agreement, the round start, the quantum-channel submissions, key confirmation (``KeyStored`` both ways
+agreement, the round starts, the quantum-channel submissions, key confirmation (``KeyStored`` both ways
 before either end commits), key-delivery notices, timeouts and aborts.
+
+Several rounds run at once, interleaved on the one connection (every frame names its round): Alice opens
+rounds while fewer than ``LinkConfig.rounds_in_flight`` are open, so the round trips of one round's
+reconciliation overlap with the others' instead of adding up over a long-distance link.
 
 The caller feeds it peer frames (``receive``), quantum-channel results (``channel_result``), storage
 confirmations (``stored``, ``notice_stored``), key notices to send (``send_notice``) and the clock
 (``handle_timer``), and drains ``frames_to_send``, ``channel_requests`` and ``next_event``;
 ``get_timer`` says when to call ``handle_timer`` next. The caller must act on every event (persist,
 commit) before it flushes frames, so nothing is promised to the peer that the disk does not hold yet.
-Every frame either end sends is queued here. ``states.TRANSITIONS`` names, for every (state, input) pair
-the link accepts, the state it leads to; one method performs every transition and checks it against the
-table. A peer input missing from the table ends the round (or, before the hello or between rounds, the
-connection); a call of ours that the table does not allow raises ``LocalProtocolError``.
+Every frame either end sends is queued here. ``states.LINK_TRANSITIONS`` and
+``states.ROUND_TRANSITIONS`` name, for every (state, input) pair the connection and each round accept,
+the state it leads to; one method per table performs every transition and checks it. A peer input
+missing from the round table ends that round (the link, once the round's key may be stored anywhere);
+one missing from the link table ends the link; a call of ours that a table does not allow raises
+``LocalProtocolError``.
 
 Key confirmation and commit: an end commits a round only once it has stored the key itself and has the
-peer's ``KeyStored``. A crash in between leaves a pending round that the next hello settles with the
-rule in ``keystore.reconcile``, so the two pools never diverge.
+peer's ``KeyStored``. Rounds store and commit one at a time in id order, whatever order their keys were
+agreed in (``_store_in_turn`` says why), so at most one round is ever pending in the pool. A crash
+leaves at most that one pending round, which the next hello settles with the rule in
+``keystore.reconcile``, so the two pools never diverge.
+
+Authentication: every round takes its tag keys from the one ``AuthKeyStore`` at the point its tags are
+made, and names their offset on the wire; the peer reads the frames in the order they were sent, so it
+takes the same offsets in the same order. A commit pays the round's refill into that store in memory,
+as the caller's durable commit does on disk.
 
 The configuration and the events the caller drains are in ``events.py``; the states, inputs and the
 table in ``states.py``; what one round holds, its channel submission and its session in ``rounds.py``.
@@ -57,7 +70,15 @@ from qlinkmed.qlinkd.link.events import (
     StorePending,
 )
 from qlinkmed.qlinkd.link.rounds import Round, key_confirmation, make_session, open_round, whole_bytes
-from qlinkmed.qlinkd.link.states import TRANSITIONS, Input, Role, State
+from qlinkmed.qlinkd.link.states import (
+    KEY_HELD,
+    LINK_TRANSITIONS,
+    ROUND_TRANSITIONS,
+    Input,
+    Role,
+    RoundState,
+    State,
+)
 from qlinkmed.qlinkd.pool.values import KeyNotice, LinkState
 
 
@@ -75,11 +96,12 @@ class LinkConnection:
         self._auth_reported = auth.position
         self._randomness = randomness
         self._next_round = local.next_round
-        self._round: Round | None = None
+        self._rounds: dict[int, Round] = {}
+        """Open rounds by id; ids only grow, so the dict's order is the rounds' order."""
         self._frames: list[tuple[int, lm.PeerMessage]] = []
         self._channel: list[ChannelRequest] = []
         self._events: deque[Event] = deque()
-        self._deadline: float | None = None
+        self._hello_deadline: float | None = None
 
     # ---- draining ----------------------------------------------------------------------------------
     def frames_to_send(self) -> list[tuple[int, lm.PeerMessage]]:
@@ -94,15 +116,29 @@ class LinkConnection:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        return self._deadline
+        deadlines = [r.deadline for r in self._rounds.values() if r.deadline is not None]
+        if self._hello_deadline is not None:
+            deadlines.append(self._hello_deadline)
+        return min(deadlines, default=None)
 
     @property
-    def round_id(self) -> int | None:
-        return self._round.round_id if self._round is not None else None
+    def open_rounds(self) -> tuple[int, ...]:
+        """The ids of the rounds in flight, oldest first."""
+        return tuple(self._rounds)
+
+    def round_state(self, round_id: int) -> RoundState | None:
+        """Where round `round_id` stands, None unless it is open."""
+        rnd = self._rounds.get(round_id)
+        return None if rnd is None else rnd.state
 
     @property
     def next_round(self) -> int:
         return self._next_round
+
+    @property
+    def window_open(self) -> bool:
+        """Alice may begin another round: the link is up and fewer rounds than the window are open."""
+        return self.state is State.UP and len(self._rounds) < self.config.rounds_in_flight
 
     # ---- inputs ------------------------------------------------------------------------------------
     def start(self, now: float) -> None:
@@ -117,11 +153,12 @@ class LinkConnection:
             eps_sec=c.distill.eps_sec,
             eps_cor=c.distill.eps_cor,
             e91_security=c.distill.e91_security.value,
+            rounds_in_flight=c.rounds_in_flight,
             **_decoy_fields(c),
             **asdict(self._local),
         )
         self._frames.append((0, hello))
-        self._deadline = now + c.round_timeout_s
+        self._hello_deadline = now + c.round_timeout_s
 
     def hello_done(self, *, next_round: int, auth: AuthKeyStore, outbox: Sequence[KeyNotice] = ()) -> None:
         """The caller reconciled its pool with the peer's hello: rounds resume from `next_round`, and the
@@ -131,9 +168,10 @@ class LinkConnection:
         self._frames.extend((0, notice) for notice in outbox)
 
     def replace_auth(self, auth: AuthKeyStore) -> None:
-        """The durable authentication store changed (a commit refilled it): use its current state."""
-        if self._round is not None and self._round.session is not None and self.state is State.DISTILLING:
-            raise LocalProtocolError("the authentication store cannot change under a running session")
+        """Use `auth` as the authentication store from now on (after the hello settled the pools). Open
+        rounds share the one store and take their keys from it in order: it cannot change under them."""
+        if self._rounds:
+            raise LocalProtocolError("the authentication store cannot change while rounds are open")
         self._auth = auth
         self._auth_reported = auth.position
 
@@ -146,11 +184,11 @@ class LinkConnection:
         elif isinstance(message, lm.RoundStart):
             self._on_round_start(round_id, message, now)
         elif isinstance(message, KeyNotice):
-            if self._accept(Input.NOTICE, now):
+            if self._accept(Input.NOTICE):
                 self._transition(Input.NOTICE, self.state)
                 self._events.append(NoticeReceived(notice=message))
         elif isinstance(message, lm.NoticeAck):
-            if self._accept(Input.NOTICE_ACK, now):
+            if self._accept(Input.NOTICE_ACK):
                 self._transition(Input.NOTICE_ACK, self.state)
                 self._events.append(NoticeAcked(key_id=message.key_id))
         elif isinstance(message, lm.KeyStored):
@@ -158,36 +196,43 @@ class LinkConnection:
         elif isinstance(message, Message):
             self._on_distill(round_id, message, now)
         else:
-            self._violation(f"{type(message).__name__} does not belong on the classical channel", now)
+            self._link_violation(f"{type(message).__name__} does not belong on the classical channel")
 
     def begin_round(self, now: float) -> int:
-        """Alice: start the next round (the caller decides when: see ``policy.round_start``)."""
+        """Alice: start the next round (the caller decides when: see ``policy.round_start``, and
+        ``window_open``)."""
         if self.role is not Role.ALICE:
             raise LocalProtocolError("only Alice starts rounds")
         self._accept_call(Input.BEGIN_ROUND)
+        if not self.window_open:
+            raise LocalProtocolError(f"{len(self._rounds)} rounds are open: the window is full")
         round_id = self._next_round
-        self._open_round(round_id, Input.BEGIN_ROUND, now)
+        self._transition(Input.BEGIN_ROUND, State.UP)
+        self._open_round(round_id, now)
         self._frames.append((round_id, lm.RoundStart(pulses=self.config.pulses_per_round)))
         return round_id
 
     def channel_result(self, round_id: int, message: lm.WireMessage, now: float) -> None:
         """What the quantum channel returned for our submission (anything but an answer fails the round)."""
-        rnd = self._round
-        if rnd is None or rnd.round_id != round_id or self.state is not State.AWAIT_CHANNEL:
+        rnd = self._rounds.get(round_id)
+        if rnd is None or rnd.state is not RoundState.AWAIT_CHANNEL:
             return  # a late answer for an abandoned round
         if isinstance(message, lm.ChannelError):
             detail = f"quantum channel: {message.reason}"
             # Tell the peer at once: it would otherwise wait out its timeout for our first message.
-            self._abort_round(AbortReason.CHANNEL_UNAVAILABLE, detail, now)
+            self._abort_round(rnd, AbortReason.CHANNEL_UNAVAILABLE, detail, now)
             return
-        self._deadline = now + self.config.round_timeout_s
+        rnd.deadline = now + self.config.round_timeout_s
         try:
             session = make_session(self.config, rnd, message, auth=self._auth, randomness=self._randomness)
         except ValueError as exc:
-            self._abort_round(AbortReason.PROTOCOL_VIOLATION, f"quantum channel: {exc}", now)
+            self._abort_round(rnd, AbortReason.PROTOCOL_VIOLATION, f"quantum channel: {exc}", now)
             return
         rnd.session = session
-        self._transition(Input.CHANNEL_RESULT, State.DISTILLING)
+        # The session holds what it needs (and frees it after sifting); with several rounds open, the
+        # round keeping its own references would hold every open round's per-pulse arrays.
+        rnd.prepared, rnd.settings = None, None
+        self._round_transition(rnd, Input.CHANNEL_RESULT, RoundState.DISTILLING)
         if isinstance(session, BobSession):
             self._send_distill(rnd, session.start())
         elif rnd.held is not None:
@@ -196,12 +241,13 @@ class LinkConnection:
 
     def stored(self, round_id: int, now: float) -> None:
         """The caller made the pending key durable."""
-        rnd = self._round
-        if rnd is None or rnd.round_id != round_id:
+        rnd = self._rounds.get(round_id)
+        if rnd is None:
             return
-        self._accept_call(Input.STORED)
-        self._transition(Input.STORED, State.AWAIT_CONFIRMATION)
+        self._accept_round_call(rnd, Input.STORED)
+        self._round_transition(rnd, Input.STORED, RoundState.AWAIT_CONFIRMATION)
         rnd.stored = True
+        rnd.deadline = now + self.config.round_timeout_s
         confirmation = key_confirmation(rnd.key, round_id, self.config.facility)
         self._frames.append((round_id, lm.KeyStored(confirmation=confirmation)))
         self._maybe_commit(rnd, now)
@@ -225,43 +271,63 @@ class LinkConnection:
         self._frames.append((0, lm.NoticeAck(key_id=key_id)))
 
     def handle_timer(self, now: float) -> None:
-        if self.state is State.CLOSED or self._deadline is None or now < self._deadline:
+        if self.state is State.CLOSED:
             return
-        self._transition(Input.TIMER, self.state)
         if self.state is State.EXPECT_HELLO:
-            self._close("no hello from the peer")
-        elif self.state is State.AWAIT_CONFIRMATION:
-            # Our key may be stored and the peer's confirmation lost: only a new hello can settle it.
-            self._close("no key confirmation from the peer")
-        elif self._round is not None:
-            where = self.state.name
-            if self._round.session is not None:
-                self._round.session.expire()
-            self._abort_round(AbortReason.TIMEOUT, f"no progress in {where}", now, tell=b"")
-        else:
-            self._deadline = None
+            if self._hello_deadline is not None and now >= self._hello_deadline:
+                self._transition(Input.TIMER, self.state)
+                self._close("no hello from the peer")
+            return
+        for rnd in list(self._rounds.values()):
+            if rnd.round_id not in self._rounds:
+                return  # an earlier round's timeout closed the link, which ended every round
+            if rnd.deadline is None or now < rnd.deadline:
+                continue
+            self._round_transition(rnd, Input.TIMER, rnd.state)
+            if rnd.state in KEY_HELD:
+                # Our key may be stored and the peer's confirmation lost: only a new hello can settle it.
+                self._close(f"no key confirmation from the peer for round {rnd.round_id}")
+                return
+            where = rnd.state.name
+            if rnd.session is not None:
+                rnd.session.expire()
+            self._abort_round(rnd, AbortReason.TIMEOUT, f"no progress in {where}", now, tell=b"")
 
     def close(self, reason: str) -> None:
         """The transport went away."""
         if self.state is not State.CLOSED:
             self._close(reason)
 
-    # ---- the table ---------------------------------------------------------------------------------
-    def _accept(self, what: Input, now: float) -> bool:
-        """Whether the peer's input `what` is allowed now; if not, the violation ends the round or link."""
-        if (self.state, what) in TRANSITIONS:
+    # ---- the tables --------------------------------------------------------------------------------
+    def _accept(self, what: Input) -> bool:
+        """Whether the peer's link-level input `what` is allowed now; if not, the violation ends the link."""
+        if (self.state, what) in LINK_TRANSITIONS:
             return True
-        self._violation(f"{what.name.lower()} not expected in {self.state.name}", now)
+        self._link_violation(f"{what.name.lower()} not expected in {self.state.name}")
+        return False
+
+    def _accept_round(self, rnd: Round, what: Input, now: float) -> bool:
+        """Whether the peer's input `what` for `rnd` is allowed now; if not, the violation ends the round
+        (or the link, once the round's key may be stored)."""
+        if (rnd.state, what) in ROUND_TRANSITIONS:
+            return True
+        self._round_violation(rnd, f"{what.name.lower()} not expected in {rnd.state.name}", now)
         return False
 
     def _accept_call(self, what: Input) -> None:
         """A call of ours that the table does not allow now is a bug in the caller, not the peer's doing."""
-        if (self.state, what) not in TRANSITIONS:
+        if (self.state, what) not in LINK_TRANSITIONS:
             raise LocalProtocolError(f"{what.name.lower()} is not allowed in {self.state.name}")
 
+    def _accept_round_call(self, rnd: Round, what: Input) -> None:
+        if (rnd.state, what) not in ROUND_TRANSITIONS:
+            raise LocalProtocolError(
+                f"{what.name.lower()} is not allowed for round {rnd.round_id} in {rnd.state.name}"
+            )
+
     def _transition(self, what: Input, to: State) -> None:
-        """The one place the state changes: the handler's choice must be the table's."""
-        expected = TRANSITIONS.get((self.state, what))
+        """The one place the link's state changes: the handler's choice must be the table's."""
+        expected = LINK_TRANSITIONS.get((self.state, what))
         if expected is not to:
             table = expected.name if expected is not None else "nothing"
             raise LocalProtocolError(
@@ -269,9 +335,20 @@ class LinkConnection:
             )
         self.state = to
 
+    def _round_transition(self, rnd: Round, what: Input, to: RoundState) -> None:
+        """The one place a round's state changes, checked against the round table."""
+        expected = ROUND_TRANSITIONS.get((rnd.state, what))
+        if expected is not to:
+            table = expected.name if expected is not None else "nothing"
+            raise LocalProtocolError(
+                f"round {rnd.round_id}: {what.name} in {rnd.state.name} moved to {to.name}; "
+                f"the table says {table}"
+            )
+        rnd.state = to
+
     # ---- handlers ----------------------------------------------------------------------------------
     def _on_hello(self, hello: lm.Hello, now: float) -> None:
-        if not self._accept(Input.HELLO, now):
+        if not self._accept(Input.HELLO):
             return
         c = self.config
         problems = [
@@ -287,6 +364,8 @@ class LinkConnection:
                 ("eps_sec", hello.eps_sec, c.distill.eps_sec),
                 ("eps_cor", hello.eps_cor, c.distill.eps_cor),
                 ("e91_security", hello.e91_security, c.distill.e91_security.value),
+                # Bob refuses a round start beyond his window: ends that differ would abort rounds.
+                ("rounds_in_flight", hello.rounds_in_flight, c.rounds_in_flight),
                 # Both ends of a decoy link must run the same source: Bob's basis bias and both ends'
                 # decoy bound depend on it (and a source that differs is a configuration error to name).
                 *((name, getattr(hello, name), mine) for name, mine in _decoy_fields(c).items()),
@@ -296,69 +375,81 @@ class LinkConnection:
         if problems:
             self._close("hello refused: " + "; ".join(problems))
             return
-        self._transition(Input.HELLO, State.IDLE)
-        self._deadline = None
+        self._transition(Input.HELLO, State.UP)
+        self._hello_deadline = None
         self._events.append(HelloReceived(remote=hello))  # a Hello is the peer's LinkState
 
     def _on_round_start(self, round_id: int, msg: lm.RoundStart, now: float) -> None:
         if self.role is not Role.BOB:
-            self._violation("Bob does not start rounds", now)
+            self._link_violation("Bob does not start rounds")
             return
-        if not self._accept(Input.ROUND_START, now):
+        if not self._accept(Input.ROUND_START):
             return
+        refusal = None
         if round_id < self._next_round or msg.pulses != self.config.pulses_per_round:
-            # A replayed or foreign round start: refuse it without touching our state.
-            detail = f"round {round_id} of {msg.pulses} pulses refused (next {self._next_round})"
-            abort = qm.Abort(reason=int(AbortReason.PROTOCOL_VIOLATION), detail=detail.encode())
+            refusal = f"round {round_id} of {msg.pulses} pulses refused (next {self._next_round})"
+        elif len(self._rounds) >= self.config.rounds_in_flight:
+            # Alice keeps to the same window (the hello checked it), so this is not an honest peer's
+            # doing; refusing keeps a flood of round starts from growing this end's memory.
+            refusal = f"round {round_id} refused: {len(self._rounds)} rounds are already open"
+        if refusal is not None:
+            abort = qm.Abort(reason=int(AbortReason.PROTOCOL_VIOLATION), detail=refusal.encode())
             self._frames.append((round_id, abort))
             return
-        self._open_round(round_id, Input.ROUND_START, now)
+        self._transition(Input.ROUND_START, State.UP)
+        self._open_round(round_id, now)
+
+    def _round_for(self, round_id: int, what: str) -> Round | None:
+        """The open round a peer frame names; None for one this end already left (it crossed our abort:
+        ignored) or, after closing the link, for one that was never opened."""
+        rnd = self._rounds.get(round_id)
+        if rnd is None and round_id >= self._next_round:
+            self._link_violation(f"{what} for round {round_id}, which was never opened")
+        return rnd
 
     def _on_key_stored(self, round_id: int, msg: lm.KeyStored, now: float) -> None:
-        if self._stale(round_id) or not self._accept(Input.KEY_STORED, now):
+        if self.state is not State.UP:
+            self._link_violation(f"key confirmation in {self.state.name}")
             return
-        rnd = self._round
-        if rnd is None or rnd.round_id != round_id:
-            self._violation(f"key confirmation for round {round_id}, not the current one", now)
+        rnd = self._round_for(round_id, "key confirmation")
+        if rnd is None or not self._accept_round(rnd, Input.KEY_STORED, now):
             return
         expected = key_confirmation(rnd.key, rnd.round_id, self.config.peer)
         if not hmac.compare_digest(msg.confirmation, expected):
             # Not the key we hold: never commit on it; the next hello settles our pending round.
             self._close(f"key confirmation for round {round_id} does not match our key")
             return
-        self._transition(Input.KEY_STORED, State.AWAIT_CONFIRMATION)
+        self._round_transition(rnd, Input.KEY_STORED, rnd.state)
         rnd.peer_stored = True
         self._maybe_commit(rnd, now)
 
-    def _open_round(self, round_id: int, via: Input, now: float) -> None:
+    def _open_round(self, round_id: int, now: float) -> None:
         rnd, submission = open_round(self.config, round_id, now, self._randomness)
-        self._round = rnd
+        rnd.deadline = now + self.config.round_timeout_s
+        self._rounds[round_id] = rnd
         self._next_round = round_id + 1
         self._events.append(RoundStarted(round_id=round_id))
         self._channel.append(ChannelRequest(round_id=round_id, message=submission))
-        self._transition(via, State.AWAIT_CHANNEL)
-        self._deadline = now + self.config.round_timeout_s
 
     def _on_distill(self, round_id: int, msg: lm.Distill, now: float) -> None:
-        rnd = self._round
-        if self._stale(round_id):
+        if self.state is not State.UP:
+            self._link_violation(f"{type(msg).__name__} in {self.state.name}")
             return
-        if rnd is None or round_id != rnd.round_id:
-            self._violation(f"{type(msg).__name__} for unknown round {round_id}", now)
+        rnd = self._round_for(round_id, type(msg).__name__)
+        if rnd is None or not self._accept_round(rnd, Input.DISTILL, now):
             return
-        if not self._accept(Input.DISTILL, now):
-            return
-        if self.state is State.AWAIT_CHANNEL:
+        if rnd.state is RoundState.AWAIT_CHANNEL:
             if isinstance(msg, qm.Abort):
-                self._end_round(msg.peer_reason(), msg.describe(), now, by_peer=True)
+                self._end_round(rnd, msg.peer_reason(), msg.describe(), now, by_peer=True)
             elif rnd.held is None and self.role is Role.ALICE:
-                self._transition(Input.DISTILL, State.AWAIT_CHANNEL)
+                self._round_transition(rnd, Input.DISTILL, RoundState.AWAIT_CHANNEL)
                 rnd.held = msg
             else:
-                self._violation(f"{type(msg).__name__} before the channel result", now)
+                self._round_violation(rnd, f"{type(msg).__name__} before the channel result", now)
             return
-        self._transition(Input.DISTILL, self.state)
-        self._deadline = now + self.config.round_timeout_s
+        self._round_transition(rnd, Input.DISTILL, rnd.state)
+        if rnd.deadline is not None:
+            rnd.deadline = now + self.config.round_timeout_s
         self._feed(rnd, msg, now)
 
     def _feed(self, rnd: Round, msg: lm.Distill, now: float) -> None:
@@ -372,24 +463,41 @@ class LinkConnection:
         if outcome is None:
             return
         if outcome.established and not was_established:
-            self._transition(Input.KEY_AGREED, State.AWAIT_CONFIRMATION)
+            self._round_transition(rnd, Input.KEY_AGREED, RoundState.AGREED)
             rnd.key = whole_bytes(outcome.key)
-            self._events.append(
-                StorePending(
-                    round_id=rnd.round_id,
-                    owner=self.config.owner_of(rnd.round_id),
-                    key=rnd.key,
-                    auth_refill=np.packbits(outcome.auth_refill).tobytes(),
-                )
-            )
+            rnd.auth_refill = np.packbits(outcome.auth_refill).tobytes()
+            rnd.deadline = None  # it waits for the rounds before it, which have their own deadlines
+            self._store_in_turn()
         elif not outcome.established:
-            if was_established or rnd.stored:
+            if rnd.store_requested:
                 self._events.append(DiscardRound(round_id=rnd.round_id))
             reason, by_peer = outcome.abort_reason, False
             if reason is AbortReason.PEER_ABORTED and isinstance(msg, qm.Abort):
                 # Report the cause the peer measured (an eavesdropper's QBER is an alarm at both ends).
                 reason, by_peer = msg.peer_reason(), True
-            self._end_round(reason, outcome.abort_detail, now, outcome=outcome, by_peer=by_peer)
+            self._end_round(rnd, reason, outcome.abort_detail, now, outcome=outcome, by_peer=by_peer)
+
+    def _store_in_turn(self) -> None:
+        """Ask the caller to store the oldest open round's key once it is agreed. Rounds store and commit
+        strictly in id order, one at a time, at both ends: the pool then never holds more than one
+        pending round (the hello's settling rule stays exact), and each commit's refill lands in the
+        authentication store at the same offset at both ends (so the keys a later round takes, named
+        by their offset, are the same bytes at both ends)."""
+        if self.state is not State.UP or not self._rounds:
+            return
+        first = next(iter(self._rounds.values()))
+        if first.state is not RoundState.AGREED or first.store_requested:
+            return
+        first.store_requested = True
+        first.deadline = None
+        self._events.append(
+            StorePending(
+                round_id=first.round_id,
+                owner=self.config.owner_of(first.round_id),
+                key=first.key,
+                auth_refill=first.auth_refill,
+            )
+        )
 
     def _send_distill(self, rnd: Round, out: list[Message]) -> None:
         if self._auth.position != self._auth_reported:
@@ -402,31 +510,23 @@ class LinkConnection:
         if not (rnd.stored and rnd.peer_stored):
             return
         self._events.append(CommitRound(round_id=rnd.round_id))
+        # The durable store appends the same refill when the caller commits; the rounds still open take
+        # their keys from this in-memory twin, so it must hold exactly what the durable one holds.
+        self._auth.replenish(rnd.auth_refill)
         outcome = rnd.session.outcome if rnd.session is not None else None
-        self._end_round(AbortReason.NONE, "", now, outcome=outcome, key_bits=8 * len(rnd.key))
-
-    def _stale(self, round_id: int) -> bool:
-        """A message for a round this end already left (it crossed our abort): ignored, not a violation."""
-        if self.state is State.EXPECT_HELLO or self._current(round_id):
-            return False
-        return round_id < self._next_round
-
-    def _current(self, round_id: int) -> bool:
-        return self._round is not None and self._round.round_id == round_id
+        self._end_round(rnd, AbortReason.NONE, "", now, outcome=outcome, key_bits=8 * len(rnd.key))
 
     def _abort_round(
-        self, reason: AbortReason, detail: str, now: float, *, tell: bytes | None = None
+        self, rnd: Round, reason: AbortReason, detail: str, now: float, *, tell: bytes | None = None
     ) -> None:
-        """End the running round on our side and tell the peer why (`tell`, else `detail`)."""
-        rnd = self._round
-        if rnd is None:
-            return
+        """End `rnd` on our side and tell the peer why (`tell`, else `detail`)."""
         text = detail.encode()[:512] if tell is None else tell
         self._frames.append((rnd.round_id, qm.Abort(reason=int(reason), detail=text)))
-        self._end_round(reason, detail, now)
+        self._end_round(rnd, reason, detail, now)
 
     def _end_round(
         self,
+        rnd: Round,
         reason: AbortReason,
         detail: str,
         now: float,
@@ -435,12 +535,9 @@ class LinkConnection:
         by_peer: bool = False,
         key_bits: int = 0,
     ) -> None:
-        rnd = self._round
-        if rnd is None:
-            return
-        self._round = None
-        self._transition(Input.ROUND_ENDED, State.IDLE)
-        self._deadline = None
+        del self._rounds[rnd.round_id]
+        self._round_transition(rnd, Input.ROUND_ENDED, RoundState.ENDED)
+        rnd.deadline = None
         self._events.append(
             RoundEnded(
                 round_id=rnd.round_id,
@@ -453,30 +550,27 @@ class LinkConnection:
                 key_bits=key_bits,
             )
         )
+        self._store_in_turn()
 
-    def _violation(self, detail: str, now: float) -> None:
-        if self.state is State.EXPECT_HELLO:
-            self._close(f"protocol violation before hello: {detail}")
-            return
-        rnd = self._round
-        if rnd is None:
-            self._close(f"protocol violation: {detail}")
-            return
-        if self.state is State.AWAIT_CONFIRMATION:
+    def _round_violation(self, rnd: Round, detail: str, now: float) -> None:
+        if rnd.state in KEY_HELD:
             self._close(f"protocol violation while confirming round {rnd.round_id}: {detail}")
             return
         if rnd.session is not None:
             rnd.session.expire()
-        self._abort_round(AbortReason.PROTOCOL_VIOLATION, detail, now)
+        self._abort_round(rnd, AbortReason.PROTOCOL_VIOLATION, detail, now)
+
+    def _link_violation(self, detail: str) -> None:
+        where = " before hello" if self.state is State.EXPECT_HELLO else ""
+        self._close(f"protocol violation{where}: {detail}")
 
     def _close(self, reason: str) -> None:
         # A pending key stays pending: the next hello settles it (never discard it here).
-        rnd = self._round
-        if rnd is not None:
-            outcome = rnd.session.outcome if rnd.session is not None else None
-            self._end_round(AbortReason.LINK_LOST, reason, rnd.started_at, outcome=outcome)
         self._transition(Input.CLOSE, State.CLOSED)
-        self._deadline = None
+        self._hello_deadline = None
+        for rnd in list(self._rounds.values()):
+            outcome = rnd.session.outcome if rnd.session is not None else None
+            self._end_round(rnd, AbortReason.LINK_LOST, reason, rnd.started_at, outcome=outcome)
         self._events.append(LinkClosed(reason=reason))
 
 

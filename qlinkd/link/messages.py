@@ -63,6 +63,8 @@ class Hello(LinkState):
     """Their probabilities; empty otherwise."""
     decoy_p_x: float = 0.0
     """The key-basis probability p_X of a wcp link; 0 otherwise."""
+    rounds_in_flight: int = 0
+    """The window of rounds open at once (0 from a peer that predates it: refused, named)."""
 
     def __post_init__(self) -> None:
         _name(self.facility, "hello.facility")

@@ -165,6 +165,10 @@ class PeerLink:
             last_round=self.report.last_round,
             alarm=self.report.alarm,
             auth_starved=self._gate.starved,
+            rounds_in_flight=0 if link is None or link.state is State.CLOSED else len(link.open_rounds),
+            rounds_window=self.config.rounds_in_flight,
+            down_since=self.report.down_since_iso(),
+            down_reason=self.report.down_reason,
         )
 
     # ---- connections -------------------------------------------------------------------------------------
@@ -278,8 +282,13 @@ class PeerLink:
                     link.close(reason)
             await self._flush(link, ws)
             await _send_anchors(ws, anchors.poll(now))
-            if self.role is Role.ALICE and link.state is State.IDLE and self._may_start(now):
+            began = False
+            while (
+                self.role is Role.ALICE and link.window_open and self._may_start(now, len(link.open_rounds))
+            ):
                 link.begin_round(now)
+                began = True
+            if began:
                 await self._flush(link, ws)
 
     def _answer_anchor_waiters(self, replies: int | None) -> None:
@@ -293,7 +302,7 @@ class PeerLink:
                 waiter.set_result(replies is not None)
         self._anchor_waiters = waiting
 
-    def _may_start(self, now: float) -> bool:
+    def _may_start(self, now: float, rounds_open: int) -> bool:
         store, peer_id = self.rt.store, self.peer.id
         levels = policy.PoolLevels(
             pool_bits=store.pool_bits(peer_id),
@@ -301,7 +310,9 @@ class PeerLink:
             low_watermark_bits=self.peer.low_watermark_bits,
             high_watermark_bits=self.peer.high_watermark_bits,
         )
-        decision = policy.round_start(self._gate, levels, channel_up=self.channel.connected, now=now)
+        decision = policy.round_start(
+            self._gate, levels, channel_up=self.channel.connected, now=now, rounds_open=rounds_open
+        )
         if decision.gate.starved != self._gate.starved:
             self.report.starvation(decision.gate.starved, levels.auth_reserve_bits)
         self._gate = decision.gate

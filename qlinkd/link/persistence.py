@@ -46,8 +46,8 @@ def persist(
             store.store_pending(peer, round_id, owner=owner, key=key, auth_refill=refill)
             link.stored(round_id, now)
         case CommitRound(round_id=round_id):
+            # The machine paid the refill into its in-memory authentication store already.
             store.commit(peer, round_id)
-            link.replace_auth(store.auth_store(peer))
         case DiscardRound(round_id=round_id):
             store.discard_pending(peer, round_id)
         case NoticeReceived(notice=notice):

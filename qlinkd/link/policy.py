@@ -63,16 +63,23 @@ class StartDecision:
     """The gate to keep for the next decision."""
 
 
-def round_start(gate: StartGate, levels: PoolLevels, *, channel_up: bool, now: float) -> StartDecision:
-    """Whether Alice starts a round now. Nothing is decided (and nothing changes) while her channel
-    connection is down or the pause after an aborted round runs. Then an authentication reserve below one
-    round's tags halts key generation; otherwise the pool level decides, with hysteresis: rounds pause
-    when the pool reaches the high watermark and resume only once it is below the low one."""
+def round_start(
+    gate: StartGate, levels: PoolLevels, *, channel_up: bool, now: float, rounds_open: int = 0
+) -> StartDecision:
+    """Whether Alice starts another round now, with `rounds_open` already in flight. Nothing is decided
+    (and nothing changes) while her channel connection is down or the pause after an aborted round runs.
+    Then an authentication reserve below one round's tags halts key generation (starved); one that cannot
+    pay for the tags of every open round and one more waits for their refills (the open rounds take
+    their keys before their refills come back); otherwise the pool
+    level decides, with hysteresis: rounds pause when the pool reaches the high watermark and resume
+    only once it is below the low one."""
     if not channel_up or now < gate.resume_at:
         return StartDecision(start=False, gate=gate)
-    starved = levels.auth_reserve_bits < ROUND_AUTH_BITS
-    if starved:
+    if levels.auth_reserve_bits < ROUND_AUTH_BITS:
         return StartDecision(start=False, gate=replace(gate, starved=True))
+    if levels.auth_reserve_bits < ROUND_AUTH_BITS * (rounds_open + 1):
+        # Not starved: the open rounds' refills come back as they commit. Just not one more yet.
+        return StartDecision(start=False, gate=replace(gate, starved=False))
     paused = gate.paused
     if paused and levels.pool_bits < levels.low_watermark_bits:
         paused = False

@@ -5,6 +5,8 @@ from ``policy``."""
 from __future__ import annotations
 
 import logging
+import time
+from datetime import UTC, datetime
 
 from qlinkmed.qcore.params import DistillConfig
 from qlinkmed.qlinkd.errors import StoreError
@@ -28,22 +30,39 @@ class LinkReporter:
         self.rounds = RoundCounts()
         self.last_round: RoundRecord | None = None
         self.alarm: str | None = None
+        self.down_since: float | None = time.time()
+        """Wall-clock time the classical connection went down (None while up); the daemon's start
+        until the first hello."""
+        self.down_reason: str | None = None
 
     def link_up(self, result: ReconcileResult) -> None:
         self.rt.metrics.set_link_up(self.peer, True)
         committed, discarded = list(result.committed), list(result.discarded)
+        down_s = None if self.down_since is None else round(time.time() - self.down_since, 3)
         log.info(
-            "link to %s up as %s (committed %s, discarded %s on reconcile)",
+            "link to %s up as %s after %s s down (committed %s, discarded %s on reconcile)",
             self.peer,
             self.role,
+            down_s,
             committed,
             discarded,
         )
-        self.rt.audit.record("link_up", peer=self.peer, committed=committed, discarded=discarded)
+        self.rt.audit.record(
+            "link_up", peer=self.peer, committed=committed, discarded=discarded, down_s=down_s
+        )
+        self.down_since, self.down_reason = None, None
 
     def link_down(self, reason: str) -> None:
         log.warning("link to %s closed: %s", self.peer, reason)
         self.rt.audit.record("link_down", peer=self.peer, reason=reason)
+        if self.down_since is None:
+            self.down_since = time.time()
+        self.down_reason = reason
+
+    def down_since_iso(self) -> str | None:
+        if self.down_since is None:
+            return None
+        return datetime.fromtimestamp(self.down_since, UTC).isoformat(timespec="seconds")
 
     def notice_refused(self, key_id: str, exc: StoreError) -> None:
         log.error("ALARM key notice %s from %s does not match our pool: %s", key_id, self.peer, exc)

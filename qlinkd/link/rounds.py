@@ -17,13 +17,16 @@ from qlinkmed.qcore.randomness import PartyRandomness
 from qlinkmed.qcore.session import AliceSession, BobSession
 from qlinkmed.qlinkd.link import messages as lm
 from qlinkmed.qlinkd.link.events import LinkConfig
-from qlinkmed.qlinkd.link.states import Role
+from qlinkmed.qlinkd.link.states import Role, RoundState
 
 
 @dataclass(slots=True)
 class Round:
     round_id: int
     started_at: float
+    state: RoundState = RoundState.AWAIT_CHANNEL
+    deadline: float | None = None
+    """When the round is given up for making no progress (None: it waits for an earlier round)."""
     prepared: PreparedPulses | None = None
     """Alice's BB84 pulses (bits, bases, decoy classes), kept until the channel confirms them."""
     settings: np.ndarray | None = None
@@ -34,6 +37,10 @@ class Round:
     stored: bool = False
     peer_stored: bool = False
     key: bytes = field(default=b"", repr=False)
+    auth_refill: bytes = field(default=b"", repr=False)
+    """What the round pays back into the authentication store when it commits."""
+    store_requested: bool = False
+    """StorePending went out for the key (its turn came)."""
 
 
 def open_round(

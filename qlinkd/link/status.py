@@ -150,6 +150,15 @@ class LinkStatus:
     """The authentication key cannot pay for another round: key generation is halted."""
     decoy: SourceStatus | None = None
     """The link's decoy source (protocol bb84-decoy); None for single photons or E91."""
+    rounds_in_flight: int = 0
+    """Rounds open on the link now."""
+    rounds_window: int = 1
+    """Rounds the link keeps open at once (``[[peer]] rounds_in_flight``)."""
+    down_since: str | None = None
+    """While the classical connection is down (a partition, the peer stopped, or never yet up): since
+    when, ISO 8601 UTC; None while it is up."""
+    down_reason: str | None = None
+    """Why it went down (the last connection's end), None while up or before the first connection."""
 
     def to_json(self) -> dict[str, Any]:
         # The nested values replace their entries in place: the keys keep the declared order.
@@ -194,6 +203,10 @@ class LinkStatus:
             alarm=alarm,
             auth_starved=_get(d, "auth_starved", bool),
             decoy=SourceStatus.from_json(d.get("decoy"), "decoy"),
+            rounds_in_flight=_get(d, "rounds_in_flight", int),
+            rounds_window=_get(d, "rounds_window", int),
+            down_since=_optional_text(d, "down_since"),
+            down_reason=_optional_text(d, "down_reason"),
         )
 
 
@@ -283,6 +296,13 @@ def _get(d: Mapping[str, Any], name: str, kind: type[T], where: str = "") -> T:
     # JSON has no separate booleans and integers in Python's eyes (bool is an int): keep them apart.
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise StatusFormatError(field, f"expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _optional_text(d: Mapping[str, Any], name: str) -> str | None:
+    value = d.get(name)
+    if value is not None and not isinstance(value, str):
+        raise StatusFormatError(name, f"expected text or null, got {type(value).__name__}")
     return value
 
 

@@ -22,6 +22,7 @@ from qlinkmed.qcore.constants import FACILITY_ID_PATTERN, QBER_TOLERANCE, is_fac
 from qlinkmed.qcore.params import DistillConfig, E91Security, ProtocolKind
 from qlinkmed.qcore.security import DEFAULT_EPS_COR, DEFAULT_EPS_SEC
 from qlinkmed.qlinkd.errors import ConfigError, PkiError
+from qlinkmed.qlinkd.link.events import MAX_ROUNDS_IN_FLIGHT
 from qlinkmed.qlinkd.ops.decoy_source import DecoyOverrides, DecoyPlan, plan_decoy
 from qlinkmed.qlinkd.ops.toml_reader import Address, Table, build, check, read_toml
 
@@ -55,6 +56,20 @@ DEFAULT_ROUND_TIMEOUT_S = 10.0
 DECOY_TIMEOUT_S_PER_PULSE = 60.0 / 100_000_000
 """A bb84-decoy round's default timeout grows with its size: a 1e8-pulse round moves ~250 MB of
 per-pulse arrays through both daemons and the channel service (docs/benchmarks.md)."""
+
+
+PULSES_IN_FLIGHT_DEFAULT = 50_000_000
+"""The default window keeps at most this many pulses (or pairs) of open rounds per link: the first
+phases of a round hold per-pulse arrays, about 5 bytes a pulse at each daemon and the channel."""
+MAX_PULSES_IN_FLIGHT = 200_000_000
+"""A configured window may hold at most this many pulses of open rounds (about 1 GB a process)."""
+DEFAULT_MAX_ROUNDS_IN_FLIGHT = 8
+"""The largest default window: enough rounds to cover a 50 ms round trip at the loopback key rate."""
+
+
+def default_rounds_in_flight(pulses_per_round: int) -> int:
+    """Rounds a link keeps open at once unless configured: up to 8, within PULSES_IN_FLIGHT_DEFAULT."""
+    return max(1, min(DEFAULT_MAX_ROUNDS_IN_FLIGHT, PULSES_IN_FLIGHT_DEFAULT // pulses_per_round))
 
 
 def default_round_timeout_s(pulses_per_round: int, decoy: bool) -> float:
@@ -186,6 +201,9 @@ class PeerConfig:
     """Pause rounds when the key pool holds at least this many bits (> low_watermark_bits)."""
     round_timeout_s: float = 10.0
     """Abort a round that has not finished after this many seconds."""
+    rounds_in_flight: int = 1
+    """Rounds kept open at once (their round trips overlap on a long link), 1..32 and at most
+    MAX_PULSES_IN_FLIGHT pulses in all; both ends must say the same. Default: ``default_rounds_in_flight``."""
     qber_tolerance: float = QBER_TOLERANCE
     """Abort a round whose observed QBER exceeds this, in (0, 0.5); the finite-size deviation shortens the
     key instead."""
@@ -224,6 +242,17 @@ class PeerConfig:
             math.isfinite(self.round_timeout_s) and 0.0 < self.round_timeout_s <= 3600.0,
             "round_timeout_s",
             "must be in (0, 3600]",
+        )
+        check(
+            1 <= self.rounds_in_flight <= MAX_ROUNDS_IN_FLIGHT,
+            "rounds_in_flight",
+            f"must be in 1..{MAX_ROUNDS_IN_FLIGHT}",
+        )
+        check(
+            self.rounds_in_flight * self.pulses_per_round <= MAX_PULSES_IN_FLIGHT,
+            "rounds_in_flight",
+            f"{self.rounds_in_flight} rounds of {self.pulses_per_round:,} pulses would hold more than "
+            f"{MAX_PULSES_IN_FLIGHT:,} pulses in memory",
         )
         check(0.0 < self.qber_tolerance < 0.5, "qber_tolerance", "must be in (0, 0.5)")
         check(0.0 < self.sample_fraction < 1.0, "sample_fraction", "must be in (0, 1)")
@@ -401,6 +430,7 @@ def _peer(section: Table) -> PeerConfig:
         round_timeout_s=section.number(
             "round_timeout_s", default_round_timeout_s(pulses, decoy=decoy is not None)
         ),
+        rounds_in_flight=section.integer("rounds_in_flight", default_rounds_in_flight(pulses)),
         qber_tolerance=section.number("qber_tolerance", QBER_TOLERANCE),
         sample_fraction=section.number("sample_fraction", 0.3),
         e91_security=section.choice("e91_security", E91Security, tuple(E91Security), "bbm92"),

@@ -342,7 +342,7 @@ def test_human_status_shows_chsh_alarm_and_starvation() -> None:
         "eps": 1.001e-9,
         "connected": True,
         "channel_connected": False,
-        "state": "idle",
+        "state": "up",
         "pool_bits": 1024,
         "pool_bits_owned": 512,
         "auth_reserve_bits": 0,
@@ -371,8 +371,14 @@ def test_human_status_shows_chsh_alarm_and_starvation() -> None:
         },
         "alarm": "chsh_below_threshold",
         "auth_starved": True,
+        "rounds_in_flight": 3,
+        "rounds_window": 8,
+        "down_since": "2026-12-06T17:00:00+00:00",
+        "down_reason": "peer closed the connection",
     }
     text = format_status({"facility": A, "uptime_s": 5, "saes": [], "links": [link]}, {B: 256})
+    assert "  rounds open   3 of 8" in text
+    assert "since 2026-12-06T17:00:00+00:00: peer closed the connection" in text
     assert "1,024 bits = 4 keys of 256 bits" in text
     assert "channel NOT connected" in text
     assert "#4 ABORTED (chsh_below_threshold): QBER 20.00% (upper bound 25.00%), CHSH 2.100 +- 0.200" in text

@@ -77,6 +77,7 @@ def _hello(**change: object) -> lm.Hello:
         "decoy_intensities": SOURCE.intensities,
         "decoy_probabilities": SOURCE.probabilities,
         "decoy_p_x": SOURCE.p_x,
+        "rounds_in_flight": 1,
     }
     return lm.Hello(**{**fields, **change})  # type: ignore[arg-type]
 
@@ -93,7 +94,7 @@ def test_the_hello_carries_the_source_and_an_equal_one_is_accepted(tmp_path: Pat
     )
     assert decode_frame(encode_frame(ours, 0))[1] == ours  # exact through the wire (doubles)
     pair.a.link.receive(0, decode_frame(encode_frame(_hello(), 0))[1], 0.0)
-    assert pair.a.link.state is State.IDLE
+    assert pair.a.link.state is State.UP
 
 
 @pytest.mark.parametrize(

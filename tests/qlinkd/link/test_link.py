@@ -25,11 +25,22 @@ from qlinkmed.qlinkd.link.events import (
     RoundEnded,
 )
 from qlinkmed.qlinkd.link.machine import LinkConnection
-from qlinkmed.qlinkd.link.states import CONSEQUENCES, PEER_INPUTS, TRANSITIONS, Input, Role, State
+from qlinkmed.qlinkd.link.rounds import Round
+from qlinkmed.qlinkd.link.states import (
+    CONSEQUENCES,
+    LINK_TRANSITIONS,
+    PEER_INPUTS,
+    ROUND_PEER_INPUTS,
+    ROUND_TRANSITIONS,
+    Input,
+    Role,
+    RoundState,
+    State,
+)
 from qlinkmed.qlinkd.link.wire import decode_frame, encode_frame
 from qlinkmed.qlinkd.pool.keystore import KeyStore
 from qlinkmed.qlinkd.pool.values import KeyNotice, Segment
-from tests.link_pair import LinkPair, Tap
+from tests.link_pair import PULSES, LinkPair, Tap
 
 
 def _pool(store: KeyStore, peer: str) -> tuple[int, int, int]:
@@ -51,8 +62,9 @@ def pair(tmp_path: Path) -> LinkPair:
     return p
 
 
-def test_hello_brings_both_ends_to_idle(pair: LinkPair) -> None:
-    assert pair.a.link.state is State.IDLE and pair.b.link.state is State.IDLE
+def test_hello_brings_both_ends_up_with_no_round_open(pair: LinkPair) -> None:
+    assert pair.a.link.state is State.UP and pair.b.link.state is State.UP
+    assert pair.a.link.open_rounds == () == pair.b.link.open_rounds
     assert pair.a.link.role is Role.ALICE and pair.b.link.role is Role.BOB
 
 
@@ -251,7 +263,7 @@ def test_round_stored_at_bob_only_is_discarded_by_the_next_hello(pair: LinkPair)
 def test_replayed_round_start_is_refused(pair: LinkPair) -> None:
     pair.run_round()
     pair.b.link.receive(1, lm.RoundStart(pulses=pair.pulses), pair.now)
-    assert pair.b.link.state is State.IDLE
+    assert pair.b.link.state is State.UP and pair.b.link.open_rounds == ()
     (round_id, abort), *_ = pair.b.link.frames_to_send()
     assert round_id == 1 and isinstance(abort, qm.Abort)
     assert abort.reason == AbortReason.PROTOCOL_VIOLATION
@@ -279,7 +291,7 @@ def test_hello_with_other_parameters_closes_the_link(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("eps_sec", 1e-9), ("eps_cor", 0.0), ("e91_security", "device-independent")],
+    [("eps_sec", 1e-9), ("eps_cor", 0.0), ("e91_security", "device-independent"), ("rounds_in_flight", 4)],
 )
 def test_hello_with_other_security_parameters_closes_the_link(
     tmp_path: Path, field: str, value: object
@@ -297,11 +309,12 @@ def test_hello_with_other_security_parameters_closes_the_link(
         "last_committed": 0,
         "pending_round": 0,
         "auth_position": 0,
+        "rounds_in_flight": 1,
     }
     pair.a.link.start(0.0)
     (_, ours), *_ = pair.a.link.frames_to_send()
     assert isinstance(ours, lm.Hello) and (ours.eps_sec, ours.eps_cor) == (1e-10, 1e-10)
-    decoded = decode_frame(encode_frame(lm.Hello(**fields, **{field: value}), 0))[1]  # type: ignore[arg-type]
+    decoded = decode_frame(encode_frame(lm.Hello(**{**fields, field: value}), 0))[1]  # type: ignore[arg-type]
     pair.a.link.receive(0, decoded, 0.0)
     assert pair.a.link.state is State.CLOSED
     closed = [e for e in iter(pair.a.link.next_event, None) if isinstance(e, LinkClosed)]
@@ -333,11 +346,12 @@ def _peer_input(kind: Input, round_id: int) -> tuple[int, lm.PeerMessage]:
             peer="hospital-b",
             protocol="bb84",
             source="single-photon",
-            pulses_per_round=1,
+            pulses_per_round=PULSES,
             next_round=1,
             last_committed=0,
             pending_round=0,
             auth_position=0,
+            rounds_in_flight=1,
         )
     if kind is Input.ROUND_START:
         return round_id, lm.RoundStart(pulses=7)
@@ -353,71 +367,109 @@ def _peer_input(kind: Input, round_id: int) -> tuple[int, lm.PeerMessage]:
 HELD_FRAMES: dict[str, lm.PeerMessage] = {}
 
 
-def _bob_in(state: State, root: Path) -> tuple[LinkPair, int]:
+def _bob_link_in(state: State, root: Path) -> LinkPair:
     pair = LinkPair(root)
     if state is State.EXPECT_HELLO:
         pair.b.link.start(0.0)
-        return pair, 1
+    else:
+        pair.connect()
+    return pair
+
+
+@pytest.mark.parametrize("state", [s for s in State if s is not State.CLOSED])
+@pytest.mark.parametrize("kind", sorted(PEER_INPUTS, key=attrgetter("value")))
+def test_every_peer_input_to_the_link_moves_by_its_table_or_ends_the_link(
+    tmp_path: Path, state: State, kind: Input
+) -> None:
+    pair = _bob_link_in(state, tmp_path)
+    bob = pair.b.link
+    list(iter(bob.next_event, None))
+    round_id, message = _peer_input(kind, bob.next_round)
+    bob.receive(round_id, message, pair.now)
+    if kind in ROUND_PEER_INPUTS:
+        # Addressed to a round that was never opened: the link ends whatever its state.
+        assert bob.state is State.CLOSED, (state, kind)
+        return
+    if (state, kind) not in LINK_TRANSITIONS:
+        assert bob.state is State.CLOSED, (state, kind)
+        return
+    assert bob.state is LINK_TRANSITIONS[(state, kind)], (state, kind)
+
+
+def _bob_round_in(state: RoundState, root: Path) -> tuple[LinkPair, int]:
+    """A pair whose Bob has round 1 (AGREED: round 2) in `state`. AGREED needs an earlier round still
+    open, so that one runs with a window of two rounds."""
+    pair = LinkPair(root, window=2 if state is RoundState.AGREED else 1)
     pair.connect()
-    if state is State.IDLE:
-        return pair, pair.b.link.next_round
-    if state is State.AWAIT_CHANNEL:
+    if state is RoundState.AWAIT_CHANNEL:
         pair.b.link.receive(1, lm.RoundStart(pulses=pair.pulses), 0.0)
         return pair, 1
     held = {"on": False}
 
     def tap(who: str, r: int, message: object, data: bytes) -> list[bytes]:
-        if state is State.DISTILLING and isinstance(message, qm.Sifting):
+        if state is RoundState.AGREED:
+            return [] if r == 1 and not isinstance(message, lm.RoundStart) else [data]
+        if state is RoundState.DISTILLING and isinstance(message, qm.Sifting):
             held["on"] = True
-        if state is State.AWAIT_CONFIRMATION and isinstance(message, lm.KeyStored) and who == "hospital-a":
+        if (
+            state is RoundState.AWAIT_CONFIRMATION
+            and isinstance(message, lm.KeyStored)
+            and who == "hospital-a"
+        ):
             held["on"] = True
             HELD_FRAMES["key_stored"] = message  # Alice's genuine confirmation, for the legal case
         return [] if held["on"] else [data]
 
     pair.tap = tap
+    if state is RoundState.AGREED:
+        pair.run_window()
+        return pair, 2
     pair.run_round()
     return pair, 1
 
 
-def _reachable(state: State) -> set[State]:
-    """`state`, and every state the machine's own consequences (key agreed, round ended, link closed)
-    may lead on to from it."""
+def _reachable(state: RoundState) -> set[RoundState]:
+    """`state`, and every round state the machine's own consequences (key agreed, round ended) may lead
+    on to from it."""
     seen, todo = {state}, [state]
     while todo:
         current = todo.pop()
         for consequence in CONSEQUENCES:
-            after = TRANSITIONS.get((current, consequence))
+            after = ROUND_TRANSITIONS.get((current, consequence))
             if after is not None and after not in seen:
                 seen.add(after)
                 todo.append(after)
     return seen
 
 
-@pytest.mark.parametrize("state", [s for s in State if s is not State.CLOSED])
-@pytest.mark.parametrize("kind", sorted(PEER_INPUTS, key=attrgetter("value")))
-def test_every_peer_input_moves_by_the_table_or_ends_the_round(
-    tmp_path: Path, state: State, kind: Input
+@pytest.mark.parametrize("state", [s for s in RoundState if s is not RoundState.ENDED])
+@pytest.mark.parametrize("kind", sorted(ROUND_PEER_INPUTS, key=attrgetter("value")))
+def test_every_peer_input_to_a_round_moves_by_its_table_or_ends_the_round(
+    tmp_path: Path, state: RoundState, kind: Input
 ) -> None:
-    pair, round_id = _bob_in(state, tmp_path)
+    pair, round_id = _bob_round_in(state, tmp_path)
     bob = pair.b.link
-    assert bob.state is state
+    assert bob.round_state(round_id) is state
     list(iter(bob.next_event, None))
-    round_id, message = _peer_input(kind, round_id)
-    if kind is Input.KEY_STORED and state is State.AWAIT_CONFIRMATION:
+    _, message = _peer_input(kind, round_id)
+    if kind is Input.KEY_STORED and state is RoundState.AWAIT_CONFIRMATION:
         message = HELD_FRAMES.pop("key_stored")
     bob.receive(round_id, message, pair.now)
     events = list(iter(bob.next_event, None))
+    after = bob.round_state(round_id) or RoundState.ENDED
     violated = bob.state is State.CLOSED or any(
-        isinstance(e, RoundEnded) and e.reason is AbortReason.PROTOCOL_VIOLATION for e in events
+        isinstance(e, RoundEnded) and e.round_id == round_id and e.reason is AbortReason.PROTOCOL_VIOLATION
+        for e in events
     )
-    legal = (state, kind) in TRANSITIONS
+    legal = (state, kind) in ROUND_TRANSITIONS
     if not legal:
-        assert violated, (state, kind, bob.state, events)
-        assert bob.state in _reachable(state) - {state}
+        assert violated, (state, kind, after, events)
+        assert after in _reachable(state) - {state}
         return
-    if kind in (Input.NOTICE, Input.NOTICE_ACK, Input.KEY_STORED):
-        assert not violated
-    assert bob.state in _reachable(TRANSITIONS[(state, kind)]), (state, kind, bob.state)
+    if kind is Input.KEY_STORED:
+        # A forged confirmation (AGREED: all zeros) closes the link; the genuine one commits.
+        assert not violated or state is RoundState.AGREED
+    assert after in _reachable(ROUND_TRANSITIONS[(state, kind)]), (state, kind, after)
 
 
 def _machine(tmp_path: Path) -> LinkConnection:
@@ -438,7 +490,7 @@ def test_the_one_transition_method_follows_the_table_for_every_state_and_input(t
         for kind in Input:
             for target in State:
                 link.state = state  # set up the case (the machine itself assigns it only in _transition)
-                if TRANSITIONS.get((state, kind)) is target:
+                if LINK_TRANSITIONS.get((state, kind)) is target:
                     link._transition(kind, target)
                     assert link.state is target
                 else:
@@ -447,9 +499,31 @@ def test_the_one_transition_method_follows_the_table_for_every_state_and_input(t
                     assert link.state is state
 
 
-def test_the_table_leads_nowhere_from_closed_and_every_state_can_close() -> None:
-    assert not [key for key in TRANSITIONS if key[0] is State.CLOSED]
-    assert all(TRANSITIONS[(s, Input.CLOSE)] is State.CLOSED for s in State if s is not State.CLOSED)
+def test_the_round_transition_method_follows_the_round_table(tmp_path: Path) -> None:
+    link = _machine(tmp_path)
+    rnd = Round(round_id=1, started_at=0.0)
+    for state in RoundState:
+        for kind in Input:
+            for target in RoundState:
+                rnd.state = state
+                if ROUND_TRANSITIONS.get((state, kind)) is target:
+                    link._round_transition(rnd, kind, target)
+                    assert rnd.state is target
+                else:
+                    with pytest.raises(LocalProtocolError):
+                        link._round_transition(rnd, kind, target)
+                    assert rnd.state is state
+
+
+def test_the_tables_lead_nowhere_from_closed_or_ended_and_everything_open_can_end() -> None:
+    assert not [key for key in LINK_TRANSITIONS if key[0] is State.CLOSED]
+    assert all(LINK_TRANSITIONS[(s, Input.CLOSE)] is State.CLOSED for s in State if s is not State.CLOSED)
+    assert not [key for key in ROUND_TRANSITIONS if key[0] is RoundState.ENDED]
+    assert all(
+        ROUND_TRANSITIONS[(s, Input.ROUND_ENDED)] is RoundState.ENDED
+        for s in RoundState
+        if s is not RoundState.ENDED
+    )
 
 
 def test_calls_the_table_does_not_allow_raise_and_change_nothing(tmp_path: Path) -> None:
@@ -473,7 +547,7 @@ def test_notices_wait_for_the_hello_then_the_outbox_goes_first(tmp_path: Path) -
     pair.b.link.start(0.0)
     ((_, hello),) = pair.b.link.frames_to_send()
     alice.receive(0, hello, 0.0)
-    assert isinstance(alice.next_event(), HelloReceived) and alice.state is State.IDLE
+    assert isinstance(alice.next_event(), HelloReceived) and alice.state is State.UP
     alice.hello_done(next_round=1, auth=pair.a.store.auth_store(pair.a.peer), outbox=[NOTICE])
     assert alice.frames_to_send() == [(0, NOTICE)]
     alice.send_notice(NOTICE)
@@ -542,7 +616,7 @@ def test_channel_failure_at_bob_releases_alice_at_once(pair: LinkPair) -> None:
         pair.a.link.receive(round_id, message, pair.now)
     ended = [e for e in iter(pair.a.link.next_event, None) if isinstance(e, RoundEnded)]
     assert ended and ended[0].reason is AbortReason.CHANNEL_UNAVAILABLE and ended[0].by_peer
-    assert pair.a.link.state is State.IDLE
+    assert pair.a.link.state is State.UP and pair.a.link.open_rounds == ()
 
 
 def test_forged_key_confirmation_never_commits(pair: LinkPair) -> None:

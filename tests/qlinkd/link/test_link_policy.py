@@ -78,6 +78,15 @@ def test_a_starved_authentication_reserve_halts_rounds_whatever_the_pool() -> No
     assert recovered.start and not recovered.gate.starved
 
 
+def test_another_round_opens_only_while_the_reserve_pays_for_every_open_round_and_it() -> None:
+    # Open rounds take their tag keys before their refills come back: three open rounds and a fourth need
+    # four rounds' tags. Short of that Alice waits for commits, which is not starvation (no alarm).
+    gate = StartGate()
+    for reserve, opens in ((4 * ROUND_AUTH_BITS, True), (4 * ROUND_AUTH_BITS - 1, False)):
+        decision = policy.round_start(gate, levels(0, reserve), channel_up=True, now=100.0, rounds_open=3)
+        assert decision.start is opens and not decision.gate.starved
+
+
 def test_an_aborted_round_pauses_the_next_one() -> None:
     gate = policy.after_round(StartGate(), established=False, now=100.0)
     assert gate.resume_at == 100.0 + policy.PAUSE_AFTER_ABORT_S
@@ -279,6 +288,10 @@ STATUS_FIELDS = [
     "alarm",
     "auth_starved",
     "decoy",
+    "rounds_in_flight",
+    "rounds_window",
+    "down_since",
+    "down_reason",
 ]
 ROUND_FIELDS = [
     "round",
@@ -312,7 +325,7 @@ def status(last: RoundRecord | None) -> LinkStatus:
         eps=DISTILL.eps,
         connected=True,
         channel_connected=False,
-        state="idle",
+        state="up",
         pool_bits=4096,
         pool_bits_owned=2048,
         auth_reserve_bits=RESERVE,
@@ -324,6 +337,10 @@ def status(last: RoundRecord | None) -> LinkStatus:
         last_round=last,
         alarm=None,
         auth_starved=False,
+        rounds_in_flight=2,
+        rounds_window=4,
+        down_since="2026-12-06T17:00:00+00:00",
+        down_reason="peer closed the connection",
     )
 
 

@@ -42,3 +42,20 @@ async def test_a_stop_is_not_mistaken_for_a_lost_connection() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_jitter_shortens_each_delay_by_a_random_share_within_its_bound() -> None:
+    # Regression (issue 16): every link and sender cut by one partition redialled in lockstep.
+    plain = Backoff(first_s=1.0, longest_s=1.0)
+    jittered = Backoff(first_s=1.0, longest_s=1.0, jitter=0.5)
+    delays = [jittered.delay() for _ in range(200)]
+    assert plain.delay() == 1.0
+    assert all(0.5 <= d <= 1.0 for d in delays)
+    # 200 draws from U[0.5, 1]: their spread is ~0.5 and fewer than 3 distinct values has odds ~1e-100.
+    assert len(set(delays)) > 150 and max(delays) - min(delays) > 0.4
+
+
+def test_jitter_outside_zero_to_one_is_refused() -> None:
+    for jitter in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="jitter"):
+            Backoff(first_s=0.1, longest_s=1.0, jitter=jitter)
