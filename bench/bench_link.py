@@ -64,6 +64,8 @@ class RunResult:
     """Median final key bits of the established rounds."""
     qber: float
     """Median QBER of the rounds that measured one."""
+    round_trips: float
+    """Median classical round trips per established round (what a WAN delay multiplies)."""
     key_rate_bps: float
     """Final key bits of the window's established rounds / window wall time."""
     rounds_per_s: float
@@ -130,6 +132,7 @@ def one_run(
         round_s_p90=d.percentile(durations, 0.9),
         bits_per_round=d.median([float(r["final_key_bits"]) for r in established]),
         qber=d.median(qbers),
+        round_trips=d.median([float(r["round_trips"]) for r in established if "round_trips" in r]),
         key_rate_bps=sum(int(r["final_key_bits"]) for r in established) / window,
         rounds_per_s=len(rounds) / window,
         abort_reasons=dict(reasons),
@@ -145,6 +148,7 @@ _COLUMNS = (
     ("round_s_p90", "p90 s", "{:.3f}"),
     ("bits_per_round", "bits/round", "{:,.0f}"),
     ("qber", "QBER", "{:.4f}"),
+    ("round_trips", "RTTs/round", "{:.0f}"),
     ("key_rate_bps", "key bit/s", "{:,.0f}"),
     ("rounds_per_s", "rounds/s", "{:.2f}"),
     ("rounds_established", "estab", "{:d}"),
