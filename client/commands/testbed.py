@@ -198,6 +198,7 @@ def start_instructions(deployment: Deployment, *, protocol: str, pulses: int) ->
     if deployment.routes:
         root = q(str(deployment.root))
         lines[2] = f"  qlink testbed run {root} --wan 25ms    (25 ms one way: a 50 ms round trip)"
+        lines[3] = "or each process in its own terminal (its links need the proxies `testbed run` runs):"
         lines += [
             "and cut, restore or flap its links from another shell:",
             f"  qlink testbed wan {root} cut|restore|status",

@@ -5,6 +5,7 @@ while the testbed stops no longer cutting its cleanup short."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -15,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from qlinkmed.client.commands.testbed import _sigterm_stops, _Stop
-from qlinkmed.qlinkd.testbed.deployment import read_deployment
+from qlinkmed.client.commands.testbed import _sigterm_stops, _start_wan, _Stop, wan_addresses
+from qlinkmed.qlinkd.testbed.deployment import read_deployment, write_loopback_deployment
+from qlinkmed.qlinkd.testbed.wan import WanSpec
 from qlinkmed.qlinkd.testbed.wan_links import CONTROL_SOCKET
 from tests.cli import qlink
 from tests.client.test_cli_daemon import QLINK, _read_until
@@ -84,6 +86,13 @@ def test_testbed_run_with_wan_is_cut_and_restored_from_another_shell(
         assert code == 0, err
         assert f"  classical          {A} -> {B}  up   (up)" in out
         assert out.count("CUT  (cut)") == 2  # the data links stay cut
+        code, out, err = qlink(capsys, "testbed", "wan", str(root), "flap", "--period", "2", "--down", "0.5")
+        assert code == 0, err
+        assert out.count("(flapping 2/0.5 s)") == 3
+        _read_until(proc, lambda line: "wan: flap 2/0.5 s (all links)" in line, deadline)
+        code, out, err = qlink(capsys, "testbed", "wan", str(root), "restore")
+        assert code == 0, err
+        assert out.count("  up   (up)") == 3
         at_restore = _links(capsys, root)["classical"]["downstream_delivered"]
         wait_for(
             lambda: _links(capsys, root)["classical"]["downstream_delivered"] > at_restore,
@@ -149,6 +158,17 @@ def test_wan_on_a_testbed_without_proxy_ports_or_not_running_is_refused(
         f"qlink testbed wan: error: no `qlink testbed run --wan` serves {root} (cannot connect to "
         f"{root}/{CONTROL_SOCKET}: No such file or directory)"
     ]
+
+
+def test_run_without_wan_on_a_proxied_testbed_runs_the_proxies_with_no_delay(tmp_path: Path) -> None:
+    deployment = write_loopback_deployment(tmp_path / "tb", wan_proxies=True)
+    links = _start_wan(deployment, argparse.Namespace(wan=None, wan_seed=None))
+    try:
+        assert links.spec == WanSpec(delay_s=0.0)
+        assert links.control == deployment.root / CONTROL_SOCKET
+        assert f"{deployment.routes['classical'].port}" in wan_addresses(links)
+    finally:
+        links.close()
 
 
 def test_a_second_signal_while_the_testbed_stops_is_ignored() -> None:
