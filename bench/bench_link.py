@@ -5,6 +5,7 @@
     .venv/bin/python bench/bench_link.py --runs 1 --seconds 5 --json
     .venv/bin/python bench/bench_link.py --protocol bb84-decoy --distance-km 50 --runs 1 --seconds 120
     .venv/bin/python bench/bench_link.py --runs 1 --seconds 15 --wan none --wan 5ms --wan 25ms
+    .venv/bin/python bench/bench_link.py --runs 3 --baseline --wan none --wan 5ms --wan 25ms   # issue 16
 
 Each run writes a fresh loopback deployment (10 km fibre unless --distance-km says otherwise), spawns the
 channel service and both daemons together and measures: startup (spawn -> all three sent READY=1), first
@@ -20,6 +21,12 @@ direction, so ``--wan 5ms`` is a 10 ms round trip and ``--wan 25ms`` 50 ms; ``no
 ``0ms`` goes through the proxy with no delay (the proxies run in the benchmark's process). Timings vary
 on a shared machine: the channel emulation and both daemons compete for the same cores, which is the
 point (this is the whole link on one host).
+
+Rounds run with the configuration's defaults (2e7 pulses, 16 rounds in flight) unless --pulses and
+--rounds-in-flight say otherwise. --baseline adds a first row measured in the same invocation with the
+link as it was before rounds were pipelined: 700,000 pulses a round, one round at a time, direct; every
+row then also shows its key rate as a multiple of that baseline and as a share of the same run's
+direct ("none") row.
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ from qlinkmed.qlinkd.testbed.wan import WanSpec
 
 FIRST_KEY_TIMEOUT_S = 60.0
 NO_WAN = "none"
+BASELINE = "baseline"
+"""The row measured with the pre-pipelining link's settings (BASELINE_PULSES, one round at a time)."""
+BASELINE_PULSES = 700_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,11 +96,13 @@ def one_run(
     first_key_timeout: float = FIRST_KEY_TIMEOUT_S,
     afterpulse: float = 0.04,
     wan: str | None = None,
+    rounds_in_flight: int | None = None,
 ) -> RunResult:
     with d.running(
         wan=wan,
         protocol=protocol,
         pulses_per_round=pulses,
+        rounds_in_flight=rounds_in_flight,
         distance_km=distance_km,
         afterpulse=afterpulse,
         # A decoy round's default timeout grows with its size (ops/config.default_round_timeout_s).
@@ -217,24 +229,54 @@ def _wan_words(wan: str) -> str:
     return f"{wan} ({spec.delay_s * 2e3:g} ms RTT)"
 
 
+def ratios(settings: dict[str, list[RunResult]]) -> dict[str, dict[str, float | None]]:
+    """Each setting's median key rate as a multiple of the baseline row's and as a share of the direct
+    row's (None where that row was not measured)."""
+    rate = {name: medians(results)["key_rate_bps"] for name, results in settings.items()}
+    base, direct = rate.get(BASELINE), rate.get(NO_WAN)
+    return {
+        name: {
+            "x_baseline": value / base if value is not None and base else None,
+            "of_direct": value / direct if value is not None and direct else None,
+        }
+        for name, value in rate.items()
+    }
+
+
 def print_settings(
-    protocol: str, pulses: int | None, seconds: float, settings: dict[str, list[RunResult]]
+    protocol: str,
+    pulses: int | None,
+    seconds: float,
+    settings: dict[str, list[RunResult]],
+    rounds_in_flight: int | None = None,
 ) -> None:
-    """One row per --wan setting: the medians of its runs."""
+    """One row per setting (the baseline, then each --wan): the medians of its runs."""
     size = "the configuration's default" if pulses is None else f"{pulses:,}"
+    window = "the configuration's default" if rounds_in_flight is None else str(rounds_in_flight)
     runs = len(next(iter(settings.values())))
     print(
-        f"link benchmark over the WAN emulator: {protocol}, {size} pulses per round, {seconds:g} s window, "
-        f"median of {runs} run(s) per setting"
+        f"link benchmark over the WAN emulator: {protocol}, {size} pulses per round, {window} rounds in "
+        f"flight, {seconds:g} s window, median of {runs} run(s) per setting"
     )
     widths = [max(len(title), 10) for _, title, _ in _COLUMNS]
     head = "  ".join(f"{t:>{w}}" for (_, t, _), w in zip(_COLUMNS, widths, strict=True))
-    print(f"{'wan':<24}  {head}")
+    print(f"{'wan':<24}  {head}  {'x baseline':>10}  {'of direct':>9}")
+    shares = ratios(settings)
     for wan, results in settings.items():
         mid = medians(results)
         cells = [_cell(mid[n], f) for n, _, f in _COLUMNS]
         row = "  ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True))
-        print(f"{_wan_words(wan):<24}  {row}")
+        times, share = shares[wan]["x_baseline"], shares[wan]["of_direct"]
+        times_text = "-" if times is None else f"{times:.2f}x"
+        share_text = "-" if share is None else f"{share:.0%}"
+        extra = f"{times_text:>10}  {share_text:>9}"
+        print(f"{_setting_words(wan):<24}  {row}  {extra}")
+
+
+def _setting_words(setting: str) -> str:
+    if setting == BASELINE:
+        return f"baseline ({BASELINE_PULSES:,}, 1 rd)"
+    return _wan_words(setting)
 
 
 def _wan_setting(text: str) -> str:
@@ -257,8 +299,20 @@ def main(argv: list[str] | None = None) -> int:
         "--pulses",
         type=lambda text: int(float(text)),
         default=None,
-        help="pulses (E91: pairs) per round (default 700,000; bb84-decoy: the configuration's choice "
+        help="pulses (E91: pairs) per round (default: the configuration's, 2e7; bb84-decoy: its choice "
         "for the fibre)",
+    )
+    parser.add_argument(
+        "--rounds-in-flight",
+        type=int,
+        default=None,
+        help="rounds a link keeps open at once (default: the configuration's, 16)",
+    )
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="first measure, in the same invocation, the pre-pipelining link: 700,000 pulses a round, "
+        "one round at a time, direct",
     )
     parser.add_argument("--protocol", choices=("bb84", "bb84-decoy", "e91"), default="bb84")
     parser.add_argument("--distance-km", type=float, default=10.0, help="fibre length")
@@ -283,28 +337,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error(f"--runs must be >= 1, got {args.runs}")
-    if args.pulses is None and args.protocol != "bb84-decoy":
-        args.pulses = 700_000
+    if args.rounds_in_flight is not None and not 1 <= args.rounds_in_flight <= 32:
+        parser.error(f"--rounds-in-flight must be in 1..32, got {args.rounds_in_flight}")
+    if args.baseline and args.protocol != "bb84":
+        parser.error("--baseline is the single-photon BB84 link's (--protocol bb84)")
+    tabled = args.wan is not None or args.baseline
     settings: dict[str, list[RunResult]] = {}
-    for wan in args.wan or [NO_WAN]:
-        runs = settings.setdefault(wan, [])
+    for setting in ([BASELINE] if args.baseline else []) + (args.wan or [NO_WAN]):
+        runs = settings.setdefault(setting, [])
+        baseline = setting == BASELINE
         for i in range(args.runs):
             runs.append(
                 one_run(
                     args.protocol,
-                    args.pulses,
+                    BASELINE_PULSES if baseline else args.pulses,
                     args.seconds,
                     args.distance_km,
                     args.first_key_timeout,
                     afterpulse=args.afterpulse,
-                    wan=None if wan == NO_WAN else wan,
+                    wan=None if setting in (NO_WAN, BASELINE) else setting,
+                    rounds_in_flight=1 if baseline else args.rounds_in_flight,
                 )
             )
             if not args.json:
-                print(
-                    f"{'' if args.wan is None else f'wan {wan}: '}run {i + 1}/{args.runs} done",
-                    file=sys.stderr,
-                )
+                print(f"{setting if tabled else ''}: run {i + 1}/{args.runs} done", file=sys.stderr)
     if args.json:
         body: dict[str, Any] = {
             "protocol": args.protocol,
@@ -313,12 +369,14 @@ def main(argv: list[str] | None = None) -> int:
             "distance_km": args.distance_km,
             "afterpulse": args.afterpulse,
             "first_key_timeout_s": args.first_key_timeout,
+            "rounds_in_flight": args.rounds_in_flight,
         }
-        if args.wan is None:
+        if not tabled:
             body |= {"median": medians(settings[NO_WAN]), "runs": [asdict(r) for r in settings[NO_WAN]]}
         else:
+            shares = ratios(settings)
             body["settings"] = [
-                {"wan": wan, "median": medians(runs), "runs": [asdict(r) for r in runs]}
+                {"wan": wan, "median": medians(runs), **shares[wan], "runs": [asdict(r) for r in runs]}
                 for wan, runs in settings.items()
             ]
         print(json.dumps(body, indent=2))
@@ -326,14 +384,14 @@ def main(argv: list[str] | None = None) -> int:
     for wan, runs in settings.items():
         print_table(
             args.protocol,
-            args.pulses,
+            BASELINE_PULSES if wan == BASELINE else args.pulses,
             args.seconds,
             runs,
             args.first_key_timeout,
-            wan=None if args.wan is None else wan,
+            wan=None if not tabled or wan in (BASELINE, NO_WAN) else wan,
         )
-    if args.wan is not None:
-        print_settings(args.protocol, args.pulses, args.seconds, settings)
+    if tabled:
+        print_settings(args.protocol, args.pulses, args.seconds, settings, args.rounds_in_flight)
     return 0
 
 

@@ -157,7 +157,7 @@ class Abort(_message.Message):
     def __init__(self, reason: _Optional[int] = ..., detail: _Optional[bytes] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("facility", "peer", "protocol", "source", "pulses_per_round", "next_round", "last_committed", "pending_round", "auth_position", "eps_sec", "eps_cor", "e91_security", "decoy_intensities", "decoy_probabilities", "decoy_p_x", "rounds_in_flight")
+    __slots__ = ("facility", "peer", "protocol", "source", "pulses_per_round", "next_round", "last_committed", "pending_round", "auth_position", "eps_sec", "eps_cor", "e91_security", "decoy_intensities", "decoy_probabilities", "decoy_p_x", "rounds_in_flight", "cascade")
     FACILITY_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +174,7 @@ class Hello(_message.Message):
     DECOY_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     DECOY_P_X_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    CASCADE_FIELD_NUMBER: _ClassVar[int]
     facility: str
     peer: str
     protocol: str
@@ -190,7 +191,8 @@ class Hello(_message.Message):
     decoy_probabilities: _containers.RepeatedScalarFieldContainer[float]
     decoy_p_x: float
     rounds_in_flight: int
-    def __init__(self, facility: _Optional[str] = ..., peer: _Optional[str] = ..., protocol: _Optional[str] = ..., source: _Optional[str] = ..., pulses_per_round: _Optional[int] = ..., next_round: _Optional[int] = ..., last_committed: _Optional[int] = ..., pending_round: _Optional[int] = ..., auth_position: _Optional[int] = ..., eps_sec: _Optional[float] = ..., eps_cor: _Optional[float] = ..., e91_security: _Optional[str] = ..., decoy_intensities: _Optional[_Iterable[float]] = ..., decoy_probabilities: _Optional[_Iterable[float]] = ..., decoy_p_x: _Optional[float] = ..., rounds_in_flight: _Optional[int] = ...) -> None: ...
+    cascade: str
+    def __init__(self, facility: _Optional[str] = ..., peer: _Optional[str] = ..., protocol: _Optional[str] = ..., source: _Optional[str] = ..., pulses_per_round: _Optional[int] = ..., next_round: _Optional[int] = ..., last_committed: _Optional[int] = ..., pending_round: _Optional[int] = ..., auth_position: _Optional[int] = ..., eps_sec: _Optional[float] = ..., eps_cor: _Optional[float] = ..., e91_security: _Optional[str] = ..., decoy_intensities: _Optional[_Iterable[float]] = ..., decoy_probabilities: _Optional[_Iterable[float]] = ..., decoy_p_x: _Optional[float] = ..., rounds_in_flight: _Optional[int] = ..., cascade: _Optional[str] = ...) -> None: ...
 
 class RoundStart(_message.Message):
     __slots__ = ("pulses",)

@@ -210,7 +210,8 @@ def emulate_bb84(
     intensity_class: np.ndarray | None = None
     mus: np.ndarray | None = None  # mean photon number of each pulse from the WCP source
     if wcp is None:
-        photons = np.ones(n, dtype=np.int64)
+        # Read only by an eavesdropper's branch: an honest round does not pay for n int64 ones.
+        photons = np.ones(n, dtype=np.int64) if eve.active else np.zeros(0, dtype=np.int64)
     else:
         intensity_class = (
             rng.choice(3, size=n, p=np.asarray(wcp.probabilities)).astype(np.uint8)
@@ -252,11 +253,17 @@ def emulate_bb84(
         # No eavesdropper on a WCP source: Poisson thinning gives the detected-photon count directly.
         detected_photons = rng.poisson(eta * mus)
     elif wcp is None:
-        detected_photons = bernoulli(rng, eta, n).astype(np.int64)
+        detected_photons = bernoulli(rng, eta, n)
     else:
         detected_photons = rng.binomial(photons, eta if line is None else line)
 
-    pulse_of_photon = np.repeat(np.arange(n), detected_photons)
+    # The pulse of every detected photon, in order: a few percent of the pulses at most, so the
+    # repetition runs over those only (the same array as repeating every pulse by its count).
+    carrying = np.flatnonzero(detected_photons)
+    if detected_photons.dtype == bool:
+        pulse_of_photon = carrying
+    else:
+        pulse_of_photon = np.repeat(carrying, detected_photons[carrying])
     outcomes = backend.measure_photons(
         state_bits[pulse_of_photon],
         state_bases[pulse_of_photon],

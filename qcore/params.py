@@ -59,6 +59,13 @@ class DecoySource:
             raise ConfigError("p_x", f"the key-basis probability must be in (0, 1), got {self.p_x}")
 
 
+class CascadeKind(StrEnum):
+    """Which Cascade schedule a round reconciles with (``cascade_schedule``); both ends must agree."""
+
+    LOW_LATENCY = "low-latency"
+    FEW_ROUND_TRIPS = "few-round-trips"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DistillConfig:
     """Policy for one distillation round; both ends must use the same."""
@@ -80,6 +87,9 @@ class DistillConfig:
     """Reconciliation inefficiency assumed before Cascade runs, to abort early on hopeless rounds."""
     e91_security: E91Security = E91Security.BBM92
     """E91 key-length analysis: BBM92 finite key (default) or the device-independent rate."""
+    cascade: CascadeKind = CascadeKind.LOW_LATENCY
+    """Cascade's block schedule: ``low-latency`` or ``few-round-trips`` (fewer round trips for a little
+    more leak: what a link over a WAN wants)."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.sample_fraction < 1.0:

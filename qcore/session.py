@@ -15,7 +15,7 @@ import numpy as np
 from . import messages as m
 from .auth import AuthKeyStore, verify_wegman_carter_tag, wegman_carter_tag
 from .cascade import CascadeAlice, CascadeBob
-from .cascade_schedule import low_latency_schedule
+from .cascade_schedule import schedule_for
 from .codec import Message
 from .errors import (
     AbortReason,
@@ -37,7 +37,7 @@ from .round_state import (
     BaseSession,
     BobState,
 )
-from .sifting import choose_sample, coincidence_mask, key_candidate_mask, plan_sifting, take
+from .sifting import choose_sample, key_candidate_mask, plan_sifting, take
 from .toeplitz import toeplitz_hash
 
 _EMPTY = np.zeros(0, dtype=np.uint8)
@@ -89,11 +89,14 @@ class AliceSession(BaseSession):
                 f"detection map covers {msg.detected.size} pulses, not {self._bits.size}"
             )
         detected = msg.detected.astype(bool, copy=False)
-        coincident = take(self._detected, detected)
-        pulses = coincidence_mask(detected, coincident)
-        settings = take(self._settings, pulses).astype(np.uint8, copy=False)
+        # One pass over the pulses to find Bob's detections; every later selection indexes those places
+        # (a boolean mask over 1e7 pulses costs as much as finding its places, each time it is used).
+        at_detections = np.flatnonzero(detected)
+        coincident = self._detected[at_detections]
+        at_pulses = at_detections if bool(coincident.all()) else at_detections[coincident]
+        settings = self._settings[at_pulses].astype(np.uint8, copy=False)
         intensities = (
-            take(self._intensities, pulses).astype(np.uint8, copy=False)
+            self._intensities[at_pulses].astype(np.uint8, copy=False)
             if self._intensities is not None
             else np.zeros(0, dtype=np.uint8)
         )
@@ -118,7 +121,7 @@ class AliceSession(BaseSession):
             sample=sample,
         )
         self._keep_summary(plan)
-        mine = take(self._bits, plan.pulses)
+        mine = self._bits[at_pulses]  # plan.pulses, by place
         self._test_bits = mine[plan.test]
         self._sifted_key = mine[plan.key]
         # Alice's records and the plan are spent: the round reads only the summary and these bits on.
@@ -144,7 +147,7 @@ class AliceSession(BaseSession):
         self._stats = measure_statistics(self.config, sifted, self._test_bits, msg.test_bits)
         judge_statistics(self.config, sifted, self._stats)
         self._raw_key, self._sifted_key = self._sifted_key, _EMPTY
-        schedule = low_latency_schedule(self._raw_key.size, self._stats.qber)
+        schedule = schedule_for(self.config.cascade, self._raw_key.size, self._stats.qber)
         self._cascade = CascadeAlice(self._raw_key, schedule, self._cascade_seed)
         return AliceState.RECONCILING, []
 
@@ -217,7 +220,14 @@ class BobSession(BaseSession):
         self._cascade: CascadeBob | None = None
         self._corrected_key: np.ndarray = np.zeros(0, dtype=np.uint8)
         self._pending_key: np.ndarray = np.zeros(0, dtype=np.uint8)
+        self._detection_places: np.ndarray | None = None
         self.state = BobState.IDLE
+
+    def _at_detections(self) -> np.ndarray:
+        """The places of Bob's detections among the pulses, found once (start and sifting both need them)."""
+        if self._detection_places is None:
+            self._detection_places = np.flatnonzero(self._detected)
+        return self._detection_places
 
     def start(self) -> list[Message]:
         if self.state is not BobState.IDLE:
@@ -228,17 +238,18 @@ class BobSession(BaseSession):
                 m.Detections(
                     round_id=self._round_id,
                     detected=self._detected.astype(np.uint8),
-                    bases=take(self._settings, self._detected).astype(np.uint8, copy=False),
+                    bases=self._settings[self._at_detections()].astype(np.uint8, copy=False),
                 )
             ]
         )
 
     def _on_sifting(self, msg: m.Sifting) -> tuple[BobState, list[Message]]:
+        at_detections = self._at_detections()
         plan = plan_sifting(
             protocol=self.config.protocol,
             decoy=self.config.decoy is not None,
             bob_detected=self._detected,
-            bob_settings_at_detections=take(self._settings, self._detected),
+            bob_settings_at_detections=self._settings[at_detections],
             coincident=msg.coincident,
             alice_settings=msg.bases,
             intensities=msg.intensities,
@@ -247,11 +258,13 @@ class BobSession(BaseSession):
         sifted = self._keep_summary(plan)
         if msg.test_bits.size != sifted.test_bits:
             raise RemoteProtocolError(f"{msg.test_bits.size} test bits for {sifted.test_bits} positions")
-        mine = take(self._bits, plan.pulses)
+        coincident = msg.coincident.astype(bool, copy=False)  # plan_sifting checked its size
+        mine = self._bits[at_detections if bool(coincident.all()) else at_detections[coincident]]
         estimate = m.Estimate(test_bits=mine[plan.test])
         raw_key = mine[plan.key]
         # Bob's records and the plan are spent: the round reads only the summary and these bits on.
         self._bits = self._settings = self._detected = _EMPTY
+        self._detection_places = None
         del plan, mine
         self._stats = measure_statistics(self.config, sifted, msg.test_bits, estimate.test_bits)
         try:
@@ -262,7 +275,7 @@ class BobSession(BaseSession):
             self._ahead_of_abort = [estimate]
             raise
         self._raw_key = raw_key
-        schedule = low_latency_schedule(self._raw_key.size, self._stats.qber)
+        schedule = schedule_for(self.config.cascade, self._raw_key.size, self._stats.qber)
         self._cascade = CascadeBob(self._raw_key, schedule, msg.cascade_seed)
         request = self._cascade.next_request()
         if request is None:

@@ -174,11 +174,20 @@ class LinkPair:
         self.settle()
         return round_id
 
-    def run_window(self) -> list[int]:
-        """Alice opens as many rounds as the window allows, then the pair exchanges until nothing moves."""
-        round_ids = []
-        while self.a.link.window_open:
-            round_ids.append(self.a.link.begin_round(self.now))
+    def step(self) -> bool:
+        """One exchange: both ends act on their events and send, then each reads one frame."""
+        moved = self._outgoing(self.a) | self._outgoing(self.b)
+        return moved | self.deliver_one(self.a) | self.deliver_one(self.b)
+
+    def run_window(self, limit: int = 10_000) -> list[int]:
+        """Alice opens a window's worth of rounds, each as soon as the machine lets her (it holds back a
+        round while two wait for the channel), and the pair exchanges until nothing moves."""
+        round_ids: list[int] = []
+        for _ in range(limit):
+            while self.a.link.window_open and len(round_ids) < self.window:
+                round_ids.append(self.a.link.begin_round(self.now))
+            if not self.step() and len(round_ids) == self.window:
+                break
         self.settle()
         return round_ids
 

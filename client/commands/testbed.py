@@ -84,7 +84,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--pulses",
         type=_pulses,
         default=None,
-        help="pulses or pairs per round (1e4..2e8; default 1e6 for BB84, 2e7 pairs for E91, for bb84-decoy "
+        help="pulses or pairs per round (1e4..2e8; default 2e7 for BB84, 2e7 pairs for E91, for bb84-decoy "
         "the smallest round expected to key comfortably at the fibre)",
     )
     init.add_argument(

@@ -81,6 +81,13 @@ from qlinkmed.qlinkd.link.states import (
 )
 from qlinkmed.qlinkd.pool.values import KeyNotice, LinkState
 
+ROUNDS_BEFORE_SIFTING = 2
+"""Alice opens a round only while fewer than this many wait for the quantum channel. Until sifting a
+round holds arrays of a few bytes per pulse (tens of MB for 1e7 pulses) at each end and at the channel,
+which emulates two rounds at a time anyway; after sifting it holds its raw key only. So memory follows
+this bound and the round size, not the window, which can then be as wide as a long link's round trips
+need."""
+
 
 class LinkConnection:
     def __init__(
@@ -137,8 +144,12 @@ class LinkConnection:
 
     @property
     def window_open(self) -> bool:
-        """Alice may begin another round: the link is up and fewer rounds than the window are open."""
-        return self.state is State.UP and len(self._rounds) < self.config.rounds_in_flight
+        """Alice may begin another round: the link is up, fewer rounds than the window are open, and fewer
+        than ROUNDS_BEFORE_SIFTING of them still hold per-pulse arrays (waiting for the channel)."""
+        if self.state is not State.UP or len(self._rounds) >= self.config.rounds_in_flight:
+            return False
+        early = sum(r.state is RoundState.AWAIT_CHANNEL for r in self._rounds.values())
+        return early < ROUNDS_BEFORE_SIFTING
 
     # ---- inputs ------------------------------------------------------------------------------------
     def start(self, now: float) -> None:
@@ -154,6 +165,7 @@ class LinkConnection:
             eps_cor=c.distill.eps_cor,
             e91_security=c.distill.e91_security.value,
             rounds_in_flight=c.rounds_in_flight,
+            cascade=c.distill.cascade.value,
             **_decoy_fields(c),
             **asdict(self._local),
         )
@@ -366,6 +378,8 @@ class LinkConnection:
                 ("e91_security", hello.e91_security, c.distill.e91_security.value),
                 # Bob refuses a round start beyond his window: ends that differ would abort rounds.
                 ("rounds_in_flight", hello.rounds_in_flight, c.rounds_in_flight),
+                # Cascade's passes must have the same blocks at both ends.
+                ("cascade", hello.cascade, c.distill.cascade.value),
                 # Both ends of a decoy link must run the same source: Bob's basis bias and both ends'
                 # decoy bound depend on it (and a source that differs is a configuration error to name).
                 *((name, getattr(hello, name), mine) for name, mine in _decoy_fields(c).items()),

@@ -65,6 +65,8 @@ class Hello(LinkState):
     """The key-basis probability p_X of a wcp link; 0 otherwise."""
     rounds_in_flight: int = 0
     """The window of rounds open at once (0 from a peer that predates it: refused, named)."""
+    cascade: str = ""
+    """Cascade's schedule ("" from a peer that predates it: refused, named)."""
 
     def __post_init__(self) -> None:
         _name(self.facility, "hello.facility")

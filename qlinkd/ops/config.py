@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from qlinkmed.qcore.constants import FACILITY_ID_PATTERN, QBER_TOLERANCE, is_facility_id
-from qlinkmed.qcore.params import DistillConfig, E91Security, ProtocolKind
+from qlinkmed.qcore.params import CascadeKind, DistillConfig, E91Security, ProtocolKind
 from qlinkmed.qcore.security import DEFAULT_EPS_COR, DEFAULT_EPS_SEC
 from qlinkmed.qlinkd.errors import ConfigError, PkiError
 from qlinkmed.qlinkd.link.events import MAX_ROUNDS_IN_FLIGHT
@@ -44,8 +44,10 @@ class Backend(StrEnum):
 # --------------------------------------------------------------------------- facility configuration
 
 
-DEFAULT_PULSES_PER_ROUND = {ProtocolKind.BB84: 1_000_000, ProtocolKind.E91: 20_000_000}
-"""Pulses (BB84) or pairs (E91) per round when a peer names none. E91 needs about 2e7 pairs with the
+DEFAULT_PULSES_PER_ROUND = {ProtocolKind.BB84: 20_000_000, ProtocolKind.E91: 20_000_000}
+"""Pulses (BB84) or pairs (E91) per round when a peer names none. BB84 keys most per CPU second at about
+2e7 pulses (10 km: ~280,000 bits a round; the finite-key length grows with the block and each round's
+fixed costs are shared by more bits: docs/benchmarks.md). E91 needs about 2e7 pairs with the
 default 10 %-efficient detectors: only coincidences count, a fifth of them go to the CHSH witness, and
 fewer leave the BBM92 finite-key length or the CHSH lower bound empty. A bb84-decoy link's default
 depends on its fibre (``decoy_source.plan_decoy``)."""
@@ -58,18 +60,11 @@ DECOY_TIMEOUT_S_PER_PULSE = 60.0 / 100_000_000
 per-pulse arrays through both daemons and the channel service (docs/benchmarks.md)."""
 
 
-PULSES_IN_FLIGHT_DEFAULT = 50_000_000
-"""The default window keeps at most this many pulses (or pairs) of open rounds per link: the first
-phases of a round hold per-pulse arrays, about 5 bytes a pulse at each daemon and the channel."""
-MAX_PULSES_IN_FLIGHT = 200_000_000
-"""A configured window may hold at most this many pulses of open rounds (about 1 GB a process)."""
-DEFAULT_MAX_ROUNDS_IN_FLIGHT = 8
-"""The largest default window: enough rounds to cover a 50 ms round trip at the loopback key rate."""
-
-
-def default_rounds_in_flight(pulses_per_round: int) -> int:
-    """Rounds a link keeps open at once unless configured: up to 8, within PULSES_IN_FLIGHT_DEFAULT."""
-    return max(1, min(DEFAULT_MAX_ROUNDS_IN_FLIGHT, PULSES_IN_FLIGHT_DEFAULT // pulses_per_round))
+DEFAULT_ROUNDS_IN_FLIGHT = 16
+"""The default window: enough rounds of 2e7 pulses to cover a 50 ms round trip at the loopback key rate
+(a round is ~110 round trips; docs/benchmarks.md). Only two rounds at a time hold per-pulse arrays
+(``machine.ROUNDS_BEFORE_SIFTING``), so a wide window costs little memory: each open round after
+sifting holds its raw key and Cascade's tables, about 10 bytes per raw key bit."""
 
 
 def default_round_timeout_s(pulses_per_round: int, decoy: bool) -> float:
@@ -201,9 +196,12 @@ class PeerConfig:
     """Pause rounds when the key pool holds at least this many bits (> low_watermark_bits)."""
     round_timeout_s: float = 10.0
     """Abort a round that has not finished after this many seconds."""
-    rounds_in_flight: int = 1
-    """Rounds kept open at once (their round trips overlap on a long link), 1..32 and at most
-    MAX_PULSES_IN_FLIGHT pulses in all; both ends must say the same. Default: ``default_rounds_in_flight``."""
+    cascade: CascadeKind = CascadeKind.FEW_ROUND_TRIPS
+    """Cascade's schedule: few-round-trips (default: ~70 round trips a round instead of ~120, for ~1 %
+    less key) or low-latency. Both ends must say the same."""
+    rounds_in_flight: int = DEFAULT_ROUNDS_IN_FLIGHT
+    """Rounds kept open at once (their round trips overlap on a long link), 1..32; both ends must say the
+    same."""
     qber_tolerance: float = QBER_TOLERANCE
     """Abort a round whose observed QBER exceeds this, in (0, 0.5); the finite-size deviation shortens the
     key instead."""
@@ -248,12 +246,6 @@ class PeerConfig:
             "rounds_in_flight",
             f"must be in 1..{MAX_ROUNDS_IN_FLIGHT}",
         )
-        check(
-            self.rounds_in_flight * self.pulses_per_round <= MAX_PULSES_IN_FLIGHT,
-            "rounds_in_flight",
-            f"{self.rounds_in_flight} rounds of {self.pulses_per_round:,} pulses would hold more than "
-            f"{MAX_PULSES_IN_FLIGHT:,} pulses in memory",
-        )
         check(0.0 < self.qber_tolerance < 0.5, "qber_tolerance", "must be in (0, 0.5)")
         check(0.0 < self.sample_fraction < 1.0, "sample_fraction", "must be in (0, 1)")
         for name in ("eps_sec", "eps_cor"):
@@ -285,6 +277,7 @@ class PeerConfig:
             e91_security=self.e91_security,
             eps_sec=self.eps_sec,
             eps_cor=self.eps_cor,
+            cascade=self.cascade,
         )
 
 
@@ -430,7 +423,8 @@ def _peer(section: Table) -> PeerConfig:
         round_timeout_s=section.number(
             "round_timeout_s", default_round_timeout_s(pulses, decoy=decoy is not None)
         ),
-        rounds_in_flight=section.integer("rounds_in_flight", default_rounds_in_flight(pulses)),
+        rounds_in_flight=section.integer("rounds_in_flight", DEFAULT_ROUNDS_IN_FLIGHT),
+        cascade=section.choice("cascade", CascadeKind, tuple(CascadeKind), CascadeKind.FEW_ROUND_TRIPS.value),
         qber_tolerance=section.number("qber_tolerance", QBER_TOLERANCE),
         sample_fraction=section.number("sample_fraction", 0.3),
         e91_security=section.choice("e91_security", E91Security, tuple(E91Security), "bbm92"),

@@ -96,6 +96,7 @@ def write_loopback_deployment(
     afterpulse: float = 0.04,
     eve: str = "none",
     round_timeout_s: float | None = 10.0,
+    rounds_in_flight: int | None = None,
     preshared_bytes: int = PRESHARED_BYTES,
     pq_hybrid: bool = False,
     eps_sec: float = 1e-10,
@@ -171,6 +172,8 @@ fraction = 1.0
     pulses_line = "" if pulses_per_round is None else f"pulses_per_round = {pulses_per_round}\n"
     # None: the configuration's default, which grows with a decoy link's round size.
     timeout_line = "" if round_timeout_s is None else f"round_timeout_s = {round_timeout_s}\n"
+    if rounds_in_flight is not None:
+        timeout_line += f"rounds_in_flight = {rounds_in_flight}\n"
     # A decoy link's source is optimised for its fibre: the facilities are told the channel's length.
     if protocol == "bb84-decoy":
         pulses_line += f"fibre_km = {float(distance_km)!r}\n"

@@ -78,6 +78,7 @@ def _hello(**change: object) -> lm.Hello:
         "decoy_probabilities": SOURCE.probabilities,
         "decoy_p_x": SOURCE.p_x,
         "rounds_in_flight": 1,
+        "cascade": "low-latency",
     }
     return lm.Hello(**{**fields, **change})  # type: ignore[arg-type]
 

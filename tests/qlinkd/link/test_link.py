@@ -291,7 +291,13 @@ def test_hello_with_other_parameters_closes_the_link(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("eps_sec", 1e-9), ("eps_cor", 0.0), ("e91_security", "device-independent"), ("rounds_in_flight", 4)],
+    [
+        ("eps_sec", 1e-9),
+        ("eps_cor", 0.0),
+        ("e91_security", "device-independent"),
+        ("rounds_in_flight", 4),
+        ("cascade", "few-round-trips"),
+    ],
 )
 def test_hello_with_other_security_parameters_closes_the_link(
     tmp_path: Path, field: str, value: object
@@ -310,6 +316,7 @@ def test_hello_with_other_security_parameters_closes_the_link(
         "pending_round": 0,
         "auth_position": 0,
         "rounds_in_flight": 1,
+        "cascade": "low-latency",
     }
     pair.a.link.start(0.0)
     (_, ours), *_ = pair.a.link.frames_to_send()
@@ -352,6 +359,7 @@ def _peer_input(kind: Input, round_id: int) -> tuple[int, lm.PeerMessage]:
             pending_round=0,
             auth_position=0,
             rounds_in_flight=1,
+            cascade="low-latency",
         )
     if kind is Input.ROUND_START:
         return round_id, lm.RoundStart(pulses=7)

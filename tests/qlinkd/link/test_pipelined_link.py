@@ -103,15 +103,17 @@ def test_an_aborted_round_lets_the_next_one_store_and_both_pools_agree(tmp_path:
         assert [e.round_id for e in end.events if isinstance(e, CommitRound)] == [1, 3]
     _assert_identical(pair)
     assert pair.run_window() == [4, 5, 6]  # the authentication stores still agree: rounds keep keying
+    assert all(e.established for e in pair.ended(pair.a) if e.round_id > 3)
 
 
-def _steps(pair: LinkPair, limit: int) -> int:
-    """Exchange at most `limit` steps (each: both ends act on their events and send, then each reads one
-    frame); the number taken."""
+def _open_and_step(pair: LinkPair, limit: int) -> int:
+    """Alice keeps the window full while the pair exchanges at most `limit` steps; the steps taken."""
+    opened = 0
     for taken in range(limit):
-        moved = pair._outgoing(pair.a) | pair._outgoing(pair.b)
-        moved |= pair.deliver_one(pair.a) | pair.deliver_one(pair.b)
-        if not moved:
+        while pair.a.link.window_open and opened < pair.window:
+            pair.a.link.begin_round(pair.now)
+            opened += 1
+        if not pair.step() and opened == pair.window:
             return taken
     return limit
 
@@ -119,9 +121,7 @@ def _steps(pair: LinkPair, limit: int) -> int:
 def _window_steps(root: Path) -> int:
     pair = LinkPair(root, window=3)
     pair.connect()
-    while pair.a.link.window_open:
-        pair.a.link.begin_round(pair.now)
-    return _steps(pair, 10_000)
+    return _open_and_step(pair, 10_000)
 
 
 def test_a_crash_at_any_step_with_rounds_in_flight_leaves_identical_pools(tmp_path: Path) -> None:
@@ -133,9 +133,7 @@ def test_a_crash_at_any_step_with_rounds_in_flight_leaves_identical_pools(tmp_pa
         root.mkdir()
         pair = LinkPair(root, window=3)
         pair.connect()
-        while pair.a.link.window_open:
-            pair.a.link.begin_round(pair.now)
-        _steps(pair, cut)
+        _open_and_step(pair, cut)
         # kill -9 of both ends: the machines, the frames in flight and the unsent events are gone; the
         # durable stores stay as the last persisted event left them.
         stores = (pair.a.store, pair.b.store)
@@ -148,6 +146,18 @@ def test_a_crash_at_any_step_with_rounds_in_flight_leaves_identical_pools(tmp_pa
         fresh.run_window()
         assert all(e.established for e in fresh.ended(fresh.a)), cut
         _assert_identical(fresh)
+
+
+def test_alice_holds_a_round_back_while_two_wait_for_the_channel(tmp_path: Path) -> None:
+    pair = LinkPair(tmp_path, window=8)
+    pair.connect()
+    alice = pair.a.link
+    alice.begin_round(pair.now)
+    alice.begin_round(pair.now)
+    assert not alice.window_open and alice.open_rounds == (1, 2)
+    for _ in range(3):  # the round starts reach Bob, both submissions the channel, its answers the ends
+        pair.step()
+    assert alice.round_state(1) is RoundState.DISTILLING and alice.window_open
 
 
 def test_bob_refuses_a_round_start_beyond_the_window(tmp_path: Path) -> None:

@@ -328,11 +328,21 @@ def test_a_peer_id_the_hello_refuses_is_refused_by_check_config(
 
 
 def test_pulses_per_round_defaults_by_protocol(deployment: Path) -> None:
-    # E91 keys only from coincidences, a fifth of which feed the CHSH witness: 1e6 pairs per round, the
-    # BB84 default, never key with the default detectors, so an E91 peer without a value gets 2e7.
+    # E91 keys only from coincidences, a fifth of which feed the CHSH witness: it needs 2e7 pairs with the
+    # default detectors. BB84 defaults to 2e7 pulses too: the most key per CPU second (issue 16).
     bb84 = load_facility_config(deployment / "hospital-b.toml").peer("hospital-a")
-    assert (bb84.protocol, bb84.pulses_per_round) == (ProtocolKind.BB84, 1_000_000)
+    assert (bb84.protocol, bb84.pulses_per_round) == (ProtocolKind.BB84, 20_000_000)
+    assert bb84.rounds_in_flight == 16
     e91 = _variant(deployment, "hospital-b.toml", 'protocol = "bb84"', 'protocol = "e91"')
     peer = load_facility_config(e91).peer("hospital-a")
     assert (peer.protocol, peer.pulses_per_round) == (ProtocolKind.E91, 20_000_000)
     assert DEFAULT_PULSES_PER_ROUND[ProtocolKind.E91] == 20_000_000
+
+
+@pytest.mark.parametrize("window", [0, 33])
+def test_a_window_outside_1_to_32_is_refused_by_name(deployment: Path, window: int) -> None:
+    path = _variant(
+        deployment, "hospital-b.toml", 'protocol = "bb84"', f'protocol = "bb84"\nrounds_in_flight = {window}'
+    )
+    with pytest.raises(ConfigError, match="rounds_in_flight"):
+        load_facility_config(path)
