@@ -109,6 +109,8 @@ class LinkConnection:
         self._channel: list[ChannelRequest] = []
         self._events: deque[Event] = deque()
         self._hello_deadline: float | None = None
+        self._committed = 0
+        """Rounds committed on this connection (the window grows with them)."""
 
     # ---- draining ----------------------------------------------------------------------------------
     def frames_to_send(self) -> list[tuple[int, lm.PeerMessage]]:
@@ -143,10 +145,18 @@ class LinkConnection:
         return self._next_round
 
     @property
+    def window(self) -> int:
+        """Rounds Alice may keep open now: two on a fresh connection, doubling with every round it
+        commits, up to ``rounds_in_flight``. Rounds share the CPU, so a full window from the start would
+        make the first key wait for all of them; doubling keys early and still fills a long link's pipe
+        after a handful of commits (TCP's slow start, for the same reason)."""
+        return min(self.config.rounds_in_flight, ROUNDS_BEFORE_SIFTING << min(self._committed, 8))
+
+    @property
     def window_open(self) -> bool:
         """Alice may begin another round: the link is up, fewer rounds than the window are open, and fewer
         than ROUNDS_BEFORE_SIFTING of them still hold per-pulse arrays (waiting for the channel)."""
-        if self.state is not State.UP or len(self._rounds) >= self.config.rounds_in_flight:
+        if self.state is not State.UP or len(self._rounds) >= self.window:
             return False
         early = sum(r.state is RoundState.AWAIT_CHANNEL for r in self._rounds.values())
         return early < ROUNDS_BEFORE_SIFTING
@@ -524,6 +534,7 @@ class LinkConnection:
         if not (rnd.stored and rnd.peer_stored):
             return
         self._events.append(CommitRound(round_id=rnd.round_id))
+        self._committed += 1
         # The durable store appends the same refill when the caller commits; the rounds still open take
         # their keys from this in-memory twin, so it must hold exactly what the durable one holds.
         self._auth.replenish(rnd.auth_refill)

@@ -60,11 +60,13 @@ DECOY_TIMEOUT_S_PER_PULSE = 60.0 / 100_000_000
 per-pulse arrays through both daemons and the channel service (docs/benchmarks.md)."""
 
 
-DEFAULT_ROUNDS_IN_FLIGHT = 16
-"""The default window: enough rounds of 2e7 pulses to cover a 50 ms round trip at the loopback key rate
-(a round is ~110 round trips; docs/benchmarks.md). Only two rounds at a time hold per-pulse arrays
-(``machine.ROUNDS_BEFORE_SIFTING``), so a wide window costs little memory: each open round after
-sifting holds its raw key and Cascade's tables, about 10 bytes per raw key bit."""
+DEFAULT_ROUNDS_IN_FLIGHT = 32
+"""The default window, the most the protocol allows: enough 2e7-pulse rounds (~70 round trips each) to
+keep both cores busy over a 50 ms round trip (docs/benchmarks.md). A link grows to it as rounds commit
+(``LinkConnection.window``). Only two rounds at a time hold per-pulse arrays
+(``machine.ROUNDS_BEFORE_SIFTING``); the others hold their raw key and Cascade's tables, about 35 MB a
+round at Bob for 460,000 raw bits, so a full window peaks near 1.6 GB at Bob. A smaller window trades
+key rate over a long link for memory."""
 
 
 def default_round_timeout_s(pulses_per_round: int, decoy: bool) -> float:

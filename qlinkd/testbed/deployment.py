@@ -97,6 +97,7 @@ def write_loopback_deployment(
     eve: str = "none",
     round_timeout_s: float | None = 10.0,
     rounds_in_flight: int | None = None,
+    cascade: str | None = None,
     preshared_bytes: int = PRESHARED_BYTES,
     pq_hybrid: bool = False,
     eps_sec: float = 1e-10,
@@ -174,6 +175,8 @@ fraction = 1.0
     timeout_line = "" if round_timeout_s is None else f"round_timeout_s = {round_timeout_s}\n"
     if rounds_in_flight is not None:
         timeout_line += f"rounds_in_flight = {rounds_in_flight}\n"
+    if cascade is not None:
+        timeout_line += f'cascade = "{cascade}"\n'
     # A decoy link's source is optimised for its fibre: the facilities are told the channel's length.
     if protocol == "bb84-decoy":
         pulses_line += f"fibre_km = {float(distance_km)!r}\n"

@@ -91,7 +91,8 @@ def test_few_round_trips_schedule_values(qber: float, k1: int) -> None:
 def test_few_round_trips_schedule_needs_fewer_round_trips_and_still_corrects() -> None:
     # Issue 16: over a WAN each round trip costs tens of ms. Same keys, same errors, both schedules.
     rng = np.random.default_rng(16)
-    few, low = [], []
+    few: list[int] = []
+    low: list[int] = []
     for seed in range(4):
         alice = rng.integers(0, 2, 200_000, dtype=np.uint8)
         bob = alice ^ (rng.random(alice.size) < 0.023).astype(np.uint8)

@@ -148,16 +148,32 @@ def test_a_crash_at_any_step_with_rounds_in_flight_leaves_identical_pools(tmp_pa
         _assert_identical(fresh)
 
 
+def test_the_window_starts_at_two_and_doubles_with_every_commit(tmp_path: Path) -> None:
+    pair = LinkPair(tmp_path, window=6)
+    pair.connect()
+    assert pair.a.link.window == 2
+    for expected in (4, 6, 6):
+        pair.run_round()
+        assert pair.a.link.window == expected
+    # A new connection starts small again: the first key never waits behind a full window.
+    fresh = LinkPair(tmp_path, stores=(pair.a.store, pair.b.store), window=6)
+    fresh.connect()
+    assert fresh.a.link.window == 2
+
+
 def test_alice_holds_a_round_back_while_two_wait_for_the_channel(tmp_path: Path) -> None:
     pair = LinkPair(tmp_path, window=8)
     pair.connect()
     alice = pair.a.link
+    for _ in range(2):
+        pair.run_round()  # two commits: the window is the full eight
+    assert alice.window == 8
     alice.begin_round(pair.now)
     alice.begin_round(pair.now)
-    assert not alice.window_open and alice.open_rounds == (1, 2)
+    assert not alice.window_open and alice.open_rounds == (3, 4)
     for _ in range(3):  # the round starts reach Bob, both submissions the channel, its answers the ends
         pair.step()
-    assert alice.round_state(1) is RoundState.DISTILLING and alice.window_open
+    assert alice.round_state(3) is RoundState.DISTILLING and alice.window_open
 
 
 def test_bob_refuses_a_round_start_beyond_the_window(tmp_path: Path) -> None:

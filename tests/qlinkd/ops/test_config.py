@@ -332,7 +332,7 @@ def test_pulses_per_round_defaults_by_protocol(deployment: Path) -> None:
     # default detectors. BB84 defaults to 2e7 pulses too: the most key per CPU second (issue 16).
     bb84 = load_facility_config(deployment / "hospital-b.toml").peer("hospital-a")
     assert (bb84.protocol, bb84.pulses_per_round) == (ProtocolKind.BB84, 20_000_000)
-    assert bb84.rounds_in_flight == 16
+    assert bb84.rounds_in_flight == 32
     e91 = _variant(deployment, "hospital-b.toml", 'protocol = "bb84"', 'protocol = "e91"')
     peer = load_facility_config(e91).peer("hospital-a")
     assert (peer.protocol, peer.pulses_per_round) == (ProtocolKind.E91, 20_000_000)
