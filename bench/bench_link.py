@@ -12,7 +12,8 @@ channel service and both daemons together and measures: startup (spawn -> all th
 key (spawn -> facility A's /v1/status shows pool_bits > 0, polled every 10 ms), then, over a window of
 --seconds that starts --warmup seconds after the first key, every round facility A (Alice) wrote to its
 audit log: round durations, final key bits, QBER, and the secret key rate the pair sustains (final key
-bits of the rounds established in the window / the window's wall time). Every figure printed is the median over runs.
+bits of the rounds established in the window / the window's wall time). Every figure printed is the
+median over runs.
 
 The deployment's high watermark is set out of reach, so the pool never fills and pauses generation
 inside the window. With --wan SPEC (repeatable: one table row per setting), the classical link and both
