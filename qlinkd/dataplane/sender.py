@@ -256,8 +256,15 @@ class _KeyedSession:
             await self._send_transfer(manifest)
 
     async def _send_pending_ehr(self) -> None:
-        while (manifest := self.ctx.ehr.next(skip=self._machine.in_flight())) is not None:
+        while (manifest := self.ctx.ehr.next(skip=self._handling())) is not None:
             await self._send_transfer(manifest)
+
+    def _handling(self) -> set[str]:
+        """Transfers not to start again: those in flight, and those this sender is still finishing. A
+        message that overtook a study from inside the study's stream can be answered (and so leave the
+        machine's flights) before its own send returns to record the answer; without the second set the
+        queue would hand it out again and it would be sent twice (issue 16's partition runs found it)."""
+        return {*self._machine.in_flight(), *self._replies}
 
     async def _send_transfer(self, manifest: Manifest) -> None:
         tid = manifest.transfer_id
