@@ -14,6 +14,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import datetime as dt
 import hashlib
 import random
 import sqlite3
@@ -410,19 +411,40 @@ class Arrival:
         )
 
 
-def check_arrival(
-    b: DataTarget,
-    tid: str,
-    originals: list[bytes] | None,
-    *,
-    inbox: list[dict[str, Any]],
-    audit: list[dict[str, Any]],
-) -> Arrival:
-    """Compare B's copy of a transfer with the originals (None: count records only, skip the bytes);
-    `inbox` is B's inbox listing and `audit` B's audit log, read once by the caller for many transfers."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Records:
+    """How many records B holds of each transfer: read once for many transfers."""
+
+    inbox: collections.Counter[str]
+    """Transfer id -> B's inbox records for it."""
+    received: collections.Counter[str]
+    """Transfer id -> transfer_received lines in B's audit log."""
+    stored_at: dict[str, float]
+    """Transfer id -> when B's inbox held it durably (epoch seconds; the audit record's stored_at, taken
+    when the inbox record's commit had returned)."""
+
+
+def read_records(deployment: Deployment, b: DataTarget) -> Records:
+    status, body = b.json("GET", "/v1/inbox", timeout=120.0)
+    if status != 200:
+        raise RuntimeError(f"B's inbox listing answered HTTP {status}")
+    received = [r for r in d.read_audit(deployment, d.B) if r.get("event") == "transfer_received"]
+    return Records(
+        inbox=collections.Counter(e["transfer_id"] for e in body["inbox"]),
+        received=collections.Counter(r["transfer"] for r in received),
+        stored_at={
+            r["transfer"]: dt.datetime.fromisoformat(r["stored_at"]).timestamp()
+            for r in received
+            if "stored_at" in r
+        },
+    )
+
+
+def check_arrival(b: DataTarget, tid: str, originals: list[bytes], records: Records) -> Arrival:
+    """Compare B's copy of a transfer with the original files, and count B's records of it."""
     entry = inbox_entry(b, tid)
     exact = 0
-    if entry is not None and originals is not None and entry["state"] == "delivered":
+    if entry is not None and entry["state"] == "delivered":
         for f, original in zip(entry["file_list"], originals, strict=True):
             status, data, _ = b.request("GET", f"/v1/inbox/{tid}/files/{f['index']}", timeout=120.0)
             digest = hashlib.sha256(data).hexdigest()
@@ -430,19 +452,11 @@ def check_arrival(
     return Arrival(
         transfer_id=tid,
         state="missing" if entry is None else entry["state"],
-        bit_exact=exact if originals is not None else 0,
-        files=len(originals) if originals is not None else 0,
-        inbox_records=sum(e["transfer_id"] == tid for e in inbox),
-        received_lines=sum(r.get("event") == "transfer_received" and r.get("transfer") == tid for r in audit),
+        bit_exact=exact,
+        files=len(originals),
+        inbox_records=records.inbox[tid],
+        received_lines=records.received[tid],
     )
-
-
-def inbox_listing(b: DataTarget) -> list[dict[str, Any]]:
-    status, body = b.json("GET", "/v1/inbox", timeout=120.0)
-    if status != 200:
-        raise RuntimeError(f"B's inbox listing answered HTTP {status}")
-    inbox: list[dict[str, Any]] = body["inbox"]
-    return inbox
 
 
 def tracebacks(started: d.Started) -> dict[str, str]:
@@ -554,3 +568,25 @@ def running_wan(
             deployment=deployment, group=group, spawned_at=spawned_at, ready_s=time.monotonic() - spawned_at
         )
         yield started, links
+
+
+# ---- the processes --------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Usage:
+    """Resident memory and open file descriptors of each running process at one moment (Linux /proc)."""
+
+    at_s: float
+    """Seconds since the load started."""
+    rss_mib: dict[str, float]
+    fds: dict[str, int]
+
+
+def usage(group: ProcessGroup, at_s: float) -> Usage:
+    rss, fds = {}, {}
+    for name, child in group.children.items():
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{child.process.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss[name] = int(line.split()[1]) / 1024
+            fds[name] = len(list(Path(f"/proc/{child.process.pid}/fd").iterdir()))
+    return Usage(at_s=at_s, rss_mib=rss, fds=fds)

@@ -214,9 +214,9 @@ def run_cut(
                     "keys after the restore",
                 )
             report.keys_after = len(client.log.handed) - handed_at_restore
-            inbox, audit = c.inbox_listing(b), d.read_audit(deployment, d.B)
-            report.study = c.check_arrival(b, study_id, originals, inbox=inbox, audit=audit)
-            report.ehr = [c.check_arrival(b, tid, [FHIR_BUNDLE], inbox=inbox, audit=audit) for tid in ehr_ids]
+            records = c.read_records(deployment, b)
+            report.study = c.check_arrival(b, study_id, originals, records)
+            report.ehr = [c.check_arrival(b, tid, [FHIR_BUNDLE], records) for tid in ehr_ids]
             report.tracebacks = c.tracebacks(started)
         finally:
             report.keys = c.settle_and_compare(started, client, DRAIN_S)
