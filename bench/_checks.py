@@ -413,10 +413,11 @@ class Arrival:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Records:
-    """How many records B holds of each transfer: read once for many transfers."""
+    """How many records B holds of each transfer: read once for many transfers. (The data API's listings
+    return the newest 1,000 transfers only, so the counts come from the database and the audit log.)"""
 
     inbox: collections.Counter[str]
-    """Transfer id -> B's inbox records for it."""
+    """Transfer id -> B's inbox records for it (transfers.sqlite3, read-only)."""
     received: collections.Counter[str]
     """Transfer id -> transfer_received lines in B's audit log."""
     stored_at: dict[str, float]
@@ -424,13 +425,16 @@ class Records:
     when the inbox record's commit had returned)."""
 
 
-def read_records(deployment: Deployment, b: DataTarget) -> Records:
-    status, body = b.json("GET", "/v1/inbox", timeout=120.0)
-    if status != 200:
-        raise RuntimeError(f"B's inbox listing answered HTTP {status}")
+def read_records(deployment: Deployment) -> Records:
+    path = deployment.root / "state" / d.B / "transfers.sqlite3"
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        inbox = collections.Counter(tid for (tid,) in db.execute("SELECT transfer_id FROM incoming"))
+    finally:
+        db.close()
     received = [r for r in d.read_audit(deployment, d.B) if r.get("event") == "transfer_received"]
     return Records(
-        inbox=collections.Counter(e["transfer_id"] for e in body["inbox"]),
+        inbox=inbox,
         received=collections.Counter(r["transfer"] for r in received),
         stored_at={
             r["transfer"]: dt.datetime.fromisoformat(r["stored_at"]).timestamp()
@@ -438,6 +442,24 @@ def read_records(deployment: Deployment, b: DataTarget) -> Records:
             if "stored_at" in r
         },
     )
+
+
+def delivered_at_a(deployment: Deployment) -> collections.Counter[str]:
+    """Transfer id -> transfer_delivered lines in A's audit log (B confirmed the transfer)."""
+    return collections.Counter(
+        r["transfer"] for r in d.read_audit(deployment, d.A) if r.get("event") == "transfer_delivered"
+    )
+
+
+def wait_delivered(deployment: Deployment, ids: set[str], timeout: float, every: float) -> float | None:
+    """Seconds until A's audit log records every transfer in `ids` delivered (None: not within `timeout`).
+    `every`: how often the log is read again (it grows with every transfer the deployment has made)."""
+    start = time.monotonic()
+    while not ids <= delivered_at_a(deployment).keys():
+        if time.monotonic() - start > timeout:
+            return None
+        time.sleep(every)
+    return time.monotonic() - start
 
 
 def check_arrival(b: DataTarget, tid: str, originals: list[bytes], records: Records) -> Arrival:

@@ -196,14 +196,7 @@ def run_cut(
                     RECOVERY_TIMEOUT_S,
                     "a round after the restore",
                 )
-            every = {study_id, *ehr_ids}
-
-            def all_delivered() -> bool:
-                states = c.outgoing_states(a) or {}
-                return all(states.get(tid) == "delivered" for tid in every)
-
-            with contextlib.suppress(TimeoutError):
-                d.wait_for(all_delivered, DELIVERY_TIMEOUT_S, "every transfer delivered")
+            if c.wait_delivered(deployment, {study_id, *ehr_ids}, DELIVERY_TIMEOUT_S, every=0.05) is not None:
                 report.restore_to_delivered_s = time.monotonic() - restored_at
             handed_at_restore = report.keys_before + report.keys_during
             # The "after" part: keys handed out and fetched again once the link is back.
@@ -214,14 +207,16 @@ def run_cut(
                     "keys after the restore",
                 )
             report.keys_after = len(client.log.handed) - handed_at_restore
-            records = c.read_records(deployment, b)
+            records = c.read_records(deployment)
             report.study = c.check_arrival(b, study_id, originals, records)
             report.ehr = [c.check_arrival(b, tid, [FHIR_BUNDLE], records) for tid in ehr_ids]
             report.tracebacks = c.tracebacks(started)
         finally:
             report.keys = c.settle_and_compare(started, client, DRAIN_S)
+        proxies = {"classical": links.classical} | {f"data {f}": p for f, p in links.data.items()}
         report.wan_bytes = {
-            name: s.upstream_delivered + s.downstream_delivered for name, s in links.statistics().items()
+            name: (s := p.statistics()).upstream_delivered + s.downstream_delivered
+            for name, p in proxies.items()
         }
     if report.restore_to_round_s is None:
         report.problems.append(
