@@ -401,25 +401,30 @@ class Arrival:
     """B's inbox records for the transfer (exactly one)."""
     received_lines: int
     """transfer_received records in B's audit log (exactly one)."""
+    delivered_lines: int
+    """transfer_delivered records in A's audit log (exactly one: more means A sent it again)."""
 
     @property
     def once_and_exact(self) -> bool:
         return (
             self.state == "delivered"
             and self.bit_exact == self.files
-            and self.inbox_records == self.received_lines == 1
+            and self.inbox_records == self.received_lines == self.delivered_lines == 1
         )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Records:
-    """How many records B holds of each transfer: read once for many transfers. (The data API's listings
-    return the newest 1,000 transfers only, so the counts come from the database and the audit log.)"""
+    """How many records B and A hold of each transfer: read once for many transfers. (The data API's
+    listings return the newest 1,000 transfers only, so the counts come from the database and the audit
+    logs.)"""
 
     inbox: collections.Counter[str]
     """Transfer id -> B's inbox records for it (transfers.sqlite3, read-only)."""
     received: collections.Counter[str]
     """Transfer id -> transfer_received lines in B's audit log."""
+    delivered: collections.Counter[str]
+    """Transfer id -> transfer_delivered lines in A's audit log."""
     stored_at: dict[str, float]
     """Transfer id -> when B's inbox held it durably (epoch seconds; the audit record's stored_at, taken
     when the inbox record's commit had returned)."""
@@ -436,6 +441,7 @@ def read_records(deployment: Deployment) -> Records:
     return Records(
         inbox=inbox,
         received=collections.Counter(r["transfer"] for r in received),
+        delivered=delivered_at_a(deployment),
         stored_at={
             r["transfer"]: dt.datetime.fromisoformat(r["stored_at"]).timestamp()
             for r in received
@@ -478,6 +484,7 @@ def check_arrival(b: DataTarget, tid: str, originals: list[bytes], records: Reco
         files=len(originals),
         inbox_records=records.inbox[tid],
         received_lines=records.received[tid],
+        delivered_lines=records.delivered[tid],
     )
 
 

@@ -265,7 +265,8 @@ def rows(report: CutReport) -> list[tuple[str, str]]:
                 "-"
                 if study is None
                 else f"{study.state}, {study.bit_exact}/{study.files} bit-exact, "
-                f"{study.inbox_records} inbox record(s), {study.received_lines} transfer_received"
+                f"{study.inbox_records} inbox record(s), {study.received_lines} transfer_received at B, "
+                f"{study.delivered_lines} transfer_delivered at A"
             ),
         ),
         (

@@ -57,9 +57,9 @@ def test_a_partition_heals_with_pools_identical_keys_once_and_transfers_once(tmp
     assert study.state == "delivered"
     assert study.files > 1
     assert study.bit_exact == study.files
-    assert study.inbox_records == study.received_lines == 1
+    assert study.inbox_records == study.received_lines == study.delivered_lines == 1
     assert report.ehr_queued == 5
-    assert [(a.state, a.bit_exact, a.inbox_records, a.received_lines) for a in report.ehr] == [
-        ("delivered", 1, 1, 1)
-    ] * 5
+    assert [
+        (a.state, a.bit_exact, a.inbox_records, a.received_lines, a.delivered_lines) for a in report.ehr
+    ] == [("delivered", 1, 1, 1, 1)] * 5
     assert report.ok
