@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import ssl
 import statistics
 import tempfile
@@ -24,6 +25,8 @@ import httpx
 from qlinkmed.qlinkd.ops import pki
 from qlinkmed.qlinkd.testbed.deployment import Deployment, write_loopback_deployment
 from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
+from qlinkmed.qlinkd.testbed.wan import WanSpec
+from qlinkmed.qlinkd.testbed.wan_links import WanLinks
 
 A, B = "hospital-a", "hospital-b"
 NAMES = ("channel", A, B)
@@ -45,18 +48,33 @@ class Started:
     """time.monotonic() just before the first process was spawned."""
     ready_s: float
     """Seconds from spawning the processes until all three sent READY=1."""
+    wan: WanLinks | None = None
+    """The WAN emulator proxies on the classical and both data links (None: the facilities dial each
+    other directly)."""
 
 
 @contextlib.contextmanager
-def running(root: Path | None = None, **options: Any) -> Iterator[Started]:
+def running(
+    root: Path | None = None, *, wan: str | None = None, wan_seed: int = 0, **options: Any
+) -> Iterator[Started]:
     """Write a fresh deployment (options go to write_loopback_deployment), start the channel service and
-    both daemons together, wait for READY=1 from all three, and stop them all on exit."""
+    both daemons together, wait for READY=1 from all three, and stop them all on exit.
+
+    With `wan` (a WanSpec text such as "25ms" or "5ms,1ms,0.1%"; "0ms" is loopback through the proxies),
+    the classical link and both data links go through WAN emulator proxies that run in this process, on
+    a thread of their own, from before the daemons start until after they stop; jitter and loss draw from
+    random.Random(wan_seed), so a run can be repeated."""
+    spec = None if wan is None else WanSpec.parse(wan)  # a bad spec fails before anything is written
     with contextlib.ExitStack() as stack:
         if root is None:
             root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qlink-bench-"))) / "deploy"
         options.setdefault("high_watermark_bits", NO_PAUSE_BITS)
         options.setdefault("low_watermark_bits", NO_PAUSE_BITS // 2)
-        deployment = write_loopback_deployment(root, **options)
+        deployment = write_loopback_deployment(root, wan_proxies=spec is not None, **options)
+        links = None
+        if spec is not None:
+            rng = random.Random(wan_seed) if spec.random else None  # emulated network noise, not a secret
+            links = stack.enter_context(WanLinks(deployment, spec, rng=rng))
         group = stack.enter_context(ProcessGroup(deployment))
         spawned_at = time.monotonic()
         for name in NAMES:
@@ -64,7 +82,11 @@ def running(root: Path | None = None, **options: Any) -> Iterator[Started]:
         for name in NAMES:
             group.wait_ready(name)
         yield Started(
-            deployment=deployment, group=group, spawned_at=spawned_at, ready_s=time.monotonic() - spawned_at
+            deployment=deployment,
+            group=group,
+            spawned_at=spawned_at,
+            ready_s=time.monotonic() - spawned_at,
+            wan=links,
         )
 
 

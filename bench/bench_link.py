@@ -4,6 +4,7 @@
     .venv/bin/python bench/bench_link.py --protocol e91 --runs 3   # E91 (needs large rounds)
     .venv/bin/python bench/bench_link.py --runs 1 --seconds 5 --json
     .venv/bin/python bench/bench_link.py --protocol bb84-decoy --distance-km 50 --runs 1 --seconds 120
+    .venv/bin/python bench/bench_link.py --runs 1 --seconds 15 --wan none --wan 5ms --wan 25ms
 
 Each run writes a fresh loopback deployment (10 km fibre unless --distance-km says otherwise), spawns the
 channel service and both daemons together and measures: startup (spawn -> all three sent READY=1), first
@@ -13,8 +14,12 @@ durations, final key bits, QBER, and the secret key rate the pair sustains (fina
 established in the window / the window's wall time). Every figure printed is the median over runs.
 
 The deployment's high watermark is set out of reach, so the pool never fills and pauses generation
-inside the window. Timings vary on a shared machine: the channel emulation and both daemons compete for
-the same cores, which is the point (this is the whole link on one host).
+inside the window. With --wan SPEC (repeatable: one table row per setting), the classical link and both
+data links run through the WAN emulator proxy (qlinkd/testbed/wan.py) with that one-way delay per
+direction, so ``--wan 5ms`` is a 10 ms round trip and ``--wan 25ms`` 50 ms; ``none`` dials directly and
+``0ms`` goes through the proxy with no delay (the proxies run in the benchmark's process). Timings vary
+on a shared machine: the channel emulation and both daemons compete for the same cores, which is the
+point (this is the whole link on one host).
 """
 
 from __future__ import annotations
@@ -30,7 +35,11 @@ from typing import Any, SupportsFloat
 
 import _deploy as d
 
+from qlinkmed.qlinkd.errors import ConfigError
+from qlinkmed.qlinkd.testbed.wan import WanSpec
+
 FIRST_KEY_TIMEOUT_S = 60.0
+NO_WAN = "none"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +64,8 @@ class RunResult:
     """Median final key bits of the established rounds."""
     qber: float
     """Median QBER of the rounds that measured one."""
+    round_trips: float
+    """Median classical round trips per established round (what a WAN delay multiplies)."""
     key_rate_bps: float
     """Final key bits of the window's established rounds / window wall time."""
     rounds_per_s: float
@@ -63,6 +74,8 @@ class RunResult:
     """Aborted rounds by reason."""
     peak_rss_mib: dict[str, float] = field(default_factory=dict)
     """Peak resident set of each process (channel and both facilities) at the end of the window."""
+    wan_classical_bytes: int | None = None
+    """Bytes the classical link's proxy delivered in both directions over the whole run (None: no proxy)."""
 
 
 def one_run(
@@ -72,8 +85,10 @@ def one_run(
     distance_km: float,
     first_key_timeout: float = FIRST_KEY_TIMEOUT_S,
     afterpulse: float = 0.04,
+    wan: str | None = None,
 ) -> RunResult:
     with d.running(
+        wan=wan,
         protocol=protocol,
         pulses_per_round=pulses,
         distance_km=distance_km,
@@ -98,6 +113,10 @@ def one_run(
         records = d.read_audit(deployment, d.A)[seen:]
         window = time.monotonic() - window_start
         rss = d.peak_rss_mib(started.group)
+        carried = None
+        if started.wan is not None:
+            stats = started.wan.statistics()["classical"]
+            carried = stats.upstream_delivered + stats.downstream_delivered
     rounds = [r for r in records if r.get("event") in ("round_established", "round_aborted")]
     established = [r for r in rounds if r["event"] == "round_established"]
     durations = [float(r["duration_s"]) for r in rounds]
@@ -113,10 +132,12 @@ def one_run(
         round_s_p90=d.percentile(durations, 0.9),
         bits_per_round=d.median([float(r["final_key_bits"]) for r in established]),
         qber=d.median(qbers),
+        round_trips=d.median([float(r["round_trips"]) for r in established if "round_trips" in r]),
         key_rate_bps=sum(int(r["final_key_bits"]) for r in established) / window,
         rounds_per_s=len(rounds) / window,
         abort_reasons=dict(reasons),
         peak_rss_mib=rss,
+        wan_classical_bytes=carried,
     )
 
 
@@ -127,6 +148,7 @@ _COLUMNS = (
     ("round_s_p90", "p90 s", "{:.3f}"),
     ("bits_per_round", "bits/round", "{:,.0f}"),
     ("qber", "QBER", "{:.4f}"),
+    ("round_trips", "RTTs/round", "{:.0f}"),
     ("key_rate_bps", "key bit/s", "{:,.0f}"),
     ("rounds_per_s", "rounds/s", "{:.2f}"),
     ("rounds_established", "estab", "{:d}"),
@@ -153,10 +175,18 @@ def medians(runs: list[RunResult]) -> dict[str, float | None]:
 
 
 def print_table(
-    protocol: str, pulses: int | None, seconds: float, runs: list[RunResult], first_key_timeout: float
+    protocol: str,
+    pulses: int | None,
+    seconds: float,
+    runs: list[RunResult],
+    first_key_timeout: float,
+    wan: str | None = None,
 ) -> None:
     size = "the configuration's default" if pulses is None else f"{pulses:,}"
-    print(f"link benchmark: {protocol}, {size} pulses per round, {seconds:g} s window, {len(runs)} runs")
+    where = "" if wan is None else f", WAN {_wan_words(wan)}"
+    print(
+        f"link benchmark: {protocol}, {size} pulses per round, {seconds:g} s window, {len(runs)} runs{where}"
+    )
     widths = [max(len(title), 10) for _, title, _ in _COLUMNS]
     print("run    " + "  ".join(f"{t:>{w}}" for (_, t, _), w in zip(_COLUMNS, widths, strict=True)))
     for i, run in enumerate(runs, start=1):
@@ -176,6 +206,45 @@ def print_table(
     for i, run in enumerate(runs, start=1):
         peaks = ", ".join(f"{name} {mib:,.0f} MiB" for name, mib in run.peak_rss_mib.items())
         print(f"run {i} peak RSS: {peaks}")
+        if run.wan_classical_bytes is not None:
+            print(f"run {i} classical link through the proxy: {run.wan_classical_bytes / 1e6:,.1f} MB")
+
+
+def _wan_words(wan: str) -> str:
+    if wan == NO_WAN:
+        return "none (direct)"
+    spec = WanSpec.parse(wan)
+    return f"{wan} ({spec.delay_s * 2e3:g} ms RTT)"
+
+
+def print_settings(
+    protocol: str, pulses: int | None, seconds: float, settings: dict[str, list[RunResult]]
+) -> None:
+    """One row per --wan setting: the medians of its runs."""
+    size = "the configuration's default" if pulses is None else f"{pulses:,}"
+    runs = len(next(iter(settings.values())))
+    print(
+        f"link benchmark over the WAN emulator: {protocol}, {size} pulses per round, {seconds:g} s window, "
+        f"median of {runs} run(s) per setting"
+    )
+    widths = [max(len(title), 10) for _, title, _ in _COLUMNS]
+    head = "  ".join(f"{t:>{w}}" for (_, t, _), w in zip(_COLUMNS, widths, strict=True))
+    print(f"{'wan':<24}  {head}")
+    for wan, results in settings.items():
+        mid = medians(results)
+        cells = [_cell(mid[n], f) for n, _, f in _COLUMNS]
+        row = "  ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True))
+        print(f"{_wan_words(wan):<24}  {row}")
+
+
+def _wan_setting(text: str) -> str:
+    if text.strip().lower() == NO_WAN:
+        return NO_WAN
+    try:
+        WanSpec.parse(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(f"{exc.field}: {exc.message}") from None
+    return text.strip()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,24 +271,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--first-key-timeout", type=float, default=FIRST_KEY_TIMEOUT_S, help="give up waiting for key after"
     )
+    parser.add_argument(
+        "--wan",
+        type=_wan_setting,
+        action="append",
+        metavar="SPEC",
+        help="run the links through the WAN emulator: DELAY[,JITTER,LOSS,RATE] one way per direction "
+        "(5ms = 10 ms RTT), 'none' to dial directly; repeat for one row per setting",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error(f"--runs must be >= 1, got {args.runs}")
     if args.pulses is None and args.protocol != "bb84-decoy":
         args.pulses = 700_000
-    runs = []
-    for i in range(args.runs):
-        runs.append(
-            one_run(
-                args.protocol,
-                args.pulses,
-                args.seconds,
-                args.distance_km,
-                args.first_key_timeout,
-                afterpulse=args.afterpulse,
+    settings: dict[str, list[RunResult]] = {}
+    for wan in args.wan or [NO_WAN]:
+        runs = settings.setdefault(wan, [])
+        for i in range(args.runs):
+            runs.append(
+                one_run(
+                    args.protocol,
+                    args.pulses,
+                    args.seconds,
+                    args.distance_km,
+                    args.first_key_timeout,
+                    afterpulse=args.afterpulse,
+                    wan=None if wan == NO_WAN else wan,
+                )
             )
-        )
-        if not args.json:
-            print(f"run {i + 1}/{args.runs} done", file=sys.stderr)
+            if not args.json:
+                print(
+                    f"{'' if args.wan is None else f'wan {wan}: '}run {i + 1}/{args.runs} done",
+                    file=sys.stderr,
+                )
     if args.json:
         body: dict[str, Any] = {
             "protocol": args.protocol,
@@ -228,12 +313,27 @@ def main(argv: list[str] | None = None) -> int:
             "distance_km": args.distance_km,
             "afterpulse": args.afterpulse,
             "first_key_timeout_s": args.first_key_timeout,
-            "median": medians(runs),
-            "runs": [asdict(r) for r in runs],
         }
+        if args.wan is None:
+            body |= {"median": medians(settings[NO_WAN]), "runs": [asdict(r) for r in settings[NO_WAN]]}
+        else:
+            body["settings"] = [
+                {"wan": wan, "median": medians(runs), "runs": [asdict(r) for r in runs]}
+                for wan, runs in settings.items()
+            ]
         print(json.dumps(body, indent=2))
-    else:
-        print_table(args.protocol, args.pulses, args.seconds, runs, args.first_key_timeout)
+        return 0
+    for wan, runs in settings.items():
+        print_table(
+            args.protocol,
+            args.pulses,
+            args.seconds,
+            runs,
+            args.first_key_timeout,
+            wan=None if args.wan is None else wan,
+        )
+    if args.wan is not None:
+        print_settings(args.protocol, args.pulses, args.seconds, settings)
     return 0
 
 

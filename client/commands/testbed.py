@@ -1,15 +1,19 @@
-"""`qlink testbed init|run`: a complete two-facility deployment on loopback, written to a directory and run
-in the foreground, for a first look at qlink and for demonstrations."""
+"""`qlink testbed init|run|wan`: a complete two-facility deployment on loopback, written to a directory and
+run in the foreground, for a first look at qlink and for demonstrations; with WAN proxy ports, its links
+run through emulated wide-area delay, loss and partitions that `testbed wan` changes from another shell."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import math
+import random
 import shlex
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +22,8 @@ from ..daemon_http import ApiError, call
 if TYPE_CHECKING:
     from qlinkmed.qlinkd.testbed.deployment import Deployment
     from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
+    from qlinkmed.qlinkd.testbed.wan import WanSpec
+    from qlinkmed.qlinkd.testbed.wan_links import WanLinks
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 STATUS_INTERVAL_S = 1.0
@@ -36,6 +42,26 @@ def _pulses(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if not MIN_PULSES <= value <= MAX_PULSES:
         raise argparse.ArgumentTypeError(f"must be in {MIN_PULSES:,}..{MAX_PULSES:,}, got {text}")
+    return value
+
+
+def _wan_spec(text: str) -> WanSpec:
+    from qlinkmed.qlinkd.errors import ConfigError
+    from qlinkmed.qlinkd.testbed.wan import WanSpec
+
+    try:
+        return WanSpec.parse(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(f"{exc.field}: {exc.message}") from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
     return value
 
 
@@ -67,6 +93,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         default=10.0,
         help="fibre length of the channel (10); bb84-decoy peers are configured with it as fibre_km",
     )
+    init.add_argument(
+        "--wan-proxies",
+        action="store_true",
+        help="route the classical link and both data links through proxy ports, so that "
+        "`testbed run --wan` can emulate a wide-area network on them",
+    )
     init.set_defaults(run=run_init)
     run = sub.add_parser(
         "run",
@@ -78,7 +110,40 @@ def register(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for each process to be ready (30)"
     )
+    run.add_argument(
+        "--wan",
+        type=_wan_spec,
+        default=None,
+        metavar="DELAY[,JITTER,LOSS,RATE]",
+        help="emulate a WAN on the classical and data links, per direction: one-way delay, uniform "
+        "jitter, loss (each loss stalls a chunk one retransmission timeout) and rate, e.g. 25ms or "
+        "25ms,5ms,0.5%%,100mbit (needs a DIR written with --wan-proxies; 0ms without this option)",
+    )
+    run.add_argument(
+        "--wan-seed",
+        type=int,
+        default=None,
+        help="seed of the emulated jitter and loss, to repeat a run (default: a fresh one)",
+    )
     run.set_defaults(run=run_run)
+    wan = sub.add_parser(
+        "wan",
+        help="cut, restore or flap the emulated WAN links of a running `testbed run --wan`, or show them",
+        description="Talk to the `qlink testbed run` serving DIR (through DIR/wan.sock): cut partitions "
+        "the links (nothing is delivered, new connections wait), restore ends a partition or a flap, flap "
+        "cuts them for --down seconds at the start of every --period, status shows each link.",
+    )
+    wan.add_argument("dir", type=Path, metavar="DIR", help="directory of the running testbed")
+    wan.add_argument(
+        "wan_action", choices=("cut", "restore", "flap", "status"), metavar="cut|restore|flap|status"
+    )
+    wan.add_argument(
+        "--classical", action="store_true", help="act on the classical link only (default: every link)"
+    )
+    wan.add_argument("--period", type=_seconds, default=None, help="flap: seconds from one cut to the next")
+    wan.add_argument("--down", type=_seconds, default=None, help="flap: seconds each cut lasts")
+    wan.add_argument("--json", action="store_true", help="print the links as JSON")
+    wan.set_defaults(run=run_wan)
 
 
 # ---- init ------------------------------------------------------------------------------------------------
@@ -93,7 +158,11 @@ def run_init(args: argparse.Namespace) -> int:
 
     try:
         deployment = write_loopback_deployment(
-            root, protocol=args.protocol, pulses_per_round=args.pulses, distance_km=args.distance_km
+            root,
+            protocol=args.protocol,
+            pulses_per_round=args.pulses,
+            distance_km=args.distance_km,
+            wan_proxies=args.wan_proxies,
         )
         # The round size the daemons will use (a bb84-decoy default depends on the fibre).
         first = load_facility_config(next(iter(deployment.facilities.values())))
@@ -126,12 +195,21 @@ def start_instructions(deployment: Deployment, *, protocol: str, pulses: int) ->
         f"  qlink eve attach --channel-config {q(str(deployment.channel))}",
         f"  qlink eve detach --channel-config {q(str(deployment.channel))}",
     ]
+    if deployment.routes:
+        root = q(str(deployment.root))
+        lines[2] = f"  qlink testbed run {root} --wan 25ms    (25 ms one way: a 50 ms round trip)"
+        lines[3] = "or each process in its own terminal (its links need the proxies `testbed run` runs):"
+        lines += [
+            "and cut, restore or flap its links from another shell:",
+            f"  qlink testbed wan {root} cut|restore|status",
+            f"  qlink testbed wan {root} flap --period 10 --down 2",
+        ]
     return "\n".join(lines)
 
 
 # ---- run -------------------------------------------------------------------------------------------------
 def run_run(args: argparse.Namespace) -> int:
-    from qlinkmed.qlinkd.ops.config import ConfigError
+    from qlinkmed.qlinkd.errors import ConfigError
     from qlinkmed.qlinkd.testbed.deployment import read_deployment
     from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
 
@@ -140,22 +218,71 @@ def run_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"qlink testbed run: config error: {exc.field}: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
+    if args.wan is not None and not deployment.routes:
+        print(
+            f"qlink testbed run: error: --wan needs WAN proxy ports: {args.dir} was written without them "
+            "(write a new one with `qlink testbed init DIR --wan-proxies`)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     group = ProcessGroup(deployment)
-    try:
-        with _sigterm_stops():
+    # The signal guard is outermost: a signal that arrives while the testbed stops must not cut the
+    # cleanup short (that left the daemons running, orphaned, under timeout(1)).
+    with _sigterm_stops() as quiet, contextlib.ExitStack() as stack:
+        try:
             try:
+                # The proxies come up before the daemons, so their first dial reaches a listener.
+                links = _start_wan(deployment, args) if deployment.routes else None
+                if links is not None:
+                    stack.callback(links.close)  # runs after the processes have stopped
                 group.start_all(timeout=args.timeout)
-            except (RuntimeError, TimeoutError) as exc:
+            except (RuntimeError, TimeoutError, OSError, ConfigError) as exc:
                 print(f"qlink testbed run: {str(exc).splitlines()[0]}", file=sys.stderr)
                 print(f"logs: {deployment.root}/*.log", file=sys.stderr)
                 return EXIT_FAILURE
             print(addresses(deployment), flush=True)
+            if links is not None:
+                print(wan_addresses(links), flush=True)
             return _stream(group)
-    except (KeyboardInterrupt, _Stop):
-        return EXIT_OK
-    finally:
-        group.stop_all()
-        print("testbed stopped", flush=True)
+        except (KeyboardInterrupt, _Stop):
+            return EXIT_OK
+        finally:
+            quiet()
+            group.stop_all()
+            print("testbed stopped", flush=True)
+
+
+def _start_wan(deployment: Deployment, args: argparse.Namespace) -> WanLinks:
+    from qlinkmed.qlinkd.testbed.wan import WanSpec
+    from qlinkmed.qlinkd.testbed.wan_links import CONTROL_SOCKET, WanLinks
+
+    spec = args.wan if args.wan is not None else WanSpec(delay_s=0.0)
+    # The emulated network's jitter and loss are no secret: a seeded generator, so a run can be repeated.
+    rng = random.Random(args.wan_seed) if spec.random else None
+    links = WanLinks(
+        deployment,
+        spec,
+        rng=rng,
+        control=deployment.root / CONTROL_SOCKET,
+        on_command=lambda line: print(f"{time.strftime('%H:%M:%S')}  {line}", flush=True),
+    )
+    links.start()
+    return links
+
+
+def wan_addresses(links: WanLinks) -> str:
+    """Where `testbed run` says the WAN proxies are and how to drive them."""
+    from qlinkmed.qlinkd.testbed.wan_links import describe
+
+    lines = [f"  WAN emulation  {describe(links.spec)}, each direction; control {links.control}"]
+    for name, route in links.deployment.routes.items():
+        listener = "classical" if name == "classical" else "data"
+        lines.append(
+            f"  wan {name:<20} {route.sender} -> 127.0.0.1:{route.port} -> "
+            f"{route.receiver} {listener} 127.0.0.1:{route.target}"
+        )
+    lines.append(f"  (qlink testbed wan {shlex.quote(str(links.deployment.root))} cut|restore|flap|status)")
+    return "\n".join(lines)
 
 
 def addresses(deployment: Deployment) -> str:
@@ -208,18 +335,88 @@ def status_line(facility: str, link: dict[str, Any]) -> str:
     return line
 
 
+# ---- wan -------------------------------------------------------------------------------------------------
+def run_wan(args: argparse.Namespace) -> int:
+    from qlinkmed.qlinkd.errors import ConfigError
+    from qlinkmed.qlinkd.testbed.wan_links import CONTROL_SOCKET, control
+
+    action = args.wan_action
+    prog = "qlink testbed wan"
+    if action == "flap":
+        if args.period is None or args.down is None:
+            print(f"{prog}: error: flap needs --period S and --down S", file=sys.stderr)
+            return EXIT_USAGE
+        if not args.down < args.period:
+            print(
+                f"{prog}: error: --down ({args.down:g} s) must be shorter than --period ({args.period:g} s)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+    elif args.period is not None or args.down is not None:
+        print(f"{prog}: error: --period and --down go with flap only", file=sys.stderr)
+        return EXIT_USAGE
+    if action == "status" and args.classical:
+        print(f"{prog}: error: --classical goes with cut, restore and flap", file=sys.stderr)
+        return EXIT_USAGE
+    request: dict[str, Any] = {"action": action, "scope": "classical" if args.classical else "all"}
+    if action == "flap":
+        request |= {"period_s": args.period, "down_s": args.down}
+    root = args.dir.resolve()
+    try:
+        answer = control(root, request)
+    except ConfigError as exc:
+        print(f"{prog}: error: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:
+        print(
+            f"{prog}: error: no `qlink testbed run --wan` serves {args.dir} (cannot connect to "
+            f"{root / CONTROL_SOCKET}: {exc.strerror or exc})",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        print(format_wan(answer))
+    return EXIT_OK
+
+
+def format_wan(answer: dict[str, Any]) -> str:
+    """The control socket's answer, one line per link."""
+    lines = [f"WAN emulation: {answer.get('spec')}, each direction"]
+    for link in answer.get("links", []):
+        state = "CUT" if link["cut"] else "up"
+        lines.append(
+            f"  {link['name']:<18} {link['sender']} -> {link['receiver']}  {state:<4} ({link['mode']})  "
+            f"connections {link['connections']}  delivered {link['upstream_delivered']:,} B up / "
+            f"{link['downstream_delivered']:,} B down  stalls {link['stalls']}  held {link['held']}"
+        )
+    return "\n".join(lines)
+
+
 @contextlib.contextmanager
-def _sigterm_stops() -> Iterator[None]:
-    """SIGTERM (systemd, a test harness) and SIGINT (Ctrl-C) stop the testbed cleanly."""
+def _sigterm_stops() -> Iterator[Callable[[], None]]:
+    """SIGTERM (systemd, a test harness) and SIGINT (Ctrl-C) stop the testbed cleanly: the first raises
+    _Stop, and once the testbed is stopping (the first signal, or the `quiet()` this yields) later ones
+    are ignored until the context ends, so the cleanup inside it runs to the end. timeout(1) signals its
+    child and then the child's whole process group: a second SIGTERM a moment after the first is usual."""
+    stopping = False
+
+    def quiet() -> None:
+        nonlocal stopping
+        stopping = True
 
     def stop(signum: int, frame: object) -> None:
+        if stopping:
+            return
+        quiet()
         raise _Stop
 
     # SIGINT too, explicitly: a parent that ignores SIGINT (a test runner, `nohup`, a background job)
     # passes the ignoring on, and Python then never turns Ctrl-C into KeyboardInterrupt.
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield
+        yield quiet
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -6,15 +6,31 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from qlinkmed.qlinkd.channel.config import load_channel_config
 from qlinkmed.qlinkd.ops import entropy, pki
-from qlinkmed.qlinkd.ops.config import ConfigError, load_facility_config
+from qlinkmed.qlinkd.ops.config import Address, ConfigError, load_facility_config
 
 PRESHARED_BYTES = 4096
 """Pre-shared authentication key: 85 rounds of Wegman-Carter keys before the first refill."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Route:
+    """One link of the deployment that goes through a proxy port: `sender` dials `port`, where a WAN
+    emulator proxy (run by `testbed run` or a benchmark, not a daemon) forwards to `target`, the
+    receiver's real listener. The ports are written into the configurations, so they stay valid on disk."""
+
+    sender: str
+    """The facility that dials the link."""
+    receiver: str
+    """The facility whose listener the link reaches."""
+    port: int
+    """The proxy's port on 127.0.0.1, named in the sender's configuration."""
+    target: int
+    """The receiver's listener port on 127.0.0.1."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -26,9 +42,13 @@ class Deployment:
     facilities: dict[str, Path]
     """Facility id -> configuration file."""
     ports: dict[str, int]
-    """Every port named in the configurations, by "<facility>.<listener>" and "channel.listen|admin"."""
+    """Every port named in the configurations, by "<facility>.<listener>", "channel.listen|admin" and
+    "wan.<route>" (a proxy port)."""
     saes: dict[str, tuple[str, ...]]
     """Facility id -> its SAE ids (certificates in pki/)."""
+    routes: dict[str, Route] = field(default_factory=dict)
+    """The links a WAN emulator proxy stands on, by link name ("classical", "data.<sender>"); empty when
+    the facilities dial each other's listeners directly (see `wan_links`)."""
 
     def local_url(self, facility: str) -> str:
         return f"http://127.0.0.1:{self.ports[facility + '.local']}"
@@ -82,7 +102,11 @@ def write_loopback_deployment(
     eps_cor: float = 1e-10,
     channel_idle_timeout_s: float = 300.0,
     channel_connections_per_link: int = 2,
+    wan_proxies: bool = False,
 ) -> Deployment:
+    """Write the deployment. With `wan_proxies`, Alice's peer address and each facility's data_address
+    name a proxy port instead of the peer's listener (`Deployment.routes`): nothing connects until a
+    `WanLinks` runs the proxies."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     a, b = facilities
@@ -96,7 +120,24 @@ def write_loopback_deployment(
     names = ["channel.listen", "channel.admin"] + [
         f"{f}.{x}" for f in facilities for x in ("classical", "kme", "local", "data")
     ]
+    # Alice (the smaller id, qlinkd.link.events) dials the classical link; each side dials its data link.
+    alice, bob = sorted(facilities)
+    route_ends = {"classical": (alice, bob, "classical")} | {
+        f"data.{me}": (me, other, "data") for me, other in ((a, b), (b, a))
+    }
+    if wan_proxies:
+        names += [f"wan.{name}" for name in route_ends]
     ports = dict(zip(names, free_ports(len(names)), strict=True))
+    routes = {
+        name: Route(
+            sender=sender,
+            receiver=receiver,
+            port=ports[f"wan.{name}"],
+            target=ports[f"{receiver}.{listener}"],
+        )
+        for name, (sender, receiver, listener) in route_ends.items()
+        if wan_proxies
+    }
     channel = root / "channel.toml"
     channel.write_text(
         f"""[channel]
@@ -135,6 +176,8 @@ fraction = 1.0
         pulses_line += f"fibre_km = {float(distance_km)!r}\n"
     configs = {}
     for me, other in ((a, b), (b, a)):
+        classical = routes["classical"].port if wan_proxies and me == alice else ports[other + ".classical"]
+        data = routes[f"data.{me}"].port if wan_proxies else ports[other + ".data"]
         path = root / f"{me}.toml"
         path.write_text(
             f"""[facility]
@@ -158,8 +201,8 @@ address = "127.0.0.1:{ports["channel.listen"]}"
 
 [[peer]]
 id = "{other}"
-address = "127.0.0.1:{ports[other + ".classical"]}"
-data_address = "127.0.0.1:{ports[other + ".data"]}"
+address = "127.0.0.1:{classical}"
+data_address = "127.0.0.1:{data}"
 saes = [{", ".join(f'"{s}"' for s in saes[other])}]
 preshared_key = "psk/{a}--{b}.key"
 protocol = "{protocol}"
@@ -171,17 +214,19 @@ eps_cor = {eps_cor!r}
 """
         )
         configs[me] = path
-    return Deployment(root=root, channel=channel, facilities=configs, ports=ports, saes=saes)
+    return Deployment(root=root, channel=channel, facilities=configs, ports=ports, saes=saes, routes=routes)
 
 
 def read_deployment(root: Path) -> Deployment:
-    """The Deployment that `testbed init` wrote to `root`, read back from its configuration files.
+    """The Deployment that `testbed init` wrote to `root`, read back from its configuration files: a peer
+    address that is none of the peer's listeners is a proxy port (`Deployment.routes`).
     Raises ConfigError (qlinkd.config) when a file is missing or invalid."""
     channel_path = root / "channel.toml"
     channel = load_channel_config(channel_path)
     facilities: dict[str, Path] = {}
     saes: dict[str, tuple[str, ...]] = {}
     ports = {"channel.listen": channel.listen.port, "channel.admin": channel.admin.port}
+    dialled: list[tuple[str, str, str, Address]] = []
     for path in sorted(root.glob("*.toml")):
         if path.name == channel_path.name:
             continue
@@ -192,6 +237,23 @@ def read_deployment(root: Path) -> Deployment:
             address = getattr(config.listen, listener)
             if address is not None:
                 ports[f"{config.id}.{listener}"] = address.port
+        for peer in config.peers:
+            dialled.append((config.id, peer.id, "classical", peer.address))
+            if peer.data_address is not None:
+                dialled.append((config.id, peer.id, "data", peer.data_address))
     if not facilities:
         raise ConfigError(str(root), "no facility configuration (*.toml besides channel.toml)")
-    return Deployment(root=root, channel=channel_path, facilities=facilities, ports=ports, saes=saes)
+    listeners = set(ports.values())
+    routes: dict[str, Route] = {}
+    for sender, receiver, listener, address in dialled:
+        target = ports.get(f"{receiver}.{listener}")
+        # A peer address that is one of the deployment's listeners is dialled directly (Bob's names
+        # Alice's classical listener, which he never dials).
+        if target is None or address.port in listeners:
+            continue
+        name = "classical" if listener == "classical" else f"data.{sender}"
+        routes[name] = Route(sender=sender, receiver=receiver, port=address.port, target=target)
+        ports[f"wan.{name}"] = address.port
+    return Deployment(
+        root=root, channel=channel_path, facilities=facilities, ports=ports, saes=saes, routes=routes
+    )
