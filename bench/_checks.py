@@ -10,7 +10,6 @@ round_outcomes, auth, incoming, fetched). Imported as a sibling module, like _de
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import collections
 import contextlib
@@ -21,7 +20,6 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,9 +32,8 @@ from qlinkmed.client.daemon_http import ApiError
 from qlinkmed.client.data_http import DataTarget
 from qlinkmed.qlinkd.content import validate
 from qlinkmed.qlinkd.pool.keystore import KeyStore
-from qlinkmed.qlinkd.testbed.deployment import Deployment, write_loopback_deployment
+from qlinkmed.qlinkd.testbed.deployment import Deployment
 from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
-from qlinkmed.qlinkd.testbed.wan import WanProxy, WanSpec, WanStatistics
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # tests/ is a package of the repository, not of the installed qlinkmed
@@ -497,106 +494,6 @@ def tracebacks(started: d.Started) -> dict[str, str]:
         if start >= 0:
             found[name] = log[max(0, start - 800) : start + 3000]
     return found
-
-
-# ---- the emulated WAN -----------------------------------------------------------------------------------
-class WanLinks:
-    """The deployment's emulated links, driven from synchronous code: the classical link (A dials B) and
-    each facility's data link to the other, all WanProxy instances on one event loop in a thread."""
-
-    def __init__(self, spec: WanSpec, targets: dict[str, tuple[str, int]], seed: int = 0) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="wan", daemon=True)
-        self._thread.start()
-        rng = random.Random(seed) if spec.random else None
-        self.proxies = {name: WanProxy(target, spec, rng=rng) for name, target in targets.items()}
-        self.ports = {name: self._call(proxy.start()) for name, proxy in self.proxies.items()}
-        self.classical = self.proxies["classical"]
-        self.data = {f: self.proxies[f"data:{f}"] for f in (d.A, d.B)}
-
-    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=30)
-
-    def _each(self, method: str, names: tuple[str, ...]) -> None:
-        async def apply() -> None:
-            for name in names:
-                getattr(self.proxies[name], method)()
-
-        self._call(apply())
-
-    def cut(self) -> None:
-        """Partition every link (classical and data) at once."""
-        self._each("cut", tuple(self.proxies))
-
-    def restore(self) -> None:
-        self._each("restore", tuple(self.proxies))
-
-    def cut_classical(self) -> None:
-        self._each("cut", ("classical",))
-
-    def restore_classical(self) -> None:
-        self._each("restore", ("classical",))
-
-    def statistics(self) -> dict[str, WanStatistics]:
-        return {name: proxy.statistics() for name, proxy in self.proxies.items()}
-
-    def close(self) -> None:
-        async def close_all() -> None:
-            for proxy in self.proxies.values():
-                await proxy.close()
-
-        self._call(close_all())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(30)
-        self._loop.close()
-
-
-def _through(config: Path, field_name: str, port: int, proxy_port: int) -> None:
-    """Point one [[peer]] address of a facility configuration at a proxy port."""
-    text = config.read_text()
-    old = f'\n{field_name} = "127.0.0.1:{port}"\n'
-    if old not in text:
-        raise RuntimeError(f"{config.name}: no {field_name} on port {port} to route through the WAN")
-    config.write_text(text.replace(old, f'\n{field_name} = "127.0.0.1:{proxy_port}"\n'))
-
-
-@contextlib.contextmanager
-def running_wan(
-    root: Path, wan: str, *, seed: int = 0, **options: Any
-) -> Iterator[tuple[d.Started, WanLinks]]:
-    """Like `_deploy.running`, with the classical link and both data links through WAN proxies described
-    by `wan` (``DELAY[,JITTER,LOSS,RATE]``); the channel, the KMEs and the local APIs stay direct."""
-    spec = WanSpec.parse(wan)
-    with contextlib.ExitStack() as stack:
-        options.setdefault("high_watermark_bits", d.NO_PAUSE_BITS)
-        options.setdefault("low_watermark_bits", d.NO_PAUSE_BITS // 2)
-        deployment = write_loopback_deployment(root, **options)
-        ports = deployment.ports
-        local = "127.0.0.1"
-        links = WanLinks(
-            spec,
-            {
-                "classical": (local, ports[f"{d.B}.classical"]),
-                f"data:{d.A}": (local, ports[f"{d.B}.data"]),
-                f"data:{d.B}": (local, ports[f"{d.A}.data"]),
-            },
-            seed,
-        )
-        stack.callback(links.close)
-        config = deployment.facilities
-        _through(config[d.A], "address", ports[f"{d.B}.classical"], links.ports["classical"])
-        _through(config[d.A], "data_address", ports[f"{d.B}.data"], links.ports[f"data:{d.A}"])
-        _through(config[d.B], "data_address", ports[f"{d.A}.data"], links.ports[f"data:{d.B}"])
-        group = stack.enter_context(ProcessGroup(deployment))
-        spawned_at = time.monotonic()
-        for name in d.NAMES:
-            group.start(name)
-        for name in d.NAMES:
-            group.wait_ready(name)
-        started = d.Started(
-            deployment=deployment, group=group, spawned_at=spawned_at, ready_s=time.monotonic() - spawned_at
-        )
-        yield started, links
 
 
 # ---- the processes --------------------------------------------------------------------------------------

@@ -197,7 +197,7 @@ def run(root: Path, args: argparse.Namespace) -> SoakReport:
     total_s = args.minutes * 60
     warmup_s = args.warmup * 60 if args.warmup is not None else (120.0 if args.minutes >= 10 else 60.0)
     report = SoakReport(minutes=args.minutes, warmup_s=warmup_s, wan=args.wan, rate=args.rate)
-    with c.running_wan(root / "deploy", args.wan, pulses_per_round=args.pulses) as (started, _links):
+    with d.running(root / "deploy", wan=args.wan, pulses_per_round=args.pulses) as started:
         deployment, group = started.deployment, started.group
         a, b = c.data_targets(deployment)
         d.wait_for(

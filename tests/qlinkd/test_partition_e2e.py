@@ -30,7 +30,7 @@ def test_a_partition_heals_with_pools_identical_keys_once_and_transfers_once(tmp
     # The traffic went through the emulator, and the cut held it: no round committed at either end
     # between the cut and the restore beyond the one that may have been committing at the cut.
     assert report.wan_bytes["classical"] > 0
-    assert report.wan_bytes[f"data {deploy.A}"] > 0
+    assert report.wan_bytes[f"data.{deploy.A}"] > 0
     for facility in (deploy.A, deploy.B):
         assert report.committed_at_restore[facility] <= report.committed_at_cut[facility] + 1
     # Both daemons answered their status through the cut, and no alarm was raised by a network fault.
