@@ -156,13 +156,22 @@ def _queue_ehr(a: DataTarget, count: int) -> list[str]:
 
 
 def run_cut(
-    root: Path, cut_s: float, wan: str, *, megabytes: float, ehr: int, pulses: int, seed: int
+    root: Path,
+    cut_s: float,
+    wan: str,
+    *,
+    megabytes: float,
+    ehr: int,
+    pulses: int,
+    seed: int,
+    **options: Any,
 ) -> CutReport:
+    """One cut of `cut_s` seconds on a fresh deployment (`options` go to write_loopback_deployment)."""
     report = CutReport(cut_s=cut_s, wan=wan)
     entries = c.make_study(root / "study", megabytes, seed)
     originals = [path.read_bytes() for path, _ in entries]
     report.study_bytes, report.study_files = sum(len(o) for o in originals), len(originals)
-    with d.running(root / "deploy", wan=wan, pulses_per_round=pulses) as started:
+    with d.running(root / "deploy", wan=wan, pulses_per_round=pulses, **options) as started:
         links = started.wan
         if links is None:  # running() starts the proxies whenever wan is given; this keeps the types honest
             raise RuntimeError("running(wan=...) started no WAN proxies")
@@ -338,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pulses", type=int, default=700_000, help="pulses per round")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
+        "--pq-hybrid",
+        action="store_true",
+        help="pq_hybrid = true on both ends: every EHR message goes under AEAD, never a one-time pad",
+    )
+    parser.add_argument(
         "--keep", type=Path, metavar="DIR", help="run in DIR (new) and keep it, logs included"
     )
     parser.add_argument("--json", action="store_true", help="print the reports as JSON")
@@ -364,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
                     ehr=args.ehr,
                     pulses=args.pulses,
                     seed=args.seed + i,
+                    pq_hybrid=args.pq_hybrid,
                 )
             )
     if args.json:
