@@ -25,199 +25,24 @@ two keys share bytes, and no audit log recorded a pool divergence.
 from __future__ import annotations
 
 import argparse
-import base64
-import collections
 import contextlib
-import hashlib
 import json
 import random
 import signal
-import sqlite3
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
 
 import _deploy as d
-import httpx
+from _checks import KeyClient, StoreView, compare, notices_owed, read_store
 
-from qlinkmed.qlinkd.pool.keystore import KeyStore
 from qlinkmed.qlinkd.testbed.deployment import Deployment
 
-MASTER, SLAVE = f"pacs-{d.A}", f"pacs-{d.B}"
 RECOVERY_TIMEOUT_S = 60.0
 """How long a restarted pair may take to establish a round again before the kill counts as a stall."""
 DRAIN_TIMEOUT_S = 30.0
 """How long the client keeps fetching keys still owed at B after the last kill."""
-CLIENT_PACE_S = 0.02
-"""Pause between the client's enc_keys requests, so it does not outrun key generation."""
-REFETCH_SHARE = 0.2
-"""Share of fetched keys the client asks B for a second time (B must refuse)."""
-
-
-@dataclass(slots=True)
-class ClientLog:
-    """Everything the SAE client saw."""
-
-    handed: dict[str, bytes] = field(default_factory=dict)
-    handed_twice: int = 0
-    fetched: dict[str, bytes] = field(default_factory=dict)
-    fetched_twice: int = 0
-    refetch_refused: int = 0
-    refetch_attempts: int = 0
-    pending: list[str] = field(default_factory=list)
-    errors: collections.Counter[str] = field(default_factory=collections.Counter)
-
-
-class KeyClient(threading.Thread):
-    """Master at A, slave at B, over ETSI 014 with their SAE certificates."""
-
-    def __init__(self, deployment: Deployment, seed: int) -> None:
-        super().__init__(name="etsi-client", daemon=True)
-        self.deployment = deployment
-        self.log = ClientLog()
-        self.stop_handing = threading.Event()
-        self.drain_deadline = 0.0
-        self._rng = random.Random(seed)
-
-    def run(self) -> None:
-        enc_url = f"{self.deployment.kme_url(d.A)}/api/v1/keys/{SLAVE}/enc_keys"
-        dec_url = f"{self.deployment.kme_url(d.B)}/api/v1/keys/{MASTER}/dec_keys"
-        with d.sae_client(self.deployment, MASTER) as enc, d.sae_client(self.deployment, SLAVE) as dec:
-            while not self.stop_handing.is_set():
-                self._enc(enc, enc_url)
-                self._dec_pass(dec, dec_url)
-                self.stop_handing.wait(CLIENT_PACE_S)
-            misses = 0
-            while self.log.pending and time.monotonic() < self.drain_deadline:
-                if self._dec_pass(dec, dec_url):
-                    misses = 0
-                    continue
-                misses += 1
-                # A whole rotation without a key, and A owes B no notice: what is left never comes.
-                if misses >= len(self.log.pending) and self._notices_owed() == 0:
-                    break
-                time.sleep(0.1)  # pacing retries of keys whose notice has not arrived yet
-
-    def _notices_owed(self) -> int:
-        try:
-            return int(d.local_get(self.deployment, d.A, "/v1/keys")["pools"][0]["notices_unacknowledged"])
-        except (httpx.HTTPError, OSError, KeyError, IndexError, ValueError):
-            return -1
-
-    def _post(self, client: httpx.Client, url: str, body: dict[str, Any], what: str) -> httpx.Response | None:
-        try:
-            return client.post(url, json=body)
-        except httpx.HTTPError as exc:
-            self.log.errors[f"{what}: {type(exc).__name__}"] += 1
-            return None
-
-    def _enc(self, client: httpx.Client, url: str) -> None:
-        response = self._post(client, url, {"number": self._rng.randint(1, 4)}, "enc")
-        if response is None:
-            return
-        if response.status_code != 200:
-            self.log.errors[f"enc: HTTP {response.status_code}"] += 1
-            return
-        for key in response.json()["keys"]:
-            if key["key_ID"] in self.log.handed:
-                self.log.handed_twice += 1
-            self.log.handed[key["key_ID"]] = base64.b64decode(key["key"])
-            self.log.pending.append(key["key_ID"])
-
-    def _dec_pass(self, client: httpx.Client, url: str) -> int:
-        """Fetch the keys owed, oldest first, until one fails (it goes to the back of the queue, so a key
-        whose answer a kill cut off does not block the others); returns how many arrived."""
-        got = 0
-        while self.log.pending:
-            key_id = self.log.pending.pop(0)
-            if not self._dec_one(client, url, key_id):
-                self.log.pending.append(key_id)
-                break
-            got += 1
-        return got
-
-    def _dec_one(self, client: httpx.Client, url: str, key_id: str) -> bool:
-        response = self._post(client, url, {"key_IDs": [{"key_ID": key_id}]}, "dec")
-        if response is None:
-            return False
-        if response.status_code != 200:
-            self.log.errors[f"dec: HTTP {response.status_code}"] += 1
-            return False
-        for key in response.json()["keys"]:
-            if key["key_ID"] in self.log.fetched:
-                self.log.fetched_twice += 1
-            self.log.fetched[key["key_ID"]] = base64.b64decode(key["key"])
-        if self._rng.random() < REFETCH_SHARE:
-            again = self._post(client, url, {"key_IDs": [{"key_ID": key_id}]}, "refetch")
-            if again is not None:
-                self.log.refetch_attempts += 1
-                self.log.refetch_refused += again.status_code == 400
-        return True
-
-
-# ---- the stores after the run ---------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StoreView:
-    last_committed: int
-    pending_round: int
-    next_round: int
-    auth_position: int
-    auth_material: bytes
-    """The authentication key bytes not yet used, from `auth_position` on."""
-    pool_bits_owned_by: dict[str, int]
-    outbox: int
-    rounds: list[tuple[int, str, int, int, str]]
-    """Committed rounds: (round_id, owner, start, bytes left, SHA-256 of those bytes)."""
-    committed_outcomes: set[int]
-    incoming: set[str]
-    fetched: set[str]
-
-
-def read_store(deployment: Deployment, facility: str) -> StoreView:
-    peer = d.B if facility == d.A else d.A
-    path = deployment.root / "state" / facility / "keys.sqlite3"
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        rows = db.execute(
-            "SELECT round_id, owner, start, material FROM rounds WHERE peer = ? AND committed = 1"
-            " ORDER BY round_id",
-            (peer,),
-        ).fetchall()
-        rounds = [(r, o, s, len(m), hashlib.sha256(m).hexdigest()) for r, o, s, m in rows]
-        outcomes = {
-            r
-            for (r,) in db.execute(
-                "SELECT round_id FROM round_outcomes WHERE peer = ? AND committed = 1", (peer,)
-            )
-        }
-        auth = db.execute("SELECT material FROM auth WHERE peer = ?", (peer,)).fetchone()[0]
-        incoming = {k for (k,) in db.execute("SELECT key_id FROM incoming")}
-        fetched = {k for (k,) in db.execute("SELECT key_id FROM fetched")}
-    finally:
-        db.close()
-    store = KeyStore.open(path)
-    try:
-        state = store.link_state(peer)
-        owned = {owner: store.pool_bits(peer, owner=owner) for owner in (d.A, d.B)}
-        outbox = len(store.outbox(peer))
-    finally:
-        store.close()
-    return StoreView(
-        last_committed=state.last_committed,
-        pending_round=state.pending_round,
-        next_round=state.next_round,
-        auth_position=state.auth_position,
-        auth_material=bytes(auth),
-        pool_bits_owned_by=owned,
-        outbox=outbox,
-        rounds=rounds,
-        committed_outcomes=outcomes,
-        incoming=incoming,
-        fetched=fetched,
-    )
 
 
 # ---- the run --------------------------------------------------------------------------------------------
@@ -282,29 +107,6 @@ def _established(deployment: Deployment, facility: str) -> int:
     return sum(r.get("event") == "round_established" for r in d.read_audit(deployment, facility))
 
 
-def compare(view_a: StoreView, view_b: StoreView) -> list[str]:
-    out = []
-    if view_a.rounds != view_b.rounds:
-        only_a = sorted(set(view_a.rounds) - set(view_b.rounds))[:5]
-        only_b = sorted(set(view_b.rounds) - set(view_a.rounds))[:5]
-        out.append(f"committed rounds differ: only at A {only_a}, only at B {only_b}")
-    if view_a.last_committed != view_b.last_committed:
-        out.append(f"last committed: A {view_a.last_committed}, B {view_b.last_committed}")
-    common = min(view_a.last_committed, view_b.last_committed)
-    a_out = {r for r in view_a.committed_outcomes if r <= common}
-    b_out = {r for r in view_b.committed_outcomes if r <= common}
-    if a_out != b_out:
-        out.append(f"committed round ids differ: {sorted(a_out ^ b_out)[:10]}")
-    behind, ahead = sorted((view_a, view_b), key=lambda v: v.auth_position)
-    lead = ahead.auth_position - behind.auth_position
-    if behind.auth_material[lead:] != ahead.auth_material:
-        where = f"A at {view_a.auth_position}, B at {view_b.auth_position}"
-        out.append(f"authentication key: {where}, bytes differ")
-    if view_a.pool_bits_owned_by != view_b.pool_bits_owned_by:
-        out.append(f"pool bits by owner: A {view_a.pool_bits_owned_by}, B {view_b.pool_bits_owned_by}")
-    return out
-
-
 def _established_beyond(deployment: Deployment, count: int) -> Callable[[], bool]:
     """Whether A has established more than `count` rounds (a condition for `d.wait_for`)."""
     return lambda: _established(deployment, d.A) > count
@@ -334,13 +136,11 @@ def kill_cycles(started: d.Started, kills: int, *, seed: int = 1) -> KillReport:
             )
         except TimeoutError:
             recovered.append(None)
-    client.drain_deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    client.stop_handing.set()
-    client.join(DRAIN_TIMEOUT_S + 30)
+    client.finish(DRAIN_TIMEOUT_S)
     # The notices A owes B must be acknowledged before the pools can be compared.
     with contextlib.suppress(TimeoutError):
         d.wait_for(
-            lambda: d.local_get(deployment, d.A, "/v1/keys")["pools"][0]["notices_unacknowledged"] == 0,
+            lambda: notices_owed(deployment) == 0,
             DRAIN_TIMEOUT_S,
             "notices acknowledged",
         )
@@ -447,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok(report) else 1
 
 
-__all__ = ["KillReport", "kill_cycles", "ok"]
+__all__ = ["KillReport", "StoreView", "compare", "kill_cycles", "ok"]
 
 if __name__ == "__main__":
     sys.exit(main())

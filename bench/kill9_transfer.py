@@ -40,18 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import _deploy as d
+from _checks import inbox_entry, make_study, outgoing_state, owned_bits
 
 from qlinkmed.client.commands.demo import _token
 from qlinkmed.client.commands.send import upload
-from qlinkmed.client.daemon_http import ApiError
 from qlinkmed.client.data_http import DataTarget
-from qlinkmed.qlinkd.content import validate
 from qlinkmed.qlinkd.dataplane.receiver import SYNC_BYTES
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # tests/ is a package of the repository, not of the installed qlinkmed
-    sys.path.insert(0, str(ROOT))
-from tests.dicom_factory import make_ct_study  # noqa: E402
 
 KEY_BITS = 64_000
 """Key both pools hold before the study is queued (each data session takes 256 bits)."""
@@ -99,34 +93,8 @@ class Report:
     problems: list[str] = field(default_factory=list)
 
 
-def make_study(folder: Path, megabytes: float, seed: int) -> list[tuple[Path, Any]]:
-    """A synthetic CT study of about `megabytes` MB (10^6 bytes) in `folder`: (path, ContentInfo) per file."""
-    slice_bytes = len(make_ct_study(1, 512, 512, seed=seed)[0])
-    count = max(1, round(megabytes * 1e6 / slice_bytes))
-    folder.mkdir(parents=True)
-    entries = []
-    for i, data in enumerate(make_ct_study(count, 512, 512, seed=seed)):
-        path = folder / f"ct{i:05d}.dcm"
-        path.write_bytes(data)
-        entries.append((path, validate(path.name, data)))
-    return entries
-
-
-def _entry(b: DataTarget, tid: str) -> dict[str, Any] | None:
-    status, body = b.json("GET", f"/v1/inbox/{tid}")
-    return body if status == 200 else None
-
-
-def _owned_bits(target: DataTarget) -> int:
-    try:
-        status, body = target.json("GET", "/v1/status")
-    except ApiError:
-        return 0
-    return int(body["links"][0]["pool_bits_owned"]) if status == 200 else 0
-
-
 def _moved(b: DataTarget, tid: str, position: int) -> bool:
-    entry = _entry(b, tid)
+    entry = inbox_entry(b, tid)
     return entry is not None and (entry["received_bytes"] > position or entry["state"] != "receiving")
 
 
@@ -136,7 +104,7 @@ def _poll_until_advanced(b: DataTarget, tid: str, threshold: float, total: int) 
     the position has not moved for STALL_S."""
     last, moved_at = -1, time.monotonic()
     while True:
-        entry = _entry(b, tid)
+        entry = inbox_entry(b, tid)
         position, state = (-1, "missing") if entry is None else (int(entry["received_bytes"]), entry["state"])
         if state not in ("receiving", "missing") or position >= total or position >= threshold:
             return position, state
@@ -168,7 +136,7 @@ def kill_cycles(started: d.Started, b: DataTarget, report: Report) -> None:
         group.start(d.B)
         group.wait_ready(d.B, READY_TIMEOUT_S)
         ready = time.monotonic()
-        after = _entry(b, tid)
+        after = inbox_entry(b, tid)
         position_after = int(after["received_bytes"]) if after is not None else -1
         if position_after < position:
             report.regressions += 1
@@ -182,16 +150,9 @@ def kill_cycles(started: d.Started, b: DataTarget, report: Report) -> None:
             kill.resumed_s = time.monotonic() - ready
 
 
-def _outgoing_state(a: DataTarget, tid: str) -> str:
-    status, body = a.json("GET", "/v1/transfers")
-    if status != 200:
-        return "unknown"
-    return next((t["state"] for t in body["transfers"] if t["transfer_id"] == tid), "missing")
-
-
 def verify(started: d.Started, b: DataTarget, entries: list[tuple[Path, Any]], report: Report) -> None:
     tid = report.transfer_id
-    entry = _entry(b, tid)
+    entry = inbox_entry(b, tid)
     if entry is None or entry["state"] != "delivered":
         report.problems.append(f"B's inbox entry is {entry and entry['state']}, not delivered")
         return
@@ -237,7 +198,7 @@ def run(root: Path, args: argparse.Namespace) -> Report:
         a = DataTarget(deployment.local_url(d.A), _token(deployment, d.A))
         b = DataTarget(deployment.local_url(d.B), _token(deployment, d.B))
         d.wait_for(
-            lambda: min(_owned_bits(a), _owned_bits(b)) >= KEY_BITS, READY_TIMEOUT_S, "key in both pools"
+            lambda: min(owned_bits(a), owned_bits(b)) >= KEY_BITS, READY_TIMEOUT_S, "key in both pools"
         )
         queued_at = time.monotonic()
         result = upload(a, d.B, "study", entries, entries[0][1].study_uid, wait=0, show_progress=False)
@@ -249,14 +210,14 @@ def run(root: Path, args: argparse.Namespace) -> Report:
             report.problems.append(f"upload answered {result}")
         with contextlib.suppress(TimeoutError):
             d.wait_for(
-                lambda: _outgoing_state(a, report.transfer_id) != "queued", args.timeout, "the delivery"
+                lambda: outgoing_state(a, report.transfer_id) != "queued", args.timeout, "the delivery"
             )
-        report.final_state = _outgoing_state(a, report.transfer_id)
+        report.final_state = outgoing_state(a, report.transfer_id)
         report.transfer_s = time.monotonic() - queued_at
         if report.final_state == "delivered":
             verify(started, b, entries, report)
         else:
-            entry = _entry(b, report.transfer_id)
+            entry = inbox_entry(b, report.transfer_id)
             report.problems.append(f"A's record is {report.final_state}; B's inbox entry: {entry}")
         seen = _scan_logs(started, report, "during the run", {})
     _scan_logs(started, report, "at shutdown (SIGTERM)", seen)
