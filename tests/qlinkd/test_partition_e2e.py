@@ -70,12 +70,9 @@ def test_a_partition_heals_with_pools_identical_keys_once_and_transfers_once(tmp
     assert all(a.delivered_lines >= 1 for a in report.ehr)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect (reported to the lead): the sender sends an EHR message again when its answer arrives "
-    "while a later message, sent from inside the first one's stream (_send_pending_ehr), is in flight",
-)
 def test_ehr_messages_queued_during_a_partition_are_each_sent_once(tmp_path: Path) -> None:
+    # Regression (issue 16): A sent the first message twice when its answer arrived while a message it
+    # let overtake was in flight (dataplane/sender.py, _send_pending_ehr).
     # pq_hybrid: every EHR message goes under AEAD (streamed), never as a one-time-pad frame.
     report = partition.run_cut(
         tmp_path, 2.0, "2ms", megabytes=1.0, ehr=3, pulses=700_000, seed=5, pq_hybrid=True
