@@ -4,7 +4,7 @@ itself, the pools must stay identical, no key may be delivered twice and every t
 and bit-exact.
 
     python bench/partition.py                        # a 5 s and a 60 s cut, 5 ms one-way
-    python bench/partition.py --cut 600 --json       # the 10-minute cut (about 13 min in all)
+    python bench/partition.py --cut 600 --json       # the 10-minute cut (about 11 min in all)
     python bench/partition.py --cut 5 --wan 25ms,5ms,0.5%,100mbit
 
 For each --cut, a fresh deployment whose classical link (A dials B) and data links (A to B, B to A) go
