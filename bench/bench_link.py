@@ -318,9 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--warmup",
         type=float,
-        default=10.0,
-        help="seconds after the first key before the measurement window opens (the link's window of "
-        "rounds grows as rounds commit)",
+        default=40.0,
+        help="seconds after the first key before the measurement window opens (default 40: the link's "
+        "window of rounds grows as rounds commit and is full after ~30 s at 50 ms RTT)",
     )
     parser.add_argument(
         "--baseline",
