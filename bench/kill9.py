@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import _deploy as d
-from _checks import KeyClient, StoreView, compare, notices_owed, read_store
+from _checks import KeyClient, StoreView, compare, notices_owed, read_store, settle_as_the_next_hello
 
 from qlinkmed.qlinkd.testbed.deployment import Deployment
 
@@ -146,6 +146,7 @@ def kill_cycles(started: d.Started, kills: int, *, seed: int = 1) -> KillReport:
         )
     audits = {f: d.read_audit(deployment, f) for f in (d.A, d.B)}
     group.stop_all()
+    settle_as_the_next_hello(deployment)  # a stop between one end's commit and the other's
     views = {f: read_store(deployment, f) for f in (d.A, d.B)}
     differences = compare(views[d.A], views[d.B])
     log = client.log
