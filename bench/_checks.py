@@ -34,6 +34,7 @@ from qlinkmed.qlinkd.content import validate
 from qlinkmed.qlinkd.pool.keystore import KeyStore
 from qlinkmed.qlinkd.testbed.deployment import Deployment
 from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
+from qlinkmed.qlinkd.testbed.settle import settle_stopped_stores
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # tests/ is a package of the repository, not of the installed qlinkmed
@@ -302,27 +303,6 @@ class KeyCheck:
         )
 
 
-def settle_as_the_next_hello(deployment: Deployment) -> list[int]:
-    """Settle the stopped stores exactly as the daemons' next hello would (``KeyStore.reconcile`` with the
-    peer's state, then skipping past authentication key the peer spent), and return the rounds that were
-    pending. With rounds in flight a stop often lands between one end's commit and the other's (that end
-    holds the round pending until the next hello): comparing before settling would call that a
-    divergence, comparing after it checks what the link guarantees."""
-    peers = {d.A: d.B, d.B: d.A}
-    stores = {f: KeyStore.open(deployment.root / "state" / f / "keys.sqlite3") for f in peers}
-    try:
-        states = {f: stores[f].link_state(peers[f]) for f in peers}
-        for f, store in stores.items():
-            remote = states[peers[f]]
-            store.reconcile(peers[f], remote)
-            if remote.auth_position > store.link_state(peers[f]).auth_position:
-                store.advance_auth(peers[f], remote.auth_position)
-    finally:
-        for store in stores.values():
-            store.close()
-    return sorted({s.pending_round for s in states.values() if s.pending_round})
-
-
 def settle_and_compare(started: d.Started, client: KeyClient, drain_s: float) -> KeyCheck:
     """Stop the client (it drains the keys owed at B), wait for A's notices to be acknowledged, stop the
     processes (SIGTERM), settle the stores as the next hello would and compare them with what the client
@@ -332,7 +312,7 @@ def settle_and_compare(started: d.Started, client: KeyClient, drain_s: float) ->
     with contextlib.suppress(TimeoutError):
         d.wait_for(lambda: notices_owed(deployment) == 0, NOTICES_TIMEOUT_S, "notices acknowledged")
     started.group.stop_all()
-    settled = settle_as_the_next_hello(deployment)
+    settled = settle_stopped_stores(deployment)
     views = {f: read_store(deployment, f) for f in (d.A, d.B)}
     differences = compare(views[d.A], views[d.B])
     log = client.log

@@ -35,9 +35,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import _deploy as d
-from _checks import KeyClient, StoreView, compare, notices_owed, read_store, settle_as_the_next_hello
+from _checks import KeyClient, StoreView, compare, notices_owed, read_store
 
 from qlinkmed.qlinkd.testbed.deployment import Deployment
+from qlinkmed.qlinkd.testbed.settle import settle_stopped_stores
 
 RECOVERY_TIMEOUT_S = 60.0
 """How long a restarted pair may take to establish a round again before the kill counts as a stall."""
@@ -146,7 +147,7 @@ def kill_cycles(started: d.Started, kills: int, *, seed: int = 1) -> KillReport:
         )
     audits = {f: d.read_audit(deployment, f) for f in (d.A, d.B)}
     group.stop_all()
-    settle_as_the_next_hello(deployment)  # a stop between one end's commit and the other's
+    settle_stopped_stores(deployment)  # a stop between one end's commit and the other's
     views = {f: read_store(deployment, f) for f in (d.A, d.B)}
     differences = compare(views[d.A], views[d.B])
     log = client.log

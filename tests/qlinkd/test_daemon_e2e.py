@@ -21,6 +21,7 @@ from qlinkmed.qlinkd.link.wire import MAX_FRAME_BYTES, decode_frame, encode_fram
 from qlinkmed.qlinkd.ops import pki
 from qlinkmed.qlinkd.pool.keystore import KeyStore
 from qlinkmed.qlinkd.testbed.deployment import Deployment, free_ports
+from qlinkmed.qlinkd.testbed.settle import settle_stopped_stores
 from tests.polling import wait_for
 from tests.testbeds import Testbeds
 
@@ -197,7 +198,9 @@ async def test_man_in_the_middle_edit_aborts_the_round_and_no_key_is_kept(testbe
         group.stop_all()
     finally:
         await runner.cleanup()
-    # Stopped (rounds no longer move): both ends hold exactly the same rounds.
+    # Stopped (rounds no longer move) and settled as the next hello would (with rounds in flight the stop
+    # may land between one end's commit and the other's): both ends hold exactly the same rounds.
+    settle_stopped_stores(deployment)
     identities = [_identities(deployment, f, peer) for f, peer in ((A, B), (B, A))]
     tampered = proxy.tampered_round
     for facility in (A, B):
