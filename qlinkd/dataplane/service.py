@@ -13,7 +13,7 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -117,6 +117,13 @@ class DataPlane:
         for removed in self.outbox.tidy(queued):
             log.info("outbox: removed %s, an upload the client was never told was queued", removed)
         self._server: asyncio.Server | None = None
+        self._arrival_listeners: list[Callable[[Manifest], None]] = []
+
+    def add_arrival_listener(self, listener: Callable[[Manifest], None]) -> None:
+        """Call `listener` with the manifest of every transfer delivered into this facility's inbox, once
+        the inbox holds it durably (the gateways' forwarders). A listener must not block; what it raises
+        is logged and does not disturb the delivery."""
+        self._arrival_listeners.append(listener)
 
     def close(self) -> None:
         self.inbox.close_all()
@@ -380,6 +387,11 @@ class DataPlane:
             stored_at=rfc3339(dt.datetime.fromtimestamp(stored_at, dt.UTC)),
         )
         self._metrics.transfer_done(manifest.sender, "in", manifest.kind.value)
+        for listener in self._arrival_listeners:
+            try:
+                listener(manifest)
+            except Exception:
+                log.exception("arrival listener failed on transfer %s", tid)
 
     def _refused_here(self, tid: str, reason: str) -> None:
         log.warning("transfer %s refused: %s", tid, reason)
