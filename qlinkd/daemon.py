@@ -16,6 +16,7 @@ from qlinkmed.qlinkd.content.worker import ContentValidator
 from qlinkmed.qlinkd.data_api import ensure_token
 from qlinkmed.qlinkd.dataplane.keys import PoolKeys
 from qlinkmed.qlinkd.dataplane.service import DataPlane
+from qlinkmed.qlinkd.gateways.runner import Gateways
 from qlinkmed.qlinkd.link.anchor import AnchorBook
 from qlinkmed.qlinkd.link.peer_link import PeerLink
 from qlinkmed.qlinkd.link.states import Role
@@ -57,6 +58,7 @@ async def run_daemon(
     runners: list[web.AppRunner] = []
     links: dict[str, PeerLink] = {}
     plane: DataPlane | None = None
+    gateways: Gateways | None = None
     validator = ContentValidator(
         limits_of(config.content),
         workers=config.content.validators,
@@ -128,6 +130,14 @@ async def run_daemon(
             validator=validator,
         )
         token = ensure_token(config.state_dir)
+        gateways = Gateways(
+            config.gateways,
+            state_dir=config.state_dir,
+            plane=plane,
+            validator=validator,
+            audit=audit,
+            max_ehr_bytes=config.content.max_ehr_bytes,
+        )
         # Keys whose lifetime ended while the daemon was down go before any SAE can ask for them.
         while _sweep_expired(rt):
             pass
@@ -147,6 +157,7 @@ async def run_daemon(
                 None,
             ),
         }
+        apps.update(gateways.apps())
         ports: dict[str, int] = {}
         for name, (app, address, ssl_context) in apps.items():
             runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_S)
@@ -173,6 +184,7 @@ async def run_daemon(
             for link in links.values():
                 tg.create_task(link.run())
             tg.create_task(plane.run_senders())
+            tg.create_task(gateways.run())
             tg.create_task(_checkpoints(store))
             tg.create_task(_expiry_sweeps(rt))
             interval = notifier.watchdog_interval()
@@ -193,6 +205,8 @@ async def run_daemon(
         for runner in runners:
             with contextlib.suppress(Exception):
                 await runner.cleanup()
+        if gateways is not None:
+            gateways.close()
         if plane is not None:
             plane.close()
         validator.close()

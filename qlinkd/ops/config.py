@@ -22,6 +22,7 @@ from qlinkmed.qcore.constants import FACILITY_ID_PATTERN, QBER_TOLERANCE, is_fac
 from qlinkmed.qcore.params import CascadeKind, DistillConfig, E91Security, ProtocolKind
 from qlinkmed.qcore.security import DEFAULT_EPS_COR, DEFAULT_EPS_SEC
 from qlinkmed.qlinkd.errors import ConfigError, PkiError
+from qlinkmed.qlinkd.gateways.config import GatewaysConfig, gateways_section
 from qlinkmed.qlinkd.link.events import MAX_ROUNDS_IN_FLIGHT
 from qlinkmed.qlinkd.ops.decoy_source import DecoyOverrides, DecoyPlan, plan_decoy
 from qlinkmed.qlinkd.ops.toml_reader import Address, Table, build, check, read_toml
@@ -311,6 +312,8 @@ class FacilityConfig:
     be cut off unseen."""
     content: ContentConfig = ContentConfig()
     """Content size limits and validator processes."""
+    gateways: GatewaysConfig = field(default_factory=GatewaysConfig)
+    """The hospital-facing gateways (``[gateway.*]``), each optional."""
 
     def peer(self, peer_id: str) -> PeerConfig:
         """The peer called `peer_id`; KeyError if there is none."""
@@ -521,6 +524,7 @@ def load_facility_config(path: Path) -> FacilityConfig:
         validator_memory_bytes=content_section.integer("validator_memory_bytes", 2048 << 20),
     )
     content_section.finish()
+    gateways = gateways_section(root)
 
     peers: list[PeerConfig] = []
     for section in root.tables("peer"):
@@ -542,6 +546,7 @@ def load_facility_config(path: Path) -> FacilityConfig:
         peers=tuple(peers),
         audit_anchor_interval_s=anchor_interval,
         content=content,
+        gateways=gateways,
     )
 
 

@@ -1,0 +1,81 @@
+"""The gateways of one daemon, built from `[gateway.*]`: their web applications (served by the daemon
+beside its own), their forwarders (run in the daemon's task group) and the one forwarding ledger they
+share."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from qlinkmed.qlinkd.content.worker import ContentValidator
+from qlinkmed.qlinkd.dataplane.service import DataPlane
+from qlinkmed.qlinkd.gateways.config import GatewaysConfig
+from qlinkmed.qlinkd.gateways.fhir_api import make_fhir_app, server_ssl
+from qlinkmed.qlinkd.gateways.fhir_forward import FhirForwarding
+from qlinkmed.qlinkd.gateways.forwards import LEDGER_FILE, ForwardLedger
+from qlinkmed.qlinkd.ops import entropy
+from qlinkmed.qlinkd.ops.audit import AuditLog
+from qlinkmed.qlinkd.ops.toml_reader import Address
+
+
+class Gateways:
+    def __init__(
+        self,
+        config: GatewaysConfig,
+        *,
+        state_dir: Path,
+        plane: DataPlane,
+        validator: ContentValidator,
+        audit: AuditLog,
+        max_ehr_bytes: int,
+    ) -> None:
+        self._config = config
+        self.ledger = ForwardLedger.open(state_dir / LEDGER_FILE) if config.any else None
+        self._apps: dict[str, tuple[web.Application, Address, ssl.SSLContext | None]] = {}
+        self._fhir: FhirForwarding | None = None
+        if config.fhir is not None and self.ledger is not None:
+            fhir = config.fhir
+            token = entropy.bearer_token(fhir.token_file) if fhir.token_file is not None else None
+            app = make_fhir_app(
+                fhir, plane=plane, validator=validator, audit=audit, token=token, max_ehr_bytes=max_ehr_bytes
+            )
+            self._apps["fhir"] = (app, fhir.listen, server_ssl(fhir))
+            self._fhir = FhirForwarding(fhir.destinations, plane=plane, ledger=self.ledger, audit=audit)
+            plane.add_arrival_listener(self._fhir.arrived)
+
+    def apps(self) -> dict[str, tuple[web.Application, Address, ssl.SSLContext | None]]:
+        """Name -> (application, address, TLS context) for the daemon to serve."""
+        return dict(self._apps)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            if self._fhir is not None:
+                tg.create_task(self._fhir.run())
+
+    def status(self) -> dict[str, Any]:
+        """Per gateway: where it listens; per destination: what the ledger owes, holds and delivered."""
+        out: dict[str, Any] = {}
+        if self._config.fhir is not None:
+            out["fhir"] = {"listen": str(self._config.fhir.listen), "base_path": self._config.fhir.base_path}
+        if self.ledger is not None:
+            out["destinations"] = [
+                {
+                    "gateway": s.gateway,
+                    "destination": s.destination,
+                    "pending": s.pending,
+                    "parked": s.parked,
+                    "delivered": s.delivered,
+                    "oldest_pending": s.oldest_pending,
+                    "last_error": s.last_error,
+                }
+                for s in self.ledger.summaries()
+            ]
+        return out
+
+    def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
