@@ -202,6 +202,12 @@ class DataPlane:
                 ctx.state = f"last session failed: {exc}"
                 log.warning("data session to %s ended: %s", peer, exc)
                 await asyncio.sleep(backoff.delay())
+            except Exception as exc:
+                # A defect of ours (the soak found one: a RecursionError) ends this session, not the daemon:
+                # the queue is durable, so the next session resumes it; the traceback says what to fix.
+                ctx.state = f"last session failed on an internal error: {type(exc).__name__}: {exc}"
+                log.exception("data session to %s failed on an internal error", peer)
+                await asyncio.sleep(backoff.delay())
             finally:
                 writer.close()
                 with contextlib.suppress(Exception):
