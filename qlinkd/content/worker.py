@@ -30,14 +30,15 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
-from qlinkmed.qlinkd.content.kinds import (
-    DICOM_PREFIX,
-    DICOM_PREFIX_AT,
-    JPEG_SOI,
-    PNG_SIGNATURE,
-    ContentInfo,
+from qlinkmed.qlinkd.content.kinds import ContentInfo
+from qlinkmed.qlinkd.content.limits import (
+    DEFAULT_LIMITS,
+    HEAD_BYTES,
+    MIB,
+    ContentLimits,
+    check_size,
+    is_binary_kind,
 )
-from qlinkmed.qlinkd.content.limits import DEFAULT_LIMITS, HEAD_BYTES, MIB, ContentLimits, check_size
 from qlinkmed.qlinkd.content.validate import validate, warm_up
 from qlinkmed.qlinkd.errors import ConfigError, ContentError
 
@@ -124,10 +125,7 @@ def _validate(name: str, source: Source, limits: ContentLimits, memory_bytes: in
 def _small_text(source: Source) -> bool:
     if not isinstance(source, bytes) or len(source) > INLINE_TEXT_BYTES:
         return False
-    return not (
-        source[DICOM_PREFIX_AT : DICOM_PREFIX_AT + len(DICOM_PREFIX)] == DICOM_PREFIX
-        or source.startswith((PNG_SIGNATURE, JPEG_SOI))
-    )
+    return not is_binary_kind(source[:HEAD_BYTES])
 
 
 class ContentValidator:
