@@ -376,11 +376,11 @@ def test_hl7_without_msh(hl7_message: bytes) -> None:
 @pytest.mark.parametrize(
     ("old", "new", "problem"),
     [
-        (b"ORU^R01^ORU_R01", b"", "HL7 v2 MSH-9 (message type) is empty"),
-        (b"QLT00001", b"", "HL7 v2 MSH-10 (message control ID) is empty"),
-        (b"|2.5.1|", b"||", "HL7 v2 MSH-12 (version ID) is missing or not a 2.x version"),
+        (b"ORU^R01^ORU_R01", b"", "HL7 v2 MSH-9: message type is empty"),
+        (b"QLT00001", b"", "HL7 v2 MSH-10: message control ID is empty"),
+        (b"|2.5.1|", b"||", "HL7 v2 MSH-12: version ID is missing or not a 2.x version"),
         (b"^~\\&", b"^~", "HL7 v2 MSH-2 (encoding characters) must be four distinct separators"),
-        (b"OBR|", b"ob|", "HL7 v2 segment 3 does not start with a segment ID"),
+        (b"OBR|", b"ob|", "HL7 v2 segment 3: does not start with a segment ID"),
         (b"Alice", b"Al\xe9ce", "HL7 v2 message declares UNICODE UTF-8 in MSH-18 but is not valid utf-8"),
         (b"UNICODE UTF-8", b"ISO IR87", "HL7 v2 MSH-18 character set 'ISO IR87' is not supported"),
     ],
