@@ -2,17 +2,21 @@
 `qlink inbox fetch` at hospital-b, and the tree comes back intact and bit-exact.
 
 The export: two series whose files repeat names (SE1/IM1, SE2/IM1), a DICOMDIR, a README.txt, an
-AUTORUN.INF, a viewer "executable", a hidden file, a structured report without a StudyInstanceUID and
-files whose names hold spaces, "+" and non-ASCII. The non-content files are skipped and reported one line
-each; the DICOM objects travel as two transfers (the study, and the report grouped by PatientID and
-folder) under their relative names. A folder holding only hidden files is an error with exit status 2.
-The channel service and both daemons are real processes on loopback (tests/testbeds.py)."""
+AUTORUN.INF, a viewer "executable", a hidden file, a slice written as a bare data set (no preamble), a
+structured report without a StudyInstanceUID and files whose names hold spaces, "+" and non-ASCII. The
+non-content files are skipped and reported one line each; the DICOM objects travel as two transfers (the
+study, and the report grouped by PatientID and folder) under their relative names, and dcmdump (dcmtk, an
+independent reader) reads each one as it arrived. A folder holding only hidden files is an error with
+exit status 2. The channel service and both daemons are real processes on loopback (tests/testbeds.py).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,9 +74,19 @@ def _report_without_study() -> bytes:
     return buffer.getvalue()
 
 
+def _bare_slice(data: bytes) -> bytes:
+    """A CT slice as an old modality writes it: the data set alone, implicit VR, no preamble or meta."""
+    ds = Dataset()
+    ds.update(pydicom.dcmread(io.BytesIO(data)))
+    buffer = io.BytesIO()
+    ds.save_as(buffer, implicit_vr=True, little_endian=True)
+    return buffer.getvalue()
+
+
 def _cd_export(root: Path) -> tuple[dict[str, bytes], dict[str, str]]:
     """Write the export; (what must arrive, by relative name; what must be skipped, name -> reason)."""
-    slices = make_ct_study(5, 32, 32, seed=21)
+    slices = make_ct_study(6, 32, 32, seed=21)
+    bare = _bare_slice(slices.pop())
     second = [pydicom.dcmread(io.BytesIO(s)) for s in slices[3:]]
     series = generate_uid()
     for ds in second:  # a second series of the same study
@@ -88,6 +102,7 @@ def _cd_export(root: Path) -> tuple[dict[str, bytes], dict[str, str]]:
         "SE1/IM3": slices[2],
         "SE2/IM1": slices[3],
         "SE2/IM2": slices[4],
+        "SE2/IM3": bare,
         "SR/report 1+final é.dcm": _report_without_study(),
     }
     skipped = {
@@ -124,7 +139,7 @@ def test_a_cd_export_arrives_with_its_tree_intact_and_bit_exact(
     results = [json.loads(line) for line in out.splitlines()]
     assert [r["state"] for r in results] == ["delivered", "delivered"]
     study, report = results
-    assert (study["files"], report["files"]) == (5, 1)
+    assert (study["files"], report["files"]) == (6, 1)
     assert "grouped by PatientID in folder 'SR'" in report["grouped_as"]
 
     fetched: dict[str, bytes] = {}
@@ -145,6 +160,13 @@ def test_a_cd_export_arrives_with_its_tree_intact_and_bit_exact(
     assert fetched.keys() == content.keys()
     assert all(hashlib.sha256(fetched[n]).digest() == hashlib.sha256(content[n]).digest() for n in content)
     assert fetched == content
+    dcmdump = shutil.which("dcmdump")
+    if dcmdump is not None:  # an independent reader takes every object as it arrived
+        for name in content:
+            path = out_dir / (study if name.startswith("SE") else report)["transfer_id"] / name
+            assert (
+                subprocess.run([dcmdump, "-q", str(path)], check=False, capture_output=True).returncode == 0
+            )
 
     # Fetching again is refused without --overwrite, and rewrites the same tree with it.
     tid = study["transfer_id"]
