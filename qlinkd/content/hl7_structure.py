@@ -33,9 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hl7apy import load_reference
-from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.exceptions import HL7apyException, UnsupportedVersion
-from hl7apy.parser import parse_message
 
 from qlinkmed.qlinkd.content.issues import Issue, IssueCode
 
@@ -44,6 +42,9 @@ MAX_INSERTED = 3
 is reported as having no place where it stands."""
 _FINITE_REPEAT = 4
 """A finite maximum above the minimum by more than this is matched as unbounded (none in HL7's tables)."""
+CACHE_ENTRIES = 50_000
+"""An automaton's memo of state-set moves is dropped when it grows past this: a peer sending random
+segment IDs must not grow a daemon's memory without bound."""
 MAX_ISSUES = 100
 """Checking stops after this many issues (a file of garbage segments is not worth a longer list)."""
 
@@ -80,35 +81,24 @@ def structure_issues(segments: list[str], version: str, message_type: list[str])
     trigger = message_type[1] if len(message_type) > 1 else ""
     if not trigger or code.startswith("Z") or trigger.startswith("Z"):
         return []
-    try:
-        structure, exact_version = _structure_of(segments[0])
-    except UnsupportedVersion:
-        return []
-    except MemoryError:
-        raise
-    except Exception as exc:  # hl7apy's messages may quote field values (patient data): the type is enough
-        return [Issue(expression="MSH", diagnostics=f"the header cannot be parsed ({type(exc).__name__})")]
-    structure = structure or _EVENT_STRUCTURES.get(f"{code}^{trigger}")
-    if not structure:
-        return []
-    try:
-        automaton = _automaton(structure, exact_version)
-    except HL7apyException:
-        return []  # no such structure in this version's tables
+    structure = message_type[2] if len(message_type) > 2 and message_type[2] else f"{code}_{trigger}"
+    automaton = _automaton_for(structure, version) or _automaton_for(
+        _EVENT_STRUCTURES.get(f"{code}^{trigger}"), version
+    )
+    if automaton is None:
+        return []  # a version newer than the tables, or a type and event they do not list
     standard = [(i + 1, s[:3]) for i, s in enumerate(segments) if not s.startswith("Z")]
     return automaton.run(standard, f"{structure} (HL7 v{version})")
 
 
-def _structure_of(msh: str) -> tuple[str | None, str]:
-    """The message structure hl7apy maps the header's MSH-9 to, and the version it read."""
-    header = parse_message(msh, validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=False)
-    name = header.name
-    if name:
-        try:
-            load_reference(name, "Message", header.version)
-        except HL7apyException:
-            name = None
-    return name, header.version
+def _automaton_for(structure: str | None, version: str) -> _Automaton | None:
+    """The automaton of `structure` in `version`, or None when hl7apy's tables have neither."""
+    if not structure:
+        return None
+    try:
+        return _automaton(structure, version)
+    except (UnsupportedVersion, HL7apyException, KeyError, AttributeError, TypeError):
+        return None
 
 
 @dataclass(slots=True)
@@ -149,6 +139,9 @@ class _Automaton:
         key = (states, token)
         known = self._steps.get(key)
         if known is None:
+            if len(self._steps) > CACHE_ENTRIES:
+                self._steps.clear()
+                self._closures.clear()
             moved = frozenset(n for s in states for t, n, _ in self.edges[s] if t == token)
             known = self.closure(moved) if moved else moved
             self._steps[key] = known
@@ -159,6 +152,8 @@ class _Automaton:
         message can end), at most MAX_INSERTED; None if there is no such path. A 0-1 breadth-first search:
         empty moves cost nothing, each inserted segment one."""
         key = (states, token)
+        if len(self._bridges) > CACHE_ENTRIES:
+            self._bridges.clear()
         if key not in self._bridges:
             self._bridges[key] = self._bridge(states, token)
         return self._bridges[key]
