@@ -94,6 +94,8 @@ def validate_dicom(
     deflated = syntax == DeflatedExplicitVRLittleEndian
     little_endian = syntax != ExplicitVRBigEndian
     if not deflated:
+        if part10:
+            _check_encoding(name, data, _file_meta(data, part10)[1], syntax)
         _check_ends_with_file(name, ds, data, little_endian)
     uids = {}
     for keyword, tag in _REQUIRED:
@@ -107,9 +109,9 @@ def validate_dicom(
     raw = ds.get_item(PIXEL_DATA, keep_deferred=True)
     sop_class = UID(uids["SOPClassUID"])
     # An image IOD without pixel data is most likely a file cut at an element boundary before them, which
-    # the end check cannot see.
-    has_float_pixels = any(keyword in ds for keyword in FLOAT_PIXEL_DATA)
-    if raw is None and not has_float_pixels and sop_class.name.endswith("Image Storage"):
+    # the end check cannot see. (Pixel data may instead be float, or referenced by a JPIP provider URL.)
+    elsewhere = any(keyword in ds for keyword in (*FLOAT_PIXEL_DATA, "PixelDataProviderURL"))
+    if raw is None and not elsewhere and sop_class.name.endswith("Image Storage"):
         raise ContentError(name, f"DICOM {sop_class.name} instance has no PixelData (truncated?)")
     if raw is not None:
         pixels = _pixel_fields(name, ds)
@@ -245,6 +247,25 @@ def _label(tag: BaseTag) -> str:
     keyword = keyword_for_tag(tag)
     location = f"({tag.group:04X},{tag.element:04X})"
     return f"{keyword} {location}" if keyword else location
+
+
+def _check_encoding(name: str, data: bytes, start: int, syntax: UID) -> None:
+    """The data set must be encoded in the VR its transfer syntax says. pydicom reads a mismatch (its first
+    element tells) with a warning; readers that follow the standard (dcmtk, and PACS built on it) cannot
+    read it at all. Undefined-length sequences may be implicit in either (PS3.5 section 6.2.2): not judged
+    from them."""
+    vr = data[start + 4 : start + 6]
+    if len(vr) < 2:
+        return
+    looks_explicit = all(0x40 < b < 0x5B for b in vr)
+    if looks_explicit == (not syntax.is_implicit_VR):
+        return
+    found = "explicit" if looks_explicit else "implicit"
+    raise ContentError(
+        name,
+        f"malformed DICOM file: the data set is encoded in {found} VR, not as its transfer syntax "
+        f"{syntax.name} says",
+    )
 
 
 def _check_ends_with_file(name: str, ds: Dataset, data: bytes, little_endian: bool) -> None:
