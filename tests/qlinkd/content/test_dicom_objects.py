@@ -355,3 +355,16 @@ def test_the_census_of_pydicom_test_files() -> None:
     assert all(not n.endswith(".dcm") for n in not_dicom), not_dicom
     assert set(refused) == dicomdirs | stripped | not_dicom
     assert len(accepted) == 98
+
+
+@needs_dcmdump
+def test_dcmdump_reads_every_pydicom_test_file_accepted_here() -> None:
+    unread = []
+    for path in sorted(p for p in PYDICOM_DATA.rglob("*") if p.is_file()):
+        try:
+            validate(path.name, path.read_bytes())
+        except ContentError:
+            continue
+        if _dcmdump(path).returncode != 0:
+            unread.append(path.name)
+    assert unread == []
