@@ -276,13 +276,15 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         dicom = [(f, i) for f, i in checked if i.kind.value == "dicom"]
         images = [(f, i) for f, i in checked if i.kind.value in ("png", "jpeg")]
-        by_name = {f.name: f for f, _ in dicom}
-        if len(by_name) != len(dicom):
-            _unique(dicom)
+        # Two directories may hold the same relative name: only within one transfer must names differ.
+        by_key = {(f.name, i.sop_instance_uid): f for f, i in dicom}
         groups = group_studies([(f.name, i) for f, i in dicom])
         jobs: list[tuple[str, list[tuple[Found, Any]], str | None, str | None]] = []
         for group in groups:
-            members = [(by_name[name], info) for name, info in zip(group.names, group.infos, strict=True)]
+            members = [
+                (by_key[name, info.sop_instance_uid], info)
+                for name, info in zip(group.names, group.infos, strict=True)
+            ]
             _unique(members)
             jobs.append(("study", members, group.study_uid, grouping_note(group)))
         if images:

@@ -108,3 +108,16 @@ def test_a_name_that_cannot_travel_is_refused_naming_the_file(tmp_path: Path) ->
     with pytest.raises(ContentError) as caught:
         check_files(collect_files([tmp_path])[0], DEFAULT_LIMITS)
     assert caught.value.name == str(bad) and "U+001B" in caught.value.problem
+
+
+def test_two_exports_with_the_same_names_are_kept_apart(tmp_path: Path) -> None:
+    first, second = make_ct_study(1, 8, 8, seed=7), make_ct_study(1, 8, 8, seed=8)
+    _write(tmp_path / "cd1", {"SE1/IM1": first[0]})
+    _write(tmp_path / "cd2", {"SE1/IM1": second[0]})
+    found, _ = collect_files([tmp_path / "cd1", tmp_path / "cd2"])
+    checked, _ = check_files(found, DEFAULT_LIMITS)
+    assert [(f.name, f.path.parent.parent.name) for f, _ in checked] == [
+        ("SE1/IM1", "cd1"),
+        ("SE1/IM1", "cd2"),
+    ]
+    assert checked[0][1].study_uid != checked[1][1].study_uid  # two studies: two transfers, no clash

@@ -210,3 +210,27 @@ def test_a_symbolic_link_inside_the_folder_is_refused_and_nothing_is_sent(
     code, out, err = qlink(capsys, "send", "--to", B, str(folder), "--config", str(deployment.facilities[A]))
     assert code == 1 and out == ""
     assert f"qlink send: {folder / 'IM2'}: symbolic link inside the folder" in err
+
+
+def test_two_exports_repeating_names_go_as_two_studies_and_one_study_split_is_refused(
+    deployment: Deployment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(deployment.facilities[A])
+    for folder, seed in (("cd1", 31), ("cd2", 32)):
+        (tmp_path / folder / "SE1").mkdir(parents=True)
+        (tmp_path / folder / "SE1" / "IM1").write_bytes(make_ct_study(1, 8, 8, seed=seed)[0])
+    code, out, err = qlink(
+        capsys, "send", "--to", B, str(tmp_path / "cd1"), str(tmp_path / "cd2"), "--json", "--config", config
+    )
+    assert code == 0, err
+    assert [(r["state"], r["files"]) for r in map(json.loads, out.splitlines())] == [("delivered", 1)] * 2
+
+    halves = make_ct_study(2, 8, 8, seed=33)  # one study, its two slices in two folders under one name
+    for folder, data in (("half1", halves[0]), ("half2", halves[1])):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "IM1").write_bytes(data)
+    code, out, err = qlink(
+        capsys, "send", "--to", B, str(tmp_path / "half1"), str(tmp_path / "half2"), "--config", config
+    )
+    assert code == 1 and out == ""
+    assert f"qlink send: {tmp_path / 'half2' / 'IM1'}: name 'IM1' appears twice; send them separately" in err
