@@ -1,10 +1,15 @@
-"""EHR messages: FHIR JSON (validated with fhir.resources) and HL7 v2 (parsed with python-hl7).
+"""EHR messages: FHIR JSON (validated with fhir.resources and the Bundle invariants of `fhir_rules`) and
+HL7 v2 (header rules here, structure by version and trigger event in `hl7_structure`).
+
+Every problem found is reported, not only the first: a refusal is one ContentError whose `issues`
+(`content.issues.Issue`: expression, severity, code, diagnostics, as an OperationOutcome's) list them all
+and whose text spells them out. Error messages never quote the offending value: it may be patient data.
 
 FHIR: the resource is validated as the model class its resourceType names, against FHIR R5 (the
 fhir.resources default) and, if that fails, R4B, the release most systems still exchange; the info says
-which one passed, and a failure reports the R5 error with a FHIRPath-like location
-("FHIR Bundle.entry[2].resource.status: ..."). Error messages never quote the offending value: it may be
-patient data.
+which one passed, and a failure reports every error of the release that knows the type, each with a
+FHIRPath-like location ("FHIR Bundle.entry[2].resource.status: ..."), and every broken Bundle invariant
+("Bundle.entry[0].request: bdl-3a: ...").
 
 HL7 v2: segments are separated by CR; a message written with LF or CRLF line ends is accepted by
 normalising a copy for the check (the bytes are carried unchanged). The text is decoded per MSH-18:
@@ -12,7 +17,9 @@ normalising a copy for the check (the bytes are carried unchanged). The text is 
 as UTF-8 if it is valid UTF-8, else as ISO 8859-1 (HL7 says ASCII, but both are common in practice). Any
 other character set is refused. Required: MSH with its field separator and the four (or five, v2.7+)
 encoding characters, MSH-9 (message type), MSH-10 (control ID), MSH-12 (a 2.x version), and at least one
-segment after MSH; every segment ID must be three capitals or digits starting with a capital.
+segment after MSH; every segment ID must be three capitals or digits starting with a capital. Then the
+segments must fit the message structure MSH-9 names in MSH-12's version (`hl7_structure`), and the file
+must hold one message.
 """
 
 from __future__ import annotations
