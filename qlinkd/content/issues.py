@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from qlinkmed.qlinkd.errors import ContentError
 
@@ -55,6 +56,21 @@ class Issue:
 
     def __str__(self) -> str:
         return f"{self.expression}: {self.diagnostics}"
+
+    def to_fhir(self) -> dict[str, Any]:
+        """The issue as an OperationOutcome.issue element (FHIR R4/R5 JSON)."""
+        return {
+            "severity": self.severity.value,
+            "code": self.code.value,
+            "diagnostics": self.diagnostics,
+            "expression": [self.expression],
+        }
+
+
+def operation_outcome(issues: Sequence[Issue]) -> dict[str, Any]:
+    """A FHIR OperationOutcome listing `issues` (at least one), as a FHIR server answers a refused
+    request."""
+    return {"resourceType": "OperationOutcome", "issue": [issue.to_fhir() for issue in issues]}
 
 
 def refuse(name: str, what: str, issues: Sequence[Issue], *, note: str = "") -> ContentError:

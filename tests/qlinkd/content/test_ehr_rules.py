@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from qlinkmed.qlinkd.content import validate
-from qlinkmed.qlinkd.content.issues import Issue, IssueCode, Severity
+from qlinkmed.qlinkd.content.issues import Issue, IssueCode, Severity, operation_outcome
 from qlinkmed.qlinkd.content.worker import INLINE_TEXT_BYTES, ContentValidator
 from qlinkmed.qlinkd.errors import ContentError
 from tests.paths import DATA
@@ -246,3 +246,17 @@ def test_issues_survive_the_worker_process() -> None:
         diagnostics="bdl-3a: each entry of a transaction must have a request",
         code=IssueCode.INVARIANT,
     )
+
+
+def test_the_issues_make_an_operation_outcome_that_validates() -> None:
+    from fhir.resources.operationoutcome import OperationOutcome
+
+    bad = {"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": _patient(1)}] * 2}
+    _, issues = _issues("tx.json", json.dumps(bad).encode())
+    outcome = operation_outcome(issues)
+    model = OperationOutcome.model_validate(outcome)  # the FHIR model itself judges what we built
+    assert [(i.severity, i.code, i.expression) for i in model.issue] == [
+        ("error", "invariant", ["Bundle.entry[0].request"]),
+        ("error", "invariant", ["Bundle.entry[1].request"]),
+    ]
+    assert validate("oo.json", json.dumps(outcome).encode()).resource_type == "OperationOutcome"
