@@ -23,6 +23,11 @@ its errors from one place).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from qlinkmed.qlinkd.content.issues import Issue
+
 from qlinkmed.qcore.errors import (
     ConfigError,
     IntegrityError,
@@ -192,12 +197,15 @@ class HybridUnavailable(SealError):
 
 class ContentError(QlinkdError, RemoteError):
     """A file whose content is not what it claims, or not a kind qlink carries (DICOM, PNG, JPEG, FHIR
-    JSON, HL7 v2). `name` is the file's name as the user gave it, `problem` what is wrong with it."""
+    JSON, HL7 v2). `name` is the file's name as the user gave it, `problem` what is wrong with it.
+    `issues` lists every problem validation found (`content.issues.Issue`: location, severity, code,
+    diagnostics, as an OperationOutcome's issues), when it looked for more than one (FHIR, HL7 v2)."""
 
-    def __init__(self, name: str, problem: str) -> None:
+    def __init__(self, name: str, problem: str, *, issues: tuple[Issue, ...] = ()) -> None:
         super().__init__(f"{name}: {problem}")
         self.name = name
         self.problem = problem
+        self.issues = issues
 
 
 class TransferError(QlinkdError):

@@ -1,6 +1,14 @@
 """`qlink inbox list|fetch`: what peers delivered to this facility, and fetching it. Delivered files are
 kept at rest in cipher-image form (images) or under AES-256-GCM; fetching decrypts them, checks each
-against the manifest's SHA-256, and writes them under OUT/<transfer id>/ without overwriting anything."""
+against the manifest's SHA-256, and writes them under OUT/<transfer id>/, rebuilding the tree the sender
+sent ("SE1/IM1" becomes OUT/<id>/SE1/IM1).
+
+Names are kept as sent (spaces, "+", non-ASCII) once they pass the manifest's rules again here
+(`manifest.check_name`: relative, no "..", no control characters); a name the rules or the file system
+refuse (too long in bytes, an encoding it cannot store) becomes file-<index> with the original extension.
+An existing OUT/<transfer id> is refused unless --overwrite is given; then files already there are
+replaced (each written beside its place and renamed over it) and folders reused, but a symbolic link on
+the way is refused, so a fetch never writes outside OUT/<transfer id>."""
 
 from __future__ import annotations
 
@@ -8,7 +16,6 @@ import argparse
 import datetime
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +25,11 @@ from ..data_http import DataTarget, add_data_target, data_target, error_message
 from ..progress import Progress
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-_SAFE_NAME = re.compile(r"[A-Za-z0-9._ -]{1,255}")
+_SAFE_EXTENSION_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+
+
+class FetchError(Exception):
+    """A file cannot be written where its name says (the message names it and why)."""
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +41,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     fetch = sub.add_parser("fetch", help="write a delivered transfer's files to a directory")
     fetch.add_argument("transfer_id", metavar="TRANSFER_ID")
     fetch.add_argument("--out", type=Path, default=Path("."), metavar="DIR", help="default: .")
+    fetch.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into an existing DIR/TRANSFER_ID, replacing files already there",
+    )
     add_data_target(fetch)
     fetch.add_argument("--json", action="store_true")
     fetch.set_defaults(run=run_fetch)
@@ -83,8 +99,55 @@ def run_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def fallback_name(index: int, name: str) -> str:
+    """file-<index> with the original extension (when it is a plain one): what a name the rules or the
+    file system refuse is written as."""
+    base = name.rsplit("/", 1)[-1]
+    extension = base.rsplit(".", 1)[1] if "." in base[1:] else ""
+    keep = 0 < len(extension) <= 16 and set(extension) <= _SAFE_EXTENSION_CHARACTERS
+    return f"file-{index:05d}" + (f".{extension}" if keep else "")
+
+
+def _folders(root: Path, relative: str) -> Path:
+    """Make the folders of `relative` under `root` (mode 0700); FetchError if one of them is a symbolic
+    link or not a folder. Returns the file's parent folder."""
+    folder = root
+    for part in relative.split("/")[:-1]:
+        folder = folder / part
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            if folder.is_symlink() or not folder.is_dir():
+                raise FetchError(
+                    f"{folder} is a symbolic link or not a folder; refusing to write through it"
+                ) from None
+    return folder
+
+
+def write_file(root: Path, relative: str, data: bytes, *, overwrite: bool) -> Path:
+    """Write `data` at `root`/`relative` (a name that passed `check_name`); never follows a link. OSError
+    from the file system as it is; FileExistsError when the file exists and `overwrite` is off."""
+    path = _folders(root, relative) / relative.rsplit("/", 1)[-1]
+    target = path if not overwrite else path.with_name(f".qlink-partial-{os.getpid()}-{path.name}"[:255])
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    fd = os.open(target, flags, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        if overwrite:
+            os.replace(target, path)  # replaces a file or a link itself, never a link's target
+    except BaseException:
+        if overwrite:
+            target.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def run_fetch(args: argparse.Namespace) -> int:
+    import errno
     import hashlib
+
+    from qlinkmed.qlinkd.dataplane.manifest import check_name
 
     target = _target(args, "fetch")
     if isinstance(target, int):
@@ -100,16 +163,25 @@ def run_fetch(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
         folder = args.out / tid
         try:
-            folder.mkdir(parents=True, exist_ok=False, mode=0o700)
+            folder.mkdir(parents=True, exist_ok=args.overwrite, mode=0o700)
         except FileExistsError:
-            print(f"qlink inbox fetch: {folder} exists; refusing to overwrite", file=sys.stderr)
+            print(
+                f"qlink inbox fetch: {folder} exists; refusing to overwrite (--overwrite replaces its files)",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        if folder.is_symlink():
+            print(
+                f"qlink inbox fetch: {folder} is a symbolic link; refusing to write through it",
+                file=sys.stderr,
+            )
             return EXIT_FAILURE
         progress = Progress(f"fetch {tid[:8]}", entry["bytes"], enabled=None if not args.json else False)
         written = []
         for f in entry["file_list"]:
-            # The name came from the peer: keep it only if it is a plain file name.
-            name = f["name"] if _SAFE_NAME.fullmatch(f["name"]) and f["name"] not in (".", "..") else None
-            name = name or f"file-{f['index']:05d}"
+            # The name came from the peer: the daemon has checked it, and so do we (an older daemon).
+            sent = str(f["name"])
+            name = sent if check_name(sent) is None else fallback_name(f["index"], sent)
             status, data, _ = target.request("GET", f"/v1/inbox/{tid}/files/{f['index']}", timeout=120.0)
             if status != 200:
                 print(f"qlink inbox fetch: {name}: HTTP {status}", file=sys.stderr)
@@ -117,11 +189,24 @@ def run_fetch(args: argparse.Namespace) -> int:
             if hashlib.sha256(data).hexdigest() != f["sha256"]:
                 print(f"qlink inbox fetch: {name}: SHA-256 differs from the manifest", file=sys.stderr)
                 return EXIT_FAILURE
-            path = folder / name
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            written.append({"name": name, "path": str(path), "size": len(data), "sha256": f["sha256"]})
+            try:
+                try:
+                    path = write_file(folder, name, data, overwrite=args.overwrite)
+                except OSError as exc:
+                    # A name this file system cannot hold (too long in bytes, or an encoding it refuses).
+                    if exc.errno not in (errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL):
+                        raise
+                    name = fallback_name(f["index"], sent)
+                    path = write_file(folder, name, data, overwrite=args.overwrite)
+            except FileExistsError:
+                print(f"qlink inbox fetch: {folder / name} exists; refusing to overwrite", file=sys.stderr)
+                return EXIT_FAILURE
+            except (FetchError, OSError) as exc:
+                print(f"qlink inbox fetch: {name}: {exc}", file=sys.stderr)
+                return EXIT_FAILURE
+            written.append(
+                {"name": name, "sent_as": sent, "path": str(path), "size": len(data), "sha256": f["sha256"]}
+            )
             progress.advance(len(data))
         progress.close()
     except ApiError as exc:
@@ -132,5 +217,7 @@ def run_fetch(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         total = sum(w["size"] for w in written)
-        print(f"fetched {len(written)} file(s), {total:,} bytes, into {folder} (each SHA-256 verified)")
+        renamed = sum(w["name"] != w["sent_as"] for w in written)
+        note = f"; {renamed} renamed file-<index> (names this file system cannot hold)" if renamed else ""
+        print(f"fetched {len(written)} file(s), {total:,} bytes, into {folder} (each SHA-256 verified){note}")
     return EXIT_OK

@@ -2,9 +2,18 @@
 
 Files are checked here first (so a bad file is named before anything is uploaded: its size against the
 daemon's limits for its kind, from GET /v1/limits, then its content), grouped into one
-transfer per DICOM study (every instance sharing a StudyInstanceUID) plus one for the PNG/JPEG images,
-and streamed to the local daemon, which checks them again, writes them to its durable outbox and sends
-them sealed with QKD-derived keys. By default the command waits until the peer confirms delivery.
+transfer per DICOM study (every instance sharing a StudyInstanceUID; objects without one by PatientID and
+folder) plus one for the PNG/JPEG images, and streamed to the local daemon, which checks them again,
+writes them to its durable outbox and sends them sealed with QKD-derived keys. By default the command
+waits until the peer confirms delivery.
+
+A directory travels as its tree: each file under its path relative to the directory ("SE1/IM1"), so a CD
+export whose series repeat file names is one send, and `qlink inbox fetch` rebuilds the tree. What a
+directory holds besides content (hidden files, DICOMDIR, README.txt, AUTORUN.INF, a viewer) is skipped and
+reported on stderr, one line each; a directory with nothing to send is an error (exit 2). A file the user
+names directly is never skipped: if it is not content, the send fails naming it. A file that looks like
+content but is cut short or corrupt fails the send wherever it is (sending the rest of a study would lose
+an instance silently).
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from ..data_http import DataTarget, add_data_target, data_target, error_message
 from ..progress import Progress
 
 if TYPE_CHECKING:
-    from qlinkmed.qlinkd.content import ContentInfo
+    from qlinkmed.qlinkd.content import ContentInfo, Found, Skipped, StudyGroup
     from qlinkmed.qlinkd.content.limits import ContentLimits
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_PENDING = 0, 1, 2, 4
@@ -99,19 +108,102 @@ def daemon_limits(target: DataTarget) -> ContentLimits:
     return DEFAULT_LIMITS
 
 
-def check_file(path: Path, limits: ContentLimits) -> tuple[bytes, ContentInfo]:
+def check_file(path: Path, limits: ContentLimits, name: str | None = None) -> tuple[bytes, ContentInfo]:
     """(bytes, info) of a file that passes its kind's size limit, checked from its size and first bytes
-    before it is read whole, and validation. ContentError (with the message the daemon would give) or
-    OSError."""
+    before it is read whole, and validation. `name` is what it travels as (default: its bare name).
+    ContentError (with the message the daemon would give) or OSError."""
     from qlinkmed.qlinkd.content import validate
     from qlinkmed.qlinkd.content.limits import HEAD_BYTES, check_size
 
+    name = path.name if name is None else name
     with path.open("rb") as handle:
         size = os.fstat(handle.fileno()).st_size
-        check_size(path.name, handle.read(HEAD_BYTES), size, limits)
+        check_size(name, handle.read(HEAD_BYTES), size, limits)
         handle.seek(0)
         data = handle.read()
-    return data, validate(path.name, data, limits)
+    return data, validate(name, data, limits)
+
+
+def _not_content(problem: str) -> str | None:
+    """Why a file found in a directory is skipped rather than fatal, or None when it is content (good or
+    bad) and must be sent or refused."""
+    from qlinkmed.qlinkd.content import UNKNOWN_KIND
+
+    if problem == UNKNOWN_KIND:
+        return "not DICOM, PNG or JPEG"
+    if problem == "empty file":
+        return "empty file"
+    if problem.startswith(("JSON object without", "invalid JSON")):
+        return "not DICOM, PNG or JPEG (JSON)"
+    return None
+
+
+def _may_be_content(path: Path) -> bool:
+    """Whether a file's first bytes could start any kind qlink carries (a binary kind, JSON or HL7)."""
+    from qlinkmed.qlinkd.content.limits import HEAD_BYTES, is_binary_kind
+
+    with path.open("rb") as handle:
+        head = handle.read(HEAD_BYTES)
+    text = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
+    return not head or is_binary_kind(head) or text.startswith((b"{", b"MSH", b"\x0b"))
+
+
+def check_files(
+    found: list[Found], limits: ContentLimits
+) -> tuple[list[tuple[Found, ContentInfo]], list[Skipped]]:
+    """Each file's info, and the files found in a directory that hold no content to send (each with its
+    reason). ContentError for a bad file or a file named directly that is not content."""
+    from qlinkmed.qlinkd.content import ContentKind, Skipped
+    from qlinkmed.qlinkd.dataplane.manifest import check_name
+    from qlinkmed.qlinkd.errors import ContentError
+
+    checked: list[tuple[Found, ContentInfo]] = []
+    skipped: list[Skipped] = []
+    for item in found:
+        problem = check_name(item.name)
+        if problem is not None:
+            raise ContentError(str(item.path), f"cannot travel under this name: {problem}")
+        if item.in_folder and not _may_be_content(item.path):
+            # Judged from the first bytes: a viewer's executables on a CD are not read whole, nor held to
+            # the EHR size limit that anything not binary content is.
+            skipped.append(Skipped(item.path, "not DICOM, PNG or JPEG"))
+            continue
+        try:
+            info = check_file(item.path, limits, item.name)[1]
+        except ContentError as exc:
+            reason = _not_content(exc.problem) if item.in_folder else None
+            if reason is None:
+                raise
+            skipped.append(Skipped(item.path, reason))
+            continue
+        if info.kind in (ContentKind.FHIR, ContentKind.HL7):
+            if not item.in_folder:
+                raise ContentError(item.name, "is an EHR message: send it with `qlink ehr send`")
+            skipped.append(Skipped(item.path, "an EHR message (send it with `qlink ehr send`)"))
+            continue
+        checked.append((item, info))
+    return checked, skipped
+
+
+def _unique(entries: list[tuple[Found, ContentInfo]]) -> None:
+    """ContentError if two files of one transfer would travel under names that clash."""
+    from qlinkmed.qlinkd.dataplane.manifest import check_names
+    from qlinkmed.qlinkd.errors import ContentError
+
+    clash = check_names([found.name for found, _ in entries])
+    if clash is not None:
+        index, problem = clash
+        raise ContentError(str(entries[index][0].path), f"{problem}; send them separately or rename one")
+
+
+def grouping_note(group: StudyGroup) -> str:
+    """How a group was made, for the person sending it."""
+    from qlinkmed.qlinkd.content.studies import BY_STUDY
+
+    if group.grouped_by == BY_STUDY:
+        return f"study {group.study_uid}"
+    where = f"folder {group.folder!r}" if group.folder else "the top folder"
+    return f"{group.instances} object(s) without StudyInstanceUID, grouped by PatientID in {where}"
 
 
 def transfer_query(peer: str, wait: float) -> str:
@@ -128,8 +220,15 @@ def upload(
     *,
     wait: float,
     show_progress: bool,
+    names: list[str] | None = None,
 ) -> dict[str, Any]:
-    files = [[path.name, info.size, info.sha256, info.kind.value] for path, info in entries]
+    """Stream `entries` (path, info) to the daemon as one transfer; each file travels under its entry in
+    `names` (default: its bare name)."""
+    travel = names if names is not None else [path.name for path, _ in entries]
+    files = [
+        [name, info.size, info.sha256, info.kind.value]
+        for name, (_, info) in zip(travel, entries, strict=True)
+    ]
     declared = json.dumps({"kind": kind, "study_uid": study_uid, "files": files}).encode()
     header = len(declared).to_bytes(4, "big") + declared
     total = sum(info.size for _, info in entries)
@@ -152,7 +251,7 @@ def upload(
 
 
 def run(args: argparse.Namespace) -> int:
-    from qlinkmed.qlinkd.content import collect_paths, group_studies
+    from qlinkmed.qlinkd.content import collect_files, group_studies
     from qlinkmed.qlinkd.errors import ContentError
 
     try:
@@ -161,48 +260,65 @@ def run(args: argparse.Namespace) -> int:
         print(f"qlink send: error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        paths = collect_paths(args.paths)
+        found, skipped = collect_files(args.paths)
         limits = daemon_limits(target)
-        checked = [(path, check_file(path, limits)[1]) for path in paths]
-        names: dict[str, Path] = {}
-        for path, _ in checked:
-            if path.name in names:
-                raise ContentError(str(path), f"has the same name as {names[path.name]}; rename one")
-            names[path.name] = path
-        dicom = [(p, i) for p, i in checked if i.kind.value == "dicom"]
-        images = [(p, i) for p, i in checked if i.kind.value in ("png", "jpeg")]
-        ehr = [(p, i) for p, i in checked if i.kind.value in ("fhir", "hl7")]
-        if ehr:
-            raise ContentError(str(ehr[0][0]), "is an EHR message: send it with `qlink ehr send`")
-        by_name = {p.name: p for p, _ in dicom}
-        groups = group_studies([(p.name, i) for p, i in dicom])
+        checked, not_content = check_files(found, limits)
+        skipped += not_content
+        for item in skipped:
+            print(f"qlink send: skipped {item.path}: {item.reason}", file=sys.stderr)
+        if not checked:
+            given = ", ".join(str(p) for p in args.paths)
+            print(
+                f"qlink send: error: nothing to send in {given}: no DICOM, PNG or JPEG file "
+                f"({len(skipped)} file(s) skipped)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        dicom = [(f, i) for f, i in checked if i.kind.value == "dicom"]
+        images = [(f, i) for f, i in checked if i.kind.value in ("png", "jpeg")]
+        # Two directories may hold the same relative name: only within one transfer must names differ.
+        by_key = {(f.name, i.sop_instance_uid): f for f, i in dicom}
+        groups = group_studies([(f.name, i) for f, i in dicom])
+        jobs: list[tuple[str, list[tuple[Found, Any]], str | None, str | None]] = []
+        for group in groups:
+            members = [
+                (by_key[name, info.sop_instance_uid], info)
+                for name, info in zip(group.names, group.infos, strict=True)
+            ]
+            _unique(members)
+            jobs.append(("study", members, group.study_uid, grouping_note(group)))
+        if images:
+            _unique(images)
+            jobs.append(("images", images, None, None))
     except ContentError as exc:
         print(f"qlink send: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except OSError as exc:
         print(f"qlink send: {exc.filename}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILURE
-    jobs: list[tuple[str, list[tuple[Path, Any]], str | None]] = []
-    for group in groups:
-        members = [(by_name[name], info) for name, info in zip(group.names, group.infos, strict=True)]
-        jobs.append(("study", members, group.study_uid))
-    if images:
-        jobs.append(("images", images, None))
+    if skipped:
+        print(f"qlink send: {len(skipped)} file(s) skipped, {len(checked)} to send", file=sys.stderr)
     worst = EXIT_OK
-    for kind, entries, study_uid in jobs:
+    for kind, entries, study_uid, note in jobs:
         try:
             result = upload(
                 target,
                 args.to,
                 kind,
-                entries,
+                [(found.path, info) for found, info in entries],
                 study_uid,
                 wait=wait_seconds(args),
                 show_progress=not args.json,
+                names=[found.name for found, _ in entries],
             )
         except ApiError as exc:
             print(unreachable("qlinkd", exc), file=sys.stderr)
             return EXIT_FAILURE
-        print(json.dumps(result) if args.json else describe(result))
+        if note is not None:
+            result["grouped_as"] = note
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(describe(result) + (f" [{note}]" if note else ""))
         worst = max(worst, exit_code(result))
     return worst

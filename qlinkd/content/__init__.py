@@ -15,7 +15,14 @@ from qlinkmed.qlinkd.content.at_rest import (
     seal_at_rest,
 )
 from qlinkmed.qlinkd.content.kinds import UNKNOWN_KIND, ContentInfo, ContentKind, sniff
-from qlinkmed.qlinkd.content.studies import StudyGroup, collect_paths, group_studies
+from qlinkmed.qlinkd.content.studies import (
+    Found,
+    Skipped,
+    StudyGroup,
+    collect_files,
+    collect_paths,
+    group_studies,
+)
 from qlinkmed.qlinkd.content.validate import validate
 
 __all__ = [
@@ -24,8 +31,11 @@ __all__ = [
     "UNKNOWN_KIND",
     "ContentInfo",
     "ContentKind",
+    "Found",
+    "Skipped",
     "StudyGroup",
     "at_rest_form",
+    "collect_files",
     "collect_paths",
     "group_studies",
     "open_at_rest",

@@ -1,4 +1,13 @@
-"""DICOM Part 10 validation with pydicom, including the truncation pydicom does not report.
+"""DICOM validation with pydicom, including the truncation pydicom does not report.
+
+Accepted: every object a PACS stores, whatever its SOP class (images, structured reports, RT objects,
+segmentations, presentation states...), with or without pixel data (an image storage SOP class must have
+some), in any transfer syntax (a compressed one is checked structurally; its pixels are never decoded),
+as a Part 10 file or as a bare data set without the 128-byte preamble and file meta information (the
+transfer syntax then is what pydicom infers: implicit or explicit VR, either byte order). Required:
+SOPClassUID (0008,0016) and SOPInstanceUID (0008,0018), which name the object; StudyInstanceUID is read
+when present (`studies.group_studies` groups the objects that lack it). A DICOMDIR is refused by name: it
+indexes files, it is not an object.
 
 pydicom reads a file cut short without complaint: a value that runs past the end of the file is simply
 shorter than its length says, and a deferred value is never read at all. So after parsing (the whole
@@ -28,10 +37,16 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.tag import BaseTag
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from qlinkmed.qlinkd.content.inflate import inflate_dataset
-from qlinkmed.qlinkd.content.kinds import ContentInfo, ContentKind
+from qlinkmed.qlinkd.content.kinds import DICOM_PREFIX, DICOM_PREFIX_AT, ContentInfo, ContentKind
 from qlinkmed.qlinkd.content.limits import DEFAULT_LIMITS, ContentLimits
 from qlinkmed.qlinkd.errors import ContentError
 
@@ -39,22 +54,38 @@ DEFER_BYTES = 4096
 """Values longer than this are not read by the parser (pixel data above all): no copy is made."""
 
 PIXEL_DATA = BaseTag(0x7FE00010)
+FLOAT_PIXEL_DATA = ("FloatPixelData", "DoubleFloatPixelData")
+"""(7FE0,0008) and (7FE0,0009): the pixel data of parametric maps, in place of PixelData."""
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+"""The SOP class of a DICOMDIR (PS3.10 section 8.6)."""
+_INFERRED_SYNTAX: dict[tuple[bool | None, bool | None], UID] = {
+    (True, True): ImplicitVRLittleEndian,
+    (False, True): ExplicitVRLittleEndian,
+    (False, False): ExplicitVRBigEndian,
+}
 _ITEM = 0xFFFEE000
 _SEQUENCE_DELIMITER = 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 _REQUIRED = (
-    ("StudyInstanceUID", "(0020,000D)"),
-    ("SOPInstanceUID", "(0008,0018)"),
     ("SOPClassUID", "(0008,0016)"),
+    ("SOPInstanceUID", "(0008,0018)"),
 )
 
 
 def validate_dicom(
     name: str, data: bytes, digest: str, limits: ContentLimits = DEFAULT_LIMITS
 ) -> ContentInfo:
-    """Parse a DICOM Part 10 file and describe it; ContentError naming what is wrong."""
-    ds = _read(name, data, limits)
+    """Parse a DICOM object (a Part 10 file or a bare data set) and describe it; ContentError naming what
+    is wrong."""
+    part10 = data[DICOM_PREFIX_AT : DICOM_PREFIX_AT + len(DICOM_PREFIX)] == DICOM_PREFIX
+    ds = _read(name, data, limits, part10)
+    if str(ds.file_meta.get("MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY:
+        raise ContentError(
+            name, "is a DICOMDIR (a media directory index), not a DICOM object: send the files it indexes"
+        )
     syntax = ds.file_meta.get("TransferSyntaxUID")
+    if not syntax and not part10:
+        syntax = _INFERRED_SYNTAX.get(ds.original_encoding)
     if not syntax:
         if _meta_cut_short(data):
             raise ContentError(name, "truncated DICOM file: the file meta information is cut short")
@@ -63,18 +94,24 @@ def validate_dicom(
     deflated = syntax == DeflatedExplicitVRLittleEndian
     little_endian = syntax != ExplicitVRBigEndian
     if not deflated:
+        if part10:
+            _check_encoding(name, data, _file_meta(data, part10)[1], syntax)
         _check_ends_with_file(name, ds, data, little_endian)
     uids = {}
     for keyword, tag in _REQUIRED:
         value = _attribute(name, ds, keyword)
         if not value:
-            raise ContentError(name, f"DICOM file has no {keyword} {tag}")
+            raise ContentError(name, f"DICOM file has no {keyword} {tag}: not a storable DICOM object")
         uids[keyword] = str(value)
+    study = _attribute(name, ds, "StudyInstanceUID")
 
     pixels: dict[str, Any] = {}
     raw = ds.get_item(PIXEL_DATA, keep_deferred=True)
     sop_class = UID(uids["SOPClassUID"])
-    if raw is None and sop_class.name.endswith("Image Storage"):
+    # An image IOD without pixel data is most likely a file cut at an element boundary before them, which
+    # the end check cannot see. (Pixel data may instead be float, or referenced by a JPIP provider URL.)
+    elsewhere = any(keyword in ds for keyword in (*FLOAT_PIXEL_DATA, "PixelDataProviderURL"))
+    if raw is None and not elsewhere and sop_class.name.endswith("Image Storage"):
         raise ContentError(name, f"DICOM {sop_class.name} instance has no PixelData (truncated?)")
     if raw is not None:
         pixels = _pixel_fields(name, ds)
@@ -94,11 +131,14 @@ def validate_dicom(
             pixels["pixel_data_length"] = raw.length
     series = _attribute(name, ds, "SeriesInstanceUID")
     modality = _attribute(name, ds, "Modality")
+    patient = _attribute(name, ds, "PatientID")
     return ContentInfo(
         kind=ContentKind.DICOM,
         size=len(data),
         sha256=digest,
-        study_uid=uids["StudyInstanceUID"],
+        part10=part10,
+        study_uid=str(study) if study else None,
+        patient_id=str(patient) if patient else None,
         series_uid=str(series) if series else None,
         sop_instance_uid=uids["SOPInstanceUID"],
         sop_class_uid=uids["SOPClassUID"],
@@ -108,13 +148,14 @@ def validate_dicom(
     )
 
 
-def _read(name: str, data: bytes, limits: ContentLimits) -> Dataset:
+def _read(name: str, data: bytes, limits: ContentLimits, part10: bool) -> Dataset:
     """The parsed file. The file meta information is read first, alone: a deflated data set is then
-    inflated within its bounds and parsed from the inflated bytes, any other straight from the file."""
+    inflated within its bounds and parsed from the inflated bytes, any other straight from the file (a
+    bare data set with `force`: pydicom then infers its encoding from its first element)."""
     try:
-        meta, start = _file_meta(data)
+        meta, start = _file_meta(data, part10)
         if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
-            return pydicom.dcmread(io.BytesIO(data), defer_size=DEFER_BYTES)
+            return pydicom.dcmread(io.BytesIO(data), defer_size=DEFER_BYTES, force=not part10)
         inflated = DicomBytesIO(inflate_dataset(name, data, start, limits))
         inflated.is_little_endian, inflated.is_implicit_VR = True, False
         ds = read_dataset(
@@ -130,11 +171,12 @@ def _read(name: str, data: bytes, limits: ContentLimits) -> Dataset:
     return ds
 
 
-def _file_meta(data: bytes) -> tuple[FileMetaDataset, int]:
-    """The file meta information as pydicom reads it, and where the data set starts. (pydicom's reader of
-    the meta group alone is private; `dcmread` would go on to inflate a deflated data set whole.)"""
+def _file_meta(data: bytes, part10: bool) -> tuple[FileMetaDataset, int]:
+    """The file meta information as pydicom reads it (empty for a bare data set without it), and where
+    the data set starts. (pydicom's reader of the meta group alone is private; `dcmread` would go on to
+    inflate a deflated data set whole.)"""
     fp = io.BytesIO(data)
-    read_preamble(fp, False)
+    read_preamble(fp, not part10)
     meta = _read_file_meta_info(fp)
     return meta, fp.tell()
 
@@ -205,6 +247,25 @@ def _label(tag: BaseTag) -> str:
     keyword = keyword_for_tag(tag)
     location = f"({tag.group:04X},{tag.element:04X})"
     return f"{keyword} {location}" if keyword else location
+
+
+def _check_encoding(name: str, data: bytes, start: int, syntax: UID) -> None:
+    """The data set must be encoded in the VR its transfer syntax says. pydicom reads a mismatch (its first
+    element tells) with a warning; readers that follow the standard (dcmtk, and PACS built on it) cannot
+    read it at all. Undefined-length sequences may be implicit in either (PS3.5 section 6.2.2): not judged
+    from them."""
+    vr = data[start + 4 : start + 6]
+    if len(vr) < 2:
+        return
+    looks_explicit = all(0x40 < b < 0x5B for b in vr)
+    if looks_explicit == (not syntax.is_implicit_VR):
+        return
+    found = "explicit" if looks_explicit else "implicit"
+    raise ContentError(
+        name,
+        f"malformed DICOM file: the data set is encoded in {found} VR, not as its transfer syntax "
+        f"{syntax.name} says",
+    )
 
 
 def _check_ends_with_file(name: str, ds: Dataset, data: bytes, little_endian: bool) -> None:

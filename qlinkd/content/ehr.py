@@ -1,10 +1,15 @@
-"""EHR messages: FHIR JSON (validated with fhir.resources) and HL7 v2 (parsed with python-hl7).
+"""EHR messages: FHIR JSON (validated with fhir.resources and the Bundle invariants of `fhir_rules`) and
+HL7 v2 (header rules here, structure by version and trigger event in `hl7_structure`).
+
+Every problem found is reported, not only the first: a refusal is one ContentError whose `issues`
+(`content.issues.Issue`: expression, severity, code, diagnostics, as an OperationOutcome's) list them all
+and whose text spells them out. Error messages never quote the offending value: it may be patient data.
 
 FHIR: the resource is validated as the model class its resourceType names, against FHIR R5 (the
 fhir.resources default) and, if that fails, R4B, the release most systems still exchange; the info says
-which one passed, and a failure reports the R5 error with a FHIRPath-like location
-("FHIR Bundle.entry[2].resource.status: ..."). Error messages never quote the offending value: it may be
-patient data.
+which one passed, and a failure reports every error of the release that knows the type, each with a
+FHIRPath-like location ("FHIR Bundle.entry[2].resource.status: ..."), and every broken Bundle invariant
+("Bundle.entry[0].request: bdl-3a: ...").
 
 HL7 v2: segments are separated by CR; a message written with LF or CRLF line ends is accepted by
 normalising a copy for the check (the bytes are carried unchanged). The text is decoded per MSH-18:
@@ -12,7 +17,9 @@ normalising a copy for the check (the bytes are carried unchanged). The text is 
 as UTF-8 if it is valid UTF-8, else as ISO 8859-1 (HL7 says ASCII, but both are common in practice). Any
 other character set is refused. Required: MSH with its field separator and the four (or five, v2.7+)
 encoding characters, MSH-9 (message type), MSH-10 (control ID), MSH-12 (a 2.x version), and at least one
-segment after MSH; every segment ID must be three capitals or digits starting with a capital.
+segment after MSH; every segment ID must be three capitals or digits starting with a capital. Then the
+segments must fit the message structure MSH-9 names in MSH-12's version (`hl7_structure`), and the file
+must hold one message.
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ import hl7
 from fhir.resources import get_fhir_model_class as r5_model_class
 from fhir.resources.R4B import get_fhir_model_class as r4b_model_class
 
+from qlinkmed.qlinkd.content.fhir_rules import bundle_issues
+from qlinkmed.qlinkd.content.hl7_structure import structure_issues
+from qlinkmed.qlinkd.content.issues import Issue, IssueCode, refuse
 from qlinkmed.qlinkd.content.kinds import ContentInfo, ContentKind
 from qlinkmed.qlinkd.errors import ContentError
 
@@ -52,20 +62,29 @@ COMMON_RESOURCE_TYPES = (
 
 
 def validate_fhir(name: str, data: bytes, resource: dict[str, Any], digest: str) -> ContentInfo:
-    """Validate a parsed FHIR resource (from `kinds.identify`); ContentError naming the first error."""
+    """Validate a parsed FHIR resource (from `kinds.identify`); ContentError listing every issue found
+    (`issues`): each element error of the release that knows the resource type, and each broken Bundle
+    invariant (`fhir_rules`)."""
     resource_type = resource["resourceType"]
-    _check_resource_types(name, resource, resource_type)
-    failures: list[tuple[str, str]] = []
+    unknown = _resource_type_issues(resource, resource_type)
+    if unknown:
+        raise refuse(name, "FHIR", unknown)
+    invariants = bundle_issues(resource) if resource_type == "Bundle" else []
+    failures: list[tuple[str, list[Issue]]] = []
     for release, model_class in _RELEASES:
-        error = _model_error(model_class, resource, resource_type)
-        if error is None:
+        errors = _model_issues(model_class, resource, resource_type)
+        if not errors:
             break
-        failures.append((release, error))
+        failures.append((release, errors))
     else:
         # Report the first release that knows the resource type.
-        release, error = next(((r, e) for r, e in failures if not e.endswith(_NOT_IN_RELEASE)), failures[0])
+        release, errors = next(
+            ((r, e) for r, e in failures if e[0].diagnostics != _NOT_IN_RELEASE), failures[0]
+        )
         others = ", ".join(r for r, _ in failures if r != release)
-        raise ContentError(name, f"FHIR {error} ({release}; also invalid as {others})")
+        raise refuse(name, "FHIR", [*errors, *invariants], note=f"({release}; also invalid as {others})")
+    if invariants:
+        raise refuse(name, "FHIR", invariants, note=f"(valid as {release} otherwise)")
     entries = resource.get("entry") if resource_type == "Bundle" else None
     return ContentInfo(
         kind=ContentKind.FHIR,
@@ -90,46 +109,58 @@ def _known_type(resource_type: object) -> bool:
     return any(_lookup(model_class, resource_type) is not None for _, model_class in _RELEASES)
 
 
-def _check_resource_types(name: str, resource: dict[str, Any], path: str) -> None:
+def _resource_type_issues(resource: dict[str, Any], path: str) -> list[Issue]:
     """Every resourceType, down through Bundle entries, must name a resource (the models fail obscurely
     on an unknown one)."""
     resource_type = resource.get("resourceType")
     if resource_type is None:
-        raise ContentError(name, f"FHIR {path}: no resourceType")
+        return [Issue(expression=path, diagnostics="no resourceType", code=IssueCode.REQUIRED)]
     if not _known_type(resource_type):
-        raise ContentError(name, f"FHIR {path}: unknown resourceType")
+        return [Issue(expression=path, diagnostics="unknown resourceType", code=IssueCode.NOT_SUPPORTED)]
     if resource_type != "Bundle" or not isinstance(resource.get("entry"), list):
-        return
+        return []
+    issues = []
     for i, entry in enumerate(resource["entry"]):
         inner = entry.get("resource") if isinstance(entry, dict) else None
         if isinstance(inner, dict):
-            _check_resource_types(name, inner, f"{path}.entry[{i}].resource")
+            issues += _resource_type_issues(inner, f"{path}.entry[{i}].resource")
+    return issues
 
 
-def _model_error(model_class: Any, resource: dict[str, Any], resource_type: str) -> str | None:
-    """None if `resource` validates in the release of `model_class`, else the first error as
-    "Path.to.field: message"."""
+def _model_issues(model_class: Any, resource: dict[str, Any], resource_type: str) -> list[Issue]:
+    """Every error of `resource` in the release of `model_class` ("Path.to.field: message"); empty when
+    it validates."""
     model = _lookup(model_class, resource_type)
     if model is None:
-        return f"{resource_type}: {_NOT_IN_RELEASE}"
+        return [Issue(expression=resource_type, diagnostics=_NOT_IN_RELEASE, code=IssueCode.NOT_SUPPORTED)]
     try:
         model.model_validate(resource)
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         errors = exc.errors() if hasattr(exc, "errors") else []
         if not errors:
-            return f"{resource_type}: {exc}"
-        first = errors[0]
-        where = resource_type + "".join(
-            f"[{part}]" if isinstance(part, int) else f".{part}" for part in first.get("loc", ())
-        )
-        message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        return f"{where}: {message}{more}"
+            return [Issue(expression=resource_type, diagnostics=str(exc), code=IssueCode.VALUE)]
+        return [
+            Issue(
+                expression=resource_type
+                + "".join(
+                    f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.get("loc", ())
+                ),
+                diagnostics=str(error.get("msg", "invalid")).removeprefix("Value error, "),
+                code=IssueCode.REQUIRED if error.get("type") == "missing" else IssueCode.VALUE,
+            )
+            for error in errors
+        ]
     except MemoryError:
         raise  # past the worker's budget (content.worker), not an invalid resource
     except Exception as exc:
-        return f"{resource_type}: cannot be validated ({type(exc).__name__})"
-    return None
+        return [
+            Issue(
+                expression=resource_type,
+                diagnostics=f"cannot be validated ({type(exc).__name__})",
+                code=IssueCode.STRUCTURE,
+            )
+        ]
+    return []
 
 
 def load_common_models() -> None:
@@ -142,32 +173,46 @@ def load_common_models() -> None:
 
 
 def validate_hl7(name: str, data: bytes, digest: str) -> ContentInfo:
-    """Parse an HL7 v2 message and describe it; ContentError naming what is wrong."""
+    """Parse an HL7 v2 message and describe it; ContentError listing every problem found (`issues`)."""
     text = _decode_hl7(name, data)
     segments = [s for s in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if s]
     if not segments or not segments[0].startswith("MSH"):
         raise ContentError(name, "HL7 v2 message has no MSH segment")
     msh = segments[0]
     _check_msh_separators(name, msh)
+    issues: list[Issue] = []
     for i, segment in enumerate(segments):
         seg_id = segment[:3]
         if not _SEGMENT_ID.fullmatch(seg_id) or segment[3:4] not in ("", msh[3]):
-            raise ContentError(name, f"HL7 v2 segment {i + 1} does not start with a segment ID")
+            issues.append(
+                Issue(expression=f"segment {i + 1}", diagnostics="does not start with a segment ID")
+            )
     if len(segments) < 2:
         raise ContentError(name, "HL7 v2 message has no segment after MSH")
     try:
-        message = hl7.parse("\r".join(segments))
+        message = hl7.parse("\r".join(segments[:1]))
         header = message.segment("MSH")
         fields = [str(header[i]) if i < len(header) else "" for i in range(13)]
     except Exception as exc:
         raise ContentError(name, f"malformed HL7 v2 message: {type(exc).__name__}: {exc}") from None
-    if not fields[9]:
-        raise ContentError(name, "HL7 v2 MSH-9 (message type) is empty")
-    if not fields[10]:
-        raise ContentError(name, "HL7 v2 MSH-10 (message control ID) is empty")
     version = fields[12].split(msh[4])[0]
+    for index, what in ((9, "message type"), (10, "message control ID")):
+        if not fields[index]:
+            issues.append(
+                Issue(expression=f"MSH-{index}", diagnostics=f"{what} is empty", code=IssueCode.REQUIRED)
+            )
     if not re.fullmatch(r"2\.[0-9]+(\.[0-9]+)?", version):
-        raise ContentError(name, "HL7 v2 MSH-12 (version ID) is missing or not a 2.x version")
+        issues.append(
+            Issue(
+                expression="MSH-12",
+                diagnostics="version ID is missing or not a 2.x version",
+                code=IssueCode.VALUE,
+            )
+        )
+    elif fields[9] and not issues:
+        issues += structure_issues(segments, version, fields[9].split(msh[4]))
+    if issues:
+        raise refuse(name, "HL7 v2", issues)
     return ContentInfo(
         kind=ContentKind.HL7,
         size=len(data),

@@ -3,9 +3,11 @@
 Sniffing looks at the bytes only, never at the file name (a name is what the user typed; the bytes are
 what arrives):
 
-- DICOM: a Part 10 file, "DICM" at byte 128 after the preamble. A bare data set without the preamble (what
-  some tools write) is refused with its own message: the preamble and the file meta information carry the
-  transfer syntax, and guessing it is how misread studies happen.
+- DICOM: a Part 10 file, "DICM" at byte 128 after the preamble; or a bare data set without the preamble
+  and file meta information (what older tools and some PACS exports write, PS3.10 does not forbid a PACS
+  storing it): it starts with a group 0x0008 tag in either byte order, or with the file meta group 0x0002
+  written without its preamble. Its transfer syntax is inferred by pydicom (implicit or explicit VR,
+  either byte order) and `dicom.validate_dicom` then holds it to the same rules as a Part 10 file.
 - PNG: the 8-byte PNG signature. JPEG: the SOI marker followed by another marker (FF D8 FF).
 - FHIR: a JSON object (UTF-8, optional BOM) with a string "resourceType".
 - HL7 v2: a message starting with its MSH segment. Text that looks like HL7 segments but does not start
@@ -33,8 +35,10 @@ DICOM_PREFIX = b"DICM"
 _JSON_START = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\r\n]*\{")
 _SEGMENT_START = re.compile(rb"(\x0b)?([A-Z][A-Z0-9]{2})\|")
 _SEGMENT_ANYWHERE = re.compile(rb"[\r\n]MSH\|")
-# A data set without a preamble starts with a group 0x0002 or 0x0008 tag (either byte order).
-_BARE_DICOM_GROUPS = (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
+# A data set without a preamble starts with a group 0x0002 or 0x0008 tag (either byte order), and the
+# element number of the first tag is small (0x0000-0x00FF: group length, specific character set,
+# image type, SOP class...): four bytes that no text kind starts with.
+_BARE_DICOM_HEADS = re.compile(rb"[\x02\x08]\x00.\x00|\x00[\x02\x08]\x00.", re.DOTALL)
 
 
 class ContentKind(StrEnum):
@@ -58,8 +62,15 @@ class ContentInfo:
     sha256: str
     """SHA-256 of the whole file, lowercase hex."""
 
+    part10: bool | None = None
+    """DICOM: True for a Part 10 file (preamble, "DICM", file meta information), False for a bare data
+    set."""
     study_uid: str | None = None
-    """DICOM StudyInstanceUID (0020,000D): every instance sharing it is one study."""
+    """DICOM StudyInstanceUID (0020,000D): every instance sharing it is one study; None when the object
+    has none (`studies.group_studies` says how those are grouped)."""
+    patient_id: str | None = None
+    """DICOM PatientID (0010,0020), when present: groups objects without a StudyInstanceUID. Patient
+    data: never logged."""
     series_uid: str | None = None
     """DICOM SeriesInstanceUID (0020,000E), None when the file has none."""
     sop_instance_uid: str | None = None
@@ -126,7 +137,7 @@ def identify(name: str, data: bytes) -> tuple[ContentKind, dict[str, Any] | None
     """`sniff`, also returning the parsed JSON object for FHIR so validation need not parse it again."""
     if not data:
         raise ContentError(name, "empty file")
-    if data[DICOM_PREFIX_AT : DICOM_PREFIX_AT + 4] == DICOM_PREFIX:
+    if data[DICOM_PREFIX_AT : DICOM_PREFIX_AT + 4] == DICOM_PREFIX or is_bare_dicom(data):
         return ContentKind.DICOM, None
     if data.startswith(PNG_SIGNATURE):
         return ContentKind.PNG, None
@@ -139,13 +150,17 @@ def identify(name: str, data: bytes) -> tuple[ContentKind, dict[str, Any] | None
     segment = _SEGMENT_START.match(data)
     if segment:
         raise ContentError(name, _hl7_without_msh(segment, data))
-    if data.startswith(DICOM_PREFIX) or data[:2] in _BARE_DICOM_GROUPS:
+    if data.startswith(DICOM_PREFIX):
         raise ContentError(
-            name,
-            "DICOM data set without the Part 10 preamble and 'DICM' prefix at byte 128: qlink accepts "
-            "only DICOM Part 10 files (PS3.10 section 7.1); rewrite it with file meta information",
+            name, "'DICM' at byte 0 instead of byte 128: a DICOM file whose 128-byte preamble is missing"
         )
     raise ContentError(name, UNKNOWN_KIND)
+
+
+def is_bare_dicom(head: bytes) -> bool:
+    """Whether `head` (at least its first 4 bytes) starts a DICOM data set written without the Part 10
+    preamble: a group 0x0002 or 0x0008 tag, little- or big-endian."""
+    return _BARE_DICOM_HEADS.match(head[:4]) is not None
 
 
 def _fhir_json(name: str, data: bytes) -> dict[str, Any]:

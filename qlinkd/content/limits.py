@@ -18,7 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from qlinkmed.qlinkd.content.kinds import DICOM_PREFIX, DICOM_PREFIX_AT, JPEG_SOI, PNG_SIGNATURE
+from qlinkmed.qlinkd.content.kinds import (
+    DICOM_PREFIX,
+    DICOM_PREFIX_AT,
+    JPEG_SOI,
+    PNG_SIGNATURE,
+    is_bare_dicom,
+)
 from qlinkmed.qlinkd.errors import ConfigError, ContentError
 
 MIB = 1 << 20
@@ -81,8 +87,13 @@ def limits_of(section: _LimitsSection) -> ContentLimits:
 
 
 def is_binary_kind(head: bytes) -> bool:
-    """Whether `head` (the first `HEAD_BYTES` or more) starts a DICOM, PNG or JPEG file."""
-    return head[DICOM_PREFIX_AT:HEAD_BYTES] == DICOM_PREFIX or head.startswith((PNG_SIGNATURE, JPEG_SOI))
+    """Whether `head` (the first `HEAD_BYTES` or more) starts a DICOM (Part 10 or a bare data set), PNG or
+    JPEG file."""
+    return (
+        head[DICOM_PREFIX_AT:HEAD_BYTES] == DICOM_PREFIX
+        or is_bare_dicom(head)
+        or head.startswith((PNG_SIGNATURE, JPEG_SOI))
+    )
 
 
 def size_limit(head: bytes, limits: ContentLimits) -> tuple[int, str]:

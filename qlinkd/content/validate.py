@@ -79,5 +79,9 @@ _WARM_UP_BUNDLE = {
 }
 WARM_UP_MESSAGES = (
     ("warm-up.json", json.dumps(_WARM_UP_BUNDLE).encode()),
-    ("warm-up.hl7", b"MSH|^~\\&|QLINK|A|QLINK|B|20260101000000||ADT^A01|1|P|2.5\rPID|1||1||Up^Warm\r"),
+    (
+        "warm-up.hl7",
+        b"MSH|^~\\&|QLINK|A|QLINK|B|20260101000000||ADT^A01|1|P|2.5\rEVN|A01|20260101000000\r"
+        b"PID|1||1||Up^Warm\rPV1|1|O\r",
+    ),
 )

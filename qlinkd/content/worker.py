@@ -30,14 +30,16 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
-from qlinkmed.qlinkd.content.kinds import (
-    DICOM_PREFIX,
-    DICOM_PREFIX_AT,
-    JPEG_SOI,
-    PNG_SIGNATURE,
-    ContentInfo,
+from qlinkmed.qlinkd.content.issues import Issue
+from qlinkmed.qlinkd.content.kinds import ContentInfo
+from qlinkmed.qlinkd.content.limits import (
+    DEFAULT_LIMITS,
+    HEAD_BYTES,
+    MIB,
+    ContentLimits,
+    check_size,
+    is_binary_kind,
 )
-from qlinkmed.qlinkd.content.limits import DEFAULT_LIMITS, HEAD_BYTES, MIB, ContentLimits, check_size
 from qlinkmed.qlinkd.content.validate import validate, warm_up
 from qlinkmed.qlinkd.errors import ConfigError, ContentError
 
@@ -65,8 +67,9 @@ class FileSlice:
 
 
 Source = bytes | FileSlice
-_Answer = ContentInfo | str
-"""What a worker hands back: the info, or the problem of a refusal (ContentError does not pickle)."""
+_Answer = ContentInfo | tuple[str, tuple[Issue, ...]]
+"""What a worker hands back: the info, or the problem and issues of a refusal (ContentError does not
+pickle)."""
 
 
 PARENT_CHECK_S = 1.0
@@ -116,18 +119,15 @@ def _validate(name: str, source: Source, limits: ContentLimits, memory_bytes: in
     try:
         return validate(name, _read(name, source, limits), limits)
     except ContentError as exc:
-        return exc.problem
+        return exc.problem, exc.issues
     except MemoryError:
-        return f"validating it needs more than the {memory_bytes:,}-byte memory budget of a validator"
+        return f"validating it needs more than the {memory_bytes:,}-byte memory budget of a validator", ()
 
 
 def _small_text(source: Source) -> bool:
     if not isinstance(source, bytes) or len(source) > INLINE_TEXT_BYTES:
         return False
-    return not (
-        source[DICOM_PREFIX_AT : DICOM_PREFIX_AT + len(DICOM_PREFIX)] == DICOM_PREFIX
-        or source.startswith((PNG_SIGNATURE, JPEG_SOI))
-    )
+    return not is_binary_kind(source[:HEAD_BYTES])
 
 
 class ContentValidator:
@@ -241,8 +241,9 @@ class ContentValidator:
 
 
 def _info(name: str, answer: _Answer) -> ContentInfo:
-    if isinstance(answer, str):
-        raise ContentError(name, answer)
+    if isinstance(answer, tuple):
+        problem, issues = answer
+        raise ContentError(name, problem, issues=issues)
     return answer
 
 

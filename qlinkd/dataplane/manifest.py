@@ -1,8 +1,16 @@
 """What a transfer carries: its manifest, the contract both ends verify the bytes against.
 
 A manifest is canonical JSON (sorted keys, no spaces), so its SHA-256 is the same at both ends and can be
-quoted in the audit log and the Delivered message. File names are bare names (no directory part): the
-receiver writes them under its own directories and never lets a peer choose a path.
+quoted in the audit log and the Delivered message.
+
+File names are relative POSIX paths ("SE1/IM1" from a CD export, or a bare "scan.png"), so a study keeps
+its folder tree: components of 1..255 UTF-8 bytes, separated by "/", none empty, "." or "..", none
+holding a control character (C0, DEL, C1) or a backslash; at most `MAX_NAME_DEPTH` components and
+`MAX_NAME_BYTES` bytes in all. No name may be a folder of another ("SE1" and "SE1/IM1"), and no two may
+differ only in case (they would collide on a case-insensitive file system). Both ends check
+(`check_name`, and `Manifest` itself): the sender before it uploads, the receiver on every manifest a peer
+offers. The daemon never uses a name as a path (the inbox stores files by index); `qlink inbox fetch`
+rebuilds the tree under its output folder from names that passed these rules, and checks them again.
 """
 
 from __future__ import annotations
@@ -22,8 +30,71 @@ MAX_FILES = 100_000
 MAX_FILE_BYTES = 1 << 40
 MAX_MANIFEST_BYTES = 16 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-# Printable names without separators; the daemon never uses them as paths, but listings and fetches do.
-_NAME = re.compile(r"[^/\\\x00-\x1f]{1,255}")
+MAX_COMPONENT_BYTES = 255
+"""NAME_MAX of Linux file systems, in UTF-8 bytes."""
+MAX_NAME_BYTES = 1024
+"""A whole relative name: room below PATH_MAX (4096) for the output folder a fetch writes under."""
+MAX_NAME_DEPTH = 32
+# C0 controls, DEL, C1 controls, and the backslash (a separator on Windows, and an escape in listings).
+_BAD_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
+
+
+def check_name(name: str) -> str | None:
+    """What is wrong with `name` as a file name in a manifest, or None when it is a safe relative path."""
+    if not name:
+        return "empty name"
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "not valid Unicode (a lone surrogate)"
+    if size > MAX_NAME_BYTES:
+        return f"{size} bytes long, over {MAX_NAME_BYTES}"
+    if name.startswith("/"):
+        return "absolute path (starts with /)"
+    bad = _BAD_CHARACTER.search(name)
+    if bad:
+        return f"holds the character U+{ord(bad.group()):04X} (a control character or backslash)"
+    parts = name.split("/")
+    if len(parts) > MAX_NAME_DEPTH:
+        return f"{len(parts)} path components, over {MAX_NAME_DEPTH}"
+    for part in parts:
+        if not part:
+            return "empty path component (// or a trailing /)"
+        if part in (".", ".."):
+            return f"path component {part!r} is not allowed"
+        if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
+            return f"a path component is over {MAX_COMPONENT_BYTES} bytes"
+    return None
+
+
+def check_names(names: list[str] | tuple[str, ...]) -> tuple[int, str] | None:
+    """(index, problem) of the first name in `names` that is unsafe or clashes with an earlier one (the
+    same name, the same name in another case, or one name a folder of another), or None."""
+    seen: dict[str, int] = {}
+    folders: dict[str, int] = {}
+    for i, name in enumerate(names):
+        problem = check_name(name)
+        if problem is not None:
+            return i, f"bad name: {problem}"
+        key = name.casefold()
+        if key in seen:
+            same = names[seen[key]] == name
+            return (
+                i,
+                f"name {name!r} appears twice"
+                if same
+                else f"names {names[seen[key]]!r} and {name!r} differ only in case",
+            )
+        if key in folders:
+            return i, f"name {name!r} is also the folder of {names[folders[key]]!r}"
+        parts = key.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder in seen:
+                return i, f"name {name!r} lies under {names[seen[folder]]!r}, which is a file"
+            folders.setdefault(folder, i)
+        seen[key] = i
+    return None
 
 
 class TransferKind(enum.StrEnum):
@@ -63,11 +134,10 @@ class Manifest:
         _require(is_facility_id(self.sender), "sender is not a facility id")
         _require(is_facility_id(self.recipient), "recipient is not a facility id")
         _require(0 < len(self.files) <= MAX_FILES, f"a transfer holds 1..{MAX_FILES} files")
-        names = set()
+        clash = check_names([f.name for f in self.files])
+        if clash is not None:
+            raise TransferError(f"manifest: files[{clash[0]}]: {clash[1]}")
         for i, f in enumerate(self.files):
-            _require(bool(_NAME.fullmatch(f.name)) and f.name not in (".", ".."), f"files[{i}]: bad name")
-            _require(f.name not in names, f"files[{i}]: name {f.name!r} appears twice")
-            names.add(f.name)
             _require(0 <= f.size <= MAX_FILE_BYTES, f"files[{i}]: bad size")
             _require(bool(_SHA256.fullmatch(f.sha256)), f"files[{i}]: sha256 is not 64 hex digits")
         if self.kind is TransferKind.EHR:

@@ -41,7 +41,7 @@ PYDICOM_DATA = Path(get_testdata_file("CT_small.dcm", download=False) or "").par
 REFUSED = {
     "MR_truncated.dcm": "truncated DICOM file",
     "badVR.dcm": "NumberOfFrames is not an integer",
-    "nested_priv_SQ.dcm": "no StudyInstanceUID",
+    "nested_priv_SQ.dcm": "no SOPClassUID",
 }
 # Bundled native files the image cipher cannot carry (1 or 32 bits, 8 bits big-endian, YBR 4:2:2,
 # deflated): stored whole under AEAD. Every other readable native instance must be a cipher image.

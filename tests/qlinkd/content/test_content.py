@@ -90,10 +90,10 @@ def test_sniff_unknown_and_empty() -> None:
         sniff("archive.zip", b"PK\x03\x04" + bytes(200))
 
 
-def test_dicom_without_part10_preamble_is_refused_with_its_reason() -> None:
-    problem = refused("bare.dcm", pydicom_file("ExplVR_LitEndNoMeta.dcm"))
-    assert "without the Part 10 preamble" in problem
-    assert "without the Part 10 preamble" in refused("bare_be.dcm", pydicom_file("ExplVR_BigEndNoMeta.dcm"))
+def test_dicom_without_part10_preamble_is_sniffed_as_dicom() -> None:
+    assert sniff("bare.dcm", pydicom_file("ExplVR_LitEndNoMeta.dcm")) is ContentKind.DICOM
+    assert sniff("bare_be.dcm", pydicom_file("ExplVR_BigEndNoMeta.dcm")) is ContentKind.DICOM
+    assert "preamble is missing" in refused("dicm.dcm", b"DICM" + pydicom_file("CT_small.dcm")[132:])
 
 
 def test_json_errors_name_line_and_column() -> None:
@@ -195,11 +195,11 @@ def test_dicom_pixel_data_shorter_than_its_geometry() -> None:
 
 @pytest.mark.parametrize(
     ("keyword", "tag"),
-    [("StudyInstanceUID", "(0020,000D)"), ("SOPInstanceUID", "(0008,0018)"), ("SOPClassUID", "(0008,0016)")],
+    [("SOPInstanceUID", "(0008,0018)"), ("SOPClassUID", "(0008,0016)")],
 )
 def test_dicom_missing_required_uid(keyword: str, tag: str) -> None:
     data = make_image_dicom(4, 4, omit=[keyword])
-    assert refused("no_uid.dcm", data) == f"DICOM file has no {keyword} {tag}"
+    assert refused("no_uid.dcm", data) == f"DICOM file has no {keyword} {tag}: not a storable DICOM object"
 
 
 def test_dicom_image_without_pixel_data() -> None:
@@ -376,11 +376,11 @@ def test_hl7_without_msh(hl7_message: bytes) -> None:
 @pytest.mark.parametrize(
     ("old", "new", "problem"),
     [
-        (b"ORU^R01^ORU_R01", b"", "HL7 v2 MSH-9 (message type) is empty"),
-        (b"QLT00001", b"", "HL7 v2 MSH-10 (message control ID) is empty"),
-        (b"|2.5.1|", b"||", "HL7 v2 MSH-12 (version ID) is missing or not a 2.x version"),
+        (b"ORU^R01^ORU_R01", b"", "HL7 v2 MSH-9: message type is empty"),
+        (b"QLT00001", b"", "HL7 v2 MSH-10: message control ID is empty"),
+        (b"|2.5.1|", b"||", "HL7 v2 MSH-12: version ID is missing or not a 2.x version"),
         (b"^~\\&", b"^~", "HL7 v2 MSH-2 (encoding characters) must be four distinct separators"),
-        (b"OBR|", b"ob|", "HL7 v2 segment 3 does not start with a segment ID"),
+        (b"OBR|", b"ob|", "HL7 v2 segment 3: does not start with a segment ID"),
         (b"Alice", b"Al\xe9ce", "HL7 v2 message declares UNICODE UTF-8 in MSH-18 but is not valid utf-8"),
         (b"UNICODE UTF-8", b"ISO IR87", "HL7 v2 MSH-18 character set 'ISO IR87' is not supported"),
     ],
