@@ -1,10 +1,11 @@
-"""The FHIR REST rules the gateway checks itself, on the parsed JSON, before the content validator sees
-the resource: what POST [base] takes (a transaction or batch Bundle whose every entry says what to do,
-bdl-3 and bdl-7), and how a validator's refusal becomes OperationOutcome issues."""
+"""The FHIR REST rules the gateway checks itself, on the parsed JSON, beside the content validator's (which
+judges the resource: its elements and the Bundle invariants bdl-1..12, entry.request and unique fullUrls
+among them): what POST [base] takes (a transaction or batch Bundle) and what each of its requests must
+say to be performed (a method FHIR has, a URL, the resource a POST or PUT writes). The validator's
+refusal becomes OperationOutcome issues beside them, so one answer lists every issue once."""
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from qlinkmed.qlinkd.errors import ContentError
@@ -43,24 +44,11 @@ def request_issues(bundle: dict[str, Any]) -> tuple[list[Issue], str]:
     if not isinstance(entries, list):
         issues.append(Issue("error", "structure", "Bundle.entry must be an array", ("Bundle.entry",)))
         return issues, kind if isinstance(kind, str) else ""
-    full_urls: Counter[str] = Counter()
     for i, entry in enumerate(entries):
         where = f"Bundle.entry[{i}]"
-        if not isinstance(entry, dict):
-            issues.append(Issue("error", "structure", f"{where} must be an object", (where,)))
-            continue
-        if isinstance(entry.get("fullUrl"), str):
-            full_urls[entry["fullUrl"]] += 1
-        request = entry.get("request")
+        # An entry that is no object, or has no request, is the validator's to report (bdl-3a).
+        request = entry.get("request") if isinstance(entry, dict) else None
         if not isinstance(request, dict):
-            issues.append(
-                Issue(
-                    "error",
-                    "required",
-                    "every entry of a transaction or batch needs request (bdl-3)",
-                    (f"{where}.request",),
-                )
-            )
             continue
         method = request.get("method")
         if method not in METHODS:
@@ -83,29 +71,14 @@ def request_issues(bundle: dict[str, Any]) -> tuple[list[Issue], str]:
                     (f"{where}.resource",),
                 )
             )
-    for url, count in sorted(full_urls.items()):
-        if count > 1:
-            issues.append(
-                Issue(
-                    "error",
-                    "invariant",
-                    f"fullUrl {url} appears {count} times; it must be unique (bdl-7)",
-                    ("Bundle.entry.fullUrl",),
-                )
-            )
     return issues, kind if isinstance(kind, str) else ""
 
 
 def validation_issues(error: ContentError) -> list[Issue]:
     """The content validator's refusal as issues: one per problem it lists, or its one message."""
-    listed = getattr(error, "issues", None)
-    if not listed:
+    if not error.issues:
         return [Issue("error", "invalid", error.problem)]
-    out = []
-    for item in listed:
-        location = getattr(item, "location", None) or getattr(item, "expression", None)
-        expression = (location,) if isinstance(location, str) and location else ()
-        message = getattr(item, "message", None) or getattr(item, "diagnostics", None) or str(item)
-        code = getattr(item, "code", None) or "invalid"
-        out.append(Issue("error", str(code), str(message), expression))
-    return out
+    return [
+        Issue(issue.severity.value, issue.code.value, issue.diagnostics, (issue.expression,))
+        for issue in error.issues
+    ]
