@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..daemon_http import ApiError, TargetError, unreachable
-from ..data_http import DataTarget, add_data_target, data_target, error_message
+from ..data_http import DataTarget, add_data_target, data_target, error_message, usage_refusal
 from ..progress import Progress
 
 if TYPE_CHECKING:
@@ -146,7 +146,8 @@ def upload(
     finally:
         progress.close()
     if status >= 400 and status != 422:
-        raise ApiError(target.url + "/v1/transfers", error_message(status, body), status=status)
+        usage = usage_refusal(status, body)
+        raise ApiError(target.url + "/v1/transfers", error_message(status, body), status=status, usage=usage)
     body["waited"] = wait
     return body
 
@@ -202,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
             )
         except ApiError as exc:
             print(unreachable("qlinkd", exc), file=sys.stderr)
-            return EXIT_FAILURE
+            return EXIT_USAGE if exc.usage else EXIT_FAILURE
         print(json.dumps(result) if args.json else describe(result))
         worst = max(worst, exit_code(result))
     return worst
