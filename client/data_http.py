@@ -15,6 +15,7 @@ import json
 import os
 import re
 import select
+import threading
 import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
@@ -75,26 +76,30 @@ class DataTarget:
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
         self.token = token
-        self._open: http.client.HTTPConnection | None = None
+        # One kept connection per thread: a target shared by threads (a poll beside an upload) must not
+        # interleave two requests on one socket.
+        self._kept = threading.local()
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
-        sock = self._open.sock if self._open is not None else None
-        if sock is not None and select.select([sock], [], [], 0)[0]:
-            # Readable while idle: the daemon closed it (its keep-alive timeout). A request sent on it
-            # would fail, so open a fresh one first, as urllib3 does, rather than retry after.
+        kept: http.client.HTTPConnection | None = getattr(self._kept, "connection", None)
+        if kept is not None and kept.sock is not None and select.select([kept.sock], [], [], 0)[0]:
+            # Readable while idle: the daemon closed it (its keep-alive timeout, a restart). A request
+            # sent on it would fail, so open a fresh one first, as urllib3 does, rather than retry after.
             self.close()
-        if self._open is None:
-            self._open = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        elif self._open.sock is not None:
-            self._open.sock.settimeout(timeout)
-        self._open.timeout = timeout
-        return self._open
+            kept = None
+        if kept is None:
+            kept = self._kept.connection = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        elif kept.sock is not None:
+            kept.sock.settimeout(timeout)
+        kept.timeout = timeout
+        return kept
 
     def close(self) -> None:
-        """Close the connection kept open between requests (the next request opens another)."""
-        if self._open is not None:
-            self._open.close()
-            self._open = None
+        """Close this thread's connection kept open between requests (its next request opens another)."""
+        kept: http.client.HTTPConnection | None = getattr(self._kept, "connection", None)
+        if kept is not None:
+            kept.close()
+            self._kept.connection = None
 
     def request(
         self,

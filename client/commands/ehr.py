@@ -58,7 +58,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     send.add_argument(
         "--name",
-        default="stdin",
         metavar="NAME",
         help="the file name the receiver sees for the message read from stdin (default: stdin)",
     )
@@ -76,6 +75,8 @@ def _usage(message: str) -> int:
 def run_send(args: argparse.Namespace) -> int:
     if args.files.count(STDIN) > 1:
         return _usage("- (stdin) may be given once")
+    if args.name is not None and STDIN not in args.files:
+        return _usage("--name names the message read from stdin: give - among the files")
     try:
         target = data_target(args)
     except TargetError as exc:
@@ -92,7 +93,7 @@ def _send_all(target: DataTarget, args: argparse.Namespace) -> int:
     failed = pending = False
     for index, given in enumerate(args.files):
         try:
-            name, data = _read(given, args.name, limit)
+            name, data = _read(given, args.name or "stdin", limit)
         except _Refused as exc:
             _report_failure(args, given, f"{exc.name}: {exc.problem}")
             failed = True

@@ -22,6 +22,7 @@ import pytest
 from qlinkmed.client.cli import main
 from qlinkmed.client.data_http import DataTarget
 from qlinkmed.qlinkd.testbed.deployment import free_ports
+from tests.polling import wait_for
 
 QLINK = [sys.executable, "-m", "qlinkmed.client"]
 HEAVY = ("numpy", "scipy", "qiskit", "qiskit_aer", "matplotlib", "pydicom", "fhir", "PIL")
@@ -146,14 +147,20 @@ def test_image_commands_refuse_an_existing_output_unless_forced(
 
 class _Counting(http.server.BaseHTTPRequestHandler):
     """An HTTP/1.1 server of the standard library's, not ours: JSON for every GET, and it counts the
-    connections it accepts."""
+    connections it accepts and the ones it has closed. `timeout` (None: none) closes an idle connection,
+    as a daemon's keep-alive timeout does."""
 
     protocol_version = "HTTP/1.1"
     connections = 0
+    closed = 0
 
     def setup(self) -> None:
         type(self).connections += 1
         super().setup()
+
+    def finish(self) -> None:
+        super().finish()
+        type(self).closed += 1
 
     def do_GET(self) -> None:
         body = json.dumps({"path": self.path}).encode()
@@ -169,7 +176,8 @@ class _Counting(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def counting_server() -> Iterator[http.server.ThreadingHTTPServer]:
-    _Counting.connections = 0
+    _Counting.connections = _Counting.closed = 0
+    _Counting.timeout = None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Counting)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -191,6 +199,21 @@ def test_one_target_sends_its_requests_over_one_connection(
         target.close()
     assert answers == [f"/v1/limits?n={i}" for i in range(3)]
     assert _Counting.connections == 1
+
+
+def test_a_kept_connection_the_server_closed_while_idle_is_replaced(
+    counting_server: http.server.ThreadingHTTPServer,
+) -> None:
+    _Counting.timeout = 0.2
+    target = DataTarget(f"http://127.0.0.1:{counting_server.server_address[1]}", "token")
+    try:
+        assert target.json("GET", "/v1/limits")[0] == 200
+        wait_for(lambda: _Counting.closed == 1, "the server closing the idle connection")
+        # Sent on the closed connection, this request would fail ("cannot reach"): a new one is opened.
+        assert target.json("GET", "/v1/limits") == (200, {"path": "/v1/limits"})
+    finally:
+        target.close()
+    assert _Counting.connections == 2
 
 
 def test_a_transfer_id_is_sent_whole_whatever_it_holds(
@@ -259,3 +282,22 @@ async def test_pns_is_attached_only_where_pulses_hold_several_photons(tmp_path: 
         assert code == 0, text
         assert json.loads(text)["eve"] == {"kind": "pns", "fraction": 1.0}
         assert json.loads(text)["sources"] == {"hospital-a--hospital-b": "wcp"}
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["-", "-"], "- (stdin) may be given once"),
+        (["--name", "a.hl7", "msg.hl7"], "--name names the message read from stdin"),
+    ],
+)
+def test_ehr_send_stdin_usage_errors_exit_2(
+    args: list[str], named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.cli import qlink
+
+    config = _facility_config(tmp_path)  # its daemon is not running: a usage error must come first
+    code, out, err = qlink(capsys, "ehr", "send", "--to", "hospital-b", *args, "--config", str(config))
+    assert (code, out) == (2, "")
+    (line,) = err.splitlines()
+    assert line.startswith(f"qlink ehr send: error: {named}")
