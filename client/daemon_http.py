@@ -15,6 +15,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,13 +35,15 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 class ApiError(Exception):
     """A call that did not return a JSON answer. `status` is the HTTP status when the server answered with
-    an error, None when it could not be reached or its answer was not JSON."""
+    an error, None when it could not be reached or its answer was not JSON. `usage`: the server refused
+    the request's own parameters (exit 2, not 1)."""
 
-    def __init__(self, url: str, reason: str, *, status: int | None = None) -> None:
+    def __init__(self, url: str, reason: str, *, status: int | None = None, usage: bool = False) -> None:
         super().__init__(f"{url}: {reason}")
         self.url = url
         self.reason = reason
         self.status = status
+        self.usage = usage
 
 
 class TargetError(Exception):
@@ -101,9 +104,35 @@ def facility_config(path: Path) -> FacilityConfig:
         raise TargetError(f"config error: {exc.field}: {exc.message}") from None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalEndpoint:
+    """Where a facility daemon answers the CLI, as its configuration names it."""
+
+    url: str
+    """Its local API, http://HOST:PORT ([listen] local)."""
+    state_dir: Path
+    """Its state directory ([facility] state_dir), which holds the local API token."""
+
+
+def local_endpoint(path: Path) -> LocalEndpoint:
+    """The two fields of the facility configuration at `path` that the CLI needs to talk to its daemon,
+    read with the daemon's own TOML reader. Not the whole configuration model: loading that imports
+    qcore (numpy and the protocol modules), a third of a second a call, and the daemon checked the whole
+    file when it started. TargetError naming the bad field otherwise."""
+    from qlinkmed.qlinkd.ops.toml_reader import read_toml
+
+    try:
+        root = read_toml(path)
+        state_dir = root.table("facility").path("state_dir")
+        local = root.table("listen").address("local")
+    except ConfigError as exc:
+        raise TargetError(f"config error: {exc.field}: {exc.message}") from None
+    return LocalEndpoint(url=f"http://{local}", state_dir=state_dir)
+
+
 def local_url_from_config(path: Path) -> str:
     """The local-API URL of the facility whose configuration is `path` (its [listen] local)."""
-    return f"http://{facility_config(path).listen.local}"
+    return local_endpoint(path).url
 
 
 def channel_config(path: Path) -> ChannelServiceConfig:

@@ -2,7 +2,9 @@
 token and the URL come from the facility configuration (its state_dir and [listen] local), or from
 --url with --token-file.
 
-Standard library only (http.client): uploads stream from disk and never sit whole in memory.
+Standard library only (http.client): uploads stream from disk and never sit whole in memory. One
+`DataTarget` keeps one connection open across its requests (HTTP/1.1 keep-alive), so a command that
+sends many messages pays for one TCP connection, not one each.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import argparse
 import http.client
 import json
 import os
+import re
+import select
+import threading
 import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,7 +26,15 @@ from qlinkmed.qcore.errors import UsageError
 if TYPE_CHECKING:
     from qlinkmed.qlinkd.ops.config import FacilityConfig
 
-from .daemon_http import CONFIG_ENV, ApiError, TargetError, add_local_target, base_url, facility_config
+from .daemon_http import (
+    CONFIG_ENV,
+    ApiError,
+    LocalEndpoint,
+    TargetError,
+    add_local_target,
+    base_url,
+    local_endpoint,
+)
 
 TOKEN_FILE = "local-api.token"
 TIMEOUT_S = 30.0
@@ -35,8 +48,25 @@ def add_data_target(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def token_path(config: FacilityConfig) -> Path:
+def token_path(config: FacilityConfig | LocalEndpoint) -> Path:
     return config.state_dir / TOKEN_FILE
+
+
+_INBOX_ID = re.compile(r"(/v1/inbox/)(.+?)(/files/[^/]*)?")
+"""An inbox path: the transfer id in it is the user's text, whatever it holds."""
+
+
+def _encoded(path: str) -> str:
+    """`path` (with its query, already encoded) as it may go on the request line. A transfer id the user
+    typed is percent-encoded whole, so any id ("a b", "../x", "a/b") reaches the inbox route and gets
+    the daemon's own answer (404: no such transfer) instead of a URL error or another route."""
+    route, mark, query = path.partition("?")
+    match = _INBOX_ID.fullmatch(route)
+    if match is not None:
+        # quote() leaves "." alone; "." and ".." segments would be resolved away before routing.
+        tid = urllib.parse.quote(match[2], safe="").replace(".", "%2E")
+        route = f"{match[1]}{tid}{match[3] or ''}"
+    return f"{route}{mark}{query}"
 
 
 class DataTarget:
@@ -46,9 +76,30 @@ class DataTarget:
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
         self.token = token
+        # One kept connection per thread: a target shared by threads (a poll beside an upload) must not
+        # interleave two requests on one socket.
+        self._kept = threading.local()
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        kept: http.client.HTTPConnection | None = getattr(self._kept, "connection", None)
+        if kept is not None and kept.sock is not None and select.select([kept.sock], [], [], 0)[0]:
+            # Readable while idle: the daemon closed it (its keep-alive timeout, a restart). A request
+            # sent on it would fail, so open a fresh one first, as urllib3 does, rather than retry after.
+            self.close()
+            kept = None
+        if kept is None:
+            kept = self._kept.connection = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        elif kept.sock is not None:
+            kept.sock.settimeout(timeout)
+        kept.timeout = timeout
+        return kept
+
+    def close(self) -> None:
+        """Close this thread's connection kept open between requests (its next request opens another)."""
+        kept: http.client.HTTPConnection | None = getattr(self._kept, "connection", None)
+        if kept is not None:
+            kept.close()
+            self._kept.connection = None
 
     def request(
         self,
@@ -59,9 +110,12 @@ class DataTarget:
         length: int | None = None,
         timeout: float = TIMEOUT_S,
     ) -> tuple[int, bytes, http.client.HTTPMessage]:
-        """(status, body, headers). Raises ApiError when the daemon cannot be reached."""
+        """(status, body, headers). Raises ApiError when the daemon cannot be reached; the connection is
+        kept for the next request unless the daemon or an error closed it. A failed request is never
+        repeated: an upload the daemon may have queued must not be queued twice."""
         url = f"{self.url}{path}"
         connection = self._connection(timeout)
+        keep = False
         try:
             headers = {"Authorization": f"Bearer {self.token}"}
             if body is not None:
@@ -73,21 +127,29 @@ class DataTarget:
                 else:  # a stream's length is the caller's to say: it is sent before the stream
                     raise UsageError("a streamed body needs its length")
                 headers["Content-Length"] = str(size)
-            connection.request(method, path, body=body, headers=headers)
+            connection.request(method, _encoded(path), body=body, headers=headers)
             response = connection.getresponse()
-            return response.status, response.read(), response.headers
+            data = response.read()
+            keep = not response.will_close
+            return response.status, data, response.headers
         except TimeoutError:
             raise ApiError(url, f"no answer within {timeout:g} s") from None
         except (http.client.HTTPException, OSError) as exc:
             raise ApiError(url, getattr(exc, "strerror", None) or str(exc) or type(exc).__name__) from None
         finally:
-            connection.close()
+            if not keep:
+                self.close()
 
     def json(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        """(status, parsed JSON). An error status whose body is not JSON (a proxy's or the web server's
+        own page) comes back as {"message": its reason}: the daemon answered, so it is not unreachable.
+        ApiError when it cannot be reached, or a success is not JSON."""
         status, data, _ = self.request(method, path, **kwargs)
         try:
             return status, json.loads(data)
         except ValueError:
+            if status >= 400:
+                return status, {"message": http.client.responses.get(status, "error")}
             raise ApiError(f"{self.url}{path}", f"HTTP {status}: the answer is not JSON") from None
 
 
@@ -102,9 +164,9 @@ def data_target(args: argparse.Namespace) -> DataTarget:
         path = args.config or os.environ.get(CONFIG_ENV)
         if not path:
             raise TargetError(f"say which daemon: --config FILE, --url URL or ${CONFIG_ENV}")
-        config = facility_config(Path(path))
-        url = f"http://{config.listen.local}"
-        token_file = token_file or token_path(config)
+        endpoint = local_endpoint(Path(path))
+        url = endpoint.url
+        token_file = token_file or token_path(endpoint)
     try:
         token = token_file.read_text().strip()
     except OSError as exc:
@@ -115,3 +177,9 @@ def data_target(args: argparse.Namespace) -> DataTarget:
 def error_message(status: int, body: Any) -> str:
     message = body.get("message") if isinstance(body, dict) else None
     return f"HTTP {status}: {message or 'refused'}"
+
+
+def usage_refusal(status: int, body: Any) -> bool:
+    """Whether the daemon refused the request's own parameters (an unknown peer, a bad wait): its 400
+    answer then names the parameter in "field". A usage error (exit 2), not a failed operation."""
+    return status == 400 and isinstance(body, dict) and isinstance(body.get("field"), str)

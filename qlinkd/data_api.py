@@ -52,8 +52,10 @@ def ensure_token(state_dir: Path) -> str:
     return entropy.bearer_token(state_dir / TOKEN_FILE)
 
 
-def _error(status: type[web.HTTPException], message: str) -> web.HTTPException:
-    return status(text=json.dumps({"message": message}), content_type="application/json")
+def _error(status: type[web.HTTPException], message: str, *, field: str | None = None) -> web.HTTPException:
+    # `field` names the request parameter at fault, so a client can tell a usage error from a refusal.
+    body = {"message": message} if field is None else {"message": message, "field": field}
+    return status(text=json.dumps(body), content_type="application/json")
 
 
 def _too_large(error: ContentError, limit: int) -> web.HTTPException:
@@ -114,16 +116,16 @@ def add_data_routes(app: web.Application, plane: DataPlane, token: str, validato
     def peer_of(request: web.Request) -> str:
         peer = request.query.get("to", "")
         if not plane.peer_known(peer):
-            raise _error(web.HTTPBadRequest, f"unknown peer {peer!r} (to=FACILITY)")
+            raise _error(web.HTTPBadRequest, f"unknown peer {peer!r} (to=FACILITY)", field="to")
         return peer
 
     def wait_of(request: web.Request) -> float:
         try:
             wait = float(request.query.get("wait", "0"))
         except ValueError:
-            raise _error(web.HTTPBadRequest, "wait must be a number of seconds") from None
+            raise _error(web.HTTPBadRequest, "wait must be a number of seconds", field="wait") from None
         if not 0 <= wait <= MAX_WAIT_S:
-            raise _error(web.HTTPBadRequest, f"wait must be in 0..{MAX_WAIT_S:g} s")
+            raise _error(web.HTTPBadRequest, f"wait must be in 0..{MAX_WAIT_S:g} s", field="wait")
         return wait
 
     async def queue_and_answer(
@@ -289,9 +291,10 @@ def add_data_routes(app: web.Application, plane: DataPlane, token: str, validato
         return web.json_response({"facility": plane.facility, "inbox": [_incoming_json(r) for r in records]})
 
     def incoming(request: web.Request) -> IncomingRecord:
-        record = plane.records.incoming(request.match_info["transfer_id"])
+        tid = request.match_info["transfer_id"]
+        record = plane.records.incoming(tid)
         if record is None:
-            raise _error(web.HTTPNotFound, "no such transfer in the inbox")
+            raise _error(web.HTTPNotFound, f"no transfer {tid[:80]!r} in the inbox")
         return record
 
     async def inbox_entry(request: web.Request) -> web.Response:

@@ -112,9 +112,12 @@ def format_channel(state: dict[str, Any]) -> str:
     attack = "none" if kind == "none" else f"{kind} on {eve.get('fraction', 0.0):.0%} of the pulses"
     fiber = state.get("fiber", {})
     links = ", ".join(state.get("links", [])) or "none connected"
+    # The pulses each link sends decide what an attack can do (PNS needs multi-photon pulses).
+    sources = ", ".join(f"{link} {kind}" for link, kind in state.get("sources", {}).items()) or "-"
     rows = [
         ("eavesdropper", attack),
         ("links", links),
+        ("sources", sources),
         ("rounds carried", f"{state.get('rounds', 0):,}"),
         (
             "fibre",

@@ -20,9 +20,12 @@ Choices:
 - PNG/JPEG: 1-bit is read as 8-bit gray and palette images as RGB; alpha and CMYK are refused.
 - 16-bit images are assessed on the high byte of each pixel (the Wu et al. tests are defined for 8 bits;
   the high bytes of a uniform 16-bit cipher are uniform 8-bit values, so the tests keep their meaning).
-- Output goes to a temporary file (mode 0600) beside OUT, renamed over OUT only when complete.
+- Output goes to a temporary file (mode 0600) beside OUT, put in place only when complete. An existing
+  OUT is refused (exit 2) unless --force, checked before any work and again, atomically, when the file
+  is put in place (a hard link, which fails on an existing name, instead of a rename over it).
 
-Exit codes: 0 done, 1 a file refused (one line naming it and the problem), 2 usage.
+Exit codes: 0 done, 1 a file refused (one line naming it and the problem), 2 usage (OUT exists without
+--force).
 """
 
 from __future__ import annotations
@@ -65,6 +68,14 @@ class _Refused(Exception):
         self.problem = problem
 
 
+class _Exists(Exception):
+    """OUT appeared while the command worked, and --force was not given."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+        self.path = path
+
+
 @dataclass(frozen=True, slots=True)
 class _Image:
     pixels: np.ndarray
@@ -85,6 +96,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     enc.add_argument("input", type=Path, metavar="IN", help=image_help)
     enc.add_argument("--key-file", required=True, type=Path, metavar="KEY", help=key_help)
     enc.add_argument("--out", required=True, type=Path, metavar="OUT.qimg", help="cipher image to write")
+    enc.add_argument("--force", action="store_true", help="replace OUT if it exists")
     dec = sub.add_parser(
         "decrypt",
         help="decrypt a .qimg cipher image to .png or .npy",
@@ -94,6 +106,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     dec.add_argument("input", type=Path, metavar="IN.qimg", help="cipher image")
     dec.add_argument("--key-file", required=True, type=Path, metavar="KEY", help=key_help)
     dec.add_argument("--out", required=True, type=Path, metavar="OUT", help="image to write: .png or .npy")
+    dec.add_argument("--force", action="store_true", help="replace OUT if it exists")
     met = sub.add_parser(
         "metrics",
         help="judge the cipher on an image: NPCR/UACI, entropy, chi-square, correlations",
@@ -116,14 +129,16 @@ def run_encrypt(args: argparse.Namespace) -> int:
     from qlinkmed.qcore.image import encrypt
     from qlinkmed.qcore.image.container import pack
 
-    if (code := _check_suffix("encrypt", args.out, _CIPHER_SUFFIXES)) is not None:
+    if (code := _check_out("encrypt", args, _CIPHER_SUFFIXES)) is not None:
         return code
     started = time.perf_counter()
     try:
         key = _read_key(args.key_file)
         image = _load_image(args.input)
         nonce = os.urandom(NONCE_BYTES)
-        size = _write_atomic(args.out, pack(encrypt(image.pixels, key, nonce), nonce))
+        size = _write_atomic(args.out, pack(encrypt(image.pixels, key, nonce), nonce), force=args.force)
+    except _Exists as exc:
+        return _exists("encrypt", exc.path)
     except _Refused as exc:
         return _fail("encrypt", exc)
     result = _result("encrypt", args, image.pixels, size, started, format=image.kind)
@@ -137,7 +152,7 @@ def run_decrypt(args: argparse.Namespace) -> int:
     from qlinkmed.qcore.image import decrypt
     from qlinkmed.qcore.image.container import unpack
 
-    if (code := _check_suffix("decrypt", args.out, _PLAIN_SUFFIXES)) is not None:
+    if (code := _check_out("decrypt", args, _PLAIN_SUFFIXES)) is not None:
         return code
     started = time.perf_counter()
     try:
@@ -153,7 +168,9 @@ def run_decrypt(args: argparse.Namespace) -> int:
         except IntegrityError:
             problem = "does not decrypt: wrong key, or the file was altered (tag mismatch)"
             raise _Refused(args.input, problem) from None
-        size = _write_atomic(args.out, _encode(image, args.out.suffix.lower()))
+        size = _write_atomic(args.out, _encode(image, args.out.suffix.lower()), force=args.force)
+    except _Exists as exc:
+        return _exists("decrypt", exc.path)
     except _Refused as exc:
         return _fail("decrypt", exc)
     return _report(args, _result("decrypt", args, image, size, started))
@@ -328,8 +345,9 @@ def _encode(image: np.ndarray, suffix: str) -> bytes:
     return buffer.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> int:
-    """Write `data` to a temporary file beside `path` (mode 0600), then rename it over `path`."""
+def _write_atomic(path: Path, data: bytes, *, force: bool) -> int:
+    """Write `data` to a temporary file beside `path` (mode 0600), then rename it over `path` (`force`)
+    or link it to `path`, which raises _Exists if something has taken the name meanwhile."""
     try:
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
@@ -339,21 +357,38 @@ def _write_atomic(path: Path, data: bytes) -> int:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(temp, path)
+        if force:
+            os.replace(temp, path)
+        else:
+            os.link(temp, path)
+    except FileExistsError:
+        raise _Exists(path) from None
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
         raise _Refused(path, f"cannot write: {exc.strerror or exc}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)  # after a link, the name beside OUT; after a rename, already gone
     return len(data)
 
 
 # Output -------------------------------------------------------------------------------------------------
 
 
-def _check_suffix(action: str, out: Path, allowed: tuple[str, ...]) -> int | None:
-    if out.suffix.lower() in allowed:
-        return None
-    print(f"qlink image {action}: error: --out: {out} must end in {' or '.join(allowed)}", file=sys.stderr)
+def _check_out(action: str, args: argparse.Namespace, allowed: tuple[str, ...]) -> int | None:
+    """The usage error in --out, before any work: a suffix we cannot write, or a file already there."""
+    out: Path = args.out
+    if out.suffix.lower() not in allowed:
+        print(
+            f"qlink image {action}: error: --out: {out} must end in {' or '.join(allowed)}", file=sys.stderr
+        )
+        return EXIT_USAGE
+    if not args.force and (out.exists() or out.is_symlink()):
+        return _exists(action, out)
+    return None
+
+
+def _exists(action: str, out: Path) -> int:
+    print(f"qlink image {action}: error: --out: {out} exists; add --force to replace it", file=sys.stderr)
     return EXIT_USAGE
 
 

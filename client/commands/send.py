@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..daemon_http import ApiError, TargetError, unreachable
-from ..data_http import DataTarget, add_data_target, data_target, error_message
+from ..data_http import DataTarget, add_data_target, data_target, error_message, usage_refusal
 from ..progress import Progress
 
 if TYPE_CHECKING:
@@ -245,7 +245,8 @@ def upload(
     finally:
         progress.close()
     if status >= 400 and status != 422:
-        raise ApiError(target.url + "/v1/transfers", error_message(status, body), status=status)
+        usage = usage_refusal(status, body)
+        raise ApiError(target.url + "/v1/transfers", error_message(status, body), status=status, usage=usage)
     body["waited"] = wait
     return body
 
@@ -313,7 +314,7 @@ def run(args: argparse.Namespace) -> int:
             )
         except ApiError as exc:
             print(unreachable("qlinkd", exc), file=sys.stderr)
-            return EXIT_FAILURE
+            return EXIT_USAGE if exc.usage else EXIT_FAILURE
         if note is not None:
             result["grouped_as"] = note
         if args.json:

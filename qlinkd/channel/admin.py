@@ -25,12 +25,14 @@ from aiohttp.typedefs import Handler, Middleware
 
 from qlinkmed.qcore.channel import Eavesdropper, EveKind
 from qlinkmed.qcore.errors import ConfigError
+from qlinkmed.qcore.params import SourceKind
 from qlinkmed.qlinkd.channel.config import ADMIN_TOKEN_FILE
 from qlinkmed.qlinkd.ops import entropy
 from qlinkmed.qlinkd.ops.metrics import CONTENT_TYPE
 from qlinkmed.qlinkd.ops.toml_reader import Address
 
 if TYPE_CHECKING:
+    from qlinkmed.qlinkd.channel.broker import LinkKey
     from qlinkmed.qlinkd.channel.service import ChannelService
 
 log = logging.getLogger("qlink.channel")
@@ -106,6 +108,14 @@ def guard(token: str, bound: Address) -> Middleware:
     return middleware
 
 
+def _no_pns_target(sources: dict[LinkKey, str]) -> str:
+    carried = ", ".join(sorted(f"{link} {source}" for link, source in sources.items()))
+    return (
+        "photon-number splitting needs multi-photon pulses (a decoy/WCP source: protocol bb84-decoy), "
+        f"and {'no link has sent pulses yet' if not carried else 'no link carried sends them: ' + carried}"
+    )
+
+
 def admin_app(service: ChannelService, token: str) -> web.Application:
     """The admin API of `service`; `token` is what state-changing calls must carry."""
     app = web.Application(client_max_size=64 * 1024, middlewares=[guard(token, service.config.admin)])
@@ -132,6 +142,9 @@ def admin_app(service: ChannelService, token: str) -> web.Application:
             return _refusal(400, f"{exc.field}: {exc.message}")
         except ValueError:
             return _refusal(400, f"kind must be one of intercept-resend, pns; got {str(kind)[:40]!r}")
+        if eve.kind is EveKind.PNS and SourceKind.WCP.value not in service.broker.sources.values():
+            # Attached, it would change nothing: refused, so nobody reads an unharmed link as resistant.
+            return _refusal(400, f"kind: {_no_pns_target(service.broker.sources)}")
         service.attach_eve(eve)
         return web.json_response(service.status())
 

@@ -80,6 +80,10 @@ class ChannelBroker:
     model: ChannelModel
     backend: MeasurementBackend
     eve: Eavesdropper = field(default_factory=Eavesdropper)
+    sources: dict[LinkKey, str] = field(default_factory=dict)
+    """What each link's Alice sent in her last submission: "wcp" (weak coherent pulses, the decoy source,
+    which now and then hold several photons), "single-photon" (BB84) or "entangled" (E91 pairs). Only a
+    "wcp" link has photons for a photon-number-splitting attack to take."""
     _pending: dict[LinkKey, OrderedDict[int, _Pending]] = field(default_factory=dict)
 
     def submit(
@@ -104,6 +108,7 @@ class ChannelBroker:
             if pending.alice is not None:
                 return lm.ChannelError(reason=f"round {round_id}: Alice already submitted")
             pending.alice = submission
+            self.sources[link] = _source_of(submission)
         else:
             if not isinstance(message, lm.AnalyserSettings):
                 return lm.ChannelError(reason=f"{type(message).__name__} is not Bob's submission")
@@ -124,6 +129,13 @@ class ChannelBroker:
 
     def forget(self, link: LinkKey) -> None:
         self._pending.pop(link, None)
+        self.sources.pop(link, None)
+
+
+def _source_of(submission: lm.PulseTrain | lm.AnalyserSettings) -> str:
+    if not isinstance(submission, lm.PulseTrain):
+        return "entangled"
+    return SourceKind.WCP.value if submission.intensities is not None else SourceKind.SINGLE_PHOTON.value
 
 
 def run(job: Job, *, model: ChannelModel, backend: MeasurementBackend, rng: np.random.Generator) -> JobResult:

@@ -91,6 +91,7 @@ class ChannelService:
         return {
             "eve": {"kind": eve.kind.value, "fraction": eve.fraction if eve.active else 0.0},
             "links": sorted({f"{key[0]}:{key[1]}" for key in self._parties}),
+            "sources": dict(sorted((str(key), source) for key, source in self.broker.sources.items())),
             "connections": dict(sorted(self._connections.items())),
             "rounds": self._rounds,
             "fiber": {

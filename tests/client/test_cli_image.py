@@ -297,7 +297,7 @@ def test_16_bit_rgb_is_refused_as_png_but_written_as_npy(
 ) -> None:
     pixels = np.random.default_rng(4).integers(0, 65536, size=(3, 4, 3), dtype=np.uint16)
     np.save(tmp_path / "in.npy", pixels)
-    cipher = tmp_path / "c.qimg"
+    cipher = tmp_path / "first.qimg"  # _round_trip writes c.qimg (no --force)
     assert (
         main(
             ["image", "encrypt", str(tmp_path / "in.npy"), "--key-file", str(key_file), "--out", str(cipher)]
