@@ -139,6 +139,20 @@ class KmeConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsConfig:
+    """``[metrics]``: /metrics served over HTTPS on its own address for a remote Prometheus, nothing else."""
+
+    listen: Address
+    """Where to serve it, e.g. ``0.0.0.0:9464`` (any address: it is TLS)."""
+    tls_cert: Path
+    """The site's certificate (PEM); Prometheus checks it against its ``tls_config.ca_file``."""
+    tls_key: Path
+    """Private key for `tls_cert` (PEM, mode 0600)."""
+    client_ca: Path | None = None
+    """When set, only clients with a certificate issued by this CA may scrape (mutual TLS)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ContentConfig:
     """Size limits of the content qlink carries, and the worker processes that check it ([content]). The
     defaults are those of `content.limits.ContentLimits` and `content.worker` (not imported here: that
@@ -311,6 +325,8 @@ class FacilityConfig:
     be cut off unseen."""
     content: ContentConfig = ContentConfig()
     """Content size limits and validator processes."""
+    metrics: MetricsConfig | None = None
+    """The remote /metrics site; None: /metrics only on the loopback local API."""
 
     def peer(self, peer_id: str) -> PeerConfig:
         """The peer called `peer_id`; KeyError if there is none."""
@@ -340,6 +356,28 @@ def tls_section(root: Table) -> TlsConfig:
         name = section.name("ca") if exc.path == str(tls.ca) else section.name("cert")
         raise ConfigError(name, exc.message) from None
     return tls
+
+
+def metrics_section(root: Table) -> MetricsConfig | None:
+    if not root.has("metrics"):
+        return None
+    section = root.table("metrics")
+    metrics = MetricsConfig(
+        listen=section.address("listen"),
+        tls_cert=section.file("tls_cert"),
+        tls_key=section.file("tls_key"),
+        client_ca=section.file("client_ca") if section.has("client_ca") else None,
+    )
+    section.finish()
+    # Load them as the daemon will, so a corrupt or mismatched certificate and key fail the check.
+    from qlinkmed.qlinkd.ops.metrics_site import metrics_server_context
+
+    try:
+        metrics_server_context(metrics.tls_cert, metrics.tls_key, metrics.client_ca)
+    except PkiError as exc:
+        name = section.name("client_ca") if exc.path == str(metrics.client_ca) else section.name("tls_cert")
+        raise ConfigError(name, exc.message) from None
+    return metrics
 
 
 def _common_name(cert_path: Path) -> str | None:
@@ -521,6 +559,7 @@ def load_facility_config(path: Path) -> FacilityConfig:
         validator_memory_bytes=content_section.integer("validator_memory_bytes", 2048 << 20),
     )
     content_section.finish()
+    metrics = metrics_section(root)
 
     peers: list[PeerConfig] = []
     for section in root.tables("peer"):
@@ -542,6 +581,7 @@ def load_facility_config(path: Path) -> FacilityConfig:
         peers=tuple(peers),
         audit_anchor_interval_s=anchor_interval,
         content=content,
+        metrics=metrics,
     )
 
 
