@@ -83,6 +83,7 @@ async def run_daemon(
         links = {peer.id: PeerLink(rt, peer.id) for peer in config.peers}
         for peer_id in links:
             rt.metrics.add_peer(peer_id)
+            rt.metrics.set_low_watermark(peer_id, config.peer(peer_id).low_watermark_bits)
 
         sae_peer = {sae: peer.id for peer in config.peers for sae in peer.saes}
 

@@ -49,6 +49,12 @@ class LinkMetrics:
             registry=r,
         )
         self.pool_bits = Gauge("qlink_pool_bits", "Key bits available in the pool", ["peer"], registry=r)
+        self.pool_low_watermark_bits = Gauge(
+            "qlink_pool_low_watermark_bits",
+            "The pool level below which Alice resumes rounds ([[peer]] low_watermark_bits)",
+            ["peer"],
+            registry=r,
+        )
         self.auth_key_reserve_bits = Gauge(
             "qlink_auth_key_reserve_bits", "Authentication key bits in reserve", ["peer"], registry=r
         )
@@ -255,6 +261,9 @@ class LinkMetrics:
         self.pool_bits.labels(peer=peer).set(pool_bits)
         if auth_reserve_bits is not None:
             self.auth_key_reserve_bits.labels(peer=peer).set(auth_reserve_bits)
+
+    def set_low_watermark(self, peer: str, bits: int) -> None:
+        self.pool_low_watermark_bits.labels(peer=peer).set(bits)
 
     def set_auth_starved(self, peer: str, starved: bool) -> None:
         self.auth_starved.labels(peer=peer).set(1 if starved else 0)
