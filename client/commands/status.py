@@ -126,6 +126,8 @@ def format_queue(q: QueueStatus) -> list[tuple[str, str]]:
     what waits in the inbox."""
     if q.queued:
         queued = f"{q.queued:,} transfer(s), {_size(q.queued_bytes)}, oldest {_age(q.oldest_queued_age_s)}"
+        if not q.stuck and not q.failing_since:
+            queued += f"; sender {q.sender}"
     else:
         queued = "empty"
     rows = [("queue", queued)]
@@ -208,7 +210,7 @@ def format_link(
             since += f"; {latched.count:,} alarming rounds, {latest}"
         rows.append(("ALARM", f"{since}): eavesdropping or tampering suspected"))
         rows.append(("", f"raised until acknowledged: qlink alarm ack --peer {link.peer} --note TEXT"))
-        condition = link.alarm or "clear (rounds establish again)"
+        condition = link.alarm or "clear (a round established since)"
         rows.append(("condition", condition))
     elif link.alarm:
         # Acknowledged while rounds still abort (or a daemon that predates latching): the condition alone.

@@ -14,7 +14,6 @@ from qlinkmed.qlinkd.link import policy
 from qlinkmed.qlinkd.link.alarm_latch import AlarmLatch, latch_path
 from qlinkmed.qlinkd.link.events import RoundEnded
 from qlinkmed.qlinkd.link.status import LatchedAlarm, RoundCounts, RoundRecord
-from qlinkmed.qlinkd.ops.audit import rfc3339
 from qlinkmed.qlinkd.pool.values import ReconcileResult
 from qlinkmed.qlinkd.runtime import Runtime
 
@@ -183,4 +182,5 @@ class LinkReporter:
 
 
 def _now() -> str:
-    return rfc3339(datetime.now(UTC))
+    # As status shows down_since: to the second, UTC.
+    return datetime.now(UTC).isoformat(timespec="seconds")

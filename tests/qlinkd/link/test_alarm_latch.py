@@ -12,17 +12,20 @@ from pathlib import Path
 
 import pytest
 
+from qlinkmed.client.commands.status import format_link
 from qlinkmed.qcore.errors import AbortReason
 from qlinkmed.qlinkd.link.alarm_latch import UNREADABLE, AlarmLatch, latch_path
 from qlinkmed.qlinkd.link.anchor import AnchorBook
 from qlinkmed.qlinkd.link.events import RoundEnded
 from qlinkmed.qlinkd.link.reporting import LinkReporter
+from qlinkmed.qlinkd.link.status import LatchedAlarm, LinkStatus
 from qlinkmed.qlinkd.ops.audit import AuditLog
 from qlinkmed.qlinkd.ops.config import load_facility_config
 from qlinkmed.qlinkd.ops.metrics import LinkMetrics
 from qlinkmed.qlinkd.pool.keystore import KeyStore
 from qlinkmed.qlinkd.runtime import Runtime
 from qlinkmed.qlinkd.testbed.deployment import write_loopback_deployment
+from tests.status_factory import link_status
 
 A, B = "hospital-a", "hospital-b"
 
@@ -175,3 +178,30 @@ def test_the_latch_file_is_replaced_whole_and_private(tmp_path: Path) -> None:
         2,
         "chsh_not_violated",
     )
+
+
+def test_status_shows_the_latched_alarm_apart_from_the_current_condition() -> None:
+    latched = LatchedAlarm(
+        reason="qber_above_threshold",
+        raised_at="2026-12-06T20:00:00+00:00",
+        round=7,
+        count=3,
+        last_reason="chsh_not_violated",
+        last_raised_at="2026-12-06T20:05:00+00:00",
+    )
+    rows = format_link(link_status(alarm_latched=latched), 256)
+    text = "\n".join(rows)
+    assert (
+        "  ALARM         qber_above_threshold since 2026-12-06T20:00:00+00:00 (round 7; 3 alarming rounds"
+        in text
+    )
+    assert "qlink alarm ack --peer hospital-b" in text
+    assert "  condition     clear (a round established since)" in text
+    still = "\n".join(format_link(link_status(alarm_latched=latched, alarm="chsh_not_violated"), 256))
+    assert "  condition     chsh_not_violated" in still
+    # Acknowledged while rounds still abort: the condition alone, no acknowledgement asked for.
+    acknowledged = "\n".join(format_link(link_status(alarm="chsh_not_violated"), 256))
+    assert "  ALARM         chsh_not_violated" in acknowledged and "alarm ack" not in acknowledged
+    assert "ALARM" not in "\n".join(format_link(link_status(), 256))
+    # The JSON carries it, and the client parses it back.
+    assert LinkStatus.from_json(link_status(alarm_latched=latched).to_json()).alarm_latched == latched
