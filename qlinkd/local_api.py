@@ -163,6 +163,8 @@ def make_local_app(
         if not isinstance(body, dict):
             raise _json_error(web.HTTPBadRequest, "the body must be a JSON object")
         peer, note, who = body.get("peer"), body.get("note", ""), body.get("who")
+        if peer is not None and not isinstance(peer, str):
+            raise _json_error(web.HTTPBadRequest, "peer must be a facility id or null")
         if peer is not None and peer not in links:
             raise _json_error(
                 web.HTTPNotFound, f"unknown peer {peer!r}: this facility links to {sorted(links)}"

@@ -101,6 +101,17 @@ def test_an_eavesdroppers_alarm_stays_raised_until_an_operator_acknowledges_it(
     assert code == 1 and "bearer token" in err
     code, _, err = qlink(capsys, "alarm", "ack", "--config", config, "--peer", "hospital-z")
     assert code == 2 and "unknown peer 'hospital-z'" in err
+    token = (deployment.root / "state" / A / "local-api.token").read_text().strip()
+    for body, problem in (
+        ({"peer": ["x"], "who": "x"}, "peer must be"),
+        ({"who": ""}, "who must name"),
+        ({"who": "x", "note": "n" * 501}, "note must be"),
+        ([], "JSON object"),
+    ):
+        answer = httpx.post(
+            url + "/v1/alarm/ack", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=5.0
+        )
+        assert answer.status_code == 400 and problem in answer.json()["message"], (body, answer.text)
     assert _link(deployment, A)["alarm_latched"] is not None
 
     code, out, _ = qlink(capsys, "alarm", "ack", "--config", config, "--peer", B, "--note", "fibre checked")
