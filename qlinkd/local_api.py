@@ -52,14 +52,16 @@ async def client_gone(request: web.Request, handler: Handler) -> web.StreamRespo
         raise web.HTTPBadRequest(text="connection lost\n") from None
 
 
-def queues_now(plane: DataPlane) -> list[QueueStatus]:
+def queues_now(plane: DataPlane, stuck_after_s: float) -> list[QueueStatus]:
     """The data plane's queues per peer, read from its records now."""
+    senders = plane.sender_states()
     return queue_statuses(
         plane.records,
-        plane.sender_states().keys(),
-        senders=plane.sender_states(),
+        senders.keys(),
+        senders=senders,
         failing_since=plane.failing_since,
         now=time.time(),
+        stuck_after_s=stuck_after_s,
     )
 
 
@@ -74,7 +76,7 @@ def refresh_metrics(rt: Runtime, links: Mapping[str, PeerLink], plane: DataPlane
     if plane is not None:
         now = time.time()
         failing = {peer: now - since for peer, since in plane.failing_since.items()}
-        rt.metrics.set_queues(queues_now(plane), failing)
+        rt.metrics.set_queues(queues_now(plane, rt.config.queue_stuck_after_s), failing)
 
 
 def _json_error(kind: type[web.HTTPException], message: str) -> web.HTTPException:
@@ -109,7 +111,7 @@ def make_local_app(
             body["data_plane"] = {
                 "senders": plane.sender_states(),
                 "peers": [p.to_json() for p in plane.peer_statuses()],
-                "queues": [q.to_json() for q in queues_now(plane)],
+                "queues": [q.to_json() for q in queues_now(plane, rt.config.queue_stuck_after_s)],
             }
         if extra is not None:
             body.update(extra())

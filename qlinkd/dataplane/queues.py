@@ -11,8 +11,9 @@ from qlinkmed.qlinkd.dataplane.records import TransferRecords
 from qlinkmed.qlinkd.link.status import QueueStatus, RefusedStatus
 
 STUCK_AFTER_S = 600.0
-"""A transfer queued longer than this is stuck: a healthy link delivers a CT study in well under a
-minute, so ten minutes means the peer is unreachable, refusing, or out of key."""
+"""A transfer queued longer than this is stuck (``[facility] queue_stuck_after_s``, by default): a
+healthy link delivers a CT study in well under a minute, so ten minutes means the peer is unreachable,
+refusing, or out of key."""
 REFUSED_WINDOW_S = 86_400.0
 """Refused transfers are shown for a day: they are final (never retried), so an older one is history for
 the audit log, not a task for the operator."""

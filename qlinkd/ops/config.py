@@ -327,6 +327,9 @@ class FacilityConfig:
     """Content size limits and validator processes."""
     metrics: MetricsConfig | None = None
     """The remote /metrics site; None: /metrics only on the loopback local API."""
+    queue_stuck_after_s: float = 600.0
+    """A transfer queued longer than this counts as stuck (status, ``qlink_data_stuck``), in [1, 604800]:
+    raise it where a large study over a slow line takes longer to deliver."""
 
     def peer(self, peer_id: str) -> PeerConfig:
         """The peer called `peer_id`; KeyError if there is none."""
@@ -513,6 +516,12 @@ def load_facility_config(path: Path) -> FacilityConfig:
         facility.name("audit_anchor_interval_s"),
         "must be in [1, 86400] seconds",
     )
+    stuck_after = facility.number("queue_stuck_after_s", 600.0)
+    check(
+        math.isfinite(stuck_after) and 1.0 <= stuck_after <= 604_800.0,
+        facility.name("queue_stuck_after_s"),
+        "must be in [1, 604800] seconds",
+    )
     facility.finish()
     seen_saes: set[str] = set()
     _check_sae_ids(saes, facility.name("saes"), seen_saes)
@@ -582,6 +591,7 @@ def load_facility_config(path: Path) -> FacilityConfig:
         audit_anchor_interval_s=anchor_interval,
         content=content,
         metrics=metrics,
+        queue_stuck_after_s=stuck_after,
     )
 
 

@@ -9,14 +9,18 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from qlinkmed.client.commands.status import format_queue
 from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
-from qlinkmed.qlinkd.dataplane.queues import REFUSED_WINDOW_S, queue_statuses
+from qlinkmed.qlinkd.dataplane.queues import REFUSED_WINDOW_S, STUCK_AFTER_S, queue_statuses
 from qlinkmed.qlinkd.dataplane.records import Outgoing, TransferRecords
+from qlinkmed.qlinkd.errors import ConfigError
 from qlinkmed.qlinkd.link.status import QueueStatus
+from qlinkmed.qlinkd.ops.config import load_facility_config
 from qlinkmed.qlinkd.ops.metrics import LinkMetrics
+from qlinkmed.qlinkd.testbed.deployment import write_loopback_deployment
 
 A, B, C = "hospital-a", "hospital-b", "hospital-c"
 
@@ -106,3 +110,18 @@ def test_unfetched_counts_only_delivered_unfetched_transfers(tmp_path: Path) -> 
     records.begin_incoming(receiving)
     assert records.unfetched() == {}
     records.close()
+
+
+def test_the_stuck_threshold_is_configurable_and_checked(tmp_path: Path) -> None:
+    deployment = write_loopback_deployment(tmp_path / "deployment")
+    path = deployment.facilities[A]
+    original = path.read_text()
+    assert "[facility]\n" in original
+    assert load_facility_config(path).queue_stuck_after_s == STUCK_AFTER_S
+    path.write_text(original.replace("[facility]\n", "[facility]\nqueue_stuck_after_s = 1800\n"))
+    assert load_facility_config(path).queue_stuck_after_s == 1800
+    for bad in ("0", "1e9", "nan", '"ten"'):
+        path.write_text(original.replace("[facility]\n", f"[facility]\nqueue_stuck_after_s = {bad}\n"))
+        with pytest.raises(ConfigError) as caught:
+            load_facility_config(path)
+        assert caught.value.field == "facility.queue_stuck_after_s", bad
