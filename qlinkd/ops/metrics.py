@@ -151,7 +151,7 @@ class LinkMetrics:
         )
         self.stuck = Gauge(
             "qlink_data_stuck",
-            "Outgoing transfers queued longer than the stuck threshold (qlink status shows it)",
+            "Outgoing transfers queued longer than [facility] queue_stuck_after_s (default 600 s)",
             ["peer"],
             registry=r,
         )
