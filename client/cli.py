@@ -23,6 +23,7 @@ from typing import NoReturn
 COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("status", "health of a facility daemon's QKD links"),
     "keys": ("keys", "key pool levels of a facility daemon (never the keys)"),
+    "alarm": ("alarm", "acknowledge a facility's latched alarms (they stay raised until then)"),
     "audit": ("audit", "verify a facility's audit log: its hash chain and the heads its peers anchored"),
     "eve": ("eve", "attach or detach an eavesdropper on the channel service (test mode)"),
     "testbed": ("testbed", "write or run a two-facility deployment on loopback"),

@@ -21,11 +21,12 @@ from qlinkmed.qlinkd.link.anchor import AnchorBook
 from qlinkmed.qlinkd.link.peer_link import PeerLink
 from qlinkmed.qlinkd.link.states import Role
 from qlinkmed.qlinkd.link.wire import MAX_FRAME_BYTES
-from qlinkmed.qlinkd.local_api import make_local_app
+from qlinkmed.qlinkd.local_api import make_local_app, refresh_metrics
 from qlinkmed.qlinkd.ops import pki
 from qlinkmed.qlinkd.ops.audit import AUDIT_FILE, AuditLog
 from qlinkmed.qlinkd.ops.config import FacilityConfig
 from qlinkmed.qlinkd.ops.metrics import LinkMetrics
+from qlinkmed.qlinkd.ops.metrics_site import make_metrics_app, metrics_server_context
 from qlinkmed.qlinkd.ops.process import watchdog
 from qlinkmed.qlinkd.ops.sdnotify import Notifier
 from qlinkmed.qlinkd.pool.etsi import KmePolicy, make_kme_app
@@ -84,6 +85,7 @@ async def run_daemon(
         links = {peer.id: PeerLink(rt, peer.id) for peer in config.peers}
         for peer_id in links:
             rt.metrics.add_peer(peer_id)
+            rt.metrics.set_low_watermark(peer_id, config.peer(peer_id).low_watermark_bits)
 
         sae_peer = {sae: peer.id for peer in config.peers for sae in peer.saes}
 
@@ -158,6 +160,15 @@ async def run_daemon(
             ),
         }
         apps.update(gateways.apps())
+        if config.metrics is not None:
+            remote = config.metrics
+
+            def render_metrics() -> bytes:
+                refresh_metrics(rt, links, plane)
+                return rt.metrics.render()
+
+            context = metrics_server_context(remote.tls_cert, remote.tls_key, remote.client_ca)
+            apps["metrics"] = (make_metrics_app(render_metrics), remote.listen, context)
         ports: dict[str, int] = {}
         for name, (app, address, ssl_context) in apps.items():
             runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_S)

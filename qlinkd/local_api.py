@@ -7,6 +7,7 @@ health, never key material.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -20,13 +21,19 @@ from aiohttp import web
 from qlinkmed.qlinkd.content.limits import MAX_EHR_BYTES
 from qlinkmed.qlinkd.content.worker import ContentValidator
 from qlinkmed.qlinkd.data_api import add_data_routes
+from qlinkmed.qlinkd.dataplane.queues import queue_statuses
 from qlinkmed.qlinkd.dataplane.service import DataPlane
 from qlinkmed.qlinkd.link.peer_link import PeerLink
+from qlinkmed.qlinkd.link.status import QueueStatus
 from qlinkmed.qlinkd.ops.metrics import CONTENT_TYPE
 from qlinkmed.qlinkd.runtime import Runtime
 
 ANCHOR_WAIT_S = 3.0
 """How long GET /v1/audit/anchors waits for the peers' answers (the CLI's timeout is 5 s)."""
+
+MAX_NOTE_CHARS = 500
+"""An acknowledgement's note goes into the audit log: a sentence or two, not a document."""
+MAX_WHO_CHARS = 64
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -43,6 +50,37 @@ async def client_gone(request: web.Request, handler: Handler) -> web.StreamRespo
     except ConnectionResetError as exc:
         log.info("%s %s: the client went away mid-request (%s)", request.method, request.path, exc)
         raise web.HTTPBadRequest(text="connection lost\n") from None
+
+
+def queues_now(plane: DataPlane, stuck_after_s: float) -> list[QueueStatus]:
+    """The data plane's queues per peer, read from its records now."""
+    senders = plane.sender_states()
+    return queue_statuses(
+        plane.records,
+        senders.keys(),
+        senders=senders,
+        failing_since=plane.failing_since,
+        now=time.time(),
+        stuck_after_s=stuck_after_s,
+    )
+
+
+def refresh_metrics(rt: Runtime, links: Mapping[str, PeerLink], plane: DataPlane | None) -> None:
+    """Set the gauges read from the stores (pools, queues) before a scrape renders them."""
+    for peer_id in links:
+        rt.metrics.set_pool(
+            peer_id,
+            pool_bits=rt.store.pool_bits(peer_id),
+            auth_reserve_bits=rt.store.auth_reserve_bits(peer_id),
+        )
+    if plane is not None:
+        now = time.time()
+        failing = {peer: now - since for peer, since in plane.failing_since.items()}
+        rt.metrics.set_queues(queues_now(plane, rt.config.queue_stuck_after_s), failing)
+
+
+def _json_error(kind: type[web.HTTPException], message: str) -> web.HTTPException:
+    return kind(text=json.dumps({"message": message}), content_type="application/json")
 
 
 def make_local_app(
@@ -64,12 +102,16 @@ def make_local_app(
             "uptime_s": round(time.monotonic() - started, 3),
             "saes": list(rt.config.saes),
             "key_size_bits": rt.config.kme.key_size,
-            "links": [link.statistics().to_json() for link in links.values()],
+            "links": [
+                dataclasses.replace(link.statistics(), alarm_latched=link.report.latch.latched).to_json()
+                for link in links.values()
+            ],
         }
         if plane is not None:
             body["data_plane"] = {
                 "senders": plane.sender_states(),
                 "peers": [p.to_json() for p in plane.peer_statuses()],
+                "queues": [q.to_json() for q in queues_now(plane, rt.config.queue_stuck_after_s)],
             }
         if extra is not None:
             body.update(extra())
@@ -105,22 +147,50 @@ def make_local_app(
         return web.json_response({"facility": rt.config.id, "pools": out})
 
     async def metrics(request: web.Request) -> web.Response:
-        for peer_id in links:
-            rt.metrics.set_pool(
-                peer_id,
-                pool_bits=rt.store.pool_bits(peer_id),
-                auth_reserve_bits=rt.store.auth_reserve_bits(peer_id),
-            )
+        refresh_metrics(rt, links, plane)
         return web.Response(body=rt.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    def require_token(request: web.Request) -> None:
+        given = request.headers.get("Authorization", "")
+        if token is None or not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise _json_error(web.HTTPUnauthorized, "this endpoint needs the local API bearer token")
+
+    async def alarm_ack(request: web.Request) -> web.Response:
+        # Token only: clearing an alarm is an operator's act, audited; not every local process may do it.
+        require_token(request)
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            raise _json_error(web.HTTPBadRequest, "the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise _json_error(web.HTTPBadRequest, "the body must be a JSON object")
+        peer, note, who = body.get("peer"), body.get("note", ""), body.get("who")
+        if peer is not None and not isinstance(peer, str):
+            raise _json_error(web.HTTPBadRequest, "peer must be a facility id or null")
+        if peer is not None and peer not in links:
+            raise _json_error(
+                web.HTTPNotFound, f"unknown peer {peer!r}: this facility links to {sorted(links)}"
+            )
+        if not isinstance(note, str) or len(note) > MAX_NOTE_CHARS:
+            raise _json_error(web.HTTPBadRequest, f"note must be text of at most {MAX_NOTE_CHARS} characters")
+        if not isinstance(who, str) or not who.strip() or len(who) > MAX_WHO_CHARS:
+            raise _json_error(
+                web.HTTPBadRequest, f"who must name the operator in 1..{MAX_WHO_CHARS} characters"
+            )
+        acknowledged, not_raised = [], []
+        for peer_id in [peer] if peer is not None else list(links):
+            held = links[peer_id].report.acknowledge(who=who.strip(), note=note)
+            if held is None:
+                not_raised.append(peer_id)
+            else:
+                acknowledged.append({"peer": peer_id, **held.to_json()})
+        return web.json_response(
+            {"facility": rt.config.id, "acknowledged": acknowledged, "not_raised": not_raised}
+        )
 
     async def audit_anchors(request: web.Request) -> web.Response:
         # Token only: each call costs both ends an audit record, so not every local process may make one.
-        given = request.headers.get("Authorization", "")
-        if token is None or not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise web.HTTPUnauthorized(
-                text=json.dumps({"message": "this endpoint needs the local API bearer token"}),
-                content_type="application/json",
-            )
+        require_token(request)
         # A fresh exchange with every connected peer: what each now holds of our head (anchor.py).
         answered = await asyncio.gather(*(link.anchor_now(ANCHOR_WAIT_S) for link in links.values()))
         now, head = time.monotonic(), rt.audit.head
@@ -145,6 +215,7 @@ def make_local_app(
     app.router.add_get("/v1/keys", keys)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/audit/anchors", audit_anchors)
+    app.router.add_post("/v1/alarm/ack", alarm_ack)
     if plane is not None and token is not None:
         add_data_routes(app, plane, token, validator or ContentValidator())
     return app

@@ -7,7 +7,13 @@ import sys
 from typing import Any
 
 from qlinkmed.qlinkd.errors import StatusFormatError
-from qlinkmed.qlinkd.link.status import DataPeerStatus, LinkStatus, RoundRecord, SourceStatus
+from qlinkmed.qlinkd.link.status import (
+    DataPeerStatus,
+    LinkStatus,
+    QueueStatus,
+    RoundRecord,
+    SourceStatus,
+)
 
 from ..daemon_http import EXIT_FAILURE, add_local_target, ask_local, link_statuses
 
@@ -83,6 +89,69 @@ def data_peers(status: Any) -> dict[str, DataPeerStatus]:
     return {p.peer: p for p in (DataPeerStatus.from_json(entry) for entry in peers)}
 
 
+def data_queues(status: Any) -> dict[str, QueueStatus]:
+    """The data plane's queues per peer (none from a daemon without a data plane, or one that predates
+    them)."""
+    plane = status.get("data_plane") if isinstance(status, dict) else None
+    if not isinstance(plane, dict) or "queues" not in plane:
+        return {}
+    queues = plane["queues"]
+    if not isinstance(queues, list):
+        raise StatusFormatError("data_plane.queues", f"expected a list, got {type(queues).__name__}")
+    return {q.peer: q for q in (QueueStatus.from_json(entry) for entry in queues)}
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    if s < 172_800:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} days"
+
+
+def format_queue(q: QueueStatus) -> list[tuple[str, str]]:
+    """Rows for one peer's data-plane queues: what waits, what is stuck and why, what was refused, and
+    what waits in the inbox."""
+    if q.queued:
+        queued = f"{q.queued:,} transfer(s), {_size(q.queued_bytes)}, oldest {_age(q.oldest_queued_age_s)}"
+        if not q.stuck and not q.failing_since:
+            queued += f"; sender {q.sender}"
+    else:
+        queued = "empty"
+    rows = [("queue", queued)]
+    failing = f" since {q.failing_since}" if q.failing_since else ""
+    if q.stuck:
+        rows.append(
+            ("STUCK", f"{q.stuck:,} queued longer than {_age(q.stuck_after_s)}; sender: {q.sender}{failing}")
+        )
+    elif q.failing_since:
+        rows.append(("sender", f"FAILING{failing}: {q.sender}"))
+    if q.refused:
+        rows.append(
+            ("REFUSED", f"{q.refused:,} transfer(s) in the last {_age(q.refused_window_s)}, not retried:")
+        )
+        rows.extend(("", f"{r.transfer_id} at {r.at}: {r.reason}") for r in q.refused_recent)
+    held = (
+        f"{q.unfetched:,} unfetched, oldest {_age(q.oldest_unfetched_age_s)}"
+        if q.unfetched
+        else "none unfetched"
+    )
+    rows.append(("inbox", held))
+    return rows
+
+
 def format_pq_hybrid(data: DataPeerStatus) -> str:
     """The post-quantum hybrid as configured, and what the last data session used."""
     setting = "on (ML-KEM-768 mixed into every data-plane traffic key)" if data.pq_hybrid else "off"
@@ -101,7 +170,12 @@ def format_source(decoy: SourceStatus) -> str:
     return f"mu {mus}; probabilities {ps}; key basis p_X {decoy.p_x:.3f}"
 
 
-def format_link(link: LinkStatus, key_size: int | None, data: DataPeerStatus | None = None) -> list[str]:
+def format_link(
+    link: LinkStatus,
+    key_size: int | None,
+    data: DataPeerStatus | None = None,
+    queue: QueueStatus | None = None,
+) -> list[str]:
     pool = link.pool_bits
     in_keys = f" = {pool // key_size:,} keys of {key_size} bits" if key_size else ""
     peer_state = "peer connected" if link.connected else "peer NOT connected"
@@ -128,9 +202,19 @@ def format_link(link: LinkStatus, key_size: int | None, data: DataPeerStatus | N
     ]
     if last is not None and not last.established and last.detail:
         rows.append(("", last.detail))
-    if link.alarm:
-        suspicion = "eavesdropping or tampering suspected; the next established round clears it"
-        rows.append(("ALARM", f"{link.alarm}: {suspicion}"))
+    latched = link.alarm_latched
+    if latched is not None:
+        since = f"{latched.reason} since {latched.raised_at} (round {latched.round}"
+        if latched.count > 1:
+            latest = f"the last {latched.last_reason} at {latched.last_raised_at}"
+            since += f"; {latched.count:,} alarming rounds, {latest}"
+        rows.append(("ALARM", f"{since}): eavesdropping or tampering suspected"))
+        rows.append(("", f"raised until acknowledged: qlink alarm ack --peer {link.peer} --note TEXT"))
+        condition = link.alarm or "clear (a round established since)"
+        rows.append(("condition", condition))
+    elif link.alarm:
+        # Acknowledged while rounds still abort (or a daemon that predates latching): the condition alone.
+        rows.append(("ALARM", f"{link.alarm}: eavesdropping or tampering suspected"))
     rows.append(
         (
             "starvation",
@@ -139,6 +223,8 @@ def format_link(link: LinkStatus, key_size: int | None, data: DataPeerStatus | N
     )
     if data is not None:
         rows.append(("pq hybrid", format_pq_hybrid(data)))
+    if queue is not None:
+        rows.extend(format_queue(queue))
     return [f"link {link.peer}"] + [f"  {k:<14}{v}" for k, v in rows]
 
 
@@ -150,9 +236,10 @@ def format_status(status: dict[str, Any], key_sizes: dict[str, int] | None = Non
     lines = [f"facility {status.get('facility')}, up {status.get('uptime_s', 0):.0f} s, SAEs: {saes}"]
     links = link_statuses(status)
     data = data_peers(status)
+    queues = data_queues(status)
     if not links:
         lines.append("no links configured")
     for link in links:
         lines.append("")
-        lines.extend(format_link(link, key_sizes.get(link.peer), data.get(link.peer)))
+        lines.extend(format_link(link, key_sizes.get(link.peer), data.get(link.peer), queues.get(link.peer)))
     return "\n".join(lines)

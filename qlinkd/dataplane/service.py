@@ -84,6 +84,9 @@ class DataPlane:
             )
         self._pq_hybrid = frozenset(pq_hybrid)
         self._last_session: dict[str, DataSession] = {}
+        self.failing_since: dict[str, float] = {}
+        """Per peer: since when (wall time) its sender fails to reach it or keep a session; gone once a
+        session with it is keyed again. Status shows it beside the sender's state."""
         self.facility = facility
         self.records = TransferRecords.open(state_dir / RECORDS_FILE)
         self.outbox = Outbox(state_dir / "outbox")
@@ -176,6 +179,7 @@ class DataPlane:
                 )
             except (OSError, ssl.SSLError) as exc:
                 ctx.state = f"cannot reach {address}: {exc}"
+                self.failing_since.setdefault(peer, time.time())
                 await asyncio.sleep(backoff.delay())
                 continue
             who = pki.peer_common_name(writer.transport)
@@ -183,6 +187,7 @@ class DataPlane:
                 # Checked before the session takes its key: an impostor's address (any certificate of the
                 # deployment's CA carries a valid hostname) costs retries, never key material.
                 ctx.state = f"refused {address}: its certificate names {who!r}, not {peer!r}"
+                self.failing_since.setdefault(peer, time.time())
                 log.error("data receiver at %s is not %s: its certificate names %r", address, peer, who)
                 self._metrics.identity_refused_on_dial(peer, "data")
                 writer.close()
@@ -200,6 +205,7 @@ class DataPlane:
                 standby = True
             except (SessionClosed, QlinkdError, OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
                 ctx.state = f"last session failed: {exc}"
+                self.failing_since.setdefault(peer, time.time())
                 log.warning("data session to %s ended: %s", peer, exc)
                 await asyncio.sleep(backoff.delay())
             except Exception as exc:
@@ -330,6 +336,8 @@ class DataPlane:
     # ---- sessions
 
     def _session_keyed(self, keyed: SessionKeyed) -> None:
+        if keyed.role == "sender":
+            self.failing_since.pop(keyed.peer, None)
         kem = KEM_NAME if keyed.pq_hybrid else None
         opened_at = rfc3339(dt.datetime.now(dt.UTC))
         self._last_session[keyed.peer] = DataSession(

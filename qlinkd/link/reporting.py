@@ -11,8 +11,9 @@ from datetime import UTC, datetime
 from qlinkmed.qcore.params import DistillConfig
 from qlinkmed.qlinkd.errors import StoreError
 from qlinkmed.qlinkd.link import policy
+from qlinkmed.qlinkd.link.alarm_latch import AlarmLatch, latch_path
 from qlinkmed.qlinkd.link.events import RoundEnded
-from qlinkmed.qlinkd.link.status import RoundCounts, RoundRecord
+from qlinkmed.qlinkd.link.status import LatchedAlarm, RoundCounts, RoundRecord
 from qlinkmed.qlinkd.pool.values import ReconcileResult
 from qlinkmed.qlinkd.runtime import Runtime
 
@@ -30,6 +31,10 @@ class LinkReporter:
         self.rounds = RoundCounts()
         self.last_round: RoundRecord | None = None
         self.alarm: str | None = None
+        """The current condition: set by an alarming round, cleared by an established one."""
+        self.latch = AlarmLatch(latch_path(rt.config.state_dir, peer))
+        """The alarm as the operator must see it: raised until acknowledged, across restarts."""
+        rt.metrics.set_alarm_latched(peer, self.latch.latched is not None)
         self.down_since: float | None = time.time()
         """Wall-clock time the classical connection went down (None while up); the daemon's start
         until the first hello."""
@@ -63,6 +68,34 @@ class LinkReporter:
         if self.down_since is None:
             return None
         return datetime.fromtimestamp(self.down_since, UTC).isoformat(timespec="seconds")
+
+    def acknowledge(self, *, who: str, note: str) -> LatchedAlarm | None:
+        """An operator acknowledged the link's alarm: clear the latch (audited with who and why); the
+        current condition stays what the rounds make it. Returns what was latched (None: nothing)."""
+        held = self.latch.acknowledge()
+        if held is None:
+            return None
+        self.rt.metrics.set_alarm_latched(self.peer, False)
+        log.warning(
+            "alarm on link %s (%s since %s, %d round(s)) acknowledged by %s: %s",
+            self.peer,
+            held.reason,
+            held.raised_at,
+            held.count,
+            who,
+            note or "(no note)",
+        )
+        self.rt.audit.record(
+            "alarm_acknowledged",
+            peer=self.peer,
+            reason=held.reason,
+            raised_at=held.raised_at,
+            rounds=held.count,
+            who=who,
+            note=note,
+            condition=self.alarm,
+        )
+        return held
 
     def notice_refused(self, key_id: str, exc: StoreError) -> None:
         log.error("ALARM key notice %s from %s does not match our pool: %s", key_id, self.peer, exc)
@@ -116,9 +149,20 @@ class LinkReporter:
         self.rt.audit.record(name, peer=peer, **fields)
         before, self.alarm = self.alarm, policy.alarm_after(self.alarm, reason=event.reason, verdict=verdict)
         detail = event.detail[:200]
+        if verdict.alarming:
+            # Wall time: the machine's clock is monotonic, and the latch's time is read across restarts.
+            if self.latch.raise_alarm(reason=record.reason, round_id=event.round_id, at=_now()):
+                self.rt.audit.record("alarm_raised", peer=peer, reason=record.reason, round=event.round_id)
+            metrics.set_alarm_latched(peer, True)
         if ok:
             if before is not None:
-                log.warning("alarm cleared on link %s: round %d established", peer, event.round_id)
+                # The condition clears; the latched alarm waits for `qlink alarm ack`.
+                log.warning(
+                    "alarm condition cleared on link %s: round %d established (the alarm stays raised"
+                    " until acknowledged)",
+                    peer,
+                    event.round_id,
+                )
                 self.rt.audit.record("alarm_cleared", peer=peer, round=event.round_id)
             qber = record.qber or 0.0
             bits = record.final_key_bits
@@ -135,3 +179,8 @@ class LinkReporter:
             )
         else:
             log.warning("round %d with %s aborted (%s): %s", event.round_id, peer, record.reason, detail)
+
+
+def _now() -> str:
+    # As status shows down_since: to the second, UTC.
+    return datetime.now(UTC).isoformat(timespec="seconds")

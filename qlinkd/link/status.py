@@ -114,6 +114,42 @@ class RoundCounts:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LatchedAlarm:
+    """An alarm as it stays raised until an operator acknowledges it (``qlink alarm ack``), whatever the
+    link does meanwhile: an established round clears the current condition, never this."""
+
+    reason: str
+    """The abort reason that first raised it (lower case)."""
+    raised_at: str
+    """When it was first raised (RFC 3339, UTC)."""
+    round: int
+    """The round that first raised it."""
+    count: int
+    """Alarming rounds since it was raised (1 at first)."""
+    last_reason: str
+    """The most recent alarming round's reason."""
+    last_raised_at: str
+    """When the most recent alarming round ended."""
+
+    def to_json(self) -> dict[str, Any]:
+        return _fields(self)
+
+    @classmethod
+    def from_json(cls, data: object, where: str = "alarm_latched") -> LatchedAlarm | None:
+        if data is None:
+            return None
+        d = _object(data, where)
+        return cls(
+            reason=_get(d, "reason", str, where),
+            raised_at=_get(d, "raised_at", str, where),
+            round=_get(d, "round", int, where),
+            count=_get(d, "count", int, where),
+            last_reason=_get(d, "last_reason", str, where),
+            last_raised_at=_get(d, "last_raised_at", str, where),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LinkStatus:
     """One link's health: ``PeerLink.statistics()``, and what ``qlink status`` reads back."""
 
@@ -145,7 +181,8 @@ class LinkStatus:
     rounds: RoundCounts
     last_round: RoundRecord | None
     alarm: str | None
-    """The abort reason that raised the eavesdropping/tampering alarm; None when clear."""
+    """The current condition: the abort reason of the last alarming round, until an established round
+    clears it; None when clear. The latched alarm (``alarm_latched``) outlasts it."""
     auth_starved: bool
     """The authentication key cannot pay for another round: key generation is halted."""
     decoy: SourceStatus | None = None
@@ -159,6 +196,8 @@ class LinkStatus:
     when, ISO 8601 UTC; None while it is up."""
     down_reason: str | None = None
     """Why it went down (the last connection's end), None while up or before the first connection."""
+    alarm_latched: LatchedAlarm | None = None
+    """The alarm raised and not yet acknowledged (it survives restarts); None when none is raised."""
 
     def to_json(self) -> dict[str, Any]:
         # The nested values replace their entries in place: the keys keep the declared order.
@@ -167,6 +206,7 @@ class LinkStatus:
             "rounds": self.rounds.to_json(),
             "last_round": None if self.last_round is None else self.last_round.to_json(),
             "decoy": None if self.decoy is None else self.decoy.to_json(),
+            "alarm_latched": None if self.alarm_latched is None else self.alarm_latched.to_json(),
         }
 
     @classmethod
@@ -207,6 +247,8 @@ class LinkStatus:
             rounds_window=_get(d, "rounds_window", int),
             down_since=_optional_text(d, "down_since"),
             down_reason=_optional_text(d, "down_reason"),
+            # A daemon that predates latching names none.
+            alarm_latched=LatchedAlarm.from_json(d.get("alarm_latched")),
         )
 
 
@@ -266,6 +308,84 @@ class DataPeerStatus:
         )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RefusedStatus:
+    """An outgoing transfer the peer refused or that could not be delivered: it will not be retried."""
+
+    transfer_id: str
+    at: str
+    """When it was given up (RFC 3339, UTC)."""
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return _fields(self)
+
+    @classmethod
+    def from_json(cls, data: object, where: str) -> RefusedStatus:
+        d = _object(data, where)
+        return cls(
+            transfer_id=_get(d, "transfer_id", str, where),
+            at=_get(d, "at", str, where),
+            reason=_get(d, "reason", str, where),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueStatus:
+    """The data plane's queues with one peer (``GET /v1/status``, one entry of ``data_plane.queues``)."""
+
+    peer: str
+    queued: int
+    """Transfers waiting to be delivered to the peer."""
+    queued_bytes: int
+    oldest_queued_age_s: float | None
+    """Age of the oldest queued transfer; None for an empty queue."""
+    stuck: int
+    """Queued transfers older than ``stuck_after_s``."""
+    stuck_after_s: float
+    sender: str
+    """What the peer's sender is doing, or why it cannot deliver (the last connection error)."""
+    failing_since: str | None
+    """Since when the sender has failed to reach or keep a session with the peer (RFC 3339, UTC); None
+    while it succeeds."""
+    refused: int
+    """Outgoing transfers refused or undeliverable in the last ``refused_window_s``."""
+    refused_window_s: float
+    refused_recent: tuple[RefusedStatus, ...]
+    """The newest of those, with the reason each was refused."""
+    unfetched: int
+    """Transfers from the peer delivered here and not yet fetched."""
+    oldest_unfetched_age_s: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**_fields(self), "refused_recent": [r.to_json() for r in self.refused_recent]}
+
+    @classmethod
+    def from_json(cls, data: object) -> QueueStatus:
+        d = _object(data, "data_plane.queues[]")
+        where = _get(d, "peer", str)
+        recent = d.get("refused_recent")
+        if not isinstance(recent, list):
+            raise StatusFormatError(f"{where}.refused_recent", "expected a list")
+        return cls(
+            peer=where,
+            queued=_get(d, "queued", int, where),
+            queued_bytes=_get(d, "queued_bytes", int, where),
+            oldest_queued_age_s=_optional_number(d, "oldest_queued_age_s", where),
+            stuck=_get(d, "stuck", int, where),
+            stuck_after_s=_number(d, "stuck_after_s", where),
+            sender=_get(d, "sender", str, where),
+            failing_since=_optional_text(d, "failing_since"),
+            refused=_get(d, "refused", int, where),
+            refused_window_s=_number(d, "refused_window_s", where),
+            refused_recent=tuple(
+                RefusedStatus.from_json(r, f"{where}.refused_recent[{i}]") for i, r in enumerate(recent)
+            ),
+            unfetched=_get(d, "unfetched", int, where),
+            oldest_unfetched_age_s=_optional_number(d, "oldest_unfetched_age_s", where),
+        )
+
+
 def _numbers(d: Mapping[str, Any], name: str, where: str) -> tuple[float, ...]:
     values = d.get(name)
     if not isinstance(values, list) or not all(
@@ -276,7 +396,15 @@ def _numbers(d: Mapping[str, Any], name: str, where: str) -> tuple[float, ...]:
 
 
 def _fields(
-    value: SourceStatus | RoundRecord | RoundCounts | LinkStatus | DataSession | DataPeerStatus,
+    value: SourceStatus
+    | RoundRecord
+    | RoundCounts
+    | LinkStatus
+    | DataSession
+    | DataPeerStatus
+    | LatchedAlarm
+    | RefusedStatus
+    | QueueStatus,
 ) -> dict[str, Any]:
     """A status value's fields by name, in the order declared (the order of the JSON keys)."""
     return {f.name: getattr(value, f.name) for f in fields(value)}

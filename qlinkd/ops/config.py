@@ -140,6 +140,20 @@ class KmeConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsConfig:
+    """``[metrics]``: /metrics served over HTTPS on its own address for a remote Prometheus, nothing else."""
+
+    listen: Address
+    """Where to serve it, e.g. ``0.0.0.0:9464`` (any address: it is TLS)."""
+    tls_cert: Path
+    """The site's certificate (PEM); Prometheus checks it against its ``tls_config.ca_file``."""
+    tls_key: Path
+    """Private key for `tls_cert` (PEM, mode 0600)."""
+    client_ca: Path | None = None
+    """When set, only clients with a certificate issued by this CA may scrape (mutual TLS)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ContentConfig:
     """Size limits of the content qlink carries, and the worker processes that check it ([content]). The
     defaults are those of `content.limits.ContentLimits` and `content.worker` (not imported here: that
@@ -314,6 +328,11 @@ class FacilityConfig:
     """Content size limits and validator processes."""
     gateways: GatewaysConfig = field(default_factory=GatewaysConfig)
     """The hospital-facing gateways (``[gateway.*]``), each optional."""
+    metrics: MetricsConfig | None = None
+    """The remote /metrics site; None: /metrics only on the loopback local API."""
+    queue_stuck_after_s: float = 600.0
+    """A transfer queued longer than this counts as stuck (status, ``qlink_data_stuck``), in [1, 604800]:
+    raise it where a large study over a slow line takes longer to deliver."""
 
     def peer(self, peer_id: str) -> PeerConfig:
         """The peer called `peer_id`; KeyError if there is none."""
@@ -343,6 +362,28 @@ def tls_section(root: Table) -> TlsConfig:
         name = section.name("ca") if exc.path == str(tls.ca) else section.name("cert")
         raise ConfigError(name, exc.message) from None
     return tls
+
+
+def metrics_section(root: Table) -> MetricsConfig | None:
+    if not root.has("metrics"):
+        return None
+    section = root.table("metrics")
+    metrics = MetricsConfig(
+        listen=section.address("listen"),
+        tls_cert=section.file("tls_cert"),
+        tls_key=section.file("tls_key"),
+        client_ca=section.file("client_ca") if section.has("client_ca") else None,
+    )
+    section.finish()
+    # Load them as the daemon will, so a corrupt or mismatched certificate and key fail the check.
+    from qlinkmed.qlinkd.ops.metrics_site import metrics_server_context
+
+    try:
+        metrics_server_context(metrics.tls_cert, metrics.tls_key, metrics.client_ca)
+    except PkiError as exc:
+        name = section.name("client_ca") if exc.path == str(metrics.client_ca) else section.name("tls_cert")
+        raise ConfigError(name, exc.message) from None
+    return metrics
 
 
 def _common_name(cert_path: Path) -> str | None:
@@ -478,6 +519,12 @@ def load_facility_config(path: Path) -> FacilityConfig:
         facility.name("audit_anchor_interval_s"),
         "must be in [1, 86400] seconds",
     )
+    stuck_after = facility.number("queue_stuck_after_s", 600.0)
+    check(
+        math.isfinite(stuck_after) and 1.0 <= stuck_after <= 604_800.0,
+        facility.name("queue_stuck_after_s"),
+        "must be in [1, 604800] seconds",
+    )
     facility.finish()
     seen_saes: set[str] = set()
     _check_sae_ids(saes, facility.name("saes"), seen_saes)
@@ -525,6 +572,7 @@ def load_facility_config(path: Path) -> FacilityConfig:
     )
     content_section.finish()
     gateways = gateways_section(root)
+    metrics = metrics_section(root)
 
     peers: list[PeerConfig] = []
     for section in root.tables("peer"):
@@ -547,6 +595,8 @@ def load_facility_config(path: Path) -> FacilityConfig:
         audit_anchor_interval_s=anchor_interval,
         content=content,
         gateways=gateways,
+        metrics=metrics,
+        queue_stuck_after_s=stuck_after,
     )
 
 

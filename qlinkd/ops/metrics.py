@@ -7,10 +7,15 @@ abort reason codes), never by request data.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import Enum, StrEnum
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from qlinkmed.qlinkd.link.status import QueueStatus
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # A round of a few 1e5 pulses takes well under a second locally; long fibres and E91 take longer.
@@ -44,6 +49,12 @@ class LinkMetrics:
             registry=r,
         )
         self.pool_bits = Gauge("qlink_pool_bits", "Key bits available in the pool", ["peer"], registry=r)
+        self.pool_low_watermark_bits = Gauge(
+            "qlink_pool_low_watermark_bits",
+            "The pool level below which Alice resumes rounds ([[peer]] low_watermark_bits)",
+            ["peer"],
+            registry=r,
+        )
         self.auth_key_reserve_bits = Gauge(
             "qlink_auth_key_reserve_bits", "Authentication key bits in reserve", ["peer"], registry=r
         )
@@ -115,6 +126,73 @@ class LinkMetrics:
             "EHR messages sent under AEAD because the pool could not pay for a pad",
             registry=r,
         )
+        self.alarm_latched = Gauge(
+            "qlink_alarm_latched",
+            "1 while an alarm raised on the link awaits acknowledgement (qlink alarm ack); survives restarts",
+            ["peer"],
+            registry=r,
+        )
+        # The data plane's queues: set from the durable records at each scrape (``set_queues``), so they
+        # are right after a restart and cost nothing between scrapes.
+        self.queued = Gauge(
+            "qlink_data_queued", "Outgoing transfers queued for the peer", ["peer"], registry=r
+        )
+        self.queued_bytes = Gauge(
+            "qlink_data_queued_bytes",
+            "Bytes of the outgoing transfers queued for the peer",
+            ["peer"],
+            registry=r,
+        )
+        self.oldest_queued_age = Gauge(
+            "qlink_data_oldest_queued_age_seconds",
+            "Age of the oldest transfer queued for the peer (0 when none is queued)",
+            ["peer"],
+            registry=r,
+        )
+        self.stuck = Gauge(
+            "qlink_data_stuck",
+            "Outgoing transfers queued longer than [facility] queue_stuck_after_s (default 600 s)",
+            ["peer"],
+            registry=r,
+        )
+        self.refused_recent = Gauge(
+            "qlink_data_refused_recent",
+            "Outgoing transfers the peer refused or that could not be delivered, in the last 24 hours",
+            ["peer"],
+            registry=r,
+        )
+        self.sender_failing = Gauge(
+            "qlink_data_sender_failing_seconds",
+            "How long the data-plane sender has failed to reach the peer or keep a session (0 when it works)",
+            ["peer"],
+            registry=r,
+        )
+        self.unfetched = Gauge(
+            "qlink_inbox_unfetched",
+            "Transfers from the peer delivered to the inbox and not yet fetched",
+            ["peer"],
+            registry=r,
+        )
+        self.oldest_unfetched_age = Gauge(
+            "qlink_inbox_oldest_unfetched_age_seconds",
+            "Age of the oldest unfetched transfer from the peer (0 when none)",
+            ["peer"],
+            registry=r,
+        )
+        # Gateways forward what arrived to the hospital's systems (PACS, interface engine, FHIR server);
+        # both label values come from the configuration (gateway kind, destination name), never a request.
+        self.forward_failures = Counter(
+            "qlink_forward_failures",
+            "Failed attempts to forward a delivered item to a hospital system, by gateway and destination",
+            ["gateway", "destination"],
+            registry=r,
+        )
+        self.forwarded = Counter(
+            "qlink_forwarded",
+            "Items forwarded to a hospital system and accepted by it, by gateway and destination",
+            ["gateway", "destination"],
+            registry=r,
+        )
         self.round_duration = Histogram(
             "qlink_round_duration_seconds",
             "Wall-clock duration of a distillation round",
@@ -128,6 +206,8 @@ class LinkMetrics:
         for gauge in (self.pool_bits, self.auth_key_reserve_bits, self.eavesdropper_alarm, self.auth_starved):
             gauge.labels(peer=peer).set(0)
         self.link_up.labels(peer=peer).set(0)
+        # Created, not set: the link's reporter may already have read a latch raised before a restart.
+        self.alarm_latched.labels(peer=peer)
         for outcome in ("established", "aborted"):
             self.rounds.labels(peer=peer, outcome=outcome)
         self.key_bits.labels(peer=peer)
@@ -182,6 +262,9 @@ class LinkMetrics:
         if auth_reserve_bits is not None:
             self.auth_key_reserve_bits.labels(peer=peer).set(auth_reserve_bits)
 
+    def set_low_watermark(self, peer: str, bits: int) -> None:
+        self.pool_low_watermark_bits.labels(peer=peer).set(bits)
+
     def set_auth_starved(self, peer: str, starved: bool) -> None:
         self.auth_starved.labels(peer=peer).set(1 if starved else 0)
 
@@ -208,6 +291,37 @@ class LinkMetrics:
 
     def identity_refused_on_dial(self, peer: str, service: str) -> None:
         self.identity_refused.labels(peer=peer, service=service).inc()
+
+    def set_alarm_latched(self, peer: str, raised: bool) -> None:
+        self.alarm_latched.labels(peer=peer).set(1 if raised else 0)
+
+    def set_queues(self, queues: Iterable[QueueStatus], failing_s: dict[str, float] | None = None) -> None:
+        """The data plane's queues as status reads them from the records (call before rendering).
+        `failing_s`: per peer, how long its sender has been failing."""
+        failing_s = failing_s or {}
+        for q in queues:
+            peer = q.peer
+            self.queued.labels(peer=peer).set(q.queued)
+            self.queued_bytes.labels(peer=peer).set(q.queued_bytes)
+            self.oldest_queued_age.labels(peer=peer).set(q.oldest_queued_age_s or 0.0)
+            self.stuck.labels(peer=peer).set(q.stuck)
+            self.refused_recent.labels(peer=peer).set(q.refused)
+            self.sender_failing.labels(peer=peer).set(failing_s.get(peer, 0.0))
+            self.unfetched.labels(peer=peer).set(q.unfetched)
+            self.oldest_unfetched_age.labels(peer=peer).set(q.oldest_unfetched_age_s or 0.0)
+
+    def add_forward(self, gateway: str, destination: str) -> None:
+        """Create a configured destination's series, so an alert sees it before its first failure."""
+        self.forward_failures.labels(gateway=gateway, destination=destination)
+        self.forwarded.labels(gateway=gateway, destination=destination)
+
+    def forward_failed(self, gateway: str, destination: str) -> None:
+        """One attempt to forward to `destination` (a configured name) failed; the gateway will retry."""
+        self.forward_failures.labels(gateway=gateway, destination=destination).inc()
+
+    def forward_done(self, gateway: str, destination: str) -> None:
+        """`destination` accepted one forwarded item."""
+        self.forwarded.labels(gateway=gateway, destination=destination).inc()
 
     def otp_fallback(self) -> None:
         self.otp_fallbacks.inc()

@@ -292,6 +292,7 @@ STATUS_FIELDS = [
     "rounds_window",
     "down_since",
     "down_reason",
+    "alarm_latched",
 ]
 ROUND_FIELDS = [
     "round",

@@ -105,3 +105,30 @@ def test_channel_metrics() -> None:
     assert _get(s, "qlink_channel_rounds_total", protocol="bb84") == 2
     assert _get(s, "qlink_channel_pulses_total", protocol="bb84") == 800_000
     assert _get(s, "qlink_channel_eve_attached") == 1
+
+
+def test_forwards_count_failures_and_successes_per_gateway_and_destination() -> None:
+    metrics = LinkMetrics()
+    metrics.add_forward("dicom", "PACS_MAIN")
+    s = _samples(metrics.render())
+    # A configured destination is visible (at 0) before its first failure, so an alert can watch it.
+    assert _get(s, "qlink_forward_failures_total", gateway="dicom", destination="PACS_MAIN") == 0
+    metrics.forward_failed("dicom", "PACS_MAIN")
+    metrics.forward_failed("dicom", "PACS_MAIN")
+    metrics.forward_done("dicom", "PACS_MAIN")
+    metrics.forward_failed("hl7", "engine")
+    s = _samples(metrics.render())
+    assert _get(s, "qlink_forward_failures_total", gateway="dicom", destination="PACS_MAIN") == 2
+    assert _get(s, "qlink_forwarded_total", gateway="dicom", destination="PACS_MAIN") == 1
+    assert _get(s, "qlink_forward_failures_total", gateway="hl7", destination="engine") == 1
+
+
+def test_a_peer_added_after_its_latch_was_read_keeps_it_raised() -> None:
+    # The daemon reads each link's latch (restart) before it creates the peer's series.
+    metrics = LinkMetrics()
+    metrics.set_alarm_latched("hospital-b", True)
+    metrics.add_peer("hospital-b")
+    metrics.add_peer("hospital-c")
+    s = _samples(metrics.render())
+    assert _get(s, "qlink_alarm_latched", peer="hospital-b") == 1
+    assert _get(s, "qlink_alarm_latched", peer="hospital-c") == 0
