@@ -138,6 +138,7 @@ async def run_daemon(
             plane=plane,
             validator=validator,
             audit=audit,
+            metrics=rt.metrics,
             max_ehr_bytes=config.content.max_ehr_bytes,
         )
         # Keys whose lifetime ended while the daemon was down go before any SAE can ask for them.

@@ -16,9 +16,11 @@ from qlinkmed.qlinkd.dataplane.service import DataPlane
 from qlinkmed.qlinkd.gateways.config import GatewaysConfig
 from qlinkmed.qlinkd.gateways.fhir_api import make_fhir_app, server_ssl
 from qlinkmed.qlinkd.gateways.fhir_forward import FhirForwarding
-from qlinkmed.qlinkd.gateways.forwards import LEDGER_FILE, ForwardLedger
+from qlinkmed.qlinkd.gateways.forwarder import Attempt, Verdict
+from qlinkmed.qlinkd.gateways.forwards import LEDGER_FILE, Forward, ForwardLedger
 from qlinkmed.qlinkd.ops import entropy
 from qlinkmed.qlinkd.ops.audit import AuditLog
+from qlinkmed.qlinkd.ops.metrics import LinkMetrics
 from qlinkmed.qlinkd.ops.toml_reader import Address
 
 
@@ -31,9 +33,11 @@ class Gateways:
         plane: DataPlane,
         validator: ContentValidator,
         audit: AuditLog,
+        metrics: LinkMetrics,
         max_ehr_bytes: int,
     ) -> None:
         self._config = config
+        self._metrics = metrics
         self.ledger = ForwardLedger.open(state_dir / LEDGER_FILE) if config.any else None
         self._apps: dict[str, tuple[web.Application, Address, ssl.SSLContext | None]] = {}
         self._fhir: FhirForwarding | None = None
@@ -44,8 +48,18 @@ class Gateways:
                 fhir, plane=plane, validator=validator, audit=audit, token=token, max_ehr_bytes=max_ehr_bytes
             )
             self._apps["fhir"] = (app, fhir.listen, server_ssl(fhir))
-            self._fhir = FhirForwarding(fhir.destinations, plane=plane, ledger=self.ledger, audit=audit)
+            self._fhir = FhirForwarding(
+                fhir.destinations, plane=plane, ledger=self.ledger, audit=audit, on_outcome=self._counted
+            )
             plane.add_arrival_listener(self._fhir.arrived)
+            for destination in fhir.destinations:
+                metrics.add_forward("fhir", destination.name)
+
+    def _counted(self, forward: Forward, attempt: Attempt) -> None:
+        if attempt.verdict is Verdict.DELIVERED:
+            self._metrics.forward_done(forward.gateway, forward.destination)
+        else:
+            self._metrics.forward_failed(forward.gateway, forward.destination)
 
     def apps(self) -> dict[str, tuple[web.Application, Address, ssl.SSLContext | None]]:
         """Name -> (application, address, TLS context) for the daemon to serve."""

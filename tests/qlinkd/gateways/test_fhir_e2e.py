@@ -190,6 +190,10 @@ def test_a_resource_is_created_relayed_and_forwarded_bit_exact(
         return events if ("forward_delivered", "HTTP 201") in events else None
 
     assert ("forward_failed", "HTTP 503: starting") in wait_for(forwarded, "B's forward_delivered record")
+    metrics = httpx.get(gateway.deployment.local_url(B) + "/metrics", timeout=30).text
+    labels = f'destination="http://127.0.0.1:{fhir_server.port}/r5",gateway="fhir"'
+    assert f"qlink_forwarded_total{{{labels}}} 1.0" in metrics
+    assert f"qlink_forward_failures_total{{{labels}}} 1.0" in metrics
 
     def relayed() -> str | None:
         relay = httpx.get(gateway.origin + location, headers=gateway.headers, timeout=30)
