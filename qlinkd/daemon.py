@@ -16,6 +16,8 @@ from qlinkmed.qlinkd.content.worker import ContentValidator
 from qlinkmed.qlinkd.data_api import ensure_token
 from qlinkmed.qlinkd.dataplane.keys import PoolKeys
 from qlinkmed.qlinkd.dataplane.service import DataPlane
+from qlinkmed.qlinkd.gateways.dicom_gateway import DicomGateway
+from qlinkmed.qlinkd.gateways.forwards import LEDGER_FILE, ForwardLedger
 from qlinkmed.qlinkd.link.anchor import AnchorBook
 from qlinkmed.qlinkd.link.peer_link import PeerLink
 from qlinkmed.qlinkd.link.states import Role
@@ -57,6 +59,8 @@ async def run_daemon(
     runners: list[web.AppRunner] = []
     links: dict[str, PeerLink] = {}
     plane: DataPlane | None = None
+    ledger: ForwardLedger | None = None
+    dicom: DicomGateway | None = None
     validator = ContentValidator(
         limits_of(config.content),
         workers=config.content.validators,
@@ -127,6 +131,16 @@ async def run_daemon(
             pq_hybrid=[peer.id for peer in config.peers if peer.pq_hybrid],
             validator=validator,
         )
+        if config.dicom is not None:
+            ledger = ForwardLedger.open(config.state_dir / LEDGER_FILE)
+            dicom = DicomGateway(
+                config.dicom,
+                plane=plane,
+                validator=validator,
+                ledger=ledger,
+                audit=audit,
+                state_dir=config.state_dir,
+            )
         token = ensure_token(config.state_dir)
         # Keys whose lifetime ended while the daemon was down go before any SAE can ask for them.
         while _sweep_expired(rt):
@@ -157,6 +171,8 @@ async def run_daemon(
             ports[name] = runner.addresses[0][1]  # its one site's first socket: the port bound for 0
         if config.listen.data is not None:
             ports["data"] = await plane.start(config.listen.data)
+        if dicom is not None:
+            ports["dicom"] = await dicom.start()
         log.info(
             "qlinkd %s ready: classical %s, kme %s, local %s",
             config.id,
@@ -175,6 +191,8 @@ async def run_daemon(
             tg.create_task(plane.run_senders())
             tg.create_task(_checkpoints(store))
             tg.create_task(_expiry_sweeps(rt))
+            if dicom is not None:
+                tg.create_task(dicom.run())
             interval = notifier.watchdog_interval()
             if interval:
                 tg.create_task(watchdog(notifier, interval))
@@ -188,6 +206,8 @@ async def run_daemon(
         notifier.stopping()
         for link in links.values():
             await link.close()
+        if dicom is not None:
+            await dicom.close()
         if plane is not None:
             await plane.stop()
         for runner in runners:
@@ -196,6 +216,8 @@ async def run_daemon(
         if plane is not None:
             plane.close()
         validator.close()
+        if ledger is not None:
+            ledger.close()
         with contextlib.suppress(Exception):
             audit.record("daemon_stopped")
         audit.close()
