@@ -1,0 +1,236 @@
+"""The DICOM SCP in this process, queueing into a real DataPlane (its sender never runs, so what it
+queued stays in the outbox to be read back): the instance kept byte for byte; the staging budget refusing
+with 0xA700 and freed once the study is queued; content the rules refuse answered 0xC000 naming the
+problem; a study on an association that stays open sent after the quiet time; instances a crash left
+staged queued at the next start and half-written ones dropped. The SCU is pynetdicom's, in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from prometheus_client import CollectorRegistry
+from pydicom.uid import (
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+)
+from pynetdicom import AE, _config
+
+from qlinkmed.qlinkd.content.limits import ContentLimits
+from qlinkmed.qlinkd.content.worker import ContentValidator
+from qlinkmed.qlinkd.dataplane.manifest import TransferKind
+from qlinkmed.qlinkd.dataplane.service import DataPlane
+from qlinkmed.qlinkd.gateways.dicom_config import DicomGatewayConfig, DicomRoute
+from qlinkmed.qlinkd.gateways.dicom_scp import DicomScp
+from qlinkmed.qlinkd.ops.audit import AuditLog
+from qlinkmed.qlinkd.ops.metrics import LinkMetrics
+from qlinkmed.qlinkd.ops.pki import client_context, server_context, write_demo_pki
+from qlinkmed.qlinkd.ops.toml_reader import Address
+from tests.dicom_factory import make_ct_study, make_deflate_bomb
+from tests.polling import wait_for_async
+from tests.qlinkd.dataplane.test_dataplane import PairedKeys
+from tests.qlinkd.gateways.test_dicom_e2e import _dataset_bytes
+
+A, B = "hospital-a", "hospital-b"
+CALLED = "TO_B"
+
+
+class Harness:
+    def __init__(self, root: Path, scp: DicomScp, plane: DataPlane, port: int) -> None:
+        self.root = root
+        self.scp = scp
+        self.plane = plane
+        self.port = port
+
+    def queued(self) -> list[Any]:
+        return self.plane.records.queued(B)
+
+    def outbox_file(self, transfer_id: str, index: int) -> bytes:
+        return (self.plane.outbox.root / transfer_id / str(index)).read_bytes()
+
+
+def _plane(root: Path) -> DataPlane:
+    certs = write_demo_pki(root / "pki", [A, B])
+    tls = (certs["ca.pem"], certs[f"{A}.pem"], certs[f"{A}.key"])
+    return DataPlane(
+        facility=A,
+        state_dir=root / A,
+        peers={B: Address(host="127.0.0.1", port=9)},  # never dialled: the senders do not run here
+        keys=PairedKeys(),
+        client_ssl=client_context(*tls),
+        server_ssl=server_context(*tls),
+        audit=AuditLog.open(root / "a.audit", facility=A),
+        metrics=LinkMetrics(CollectorRegistry()),
+    )
+
+
+async def _harness(
+    root: Path,
+    *,
+    quiet_s: float = 30.0,
+    staging_max_bytes: int = 64 << 20,
+    limits: ContentLimits | None = None,
+) -> tuple[Harness, asyncio.Task[None]]:
+    config = DicomGatewayConfig(
+        ae_title="QLINK_A",
+        listen=Address(host="127.0.0.1", port=0),
+        routes=(DicomRoute(called_ae=CALLED, peer=B),),
+        quiet_s=quiet_s,
+        staging_max_bytes=staging_max_bytes,
+    )
+    plane = _plane(root)
+    validator = ContentValidator(limits or ContentLimits(), workers=0)
+    audit = AuditLog.open(root / "scp.audit", facility=A)
+    scp = DicomScp(config, plane=plane, validator=validator, audit=audit, state_dir=root / A)
+    port = await scp.start()
+    return Harness(root, scp, plane, port), asyncio.create_task(scp.run())
+
+
+@pytest_asyncio.fixture
+async def stopper() -> AsyncIterator[list[tuple[Harness, asyncio.Task[None]]]]:
+    made: list[tuple[Harness, asyncio.Task[None]]] = []
+    yield made
+    for h, task in made:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.to_thread(h.scp.close)
+        h.plane.close()
+
+
+def _send(port: int, files: list[Path], *, hold: asyncio.Event | None = None, loop: Any = None) -> list[int]:
+    """C-STORE each file (sent from its bytes, never decoded) on one association; the statuses."""
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    ae = AE(ae_title="CT01")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)  # the files' own syntax
+    assoc = ae.associate("127.0.0.1", port, ae_title=CALLED)
+    assert assoc.is_established
+    statuses = []
+    try:
+        for path in files:
+            status = assoc.send_c_store(path)
+            statuses.append(int(status.Status))
+        if hold is not None:
+            asyncio.run_coroutine_threadsafe(hold.wait(), loop).result(30)
+    finally:
+        assoc.release()
+    return statuses
+
+
+def _files(tmp: Path, instances: list[bytes]) -> list[Path]:
+    tmp.mkdir(exist_ok=True)
+    paths = []
+    for i, data in enumerate(instances):
+        path = tmp / f"i{i}.dcm"
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.asyncio
+async def test_study_queued_at_release_byte_for_byte(tmp_path: Path, stopper: list[Any]) -> None:
+    h, task = await _harness(tmp_path)
+    stopper.append((h, task))
+    study = make_ct_study(3, 32, 32, seed=3)
+    statuses = await asyncio.to_thread(_send, h.port, _files(tmp_path / "in", study))
+    assert statuses == [0, 0, 0]
+    [manifest] = await wait_for_async(h.queued, "the study queued")
+    assert manifest.kind is TransferKind.STUDY and len(manifest.files) == 3
+    sent = sorted(_dataset_bytes(d) for d in study)
+    queued = sorted(_dataset_bytes(h.outbox_file(manifest.transfer_id, i)) for i in range(3))
+    assert queued == sent
+    # The staged copies go once the outbox holds the study.
+    await wait_for_async(lambda: h.scp.staging.used == 0, "the staging budget returned")
+    assert not any((tmp_path / A / "dicom-staging").iterdir())
+
+
+@pytest.mark.asyncio
+async def test_staging_full_refuses_with_a700_and_frees_once_queued(
+    tmp_path: Path, stopper: list[Any]
+) -> None:
+    h, task = await _harness(tmp_path, staging_max_bytes=1 << 20)
+    stopper.append((h, task))
+    study = make_ct_study(3, 512, 512, seed=5)  # ~0.5 MiB each: the second does not fit
+    files = _files(tmp_path / "in", study)
+    assert await asyncio.to_thread(_send, h.port, files) == [0, 0xA700, 0xA700]
+    await wait_for_async(lambda: h.scp.staging.used == 0 and h.queued(), "the first instance queued")
+    # The budget is back: the modality's retry is taken.
+    assert await asyncio.to_thread(_send, h.port, files[1:2]) == [0]
+    await wait_for_async(lambda: len(h.queued()) == 2, "the retried instance queued")
+
+
+@pytest.mark.asyncio
+async def test_content_refused_with_c000_naming_the_problem(tmp_path: Path, stopper: list[Any]) -> None:
+    h, task = await _harness(tmp_path, limits=ContentLimits(max_decoded_bytes=1 << 20))
+    stopper.append((h, task))
+    bomb = make_deflate_bomb(2048, 2048)  # 8 MiB of zeros, deflated: past the 1 MiB decode bound
+    ok = make_ct_study(1, 32, 32, seed=6)
+    files = _files(tmp_path / "in", [bomb, *ok])
+
+    def send() -> list[tuple[int, str]]:
+        _config.STORE_SEND_CHUNKED_DATASET = True
+        ae = AE(ae_title="CT01")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        ae.add_requested_context(SecondaryCaptureImageStorage, DeflatedExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", h.port, ae_title=CALLED)
+        try:
+            out = []
+            for f in files:
+                status = assoc.send_c_store(f)
+                out.append((int(status.Status), str(status.get("ErrorComment", ""))))
+            return out
+        finally:
+            assoc.release()
+
+    (bomb_status, comment), (ok_status, _) = await asyncio.to_thread(send)
+    assert bomb_status == 0xC000 and ok_status == 0
+    assert "bytes" in comment, comment
+    [manifest] = await wait_for_async(h.queued, "the valid instance queued")
+    assert len(manifest.files) == 1
+    assert h.scp.status.instances_refused == 1
+
+
+@pytest.mark.asyncio
+async def test_open_association_study_sent_after_quiet_time(tmp_path: Path, stopper: list[Any]) -> None:
+    h, task = await _harness(tmp_path, quiet_s=0.3)
+    stopper.append((h, task))
+    release = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    sending = asyncio.create_task(
+        asyncio.to_thread(
+            _send, h.port, _files(tmp_path / "in", make_ct_study(2, 32, 32, seed=7)), hold=release, loop=loop
+        )
+    )
+    # Queued while the association is still open (it waits for `release`).
+    [manifest] = await wait_for_async(h.queued, "the quiet study queued")
+    assert not sending.done()
+    assert h.scp.snapshot().associations_open == 1
+    release.set()
+    assert await sending == [0, 0]
+    assert len(manifest.files) == 2
+
+
+@pytest.mark.asyncio
+async def test_instances_left_staged_by_a_crash_are_queued_at_start(
+    tmp_path: Path, stopper: list[Any]
+) -> None:
+    study = make_ct_study(2, 32, 32, seed=8)
+    staged = tmp_path / A / "dicom-staging" / f"{B}.0123abcd"
+    staged.mkdir(parents=True)
+    (staged / "1.dcm").write_bytes(study[0])
+    (staged / "2.dcm").write_bytes(study[1])
+    (staged / "3.part").write_bytes(study[1][:100])  # never acknowledged
+    h, task = await _harness(tmp_path)
+    stopper.append((h, task))
+    [manifest] = h.queued()  # queued before the SCP listened
+    assert sorted(_dataset_bytes(h.outbox_file(manifest.transfer_id, i)) for i in range(2)) == sorted(
+        _dataset_bytes(d) for d in study
+    )
+    assert not staged.exists()
+    assert h.scp.staging.used == 0
