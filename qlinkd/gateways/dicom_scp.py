@@ -55,6 +55,8 @@ class _Association:
     peer: str
     calling: str
     seq: int = 0
+    unstored: int = 0
+    """Bytes read since its last C-STORE was handled: what pynetdicom holds in memory for it."""
 
 
 @dataclass(slots=True)
@@ -292,11 +294,34 @@ class DicomScp:
             # As pynetdicom's own rejections do: wait until the reject has left before the socket closes.
             event.assoc.kill()
             return
+        association = _Association(id=f"{route.peer}.{uuid.uuid4().hex}", peer=route.peer, calling=calling)
         with self._lock:
             # The association id names the peer, so a crash's leftovers can be routed at the next start.
-            self._associations[event.assoc] = _Association(
-                id=f"{route.peer}.{uuid.uuid4().hex}", peer=route.peer, calling=calling
-            )
+            self._associations[event.assoc] = association
+        self._bound_reads(event.assoc, association)
+
+    def _bound_reads(self, assoc: Any, association: _Association) -> None:
+        """pynetdicom reads a PDU whole, whatever length the peer claims, and keeps a data set in memory
+        until it is complete. This association's socket refuses both past what could be stored: a PDU
+        larger than we offered, or more bytes for one instance than the largest file the content rules
+        accept or the staging budget holds. The refusal reads as a lost connection (the association is
+        aborted); nothing is acknowledged for the instance."""
+        sock = assoc.dul.socket
+        if sock is None:
+            return
+        read = sock.recv
+        limit = min(self._validator.limits.max_file_bytes + MAX_PDU_BYTES, self.staging.max_bytes)
+
+        def bounded_recv(nr_bytes: int) -> bytearray:
+            if nr_bytes > MAX_PDU_BYTES:
+                raise OSError(f"a PDU of {nr_bytes} bytes, more than the {MAX_PDU_BYTES} offered")
+            association.unstored += nr_bytes
+            if association.unstored > limit:
+                raise OSError(f"an instance over {limit} bytes")
+            data: bytearray = read(nr_bytes)
+            return data
+
+        sock.recv = bounded_recv
 
     def _on_ended(self, event: evt.Event) -> None:
         with self._lock:
@@ -313,6 +338,7 @@ class DicomScp:
         if association is None:
             return _refusal(OUT_OF_RESOURCES, "association not routed")
         data = event.encoded_dataset()
+        association.unstored = 0
         if not self.staging.reserve(len(data)):
             self._count(refused=True)
             log.warning("DICOM SCP: staging full (%d bytes); instance refused", self.staging.max_bytes)

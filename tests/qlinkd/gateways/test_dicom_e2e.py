@@ -179,7 +179,11 @@ def test_study_forwarded_bit_exact_retried_and_parked(site: Site, tmp_path: Path
     # The study reaches B and is owed to both PACS; "pacs" is down: its row is retried, not parked.
     def pacs_row(state: str | None = None, attempts: int = 0) -> dict[str, Any] | None:
         rows = [r for r in site.ledger() if r["destination"] == "pacs"]
-        if len(rows) == 1 and (state is None or rows[0]["state"] == state) and rows[0]["attempts"] >= attempts:
+        if (
+            len(rows) == 1
+            and (state is None or rows[0]["state"] == state)
+            and rows[0]["attempts"] >= attempts
+        ):
             return rows[0]
         return None
 
@@ -209,7 +213,9 @@ def test_study_forwarded_bit_exact_retried_and_parked(site: Site, tmp_path: Path
 
     # The refusing PACS: parked, its status visible; audited at B. A audited the study it queued.
     refused = wait_for(
-        lambda: next((r for r in site.ledger() if r["destination"] == "refuser" and r["state"] == "parked"), None),
+        lambda: next(
+            (r for r in site.ledger() if r["destination"] == "refuser" and r["state"] == "parked"), None
+        ),
         "the study parked at the refusing PACS",
     )
     assert "0xA900" in refused["last_error"], refused

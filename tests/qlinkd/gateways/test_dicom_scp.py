@@ -234,3 +234,54 @@ async def test_instances_left_staged_by_a_crash_are_queued_at_start(
     )
     assert not staged.exists()
     assert h.scp.staging.used == 0
+
+
+@pytest.mark.asyncio
+async def test_a_pdu_claiming_gigabytes_ends_the_association_at_once(
+    tmp_path: Path, stopper: list[Any]
+) -> None:
+    h, task = await _harness(tmp_path)
+    stopper.append((h, task))
+
+    def hostile() -> None:
+        ae = AE(ae_title="CT01")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", h.port, ae_title=CALLED)
+        assert assoc.is_established
+        # A P-DATA-TF PDU header claiming 2 GiB, then a trickle: pynetdicom alone would wait to read it all.
+        assert assoc.dul.socket is not None and assoc.dul.socket.socket is not None
+        raw = assoc.dul.socket.socket
+        raw.sendall(b"\x04\x00" + (1 << 31).to_bytes(4, "big") + b"\x00" * 4096)
+
+    await asyncio.to_thread(hostile)
+    # Well before the 60 s network timeout: the read is refused as soon as the length is seen.
+    await wait_for_async(lambda: h.scp.snapshot().associations_open == 0, "the association ended", timeout=10)
+    assert await asyncio.to_thread(
+        _send, h.port, _files(tmp_path / "in", make_ct_study(1, 32, 32, seed=9))
+    ) == [0]
+
+
+@pytest.mark.asyncio
+async def test_an_instance_larger_than_staging_is_cut_off_not_held(
+    tmp_path: Path, stopper: list[Any]
+) -> None:
+    h, task = await _harness(tmp_path, staging_max_bytes=1 << 20)
+    stopper.append((h, task))
+    big = _files(tmp_path / "in", make_ct_study(1, 1024, 1024, seed=10))  # 2 MiB: cannot be staged
+
+    def send() -> tuple[bool, bool]:
+        _config.STORE_SEND_CHUNKED_DATASET = True
+        ae = AE(ae_title="CT01")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", h.port, ae_title=CALLED)
+        status = assoc.send_c_store(big[0])
+        aborted = assoc.is_aborted
+        if assoc.is_established:
+            assoc.release()
+        return "Status" in status, aborted
+
+    answered, aborted = await asyncio.to_thread(send)
+    # Cut off once more bytes came than staging could hold, not read whole and then answered 0xA700.
+    assert (answered, aborted) == (False, True)
+    await wait_for_async(lambda: h.scp.snapshot().associations_open == 0, "the association ended", timeout=10)
+    assert h.scp.staging.used == 0 and h.queued() == []
