@@ -1,7 +1,7 @@
 """The DICOM gateway at the receiving facility: every study transfer that arrives is owed to each
 configured PACS (a row per destination in the forwarding ledger) and sent there by C-STORE, one
-association per study attempt, through one `Forwarder` loop per destination (oldest first, retried with
-backoff, parked on a permanent refusal).
+association per study attempt (one more for each SOP class or syntax met after the first), through one
+`Forwarder` loop per destination (oldest first, retried with backoff, parked on a permanent refusal).
 
 Each instance goes out exactly as it arrived: its data set bytes are never decoded, and it is offered in
 the transfer syntax it was received in (one presentation context per SOP class and syntax; no
@@ -167,40 +167,47 @@ class DicomForwarding:
     def _send_study(
         self, destination: DicomDestination, located: list[tuple[Path | bytes, bytes, str]]
     ) -> Attempt:
-        """One association, every instance offered in its own syntax (blocking: a worker thread)."""
-        contexts: dict[tuple[str, str], None] = {}
-        metas = []
-        for source, key, sha256 in located:
-            meta = _meta_of(Inbox.open_located(source, key, sha256))
-            metas.append(meta)
-            contexts[meta] = None
-        ae = AE(ae_title=self.config.ae_title)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.config.timeout_s
-        for sop_class, syntax in list(contexts)[:MAX_CONTEXTS]:
-            ae.add_requested_context(sop_class, syntax)
-        address = destination.address
-        assoc = ae.associate(address.host, address.port, ae_title=destination.ae_title)
-        if not assoc.is_established:
-            why = "association rejected" if assoc.is_rejected else "association aborted or not answered"
-            return verdict_of((), associated=False, why=f"{destination.ae_title} at {address}: {why}")
-        results = []
+        """Every instance offered in its own syntax (blocking: a worker thread). Each instance is decrypted
+        once, just before it is sent, so the contexts to propose are learnt as the study is read: the
+        association proposes those seen so far, and an instance of a class or syntax not proposed yet
+        opens the next one (a study of one class and syntax, the usual case, takes one association)."""
+        assoc: Any = None
+        proposed: dict[tuple[str, str], None] = {}
+        results: list[InstanceResult] = []
         try:
-            for index, ((source, key, sha256), (sop_class, syntax)) in enumerate(
-                zip(located, metas, strict=True)
-            ):
-                results.append(
-                    self._send_one(assoc, index, Inbox.open_located(source, key, sha256), sop_class, syntax)
-                )
+            for index, (source, key, sha256) in enumerate(located):
+                data = Inbox.open_located(source, key, sha256)
+                meta = _meta_of(data)
+                if assoc is None or meta not in proposed:
+                    if assoc is not None and assoc.is_established:
+                        assoc.release()
+                    if len(proposed) >= MAX_CONTEXTS:
+                        proposed.clear()
+                    proposed[meta] = None
+                    assoc = self._associate(destination, proposed)
+                    if not assoc.is_established:
+                        why = "rejected" if assoc.is_rejected else "aborted or not answered"
+                        where = f"{destination.ae_title} at {destination.address}"
+                        return verdict_of((), associated=False, why=f"{where}: association {why}")
+                results.append(self._send_one(assoc, index, data, *meta))
                 if not assoc.is_established:
                     break
         finally:
-            if assoc.is_established:
+            if assoc is not None and assoc.is_established:
                 assoc.release()
         results += [
             InstanceResult(i, None, "association ended before it was sent")
             for i in range(len(results), len(located))
         ]
         return verdict_of(results, associated=True)
+
+    def _associate(self, destination: DicomDestination, contexts: dict[tuple[str, str], None]) -> Any:
+        ae = AE(ae_title=self.config.ae_title)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.config.timeout_s
+        for sop_class, syntax in contexts:
+            ae.add_requested_context(sop_class, syntax)
+        address = destination.address
+        return ae.associate(address.host, address.port, ae_title=destination.ae_title)
 
     @staticmethod
     def _send_one(assoc: Any, index: int, data: bytes, sop_class: str, syntax: str) -> InstanceResult:
