@@ -6,7 +6,9 @@ with a called AE title routed to hospital-b; hospital-b forwards every study to 
 
 Checked: the echo; an unrouted called AE title rejected; every instance arriving at the PACS with its
 data set byte for byte as storescu sent it; the PACS forward retried, then delivered and audited; the
-refused study parked with its status in the ledger and the audit log. Skips when dcmtk is missing (CI
+refused study parked with its status in the ledger and the audit log; a study mixing SOP classes and
+transfer syntaxes (sent by a pynetdicom SCU that proposes each file's own syntax) arriving at the PACS
+with every instance in the syntax it was sent in. Skips when dcmtk is missing (CI
 installs it: `dev`'s debian_tools)."""
 
 from __future__ import annotations
@@ -23,13 +25,20 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
-from pynetdicom import AE, StoragePresentationContexts, evt
+from pydicom.uid import (
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+)
+from pynetdicom import AE, StoragePresentationContexts, _config, evt
 
 from qlinkmed.client.commands.demo import _token
 from qlinkmed.client.data_http import DataTarget
 from qlinkmed.qlinkd.testbed.deployment import Deployment, free_ports
 from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
-from tests.dicom_factory import make_ct_study
+from tests.dicom_factory import make_ct_study, make_image_dicom
 from tests.polling import wait_for
 from tests.testbeds import Testbeds
 
@@ -228,3 +237,64 @@ def test_study_forwarded_bit_exact_retried_and_parked(site: Site, tmp_path: Path
     assert [(e["transfer"], e["instances"]) for e in queued] == [(tid, INSTANCES)]
     staging = site.deployment.root / "state" / A / "dicom-staging"
     assert not any(staging.iterdir())
+
+
+def test_a_study_of_several_classes_and_syntaxes_arrives_each_in_its_own(site: Site, tmp_path: Path) -> None:
+    """CT in explicit VR, Secondary Capture deflated and in implicit VR, one study: each instance is
+    forwarded in the syntax it arrived in (a syntax met after the first opens another association)."""
+    uid = "1.2.826.0.1.3680043.8.498.17170001"
+    instances = [
+        *make_ct_study(2, 32, 32, study_uid=uid, seed=21),
+        make_image_dicom(16, 16, seed=22, study_uid=uid, transfer_syntax=DeflatedExplicitVRLittleEndian),
+        make_image_dicom(16, 16, seed=23, study_uid=uid, transfer_syntax=ImplicitVRLittleEndian),
+    ]
+    files = []
+    for i, data in enumerate(instances):
+        path = tmp_path / f"i{i}.dcm"
+        path.write_bytes(data)
+        files.append(str(path))
+    out = tmp_path / "pacs"
+    out.mkdir()
+    before = {r["transfer_id"] for r in site.ledger()}
+    pacs = subprocess.Popen(
+        ["storescp", "+B", "+xa", "-aet", "PACS", "-od", str(out), str(site.pacs_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # pynetdicom as the modality here: storescu converts a deflated file to the syntax it negotiates,
+        # while this SCU proposes exactly each file's own syntax and sends its bytes undecoded.
+        _config.STORE_SEND_CHUNKED_DATASET = True
+        ae = AE(ae_title="CT01")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        ae.add_requested_context(SecondaryCaptureImageStorage, DeflatedExplicitVRLittleEndian)
+        ae.add_requested_context(SecondaryCaptureImageStorage, ImplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", site.scp_port, ae_title="TO_HOSPITAL_B")
+        assert assoc.is_established
+        try:
+            statuses = [int(assoc.send_c_store(Path(f)).Status) for f in files]
+        finally:
+            assoc.release()
+        assert statuses == [0, 0, 0, 0]
+        row = wait_for(
+            lambda: next(
+                (
+                    r
+                    for r in site.ledger()
+                    if r["transfer_id"] not in before
+                    and r["destination"] == "pacs"
+                    and r["state"] == "delivered"
+                ),
+                None,
+            ),
+            "the mixed study delivered to the PACS",
+        )
+    finally:
+        pacs.terminate()
+        pacs.wait(10)
+    assert row["attempts"] == 1
+    syntaxes = {str(dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID) for p in out.iterdir()}
+    assert syntaxes == {ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian}
+    assert sorted(_dataset_bytes(p.read_bytes()) for p in out.iterdir()) == sorted(
+        _dataset_bytes(d) for d in instances
+    )
