@@ -223,7 +223,6 @@ class DicomScp:
             raise
         # Nobody waits for the delivery: the forwarding at the peer and the audit log report it.
         self._plane.forget_waiter(manifest.transfer_id)
-        await asyncio.to_thread(self.staging.remove, [i.path for i in instances], group.size, ended=ended)
         self.status.studies_queued += 1
         self._audit.record(
             "dicom_study_queued",
@@ -233,6 +232,9 @@ class DicomScp:
             instances=len(instances),
             bytes=group.size,
         )
+        # A crash before this removal queues the study again at the next start (at least once; a PACS
+        # keeps one copy per SOP Instance UID).
+        await asyncio.to_thread(self.staging.remove, [i.path for i in instances], group.size, ended=ended)
 
     async def _recover(self) -> None:
         """Instances acknowledged before a crash: validated again (for their study) and queued."""

@@ -138,6 +138,10 @@ address = "127.0.0.1:{refuser}"
     yield Site(deployment, group, scp_a, pacs)
     for name, child in group.children.items():
         assert "Traceback" not in child.log(), f"{name}:\n{child.log()[-3000:]}"
+    # Both daemons stop cleanly with their gateways (pynetdicom's threads included), exit code 0.
+    group.stop_all()
+    for name, child in group.children.items():
+        assert child.process.returncode == 0, (name, child.process.returncode, child.log()[-2000:])
 
 
 def _dataset_bytes(part10: bytes) -> bytes:

@@ -7,6 +7,7 @@ staged queued at the next start and half-written ones dropped. The SCU is pynetd
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,10 @@ from qlinkmed.qlinkd.content.limits import ContentLimits
 from qlinkmed.qlinkd.content.worker import ContentValidator
 from qlinkmed.qlinkd.dataplane.manifest import TransferKind
 from qlinkmed.qlinkd.dataplane.service import DataPlane
-from qlinkmed.qlinkd.gateways.dicom_config import DicomGatewayConfig, DicomRoute
+from qlinkmed.qlinkd.gateways.dicom_config import DicomDestination, DicomGatewayConfig, DicomRoute
+from qlinkmed.qlinkd.gateways.dicom_gateway import DicomGateway
 from qlinkmed.qlinkd.gateways.dicom_scp import DicomScp
+from qlinkmed.qlinkd.gateways.forwards import ForwardLedger
 from qlinkmed.qlinkd.ops.audit import AuditLog
 from qlinkmed.qlinkd.ops.metrics import LinkMetrics
 from qlinkmed.qlinkd.ops.pki import client_context, server_context, write_demo_pki
@@ -269,19 +272,58 @@ async def test_an_instance_larger_than_staging_is_cut_off_not_held(
     stopper.append((h, task))
     big = _files(tmp_path / "in", make_ct_study(1, 1024, 1024, seed=10))  # 2 MiB: cannot be staged
 
-    def send() -> tuple[bool, bool]:
+    def send() -> bool:
         _config.STORE_SEND_CHUNKED_DATASET = True
         ae = AE(ae_title="CT01")
         ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
         assoc = ae.associate("127.0.0.1", h.port, ae_title=CALLED)
         status = assoc.send_c_store(big[0])
-        aborted = assoc.is_aborted
         if assoc.is_established:
             assoc.release()
-        return "Status" in status, aborted
+        return "Status" in status
 
-    answered, aborted = await asyncio.to_thread(send)
-    # Cut off once more bytes came than staging could hold, not read whole and then answered 0xA700.
-    assert (answered, aborted) == (False, True)
+    # Cut off once more bytes came than staging could hold (no answer, the association ends), not read
+    # whole and then answered 0xA700.
+    assert await asyncio.to_thread(send) is False
     await wait_for_async(lambda: h.scp.snapshot().associations_open == 0, "the association ended", timeout=10)
     assert h.scp.staging.used == 0 and h.queued() == []
+
+
+@pytest.mark.asyncio
+async def test_status_shows_the_scp_and_each_destination(tmp_path: Path, stopper: list[Any]) -> None:
+    h, task = await _harness(tmp_path)
+    stopper.append((h, task))
+    ledger = ForwardLedger.open(tmp_path / "forwards.sqlite3")
+    config = DicomGatewayConfig(
+        ae_title="QLINK_A",
+        listen=Address(host="127.0.0.1", port=0),
+        destinations=(
+            DicomDestination(name="pacs", ae_title="PACS", address=Address(host="127.0.0.1", port=104)),
+        ),
+    )
+    audit = AuditLog.open(tmp_path / "gw.audit", facility=A)
+    gateway = DicomGateway(
+        config,
+        plane=h.plane,
+        validator=ContentValidator(workers=0),
+        ledger=ledger,
+        audit=audit,
+        state_dir=tmp_path / "gw",
+    )
+    gateway.scp = h.scp  # the harness's running SCP, with what it received
+    tid = "0f0e0d0c-0b0a-4908-8706-050403020100"
+    ledger.add("dicom", tid, ["pacs"])
+    forward = ledger.head("dicom", "pacs")
+    assert forward is not None
+    ledger.failed(forward, "ConnectionRefusedError: [Errno 111]", 5.0)
+    assert await asyncio.to_thread(
+        _send, h.port, _files(tmp_path / "in", make_ct_study(1, 32, 32, seed=12))
+    ) == [0]
+    await wait_for_async(h.queued, "the study queued")
+    status = json.loads(json.dumps(gateway.status()))  # plain JSON
+    assert status["ae_title"] == "QLINK_A" and status["listening"] == f"127.0.0.1:{h.port}"
+    assert (status["instances_received"], status["instances_refused"], status["studies_queued"]) == (1, 0, 1)
+    [pacs] = status["destinations"]
+    assert (pacs["destination"], pacs["pending"], pacs["parked"], pacs["delivered"]) == ("pacs", 1, 0, 0)
+    assert pacs["last_error"].startswith("ConnectionRefusedError")
+    ledger.close()
