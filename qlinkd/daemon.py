@@ -140,6 +140,8 @@ async def run_daemon(
                 ledger=ledger,
                 audit=audit,
                 state_dir=config.state_dir,
+                server_ssl=rt.server_ssl,
+                client_ssl=rt.client_ssl,
             )
         token = ensure_token(config.state_dir)
         # Keys whose lifetime ended while the daemon was down go before any SAE can ask for them.

@@ -9,6 +9,7 @@ error names its dotted field.
     quiet_s = 30                      # a study left open this long without an instance is sent
     staging_max_bytes = 4294967296    # instances held before they are queued; beyond: 0xA700
     max_associations = 10
+    tls = false                       # true: the SCP speaks DICOM TLS only (mutual, the facility's CA)
 
     [[gateway.dicom.route]]           # first match wins
     called_ae = "TO_HOSPITAL_B"
@@ -19,6 +20,7 @@ error names its dotted field.
     name = "pacs"
     ae_title = "PACS"
     address = "10.1.2.3:104"
+    tls = false                       # true: DICOM TLS with the facility's certificate, PACS checked by CA
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ class DicomDestination:
     """Its AE title (our associations call it)."""
     address: Address
     """Its host and port."""
+    tls: bool = False
+    """DICOM TLS (PS3.15 B.1): we present the facility's certificate ([tls] cert/key) and require the
+    PACS's certificate to chain to [tls].ca and name its host."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,6 +95,9 @@ class DicomGatewayConfig:
     """Most associations the SCP serves at once; more are rejected (local limit exceeded)."""
     timeout_s: float = DEFAULT_TIMEOUT_S
     """ACSE, DIMSE and network timeout, for the SCP and the forwarder."""
+    tls: bool = False
+    """The SCP accepts DICOM TLS only, mutual: a modality presents a certificate issued by [tls].ca (the
+    facility's CA) and sees the facility's certificate."""
 
     def __post_init__(self) -> None:
         check(bool(AE_TITLE.fullmatch(self.ae_title)), "ae_title", _AE_RULE)
@@ -148,7 +156,14 @@ def parse_dicom_gateway(gateway: Table, peers: dict[str, bool]) -> DicomGatewayC
         check(bool(_NAME.fullmatch(name)), table.name("name"), "must match [A-Za-z0-9][A-Za-z0-9._-]{0,62}")
         address = table.address("address")
         check(address.port != 0, table.name("address"), "a destination needs a real port, not 0")
-        destinations.append(DicomDestination(name=name, ae_title=_ae(table, "ae_title"), address=address))
+        destinations.append(
+            DicomDestination(
+                name=name,
+                ae_title=_ae(table, "ae_title"),
+                address=address,
+                tls=table.boolean("tls", False),
+            )
+        )
         table.finish()
     config = build(
         section.where,
@@ -161,6 +176,7 @@ def parse_dicom_gateway(gateway: Table, peers: dict[str, bool]) -> DicomGatewayC
         staging_max_bytes=section.integer("staging_max_bytes", DEFAULT_STAGING_MAX_BYTES),
         max_associations=section.integer("max_associations", DEFAULT_MAX_ASSOCIATIONS),
         timeout_s=section.number("timeout_s", DEFAULT_TIMEOUT_S),
+        tls=section.boolean("tls", False),
     )
     section.finish()
     return config

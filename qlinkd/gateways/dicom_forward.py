@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from io import BytesIO
@@ -93,13 +94,16 @@ class DicomForwarding:
         plane: DataPlane,
         ledger: ForwardLedger,
         audit: AuditLog,
+        client_ssl: ssl.SSLContext | None = None,
     ) -> None:
+        """`client_ssl`: the facility's mutual-TLS client context, for destinations with ``tls``."""
         # Sent from a file's descriptor without decoding: the data set leaves byte for byte as it arrived.
         _config.STORE_SEND_CHUNKED_DATASET = True
         self.config = config
         self._plane = plane
         self._ledger = ledger
         self._audit = audit
+        self._ssl = client_ssl
         self._forwarders = {
             d.name: Forwarder(ledger, GATEWAY, d.name, self._deliver_to(d), on_outcome=self._on_outcome)
             for d in config.destinations
@@ -207,6 +211,11 @@ class DicomForwarding:
         for sop_class, syntax in contexts:
             ae.add_requested_context(sop_class, syntax)
         address = destination.address
+        if destination.tls:
+            if self._ssl is None:
+                raise OSError(f"{destination.name}: DICOM TLS asked for, but the facility has no TLS context")
+            tls_args = (self._ssl, address.host)
+            return ae.associate(address.host, address.port, ae_title=destination.ae_title, tls_args=tls_args)
         return ae.associate(address.host, address.port, ae_title=destination.ae_title)
 
     @staticmethod

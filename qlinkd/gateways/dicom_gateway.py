@@ -5,6 +5,7 @@ studies for peers (dicom_scp), and the forwarding of studies that arrive here to
 from __future__ import annotations
 
 import asyncio
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,17 @@ class DicomGateway:
         ledger: ForwardLedger,
         audit: AuditLog,
         state_dir: Path,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
     ) -> None:
+        """The TLS contexts are the facility's ([tls]), used where the configuration asks for DICOM TLS."""
         self._ledger = ledger
-        self.scp = DicomScp(config, plane=plane, validator=validator, audit=audit, state_dir=state_dir)
-        self.forwarding = DicomForwarding(config, plane=plane, ledger=ledger, audit=audit)
+        self.scp = DicomScp(
+            config, plane=plane, validator=validator, audit=audit, state_dir=state_dir, server_ssl=server_ssl
+        )
+        self.forwarding = DicomForwarding(
+            config, plane=plane, ledger=ledger, audit=audit, client_ssl=client_ssl
+        )
 
     async def start(self) -> int:
         """Listen for associations; returns the SCP's port."""

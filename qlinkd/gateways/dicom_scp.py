@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import threading
 import time
 import uuid
@@ -31,7 +32,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # g
 from qlinkmed.qlinkd.content.worker import ContentValidator, FileSlice
 from qlinkmed.qlinkd.dataplane.manifest import FileEntry, TransferKind
 from qlinkmed.qlinkd.dataplane.service import DataPlane
-from qlinkmed.qlinkd.errors import ContentError, TransferError
+from qlinkmed.qlinkd.errors import ConfigError, ContentError, TransferError
 from qlinkmed.qlinkd.gateways.dicom_config import DicomGatewayConfig
 from qlinkmed.qlinkd.gateways.dicom_groups import Group, Grouping, StagedInstance
 from qlinkmed.qlinkd.gateways.dicom_staging import STAGING_DIR, Staging
@@ -103,8 +104,11 @@ class DicomScp:
         validator: ContentValidator,
         audit: AuditLog,
         state_dir: Path,
+        server_ssl: ssl.SSLContext | None = None,
         clock: Any = time.monotonic,
     ) -> None:
+        """`server_ssl`: the facility's mutual-TLS server context, used when the configuration asks for
+        DICOM TLS."""
         self.config = config
         self._plane = plane
         self._validator = validator
@@ -120,6 +124,9 @@ class DicomScp:
         self.status = ScpStatus(ae_title=config.ae_title)
         self._ae = self._make_ae()
         self._server: Any = None
+        if config.tls and server_ssl is None:
+            raise ConfigError("gateway.dicom.tls", "DICOM TLS needs the facility's TLS context")
+        self._ssl = server_ssl if config.tls else None
 
     def _make_ae(self) -> AE:
         ae = AE(ae_title=self.config.ae_title)
@@ -150,14 +157,19 @@ class DicomScp:
         ]
         listen = self.config.listen
         server = await asyncio.to_thread(
-            self._ae.start_server, (listen.host, listen.port), block=False, evt_handlers=handlers
+            self._ae.start_server,
+            (listen.host, listen.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=self._ssl,
         )
         if server is None:  # only with block=True
             raise RuntimeError("pynetdicom returned no server")
         self._server = server
         host, port = server.server_address[:2]
         self.status.listening = f"{host}:{port}"
-        log.info("DICOM SCP %s listening on %s:%s", self.config.ae_title, host, port)
+        tls = " (DICOM TLS)" if self._ssl else ""
+        log.info("DICOM SCP %s listening on %s:%s%s", self.config.ae_title, host, port, tls)
         return int(port)
 
     async def run(self) -> None:

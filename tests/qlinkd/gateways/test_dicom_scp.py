@@ -7,7 +7,10 @@ staged queued at the next start and half-written ones dropped. The SCU is pynetd
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import os
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,18 +26,23 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config
 
+from qlinkmed.qlinkd.content import at_rest
 from qlinkmed.qlinkd.content.limits import ContentLimits
+from qlinkmed.qlinkd.content.validate import validate
 from qlinkmed.qlinkd.content.worker import ContentValidator
 from qlinkmed.qlinkd.dataplane.manifest import TransferKind
 from qlinkmed.qlinkd.dataplane.service import DataPlane
 from qlinkmed.qlinkd.gateways.dicom_config import DicomDestination, DicomGatewayConfig, DicomRoute
+from qlinkmed.qlinkd.gateways.dicom_forward import DicomForwarding
 from qlinkmed.qlinkd.gateways.dicom_gateway import DicomGateway
 from qlinkmed.qlinkd.gateways.dicom_scp import DicomScp
+from qlinkmed.qlinkd.gateways.forwarder import Attempt, Verdict
 from qlinkmed.qlinkd.gateways.forwards import ForwardLedger
 from qlinkmed.qlinkd.ops.audit import AuditLog
 from qlinkmed.qlinkd.ops.metrics import LinkMetrics
 from qlinkmed.qlinkd.ops.pki import client_context, server_context, write_demo_pki
 from qlinkmed.qlinkd.ops.toml_reader import Address
+from qlinkmed.qlinkd.testbed.deployment import free_ports
 from tests.dicom_factory import make_ct_study, make_deflate_bomb
 from tests.polling import wait_for_async
 from tests.qlinkd.dataplane.test_dataplane import PairedKeys
@@ -42,6 +50,8 @@ from tests.qlinkd.gateways.test_dicom_e2e import _dataset_bytes
 
 A, B = "hospital-a", "hospital-b"
 CALLED = "TO_B"
+MODALITY = "ct-modality"
+"""A client certificate of the facility's CA, as a modality speaking DICOM TLS would hold."""
 
 
 class Harness:
@@ -58,8 +68,15 @@ class Harness:
         return (self.plane.outbox.root / transfer_id / str(index)).read_bytes()
 
 
+def _certs(root: Path) -> dict[str, Path]:
+    pki = root / "pki"
+    if (pki / "ca.pem").exists():
+        return {p.name: p for p in pki.iterdir()}
+    return write_demo_pki(pki, [A, B], [MODALITY])
+
+
 def _plane(root: Path) -> DataPlane:
-    certs = write_demo_pki(root / "pki", [A, B])
+    certs = _certs(root)
     tls = (certs["ca.pem"], certs[f"{A}.pem"], certs[f"{A}.key"])
     return DataPlane(
         facility=A,
@@ -79,6 +96,7 @@ async def _harness(
     quiet_s: float = 30.0,
     staging_max_bytes: int = 64 << 20,
     limits: ContentLimits | None = None,
+    tls: bool = False,
 ) -> tuple[Harness, asyncio.Task[None]]:
     config = DicomGatewayConfig(
         ae_title="QLINK_A",
@@ -86,11 +104,16 @@ async def _harness(
         routes=(DicomRoute(called_ae=CALLED, peer=B),),
         quiet_s=quiet_s,
         staging_max_bytes=staging_max_bytes,
+        tls=tls,
     )
     plane = _plane(root)
+    certs = _certs(root)
+    server_ssl = server_context(certs["ca.pem"], certs[f"{A}.pem"], certs[f"{A}.key"])
     validator = ContentValidator(limits or ContentLimits(), workers=0)
     audit = AuditLog.open(root / "scp.audit", facility=A)
-    scp = DicomScp(config, plane=plane, validator=validator, audit=audit, state_dir=root / A)
+    scp = DicomScp(
+        config, plane=plane, validator=validator, audit=audit, state_dir=root / A, server_ssl=server_ssl
+    )
     port = await scp.start()
     return Harness(root, scp, plane, port), asyncio.create_task(scp.run())
 
@@ -327,3 +350,100 @@ async def test_status_shows_the_scp_and_each_destination(tmp_path: Path, stopper
     assert (pacs["destination"], pacs["pending"], pacs["parked"], pacs["delivered"]) == ("pacs", 1, 0, 0)
     assert pacs["last_error"].startswith("ConnectionRefusedError")
     ledger.close()
+
+
+DCMTK_TLS = pytest.mark.skipif(
+    shutil.which("storescu") is None or shutil.which("storescp") is None,
+    reason="dcmtk (storescu, storescp) is not installed: apt-get install dcmtk",
+)
+
+
+async def _storescu(*args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        "storescu", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    return process.returncode or 0, out.decode(errors="replace")
+
+
+@DCMTK_TLS
+@pytest.mark.asyncio
+async def test_dicom_tls_scp_takes_storescu_over_mutual_tls_only(tmp_path: Path, stopper: list[Any]) -> None:
+    h, task = await _harness(tmp_path, tls=True)
+    stopper.append((h, task))
+    certs = _certs(tmp_path)
+    files = [str(p) for p in _files(tmp_path / "in", make_ct_study(2, 32, 32, seed=13))]
+    target = ("-aet", "CT01", "-aec", CALLED, "127.0.0.1", str(h.port))
+    tls = ("+tls", str(certs[f"{MODALITY}.key"]), str(certs[f"{MODALITY}.pem"]), "+cf", str(certs["ca.pem"]))
+    code, out = await _storescu(*tls, *target, *files)
+    assert code == 0, out
+    [manifest] = await wait_for_async(h.queued, "the study queued")
+    assert len(manifest.files) == 2
+    # In the clear, or TLS without a client certificate: no association.
+    code, out = await _storescu(*target, files[0])
+    assert code != 0, out
+    code, out = await _storescu("+tla", "+cf", str(certs["ca.pem"]), *target, files[0])
+    assert code != 0, out
+    assert len(h.queued()) == 1
+
+
+@DCMTK_TLS
+@pytest.mark.asyncio
+async def test_dicom_tls_forward_to_storescp(tmp_path: Path, stopper: list[Any]) -> None:
+    h, task = await _harness(tmp_path)
+    stopper.append((h, task))
+    certs = _certs(tmp_path)
+    study = make_ct_study(2, 32, 32, seed=14)
+    key = os.urandom(32)
+    located: list[tuple[Path | bytes, bytes, str]] = [
+        (
+            at_rest.seal_at_rest(f"{i}.dcm", data, validate(f"{i}.dcm", data), key),
+            key,
+            hashlib.sha256(data).hexdigest(),
+        )
+        for i, data in enumerate(study)
+    ]
+    [port] = free_ports(1)
+    destination = DicomDestination(
+        name="pacs", ae_title="PACS", address=Address(host="127.0.0.1", port=port), tls=True
+    )
+    config = DicomGatewayConfig(
+        ae_title="QLINK_B", listen=Address(host="127.0.0.1", port=0), destinations=(destination,)
+    )
+    ledger = ForwardLedger.open(tmp_path / "forwards.sqlite3")
+    audit = AuditLog.open(tmp_path / "fw.audit", facility=A)
+    client_ssl = client_context(certs["ca.pem"], certs[f"{A}.pem"], certs[f"{A}.key"])
+    forwarding = DicomForwarding(config, plane=h.plane, ledger=ledger, audit=audit, client_ssl=client_ssl)
+    out = tmp_path / "pacs"
+    out.mkdir()
+    tls = ("+tls", str(certs[f"{B}.key"]), str(certs[f"{B}.pem"]), "+cf", str(certs["ca.pem"]))
+    pacs = await asyncio.create_subprocess_exec(
+        "storescp",
+        *tls,
+        "+B",
+        "-aet",
+        "PACS",
+        "-od",
+        str(out),
+        str(port),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        attempt = await wait_for_async(
+            lambda: _delivered_attempt(forwarding, destination, located), "storescp up and the study sent"
+        )
+    finally:
+        pacs.terminate()
+        await pacs.wait()
+        ledger.close()
+    assert attempt.verdict is Verdict.DELIVERED, attempt
+    assert sorted(_dataset_bytes(p.read_bytes()) for p in out.iterdir()) == sorted(
+        _dataset_bytes(d) for d in study
+    )
+
+
+async def _delivered_attempt(forwarding: DicomForwarding, destination: Any, located: Any) -> Attempt | None:
+    # storescp gives no sign it listens: until it does, an attempt finds no association (RETRY).
+    attempt = await asyncio.to_thread(forwarding._send_study, destination, located)
+    return attempt if attempt.verdict is not Verdict.RETRY else None

@@ -37,6 +37,7 @@ peer = "hospital-b"
 name = "pacs"
 ae_title = "PACS"
 address = "10.0.0.5:104"
+tls = true
 """
 
 
@@ -71,6 +72,7 @@ def test_the_table_is_read(example: Path) -> None:
     assert (dicom.ae_title, dicom.listen.port, dicom.quiet_s) == ("QLINK_A", 11112, 5.0)
     assert [d.name for d in dicom.destinations] == ["pacs"]
     assert dicom.destinations[0].address.host == "10.0.0.5"
+    assert dicom.destinations[0].tls and not dicom.tls
     assert dicom.route("TO_B", "ANY").peer == "hospital-b"  # type: ignore[union-attr]
     assert dicom.route("TO_B_CT", "CT01") is not None
     assert dicom.route("TO_B_CT", "CT02") is None
@@ -93,6 +95,7 @@ def test_the_table_is_read(example: Path) -> None:
         ('called_ae = "TO_B"\n', 'called_ae = " TO_B"\n', "gateway.dicom.route[0].called_ae"),
         ('address = "10.0.0.5:104"', 'address = "10.0.0.5:0"', "gateway.dicom.destination[0].address"),
         ('name = "pacs"', 'name = "../pacs"', "gateway.dicom.destination[0].name"),
+        ("tls = true", 'tls = "yes"', "gateway.dicom.destination[0].tls"),
     ],
 )
 def test_a_mistake_names_its_field(example: Path, old: str, new: str, field: str) -> None:
