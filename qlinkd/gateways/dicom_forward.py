@@ -28,6 +28,7 @@ from typing import Any
 from pydicom import dcmread
 from pynetdicom import AE, _config
 
+from qlinkmed.qcore.errors import QlinkError
 from qlinkmed.qlinkd.dataplane.inbox import Inbox
 from qlinkmed.qlinkd.dataplane.manifest import Manifest, TransferKind
 from qlinkmed.qlinkd.dataplane.records import Incoming
@@ -161,12 +162,31 @@ class DicomForwarding:
             if record is None or record.state is not Incoming.DELIVERED:
                 return Attempt(Verdict.PARK, "the transfer is no longer in the inbox")
             # Located here (the records are the loop thread's); read and decrypted in the sending thread.
-            located = [
-                self._plane.inbox.locate(forward.transfer_id, i) for i in range(len(record.manifest.files))
-            ]
-            return await asyncio.to_thread(self._send_study, destination, located)
+            try:
+                located = [
+                    self._plane.inbox.locate(forward.transfer_id, i)
+                    for i in range(len(record.manifest.files))
+                ]
+            except QlinkError as exc:
+                return Attempt(Verdict.PARK, f"the inbox cannot give the study: {exc}")
+            return await asyncio.to_thread(self.attempt_study, destination, located)
 
         return deliver
+
+    def attempt_study(
+        self, destination: DicomDestination, located: list[tuple[Path | bytes, bytes, str]]
+    ) -> Attempt:
+        """`_send_study`, its failures turned into a verdict: the network's (OSError) are retried by the
+        forwarder; anything else (an at-rest copy that fails its integrity check, a file pydicom or
+        pynetdicom cannot read) parks the study, so one bad study never stops the daemon or holds the
+        line for the studies behind it."""
+        try:
+            return self._send_study(destination, located)
+        except (OSError, TimeoutError):
+            raise
+        except Exception as exc:
+            log.exception("DICOM forwarding to %s: cannot send a study", destination.name)
+            return Attempt(Verdict.PARK, f"cannot send the study: {type(exc).__name__}: {exc}")
 
     def _send_study(
         self, destination: DicomDestination, located: list[tuple[Path | bytes, bytes, str]]

@@ -445,5 +445,34 @@ async def test_dicom_tls_forward_to_storescp(tmp_path: Path, stopper: list[Any])
 
 async def _delivered_attempt(forwarding: DicomForwarding, destination: Any, located: Any) -> Attempt | None:
     # storescp gives no sign it listens: until it does, an attempt finds no association (RETRY).
-    attempt = await asyncio.to_thread(forwarding._send_study, destination, located)
+    attempt = await asyncio.to_thread(forwarding.attempt_study, destination, located)
     return attempt if attempt.verdict is not Verdict.RETRY else None
+
+
+@pytest.mark.asyncio
+async def test_a_study_whose_at_rest_copy_fails_its_check_is_parked_not_fatal(
+    tmp_path: Path, stopper: list[Any]
+) -> None:
+    h, task = await _harness(tmp_path)
+    stopper.append((h, task))
+    [data] = make_ct_study(1, 32, 32, seed=15)
+    key = os.urandom(32)
+    blob = bytearray(at_rest.seal_at_rest("0.dcm", data, validate("0.dcm", data), key))
+    blob[-1] ^= 0x01  # the storage host altered it
+    destination = DicomDestination(name="pacs", ae_title="PACS", address=Address(host="127.0.0.1", port=9))
+    config = DicomGatewayConfig(
+        ae_title="QLINK_B", listen=Address(host="127.0.0.1", port=0), destinations=(destination,)
+    )
+    ledger = ForwardLedger.open(tmp_path / "forwards.sqlite3")
+    forwarding = DicomForwarding(
+        config, plane=h.plane, ledger=ledger, audit=AuditLog.open(tmp_path / "fw.audit", facility=A)
+    )
+    try:
+        located: list[tuple[Path | bytes, bytes, str]] = [
+            (bytes(blob), key, hashlib.sha256(data).hexdigest())
+        ]
+        attempt = await asyncio.to_thread(forwarding.attempt_study, destination, located)
+    finally:
+        ledger.close()
+    assert attempt.verdict is Verdict.PARK
+    assert "IntegrityError" in attempt.detail, attempt
