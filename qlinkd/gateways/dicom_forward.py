@@ -148,6 +148,8 @@ class DicomForwarding:
             Verdict.RETRY: "forward_failed",
             Verdict.PARK: "forward_parked",
         }[attempt.verdict]
+        if attempt.verdict is Verdict.DELIVERED:
+            log.info("DICOM: transfer %s delivered to %s", forward.transfer_id, forward.destination)
         self._audit.record(
             event,
             gateway=GATEWAY,

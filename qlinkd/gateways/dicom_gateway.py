@@ -5,6 +5,7 @@ studies for peers (dicom_scp), and the forwarding of studies that arrive here to
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ class DicomGateway:
         client_ssl: ssl.SSLContext | None = None,
     ) -> None:
         """The TLS contexts are the facility's ([tls]), used where the configuration asks for DICOM TLS."""
+        # pynetdicom logs every association and message at INFO: thousands of lines a day at a busy site.
+        # Its warnings and errors still show; our own lines say what each association and study came to.
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         self._ledger = ledger
         self.scp = DicomScp(
             config, plane=plane, validator=validator, audit=audit, state_dir=state_dir, server_ssl=server_ssl

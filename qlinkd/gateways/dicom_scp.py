@@ -341,6 +341,12 @@ class DicomScp:
         with self._lock:
             association = self._associations.pop(event.assoc, None)
         if association is not None:
+            log.info(
+                "DICOM association from %s for %s ended after %d instance(s)",
+                association.calling,
+                association.peer,
+                association.seq,
+            )
             self._post(self._ended, association.id)
 
     def _on_store(self, event: evt.Event) -> int | Dataset:
