@@ -96,7 +96,9 @@ def check_bit_exact(expected: list[bytes], out: Path) -> None:
 
 
 @contextlib.contextmanager
-def gateway_deployment(root: Path, scp_port: int, pacs_port: int, quiet_s: float) -> Iterator[Deployment]:
+def gateway_deployment(
+    root: Path, scp_port: int, pacs_port: int, quiet_s: float
+) -> Iterator[tuple[Deployment, ProcessGroup]]:
     deployment = write_loopback_deployment(root, pulses_per_round=PULSES)
     with deployment.facilities[d.A].open("a") as f:
         f.write(
@@ -114,7 +116,7 @@ def gateway_deployment(root: Path, scp_port: int, pacs_port: int, quiet_s: float
             group.start(name)
         for name in d.NAMES:
             group.wait_ready(name)
-        yield deployment
+        yield deployment, group
 
 
 def delivered(deployment: Deployment) -> int:
@@ -166,7 +168,7 @@ def main() -> None:
         print(f"study: {args.instances} instances, {mb:.1f} MB (made in {time.monotonic() - made:.1f} s)")
         scp_port, pacs_port = free_ports(2)
         direct, gateway, modality = [], [], []
-        with gateway_deployment(root / "deploy", scp_port, pacs_port, args.quiet_s) as deployment:
+        with gateway_deployment(root / "deploy", scp_port, pacs_port, args.quiet_s) as (deployment, group):
             d.wait_for(
                 lambda: owned_bits(deployment, d.A) >= KEY_BITS and owned_bits(deployment, d.B) >= KEY_BITS,
                 120,
@@ -187,9 +189,10 @@ def main() -> None:
                     gateway.append(time.monotonic() - started)
                 check_bit_exact(expected, out)
                 shutil.rmtree(out)
+                peaks = ", ".join(f"{k} {v:.0f} MiB" for k, v in d.peak_rss_mib(group).items())
                 print(
                     f"run {run + 1}: direct {direct[-1]:.2f} s; gateway {gateway[-1]:.2f} s "
-                    f"(storescu done after {modality[-1]:.2f} s)"
+                    f"(storescu done after {modality[-1]:.2f} s); peak RSS so far: {peaks}"
                 )
         med_direct, med_gateway, med_modality = map(statistics.median, (direct, gateway, modality))
         n = args.instances
