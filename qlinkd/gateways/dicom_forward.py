@@ -230,6 +230,8 @@ class DicomForwarding:
     def _associate(self, destination: DicomDestination, contexts: dict[tuple[str, str], None]) -> Any:
         ae = AE(ae_title=self.config.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.config.timeout_s
+        # Without it a PACS host that drops packets holds the attempt for the kernel's TCP timeout.
+        ae.connection_timeout = self.config.timeout_s
         for sop_class, syntax in contexts:
             ae.add_requested_context(sop_class, syntax)
         address = destination.address
