@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -476,3 +477,49 @@ async def test_a_study_whose_at_rest_copy_fails_its_check_is_parked_not_fatal(
         ledger.close()
     assert attempt.verdict is Verdict.PARK
     assert "IntegrityError" in attempt.detail, attempt
+
+
+@pytest.mark.asyncio
+async def test_a_pacs_that_never_answers_the_connect_is_retried_after_timeout_s(
+    tmp_path: Path, stopper: list[Any]
+) -> None:
+    h, task = await _harness(tmp_path)
+    stopper.append((h, task))
+    # A listener whose accept queue is full: the kernel drops further SYNs, so a connect hangs.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    [data] = make_ct_study(1, 32, 32, seed=16)
+    key = os.urandom(32)
+    located: list[tuple[Path | bytes, bytes, str]] = [
+        (
+            at_rest.seal_at_rest("0.dcm", data, validate("0.dcm", data), key),
+            key,
+            hashlib.sha256(data).hexdigest(),
+        )
+    ]
+    destination = DicomDestination(name="pacs", ae_title="PACS", address=Address(host="127.0.0.1", port=port))
+    config = DicomGatewayConfig(
+        ae_title="QLINK_B", listen=Address(host="127.0.0.1", port=0), destinations=(destination,), timeout_s=1
+    )
+    ledger = ForwardLedger.open(tmp_path / "forwards.sqlite3")
+    forwarding = DicomForwarding(
+        config, plane=h.plane, ledger=ledger, audit=AuditLog.open(tmp_path / "fw.audit", facility=A)
+    )
+    try:
+        # Bounded by timeout_s (1 s) and the ACSE timeout, far below the kernel's ~2 minutes of SYN retries.
+        attempt = await asyncio.wait_for(
+            asyncio.to_thread(forwarding.attempt_study, destination, located), 30
+        )
+    finally:
+        ledger.close()
+        for s in (*fillers, listener):
+            s.close()
+    assert attempt.verdict is Verdict.RETRY, attempt
