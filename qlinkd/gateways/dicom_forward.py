@@ -44,6 +44,8 @@ GATEWAY = "dicom"
 MAX_CONTEXTS = 128
 """PS3.8: at most 128 presentation contexts in one association request."""
 _WARNINGS = {0xB000, 0xB006, 0xB007}
+RECONCILE_NEWEST = 1000
+"""How many of the newest inbox entries the start-up reconciliation looks at."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +127,10 @@ class DicomForwarding:
         if not self._forwarders:
             return 0
         added = 0
-        for record in reversed(self._plane.records.list_incoming(limit=1_000_000)):
+        # The newest arrivals only (what a crash can have caught between the two commits), so a large
+        # inbox is never loaded whole; on a facility that enables the gateway with studies already in its
+        # inbox, the newest of those are forwarded too.
+        for record in reversed(self._plane.records.list_incoming(limit=RECONCILE_NEWEST)):
             manifest = record.manifest
             owed = record.state is Incoming.DELIVERED and manifest.kind is TransferKind.STUDY
             if owed and not self._ledger.known(GATEWAY, manifest.transfer_id):

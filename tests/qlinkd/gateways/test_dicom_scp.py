@@ -7,6 +7,7 @@ staged queued at the next start and half-written ones dropped. The SCU is pynetd
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -31,7 +32,8 @@ from qlinkmed.qlinkd.content import at_rest
 from qlinkmed.qlinkd.content.limits import ContentLimits
 from qlinkmed.qlinkd.content.validate import validate
 from qlinkmed.qlinkd.content.worker import ContentValidator
-from qlinkmed.qlinkd.dataplane.manifest import TransferKind
+from qlinkmed.qlinkd.dataplane.manifest import FileEntry, TransferKind
+from qlinkmed.qlinkd.dataplane.records import Outgoing
 from qlinkmed.qlinkd.dataplane.service import DataPlane
 from qlinkmed.qlinkd.gateways.dicom_config import DicomDestination, DicomGatewayConfig, DicomRoute
 from qlinkmed.qlinkd.gateways.dicom_forward import DicomForwarding
@@ -47,6 +49,7 @@ from qlinkmed.qlinkd.testbed.deployment import free_ports
 from tests.dicom_factory import make_ct_study, make_deflate_bomb
 from tests.polling import wait_for_async
 from tests.qlinkd.dataplane.test_dataplane import PairedKeys
+from tests.qlinkd.dataplane.test_dataplane import _plane as dataplane_plane
 from tests.qlinkd.gateways.test_dicom_e2e import _dataset_bytes
 
 A, B = "hospital-a", "hospital-b"
@@ -523,3 +526,56 @@ async def test_a_pacs_that_never_answers_the_connect_is_retried_after_timeout_s(
         for s in (*fillers, listener):
             s.close()
     assert attempt.verdict is Verdict.RETRY, attempt
+
+
+@pytest.mark.asyncio
+async def test_arrived_studies_are_owed_to_each_pacs_and_a_crash_gap_is_reconciled(tmp_path: Path) -> None:
+    """Two data planes in this process: a study that arrived before the gateway listened (a crash between
+    the inbox commit and the ledger write) is owed at start-up; one arriving after, by the listener."""
+    certs = write_demo_pki(tmp_path / "pki2", [A, B])
+    keys = PairedKeys()
+    b = dataplane_plane(tmp_path, certs, keys, B, A, None)
+    port = await b.start(Address(host="127.0.0.1", port=0))
+    a = dataplane_plane(tmp_path, certs, keys, A, B, Address(host="127.0.0.1", port=port))
+    senders = asyncio.create_task(a.run_senders())
+    ledger = ForwardLedger.open(tmp_path / "forwards.sqlite3")
+    pacs = tuple(
+        DicomDestination(name=n, ae_title="PACS", address=Address(host="127.0.0.1", port=9))
+        for n in ("p1", "p2")
+    )
+    config = DicomGatewayConfig(
+        ae_title="QLINK_B", listen=Address(host="127.0.0.1", port=0), destinations=pacs
+    )
+
+    async def send(seed: int) -> str:
+        study = make_ct_study(2, 32, 32, seed=seed)
+        entries = [
+            FileEntry(f"{i}.dcm", len(d), hashlib.sha256(d).hexdigest(), "dicom") for i, d in enumerate(study)
+        ]
+        upload = a.begin_upload(a.new_manifest(B, TransferKind.STUDY, entries))
+        for i, data in enumerate(study):
+            upload.start_file(i)
+            upload.write(data)
+        outcome = await asyncio.wait_for(a.queue(upload), 20)
+        assert outcome.state is Outgoing.DELIVERED
+        return upload.manifest.transfer_id
+
+    try:
+        before = await send(40)
+        forwarding = DicomForwarding(
+            config, plane=b, ledger=ledger, audit=AuditLog.open(tmp_path / "fw.audit", facility=B)
+        )
+        assert forwarding.reconcile() == 1
+        assert forwarding.reconcile() == 0  # a row it has is left as it is
+        after = await send(41)
+        assert not forwarding.reconcile()
+        for destination in ("p1", "p2"):
+            assert [f.transfer_id for f in ledger.pending("dicom", destination)] == [before, after]
+    finally:
+        senders.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await senders
+        await b.stop()
+        a.close()
+        b.close()
+        ledger.close()
