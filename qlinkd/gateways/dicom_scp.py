@@ -271,7 +271,9 @@ class DicomScp:
                     sha256=info.sha256,
                     study_uid=info.study_uid,
                 )
-                self._grouping.add(association, peer, staged, self._clock())
+                replaced = self._grouping.add(association, peer, staged, self._clock())
+                if replaced is not None:  # sent twice before the crash: the earlier copy goes
+                    await asyncio.to_thread(self.staging.remove, [replaced.path], replaced.size, ended=False)
             for group in self._grouping.end_association(association):
                 await self._queue_group(group, ended=True)
             log.info("DICOM SCP: queued %d instance(s) staged before the last stop", len(paths))

@@ -256,6 +256,7 @@ async def test_instances_left_staged_by_a_crash_are_queued_at_start(
     (staged / "1.dcm").write_bytes(study[0])
     (staged / "2.dcm").write_bytes(study[1])
     (staged / "3.part").write_bytes(study[1][:100])  # never acknowledged
+    (staged / "4.dcm").write_bytes(study[1])  # the same instance sent again
     h, task = await _harness(tmp_path)
     stopper.append((h, task))
     [manifest] = h.queued()  # queued before the SCP listened
