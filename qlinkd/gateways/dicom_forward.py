@@ -44,8 +44,9 @@ GATEWAY = "dicom"
 MAX_CONTEXTS = 128
 """PS3.8: at most 128 presentation contexts in one association request."""
 _WARNINGS = {0xB000, 0xB006, 0xB007}
-RECONCILE_NEWEST = 1000
-"""How many of the newest inbox entries the start-up reconciliation looks at."""
+RECONCILE_NEWEST = 100
+"""How many of the newest inbox entries the start-up reconciliation looks at: a crash leaves at most the
+few arrivals in flight unowed, and a manifest of a large study is tens of kilobytes to parse."""
 
 
 @dataclass(frozen=True, slots=True)
