@@ -9,6 +9,7 @@ error names its dotted field.
     quiet_s = 30                      # a study left open this long without an instance is sent
     staging_max_bytes = 4294967296    # instances held before they are queued; beyond: 0xA700
     max_associations = 10
+    timeout_s = 60                    # ACSE/DIMSE/network/connect timeout, SCP and forwarder
     tls = false                       # true: the SCP speaks DICOM TLS only (mutual, the facility's CA)
 
     [[gateway.dicom.route]]           # first match wins
