@@ -1,7 +1,8 @@
 """DICOM gateway benchmark (issue 17): a CT study of --instances synthetic 512x512 16-bit slices (~0.5 MB
 each) sent by dcmtk's `storescu` to facility A's SCP, routed to facility B, forwarded by B to a dcmtk
 `storescp`; beside it, in the same run, `storescu` straight to `storescp`. Not a test: it prints figures
-(medians over --runs; the machine may be shared).
+(medians over --runs; the machine may be shared). QKD rounds are paused at the pool's high watermark
+during the runs, as in bench_dataplane.
 
     python bench/bench_dicom_gateway.py [--instances 500] [--runs 3] [--quiet-s 30]
 
@@ -30,15 +31,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import _deploy as d
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from qlinkmed.qlinkd.testbed.deployment import Deployment, free_ports, write_loopback_deployment
 from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
 from tests.dicom_factory import make_ct_study
 
-KEY_BITS = 64_000
 PULSES = 700_000
+HIGH_WATERMARK_BITS = 400_000
+"""The pool fills to this and rounds pause (resuming only below a tenth of it): the studies move with the
+link at rest, the steady state of a full pool, as bench_dataplane measures by default. Each study takes
+one session key of 256 bits at each end."""
 
 
 def dataset_bytes(part10: bytes) -> bytes:
@@ -99,7 +102,12 @@ def check_bit_exact(expected: list[bytes], out: Path) -> None:
 def gateway_deployment(
     root: Path, scp_port: int, pacs_port: int, quiet_s: float
 ) -> Iterator[tuple[Deployment, ProcessGroup]]:
-    deployment = write_loopback_deployment(root, pulses_per_round=PULSES)
+    deployment = write_loopback_deployment(
+        root,
+        pulses_per_round=PULSES,
+        low_watermark_bits=HIGH_WATERMARK_BITS // 10,
+        high_watermark_bits=HIGH_WATERMARK_BITS,
+    )
     with deployment.facilities[d.A].open("a") as f:
         f.write(
             f'\n[gateway.dicom]\nae_title = "QLINK_A"\nlisten = "127.0.0.1:{scp_port}"\nquiet_s = {quiet_s}\n'
@@ -136,10 +144,9 @@ def studies_at_pacs(deployment: Deployment, count: int) -> bool:
     return delivered(deployment) >= count
 
 
-def owned_bits(deployment: Deployment, facility: str) -> int:
-    with contextlib.suppress(httpx.HTTPError, KeyError, IndexError, ValueError):
-        return int(d.local_get(deployment, facility, "/v1/status")["links"][0]["pool_bits_owned"])
-    return 0
+def rounds_paused(deployment: Deployment) -> bool:
+    # Alice (hospital-a, the smaller id) starts the rounds: her link reports the pause.
+    return bool((d.link_status(deployment, d.A) or {}).get("rounds_paused"))
 
 
 def main() -> None:
@@ -150,6 +157,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quiet-s", type=float, default=30.0)
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress shows as it comes
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is missing: apt-get install dcmtk")
@@ -169,10 +177,9 @@ def main() -> None:
         scp_port, pacs_port = free_ports(2)
         direct, gateway, modality = [], [], []
         with gateway_deployment(root / "deploy", scp_port, pacs_port, args.quiet_s) as (deployment, group):
-            d.wait_for(
-                lambda: owned_bits(deployment, d.A) >= KEY_BITS and owned_bits(deployment, d.B) >= KEY_BITS,
-                120,
-                "key in both pools",
+            filling = d.wait_for(functools.partial(rounds_paused, deployment), 1800, "rounds paused")
+            print(
+                f"pool filled to {HIGH_WATERMARK_BITS:,} bits, rounds paused, in {filling:.0f} s", flush=True
             )
             for run in range(args.runs):
                 # Direct first, then the gateway, alternating run by run under the same load.
