@@ -20,7 +20,6 @@ import logging
 import os
 import ssl
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -201,45 +200,33 @@ class DicomForwarding:
         self, destination: DicomDestination, located: list[tuple[Path | bytes, bytes, str]]
     ) -> Attempt:
         """Every instance offered in its own syntax (blocking: a worker thread). Each instance is decrypted
-        once, while the one before it is sent, so the contexts to propose are learnt as the study is read: the
+        once, just before it is sent, so the contexts to propose are learnt as the study is read: the
         association proposes those seen so far, and an instance of a class or syntax not proposed yet
         opens the next one (a study of one class and syntax, the usual case, takes one association)."""
         assoc: Any = None
         proposed: dict[tuple[str, str], None] = {}
         results: list[InstanceResult] = []
-
-        def load(index: int) -> tuple[bytes, tuple[str, str]]:
-            data = Inbox.open_located(*located[index])
-            return data, _meta_of(data)
-
-        # The next instance is decrypted (numpy, off the GIL) while this one is sent: two in memory at most.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dicom-forward-read") as reader:
-            ahead = reader.submit(load, 0) if located else None
-            try:
-                for index in range(len(located)):
-                    if ahead is None:
-                        break
-                    data, meta = ahead.result()
-                    ahead = reader.submit(load, index + 1) if index + 1 < len(located) else None
-                    if assoc is None or meta not in proposed:
-                        if assoc is not None and assoc.is_established:
-                            assoc.release()
-                        if len(proposed) >= MAX_CONTEXTS:
-                            proposed.clear()
-                        proposed[meta] = None
-                        assoc = self._associate(destination, proposed)
-                        if not assoc.is_established:
-                            why = "rejected" if assoc.is_rejected else "aborted or not answered"
-                            where = f"{destination.ae_title} at {destination.address}"
-                            return verdict_of((), associated=False, why=f"{where}: association {why}")
-                    results.append(self._send_one(assoc, index, data, *meta))
+        try:
+            for index, (source, key, sha256) in enumerate(located):
+                data = Inbox.open_located(source, key, sha256)
+                meta = _meta_of(data)
+                if assoc is None or meta not in proposed:
+                    if assoc is not None and assoc.is_established:
+                        assoc.release()
+                    if len(proposed) >= MAX_CONTEXTS:
+                        proposed.clear()
+                    proposed[meta] = None
+                    assoc = self._associate(destination, proposed)
                     if not assoc.is_established:
-                        break
-            finally:
-                if ahead is not None:
-                    ahead.cancel()
-                if assoc is not None and assoc.is_established:
-                    assoc.release()
+                        why = "rejected" if assoc.is_rejected else "aborted or not answered"
+                        where = f"{destination.ae_title} at {destination.address}"
+                        return verdict_of((), associated=False, why=f"{where}: association {why}")
+                results.append(self._send_one(assoc, index, data, *meta))
+                if not assoc.is_established:
+                    break
+        finally:
+            if assoc is not None and assoc.is_established:
+                assoc.release()
         results += [
             InstanceResult(i, None, "association ended before it was sent")
             for i in range(len(results), len(located))
