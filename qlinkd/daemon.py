@@ -140,6 +140,8 @@ async def run_daemon(
             audit=audit,
             metrics=rt.metrics,
             max_ehr_bytes=config.content.max_ehr_bytes,
+            server_ssl=rt.server_ssl,
+            client_ssl=rt.client_ssl,
         )
         # Keys whose lifetime ended while the daemon was down go before any SAE can ask for them.
         while _sweep_expired(rt):
@@ -180,6 +182,7 @@ async def run_daemon(
             ports[name] = runner.addresses[0][1]  # its one site's first socket: the port bound for 0
         if config.listen.data is not None:
             ports["data"] = await plane.start(config.listen.data)
+        ports.update(await gateways.start_listeners())
         log.info(
             "qlinkd %s ready: classical %s, kme %s, local %s",
             config.id,
@@ -218,7 +221,7 @@ async def run_daemon(
             with contextlib.suppress(Exception):
                 await runner.cleanup()
         if gateways is not None:
-            gateways.close()
+            await gateways.close()
         if plane is not None:
             plane.close()
         validator.close()

@@ -14,7 +14,9 @@ from aiohttp import web
 from qlinkmed.qlinkd.content.worker import ContentValidator
 from qlinkmed.qlinkd.dataplane.service import DataPlane
 from qlinkmed.qlinkd.gateways.config import GatewaysConfig
-from qlinkmed.qlinkd.gateways.fhir_api import make_fhir_app, server_ssl
+from qlinkmed.qlinkd.gateways.dicom_gateway import DicomGateway
+from qlinkmed.qlinkd.gateways.fhir_api import make_fhir_app
+from qlinkmed.qlinkd.gateways.fhir_api import server_ssl as fhir_server_ssl
 from qlinkmed.qlinkd.gateways.fhir_forward import FhirForwarding
 from qlinkmed.qlinkd.gateways.forwarder import Attempt, Verdict
 from qlinkmed.qlinkd.gateways.forwards import LEDGER_FILE, Forward, ForwardLedger
@@ -35,19 +37,38 @@ class Gateways:
         audit: AuditLog,
         metrics: LinkMetrics,
         max_ehr_bytes: int,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
     ) -> None:
+        """`server_ssl`/`client_ssl`: the facility's mutual-TLS contexts ([tls]), for the DICOM gateway's
+        TLS options."""
         self._config = config
         self._metrics = metrics
         self.ledger = ForwardLedger.open(state_dir / LEDGER_FILE) if config.any else None
         self._apps: dict[str, tuple[web.Application, Address, ssl.SSLContext | None]] = {}
         self._fhir: FhirForwarding | None = None
+        self.dicom: DicomGateway | None = None
+        if config.dicom is not None and self.ledger is not None:
+            self.dicom = DicomGateway(
+                config.dicom,
+                plane=plane,
+                validator=validator,
+                ledger=self.ledger,
+                audit=audit,
+                state_dir=state_dir,
+                server_ssl=server_ssl,
+                client_ssl=client_ssl,
+                on_outcome=self._counted,
+            )
+            for name in self.dicom.forwarding.destinations():
+                metrics.add_forward("dicom", name)
         if config.fhir is not None and self.ledger is not None:
             fhir = config.fhir
             token = entropy.bearer_token(fhir.token_file) if fhir.token_file is not None else None
             app = make_fhir_app(
                 fhir, plane=plane, validator=validator, audit=audit, token=token, max_ehr_bytes=max_ehr_bytes
             )
-            self._apps["fhir"] = (app, fhir.listen, server_ssl(fhir))
+            self._apps["fhir"] = (app, fhir.listen, fhir_server_ssl(fhir))
             self._fhir = FhirForwarding(
                 fhir.destinations, plane=plane, ledger=self.ledger, audit=audit, on_outcome=self._counted
             )
@@ -65,14 +86,25 @@ class Gateways:
         """Name -> (application, address, TLS context) for the daemon to serve."""
         return dict(self._apps)
 
+    async def start_listeners(self) -> dict[str, int]:
+        """Open the gateways' own listeners (those that are no aiohttp application); name -> port."""
+        ports = {}
+        if self.dicom is not None:
+            ports["dicom"] = await self.dicom.start()
+        return ports
+
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             if self._fhir is not None:
                 tg.create_task(self._fhir.run())
+            if self.dicom is not None:
+                tg.create_task(self.dicom.run())
 
     def status(self) -> dict[str, Any]:
         """Per gateway: where it listens; per destination: what the ledger owes, holds and delivered."""
         out: dict[str, Any] = {}
+        if self.dicom is not None:
+            out["dicom"] = self.dicom.status()
         if self._config.fhir is not None:
             out["fhir"] = {"listen": str(self._config.fhir.listen), "base_path": self._config.fhir.base_path}
         if self.ledger is not None:
@@ -90,6 +122,8 @@ class Gateways:
             ]
         return out
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        if self.dicom is not None:
+            await self.dicom.close()
         if self.ledger is not None:
             self.ledger.close()

@@ -571,7 +571,6 @@ def load_facility_config(path: Path) -> FacilityConfig:
         validator_memory_bytes=content_section.integer("validator_memory_bytes", 2048 << 20),
     )
     content_section.finish()
-    gateways = gateways_section(root)
     metrics = metrics_section(root)
 
     peers: list[PeerConfig] = []
@@ -581,6 +580,7 @@ def load_facility_config(path: Path) -> FacilityConfig:
         check(all(p.id != peer.id for p in peers), section.name("id"), f"peer {peer.id!r} is listed twice")
         _check_sae_ids(peer.saes, section.name("saes"), seen_saes)
         peers.append(peer)
+    gateways = gateways_section(root, {p.id: p.data_address is not None for p in peers})
     root.finish()
     return FacilityConfig(
         source=Path(path),
