@@ -360,7 +360,7 @@ class _KeyedSession:
 
     async def _stream(self, manifest: Manifest) -> None:
         """Send the chunks the machine asks for, from the outbox (or an EHR message's body), inside the
-        window; let queued EHR messages overtake between chunks."""
+        window; let queued EHR messages overtake a study between chunks."""
         tid = manifest.transfer_id
         machine = self._machine
         body = self._ehr_body(manifest) if manifest.kind is TransferKind.EHR else None
@@ -389,8 +389,9 @@ class _KeyedSession:
                     )
                 self._send(machine.chunk(tid, data))
                 await self._writer.drain()
-                if self.ctx.wake.is_set():
-                    # Something new was queued: let an EHR message overtake the study.
+                if body is None and self.ctx.wake.is_set():
+                    # Something new was queued: let an EHR message overtake the study (never another EHR
+                    # message: one sender's messages arrive in the order they were queued, HL7 needs it).
                     self.ctx.wake.clear()
                     await self._send_pending_ehr()
         finally:
