@@ -22,6 +22,7 @@ from qlinkmed.qcore.constants import FACILITY_ID_PATTERN, QBER_TOLERANCE, is_fac
 from qlinkmed.qcore.params import CascadeKind, DistillConfig, E91Security, ProtocolKind
 from qlinkmed.qcore.security import DEFAULT_EPS_COR, DEFAULT_EPS_SEC
 from qlinkmed.qlinkd.errors import ConfigError, PkiError
+from qlinkmed.qlinkd.gateways.mllp_config import MllpConfig, mllp_section
 from qlinkmed.qlinkd.link.events import MAX_ROUNDS_IN_FLIGHT
 from qlinkmed.qlinkd.ops.decoy_source import DecoyOverrides, DecoyPlan, plan_decoy
 from qlinkmed.qlinkd.ops.toml_reader import Address, Table, build, check, read_toml
@@ -311,6 +312,8 @@ class FacilityConfig:
     be cut off unseen."""
     content: ContentConfig = ContentConfig()
     """Content size limits and validator processes."""
+    mllp: MllpConfig | None = None
+    """The HL7 v2 (MLLP) gateway, `[gateway.mllp]` (gateways/mllp_config.py); None if not configured."""
 
     def peer(self, peer_id: str) -> PeerConfig:
         """The peer called `peer_id`; KeyError if there is none."""
@@ -529,6 +532,9 @@ def load_facility_config(path: Path) -> FacilityConfig:
         check(all(p.id != peer.id for p in peers), section.name("id"), f"peer {peer.id!r} is listed twice")
         _check_sae_ids(peer.saes, section.name("saes"), seen_saes)
         peers.append(peer)
+    gateway = root.table("gateway", optional=True)
+    mllp = mllp_section(gateway, tuple(p.id for p in peers))
+    gateway.finish()
     root.finish()
     return FacilityConfig(
         source=Path(path),
@@ -542,6 +548,7 @@ def load_facility_config(path: Path) -> FacilityConfig:
         peers=tuple(peers),
         audit_anchor_interval_s=anchor_interval,
         content=content,
+        mllp=mllp,
     )
 
 
