@@ -35,5 +35,6 @@ async def test_ehr_messages_under_aead_arrive_in_the_order_they_were_queued(tmp_
     assert [state for _, state, _ in h.finished] == [Outgoing.DELIVERED] * len(queued)
     # The sender hears "delivered" for each only after the inbox holds it: this is the arrival order.
     assert [tid for tid, _, _ in h.finished] == [m.transfer_id for m in queued]
-    delivered_at = [h.b_records.incoming(m.transfer_id).delivered_at for m in queued]  # type: ignore[union-attr]
+    records = [h.b_records.incoming(m.transfer_id) for m in queued]
+    delivered_at = [r.delivered_at or 0.0 if r else 0.0 for r in records]
     assert delivered_at == sorted(delivered_at)
