@@ -16,6 +16,8 @@ from qlinkmed.qlinkd.content.worker import ContentValidator
 from qlinkmed.qlinkd.data_api import ensure_token
 from qlinkmed.qlinkd.dataplane.keys import PoolKeys
 from qlinkmed.qlinkd.dataplane.service import DataPlane
+from qlinkmed.qlinkd.gateways.forwards import LEDGER_FILE, ForwardLedger
+from qlinkmed.qlinkd.gateways.mllp_gateway import MllpGateway
 from qlinkmed.qlinkd.link.anchor import AnchorBook
 from qlinkmed.qlinkd.link.peer_link import PeerLink
 from qlinkmed.qlinkd.link.states import Role
@@ -57,6 +59,8 @@ async def run_daemon(
     runners: list[web.AppRunner] = []
     links: dict[str, PeerLink] = {}
     plane: DataPlane | None = None
+    ledger: ForwardLedger | None = None
+    mllp: MllpGateway | None = None
     validator = ContentValidator(
         limits_of(config.content),
         workers=config.content.validators,
@@ -127,6 +131,9 @@ async def run_daemon(
             pq_hybrid=[peer.id for peer in config.peers if peer.pq_hybrid],
             validator=validator,
         )
+        if config.mllp is not None:
+            ledger = ForwardLedger.open(config.state_dir / LEDGER_FILE)
+            mllp = MllpGateway(config.mllp, plane, validator, ledger, audit)
         token = ensure_token(config.state_dir)
         # Keys whose lifetime ended while the daemon was down go before any SAE can ask for them.
         while _sweep_expired(rt):
@@ -155,6 +162,9 @@ async def run_daemon(
             site = web.TCPSite(runner, address.host, address.port, ssl_context=ssl_context)
             await site.start()
             ports[name] = runner.addresses[0][1]  # its one site's first socket: the port bound for 0
+        # Before the data plane receives: the gateway reconciles its ledger with the inbox first.
+        if mllp is not None and (mllp_port := await mllp.start()) is not None:
+            ports["mllp"] = mllp_port
         if config.listen.data is not None:
             ports["data"] = await plane.start(config.listen.data)
         log.info(
@@ -173,6 +183,8 @@ async def run_daemon(
             for link in links.values():
                 tg.create_task(link.run())
             tg.create_task(plane.run_senders())
+            if mllp is not None:
+                tg.create_task(mllp.run())
             tg.create_task(_checkpoints(store))
             tg.create_task(_expiry_sweeps(rt))
             interval = notifier.watchdog_interval()
@@ -188,6 +200,8 @@ async def run_daemon(
         notifier.stopping()
         for link in links.values():
             await link.close()
+        if mllp is not None:
+            await mllp.stop()
         if plane is not None:
             await plane.stop()
         for runner in runners:
@@ -195,6 +209,8 @@ async def run_daemon(
                 await runner.cleanup()
         if plane is not None:
             plane.close()
+        if ledger is not None:
+            ledger.close()
         validator.close()
         with contextlib.suppress(Exception):
             audit.record("daemon_stopped")
