@@ -7,11 +7,12 @@ latency from send to the engine's receipt.
 
 A loopback deployment runs (channel service, two daemons) with A's MLLP listener and B's forwarding to
 hl7apy's MLLPServer (answering with python-hl7's ACKs: independent code at both ends). The sender is
-python-hl7's MLLPClient on one long-lived connection, one message at a time (MLLP's own discipline): each
-ADT^A01 carries a unique MSH-10. With --kill9 K, B is SIGKILLed K times, evenly over the run (whenever
-the engine has received another N/(K+1) messages, plus a random 0-0.3 s so the kill lands anywhere: in a
-data session, between the inbox and the ledger, or between the engine's ACK and the ledger's "delivered"),
-and restarted at once.
+python-hl7's MLLPClient on one long-lived connection, one message at a time (MLLP's own discipline), each
+as soon as the last is ACKed or at --rate messages a second (a backlog behind the data plane makes the
+unpaced latency a queueing figure): each ADT^A01 carries a unique MSH-10. With --kill9 K, B is SIGKILLed
+K times, evenly over the run (whenever the engine has received another N/(K+1) messages, plus a random
+0-0.3 s so the kill lands anywhere: in a data session, between the inbox and the ledger, or between the
+engine's ACK and the ledger's "delivered"), and restarted at once.
 
 Checked: every message ACKed AA at A reaches the engine (0 lost); with the engine's repeats dropped by
 MSH-10 (HL7's duplicate detection), each arrives once and in the order sent. Delivery from B to the
@@ -91,10 +92,11 @@ def adt(i: int) -> bytes:
 
 
 class Sender(threading.Thread):
-    def __init__(self, port: int, count: int) -> None:
+    def __init__(self, port: int, count: int, rate: float) -> None:
         super().__init__(name="mllp-sender", daemon=True)
         self.port = port
         self.count = count
+        self.interval = 1.0 / rate if rate > 0 else 0.0
         self.sent: list[float] = []
         self.acked: list[float] = []
         self.codes: list[str] = []
@@ -103,8 +105,12 @@ class Sender(threading.Thread):
     def run(self) -> None:
         try:
             with MLLPClient("127.0.0.1", self.port) as client:
+                start = time.monotonic()
                 for i in range(self.count):
                     message = adt(i)
+                    pause = start + i * self.interval - time.monotonic()
+                    if pause > 0:
+                        time.sleep(pause)  # the sending engine's pace
                     self.sent.append(time.monotonic())
                     answer = client.send_message(message)
                     self.acked.append(time.monotonic())
@@ -128,7 +134,9 @@ def _owned_bits(target: DataTarget) -> int:
     return int(body["links"][0]["pool_bits_owned"]) if status == 200 else 0
 
 
-def run(count: int, kills: int, *, seed: int, pulses: int, root: Path | None = None) -> MllpReport:
+def run(
+    count: int, kills: int, *, seed: int, pulses: int, rate: float = 0.0, root: Path | None = None
+) -> MllpReport:
     rng = random.Random(seed)  # when the kills land: reproducible, not a secret
     with tempfile.TemporaryDirectory(prefix="qlink-bench-mllp-") as tmp:
         deployment = write_loopback_deployment(
@@ -160,7 +168,7 @@ def run(count: int, kills: int, *, seed: int, pulses: int, root: Path | None = N
                     120,
                     "key in both pools",
                 )
-                sender = Sender(listen_port, count)
+                sender = Sender(listen_port, count, rate)
                 sender.start()
                 ready: list[float] = []
                 for k in range(1, kills + 1):
@@ -255,12 +263,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kill9", type=int, default=0, metavar="K", help="SIGKILL the receiving daemon K times"
     )
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="messages per second (0: each as soon as the last is ACKed)"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--pulses", type=int, default=700_000, help="pulses per round")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--root", type=Path, help="write the deployment here and keep it (logs, audit)")
     args = parser.parse_args(argv)
-    report = run(args.messages, args.kill9, seed=args.seed, pulses=args.pulses, root=args.root)
+    report = run(
+        args.messages, args.kill9, seed=args.seed, pulses=args.pulses, rate=args.rate, root=args.root
+    )
     if args.json:
         print(json.dumps(asdict(report), indent=2))
     else:
