@@ -63,6 +63,20 @@ class Answer:
     outcome: Outcome
     problem: Problem | None
     transfer_id: str | None = None
+    quotes_content: bool = False
+    """The problem's text comes from the content rules and may quote the message (patient data): it goes
+    back to the sender in the ACK, never to the log or the status."""
+
+
+def _summary(answer: Answer) -> str:
+    problem = answer.problem
+    if problem is None:
+        return "?"
+    where = "^".join(map(str, problem.location)) if problem.location else ""
+    code = f"{int(problem.code)} {problem.code.name.lower().replace('_', ' ')}" + (
+        f" at {where}" if where else ""
+    )
+    return code if answer.quotes_content else f"{code}: {problem.text}"
 
 
 @dataclass(slots=True)
@@ -201,7 +215,7 @@ class MllpListener:
             self.counters.accepted += 1
         else:
             self.counters.refused += 1
-            problem_text = answer.problem.text if answer.problem else "?"
+            problem_text = _summary(answer)
             control = header.control_id if header else "?"
             log.warning(
                 "HL7 message %s from %s not accepted (%s): %s",
@@ -232,7 +246,7 @@ class MllpListener:
         try:
             info = await self._validator.validate(name, message)
         except ContentError as exc:
-            return Answer(Outcome.ERROR, problem_of(exc))
+            return Answer(Outcome.ERROR, problem_of(exc), quotes_content=True)
         except Exception as exc:  # the validator's workers failing is our problem, not the message's
             log.exception("validating HL7 message %s failed", header.control_id)
             problem = Problem(

@@ -371,3 +371,17 @@ async def test_connections_beyond_the_limit_are_closed_at_once_and_the_others_se
     for _, w in held:
         w.close()
     await wait_for_async(lambda: pair.gateway_a.status().connections_open == 0, "all closed")
+
+
+@pytest.mark.asyncio
+async def test_a_refusal_by_the_content_rules_keeps_their_words_out_of_log_and_status(
+    pair: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The content rules may quote the message (patient data): their text goes back in the ACK only.
+    msh_only = b"MSH|^~\\&|LIS|A|LAB|B|20240101||ORU^R01|BAD2|P|2.5\r"
+    [answer] = await pair.exchange(msh_only)
+    words = parse_ack(answer).text.rsplit("|", 1)[-1]
+    assert words
+    assert words not in caplog.text
+    assert words not in (pair.gateway_a.status().last_error or "")
+    assert "BAD2" in (pair.gateway_a.status().last_error or "")
