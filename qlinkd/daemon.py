@@ -180,9 +180,10 @@ async def run_daemon(
             site = web.TCPSite(runner, address.host, address.port, ssl_context=ssl_context)
             await site.start()
             ports[name] = runner.addresses[0][1]  # its one site's first socket: the port bound for 0
+        # Before the data plane receives: a gateway reconciles its ledger with the inbox first.
+        ports.update(await gateways.start_listeners())
         if config.listen.data is not None:
             ports["data"] = await plane.start(config.listen.data)
-        ports.update(await gateways.start_listeners())
         log.info(
             "qlinkd %s ready: classical %s, kme %s, local %s",
             config.id,

@@ -20,6 +20,7 @@ from qlinkmed.qlinkd.gateways.fhir_api import server_ssl as fhir_server_ssl
 from qlinkmed.qlinkd.gateways.fhir_forward import FhirForwarding
 from qlinkmed.qlinkd.gateways.forwarder import Attempt, Verdict
 from qlinkmed.qlinkd.gateways.forwards import LEDGER_FILE, Forward, ForwardLedger
+from qlinkmed.qlinkd.gateways.mllp_gateway import MllpGateway
 from qlinkmed.qlinkd.ops import entropy
 from qlinkmed.qlinkd.ops.audit import AuditLog
 from qlinkmed.qlinkd.ops.metrics import LinkMetrics
@@ -62,6 +63,13 @@ class Gateways:
             )
             for name in self.dicom.forwarding.destinations():
                 metrics.add_forward("dicom", name)
+        self.mllp: MllpGateway | None = None
+        if config.mllp is not None and self.ledger is not None:
+            self.mllp = MllpGateway(
+                config.mllp, plane, validator, self.ledger, audit, on_outcome=self._counted
+            )
+            for name in self.mllp.forwarding.forwarders:
+                metrics.add_forward("mllp", name)
         if config.fhir is not None and self.ledger is not None:
             fhir = config.fhir
             token = entropy.bearer_token(fhir.token_file) if fhir.token_file is not None else None
@@ -91,6 +99,8 @@ class Gateways:
         ports = {}
         if self.dicom is not None:
             ports["dicom"] = await self.dicom.start()
+        if self.mllp is not None and (port := await self.mllp.start()) is not None:
+            ports["mllp"] = port
         return ports
 
     async def run(self) -> None:
@@ -99,12 +109,16 @@ class Gateways:
                 tg.create_task(self._fhir.run())
             if self.dicom is not None:
                 tg.create_task(self.dicom.run())
+            if self.mllp is not None:
+                tg.create_task(self.mllp.run())
 
     def status(self) -> dict[str, Any]:
         """Per gateway: where it listens; per destination: what the ledger owes, holds and delivered."""
         out: dict[str, Any] = {}
         if self.dicom is not None:
             out["dicom"] = self.dicom.status()
+        if self.mllp is not None:
+            out["mllp"] = self.mllp.status().to_json()
         if self._config.fhir is not None:
             out["fhir"] = {"listen": str(self._config.fhir.listen), "base_path": self._config.fhir.base_path}
         if self.ledger is not None:
@@ -123,6 +137,8 @@ class Gateways:
         return out
 
     async def close(self) -> None:
+        if self.mllp is not None:
+            await self.mllp.stop()
         if self.dicom is not None:
             await self.dicom.close()
         if self.ledger is not None:
