@@ -273,7 +273,7 @@ class _MemoryKeys:
 
     name = "emulated"
 
-    async def take(self, peer: str, size_bits: int) -> list[DeliveredKey]:
+    async def take(self, peer: str, size_bits: int, *, single: bool = False) -> list[DeliveredKey]:
         key = DeliveredKey(str(uuid.uuid4()), os.urandom(size_bits // 8))
         self.held[key.key_id] = key.material
         return [key]

@@ -89,15 +89,21 @@ class ExternalKeys:
             self._status = await self._client.status(self.peer_sae_id)
         return self._status
 
-    async def take(self, peer: str, size_bits: int) -> list[DeliveredKey]:
+    async def take(self, peer: str, size_bits: int, *, single: bool = False) -> list[DeliveredKey]:
         self._check_peer(peer)
+        limits = await self._limits()
+        if single and size_bits > limits.max_key_size:
+            raise KmeError(
+                f"one key of {size_bits} bits is over the KME's max_key_size {limits.max_key_size}",
+                url=self._client.base_url,
+            )
+        request = plan_request(size_bits, limits, url=self._client.base_url)
         try:
-            request = plan_request(size_bits, await self._limits(), url=self._client.base_url)
             return await self._client.enc_keys(
                 self.peer_sae_id, number=request.number, size_bits=request.size_bits
             )
         except KmeError:
-            self._status = None
+            self._status = None  # read the limits again: the KME may have been replaced or reconfigured
             raise
 
     async def fetch(self, peer: str, key_ids: list[str], timeout: float) -> list[DeliveredKey]:

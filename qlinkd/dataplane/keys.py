@@ -69,10 +69,11 @@ class KeySource(Protocol):
     name: str
     """Where the keys come from, as status and the audit log say it: ``emulated`` or ``etsi014``."""
 
-    async def take(self, peer: str, size_bits: int) -> list[DeliveredKey]:
+    async def take(self, peer: str, size_bits: int, *, single: bool = False) -> list[DeliveredKey]:
         """At least `size_bits` bits of fresh key for a session or a pad, as one or more keys whose
-        material is used concatenated in this order (their IDs travel in that order). InsufficientKey
-        (nothing taken) when the pool is short; KmeError when an external KME cannot supply them."""
+        material is used concatenated in this order (their IDs travel in that order); with `single`, one
+        key or none. InsufficientKey (nothing taken) when the pool is short; KmeError when an external KME
+        cannot supply them."""
         ...
 
     async def fetch(self, peer: str, key_ids: list[str], timeout: float) -> list[DeliveredKey]:
@@ -88,7 +89,7 @@ class PoolKeys:
         self._manager = manager
         self._store = store
 
-    async def take(self, peer: str, size_bits: int) -> list[DeliveredKey]:
+    async def take(self, peer: str, size_bits: int, *, single: bool = False) -> list[DeliveredKey]:
         return self._manager.enc_keys(
             peer,
             number=1,
@@ -119,8 +120,8 @@ class PeerKeySources:
     def source_name(self, peer: str) -> str:
         return self.of(peer).name
 
-    async def take(self, peer: str, size_bits: int) -> list[DeliveredKey]:
-        return await self.of(peer).take(peer, size_bits)
+    async def take(self, peer: str, size_bits: int, *, single: bool = False) -> list[DeliveredKey]:
+        return await self.of(peer).take(peer, size_bits, single=single)
 
     async def fetch(self, peer: str, key_ids: list[str], timeout: float) -> list[DeliveredKey]:
         return await self.of(peer).fetch(peer, key_ids, timeout)

@@ -362,12 +362,13 @@ class _KeyedSession:
 
     async def _refill_pads(self) -> None:
         """Take and announce the next pad key when the session's pads run low (after a message is answered,
-        so the pool transaction and the notice stay off every message's path). A key source that splits
-        the pad into several keys gives several pad keys, announced in order."""
+        so the pool transaction and the notice stay off every message's path). A pad is one key or none
+        (`single`): a message's pad never spans keys, so a pad split into small keys would only be
+        discarded unused; messages then take their own keys."""
         if self._pads.left() >= PAD_REFILL_BELOW:
             return
         try:
-            keys = await self.ctx.keys.take(self.ctx.peer, 8 * PAD_KEY_BYTES)
+            keys = await self.ctx.keys.take(self.ctx.peer, 8 * PAD_KEY_BYTES, single=True)
         except (InsufficientKey, KmeError):
             return  # messages take their own pads (or fall back to AEAD) until key comes again
         for key in keys:

@@ -77,7 +77,7 @@ class PairedKeys:
 
     name = "emulated"
 
-    async def take(self, peer: str, size_bits: int) -> list[DeliveredKey]:
+    async def take(self, peer: str, size_bits: int, *, single: bool = False) -> list[DeliveredKey]:
         if size_bits > self.budget_bits:
             raise InsufficientKey(requested_bits=size_bits, available_bits=self.budget_bits)
         self.budget_bits -= size_bits

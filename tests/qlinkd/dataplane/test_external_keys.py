@@ -204,6 +204,16 @@ async def test_keys_taken_at_the_master_kme_are_fetched_identical_once_at_the_sl
 
 
 @pytest.mark.asyncio
+async def test_a_single_key_over_the_kme_s_largest_is_refused_and_takes_nothing(kmes: Kmes) -> None:
+    sender = ExternalKeys(K2, kmes.client(SAE_A, K1), sae_id=SAE_A, peer_sae_id=SAE_B)
+    with pytest.raises(KmeError, match="one key of 131072 bits is over the KME's max_key_size 4096"):
+        await sender.take(K2, 8 * 16384, single=True)
+    assert kmes.stores[K1].outbox(K2) == []
+    (key,) = await sender.take(K2, 4096, single=True)
+    assert len(key.material) == 512 and [n.key_id for n in kmes.stores[K1].outbox(K2)] == [key.key_id]
+
+
+@pytest.mark.asyncio
 async def test_the_slave_waits_for_a_key_still_crossing_the_qkd_link(kmes: Kmes) -> None:
     sender = ExternalKeys(K2, kmes.client(SAE_A, K1), sae_id=SAE_A, peer_sae_id=SAE_B)
     receiver = ExternalKeys(K1, kmes.client(SAE_B, K2), sae_id=SAE_B, peer_sae_id=SAE_A)
