@@ -239,6 +239,29 @@ async def test_a_key_id_the_slave_kme_does_not_know_is_refused_clearly(kmes: Kme
 
 
 @pytest.mark.asyncio
+async def test_a_fetch_refused_for_another_reason_fails_at_once_and_an_absent_kme_after_the_wait(
+    kmes: Kmes, certs: dict[str, tuple[Path, Path]]
+) -> None:
+    intruder = ExternalKeys(K1, kmes.client("intruder", K2), sae_id="intruder", peer_sae_id=SAE_A)
+    with pytest.raises(KmeError) as caught:
+        await intruder.fetch(K1, [str(uuid.uuid4())], timeout=60.0)  # a retry would take the whole minute
+    assert caught.value.status == 401
+    assert kmes.managers[K2].asked == 0  # refused before the key manager was asked
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    absent = EtsiClient(f"https://127.0.0.1:{port}", _client_context(certs, SAE_B))
+    try:
+        receiver = ExternalKeys(K1, absent, sae_id=SAE_B, peer_sae_id=SAE_A)
+        with pytest.raises(KmeUnavailable, match="cannot connect"):
+            await receiver.fetch(K1, [str(uuid.uuid4())], timeout=0.3)
+    finally:
+        await absent.close()
+
+
+@pytest.mark.asyncio
 async def test_a_certificate_the_kme_does_not_know_is_refused(kmes: Kmes) -> None:
     # Signed by the KME's CA but registered as no SAE: the KME's 401 and its message.
     with pytest.raises(KmeError, match="the calling SAE is not registered with this KME") as caught:

@@ -223,10 +223,10 @@ def test_with_the_kme_away_a_transfer_waits_queued_then_flows(
 
     def waiting() -> str | None:
         state = net.status(A)["data_plane"]["senders"][B]
-        return state if "waiting for key" in state else None
+        return state if "cannot connect" in state else None
 
-    reason = wait_for(waiting, "A's sender to say it waits for key")
-    assert net.k.kme_url(K1) in reason and "cannot connect" in reason
+    reason = wait_for(waiting, "A's sender to say it waits for key from kme-1, which it cannot reach")
+    assert reason.startswith(f"waiting for key: KME {net.k.kme_url(K1)}")
     code, transfers = net.a.json("GET", "/v1/transfers")
     assert [t["state"] for t in transfers["transfers"] if t["transfer_id"] == tid] == ["queued"]
 
@@ -267,3 +267,53 @@ def test_a_key_id_the_slave_kme_does_not_know_is_refused(net: Net) -> None:
     assert (audited["peer"], audited["reason"]) == (A, "key_unknown")
     assert {r["transfer"] for r in net.audit(B) if r["event"] == "transfer_received"} == before
     assert not [r for r in _sessions(net, B, "receiver") if unknown in r["key_ids"]]
+
+
+def test_a_kme_that_refuses_the_sae_certificate_keeps_the_transfer_queued(
+    net: Net, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = net.h.facilities[A]
+    good = config.read_text()
+    # A certificate of the KMEs' CA, but of an SAE that kme-2 serves, not kme-1: kme-1 answers 401.
+    wrong_cert, wrong_key = net.k.pki(f"pacs-{K2}")
+    right_cert, right_key = net.k.pki(sae(A))
+    config.write_text(good.replace(str(right_cert), str(wrong_cert)).replace(str(right_key), str(wrong_key)))
+    try:
+        net.hospitals.kill(A, 15)
+        net.hospitals.start(A)
+        net.hospitals.wait_ready(A)
+        code, out, err = qlink(
+            capsys,
+            "ehr",
+            "send",
+            "--to",
+            B,
+            str(DATA / "oru_r01.hl7"),
+            "--no-wait",
+            "--json",
+            "--config",
+            net.config(A),
+        )
+        assert code == 0, err
+        tid = json.loads(out)["transfer_id"]
+
+        def refused() -> str | None:
+            state = net.status(A)["data_plane"]["senders"][B]
+            return state if "answered 401" in state else None
+
+        reason = wait_for(refused, "A's sender to report kme-1's refusal")
+        assert "the calling SAE is not registered with this KME" in reason
+        code, transfers = net.a.json("GET", "/v1/transfers")
+        assert [t["state"] for t in transfers["transfers"] if t["transfer_id"] == tid] == ["queued"]
+    finally:
+        config.write_text(good)
+        net.hospitals.kill(A, 15)
+        net.hospitals.start(A)
+        net.hospitals.wait_ready(A)
+
+    def delivered() -> bool:
+        code, body = net.b.json("GET", f"/v1/inbox/{tid}")
+        return code == 200 and body.get("state") == "delivered"
+
+    # With its own certificate back, A's queued message goes.
+    wait_for(delivered, "the queued message at B once A presents its own SAE certificate", timeout=90)
