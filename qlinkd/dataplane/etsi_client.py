@@ -33,6 +33,9 @@ SMALL_ANSWER_BYTES = 64 * 1024
 """The most a status or error answer may hold."""
 KEY_ENTRY_OVERHEAD_BYTES = 256
 """JSON around one key in a key container: its key_ID, names, quotes and spacing (generous)."""
+MAX_KEY_BITS = 1 << 20
+"""The largest key a dec_keys answer may hold when the caller knows no tighter bound (qlinkd's own KME
+allows no larger)."""
 MSG_KEYS_NOT_FOUND = "one or more keys specified are not found on KME"
 """The message ETSI GS QKD 014 mandates when dec_keys cannot return a requested key (with status 400)."""
 
@@ -130,13 +133,17 @@ class EtsiClient:
             raise KmeError(f"asked for {number} key(s), the answer holds {len(keys)}", url=url)
         return keys
 
-    async def dec_keys(self, master_sae: str, key_ids: Sequence[str]) -> list[DeliveredKey]:
-        """The keys named `key_ids` that the master SAE `master_sae` took for us, in that order."""
+    async def dec_keys(
+        self, master_sae: str, key_ids: Sequence[str], *, max_key_bits: int = MAX_KEY_BITS
+    ) -> list[DeliveredKey]:
+        """The keys named `key_ids` that the master SAE `master_sae` took for us, in that order. Their size
+        was the master's choice: the answer may hold up to `max_key_bits` per key named."""
         url = f"{self.base_url}{API_PREFIX}/{quote(master_sae, safe='')}/dec_keys"
-        # The size is the master's choice, unknown here: the bound allows the largest key ETSI 014 speaks
-        # of in practice (1 Mbit, as qlinkd's own limit), per key named.
         body = await self._call(
-            "POST", url, {"key_IDs": [{"key_ID": k} for k in key_ids]}, _answer_cap(len(key_ids), 1 << 20)
+            "POST",
+            url,
+            {"key_IDs": [{"key_ID": k} for k in key_ids]},
+            _answer_cap(len(key_ids), max_key_bits),
         )
         by_id = {k.key_id: k for k in _keys(body, url, size_bits=None)}
         wanted = [canonical_key_id(k) or k for k in key_ids]

@@ -116,7 +116,11 @@ class ExternalKeys:
         pause = FETCH_RETRY_S[0]
         while True:
             try:
-                return await self._client.dec_keys(self.peer_sae_id, key_ids)
+                # Our KME's own largest key bounds what it may answer (the master's KME shares its limits).
+                limits = await self._limits()
+                return await self._client.dec_keys(
+                    self.peer_sae_id, key_ids, max_key_bits=limits.max_key_size
+                )
             except KmeUnavailable as exc:
                 last: KmeError = exc
             except KmeError as exc:

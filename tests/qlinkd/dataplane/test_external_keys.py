@@ -458,3 +458,19 @@ async def test_status_limits_that_make_no_sense_are_refused(
     routes["status"] = _answer(good | {"min_key_size": "64"})
     with pytest.raises(KmeError, match="min_key_size is not a non-negative integer"):
         await client.status(SAE_B)
+
+
+@pytest.mark.asyncio
+async def test_a_fetched_key_is_bounded_by_the_kme_s_own_largest_key(
+    hostile: tuple[dict[str, Handler], EtsiClient],
+) -> None:
+    routes, client = hostile
+    limits = {"key_size": 256, "stored_key_count": 1, "max_key_per_request": 8}
+    routes["status"] = _answer(limits | {"max_key_size": 256, "min_key_size": 64})
+    key_id = str(uuid.uuid4())
+    routes["dec_keys"] = _answer({"keys": [_key(b"\x05" * (1 << 20), key_id)]})
+    receiver = ExternalKeys(K1, client, sae_id=SAE_B, peer_sae_id=SAE_A)
+    with pytest.raises(KmeError, match=r"answer of \d+ bytes is over the 65\d+-byte bound"):
+        await receiver.fetch(K1, [key_id], timeout=5.0)
+    routes["dec_keys"] = _answer({"keys": [_key(b"\x05" * 32, key_id)]})
+    assert [k.material for k in await receiver.fetch(K1, [key_id], timeout=5.0)] == [b"\x05" * 32]
