@@ -26,6 +26,7 @@ from qlinkmed.qlinkd.ops import pki
 from qlinkmed.qlinkd.pool.etsi import KmePolicy, make_kme_app
 from qlinkmed.qlinkd.pool.keystore import KeyStore
 from qlinkmed.qlinkd.pool.kme import StoreKeyManager, round_owner
+from qlinkmed.qlinkd.pool.values import KeyNotice
 from tests.polling import wait_for_async
 
 K1, K2 = "kme-1", "kme-2"
@@ -129,6 +130,8 @@ class Kmes:
     urls: dict[str, str]
     certs: dict[str, tuple[Path, Path]]
     clients: list[EtsiClient] = field(default_factory=list)
+    auto_forward: bool = False
+    """Pass every key notice to kme-2 as kme-1 hands the key out (as a running QKD link soon does)."""
 
     def client(self, sae: str, kme: str, *, ca: str = "ca", timeout_s: float = 5.0) -> EtsiClient:
         client = EtsiClient(self.urls[kme], _client_context(self.certs, sae, ca), timeout_s=timeout_s)
@@ -158,8 +161,16 @@ async def kmes(tmp_path: Path, certs: dict[str, tuple[Path, Path]]) -> AsyncIter
                 peer, r, owner=round_owner(r, kme, peer), key=material, auth_refill=b"\x01" * 48
             )
             store.commit(peer, r)
+    holder: list[Kmes] = []
+
+    def sent(peer: str, notice: KeyNotice) -> None:
+        if holder and holder[0].auto_forward:
+            holder[0].forward()
+
     managers = {
-        K1: CountingManager(stores[K1], facility=K1, local_saes={SAE_A}, sae_to_peer={SAE_B: K2}),
+        K1: CountingManager(
+            stores[K1], facility=K1, local_saes={SAE_A}, sae_to_peer={SAE_B: K2}, notify_sent=sent
+        ),
         K2: CountingManager(stores[K2], facility=K2, local_saes={SAE_B}, sae_to_peer={SAE_A: K1}),
     }
     runners, urls = [], {}
@@ -169,6 +180,7 @@ async def kmes(tmp_path: Path, certs: dict[str, tuple[Path, Path]]) -> AsyncIter
         runners.append(runner)
         urls[kme] = f"https://127.0.0.1:{port}"
     result = Kmes(stores=stores, managers=managers, urls=urls, certs=certs)
+    holder.append(result)
     try:
         yield result
     finally:
