@@ -46,6 +46,8 @@ class KmeStatus:
 
     source_kme_id: str
     target_kme_id: str
+    master_sae_id: str
+    """The SAE the KME took the caller for (from its certificate); empty if the KME did not say."""
     key_size: int
     """Bits of a key when a request names no size."""
     stored_key_count: int
@@ -119,6 +121,7 @@ class EtsiClient:
         return KmeStatus(
             source_kme_id=str(body.get("source_KME_ID", "")),
             target_kme_id=str(body.get("target_KME_ID", "")),
+            master_sae_id=str(body.get("master_SAE_ID", "")),
             **ints,
         )
 

@@ -86,7 +86,17 @@ class ExternalKeys:
     async def _limits(self) -> KmeStatus:
         # Read once and kept: the limits of a KME do not change while it runs; a failure forgets them.
         if self._status is None:
-            self._status = await self._client.status(self.peer_sae_id)
+            status = await self._client.status(self.peer_sae_id)
+            if status.master_sae_id and status.master_sae_id != self.sae_id:
+                # The KME names us from our certificate: a certificate of another SAE is a configuration
+                # error that would otherwise only show as keys the peer can never fetch.
+                raise KmeError(
+                    f"the KME knows our certificate as SAE {status.master_sae_id!r}, "
+                    f"the configuration says sae_id = {self.sae_id!r}",
+                    url=self._client.base_url,
+                    status=200,
+                )
+            self._status = status
         return self._status
 
     async def take(self, peer: str, size_bits: int, *, single: bool = False) -> list[DeliveredKey]:

@@ -37,7 +37,7 @@ ROUND_BYTES = 4096
 def _status(**changes: int) -> KmeStatus:
     values = {"key_size": 256, "stored_key_count": 10, "max_key_per_request": 128}
     values |= {"max_key_size": 4096, "min_key_size": 64} | changes
-    return KmeStatus(source_kme_id=K1, target_kme_id=K2, **values)
+    return KmeStatus(source_kme_id=K1, target_kme_id=K2, master_sae_id=SAE_A, **values)
 
 
 # ---- the split of a take (pure)
@@ -86,7 +86,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Pat
         out[name] = (directory / f"{name}.pem", directory / f"{name}.key")
 
     for ca_name, leaves in (
-        ("ca", (K1, K2, SAE_A, SAE_B, "intruder")),
+        ("ca", (K1, K2, SAE_A, "sae-a2", SAE_B, "intruder")),
         ("other-ca", ("fake-kme", "stranger")),
     ):
         ca_cert, ca_key = pki.create_ca(ca_name)
@@ -169,7 +169,7 @@ async def kmes(tmp_path: Path, certs: dict[str, tuple[Path, Path]]) -> AsyncIter
 
     managers = {
         K1: CountingManager(
-            stores[K1], facility=K1, local_saes={SAE_A}, sae_to_peer={SAE_B: K2}, notify_sent=sent
+            stores[K1], facility=K1, local_saes={SAE_A, "sae-a2"}, sae_to_peer={SAE_B: K2}, notify_sent=sent
         ),
         K2: CountingManager(stores[K2], facility=K2, local_saes={SAE_B}, sae_to_peer={SAE_A: K1}),
     }
@@ -220,6 +220,17 @@ async def test_a_single_key_over_the_kme_s_largest_is_refused_and_takes_nothing(
     assert kmes.stores[K1].outbox(K2) == []
     (key,) = await sender.take(K2, 4096, single=True)
     assert len(key.material) == 512 and [n.key_id for n in kmes.stores[K1].outbox(K2)] == [key.key_id]
+
+
+@pytest.mark.asyncio
+async def test_a_certificate_of_another_sae_than_configured_is_named_before_any_key_is_taken(
+    kmes: Kmes,
+) -> None:
+    # sae-a2 is another SAE of kme-1: its certificate works there, but it is not the SAE configured.
+    confused = ExternalKeys(K2, kmes.client("sae-a2", K1), sae_id=SAE_A, peer_sae_id=SAE_B)
+    with pytest.raises(KmeError, match="knows our certificate as SAE 'sae-a2', the configuration says"):
+        await confused.take(K2, 256)
+    assert kmes.stores[K1].outbox(K2) == []
 
 
 @pytest.mark.asyncio
