@@ -271,10 +271,12 @@ class _MemoryKeys:
     def __init__(self) -> None:
         self.held: dict[str, bytes] = {}
 
-    def take(self, peer: str, size_bits: int) -> DeliveredKey:
+    name = "emulated"
+
+    async def take(self, peer: str, size_bits: int, *, single: bool = False) -> list[DeliveredKey]:
         key = DeliveredKey(str(uuid.uuid4()), os.urandom(size_bits // 8))
         self.held[key.key_id] = key.material
-        return key
+        return [key]
 
     async def fetch(self, peer: str, key_ids: list[str], timeout: float) -> list[DeliveredKey]:
         return [DeliveredKey(k, self.held.pop(k)) for k in key_ids]
@@ -328,7 +330,7 @@ async def _session_setups(work: Path, count: int) -> dict[bool, list[float]]:
             reader, writer = await asyncio.open_connection(
                 "127.0.0.1", port, ssl=client_ssl, server_hostname="127.0.0.1"
             )
-            await _handshake(senders[hybrid], keys.take(B, 256), reader, writer)
+            await _handshake(senders[hybrid], await keys.take(B, 256), reader, writer)
             times[hybrid].append(time.perf_counter() - start)
             writer.close()
             await writer.wait_closed()

@@ -14,7 +14,9 @@ from aiohttp import web
 from qlinkmed.qlinkd.content.limits import limits_of
 from qlinkmed.qlinkd.content.worker import ContentValidator
 from qlinkmed.qlinkd.data_api import ensure_token
-from qlinkmed.qlinkd.dataplane.keys import PoolKeys
+from qlinkmed.qlinkd.dataplane.etsi_client import EtsiClient
+from qlinkmed.qlinkd.dataplane.external_keys import ExternalKeys
+from qlinkmed.qlinkd.dataplane.keys import KeySource, PeerKeySources, PoolKeys
 from qlinkmed.qlinkd.dataplane.service import DataPlane
 from qlinkmed.qlinkd.gateways.runner import Gateways
 from qlinkmed.qlinkd.link.anchor import AnchorBook
@@ -24,7 +26,7 @@ from qlinkmed.qlinkd.link.wire import MAX_FRAME_BYTES
 from qlinkmed.qlinkd.local_api import make_local_app, refresh_metrics
 from qlinkmed.qlinkd.ops import pki
 from qlinkmed.qlinkd.ops.audit import AUDIT_FILE, AuditLog
-from qlinkmed.qlinkd.ops.config import FacilityConfig
+from qlinkmed.qlinkd.ops.config import ExternalPeerConfig, FacilityConfig
 from qlinkmed.qlinkd.ops.metrics import LinkMetrics
 from qlinkmed.qlinkd.ops.metrics_site import make_metrics_app, metrics_server_context
 from qlinkmed.qlinkd.ops.process import watchdog
@@ -60,6 +62,7 @@ async def run_daemon(
     links: dict[str, PeerLink] = {}
     plane: DataPlane | None = None
     gateways: Gateways | None = None
+    external: dict[str, ExternalKeys] = {}
     validator = ContentValidator(
         limits_of(config.content),
         workers=config.content.validators,
@@ -119,16 +122,23 @@ async def run_daemon(
                     sae_peer.get(remote, "?"), master if enc else slave, "enc" if enc else "dec", len(key_ids)
                 )
 
+        # Peers keyed by an external ETSI 014 KME run no link: only the data plane, keyed by that KME.
+        external = {peer.id: _external_keys(peer) for peer in config.external_peers}
+        by_peer: dict[str, KeySource] = dict(external)
+        for peer_id in external:
+            log.info("data plane with %s keyed by the ETSI 014 KME %s", peer_id, external[peer_id].url)
         plane = DataPlane(
             facility=config.id,
             state_dir=config.state_dir,
-            peers={peer.id: peer.data_address for peer in config.peers},
-            keys=PoolKeys(config.id, manager, store),
+            peers={p.id: p.data_address for p in config.peers}
+            | {p.id: p.data_address for p in config.external_peers},
+            keys=PeerKeySources(PoolKeys(config.id, manager, store), by_peer),
             client_ssl=rt.client_ssl,
             server_ssl=rt.server_ssl,
             audit=audit,
             metrics=rt.metrics,
-            pq_hybrid=[peer.id for peer in config.peers if peer.pq_hybrid],
+            pq_hybrid=[p.id for p in config.peers if p.pq_hybrid]
+            + [p.id for p in config.external_peers if p.pq_hybrid],
             validator=validator,
         )
         token = ensure_token(config.state_dir)
@@ -225,11 +235,22 @@ async def run_daemon(
             await gateways.close()
         if plane is not None:
             plane.close()
+        for source in external.values():
+            with contextlib.suppress(Exception):
+                await source.close()
         validator.close()
         with contextlib.suppress(Exception):
             audit.record("daemon_stopped")
         audit.close()
         store.close()
+
+
+def _external_keys(peer: ExternalPeerConfig) -> ExternalKeys:
+    settings = peer.etsi014
+    client = EtsiClient(
+        settings.kme_url, pki.client_context(settings.ca, settings.client_cert, settings.client_key)
+    )
+    return ExternalKeys(peer.id, client, sae_id=settings.sae_id, peer_sae_id=settings.peer_sae_id)
 
 
 async def _anchor_final(audit: AuditLog, links: Iterable[PeerLink]) -> None:

@@ -18,6 +18,8 @@ its errors from one place).
         ├── SessionClosed       a data session ended or its receiver broke the protocol (a RemoteError)
         ├── Rejected            a data frame or message the receiver refuses (a RemoteError)
         ├── SessionMisuse       our shell drove a data-plane machine against its state (a LocalProtocolError)
+        ├── KmeError            an external ETSI 014 KME refused a request or answered badly (a RemoteError)
+        │   └── KmeUnavailable  it could not be reached, timed out or answered 503: try again later
         └── StatusFormatError   a daemon status answer that is not what the daemon sends (a RemoteError)
 """
 
@@ -50,6 +52,8 @@ __all__ = [
     "IntegrityError",
     "KeyMaterialShort",
     "KeyNotFound",
+    "KmeError",
+    "KmeUnavailable",
     "NotAuthorised",
     "PkiError",
     "QlinkdError",
@@ -237,6 +241,24 @@ class Rejected(QlinkdError, RemoteError):
 class SessionMisuse(QlinkdError, LocalProtocolError):
     """Our own shell asked a data-plane machine for something its state does not allow: a bug here, not
     the peer's."""
+
+
+class KmeError(QlinkdError, RemoteError):
+    """An external ETSI GS QKD 014 KME (a peer link's ``key_source = "etsi014"``) refused a request, or
+    answered something that is no ETSI 014 answer. `status` is its HTTP status (None when there was no
+    answer), `message` its ETSI error message (or what was wrong with the answer), `url` the request."""
+
+    def __init__(self, message: str, *, url: str, status: int | None = None) -> None:
+        where = f"KME {url}" + (f" answered {status}" if status is not None else "")
+        super().__init__(f"{where}: {message}")
+        self.url = url
+        self.status = status
+        self.message = message
+
+
+class KmeUnavailable(KmeError):
+    """The KME could not be reached, did not answer in time, or answered 503 (its server error, or no key
+    to give): nothing was taken, and the same request may succeed later."""
 
 
 class StatusFormatError(QlinkdError, RemoteError, ValueError):

@@ -10,7 +10,7 @@ in when the session uses the post-quantum hybrid.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -21,6 +21,8 @@ from qlinkmed.qlinkd.seal import Direction, Opener, Sealer, SendState, TrafficKe
 from qlinkmed.qlinkd.seal.hybrid import KemSecret, derive_hybrid_traffic_key
 
 SESSION_KEY_BITS = 256
+EMULATED = "emulated"
+"""The ``key_source`` of a peer keyed by this daemon's own (emulated) QKD link and pool."""
 KEM_NAME = "ML-KEM-768"
 """The post-quantum KEM of the hybrid, as status and the audit log name it."""
 
@@ -64,8 +66,14 @@ def data_sae(facility: str) -> str:
 
 
 class KeySource(Protocol):
-    def take(self, peer: str, size_bits: int) -> DeliveredKey:
-        """One key of `size_bits` from our own rounds; InsufficientKey (nothing taken) when short."""
+    name: str
+    """Where the keys come from, as status and the audit log say it: ``emulated`` or ``etsi014``."""
+
+    async def take(self, peer: str, size_bits: int, *, single: bool = False) -> list[DeliveredKey]:
+        """At least `size_bits` bits of fresh key for a session or a pad, as one or more keys whose
+        material is used concatenated in this order (their IDs travel in that order); with `single`, one
+        key or none. InsufficientKey (nothing taken) when the pool is short; KmeError when an external KME
+        cannot supply them."""
         ...
 
     async def fetch(self, peer: str, key_ids: list[str], timeout: float) -> list[DeliveredKey]:
@@ -74,22 +82,51 @@ class KeySource(Protocol):
 
 
 class PoolKeys:
+    name = EMULATED
+
     def __init__(self, facility: str, manager: StoreKeyManager, store: KeyStore) -> None:
         self._facility = facility
         self._manager = manager
         self._store = store
 
-    def take(self, peer: str, size_bits: int) -> DeliveredKey:
+    async def take(self, peer: str, size_bits: int, *, single: bool = False) -> list[DeliveredKey]:
         return self._manager.enc_keys(
             peer,
             number=1,
             size_bits=size_bits,
             master_sae=data_sae(self._facility),
             slave_sae=data_sae(peer),
-        )[0]
+        )
 
     async def fetch(self, peer: str, key_ids: list[str], timeout: float) -> list[DeliveredKey]:
         await self._manager.wait_notice(key_ids, timeout)
         return self._store.fetch_keys(
             peer, key_ids, master_sae=data_sae(peer), slave_sae=data_sae(self._facility)
         )
+
+
+class PeerKeySources:
+    """The data plane's one ``KeySource``: each peer's own (`by_peer`), the `default` for the rest."""
+
+    name = "per-peer"
+
+    def __init__(self, default: KeySource, by_peer: Mapping[str, KeySource]) -> None:
+        self._default = default
+        self._by_peer = dict(by_peer)
+
+    def of(self, peer: str) -> KeySource:
+        return self._by_peer.get(peer, self._default)
+
+    def source_name(self, peer: str) -> str:
+        return self.of(peer).name
+
+    async def take(self, peer: str, size_bits: int, *, single: bool = False) -> list[DeliveredKey]:
+        return await self.of(peer).take(peer, size_bits, single=single)
+
+    async def fetch(self, peer: str, key_ids: list[str], timeout: float) -> list[DeliveredKey]:
+        return await self.of(peer).fetch(peer, key_ids, timeout)
+
+
+def source_name(keys: KeySource, peer: str) -> str:
+    """Where `keys` takes `peer`'s keys from (``emulated`` or ``etsi014``)."""
+    return keys.source_name(peer) if isinstance(keys, PeerKeySources) else keys.name

@@ -43,6 +43,7 @@ from qlinkmed.qlinkd.errors import (
     FrameError,
     IntegrityError,
     KeyNotFound,
+    KmeError,
     Rejected,
     SessionMisuse,
     TransferError,
@@ -203,6 +204,9 @@ class ReceiverSession:
             return await self.ctx.keys.fetch(self.peer, key_ids, KEY_WAIT_S)
         except KeyNotFound:
             raise Rejected("key_unknown", f"key {key_ids[0]} never arrived (or was used already)") from None
+        except KmeError as exc:
+            # An external KME (key_source etsi014) refused or is away: nothing is opened without the key.
+            raise Rejected("kme", f"key {key_ids[0]} not fetched: {exc}") from None
 
     async def _fetch_one(self, key_id: str) -> DeliveredKey:
         return (await self._fetch([key_id]))[0]

@@ -33,6 +33,7 @@ from qlinkmed.qlinkd.dataplane.tasks import group_outcome
 from qlinkmed.qlinkd.errors import (
     InsufficientKey,
     IntegrityError,
+    KmeError,
     SessionClosed,
     SessionMisuse,
     TransferError,
@@ -56,6 +57,8 @@ log = logging.getLogger("qlink.data")
 REPLY_TIMEOUT_S = 30.0
 IDLE_CHECK_S = 5.0
 """How often an idle session checks whether its traffic key is due for replacement."""
+KME_RETRY_MAX_S = 5.0
+"""The longest pause between session-key attempts while an external KME refuses or cannot be reached."""
 
 
 @dataclass(slots=True)
@@ -92,8 +95,8 @@ class SenderSession:
     async def run(self) -> None:
         try:
             self.ctx.state = "waiting for key"
-            key = await self._take_session_key()
-            machine, sealer, opener = await _handshake(self.ctx, key, self._reader, self._writer)
+            keys = await self._take_session_key()
+            machine, sealer, opener = await _handshake(self.ctx, keys, self._reader, self._writer)
             session = _KeyedSession(self.ctx, machine, sealer, opener, self._reader, self._writer, self._pads)
             await session.run()
         finally:
@@ -103,15 +106,24 @@ class SenderSession:
                     "data session to %s ended: %d bytes of pad key discarded unused", self.ctx.peer, discarded
                 )
 
-    async def _take_session_key(self) -> DeliveredKey:
+    async def _take_session_key(self) -> list[DeliveredKey]:
         delay = 0.05
+        reported = ""
         while True:
             try:
-                return self.ctx.keys.take(self.ctx.peer, SESSION_KEY_BITS)
+                return await self.ctx.keys.take(self.ctx.peer, SESSION_KEY_BITS)
             except InsufficientKey:
                 # Data waits for key; it never reuses any.
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+            except KmeError as exc:
+                # An external KME that refuses or is away: the transfers stay queued, status says why.
+                self.ctx.state = f"waiting for key: {exc}"
+                if str(exc) != reported:
+                    log.warning("data session to %s waits for key: %s", self.ctx.peer, exc)
+                    reported = str(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, KME_RETRY_MAX_S)
 
 
 async def _read_reply(reader: asyncio.StreamReader, timeout: float) -> bytes:
@@ -135,15 +147,20 @@ def _opened(opener: Opener, frame: bytes) -> DataMessage:
 
 
 async def _handshake(
-    ctx: SenderContext, key: DeliveredKey, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ctx: SenderContext,
+    keys: list[DeliveredKey],
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
 ) -> tuple[SenderMachine, Sealer, Opener]:
     """Open the session: send the Open (with the hybrid, a fresh ML-KEM-768 encapsulation key), take the
     receiver's plain answer if one comes, derive the traffic keys and open the Ready under them."""
     # A fresh key pair per session, from the OS CSPRNG (the ephemeral secret dies with the session).
     offer = HybridOffer(entropy.random_bytes(MLKEM_SEED_BYTES)) if ctx.hybrid else None
+    key_ids = [k.key_id for k in keys]
+    material = b"".join(k.material for k in keys)
     machine = SenderMachine(
         facility=ctx.facility,
-        key_ids=[key.key_id],
+        key_ids=key_ids,
         mlkem_encapsulation_key=b"" if offer is None else offer.public_bytes(),
     )
     frame = dm.encode_open(machine.opening())
@@ -160,7 +177,7 @@ async def _handshake(
             raise SessionMisuse("the machine took a ciphertext in a session without the hybrid")
         kem = offer.finish(ciphertext)
         frame = await _read_reply(reader, REPLY_TIMEOUT_S)
-    sealer, opener = traffic_keys(key.material, [key.key_id], master=True, kem=kem, now=time.monotonic())
+    sealer, opener = traffic_keys(material, key_ids, master=True, kem=kem, now=time.monotonic())
     try:
         ready = dm.decode_message(opener.open(frame, now=time.monotonic()))
     except IntegrityError as exc:
@@ -172,7 +189,7 @@ async def _handshake(
         ) from None
     machine.receive(ready)  # a Ready, or SessionClosed
     ctx.on_session(
-        SessionKeyed(peer=ctx.peer, role="sender", key_ids=(key.key_id,), pq_hybrid=kem is not None)
+        SessionKeyed(peer=ctx.peer, role="sender", key_ids=tuple(key_ids), pq_hybrid=kem is not None)
     )
     return machine, sealer, opener
 
@@ -274,7 +291,7 @@ class _KeyedSession:
             # the session's hybrid traffic key instead, which holds while either does.
             if manifest.kind is TransferKind.EHR and not self.ctx.hybrid and await self._try_otp(manifest):
                 answer = await self._answer(replies)
-                self._refill_pads()
+                await self._refill_pads()
             else:
                 self._send(self._machine.offer(manifest))
                 await self._writer.drain()
@@ -325,12 +342,15 @@ class _KeyedSession:
             return True
         else:
             try:
-                key = ctx.keys.take(ctx.peer, needed_bits)
+                keys = await ctx.keys.take(ctx.peer, needed_bits)
             except InsufficientKey as exc:
                 why = f"pool holds {exc.available_bits} bits, the one-time pad needs {needed_bits}"
+            except KmeError as exc:
+                why = f"the key source cannot supply the one-time pad's {needed_bits} bits: {exc}"
             else:
                 self._machine.ehr(manifest, body)
-                frame = seal_otp(payload, key.material, [key.key_id]).frame
+                material = b"".join(k.material for k in keys)
+                frame = seal_otp(payload, material, [k.key_id for k in keys]).frame
                 # Let the classical link send the key's notice first: the receiver can then fetch the pad
                 # while this frame is on its way instead of after it arrived.
                 await asyncio.sleep(0)
@@ -340,17 +360,20 @@ class _KeyedSession:
         ctx.on_otp_fallback(manifest.transfer_id, why)
         return False
 
-    def _refill_pads(self) -> None:
+    async def _refill_pads(self) -> None:
         """Take and announce the next pad key when the session's pads run low (after a message is answered,
-        so the pool transaction and the notice stay off every message's path)."""
+        so the pool transaction and the notice stay off every message's path). A pad is one key or none
+        (`single`): a message's pad never spans keys, so a pad split into small keys would only be
+        discarded unused; messages then take their own keys."""
         if self._pads.left() >= PAD_REFILL_BELOW:
             return
         try:
-            key = self.ctx.keys.take(self.ctx.peer, 8 * PAD_KEY_BYTES)
-        except InsufficientKey:
-            return  # messages take their own pads (or fall back to AEAD) until the pool refills
-        self._pads.add(key)
-        self._send(self._machine.pad_key(key.key_id))
+            keys = await self.ctx.keys.take(self.ctx.peer, 8 * PAD_KEY_BYTES, single=True)
+        except (InsufficientKey, KmeError):
+            return  # messages take their own pads (or fall back to AEAD) until key comes again
+        for key in keys:
+            self._pads.add(key)
+            self._send(self._machine.pad_key(key.key_id))
 
     def _ehr_body(self, manifest: Manifest) -> bytes:
         body = self.ctx.ehr.body(manifest)

@@ -21,7 +21,7 @@ from pathlib import Path
 from qlinkmed.qcore.errors import UsageError
 from qlinkmed.qlinkd.content.worker import ContentValidator
 from qlinkmed.qlinkd.dataplane.inbox import Inbox
-from qlinkmed.qlinkd.dataplane.keys import KEM_NAME, KeySource, SessionKeyed
+from qlinkmed.qlinkd.dataplane.keys import KEM_NAME, KeySource, SessionKeyed, source_name
 from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
 from qlinkmed.qlinkd.dataplane.outbox import Outbox, Upload
 from qlinkmed.qlinkd.dataplane.receiver import ReceiverContext, ReceiverSession
@@ -328,7 +328,10 @@ class DataPlane:
         """Per peer: the configured ``pq_hybrid`` and the last session whose keys were derived."""
         return [
             DataPeerStatus(
-                peer=peer, pq_hybrid=peer in self._pq_hybrid, last_session=self._last_session.get(peer)
+                peer=peer,
+                pq_hybrid=peer in self._pq_hybrid,
+                last_session=self._last_session.get(peer),
+                key_source=source_name(self._keys, peer),
             )
             for peer in self._peers
         ]
@@ -354,6 +357,7 @@ class DataPlane:
             peer=keyed.peer,
             role=keyed.role,
             key_ids=list(keyed.key_ids),
+            key_source=source_name(self._keys, keyed.peer),
             pq_hybrid=keyed.pq_hybrid,
             kem=kem,
         )

@@ -291,6 +291,9 @@ class DataPeerStatus:
     """The configured ``pq_hybrid``: every session with this peer must mix in ML-KEM-768."""
     last_session: DataSession | None
     """None until a session's keys are derived (since the daemon started)."""
+    key_source: str = "emulated"
+    """Where the peer's session keys come from: ``emulated`` (this daemon's QKD link and pool) or
+    ``etsi014`` (an external ETSI GS QKD 014 KME)."""
 
     def to_json(self) -> dict[str, Any]:
         last = self.last_session
@@ -305,6 +308,8 @@ class DataPeerStatus:
             peer=peer,
             pq_hybrid=_get(d, "pq_hybrid", bool, peer),
             last_session=None if last is None else DataSession.from_json(last, f"{peer}.last_session"),
+            # A daemon that predates external key sources names none: its keys are its own link's.
+            key_source=_get(d, "key_source", str, peer) if "key_source" in d else "emulated",
         )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 import sys
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -298,6 +299,69 @@ class PeerConfig:
         )
 
 
+KEY_SOURCES = ("emulated", "etsi014")
+"""``[[peer]] key_source``: this daemon's own emulated QKD link (the default), or an external ETSI GS QKD
+014 KME such as real QKD hardware."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Etsi014Config:
+    """An external ETSI GS QKD 014 KME that keys the data plane with one peer (``[peer.etsi014]``)."""
+
+    kme_url: str
+    """Our KME's base URL, ``https://host:port`` (an optional path prefix before ``/api/v1/keys``)."""
+    sae_id: str
+    """This facility's data-plane SAE ID at that KME (master when we send, slave when we receive)."""
+    peer_sae_id: str
+    """The peer facility's data-plane SAE ID at the peer's KME."""
+    client_cert: Path
+    """The SAE's client certificate (PEM) that the KME identifies us by."""
+    client_key: Path
+    """Private key of `client_cert` (PEM, mode 0600)."""
+    ca: Path
+    """The CA certificate that signs the KME's server certificate (its host name is checked too)."""
+
+    def __post_init__(self) -> None:
+        parts = urllib.parse.urlsplit(self.kme_url)
+        check(parts.scheme == "https", "kme_url", f"must be an https:// URL, got {self.kme_url!r}")
+        check(bool(parts.hostname), "kme_url", "names no host")
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        check(port != -1, "kme_url", "has an invalid port")
+        check(
+            not (parts.username or parts.password or parts.query or parts.fragment),
+            "kme_url",
+            "must not carry user information, a query or a fragment",
+        )
+        for name in ("sae_id", "peer_sae_id"):
+            check(
+                bool(_SAE_ID.fullmatch(getattr(self, name))),
+                name,
+                "must match [A-Za-z0-9][A-Za-z0-9._-]{0,62} (the SAE ID alphabet)",
+            )
+        check(self.sae_id != self.peer_sae_id, "peer_sae_id", "must differ from sae_id")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExternalPeerConfig:
+    """A peer facility whose data-plane keys come from an external KME (``key_source = "etsi014"``): no
+    emulated QKD link, no classical connection and no channel run for it, only the data plane."""
+
+    id: str
+    """The peer's facility id; its certificate CN must equal it."""
+    data_address: Address | None = None
+    """The peer's data-plane listener. None: nothing can be sent to this peer."""
+    etsi014: Etsi014Config
+    """Our KME and the two SAE IDs."""
+    pq_hybrid: bool = False
+    """As ``PeerConfig.pq_hybrid``."""
+
+    def __post_init__(self) -> None:
+        check(is_facility_id(self.id), "id", f"must match {FACILITY_ID_PATTERN.pattern}")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FacilityConfig:
     """Everything one facility daemon needs (`qlinkd --config FILE`)."""
@@ -333,6 +397,8 @@ class FacilityConfig:
     queue_stuck_after_s: float = 600.0
     """A transfer queued longer than this counts as stuck (status, ``qlink_data_stuck``), in [1, 604800]:
     raise it where a large study over a slow line takes longer to deliver."""
+    external_peers: tuple[ExternalPeerConfig, ...] = ()
+    """Peers keyed by an external ETSI 014 KME (``key_source = "etsi014"``): data plane only."""
 
     def peer(self, peer_id: str) -> PeerConfig:
         """The peer called `peer_id`; KeyError if there is none."""
@@ -342,7 +408,8 @@ class FacilityConfig:
         raise KeyError(peer_id)
 
     def summary(self) -> str:
-        peers = ", ".join(p.id for p in self.peers) or "none"
+        peers = ", ".join([p.id for p in self.peers] + [f"{p.id} (etsi014)" for p in self.external_peers])
+        peers = peers or "none"
         return (
             f"facility {self.id}, {len(self.saes)} SAE(s), peers: {peers}, "
             f"classical {self.listen.classical}, kme {self.listen.kme}, local {self.listen.local}"
@@ -484,6 +551,65 @@ def _peer(section: Table) -> PeerConfig:
     return peer
 
 
+_EMULATED_ONLY_KEYS = (
+    "address",
+    "saes",
+    "preshared_key",
+    "protocol",
+    "pulses_per_round",
+    "low_watermark_bits",
+    "high_watermark_bits",
+    "round_timeout_s",
+    "rounds_in_flight",
+    "cascade",
+    "qber_tolerance",
+    "sample_fraction",
+    "e91_security",
+    "eps_sec",
+    "eps_cor",
+    *_DECOY_KEYS,
+)
+
+
+def _external_peer(section: Table) -> ExternalPeerConfig:
+    """A ``key_source = "etsi014"`` peer; the emulated link's fields are refused, naming the field."""
+    for key in _EMULATED_ONLY_KEYS:
+        check(not section.has(key), section.name(key), 'applies to key_source = "emulated" only')
+    etsi = section.table("etsi014")
+    settings = build(
+        etsi.where,
+        Etsi014Config,
+        kme_url=etsi.text("kme_url"),
+        sae_id=etsi.text("sae_id"),
+        peer_sae_id=etsi.text("peer_sae_id"),
+        client_cert=etsi.file("client_cert"),
+        client_key=etsi.file("client_key"),
+        ca=etsi.file("ca"),
+    )
+    etsi.finish()
+    # Loaded as the daemon will load them, so a corrupt file or a certificate that does not match its key
+    # fails the check, naming the field.
+    from qlinkmed.qlinkd.ops.pki import client_context
+
+    try:
+        client_context(settings.ca, settings.client_cert, settings.client_key)
+    except PkiError as exc:
+        name = etsi.name("ca") if exc.path == str(settings.ca) else etsi.name("client_cert")
+        raise ConfigError(name, exc.message) from None
+    peer = build(
+        section.where,
+        ExternalPeerConfig,
+        id=section.text("id"),
+        data_address=section.optional_address("data_address"),
+        etsi014=settings,
+        pq_hybrid=section.boolean("pq_hybrid", False),
+    )
+    section.finish()
+    if peer.pq_hybrid:
+        _check_hybrid_available(peer.id, section.name("pq_hybrid"))
+    return peer
+
+
 def _check_hybrid_available(peer_id: str, field: str) -> None:
     from qlinkmed.qlinkd.seal.hybrid import hybrid_available
 
@@ -574,13 +700,32 @@ def load_facility_config(path: Path) -> FacilityConfig:
     metrics = metrics_section(root)
 
     peers: list[PeerConfig] = []
+    external: list[ExternalPeerConfig] = []
     for section in root.tables("peer"):
-        peer = _peer(section)
-        check(peer.id != facility_id, section.name("id"), "a peer cannot have the facility's own id")
-        check(all(p.id != peer.id for p in peers), section.name("id"), f"peer {peer.id!r} is listed twice")
-        _check_sae_ids(peer.saes, section.name("saes"), seen_saes)
-        peers.append(peer)
-    gateways = gateways_section(root, {p.id: p.data_address is not None for p in peers})
+        source = section.text("key_source", "emulated")
+        check(
+            source in KEY_SOURCES,
+            section.name("key_source"),
+            f"must be one of {' | '.join(KEY_SOURCES)}, got {source!r}",
+        )
+        one: PeerConfig | ExternalPeerConfig
+        if source == "etsi014":
+            one = _external_peer(section)
+        else:
+            check(
+                not section.has("etsi014"), section.name("etsi014"), 'applies to key_source = "etsi014" only'
+            )
+            one = peer = _peer(section)
+            _check_sae_ids(peer.saes, section.name("saes"), seen_saes)
+        check(one.id != facility_id, section.name("id"), "a peer cannot have the facility's own id")
+        listed = [p.id for p in peers] + [p.id for p in external]
+        check(one.id not in listed, section.name("id"), f"peer {one.id!r} is listed twice")
+        if isinstance(one, ExternalPeerConfig):
+            external.append(one)
+        else:
+            peers.append(one)
+    with_data = {p.id: p.data_address is not None for p in peers}
+    gateways = gateways_section(root, with_data | {p.id: p.data_address is not None for p in external})
     root.finish()
     return FacilityConfig(
         source=Path(path),
@@ -597,6 +742,7 @@ def load_facility_config(path: Path) -> FacilityConfig:
         gateways=gateways,
         metrics=metrics,
         queue_stuck_after_s=stuck_after,
+        external_peers=tuple(external),
     )
 
 

@@ -75,7 +75,9 @@ class PairedKeys:
         self.issued: dict[str, bytes] = {}
         """Every key ever taken, fetched or not: what an adversary who broke QKD would hold."""
 
-    def take(self, peer: str, size_bits: int) -> DeliveredKey:
+    name = "emulated"
+
+    async def take(self, peer: str, size_bits: int, *, single: bool = False) -> list[DeliveredKey]:
         if size_bits > self.budget_bits:
             raise InsufficientKey(requested_bits=size_bits, available_bits=self.budget_bits)
         self.budget_bits -= size_bits
@@ -83,7 +85,7 @@ class PairedKeys:
         key = DeliveredKey(str(uuid.uuid4()), secrets.token_bytes(size_bits // 8))
         self.held[key.key_id] = key.material
         self.issued[key.key_id] = key.material
-        return key
+        return [key]
 
     async def fetch(self, peer: str, key_ids: list[str], timeout: float) -> list[DeliveredKey]:
         missing = tuple(k for k in key_ids if k not in self.held)

@@ -18,6 +18,7 @@ from qlinkmed.qlinkd.dataplane.records import Outgoing
 from qlinkmed.qlinkd.ops.pki import write_demo_pki
 from qlinkmed.qlinkd.ops.toml_reader import Address
 from qlinkmed.qlinkd.pool.values import DeliveredKey
+from tests.paths import DATA
 from tests.qlinkd.dataplane.test_dataplane import A, B, Harness, PairedKeys, _fhir_messages, _plane
 
 MESSAGES = 300
@@ -42,7 +43,7 @@ async def test_ehr_sends_never_nest_while_new_messages_keep_arriving(
     monkeypatch.setattr(sender._KeyedSession, "_send_pending_ehr", counted)
     keys = PairedKeys(budget_bits=300)  # one session key and no pads: every message goes in AEAD chunks
     h = Harness(tmp_path, keys)
-    body = b"MSH|^~\\&|LIS|A|EHR|B|20240101120000||ORU^R01^ORU_R01|C1|P|2.5.1\rPID|1||123\r"
+    body = (DATA / "oru_r01.hl7").read_bytes()
     queued = [h.queue([(f"m{i}.hl7", body, "hl7")], TransferKind.EHR) for i in range(MESSAGES)]
     # The harness sets the sender's wake event every 10 ms, as new messages queued at A would.
     await h.run_until(lambda: len(h.finished) == len(queued), timeout=120)
@@ -57,11 +58,11 @@ class _FailsOnce(PairedKeys):
         super().__init__()
         self.failed = False
 
-    def take(self, peer: str, size_bits: int) -> DeliveredKey:
+    async def take(self, peer: str, size_bits: int, *, single: bool = False) -> list[DeliveredKey]:
         if not self.failed:
             self.failed = True
             raise RecursionError("maximum recursion depth exceeded (injected)")
-        return super().take(peer, size_bits)
+        return await super().take(peer, size_bits, single=single)
 
 
 @pytest.mark.asyncio
