@@ -167,7 +167,15 @@ async def run_daemon(
             "classical": (_classical_app(links), config.listen.classical, rt.server_ssl),
             "kme": (make_kme_app(manager, policy, audit=audit_delivery), config.listen.kme, rt.server_ssl),
             "local": (
-                make_local_app(rt, links, started=started, plane=plane, token=token, validator=validator),
+                make_local_app(
+                    rt,
+                    links,
+                    started=started,
+                    plane=plane,
+                    token=token,
+                    validator=validator,
+                    extra=gateways.status_json if config.gateways.any else None,
+                ),
                 config.listen.local,
                 None,
             ),

@@ -112,6 +112,10 @@ class Gateways:
             if self.mllp is not None:
                 tg.create_task(self.mllp.run())
 
+    def status_json(self) -> dict[str, Any]:
+        """What /v1/status adds: {"gateways": ...}."""
+        return {"gateways": self.status()}
+
     def status(self) -> dict[str, Any]:
         """Per gateway: where it listens; per destination: what the ledger owes, holds and delivered."""
         out: dict[str, Any] = {}

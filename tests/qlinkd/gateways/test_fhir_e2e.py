@@ -194,6 +194,9 @@ def test_a_resource_is_created_relayed_and_forwarded_bit_exact(
     labels = f'destination="http://127.0.0.1:{fhir_server.port}/r5",gateway="fhir"'
     assert f"qlink_forwarded_total{{{labels}}} 1.0" in metrics
     assert f"qlink_forward_failures_total{{{labels}}} 1.0" in metrics
+    status = httpx.get(gateway.deployment.local_url(B) + "/v1/status", timeout=30).json()
+    (owed,) = [d for d in status["gateways"]["destinations"] if d["gateway"] == "fhir"]
+    assert owed["delivered"] >= 1 and owed["destination"] == f"http://127.0.0.1:{fhir_server.port}/r5"
 
     def relayed() -> str | None:
         relay = httpx.get(gateway.origin + location, headers=gateway.headers, timeout=30)
