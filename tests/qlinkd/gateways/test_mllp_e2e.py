@@ -127,8 +127,10 @@ def test_engine_down_at_first_then_delivered_and_order_kept(link: Link, tmp_path
     assert [(r.code, r.control_id) for r in acks] == [("AA", i) for i in ids]
     wait_for(lambda: len(engine.control_ids()) == 1 + len(ids), "all twenty at the engine", timeout=90)
     assert engine.control_ids() == ["QLT00001", *ids]
+    # The audit record follows the engine's ACK (and the ledger write): wait for it, do not race it.
+    wait_for(lambda: len(link.audit(B, "forward_delivered")) == 1 + len(ids), "every delivery audited")
     delivered = link.audit(B, "forward_delivered")
-    assert len(delivered) == 1 + len(ids) and {r["destination"] for r in delivered} == {"engine"}
+    assert {r["destination"] for r in delivered} == {"engine"}
 
 
 def test_an_invalid_message_is_answered_ae_with_err_at_a(link: Link, tmp_path: Path) -> None:
