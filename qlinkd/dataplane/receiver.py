@@ -366,6 +366,9 @@ class ReceiverSession:
                 self._send(self._machine.answer(tid, delivered=False, reason=exc.message))
             else:
                 stored_at = inbox.deliver_ehr(manifest, blob=blob, key=key, forms=forms)
-                self._send(self._machine.answer(tid, delivered=True))
+                # Recorded before the answer goes: if the answer cannot be sent (the connection drops, the
+                # traffic key ages out), the sender sends again and hears "delivered" from the inbox's
+                # record, and this was the only moment to audit the arrival.
                 self.ctx.on_delivered(tid, manifest, forms, stored_at)
+                self._send(self._machine.answer(tid, delivered=True))
         await self._writer.drain()

@@ -32,6 +32,7 @@ from qlinkmed.qlinkd.errors import (
     HybridUnavailable,
     QlinkdError,
     Rejected,
+    RekeyRequired,
     SessionClosed,
     TransferError,
 )
@@ -242,6 +243,11 @@ class DataPlane:
             log.warning("data frame from %s rejected (%s): %s", peer, exc.reason, exc.message)
             self._audit.record("data_frame_rejected", peer=peer, reason=exc.reason, detail=exc.message)
             self._metrics.data_rejected(str(peer), exc.reason)
+        except RekeyRequired as exc:
+            # Our traffic key reached its age or volume limit while the sender still had work on this
+            # connection (a slow, loaded host): the key is not used further; the sender opens a new
+            # session and resends what was not answered, which the inbox answers from its records.
+            log.info("data connection from %s closed: %s; the sender opens a new session", peer, exc)
         except (FrameError, TransferError) as exc:
             log.warning("data connection from %s closed: %s", peer, exc)
             self._audit.record("data_frame_rejected", peer=peer, reason="malformed", detail=str(exc))
