@@ -205,8 +205,10 @@ async def test_man_in_the_middle_edit_aborts_the_round_and_no_key_is_kept(testbe
     tampered = proxy.tampered_round
     for facility in (A, B):
         records = [r for r in _audit(deployment, facility) if r.get("round") == tampered]
-        assert records and all(r["event"] == "round_aborted" for r in records), records
-        assert records[0]["reason"] == "authentication_failed"
+        # The round is aborted (never committed); a tampering alarm may latch on it (alarm_raised).
+        assert {r["event"] for r in records} <= {"round_aborted", "alarm_raised"}, records
+        aborted = [r for r in records if r["event"] == "round_aborted"]
+        assert aborted and all(r["reason"] == "authentication_failed" for r in aborted), records
     # The rounds around it kept flowing, and both ends hold exactly the same rounds.
     assert identities[0] == identities[1]
     assert len(identities[0]) >= 2 and tampered not in {r[0] for r in identities[0]}
