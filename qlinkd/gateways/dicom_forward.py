@@ -34,7 +34,7 @@ from qlinkmed.qlinkd.dataplane.manifest import Manifest, TransferKind
 from qlinkmed.qlinkd.dataplane.records import Incoming
 from qlinkmed.qlinkd.dataplane.service import DataPlane
 from qlinkmed.qlinkd.gateways.dicom_config import DicomDestination, DicomGatewayConfig
-from qlinkmed.qlinkd.gateways.forwarder import Attempt, Forwarder, Verdict
+from qlinkmed.qlinkd.gateways.forwarder import AUDIT_EVENT, Attempt, Forwarder, Verdict
 from qlinkmed.qlinkd.gateways.forwards import Forward, ForwardLedger
 from qlinkmed.qlinkd.ops.audit import AuditLog
 
@@ -154,11 +154,7 @@ class DicomForwarding:
         return list(self._forwarders)
 
     def _on_outcome(self, forward: Forward, attempt: Attempt) -> None:
-        event = {
-            Verdict.DELIVERED: "forward_delivered",
-            Verdict.RETRY: "forward_failed",
-            Verdict.PARK: "forward_parked",
-        }[attempt.verdict]
+        event = AUDIT_EVENT[attempt.verdict]
         if attempt.verdict is Verdict.DELIVERED:
             log.info("DICOM: transfer %s delivered to %s", forward.transfer_id, forward.destination)
         self._audit.record(

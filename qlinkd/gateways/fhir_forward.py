@@ -20,7 +20,7 @@ from qlinkmed.qlinkd.dataplane.service import DataPlane
 from qlinkmed.qlinkd.errors import ContentError, IntegrityError, TransferError
 from qlinkmed.qlinkd.gateways.fhir_config import FhirDestination
 from qlinkmed.qlinkd.gateways.fhir_outcome import FHIR_JSON
-from qlinkmed.qlinkd.gateways.forwarder import Attempt, Forwarder, Verdict
+from qlinkmed.qlinkd.gateways.forwarder import AUDIT_EVENT, Attempt, Forwarder, Verdict
 from qlinkmed.qlinkd.gateways.forwards import Forward, ForwardLedger
 from qlinkmed.qlinkd.ops.audit import AuditLog
 
@@ -120,11 +120,7 @@ class FhirForwarding:
                 tg.create_task(forwarder.run())
 
     def _on_outcome(self, forward: Forward, attempt: Attempt) -> None:
-        event = {
-            Verdict.DELIVERED: "forward_delivered",
-            Verdict.RETRY: "forward_failed",
-            Verdict.PARK: "forward_parked",
-        }[attempt.verdict]
+        event = AUDIT_EVENT[attempt.verdict]
         self._audit.record(
             event,
             gateway=GATEWAY,

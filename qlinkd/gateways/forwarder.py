@@ -30,6 +30,14 @@ class Verdict(enum.Enum):
     PARK = "park"
 
 
+AUDIT_EVENT = {
+    Verdict.DELIVERED: "forward_delivered",
+    Verdict.RETRY: "forward_failed",
+    Verdict.PARK: "forward_parked",
+}
+"""The audit record each gateway writes for an attempt's outcome."""
+
+
 @dataclass(frozen=True, slots=True)
 class Attempt:
     verdict: Verdict

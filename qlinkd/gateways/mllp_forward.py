@@ -22,7 +22,7 @@ from qlinkmed.qlinkd.dataplane.manifest import Manifest, TransferKind
 from qlinkmed.qlinkd.dataplane.records import Incoming
 from qlinkmed.qlinkd.dataplane.service import DataPlane
 from qlinkmed.qlinkd.errors import ContentError, IntegrityError, QlinkdError, StoreError, TransferError
-from qlinkmed.qlinkd.gateways.forwarder import Attempt, Deliver, Forwarder, Verdict
+from qlinkmed.qlinkd.gateways.forwarder import AUDIT_EVENT, Attempt, Deliver, Forwarder, Verdict
 from qlinkmed.qlinkd.gateways.forwards import Forward, ForwardLedger
 from qlinkmed.qlinkd.gateways.hl7_ack import parse_ack, parse_header
 from qlinkmed.qlinkd.gateways.mllp_config import MllpDestination
@@ -211,11 +211,7 @@ class MllpForwarding:
         return Attempt(verdict_of(ack.code), detail)
 
     def _on_outcome(self, forward: Forward, attempt: Attempt) -> None:
-        event = {
-            Verdict.DELIVERED: "forward_delivered",
-            Verdict.RETRY: "forward_failed",
-            Verdict.PARK: "forward_parked",
-        }[attempt.verdict]
+        event = AUDIT_EVENT[attempt.verdict]
         try:
             self._audit.record(
                 event,
