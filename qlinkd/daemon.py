@@ -175,6 +175,7 @@ async def run_daemon(
                     token=token,
                     validator=validator,
                     extra=gateways.status_json if config.gateways.any else None,
+                    gateways=gateways if config.gateways.any else None,
                 ),
                 config.listen.local,
                 None,

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -23,6 +23,7 @@ from qlinkmed.qlinkd.content.worker import ContentValidator
 from qlinkmed.qlinkd.data_api import add_data_routes
 from qlinkmed.qlinkd.dataplane.queues import queue_statuses
 from qlinkmed.qlinkd.dataplane.service import DataPlane
+from qlinkmed.qlinkd.gateways.forwards import Forward, ForwardState
 from qlinkmed.qlinkd.link.peer_link import PeerLink
 from qlinkmed.qlinkd.link.status import QueueStatus
 from qlinkmed.qlinkd.ops.metrics import CONTENT_TYPE
@@ -34,10 +35,30 @@ ANCHOR_WAIT_S = 3.0
 MAX_NOTE_CHARS = 500
 """An acknowledgement's note goes into the audit log: a sentence or two, not a document."""
 MAX_WHO_CHARS = 64
+MAX_NAME_CHARS = 200
+MAX_FORWARD_ROWS = 10_000
+GATEWAY_NAMES = ("dicom", "mllp", "fhir")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+if TYPE_CHECKING:
+    from qlinkmed.qlinkd.gateways.runner import Gateways
+
 log = logging.getLogger("qlink.api")
+
+
+def forward_json(forward: Forward) -> dict[str, Any]:
+    return {
+        "gateway": forward.gateway,
+        "destination": forward.destination,
+        "transfer": forward.transfer_id,
+        "state": forward.state.value,
+        "attempts": forward.attempts,
+        "last_error": forward.last_error,
+        "added": forward.added,
+        "finished": forward.finished,
+        "next_attempt": forward.next_attempt,
+    }
 
 
 @web.middleware
@@ -92,6 +113,7 @@ def make_local_app(
     plane: DataPlane | None = None,
     token: str | None = None,
     validator: ContentValidator | None = None,
+    gateways: Gateways | None = None,
 ) -> web.Application:
     # EHR messages arrive as one request body; studies stream and are not bounded by this.
     app = web.Application(client_max_size=MAX_EHR_BYTES, middlewares=[client_gone])
@@ -211,6 +233,63 @@ def make_local_app(
             {"facility": rt.config.id, "head": {"seq": head.seq, "digest": head.digest}, "peers": peers}
         )
 
+    def _one_of(request: web.Request, name: str, allowed: list[str] | None = None) -> str | None:
+        value = request.query.get(name)
+        if value is not None and allowed is not None and value not in allowed:
+            raise _json_error(web.HTTPBadRequest, f"{name} must be one of {allowed}, not {value[:40]!r}")
+        return value
+
+    async def list_forwards(request: web.Request) -> web.Response:
+        # Token only: the rows name transfers and carry the destinations' error texts.
+        require_token(request)
+        if gateways is None:
+            raise _json_error(web.HTTPNotFound, "no gateway is configured at this facility")
+        state = _one_of(request, "state", [s.value for s in ForwardState])
+        try:
+            limit = int(request.query.get("limit", "100"))
+        except ValueError:
+            limit = -1
+        if not 1 <= limit <= MAX_FORWARD_ROWS:
+            raise _json_error(web.HTTPBadRequest, f"limit must be a whole number in 1..{MAX_FORWARD_ROWS}")
+        rows = gateways.forwards(
+            state=None if state is None else ForwardState(state),
+            gateway=_one_of(request, "gateway", list(GATEWAY_NAMES)),
+            destination=request.query.get("destination"),
+            limit=limit,
+        )
+        return web.json_response({"facility": rt.config.id, "forwards": [forward_json(f) for f in rows]})
+
+    async def release_forwards(request: web.Request) -> web.Response:
+        # Token only: sending again what a destination refused is an operator's act, audited.
+        require_token(request)
+        if gateways is None:
+            raise _json_error(web.HTTPNotFound, "no gateway is configured at this facility")
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            raise _json_error(web.HTTPBadRequest, "the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise _json_error(web.HTTPBadRequest, "the body must be a JSON object")
+        gateway, note, who = body.get("gateway"), body.get("note", ""), body.get("who")
+        destination, transfer = body.get("destination"), body.get("transfer")
+        if gateway not in GATEWAY_NAMES:
+            raise _json_error(web.HTTPBadRequest, f"gateway must be one of {list(GATEWAY_NAMES)}")
+        for name, value in (("destination", destination), ("transfer", transfer)):
+            if value is not None and (not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_CHARS):
+                raise _json_error(
+                    web.HTTPBadRequest, f"{name} must be text of 1..{MAX_NAME_CHARS} characters"
+                )
+        if not isinstance(note, str) or len(note) > MAX_NOTE_CHARS:
+            raise _json_error(web.HTTPBadRequest, f"note must be text of at most {MAX_NOTE_CHARS} characters")
+        if not isinstance(who, str) or not who.strip() or len(who) > MAX_WHO_CHARS:
+            raise _json_error(
+                web.HTTPBadRequest, f"who must name the operator in 1..{MAX_WHO_CHARS} characters"
+            )
+        released = gateways.release(gateway, destination, transfer, who=who.strip(), note=note)
+        return web.json_response({"facility": rt.config.id, "released": [forward_json(f) for f in released]})
+
+    app.router.add_get("/v1/forwards", list_forwards)
+    app.router.add_post("/v1/forwards/release", release_forwards)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/keys", keys)
     app.router.add_get("/metrics", metrics)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
 from qlinkmed.qlinkd.errors import StatusFormatError
@@ -237,9 +238,54 @@ def format_status(status: dict[str, Any], key_sizes: dict[str, int] | None = Non
     links = link_statuses(status)
     data = data_peers(status)
     queues = data_queues(status)
-    if not links:
+    external = [d for peer, d in data.items() if peer not in {link.peer for link in links}]
+    if not links and not external:
         lines.append("no links configured")
     for link in links:
         lines.append("")
         lines.extend(format_link(link, key_sizes.get(link.peer), data.get(link.peer), queues.get(link.peer)))
+    for peer in external:
+        lines.append("")
+        lines.extend(format_external_peer(peer, queues.get(peer.peer)))
+    gateways = status.get("gateways")
+    if isinstance(gateways, dict):
+        lines.append("")
+        lines.extend(format_gateways(gateways))
     return "\n".join(lines)
+
+
+def format_external_peer(data: DataPeerStatus, queue: QueueStatus | None) -> list[str]:
+    """A peer whose keys come from an external KME (`key_source = "etsi014"`): no QKD link here to show,
+    only the data plane's view."""
+    last = data.last_session
+    session = (
+        "none since the daemon started" if last is None else f"last opened {last.opened_at} ({last.role})"
+    )
+    rows = [("keys", f"from an external ETSI GS QKD 014 KME ({data.key_source}); session {session}")]
+    rows.append(("pq hybrid", format_pq_hybrid(data)))
+    if queue is not None:
+        rows.extend(format_queue(queue))
+    return [f"peer {data.peer}"] + [f"  {k:<14}{v}" for k, v in rows]
+
+
+def format_gateways(gateways: dict[str, Any]) -> list[str]:
+    """What the gateways owe the hospital's systems, per destination, with the line's oldest and why it
+    waits; parked forwards (refused for good) say how to release them."""
+    names = [name for name in ("dicom", "mllp", "fhir") if name in gateways]
+    lines = [f"gateways {', '.join(names) or 'none'}"]
+    now = time.time()
+    for d in gateways.get("destinations", []):
+        oldest = d.get("oldest_pending")
+        waits = f", oldest {_age(now - oldest)}" if d.get("pending") and oldest is not None else ""
+        lines.append(
+            f"  {d['gateway'] + ' -> ' + d['destination']:<22}{d['pending']:,} pending{waits},"
+            f" {d['delivered']:,} delivered, {d['parked']:,} parked"
+        )
+        if d.get("pending") and d.get("last_error"):
+            lines.append(f"  {'':<22}retrying: {d['last_error']}")
+        if d.get("parked"):
+            lines.append(
+                f"  {'':<22}PARKED (refused for good): qlink forward list --state parked;"
+                f" after fixing, qlink forward release {d['gateway']} --destination {d['destination']}"
+            )
+    return lines

@@ -69,6 +69,7 @@ class Forwarder:
         self._backoff = backoff or Backoff(first_s=RETRY_S[0], longest_s=RETRY_S[1], jitter=RECONNECT_JITTER)
         self._clock = clock
         self._wake = asyncio.Event()
+        ledger.watch(gateway, destination, self.wake)
 
     def wake(self) -> None:
         """Something new is owed to this destination (or an operator released parked rows)."""

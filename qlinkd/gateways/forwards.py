@@ -105,6 +105,12 @@ class ForwardLedger:
     def __init__(self, db: sqlite3.Connection, *, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self._clock = clock
+        self._watchers: dict[tuple[str, str], Callable[[], None]] = {}
+
+    def watch(self, gateway: str, destination: str, wake: Callable[[], None]) -> None:
+        """Call `wake` when rows of (gateway, destination) become owed again by an operator's release
+        (arrivals wake their forwarders themselves)."""
+        self._watchers[(gateway, destination)] = wake
 
     @classmethod
     def open(cls, path: Path, *, clock: Callable[[], float] = time.time) -> ForwardLedger:
@@ -195,18 +201,50 @@ class ForwardLedger:
                 (_clip(error), self._clock() + retry_in_s, forward.seq, ForwardState.PENDING.value),
             )
 
-    def retry_parked(self, gateway: str, destination: str | None = None) -> int:
-        """An operator fixed the destination: parked rows are owed again (in their original order)."""
+    def retry_parked(
+        self, gateway: str, destination: str | None = None, transfer_id: str | None = None
+    ) -> list[Forward]:
+        """An operator fixed the destination (or the message): parked rows are owed again, in their
+        original order, with their attempts kept. Returns the released rows as they were (the caller
+        audits them); the destinations' forwarders are woken."""
         where, args = "gateway = ? AND state = ?", [gateway, ForwardState.PARKED.value]
         if destination is not None:
             where += " AND destination = ?"
             args.append(destination)
+        if transfer_id is not None:
+            where += " AND transfer_id = ?"
+            args.append(transfer_id)
         with self._tx():
-            cursor = self._db.execute(
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM forwards WHERE {where}", args).fetchall()
+            self._db.execute(
                 f"UPDATE forwards SET state = ?, next_attempt = ?, finished = NULL WHERE {where}",
                 [ForwardState.PENDING.value, self._clock(), *args],
             )
-            return cursor.rowcount
+        released = [_row(r) for r in rows]
+        for key in sorted({(f.gateway, f.destination) for f in released}):
+            if (wake := self._watchers.get(key)) is not None:
+                wake()
+        return released
+
+    def rows(
+        self,
+        *,
+        state: ForwardState | None = None,
+        gateway: str | None = None,
+        destination: str | None = None,
+        limit: int = 100,
+    ) -> list[Forward]:
+        """Rows in arrival order, optionally of one state, gateway or destination (for operators)."""
+        clauses, args = [], []
+        for column, value in (("state", state), ("gateway", gateway), ("destination", destination)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(str(value))
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        found = self._db.execute(
+            f"SELECT {_COLUMNS} FROM forwards{where} ORDER BY seq LIMIT ?", [*args, limit]
+        ).fetchall()
+        return [_row(r) for r in found]
 
     def summaries(self) -> list[DestinationSummary]:
         out = []

@@ -19,7 +19,7 @@ from qlinkmed.qlinkd.gateways.fhir_api import make_fhir_app
 from qlinkmed.qlinkd.gateways.fhir_api import server_ssl as fhir_server_ssl
 from qlinkmed.qlinkd.gateways.fhir_forward import FhirForwarding
 from qlinkmed.qlinkd.gateways.forwarder import Attempt, Verdict
-from qlinkmed.qlinkd.gateways.forwards import LEDGER_FILE, Forward, ForwardLedger
+from qlinkmed.qlinkd.gateways.forwards import LEDGER_FILE, Forward, ForwardLedger, ForwardState
 from qlinkmed.qlinkd.gateways.mllp_gateway import MllpGateway
 from qlinkmed.qlinkd.ops import entropy
 from qlinkmed.qlinkd.ops.audit import AuditLog
@@ -45,6 +45,7 @@ class Gateways:
         TLS options."""
         self._config = config
         self._metrics = metrics
+        self._audit = audit
         self.ledger = ForwardLedger.open(state_dir / LEDGER_FILE) if config.any else None
         self._apps: dict[str, tuple[web.Application, Address, ssl.SSLContext | None]] = {}
         self._fhir: FhirForwarding | None = None
@@ -139,6 +140,34 @@ class Gateways:
                 for s in self.ledger.summaries()
             ]
         return out
+
+    def forwards(
+        self, *, state: ForwardState | None, gateway: str | None, destination: str | None, limit: int
+    ) -> list[Forward]:
+        """The ledger's rows for an operator (transfer ids and errors, never content)."""
+        if self.ledger is None:
+            return []
+        return self.ledger.rows(state=state, gateway=gateway, destination=destination, limit=limit)
+
+    def release(
+        self, gateway: str, destination: str | None, transfer_id: str | None, *, who: str, note: str
+    ) -> list[Forward]:
+        """An operator fixed what made a destination refuse: its parked rows are owed again, each release
+        audited with who and why."""
+        if self.ledger is None:
+            return []
+        released = self.ledger.retry_parked(gateway, destination, transfer_id)
+        for forward in released:
+            self._audit.record(
+                "forward_released",
+                gateway=forward.gateway,
+                destination=forward.destination,
+                transfer=forward.transfer_id,
+                parked_for=forward.last_error,
+                who=who,
+                note=note,
+            )
+        return released
 
     async def close(self) -> None:
         if self.mllp is not None:

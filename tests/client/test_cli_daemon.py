@@ -387,3 +387,30 @@ def test_human_status_shows_chsh_alarm_and_starvation() -> None:
     assert "STARVED" in text
     # The deployer's security parameters and their total, as the daemon reports them.
     assert "  security      eps_sec 1e-09, eps_cor 1e-12: keys 1.001e-09-secure" in text
+
+
+def test_human_status_shows_what_the_gateways_owe_and_how_to_release_parked_forwards() -> None:
+    from qlinkmed.client.commands.status import format_status
+
+    gateways = {
+        "mllp": {"listen": "127.0.0.1:2575"},
+        "destinations": [
+            {
+                "gateway": "mllp",
+                "destination": "engine",
+                "pending": 3,
+                "parked": 1,
+                "delivered": 1200,
+                "oldest_pending": time.time() - 600,
+                "last_error": "ConnectionRefusedError: [Errno 111] Connection refused",
+            },
+            {"gateway": "dicom", "destination": "PACS", "pending": 0, "parked": 0, "delivered": 5},
+        ],
+    }
+    text = format_status({"facility": A, "uptime_s": 5, "saes": [], "links": [], "gateways": gateways})
+    assert "gateways mllp" in text
+    assert "mllp -> engine        3 pending, oldest 10 min, 1,200 delivered, 1 parked" in text
+    assert "retrying: ConnectionRefusedError" in text
+    assert "qlink forward release mllp --destination engine" in text
+    assert "dicom -> PACS         0 pending, 5 delivered, 0 parked" in text
+    assert text.count("PARKED") == 1

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from qlinkmed.client.commands.demo import _token
+from qlinkmed.client.commands.status import format_status
 from qlinkmed.client.data_http import DataTarget
 from qlinkmed.qlinkd.dataplane import wire as dm
 from qlinkmed.qlinkd.dataplane.send_machine import SenderMachine
@@ -194,6 +195,10 @@ def test_study_and_ehr_go_bit_exact_keyed_by_the_external_kmes(
     status = net.status(A)
     assert status["links"] == []
     assert [(p["peer"], p["key_source"]) for p in status["data_plane"]["peers"]] == [(B, "etsi014")]
+    # The text view shows the peer and where its keys come from, not "no links configured".
+    text = format_status(status)
+    assert f"peer {B}" in text and "external ETSI GS QKD 014 KME" in text
+    assert "no links configured" not in text
     k_status = DataTarget(net.k.local_url(K1), _token(net.k, K1)).json("GET", "/v1/status")[1]
     assert [p["key_source"] for p in k_status["data_plane"]["peers"]] == ["emulated"]
 

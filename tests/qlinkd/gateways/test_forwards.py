@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -70,8 +71,31 @@ def test_delivered_and_parked_leave_the_line_and_show_in_summaries(
     assert summary.oldest_pending == clock.now
     parked = ledger.get("dicom", "PACS", "t2")
     assert parked is not None and parked.state is ForwardState.PARKED and parked.finished == clock.now
-    assert ledger.retry_parked("dicom") == 1
+    assert [f.transfer_id for f in ledger.retry_parked("dicom")] == ["t2"]
     assert [f.transfer_id for f in ledger.pending("dicom", "PACS")] == ["t2", "t3"]
+
+
+def test_a_release_takes_only_the_rows_named_and_wakes_only_their_forwarders(ledger: ForwardLedger) -> None:
+    woken: list[str] = []
+    for name in ("PACS", "VNA"):
+        ledger.watch("dicom", name, partial(woken.append, name))
+    for tid in ("t1", "t2", "t3"):
+        ledger.add("dicom", tid, ["PACS", "VNA"])
+    for name in ("PACS", "VNA"):
+        for forward in ledger.pending("dicom", name):
+            ledger.parked(forward, "0xC000 cannot understand")
+    assert ledger.retry_parked("mllp") == []
+    assert woken == []
+    released = ledger.retry_parked("dicom", "PACS", "t2")
+    assert [(f.destination, f.transfer_id, f.state) for f in released] == [
+        ("PACS", "t2", ForwardState.PARKED)
+    ]
+    assert woken == ["PACS"]
+    assert [f.transfer_id for f in ledger.rows(state=ForwardState.PARKED, destination="PACS")] == ["t1", "t3"]
+    assert [f.transfer_id for f in ledger.rows(state=ForwardState.PENDING)] == ["t2"]
+    assert len(ledger.retry_parked("dicom", "VNA")) == 3
+    assert woken == ["PACS", "VNA"]
+    assert ledger.rows(state=ForwardState.PARKED, limit=1)[0].transfer_id == "t1"
 
 
 def test_purge_drops_only_finished_rows_older_than_asked(ledger: ForwardLedger, clock: Clock) -> None:

@@ -150,3 +150,53 @@ def test_an_engine_answering_ar_parks_the_message(link: Link, tmp_path: Path) ->
         "B parking the message the engine refused",
         timeout=90,
     )
+    # The operator fixes the engine and releases the parked message with the real CLI: it is owed again,
+    # delivered, and the release is audited with who and why.
+    link.engines[-1].answer = "AA"
+    config = str(link.deployment.facilities[B])
+    listing = _qlink("forward", "list", "--state", "parked", "--json", "--config", config)
+    [parked] = json.loads(listing.stdout)["forwards"]
+    assert (parked["gateway"], parked["destination"], parked["state"]) == ("mllp", "engine", "parked")
+    assert str(parked["last_error"]).startswith("AR")
+    released = _qlink("forward", "release", "mllp", "--note", "engine mapping fixed", "--config", config)
+    assert "1 parked forward(s) owed again" in released.stdout
+    # The engine saw it once already (and answered AR); now it takes it.
+    wait_for(
+        lambda: (
+            link.engines[-1].control_ids().count("PARKME") == 2
+            and any(r["transfer"] == parked["transfer"] for r in link.audit(B, "forward_delivered"))
+        ),
+        "the released message delivered to the engine",
+        timeout=90,
+    )
+    [audited] = link.audit(B, "forward_released")
+    assert (audited["transfer"], audited["note"]) == (parked["transfer"], "engine mapping fixed")
+    again = _qlink("forward", "release", "mllp", "--config", config)
+    assert "nothing was parked there" in again.stdout
+
+
+def test_the_forwards_api_refuses_bad_requests_by_name(link: Link) -> None:
+    b = DataTarget(link.deployment.local_url(B), _token(link.deployment, B))
+    status, body = b.json("GET", "/v1/forwards?state=lost")
+    assert status == 400 and "state must be one of" in body["message"]
+    status, body = b.json("GET", "/v1/forwards?limit=0")
+    assert status == 400 and "limit" in body["message"]
+    status, body = b.json("POST", "/v1/forwards/release", body=b'{"gateway": "x400", "who": "op"}')
+    assert status == 400 and "gateway must be one of" in body["message"]
+    status, body = b.json("POST", "/v1/forwards/release", body=b'{"gateway": "mllp"}')
+    assert status == 400 and "who" in body["message"]
+    stranger = DataTarget(link.deployment.local_url(B), "not-the-token")
+    status, body = stranger.json("GET", "/v1/forwards")
+    assert status == 401 and "token" in body["message"]
+
+
+def _qlink(*argv: str) -> subprocess.CompletedProcess[str]:
+    run = subprocess.run(
+        [sys.executable, "-m", "qlinkmed.client", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    return run
