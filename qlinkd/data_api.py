@@ -267,7 +267,13 @@ def add_data_routes(app: web.Application, plane: DataPlane, token: str, validato
                 raise ContentError(name, f"an EHR message is FHIR JSON or HL7 v2, not {info.kind.value}")
             entry = FileEntry(name, len(body), info.sha256, info.kind.value)
             manifest = plane.new_manifest(peer, TransferKind.EHR, (entry,))
-        except (TransferError, ContentError) as exc:
+        except ContentError as exc:
+            # Every problem validation found, each with where it is (an OperationOutcome's issues).
+            issues = [issue.to_fhir() for issue in exc.issues]
+            raise web.HTTPBadRequest(
+                text=json.dumps({"message": str(exc), "issues": issues}), content_type="application/json"
+            ) from None
+        except TransferError as exc:
             raise _error(web.HTTPBadRequest, str(exc)) from None
         return await queue_and_answer((manifest, body), started, wait)
 

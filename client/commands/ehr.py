@@ -113,8 +113,12 @@ def _send_all(target: DataTarget, args: argparse.Namespace) -> int:
             # A refusal of the content names the message itself ("name: problem"); anything else
             # (a token refused, a daemon error) gets its status.
             message = body.get("message") if isinstance(body, dict) else None
+            issues = body.get("issues", []) if isinstance(body, dict) and status == 400 else []
             _report_failure(
-                args, given, message if status in (400, 413) and message else error_message(status, body)
+                args,
+                given,
+                message if status in (400, 413) and message else error_message(status, body),
+                issues=issues if isinstance(issues, list) else [],
             )
             failed = True
             continue
@@ -172,10 +176,22 @@ def _bounded(handle: BinaryIO, name: str, limit: int) -> bytes:
     return data
 
 
-def _report_failure(args: argparse.Namespace, given: str, text: str) -> None:
+def _report_failure(
+    args: argparse.Namespace, given: str, text: str, *, issues: list[dict[str, Any]] | None = None
+) -> None:
+    """One line naming the file and its problem; with several problems, one more line for each (where,
+    what), so a long Bundle's issues are readable; --json carries them as the daemon gave them."""
     if args.json:
-        print(json.dumps({"file": given, "state": "failed", "reason": text}), flush=True)
+        print(
+            json.dumps({"file": given, "state": "failed", "reason": text, "issues": issues or []}), flush=True
+        )
     print(f"{_PROG}: {text}", file=sys.stderr, flush=True)
+    if issues and len(issues) > 1:
+        for issue in issues:
+            where = ", ".join(map(str, issue.get("expression") or [])) or "?"
+            print(
+                f"  {issue.get('severity', 'error')} at {where}: {issue.get('diagnostics')}", file=sys.stderr
+            )
 
 
 def _not_sent(files: list[Any]) -> None:

@@ -29,6 +29,9 @@ log = logging.getLogger("qlink.gateway.fhir")
 GATEWAY = "fhir"
 RESPONSE_BYTES = 64 << 10
 """How much of a server's answer is read (the OperationOutcome of a refusal); the rest is not needed."""
+RECONCILE_RECENT = 1000
+"""How many of the newest inbox entries start-up reconciliation looks at (a crash loses at most the last
+few arrivals' ledger rows; a large inbox is never loaded whole at start-up)."""
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 """Statuses that mean "not now" rather than "not this": retried."""
 
@@ -102,7 +105,7 @@ class FhirForwarding:
         """Owe the FHIR messages the inbox holds but the ledger has never seen (a crash between the
         inbox's commit and the ledger's); returns how many."""
         added = 0
-        for record in reversed(self._plane.records.list_incoming(limit=100_000)):
+        for record in reversed(self._plane.records.list_incoming(limit=RECONCILE_RECENT)):
             if record.state is not Incoming.DELIVERED or not is_fhir_message(record.manifest):
                 continue
             if not self._ledger.known(GATEWAY, record.manifest.transfer_id):

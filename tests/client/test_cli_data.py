@@ -108,6 +108,37 @@ def test_a_refused_message_fails_the_call_but_not_the_others(link: Link) -> None
     assert refused.startswith("qlink ehr send: fhir_bundle_invalid.json: FHIR ")
 
 
+def test_every_problem_of_a_refused_bundle_is_listed_by_where_it_is(link: Link, tmp_path: Path) -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": {"resourceType": "Patient", "gender": 5}},
+            {"resource": {"resourceType": "Observation"}},
+        ],
+    }
+    source = tmp_path / "bad.json"
+    source.write_text(json.dumps(bundle))
+    proc = _run("ehr", "send", "--to", B, str(source), "--json", "--config", link.config(A))
+    assert proc.returncode == 1
+    (line,) = proc.stdout.decode().splitlines()
+    where = [issue["expression"] for issue in json.loads(line)["issues"]]
+    assert where == [
+        ["Bundle.entry[0].resource.gender"],
+        ["Bundle.entry[1].resource.code"],
+        ["Bundle.entry[0].request"],
+        ["Bundle.entry[1].request"],
+    ]
+    text = proc.stderr.decode().splitlines()
+    assert text[0].startswith("qlink ehr send: bad.json: FHIR 4 issues:")
+    assert text[1:] == [
+        "  error at Bundle.entry[0].resource.gender: Input should be a valid string",
+        "  error at Bundle.entry[1].resource.code: Field required",
+        "  error at Bundle.entry[0].request: bdl-3a: each entry of a transaction must have a request",
+        "  error at Bundle.entry[1].request: bdl-3a: each entry of a transaction must have a request",
+    ]
+
+
 @pytest.mark.parametrize(
     ("command", "named"),
     [
