@@ -15,6 +15,7 @@ import json
 import os
 import re
 import select
+import sys
 import threading
 import urllib.parse
 from collections.abc import Iterable
@@ -34,6 +35,7 @@ from .daemon_http import (
     add_local_target,
     base_url,
     local_endpoint,
+    unreachable,
 )
 
 TOKEN_FILE = "local-api.token"
@@ -183,3 +185,23 @@ def usage_refusal(status: int, body: Any) -> bool:
     """Whether the daemon refused the request's own parameters (an unknown peer, a bad wait): its 400
     answer then names the parameter in "field". A usage error (exit 2), not a failed operation."""
     return status == 400 and isinstance(body, dict) and isinstance(body.get("field"), str)
+
+
+def ask_json(args: argparse.Namespace, prog: str, method: str, path: str, body: bytes | None) -> Any:
+    """The daemon's JSON answer to one request of an operator's command (--config/--url and the token
+    from `args`), or, when there is none, the exit code after one line saying why: 2 for a bad target or
+    a request the daemon refused as malformed or naming what it does not have (400/404), 1 otherwise."""
+    try:
+        target = data_target(args)
+    except TargetError as exc:
+        print(f"{prog}: error: {exc.message}", file=sys.stderr)
+        return 2
+    try:
+        status, answer = target.json(method, path, body=body)
+    except ApiError as exc:
+        print(unreachable("qlinkd", exc), file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"{prog}: error: {error_message(status, answer)}", file=sys.stderr)
+        return 2 if status in (400, 404) else 1
+    return answer

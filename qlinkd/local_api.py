@@ -104,6 +104,31 @@ def _json_error(kind: type[web.HTTPException], message: str) -> web.HTTPExceptio
     return kind(text=json.dumps({"message": message}), content_type="application/json")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class OperatorAct:
+    """The body of a request that is an operator's act (acknowledging an alarm, releasing forwards): the
+    JSON object, who did it and why, checked; the act is audited with both."""
+
+    body: dict[str, Any]
+    who: str
+    note: str
+
+
+async def operator_act(request: web.Request) -> OperatorAct:
+    try:
+        body = json.loads(await request.read())
+    except ValueError:
+        raise _json_error(web.HTTPBadRequest, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise _json_error(web.HTTPBadRequest, "the body must be a JSON object")
+    note, who = body.get("note", ""), body.get("who")
+    if not isinstance(note, str) or len(note) > MAX_NOTE_CHARS:
+        raise _json_error(web.HTTPBadRequest, f"note must be text of at most {MAX_NOTE_CHARS} characters")
+    if not isinstance(who, str) or not who.strip() or len(who) > MAX_WHO_CHARS:
+        raise _json_error(web.HTTPBadRequest, f"who must name the operator in 1..{MAX_WHO_CHARS} characters")
+    return OperatorAct(body, who.strip(), note)
+
+
 def make_local_app(
     rt: Runtime,
     links: Mapping[str, PeerLink],
@@ -180,28 +205,17 @@ def make_local_app(
     async def alarm_ack(request: web.Request) -> web.Response:
         # Token only: clearing an alarm is an operator's act, audited; not every local process may do it.
         require_token(request)
-        try:
-            body = json.loads(await request.read())
-        except ValueError:
-            raise _json_error(web.HTTPBadRequest, "the body is not JSON") from None
-        if not isinstance(body, dict):
-            raise _json_error(web.HTTPBadRequest, "the body must be a JSON object")
-        peer, note, who = body.get("peer"), body.get("note", ""), body.get("who")
+        act = await operator_act(request)
+        peer = act.body.get("peer")
         if peer is not None and not isinstance(peer, str):
             raise _json_error(web.HTTPBadRequest, "peer must be a facility id or null")
         if peer is not None and peer not in links:
             raise _json_error(
                 web.HTTPNotFound, f"unknown peer {peer!r}: this facility links to {sorted(links)}"
             )
-        if not isinstance(note, str) or len(note) > MAX_NOTE_CHARS:
-            raise _json_error(web.HTTPBadRequest, f"note must be text of at most {MAX_NOTE_CHARS} characters")
-        if not isinstance(who, str) or not who.strip() or len(who) > MAX_WHO_CHARS:
-            raise _json_error(
-                web.HTTPBadRequest, f"who must name the operator in 1..{MAX_WHO_CHARS} characters"
-            )
         acknowledged, not_raised = [], []
         for peer_id in [peer] if peer is not None else list(links):
-            held = links[peer_id].report.acknowledge(who=who.strip(), note=note)
+            held = links[peer_id].report.acknowledge(who=act.who, note=act.note)
             if held is None:
                 not_raised.append(peer_id)
             else:
@@ -264,14 +278,8 @@ def make_local_app(
         require_token(request)
         if gateways is None:
             raise _json_error(web.HTTPNotFound, "no gateway is configured at this facility")
-        try:
-            body = json.loads(await request.read())
-        except ValueError:
-            raise _json_error(web.HTTPBadRequest, "the body is not JSON") from None
-        if not isinstance(body, dict):
-            raise _json_error(web.HTTPBadRequest, "the body must be a JSON object")
-        gateway, note, who = body.get("gateway"), body.get("note", ""), body.get("who")
-        destination, transfer = body.get("destination"), body.get("transfer")
+        act = await operator_act(request)
+        gateway, destination, transfer = (act.body.get(k) for k in ("gateway", "destination", "transfer"))
         if gateway not in GATEWAY_NAMES:
             raise _json_error(web.HTTPBadRequest, f"gateway must be one of {list(GATEWAY_NAMES)}")
         for name, value in (("destination", destination), ("transfer", transfer)):
@@ -279,13 +287,7 @@ def make_local_app(
                 raise _json_error(
                     web.HTTPBadRequest, f"{name} must be text of 1..{MAX_NAME_CHARS} characters"
                 )
-        if not isinstance(note, str) or len(note) > MAX_NOTE_CHARS:
-            raise _json_error(web.HTTPBadRequest, f"note must be text of at most {MAX_NOTE_CHARS} characters")
-        if not isinstance(who, str) or not who.strip() or len(who) > MAX_WHO_CHARS:
-            raise _json_error(
-                web.HTTPBadRequest, f"who must name the operator in 1..{MAX_WHO_CHARS} characters"
-            )
-        released = gateways.release(gateway, destination, transfer, who=who.strip(), note=note)
+        released = gateways.release(gateway, destination, transfer, who=act.who, note=act.note)
         return web.json_response({"facility": rt.config.id, "released": [forward_json(f) for f in released]})
 
     app.router.add_get("/v1/forwards", list_forwards)

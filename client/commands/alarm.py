@@ -7,13 +7,11 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import sys
 from typing import Any
 
-from ..daemon_http import ApiError, TargetError, unreachable
-from ..data_http import add_data_target, data_target, error_message
+from ..data_http import add_data_target, ask_json
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK = 0
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +24,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     ack.set_defaults(run=run_ack)
 
 
-def _operator() -> str:
+def operator_name() -> str:
     # The name the operator logged in with; the token proves the right to acknowledge, this says who.
     try:
         return getpass.getuser()
@@ -47,19 +45,9 @@ def format_ack(body: dict[str, Any]) -> str:
 
 
 def run_ack(args: argparse.Namespace) -> int:
-    try:
-        target = data_target(args)
-    except TargetError as exc:
-        print(f"qlink alarm ack: error: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
-    request = {"peer": args.peer, "note": args.note, "who": _operator()}
-    try:
-        status, body = target.json("POST", "/v1/alarm/ack", body=json.dumps(request).encode())
-    except ApiError as exc:
-        print(unreachable("qlinkd", exc), file=sys.stderr)
-        return EXIT_FAILURE
-    if status != 200:
-        print(f"qlink alarm ack: error: {error_message(status, body)}", file=sys.stderr)
-        return EXIT_USAGE if status in (400, 404) else EXIT_FAILURE
+    request = {"peer": args.peer, "note": args.note, "who": operator_name()}
+    body = ask_json(args, "qlink alarm ack", "POST", "/v1/alarm/ack", json.dumps(request).encode())
+    if isinstance(body, int):
+        return body
     print(json.dumps(body) if args.json else format_ack(body))
     return EXIT_OK

@@ -13,11 +13,10 @@ import time
 import urllib.parse
 from typing import Any
 
-from ..daemon_http import ApiError, TargetError, unreachable
-from ..data_http import add_data_target, data_target, error_message
-from .alarm import _operator
+from ..data_http import add_data_target, ask_json
+from .alarm import operator_name
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_USAGE = 0, 2
 GATEWAYS = ("dicom", "mllp", "fhir")
 STATES = ("pending", "parked", "delivered")
 
@@ -64,24 +63,6 @@ def format_forwards(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _ask(args: argparse.Namespace, command: str, method: str, path: str, body: bytes | None) -> Any:
-    """The daemon's JSON answer, or the exit code after saying why there is none."""
-    try:
-        target = data_target(args)
-    except TargetError as exc:
-        print(f"qlink forward {command}: error: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        status, answer = target.json(method, path, body=body)
-    except ApiError as exc:
-        print(unreachable("qlinkd", exc), file=sys.stderr)
-        return EXIT_FAILURE
-    if status != 200:
-        print(f"qlink forward {command}: error: {error_message(status, answer)}", file=sys.stderr)
-        return EXIT_USAGE if status in (400, 404) else EXIT_FAILURE
-    return answer
-
-
 def run_list(args: argparse.Namespace) -> int:
     if args.limit < 1:
         print("qlink forward list: error: --limit must be at least 1", file=sys.stderr)
@@ -93,7 +74,7 @@ def run_list(args: argparse.Namespace) -> int:
         "limit": args.limit,
     }
     encoded = urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
-    answer = _ask(args, "list", "GET", f"/v1/forwards?{encoded}", None)
+    answer = ask_json(args, "qlink forward list", "GET", f"/v1/forwards?{encoded}", None)
     if isinstance(answer, int):
         return answer
     print(json.dumps(answer) if args.json else format_forwards(answer["forwards"]))
@@ -106,9 +87,11 @@ def run_release(args: argparse.Namespace) -> int:
         "destination": args.destination,
         "transfer": args.transfer,
         "note": args.note,
-        "who": _operator(),
+        "who": operator_name(),
     }
-    answer = _ask(args, "release", "POST", "/v1/forwards/release", json.dumps(request).encode())
+    answer = ask_json(
+        args, "qlink forward release", "POST", "/v1/forwards/release", json.dumps(request).encode()
+    )
     if isinstance(answer, int):
         return answer
     if args.json:
