@@ -1,4 +1,4 @@
-"""The quantum one-time pad of seed paper 003 (IQ-HDM, its QOTPE unit, Eqs. 1-7).
+"""The quantum one-time pad of seed paper 003 (IQ-HDM, its QOTPE unit, Eqs. 1-7; docs/references.md §11).
 
 Each data bit b is basis-encoded as a qubit |b>; a key of two bit strings alpha, beta of the data's length
 encrypts the register with X^alpha Z^beta (qubit i gets X if alpha_i, then Z if beta_i). Averaged over the
