@@ -47,75 +47,29 @@ With the defaults about 0.5 % of active user-days are malicious (r4.2: well unde
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import ConfigError
-
-DAY_S = 86_400
-HOUR_S = 3_600
-
-LOGON_COLUMNS = ("id", "date", "user", "pc", "activity")
-DEVICE_COLUMNS = ("id", "date", "user", "pc", "activity")
-FILE_COLUMNS = ("id", "date", "user", "pc", "filename", "content")
-EMAIL_COLUMNS = ("id", "date", "user", "pc", "to", "cc", "bcc", "from", "size", "attachments", "content")
-HTTP_COLUMNS = ("id", "date", "user", "pc", "url", "content")
-LDAP_COLUMNS = (
-    "employee_name",
-    "user_id",
-    "email",
-    "role",
-    "business_unit",
-    "functional_unit",
-    "department",
-    "team",
-    "supervisor",
+from . import cert_records as rec
+from .cert_schema import (
+    CLINICAL,
+    COMPANY_DOMAIN,
+    COMPETITORS,
+    DAY_S,
+    DEPARTMENTS,
+    HACK_SITES,
+    HOUR_S,
+    JOB_SITES,
+    LEAK_SITES,
+    NORMAL_SITES,
+    SCHEMA,
+    Directory,
 )
-REQUEST_COLUMNS = ("id", "date", "user", "action", "department", "modality", "message_type", "volume")
-SCHEMA: dict[str, tuple[str, ...]] = {
-    "logon": LOGON_COLUMNS,
-    "device": DEVICE_COLUMNS,
-    "file": FILE_COLUMNS,
-    "email": EMAIL_COLUMNS,
-    "http": HTTP_COLUMNS,
-    "requests": REQUEST_COLUMNS,
-}
 
-DEPARTMENTS = (
-    "Radiology",
-    "Cardiology",
-    "Oncology",
-    "Emergency",
-    "Neurology",
-    "Pediatrics",
-    "Administration",
-    "IT",
-)
-CLINICAL = DEPARTMENTS[:6]
 _DEPT_SHARE = np.array([0.16, 0.14, 0.13, 0.17, 0.10, 0.10, 0.12, 0.08])
 _CLINICAL_ROLES = ("Physician", "Nurse", "Technologist", "Clerk")
-_MODALITY = {
-    "Radiology": ("CT", "MR", "CR"),
-    "Cardiology": ("US", "XA"),
-    "Oncology": ("CT", "PT"),
-    "Emergency": ("CR", "CT"),
-    "Neurology": ("MR", "CT"),
-    "Pediatrics": ("CR", "US"),
-    "Administration": ("none",),
-    "IT": ("none",),
-}
-MESSAGE_TYPES = ("dicom", "ORU^R01", "ADT^A01", "fhir")
-COMPANY_DOMAIN = "dtaa-health.org"
-
-# Web sites by category; the features read the category from the host name (features.HTTP_CATEGORIES).
-NORMAL_SITES = ("pubmed.gov", "uptodate.com", "news.example.com", "weather.example.com", "intranet.local")
-JOB_SITES = ("monster.com", "careerbuilder.com", "indeed.com", "jobhuntersbible.com")
-LEAK_SITES = ("wikileaks.org", "pastebin-drop.net")
-HACK_SITES = ("keylogger-tools.net", "exploit-db.com")
-COMPETITORS = ("mercy-imaging.com", "northstar-health.com")
-
 _FIRST = ("Alex", "Sam", "Jordan", "Casey", "Morgan", "Riley", "Taylor", "Jamie", "Avery", "Quinn")
 _LAST = ("Reyes", "Okafor", "Novak", "Lindqvist", "Haddad", "Tanaka", "Moreau", "Kowalski", "Ibsen", "Silva")
 
@@ -153,23 +107,6 @@ class Insider:
 
 
 @dataclass(frozen=True, slots=True)
-class Directory:
-    """Who the users are: LDAP columns, their own PC, employment days and authorised departments."""
-
-    ldap: dict[str, np.ndarray]
-    own_pc: np.ndarray
-    hired_day: np.ndarray
-    left_day: np.ndarray
-    """First day no longer employed (`days` for those who stay)."""
-    authorised: np.ndarray
-    """(users, len(DEPARTMENTS)) bool: whose data each user may request."""
-
-    @property
-    def user_ids(self) -> np.ndarray:
-        return self.ldap["user_id"]
-
-
-@dataclass(frozen=True, slots=True)
 class SyntheticLogs:
     """The generated tables (column name -> array, one row per record, sorted by date) and the truth."""
 
@@ -180,35 +117,6 @@ class SyntheticLogs:
     insiders: tuple[Insider, ...]
     malicious: np.ndarray
     """(users, days) bool: the user-day holds an injected malicious event."""
-
-
-@dataclass(slots=True)
-class _Builder:
-    """Collects records per table as (user index, seconds from start, columns) before the final sort."""
-
-    start_s: int
-    days: int
-    users: int
-    parts: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)
-    malicious: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))
-
-    def add(self, table: str, user: np.ndarray, t: np.ndarray, *, bad: bool = False, **cols: object) -> None:
-        user = np.asarray(user, dtype=np.int64)
-        t = np.asarray(t, dtype=np.int64)
-        n = len(t)
-        if n == 0:
-            return
-        keep = (t >= 0) & (t < self.days * DAY_S)
-        part = {"_user": user[keep], "_t": t[keep]}
-        for name, value in cols.items():
-            arr = np.asarray(value)
-            if arr.dtype.kind in "UO":
-                # Variable-width strings: one 40-recipient email must not widen every row of its column.
-                arr = arr.astype(np.dtypes.StringDType())
-            part[name] = (np.full(n, arr) if arr.ndim == 0 else arr)[keep]
-        self.parts.setdefault(table, []).append(part)
-        if bad:
-            self.malicious[part["_user"], part["_t"] // DAY_S] = True
 
 
 def generate(config: SynthConfig, rng: np.random.Generator) -> SyntheticLogs:
@@ -230,13 +138,13 @@ def generate(config: SynthConfig, rng: np.random.Generator) -> SyntheticLogs:
         authorised=directory.authorised,
     )
     present = _presence(directory, habits, days, start, rng)
-    builder = _Builder(start_s=0, days=days, users=n, malicious=np.zeros((n, days), dtype=bool))
+    builder = rec.Builder(start_s=0, days=days, users=n, malicious=np.zeros((n, days), dtype=bool))
     _benign(builder, directory, habits, present, rng)
     insiders = []
     for user, scenario, (first, last) in zip(insiders_idx, scenarios, windows, strict=True):
         _inject(builder, directory, habits, int(user), int(scenario), first, last, rng)
         insiders.append(Insider(str(directory.user_ids[user]), int(scenario), first, last))
-    tables = {name: _finish(builder, name, directory, start) for name in SCHEMA}
+    tables = {name: rec.finish(builder, name, directory, start) for name in SCHEMA}
     return SyntheticLogs(
         start=start,
         days=days,
@@ -378,9 +286,6 @@ def _presence(
     return (rng.random(p.shape) < p) & employed
 
 
-# Records --------------------------------------------------------------------------------------------------
-
-
 def _events(
     counts: np.ndarray, habits: dict[str, np.ndarray], rng: np.random.Generator, stray: float = 0.03
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -395,7 +300,7 @@ def _events(
 
 
 def _benign(
-    b: _Builder, d: Directory, habits: dict[str, np.ndarray], present: np.ndarray, rng: np.random.Generator
+    b: rec.Builder, d: Directory, habits: dict[str, np.ndarray], present: np.ndarray, rng: np.random.Generator
 ) -> None:
     n = present.shape[0]
     pcs = d.own_pc
@@ -411,138 +316,25 @@ def _benign(
     b.add("logon", u, t, pc=pcs[u], activity="Logon")
     # removable drives: connect, copy files, disconnect
     u, t = _events(rng.poisson(0.5 * present * habits["usb"][:, None]), habits, rng)
-    _drive(b, u, t, pcs[u], rng.poisson(2.0, len(u)), rng)
+    rec.drive(b, u, t, pcs[u], rng.poisson(2.0, len(u)), rng)
     # web
     u, t = _events(rng.poisson(habits["http_rate"][:, None] * present), habits, rng)
-    b.add("http", u, t, pc=pcs[u], **_urls(rng.choice(NORMAL_SITES, len(u)), "browse", rng))
+    b.add("http", u, t, pc=pcs[u], **rec.urls(rng.choice(NORMAL_SITES, len(u)), "browse", rng))
     u, t = _events(rng.poisson(0.03 * present), habits, rng)
-    b.add("http", u, t, pc=pcs[u], **_urls(rng.choice(JOB_SITES, len(u)), "career", rng))
+    b.add("http", u, t, pc=pcs[u], **rec.urls(rng.choice(JOB_SITES, len(u)), "career", rng))
     it = habits["dept"] == DEPARTMENTS.index("IT")
     u, t = _events(rng.poisson(0.04 * present * it[:, None]), habits, rng)
-    b.add("http", u, t, pc=pcs[u], **_urls(rng.choice(HACK_SITES, len(u)), "security", rng))
+    b.add("http", u, t, pc=pcs[u], **rec.urls(rng.choice(HACK_SITES, len(u)), "security", rng))
     # email; managers now and then write to many colleagues
     u, t = _events(rng.poisson(habits["email_rate"][:, None] * present), habits, rng)
-    _email(b, d, u, t, rng.random(len(u)) < habits["external"][u], 1 + rng.poisson(0.5, len(u)), rng)
+    rec.email(b, d, u, t, rng.random(len(u)) < habits["external"][u], 1 + rng.poisson(0.5, len(u)), rng)
     manager = (habits["role"] == "Manager") | (d.ldap["supervisor"] == "")
     u, t = _events(rng.poisson(0.02 * present * manager[:, None]), habits, rng)
-    _email(b, d, u, t, np.zeros(len(u), dtype=bool), rng.integers(12, 30, len(u)), rng)
+    rec.email(b, d, u, t, np.zeros(len(u), dtype=bool), rng.integers(12, 30, len(u)), rng)
     # qlink requests
     u, t = _events(rng.poisson(habits["req_rate"][:, None] * present), habits, rng)
     consult = rng.random(len(u)) < habits["consult"][u]
-    _requests(b, d, u, t, consult, rng, bulk=False)
-
-
-def _drive(
-    b: _Builder,
-    u: np.ndarray,
-    t: np.ndarray,
-    pc: np.ndarray,
-    files: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    bad: bool = False,
-) -> None:
-    b.add("device", u, t, bad=bad, pc=pc, activity="Connect")
-    stay = rng.integers(5 * 60, 60 * 60, len(u))
-    b.add("device", u, t + stay, bad=bad, pc=pc, activity="Disconnect")
-    fu, ft, fpc = np.repeat(u, files), np.repeat(t, files), np.repeat(pc, files)
-    ft = ft + (rng.random(len(ft)) * np.repeat(stay, files)).astype(np.int64)
-    names = np.char.add(np.char.add("R:\\", rng.integers(100000, 999999, len(fu)).astype(str)), ".doc")
-    b.add("file", fu, ft, bad=bad, pc=fpc, filename=names, content="report document")
-
-
-def _urls(hosts: np.ndarray, content: str, rng: np.random.Generator) -> dict[str, Any]:
-    paths = rng.integers(1000, 9999, len(hosts)).astype(str)
-    return {
-        "url": np.char.add(np.char.add(np.char.add("http://", hosts), "/"), paths),
-        "content": np.full(len(hosts), content),
-    }
-
-
-def _email(
-    b: _Builder,
-    d: Directory,
-    u: np.ndarray,
-    t: np.ndarray,
-    external: np.ndarray,
-    recipients: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    bad: bool = False,
-    content: str = "meeting schedule",
-    external_domain: np.ndarray | None = None,
-) -> None:
-    emails = d.ldap["email"]
-    domain = (
-        external_domain if external_domain is not None else rng.choice(("gmail.com", "yahoo.com"), len(u))
-    )
-    to = emails[rng.integers(0, len(emails), len(u))].astype(object)
-    outside = np.char.add(np.char.add("contact", rng.integers(1, 999, len(u)).astype(str)), "@")
-    outside = np.char.add(outside, domain.astype(str))
-    to[external] = outside[external]
-    for j in range(1, int(recipients.max(initial=1))):
-        more = np.flatnonzero(recipients > j)
-        to[more] = to[more] + ";" + emails[rng.integers(0, len(emails), len(more))].astype(object)
-    b.add(
-        "email",
-        u,
-        t,
-        bad=bad,
-        pc=d.own_pc[u],
-        to=to.astype(str),
-        cc="",
-        bcc="",
-        **{"from": emails[u]},
-        size=rng.integers(2_000, 60_000, len(u)),
-        attachments=rng.poisson(0.3, len(u)),
-        content=content,
-    )
-
-
-def _requests(
-    b: _Builder,
-    d: Directory,
-    u: np.ndarray,
-    t: np.ndarray,
-    outside: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    bulk: bool,
-) -> None:
-    if len(u) == 0:
-        return
-    allowed = d.authorised[u][:, : len(CLINICAL)] | np.zeros((len(u), len(CLINICAL)), dtype=bool)
-    # random authorised department (or, for outside requests or users with none, an unauthorised one)
-    score = rng.random((len(u), len(CLINICAL)))
-    inside = np.argmax(np.where(allowed, score, -1.0), axis=1)
-    out = np.argmax(np.where(~allowed, score, -1.0), axis=1)
-    has_in, has_out = allowed.any(axis=1), (~allowed).any(axis=1)
-    dept = np.where((outside & has_out) | ~has_in, out, inside)
-    admin_dept = DEPARTMENTS.index("Administration")
-    admin_user = d.ldap["department"][u] == "Administration"
-    dept = np.where(admin_user & ~outside, admin_dept, dept)
-    fetch = rng.random(len(u)) < (0.95 if bulk else 0.7)
-    dicom = rng.random(len(u)) < (0.9 if bulk else 0.5)
-    mtype = np.where(dicom, 0, rng.integers(1, len(MESSAGE_TYPES), len(u)))
-    options = np.array([len(_MODALITY[x]) for x in DEPARTMENTS])
-    table = np.array([[_MODALITY[x][i % len(_MODALITY[x])] for i in range(3)] for x in DEPARTMENTS])
-    modality = table[dept, (rng.random(len(u)) * options[dept]).astype(np.int64)]
-    volume = np.where(
-        fetch & dicom,
-        rng.lognormal(np.log(30e6), 0.7, len(u)),
-        np.where(fetch, rng.lognormal(np.log(4e3), 0.5, len(u)), rng.lognormal(np.log(2e3), 0.3, len(u))),
-    ).astype(np.int64)
-    b.add(
-        "requests",
-        u,
-        t,
-        bad=bulk,
-        action=np.where(fetch, "fetch", "list"),
-        department=np.array(DEPARTMENTS)[dept],
-        modality=np.where(dicom, modality, "none"),
-        message_type=np.array(MESSAGE_TYPES)[mtype],
-        volume=volume,
-    )
+    rec.requests(b, d, u, t, consult, rng, bulk=False)
 
 
 # Insiders -------------------------------------------------------------------------------------------------
@@ -556,7 +348,7 @@ def _night(days: np.ndarray, rng: np.random.Generator, k: int) -> tuple[np.ndarr
 
 
 def _inject(
-    b: _Builder,
+    b: rec.Builder,
     d: Directory,
     habits: dict[str, np.ndarray],
     user: int,
@@ -572,7 +364,7 @@ def _inject(
         _, t = _night(days, rng, 1)
         one = np.full(len(t), user)
         b.add("logon", one, t, bad=True, pc=pc, activity="Logon")
-        _drive(b, one, t + 600, np.full(len(t), pc), rng.poisson(8, len(t)), rng, bad=True)
+        rec.drive(b, one, t + 600, np.full(len(t), pc), rng.poisson(8, len(t)), rng, bad=True)
         _, th = _night(days, rng, 3)
         b.add(
             "http",
@@ -580,7 +372,7 @@ def _inject(
             th,
             bad=True,
             pc=pc,
-            **_urls(rng.choice(LEAK_SITES, len(th)), "upload", rng),
+            **rec.urls(rng.choice(LEAK_SITES, len(th)), "upload", rng),
         )
         _bulk(b, d, user, days, rng, night=True)
     elif scenario == 2:
@@ -593,11 +385,11 @@ def _inject(
             t,
             bad=True,
             pc=pc,
-            **_urls(rng.choice(JOB_SITES, len(t)), "career", rng),
+            **rec.urls(rng.choice(JOB_SITES, len(t)), "career", rng),
         )
         mail_days = job_days[rng.random(len(job_days)) < 0.5]
         t = (mail_days * DAY_S + (habits["start_h"][user] + 2) * HOUR_S).astype(np.int64)
-        _email(
+        rec.email(
             b,
             d,
             np.full(len(t), user),
@@ -612,7 +404,7 @@ def _inject(
         theft = span[-3:]
         day = np.repeat(theft, rng.poisson(4, len(theft)) + 1)
         t = (day * DAY_S + (habits["start_h"][user] + rng.random(len(day)) * 8) * HOUR_S).astype(np.int64)
-        _drive(b, np.full(len(t), user), t, np.full(len(t), pc), rng.poisson(15, len(t)), rng, bad=True)
+        rec.drive(b, np.full(len(t), user), t, np.full(len(t), pc), rng.poisson(15, len(t)), rng, bad=True)
         _bulk(b, d, user, theft, rng, night=False)
     else:
         boss = int(np.searchsorted(d.user_ids, d.ldap["supervisor"][user]))
@@ -624,14 +416,16 @@ def _inject(
             np.array([t0]),
             bad=True,
             pc=pc,
-            **_urls(np.array(HACK_SITES[:1]), "keylogger download", rng),
+            **rec.urls(np.array(HACK_SITES[:1]), "keylogger download", rng),
         )
         t1 = t0 + DAY_S + 2 * HOUR_S
         b.add("logon", np.array([user]), np.array([t1]), bad=True, pc=boss_pc, activity="Logon")
-        _drive(b, np.array([user]), np.array([t1 + 300]), np.array([boss_pc]), np.array([1]), rng, bad=True)
+        rec.drive(
+            b, np.array([user]), np.array([t1 + 300]), np.array([boss_pc]), np.array([1]), rng, bad=True
+        )
         t2 = (first + 2) * DAY_S + 23 * HOUR_S
         b.add("logon", np.array([boss]), np.array([t2]), bad=True, pc=boss_pc, activity="Logon")
-        _email(
+        rec.email(
             b,
             d,
             np.array([boss]),
@@ -646,32 +440,11 @@ def _inject(
 
 
 def _bulk(
-    b: _Builder, d: Directory, user: int, days: np.ndarray, rng: np.random.Generator, *, night: bool
+    b: rec.Builder, d: Directory, user: int, days: np.ndarray, rng: np.random.Generator, *, night: bool
 ) -> None:
     per_day = rng.poisson(40, len(days)) + 10
     day = np.repeat(days, per_day)
     hours = (22.0 + rng.random(len(day)) * 5.0) if night else (17.0 + rng.random(len(day)) * 4.0)
     t = (day * DAY_S + hours * HOUR_S).astype(np.int64)
     outside = rng.random(len(t)) < (0.8 if night else 0.5)
-    _requests(b, d, np.full(len(t), user), t, outside, rng, bulk=True)
-
-
-def _finish(b: _Builder, name: str, d: Directory, start: np.datetime64) -> dict[str, np.ndarray]:
-    columns = SCHEMA[name]
-    parts = b.parts.get(name, [])
-    if not parts:
-        return {c: np.zeros(0, dtype="datetime64[s]" if c == "date" else str) for c in columns}
-    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    order = np.argsort(merged["_t"], kind="stable")
-    n = len(order)
-    out: dict[str, np.ndarray] = {}
-    for c in columns:
-        if c == "id":
-            out[c] = np.arange(n, dtype=np.int64)
-        elif c == "date":
-            out[c] = start + merged["_t"][order].astype("timedelta64[s]")
-        elif c == "user":
-            out[c] = d.user_ids[merged["_user"][order]]
-        else:
-            out[c] = merged[c][order]
-    return out
+    rec.requests(b, d, np.full(len(t), user), t, outside, rng, bulk=True)

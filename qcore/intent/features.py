@@ -25,16 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
-from .cert_synth import (
-    COMPANY_DOMAIN,
-    DAY_S,
-    DEPARTMENTS,
-    HACK_SITES,
-    HOUR_S,
-    JOB_SITES,
-    LEAK_SITES,
-    SyntheticLogs,
-)
+from .cert_schema import COMPANY_DOMAIN, DAY_S, DEPARTMENTS, HACK_SITES, HOUR_S, JOB_SITES, LEAK_SITES
+from .cert_synth import SyntheticLogs
 
 WORK_HOURS = (7, 19)
 """Local hours counted as working time; anything else is after hours (r4.2's usual cut)."""

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from qlinkmed.qcore.errors import ConfigError
+from qlinkmed.qcore.intent.cert_schema import LDAP_COLUMNS, SCHEMA
 from qlinkmed.qcore.intent.cert_synth import (
-    LDAP_COLUMNS,
-    SCHEMA,
     SynthConfig,
     SyntheticLogs,
     cert_date_strings,

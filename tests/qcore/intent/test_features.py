@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qlinkmed.qcore.intent.cert_synth import DEPARTMENTS, SynthConfig, SyntheticLogs, generate
+from qlinkmed.qcore.intent.cert_schema import DEPARTMENTS
+from qlinkmed.qcore.intent.cert_synth import SynthConfig, SyntheticLogs, generate
 from qlinkmed.qcore.intent.features import FULL, REQUEST, feature_set, from_logs, user_day_features
 
 
