@@ -6,8 +6,8 @@ Prints (or with --json, writes to stdout as JSON) one row per model and feature 
 and 5 % false-positive rate, precision and accuracy at the threshold that gave 1 % false positives on the
 training users, each with a 95 % interval (bootstrap over test users, pooled over seeds), training time
 and inference time per row (CPU time of this process, so a busy machine does not inflate them); then
-the QFNN read with finite shots on qiskit-aer beside its exact probabilities, the per-request latency of the model the daemon would load, the class imbalance, and the
-paper's 89.02 % beside our accuracy.
+the QFNN read with finite shots on qiskit-aer beside its exact probabilities, the per-request latency of
+the model the daemon would load, the class imbalance, and the paper's 89.02 % beside our accuracy.
 
 Writes into --out (created if missing; our files in it are replaced): `roc.png` (ROC curves of the first
 seed, one panel per feature set), `qfnn-request.json` (the QFNN trained on the first seed's training
