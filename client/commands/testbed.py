@@ -1,6 +1,8 @@
-"""`qlink testbed init|run|wan`: a complete two-facility deployment on loopback, written to a directory and
-run in the foreground, for a first look at qlink and for demonstrations; with WAN proxy ports, its links
-run through emulated wide-area delay, loss and partitions that `testbed wan` changes from another shell."""
+"""`qlink testbed init|run|wan|endpoints`: a complete two-facility deployment on loopback, written to a
+directory and run in the foreground, for a first look at qlink and for demonstrations; with WAN proxy
+ports, its links run through emulated wide-area delay, loss and partitions that `testbed wan` changes
+from another shell; with gateways, each facility takes DICOM, HL7 v2 over MLLP and FHIR and forwards to a
+local PACS, interface engine and FHIR server. `endpoints` prints every address (JSON for scripts)."""
 
 from __future__ import annotations
 
@@ -99,7 +101,26 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="route the classical link and both data links through proxy ports, so that "
         "`testbed run --wan` can emulate a wide-area network on them",
     )
+    init.add_argument(
+        "--gateways",
+        action="store_true",
+        help="enable every hospital gateway at both facilities (DICOM SCP, MLLP listener, FHIR REST), each "
+        "forwarding to a local PACS, interface engine and FHIR server on free ports (`testbed endpoints`)",
+    )
+    init.add_argument(
+        "--json", action="store_true", help="print every endpoint as JSON (as `testbed endpoints --json`)"
+    )
     init.set_defaults(run=run_init)
+    endpoints = sub.add_parser(
+        "endpoints",
+        help="print every endpoint of DIR: listeners, URLs, AE titles and ports of the gateways",
+        description="Print every endpoint of the deployment in DIR, read from its configuration files: "
+        "per facility the local API, metrics, KME, data plane, and each gateway with its AE titles, ports, "
+        "FHIR base URLs and the destinations it forwards to.",
+    )
+    endpoints.add_argument("dir", type=Path, metavar="DIR", help="directory written by `qlink testbed init`")
+    endpoints.add_argument("--json", action="store_true", help="print them as JSON")
+    endpoints.set_defaults(run=run_endpoints)
     run = sub.add_parser(
         "run",
         help="start the channel service and both daemons of DIR; status every second until Ctrl-C",
@@ -154,7 +175,7 @@ def run_init(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from qlinkmed.qlinkd.errors import ConfigError, PkiError
     from qlinkmed.qlinkd.ops.config import load_facility_config
-    from qlinkmed.qlinkd.testbed.deployment import write_loopback_deployment
+    from qlinkmed.qlinkd.testbed.deployment import endpoints, write_loopback_deployment
 
     try:
         deployment = write_loopback_deployment(
@@ -163,17 +184,79 @@ def run_init(args: argparse.Namespace) -> int:
             pulses_per_round=args.pulses,
             distance_km=args.distance_km,
             wan_proxies=args.wan_proxies,
+            gateways=args.gateways,
         )
         # The round size the daemons will use (a bb84-decoy default depends on the fibre).
         first = load_facility_config(next(iter(deployment.facilities.values())))
+        found = endpoints(deployment)
     except (OSError, PkiError, ConfigError) as exc:
         print(f"qlink testbed init: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return EXIT_OK
     peer = first.peers[0]
     print(start_instructions(deployment, protocol=args.protocol, pulses=peer.pulses_per_round))
+    if args.gateways:
+        print(format_endpoints(found))
     if peer.decoy is not None:
         print(peer.decoy.summary())
     return EXIT_OK
+
+
+# ---- endpoints -------------------------------------------------------------------------------------------
+def run_endpoints(args: argparse.Namespace) -> int:
+    from qlinkmed.qlinkd.errors import ConfigError
+    from qlinkmed.qlinkd.testbed.deployment import endpoints, read_deployment
+
+    try:
+        found = endpoints(read_deployment(args.dir.resolve()))
+    except ConfigError as exc:
+        print(f"qlink testbed endpoints: config error: {exc.field}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(found, indent=2) if args.json else format_endpoints(found))
+    return EXIT_OK
+
+
+def _hostport(address: dict[str, Any]) -> str:
+    return f"{address['host']}:{address['port']}"
+
+
+def format_endpoints(found: dict[str, Any]) -> str:
+    """`endpoints` as text: one block per facility, and how to send to each gateway."""
+    lines = [f"channel service  {_hostport(found['channel']['listen'])}  admin {found['channel']['admin']}"]
+    for name, f in found["facilities"].items():
+        lines.append(f"{name}:")
+        lines.append(f"  local API        {f['local_api']}  (metrics {f['metrics']})")
+        data = "none" if f["data"] is None else _hostport(f["data"])
+        lines.append(f"  KME              {f['kme']}  data plane {data}")
+        if (dicom := f["dicom"]) is not None:
+            host, port = dicom["scp"]["host"], dicom["scp"]["port"]
+            for route in dicom["routes"]:
+                lines.append(
+                    f"  DICOM SCP        {host}:{port} AE {dicom['ae_title']}: call AE {route['called_ae']} "
+                    f"to send to {route['peer']}  (storescu -aec {route['called_ae']} {host} {port} FILE...)"
+                )
+            for d in dicom["destinations"]:
+                lines.append(
+                    f"  PACS (forward)   {d['host']}:{d['port']} AE {d['ae_title']}, called as "
+                    f"{dicom['ae_title']}  (storescp -aet {d['ae_title']} {d['port']})"
+                )
+        if (mllp := f["mllp"]) is not None:
+            if mllp["listen"] is not None:
+                listen = mllp["listen"]
+                lines.append(
+                    f"  MLLP listener    {_hostport(listen)}  (mllp_send --loose --port {listen['port']} "
+                    f"--file MSG.hl7 {listen['host']})"
+                )
+            for d in mllp["destinations"]:
+                lines.append(f"  engine (forward) {d['host']}:{d['port']}  (an MLLP receiver)")
+        if (fhir := f["fhir"]) is not None:
+            for url in fhir["base_urls"].values():
+                lines.append(f"  FHIR base        {url}  (token: {fhir['token_file']}, made at first start)")
+            for d in fhir["destinations"]:
+                lines.append(f"  FHIR (forward)   {d['base_url']}")
+    return "\n".join(lines)
 
 
 def start_instructions(deployment: Deployment, *, protocol: str, pulses: int) -> str:

@@ -1,6 +1,7 @@
 """A complete loopback deployment in one directory: a demo CA and certificates, a pre-shared key, two
-facility configurations and the channel configuration. What the tests, the benchmarks and
-`qlink testbed init` start from; the files are the same TOML an operator writes by hand."""
+facility configurations and the channel configuration, optionally with every hospital gateway enabled.
+What the tests, the benchmarks, `qlink testbed init` and `qlink demo` start from; the files are the same
+TOML an operator writes by hand."""
 
 from __future__ import annotations
 
@@ -8,13 +9,21 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from qlinkmed.qlinkd.channel.config import load_channel_config
 from qlinkmed.qlinkd.ops import entropy, pki
-from qlinkmed.qlinkd.ops.config import Address, ConfigError, load_facility_config
+from qlinkmed.qlinkd.ops.config import Address, ConfigError, FacilityConfig, load_facility_config
 
 PRESHARED_BYTES = 4096
 """Pre-shared authentication key: 85 rounds of Wegman-Carter keys before the first refill."""
+GATEWAY_PORTS = ("dicom", "pacs", "mllp", "engine", "fhir", "fhir_server")
+"""With gateways, the ports of each facility besides its daemon listeners ("<facility>.<name>"): its DICOM
+SCP, MLLP listener and FHIR endpoint, and the three local destinations it forwards to, which the testbed's
+user (or `qlink demo`) runs: a PACS, an interface engine and a FHIR server."""
+PACS_DESTINATION, ENGINE_DESTINATION = "pacs", "engine"
+FHIR_BASE_PATH = "/fhir"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,10 +114,13 @@ def write_loopback_deployment(
     channel_idle_timeout_s: float = 300.0,
     channel_connections_per_link: int = 2,
     wan_proxies: bool = False,
+    gateways: bool = False,
 ) -> Deployment:
     """Write the deployment. With `wan_proxies`, Alice's peer address and each facility's data_address
     name a proxy port instead of the peer's listener (`Deployment.routes`): nothing connects until a
-    `WanLinks` runs the proxies."""
+    `WanLinks` runs the proxies. With `gateways`, each facility runs a DICOM SCP, an MLLP listener and a
+    FHIR endpoint routing to the other, and forwards what arrives to a PACS, an interface engine and a
+    FHIR server on free loopback ports (`gateway_tables`, `endpoints`)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     a, b = facilities
@@ -122,6 +134,8 @@ def write_loopback_deployment(
     names = ["channel.listen", "channel.admin"] + [
         f"{f}.{x}" for f in facilities for x in ("classical", "kme", "local", "data")
     ]
+    if gateways:
+        names += [f"{f}.{x}" for f in facilities for x in GATEWAY_PORTS]
     # Alice (the smaller id, qlinkd.link.events) dials the classical link; each side dials its data link.
     alice, bob = sorted(facilities)
     route_ends = {"classical": (alice, bob, "classical")} | {
@@ -218,9 +232,185 @@ high_watermark_bits = {high_watermark_bits}
 eps_sec = {eps_sec!r}
 eps_cor = {eps_cor!r}
 """
+            + (gateway_tables(me, other, ports) if gateways else "")
         )
         configs[me] = path
     return Deployment(root=root, channel=channel, facilities=configs, ports=ports, saes=saes, routes=routes)
+
+
+def ae_suffix(facility: str) -> str:
+    """A facility id as it appears in the testbed's AE titles: "hospital-b" -> "HOSPITAL_B"."""
+    return facility.upper().replace("-", "_")
+
+
+def scp_ae_title(facility: str) -> str:
+    """The AE title of `facility`'s gateway (its calling title towards its PACS)."""
+    return f"QLINK_{ae_suffix(facility)}"[:16]
+
+
+def route_ae_title(peer: str) -> str:
+    """The AE title a modality calls at the other facility's SCP to send to `peer`."""
+    return f"TO_{ae_suffix(peer)}"[:16]
+
+
+def pacs_ae_title(facility: str) -> str:
+    """The AE title of the PACS `facility` forwards arrived studies to."""
+    return f"PACS_{ae_suffix(facility)}"[:16]
+
+
+def fhir_token_name(facility: str) -> str:
+    """The FHIR endpoint's bearer-token file (made by the daemon on its first start), in the root."""
+    return f"fhir-{facility}.token"
+
+
+def gateway_tables(me: str, other: str, ports: dict[str, int]) -> str:
+    """The `[gateway.*]` tables of facility `me` in a two-facility loopback deployment: every association
+    calling `route_ae_title(other)`, every HL7 message and every FHIR POST under `/fhir/<other>` goes to
+    `other`; what arrives from `other` goes to the local PACS, interface engine and FHIR server."""
+    port = {name: ports[f"{me}.{name}"] for name in GATEWAY_PORTS}
+    return f"""
+[gateway.dicom]
+ae_title = "{scp_ae_title(me)}"
+listen = "127.0.0.1:{port["dicom"]}"
+quiet_s = 5
+
+[[gateway.dicom.route]]
+called_ae = "{route_ae_title(other)}"
+peer = "{other}"
+
+[[gateway.dicom.destination]]
+name = "{PACS_DESTINATION}"
+ae_title = "{pacs_ae_title(me)}"
+address = "127.0.0.1:{port["pacs"]}"
+
+[gateway.mllp]
+listen = "127.0.0.1:{port["mllp"]}"
+
+[[gateway.mllp.route]]
+peer = "{other}"
+
+[[gateway.mllp.destination]]
+name = "{ENGINE_DESTINATION}"
+address = "127.0.0.1:{port["engine"]}"
+ack_timeout_s = 10
+
+[gateway.fhir]
+listen = "127.0.0.1:{port["fhir"]}"
+base_path = "{FHIR_BASE_PATH}"
+token_file = "{fhir_token_name(me)}"
+
+[[gateway.fhir.destination]]
+base_url = "http://127.0.0.1:{port["fhir_server"]}{FHIR_BASE_PATH}"
+"""
+
+
+def _gateway_ports(config: FacilityConfig) -> dict[str, int]:
+    """The GATEWAY_PORTS a facility configuration names (those it has), by name."""
+    gateways = config.gateways
+    found: dict[str, int] = {}
+    if gateways.dicom is not None:
+        found["dicom"] = gateways.dicom.listen.port
+        for pacs in gateways.dicom.destinations:
+            if pacs.name == PACS_DESTINATION:
+                found["pacs"] = pacs.address.port
+    if gateways.mllp is not None:
+        if gateways.mllp.listen is not None:
+            found["mllp"] = gateways.mllp.listen.port
+        for engine in gateways.mllp.destinations:
+            if engine.name == ENGINE_DESTINATION:
+                found["engine"] = engine.address.port
+    if gateways.fhir is not None:
+        found["fhir"] = gateways.fhir.listen.port
+        for destination in gateways.fhir.destinations[:1]:
+            server = urlsplit(destination.base_url).port
+            if server is not None:
+                found["fhir_server"] = server
+    return found
+
+
+def _address(address: Address) -> dict[str, Any]:
+    return {"host": address.host, "port": address.port}
+
+
+def facility_endpoints(config: FacilityConfig) -> dict[str, Any]:
+    """Every endpoint of one facility, from its configuration, for scripts (`qlink testbed endpoints`):
+    the daemon's listeners and URLs, and each gateway with the destinations it forwards to (None for a
+    gateway the facility does not run)."""
+    listen = config.listen
+    local = f"http://{listen.local}"
+    result: dict[str, Any] = {
+        "config": str(config.source),
+        "state_dir": str(config.state_dir),
+        "local_api": local,
+        "metrics": f"{local}/metrics",
+        "kme": f"https://{listen.kme}",
+        "classical": _address(listen.classical),
+        "data": None if listen.data is None else _address(listen.data),
+        "peers": [peer.id for peer in config.peers],
+        "dicom": None,
+        "mllp": None,
+        "fhir": None,
+    }
+    gateways = config.gateways
+    if gateways.dicom is not None:
+        dicom = gateways.dicom
+        result["dicom"] = {
+            "ae_title": dicom.ae_title,
+            "scp": _address(dicom.listen),
+            "routes": [
+                {"called_ae": r.called_ae, "calling_ae": r.calling_ae, "peer": r.peer} for r in dicom.routes
+            ],
+            "destinations": [
+                {"name": d.name, "ae_title": d.ae_title, **_address(d.address), "tls": d.tls}
+                for d in dicom.destinations
+            ],
+        }
+    if gateways.mllp is not None:
+        mllp = gateways.mllp
+        result["mllp"] = {
+            "listen": None if mllp.listen is None else _address(mllp.listen),
+            "routes": [
+                {
+                    "peer": r.peer,
+                    "receiving_application": r.receiving_application,
+                    "receiving_facility": r.receiving_facility,
+                }
+                for r in mllp.routes
+            ],
+            "destinations": [
+                {"name": d.name, **_address(d.address), "ack_timeout_s": d.ack_timeout_s}
+                for d in mllp.destinations
+            ],
+        }
+    if gateways.fhir is not None:
+        fhir = gateways.fhir
+        scheme = "https" if fhir.tls_cert is not None else "http"
+        result["fhir"] = {
+            "listen": _address(fhir.listen),
+            "base_urls": {
+                peer: f"{scheme}://{fhir.listen}{fhir.base_path}/{peer}" for peer in result["peers"]
+            },
+            "token_file": None if fhir.token_file is None else str(fhir.token_file),
+            "destinations": [{"base_url": d.base_url} for d in fhir.destinations],
+        }
+    return result
+
+
+def endpoints(deployment: Deployment) -> dict[str, Any]:
+    """Every endpoint of the deployment (JSON-ready), read from its configuration files."""
+    channel = load_channel_config(deployment.channel)
+    return {
+        "root": str(deployment.root),
+        "channel": {
+            "config": str(deployment.channel),
+            "listen": _address(channel.listen),
+            "admin": f"http://{channel.admin}",
+        },
+        "facilities": {
+            name: facility_endpoints(load_facility_config(path))
+            for name, path in deployment.facilities.items()
+        },
+    }
 
 
 def read_deployment(root: Path) -> Deployment:
@@ -243,6 +433,7 @@ def read_deployment(root: Path) -> Deployment:
             address = getattr(config.listen, listener)
             if address is not None:
                 ports[f"{config.id}.{listener}"] = address.port
+        ports |= {f"{config.id}.{name}": port for name, port in _gateway_ports(config).items()}
         for peer in config.peers:
             dialled.append((config.id, peer.id, "classical", peer.address))
             if peer.data_address is not None:

@@ -5,7 +5,7 @@ statuses."""
 from __future__ import annotations
 
 import random
-import shutil
+import re
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ from qlinkmed.qlinkd.gateways.dicom_groups import Grouping, StagedInstance
 from qlinkmed.qlinkd.gateways.forwarder import Verdict
 from qlinkmed.qlinkd.ops.config import load_facility_config
 from qlinkmed.qlinkd.ops.pki import write_demo_pki
-from tests.paths import REPO
+from tests.examples import example_without_gateways
 
 GATEWAY = """
 [gateway.dicom]
@@ -44,14 +44,14 @@ tls = true
 @pytest.fixture(scope="module")
 def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("etc-qlink")
-    shutil.copy(REPO / "systemd" / "examples" / "hospital-a.toml", root / "hospital-a.toml")
+    (root / "hospital-a.toml").write_text(example_without_gateways())
     write_demo_pki(root / "pki", ["hospital-a", "hospital-b"], ["pacs-a", "ehr-a", "pacs-b"])
     (root / "psk").mkdir()
     (root / "psk" / "hospital-a--hospital-b.key").write_bytes(random.Random(7).randbytes(1024))
-    # The example has no data plane (issue 17 item 9): give its peer a data address.
     text = (root / "hospital-a.toml").read_text()
-    if "data_address" not in text:
-        text = text.replace('id = "hospital-b"', 'id = "hospital-b"\ndata_address = "127.0.0.1:7003"', 1)
+    # The example's own data_address (a commented line) is replaced by one the tests below can remove.
+    text = re.sub(r"^data_address = .*\n", "", text, flags=re.MULTILINE)
+    text = text.replace('id = "hospital-b"', 'id = "hospital-b"\ndata_address = "127.0.0.1:7003"', 1)
     (root / "hospital-a.toml").write_text(text)
     return root / "hospital-a.toml"
 

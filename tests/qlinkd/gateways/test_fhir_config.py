@@ -3,7 +3,6 @@ messages go; every mistake names its field."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,15 +10,13 @@ import pytest
 from qlinkmed.qlinkd.errors import ConfigError
 from qlinkmed.qlinkd.ops.config import FacilityConfig, load_facility_config
 from qlinkmed.qlinkd.ops.pki import write_demo_pki
-from tests.paths import REPO
-
-EXAMPLE = REPO / "systemd" / "examples" / "hospital-a.toml"
+from tests.examples import example_without_gateways
 
 
 @pytest.fixture(scope="module")
 def etc(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("etc-qlink")
-    shutil.copy(EXAMPLE, root / "hospital-a.toml")
+    (root / "hospital-a.toml").write_text(example_without_gateways())
     write_demo_pki(root / "pki", ["hospital-a", "hospital-b"], ["pacs-a", "ehr-a", "pacs-b"])
     (root / "psk").mkdir()
     (root / "psk" / "hospital-a--hospital-b.key").write_bytes(bytes(range(256)) * 4)

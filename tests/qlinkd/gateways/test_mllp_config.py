@@ -4,7 +4,6 @@ mistake named by its field."""
 from __future__ import annotations
 
 import random
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from qlinkmed.qlinkd.errors import ConfigError
 from qlinkmed.qlinkd.gateways.mllp_config import DEFAULT_MAX_MESSAGE_BYTES
 from qlinkmed.qlinkd.ops.config import load_facility_config
 from qlinkmed.qlinkd.ops.pki import write_demo_pki
-from tests.paths import REPO
+from tests.examples import example_without_gateways
 
 GOOD = """
 [gateway.mllp]
@@ -37,7 +36,7 @@ ack_timeout_s = 5
 @pytest.fixture(scope="module")
 def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("etc-qlink")
-    shutil.copy(REPO / "systemd" / "examples" / "hospital-a.toml", root / "hospital-a.toml")
+    (root / "hospital-a.toml").write_text(example_without_gateways())
     write_demo_pki(root / "pki", ["hospital-a", "hospital-b"], ["pacs-a", "ehr-a", "pacs-b"])
     (root / "psk").mkdir()
     (root / "psk" / "hospital-a--hospital-b.key").write_bytes(random.Random(7).randbytes(1024))

@@ -55,7 +55,7 @@ def test_examples_load(deployment: Path) -> None:
     assert a.kme.key_size == 256 and b.kme.max_key_per_request == 128
     peer = a.peer("hospital-b")
     assert peer.address == b.listen.classical
-    assert peer.protocol is ProtocolKind.BB84 and peer.pulses_per_round == 1_000_000
+    assert peer.protocol is ProtocolKind.BB84 and peer.pulses_per_round == 20_000_000
     assert peer.preshared == b.peer("hospital-a").preshared == (deployment / PSK).read_bytes()
     assert peer.distill_config().qber_tolerance == 0.11
     with pytest.raises(KeyError):
@@ -118,8 +118,12 @@ FACILITY_MISTAKES = [
     ('saes = ["pacs-b"]', 'saes = ["pacs-a"]', "peer[0].saes[0]"),
     ('state_dir = "state/hospital-a"', 'state_dir = "state/hospital-a"\nsaez = []', "facility.saez"),
     ("[kme]", "[kmee]", "kmee"),
-    ('"pki/hospital-a.key"', '"pki/missing.key"', "tls.key"),
-    ('"pki/hospital-a.pem"', '"pki/hospital-b.pem"', "tls.cert"),  # key does not match the certificate
+    ('\nkey = "pki/hospital-a.key"', '\nkey = "pki/missing.key"', "tls.key"),
+    (
+        '\ncert = "pki/hospital-a.pem"',
+        '\ncert = "pki/hospital-b.pem"',
+        "tls.cert",
+    ),  # key does not match the certificate
     ('local = "127.0.0.1:7103"', 'local = "10.0.0.1:7103"', "listen.local"),
     ('kme = "127.0.0.1:7102"', 'kme = "127.0.0.1"', "listen.kme"),
     ('kme = "127.0.0.1:7102"', 'kme = "127.0.0.1:70000"', "listen.kme"),
@@ -143,9 +147,9 @@ FACILITY_MISTAKES = [
     ('"psk/hospital-a--hospital-b.key"', '"psk/short.key"', "peer[0].preshared_key"),
     ('protocol = "bb84"', 'protocol = "b92"', "peer[0].protocol"),
     ('protocol = "bb84"', 'protocol = "e91"\ne91_security = "di"', "peer[0].e91_security"),
-    ("pulses_per_round = 1000000", 'pulses_per_round = "many"', "peer[0].pulses_per_round"),
-    ("pulses_per_round = 1000000", "pulses_per_round = 100", "peer[0].pulses_per_round"),
-    ("pulses_per_round = 1000000", "pulses_per_round = 1e6", "peer[0].pulses_per_round"),
+    ("pulses_per_round = 20000000", 'pulses_per_round = "many"', "peer[0].pulses_per_round"),
+    ("pulses_per_round = 20000000", "pulses_per_round = 100", "peer[0].pulses_per_round"),
+    ("pulses_per_round = 20000000", "pulses_per_round = 1e6", "peer[0].pulses_per_round"),
     ("high_watermark_bits = 8000000", "high_watermark_bits = 1000", "peer[0].high_watermark_bits"),
     ("low_watermark_bits = 2000000", "low_watermark_bits = -1", "peer[0].low_watermark_bits"),
     ("round_timeout_s = 10.0", "round_timeout_s = 0", "peer[0].round_timeout_s"),
@@ -212,7 +216,9 @@ def test_duplicate_peer_and_missing_field(deployment: Path) -> None:
 
 
 def test_certificate_must_belong_to_the_facility(deployment: Path) -> None:
-    path = _variant(deployment, "hospital-a.toml", '"pki/hospital-a.pem"', '"pki/hospital-b.pem"')
+    path = _variant(
+        deployment, "hospital-a.toml", '\ncert = "pki/hospital-a.pem"', '\ncert = "pki/hospital-b.pem"'
+    )
     path.write_text(path.read_text().replace('"pki/hospital-a.key"', '"pki/hospital-b.key"'))
     with pytest.raises(ConfigError, match=r"differs from facility\.id") as info:
         load_facility_config(path)
