@@ -154,7 +154,13 @@ def _handshake(client: ssl.SSLContext, server: ssl.SSLContext, name: str) -> str
             break
     assert all(done.values()), "the handshake did not finish"
     cert = c.getpeercert()
-    return dict(x[0] for x in cert["subject"]).get("commonName") if cert else None
+    if not cert:
+        return None
+    for rdn in cert["subject"]:
+        for name, value in rdn:
+            if name == "commonName":
+                return str(value)
+    return None
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
