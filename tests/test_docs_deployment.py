@@ -14,6 +14,7 @@ import shutil
 import ssl
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -156,11 +157,9 @@ def _handshake(client: ssl.SSLContext, server: ssl.SSLContext, name: str) -> str
     cert = c.getpeercert()
     if not cert:
         return None
-    for rdn in cert["subject"]:
-        for name, value in rdn:
-            if name == "commonName":
-                return str(value)
-    return None
+    # subject: a tuple of relative distinguished names, each a tuple of (name, value) pairs.
+    pairs: list[Any] = [pair for rdn in cert["subject"] for pair in rdn]
+    return next((str(value) for name, value in pairs if name == "commonName"), None)
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
