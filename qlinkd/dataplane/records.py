@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from qlinkmed.qlinkd.content.summary import InboxSummary
+from qlinkmed.qlinkd.dataplane.inbox_filter import InboxFilter
 from qlinkmed.qlinkd.dataplane.manifest import Manifest
 from qlinkmed.qlinkd.errors import StoreError
 from qlinkmed.qlinkd.pool.sqlite import open_private_db
@@ -46,6 +48,24 @@ _STEPS = (
     """
     CREATE INDEX outgoing_seq ON outgoing (seq);
     CREATE INDEX incoming_started ON incoming (started_at);
+    """,
+    # Version 2 listed the inbox by parsing every manifest and knew nothing of what a study or message is
+    # about. The summary (content.summary) is extracted once, on arrival, into its own table (the
+    # incoming rows carry EHR bodies: columns after them would be read through their overflow pages);
+    # rows that arrived before this version get kind, file count and bytes from their manifests. A
+    # purged transfer keeps its row (exactly-once needs it) with when and why it was purged.
+    """
+    ALTER TABLE incoming ADD COLUMN purged_at REAL;
+    ALTER TABLE incoming ADD COLUMN purge_reason TEXT;
+    CREATE TABLE inbox_summary (transfer_id TEXT PRIMARY KEY, kind TEXT NOT NULL, files INTEGER NOT NULL,
+        bytes INTEGER NOT NULL, patient_name TEXT, patient_id TEXT, accession TEXT, modalities TEXT,
+        study_date TEXT, study_description TEXT, instances INTEGER, message_type TEXT, sender TEXT);
+    INSERT INTO inbox_summary (transfer_id, kind, files, bytes)
+        SELECT transfer_id, json_extract(CAST(manifest AS TEXT), '$.kind'),
+            json_array_length(CAST(manifest AS TEXT), '$.files'),
+            (SELECT TOTAL(json_extract(f.value, '$[1]')) FROM json_each(CAST(manifest AS TEXT), '$.files') f)
+        FROM incoming;
+    CREATE INDEX incoming_unpurged ON incoming (delivered_at) WHERE state = 'delivered' AND purged_at IS NULL;
     """,
 )
 SCHEMA_VERSION = len(_STEPS)
@@ -85,6 +105,41 @@ class IncomingRecord:
     fetched_at: float | None
     spooled_at: float | None
     """When every byte was fsynced in the spool and verified (None for an EHR message sent whole)."""
+    purged_at: float | None = None
+    """When retention removed its at-rest copy (the record stays: the transfer is still delivered)."""
+    purge_reason: str | None = None
+    """Why: "fetched", "forwarded" or "max_age" (`dataplane.retention`)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InboxEntry:
+    """One row of the inbox listing: the record's state and the summary stored on arrival, read without
+    a manifest or a blob (the manifest of a transfer still arriving excepted, for its progress)."""
+
+    transfer_id: str
+    peer: str
+    kind: str
+    files: int
+    bytes: int
+    state: Incoming
+    received_bytes: int
+    started_at: float
+    delivered_at: float | None
+    fetched_at: float | None
+    forms: str | None
+    reason: str | None
+    purged_at: float | None
+    purge_reason: str | None
+    summary: InboxSummary
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionRow:
+    """A delivered transfer whose at-rest copy is still held, as retention judges it."""
+
+    transfer_id: str
+    delivered_at: float
+    fetched_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +164,7 @@ class TransferRecords:
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
+        db.create_function("qlink_fold", 1, _fold, deterministic=True)
 
     @classmethod
     def open(cls, path: Path) -> TransferRecords:
@@ -231,7 +287,7 @@ class TransferRecords:
         # partial index (state = 'delivered' AND fetched_at IS NULL) would make it one indexed read.
         rows = self._db.execute(
             "SELECT peer, COUNT(*), MIN(delivered_at) FROM incoming"
-            " WHERE state = ? AND fetched_at IS NULL GROUP BY peer",
+            " WHERE state = ? AND fetched_at IS NULL AND purged_at IS NULL GROUP BY peer",
             (Incoming.DELIVERED.value,),
         )
         return {r[0]: (r[1], r[2]) for r in rows}
@@ -241,7 +297,7 @@ class TransferRecords:
     def incoming(self, transfer_id: str) -> IncomingRecord | None:
         row = self._db.execute(
             "SELECT manifest, state, file_index, file_offset, started_at, delivered_at, forms, reason,"
-            " fetched_at, spooled_at FROM incoming WHERE transfer_id = ?",
+            " fetched_at, spooled_at, purged_at, purge_reason FROM incoming WHERE transfer_id = ?",
             (transfer_id,),
         ).fetchone()
         if row is None:
@@ -256,7 +312,8 @@ class TransferRecords:
     def begin_incoming(self, manifest: Manifest) -> None:
         with self._tx():
             self._db.execute(
-                "INSERT INTO incoming VALUES (?, ?, ?, ?, 0, 0, ?, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+                "INSERT INTO incoming (transfer_id, peer, state, manifest, file_index, file_offset,"
+                " started_at) VALUES (?, ?, ?, ?, 0, 0, ?)",
                 (
                     manifest.transfer_id,
                     manifest.sender,
@@ -265,6 +322,30 @@ class TransferRecords:
                     time.time(),
                 ),
             )
+            self._summarise(manifest, None)
+
+    def _summarise(self, manifest: Manifest, summary: InboxSummary | None) -> None:
+        """Write the transfer's listing row (inside the caller's transaction); `summary` None: only what
+        the manifest says, until the content has been read."""
+        s = summary or InboxSummary()
+        self._db.execute(
+            "INSERT OR REPLACE INTO inbox_summary VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                manifest.transfer_id,
+                manifest.kind.value,
+                len(manifest.files),
+                manifest.total_bytes,
+                s.patient_name,
+                s.patient_id,
+                s.accession,
+                s.modalities,
+                s.study_date,
+                s.study_description,
+                s.instances,
+                s.message_type,
+                s.sender,
+            ),
+        )
 
     def record_ehr(
         self,
@@ -274,13 +355,17 @@ class TransferRecords:
         key: bytes | None,
         forms: str | None,
         reason: str | None,
+        summary: InboxSummary | None = None,
     ) -> None:
         """An EHR message received whole: delivered (its at-rest `blob` kept here) or refused, at once."""
         state = Incoming.DELIVERED if reason is None else Incoming.REFUSED
         now = time.time()
         with self._tx():
+            self._summarise(manifest, summary)
             self._db.execute(
-                "INSERT OR REPLACE INTO incoming VALUES (?, ?, ?, ?, 1, 0, ?, ?, ?, ?, ?, NULL, ?, ?)",
+                "INSERT OR REPLACE INTO incoming (transfer_id, peer, state, manifest, file_index,"
+                " file_offset, started_at, delivered_at, at_rest_key, forms, reason, fetched_at, blob,"
+                " spooled_at) VALUES (?, ?, ?, ?, 1, 0, ?, ?, ?, ?, ?, NULL, ?, ?)",
                 (
                     manifest.transfer_id,
                     manifest.sender,
@@ -309,13 +394,34 @@ class TransferRecords:
                 (file_index, offset, complete, time.time(), transfer_id, Incoming.RECEIVING.value),
             )
 
-    def deliver(self, transfer_id: str, *, at_rest_key: bytes, forms: str) -> None:
+    def deliver(
+        self, transfer_id: str, *, at_rest_key: bytes, forms: str, summary: InboxSummary | None = None
+    ) -> None:
         with self._tx():
             self._db.execute(
                 "UPDATE incoming SET state = ?, delivered_at = ?, at_rest_key = ?, forms = ?"
                 " WHERE transfer_id = ?",
                 (Incoming.DELIVERED.value, time.time(), at_rest_key, forms, transfer_id),
             )
+            if summary is not None:
+                s = summary
+                self._db.execute(
+                    "UPDATE inbox_summary SET patient_name = ?, patient_id = ?, accession = ?,"
+                    " modalities = ?, study_date = ?, study_description = ?, instances = ?,"
+                    " message_type = ?, sender = ? WHERE transfer_id = ?",
+                    (
+                        s.patient_name,
+                        s.patient_id,
+                        s.accession,
+                        s.modalities,
+                        s.study_date,
+                        s.study_description,
+                        s.instances,
+                        s.message_type,
+                        s.sender,
+                        transfer_id,
+                    ),
+                )
 
     def refuse_incoming(self, transfer_id: str, reason: str) -> None:
         with self._tx():
@@ -331,9 +437,164 @@ class TransferRecords:
             )
 
     def list_incoming(self, limit: int = 1000) -> list[IncomingRecord]:
+        """The newest incoming transfers whose at-rest copy is still held (a purged transfer has nothing
+        left to forward: the gateways reconcile from this)."""
         rows = self._db.execute(
             "SELECT manifest, state, file_index, file_offset, started_at, delivered_at, forms, reason,"
-            " fetched_at, spooled_at FROM incoming ORDER BY started_at DESC LIMIT ?",
+            " fetched_at, spooled_at, purged_at, purge_reason FROM incoming WHERE purged_at IS NULL"
+            " ORDER BY started_at DESC LIMIT ?",
             (limit,),
         )
         return [IncomingRecord(_manifest(r[0]), Incoming(r[1]), *r[2:]) for r in rows]
+
+    def list_inbox(self, query: InboxFilter) -> list[InboxEntry]:
+        """The inbox listing, newest first, filtered in SQL; reads no manifest (but those of transfers
+        still arriving) and no blob."""
+        where, args = _where(query)
+        rows = self._db.execute(
+            "SELECT i.transfer_id, i.peer, s.kind, s.files, s.bytes, i.state, i.started_at,"
+            " i.delivered_at, i.fetched_at, i.forms, i.reason, i.purged_at, i.purge_reason,"
+            " s.patient_name, s.patient_id, s.accession, s.modalities, s.study_date, s.study_description,"
+            " s.instances, s.message_type, s.sender, i.file_index, i.file_offset,"
+            " CASE WHEN i.state = 'receiving' THEN i.manifest END"
+            f" FROM incoming AS i JOIN inbox_summary AS s USING (transfer_id) {where}"
+            " ORDER BY i.started_at DESC LIMIT ?",
+            (*args, query.limit),
+        )
+        entries = []
+        for r in rows:
+            state = Incoming(r[5])
+            received = r[4]
+            if r[24] is not None:
+                files = _manifest(r[24]).files
+                received = sum(f.size for f in files[: r[22]]) + r[23]
+            elif state is not Incoming.DELIVERED:
+                received = 0
+            entries.append(
+                InboxEntry(
+                    transfer_id=r[0],
+                    peer=r[1],
+                    kind=r[2],
+                    files=r[3],
+                    bytes=r[4],
+                    state=state,
+                    received_bytes=received,
+                    started_at=r[6],
+                    delivered_at=r[7],
+                    fetched_at=r[8],
+                    forms=r[9],
+                    reason=r[10],
+                    purged_at=r[11],
+                    purge_reason=r[12],
+                    summary=InboxSummary(
+                        patient_name=r[13],
+                        patient_id=r[14],
+                        accession=r[15],
+                        modalities=r[16],
+                        study_date=r[17],
+                        study_description=r[18],
+                        instances=r[19],
+                        message_type=r[20],
+                        sender=r[21],
+                    ),
+                )
+            )
+        return entries
+
+    def summary(self, transfer_id: str) -> InboxSummary | None:
+        row = self._db.execute(
+            "SELECT patient_name, patient_id, accession, modalities, study_date, study_description,"
+            " instances, message_type, sender FROM inbox_summary WHERE transfer_id = ?",
+            (transfer_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return InboxSummary(
+            patient_name=row[0],
+            patient_id=row[1],
+            accession=row[2],
+            modalities=row[3],
+            study_date=row[4],
+            study_description=row[5],
+            instances=row[6],
+            message_type=row[7],
+            sender=row[8],
+        )
+
+    # ---- retention
+
+    def held(self) -> list[RetentionRow]:
+        """Every delivered transfer whose at-rest copy is still held, oldest first (one partial index)."""
+        rows = self._db.execute(
+            "SELECT transfer_id, delivered_at, fetched_at FROM incoming"
+            " WHERE state = 'delivered' AND purged_at IS NULL ORDER BY delivered_at"
+        )
+        return [RetentionRow(r[0], r[1], r[2]) for r in rows]
+
+    def mark_purged(self, transfer_id: str, reason: str, now: float) -> int | None:
+        """Mark a delivered transfer purged, dropping its at-rest key and an EHR message's blob in the same
+        transaction: from here on nothing can read its at-rest files, whether or not they are deleted yet
+        (`retention` deletes them after, and again at start-up after a crash). Returns the bytes of the
+        blob dropped (0 for a transfer kept in files), None if the transfer is not held (unknown, not
+        delivered, or purged already)."""
+        with self._tx():
+            row = self._db.execute(
+                "SELECT COALESCE(LENGTH(blob), 0) FROM incoming"
+                " WHERE transfer_id = ? AND state = ? AND purged_at IS NULL",
+                (transfer_id, Incoming.DELIVERED.value),
+            ).fetchone()
+            if row is None:
+                return None
+            self._db.execute(
+                "UPDATE incoming SET purged_at = ?, purge_reason = ?, at_rest_key = NULL, blob = NULL"
+                " WHERE transfer_id = ?",
+                (now, reason, transfer_id),
+            )
+        return int(row[0])
+
+    def purged(self, transfer_id: str) -> tuple[float, str] | None:
+        """(when, why) a transfer was purged; None if it was not."""
+        row = self._db.execute(
+            "SELECT purged_at, purge_reason FROM incoming WHERE transfer_id = ? AND purged_at IS NOT NULL",
+            (transfer_id,),
+        ).fetchone()
+        return None if row is None else (row[0], row[1] or "")
+
+
+def _where(query: InboxFilter) -> tuple[str, list[object]]:
+    """The WHERE clause of the inbox listing for `query`, and its parameters."""
+    terms: list[str] = []
+    args: list[object] = []
+    if query.patient is not None:
+        terms.append("(instr(qlink_fold(s.patient_name), ?) OR instr(qlink_fold(s.patient_id), ?))")
+        needle = query.patient.casefold()
+        args += [needle, needle]
+    if query.accession is not None:
+        terms.append("s.accession = ?")
+        args.append(query.accession)
+    if query.modality is not None:
+        terms.append("instr('\\' || s.modalities || '\\', ?)")
+        args.append(f"\\{query.modality}\\")
+    if query.kind is not None:
+        terms.append("s.kind = ?")
+        args.append(query.kind)
+    if query.peer is not None:
+        terms.append("i.peer = ?")
+        args.append(query.peer)
+    if query.since is not None:
+        terms.append("i.started_at >= ?")
+        args.append(query.since)
+    if query.until is not None:
+        terms.append("i.started_at < ?")
+        args.append(query.until)
+    if query.unfetched:
+        terms.append("i.state = 'delivered' AND i.fetched_at IS NULL AND i.purged_at IS NULL")
+    if query.id_prefix is not None:
+        terms.append("substr(i.transfer_id, 1, ?) = ?")
+        args += [len(query.id_prefix), query.id_prefix]
+    return ("WHERE " + " AND ".join(terms)) if terms else "", args
+
+
+def _fold(text: str | None) -> str | None:
+    # Unicode case folding for the patient filter ("jörg" finds "JÖRG"); SQLite's LIKE folds ASCII only.
+    return None if text is None else text.casefold()
