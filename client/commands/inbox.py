@@ -100,16 +100,19 @@ def cut(text: str | None, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-_COLUMNS = (("ID", 8), ("ARRIVED", 11), ("FROM", 10), ("PATIENT", 21), ("ACCESSION", 10), ("DETAIL", 21))
+_COLUMNS = (("ID", 8), ("ARRIVED", 11), ("FROM", 10), ("PATIENT", 24), ("ACCESSION", 10), ("DETAIL", 18))
 """The text table: (heading, width), then N (4, right-aligned) and STATE; 100 columns in all."""
+_PATIENT_WIDTH = 24
 
 
 def _patient(row: dict[str, Any]) -> str | None:
     name, pid = row.get("patient_name"), row.get("patient_id")
     if name and pid:
-        # The ID is what identifies the patient: a long name is cut first.
-        room = 21 - len(pid) - 3
-        return f"{cut(name, room)} ({pid})" if room >= 6 else f"{cut(name, 8)} ({pid})"
+        # The ID is what identifies the patient: a long name is cut first, the ID only when it is long.
+        room = _PATIENT_WIDTH - len(pid) - 3
+        if room >= 4:
+            return f"{cut(name, room)} ({pid})"
+        return f"{cut(name, 6)} ({cut(pid, _PATIENT_WIDTH - 6 - 3)})"
     return name or pid
 
 
@@ -117,7 +120,9 @@ def _detail(row: dict[str, Any]) -> str:
     if row.get("kind") == "study":
         parts = [" ".join(row.get("modalities") or []), row.get("study_date"), row.get("study_description")]
     elif row.get("kind") == "ehr":
-        parts = [row.get("message_type"), row.get("sender") and f"from {row['sender']}"]
+        # MSH-9's code and trigger event ("ORU^R01"); --json has it whole ("ORU^R01^ORU_R01").
+        kind = "^".join(str(row.get("message_type") or "").split("^")[:2])
+        parts = [kind, row.get("sender") and f"from {row['sender']}"]
     else:
         parts = [row.get("kind")]
     return " ".join(p for p in parts if p)
@@ -145,16 +150,20 @@ def format_inbox(body: dict[str, Any]) -> str:
         arrived = r.get("delivered_at") or r.get("started_at")
         stamp = datetime.datetime.fromtimestamp(arrived).strftime("%m-%d %H:%M") if arrived else "-"
         count = r.get("instances") if r.get("kind") == "study" and r.get("instances") else r.get("files")
-        accession = r.get("accession") if r.get("kind") == "study" else None
-        cells = (
+        accession = r.get("accession")
+        cells = [
             str(r["transfer_id"])[:8],
             stamp,
             cut(r.get("from"), 10),
-            cut(_patient(r), 21),
+            cut(_patient(r), _PATIENT_WIDTH),
             cut(accession, 10),
-            cut(_detail(r), 21),
-        )
-        line = " ".join(f"{c:<{w}}" for c, (_, w) in zip(cells, _COLUMNS, strict=True))
+            cut(_detail(r), 18),
+        ]
+        widths = [w for _, w in _COLUMNS]
+        if r.get("kind") != "study":  # no accession number: the detail takes its place too
+            cells[4:] = [cut(_detail(r), 10 + 1 + 18)]
+            widths[4:] = [10 + 1 + 18]
+        line = " ".join(f"{c:<{w}}" for c, w in zip(cells, widths, strict=True))
         lines.append(f"{line} {count if count is not None else '-':>4} {_state(r)}")
     return "\n".join(lines)
 

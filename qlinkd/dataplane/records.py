@@ -7,6 +7,7 @@ single transaction, one fsync.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import sqlite3
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from qlinkmed.qlinkd.content.summary import InboxSummary
 from qlinkmed.qlinkd.dataplane.inbox_filter import InboxFilter
@@ -50,21 +52,28 @@ _STEPS = (
     CREATE INDEX incoming_started ON incoming (started_at);
     """,
     # Version 2 listed the inbox by parsing every manifest and knew nothing of what a study or message is
-    # about. The summary (content.summary) is extracted once, on arrival, into its own table (the
-    # incoming rows carry EHR bodies: columns after them would be read through their overflow pages);
-    # rows that arrived before this version get kind, file count and bytes from their manifests. A
-    # purged transfer keeps its row (exactly-once needs it) with when and why it was purged.
+    # about. The listing now has a narrow table of its own, `inbox_listing`: the summary extracted once on
+    # arrival (content.summary) and the lifecycle the listing shows, written in the same transactions as
+    # `incoming` (whose rows hold manifests and EHR bodies: reading any column after them walks their
+    # overflow pages, 13.9 s for 10,000 studies of 300 instances, bench/bench_inbox_list.py). Rows that
+    # arrived before this version get kind, file count and bytes from their manifests, once. A purged
+    # transfer keeps its rows (exactly-once needs them) with when and why it was purged.
     """
     ALTER TABLE incoming ADD COLUMN purged_at REAL;
     ALTER TABLE incoming ADD COLUMN purge_reason TEXT;
-    CREATE TABLE inbox_summary (transfer_id TEXT PRIMARY KEY, kind TEXT NOT NULL, files INTEGER NOT NULL,
-        bytes INTEGER NOT NULL, patient_name TEXT, patient_id TEXT, accession TEXT, modalities TEXT,
-        study_date TEXT, study_description TEXT, instances INTEGER, message_type TEXT, sender TEXT);
-    INSERT INTO inbox_summary (transfer_id, kind, files, bytes)
-        SELECT transfer_id, json_extract(CAST(manifest AS TEXT), '$.kind'),
+    CREATE TABLE inbox_listing (transfer_id TEXT PRIMARY KEY, peer TEXT NOT NULL, kind TEXT NOT NULL,
+        files INTEGER NOT NULL, bytes INTEGER NOT NULL, state TEXT NOT NULL, started_at REAL NOT NULL,
+        delivered_at REAL, fetched_at REAL, purged_at REAL, purge_reason TEXT, forms TEXT, reason TEXT,
+        patient_name TEXT, patient_id TEXT, accession TEXT, modalities TEXT, study_date TEXT,
+        study_description TEXT, instances INTEGER, message_type TEXT, sender TEXT);
+    INSERT INTO inbox_listing (transfer_id, peer, kind, files, bytes, state, started_at, delivered_at,
+            fetched_at, forms, reason)
+        SELECT transfer_id, peer, json_extract(CAST(manifest AS TEXT), '$.kind'),
             json_array_length(CAST(manifest AS TEXT), '$.files'),
-            (SELECT TOTAL(json_extract(f.value, '$[1]')) FROM json_each(CAST(manifest AS TEXT), '$.files') f)
+            (SELECT TOTAL(json_extract(f.value, '$[1]')) FROM json_each(CAST(manifest AS TEXT), '$.files') f),
+            state, started_at, delivered_at, fetched_at, forms, reason
         FROM incoming;
+    CREATE INDEX inbox_listing_started ON inbox_listing (started_at);
     CREATE INDEX incoming_unpurged ON incoming (delivered_at) WHERE state = 'delivered' AND purged_at IS NULL;
     """,
 )
@@ -310,6 +319,7 @@ class TransferRecords:
         return None if found is None else found[0]
 
     def begin_incoming(self, manifest: Manifest) -> None:
+        now = time.time()
         with self._tx():
             self._db.execute(
                 "INSERT INTO incoming (transfer_id, peer, state, manifest, file_index, file_offset,"
@@ -319,22 +329,39 @@ class TransferRecords:
                     manifest.sender,
                     Incoming.RECEIVING.value,
                     manifest.to_json(),
-                    time.time(),
+                    now,
                 ),
             )
-            self._summarise(manifest, None)
+            self._listed(manifest, Incoming.RECEIVING, started_at=now)
 
-    def _summarise(self, manifest: Manifest, summary: InboxSummary | None) -> None:
+    def _listed(
+        self,
+        manifest: Manifest,
+        state: Incoming,
+        *,
+        started_at: float,
+        delivered_at: float | None = None,
+        forms: str | None = None,
+        reason: str | None = None,
+        summary: InboxSummary | None = None,
+    ) -> None:
         """Write the transfer's listing row (inside the caller's transaction); `summary` None: only what
         the manifest says, until the content has been read."""
         s = summary or InboxSummary()
         self._db.execute(
-            "INSERT OR REPLACE INTO inbox_summary VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO inbox_listing VALUES"
+            " (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 manifest.transfer_id,
+                manifest.sender,
                 manifest.kind.value,
                 len(manifest.files),
                 manifest.total_bytes,
+                state.value,
+                started_at,
+                delivered_at,
+                forms,
+                reason,
                 s.patient_name,
                 s.patient_id,
                 s.accession,
@@ -361,7 +388,9 @@ class TransferRecords:
         state = Incoming.DELIVERED if reason is None else Incoming.REFUSED
         now = time.time()
         with self._tx():
-            self._summarise(manifest, summary)
+            self._listed(
+                manifest, state, started_at=now, delivered_at=now, forms=forms, reason=reason, summary=summary
+            )
             self._db.execute(
                 "INSERT OR REPLACE INTO incoming (transfer_id, peer, state, manifest, file_index,"
                 " file_offset, started_at, delivered_at, at_rest_key, forms, reason, fetched_at, blob,"
@@ -397,44 +426,51 @@ class TransferRecords:
     def deliver(
         self, transfer_id: str, *, at_rest_key: bytes, forms: str, summary: InboxSummary | None = None
     ) -> None:
+        now = time.time()
+        s = summary or InboxSummary()
         with self._tx():
             self._db.execute(
                 "UPDATE incoming SET state = ?, delivered_at = ?, at_rest_key = ?, forms = ?"
                 " WHERE transfer_id = ?",
-                (Incoming.DELIVERED.value, time.time(), at_rest_key, forms, transfer_id),
+                (Incoming.DELIVERED.value, now, at_rest_key, forms, transfer_id),
             )
-            if summary is not None:
-                s = summary
-                self._db.execute(
-                    "UPDATE inbox_summary SET patient_name = ?, patient_id = ?, accession = ?,"
-                    " modalities = ?, study_date = ?, study_description = ?, instances = ?,"
-                    " message_type = ?, sender = ? WHERE transfer_id = ?",
-                    (
-                        s.patient_name,
-                        s.patient_id,
-                        s.accession,
-                        s.modalities,
-                        s.study_date,
-                        s.study_description,
-                        s.instances,
-                        s.message_type,
-                        s.sender,
-                        transfer_id,
-                    ),
-                )
+            self._db.execute(
+                "UPDATE inbox_listing SET state = ?, delivered_at = ?, forms = ?, patient_name = ?,"
+                " patient_id = ?, accession = ?, modalities = ?, study_date = ?, study_description = ?,"
+                " instances = ?, message_type = ?, sender = ? WHERE transfer_id = ?",
+                (
+                    Incoming.DELIVERED.value,
+                    now,
+                    forms,
+                    s.patient_name,
+                    s.patient_id,
+                    s.accession,
+                    s.modalities,
+                    s.study_date,
+                    s.study_description,
+                    s.instances,
+                    s.message_type,
+                    s.sender,
+                    transfer_id,
+                ),
+            )
 
     def refuse_incoming(self, transfer_id: str, reason: str) -> None:
+        now = time.time()
         with self._tx():
-            self._db.execute(
-                "UPDATE incoming SET state = ?, reason = ?, delivered_at = ? WHERE transfer_id = ?",
-                (Incoming.REFUSED.value, reason, time.time(), transfer_id),
-            )
+            for table in ("incoming", "inbox_listing"):
+                self._db.execute(
+                    f"UPDATE {table} SET state = ?, reason = ?, delivered_at = ? WHERE transfer_id = ?",
+                    (Incoming.REFUSED.value, reason, now, transfer_id),
+                )
 
     def mark_fetched(self, transfer_id: str) -> None:
+        now = time.time()
         with self._tx():
-            self._db.execute(
-                "UPDATE incoming SET fetched_at = ? WHERE transfer_id = ?", (time.time(), transfer_id)
-            )
+            for table in ("incoming", "inbox_listing"):
+                self._db.execute(
+                    f"UPDATE {table} SET fetched_at = ? WHERE transfer_id = ?", (now, transfer_id)
+                )
 
     def list_incoming(self, limit: int = 1000) -> list[IncomingRecord]:
         """The newest incoming transfers whose at-rest copy is still held (a purged transfer has nothing
@@ -448,78 +484,28 @@ class TransferRecords:
         return [IncomingRecord(_manifest(r[0]), Incoming(r[1]), *r[2:]) for r in rows]
 
     def list_inbox(self, query: InboxFilter) -> list[InboxEntry]:
-        """The inbox listing, newest first, filtered in SQL; reads no manifest (but those of transfers
-        still arriving) and no blob."""
+        """The inbox listing, newest first, filtered in SQL on its own narrow table: no manifest and no
+        blob is read (but the manifest of a transfer still arriving, for its progress)."""
         where, args = _where(query)
         rows = self._db.execute(
-            "SELECT i.transfer_id, i.peer, s.kind, s.files, s.bytes, i.state, i.started_at,"
-            " i.delivered_at, i.fetched_at, i.forms, i.reason, i.purged_at, i.purge_reason,"
-            " s.patient_name, s.patient_id, s.accession, s.modalities, s.study_date, s.study_description,"
-            " s.instances, s.message_type, s.sender, i.file_index, i.file_offset,"
-            " CASE WHEN i.state = 'receiving' THEN i.manifest END"
-            f" FROM incoming AS i JOIN inbox_summary AS s USING (transfer_id) {where}"
-            " ORDER BY i.started_at DESC LIMIT ?",
+            f"SELECT {_LISTING} FROM inbox_listing {where} ORDER BY started_at DESC LIMIT ?",
             (*args, query.limit),
         )
-        entries = []
-        for r in rows:
-            state = Incoming(r[5])
-            received = r[4]
-            if r[24] is not None:
-                files = _manifest(r[24]).files
-                received = sum(f.size for f in files[: r[22]]) + r[23]
-            elif state is not Incoming.DELIVERED:
-                received = 0
-            entries.append(
-                InboxEntry(
-                    transfer_id=r[0],
-                    peer=r[1],
-                    kind=r[2],
-                    files=r[3],
-                    bytes=r[4],
-                    state=state,
-                    received_bytes=received,
-                    started_at=r[6],
-                    delivered_at=r[7],
-                    fetched_at=r[8],
-                    forms=r[9],
-                    reason=r[10],
-                    purged_at=r[11],
-                    purge_reason=r[12],
-                    summary=InboxSummary(
-                        patient_name=r[13],
-                        patient_id=r[14],
-                        accession=r[15],
-                        modalities=r[16],
-                        study_date=r[17],
-                        study_description=r[18],
-                        instances=r[19],
-                        message_type=r[20],
-                        sender=r[21],
-                    ),
-                )
-            )
+        entries = [_entry(r) for r in rows]
+        for i, entry in enumerate(entries):
+            if entry.state is Incoming.RECEIVING:
+                record = self.incoming(entry.transfer_id)
+                if record is not None:
+                    files = record.manifest.files
+                    received = sum(f.size for f in files[: record.file_index]) + record.file_offset
+                    entries[i] = dataclasses.replace(entry, received_bytes=received)
         return entries
 
     def summary(self, transfer_id: str) -> InboxSummary | None:
         row = self._db.execute(
-            "SELECT patient_name, patient_id, accession, modalities, study_date, study_description,"
-            " instances, message_type, sender FROM inbox_summary WHERE transfer_id = ?",
-            (transfer_id,),
+            f"SELECT {_LISTING} FROM inbox_listing WHERE transfer_id = ?", (transfer_id,)
         ).fetchone()
-        if row is None:
-            return None
-        return InboxSummary(
-            patient_name=row[0],
-            patient_id=row[1],
-            accession=row[2],
-            modalities=row[3],
-            study_date=row[4],
-            study_description=row[5],
-            instances=row[6],
-            message_type=row[7],
-            sender=row[8],
-        )
+        return None if row is None else _entry(row).summary
 
     # ---- retention
 
@@ -550,6 +536,10 @@ class TransferRecords:
                 " WHERE transfer_id = ?",
                 (now, reason, transfer_id),
             )
+            self._db.execute(
+                "UPDATE inbox_listing SET purged_at = ?, purge_reason = ? WHERE transfer_id = ?",
+                (now, reason, transfer_id),
+            )
         return int(row[0])
 
     def purged(self, transfer_id: str) -> tuple[float, str] | None:
@@ -561,36 +551,74 @@ class TransferRecords:
         return None if row is None else (row[0], row[1] or "")
 
 
+_LISTING = (
+    "transfer_id, peer, kind, files, bytes, state, started_at, delivered_at, fetched_at, forms, reason,"
+    " purged_at, purge_reason, patient_name, patient_id, accession, modalities, study_date,"
+    " study_description, instances, message_type, sender"
+)
+
+
+def _entry(r: tuple[Any, ...]) -> InboxEntry:
+    state = Incoming(r[5])
+    return InboxEntry(
+        transfer_id=r[0],
+        peer=r[1],
+        kind=r[2],
+        files=r[3],
+        bytes=r[4],
+        state=state,
+        received_bytes=r[4] if state is Incoming.DELIVERED else 0,
+        started_at=r[6],
+        delivered_at=r[7],
+        fetched_at=r[8],
+        forms=r[9],
+        reason=r[10],
+        purged_at=r[11],
+        purge_reason=r[12],
+        summary=InboxSummary(
+            patient_name=r[13],
+            patient_id=r[14],
+            accession=r[15],
+            modalities=r[16],
+            study_date=r[17],
+            study_description=r[18],
+            instances=r[19],
+            message_type=r[20],
+            sender=r[21],
+        ),
+    )
+
+
 def _where(query: InboxFilter) -> tuple[str, list[object]]:
     """The WHERE clause of the inbox listing for `query`, and its parameters."""
     terms: list[str] = []
     args: list[object] = []
     if query.patient is not None:
-        terms.append("(instr(qlink_fold(s.patient_name), ?) OR instr(qlink_fold(s.patient_id), ?))")
+        terms.append("(instr(qlink_fold(patient_name), ?) OR instr(qlink_fold(patient_id), ?))")
         needle = query.patient.casefold()
         args += [needle, needle]
     if query.accession is not None:
-        terms.append("s.accession = ?")
+        terms.append("accession = ?")
         args.append(query.accession)
     if query.modality is not None:
-        terms.append("instr('\\' || s.modalities || '\\', ?)")
+        terms.append("instr('\\' || modalities || '\\', ?)")
         args.append(f"\\{query.modality}\\")
     if query.kind is not None:
-        terms.append("s.kind = ?")
+        terms.append("kind = ?")
         args.append(query.kind)
     if query.peer is not None:
-        terms.append("i.peer = ?")
+        terms.append("peer = ?")
         args.append(query.peer)
     if query.since is not None:
-        terms.append("i.started_at >= ?")
+        terms.append("started_at >= ?")
         args.append(query.since)
     if query.until is not None:
-        terms.append("i.started_at < ?")
+        terms.append("started_at < ?")
         args.append(query.until)
     if query.unfetched:
-        terms.append("i.state = 'delivered' AND i.fetched_at IS NULL AND i.purged_at IS NULL")
+        terms.append("state = 'delivered' AND fetched_at IS NULL AND purged_at IS NULL")
     if query.id_prefix is not None:
-        terms.append("substr(i.transfer_id, 1, ?) = ?")
+        terms.append("substr(transfer_id, 1, ?) = ?")
         args += [len(query.id_prefix), query.id_prefix]
     return ("WHERE " + " AND ".join(terms)) if terms else "", args
 
