@@ -322,6 +322,8 @@ class Inbox:
         record = self._records.incoming(transfer_id)
         if record is None or record.state is not Incoming.DELIVERED:
             raise TransferError("no delivered transfer by that id", transfer=transfer_id)
+        if record.purged_at is not None:
+            raise TransferError(f"purged by retention ({record.purge_reason})", transfer=transfer_id)
         if not 0 <= index < len(record.manifest.files):
             raise TransferError(f"transfer has no file {index}", transfer=transfer_id)
         key = self._records.at_rest_key(transfer_id)

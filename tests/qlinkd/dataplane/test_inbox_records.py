@@ -19,7 +19,7 @@ from qlinkmed.qlinkd.dataplane.inbox import Inbox
 from qlinkmed.qlinkd.dataplane.inbox_filter import InboxFilter, parse_filter
 from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
 from qlinkmed.qlinkd.dataplane.records import SCHEMA_VERSION, Incoming, TransferRecords
-from qlinkmed.qlinkd.errors import FilterError
+from qlinkmed.qlinkd.errors import FilterError, TransferError
 
 A, B, C = "hospital-a", "hospital-b", "hospital-c"
 
@@ -301,3 +301,15 @@ def test_a_purged_transfer_offered_again_is_answered_delivered_and_not_stored(
         assert where.state is Incoming.DELIVERED and where.file_index == len(m.files)
     assert not (tmp_path / "inbox" / ".spool" / study.transfer_id).exists()
     assert records.incoming(study.transfer_id).purged_at is not None  # type: ignore[union-attr]
+
+
+def test_reading_a_purged_transfer_says_it_was_purged(records: TransferRecords, tmp_path: Path) -> None:
+    # The gateways' forwarders read through `locate` and park on TransferError; a purged transfer used to
+    # raise StoreError ("no at-rest key"), which the FHIR forwarder does not expect.
+    inbox = Inbox(tmp_path / "inbox", records, facility=B)
+    ehr = _ehr(records, ORU)
+    records.mark_purged(ehr.transfer_id, "max_age", time.time())
+    with pytest.raises(TransferError, match=r"purged by retention \(max_age\)"):
+        inbox.locate(ehr.transfer_id, 0)
+    with pytest.raises(TransferError, match="purged"):
+        inbox.read_file(ehr.transfer_id, 0)
