@@ -193,7 +193,9 @@ def run_list(args: argparse.Namespace) -> int:
         print(unreachable("qlinkd", exc), file=sys.stderr)
         return EXIT_FAILURE
     if status == 400 and isinstance(body, dict) and body.get("field"):
-        print(f"qlink inbox list: error: --{body['field']}: {body.get('message')}", file=sys.stderr)
+        field = str(body["field"])
+        message = str(body.get("message", "")).removeprefix(f"{field}: ")
+        print(f"qlink inbox list: error: --{field}: {message}", file=sys.stderr)
         return EXIT_USAGE
     if status != 200:
         print(f"qlink inbox list: {error_message(status, body)}", file=sys.stderr)
