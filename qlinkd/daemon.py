@@ -17,6 +17,7 @@ from qlinkmed.qlinkd.data_api import ensure_token
 from qlinkmed.qlinkd.dataplane.etsi_client import EtsiClient
 from qlinkmed.qlinkd.dataplane.external_keys import ExternalKeys
 from qlinkmed.qlinkd.dataplane.keys import KeySource, PeerKeySources, PoolKeys
+from qlinkmed.qlinkd.dataplane.retention import Retention
 from qlinkmed.qlinkd.dataplane.service import DataPlane
 from qlinkmed.qlinkd.gateways.runner import Gateways
 from qlinkmed.qlinkd.link.anchor import AnchorBook
@@ -153,6 +154,15 @@ async def run_daemon(
             server_ssl=rt.server_ssl,
             client_ssl=rt.client_ssl,
         )
+        retention = Retention(
+            config.inbox,
+            records=plane.records,
+            inbox_root=plane.inbox.root,
+            audit=audit,
+            outcomes=gateways.ledger.outcomes if gateways.ledger is not None else None,
+        )
+        # Whether or not a policy is set now: purges a stop interrupted are finished before anything else.
+        retention.recover()
         # Keys whose lifetime ended while the daemon was down go before any SAE can ask for them.
         while _sweep_expired(rt):
             pass
@@ -222,6 +232,8 @@ async def run_daemon(
             tg.create_task(gateways.run())
             tg.create_task(_checkpoints(store))
             tg.create_task(_expiry_sweeps(rt))
+            if config.inbox.enabled:
+                tg.create_task(retention.run())
             interval = notifier.watchdog_interval()
             if interval:
                 tg.create_task(watchdog(notifier, interval))

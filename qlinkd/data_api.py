@@ -27,12 +27,14 @@ from typing import Any
 from aiohttp import web
 
 from qlinkmed.qlinkd.content.limits import too_large
+from qlinkmed.qlinkd.content.summary import MODALITY_SEPARATOR, InboxSummary
 from qlinkmed.qlinkd.content.worker import ContentValidator, FileSlice
+from qlinkmed.qlinkd.dataplane.inbox_filter import parse_filter
 from qlinkmed.qlinkd.dataplane.manifest import MAX_MANIFEST_BYTES, FileEntry, Manifest, TransferKind
 from qlinkmed.qlinkd.dataplane.outbox import Upload
-from qlinkmed.qlinkd.dataplane.records import IncomingRecord, OutgoingRecord
+from qlinkmed.qlinkd.dataplane.records import InboxEntry, IncomingRecord, OutgoingRecord
 from qlinkmed.qlinkd.dataplane.service import DataPlane
-from qlinkmed.qlinkd.errors import ContentError, IntegrityError, TransferError
+from qlinkmed.qlinkd.errors import ContentError, FilterError, IntegrityError, TransferError
 from qlinkmed.qlinkd.ops import entropy
 
 log = logging.getLogger("qlink.api")
@@ -78,7 +80,53 @@ def _outgoing_json(record: OutgoingRecord) -> dict[str, Any]:
     }
 
 
-def _incoming_json(record: IncomingRecord, *, files: bool = False) -> dict[str, Any]:
+_FILTERS = ("patient", "accession", "modality", "kind", "peer", "since", "until", "unfetched", "id", "limit")
+"""GET /v1/inbox's query parameters (`dataplane.inbox_filter`)."""
+
+
+def _summary_json(summary: InboxSummary | None) -> dict[str, Any]:
+    s = summary or InboxSummary()
+    return {
+        "patient_name": s.patient_name,
+        "patient_id": s.patient_id,
+        "accession": s.accession,
+        "modalities": s.modalities.split(MODALITY_SEPARATOR) if s.modalities else [],
+        "study_date": s.study_date,
+        "study_description": s.study_description,
+        "instances": s.instances,
+        "message_type": s.message_type,
+        "sender": s.sender,
+    }
+
+
+def _entry_json(entry: InboxEntry) -> dict[str, Any]:
+    return {
+        "transfer_id": entry.transfer_id,
+        "from": entry.peer,
+        "kind": entry.kind,
+        "files": entry.files,
+        "bytes": entry.bytes,
+        "state": entry.state.value,
+        "received_bytes": entry.received_bytes,
+        "started_at": entry.started_at,
+        "delivered_at": entry.delivered_at,
+        "at_rest": entry.forms,
+        "fetched_at": entry.fetched_at,
+        "reason": entry.reason,
+        "purged_at": entry.purged_at,
+        "purge_reason": entry.purge_reason,
+        **_summary_json(entry.summary),
+    }
+
+
+def _purged_message(transfer_id: str, when: float, why: str) -> str:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(when))
+    return f"transfer {transfer_id} was purged at {stamp} by the inbox retention policy ({why})"
+
+
+def _incoming_json(
+    record: IncomingRecord, *, files: bool = False, summary: InboxSummary | None = None
+) -> dict[str, Any]:
     m = record.manifest
     body: dict[str, Any] = {
         "transfer_id": m.transfer_id,
@@ -96,6 +144,9 @@ def _incoming_json(record: IncomingRecord, *, files: bool = False) -> dict[str, 
         "fetched_at": record.fetched_at,
         "reason": record.reason,
         "manifest_sha256": m.sha256(),
+        "purged_at": record.purged_at,
+        "purge_reason": record.purge_reason,
+        **_summary_json(summary),
     }
     if files:
         body["file_list"] = [
@@ -293,8 +344,19 @@ def add_data_routes(app: web.Application, plane: DataPlane, token: str, validato
 
     async def list_inbox(request: web.Request) -> web.Response:
         authorise(request)
-        records = plane.records.list_incoming()
-        return web.json_response({"facility": plane.facility, "inbox": [_incoming_json(r) for r in records]})
+        unknown = sorted(set(request.query) - set(_FILTERS))
+        if unknown:
+            raise _error(
+                web.HTTPBadRequest,
+                f"unknown query parameter {unknown[0]!r} (filters: {', '.join(_FILTERS)})",
+                field=unknown[0],
+            )
+        try:
+            query = parse_filter({k: request.query.get(k) for k in _FILTERS}, time.time())
+        except FilterError as exc:
+            raise _error(web.HTTPBadRequest, str(exc), field=exc.option) from None
+        entries = plane.records.list_inbox(query)
+        return web.json_response({"facility": plane.facility, "inbox": [_entry_json(e) for e in entries]})
 
     def incoming(request: web.Request) -> IncomingRecord:
         tid = request.match_info["transfer_id"]
@@ -305,11 +367,19 @@ def add_data_routes(app: web.Application, plane: DataPlane, token: str, validato
 
     async def inbox_entry(request: web.Request) -> web.Response:
         authorise(request)
-        return web.json_response(_incoming_json(incoming(request), files=True))
+        record = incoming(request)
+        summary = plane.records.summary(record.manifest.transfer_id)
+        return web.json_response(_incoming_json(record, files=True, summary=summary))
+
+    def refuse_purged(transfer_id: str) -> None:
+        purged = plane.records.purged(transfer_id)
+        if purged is not None:
+            raise _error(web.HTTPGone, _purged_message(transfer_id, *purged))
 
     async def inbox_file(request: web.Request) -> web.Response:
         authorise(request)
         record = incoming(request)
+        refuse_purged(record.manifest.transfer_id)
         try:
             index = int(request.match_info["index"])
             located = plane.inbox.locate(record.manifest.transfer_id, index)
@@ -319,6 +389,7 @@ def add_data_routes(app: web.Application, plane: DataPlane, token: str, validato
         except TransferError as exc:
             raise _error(web.HTTPNotFound, exc.message) from None
         except (IntegrityError, ContentError, OSError) as exc:
+            refuse_purged(record.manifest.transfer_id)  # purged while it was read
             log.error("inbox %s file %s cannot be opened: %s", record.manifest.transfer_id, index, exc)
             raise _error(
                 web.HTTPInternalServerError, f"the at-rest copy fails its integrity check ({exc})"

@@ -15,6 +15,7 @@ its errors from one place).
         │   ├── RekeyRequired, KeyMaterialShort, HybridUnavailable
         ├── ContentError        a file that is not what it claims (also a RemoteError: it came from outside)
         ├── TransferError       a transfer refused or not completed
+        ├── FilterError         an inbox listing filter that cannot be used (also a UsageError)
         ├── SessionClosed       a data session ended or its receiver broke the protocol (a RemoteError)
         ├── Rejected            a data frame or message the receiver refuses (a RemoteError)
         ├── SessionMisuse       our shell drove a data-plane machine against its state (a LocalProtocolError)
@@ -38,6 +39,7 @@ from qlinkmed.qcore.errors import (
     QlinkError,
     RemoteError,
     RemoteProtocolError,
+    UsageError,
 )
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "ChannelRefused",
     "ConfigError",
     "ContentError",
+    "FilterError",
     "FrameError",
     "HybridUnavailable",
     "InsufficientKey",
@@ -219,6 +222,15 @@ class TransferError(QlinkdError):
     def __init__(self, message: str, *, transfer: str | None = None) -> None:
         super().__init__(message)
         self.transfer = transfer
+        self.message = message
+
+
+class FilterError(QlinkdError, UsageError):
+    """An inbox listing filter value that cannot be used; `option` names the filter ("since", "limit")."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"{option}: {message}")
+        self.option = option
         self.message = message
 
 

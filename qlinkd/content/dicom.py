@@ -133,6 +133,10 @@ def validate_dicom(
     modality = _attribute(name, ds, "Modality")
     patient = _attribute(name, ds, "PatientID")
     return ContentInfo(
+        patient_name=_text(ds, "PatientName"),
+        accession_number=_text(ds, "AccessionNumber"),
+        study_date=_text(ds, "StudyDate"),
+        study_description=_text(ds, "StudyDescription"),
         kind=ContentKind.DICOM,
         size=len(data),
         sha256=digest,
@@ -195,6 +199,17 @@ def _attribute(name: str, ds: Dataset, keyword: str) -> Any:
         return ds.get(keyword)
     except Exception as exc:
         raise ContentError(name, f"DICOM {keyword} cannot be read: {exc}") from exc
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    """A descriptive attribute for the inbox listing, or None when absent, empty or unreadable: what only
+    describes a study (a name in an undeclared character set, say) never refuses it."""
+    try:
+        value = ds.get(keyword)
+        text = "" if value is None else str(value).strip()
+    except Exception:
+        return None
+    return text or None
 
 
 def _int_attribute(name: str, ds: Dataset, keyword: str) -> int | None:

@@ -86,6 +86,7 @@ def validate_fhir(name: str, data: bytes, resource: dict[str, Any], digest: str)
     if invariants:
         raise refuse(name, "FHIR", invariants, note=f"(valid as {release} otherwise)")
     entries = resource.get("entry") if resource_type == "Bundle" else None
+    patient_id, patient_name = _fhir_patient(resource)
     return ContentInfo(
         kind=ContentKind.FHIR,
         size=len(data),
@@ -93,7 +94,47 @@ def validate_fhir(name: str, data: bytes, resource: dict[str, Any], digest: str)
         resource_type=resource_type,
         bundle_entries=len(entries or ()) if resource_type == "Bundle" else None,
         fhir_version=release,
+        bundle_type=_string(resource.get("type")) if resource_type == "Bundle" else None,
+        patient_id=patient_id,
+        patient_name=patient_name,
     )
+
+
+def _string(value: object) -> str | None:
+    return value.strip() or None if isinstance(value, str) else None
+
+
+def _fhir_patient(resource: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(patient_id, patient_name) for the inbox listing: from the Patient resource (the resource itself,
+    or a Bundle's first Patient entry), else the id of the first "Patient/<id>" subject or patient
+    reference."""
+    resources = [resource]
+    if resource.get("resourceType") == "Bundle" and isinstance(resource.get("entry"), list):
+        resources += [e["resource"] for e in resource["entry"] if isinstance(e, dict) and "resource" in e]
+    resources = [r for r in resources if isinstance(r, dict)]
+    for found in resources:
+        if found.get("resourceType") != "Patient":
+            continue
+        ids = [i.get("value") for i in found.get("identifier") or () if isinstance(i, dict)]
+        names = [n for n in found.get("name") or () if isinstance(n, dict)]
+        patient_id = next((v for v in map(_string, ids) if v), None) or _string(found.get("id"))
+        return patient_id, _fhir_name(names[0]) if names else None
+    for found in resources:
+        for key in ("subject", "patient"):
+            reference = found.get(key)
+            target = _string(reference.get("reference")) if isinstance(reference, dict) else None
+            if target and target.startswith("Patient/"):
+                return target.removeprefix("Patient/") or None, None
+    return None, None
+
+
+def _fhir_name(name: dict[str, Any]) -> str | None:
+    """A FHIR HumanName in DICOM PN form (family^given middle), or its text."""
+    family = _string(name.get("family")) or ""
+    given = " ".join(g.strip() for g in name.get("given") or () if isinstance(g, str) and g.strip())
+    if family or given:
+        return f"{family}^{given}" if given else family
+    return _string(name.get("text"))
 
 
 def _lookup(model_class: Any, resource_type: str) -> Any:
@@ -213,6 +254,7 @@ def validate_hl7(name: str, data: bytes, digest: str) -> ContentInfo:
         issues += structure_issues(segments, version, fields[9].split(msh[4]))
     if issues:
         raise refuse(name, "HL7 v2", issues)
+    sender, patient_id, patient_name = _hl7_header_facts(segments, msh)
     return ContentInfo(
         kind=ContentKind.HL7,
         size=len(data),
@@ -220,7 +262,34 @@ def validate_hl7(name: str, data: bytes, digest: str) -> ContentInfo:
         message_type=fields[9],
         control_id=fields[10],
         hl7_version=version,
+        sender=sender,
+        patient_id=patient_id,
+        patient_name=patient_name,
     )
+
+
+def _hl7_header_facts(segments: list[str], msh: str) -> tuple[str | None, str | None, str | None]:
+    """(sender, patient ID, patient name) for the inbox listing: MSH-3@MSH-4, PID-3 (the first
+    identifier's ID) and PID-5 (the first name, in DICOM PN form family^given middle)."""
+    separator, component, repetition = msh[3], msh[4], msh[5]
+    subcomponent = msh[7] if len(msh) > 7 and msh[7] != separator else "&"
+
+    def first(value: str) -> str:
+        return value.split(repetition, 1)[0].split(component, 1)[0].split(subcomponent, 1)[0].strip()
+
+    header = msh.split(separator)
+    parts = [first(header[i]) if len(header) > i else "" for i in (2, 3)]
+    sender = "@".join(p for p in parts if p) or None
+    patient_id = patient_name = None
+    pid = next((s for s in segments if s.startswith("PID" + separator)), None)
+    if pid is not None:
+        fields = pid.split(separator)
+        patient_id = first(fields[3]) if len(fields) > 3 else ""
+        name = fields[5].split(repetition, 1)[0].split(component) if len(fields) > 5 else []
+        family = name[0].split(subcomponent, 1)[0].strip() if name else ""
+        given = " ".join(n.strip() for n in name[1:3] if n.strip())
+        patient_name = f"{family}^{given}" if given else family
+    return sender, patient_id or None, patient_name or None
 
 
 def _check_msh_separators(name: str, msh: str) -> None:

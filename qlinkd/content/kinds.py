@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -68,9 +68,20 @@ class ContentInfo:
     study_uid: str | None = None
     """DICOM StudyInstanceUID (0020,000D): every instance sharing it is one study; None when the object
     has none (`studies.group_studies` says how those are grouped)."""
-    patient_id: str | None = None
-    """DICOM PatientID (0010,0020), when present: groups objects without a StudyInstanceUID. Patient
-    data: never logged."""
+    patient_id: str | None = field(default=None, repr=False)
+    """DICOM PatientID (0010,0020), when present: groups objects without a StudyInstanceUID. HL7 v2: PID-3
+    (first identifier's ID). FHIR: the Patient's first identifier value (or its id). Patient data: never
+    logged (kept out of repr)."""
+    patient_name: str | None = field(default=None, repr=False)
+    """DICOM PatientName (0010,0010) as written (decoded per SpecificCharacterSet, PN groups and
+    components kept: "Müller^Jörg"); HL7 v2 PID-5 and FHIR Patient.name in the same PN form
+    (family^given middle). Patient data: never logged."""
+    accession_number: str | None = field(default=None, repr=False)
+    """DICOM AccessionNumber (0008,0050)."""
+    study_date: str | None = None
+    """DICOM StudyDate (0008,0020) as written (YYYYMMDD)."""
+    study_description: str | None = field(default=None, repr=False)
+    """DICOM StudyDescription (0008,1030)."""
     series_uid: str | None = None
     """DICOM SeriesInstanceUID (0020,000E), None when the file has none."""
     sop_instance_uid: str | None = None
@@ -120,6 +131,10 @@ class ContentInfo:
     """HL7 v2 MSH-10, the message control ID."""
     hl7_version: str | None = None
     """HL7 v2 MSH-12 (its first component), e.g. "2.5.1"."""
+    sender: str | None = None
+    """HL7 v2 sending application and facility (MSH-3 and MSH-4, first components), "APP@FACILITY"."""
+    bundle_type: str | None = None
+    """FHIR Bundle.type, e.g. "transaction"."""
 
     def __post_init__(self) -> None:
         if self.size < 0:

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from qlinkmed.qlinkd.content import ContentInfo, at_rest
+from qlinkmed.qlinkd.content.summary import InboxSummary, summarize
 from qlinkmed.qlinkd.content.worker import ContentValidator, FileSlice, Source
 from qlinkmed.qlinkd.dataplane.manifest import Manifest, advance_past_complete
 from qlinkmed.qlinkd.dataplane.outbox import fsync_dir
@@ -113,6 +114,9 @@ class Inbox:
         root.chmod(0o700)
         self._spool.mkdir(mode=0o700, exist_ok=True)
         self._active: dict[str, _Active] = {}
+        self._summaries: dict[str, InboxSummary] = {}
+        """What the listing says of a transfer, from its validation (in a thread), until its delivery is
+        recorded with it."""
         self._sweep_spools()
 
     # ---- receiving
@@ -228,6 +232,7 @@ class Inbox:
         shutil.rmtree(stage, ignore_errors=True)
         stage.mkdir(mode=0o700)
         forms = []
+        infos = []
         path = self._spool / transfer_id
         with path.open("rb") as spool:
             spooled = os.fstat(spool.fileno()).st_size
@@ -235,6 +240,7 @@ class Inbox:
                 if spooled < start + entry.size:  # ours to fix, not the peer's: no refusal
                     raise TransferError(f"spool ends inside {entry.name}", transfer=transfer_id)
                 info = _checked(self._validator, manifest, i, FileSlice(str(path), start, entry.size))
+                infos.append(info)
                 spool.seek(start)
                 data = spool.read(entry.size)
                 if len(data) != entry.size:
@@ -252,16 +258,19 @@ class Inbox:
         shutil.rmtree(final, ignore_errors=True)
         os.rename(stage, final)
         fsync_dir(self.root)
+        self._summaries[transfer_id] = summarize(infos)
         return ",".join(sorted(set(forms)))
 
     def delivered(self, transfer_id: str, *, key: bytes, forms: str) -> None:
         """Record the delivery. The spool is left for ``drop_spool`` (freeing a large file's blocks takes
         long enough to keep it off the event loop); one left behind by a crash goes at the next start."""
         self._close(transfer_id)
-        self._records.deliver(transfer_id, at_rest_key=key, forms=forms)
+        summary = self._summaries.pop(transfer_id, None)
+        self._records.deliver(transfer_id, at_rest_key=key, forms=forms, summary=summary)
 
     def refuse(self, transfer_id: str, reason: str) -> None:
         self._close(transfer_id)
+        self._summaries.pop(transfer_id, None)
         self._records.refuse_incoming(transfer_id, reason)
         self.drop_spool(transfer_id)
         shutil.rmtree(self.root / f"{_STAGE}{transfer_id}", ignore_errors=True)
@@ -290,18 +299,21 @@ class Inbox:
         (at-rest blob, form). TransferRefused if it does not validate. Blocking: call it from a thread."""
         info = _checked(self._validator, manifest, 0, body)
         blob = at_rest.seal_at_rest(manifest.files[0].name, body, info, key)
+        self._summaries[manifest.transfer_id] = summarize([info])
         return blob, at_rest.at_rest_form(blob)
 
     def deliver_ehr(self, manifest: Manifest, *, blob: bytes, key: bytes, forms: str) -> float:
         """Record the message delivered; returns when its record was durable (epoch seconds)."""
         self._close(manifest.transfer_id)
-        self._records.record_ehr(manifest, blob=blob, key=key, forms=forms, reason=None)
+        summary = self._summaries.pop(manifest.transfer_id, None)
+        self._records.record_ehr(manifest, blob=blob, key=key, forms=forms, reason=None, summary=summary)
         stored_at = time.time()
         self.drop_spool(manifest.transfer_id)  # left by an earlier attempt that streamed it under AEAD
         return stored_at
 
     def refuse_ehr(self, manifest: Manifest, reason: str) -> None:
         self._close(manifest.transfer_id)
+        self._summaries.pop(manifest.transfer_id, None)
         self._records.record_ehr(manifest, blob=None, key=None, forms=None, reason=reason)
 
     def locate(self, transfer_id: str, index: int) -> tuple[Path | bytes, bytes, str]:
@@ -310,6 +322,8 @@ class Inbox:
         record = self._records.incoming(transfer_id)
         if record is None or record.state is not Incoming.DELIVERED:
             raise TransferError("no delivered transfer by that id", transfer=transfer_id)
+        if record.purged_at is not None:
+            raise TransferError(f"purged by retention ({record.purge_reason})", transfer=transfer_id)
         if not 0 <= index < len(record.manifest.files):
             raise TransferError(f"transfer has no file {index}", transfer=transfer_id)
         key = self._records.at_rest_key(transfer_id)

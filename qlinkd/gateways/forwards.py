@@ -269,6 +269,15 @@ class ForwardLedger:
             )
         return out
 
+    def outcomes(self) -> dict[str, tuple[int, int, float | None]]:
+        """Per transfer the ledger knows: (rows delivered, rows pending or parked, when its last delivered
+        row finished). Inbox retention reads it: a transfer is forwarded once no row is owed."""
+        rows = self._db.execute(
+            "SELECT transfer_id, TOTAL(state = 'delivered'), TOTAL(state != 'delivered'),"
+            " MAX(CASE WHEN state = 'delivered' THEN finished END) FROM forwards GROUP BY transfer_id"
+        )
+        return {r[0]: (int(r[1]), int(r[2]), r[3]) for r in rows}
+
     def purge_finished(self, older_than_s: float) -> list[Forward]:
         """Drop delivered and parked rows finished more than `older_than_s` ago; returns them (the caller
         audits what it purged)."""

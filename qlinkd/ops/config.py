@@ -26,6 +26,7 @@ from qlinkmed.qlinkd.errors import ConfigError, PkiError
 from qlinkmed.qlinkd.gateways.config import GatewaysConfig, gateways_section
 from qlinkmed.qlinkd.link.events import MAX_ROUNDS_IN_FLIGHT
 from qlinkmed.qlinkd.ops.decoy_source import DecoyOverrides, DecoyPlan, plan_decoy
+from qlinkmed.qlinkd.ops.inbox_config import InboxConfig, inbox_section
 from qlinkmed.qlinkd.ops.toml_reader import Address, Table, build, check, read_toml
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -399,6 +400,8 @@ class FacilityConfig:
     raise it where a large study over a slow line takes longer to deliver."""
     external_peers: tuple[ExternalPeerConfig, ...] = ()
     """Peers keyed by an external ETSI 014 KME (``key_source = "etsi014"``): data plane only."""
+    inbox: InboxConfig = field(default_factory=InboxConfig)
+    """Retention of delivered transfers (``[inbox]``); off by default."""
 
     def peer(self, peer_id: str) -> PeerConfig:
         """The peer called `peer_id`; KeyError if there is none."""
@@ -726,6 +729,7 @@ def load_facility_config(path: Path) -> FacilityConfig:
             peers.append(one)
     with_data = {p.id: p.data_address is not None for p in peers}
     gateways = gateways_section(root, with_data | {p.id: p.data_address is not None for p in external})
+    inbox = inbox_section(root)
     root.finish()
     return FacilityConfig(
         source=Path(path),
@@ -743,6 +747,7 @@ def load_facility_config(path: Path) -> FacilityConfig:
         metrics=metrics,
         queue_stuck_after_s=stuck_after,
         external_peers=tuple(external),
+        inbox=inbox,
     )
 
 

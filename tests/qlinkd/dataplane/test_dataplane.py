@@ -35,7 +35,7 @@ from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
 from qlinkmed.qlinkd.dataplane.outbox import Outbox
 from qlinkmed.qlinkd.dataplane.pads import PAD_KEY_BYTES, ReceiverPads, SenderPads
 from qlinkmed.qlinkd.dataplane.receiver import ReceiverContext, ReceiverSession
-from qlinkmed.qlinkd.dataplane.records import Incoming, Outgoing, TransferRecords
+from qlinkmed.qlinkd.dataplane.records import SCHEMA_VERSION, Incoming, Outgoing, TransferRecords
 from qlinkmed.qlinkd.dataplane.sender import SenderContext, SenderSession
 from qlinkmed.qlinkd.dataplane.service import DataPlane
 from qlinkmed.qlinkd.dataplane.spool import Spool
@@ -216,7 +216,7 @@ def test_records_of_schema_1_gain_the_indexes_and_keep_their_rows(tmp_path: Path
         )
         old.commit()
     records = TransferRecords.open(path)
-    assert records._db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert records._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert [q.transfer_id for q in records.queued(B)] == [m.transfer_id]
     assert records.body(m.transfer_id) == b"{}"
     assert "outgoing_seq" in _plan(records, "SELECT MAX(seq) FROM outgoing")
@@ -229,8 +229,8 @@ def test_records_of_schema_1_gain_the_indexes_and_keep_their_rows(tmp_path: Path
 def test_records_newer_than_this_daemon_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "transfers.sqlite3"
     with contextlib.closing(sqlite3.connect(path)) as newer:
-        newer.execute("PRAGMA user_version = 3")
-    with pytest.raises(StoreError, match="transfer schema 3"):
+        newer.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match=f"transfer schema {SCHEMA_VERSION + 1}"):
         TransferRecords.open(path)
 
 
