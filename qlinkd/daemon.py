@@ -160,6 +160,7 @@ async def run_daemon(
             inbox_root=plane.inbox.root,
             audit=audit,
             outcomes=gateways.ledger.outcomes if gateways.ledger is not None else None,
+            on_purged=rt.metrics.inbox_purged,
         )
         # Whether or not a policy is set now: purges a stop interrupted are finished before anything else.
         retention.recover()

@@ -193,6 +193,19 @@ class LinkMetrics:
             ["gateway", "destination"],
             registry=r,
         )
+        # The reason label is one of retention's fixed reasons (fetched, forwarded, max_age), never data.
+        self.inbox_purges = Counter(
+            "qlink_inbox_purged",
+            "Delivered transfers whose at-rest copy the retention policy removed, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.inbox_purged_bytes = Counter(
+            "qlink_inbox_purged_bytes",
+            "Bytes of at-rest copies the retention policy removed, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.round_duration = Histogram(
             "qlink_round_duration_seconds",
             "Wall-clock duration of a distillation round",
@@ -322,6 +335,11 @@ class LinkMetrics:
     def forward_done(self, gateway: str, destination: str) -> None:
         """`destination` accepted one forwarded item."""
         self.forwarded.labels(gateway=gateway, destination=destination).inc()
+
+    def inbox_purged(self, reason: str, nbytes: int) -> None:
+        """The retention policy removed one transfer's at-rest copy (`nbytes` of it)."""
+        self.inbox_purges.labels(reason=reason).inc()
+        self.inbox_purged_bytes.labels(reason=reason).inc(nbytes)
 
     def otp_fallback(self) -> None:
         self.otp_fallbacks.inc()

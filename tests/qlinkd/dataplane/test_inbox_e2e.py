@@ -156,6 +156,10 @@ def test_the_inbox_lists_filters_purges_after_fetch_and_never_stores_a_transfer_
     wait_for(lambda: not (inbox_b / study).exists(), "the fetched study's at-rest files purged")
     purges = [e for e in _audit(deployment, B) if e["event"] == "inbox_purged" and e["transfer"] == study]
     assert len(purges) == 1 and purges[0]["reason"] == "fetched" and purges[0]["bytes"] > 3 * 16 * 16 * 2
+    with urllib.request.urlopen(deployment.local_url(B) + "/metrics", timeout=10) as scrape:
+        metrics = scrape.read().decode()
+    assert 'qlink_inbox_purged_total{reason="fetched"} 1.0' in metrics
+    assert f'qlink_inbox_purged_bytes_total{{reason="fetched"}} {float(purges[0]["bytes"])}' in metrics
     listed = {r["transfer_id"]: r for r in _list(capsys, config_b)}
     assert listed[study]["purge_reason"] == "fetched" and listed[study]["state"] == "delivered"
     assert [r["transfer_id"] for r in _list(capsys, config_b, "--unfetched")] == [message]
