@@ -238,7 +238,8 @@ def format_status(status: dict[str, Any], key_sizes: dict[str, int] | None = Non
     links = link_statuses(status)
     data = data_peers(status)
     queues = data_queues(status)
-    external = [d for peer, d in data.items() if peer not in {link.peer for link in links}]
+    linked = {link.peer for link in links}
+    external = [d for peer, d in data.items() if peer not in linked and d.key_source != "emulated"]
     if not links and not external:
         lines.append("no links configured")
     for link in links:
