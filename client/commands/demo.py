@@ -11,6 +11,7 @@ and the study waits in the outbox: nothing is sent.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import re
@@ -129,6 +130,16 @@ class _Demo:
         self.a = DataTarget(deployment.local_url(A), _token(deployment, A))
         self.b = DataTarget(deployment.local_url(B), _token(deployment, B))
 
+    @functools.cached_property
+    def reader(self) -> Any:
+        """B's inbox as a user with the testbed's all-data role reads it (the facility token sends only);
+        the user is added on first use, once B is up."""
+        from qlinkmed.qlinkd.testbed.readers import reader_token
+
+        from ..data_http import DataTarget
+
+        return DataTarget(self.deployment.local_url(B), reader_token(self.deployment, B))
+
     def _status(self, target: Any) -> dict[str, Any]:
         return target.json("GET", "/v1/status")[1]
 
@@ -190,7 +201,7 @@ class _Demo:
 
         exact = self._verify(study["transfer_id"], [p.read_bytes() for p in files])
         exact_ehr = all(self._verify(tid, [body]) for tid, body in ehr_results)
-        inbox = self.b.json("GET", f"/v1/inbox/{study['transfer_id']}")[1]
+        inbox = self.reader.json("GET", f"/v1/inbox/{study['transfer_id']}")[1]
         metrics_a = self._metrics(self.a)
         link = self._link(self.a)
         return {
@@ -219,9 +230,9 @@ class _Demo:
         }
 
     def _verify(self, transfer_id: str, originals: list[bytes]) -> bool:
-        entry = self.b.json("GET", f"/v1/inbox/{transfer_id}")[1]
+        entry = self.reader.json("GET", f"/v1/inbox/{transfer_id}")[1]
         for f, original in zip(entry["file_list"], originals, strict=True):
-            status, data, _ = self.b.request("GET", f"/v1/inbox/{transfer_id}/files/{f['index']}")
+            status, data, _ = self.reader.request("GET", f"/v1/inbox/{transfer_id}/files/{f['index']}")
             if status != 200 or data != original or hashlib.sha256(data).hexdigest() != f["sha256"]:
                 return False
         return True
@@ -240,7 +251,7 @@ class _Demo:
         entries = study_entries()
         study = upload(self.a, B, "study", entries, entries[0][1].study_uid, wait=3.0, show_progress=False)
         _say(args, f"study queued at {A}: {study['state']} after 3 s (waiting for key that never comes)")
-        inbox = self.b.json("GET", "/v1/inbox")[1]["inbox"]
+        inbox = self.reader.json("GET", "/v1/inbox")[1]["inbox"]
         link_b = self._link(self.b)
         link = self._link(self.a)
         return {

@@ -49,18 +49,28 @@ def active_user(access: Access, given: str) -> User:
     user = access.authenticate(given) if given else None
     if user is None:
         raise _json_error(
-            web.HTTPUnauthorized, "this endpoint needs a user token (qlink user add NAME --role ROLE)"
+            web.HTTPUnauthorized,
+            "this endpoint needs a user's bearer token (qlink user add NAME --role ROLE)",
         )
     if user.state is not UserState.ACTIVE:
         raise _json_error(web.HTTPForbidden, f"user {user.name} is {user.state.value}")
     return user
 
 
+def _too_large(size: int) -> web.HTTPException:
+    body = json.dumps({"message": f"the body is over {MAX_BODY_BYTES} bytes"})
+    return web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, size, text=body, content_type="application/json")
+
+
 async def _body(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise _json_error(web.HTTPRequestEntityTooLarge, f"the body is over {MAX_BODY_BYTES} bytes")
+        raise _too_large(request.content_length)
+    # Read whole (bounded by the application's client_max_size), then held to this route's own bound.
+    data = await request.read()
+    if len(data) > MAX_BODY_BYTES:
+        raise _too_large(len(data))
     try:
-        body = json.loads(await request.content.read(MAX_BODY_BYTES + 1))
+        body = json.loads(data)
     except ValueError:
         raise _json_error(web.HTTPBadRequest, "the body is not JSON") from None
     if not isinstance(body, dict):

@@ -100,7 +100,7 @@ def test_rotation_invalidates_the_old_token_at_once(store: UserStore) -> None:
 
 
 def test_a_disabled_user_is_found_as_disabled_and_unknown_tokens_are_none(store: UserStore) -> None:
-    user, token = store.add("alice", ("radiology",), 1.0)
+    _, token = store.add("alice", ("radiology",), 1.0)
     store.disable("alice")  # by name as well as by id
     found = store.by_token(token)
     assert found is not None and found.state is UserState.DISABLED
