@@ -34,6 +34,7 @@ from qlinkmed.qlinkd.content import validate
 from qlinkmed.qlinkd.pool.keystore import KeyStore
 from qlinkmed.qlinkd.testbed.deployment import Deployment
 from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
+from qlinkmed.qlinkd.testbed.readers import reader_token
 from qlinkmed.qlinkd.testbed.settle import settle_stopped_stores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -340,10 +341,11 @@ def settle_and_compare(started: d.Started, client: KeyClient, drain_s: float) ->
 
 # ---- studies and EHR messages ---------------------------------------------------------------------------
 def data_targets(deployment: Deployment) -> tuple[DataTarget, DataTarget]:
-    """The data API of A and of B, with their local API tokens."""
+    """The data API of A with its local API token (it sends), and of B with its all-data reader's user
+    token (the facility token no longer reads the inbox)."""
     return (
         DataTarget(deployment.local_url(d.A), _token(deployment, d.A)),
-        DataTarget(deployment.local_url(d.B), _token(deployment, d.B)),
+        DataTarget(deployment.local_url(d.B), reader_token(deployment, d.B)),
     )
 
 

@@ -73,6 +73,7 @@ from qlinkmed.qlinkd.pool.values import DeliveredKey
 from qlinkmed.qlinkd.seal.hybrid import MLKEM_SEED_BYTES, HybridOffer, hybrid_available, respond
 from qlinkmed.qlinkd.testbed.deployment import Deployment, write_loopback_deployment
 from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
+from qlinkmed.qlinkd.testbed.readers import reader_token
 from tests.dicom_factory import make_ct_study
 
 SLICE = 512
@@ -433,7 +434,7 @@ def main() -> int:
         try:
             group.start_all(timeout=60)
             a = DataTarget(deployment.local_url(A), _token(deployment, A))
-            b = DataTarget(deployment.local_url(B), _token(deployment, B))
+            b = DataTarget(deployment.local_url(B), reader_token(deployment, B))  # a user reads the inbox
             wait_for(lambda: link_status(a)["pool_bits_owned"] >= 100_000, 120, "key")
             rounds = "running" if args.rounds_running else "paused at the pool's high watermark"
             print(f"QKD rounds during the study runs: {rounds}", flush=True)

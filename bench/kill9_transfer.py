@@ -46,6 +46,7 @@ from qlinkmed.client.commands.demo import _token
 from qlinkmed.client.commands.send import upload
 from qlinkmed.client.data_http import DataTarget
 from qlinkmed.qlinkd.dataplane.receiver import SYNC_BYTES
+from qlinkmed.qlinkd.testbed.readers import reader_token
 
 KEY_BITS = 64_000
 """Key both pools hold before the study is queued (each data session takes 256 bits)."""
@@ -196,7 +197,7 @@ def run(root: Path, args: argparse.Namespace) -> Report:
     with started_ctx as started:
         deployment = started.deployment
         a = DataTarget(deployment.local_url(d.A), _token(deployment, d.A))
-        b = DataTarget(deployment.local_url(d.B), _token(deployment, d.B))
+        b = DataTarget(deployment.local_url(d.B), reader_token(deployment, d.B))  # a user reads the inbox
         d.wait_for(
             lambda: min(owned_bits(a), owned_bits(b)) >= KEY_BITS, READY_TIMEOUT_S, "key in both pools"
         )

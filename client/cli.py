@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "send": ("send", "send DICOM studies or PNG/JPEG images to a peer facility"),
     "ehr": ("ehr", "send a FHIR JSON or HL7 v2 message to a peer facility"),
     "inbox": ("inbox", "list and fetch what peer facilities delivered"),
+    "user": ("user", "the users who read patient data: add, list, disable, rotate, assign; break-glass"),
     "forward": ("forward", "what the gateways owe the PACS / engine / FHIR server; release parked forwards"),
     "gate": ("gate", "train and judge the request-intention gate's QFNN and baselines on synthetic logs"),
     "demo": ("demo", "run two facilities on loopback and send a study and EHR messages (--eve: attacked)"),

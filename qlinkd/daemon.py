@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 
 from aiohttp import web
 
+from qlinkmed.qlinkd.access.service import Access
 from qlinkmed.qlinkd.content.limits import limits_of
 from qlinkmed.qlinkd.content.worker import ContentValidator
 from qlinkmed.qlinkd.data_api import ensure_token
@@ -59,6 +60,7 @@ async def run_daemon(
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = KeyStore.open(config.state_dir / STORE_FILE)
     audit = AuditLog.open(config.state_dir / AUDIT_FILE, facility=config.id)
+    access: Access | None = None
     runners: list[web.AppRunner] = []
     links: dict[str, PeerLink] = {}
     plane: DataPlane | None = None
@@ -143,6 +145,7 @@ async def run_daemon(
             validator=validator,
         )
         token = ensure_token(config.state_dir)
+        access = Access.open(config.state_dir, config.access, audit, registry=rt.metrics.registry)
         gateways = Gateways(
             config.gateways,
             state_dir=config.state_dir,
@@ -187,6 +190,7 @@ async def run_daemon(
                     validator=validator,
                     extra=gateways.status_json if config.gateways.any else None,
                     gateways=gateways if config.gateways.any else None,
+                    access=access,
                 ),
                 config.listen.local,
                 None,
@@ -264,6 +268,8 @@ async def run_daemon(
         with contextlib.suppress(Exception):
             audit.record("daemon_stopped")
         audit.close()
+        if access is not None:
+            access.close()
         store.close()
 
 

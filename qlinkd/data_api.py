@@ -1,7 +1,9 @@
 """The data endpoints of the daemon's local API: queue studies, images and EHR messages for a peer, list
-the outbox and the inbox, fetch delivered files. They carry patient data, so unlike /v1/status they need
-the bearer token in ``state_dir/local-api.token`` (mode 0600: the daemon's user, or whoever the operator
-lets read it).
+the outbox and the inbox, fetch delivered files. They carry patient data, so unlike /v1/status they need a
+bearer token. Sending and the outbox take the facility token in ``state_dir/local-api.token`` (mode 0600:
+the daemon's user, or whoever the operator lets read it). Reading the inbox takes a user's token
+(`qlink user add`): each read is decided by the user's roles (``access.policy``) and audited with the
+user; the facility token reads no patient data.
 
 Upload body (POST /v1/transfers): a 4-byte big-endian length, a JSON object {"kind", "study_uid",
 "files": [[name, size, sha256, content], ...]}, then every file's bytes in that order. The daemon checks
@@ -26,6 +28,9 @@ from typing import Any
 
 from aiohttp import web
 
+from qlinkmed.qlinkd.access.api import active_user, bearer, is_facility_token
+from qlinkmed.qlinkd.access.policy import User
+from qlinkmed.qlinkd.access.service import Access, attributes_of, attributes_of_entry
 from qlinkmed.qlinkd.content.limits import too_large
 from qlinkmed.qlinkd.content.summary import MODALITY_SEPARATOR, InboxSummary
 from qlinkmed.qlinkd.content.worker import ContentValidator, FileSlice
@@ -42,6 +47,7 @@ log = logging.getLogger("qlink.api")
 TOKEN_FILE = "local-api.token"
 READ_BLOCK = 1 << 20
 MAX_WAIT_S = 600.0
+FACILITY_READS = "the facility token sends; reading the inbox needs a user token: qlink user add"
 _KIND_CONTENT = {
     TransferKind.STUDY: {"dicom"},
     TransferKind.IMAGES: {"png", "jpeg"},
@@ -156,13 +162,46 @@ def _incoming_json(
     return body
 
 
-def add_data_routes(app: web.Application, plane: DataPlane, token: str, validator: ContentValidator) -> None:
+def add_data_routes(
+    app: web.Application,
+    plane: DataPlane,
+    token: str,
+    validator: ContentValidator,
+    access: Access | None = None,
+) -> None:
     limits = validator.limits
 
     def authorise(request: web.Request) -> None:
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise _error(web.HTTPUnauthorized, f"data endpoints need the bearer token in {TOKEN_FILE}")
+
+    def reader(request: web.Request) -> tuple[Access, User]:
+        """The user reading the inbox. The facility token is refused by name: it sends, it does not read."""
+        given = bearer(request)
+        if is_facility_token(given, token):
+            raise _error(web.HTTPForbidden, FACILITY_READS)
+        if access is None:
+            raise _error(web.HTTPForbidden, "this daemon has no user store; the inbox cannot be read")
+        return access, active_user(access, given)
+
+    def permit(
+        users: Access,
+        user: User,
+        record: IncomingRecord,
+        file: int | None = None,
+        *,
+        summary: InboxSummary | None = None,
+    ) -> None:
+        if summary is None:
+            summary = plane.records.summary(record.manifest.transfer_id)
+        decision = users.check_read(user, attributes_of(record, summary), file=file)
+        if not decision.allow:
+            body = {
+                "message": f"user {user.name} may not read this transfer",
+                "reasons": list(decision.reasons),
+            }
+            raise web.HTTPForbidden(text=json.dumps(body), content_type="application/json")
 
     def peer_of(request: web.Request) -> str:
         peer = request.query.get("to", "")
@@ -343,7 +382,7 @@ def add_data_routes(app: web.Application, plane: DataPlane, token: str, validato
         )
 
     async def list_inbox(request: web.Request) -> web.Response:
-        authorise(request)
+        users, user = reader(request)
         unknown = sorted(set(request.query) - set(_FILTERS))
         if unknown:
             raise _error(
@@ -355,8 +394,12 @@ def add_data_routes(app: web.Application, plane: DataPlane, token: str, validato
             query = parse_filter({k: request.query.get(k) for k in _FILTERS}, time.time())
         except FilterError as exc:
             raise _error(web.HTTPBadRequest, str(exc), field=exc.option) from None
-        entries = plane.records.list_inbox(query)
-        return web.json_response({"facility": plane.facility, "inbox": [_entry_json(e) for e in entries]})
+        entries, hidden = users.visible(
+            user, ((attributes_of_entry(e), e) for e in plane.records.list_inbox(query))
+        )
+        return web.json_response(
+            {"facility": plane.facility, "inbox": [_entry_json(e) for e in entries], "hidden": hidden}
+        )
 
     def incoming(request: web.Request) -> IncomingRecord:
         tid = request.match_info["transfer_id"]
@@ -366,9 +409,10 @@ def add_data_routes(app: web.Application, plane: DataPlane, token: str, validato
         return record
 
     async def inbox_entry(request: web.Request) -> web.Response:
-        authorise(request)
+        users, user = reader(request)
         record = incoming(request)
         summary = plane.records.summary(record.manifest.transfer_id)
+        permit(users, user, record, summary=summary)
         return web.json_response(_incoming_json(record, files=True, summary=summary))
 
     def refuse_purged(transfer_id: str) -> None:
@@ -377,15 +421,18 @@ def add_data_routes(app: web.Application, plane: DataPlane, token: str, validato
             raise _error(web.HTTPGone, _purged_message(transfer_id, *purged))
 
     async def inbox_file(request: web.Request) -> web.Response:
-        authorise(request)
+        users, user = reader(request)
         record = incoming(request)
-        refuse_purged(record.manifest.transfer_id)
         try:
             index = int(request.match_info["index"])
-            located = plane.inbox.locate(record.manifest.transfer_id, index)
-            data = await asyncio.to_thread(plane.inbox.open_located, *located)
         except ValueError:
             raise _error(web.HTTPBadRequest, "file index must be an integer") from None
+        # Decided before anything else about the transfer is said (a purge included).
+        permit(users, user, record, index)
+        refuse_purged(record.manifest.transfer_id)
+        try:
+            located = plane.inbox.locate(record.manifest.transfer_id, index)
+            data = await asyncio.to_thread(plane.inbox.open_located, *located)
         except TransferError as exc:
             raise _error(web.HTTPNotFound, exc.message) from None
         except (IntegrityError, ContentError, OSError) as exc:

@@ -10,6 +10,7 @@ its errors from one place).
         ├── StoreError          the key store refused an operation
         │   ├── InsufficientKey, KeyNotFound, NotAuthorised
         ├── AuditError          the audit log refused a record or does not verify
+        ├── AccessError         the user store refused an operation (unknown user, a name taken, a bad role)
         │   └── AuditAnchorError    it no longer holds a head a peer facility anchored
         ├── SealError           we cannot seal (a local refusal)
         │   ├── RekeyRequired, KeyMaterialShort, HybridUnavailable
@@ -43,6 +44,7 @@ from qlinkmed.qcore.errors import (
 )
 
 __all__ = [
+    "AccessError",
     "AuditAnchorError",
     "AuditError",
     "ChannelRefused",
@@ -104,6 +106,16 @@ class PkiError(QlinkdError):
 class StoreError(QlinkdError):
     """The durable key store refused an operation, or found its contents inconsistent. `field` names the
     offending input or stored item (``preshared_key``, ``round_id``, ``segments``...) when there is one."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class AccessError(QlinkdError):
+    """The user store refused an operation: an unknown user, a name already taken, a role the facility
+    configuration does not define, an out-of-range break-glass period. `field` names the input at fault."""
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)

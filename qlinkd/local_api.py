@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from qlinkmed.qlinkd.access.api import add_access_routes
+from qlinkmed.qlinkd.access.service import Access
 from qlinkmed.qlinkd.content.limits import MAX_EHR_BYTES
 from qlinkmed.qlinkd.content.worker import ContentValidator
 from qlinkmed.qlinkd.data_api import add_data_routes
@@ -139,6 +141,7 @@ def make_local_app(
     token: str | None = None,
     validator: ContentValidator | None = None,
     gateways: Gateways | None = None,
+    access: Access | None = None,
 ) -> web.Application:
     # EHR messages arrive as one request body; studies stream and are not bounded by this.
     app = web.Application(client_max_size=MAX_EHR_BYTES, middlewares=[client_gone])
@@ -160,6 +163,8 @@ def make_local_app(
                 "peers": [p.to_json() for p in plane.peer_statuses()],
                 "queues": [q.to_json() for q in queues_now(plane, rt.config.queue_stuck_after_s)],
             }
+        if access is not None:
+            body["access"] = access.status_json()
         if extra is not None:
             body.update(extra())
         return web.json_response(body)
@@ -298,5 +303,7 @@ def make_local_app(
     app.router.add_get("/v1/audit/anchors", audit_anchors)
     app.router.add_post("/v1/alarm/ack", alarm_ack)
     if plane is not None and token is not None:
-        add_data_routes(app, plane, token, validator or ContentValidator())
+        add_data_routes(app, plane, token, validator or ContentValidator(), access)
+    if access is not None and token is not None:
+        add_access_routes(app, access, token)
     return app

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import re
@@ -265,6 +266,16 @@ class _Demo:
         )
         return leg
 
+    @functools.cached_property
+    def reader(self) -> Any:
+        """B's inbox as a user with the testbed's all-data role reads it (the facility token sends only);
+        the user is added on first use, once B is up."""
+        from qlinkmed.qlinkd.testbed.readers import reader_token
+
+        from ..data_http import DataTarget
+
+        return DataTarget(self.deployment.local_url(B), reader_token(self.deployment, B))
+
     def _status(self, target: Any) -> dict[str, Any]:
         return target.json("GET", "/v1/status")[1]
 
@@ -330,7 +341,7 @@ class _Demo:
 
         exact = self._verify(study["transfer_id"], [p.read_bytes() for p in files])
         exact_ehr = all(self._verify(tid, [body]) for tid, body in ehr_results)
-        inbox = self.b.json("GET", f"/v1/inbox/{study['transfer_id']}")[1]
+        inbox = self.reader.json("GET", f"/v1/inbox/{study['transfer_id']}")[1]
         # hospital-b forwards what the local API sent too: the ORU messages to its engine (besides the ADT),
         # the FHIR Bundles to its FHIR server.
         fhir_sent = (EHR_REPEATS + 1) // 2
@@ -377,9 +388,9 @@ class _Demo:
         }
 
     def _verify(self, transfer_id: str, originals: list[bytes]) -> bool:
-        entry = self.b.json("GET", f"/v1/inbox/{transfer_id}")[1]
+        entry = self.reader.json("GET", f"/v1/inbox/{transfer_id}")[1]
         for f, original in zip(entry["file_list"], originals, strict=True):
-            status, data, _ = self.b.request("GET", f"/v1/inbox/{transfer_id}/files/{f['index']}")
+            status, data, _ = self.reader.request("GET", f"/v1/inbox/{transfer_id}/files/{f['index']}")
             if status != 200 or data != original or hashlib.sha256(data).hexdigest() != f["sha256"]:
                 return False
         return True
@@ -411,7 +422,7 @@ class _Demo:
         _say(args, f"study queued at {A}: {study['state']} after 3 s (waiting for key that never comes)")
         dicom_gateway["at_pacs"] = len(self.pacs.instances())
         hl7_gateway["at_engine"] = len(self.engine.messages)
-        inbox = self.b.json("GET", "/v1/inbox")[1]["inbox"]
+        inbox = self.reader.json("GET", "/v1/inbox")[1]["inbox"]
         # The modality's study, the ADT message and the uploaded study, each one transfer waiting for key.
         queued_at_a = sum(q["queued"] for q in self._status(self.a)["data_plane"]["queues"])
         link_b = self._link(self.b)

@@ -34,8 +34,9 @@ from qlinkmed.qlinkd.dataplane.inbox_filter import DEFAULT_LIMIT, parse_filter
 from qlinkmed.qlinkd.errors import FilterError
 
 from ..daemon_http import ApiError, TargetError, unreachable
-from ..data_http import DataTarget, add_data_target, data_target, error_message
+from ..data_http import DataTarget, error_message
 from ..progress import Progress
+from .user import add_user_token, user_target
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 _FILTER_OPTIONS = ("patient", "accession", "modality", "kind", "peer", "since", "until", "limit")
@@ -48,8 +49,10 @@ class FetchError(Exception):
 
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="inbox_command", metavar="ACTION", required=True)
-    listing = sub.add_parser("list", help="transfers received from peers, newest first")
-    add_data_target(listing)
+    listing = sub.add_parser(
+        "list", help="transfers received from peers, newest first (those your roles let you see)"
+    )
+    add_user_token(listing)
     listing.add_argument("--patient", metavar="TEXT", help="part of the patient's name or ID (any case)")
     listing.add_argument("--accession", metavar="NUMBER", help="a study's accession number, exactly")
     listing.add_argument("--modality", metavar="CODE", help="studies with this modality (CT, MR...)")
@@ -73,14 +76,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write into an existing DIR/TRANSFER_ID, replacing files already there",
     )
-    add_data_target(fetch)
+    add_user_token(fetch)
     fetch.add_argument("--json", action="store_true")
     fetch.set_defaults(run=run_fetch)
 
 
 def _target(args: argparse.Namespace, command: str) -> DataTarget | int:
     try:
-        return data_target(args)
+        return user_target(args)
     except TargetError as exc:
         print(f"qlink inbox {command}: error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
@@ -140,8 +143,17 @@ def _state(row: dict[str, Any]) -> str:
     return state
 
 
+def _refusal(status: int, body: Any) -> str:
+    # A policy refusal says why in plain words, one reason per role: show them all.
+    reasons = body.get("reasons") if isinstance(body, dict) else None
+    return error_message(status, body) + "".join(f"\n  {r}" for r in reasons or [])
+
+
 def format_inbox(body: dict[str, Any]) -> str:
     rows = body.get("inbox", [])
+    hidden = body.get("hidden") or 0
+    if hidden:
+        return format_inbox({**body, "hidden": 0}) + f"\n  {hidden} more hidden: your roles do not allow them"
     if not rows:
         return f"inbox of {body.get('facility')}: nothing matches"
     head = " ".join(f"{h:<{w}}" for h, w in _COLUMNS) + f" {'N':>4} STATE"
@@ -198,7 +210,7 @@ def run_list(args: argparse.Namespace) -> int:
         print(f"qlink inbox list: error: --{field}: {message}", file=sys.stderr)
         return EXIT_USAGE
     if status != 200:
-        print(f"qlink inbox list: {error_message(status, body)}", file=sys.stderr)
+        print(f"qlink inbox list: {_refusal(status, body)}", file=sys.stderr)
         return EXIT_FAILURE
     print(json.dumps(body) if args.json else format_inbox(body))
     return EXIT_OK
@@ -282,7 +294,7 @@ def run_fetch(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
         status, entry = target.json("GET", f"/v1/inbox/{tid}")
         if status != 200:
-            print(f"qlink inbox fetch: {error_message(status, entry)}", file=sys.stderr)
+            print(f"qlink inbox fetch: {_refusal(status, entry)}", file=sys.stderr)
             return EXIT_FAILURE
         if entry.get("purged_at"):
             when = _when(entry["purged_at"])

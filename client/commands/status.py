@@ -252,7 +252,22 @@ def format_status(status: dict[str, Any], key_sizes: dict[str, int] | None = Non
     if isinstance(gateways, dict):
         lines.append("")
         lines.extend(format_gateways(gateways))
+    lines.extend(format_break_glass(status.get("access")))
     return "\n".join(lines)
+
+
+def format_break_glass(access: object) -> list[str]:
+    """An alarm line per active break-glass grant (a user reading beyond the roles), until it expires."""
+    grants = access.get("break_glass") if isinstance(access, dict) else None
+    lines = []
+    for grant in grants if isinstance(grants, list) else []:
+        left = _age(float(grant["until"]) - time.time())
+        lines += [
+            "",
+            f"BREAK-GLASS  user {grant['name']} ({grant['user']}) reads beyond the roles for {left} more",
+        ]
+        lines.append(f"  reason      {grant['reason']}; every read is audited as a break-glass read")
+    return lines
 
 
 def format_external_peer(data: DataPeerStatus, queue: QueueStatus | None) -> list[str]:

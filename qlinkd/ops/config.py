@@ -22,6 +22,7 @@ from typing import Protocol
 from qlinkmed.qcore.constants import FACILITY_ID_PATTERN, QBER_TOLERANCE, is_facility_id
 from qlinkmed.qcore.params import CascadeKind, DistillConfig, E91Security, ProtocolKind
 from qlinkmed.qcore.security import DEFAULT_EPS_COR, DEFAULT_EPS_SEC
+from qlinkmed.qlinkd.access.config import AccessConfig, access_section
 from qlinkmed.qlinkd.errors import ConfigError, PkiError
 from qlinkmed.qlinkd.gateways.config import GatewaysConfig, gateways_section
 from qlinkmed.qlinkd.link.events import MAX_ROUNDS_IN_FLIGHT
@@ -402,6 +403,8 @@ class FacilityConfig:
     """Peers keyed by an external ETSI 014 KME (``key_source = "etsi014"``): data plane only."""
     inbox: InboxConfig = field(default_factory=InboxConfig)
     """Retention of delivered transfers (``[inbox]``); off by default."""
+    access: AccessConfig = field(default_factory=AccessConfig)
+    """The roles users may hold and the limits of break-glass (``[access]``, ``access/config.py``)."""
 
     def peer(self, peer_id: str) -> PeerConfig:
         """The peer called `peer_id`; KeyError if there is none."""
@@ -730,6 +733,7 @@ def load_facility_config(path: Path) -> FacilityConfig:
     with_data = {p.id: p.data_address is not None for p in peers}
     gateways = gateways_section(root, with_data | {p.id: p.data_address is not None for p in external})
     inbox = inbox_section(root)
+    access = access_section(root, tuple(p.id for p in peers) + tuple(p.id for p in external))
     root.finish()
     return FacilityConfig(
         source=Path(path),
@@ -748,6 +752,7 @@ def load_facility_config(path: Path) -> FacilityConfig:
         queue_stuck_after_s=stuck_after,
         external_peers=tuple(external),
         inbox=inbox,
+        access=access,
     )
 
 

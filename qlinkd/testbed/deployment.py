@@ -92,6 +92,10 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+READER_ROLE = "all-data"
+"""The role every testbed facility defines for its readers (`testbed.readers`): every kind, every peer."""
+
+
 def write_loopback_deployment(
     root: Path,
     *,
@@ -218,6 +222,13 @@ data = "127.0.0.1:{ports[me + ".data"]}"
 
 [channel]
 address = "127.0.0.1:{ports["channel.listen"]}"
+
+[access]
+break_glass_min_s = 1
+
+[[access.role]]
+name = "{READER_ROLE}"
+kinds = ["study", "images", "ehr"]
 
 [[peer]]
 id = "{other}"

@@ -20,6 +20,7 @@ import pytest
 
 from qlinkmed.client.data_http import DataTarget
 from qlinkmed.qlinkd.testbed.deployment import Deployment
+from qlinkmed.qlinkd.testbed.readers import reader_token, reader_token_file
 from tests.cli import qlink
 from tests.paths import DATA
 from tests.polling import wait_for
@@ -37,9 +38,14 @@ class Link:
     deployment: Deployment
     a: DataTarget
     b: DataTarget
+    """B's inbox as read by a user with the testbed's all-data role (the facility token sends only)."""
 
     def config(self, facility: str) -> str:
         return str(self.deployment.facilities[facility])
+
+    def reading(self) -> tuple[str, ...]:
+        """`qlink inbox` flags for B's all-data reader."""
+        return ("--user-token-file", str(reader_token_file(self.deployment, B)), "--config", self.config(B))
 
 
 def _token(deployment: Deployment, facility: str) -> str:
@@ -55,7 +61,7 @@ def _owned_bits(target: DataTarget) -> int:
 def link(module_testbeds: Testbeds) -> Iterator[Link]:
     deployment = module_testbeds.launch(pulses_per_round=PULSES).deployment
     a = DataTarget(deployment.local_url(A), _token(deployment, A))
-    b = DataTarget(deployment.local_url(B), _token(deployment, B))
+    b = DataTarget(deployment.local_url(B), reader_token(deployment, B))
     wait_for(lambda: _owned_bits(a) >= KEY_BITS and _owned_bits(b) >= KEY_BITS, "key in both pools")
     yield Link(deployment, a, b)
     a.close()
@@ -170,7 +176,7 @@ def test_a_bad_transfer_id_is_no_such_transfer(
     tid: str, link: Link, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Regression: "a b" and "../../x" were reported as "cannot reach qlinkd".
-    code, out, err = qlink(capsys, "inbox", "fetch", tid, "--out", str(tmp_path), "--config", link.config(B))
+    code, out, err = qlink(capsys, "inbox", "fetch", tid, "--out", str(tmp_path), *link.reading())
     assert (code, out) == (1, "")
     assert err == f"qlink inbox fetch: HTTP 404: no transfer {tid!r} in the inbox\n"
     assert list(tmp_path.iterdir()) == []
@@ -182,7 +188,7 @@ def test_inbox_list_into_a_closed_pipe_exits_141_quietly(link: Link) -> None:
     os.close(read)
     try:
         proc = subprocess.run(
-            [*QLINK, "inbox", "list", "--config", link.config(B)],
+            [*QLINK, "inbox", "list", *link.reading()],
             stdout=write,
             stderr=subprocess.PIPE,
             timeout=120,

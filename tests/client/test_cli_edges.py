@@ -84,7 +84,7 @@ def _facility_config(tmp_path: Path) -> Path:
         ["ehr", "send", "--to", "hospital-b", "MESSAGE", "--config", "CONFIG"],
         ["status", "--config", "CONFIG"],
         ["keys", "--config", "CONFIG"],
-        ["inbox", "list", "--config", "CONFIG"],
+        ["inbox", "list", "--config", "CONFIG", "--user-token-file", "TOKEN"],
     ],
 )
 def test_light_commands_import_no_heavy_module(args: list[str], tmp_path: Path) -> None:
@@ -93,7 +93,9 @@ def test_light_commands_import_no_heavy_module(args: list[str], tmp_path: Path) 
     config = _facility_config(tmp_path)
     message = tmp_path / "oru.hl7"
     message.write_bytes(b"MSH|^~\\&|A|B|C|D|20260101||ORU^R01|1|P|2.5\r")
-    argv = [{"CONFIG": str(config), "MESSAGE": str(message)}.get(a, a) for a in args]
+    token = tmp_path / "user.token"
+    token.write_text("a-user-token\n")
+    argv = [{"CONFIG": str(config), "MESSAGE": str(message), "TOKEN": str(token)}.get(a, a) for a in args]
     code = (
         "import sys\nfrom qlinkmed.client.cli import main\n"
         f"try:\n    code = main({argv!r})\nexcept SystemExit as exc:\n    code = exc.code\n"

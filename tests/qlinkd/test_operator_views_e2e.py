@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from qlinkmed.qlinkd.testbed.deployment import Deployment
+from qlinkmed.qlinkd.testbed.readers import reader_token_file
 from tests.cli import qlink
 from tests.paths import DATA
 from tests.polling import wait_for
@@ -169,7 +170,8 @@ def test_a_peer_that_is_down_shows_as_a_queue_with_its_reason_then_as_unfetched(
     config_b = str(deployment.facilities[B])
     code, out, _ = qlink(capsys, "status", "--config", config_b)
     assert code == 0 and "1 unfetched" in out
-    code, out, _ = qlink(capsys, "inbox", "list", "--config", config_b, "--json")
+    reading = ("--user-token-file", str(reader_token_file(deployment, B)))  # the facility token sends only
+    code, out, _ = qlink(capsys, "inbox", "list", "--config", config_b, *reading, "--json")
     (item,) = json.loads(out)["inbox"]
     code, _, err = qlink(
         capsys,
@@ -178,6 +180,7 @@ def test_a_peer_that_is_down_shows_as_a_queue_with_its_reason_then_as_unfetched(
         item["transfer_id"],
         "--config",
         config_b,
+        *reading,
         "--out",
         str(deployment.root / "got"),
     )

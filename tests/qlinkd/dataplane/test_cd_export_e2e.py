@@ -29,6 +29,7 @@ from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
 from qlinkmed.client.commands.demo import _token
 from qlinkmed.client.data_http import DataTarget
 from qlinkmed.qlinkd.testbed.deployment import Deployment
+from qlinkmed.qlinkd.testbed.readers import reader_token_file
 from tests.cli import qlink
 from tests.dicom_factory import make_ct_study
 from tests.polling import wait_for
@@ -124,13 +125,23 @@ def _cd_export(root: Path) -> tuple[dict[str, bytes], dict[str, str]]:
     return content, skipped
 
 
+def _reading(deployment: Deployment) -> tuple[str, ...]:
+    """`qlink inbox` flags for B's all-data reader (the facility token sends only)."""
+    return (
+        "--user-token-file",
+        str(reader_token_file(deployment, B)),
+        "--config",
+        str(deployment.facilities[B]),
+    )
+
+
 def test_a_cd_export_arrives_with_its_tree_intact_and_bit_exact(
     deployment: Deployment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cd = tmp_path / "cd"
     cd.mkdir()
     content, skipped = _cd_export(cd)
-    config_a, config_b = str(deployment.facilities[A]), str(deployment.facilities[B])
+    config_a = str(deployment.facilities[A])
     code, out, err = qlink(capsys, "send", "--to", B, str(cd), "--json", "--config", config_a)
     assert code == 0, err
     for name, reason in skipped.items():
@@ -147,7 +158,7 @@ def test_a_cd_export_arrives_with_its_tree_intact_and_bit_exact(
     for result in results:
         tid = result["transfer_id"]
         code, out, err = qlink(
-            capsys, "inbox", "fetch", tid, "--out", str(out_dir), "--json", "--config", config_b
+            capsys, "inbox", "fetch", tid, "--out", str(out_dir), "--json", *_reading(deployment)
         )
         assert code == 0, err
         for f in json.loads(out)["files"]:
@@ -170,11 +181,11 @@ def test_a_cd_export_arrives_with_its_tree_intact_and_bit_exact(
 
     # Fetching again is refused without --overwrite, and rewrites the same tree with it.
     tid = study["transfer_id"]
-    code, out, err = qlink(capsys, "inbox", "fetch", tid, "--out", str(out_dir), "--config", config_b)
+    code, out, err = qlink(capsys, "inbox", "fetch", tid, "--out", str(out_dir), *_reading(deployment))
     assert code == 1 and "refusing to overwrite (--overwrite replaces its files)" in err
     (out_dir / tid / "SE2" / "IM1").write_bytes(b"changed locally")
     code, out, err = qlink(
-        capsys, "inbox", "fetch", tid, "--out", str(out_dir), "--overwrite", "--config", config_b
+        capsys, "inbox", "fetch", tid, "--out", str(out_dir), "--overwrite", *_reading(deployment)
     )
     assert code == 0, err
     assert (out_dir / tid / "SE2" / "IM1").read_bytes() == content["SE2/IM1"]

@@ -28,6 +28,7 @@ from qlinkmed.client.commands.demo import _token
 from qlinkmed.client.data_http import DataTarget
 from qlinkmed.qlinkd.testbed.deployment import Deployment
 from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
+from qlinkmed.qlinkd.testbed.readers import reader_token, reader_token_file
 from tests.cli import qlink
 from tests.dicom_factory import make_ct_study
 from tests.paths import DATA
@@ -48,9 +49,15 @@ class Link:
     group: ProcessGroup
     a: DataTarget
     b: DataTarget
+    b_reader: DataTarget
+    """B's inbox as read by a user with the testbed's all-data role (the facility token sends only)."""
 
     def config(self, facility: str) -> str:
         return str(self.deployment.facilities[facility])
+
+    def reading(self) -> tuple[str, ...]:
+        """`qlink inbox` flags for B's all-data reader."""
+        return ("--user-token-file", str(reader_token_file(self.deployment, B)), "--config", self.config(B))
 
 
 def _owned_bits(target: DataTarget) -> int:
@@ -65,7 +72,8 @@ def link(module_testbeds: Testbeds) -> Iterator[Link]:
     a = DataTarget(deployment.local_url(A), _token(deployment, A))
     b = DataTarget(deployment.local_url(B), _token(deployment, B))
     wait_for(lambda: _owned_bits(a) >= KEY_BITS and _owned_bits(b) >= KEY_BITS, "key in both pools")
-    yield Link(deployment, group, a, b)
+    b_reader = DataTarget(deployment.local_url(B), reader_token(deployment, B))
+    yield Link(deployment, group, a, b, b_reader)
     # Every transfer, refusal and the crash recovery ran without a traceback in any log. (Checked
     # before the SIGTERM: a daemon stopped while a peer's data session is open logs asyncio's
     # "Exception in callback" for the cancelled connection handler, a shutdown bug of its own.)
@@ -77,15 +85,13 @@ def link(module_testbeds: Testbeds) -> Iterator[Link]:
 
 
 def _inbox(link: Link, capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str, Any]]:
-    code, out, err = qlink(capsys, "inbox", "list", "--json", "--config", link.config(B))
+    code, out, err = qlink(capsys, "inbox", "list", "--json", *link.reading())
     assert code == 0, err
     return {entry["transfer_id"]: entry for entry in json.loads(out)["inbox"]}
 
 
 def _fetch(link: Link, capsys: pytest.CaptureFixture[str], tid: str, out_dir: Path) -> dict[str, bytes]:
-    code, out, err = qlink(
-        capsys, "inbox", "fetch", tid, "--out", str(out_dir), "--json", "--config", link.config(B)
-    )
+    code, out, err = qlink(capsys, "inbox", "fetch", tid, "--out", str(out_dir), "--json", *link.reading())
     assert code == 0, err
     result = json.loads(out)
     assert result["directory"] == str(out_dir / tid)
@@ -150,8 +156,7 @@ def test_send_study_and_png_deliver_and_fetch_bit_exact(
         results["study"]["transfer_id"],
         "--out",
         str(out_dir),
-        "--config",
-        link.config(B),
+        *link.reading(),
     )
     assert code == 1 and out == ""
     assert "refusing to overwrite" in err
@@ -184,7 +189,7 @@ def test_ehr_send_delivers_and_fetches_bit_exact(
 
     audited = wait_for(arrival, "B's audit record of the arrival")
     stored_at = dt.datetime.fromisoformat(audited["stored_at"]).timestamp()
-    delivered_at = link.b.json("GET", f"/v1/inbox/{tid}")[1]["delivered_at"]
+    delivered_at = link.b_reader.json("GET", f"/v1/inbox/{tid}")[1]["delivered_at"]
     assert delivered_at <= stored_at <= dt.datetime.fromisoformat(audited["ts"]).timestamp()
 
 
@@ -231,9 +236,14 @@ def test_data_endpoints_need_the_token_and_status_does_not(link: Link) -> None:
             assert "bearer token" in answer["message"]
             bare = httpx.request(method, target.url + path, content=body, timeout=10.0)
             assert bare.status_code == 401, (facility, method, path, bare.status_code)
-        # The same daemon answers the holder of the token, and /v1/status needs none.
-        assert target.json("GET", "/v1/inbox")[0] == 200
-        assert target.json("GET", f"/v1/inbox/{unknown}")[0] == 404
+        # The same daemon answers the holder of the token (a user's, for the inbox: the facility token
+        # sends but does not read patient data), and /v1/status needs none.
+        assert target.json("GET", "/v1/transfers")[0] == 200
+        assert target.json("GET", "/v1/inbox")[0] == 403
+        reader = DataTarget(target.url, reader_token(link.deployment, facility))
+        assert reader.json("GET", "/v1/inbox")[0] == 200
+        assert reader.json("GET", f"/v1/inbox/{unknown}")[0] == 404
+        reader.close()
         unauthenticated = httpx.get(target.url + "/v1/status", timeout=10.0)
         assert unauthenticated.status_code == 200 and unauthenticated.json()["facility"] == facility
     assert _outgoing_ids(link) == before
@@ -253,7 +263,7 @@ def test_receiver_killed_mid_study_resumes_and_delivers_exactly_once(
     tid = queued["transfer_id"]
 
     def partly_received() -> int:
-        status, body = link.b.json("GET", "/v1/inbox")
+        status, body = link.b_reader.json("GET", "/v1/inbox")
         entry = next((e for e in body["inbox"] if e["transfer_id"] == tid), None) if status == 200 else None
         if entry is None:
             return 0
@@ -266,7 +276,7 @@ def test_receiver_killed_mid_study_resumes_and_delivers_exactly_once(
     link.group.wait_ready(B, timeout=30.0)
 
     # What B acknowledged before the kill was durable: it never goes back.
-    status, entry = link.b.json("GET", f"/v1/inbox/{tid}")
+    status, entry = link.b_reader.json("GET", f"/v1/inbox/{tid}")
     assert status == 200 and entry["received_bytes"] >= at_kill, (at_kill, entry)
 
     def delivered() -> dict[str, Any] | None:
@@ -275,7 +285,7 @@ def test_receiver_killed_mid_study_resumes_and_delivers_exactly_once(
         return mine[0] if mine and mine[0]["state"] != "queued" else None
 
     assert wait_for(delivered, "A to hear the study was delivered")["state"] == "delivered"
-    records = [e for e in link.b.json("GET", "/v1/inbox")[1]["inbox"] if e["transfer_id"] == tid]
+    records = [e for e in link.b_reader.json("GET", "/v1/inbox")[1]["inbox"] if e["transfer_id"] == tid]
     assert len(records) == 1
     assert (records[0]["state"], records[0]["received_bytes"]) == ("delivered", total)
     assert records[0]["at_rest"] == "cipher-image"

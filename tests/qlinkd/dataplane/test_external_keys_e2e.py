@@ -31,6 +31,7 @@ from qlinkmed.qlinkd.dataplane.send_machine import SenderMachine
 from qlinkmed.qlinkd.ops import pki
 from qlinkmed.qlinkd.testbed.deployment import Deployment
 from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
+from qlinkmed.qlinkd.testbed.readers import reader_token, reader_token_file
 from tests.cli import qlink
 from tests.dicom_factory import make_ct_study
 from tests.paths import DATA
@@ -56,6 +57,7 @@ class Net:
     hospitals: ProcessGroup
     a: DataTarget
     b: DataTarget
+    """B's inbox as its all-data reader sees it."""
 
     @property
     def k(self) -> Deployment:
@@ -67,6 +69,15 @@ class Net:
 
     def config(self, facility: str) -> str:
         return str(self.h.facilities[facility])
+
+    def reading(self, facility: str) -> tuple[str, ...]:
+        """`qlink inbox` flags for `facility`'s all-data reader."""
+        return (
+            "--user-token-file",
+            str(reader_token_file(self.h, facility)),
+            "--config",
+            self.config(facility),
+        )
 
     def audit(self, facility: str) -> list[dict[str, Any]]:
         deployment = self.k if facility in (K1, K2) else self.h
@@ -121,7 +132,8 @@ def net(module_testbeds: Testbeds) -> Iterator[Net]:
     h = module_testbeds.write(facilities=(A, B))
     _use_external_kmes(h, k)
     hospitals = module_testbeds.start(h, A, B)  # no channel service: nothing of theirs needs one
-    a, b = DataTarget(h.local_url(A), _token(h, A)), DataTarget(h.local_url(B), _token(h, B))
+    # B's inbox is read by a user with the testbed's all-data role: the facility token sends only.
+    a, b = DataTarget(h.local_url(A), _token(h, A)), DataTarget(h.local_url(B), reader_token(h, B))
     yield Net(kmes, hospitals, a, b)
     for group in (hospitals, kmes):
         for name, child in group.children.items():
@@ -129,9 +141,7 @@ def net(module_testbeds: Testbeds) -> Iterator[Net]:
 
 
 def _inbox_fetch(net: Net, capsys: pytest.CaptureFixture[str], tid: str, out: Path) -> dict[str, bytes]:
-    code, printed, err = qlink(
-        capsys, "inbox", "fetch", tid, "--out", str(out), "--json", "--config", net.config(B)
-    )
+    code, printed, err = qlink(capsys, "inbox", "fetch", tid, "--out", str(out), "--json", *net.reading(B))
     assert code == 0, err
     return {Path(f["path"]).name: Path(f["path"]).read_bytes() for f in json.loads(printed)["files"]}
 

@@ -29,6 +29,7 @@ from qlinkmed.client.commands.demo import _token
 from qlinkmed.client.data_http import DataTarget
 from qlinkmed.qlinkd.testbed.deployment import Deployment
 from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
+from qlinkmed.qlinkd.testbed.readers import reader_token
 from tests.cli import qlink
 from tests.dicom_factory import PATIENT_ID, make_ct_study
 from tests.paths import REPO
@@ -72,7 +73,7 @@ def _audit(deployment: Deployment, facility: str) -> list[dict[str, Any]]:
 def _urllib(deployment: Deployment, path: str) -> tuple[int, Any]:
     """GET with the standard library's client (independent of the CLI's http.client wrapper)."""
     request = urllib.request.Request(
-        deployment.local_url(B) + path, headers={"Authorization": f"Bearer {_token(deployment, B)}"}
+        deployment.local_url(B) + path, headers={"Authorization": f"Bearer {reader_token(deployment, B)}"}
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
@@ -88,9 +89,11 @@ def _list(capsys: pytest.CaptureFixture[str], config: str, *options: str) -> lis
 
 
 def test_the_inbox_lists_filters_purges_after_fetch_and_never_stores_a_transfer_twice(
-    group: ProcessGroup, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    group: ProcessGroup, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     deployment = group.deployment
+    # B's inbox is read as its all-data reader (the facility token sends only).
+    monkeypatch.setenv("QLINK_USER_TOKEN", reader_token(deployment, B))
     config_a, config_b = str(deployment.facilities[A]), str(deployment.facilities[B])
     study_dir = tmp_path / "study"
     study_dir.mkdir()
