@@ -99,7 +99,7 @@ def test_a_bad_filter_exits_2_naming_its_option_before_any_request(
     token.write_text("x" * 43)
     # Port 9 (discard) on loopback: nothing answers there, so reaching it would be "cannot reach qlinkd".
     code, out, err = qlink(
-        capsys, "inbox", "list", option, value, "--url", "http://127.0.0.1:9", "--token-file", str(token)
+        capsys, "inbox", "list", option, value, "--url", "http://127.0.0.1:9", "--user-token-file", str(token)
     )
     assert code == 2, err
     assert f"qlink inbox list: error: {option}:" in err

@@ -36,6 +36,16 @@ RADIOLOGY = """
 name = "radiology"
 kinds = ["study", "images"]
 peers = ["hospital-a"]
+
+[[access.role]]
+name = "mr-only"
+kinds = ["study"]
+modalities = ["MR"]
+
+[[access.role]]
+name = "lab"
+kinds = ["ehr"]
+message_types = ["ORU^R01"]
 """
 GLASS_MINUTES = 0.15
 """9 s: long enough for one fetch on a busy machine, short enough to watch it expire."""
@@ -258,4 +268,25 @@ def test_adding_a_user_with_an_undefined_role_is_a_usage_error(
 ) -> None:
     code, _, err = qlink(capsys, "user", "add", "nurse1", "--role", "nursing", "--config", site.config_b)
     assert code == 2
-    assert "role 'nursing' is not defined (defined: all-data, radiology)" in err
+    assert "role 'nursing' is not defined (defined: all-data, radiology, mr-only, lab)" in err
+
+
+def test_roles_limited_by_modality_and_message_type_judge_the_summaries_kept_on_arrival(
+    site: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mr = (tmp_path / "mr.token", tmp_path / "lab.token")
+    _add(site, capsys, "mr-reader", mr[0], "mr-only")
+    _add(site, capsys, "lab-reader", mr[1], "lab")
+    mr_token, lab_token = (f.read_text().strip() for f in mr)
+    # The study is CT (its summary says so): the MR-only role does not see it and is told why.
+    listed = _get(site, "/v1/inbox", mr_token).json()
+    assert site.study not in [e["transfer_id"] for e in listed["inbox"]] and listed["hidden"] >= 2
+    refused = _get(site, f"/v1/inbox/{site.study}/files/0", mr_token)
+    assert refused.status_code == 403
+    assert "role mr-only may see studies of modality MR; this study is CT" in refused.json()["reasons"]
+    # The ORU^R01 message (MSH-9 ORU^R01, with or without its structure) is the lab role's.
+    assert [e["transfer_id"] for e in _get(site, "/v1/inbox?kind=ehr", lab_token).json()["inbox"]] == [
+        site.message
+    ]
+    assert _get(site, f"/v1/inbox/{site.message}/files/0", lab_token).status_code == 200
+    assert _get(site, f"/v1/inbox/{site.study}/files/0", lab_token).status_code == 403
