@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from pynetdicom import AE, _config
+from pynetdicom import _config
 
 from qlinkmed.qcore.errors import QlinkError
 from qlinkmed.qlinkd.dataplane.inbox import Inbox
@@ -34,6 +34,7 @@ from qlinkmed.qlinkd.dataplane.manifest import Manifest, TransferKind
 from qlinkmed.qlinkd.dataplane.records import Incoming
 from qlinkmed.qlinkd.dataplane.service import DataPlane
 from qlinkmed.qlinkd.gateways.dicom_config import DicomDestination, DicomGatewayConfig
+from qlinkmed.qlinkd.gateways.dicom_socket import PromptAE
 from qlinkmed.qlinkd.gateways.forwarder import AUDIT_EVENT, Attempt, Forwarder, Verdict
 from qlinkmed.qlinkd.gateways.forwards import Forward, ForwardLedger
 from qlinkmed.qlinkd.ops.audit import AuditLog
@@ -237,7 +238,8 @@ class DicomForwarding:
         return verdict_of(results, associated=True)
 
     def _associate(self, destination: DicomDestination, contexts: dict[tuple[str, str], None]) -> Any:
-        ae = AE(ae_title=self.config.ae_title)
+        # Its socket acknowledges at once: a PACS that splits its response costs no delayed-ACK wait.
+        ae = PromptAE(ae_title=self.config.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.config.timeout_s
         # Without it a PACS host that drops packets holds the attempt for the kernel's TCP timeout.
         ae.connection_timeout = self.config.timeout_s
