@@ -19,7 +19,8 @@ import asyncio
 import logging
 import os
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -80,6 +81,20 @@ def verdict_of(results: Iterable[InstanceResult], *, associated: bool, why: str 
         first = park[0]
         return Attempt(Verdict.PARK, f"instance {first.index}: {first.detail} ({len(park)} refused)")
     return Attempt(Verdict.DELIVERED, "")
+
+
+def _opened_ahead(located: list[tuple[Path | bytes, bytes, str]], pool: Executor) -> Iterator[bytes]:
+    """Each instance's original bytes in study order, the next one read and decrypted in `pool` while the
+    caller sends this one (the decryption takes longer than the C-STORE): at most two instances are held
+    in memory. A copy that fails its check raises when its turn comes, as it would unpipelined."""
+    if not located:
+        return
+    ahead = pool.submit(Inbox.open_located, *located[0])
+    for following in located[1:]:
+        data = ahead.result()
+        ahead = pool.submit(Inbox.open_located, *following)
+        yield data
+    yield ahead.result()
 
 
 def _meta_of(data: bytes) -> tuple[str, str]:
@@ -204,15 +219,16 @@ class DicomForwarding:
         self, destination: DicomDestination, located: list[tuple[Path | bytes, bytes, str]]
     ) -> Attempt:
         """Every instance offered in its own syntax (blocking: a worker thread). Each instance is decrypted
-        once, just before it is sent, so the contexts to propose are learnt as the study is read: the
-        association proposes those seen so far, and an instance of a class or syntax not proposed yet
-        opens the next one (a study of one class and syntax, the usual case, takes one association)."""
+        once, while the one before it is sent (`_opened_ahead`), so the contexts to propose are learnt as
+        the study is read: the association proposes those seen so far, and an instance of a class or
+        syntax not proposed yet opens the next one (a study of one class and syntax, the usual case, takes
+        one association)."""
         assoc: Any = None
         proposed: dict[tuple[str, str], None] = {}
         results: list[InstanceResult] = []
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qlink-dicom-open")
         try:
-            for index, (source, key, sha256) in enumerate(located):
-                data = Inbox.open_located(source, key, sha256)
+            for index, data in enumerate(_opened_ahead(located, pool)):
                 meta = _meta_of(data)
                 if assoc is None or meta not in proposed:
                     if assoc is not None and assoc.is_established:
@@ -229,6 +245,8 @@ class DicomForwarding:
                 if not assoc.is_established:
                     break
         finally:
+            # An instance opened ahead and never sent is dropped (its decryption is waited for, not used).
+            pool.shutdown(wait=True, cancel_futures=True)
             if assoc is not None and assoc.is_established:
                 assoc.release()
         results += [

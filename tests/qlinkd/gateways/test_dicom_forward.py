@@ -1,9 +1,11 @@
 """B's forwarding to a dcmtk `storescp` as the PACS, in this process: the association runs over the
 forwarding socket (qlinkd/gateways/dicom_socket.py: Nagle off, each read acknowledged at once) and a
 study sent through it arrives bit-exact; the socket's reads keep pynetdicom's contract (exactly the bytes
-asked for, across segments; what came before when the peer closes). The socket's effect on time (no
-40 ms delayed-ACK wait an instance) is a figure, not a test: bench/bench_dicom_gateway.py prints it. The
-storescp tests skip when dcmtk is missing (CI installs it)."""
+asked for, across segments; what came before when the peer closes); with each instance decrypted while
+the one before it is sent, a copy that fails its check stops the study at its turn (those before it at
+the PACS, none after it sent) and parks it. The socket's effect on time (no 40 ms delayed-ACK wait an
+instance) is a figure, not a test: bench/bench_dicom_gateway.py prints it. The storescp tests skip when
+dcmtk is missing (CI installs it)."""
 
 from __future__ import annotations
 
@@ -150,3 +152,29 @@ def _sealed(study: list[bytes]) -> list[tuple[Path | bytes, bytes, str]]:
         )
         for i, data in enumerate(study)
     ]
+
+
+@needs_dcmtk
+def test_an_instance_failing_its_check_mid_study_parks_it_at_its_turn(
+    pacs: tuple[int, Path], forwarding: tuple[DicomForwarding, DicomDestination]
+) -> None:
+    out = pacs[1]
+    forwarder, destination = forwarding
+    study = make_ct_study(4, 64, 64, seed=32)
+    located = _sealed(study)
+    source, key, sha256 = located[2]
+    assert isinstance(source, bytes)
+    tampered = bytearray(source)
+    tampered[-1] ^= 0x01  # the storage host altered the third instance
+    located[2] = (bytes(tampered), key, sha256)
+
+    def attempted() -> Any:
+        attempt = forwarder.attempt_study(destination, located)
+        # storescp gives no sign it listens: until it does, an attempt finds no association (RETRY).
+        return attempt if attempt.verdict is not Verdict.RETRY else None
+
+    attempt = wait_for(attempted, "storescp up and the study attempted")
+    assert attempt.verdict is Verdict.PARK, attempt
+    assert "IntegrityError" in attempt.detail, attempt
+    received = sorted(_dataset_bytes(p.read_bytes()) for p in out.iterdir())
+    assert received == sorted(_dataset_bytes(d) for d in study[:2])
