@@ -11,6 +11,10 @@ or configure the PACS). Verdicts (`verdict_of`) are a pure function of the statu
 success and warnings deliver; 0xA7xx (out of resources), no answer or no association retry; other
 failures park. The instances of a study are all offered even when one fails, so the PACS keeps what it
 could take.
+
+Speed (issue 17's benchmark): each instance is decrypted from its at-rest form while the one before it
+is sent, and the association runs over `dicom_socket.PromptSocket`, which acknowledges the PACS's
+segments at once (a PACS that writes its response in two pieces otherwise waits ~40 ms an instance).
 """
 
 from __future__ import annotations
