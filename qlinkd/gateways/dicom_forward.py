@@ -23,6 +23,7 @@ import asyncio
 import logging
 import os
 import ssl
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ GATEWAY = "dicom"
 MAX_CONTEXTS = 128
 """PS3.8: at most 128 presentation contexts in one association request."""
 _WARNINGS = {0xB000, 0xB006, 0xB007}
+REACTOR_PARK_S = 5.0
+"""Longest wait for pynetdicom's reactor to park before a C-STORE (it parks within its 1 ms loop)."""
 RECONCILE_NEWEST = 100
 """How many of the newest inbox entries the start-up reconciliation looks at: a crash leaves at most the
 few arrivals in flight unowed, and a manifest of a large study is tens of kilobytes to parse."""
@@ -99,6 +102,28 @@ def _opened_ahead(located: list[tuple[Path | bytes, bytes, str]], pool: Executor
         ahead = pool.submit(Inbox.open_located, *following)
         yield data
     yield ahead.result()
+
+
+def _park_reactor(assoc: Any, limit_s: float = REACTOR_PARK_S) -> None:
+    """Return once pynetdicom's association reactor thread is blocked on its checkpoint, so it cannot take
+    the coming C-STORE response off the queue.
+
+    pynetdicom 3.0's `send_c_store` clears the checkpoint and waits for a flag the reactor sets *before*
+    it blocks; a reactor that had just been released by the previous C-STORE passes that check while it
+    is still running, takes the next response, drops it as "unexpected", and the send waits out the DIMSE
+    timeout and aborts. With responses back in a few milliseconds and the decrypt-ahead thread taking
+    the GIL, that hit 3 of 19 runs of a 300-instance test under load 10-12 (about one instance in 3,000;
+    the study retried whole after a minute). Here the checkpoint is cleared first and the wait
+    is for the reactor to be among its waiters; a reactor that has ended, or the private names missing in
+    another pynetdicom version, end the wait at once; `limit_s` bounds it whatever happens."""
+    checkpoint = getattr(assoc, "_reactor_checkpoint", None)
+    waiters = getattr(getattr(checkpoint, "_cond", None), "_waiters", None)
+    if checkpoint is None or waiters is None:
+        return
+    checkpoint.clear()
+    deadline = time.monotonic() + limit_s
+    while not waiters and assoc.is_alive() and assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.0002)
 
 
 def _meta_of(data: bytes) -> tuple[str, str]:
@@ -286,6 +311,7 @@ class DicomForwarding:
             return InstanceResult(
                 index, None, f"no presentation context accepted for SOP class {sop_class} in {syntax}", True
             )
+        _park_reactor(assoc)
         # A memory file: the decrypted instance never touches the disk, and pynetdicom reads it by path.
         fd = os.memfd_create("qlink-dicom-forward", os.MFD_CLOEXEC)
         try:
@@ -293,6 +319,12 @@ class DicomForwarding:
             while view:
                 view = view[os.write(fd, view) :]
             status = assoc.send_c_store(Path(f"/proc/self/fd/{fd}"))
+        except RuntimeError:
+            # pynetdicom refuses to send on an association its reactor has just seen end (the PACS went
+            # away after the last check): a lost association, retried, not a study to park.
+            if assoc.is_established:
+                raise
+            return InstanceResult(index, None, "association lost before the C-STORE was sent")
         finally:
             os.close(fd)
         code = getattr(status, "Status", None)
