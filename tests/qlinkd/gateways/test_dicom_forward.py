@@ -3,18 +3,21 @@ forwarding socket (qlinkd/gateways/dicom_socket.py: Nagle off, each read acknowl
 study sent through it arrives bit-exact; the socket's reads keep pynetdicom's contract (exactly the bytes
 asked for, across segments; what came before when the peer closes); with each instance decrypted while
 the one before it is sent, a copy that fails its check stops the study at its turn (those before it at
-the PACS, none after it sent) and parks it. The socket's effect on time (no 40 ms delayed-ACK wait an
-instance) is a figure, not a test: bench/bench_dicom_gateway.py prints it. The storescp tests skip when
-dcmtk is missing (CI installs it)."""
+the PACS, none after it sent) and parks it; a PACS killed mid-study makes the attempt a retry, and the
+next attempt delivers every instance (those the PACS already had are sent again: at least once). The
+socket's effect on time (no 40 ms delayed-ACK wait an instance) is a figure, not a test:
+bench/bench_dicom_gateway.py prints it. The storescp tests skip when dcmtk is missing (CI installs it)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +47,8 @@ needs_dcmtk = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def pacs(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    [port] = free_ports(1)
-    out = tmp_path / "pacs"
+@contextlib.contextmanager
+def _storescp(port: int, out: Path) -> Iterator[subprocess.Popen[bytes]]:
     out.mkdir()
     process = subprocess.Popen(
         ["storescp", "+B", "-aet", "PACS", "-od", str(out), str(port)],
@@ -55,14 +56,23 @@ def pacs(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        yield port, out
+        yield process
     finally:
         process.terminate()
         process.wait(10)
 
 
 @pytest.fixture
-def forwarding(tmp_path: Path, pacs: tuple[int, Path]) -> Iterator[tuple[DicomForwarding, DicomDestination]]:
+def pacs(tmp_path: Path) -> Iterator[tuple[int, Path, subprocess.Popen[bytes]]]:
+    [port] = free_ports(1)
+    with _storescp(port, tmp_path / "pacs") as process:
+        yield port, tmp_path / "pacs", process
+
+
+@pytest.fixture
+def forwarding(
+    tmp_path: Path, pacs: tuple[int, Path, subprocess.Popen[bytes]]
+) -> Iterator[tuple[DicomForwarding, DicomDestination]]:
     """B's forwarding to the PACS, over a real data plane (its inbox is not read here: the test hands
     attempt_study the at-rest copies itself)."""
     port = pacs[0]
@@ -82,7 +92,7 @@ def forwarding(tmp_path: Path, pacs: tuple[int, Path]) -> Iterator[tuple[DicomFo
 
 @needs_dcmtk
 def test_the_forward_association_runs_without_nagle_and_the_study_arrives_bit_exact(
-    pacs: tuple[int, Path], forwarding: tuple[DicomForwarding, DicomDestination]
+    pacs: tuple[int, Path, subprocess.Popen[bytes]], forwarding: tuple[DicomForwarding, DicomDestination]
 ) -> None:
     out = pacs[1]
     forwarder, destination = forwarding
@@ -156,7 +166,7 @@ def _sealed(study: list[bytes]) -> list[tuple[Path | bytes, bytes, str]]:
 
 @needs_dcmtk
 def test_an_instance_failing_its_check_mid_study_parks_it_at_its_turn(
-    pacs: tuple[int, Path], forwarding: tuple[DicomForwarding, DicomDestination]
+    pacs: tuple[int, Path, subprocess.Popen[bytes]], forwarding: tuple[DicomForwarding, DicomDestination]
 ) -> None:
     out = pacs[1]
     forwarder, destination = forwarding
@@ -178,3 +188,41 @@ def test_an_instance_failing_its_check_mid_study_parks_it_at_its_turn(
     assert "IntegrityError" in attempt.detail, attempt
     received = sorted(_dataset_bytes(p.read_bytes()) for p in out.iterdir())
     assert received == sorted(_dataset_bytes(d) for d in study[:2])
+
+
+@needs_dcmtk
+def test_a_pacs_lost_mid_study_is_retried_and_the_next_attempt_delivers_every_instance(
+    tmp_path: Path,
+    pacs: tuple[int, Path, subprocess.Popen[bytes]],
+    forwarding: tuple[DicomForwarding, DicomDestination],
+) -> None:
+    port, out, process = pacs
+    forwarder, destination = forwarding
+    study = make_ct_study(300, 128, 128, seed=33)
+    located = _sealed(study)
+    wait_for(lambda: _listening(port), "storescp listening")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        sending = pool.submit(forwarder.attempt_study, destination, located)
+        wait_for(lambda: len(list(out.iterdir())) >= 3, "the PACS holding the study's first instances")
+        process.kill()  # the PACS host fails mid-study
+        process.wait(10)
+        first = sending.result(timeout=120)
+    assert first.verdict is Verdict.RETRY, first
+    assert "to resend" in first.detail, first
+    assert 3 <= len(list(out.iterdir())) < len(study)
+
+    # The PACS is back (a fresh store): the whole study goes again, those it had included (at least once).
+    again = tmp_path / "pacs-again"
+    with _storescp(port, again):
+        wait_for(lambda: _listening(port), "storescp listening again")
+        second = forwarder.attempt_study(destination, located)
+    assert second.verdict is Verdict.DELIVERED, second
+    received = sorted(_dataset_bytes(p.read_bytes()) for p in again.iterdir())
+    assert received == sorted(_dataset_bytes(d) for d in study)
+
+
+def _listening(port: int) -> bool:
+    # A bare TCP connection: storescp logs a failed association and goes on listening.
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
