@@ -11,6 +11,13 @@ then until B's ledger records the study delivered to the PACS (the data plane fr
 rest, and the C-STORE forward): the end-to-end time the throughput is computed from (study bytes /
 seconds from storescu's start to delivery). Direct: `storescu` -> `storescp` wall time. Every run checks
 that each instance's data set at the PACS is byte for byte the one in the file storescu sent. Needs dcmtk.
+
+Each run also prints the study's three legs from the daemons' own records (A's outgoing `queued_at`, B's
+ledger `added` and `finished`): into A, A -> B at rest, and B's forward to the PACS (with its time an
+instance), and the load average, since the machine may be shared. The direct figure is itself held back
+by the PACS: `storescp` writes each C-STORE response in two pieces with Nagle on, and `storescu` acknowledges
+the first only when its delayed-ACK timer fires (~40 ms an instance on Linux); B's forwarding socket
+acknowledges at once (qlinkd/gateways/dicom_socket.py).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import os
 import shutil
 import socket
 import sqlite3
@@ -127,17 +135,40 @@ def gateway_deployment(
         yield deployment, group
 
 
-def delivered(deployment: Deployment) -> int:
-    path = deployment.root / "state" / d.B / "forwards.sqlite3"
+def _newest(path: Path, query: str) -> tuple[float, ...] | None:
+    """The first row `query` gives from a daemon's SQLite file (read-only), None if there is none yet."""
     if not path.exists():
-        return 0
+        return None
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return int(db.execute("SELECT COUNT(*) FROM forwards WHERE state = 'delivered'").fetchone()[0])
+        row = db.execute(query).fetchone()
+        return None if row is None else tuple(float(v) for v in row)
     except sqlite3.OperationalError:
-        return 0
+        return None
     finally:
         db.close()
+
+
+def delivered(deployment: Deployment) -> int:
+    row = _newest(
+        deployment.root / "state" / d.B / "forwards.sqlite3",
+        "SELECT COUNT(*) FROM forwards WHERE state = 'delivered'",
+    )
+    return 0 if row is None else int(row[0])
+
+
+def phases(deployment: Deployment, started: float) -> tuple[float, float, float]:
+    """The newest study's legs from the daemons' own records (wall-clock seconds): into A until A queued
+    it (storescu, then the association's end closing the study), A -> B until B's inbox held it at rest
+    (A's outbox, the data plane, B's validation and at-rest sealing), and B's forward to the PACS."""
+    state = deployment.root / "state"
+    queued = _newest(state / d.A / "transfers.sqlite3", "SELECT queued_at FROM outgoing ORDER BY seq DESC")
+    forward = _newest(
+        state / d.B / "forwards.sqlite3", "SELECT added, finished FROM forwards ORDER BY seq DESC"
+    )
+    if queued is None or forward is None:
+        raise SystemExit("the daemons' records do not hold the study")
+    return queued[0] - started, forward[0] - queued[0], forward[1] - forward[0]
 
 
 def studies_at_pacs(deployment: Deployment, count: int) -> bool:
@@ -175,7 +206,7 @@ def main() -> None:
         mb = size / 1e6
         print(f"study: {args.instances} instances, {mb:.1f} MB (made in {time.monotonic() - made:.1f} s)")
         scp_port, pacs_port = free_ports(2)
-        direct, gateway, modality = [], [], []
+        direct, gateway, modality, forwards = [], [], [], []
         with gateway_deployment(root / "deploy", scp_port, pacs_port, args.quiet_s) as (deployment, group):
             filling = d.wait_for(functools.partial(rounds_paused, deployment), 1800, "rounds paused")
             print(
@@ -190,16 +221,21 @@ def main() -> None:
                 shutil.rmtree(out)
                 out = root / f"gateway{run}"
                 with storescp(pacs_port, out):
-                    started = time.monotonic()
+                    started, wall = time.monotonic(), time.time()
                     modality.append(storescu("TO_B", scp_port, study))
                     d.wait_for(functools.partial(studies_at_pacs, deployment, run + 1), 600, "at the PACS")
                     gateway.append(time.monotonic() - started)
                 check_bit_exact(expected, out)
                 shutil.rmtree(out)
+                into_a, a_to_b, forward = phases(deployment, wall)
+                forwards.append(forward)
                 peaks = ", ".join(f"{k} {v:.0f} MiB" for k, v in d.peak_rss_mib(group).items())
                 print(
                     f"run {run + 1}: direct {direct[-1]:.2f} s; gateway {gateway[-1]:.2f} s "
-                    f"(storescu done after {modality[-1]:.2f} s); peak RSS so far: {peaks}"
+                    f"(storescu done after {modality[-1]:.2f} s; queued at A after {into_a:.1f} s, "
+                    f"A -> B at rest {a_to_b:.1f} s, forward to the PACS {forward:.1f} s = "
+                    f"{1000 * forward / args.instances:.0f} ms an instance); load {os.getloadavg()[0]:.1f}; "
+                    f"peak RSS so far: {peaks}"
                 )
         med_direct, med_gateway, med_modality = map(statistics.median, (direct, gateway, modality))
         n = args.instances
@@ -212,6 +248,8 @@ def main() -> None:
         gain = 100 * med_direct / med_gateway
         print(f"  storescu -> A -> B -> storescp:     {rate(med_gateway)}  ({gain:.0f} % of direct)")
         print(f"  storescu -> A's SCP (durable at A): {rate(med_modality)}")
+        print(f"  B's forward to the PACS alone:      {rate(statistics.median(forwards))}")
+        print(f"load average (1, 5, 15 min) at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":
