@@ -26,6 +26,21 @@ from qlinkmed.qlinkd.pool.sqlite import open_private_db
 
 
 @functools.lru_cache(maxsize=256)
+def _summary_values(s: InboxSummary) -> tuple[object, ...]:
+    """The summary's columns of inbox_listing, in the table's order (patient_name .. sender)."""
+    return (
+        s.patient_name,
+        s.patient_id,
+        s.accession,
+        s.modalities,
+        s.study_date,
+        s.study_description,
+        s.instances,
+        s.message_type,
+        s.sender,
+    )
+
+
 def _manifest(stored: bytes) -> Manifest:
     # A manifest never changes once stored, and parsing a study's thousand entries takes milliseconds:
     # without the cache every status or inbox call paid that on the event loop that streams the data.
@@ -361,15 +376,7 @@ class TransferRecords:
                 delivered_at,
                 forms,
                 reason,
-                s.patient_name,
-                s.patient_id,
-                s.accession,
-                s.modalities,
-                s.study_date,
-                s.study_description,
-                s.instances,
-                s.message_type,
-                s.sender,
+                *_summary_values(s),
             ),
         )
 
@@ -441,15 +448,7 @@ class TransferRecords:
                     Incoming.DELIVERED.value,
                     now,
                     forms,
-                    s.patient_name,
-                    s.patient_id,
-                    s.accession,
-                    s.modalities,
-                    s.study_date,
-                    s.study_description,
-                    s.instances,
-                    s.message_type,
-                    s.sender,
+                    *_summary_values(s),
                     transfer_id,
                 ),
             )
