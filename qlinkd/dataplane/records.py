@@ -25,7 +25,6 @@ from qlinkmed.qlinkd.errors import StoreError
 from qlinkmed.qlinkd.pool.sqlite import open_private_db
 
 
-@functools.lru_cache(maxsize=256)
 def _summary_values(s: InboxSummary) -> tuple[object, ...]:
     """The summary's columns of inbox_listing, in the table's order (patient_name .. sender)."""
     return (
@@ -41,6 +40,7 @@ def _summary_values(s: InboxSummary) -> tuple[object, ...]:
     )
 
 
+@functools.lru_cache(maxsize=256)
 def _manifest(stored: bytes) -> Manifest:
     # A manifest never changes once stored, and parsing a study's thousand entries takes milliseconds:
     # without the cache every status or inbox call paid that on the event loop that streams the data.
