@@ -24,20 +24,27 @@ from qlinkmed.qlinkd.dataplane.manifest import Manifest
 from qlinkmed.qlinkd.errors import StoreError
 from qlinkmed.qlinkd.pool.sqlite import open_private_db
 
+_SUMMARY_COLUMNS = (
+    "patient_name",
+    "patient_id",
+    "accession",
+    "modalities",
+    "study_date",
+    "study_description",
+    "instances",
+    "message_type",
+    "sender",
+)
+"""The summary's columns of inbox_listing, in the table's order (each an `InboxSummary` field)."""
+
 
 def _summary_values(s: InboxSummary) -> tuple[object, ...]:
-    """The summary's columns of inbox_listing, in the table's order (patient_name .. sender)."""
-    return (
-        s.patient_name,
-        s.patient_id,
-        s.accession,
-        s.modalities,
-        s.study_date,
-        s.study_description,
-        s.instances,
-        s.message_type,
-        s.sender,
-    )
+    return tuple(getattr(s, name) for name in _SUMMARY_COLUMNS)
+
+
+def _summary_of(values: tuple[Any, ...]) -> InboxSummary:
+    """The inverse of `_summary_values`."""
+    return InboxSummary(**dict(zip(_SUMMARY_COLUMNS, values, strict=True)))
 
 
 @functools.lru_cache(maxsize=256)
@@ -574,17 +581,7 @@ def _entry(r: tuple[Any, ...]) -> InboxEntry:
         reason=r[10],
         purged_at=r[11],
         purge_reason=r[12],
-        summary=InboxSummary(
-            patient_name=r[13],
-            patient_id=r[14],
-            accession=r[15],
-            modalities=r[16],
-            study_date=r[17],
-            study_description=r[18],
-            instances=r[19],
-            message_type=r[20],
-            sender=r[21],
-        ),
+        summary=_summary_of(r[13:22]),
     )
 
 

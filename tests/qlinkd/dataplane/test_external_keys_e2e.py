@@ -59,6 +59,16 @@ class Net:
     b: DataTarget
     """B's inbox as its all-data reader sees it."""
 
+    def restart_a(self) -> None:
+        """SIGTERM hospital-a and start it again, so no session keyed before can carry what is sent next."""
+        self.hospitals.kill(A, 15)
+        self.hospitals.start(A)
+        self.hospitals.wait_ready(A)
+
+    def delivered_at_b(self, tid: str) -> bool:
+        code, body = self.b.json("GET", f"/v1/inbox/{tid}")
+        return code == 200 and body.get("state") == "delivered"
+
     @property
     def k(self) -> Deployment:
         return self.kmes.deployment
@@ -213,14 +223,8 @@ def test_study_and_ehr_go_bit_exact_keyed_by_the_external_kmes(
     assert [p["key_source"] for p in k_status["data_plane"]["peers"]] == ["emulated"]
 
 
-def test_with_the_kme_away_a_transfer_waits_queued_then_flows(
-    net: Net, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    net.kmes.kill(K1, 15)  # SIGTERM: kme-1 stops cleanly
-    # A restarts, so no session keyed before the KME went away can carry the message.
-    net.hospitals.kill(A, 15)
-    net.hospitals.start(A)
-    net.hospitals.wait_ready(A)
+def _queue_oru(net: Net, capsys: pytest.CaptureFixture[str]) -> str:
+    """`qlink ehr send --no-wait` of the ORU^R01 from A to B; its transfer id."""
     code, out, err = qlink(
         capsys,
         "ehr",
@@ -234,7 +238,16 @@ def test_with_the_kme_away_a_transfer_waits_queued_then_flows(
         net.config(A),
     )
     assert code == 0, err
-    tid = json.loads(out)["transfer_id"]
+    return str(json.loads(out)["transfer_id"])
+
+
+def test_with_the_kme_away_a_transfer_waits_queued_then_flows(
+    net: Net, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    net.kmes.kill(K1, 15)  # SIGTERM: kme-1 stops cleanly
+    # A restarts, so no session keyed before the KME went away can carry the message.
+    net.restart_a()
+    tid = _queue_oru(net, capsys)
 
     def waiting() -> str | None:
         state = net.status(A)["data_plane"]["senders"][B]
@@ -242,17 +255,13 @@ def test_with_the_kme_away_a_transfer_waits_queued_then_flows(
 
     reason = wait_for(waiting, "A's sender to say it waits for key from kme-1, which it cannot reach")
     assert reason.startswith(f"waiting for key: KME {net.k.kme_url(K1)}")
-    code, transfers = net.a.json("GET", "/v1/transfers")
+    _, transfers = net.a.json("GET", "/v1/transfers")
     assert [t["state"] for t in transfers["transfers"] if t["transfer_id"] == tid] == ["queued"]
 
     net.kmes.start(K1)
     net.kmes.wait_ready(K1)
 
-    def delivered() -> bool:
-        code, body = net.b.json("GET", f"/v1/inbox/{tid}")
-        return code == 200 and body.get("state") == "delivered"
-
-    wait_for(delivered, "the queued message at B once kme-1 is back", timeout=90)
+    wait_for(lambda: net.delivered_at_b(tid), "the queued message at B once kme-1 is back", timeout=90)
     assert _inbox_fetch(net, capsys, tid, tmp_path) == {"oru_r01.hl7": (DATA / "oru_r01.hl7").read_bytes()}
 
 
@@ -294,23 +303,8 @@ def test_a_kme_that_refuses_the_sae_certificate_keeps_the_transfer_queued(
     right_cert, right_key = net.k.pki(sae(A))
     config.write_text(good.replace(str(right_cert), str(wrong_cert)).replace(str(right_key), str(wrong_key)))
     try:
-        net.hospitals.kill(A, 15)
-        net.hospitals.start(A)
-        net.hospitals.wait_ready(A)
-        code, out, err = qlink(
-            capsys,
-            "ehr",
-            "send",
-            "--to",
-            B,
-            str(DATA / "oru_r01.hl7"),
-            "--no-wait",
-            "--json",
-            "--config",
-            net.config(A),
-        )
-        assert code == 0, err
-        tid = json.loads(out)["transfer_id"]
+        net.restart_a()
+        tid = _queue_oru(net, capsys)
 
         def refused() -> str | None:
             state = net.status(A)["data_plane"]["senders"][B]
@@ -318,17 +312,15 @@ def test_a_kme_that_refuses_the_sae_certificate_keeps_the_transfer_queued(
 
         reason = wait_for(refused, "A's sender to report kme-1's refusal")
         assert "the calling SAE is not registered with this KME" in reason
-        code, transfers = net.a.json("GET", "/v1/transfers")
+        _, transfers = net.a.json("GET", "/v1/transfers")
         assert [t["state"] for t in transfers["transfers"] if t["transfer_id"] == tid] == ["queued"]
     finally:
         config.write_text(good)
-        net.hospitals.kill(A, 15)
-        net.hospitals.start(A)
-        net.hospitals.wait_ready(A)
-
-    def delivered() -> bool:
-        code, body = net.b.json("GET", f"/v1/inbox/{tid}")
-        return code == 200 and body.get("state") == "delivered"
+        net.restart_a()
 
     # With its own certificate back, A's queued message goes.
-    wait_for(delivered, "the queued message at B once A presents its own SAE certificate", timeout=90)
+    wait_for(
+        lambda: net.delivered_at_b(tid),
+        "the queued message at B once A presents its own SAE certificate",
+        timeout=90,
+    )
