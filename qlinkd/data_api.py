@@ -441,7 +441,10 @@ def add_data_routes(
             raise _error(
                 web.HTTPInternalServerError, f"the at-rest copy fails its integrity check ({exc})"
             ) from None
-        plane.records.mark_fetched(record.manifest.transfer_id)
+        if index == len(record.manifest.files) - 1:
+            # Fetched means taken whole: `qlink inbox fetch` reads the files in order, so the last one
+            # marks it. Marking on the first read let purge-after-fetch remove a study mid-fetch.
+            plane.records.mark_fetched(record.manifest.transfer_id)
         entry = record.manifest.files[index]
         return web.Response(
             body=data,
