@@ -31,7 +31,7 @@ class InboxConfig:
     """Retention of delivered transfers ([inbox]); every period None: that rule is off."""
 
     purge_after_fetch_s: float | None = None
-    """Purge this long after the transfer was first fetched (0: at the next sweep)."""
+    """Purge this long after the transfer was fetched whole, its last file read (0: at the next sweep)."""
     purge_after_forward_s: float | None = None
     """Purge this long after every gateway destination owed the transfer accepted it. A transfer with a
     forward still pending or parked is never purged by this rule (nor by purge_after_fetch_s)."""
