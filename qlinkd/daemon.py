@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable
 
 from aiohttp import web
 
+from qlinkmed.qlinkd.access.gate_api import SettableClock
+from qlinkmed.qlinkd.access.gate_service import Gate
 from qlinkmed.qlinkd.access.service import Access
 from qlinkmed.qlinkd.content.limits import limits_of
 from qlinkmed.qlinkd.content.worker import ContentValidator
@@ -145,7 +147,12 @@ async def run_daemon(
             validator=validator,
         )
         token = ensure_token(config.state_dir)
-        access = Access.open(config.state_dir, config.access, audit, registry=rt.metrics.registry)
+        gate_clock = SettableClock() if config.gate.test_clock else None
+        clock = gate_clock or time.time
+        access = Access.open(
+            config.state_dir, config.access, audit, registry=rt.metrics.registry, clock=clock
+        )
+        gate = Gate.open(config.gate, audit, roles=access.roles, clock=clock, registry=rt.metrics.registry)
         gateways = Gateways(
             config.gateways,
             state_dir=config.state_dir,
@@ -191,6 +198,8 @@ async def run_daemon(
                     extra=gateways.status_json if config.gateways.any else None,
                     gateways=gateways if config.gateways.any else None,
                     access=access,
+                    gate=gate,
+                    gate_clock=gate_clock,
                 ),
                 config.listen.local,
                 None,

@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from qlinkmed.qlinkd.access.api import active_user, bearer, is_facility_token
+from qlinkmed.qlinkd.access.gate_service import Gate
 from qlinkmed.qlinkd.access.policy import User
 from qlinkmed.qlinkd.access.service import Access, attributes_of, attributes_of_entry
 from qlinkmed.qlinkd.content.limits import too_large
@@ -168,6 +169,7 @@ def add_data_routes(
     token: str,
     validator: ContentValidator,
     access: Access | None = None,
+    gate: Gate | None = None,
 ) -> None:
     limits = validator.limits
 
@@ -195,11 +197,25 @@ def add_data_routes(
     ) -> None:
         if summary is None:
             summary = plane.records.summary(record.manifest.transfer_id)
-        decision = users.check_read(user, attributes_of(record, summary), file=file)
+        data = attributes_of(record, summary)
+        decision = users.check_read(user, data, file=file)
+        outcome = (
+            None
+            if gate is None
+            else gate.check(user, data, volume=record.manifest.total_bytes, allowed_by_roles=decision.allow)
+        )
         if not decision.allow:
-            body = {
+            refusal = {
                 "message": f"user {user.name} may not read this transfer",
                 "reasons": list(decision.reasons),
+            }
+            raise web.HTTPForbidden(text=json.dumps(refusal), content_type="application/json")
+        if outcome is not None and outcome.refused and outcome.assessment is not None:
+            judged = outcome.assessment
+            body: dict[str, object] = {
+                "message": outcome.message,
+                "reasons": list(judged.reasons),
+                "gate": {"decision": judged.decision.value, "score": judged.probability},
             }
             raise web.HTTPForbidden(text=json.dumps(body), content_type="application/json")
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from qlinkmed.qlinkd.access.api import add_access_routes
+from qlinkmed.qlinkd.access.gate_api import SettableClock, add_gate_routes
+from qlinkmed.qlinkd.access.gate_service import Gate
 from qlinkmed.qlinkd.access.service import Access
 from qlinkmed.qlinkd.content.limits import MAX_EHR_BYTES
 from qlinkmed.qlinkd.content.worker import ContentValidator
@@ -142,6 +144,8 @@ def make_local_app(
     validator: ContentValidator | None = None,
     gateways: Gateways | None = None,
     access: Access | None = None,
+    gate: Gate | None = None,
+    gate_clock: SettableClock | None = None,
 ) -> web.Application:
     # EHR messages arrive as one request body; studies stream and are not bounded by this.
     app = web.Application(client_max_size=MAX_EHR_BYTES, middlewares=[client_gone])
@@ -165,6 +169,8 @@ def make_local_app(
             }
         if access is not None:
             body["access"] = access.status_json()
+        if gate is not None:
+            body["gate"] = gate.statistics()
         if extra is not None:
             body.update(extra())
         return web.json_response(body)
@@ -303,7 +309,9 @@ def make_local_app(
     app.router.add_get("/v1/audit/anchors", audit_anchors)
     app.router.add_post("/v1/alarm/ack", alarm_ack)
     if plane is not None and token is not None:
-        add_data_routes(app, plane, token, validator or ContentValidator(), access)
+        add_data_routes(app, plane, token, validator or ContentValidator(), access, gate)
     if access is not None and token is not None:
         add_access_routes(app, access, token)
+    if gate is not None and token is not None:
+        add_gate_routes(app, gate, token, gate_clock)
     return app

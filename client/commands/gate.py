@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from qlinkmed.qcore.intent.evaluate import Summary
 
-EXIT_OK, EXIT_USAGE = 0, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 PAPER_ACCURACY = 0.8902
 QUICK = {"users": 120, "days": 60, "seeds": 1, "steps": 40, "shots": 256, "shots_rows": 200, "bootstrap": 30}
 
@@ -68,6 +68,80 @@ def register(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     ev.add_argument("--quick", action="store_true", help="a small run for tests (120 users, 60 days, 1 seed)")
     ev.set_defaults(run=run_evaluate)
+    sc = sub.add_parser(
+        "scenario",
+        help="20 ordinary users and one insider against the gate on a loopback testbed",
+        description="Start a loopback testbed whose hospital-b enforces the intent gate, replay weeks of "
+        "ordinary requests by 20 users, then let an insider bulk-fetch other departments' studies at night; "
+        "the insider must be stepped up (and, under break-glass, refused) before the bulk leaves, the "
+        "others never, all audited. Exit 0 when every check holds.",
+    )
+    sc.add_argument("--days", type=int, default=30, help="days of history replayed before today (30)")
+    sc.add_argument("--seed", type=int, default=0, help="seed of the simulated behaviour (0)")
+    sc.add_argument(
+        "--deny-at", type=float, default=0.8, help="hospital-b's [gate] deny_at for the scenario (0.8)"
+    )
+    sc.add_argument("--keep", type=Path, metavar="DIR", help="run in DIR (new or empty) and keep it")
+    sc.add_argument("--timeout", type=float, default=120.0, help="seconds allowed for each step (120)")
+    sc.add_argument("--json", action="store_true", help="print the summary as JSON")
+    sc.set_defaults(run=run_scenario)
+
+
+def run_scenario(args: argparse.Namespace) -> int:
+    import tempfile
+
+    if not 1 <= args.days <= 60 or not 0.0 < args.deny_at <= 1.0:
+        print("qlink gate scenario: error: --days must be 1..60 and --deny-at in (0, 1]", file=sys.stderr)
+        return EXIT_USAGE
+    if args.keep is not None:
+        root = args.keep.resolve()
+        if root.exists() and any(root.iterdir()):
+            print(f"qlink gate scenario: error: {args.keep} is not empty", file=sys.stderr)
+            return EXIT_USAGE
+        return _scenario_in(root, args)
+    with tempfile.TemporaryDirectory(prefix="qlink-gate-scenario-") as tmp:
+        return _scenario_in(Path(tmp), args)
+
+
+def _scenario_in(root: Path, args: argparse.Namespace) -> int:
+    from qlinkmed.qlinkd.testbed.deployment import write_loopback_deployment
+    from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
+
+    from ..daemon_http import ApiError
+    from ..gate_scenario import B, Scenario, format_summary, scenario_config
+
+    def say(text: str) -> None:
+        if not args.json:
+            print(text, file=sys.stderr, flush=True)
+
+    deployment = write_loopback_deployment(root / "deployment", pulses_per_round=700_000)
+    config_b = deployment.facilities[B]
+    config_b.write_text(config_b.read_text() + scenario_config(args.deny_at))
+    group = ProcessGroup(deployment)
+    try:
+        group.start_all(timeout=args.timeout)
+        scenario = Scenario(deployment, seed=args.seed, history_days=args.days, timeout=args.timeout, say=say)
+        scenario.wait_for_key()
+        folder = root / "studies"
+        folder.mkdir()
+        started = time.monotonic()
+        scenario.send_studies(folder)
+        say(f"{sum(map(len, scenario.studies.values()))} studies delivered to {B}")
+        scenario.add_people()
+        scenario.replay_history()
+        say(f"{args.days} days of history replayed in {time.monotonic() - started:.1f} s")
+        scenario.ordinary_today()
+        tonight = scenario.insider_tonight()
+        summary = scenario.summary(tonight)
+    except (TimeoutError, RuntimeError, OSError, ApiError) as exc:
+        print(f"qlink gate scenario: {str(exc).splitlines()[0]}", file=sys.stderr)
+        print(f"qlink gate scenario: logs are in {root}/deployment/*.log", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        group.stop_all()
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return EXIT_OK if summary["ok"] else EXIT_FAILURE
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -78,6 +78,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--role", action="append", required=True, metavar="ROLE", help="a role of [[access.role]]"
     )
     add.add_argument(
+        "--department",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a department the user works for (what the intent gate judges requests against); repeatable",
+    )
+    add.add_argument(
         "--user-token-out", type=Path, metavar="FILE", help="write the token here (0600) instead"
     )
     add.set_defaults(run=run_add)
@@ -92,9 +99,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--user-token-out", type=Path, metavar="FILE", help="write the token here (0600) instead"
     )
     rotate.set_defaults(run=run_rotate)
-    assign = sub.add_parser("assign", help='assign a patient to a user (roles with patients = "assigned")')
+    assign = sub.add_parser(
+        "assign",
+        help='assign a patient (roles with patients = "assigned") or a department (the gate) to a user',
+    )
     assign.add_argument("user", metavar="ID")
-    assign.add_argument("--patient", required=True, metavar="PID")
+    what = assign.add_mutually_exclusive_group(required=True)
+    what.add_argument("--patient", metavar="PID")
+    what.add_argument("--department", metavar="NAME")
     assign.add_argument("--unassign", action="store_true", help="remove the assignment instead")
     assign.set_defaults(run=run_assign)
     for command in (add, listing, disable, rotate, assign):
@@ -157,6 +169,7 @@ def format_user(user: dict[str, Any]) -> str:
         glass = f"  BREAK-GLASS until {_when(user['break_glass_until'])}: {user.get('break_glass_reason')}"
     return (
         f"{user['id']}  {user['name']:<16} {user['state']:<8} roles {', '.join(user['roles']) or '-'}"
+        f"  departments {', '.join(user.get('departments') or []) or '-'}"
         f"  patients {user['patients']}  token issued {_when(user['rotated_at'])}{glass}"
     )
 
@@ -195,7 +208,7 @@ def _issued(args: argparse.Namespace, command: str, answer: dict[str, Any]) -> i
 
 
 def run_add(args: argparse.Namespace) -> int:
-    body = {"name": args.name, "roles": args.role, "who": _operator()}
+    body = {"name": args.name, "roles": args.role, "departments": args.department, "who": _operator()}
     code, answer = _call(args, "add", "POST", "/v1/users", body)
     return code if answer is None else _issued(args, "add", answer)
 
@@ -221,8 +234,12 @@ def run_disable(args: argparse.Namespace) -> int:
 
 
 def run_assign(args: argparse.Namespace) -> int:
-    body = {"patient": args.patient, "assigned": not args.unassign, "who": _operator()}
-    code, answer = _call(args, "assign", "POST", _path(args.user, "patients"), body)
+    if args.patient is not None:
+        body = {"patient": args.patient, "assigned": not args.unassign, "who": _operator()}
+        code, answer = _call(args, "assign", "POST", _path(args.user, "patients"), body)
+    else:
+        body = {"department": args.department, "assigned": not args.unassign, "who": _operator()}
+        code, answer = _call(args, "assign", "POST", _path(args.user, "departments"), body)
     if answer is not None:
         print(json.dumps(answer) if args.json else format_user(answer["user"]))
     return code

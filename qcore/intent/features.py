@@ -115,28 +115,30 @@ def user_day_features(
     window: int = 30,
     warmup: int = 0,
     malicious: np.ndarray | None = None,
+    departments: tuple[str, ...] = DEPARTMENTS,
+    work_hours: tuple[float, float] = WORK_HOURS,
 ) -> Features:
     """Features of every user-day with activity, days `warmup` .. `days`-1. `user_ids` must be sorted;
-    `authorised` is (users, len(DEPARTMENTS)). Tables other than ``requests`` may be absent (their
-    features are then 0): the daemon passes only its requests. Records of users not in `user_ids` or
-    outside the period are ignored."""
+    `authorised` is (users, len(departments)). Tables other than ``requests`` may be absent (their
+    features are then 0): the daemon passes only its requests, with its own department names and working
+    hours. Records of users not in `user_ids` or outside the period are ignored."""
     if window < 1:
         raise ConfigError("window", f"must be at least 1 day, got {window}")
     n = len(user_ids)
     grid = _Grid(n, days, start, user_ids)
     req = tables["requests"]
     r_user, r_day, r_hour, r_keep = grid.place(req)
-    # Unknown department names count as unauthorised (index len(DEPARTMENTS), no one's column).
+    # Unknown department names count as unauthorised (index len(departments), no one's column).
     dept_names, inverse = np.unique(np.asarray(req["department"])[r_keep].astype(_TEXT), return_inverse=True)
-    known = {name: i for i, name in enumerate(DEPARTMENTS)}
-    dept = np.array([known.get(str(x), len(DEPARTMENTS)) for x in dept_names], dtype=np.int64)[inverse]
+    known = {name: i for i, name in enumerate(departments)}
+    dept = np.array([known.get(str(x), len(departments)) for x in dept_names], dtype=np.int64)[inverse]
     padded = np.concatenate([authorised, np.zeros((n, 1), dtype=bool)], axis=1)
     unauth = ~padded[r_user, dept]
     requests = grid.count(r_user, r_day)
     unauth_n = grid.count(r_user, r_day, unauth)
     volume = grid.count(r_user, r_day, weight=req["volume"][r_keep].astype(np.float64))
-    night = grid.count(r_user, r_day, _after_hours(r_hour))
-    depts = np.zeros((n, days, len(DEPARTMENTS) + 1), dtype=bool)
+    night = grid.count(r_user, r_day, _after_hours(r_hour, work_hours))
+    depts = np.zeros((n, days, len(departments) + 1), dtype=bool)
     depts[r_user[unauth], r_day[unauth], dept[unauth]] = True
     active = requests > 0
 
@@ -154,7 +156,7 @@ def user_day_features(
     h_night = _window_sum(night, window)
     cols["night_share_delta"] = share - np.divide(h_night, h_req, out=np.zeros_like(h_night), where=h_req > 0)
 
-    active |= _behaviour(cols, tables, grid, own_pc, window)
+    active |= _behaviour(cols, tables, grid, own_pc, window, work_hours)
     names = FULL.names
     rows = active.copy()
     rows[:, :warmup] = False
@@ -201,8 +203,8 @@ class _Grid:
         return flat.astype(np.float64).reshape(self.users, self.days)
 
 
-def _after_hours(hour: np.ndarray) -> np.ndarray:
-    return (hour < WORK_HOURS[0]) | (hour >= WORK_HOURS[1])
+def _after_hours(hour: np.ndarray, work_hours: tuple[float, float]) -> np.ndarray:
+    return (hour < work_hours[0]) | (hour >= work_hours[1])
 
 
 def _window_sum(m: np.ndarray, window: int) -> np.ndarray:
@@ -235,6 +237,7 @@ def _behaviour(
     grid: _Grid,
     own_pc: np.ndarray,
     window: int,
+    work_hours: tuple[float, float],
 ) -> np.ndarray:
     """Adds the CERT behaviour features present in `tables`; returns the user-days active in them."""
     active = np.zeros((grid.users, grid.days), dtype=bool)
@@ -243,7 +246,7 @@ def _behaviour(
         u, d, h, keep = grid.place(t)
         on = np.asarray(t["activity"])[keep].astype(_TEXT) == "Logon"
         logons = grid.count(u, d, on)
-        after = grid.count(u, d, on & _after_hours(h))
+        after = grid.count(u, d, on & _after_hours(h, work_hours))
         h_after, h_days = _window_sum(after, window), _window_sum((logons > 0).astype(np.float64), window)
         mean = np.divide(h_after, h_days, out=np.zeros_like(h_after), where=h_days > 0)
         cols["afterhours_logon_delta"] = after - mean

@@ -2,11 +2,13 @@
 (``state_dir/local-api.token``) and names the OS user who ran the command (`who`), and each act is
 audited. Break-glass is the user's own act, with the user's token.
 
-    POST /v1/users                  {"name", "roles": [...], "who"}     -> 201 {"user", "token"}
+    POST /v1/users                  {"name", "roles": [...], "departments"?: [...], "who"}
+                                                                        -> 201 {"user", "token"}
     GET  /v1/users                                                      -> {"users": [...]}
     POST /v1/users/{id}/disable     {"who"}                             -> {"user"}
     POST /v1/users/{id}/rotate      {"who"}                             -> {"user", "token"}
     POST /v1/users/{id}/patients    {"patient", "assigned": bool, "who"} -> {"user"}
+    POST /v1/users/{id}/departments {"department", "assigned": bool, "who"} -> {"user"}
     POST /v1/break-glass            {"reason", "minutes"?}  (user token) -> {"user"}
 
 A token appears in an answer only to `add` and `rotate`; the store keeps its SHA-256 alone."""
@@ -105,6 +107,17 @@ def add_access_routes(app: web.Application, access: Access, token: str) -> None:
         administrator(request)
         body = await _body(request)
         who, name, roles = _who(body), body.get("name"), body.get("roles")
+        departments = body.get("departments", [])
+        if (
+            not isinstance(departments, list)
+            or not all(isinstance(d, str) for d in departments)
+            or len(departments) > MAX_ROLES
+        ):
+            raise _json_error(
+                web.HTTPBadRequest,
+                f"departments must be a list of at most {MAX_ROLES} department names",
+                "departments",
+            )
         if not isinstance(name, str):
             raise _json_error(web.HTTPBadRequest, "name must be text", "name")
         if (
@@ -116,7 +129,9 @@ def add_access_routes(app: web.Application, access: Access, token: str) -> None:
                 web.HTTPBadRequest, f"roles must be a list of at most {MAX_ROLES} role names", "roles"
             )
         try:
-            user, new = access.add(name, tuple(dict.fromkeys(roles)), by=who)
+            user, new = access.add(
+                name, tuple(dict.fromkeys(roles)), by=who, departments=tuple(dict.fromkeys(departments))
+            )
         except AccessError as exc:
             raise refused(exc) from None
         return web.json_response({"user": user_json(user), "token": new}, status=201)
@@ -157,6 +172,20 @@ def add_access_routes(app: web.Application, access: Access, token: str) -> None:
             raise refused(exc) from None
         return web.json_response({"user": user_json(user)})
 
+    async def assign_department(request: web.Request) -> web.Response:
+        administrator(request)
+        body = await _body(request)
+        who, department, assigned = _who(body), body.get("department"), body.get("assigned", True)
+        if not isinstance(department, str) or not isinstance(assigned, bool):
+            raise _json_error(
+                web.HTTPBadRequest, "department must be text and assigned true or false", "department"
+            )
+        try:
+            user = access.assign_department(request.match_info["user"], department, assigned=assigned, by=who)
+        except AccessError as exc:
+            raise refused(exc) from None
+        return web.json_response({"user": user_json(user)})
+
     async def break_glass(request: web.Request) -> web.Response:
         user = active_user(access, bearer(request))
         body = await _body(request)
@@ -179,4 +208,5 @@ def add_access_routes(app: web.Application, access: Access, token: str) -> None:
     app.router.add_post("/v1/users/{user}/disable", disable_user)
     app.router.add_post("/v1/users/{user}/rotate", rotate_user)
     app.router.add_post("/v1/users/{user}/patients", assign_patient)
+    app.router.add_post("/v1/users/{user}/departments", assign_department)
     app.router.add_post("/v1/break-glass", break_glass)

@@ -33,6 +33,9 @@ class User:
     """When the user's token was last issued (at `add`, then at each `rotate`)."""
     patients: frozenset[str] = frozenset()
     """Patient ids assigned to the user (for roles with ``patients = "assigned"``)."""
+    departments: frozenset[str] = frozenset()
+    """The departments the user works for (`qlink user assign ID --department D`): not a limit on what
+    the roles allow, but what the intent gate judges requests against (AD, RF)."""
     break_glass_until: float | None = None
     break_glass_reason: str | None = None
 
@@ -49,6 +52,7 @@ class User:
             "created_at": self.created_at,
             "rotated_at": self.rotated_at,
             "patients": len(self.patients),
+            "departments": sorted(self.departments),
             "break_glass_until": self.break_glass_until if active else None,
             "break_glass_reason": self.break_glass_reason if active else None,
         }

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from qlinkmed.qlinkd.access.config import AccessConfig
 from qlinkmed.qlinkd.access.policy import DataAttributes, Decision, User, decide
-from qlinkmed.qlinkd.access.store import UserStore
+from qlinkmed.qlinkd.access.store import DEPARTMENT, UserStore
 from qlinkmed.qlinkd.content.summary import MODALITY_SEPARATOR, InboxSummary
 from qlinkmed.qlinkd.dataplane.manifest import TransferKind
 from qlinkmed.qlinkd.dataplane.records import InboxEntry, IncomingRecord
@@ -165,10 +165,24 @@ class Access:
                 defined = ", ".join(self.roles) or "none: add [[access.role]] to the configuration"
                 raise AccessError(f"role {role!r} is not defined (defined: {defined})", field="roles")
 
-    def add(self, name: str, roles: tuple[str, ...], *, by: str) -> tuple[User, str]:
+    def add(
+        self, name: str, roles: tuple[str, ...], *, by: str, departments: tuple[str, ...] = ()
+    ) -> tuple[User, str]:
         self._check_roles(roles)
+        for department in departments:
+            if not DEPARTMENT.fullmatch(department):
+                raise AccessError("a department is 1..64 printable characters", field="departments")
         user, token = self.store.add(name, roles, self.clock())
-        self.audit.record("user_added", user=user.id, name=user.name, roles=list(roles), by=by)
+        for department in departments:
+            user = self.store.assign_department(user.id, department)
+        self.audit.record(
+            "user_added",
+            user=user.id,
+            name=user.name,
+            roles=list(roles),
+            departments=list(departments),
+            by=by,
+        )
         return user, token
 
     def disable(self, user_id: str, *, by: str) -> User:
@@ -185,6 +199,12 @@ class Access:
         user = self.store.assign(user_id, patient, assigned=assigned)
         event = "user_patient_assigned" if assigned else "user_patient_unassigned"
         self.audit.record(event, user=user.id, patient=patient, by=by)
+        return user
+
+    def assign_department(self, user_id: str, department: str, *, assigned: bool, by: str) -> User:
+        user = self.store.assign_department(user_id, department, assigned=assigned)
+        event = "user_department_assigned" if assigned else "user_department_unassigned"
+        self.audit.record(event, user=user.id, department=department, by=by)
         return user
 
     # ------------------------------------------------------------------ break-glass (the user's token)

@@ -24,6 +24,8 @@ USERS_FILE = "users.sqlite3"
 TOKEN_BYTES = 32
 USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 PATIENT_ID = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
+DEPARTMENT = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
+"""A department's name as the facility's [departments] configuration spells it."""
 """A patient id (HL7 PID-3, DICOM PatientID (0010,0020): at most 64 characters), printable."""
 
 _SCHEMA = """
@@ -42,6 +44,11 @@ CREATE TABLE IF NOT EXISTS patients (
     user_id TEXT NOT NULL REFERENCES users(id),
     patient TEXT NOT NULL,
     PRIMARY KEY (user_id, patient)
+);
+CREATE TABLE IF NOT EXISTS user_departments (
+    user_id TEXT NOT NULL REFERENCES users(id),
+    department TEXT NOT NULL,
+    PRIMARY KEY (user_id, department)
 );
 """
 _COLUMNS = "id, name, roles, state, created_at, rotated_at, break_glass_until, break_glass_reason"
@@ -77,6 +84,10 @@ class UserStore:
         patients = frozenset(
             p for (p,) in self._db.execute("SELECT patient FROM patients WHERE user_id = ?", (uid,))
         )
+        departments = frozenset(
+            d
+            for (d,) in self._db.execute("SELECT department FROM user_departments WHERE user_id = ?", (uid,))
+        )
         return User(
             id=str(uid),
             name=str(name),
@@ -85,6 +96,7 @@ class UserStore:
             created_at=float(created),
             rotated_at=float(rotated),
             patients=patients,
+            departments=departments,
             break_glass_until=None if until is None else float(until),
             break_glass_reason=None if reason is None else str(reason),
         )
@@ -157,6 +169,18 @@ class UserStore:
             self._db.execute("INSERT OR IGNORE INTO patients VALUES (?, ?)", (user.id, patient))
         else:
             self._db.execute("DELETE FROM patients WHERE user_id = ? AND patient = ?", (user.id, patient))
+        return self.get(user.id)
+
+    def assign_department(self, user_id: str, department: str, *, assigned: bool = True) -> User:
+        if not DEPARTMENT.fullmatch(department):
+            raise AccessError("a department is 1..64 printable characters", field="department")
+        user = self.get(user_id)
+        if assigned:
+            self._db.execute("INSERT OR IGNORE INTO user_departments VALUES (?, ?)", (user.id, department))
+        else:
+            self._db.execute(
+                "DELETE FROM user_departments WHERE user_id = ? AND department = ?", (user.id, department)
+            )
         return self.get(user.id)
 
     def grant_break_glass(self, user_id: str, until: float, reason: str) -> User:

@@ -325,6 +325,16 @@ def _records_with(path: Path, needle: bytes, *, backward: bool) -> Iterator[dict
                 yield record
 
 
+def records_of(path: Path, event: str) -> Iterator[dict[str, Any]]:
+    """Every record of `event` in the log at `path`, oldest first (none when there is no log yet)."""
+    if not Path(path).exists():
+        return
+    needle = f'"event":"{event}"'.encode()
+    for record in _records_with(path, needle, backward=False):
+        if record.get("event") == event:
+            yield record
+
+
 def _peer_head(record: dict[str, Any]) -> AuditHead | None:
     seq, digest = record.get("head_seq"), record.get("head_digest")
     if record.get("event") != PEER_HEAD or not isinstance(seq, int) or not isinstance(digest, str):

@@ -23,6 +23,7 @@ from qlinkmed.qcore.constants import FACILITY_ID_PATTERN, QBER_TOLERANCE, is_fac
 from qlinkmed.qcore.params import CascadeKind, DistillConfig, E91Security, ProtocolKind
 from qlinkmed.qcore.security import DEFAULT_EPS_COR, DEFAULT_EPS_SEC
 from qlinkmed.qlinkd.access.config import AccessConfig, access_section
+from qlinkmed.qlinkd.access.gate_config import GateConfig, gate_section
 from qlinkmed.qlinkd.errors import ConfigError, PkiError
 from qlinkmed.qlinkd.gateways.config import GatewaysConfig, gateways_section
 from qlinkmed.qlinkd.link.events import MAX_ROUNDS_IN_FLIGHT
@@ -405,6 +406,8 @@ class FacilityConfig:
     """Retention of delivered transfers (``[inbox]``); off by default."""
     access: AccessConfig = field(default_factory=AccessConfig)
     """The roles users may hold and the limits of break-glass (``[access]``, ``access/config.py``)."""
+    gate: GateConfig = field(default_factory=GateConfig)
+    """The request-intention gate on inbox fetches (``[gate]``, ``access/gate_config.py``)."""
 
     def peer(self, peer_id: str) -> PeerConfig:
         """The peer called `peer_id`; KeyError if there is none."""
@@ -734,6 +737,7 @@ def load_facility_config(path: Path) -> FacilityConfig:
     gateways = gateways_section(root, with_data | {p.id: p.data_address is not None for p in external})
     inbox = inbox_section(root)
     access = access_section(root, tuple(p.id for p in peers) + tuple(p.id for p in external))
+    gate = gate_section(root)
     root.finish()
     return FacilityConfig(
         source=Path(path),
@@ -753,6 +757,7 @@ def load_facility_config(path: Path) -> FacilityConfig:
         external_peers=tuple(external),
         inbox=inbox,
         access=access,
+        gate=gate,
     )
 
 
