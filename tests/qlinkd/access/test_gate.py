@@ -139,7 +139,7 @@ def _user(**kw: object) -> User:
     return User(**fields)  # type: ignore[arg-type]
 
 
-def _data(k: int, department: str) -> DataAttributes:
+def _data(k: int | str, department: str) -> DataAttributes:
     return DataAttributes(
         transfer_id=f"t{k}", kind=TransferKind.STUDY, peer="hospital-a", department=department
     )
