@@ -253,7 +253,31 @@ def format_status(status: dict[str, Any], key_sizes: dict[str, int] | None = Non
         lines.append("")
         lines.extend(format_gateways(gateways))
     lines.extend(format_break_glass(status.get("access")))
+    lines.extend(format_gate(status.get("gate")))
     return "\n".join(lines)
+
+
+def format_gate(gate: object) -> list[str]:
+    """The intent gate: its mode and thresholds, what it decided so far and what a decision costs."""
+    if not isinstance(gate, dict):
+        return []
+    counts = gate.get("decisions", {})
+    scored = sum(counts.values()) if isinstance(counts, dict) else 0
+    lines = [
+        "",
+        f"gate         {gate['mode']}: step-up from {gate['step_up_at']:.2f},"
+        f" refusal from {gate['deny_at']:.2f} ({gate['model']}, {gate['window_days']} days of history)",
+        f"  decided    {scored} requests: {counts.get('allow', 0)} allowed,"
+        f" {counts.get('step-up', 0)} step-up, {counts.get('deny', 0)} deny",
+    ]
+    latency = gate.get("latency", {})
+    if isinstance(latency, dict) and latency.get("samples"):
+        lines.append(
+            f"  latency    p50 {latency['p50_ms']:.2f} ms, p99 {latency['p99_ms']:.2f} ms per request"
+        )
+    if gate.get("test_clock"):
+        lines.append("  TEST CLOCK the gate's time can be set through the API: a testbed, never production")
+    return lines
 
 
 def format_break_glass(access: object) -> list[str]:

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from qlinkmed.qlinkd.access.gate_service import GateMetrics
+from qlinkmed.qlinkd.access.service import AccessMetrics
 from qlinkmed.qlinkd.ops.metrics import LinkMetrics
 from tests.paths import REPO
 
@@ -57,6 +59,9 @@ def _exported() -> set[str]:
     """Every series name a facility daemon's registry can expose, with the suffixes of each type."""
     registry = CollectorRegistry()
     LinkMetrics(registry)
+    # The access layer registers its own: break-glass and the intent gate.
+    AccessMetrics(registry, lambda: 0)
+    GateMetrics(registry)
     suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_count", "_sum")}
     return {m.name + s for m in registry.collect() for s in suffixes[m.type]}
 
