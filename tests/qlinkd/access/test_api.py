@@ -114,3 +114,41 @@ async def test_break_glass_needs_the_users_token_and_a_reason_and_a_period_in_ra
     granted = await client.post("/v1/break-glass", json={"reason": "ED trauma", "minutes": 5}, headers=mine)
     assert granted.status == 200
     assert (await granted.json())["user"]["break_glass_reason"] == "ED trauma"
+
+
+@pytest.mark.asyncio
+async def test_departments_are_given_at_add_and_assigned_or_removed_later(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    answer = await client.post(
+        "/v1/users",
+        json={"name": "carol", "roles": ["radiology"], "departments": ["Radiology"], "who": "root"},
+        headers=ADMIN,
+    )
+    assert answer.status == 201
+    user = (await answer.json())["user"]
+    assert user["departments"] == ["Radiology"]
+    path = f"/v1/users/{user['id']}/departments"
+    added = await client.post(path, json={"department": "Cardiology", "who": "root"}, headers=ADMIN)
+    assert (await added.json())["user"]["departments"] == ["Cardiology", "Radiology"]
+    removed = await client.post(
+        path, json={"department": "Radiology", "assigned": False, "who": "root"}, headers=ADMIN
+    )
+    assert (await removed.json())["user"]["departments"] == ["Cardiology"]
+    for body, words in (
+        ({"department": "", "who": "root"}, "a department is 1..64 printable characters"),
+        ({"department": 5, "who": "root"}, "department must be text"),
+        ({"department": "x\x07", "who": "root"}, "a department is 1..64 printable characters"),
+    ):
+        refused = await client.post(path, json=body, headers=ADMIN)
+        assert refused.status == 400 and words in (await refused.json())["message"], body
+    bad_list = await client.post(
+        "/v1/users",
+        json={"name": "dan", "roles": ["radiology"], "departments": "x", "who": "r"},
+        headers=ADMIN,
+    )
+    assert bad_list.status == 400 and (await bad_list.json())["field"] == "departments"
+    listed = await client.get("/v1/users", headers=ADMIN)
+    assert [u["name"] for u in (await listed.json())["users"]] == ["carol"]
+    unauthorised = await client.post(path, json={"department": "Oncology", "who": "root"})
+    assert unauthorised.status == 401
