@@ -23,10 +23,12 @@ from qlinkmed.qcore.constants import FACILITY_ID_PATTERN, QBER_TOLERANCE, is_fac
 from qlinkmed.qcore.params import CascadeKind, DistillConfig, E91Security, ProtocolKind
 from qlinkmed.qcore.security import DEFAULT_EPS_COR, DEFAULT_EPS_SEC
 from qlinkmed.qlinkd.access.config import AccessConfig, access_section
+from qlinkmed.qlinkd.access.departments import DepartmentRules
 from qlinkmed.qlinkd.errors import ConfigError, PkiError
 from qlinkmed.qlinkd.gateways.config import GatewaysConfig, gateways_section
 from qlinkmed.qlinkd.link.events import MAX_ROUNDS_IN_FLIGHT
 from qlinkmed.qlinkd.ops.decoy_source import DecoyOverrides, DecoyPlan, plan_decoy
+from qlinkmed.qlinkd.ops.departments_config import check_role_departments, departments_section
 from qlinkmed.qlinkd.ops.inbox_config import InboxConfig, inbox_section
 from qlinkmed.qlinkd.ops.toml_reader import Address, Table, build, check, read_toml
 
@@ -405,6 +407,9 @@ class FacilityConfig:
     """Retention of delivered transfers (``[inbox]``); off by default."""
     access: AccessConfig = field(default_factory=AccessConfig)
     """The roles users may hold and the limits of break-glass (``[access]``, ``access/config.py``)."""
+    departments: DepartmentRules | None = None
+    """How an arrival's department is named (``[departments]``, ``ops/departments_config.py``); None:
+    arrivals name no department."""
 
     def peer(self, peer_id: str) -> PeerConfig:
         """The peer called `peer_id`; KeyError if there is none."""
@@ -733,7 +738,10 @@ def load_facility_config(path: Path) -> FacilityConfig:
     with_data = {p.id: p.data_address is not None for p in peers}
     gateways = gateways_section(root, with_data | {p.id: p.data_address is not None for p in external})
     inbox = inbox_section(root)
-    access = access_section(root, tuple(p.id for p in peers) + tuple(p.id for p in external))
+    peer_ids = tuple(p.id for p in peers) + tuple(p.id for p in external)
+    access = access_section(root, peer_ids)
+    departments = departments_section(root, peer_ids)
+    check_role_departments(access, departments)
     root.finish()
     return FacilityConfig(
         source=Path(path),
@@ -753,6 +761,7 @@ def load_facility_config(path: Path) -> FacilityConfig:
         external_peers=tuple(external),
         inbox=inbox,
         access=access,
+        departments=departments,
     )
 
 
