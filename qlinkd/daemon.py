@@ -143,6 +143,7 @@ async def run_daemon(
             pq_hybrid=[p.id for p in config.peers if p.pq_hybrid]
             + [p.id for p in config.external_peers if p.pq_hybrid],
             validator=validator,
+            departments=config.departments,
         )
         token = ensure_token(config.state_dir)
         access = Access.open(config.state_dir, config.access, audit, registry=rt.metrics.registry)
