@@ -3,15 +3,19 @@ field, and every department a role names checked against what the rules can prod
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from qlinkmed.qlinkd.access.config import access_section
-from qlinkmed.qlinkd.access.departments import DepartmentRule, DepartmentRules
+from qlinkmed.qlinkd.access.departments import Arrival, DepartmentRule, DepartmentRules
 from qlinkmed.qlinkd.errors import ConfigError
+from qlinkmed.qlinkd.ops.config import load_facility_config
 from qlinkmed.qlinkd.ops.departments_config import check_role_departments, departments_section
+from qlinkmed.qlinkd.ops.pki import write_demo_pki
 from qlinkmed.qlinkd.ops.toml_reader import read_toml
+from tests.examples import EXAMPLES
 
 PEERS = ("hospital-a", "hospital-c")
 
@@ -176,3 +180,22 @@ def test_every_mistake_names_its_field(tmp_path: Path, text: str, field: str, sa
         parse(tmp_path, text)
     assert info.value.field == field, info.value
     assert says in info.value.message
+
+
+def test_the_shipped_examples_name_departments_and_a_role_limited_to_one(tmp_path: Path) -> None:
+    write_demo_pki(tmp_path / "pki", ["hospital-a", "hospital-b"], ["pacs-a", "ehr-a", "pacs-b"])
+    (tmp_path / "psk").mkdir()
+    (tmp_path / "psk" / "hospital-a--hospital-b.key").write_bytes(bytes(range(256)) * 4)
+    for name in ("hospital-a", "hospital-b"):
+        shutil.copy(EXAMPLES / f"{name}.toml", tmp_path / f"{name}.toml")
+        config = load_facility_config(tmp_path / f"{name}.toml")
+        rules = config.departments
+        assert rules is not None and rules.default == "Radiology"
+        peer = "hospital-b" if name == "hospital-a" else "hospital-a"
+        assert rules.department_of(Arrival(peer=peer, dicom_departments=("Cardiology",))) == "Cardiology"
+        assert rules.department_of(Arrival(peer=peer, modalities=("CT", "XA"))) == "Cardiology"
+        assert rules.department_of(Arrival(peer=peer, receiving_application="lis")) == "Laboratory"
+        assert rules.department_of(Arrival(peer="hospital-z", receiving_application="lis")) == "Radiology"
+        assert rules.department_of(Arrival(peer=peer, message_type="ADT^A08")) == "Wards"
+        assert rules.department_of(Arrival(peer=peer, modalities=("CT",))) == "Radiology"
+        assert config.access.role_map()["cardiology"].departments == ("Cardiology",)
