@@ -12,7 +12,7 @@ compared exactly, as the roles compare them. Pure: no I/O, same inputs, same dep
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def fold(text: str) -> str:
@@ -22,17 +22,18 @@ def fold(text: str) -> str:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Arrival:
-    """What the rules judge of one transfer (from its files' `ContentInfo`s)."""
+    """What the rules judge of one transfer (from its files' `ContentInfo`s). The peer's texts are kept
+    out of repr, as `ContentInfo` keeps them: what a peer writes is never logged."""
 
     peer: str
     """The facility that sent it."""
-    dicom_departments: tuple[str, ...] = ()
+    dicom_departments: tuple[str, ...] = field(default=(), repr=False)
     """Every distinct (0008,1040), or (0032,1033) where absent, its DICOM objects name."""
     modalities: tuple[str, ...] = ()
     """A study's distinct modalities."""
-    receiving_application: str | None = None
+    receiving_application: str | None = field(default=None, repr=False)
     """HL7 v2 MSH-5, first component."""
-    hospital_service: str | None = None
+    hospital_service: str | None = field(default=None, repr=False)
     """HL7 v2 PV1-10, first component."""
     message_type: str | None = None
     """HL7 v2 MSH-9's code and trigger event ("ORU^R01"), or a FHIR resourceType."""

@@ -65,3 +65,14 @@ def test_without_a_default_an_arrival_no_rule_names_names_no_department() -> Non
 
 def test_the_names_it_can_produce_are_each_listed_once_in_order() -> None:
     assert RULES.names() == ("Paediatric cardiology", "Cardiology", "Laboratory", "Wards", "Radiology")
+
+
+def test_what_the_peer_wrote_stays_out_of_repr() -> None:
+    arrival = Arrival(
+        peer="hospital-a",
+        dicom_departments=("CARDIO-X",),
+        receiving_application="LIS-X",
+        hospital_service="MED-X",
+    )
+    assert "hospital-a" in repr(arrival)
+    assert not any(text in repr(arrival) for text in ("CARDIO-X", "LIS-X", "MED-X"))
