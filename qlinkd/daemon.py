@@ -145,6 +145,7 @@ async def run_daemon(
             pq_hybrid=[p.id for p in config.peers if p.pq_hybrid]
             + [p.id for p in config.external_peers if p.pq_hybrid],
             validator=validator,
+            departments=config.departments,
         )
         token = ensure_token(config.state_dir)
         gate_clock = SettableClock() if config.gate.test_clock else None

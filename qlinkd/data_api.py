@@ -87,7 +87,19 @@ def _outgoing_json(record: OutgoingRecord) -> dict[str, Any]:
     }
 
 
-_FILTERS = ("patient", "accession", "modality", "kind", "peer", "since", "until", "unfetched", "id", "limit")
+_FILTERS = (
+    "patient",
+    "accession",
+    "modality",
+    "kind",
+    "peer",
+    "department",
+    "since",
+    "until",
+    "unfetched",
+    "id",
+    "limit",
+)
 """GET /v1/inbox's query parameters (`dataplane.inbox_filter`)."""
 
 
@@ -103,6 +115,7 @@ def _summary_json(summary: InboxSummary | None) -> dict[str, Any]:
         "instances": s.instances,
         "message_type": s.message_type,
         "sender": s.sender,
+        "department": s.department,
     }
 
 

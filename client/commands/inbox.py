@@ -13,10 +13,11 @@ start of its ID (the listing shows eight characters) when no other transfer star
 
 `list` shows, per transfer, who sent it and when, the patient (name and ID), and for a study its
 accession number, modalities, study date, description and instance count, for an EHR message its type
-(HL7 MSH-9, FHIR resourceType and Bundle type) and sender (HL7 MSH-3@MSH-4). The daemon extracted these
-once, on arrival; filters (--patient, --accession, --modality, --kind, --peer, --since, --until,
---unfetched, --limit) are applied by its database. The text table fits 100 columns (long values are cut
-with "…"); --json has every field in full."""
+(HL7 MSH-9, FHIR resourceType and Bundle type) and sender (HL7 MSH-3@MSH-4), and the department the
+facility's `[departments]` rules named (a DEPT column when any row has one). The daemon extracted these
+once, on arrival; filters (--patient, --accession, --modality, --kind, --peer, --department, --since,
+--until, --unfetched, --limit) are applied by its database. The text table fits 100 columns (long values
+are cut with "…"); --json has every field in full."""
 
 from __future__ import annotations
 
@@ -39,7 +40,17 @@ from ..progress import Progress
 from .user import add_user_token, user_target
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-_FILTER_OPTIONS = ("patient", "accession", "modality", "kind", "peer", "since", "until", "limit")
+_FILTER_OPTIONS = (
+    "patient",
+    "accession",
+    "modality",
+    "kind",
+    "peer",
+    "department",
+    "since",
+    "until",
+    "limit",
+)
 _SAFE_EXTENSION_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 
 
@@ -58,6 +69,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     listing.add_argument("--modality", metavar="CODE", help="studies with this modality (CT, MR...)")
     listing.add_argument("--kind", metavar="KIND", help="study | images | ehr")
     listing.add_argument("--peer", metavar="FACILITY", help="sent by this facility")
+    listing.add_argument(
+        "--department", metavar="NAME", help="for this department ([departments]), exactly but in any case"
+    )
     listing.add_argument(
         "--since",
         metavar="WHEN",
@@ -105,17 +119,26 @@ def cut(text: str | None, width: int) -> str:
 
 _COLUMNS = (("ID", 8), ("ARRIVED", 11), ("FROM", 10), ("PATIENT", 24), ("ACCESSION", 10), ("DETAIL", 18))
 """The text table: (heading, width), then N (4, right-aligned) and STATE; 100 columns in all."""
-_PATIENT_WIDTH = 24
+_WITH_DEPARTMENT = (
+    ("ID", 8),
+    ("ARRIVED", 11),
+    ("FROM", 10),
+    ("DEPT", 10),
+    ("PATIENT", 19),
+    ("ACCESSION", 10),
+    ("DETAIL", 12),
+)
+"""The same with the department, when any row names one: the patient and detail give up its room."""
 
 
-def _patient(row: dict[str, Any]) -> str | None:
+def _patient(row: dict[str, Any], width: int) -> str | None:
     name, pid = row.get("patient_name"), row.get("patient_id")
     if name and pid:
         # The ID is what identifies the patient: a long name is cut first, the ID only when it is long.
-        room = _PATIENT_WIDTH - len(pid) - 3
+        room = width - len(pid) - 3
         if room >= 4:
             return f"{cut(name, room)} ({pid})"
-        return f"{cut(name, 6)} ({cut(pid, _PATIENT_WIDTH - 6 - 3)})"
+        return f"{cut(name, 6)} ({cut(pid, width - 6 - 3)})"
     return name or pid
 
 
@@ -156,7 +179,9 @@ def format_inbox(body: dict[str, Any]) -> str:
         return format_inbox({**body, "hidden": 0}) + f"\n  {hidden} more hidden: your roles do not allow them"
     if not rows:
         return f"inbox of {body.get('facility')}: nothing matches"
-    head = " ".join(f"{h:<{w}}" for h, w in _COLUMNS) + f" {'N':>4} STATE"
+    columns = _WITH_DEPARTMENT if any(r.get("department") for r in rows) else _COLUMNS
+    width = dict(columns)
+    head = " ".join(f"{h:<{w}}" for h, w in columns) + f" {'N':>4} STATE"
     lines = [f"inbox of {body.get('facility')}: {len(rows)} transfer(s), newest first", head]
     for r in rows:
         arrived = r.get("delivered_at") or r.get("started_at")
@@ -167,14 +192,16 @@ def format_inbox(body: dict[str, Any]) -> str:
             str(r["transfer_id"])[:8],
             stamp,
             cut(r.get("from"), 10),
-            cut(_patient(r), _PATIENT_WIDTH),
+            *([cut(r.get("department"), width["DEPT"])] if "DEPT" in width else []),
+            cut(_patient(r, width["PATIENT"]), width["PATIENT"]),
             cut(accession, 10),
-            cut(_detail(r), 18),
+            cut(_detail(r), width["DETAIL"]),
         ]
-        widths = [w for _, w in _COLUMNS]
+        widths = [w for _, w in columns]
         if r.get("kind") != "study":  # no accession number: the detail takes its place too
-            cells[4:] = [cut(_detail(r), 10 + 1 + 18)]
-            widths[4:] = [10 + 1 + 18]
+            both = width["ACCESSION"] + 1 + width["DETAIL"]
+            cells[-2:] = [cut(_detail(r), both)]
+            widths[-2:] = [both]
         line = " ".join(f"{c:<{w}}" for c, w in zip(cells, widths, strict=True))
         lines.append(f"{line} {count if count is not None else '-':>4} {_state(r)}")
     return "\n".join(lines)

@@ -36,19 +36,20 @@ def _message_type(written: str | None) -> str | None:
 
 def attributes_of(record: IncomingRecord, summary: InboxSummary | None) -> DataAttributes:
     """What the policy judges of an inbox entry: its manifest and the summary stored on arrival
-    (modalities, message type, patient). No department is recorded yet, so a role limited to departments
-    refuses every transfer (the safe default), saying so."""
+    (modalities, message type, patient, and the department the facility's `[departments]` named; a
+    transfer that names none is refused by a role limited to departments, which says so)."""
     known = summary or InboxSummary()
     return DataAttributes.from_manifest(
         record.manifest,
         modalities=tuple(known.modalities.split(MODALITY_SEPARATOR)) if known.modalities else (),
         message_type=_message_type(known.message_type),
         patient_id=known.patient_id,
+        department=known.department,
     )
 
 
 def attributes_of_entry(entry: InboxEntry) -> DataAttributes:
-    """The same for a row of the inbox listing (no manifest read)."""
+    """The same for a row of the inbox listing (no manifest read), department included."""
     known = entry.summary
     return DataAttributes(
         transfer_id=entry.transfer_id,
@@ -57,6 +58,7 @@ def attributes_of_entry(entry: InboxEntry) -> DataAttributes:
         modalities=tuple(known.modalities.split(MODALITY_SEPARATOR)) if known.modalities else (),
         message_type=_message_type(known.message_type),
         patient_id=known.patient_id,
+        department=known.department,
     )
 
 

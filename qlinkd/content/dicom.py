@@ -36,6 +36,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import (
     UID,
@@ -137,6 +138,7 @@ def validate_dicom(
         accession_number=_text(ds, "AccessionNumber"),
         study_date=_text(ds, "StudyDate"),
         study_description=_text(ds, "StudyDescription"),
+        dicom_department=_department(ds),
         kind=ContentKind.DICOM,
         size=len(data),
         sha256=digest,
@@ -210,6 +212,22 @@ def _text(ds: Dataset, keyword: str) -> str | None:
     except Exception:
         return None
     return text or None
+
+
+def _department(ds: Dataset) -> str | None:
+    """InstitutionalDepartmentName (0008,1040), else RequestingService (0032,1033): the first value of
+    either (both are VM 1, but a peer may write several, which pydicom reads as a list)."""
+    for keyword in ("InstitutionalDepartmentName", "RequestingService"):
+        try:
+            value = ds.get(keyword)
+            if isinstance(value, MultiValue):
+                value = value[0] if value else None
+            text = "" if value is None else str(value).strip()
+        except Exception:
+            continue
+        if text:
+            return text
+    return None
 
 
 def _int_attribute(name: str, ds: Dataset, keyword: str) -> int | None:

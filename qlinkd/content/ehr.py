@@ -255,6 +255,7 @@ def validate_hl7(name: str, data: bytes, digest: str) -> ContentInfo:
     if issues:
         raise refuse(name, "HL7 v2", issues)
     sender, patient_id, patient_name = _hl7_header_facts(segments, msh)
+    receiving_application, hospital_service = _hl7_routing_facts(segments, msh)
     return ContentInfo(
         kind=ContentKind.HL7,
         size=len(data),
@@ -265,7 +266,30 @@ def validate_hl7(name: str, data: bytes, digest: str) -> ContentInfo:
         sender=sender,
         patient_id=patient_id,
         patient_name=patient_name,
+        receiving_application=receiving_application,
+        hospital_service=hospital_service,
     )
+
+
+def _first_component(value: str, msh: str) -> str:
+    """A field's first repetition's first component's first subcomponent, stripped."""
+    separator, component, repetition = msh[3], msh[4], msh[5]
+    subcomponent = msh[7] if len(msh) > 7 and msh[7] != separator else "&"
+    return value.split(repetition, 1)[0].split(component, 1)[0].split(subcomponent, 1)[0].strip()
+
+
+def _hl7_routing_facts(segments: list[str], msh: str) -> tuple[str | None, str | None]:
+    """(receiving application, hospital service) for choosing the message's department: MSH-5 and the
+    first PV1's PV1-10, first components."""
+    separator = msh[3]
+    header = msh.split(separator)
+    application = _first_component(header[4], msh) if len(header) > 4 else ""
+    service = ""
+    pv1 = next((s for s in segments if s.startswith("PV1" + separator)), None)
+    if pv1 is not None:
+        fields = pv1.split(separator)
+        service = _first_component(fields[10], msh) if len(fields) > 10 else ""
+    return application or None, service or None
 
 
 def _hl7_header_facts(segments: list[str], msh: str) -> tuple[str | None, str | None, str | None]:

@@ -90,6 +90,10 @@ class ContentInfo:
     """DICOM SOPClassUID (0008,0016)."""
     modality: str | None = None
     """DICOM Modality (0008,0060), e.g. "CT"."""
+    dicom_department: str | None = field(default=None, repr=False)
+    """DICOM InstitutionalDepartmentName (0008,1040), or RequestingService (0032,1033) when the object has
+    none: the department the object names as written ("CARDIOLOGY"). The facility's `[departments]` rules
+    map it to one of its departments; it is text from the peer, never logged."""
     rows: int | None = None
     """DICOM Rows (0028,0010)."""
     columns: int | None = None
@@ -133,6 +137,10 @@ class ContentInfo:
     """HL7 v2 MSH-12 (its first component), e.g. "2.5.1"."""
     sender: str | None = None
     """HL7 v2 sending application and facility (MSH-3 and MSH-4, first components), "APP@FACILITY"."""
+    receiving_application: str | None = field(default=None, repr=False)
+    """HL7 v2 MSH-5 (its first component): the application the message is addressed to ("CARDIO_EHR")."""
+    hospital_service: str | None = field(default=None, repr=False)
+    """HL7 v2 PV1-10 (its first component), the hospital service ("CAR"), when the message has a PV1."""
     bundle_type: str | None = None
     """FHIR Bundle.type, e.g. "transaction"."""
 

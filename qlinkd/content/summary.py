@@ -8,15 +8,22 @@ A study's values are those of its first instance that has them (a study is one p
 `MAX_TEXT` characters: the records must not grow with what a peer chooses to write. Patient names stay in
 DICOM PN form here (`format_person_name` makes them readable), so HL7 and FHIR names read the same way.
 
+The department the transfer is for is decided here too, once: the facility's `[departments]` rules
+(`access.departments`) applied to what its content names (DICOM (0008,1040)/(0032,1033) and modalities,
+HL7 MSH-5, PV1-10 and type) and to the peer that sent it. It is a name from the configuration, never
+the peer's text.
+
 All of it is patient data: it lives in the transfer records only and is never logged (the fields are kept
 out of repr).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from qlinkmed.qlinkd.access.departments import Arrival, DepartmentRules
 from qlinkmed.qlinkd.content.kinds import ContentInfo, ContentKind
 
 MAX_TEXT = 128
@@ -49,6 +56,9 @@ class InboxSummary:
     (transaction)")."""
     sender: str | None = None
     """HL7 MSH-3@MSH-4 (None for FHIR: the peer facility is its sender)."""
+    department: str | None = None
+    """The department the facility's `[departments]` rules name for it; None without a rule or default
+    that does."""
 
 
 def format_person_name(value: str | None) -> str | None:
@@ -75,22 +85,32 @@ def iso_date(value: str | None) -> str | None:
     return _clip(value)
 
 
-def summarize(infos: Iterable[ContentInfo]) -> InboxSummary:
-    """The summary of one transfer from what validation learned about each of its files, in order."""
+def summarize(
+    infos: Iterable[ContentInfo], *, peer: str = "", departments: DepartmentRules | None = None
+) -> InboxSummary:
+    """The summary of one transfer from what validation learned about each of its files, in order;
+    `peer` sent it, `departments` (None: no `[departments]`) name its department."""
     infos = list(infos)
+    summary = _described(infos)
+    if departments is None:
+        return summary
+    department = departments.department_of(_arrival(infos, peer))
+    return dataclasses.replace(summary, department=department)
+
+
+def _described(infos: list[ContentInfo]) -> InboxSummary:
     dicom = [i for i in infos if i.kind is ContentKind.DICOM]
     if dicom:
-        modalities = sorted({_clip(i.modality) or "" for i in dicom} - {""})
         return InboxSummary(
             patient_name=format_person_name(_first(i.patient_name for i in dicom)),
             patient_id=_clip(_first(i.patient_id for i in dicom)),
             accession=_clip(_first(i.accession_number for i in dicom)),
-            modalities=MODALITY_SEPARATOR.join(modalities) or None,
+            modalities=MODALITY_SEPARATOR.join(_modalities(dicom)) or None,
             study_date=iso_date(_first(i.study_date for i in dicom)),
             study_description=_clip(_first(i.study_description for i in dicom)),
             instances=len(dicom),
         )
-    ehr = next((i for i in infos if i.kind in (ContentKind.HL7, ContentKind.FHIR)), None)
+    ehr = _ehr(infos)
     if ehr is None:
         return InboxSummary()  # images: nothing in a PNG or JPEG names a patient
     message_type = ehr.message_type
@@ -104,6 +124,34 @@ def summarize(infos: Iterable[ContentInfo]) -> InboxSummary:
         message_type=_clip(message_type),
         sender=_clip(ehr.sender),
     )
+
+
+def _arrival(infos: list[ContentInfo], peer: str) -> Arrival:
+    """What the department rules judge: the texts clipped as the summary's are, so a peer's megabyte
+    department name costs no more than 128 characters to compare."""
+    dicom = [i for i in infos if i.kind is ContentKind.DICOM]
+    ehr = _ehr(infos)
+    message_type = None
+    if ehr is not None:
+        # As roles name types: HL7 code^event ("ORU^R01" of "ORU^R01^ORU_R01"), a FHIR resourceType.
+        written = ehr.resource_type if ehr.kind is ContentKind.FHIR else ehr.message_type
+        message_type = "^".join(written.split("^")[:2]) if written else None
+    return Arrival(
+        peer=peer,
+        dicom_departments=tuple(dict.fromkeys(d for i in dicom if (d := _clip(i.dicom_department)))),
+        modalities=tuple(_modalities(dicom)),
+        receiving_application=None if ehr is None else _clip(ehr.receiving_application),
+        hospital_service=None if ehr is None else _clip(ehr.hospital_service),
+        message_type=_clip(message_type),
+    )
+
+
+def _modalities(dicom: list[ContentInfo]) -> list[str]:
+    return sorted({_clip(i.modality) or "" for i in dicom} - {""})
+
+
+def _ehr(infos: list[ContentInfo]) -> ContentInfo | None:
+    return next((i for i in infos if i.kind in (ContentKind.HL7, ContentKind.FHIR)), None)
 
 
 def _first(values: Iterable[str | None]) -> str | None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from qlinkmed.qlinkd.access.departments import DepartmentRules
 from qlinkmed.qlinkd.content import ContentInfo, at_rest
 from qlinkmed.qlinkd.content.summary import InboxSummary, summarize
 from qlinkmed.qlinkd.content.worker import ContentValidator, FileSlice, Source
@@ -102,8 +103,12 @@ class Inbox:
         *,
         facility: str,
         validator: ContentValidator | None = None,
+        departments: DepartmentRules | None = None,
     ) -> None:
+        """`departments`: the facility's `[departments]` rules, naming each arrival's department in its
+        summary (None: arrivals name none)."""
         self.root = root
+        self._departments = departments
         self._validator = validator or ContentValidator()
         self._records = records
         self._facility = facility
@@ -258,8 +263,11 @@ class Inbox:
         shutil.rmtree(final, ignore_errors=True)
         os.rename(stage, final)
         fsync_dir(self.root)
-        self._summaries[transfer_id] = summarize(infos)
+        self._summaries[transfer_id] = self._summarize(manifest, infos)
         return ",".join(sorted(set(forms)))
+
+    def _summarize(self, manifest: Manifest, infos: list[ContentInfo]) -> InboxSummary:
+        return summarize(infos, peer=manifest.sender, departments=self._departments)
 
     def delivered(self, transfer_id: str, *, key: bytes, forms: str) -> None:
         """Record the delivery. The spool is left for ``drop_spool`` (freeing a large file's blocks takes
@@ -299,7 +307,7 @@ class Inbox:
         (at-rest blob, form). TransferRefused if it does not validate. Blocking: call it from a thread."""
         info = _checked(self._validator, manifest, 0, body)
         blob = at_rest.seal_at_rest(manifest.files[0].name, body, info, key)
-        self._summaries[manifest.transfer_id] = summarize([info])
+        self._summaries[manifest.transfer_id] = self._summarize(manifest, [info])
         return blob, at_rest.at_rest_form(blob)
 
     def deliver_ehr(self, manifest: Manifest, *, blob: bytes, key: bytes, forms: str) -> float:

@@ -41,6 +41,8 @@ class InboxFilter:
     """study, images or ehr."""
     peer: str | None = None
     """The sending facility."""
+    department: str | None = None
+    """The department recorded on arrival, exactly but in any case."""
     since: float | None = None
     """Began arriving at or after (Unix time)."""
     until: float | None = None
@@ -121,6 +123,7 @@ def parse_filter(values: Mapping[str, str | None], now: float) -> InboxFilter:
         modality=None if modality is None else modality.upper(),
         kind=kind,
         peer=_text("peer", values.get("peer")),
+        department=_text("department", values.get("department")),
         since=start,
         until=end,
         unfetched=unfetched in ("1", "true", "yes"),

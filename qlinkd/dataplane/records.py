@@ -34,6 +34,7 @@ _SUMMARY_COLUMNS = (
     "instances",
     "message_type",
     "sender",
+    "department",
 )
 """The summary's columns of inbox_listing, in the table's order (each an `InboxSummary` field)."""
 
@@ -96,6 +97,12 @@ _STEPS = (
             state, started_at, delivered_at, fetched_at, forms, reason
         FROM incoming;
     CREATE INDEX inbox_listing_started ON inbox_listing (started_at);
+    """,
+    # Version 3 recorded no department, so roles limited to departments refused everything. The
+    # department is decided on arrival by the facility's [departments] rules (access.departments); rows
+    # from before stay without one (their contents' facts were not kept to decide it now).
+    """
+    ALTER TABLE inbox_listing ADD COLUMN department TEXT;
     """,
 )
 SCHEMA_VERSION = len(_STEPS)
@@ -371,7 +378,7 @@ class TransferRecords:
         s = summary or InboxSummary()
         self._db.execute(
             "INSERT OR REPLACE INTO inbox_listing VALUES"
-            " (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 manifest.transfer_id,
                 manifest.sender,
@@ -448,9 +455,9 @@ class TransferRecords:
                 (Incoming.DELIVERED.value, now, at_rest_key, forms, transfer_id),
             )
             self._db.execute(
-                "UPDATE inbox_listing SET state = ?, delivered_at = ?, forms = ?, patient_name = ?,"
-                " patient_id = ?, accession = ?, modalities = ?, study_date = ?, study_description = ?,"
-                " instances = ?, message_type = ?, sender = ? WHERE transfer_id = ?",
+                "UPDATE inbox_listing SET state = ?, delivered_at = ?, forms = ?, "
+                + ", ".join(f"{column} = ?" for column in _SUMMARY_COLUMNS)
+                + " WHERE transfer_id = ?",
                 (
                     Incoming.DELIVERED.value,
                     now,
@@ -559,8 +566,7 @@ class TransferRecords:
 
 _LISTING = (
     "transfer_id, peer, kind, files, bytes, state, started_at, delivered_at, fetched_at, forms, reason,"
-    " purged_at, purge_reason, patient_name, patient_id, accession, modalities, study_date,"
-    " study_description, instances, message_type, sender"
+    " purged_at, purge_reason, " + ", ".join(_SUMMARY_COLUMNS)
 )
 
 
@@ -581,7 +587,7 @@ def _entry(r: tuple[Any, ...]) -> InboxEntry:
         reason=r[10],
         purged_at=r[11],
         purge_reason=r[12],
-        summary=_summary_of(r[13:22]),
+        summary=_summary_of(r[13:]),
     )
 
 
@@ -605,6 +611,9 @@ def _where(query: InboxFilter) -> tuple[str, list[object]]:
     if query.peer is not None:
         terms.append("peer = ?")
         args.append(query.peer)
+    if query.department is not None:
+        terms.append("qlink_fold(department) = ?")
+        args.append(query.department.casefold())
     if query.since is not None:
         terms.append("started_at >= ?")
         args.append(query.since)

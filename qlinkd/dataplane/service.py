@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 
 from qlinkmed.qcore.errors import UsageError
+from qlinkmed.qlinkd.access.departments import DepartmentRules
 from qlinkmed.qlinkd.content.worker import ContentValidator
 from qlinkmed.qlinkd.dataplane.inbox import Inbox
 from qlinkmed.qlinkd.dataplane.keys import KEM_NAME, KeySource, SessionKeyed, source_name
@@ -71,10 +72,12 @@ class DataPlane:
         metrics: LinkMetrics,
         pq_hybrid: Collection[str] = (),
         validator: ContentValidator | None = None,
+        departments: DepartmentRules | None = None,
     ) -> None:
         """`pq_hybrid`: the peers whose sessions mix an ML-KEM-768 secret into every traffic key (their
         daemons must say the same of this facility). HybridUnavailable if the installed cryptography has
-        no ML-KEM (the configuration check says so first)."""
+        no ML-KEM (the configuration check says so first). `departments`: the facility's `[departments]`,
+        naming the department of every arrival in the inbox listing."""
         unknown = sorted(set(pq_hybrid) - set(peers))
         if unknown:
             raise UsageError(f"pq_hybrid names {unknown}, which are no peers of this facility")
@@ -91,7 +94,9 @@ class DataPlane:
         self.facility = facility
         self.records = TransferRecords.open(state_dir / RECORDS_FILE)
         self.outbox = Outbox(state_dir / "outbox")
-        self.inbox = Inbox(state_dir / "inbox", self.records, facility=facility, validator=validator)
+        self.inbox = Inbox(
+            state_dir / "inbox", self.records, facility=facility, validator=validator, departments=departments
+        )
         self._peers = peers
         self._keys = keys
         self._client_ssl = client_ssl

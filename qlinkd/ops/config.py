@@ -23,11 +23,13 @@ from qlinkmed.qcore.constants import FACILITY_ID_PATTERN, QBER_TOLERANCE, is_fac
 from qlinkmed.qcore.params import CascadeKind, DistillConfig, E91Security, ProtocolKind
 from qlinkmed.qcore.security import DEFAULT_EPS_COR, DEFAULT_EPS_SEC
 from qlinkmed.qlinkd.access.config import AccessConfig, access_section
+from qlinkmed.qlinkd.access.departments import DepartmentRules
 from qlinkmed.qlinkd.access.gate_config import GateConfig, gate_section
 from qlinkmed.qlinkd.errors import ConfigError, PkiError
 from qlinkmed.qlinkd.gateways.config import GatewaysConfig, gateways_section
 from qlinkmed.qlinkd.link.events import MAX_ROUNDS_IN_FLIGHT
 from qlinkmed.qlinkd.ops.decoy_source import DecoyOverrides, DecoyPlan, plan_decoy
+from qlinkmed.qlinkd.ops.departments_config import check_role_departments, departments_section
 from qlinkmed.qlinkd.ops.inbox_config import InboxConfig, inbox_section
 from qlinkmed.qlinkd.ops.toml_reader import Address, Table, build, check, read_toml
 
@@ -408,6 +410,9 @@ class FacilityConfig:
     """The roles users may hold and the limits of break-glass (``[access]``, ``access/config.py``)."""
     gate: GateConfig = field(default_factory=GateConfig)
     """The request-intention gate on inbox fetches (``[gate]``, ``access/gate_config.py``)."""
+    departments: DepartmentRules | None = None
+    """How an arrival's department is named (``[departments]``, ``ops/departments_config.py``); None:
+    arrivals name no department."""
 
     def peer(self, peer_id: str) -> PeerConfig:
         """The peer called `peer_id`; KeyError if there is none."""
@@ -736,7 +741,10 @@ def load_facility_config(path: Path) -> FacilityConfig:
     with_data = {p.id: p.data_address is not None for p in peers}
     gateways = gateways_section(root, with_data | {p.id: p.data_address is not None for p in external})
     inbox = inbox_section(root)
-    access = access_section(root, tuple(p.id for p in peers) + tuple(p.id for p in external))
+    peer_ids = tuple(p.id for p in peers) + tuple(p.id for p in external)
+    access = access_section(root, peer_ids)
+    departments = departments_section(root, peer_ids)
+    check_role_departments(access, departments)
     gate = gate_section(root)
     root.finish()
     return FacilityConfig(
@@ -758,6 +766,7 @@ def load_facility_config(path: Path) -> FacilityConfig:
         inbox=inbox,
         access=access,
         gate=gate,
+        departments=departments,
     )
 
 

@@ -94,6 +94,9 @@ def free_ports(count: int) -> list[int]:
 
 READER_ROLE = "all-data"
 """The role every testbed facility defines for its readers (`testbed.readers`): every kind, every peer."""
+DEFAULT_DEPARTMENT = "General"
+"""The `[departments]` default of every testbed facility: what arrives there is listed with it. A test
+adds `[[departments.rule]]` tables after it for departments of its own."""
 
 
 def write_loopback_deployment(
@@ -119,12 +122,14 @@ def write_loopback_deployment(
     channel_connections_per_link: int = 2,
     wan_proxies: bool = False,
     gateways: bool = False,
+    default_department: str | None = DEFAULT_DEPARTMENT,
 ) -> Deployment:
     """Write the deployment. With `wan_proxies`, Alice's peer address and each facility's data_address
     name a proxy port instead of the peer's listener (`Deployment.routes`): nothing connects until a
     `WanLinks` runs the proxies. With `gateways`, each facility runs a DICOM SCP, an MLLP listener and a
     FHIR endpoint routing to the other, and forwards what arrives to a PACS, an interface engine and a
-    FHIR server on free loopback ports (`gateway_tables`, `endpoints`)."""
+    FHIR server on free loopback ports (`gateway_tables`, `endpoints`). `default_department`: the
+    `[departments]` default (None: no `[departments]` table, for a caller that writes its own)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     a, b = facilities
@@ -198,6 +203,7 @@ fraction = 1.0
     # A decoy link's source is optimised for its fibre: the facilities are told the channel's length.
     if protocol == "bb84-decoy":
         pulses_line += f"fibre_km = {float(distance_km)!r}\n"
+    departments = "" if default_department is None else f'[departments]\ndefault = "{default_department}"\n\n'
     configs = {}
     for me, other in ((a, b), (b, a)):
         classical = routes["classical"].port if wan_proxies and me == alice else ports[other + ".classical"]
@@ -230,7 +236,7 @@ break_glass_min_s = 1
 name = "{READER_ROLE}"
 kinds = ["study", "images", "ehr"]
 
-[[peer]]
+{departments}[[peer]]
 id = "{other}"
 address = "127.0.0.1:{classical}"
 data_address = "127.0.0.1:{data}"

@@ -20,7 +20,7 @@ import pytest
 
 from qlinkmed.qlinkd.channel.config import load_channel_config
 from qlinkmed.qlinkd.ops.config import load_facility_config
-from qlinkmed.qlinkd.testbed.deployment import Deployment, free_ports, read_deployment
+from qlinkmed.qlinkd.testbed.deployment import DEFAULT_DEPARTMENT, Deployment, free_ports, read_deployment
 from tests.cli import qlink
 from tests.polling import wait_for
 from tests.testbeds import Testbeds
@@ -277,6 +277,10 @@ def test_testbed_init_writes_a_deployment_and_prints_the_commands(
     assert set(deployment.facilities) == {A, B}
     peer = load_facility_config(deployment.facilities[A]).peers[0]
     assert (peer.id, peer.protocol.value, peer.pulses_per_round) == (B, "e91", 20_000)
+    # Every arrival is listed with a department: the facilities' [departments] default.
+    for config in deployment.facilities.values():
+        departments = load_facility_config(config).departments
+        assert departments is not None and departments.default == DEFAULT_DEPARTMENT
     code, _, err = qlink(capsys, "testbed", "init", str(root))
     assert code == 2
     assert "not an empty directory" in err

@@ -70,6 +70,41 @@ def test_the_table_fits_100_columns_and_keeps_the_patient_id() -> None:
     assert "山田, 太郎" in lines[7]
 
 
+def test_a_dept_column_appears_when_a_row_names_a_department_and_the_table_still_fits() -> None:
+    rows = [
+        _row(department="Paediatric cardiology"),
+        _row(department=None),
+        _row(
+            kind="ehr",
+            files=1,
+            message_type="ORU^R01^ORU_R01",
+            sender="LAB@HOSP",
+            accession=None,
+            department="Laboratory",
+        ),
+    ]
+    lines = format_inbox({"facility": "hospital-b", "inbox": rows}).splitlines()
+    assert all(len(line) <= 100 for line in lines), "\n".join(lines)
+    assert lines[1].split() == [
+        "ID",
+        "ARRIVED",
+        "FROM",
+        "DEPT",
+        "PATIENT",
+        "ACCESSION",
+        "DETAIL",
+        "N",
+        "STATE",
+    ]
+    assert lines[2].split()[4] == "Paediatri…"
+    assert lines[3].split()[4] == "-"
+    assert "Laboratory" in lines[4] and "ORU^R01 from LAB@HOSP" in lines[4]
+    assert all(line.rstrip().endswith(("1234 new", "1 new")) for line in lines[2:])
+    # No row names one (a facility without [departments]): no DEPT column.
+    plain = format_inbox({"facility": "hospital-b", "inbox": [_row(department=None)]}).splitlines()
+    assert "DEPT" not in plain[1]
+
+
 def test_an_empty_listing_says_so() -> None:
     assert format_inbox({"facility": "hospital-b", "inbox": []}) == "inbox of hospital-b: nothing matches"
 
@@ -90,6 +125,7 @@ def test_cut_keeps_short_text_and_marks_what_it_cuts() -> None:
         ("--kind", "dicom"),
         ("--modality", "C T"),
         ("--patient", ""),
+        ("--department", " "),
     ],
 )
 def test_a_bad_filter_exits_2_naming_its_option_before_any_request(

@@ -1,7 +1,9 @@
 """What the inbox listing learns of a transfer on arrival (`content.summary`), from the validators' own
 parse: DICOM patient, accession, modality, study date and description (with and without those tags,
 non-ASCII names, PN groups and components), HL7 v2 type, patient and sender (ORU, ADT), FHIR type and
-patient (Bundle, Patient, a subject reference); and none of it in a repr (patient data is never logged)."""
+patient (Bundle, Patient, a subject reference); the department the facility's rules name from DICOM
+(0008,1040)/(0032,1033) and modality, HL7 MSH-5, PV1-10 and type, and the peer; and none of it in a repr
+(patient data is never logged)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
 
+from qlinkmed.qlinkd.access.departments import DepartmentRule, DepartmentRules
 from qlinkmed.qlinkd.content.kinds import ContentInfo
 from qlinkmed.qlinkd.content.summary import format_person_name, iso_date, summarize
 from qlinkmed.qlinkd.content.validate import validate
@@ -197,3 +200,98 @@ def test_patient_data_stays_out_of_repr(tmp_path: Path) -> None:
     summary = summarize([info])
     for text in (repr(info), repr(summary)):
         assert "Müller" not in text and PATIENT_ID not in text and "QLT-ACC-1" not in text
+
+
+# Departments ----------------------------------------------------------------------------------------
+
+CARDIOLOGY = DepartmentRules(
+    rules=(
+        DepartmentRule(department="Cardiology", dicom_departments=("CARDIOLOGY",)),
+        DepartmentRule(department="Cardiology", modalities=("US",)),
+        DepartmentRule(department="Laboratory", peers=("hospital-a",), hl7_receiving_applications=("lis",)),
+        DepartmentRule(department="Wards", hl7_services=("MED",), message_types=("ADT^A01",)),
+    ),
+)
+
+
+def test_a_dicom_object_names_its_institutional_department() -> None:
+    data = _resave(make_ct_study(1, 8, 8, seed=10)[0], InstitutionalDepartmentName="Cardiology ")
+    info = validate("IM1", data)
+    assert info.dicom_department == "Cardiology"
+    summary = summarize([info], peer="hospital-a", departments=CARDIOLOGY)
+    assert summary.department == "Cardiology"  # the configured name, matched in any case
+    # Without [departments] the summary names none, whatever the object says.
+    assert summarize([info]).department is None
+
+
+def test_without_0008_1040_the_requesting_service_names_the_department() -> None:
+    data = _resave(make_ct_study(1, 8, 8, seed=11)[0], RequestingService="CARDIOLOGY")
+    info = validate("IM1", data)
+    assert info.dicom_department == "CARDIOLOGY"
+    assert summarize([info], peer="hospital-a", departments=CARDIOLOGY).department == "Cardiology"
+    both = _resave(data, InstitutionalDepartmentName="ONCOLOGY")
+    assert validate("IM1", both).dicom_department == "ONCOLOGY"  # (0008,1040) comes first
+
+
+def test_a_study_is_for_a_department_when_any_instance_names_it_and_by_modality() -> None:
+    slices = make_ct_study(2, 8, 8, seed=12)
+    infos = [
+        validate("a", slices[0]),
+        validate("b", _resave(slices[1], InstitutionalDepartmentName="CARDIOLOGY")),
+    ]
+    assert summarize(infos, peer="p", departments=CARDIOLOGY).department == "Cardiology"
+    echo = validate("us", _resave(slices[0], Modality="US"))
+    assert summarize([echo], peer="p", departments=CARDIOLOGY).department == "Cardiology"
+    # A CT naming no department matches nothing, and there is no default.
+    assert summarize([validate("a", slices[0])], peer="p", departments=CARDIOLOGY).department is None
+
+
+def test_a_department_name_the_peer_writes_long_is_clipped_before_it_is_compared() -> None:
+    info = validate("IM1", _resave(make_ct_study(1, 8, 8, seed=13)[0], InstitutionalDepartmentName="C" * 64))
+    long = ContentInfo(kind=info.kind, size=info.size, sha256=info.sha256, dicom_department="X" * 100_000)
+    rules = DepartmentRules(rules=(DepartmentRule(department="X", dicom_departments=("X" * 64,)),))
+    assert summarize([long], peer="p", departments=rules).department is None
+
+
+ORU_TO_LAB = (
+    b"MSH|^~\\&|LABSYS|ST MARY|Lis^1.2.3^ISO|HOSP_B|20240604101500||ORU^R01^ORU_R01|MSG0002|P|2.5.1\r"
+    b"PID|1||4711^^^STM^MR||Doe^Jane\r"
+    b"OBR|1|ORD-1|FIL-1|2345-7^Glucose^LN\r"
+    b"OBX|1|NM|2345-7^Glucose^LN||95|mg/dL|70-99|N|||F\r"
+)
+ADT_ON_A_WARD = (
+    b"MSH|^~\\&|ADT1|ST MARY|RAD|HOSP_B|20240604101500||ADT^A01^ADT_A01|MSG0001|P|2.5.1\r"
+    b"EVN|A01|20240604101500\r"
+    b"PID|1||4711^^^STM^MR||Doe^Jane\r"
+    b"PV1|1|I|W3^12^1|||||||med^Medicine~SUR\r"
+)
+
+
+def test_an_hl7_message_names_its_receiving_application_and_hospital_service() -> None:
+    lab = validate("oru.hl7", ORU_TO_LAB)
+    assert (lab.receiving_application, lab.hospital_service) == ("Lis", None)  # no PV1
+    assert summarize([lab], peer="hospital-a", departments=CARDIOLOGY).department == "Laboratory"
+    # The laboratory rule holds only for what hospital-a sends.
+    assert summarize([lab], peer="hospital-c", departments=CARDIOLOGY).department is None
+    adt = validate("adt.hl7", ADT_ON_A_WARD)
+    assert (adt.receiving_application, adt.hospital_service) == ("RAD", "med")  # PV1-10, first component
+    assert summarize([adt], peer="hospital-a", departments=CARDIOLOGY).department == "Wards"
+    assert validate("adt.hl7", ADT_A01).hospital_service is None  # PV1 without a 10th field
+
+
+def test_a_fhir_resource_is_named_by_peer_and_type_rules_and_the_default() -> None:
+    rules = DepartmentRules(
+        rules=(DepartmentRule(department="Oncology", peers=("hospital-a",), message_types=("Bundle",)),),
+        default="Records",
+    )
+    bundle = validate("bundle.json", (DATA / "fhir_bundle.json").read_bytes())
+    assert summarize([bundle], peer="hospital-a", departments=rules).department == "Oncology"
+    assert summarize([bundle], peer="hospital-c", departments=rules).department == "Records"
+
+
+def test_department_texts_stay_out_of_repr() -> None:
+    info = validate(
+        "IM1", _resave(make_ct_study(1, 8, 8, seed=14)[0], InstitutionalDepartmentName="CARDIOLOGY")
+    )
+    adt = validate("adt.hl7", ADT_ON_A_WARD)
+    assert "CARDIOLOGY" not in repr(info) and "RAD" not in repr(adt) and "med" not in repr(adt).split("(")[1]

@@ -27,7 +27,7 @@ import pytest
 
 from qlinkmed.client.commands.demo import _token
 from qlinkmed.client.data_http import DataTarget
-from qlinkmed.qlinkd.testbed.deployment import Deployment
+from qlinkmed.qlinkd.testbed.deployment import DEFAULT_DEPARTMENT, Deployment
 from qlinkmed.qlinkd.testbed.launcher import ProcessGroup
 from qlinkmed.qlinkd.testbed.readers import reader_token
 from tests.cli import qlink
@@ -130,7 +130,11 @@ def test_the_inbox_lists_filters_purges_after_fetch_and_never_stores_a_transfer_
     lines = out.splitlines()
     assert all(len(line) <= 100 for line in lines), lines
     row = next(line for line in lines if line.startswith(study[:8]))
-    assert "Müller, Jörg (QLT-0042)" in row and "QLT-ACC-1" in row and "CT 2024-06-04" in row
+    # The testbed's [departments] default names every arrival: a DEPT column, the patient and detail
+    # narrower for it (the patient ID is kept whole).
+    assert lines[1].split()[3] == "DEPT" and row.split()[4] == DEFAULT_DEPARTMENT
+    assert (s["department"], m["department"]) == (DEFAULT_DEPARTMENT, DEFAULT_DEPARTMENT)
+    assert "Müller,… (QLT-0042)" in row and "QLT-ACC-1" in row and "CT 2024-06-…" in row
     assert row.rstrip().endswith("3 new")
     assert "ORU^R01 from QLINKLAB@" in next(line for line in lines if line.startswith(message[:8]))
 

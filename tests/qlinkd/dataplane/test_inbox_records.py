@@ -5,6 +5,7 @@ row stays, so a transfer sent again is still answered "delivered" and never stor
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import sqlite3
 import time
@@ -37,6 +38,22 @@ CREATE INDEX incoming_started ON incoming (started_at);
 PRAGMA user_version = 2;
 """
 """The records schema of version 2, as the daemon before the inbox summary wrote it."""
+
+_V3_SCHEMA = (
+    _V2_SCHEMA.replace("PRAGMA user_version = 2;", "")
+    + """
+ALTER TABLE incoming ADD COLUMN purged_at REAL;
+ALTER TABLE incoming ADD COLUMN purge_reason TEXT;
+CREATE TABLE inbox_listing (transfer_id TEXT PRIMARY KEY, peer TEXT NOT NULL, kind TEXT NOT NULL,
+    files INTEGER NOT NULL, bytes INTEGER NOT NULL, state TEXT NOT NULL, started_at REAL NOT NULL,
+    delivered_at REAL, fetched_at REAL, purged_at REAL, purge_reason TEXT, forms TEXT, reason TEXT,
+    patient_name TEXT, patient_id TEXT, accession TEXT, modalities TEXT, study_date TEXT,
+    study_description TEXT, instances INTEGER, message_type TEXT, sender TEXT);
+CREATE INDEX inbox_listing_started ON inbox_listing (started_at);
+PRAGMA user_version = 3;
+"""
+)
+"""The records schema of version 3, as the daemon before departments wrote it."""
 
 
 def _manifest(kind: TransferKind, *sizes: int, sender: str = A) -> Manifest:
@@ -167,6 +184,9 @@ def test_since_and_until_bound_the_arrival_time(records: TransferRecords) -> Non
         ({"kind": "dicom"}, "kind"),
         ({"modality": "C T"}, "modality"),
         ({"patient": ""}, "patient"),
+        ({"department": " "}, "department"),
+        ({"department": "x" * 129}, "department"),
+        ({"department": "a\tb"}, "department"),
         ({"unfetched": "maybe"}, "unfetched"),
         ({"id": "xyz"}, "id"),
     ],
@@ -268,6 +288,56 @@ def test_a_records_file_of_schema_2_gains_summaries_and_purge_columns_and_keeps_
         assert records.incoming(old_ehr.transfer_id).purged_at == now  # type: ignore[union-attr]
     finally:
         records.close()
+
+
+def test_a_records_file_of_schema_3_gains_the_department_column_and_keeps_its_summaries(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "transfers.sqlite3"
+    old = _manifest(TransferKind.STUDY, 100, 200)
+    now = time.time()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(_V3_SCHEMA)
+        db.execute(
+            "INSERT INTO incoming VALUES"
+            " (?, ?, 'delivered', ?, 2, 0, ?, ?, ?, 'aes-gcm', NULL, NULL, NULL, ?, NULL, NULL)",
+            (old.transfer_id, A, old.to_json(), now - 10, now - 9, b"k" * 32, now - 9),
+        )
+        db.execute(
+            "INSERT INTO inbox_listing VALUES (?, ?, 'study', 2, 300, 'delivered', ?, ?, NULL, NULL, NULL,"
+            " 'aes-gcm', NULL, 'Müller, Jörg', 'PID-1', 'ACC-1', 'CT\\SR', '2024-06-04', 'CT THORAX', 2,"
+            " NULL, NULL)",
+            (old.transfer_id, A, now - 10, now - 9),
+        )
+        db.commit()
+    records = TransferRecords.open(path)
+    try:
+        assert records._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        (entry,) = records.list_inbox(InboxFilter())
+        # Its summary is kept whole; its department is not recorded (nothing is invented).
+        assert entry.summary == MULLER and entry.summary.department is None
+        assert _ids(records, department="Cardiology") == set()
+        new = _study(records, dataclasses.replace(SMITH, department="Cardiology"))
+        assert records.summary(new.transfer_id) == dataclasses.replace(SMITH, department="Cardiology")
+        assert _ids(records, department="cardiology") == {new.transfer_id}
+    finally:
+        records.close()
+
+
+def test_the_department_is_stored_on_arrival_and_filtered_exactly_in_any_case(
+    records: TransferRecords,
+) -> None:
+    cardio = _study(records, dataclasses.replace(MULLER, department="Cardiology")).transfer_id
+    icu = _study(records, dataclasses.replace(SMITH, department="Intensive Care ÄÖ")).transfer_id
+    lab = _ehr(records, dataclasses.replace(ORU, department="Laboratory")).transfer_id
+    none = _study(records, SMITH).transfer_id
+    entries = {e.transfer_id: e for e in records.list_inbox(InboxFilter())}
+    assert entries[cardio].summary.department == "Cardiology"
+    assert entries[lab].summary.department == "Laboratory" and entries[none].summary.department is None
+    assert _ids(records, department="CARDIOLOGY") == {cardio}
+    assert _ids(records, department="intensive care äö") == {icu}  # Unicode case folding
+    assert _ids(records, department="Cardio") == set()  # exact: not a part of the name
+    assert _ids(records, department="Laboratory", kind="ehr") == {lab}
 
 
 def test_purging_keeps_the_row_and_drops_the_key_and_the_message(records: TransferRecords) -> None:
