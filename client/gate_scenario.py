@@ -312,6 +312,14 @@ class Scenario:
         }
         insider = next(p for p in self.people if p.insider)
         ordinary = [p for p in self.people if not p.insider]
+        # The gate's own record of each of the insider's requests: its score, also where the fetch passed.
+        judged = {r["transfer"]: r for r in scored_today[insider.name] if "score" in r}
+        for row in insider.today:
+            record = judged.get(row["transfer"])
+            if record is not None:
+                row["score"] = record["score"]
+                if row["status"] == 200 and record["decision"] != "allow":
+                    row["decision"] = f"{record['decision']} (break-glass)"
         outside = [r for r in insider.today if not r.get("retry_under_break_glass")]
         first = outside[0] if outside else None
         left_before_glass = sum(
@@ -321,7 +329,7 @@ class Scenario:
         )
         left = sum(1 for r in insider.today if r["status"] == 200)
         denied = [r for r in insider.today if r["decision"] == "deny"]
-        scores = [s for p in ordinary for s in (r["score"] for r in p.today) if s is not None]
+        scores = [r["score"] for p in ordinary for r in scored_today[p.name] if r.get("score") is not None]
         checks = {
             "ordinary users never refused today": all(r["status"] == 200 for p in ordinary for r in p.today),
             "insider stepped up at the first other-department study, nothing taken": first is not None
@@ -378,9 +386,12 @@ def scenario_config(deny_at: float) -> str:
 
 
 def format_summary(s: dict[str, Any]) -> str:
-    lines = [f"qlink gate scenario: {'PASS' if s['ok'] else 'FAIL'} ({s['history_days']} days of history)"]
+    lines = [
+        f"qlink gate scenario: {'PASS' if s['ok'] else 'FAIL'} ({s['history_days']} days of history:"
+        " fetches and refusals per user, then today's; the highest intent score of today)"
+    ]
     lines.append(
-        f"{'user':<10} {'department':<11} {'shift':<6} {'history':>8} {'refused':>8} {'today':>6}"
+        f"{'user':<10} {'department':<11} {'shift':<6} {'fetches':>8} {'refused':>8} {'today':>6}"
         f" {'refused':>8} {'max score':>10}"
     )
     for u in s["users"]:
@@ -397,7 +408,7 @@ def format_summary(s: dict[str, Any]) -> str:
         score = "-" if r["score"] is None else f"{r['score']:.2f}"
         glass = " (retried under break-glass)" if r.get("retry_under_break_glass") else ""
         lines.append(
-            f"  {r['at']}  {r['department']:<11} HTTP {r['status']}  {r['decision']:<8} score {score:>5}"
+            f"  {r['at']}  {r['department']:<11} HTTP {r['status']}  {r['decision']:<21} score {score:>5}"
             f"  {r['bytes']:>7} bytes{glass}"
         )
         if r["reasons"] and r["status"] != 200:

@@ -114,7 +114,11 @@ def _scenario_in(root: Path, args: argparse.Namespace) -> int:
         if not args.json:
             print(text, file=sys.stderr, flush=True)
 
-    deployment = write_loopback_deployment(root / "deployment", pulses_per_round=700_000)
+    # A small pool target: once it is full the link stops distilling key, so the gate's requests do not
+    # share two cores with Cascade (the scenario needs little key: one session key per study).
+    deployment = write_loopback_deployment(
+        root / "deployment", pulses_per_round=700_000, low_watermark_bits=300_000, high_watermark_bits=600_000
+    )
     config_b = deployment.facilities[B]
     config_b.write_text(config_b.read_text() + scenario_config(args.deny_at))
     group = ProcessGroup(deployment)
