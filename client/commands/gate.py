@@ -79,7 +79,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     sc.add_argument("--days", type=int, default=30, help="days of history replayed before today (30)")
     sc.add_argument("--seed", type=int, default=0, help="seed of the simulated behaviour (0)")
     sc.add_argument(
-        "--deny-at", type=float, default=0.8, help="hospital-b's [gate] deny_at for the scenario (0.8)"
+        "--deny-at", type=float, default=0.75, help="hospital-b's [gate] deny_at for the scenario (0.75)"
     )
     sc.add_argument("--keep", type=Path, metavar="DIR", help="run in DIR (new or empty) and keep it")
     sc.add_argument("--timeout", type=float, default=120.0, help="seconds allowed for each step (120)")
