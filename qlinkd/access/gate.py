@@ -86,13 +86,38 @@ def _local(at: float, config: GateConfig) -> dt.datetime:
     return dt.datetime.fromtimestamp(at, config.zone).replace(tzinfo=None)
 
 
-def _table(requests: Sequence[GateRequest], config: GateConfig) -> dict[str, np.ndarray]:
-    departments = [_INSIDE if r.inside else (r.department or _NO_DEPARTMENT) for r in requests]
+@dataclass(frozen=True, slots=True)
+class _Day:
+    """The user's requests placed in local time once (each conversion costs a zone lookup): those of the
+    window before today (`past`) and today's so far, the new request last (`today`)."""
+
+    past: list[tuple[GateRequest, dt.datetime]]
+    today: list[tuple[GateRequest, dt.datetime]]
+    midnight: dt.datetime
+
+    @classmethod
+    def of(cls, history: Sequence[GateRequest], request: GateRequest, config: GateConfig) -> _Day:
+        now = _local(request.at, config)
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        start, tomorrow = midnight - dt.timedelta(days=config.window_days), midnight + dt.timedelta(days=1)
+        past, today = [], []
+        for r in history:
+            moment = _local(r.at, config)
+            if start <= moment < midnight:
+                past.append((r, moment))
+            elif midnight <= moment < tomorrow:
+                today.append((r, moment))
+        today.append((request, now))
+        return cls(past, today, midnight)
+
+
+def _table(placed: Sequence[tuple[GateRequest, dt.datetime]]) -> dict[str, np.ndarray]:
+    departments = [_INSIDE if r.inside else (r.department or _NO_DEPARTMENT) for r, _ in placed]
     return {
-        "user": np.full(len(requests), _USER),
-        "date": np.array([_local(r.at, config) for r in requests], dtype="datetime64[s]"),
+        "user": np.full(len(placed), _USER),
+        "date": np.array([moment for _, moment in placed], dtype="datetime64[s]"),
         "department": np.array(departments, dtype=object),
-        "volume": np.array([r.volume for r in requests], dtype=np.float64),
+        "volume": np.array([r.volume for r, _ in placed], dtype=np.float64),
     }
 
 
@@ -100,15 +125,16 @@ def request_features(
     history: Sequence[GateRequest], request: GateRequest, config: GateConfig
 ) -> dict[str, float]:
     """The `request` features of the user's day so far, `request` included (it is the latest)."""
-    today = _local(request.at, config).replace(hour=0, minute=0, second=0, microsecond=0)
-    start = today - dt.timedelta(days=config.window_days)
-    kept = [r for r in history if start <= _local(r.at, config) < today + dt.timedelta(days=1)]
+    return _features(_Day.of(history, request, config), config)
+
+
+def _features(day: _Day, config: GateConfig) -> dict[str, float]:
     features = user_day_features(
-        {"requests": _table([*kept, request], config)},
+        {"requests": _table(day.past + day.today)},
         user_ids=np.array([_USER]),
         own_pc=np.array([""]),
         authorised=np.ones((1, 1), dtype=bool),
-        start=np.datetime64(start, "s"),
+        start=np.datetime64(day.midnight - dt.timedelta(days=config.window_days), "s"),
         days=config.window_days + 1,
         window=config.window_days,
         departments=(_INSIDE,),
@@ -128,7 +154,8 @@ def assess(
 ) -> Assessment:
     """Score `request` against the user's `history` (earlier requests, any order). `departments`: the
     user's departments, for the reasons (None: the user is limited to none)."""
-    features = request_features(history, request, config)
+    day = _Day.of(history, request, config)
+    features = _features(day, config)
     x = np.array([[features[name] for name in model.feature_set.names]])
     probability = float(model.score(x)[0])
     step_up, deny = thresholds(model, config)
@@ -138,7 +165,7 @@ def assess(
         decision = GateDecision.STEP_UP
     else:
         decision = GateDecision.ALLOW
-    reasons = _reasons(history, request, config, features, departments)
+    reasons = _reasons(day, config, features, departments)
     reasons.append(
         f"intent score {probability:.2f} (step-up from {step_up:.2f}, refusal from {deny:.2f};"
         f" model {model.feature_set.name} QFNN, {model.qubits} qubits)"
@@ -155,16 +182,10 @@ def assess(
 
 
 def _reasons(
-    history: Sequence[GateRequest],
-    request: GateRequest,
-    config: GateConfig,
-    features: dict[str, float],
-    departments: frozenset[str] | None,
+    day: _Day, config: GateConfig, features: dict[str, float], departments: frozenset[str] | None
 ) -> list[str]:
-    today = _local(request.at, config).date()
-    window_start = today - dt.timedelta(days=config.window_days)
-    todays = [r for r in history if _local(r.at, config).date() == today] + [request]
-    past = [r for r in history if window_start <= _local(r.at, config).date() < today]
+    todays = [r for r, _ in day.today]
+    past = [r for r, _ in day.past]
     reasons: list[str] = []
     outside = [r for r in todays if not r.inside]
     if outside:
@@ -175,14 +196,14 @@ def _reasons(
             f" departments ({yours}): {', '.join(others)}"
         )
     start, end = config.work_hours
-    night = [r for r in todays if not start <= _hour(r.at, config) < end]
+    night = sum(not start <= _hour(moment) < end for _, moment in day.today)
     if night:
-        usual = sum(not start <= _hour(r.at, config) < end for r in past) / len(past) if past else 0.0
+        usual = sum(not start <= _hour(moment) < end for _, moment in day.past) / len(past) if past else 0.0
         reasons.append(
-            f"{len(night)} of today's {len(todays)} requests came outside working hours"
+            f"{night} of today's {len(todays)} requests came outside working hours"
             f" ({start:02.0f}:00-{end:02.0f}:00 {config.timezone}); usually {usual:.0%} of yours do"
         )
-    past_days = {_local(r.at, config).date() for r in past}
+    past_days = {moment.date() for _, moment in day.past}
     if past_days:
         usual_count = len(past) / len(past_days)
         if len(todays) > 2 * usual_count:
@@ -203,6 +224,5 @@ def _reasons(
     return reasons
 
 
-def _hour(at: float, config: GateConfig) -> float:
-    moment = _local(at, config)
+def _hour(moment: dt.datetime) -> float:
     return moment.hour + moment.minute / 60 + moment.second / 3600
