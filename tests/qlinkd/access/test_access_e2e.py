@@ -290,3 +290,64 @@ def test_roles_limited_by_modality_and_message_type_judge_the_summaries_kept_on_
     ]
     assert _get(site, f"/v1/inbox/{site.message}/files/0", lab_token).status_code == 200
     assert _get(site, f"/v1/inbox/{site.study}/files/0", lab_token).status_code == 403
+
+
+def test_departments_through_the_cli_and_the_gate_scoring_in_monitor_mode(
+    site: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`qlink user add --department` and `user assign --department`; the gate (monitor, the default)
+    scores the user's first read of the study, audits it with the department, refuses nothing, and
+    `qlink status` shows it."""
+    token_file = tmp_path / "gated.token"
+    code, printed, err = qlink(
+        capsys,
+        "user",
+        "add",
+        "gated",
+        "--role",
+        "radiology",
+        "--department",
+        "Radiology",
+        "--user-token-out",
+        str(token_file),
+        "--json",
+        "--config",
+        site.config_b,
+    )
+    assert code == 0, err
+    user = json.loads(printed)["user"]
+    assert user["departments"] == ["Radiology"]
+    code, printed, err = qlink(
+        capsys,
+        "user",
+        "assign",
+        user["id"],
+        "--department",
+        "Cardiology",
+        "--json",
+        "--config",
+        site.config_b,
+    )
+    assert code == 0 and json.loads(printed)["user"]["departments"] == ["Cardiology", "Radiology"], err
+    code, _, err = qlink(capsys, "user", "assign", user["id"], "--config", site.config_b)
+    assert code == 2 and "one of the arguments --patient --department is required" in err
+
+    answer = _get(site, f"/v1/inbox/{site.study}", token_file.read_text().strip())
+    assert answer.status_code == 200
+    scored = [e for e in _audit(site) if e["event"] == "gate_request" and e["user"] == user["id"]]
+    assert len(scored) == 1 and scored[0]["mode"] == "monitor" and scored[0]["applied"] == "allowed"
+    assert scored[0]["transfer"] == site.study and 0.0 <= scored[0]["score"] <= 1.0
+    assert scored[0]["au"] == 1.0  # the user's first request
+    code, status_text, err = qlink(capsys, "status", "--config", site.config_b)
+    assert code == 0 and "gate         monitor: step-up from 0.46" in status_text, err
+    gate = httpx.get(
+        f"{site.b_url}/v1/gate", headers={"Authorization": f"Bearer {site.b_facility_token}"}, timeout=30
+    ).json()
+    assert gate["mode"] == "monitor" and gate["latency"]["samples"] >= 1 and gate["test_clock"] is False
+    clock = httpx.post(
+        f"{site.b_url}/v1/gate/clock",
+        headers={"Authorization": f"Bearer {site.b_facility_token}"},
+        json={"now": 1.0e9, "who": "test"},
+        timeout=30,
+    )
+    assert clock.status_code == 404 and "test clock is off" in clock.json()["message"]
