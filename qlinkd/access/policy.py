@@ -60,9 +60,10 @@ class User:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DataAttributes:
-    """What the policy knows of one transfer. The summary fields (modalities, message type, patient,
-    department) are None or empty until the records carry a per-transfer summary; a role that limits a
-    dimension refuses a transfer whose value for it is not recorded."""
+    """What the policy knows of one transfer: its manifest, and the summary recorded on arrival
+    (modalities, message type, patient, department). A field the content did not carry (or that a
+    transfer delivered before its column existed lacks) is None or empty; a role that limits a dimension
+    refuses a transfer whose value for it is not recorded."""
 
     transfer_id: str
     kind: TransferKind
