@@ -81,7 +81,7 @@ def test_a_short_pool_cuts_nothing_and_an_aead_key_is_kept_instead(pair) -> None
     with pytest.raises(InsufficientKey) as short:
         mine.take_pad(PEER, owner=ME, transfer_id=TID, size_bytes=601, master_sae="m")
     assert (short.value.requested_bits, short.value.available_bits) == (8 * 601, 8 * 600)
-    assert mine.pool_identities(PEER) == before and mine.outbox(PEER) == []
+    assert mine.pool_identities(PEER) == before == theirs.pool_identities(ME) and mine.outbox(PEER) == []
     assert mine.at_rest_key(TID) is None
     key = bytes(range(32))
     assert mine.keep_at_rest_key(PEER, transfer_id=TID, form="aead", key=key) == key
