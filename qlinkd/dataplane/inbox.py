@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import time
 from concurrent.futures import Future
@@ -331,22 +332,33 @@ class Inbox:
     def store_ehr(self, manifest: Manifest, body: bytes, info: ContentInfo, *, form: str, key: bytes) -> None:
         """Write a checked EHR message's at-rest file, ``<transfer_id>/0``, durably: under the one-time
         pad `key` (form "qotpe", `content.qotp_at_rest`) or under AES-256-GCM (form "aead"). Its key is
-        kept in the key store, never here. Blocking: call it from a thread."""
+        kept in the key store, never here. Blocking: call it from a thread.
+
+        Written to a name of its own, fsynced, then renamed over ``0`` (atomic) and the folders fsynced:
+        the file is always whole, also when a sender that reconnected has the same message stored twice
+        at once (both blobs open with the one key held for the transfer)."""
         transfer_id = manifest.transfer_id
         if form == qotp_at_rest.FORM_QOTPE:
             blob = qotp_at_rest.seal(body, key)
         else:
             blob = at_rest.seal_at_rest(manifest.files[0].name, body, info, key)
-        stage = self.root / f"{_STAGE}{transfer_id}"
-        shutil.rmtree(stage, ignore_errors=True)
-        stage.mkdir(mode=0o700)
-        fd = os.open(stage / "0", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        folder = self.root / transfer_id
+        folder.mkdir(mode=0o700, exist_ok=True)
+        temp = folder / f".0-{secrets.token_hex(8)}"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, blob)
+            view = memoryview(blob)
+            while view:
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
-        self._publish(stage, transfer_id)
+            temp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.replace(temp, folder / "0")
+        fsync_dir(folder)
+        fsync_dir(self.root)
 
     def deliver_ehr(self, manifest: Manifest, *, blob: bytes | None, key: bytes | None, forms: str) -> float:
         """Record the message delivered (`blob` and `key` None: its at-rest file is written and its key is

@@ -10,7 +10,8 @@ sender reconnects with a fresh key and resumes from the last acknowledged byte.
 
 Durability order, for every transfer: a chunk is acknowledged only after the spool holding it is fsynced
 and the inbox record says so; "delivered" is sent only after the transfer is stored at rest and its record
-committed (an EHR message: one commit), and the audit callback runs after that.
+committed (an EHR message: its key in the key store, its file fsynced, then one commit), and the audit
+callback runs after that.
 """
 
 from __future__ import annotations
@@ -354,8 +355,8 @@ class ReceiverSession:
         await self._writer.drain()
 
     async def _ehr(self, manifest: Manifest, body: bytes) -> None:
-        """A whole EHR message from a one-time-pad frame: checked, sealed for rest and recorded in one
-        transaction (the latency-bound path: no spool, no files)."""
+        """A whole EHR message from a one-time-pad frame: checked, stored at rest (`_store_ehr`) and
+        recorded in one transaction (the latency-bound path: no spool)."""
         inbox = self.ctx.inbox
         tid = manifest.transfer_id
         record = inbox.record(tid)

@@ -9,8 +9,8 @@ inbox keeps everything until an operator removes it.
     sweep_interval_s = 60             # how often the policy is applied
     dir = "/srv/qlink-inbox"          # the inbox elsewhere than state_dir/inbox (e.g. shared storage)
 
-A purge removes the at-rest copy (files, or an EHR message's sealed body) and keeps the transfer's
-record, so a re-sent transfer is still answered "already delivered". `max_age_s` purges what nobody
+A purge removes the at-rest copy (its files, and an EHR message's key in the key store) and keeps the
+transfer's record, so a re-sent transfer is still answered "already delivered". `max_age_s` purges what nobody
 fetched or forwarded too: that is the policy the hospital sets, and it should be longer than any
 forward may take to succeed.
 

@@ -7,6 +7,10 @@ its SAEs. Every mutating method is one ``BEGIN IMMEDIATE`` transaction, so a cra
 either the old state or the new one. Consumed key bytes are deleted with ``secure_delete`` on and the WAL
 is checkpointed and truncated right after, so they do not linger in the files.
 
+Keys of data at rest (`at_rest`, schema 3): the one-time pad of each EHR message in the inbox, carved
+from this end's rounds with a notice that makes the peer drop its copy (DISCARD_SAE), or the AES key of
+one stored when the pool was short; erased (secure_delete, WAL truncated) when the message is purged.
+
 Key lifetime: a key handed to a master SAE leaves this store at once (only its notice, which names pool
 offsets, stays until the peer acknowledges it); its copy at the slave's end waits in `incoming` until the
 slave fetches it. `expire_unfetched` deletes the copies older than the configured lifetime by the same

@@ -12,12 +12,14 @@ short; an inbox anyone can read reveals nothing of the message.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import json
 import os
 import secrets
 import stat
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +32,8 @@ from prometheus_client import CollectorRegistry
 from qlinkmed.qcore.qotp import QotpKey, circuit_encrypt, encrypt
 from qlinkmed.qlinkd.content import qotp_at_rest
 from qlinkmed.qlinkd.dataplane.inbox import Inbox
-from qlinkmed.qlinkd.dataplane.manifest import FileEntry, TransferKind
-from qlinkmed.qlinkd.dataplane.records import Outgoing
+from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
+from qlinkmed.qlinkd.dataplane.records import Outgoing, TransferRecords
 from qlinkmed.qlinkd.dataplane.rest_keys import RestKeys
 from qlinkmed.qlinkd.dataplane.retention import Retention
 from qlinkmed.qlinkd.dataplane.service import DataPlane
@@ -333,13 +335,41 @@ async def test_an_inbox_on_a_directory_others_can_read_reveals_nothing_of_the_me
         b.close()
 
 
-def test_a_named_inbox_directory_that_does_not_exist_is_created_private(tmp_path: Path, pools: Pools) -> None:
-    from qlinkmed.qlinkd.dataplane.records import TransferRecords
-
+def test_a_named_inbox_directory_that_does_not_exist_is_created_private(tmp_path: Path) -> None:
     records = TransferRecords.open(tmp_path / "transfers.sqlite3")
     try:
         inbox = Inbox(tmp_path / "new" / "inbox", records, facility=B, operator_dir=True)
         assert stat.S_IMODE(inbox.root.stat().st_mode) == 0o700
+    finally:
+        records.close()
+
+
+def test_the_same_message_stored_twice_at_once_leaves_one_whole_file(tmp_path: Path, pools: Pools) -> None:
+    """A sender that reconnected may have a message stored again while the first store still runs: the
+    file under ``<id>/0`` is always whole and opens, and no temporary file is left."""
+    records = TransferRecords.open(tmp_path / "transfers.sqlite3")
+    try:
+        inbox = Inbox(tmp_path / "inbox", records, facility=B, rest_keys=pools.rest_keys)
+        digest = hashlib.sha256(HL7).hexdigest()
+        manifest = Manifest(
+            transfer_id=str(uuid.uuid4()),
+            sender=A,
+            recipient=B,
+            kind=TransferKind.EHR,
+            files=(FileEntry("oru.hl7", len(HL7), digest, "hl7"),),
+            created=0.0,
+        )
+        info = inbox.check_ehr(manifest, HL7)
+        pad = pools.rest_keys.cut_pad(A, manifest.transfer_id, len(HL7))
+
+        def store(_: int) -> None:
+            inbox.store_ehr(manifest, HL7, info, form="qotpe", key=pad)
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(store, range(64)))
+        folder = inbox.root / manifest.transfer_id
+        assert [p.name for p in folder.iterdir()] == ["0"]
+        assert Inbox.open_located(folder / "0", pad, digest) == HL7
     finally:
         records.close()
 
