@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import shutil
 import time
 from concurrent.futures import Future
@@ -39,6 +38,7 @@ from qlinkmed.qlinkd.dataplane.records import Incoming, IncomingRecord, Transfer
 from qlinkmed.qlinkd.dataplane.rest_keys import RestKeys
 from qlinkmed.qlinkd.dataplane.spool import Spool
 from qlinkmed.qlinkd.errors import ContentError, StoreError, TransferError
+from qlinkmed.qlinkd.ops import entropy
 
 _SPOOL = ".spool"
 _STAGE = ".stage-"
@@ -344,7 +344,7 @@ class Inbox:
             blob = at_rest.seal_at_rest(manifest.files[0].name, body, info, key)
         folder = self.root / transfer_id
         folder.mkdir(mode=0o700, exist_ok=True)
-        temp = folder / f".0-{secrets.token_hex(8)}"
+        temp = folder / f".0-{entropy.random_bytes(8).hex()}"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(blob)
