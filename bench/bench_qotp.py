@@ -4,6 +4,7 @@ a circuit: the cross-check) side by side.
 
     .venv/bin/python bench/bench_qotp.py                       # table + docs/img/qotp_cost.png
     .venv/bin/python bench/bench_qotp.py --records 100 1000 --runs 3 --no-plot
+    .venv/bin/python bench/bench_qotp.py --only-at-rest            # the daemon's at-rest cost per message
 
 The tables are generated here, seeded, as CSV text (what an EHR export of them looks like), with the
 columns of the public sets the paper used: a COVID-19 surveillance line list (date, county, state,
@@ -12,22 +13,42 @@ diagnosis, race and 20 mutation flags) and the Pima diabetes set (8 measurements
 Their values are synthetic; only the row sizes matter for the cost. Key material comes from os.urandom
 here (the daemon cuts it from the key pool: 2 key bytes per data byte). Each figure is the median of
 --runs runs of encrypt + decrypt of the whole table.
+
+Then the at-rest cost of one EHR message in the daemon's own path (`--messages`, `--message-runs`), on a
+real key store (keys.sqlite3: WAL, synchronous=FULL, secure_delete) and a real inbox directory in a
+temporary folder: "qotpe" is what the receiver does with a pool that can pay (`RestKeys.cut_pad`: the pad
+carved in one transaction with its notice, then `Inbox.store_ehr`: XOR alpha, HMAC-SHA256, written to a
+temporary name, fsynced, renamed, directory fsynced); "aead" is the fallback beside it in the same run
+(the HKDF key kept in the key store, the same write of an AES-256-GCM blob). Message sizes: a small HL7
+ORU (tests/data), then 4 KiB, 64 KiB and 1 MiB bodies. Median of the runs; the first run of each is
+discarded (file-system and SQLite warm-up). The temporary folder is on the file system of --tmp.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import os
 import statistics
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from qlinkmed.qcore.qotp import CIRCUIT_MAX_BITS, QotpKey, circuit_encrypt, decrypt, encrypt
+from qlinkmed.qlinkd.content import FORM_AEAD, qotp_at_rest
+from qlinkmed.qlinkd.content.kinds import ContentInfo, ContentKind
+from qlinkmed.qlinkd.dataplane.inbox import Inbox, at_rest_key
+from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
+from qlinkmed.qlinkd.dataplane.records import TransferRecords
+from qlinkmed.qlinkd.dataplane.rest_keys import RestKeys
+from qlinkmed.qlinkd.pool.keystore import KeyStore
+from qlinkmed.qlinkd.pool.kme import StoreKeyManager
 
 ROOT = Path(__file__).resolve().parents[1]
 LINK_RATE_BPS = 698_000
@@ -106,6 +127,111 @@ def circuit_seconds(data: bytes) -> float:
     return time.perf_counter() - started
 
 
+HL7 = (ROOT / "tests" / "data" / "oru_r01.hl7").read_bytes()
+ROUND_BYTES = 64 << 10
+"""The pool's rounds in the at-rest runs: a pad spans as many rows as it would in a pool of such rounds
+(a 1 MiB message's 2 MiB pad: 33 rows deleted or trimmed in its transaction)."""
+ME, PEER = "hospital-b", "hospital-a"
+
+
+def _message(size: int) -> bytes:
+    """An HL7-shaped body of `size` bytes (the ORU's segments repeated); the ORU itself for size 0."""
+    if size == 0:
+        return HL7
+    return (HL7 * (size // len(HL7) + 1))[:size]
+
+
+class _Receiver:
+    """A receiving daemon's at-rest path on real files: key store with one large round this end owns,
+    records, inbox."""
+
+    def __init__(self, root: Path, pool_bytes: int) -> None:
+        self.store = KeyStore.open(root / "keys.sqlite3")
+        self.store.init_auth(PEER, os.urandom(96))
+        for i in range(-(-pool_bytes // ROUND_BYTES)):
+            round_id = 2 * (i + 1)  # the even rounds: this end's
+            self.store.note_round_started(PEER, round_id)
+            self.store.store_pending(
+                PEER, round_id, owner=ME, key=os.urandom(ROUND_BYTES), auth_refill=os.urandom(48)
+            )
+            self.store.commit(PEER, round_id)
+        manager = StoreKeyManager(self.store, facility=ME, local_saes=(), sae_to_peer={})
+        self.keys = RestKeys(ME, manager, self.store)
+        self.records = TransferRecords.open(root / "transfers.sqlite3")
+        self.inbox = Inbox(root / "inbox", self.records, facility=ME, rest_keys=self.keys)
+        self.session = os.urandom(32)
+
+    def close(self) -> None:
+        self.inbox.close_all()
+        self.records.close()
+        self.store.close()
+
+    def store_one(self, body: bytes, form: str) -> tuple[float, float]:
+        """Seconds for one message's at-rest step in `form`, as the receiver runs it, and of them the
+        key's (the pad cut, or the AEAD key kept)."""
+        tid = str(uuid.uuid4())
+        digest = hashlib.sha256(body).hexdigest()
+        manifest = Manifest(
+            transfer_id=tid,
+            sender=PEER,
+            recipient=ME,
+            kind=TransferKind.EHR,
+            files=(FileEntry("m.hl7", len(body), digest, "hl7"),),
+            created=time.time(),
+        )
+        info = ContentInfo(kind=ContentKind.HL7, size=len(body), sha256=digest)
+        started = time.perf_counter()
+        if form == qotp_at_rest.FORM_QOTPE:
+            key = self.keys.cut_pad(PEER, tid, len(body))
+        else:
+            key = self.keys.keep(PEER, tid, FORM_AEAD, at_rest_key(self.session, tid))
+        keyed = time.perf_counter() - started
+        self.inbox.store_ehr(manifest, body, info, form=form, key=key)
+        elapsed = time.perf_counter() - started
+        if Inbox.open_located(self.inbox.root / tid / "0", key, digest) != body:
+            raise SystemExit("the stored message does not open to itself")
+        return elapsed, keyed
+
+
+def at_rest_costs(sizes: list[int], runs: int, tmp: Path | None) -> None:
+    print()
+    print("at rest, per EHR message, daemon path (key store + durable file), median of runs:")
+    print(
+        f"{'message':>10} {'bytes':>9} {'qotpe (ms)':>11} {'of it pad':>10} {'aead (ms)':>10}"
+        f" {'of it key':>10} {'ratio':>6} {'pad (bits)':>11}"
+    )
+    for size in sizes:
+        body = _message(size)
+        need = qotp_at_rest.pad_bytes(len(body)) * (runs + 1)
+        with tempfile.TemporaryDirectory(dir=tmp) as folder:
+            receiver = _Receiver(Path(folder), need)
+            try:
+                timings: dict[str, list[tuple[float, float]]] = {
+                    qotp_at_rest.FORM_QOTPE: [],
+                    FORM_AEAD: [],
+                }
+                for _ in range(runs + 1):  # interleaved: both forms see the same disk and load
+                    for form, seconds in timings.items():
+                        seconds.append(receiver.store_one(body, form))
+            finally:
+                receiver.close()
+        q, qk, a, ak = (
+            statistics.median(t[part] for t in timings[f][1:])
+            for f in (qotp_at_rest.FORM_QOTPE, FORM_AEAD)
+            for part in (0, 1)
+        )
+        label = "ORU" if size == 0 else f"{size // 1024} KiB"
+        print(
+            f"{label:>10} {len(body):>9,} {q * 1e3:>11.2f} {qk * 1e3:>10.2f} {a * 1e3:>10.2f}"
+            f" {ak * 1e3:>10.2f} {q / a:>6.2f} {8 * qotp_at_rest.pad_bytes(len(body)):>11,}"
+        )
+    print(
+        f"qotpe: pad cut (one key-store transaction, rounds of {ROUND_BYTES >> 10} KiB) + XOR + HMAC-SHA256"
+    )
+    print("       + durable write;")
+    print("aead: HKDF key kept in the key store (one transaction) + AES-256-GCM + the same durable write")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -115,7 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "qotp_cost.png")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--messages", type=int, nargs="*", default=[0, 4096, 65536, 1 << 20])
+    parser.add_argument("--message-runs", type=int, default=15)
+    parser.add_argument("--tmp", type=Path, default=None, help="folder for the at-rest runs' files")
+    parser.add_argument("--only-at-rest", action="store_true", help="skip the table and circuit figures")
     args = parser.parse_args(argv)
+    if args.only_at_rest:
+        at_rest_costs(args.messages, args.message_runs, args.tmp)
+        return 0
     rng = np.random.default_rng(args.seed)
     # Warm the circuit path once (qiskit's import and the simulator's first run are not per-record costs).
     circuit_seconds(b"abc")
@@ -150,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_plot:
         plot(results, circuit, args.out)
         print(f"plot: {args.out}")
+    if args.messages:
+        at_rest_costs(args.messages, args.message_runs, args.tmp)
     return 0
 
 

@@ -20,6 +20,7 @@ from qlinkmed.qlinkd.data_api import ensure_token
 from qlinkmed.qlinkd.dataplane.etsi_client import EtsiClient
 from qlinkmed.qlinkd.dataplane.external_keys import ExternalKeys
 from qlinkmed.qlinkd.dataplane.keys import KeySource, PeerKeySources, PoolKeys
+from qlinkmed.qlinkd.dataplane.rest_keys import RestKeys
 from qlinkmed.qlinkd.dataplane.retention import Retention
 from qlinkmed.qlinkd.dataplane.service import DataPlane
 from qlinkmed.qlinkd.gateways.runner import Gateways
@@ -146,6 +147,8 @@ async def run_daemon(
             + [p.id for p in config.external_peers if p.pq_hybrid],
             validator=validator,
             departments=config.departments,
+            rest_keys=RestKeys(config.id, manager, store),
+            inbox_dir=config.inbox.dir,
         )
         token = ensure_token(config.state_dir)
         gate_clock = SettableClock() if config.gate.test_clock else None
@@ -172,6 +175,7 @@ async def run_daemon(
             audit=audit,
             outcomes=gateways.ledger.outcomes if gateways.ledger is not None else None,
             on_purged=rt.metrics.inbox_purged,
+            rest_keys=plane.inbox.rest_keys,
         )
         # Whether or not a policy is set now: purges a stop interrupted are finished before anything else.
         retention.recover()

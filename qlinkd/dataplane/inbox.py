@@ -6,10 +6,14 @@ each file is read for its at-rest form, proves the study is the one the manifest
 Delivery is exactly once: a transfer ID already delivered is answered from the records and never written
 again.
 
-Layout under ``state_dir/inbox``: ``.spool/<transfer_id>``, the manifest's files back to back, while
-receiving; ``<transfer_id>/<file index>`` (at-rest blobs) once delivered. Names from the peer never become
-paths. One spool file per transfer, not one per file: a study of a thousand small slices then costs one
-fdatasync per SYNC_BYTES instead of a create and an fsync per slice (the receiver's largest cost before).
+Layout under ``state_dir/inbox`` (or the ``[inbox] dir`` an operator names): ``.spool/<transfer_id>``, the
+manifest's files back to back, while receiving; ``<transfer_id>/<file index>`` (at-rest blobs) once
+delivered. An EHR message arrives whole in one frame and is written straight to ``<transfer_id>/0``, in
+the quantum one-time-pad form (`content.qotp_at_rest`) or, when the pool is short, under AES-256-GCM; its
+key is kept in the key store (`rest_keys`), so nothing in this directory opens without keys.sqlite3.
+Names from the peer never become paths. One spool file per transfer, not one per file: a study of a
+thousand small slices then costs one fdatasync per SYNC_BYTES instead of a create and an fsync per slice
+(the receiver's largest cost before).
 """
 
 from __future__ import annotations
@@ -26,14 +30,16 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from qlinkmed.qlinkd.access.departments import DepartmentRules
-from qlinkmed.qlinkd.content import ContentInfo, at_rest
+from qlinkmed.qlinkd.content import ContentInfo, at_rest, qotp_at_rest
 from qlinkmed.qlinkd.content.summary import InboxSummary, summarize
 from qlinkmed.qlinkd.content.worker import ContentValidator, FileSlice, Source
 from qlinkmed.qlinkd.dataplane.manifest import Manifest, advance_past_complete
 from qlinkmed.qlinkd.dataplane.outbox import fsync_dir
 from qlinkmed.qlinkd.dataplane.records import Incoming, IncomingRecord, TransferRecords
+from qlinkmed.qlinkd.dataplane.rest_keys import RestKeys
 from qlinkmed.qlinkd.dataplane.spool import Spool
 from qlinkmed.qlinkd.errors import ContentError, StoreError, TransferError
+from qlinkmed.qlinkd.ops import entropy
 
 _SPOOL = ".spool"
 _STAGE = ".stage-"
@@ -104,19 +110,28 @@ class Inbox:
         facility: str,
         validator: ContentValidator | None = None,
         departments: DepartmentRules | None = None,
+        rest_keys: RestKeys | None = None,
+        operator_dir: bool = False,
     ) -> None:
         """`departments`: the facility's `[departments]` rules, naming each arrival's department in its
-        summary (None: arrivals name none)."""
+        summary (None: arrivals name none). `rest_keys`: where EHR messages' at-rest keys are kept (the
+        key store); None keeps an EHR message's sealed blob and key in its record, as qlinkd did before
+        the key store held them. `operator_dir`: `root` is the operator's ``[inbox] dir``, whose mode is
+        theirs to set."""
         self.root = root
         self._departments = departments
         self._validator = validator or ContentValidator()
         self._records = records
         self._facility = facility
+        self.rest_keys = rest_keys
         self._spool = root / _SPOOL
         # The inbox holds patient data at rest: only the daemon's user may list it. (mkdir's parents=True
         # would make the inbox itself with the umask's mode; an inbox an older version left 0755 is fixed.)
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        root.chmod(0o700)
+        # A directory the operator named keeps the mode they gave it: it may be shared storage whose
+        # access they manage, and what lies in it opens only with keys kept elsewhere.
+        if not (operator_dir and root.is_dir()):
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            root.chmod(0o700)
         self._spool.mkdir(mode=0o700, exist_ok=True)
         self._active: dict[str, _Active] = {}
         self._summaries: dict[str, InboxSummary] = {}
@@ -258,13 +273,18 @@ class Inbox:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+        self._publish(stage, transfer_id)
+        self._summaries[transfer_id] = self._summarize(manifest, infos)
+        return ",".join(sorted(set(forms)))
+
+    def _publish(self, stage: Path, transfer_id: str) -> None:
+        """Make the staged files the transfer's at-rest files, durably (the stage's entries, then the
+        rename)."""
         fsync_dir(stage)
         final = self.root / transfer_id
         shutil.rmtree(final, ignore_errors=True)
         os.rename(stage, final)
         fsync_dir(self.root)
-        self._summaries[transfer_id] = self._summarize(manifest, infos)
-        return ",".join(sorted(set(forms)))
 
     def _summarize(self, manifest: Manifest, infos: list[ContentInfo]) -> InboxSummary:
         return summarize(infos, peer=manifest.sender, departments=self._departments)
@@ -310,8 +330,47 @@ class Inbox:
         self._summaries[manifest.transfer_id] = self._summarize(manifest, [info])
         return blob, at_rest.at_rest_form(blob)
 
-    def deliver_ehr(self, manifest: Manifest, *, blob: bytes, key: bytes, forms: str) -> float:
-        """Record the message delivered; returns when its record was durable (epoch seconds)."""
+    def check_ehr(self, manifest: Manifest, body: bytes) -> ContentInfo:
+        """Check an EHR message against its manifest and content rules (TransferRefused if it does not
+        validate) and keep its listing summary until it is recorded. Blocking: call it from a thread."""
+        info = _checked(self._validator, manifest, 0, body)
+        self._summaries[manifest.transfer_id] = self._summarize(manifest, [info])
+        return info
+
+    def store_ehr(self, manifest: Manifest, body: bytes, info: ContentInfo, *, form: str, key: bytes) -> None:
+        """Write a checked EHR message's at-rest file, ``<transfer_id>/0``, durably: under the one-time
+        pad `key` (form "qotpe", `content.qotp_at_rest`) or under AES-256-GCM (form "aead"). Its key is
+        kept in the key store, never here. Blocking: call it from a thread.
+
+        Written to a name of its own, fsynced, then renamed over ``0`` (atomic) and the folders fsynced:
+        the file is always whole, also when a sender that reconnected has the same message stored twice
+        at once (both blobs open with the one key held for the transfer)."""
+        transfer_id = manifest.transfer_id
+        if form == qotp_at_rest.FORM_QOTPE:
+            blob = qotp_at_rest.seal(body, key)
+        else:
+            blob = at_rest.seal_at_rest(manifest.files[0].name, body, info, key)
+        folder = self.root / transfer_id
+        folder.mkdir(mode=0o700, exist_ok=True)
+        temp = folder / f".0-{entropy.random_bytes(8).hex()}"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(blob)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            temp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.replace(temp, folder / "0")
+        fsync_dir(folder)
+        fsync_dir(self.root)
+
+    def deliver_ehr(self, manifest: Manifest, *, blob: bytes | None, key: bytes | None, forms: str) -> float:
+        """Record the message delivered (`blob` and `key` None: its at-rest file is written and its key is
+        in the key store); returns when its record was durable (epoch seconds)."""
         self._close(manifest.transfer_id)
         summary = self._summaries.pop(manifest.transfer_id, None)
         self._records.record_ehr(manifest, blob=blob, key=key, forms=forms, reason=None, summary=summary)
@@ -335,9 +394,12 @@ class Inbox:
         if not 0 <= index < len(record.manifest.files):
             raise TransferError(f"transfer has no file {index}", transfer=transfer_id)
         key = self._records.at_rest_key(transfer_id)
+        if key is None and self.rest_keys is not None:
+            held = self.rest_keys.held(transfer_id)
+            key = None if held is None else held[1]
         if key is None:
-            raise StoreError(f"delivered transfer {transfer_id} has no at-rest key in its record")
-        blob = self._records.blob(transfer_id)
+            raise StoreError(f"delivered transfer {transfer_id} has no at-rest key")
+        blob = self._records.blob(transfer_id)  # an EHR message stored by an older qlinkd
         source = blob if blob is not None else self.root / transfer_id / str(index)
         return source, key, record.manifest.files[index].sha256
 
@@ -345,7 +407,10 @@ class Inbox:
     def open_located(source: Path | bytes, key: bytes, sha256: str) -> bytes:
         """The original bytes from their at-rest form, bit-exact (blocking: decrypts; no database)."""
         blob = source.read_bytes() if isinstance(source, Path) else source
-        data = at_rest.open_at_rest(blob, key)
+        if qotp_at_rest.is_qotpe(blob):
+            data = qotp_at_rest.open_blob(blob, key)
+        else:
+            data = at_rest.open_at_rest(blob, key)
         if hashlib.sha256(data).hexdigest() != sha256:
             raise TransferError("at-rest copy does not match the manifest")
         return data

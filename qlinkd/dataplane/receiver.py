@@ -10,7 +10,8 @@ sender reconnects with a fresh key and resumes from the last acknowledged byte.
 
 Durability order, for every transfer: a chunk is acknowledged only after the spool holding it is fsynced
 and the inbox record says so; "delivered" is sent only after the transfer is stored at rest and its record
-committed (an EHR message: one commit), and the audit callback runs after that.
+committed (an EHR message: its key in the key store, its file fsynced, then one commit), and the audit
+callback runs after that.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qlinkmed.qcore.errors import DecodeError
+from qlinkmed.qlinkd.content import FORM_AEAD, ContentInfo, qotp_at_rest
 from qlinkmed.qlinkd.dataplane import wire as dm
 from qlinkmed.qlinkd.dataplane.events import DataMessage, SessionRefusal, TransferState
 from qlinkmed.qlinkd.dataplane.inbox import Inbox, SyncPoint, TransferRefused, at_rest_key
@@ -41,6 +43,7 @@ from qlinkmed.qlinkd.dataplane.records import Incoming
 from qlinkmed.qlinkd.dataplane.tasks import group_outcome
 from qlinkmed.qlinkd.errors import (
     FrameError,
+    InsufficientKey,
     IntegrityError,
     KeyNotFound,
     KmeError,
@@ -103,6 +106,11 @@ class ReceiverContext:
     the secret encapsulated to it."""
     on_session: Callable[[SessionKeyed], None] = field(default=lambda keyed: None)
     """A session's traffic keys are derived and its Ready sent."""
+    on_ehr_at_rest: Callable[[str, str, InsufficientKey | None], None] = field(
+        default=lambda tid, form, short: None
+    )
+    """(transfer, at-rest form, why the pool could not pay for a pad: None when it did) for every EHR
+    message stored with its key in the key store."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,8 +355,8 @@ class ReceiverSession:
         await self._writer.drain()
 
     async def _ehr(self, manifest: Manifest, body: bytes) -> None:
-        """A whole EHR message from a one-time-pad frame: checked, sealed for rest and recorded in one
-        transaction (the latency-bound path: no spool, no files)."""
+        """A whole EHR message from a one-time-pad frame: checked, stored at rest (`_store_ehr`) and
+        recorded in one transaction (the latency-bound path: no spool)."""
         inbox = self.ctx.inbox
         tid = manifest.transfer_id
         record = inbox.record(tid)
@@ -359,16 +367,48 @@ class ReceiverSession:
         else:
             key = at_rest_key(self._session_keys().material, tid)
             try:
-                blob, forms = await asyncio.to_thread(inbox.seal_ehr, manifest, body, key)
+                if inbox.rest_keys is None:
+                    blob, forms = await asyncio.to_thread(inbox.seal_ehr, manifest, body, key)
+                else:
+                    info = await asyncio.to_thread(inbox.check_ehr, manifest, body)
             except TransferRefused as exc:
                 inbox.refuse_ehr(manifest, exc.message)
                 self.ctx.on_refused(tid, exc.message)
                 self._send(self._machine.answer(tid, delivered=False, reason=exc.message))
             else:
-                stored_at = inbox.deliver_ehr(manifest, blob=blob, key=key, forms=forms)
+                if inbox.rest_keys is None:
+                    stored_at = inbox.deliver_ehr(manifest, blob=blob, key=key, forms=forms)
+                else:
+                    forms = await self._store_ehr(manifest, body, info, key)
+                    stored_at = inbox.deliver_ehr(manifest, blob=None, key=None, forms=forms)
                 # Recorded before the answer goes: if the answer cannot be sent (the connection drops, the
                 # traffic key ages out), the sender sends again and hears "delivered" from the inbox's
                 # record, and this was the only moment to audit the arrival.
                 self.ctx.on_delivered(tid, manifest, forms, stored_at)
                 self._send(self._machine.answer(tid, delivered=True))
         await self._writer.drain()
+
+    async def _store_ehr(self, manifest: Manifest, body: bytes, info: ContentInfo, aead_key: bytes) -> str:
+        """Write the message's at-rest file under a one-time pad cut from the pool, or under AES-256-GCM
+        (`aead_key`) when the pool cannot pay for the pad: a message is never refused or held back for
+        lack of pad key. Its key goes to the key store first, the file after (durable), the record last.
+        Returns the form."""
+        inbox = self.ctx.inbox
+        keys = inbox.rest_keys
+        if keys is None:
+            raise SessionMisuse("no key store for EHR messages at rest")
+        tid = manifest.transfer_id
+        short: InsufficientKey | None = None
+        held = keys.held(tid)  # a key kept before a crash, the message sent again: its file is rewritten
+        if held is not None:
+            form, key = held
+        else:
+            try:
+                key = keys.cut_pad(self.peer, tid, len(body))
+                form = qotp_at_rest.FORM_QOTPE
+            except InsufficientKey as exc:
+                short = exc
+                form, key = FORM_AEAD, keys.keep(self.peer, tid, FORM_AEAD, aead_key)
+        await asyncio.to_thread(inbox.store_ehr, manifest, body, info, form=form, key=key)
+        self.ctx.on_ehr_at_rest(tid, form, short)
+        return form

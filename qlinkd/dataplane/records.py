@@ -1,8 +1,9 @@
 """The data plane's durable records: one SQLite database (WAL, synchronous=FULL, mode 0600) holding the
 state of every outgoing and incoming transfer. The bytes of studies and images live in files beside it
 (``outbox``, ``inbox``), and a record changes only after the files it vouches for are fsynced. An EHR
-message is small and latency-bound, so its bytes live in its record: queueing or delivering one is a
-single transaction, one fsync.
+message is small and latency-bound, so a queued one's bytes live in its record (queueing is one
+transaction). A delivered one is an inbox file whose key is in the key store (`rest_keys`); only messages
+an older qlinkd delivered keep their sealed blob and key here (`blob`, `at_rest_key`), still read.
 """
 
 from __future__ import annotations
@@ -404,7 +405,8 @@ class TransferRecords:
         reason: str | None,
         summary: InboxSummary | None = None,
     ) -> None:
-        """An EHR message received whole: delivered (its at-rest `blob` kept here) or refused, at once."""
+        """An EHR message received whole: delivered or refused, at once. `blob` and `key` None: its at-rest
+        file and key are elsewhere (inbox, key store); the daemon writes them so now."""
         state = Incoming.DELIVERED if reason is None else Incoming.REFUSED
         now = time.time()
         with self._tx():
@@ -533,7 +535,8 @@ class TransferRecords:
     def mark_purged(self, transfer_id: str, reason: str, now: float) -> int | None:
         """Mark a delivered transfer purged, dropping its at-rest key and an EHR message's blob in the same
         transaction: from here on nothing can read its at-rest files, whether or not they are deleted yet
-        (`retention` deletes them after, and again at start-up after a crash). Returns the bytes of the
+        (`retention` erases an EHR message's key in the key store and deletes the files after, and again at
+        start-up after a crash). Returns the bytes of the
         blob dropped (0 for a transfer kept in files), None if the transfer is not held (unknown, not
         delivered, or purged already)."""
         with self._tx():

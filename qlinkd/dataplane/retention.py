@@ -5,9 +5,11 @@ says of them. `Retention` is the shell: a periodic sweep in the daemon's task gr
 chosen transfer purged in the records, audits it, then deletes its at-rest files.
 
 Crash safety: the record is marked first (in one transaction that also drops the transfer's at-rest key
-and an EHR message's sealed body), the files go after. A crash in between leaves files no record claims
-and no key can open; `recover`, run at start-up before the data plane receives, deletes them (and audits
-the purge, `resumed`). A record never claims files that are gone.
+and an EHR message's sealed body, as an older qlinkd kept them), then an EHR message's key in the key
+store is erased (crypto-shredding: a copy of its file that survives on shared storage opens no more),
+and the files go last. A crash in between leaves files no record claims and keys no record needs;
+`recover`, run at start-up before the data plane receives, deletes both (and audits the purge,
+`resumed`). A record never claims files or keys that are gone.
 
 The record itself stays, state "delivered" and marked purged (when, why): the same transfer sent again
 is answered "already delivered" from it and never stored again, and fetching it says when and why it was
@@ -27,7 +29,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from qlinkmed.qlinkd.dataplane.records import RetentionRow, TransferRecords
+from qlinkmed.qlinkd.dataplane.records import Incoming, RetentionRow, TransferRecords
+from qlinkmed.qlinkd.dataplane.rest_keys import RestKeys
 from qlinkmed.qlinkd.ops.audit import AuditLog
 from qlinkmed.qlinkd.ops.inbox_config import InboxConfig
 
@@ -134,9 +137,12 @@ class Retention:
         outcomes: Callable[[], Mapping[str, tuple[int, int, float | None]]] | None = None,
         on_purged: Callable[[str, int], None] | None = None,
         clock: Callable[[], float] = time.time,
+        rest_keys: RestKeys | None = None,
     ) -> None:
         """`outcomes`: the forwarding ledger's per-transfer outcomes (`ForwardLedger.outcomes`), None
-        without gateways. `on_purged(reason, bytes)`: counts each purge (metrics)."""
+        without gateways. `on_purged(reason, bytes)`: counts each purge (metrics). `rest_keys`: the key
+        store's keys of EHR messages at rest, erased with their messages."""
+        self._rest_keys = rest_keys
         self._policy = policy
         self._records = records
         self._root = inbox_root
@@ -148,20 +154,42 @@ class Retention:
     def recover(self) -> int:
         """Finish the deletions a crash interrupted: the files of every transfer marked purged. Blocking
         (a few stats per held transfer): call it at start-up. Returns how many were finished."""
-        finished = 0
+        finished: set[str] = set()
         for transfer_id in _transfer_folders(self._root):
             purged = self._records.purged(transfer_id)
             if purged is None:
                 continue
+            if self._rest_keys is not None:
+                self._rest_keys.forget(transfer_id)
             size = blob_bytes(self._root, transfer_id)
             delete_blobs(self._root, transfer_id)
             self._audit.record(
                 "inbox_purged", transfer=transfer_id, reason=purged[1], bytes=size, resumed=True
             )
-            finished += 1
+            finished.add(transfer_id)
+        finished |= self._recover_keys()
         if finished:
-            log.info("inbox retention: finished %d purge(s) a stop interrupted", finished)
-        return finished
+            log.info("inbox retention: finished %d purge(s) a stop interrupted", len(finished))
+        return len(finished)
+
+    def _recover_keys(self) -> set[str]:
+        """Erase the at-rest keys no delivered, unpurged record needs: those of purged transfers whose
+        files were already gone when the stop came, and pads cut for a message a crash kept from being
+        recorded (sent again, it gets a fresh one)."""
+        if self._rest_keys is None:
+            return set()
+        erased = set()
+        for transfer_id in self._rest_keys.transfers():
+            record = self._records.incoming(transfer_id)
+            if record is not None and record.state is Incoming.DELIVERED and record.purged_at is None:
+                continue
+            self._rest_keys.forget(transfer_id)
+            if record is not None and record.purged_at is not None:
+                self._audit.record(
+                    "inbox_purged", transfer=transfer_id, reason=record.purge_reason, bytes=0, resumed=True
+                )
+                erased.add(transfer_id)
+        return erased
 
     def due(self) -> list[Purge]:
         """What the policy purges now."""
@@ -184,6 +212,8 @@ class Retention:
         held_bytes = self._records.mark_purged(tid, purge.reason.value, self._clock())
         if held_bytes is None:
             return 0  # purged meanwhile, or not delivered after all
+        if self._rest_keys is not None:
+            self._rest_keys.forget(tid)
         held_bytes += await asyncio.to_thread(blob_bytes, self._root, tid)
         # Audited before the files go: a crash after this leaves them to `recover`, which audits again
         # (resumed); one before it leaves them to `recover` too. Either way the purge is in the audit.

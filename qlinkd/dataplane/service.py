@@ -27,10 +27,12 @@ from qlinkmed.qlinkd.dataplane.manifest import FileEntry, Manifest, TransferKind
 from qlinkmed.qlinkd.dataplane.outbox import Outbox, Upload
 from qlinkmed.qlinkd.dataplane.receiver import ReceiverContext, ReceiverSession
 from qlinkmed.qlinkd.dataplane.records import Outgoing, TransferRecords
+from qlinkmed.qlinkd.dataplane.rest_keys import RestKeys
 from qlinkmed.qlinkd.dataplane.sender import SenderContext, SenderSession
 from qlinkmed.qlinkd.errors import (
     FrameError,
     HybridUnavailable,
+    InsufficientKey,
     QlinkdError,
     Rejected,
     RekeyRequired,
@@ -73,11 +75,15 @@ class DataPlane:
         pq_hybrid: Collection[str] = (),
         validator: ContentValidator | None = None,
         departments: DepartmentRules | None = None,
+        rest_keys: RestKeys | None = None,
+        inbox_dir: Path | None = None,
     ) -> None:
         """`pq_hybrid`: the peers whose sessions mix an ML-KEM-768 secret into every traffic key (their
         daemons must say the same of this facility). HybridUnavailable if the installed cryptography has
         no ML-KEM (the configuration check says so first). `departments`: the facility's `[departments]`,
-        naming the department of every arrival in the inbox listing."""
+        naming the department of every arrival in the inbox listing. `rest_keys`: the key store's keys of
+        EHR messages at rest (None: kept in their records, as before it held them). `inbox_dir`: the
+        operator's ``[inbox] dir`` (None: state_dir/inbox)."""
         unknown = sorted(set(pq_hybrid) - set(peers))
         if unknown:
             raise UsageError(f"pq_hybrid names {unknown}, which are no peers of this facility")
@@ -95,7 +101,13 @@ class DataPlane:
         self.records = TransferRecords.open(state_dir / RECORDS_FILE)
         self.outbox = Outbox(state_dir / "outbox")
         self.inbox = Inbox(
-            state_dir / "inbox", self.records, facility=facility, validator=validator, departments=departments
+            inbox_dir or state_dir / "inbox",
+            self.records,
+            facility=facility,
+            validator=validator,
+            rest_keys=rest_keys,
+            operator_dir=inbox_dir is not None,
+            departments=departments,
         )
         self._peers = peers
         self._keys = keys
@@ -242,6 +254,7 @@ class DataPlane:
                 work=self._work,
                 hybrid=peer in self._pq_hybrid,
                 on_session=self._session_keyed,
+                on_ehr_at_rest=self._ehr_at_rest,
             )
             await ReceiverSession(ctx, peer, reader, writer).run()
         except Rejected as exc:
@@ -393,6 +406,22 @@ class DataPlane:
     def _otp_fallback(self, tid: str, why: str) -> None:
         self._audit.record("otp_fallback", transfer=tid, reason=why)
         self._metrics.otp_fallback()
+
+    def _ehr_at_rest(self, tid: str, form: str, short: InsufficientKey | None) -> None:
+        if short is not None:
+            log.warning(
+                "EHR message %s stored under AES-256-GCM: its one-time pad needs %d bits, the pool holds %d",
+                tid,
+                short.requested_bits,
+                short.available_bits,
+            )
+            self._audit.record(
+                "ehr_at_rest_fallback",
+                transfer=tid,
+                needed_bits=short.requested_bits,
+                available_bits=short.available_bits,
+            )
+        self._metrics.ehr_stored_at_rest(form)
 
     def _delivered_here(self, tid: str, manifest: Manifest, forms: str, stored_at: float) -> None:
         log.info(

@@ -7,17 +7,23 @@ inbox keeps everything until an operator removes it.
     purge_after_forward_s = 3600      # an hour after every gateway destination accepted it
     max_age_s = 2592000               # 30 days after it arrived, fetched or not
     sweep_interval_s = 60             # how often the policy is applied
+    dir = "/srv/qlink-inbox"          # the inbox elsewhere than state_dir/inbox (e.g. shared storage)
 
-A purge removes the at-rest copy (files, or an EHR message's sealed body) and keeps the transfer's
-record, so a re-sent transfer is still answered "already delivered". `max_age_s` purges what nobody
+A purge removes the at-rest copy (its files, and an EHR message's key in the key store) and keeps the
+transfer's record, so a re-sent transfer is still answered "already delivered". `max_age_s` purges what nobody
 fetched or forwarded too: that is the policy the hospital sets, and it should be longer than any
 forward may take to succeed.
+
+`dir` places the inbox directory (delivered files and EHR messages at rest) elsewhere, e.g. on shared
+storage: nothing in it opens without the keys in the daemon's key store (state_dir/keys.sqlite3). It is
+created 0700 when it does not exist; an existing directory keeps the mode its operator gave it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from qlinkmed.qlinkd.ops.toml_reader import Table, build, check
 
@@ -39,6 +45,9 @@ class InboxConfig:
     """Purge this long after delivery, whatever else holds: fetched or not, forwarded or not."""
     sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S
     """How often the policy is applied, in [0.1, 3600] seconds."""
+    dir: Path | None = None
+    """Where the inbox directory is (absolute; relative paths in the file are read from its folder);
+    None: state_dir/inbox."""
 
     def __post_init__(self) -> None:
         for name in ("purge_after_fetch_s", "purge_after_forward_s", "max_age_s"):
@@ -54,6 +63,7 @@ class InboxConfig:
             "sweep_interval_s",
             "must be in [0.1, 3600] seconds",
         )
+        check(self.dir is None or self.dir.is_absolute(), "dir", "must be an absolute path")
 
     @property
     def enabled(self) -> bool:
@@ -75,6 +85,7 @@ def inbox_section(root: Table) -> InboxConfig:
         InboxConfig,
         **periods,
         sweep_interval_s=table.number("sweep_interval_s", DEFAULT_SWEEP_INTERVAL_S),
+        dir=table.path("dir") if table.has("dir") else None,
     )
     table.finish()
     return config

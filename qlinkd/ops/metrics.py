@@ -126,6 +126,13 @@ class LinkMetrics:
             "EHR messages sent under AEAD because the pool could not pay for a pad",
             registry=r,
         )
+        self.ehr_at_rest = Counter(
+            "qlink_ehr_at_rest",
+            "EHR messages stored in the inbox, by at-rest form: qotpe (one-time pad from the pool) or aead"
+            " (the pool could not pay for the pad)",
+            ["form"],
+            registry=r,
+        )
         self.alarm_latched = Gauge(
             "qlink_alarm_latched",
             "1 while an alarm raised on the link awaits acknowledgement (qlink alarm ack); survives restarts",
@@ -340,6 +347,9 @@ class LinkMetrics:
         """The retention policy removed one transfer's at-rest copy (`nbytes` of it)."""
         self.inbox_purges.labels(reason=reason).inc()
         self.inbox_purged_bytes.labels(reason=reason).inc(nbytes)
+
+    def ehr_stored_at_rest(self, form: str) -> None:
+        self.ehr_at_rest.labels(form=form).inc()
 
     def otp_fallback(self) -> None:
         self.otp_fallbacks.inc()

@@ -7,6 +7,10 @@ its SAEs. Every mutating method is one ``BEGIN IMMEDIATE`` transaction, so a cra
 either the old state or the new one. Consumed key bytes are deleted with ``secure_delete`` on and the WAL
 is checkpointed and truncated right after, so they do not linger in the files.
 
+Keys of data at rest (`at_rest`, schema 3): the one-time pad of each EHR message in the inbox, carved
+from this end's rounds with a notice that makes the peer drop its copy (DISCARD_SAE), or the AES key of
+one stored when the pool was short; erased (secure_delete, WAL truncated) when the message is purged.
+
 Key lifetime: a key handed to a master SAE leaves this store at once (only its notice, which names pool
 offsets, stays until the peer acknowledges it); its copy at the slave's end waits in `incoming` until the
 slave fetches it. `expire_unfetched` deletes the copies older than the configured lifetime by the same
@@ -41,6 +45,12 @@ from qlinkmed.qlinkd.pool.values import (
 )
 
 CHECKPOINT_INTERVAL_S = 0.5
+FORM_PAD = "qotpe"
+"""The `at_rest` form of a pad cut from the pool (alpha || beta || MAC key, `content.qotp_at_rest`)."""
+DISCARD_SAE = "qlinkd:discard"
+"""The slave SAE of pool bytes one end keeps for itself (an EHR message's at-rest pad): the peer carves
+them from its pool and deletes them at once (`accept_notice`). The colon is outside the ETSI SAE ID
+alphabet, so no SAE can claim them."""
 
 
 def _segments_json(segments: tuple[Segment, ...]) -> str:
@@ -416,6 +426,78 @@ class KeyStore:
         with self._tx():
             self._q("DELETE FROM outbox WHERE peer = ? AND key_id = ?", (peer, key_id))
 
+    # ---- keys of data at rest
+
+    def take_pad(
+        self, peer: str, *, owner: str, transfer_id: str, size_bytes: int, master_sae: str
+    ) -> tuple[bytes, KeyNotice | None]:
+        """Carve `size_bytes` FIFO from `owner`'s committed rounds as transfer `transfer_id`'s pad at rest,
+        keep it in `at_rest` (form "qotpe") and record the notice (slave DISCARD_SAE) that makes the peer
+        drop its copy, all in one transaction; returns the pad and that notice. A pad already held for the
+        transfer (cut before a crash, the message sent again) is returned with no notice and nothing
+        carved. InsufficientKey (nothing consumed) when the pool is short."""
+        check_positive(size_bytes, "size")
+        with self._tx():
+            held = self._one("SELECT form, material FROM at_rest WHERE transfer_id = ?", transfer_id)
+            if held is not None:
+                if held[0] != FORM_PAD or len(held[1]) != size_bytes:
+                    raise StoreError(f"transfer {transfer_id} holds another at-rest key", field="transfer_id")
+                return bytes(held[1]), None
+            available = self.pool_bits(peer, owner=owner)
+            if 8 * size_bytes > available:
+                raise InsufficientKey(requested_bits=8 * size_bytes, available_bits=available)
+            carver = _Carver(self._db, peer, owner, size_bytes)
+            material, segments = carver.take(size_bytes)
+            notice = KeyNotice(
+                key_id=str(uuid.uuid4()),
+                master_sae=master_sae,
+                slave_sae=DISCARD_SAE,
+                segments=tuple(segments),
+            )
+            self._q(
+                "INSERT INTO outbox (peer, key_id, master_sae, slave_sae, segments) VALUES (?, ?, ?, ?, ?)",
+                (peer, notice.key_id, master_sae, DISCARD_SAE, _segments_json(notice.segments)),
+            )
+            self._q(
+                "INSERT INTO at_rest VALUES (?, ?, ?, ?, ?)",
+                (transfer_id, peer, FORM_PAD, material, self._clock()),
+            )
+            carver.write_back(self._db)
+        self._checkpoint_due = True
+        return material, notice
+
+    def keep_at_rest_key(self, peer: str, *, transfer_id: str, form: str, key: bytes) -> bytes:
+        """Keep a key that is not cut from the pool (the AES-256-GCM key of a message stored when the pool
+        was short) as transfer `transfer_id`'s at-rest key; returns the key held (one already kept for the
+        transfer wins, so a message stored again opens with the key its file was written under)."""
+        if not key:
+            raise StoreError("an at-rest key cannot be empty", field="key")
+        with self._tx():
+            held = self._one("SELECT material FROM at_rest WHERE transfer_id = ?", transfer_id)
+            if held is not None:
+                return bytes(held[0])
+            self._q(
+                "INSERT INTO at_rest VALUES (?, ?, ?, ?, ?)", (transfer_id, peer, form, key, self._clock())
+            )
+        return key
+
+    def at_rest_key(self, transfer_id: str) -> tuple[str, bytes] | None:
+        """(form, key) of a transfer's at-rest file, None if none is held."""
+        row = self._one("SELECT form, material FROM at_rest WHERE transfer_id = ?", transfer_id)
+        return None if row is None else (str(row[0]), bytes(row[1]))
+
+    def at_rest_transfers(self) -> list[str]:
+        return [r[0] for r in self._q("SELECT transfer_id FROM at_rest ORDER BY stored_at")]
+
+    def forget_at_rest_key(self, transfer_id: str) -> bool:
+        """Erase a transfer's at-rest key (secure_delete, and the WAL truncated at once): its file, wherever
+        copies of it are, can no longer be opened. True if a key was held."""
+        with self._tx():
+            gone = self._q("DELETE FROM at_rest WHERE transfer_id = ?", (transfer_id,)).rowcount
+        if gone:
+            self.checkpoint()
+        return bool(gone)
+
     # ---- ETSI delivery, slave side
 
     def accept_notice(self, peer: str, notice: KeyNotice) -> None:
@@ -434,11 +516,24 @@ class KeyStore:
                         field="segments",
                     )
                 parts.append(carver.take(segment.length)[0])
-            self._q(
-                "INSERT INTO incoming (key_id, peer, master_sae, slave_sae, material, received_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (notice.key_id, peer, notice.master_sae, notice.slave_sae, b"".join(parts), self._clock()),
-            )
+            if notice.slave_sae == DISCARD_SAE:
+                # The peer keeps these bytes for itself (a pad at rest): our copy is a second copy of its
+                # key that nothing here may use, so it is erased now. Carving it still keeps both pools
+                # identical, and the tombstone keeps a replayed notice a no-op.
+                self._q("INSERT INTO fetched VALUES (?, ?)", (notice.key_id, peer))
+            else:
+                self._q(
+                    "INSERT INTO incoming (key_id, peer, master_sae, slave_sae, material, received_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        notice.key_id,
+                        peer,
+                        notice.master_sae,
+                        notice.slave_sae,
+                        b"".join(parts),
+                        self._clock(),
+                    ),
+                )
             carver.write_back(self._db)
         self._checkpoint_due = True
 

@@ -78,6 +78,17 @@ class StoreKeyManager:
                     self._notify_sent(peer, notice)
         return keys
 
+    def take_pad(self, peer: str, *, transfer_id: str, size_bytes: int, master_sae: str) -> bytes:
+        """A pad at rest for transfer `transfer_id`, carved from this facility's rounds
+        (`KeyStore.take_pad`); its notice goes to the peer like any master key's, so the peer carves and
+        drops the same bytes. InsufficientKey when the pool is short."""
+        pad, notice = self._store.take_pad(
+            peer, owner=self.facility, transfer_id=transfer_id, size_bytes=size_bytes, master_sae=master_sae
+        )
+        if notice is not None and self._notify_sent is not None:
+            self._notify_sent(peer, notice)
+        return pad
+
     def notice_arrived(self) -> None:
         """The daemon calls this after `KeyStore.accept_notice`, to wake the dec_keys requests waiting."""
         self._arrived.set()

@@ -7,7 +7,7 @@ import sqlite3
 
 from qlinkmed.qlinkd.errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # rounds: one row per pending or committed round with its unconsumed key (`start` = absolute offset of
 # `material`'s first byte); round_outcomes: the fate of every settled round id; outbox: notices owed to the
@@ -39,6 +39,14 @@ _MIGRATIONS: dict[int, str] = {
     1: """
 ALTER TABLE incoming ADD COLUMN received_at REAL;
 CREATE TABLE expired (key_id TEXT PRIMARY KEY, peer TEXT NOT NULL, expired_at REAL NOT NULL) WITHOUT ROWID;
+""",
+    # EHR messages at rest: the key each delivered message's inbox file opens with, by transfer ID, kept
+    # here and never beside the file (so the inbox may sit on shared storage): a quantum one-time pad
+    # (form "qotpe": alpha || beta || MAC key, cut from the pool) or, when the pool was short, the
+    # AES-256-GCM key (form "aead"). Deleting the row (secure_delete) shreds the message.
+    2: """
+CREATE TABLE at_rest (transfer_id TEXT PRIMARY KEY, peer TEXT NOT NULL, form TEXT NOT NULL,
+    material BLOB NOT NULL, stored_at REAL NOT NULL);
 """,
 }
 

@@ -265,9 +265,18 @@ def test_the_table_sets_the_policy(example: Path) -> None:
     assert inbox.sweep_interval_s == 5
 
 
+def test_the_inbox_directory_may_be_placed_elsewhere_without_turning_retention_on(example: Path) -> None:
+    assert load_facility_config(example).inbox.dir is None
+    inbox = load_facility_config(_with_inbox(example, 'dir = "shared/qlink-inbox"')).inbox
+    assert inbox.dir == example.parent / "shared" / "qlink-inbox" and not inbox.enabled
+    assert load_facility_config(_with_inbox(example, 'dir = "/srv/inbox"')).inbox.dir == Path("/srv/inbox")
+
+
 @pytest.mark.parametrize(
     ("line", "field"),
     [
+        ("dir = ''", "inbox.dir"),
+        ("dir = 7", "inbox.dir"),
         ("purge_after_fetch_s = -1", "inbox.purge_after_fetch_s"),
         ("purge_after_forward_s = 'soon'", "inbox.purge_after_forward_s"),
         ("max_age_s = 1e12", "inbox.max_age_s"),

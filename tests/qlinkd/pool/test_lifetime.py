@@ -203,7 +203,7 @@ def test_keys_held_by_a_schema_1_store_start_their_lifetime_at_the_first_sweep(t
 
     store = KeyStore.open(path)
     try:
-        assert store._db.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 2
+        assert store._db.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 3
         assert store.has_incoming(key_id)
         assert store.expire_unfetched(HOUR, now=T0) == []  # its clock starts now
         assert store.expire_unfetched(HOUR, now=T0 + HOUR - 1) == []
