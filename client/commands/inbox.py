@@ -1,5 +1,6 @@
 """`qlink inbox list|fetch`: what peers delivered to this facility, and fetching it. Delivered files are
-kept at rest in cipher-image form (images) or under AES-256-GCM; fetching decrypts them, checks each
+kept at rest in cipher-image form (images), under AES-256-GCM, or (EHR messages) in the quantum
+one-time-pad form whose pad is in the key store; fetching decrypts them, checks each
 against the manifest's SHA-256, and writes them under OUT/<transfer id>/, rebuilding the tree the sender
 sent ("SE1/IM1" becomes OUT/<id>/SE1/IM1).
 
