@@ -154,7 +154,12 @@ async def run_daemon(
         gate_clock = SettableClock() if config.gate.test_clock else None
         clock = gate_clock or time.time
         access = Access.open(
-            config.state_dir, config.access, audit, registry=rt.metrics.registry, clock=clock
+            config.state_dir,
+            config.access,
+            audit,
+            registry=rt.metrics.registry,
+            clock=clock,
+            departments=None if config.departments is None else config.departments.names(),
         )
         gate = Gate.open(config.gate, audit, roles=access.roles, clock=clock, registry=rt.metrics.registry)
         gateways = Gateways(

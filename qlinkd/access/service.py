@@ -91,8 +91,12 @@ class Access:
         *,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
+        departments: tuple[str, ...] | None = None,
     ) -> None:
+        """`departments`: every department the facility's `[departments]` can name (None: no such
+        table), so a user cannot be given a misspelt one."""
         self.store = store
+        self.departments = departments
         self.config = config
         self.roles = config.role_map()
         self.audit = audit
@@ -108,8 +112,11 @@ class Access:
         *,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
+        departments: tuple[str, ...] | None = None,
     ) -> Access:
-        return cls(UserStore.open(state_dir), config, audit, registry=registry, clock=clock)
+        return cls(
+            UserStore.open(state_dir), config, audit, registry=registry, clock=clock, departments=departments
+        )
 
     def close(self) -> None:
         self.store.close()
@@ -172,8 +179,7 @@ class Access:
     ) -> tuple[User, str]:
         self._check_roles(roles)
         for department in departments:
-            if not DEPARTMENT.fullmatch(department):
-                raise AccessError("a department is 1..64 printable characters", field="departments")
+            self._check_department(department, "departments")
         user, token = self.store.add(name, roles, self.clock())
         for department in departments:
             user = self.store.assign_department(user.id, department)
@@ -203,7 +209,22 @@ class Access:
         self.audit.record(event, user=user.id, patient=patient, by=by)
         return user
 
+    def _check_department(self, department: str, field: str) -> None:
+        if not DEPARTMENT.fullmatch(department):
+            raise AccessError("a department is 1..64 printable characters", field=field)
+        known = self.departments
+        if known is not None and department not in known:
+            near = [k for k in known if k.casefold() == department.casefold()]
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise AccessError(
+                f"department {department!r} is not one the facility's [departments] can name{hint};"
+                f" known: {', '.join(known)}",
+                field=field,
+            )
+
     def assign_department(self, user_id: str, department: str, *, assigned: bool, by: str) -> User:
+        if assigned:
+            self._check_department(department, "department")
         user = self.store.assign_department(user_id, department, assigned=assigned)
         event = "user_department_assigned" if assigned else "user_department_unassigned"
         self.audit.record(event, user=user.id, department=department, by=by)

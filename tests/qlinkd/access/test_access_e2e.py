@@ -307,7 +307,7 @@ def test_departments_through_the_cli_and_the_gate_scoring_in_monitor_mode(
         "--role",
         "radiology",
         "--department",
-        "Radiology",
+        "General",
         "--user-token-out",
         str(token_file),
         "--json",
@@ -316,19 +316,16 @@ def test_departments_through_the_cli_and_the_gate_scoring_in_monitor_mode(
     )
     assert code == 0, err
     user = json.loads(printed)["user"]
-    assert user["departments"] == ["Radiology"]
-    code, printed, err = qlink(
-        capsys,
-        "user",
-        "assign",
-        user["id"],
-        "--department",
-        "Cardiology",
-        "--json",
-        "--config",
-        site.config_b,
-    )
-    assert code == 0 and json.loads(printed)["user"]["departments"] == ["Cardiology", "Radiology"], err
+    assert user["departments"] == ["General"]  # the testbed's [departments] default
+    # The facility's [departments] names only General: another name is refused, a miscased one with a hint.
+    for name, words in (
+        ("Cardiology", "department 'Cardiology' is not one the facility's [departments] can name"),
+        ("general", "(did you mean 'General'?)"),
+    ):
+        code, _, err = qlink(
+            capsys, "user", "assign", user["id"], "--department", name, "--config", site.config_b
+        )
+        assert code == 2 and words in err, err
     code, _, err = qlink(capsys, "user", "assign", user["id"], "--config", site.config_b)
     assert code == 2 and "one of the arguments --patient --department is required" in err
 

@@ -152,3 +152,28 @@ async def test_departments_are_given_at_add_and_assigned_or_removed_later(
     assert [u["name"] for u in (await listed.json())["users"]] == ["carol"]
     unauthorised = await client.post(path, json={"department": "Oncology", "who": "root"})
     assert unauthorised.status == 401
+
+
+def test_a_department_the_facility_cannot_name_is_refused_with_a_hint(tmp_path: Path) -> None:
+    from qlinkmed.qlinkd.errors import AccessError
+
+    audit = AuditLog.open(tmp_path / "audit.jsonl", facility="hospital-b")
+    config = AccessConfig(roles=(Role(name="radiology", kinds=(TransferKind.STUDY,)),))
+    access = Access.open(tmp_path, config, audit, departments=("Radiology", "Cardiology"))
+    try:
+        with pytest.raises(AccessError) as caught:
+            access.add("erin", ("radiology",), by="root", departments=("radiology",))
+        assert caught.value.field == "departments"
+        assert "(did you mean 'Radiology'?)" in caught.value.message
+        assert access.store.count() == 0  # nothing added
+        user, _ = access.add("erin", ("radiology",), by="root", departments=("Radiology",))
+        with pytest.raises(AccessError) as caught:
+            access.assign_department(user.id, "Oncology", assigned=True, by="root")
+        assert "known: Radiology, Cardiology" in caught.value.message
+        # Removing a name the rules no longer produce is allowed: the configuration may have changed.
+        assert access.assign_department(user.id, "Oncology", assigned=False, by="root").departments == {
+            "Radiology"
+        }
+    finally:
+        access.close()
+        audit.close()
