@@ -18,6 +18,7 @@ from __future__ import annotations
 import hmac
 import json
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -29,6 +30,7 @@ from qlinkmed.qlinkd.errors import AccessError
 MAX_WHO_CHARS = 64
 MAX_ROLES = 32
 MAX_BODY_BYTES = 16 << 10
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _json_error(kind: type[web.HTTPException], message: str, field: str | None = None) -> web.HTTPException:
@@ -158,33 +160,29 @@ def add_access_routes(app: web.Application, access: Access, token: str) -> None:
             raise refused(exc) from None
         return web.json_response({"user": user_json(user), "token": new})
 
-    async def assign_patient(request: web.Request) -> web.Response:
-        administrator(request)
-        body = await _body(request)
-        who, patient, assigned = _who(body), body.get("patient"), body.get("assigned", True)
-        if not isinstance(patient, str) or not isinstance(assigned, bool):
-            raise _json_error(
-                web.HTTPBadRequest, "patient must be text and assigned true or false", "patient"
-            )
-        try:
-            user = access.assign(request.match_info["user"], patient, assigned=assigned, by=who)
-        except AccessError as exc:
-            raise refused(exc) from None
-        return web.json_response({"user": user_json(user)})
+    def assignment(what: str, act: Callable[[str, str, bool, str], User]) -> Handler:
+        """The route assigning (or, with "assigned": false, removing) a patient or a department."""
 
-    async def assign_department(request: web.Request) -> web.Response:
-        administrator(request)
-        body = await _body(request)
-        who, department, assigned = _who(body), body.get("department"), body.get("assigned", True)
-        if not isinstance(department, str) or not isinstance(assigned, bool):
-            raise _json_error(
-                web.HTTPBadRequest, "department must be text and assigned true or false", "department"
-            )
-        try:
-            user = access.assign_department(request.match_info["user"], department, assigned=assigned, by=who)
-        except AccessError as exc:
-            raise refused(exc) from None
-        return web.json_response({"user": user_json(user)})
+        async def assign(request: web.Request) -> web.Response:
+            administrator(request)
+            body = await _body(request)
+            who, value, assigned = _who(body), body.get(what), body.get("assigned", True)
+            if not isinstance(value, str) or not isinstance(assigned, bool):
+                raise _json_error(web.HTTPBadRequest, f"{what} must be text and assigned true or false", what)
+            try:
+                user = act(request.match_info["user"], value, assigned, who)
+            except AccessError as exc:
+                raise refused(exc) from None
+            return web.json_response({"user": user_json(user)})
+
+        return assign
+
+    assign_patient = assignment(
+        "patient", lambda uid, value, on, who: access.assign(uid, value, assigned=on, by=who)
+    )
+    assign_department = assignment(
+        "department", lambda uid, value, on, who: access.assign_department(uid, value, assigned=on, by=who)
+    )
 
     async def break_glass(request: web.Request) -> web.Response:
         user = active_user(access, bearer(request))
