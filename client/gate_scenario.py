@@ -29,7 +29,6 @@ import datetime as dt
 import hashlib
 import io
 import json
-import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,7 +113,7 @@ def study_file(department: str, index: int) -> bytes:
 
 
 class Scenario:
-    def __init__(self, deployment: Any, *, seed: int, history_days: int, timeout: float, say: Any) -> None:
+    def __init__(self, deployment: Any, *, seed: int, history_days: int, timeout: float) -> None:
         from .commands.demo import _token
         from .data_http import DataTarget
 
@@ -122,7 +121,6 @@ class Scenario:
         self.rng = np.random.default_rng(seed)
         self.history_days = history_days
         self.timeout = timeout
-        self.say = say
         self.a = DataTarget(deployment.local_url(A), _token(deployment, A))
         self.b = DataTarget(deployment.local_url(B), _token(deployment, B))
         self.studies: dict[str, list[str]] = {}
@@ -131,14 +129,13 @@ class Scenario:
 
     # ---- setup
     def wait_for_key(self) -> None:
-        deadline = time.monotonic() + self.timeout
-        while True:
-            owned = [self._owned(t) for t in (self.a, self.b)]
-            if min(owned) >= MIN_OWNED_BITS:
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no quantum key in both pools after {self.timeout:g} s")
-            time.sleep(0.1)
+        from .commands.demo import _wait_for
+
+        _wait_for(
+            lambda: min(self._owned(t) for t in (self.a, self.b)) >= MIN_OWNED_BITS,
+            self.timeout,
+            "quantum key in both pools",
+        )
 
     @staticmethod
     def _owned(target: Any) -> int:
@@ -304,7 +301,8 @@ class Scenario:
 
     def summary(self, tonight: dict[str, Any]) -> dict[str, Any]:
         status, gate = self.b.json("GET", "/v1/gate")
-        records = [r for r in self.audit_records() if r["event"] == "gate_request"]
+        audit = self.audit_records()
+        records = [r for r in audit if r["event"] == "gate_request"]
         ids = self._user_ids()
         scored_today = {
             p.name: [r for r in records if r["user"] == ids[p.name] and r["at"] >= self.today.timestamp()]
@@ -340,9 +338,7 @@ class Scenario:
             and left < tonight["targets"] // 2,
             "break-glass granted, alerted and audited": tonight["break_glass"] is not None
             and tonight["break_glass"]["status"] == 200
-            and any(
-                r["event"] == "break_glass" and r["user"] == ids["insider"] for r in self.audit_records()
-            ),
+            and any(r["event"] == "break_glass" and r["user"] == ids["insider"] for r in audit),
             "every request today audited as gate_request": all(
                 len({r["transfer"] for r in scored_today[p.name]}) == len({r["transfer"] for r in p.today})
                 for p in self.people

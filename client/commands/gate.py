@@ -124,7 +124,7 @@ def _scenario_in(root: Path, args: argparse.Namespace) -> int:
     group = ProcessGroup(deployment)
     try:
         group.start_all(timeout=args.timeout)
-        scenario = Scenario(deployment, seed=args.seed, history_days=args.days, timeout=args.timeout, say=say)
+        scenario = Scenario(deployment, seed=args.seed, history_days=args.days, timeout=args.timeout)
         scenario.wait_for_key()
         folder = root / "studies"
         folder.mkdir()

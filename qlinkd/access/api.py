@@ -33,7 +33,7 @@ MAX_BODY_BYTES = 16 << 10
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _json_error(kind: type[web.HTTPException], message: str, field: str | None = None) -> web.HTTPException:
+def json_error(kind: type[web.HTTPException], message: str, field: str | None = None) -> web.HTTPException:
     body = {"message": message} if field is None else {"message": message, "field": field}
     return kind(text=json.dumps(body), content_type="application/json")
 
@@ -52,12 +52,12 @@ def active_user(access: Access, given: str) -> User:
     disabled user."""
     user = access.authenticate(given) if given else None
     if user is None:
-        raise _json_error(
+        raise json_error(
             web.HTTPUnauthorized,
             "this endpoint needs a user's bearer token (qlink user add NAME --role ROLE)",
         )
     if user.state is not UserState.ACTIVE:
-        raise _json_error(web.HTTPForbidden, f"user {user.name} is {user.state.value}")
+        raise json_error(web.HTTPForbidden, f"user {user.name} is {user.state.value}")
     return user
 
 
@@ -66,7 +66,7 @@ def _too_large(size: int) -> web.HTTPException:
     return web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, size, text=body, content_type="application/json")
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def read_body(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise _too_large(request.content_length)
     # Read whole (bounded by the application's client_max_size), then held to this route's own bound.
@@ -76,16 +76,16 @@ async def _body(request: web.Request) -> dict[str, Any]:
     try:
         body = json.loads(data)
     except ValueError:
-        raise _json_error(web.HTTPBadRequest, "the body is not JSON") from None
+        raise json_error(web.HTTPBadRequest, "the body is not JSON") from None
     if not isinstance(body, dict):
-        raise _json_error(web.HTTPBadRequest, "the body must be a JSON object")
+        raise json_error(web.HTTPBadRequest, "the body must be a JSON object")
     return body
 
 
-def _who(body: dict[str, Any]) -> str:
+def operator_name(body: dict[str, Any]) -> str:
     who = body.get("who")
     if not isinstance(who, str) or not who.strip() or len(who) > MAX_WHO_CHARS or not who.isprintable():
-        raise _json_error(
+        raise json_error(
             web.HTTPBadRequest, f"who must name the operator in 1..{MAX_WHO_CHARS} characters", "who"
         )
     return who.strip()
@@ -94,40 +94,40 @@ def _who(body: dict[str, Any]) -> str:
 def add_access_routes(app: web.Application, access: Access, token: str) -> None:
     def administrator(request: web.Request) -> None:
         if not is_facility_token(bearer(request), token):
-            raise _json_error(
+            raise json_error(
                 web.HTTPUnauthorized, "managing users needs the facility token (local-api.token)"
             )
 
     def refused(exc: AccessError) -> web.HTTPException:
         kind = web.HTTPNotFound if exc.field == "user" else web.HTTPBadRequest
-        return _json_error(kind, exc.message, exc.field)
+        return json_error(kind, exc.message, exc.field)
 
     def user_json(user: User) -> dict[str, object]:
         return user.to_json(access.clock())
 
     async def add_user(request: web.Request) -> web.Response:
         administrator(request)
-        body = await _body(request)
-        who, name, roles = _who(body), body.get("name"), body.get("roles")
+        body = await read_body(request)
+        who, name, roles = operator_name(body), body.get("name"), body.get("roles")
         departments = body.get("departments", [])
         if (
             not isinstance(departments, list)
             or not all(isinstance(d, str) for d in departments)
             or len(departments) > MAX_ROLES
         ):
-            raise _json_error(
+            raise json_error(
                 web.HTTPBadRequest,
                 f"departments must be a list of at most {MAX_ROLES} department names",
                 "departments",
             )
         if not isinstance(name, str):
-            raise _json_error(web.HTTPBadRequest, "name must be text", "name")
+            raise json_error(web.HTTPBadRequest, "name must be text", "name")
         if (
             not isinstance(roles, list)
             or not all(isinstance(r, str) for r in roles)
             or len(roles) > MAX_ROLES
         ):
-            raise _json_error(
+            raise json_error(
                 web.HTTPBadRequest, f"roles must be a list of at most {MAX_ROLES} role names", "roles"
             )
         try:
@@ -144,7 +144,7 @@ def add_access_routes(app: web.Application, access: Access, token: str) -> None:
 
     async def disable_user(request: web.Request) -> web.Response:
         administrator(request)
-        who = _who(await _body(request))
+        who = operator_name(await read_body(request))
         try:
             user = access.disable(request.match_info["user"], by=who)
         except AccessError as exc:
@@ -153,7 +153,7 @@ def add_access_routes(app: web.Application, access: Access, token: str) -> None:
 
     async def rotate_user(request: web.Request) -> web.Response:
         administrator(request)
-        who = _who(await _body(request))
+        who = operator_name(await read_body(request))
         try:
             user, new = access.rotate(request.match_info["user"], by=who)
         except AccessError as exc:
@@ -165,10 +165,10 @@ def add_access_routes(app: web.Application, access: Access, token: str) -> None:
 
         async def assign(request: web.Request) -> web.Response:
             administrator(request)
-            body = await _body(request)
-            who, value, assigned = _who(body), body.get(what), body.get("assigned", True)
+            body = await read_body(request)
+            who, value, assigned = operator_name(body), body.get(what), body.get("assigned", True)
             if not isinstance(value, str) or not isinstance(assigned, bool):
-                raise _json_error(web.HTTPBadRequest, f"{what} must be text and assigned true or false", what)
+                raise json_error(web.HTTPBadRequest, f"{what} must be text and assigned true or false", what)
             try:
                 user = act(request.match_info["user"], value, assigned, who)
             except AccessError as exc:
@@ -186,15 +186,15 @@ def add_access_routes(app: web.Application, access: Access, token: str) -> None:
 
     async def break_glass(request: web.Request) -> web.Response:
         user = active_user(access, bearer(request))
-        body = await _body(request)
+        body = await read_body(request)
         reason, minutes = body.get("reason"), body.get("minutes")
         if not isinstance(reason, str):
-            raise _json_error(web.HTTPBadRequest, "break-glass needs a reason (text)", "reason")
+            raise json_error(web.HTTPBadRequest, "break-glass needs a reason (text)", "reason")
         ok = minutes is None or (
             isinstance(minutes, int | float) and not isinstance(minutes, bool) and math.isfinite(minutes)
         )
         if not ok:
-            raise _json_error(web.HTTPBadRequest, "minutes must be a number", "minutes")
+            raise json_error(web.HTTPBadRequest, "minutes must be a number", "minutes")
         try:
             granted = access.break_glass(user, reason, None if minutes is None else float(minutes) * 60.0)
         except AccessError as exc:

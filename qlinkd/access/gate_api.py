@@ -14,7 +14,7 @@ import time
 
 from aiohttp import web
 
-from qlinkmed.qlinkd.access.api import _body, _json_error, _who, bearer, is_facility_token
+from qlinkmed.qlinkd.access.api import bearer, is_facility_token, json_error, operator_name, read_body
 from qlinkmed.qlinkd.access.gate_service import Gate
 
 
@@ -34,7 +34,7 @@ class SettableClock:
 def add_gate_routes(app: web.Application, gate: Gate, token: str, clock: SettableClock | None) -> None:
     def administrator(request: web.Request) -> None:
         if not is_facility_token(bearer(request), token):
-            raise _json_error(web.HTTPUnauthorized, "the gate's routes need the facility token")
+            raise json_error(web.HTTPUnauthorized, "the gate's routes need the facility token")
 
     async def statistics(request: web.Request) -> web.Response:
         administrator(request)
@@ -43,11 +43,11 @@ def add_gate_routes(app: web.Application, gate: Gate, token: str, clock: Settabl
     async def set_clock(request: web.Request) -> web.Response:
         administrator(request)
         if clock is None:
-            raise _json_error(web.HTTPNotFound, "the gate's test clock is off ([gate] test_clock)")
-        body = await _body(request)
-        who, now = _who(body), body.get("now")
+            raise json_error(web.HTTPNotFound, "the gate's test clock is off ([gate] test_clock)")
+        body = await read_body(request)
+        who, now = operator_name(body), body.get("now")
         if not isinstance(now, int | float) or isinstance(now, bool) or not math.isfinite(now) or now <= 0:
-            raise _json_error(web.HTTPBadRequest, "now must be epoch seconds", "now")
+            raise json_error(web.HTTPBadRequest, "now must be epoch seconds", "now")
         clock.set(float(now))
         gate.audit.record("gate_test_clock", now=float(now), by=who)
         return web.Response(text=json.dumps({"now": clock()}), content_type="application/json")

@@ -56,6 +56,19 @@ class TransferRefused(TransferError):
     """The transfer can never complete (a file's hash or content is wrong): refuse it for good."""
 
 
+def _write_new(path: Path, data: bytes) -> None:
+    """Create `path` (0600, never over an existing file) holding `data`, fsynced; os.write may write
+    less than asked, so it loops."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _checked(validator: ContentValidator, manifest: Manifest, index: int, source: Source) -> ContentInfo:
     """File `index`'s content, validated (which hashes it once) and matched against the manifest. Blocking:
     call it from a thread."""
@@ -267,24 +280,14 @@ class Inbox:
                     raise TransferError(f"spool ends inside {entry.name}", transfer=transfer_id)
                 blob = at_rest.seal_at_rest(entry.name, data, info, key)
                 forms.append(at_rest.at_rest_form(blob))
-                fd = os.open(stage / str(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                try:
-                    os.write(fd, blob)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-        self._publish(stage, transfer_id)
-        self._summaries[transfer_id] = self._summarize(manifest, infos)
-        return ",".join(sorted(set(forms)))
-
-    def _publish(self, stage: Path, transfer_id: str) -> None:
-        """Make the staged files the transfer's at-rest files, durably (the stage's entries, then the
-        rename)."""
+                _write_new(stage / str(i), blob)
         fsync_dir(stage)
         final = self.root / transfer_id
         shutil.rmtree(final, ignore_errors=True)
         os.rename(stage, final)
         fsync_dir(self.root)
+        self._summaries[transfer_id] = self._summarize(manifest, infos)
+        return ",".join(sorted(set(forms)))
 
     def _summarize(self, manifest: Manifest, infos: list[ContentInfo]) -> InboxSummary:
         return summarize(infos, peer=manifest.sender, departments=self._departments)
@@ -353,17 +356,11 @@ class Inbox:
         folder = self.root / transfer_id
         folder.mkdir(mode=0o700, exist_ok=True)
         temp = folder / f".0-{entropy.random_bytes(8).hex()}"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(blob)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            _write_new(temp, blob)
         except BaseException:
-            os.close(fd)
             temp.unlink(missing_ok=True)
             raise
-        os.close(fd)
         os.replace(temp, folder / "0")
         fsync_dir(folder)
         fsync_dir(self.root)

@@ -393,25 +393,38 @@ class KeyStore:
         check_positive(size_bits, "size")
         if size_bits % 8:
             raise StoreError(f"key size {size_bits} bits is not whole bytes", field="size")
-        needed = number * size_bits // 8
         keys: list[DeliveredKey] = []
         with self._tx():
-            available = self.pool_bits(peer, owner=owner)
-            if 8 * needed > available:
-                raise InsufficientKey(requested_bits=8 * needed, available_bits=available)
-            carver = _Carver(self._db, peer, owner, needed)
+            carver = self._carver(peer, owner, number * size_bits // 8)
             for _ in range(number):
-                material, segments = carver.take(size_bits // 8)
-                key_id = str(uuid.uuid4())
-                self._q(
-                    "INSERT INTO outbox (peer, key_id, master_sae, slave_sae, segments)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (peer, key_id, master_sae, slave_sae, _segments_json(tuple(segments))),
-                )
-                keys.append(DeliveredKey(key_id, material))
+                material, notice = self._carve_noticed(carver, peer, size_bits // 8, master_sae, slave_sae)
+                keys.append(DeliveredKey(notice.key_id, material))
             carver.write_back(self._db)
         self._checkpoint_due = True
         return keys
+
+    def _carver(self, peer: str, owner: str, needed: int) -> _Carver:
+        """A carver of `needed` bytes of `owner`'s rounds; InsufficientKey when the pool holds fewer.
+        Inside a transaction."""
+        available = self.pool_bits(peer, owner=owner)
+        if 8 * needed > available:
+            raise InsufficientKey(requested_bits=8 * needed, available_bits=available)
+        return _Carver(self._db, peer, owner, needed)
+
+    def _carve_noticed(
+        self, carver: _Carver, peer: str, size_bytes: int, master_sae: str, slave_sae: str
+    ) -> tuple[bytes, KeyNotice]:
+        """The next `size_bytes` of `carver` and the notice, recorded in the outbox, that tells the peer
+        which pool bytes they were. Inside a transaction."""
+        material, segments = carver.take(size_bytes)
+        notice = KeyNotice(
+            key_id=str(uuid.uuid4()), master_sae=master_sae, slave_sae=slave_sae, segments=tuple(segments)
+        )
+        self._q(
+            "INSERT INTO outbox (peer, key_id, master_sae, slave_sae, segments) VALUES (?, ?, ?, ?, ?)",
+            (peer, notice.key_id, master_sae, slave_sae, _segments_json(notice.segments)),
+        )
+        return material, notice
 
     def outbox(self, peer: str) -> list[KeyNotice]:
         rows = self._q(
@@ -443,21 +456,8 @@ class KeyStore:
                 if held[0] != FORM_PAD or len(held[1]) != size_bytes:
                     raise StoreError(f"transfer {transfer_id} holds another at-rest key", field="transfer_id")
                 return bytes(held[1]), None
-            available = self.pool_bits(peer, owner=owner)
-            if 8 * size_bytes > available:
-                raise InsufficientKey(requested_bits=8 * size_bytes, available_bits=available)
-            carver = _Carver(self._db, peer, owner, size_bytes)
-            material, segments = carver.take(size_bytes)
-            notice = KeyNotice(
-                key_id=str(uuid.uuid4()),
-                master_sae=master_sae,
-                slave_sae=DISCARD_SAE,
-                segments=tuple(segments),
-            )
-            self._q(
-                "INSERT INTO outbox (peer, key_id, master_sae, slave_sae, segments) VALUES (?, ?, ?, ?, ?)",
-                (peer, notice.key_id, master_sae, DISCARD_SAE, _segments_json(notice.segments)),
-            )
+            carver = self._carver(peer, owner, size_bytes)
+            material, notice = self._carve_noticed(carver, peer, size_bytes, master_sae, DISCARD_SAE)
             self._q(
                 "INSERT INTO at_rest VALUES (?, ?, ?, ?, ?)",
                 (transfer_id, peer, FORM_PAD, material, self._clock()),
