@@ -78,13 +78,38 @@ class Deployment:
         return self.root / "pki" / f"{name}.pem", self.root / "pki" / f"{name}.key"
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel had free a moment ago (held open together, so they are distinct)."""
-    sockets = []
+LISTEN_PORTS_FLOOR = 10_000
+"""The lowest port `free_ports` hands out (below it lie the well-known and registered services)."""
+_EPHEMERAL_FALLBACK = (32_768, 60_999)
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections (Linux's default elsewhere)."""
     try:
-        for _ in range(count):
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return _EPHEMERAL_FALLBACK
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free a moment ago (held open together, so they are distinct), chosen below the kernel's
+    ephemeral range. A port the kernel picks for a bind to port 0 comes from that range, and between
+    handing it out and the daemon binding it, any outgoing connection on the host may be given it as its
+    local port (seen in CI: a DICOM SCP failed with "Address already in use"). Below the range no
+    outgoing connection takes it, for a test's seconds or a written testbed's lifetime."""
+    low, _ = _ephemeral_range()
+    top = max(low, LISTEN_PORTS_FLOOR + 1_000)
+    sockets: list[socket.socket] = []
+    try:
+        while len(sockets) < count:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
+            try:
+                draw = int.from_bytes(entropy.random_bytes(4), "big") % (top - LISTEN_PORTS_FLOOR)
+                s.bind(("127.0.0.1", LISTEN_PORTS_FLOOR + draw))
+            except OSError:  # in use: draw another
+                s.close()
+                continue
             sockets.append(s)
         return [s.getsockname()[1] for s in sockets]
     finally:
